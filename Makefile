@@ -1,0 +1,33 @@
+# Quick start on a fresh machine: `make demo`, then `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hivemem-installed
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+# torch must be installed (pinned, CPU build) before anything that depends on it pulls a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hivemem demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
+
+lint: install
+	$(VENV)/bin/ruff check hivemem tests benchmarks
+	$(VENV)/bin/ruff format --check hivemem tests benchmarks
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/embed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,43 @@
+"""hivemem: share one embedding model, one cache, one task library and warm agents across a fleet
+of AI-agent worker processes, with a Mem0-compatible memory store on top.
+
+The public API is flat: everything a user needs is importable from ``hivemem``. Names are resolved
+lazily, so ``import hivemem`` stays cheap: it loads neither torch nor sentence-transformers, and
+onnxruntime only once a model is actually used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "Embedder": "hivemem.embed.engine",
+    "EmbedderLike": "hivemem.embed.protocol",
+    "EmbeddingCache": "hivemem.embed.cache",
+    "prepare_model": "hivemem.embed.model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hivemem.embed.cache import EmbeddingCache
+    from hivemem.embed.engine import Embedder
+    from hivemem.embed.model import prepare_model
+    from hivemem.embed.protocol import EmbedderLike
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hivemem' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

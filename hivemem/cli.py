@@ -1,0 +1,19 @@
+"""The ``hivemem`` command line: the same verbs as the Python API.
+
+Each part registers its own sub-command group (``hivemem model …``, ``hivemem cache …``,
+``hivemem tasks …``); this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from hivemem.embed.cli import cache_app, demo, model_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app.add_typer(model_app, name="model")
+app.add_typer(cache_app, name="cache")
+app.command("demo")(demo)
+
+if __name__ == "__main__":
+    app()
