@@ -1,0 +1,200 @@
+"""The content-addressed embedding cache: never compute the same vector twice on this machine.
+
+Key = BLAKE2b-128 of (model id, exact text), so a different model (or variant) can never read
+another's vectors. Two tiers: a small in-process LRU for hot texts, in front of one SQLite file in
+WAL mode shared by every process of the user (readers never block writers; one writer at a time,
+batched). Vectors are raw float32 bytes. The file is bounded: past ``max_bytes`` the oldest
+entries are evicted first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hivemem import config
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vectors (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    vec BLOB NOT NULL
+);
+"""
+_ROW_OVERHEAD = 80  # bytes of key, index entry and page slack per row, measured roughly
+_EVICT_EVERY = 1024  # inserts between size checks
+
+
+def cache_key(model_id: str, text: str) -> bytes:
+    return hashlib.blake2b(model_id.encode() + b"\x00" + text.encode("utf-8"), digest_size=16).digest()
+
+
+class EmbeddingCache:
+    """In-process LRU (``memory_items``) over a shared SQLite store at ``path``.
+
+    ``path=None`` uses the machine-wide default (``hivemem.config.cache_path()``); ``persistent=False``
+    keeps only the in-process tier. Safe to use from many threads and processes.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        memory_items: int = 10_000,
+        max_bytes: int = 1 << 30,
+        persistent: bool = True,
+    ) -> None:
+        self.path = Path(path) if path is not None else config.cache_path()
+        self.persistent = persistent
+        self.memory_items = memory_items
+        self.max_bytes = max_bytes
+        self._lru: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._inserts = 0
+        self.hits_memory = 0
+        self.hits_disk = 0
+        self.misses = 0
+        if persistent:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last entries, never corrupt
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    def get_many(self, model_id: str, dim: int, texts: Sequence[str]) -> list[np.ndarray | None]:
+        """Cached vectors for ``texts`` (``None`` where missing), refreshing the LRU."""
+        keys = [cache_key(model_id, t) for t in texts]
+        found: list[np.ndarray | None] = [None] * len(keys)
+        missing: dict[bytes, list[int]] = {}
+        with self._lock:
+            for i, key in enumerate(keys):
+                vec = self._lru.get(key)
+                if vec is not None:
+                    self._lru.move_to_end(key)
+                    found[i] = vec
+                else:
+                    missing.setdefault(key, []).append(i)
+            self.hits_memory += len(keys) - sum(len(v) for v in missing.values())
+        if missing and self.persistent:
+            rows = self._select(list(missing))
+            width = dim * 4
+            fresh: list[tuple[bytes, np.ndarray]] = []
+            for key, blob in rows:
+                if len(blob) != width:
+                    continue  # written by a model of another width: not ours
+                vec = np.frombuffer(blob, dtype=np.float32)
+                fresh.append((key, vec))
+                for i in missing.pop(key):
+                    found[i] = vec
+            with self._lock:
+                self.hits_disk += sum(1 for _ in fresh)
+                self._remember(fresh)
+        self.misses += sum(len(v) for v in missing.values())
+        return found
+
+    def _select(self, keys: list[bytes]) -> list[tuple[bytes, bytes]]:
+        rows: list[tuple[bytes, bytes]] = []
+        db = self._db()
+        for start in range(0, len(keys), 500):  # stay under SQLite's variable limit
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows.extend(db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk))
+        return rows
+
+    def put_many(self, model_id: str, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Store vectors (rows of ``vectors``) for ``texts``; existing entries are kept."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        items = [(cache_key(model_id, t), vectors[i].copy()) for i, t in enumerate(texts)]
+        for _, vec in items:
+            vec.flags.writeable = False
+        with self._lock:
+            self._remember(items)
+        if not self.persistent or not items:
+            return
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO vectors (key, model, vec) VALUES (?, ?, ?)",
+                [(key, model_id, vec.tobytes()) for key, vec in items],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._inserts += len(items)
+        if self._inserts >= _EVICT_EVERY:
+            self._inserts = 0
+            self._evict(row_bytes=vectors.shape[1] * 4 + _ROW_OVERHEAD)
+
+    def _remember(self, items: list[tuple[bytes, np.ndarray]]) -> None:
+        for key, vec in items:
+            self._lru[key] = vec
+            self._lru.move_to_end(key)
+        while len(self._lru) > self.memory_items:
+            self._lru.popitem(last=False)
+
+    def _evict(self, row_bytes: int) -> None:
+        """Delete the oldest rows beyond the size bound (ids grow with insertion order)."""
+        limit = max(1, self.max_bytes // row_bytes)
+        db = self._db()
+        low, high = db.execute("SELECT min(id), max(id) FROM vectors").fetchone()
+        if low is not None and high - low + 1 > limit:
+            db.execute("DELETE FROM vectors WHERE id <= ?", (high - limit,))
+
+    def stats(self) -> dict:
+        """Entries and bytes on disk (per model) plus this process's hit/miss counters."""
+        out: dict = {
+            "path": str(self.path) if self.persistent else None,
+            "memory_entries": len(self._lru),
+            "hits_memory": self.hits_memory,
+            "hits_disk": self.hits_disk,
+            "misses": self.misses,
+        }
+        if self.persistent:
+            rows = (
+                self._db()
+                .execute("SELECT model, count(*), sum(length(vec)) FROM vectors GROUP BY model")
+                .fetchall()
+            )
+            out["models"] = {m: {"entries": n, "vector_bytes": b} for m, n, b in rows}
+            out["entries"] = sum(n for _, n, _ in rows)
+            out["file_bytes"] = sum(
+                p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file()
+            )
+        return out
+
+    def clear(self, model_id: str | None = None) -> int:
+        """Drop every entry (or one model's); returns how many rows were deleted on disk."""
+        with self._lock:
+            self._lru.clear()
+        if not self.persistent:
+            return 0
+        db = self._db()
+        if model_id is None:
+            deleted = db.execute("DELETE FROM vectors").rowcount
+        else:
+            deleted = db.execute("DELETE FROM vectors WHERE model = ?", (model_id,)).rowcount
+        db.execute("VACUUM")
+        return deleted
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

@@ -1,0 +1,241 @@
+"""``hivemem.Embedder``: the in-process engine every other part stands on.
+
+    >>> from hivemem import Embedder
+    >>> emb = Embedder()                      # ONNX Runtime, the variant prepare() picked
+    >>> emb.embed(["a cat sat", "a dog ran"]).shape
+    (2, 384)
+
+Path of a call: validate → cache (in-process LRU, then the machine-wide SQLite store) → the
+micro-batching queue for the misses → backend. Results are stored in the cache by the queue's
+worker after the callers have them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hivemem.embed.cache import EmbeddingCache
+from hivemem.embed.protocol import Backend
+from hivemem.embed.queue import MicroBatcher
+from hivemem.embed.validate import check_text, check_texts
+
+BackendName = Literal["onnx", "sentence-transformers", "openai"]
+
+
+def make_backend(
+    backend: BackendName | str = "onnx",
+    *,
+    variant: str = "default",
+    threads: int | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    url: str | None = None,
+    api_key: str | None = None,
+    openai_model: str = "all-MiniLM-L6-v2",
+) -> Backend:
+    """Build one backend by name (see the module docs of each for what it costs)."""
+    if backend == "onnx":
+        from hivemem.embed.model import ensure_prepared, model_dir
+        from hivemem.embed.onnx_backend import OnnxBackend
+
+        manifest = ensure_prepared()
+        name = manifest.get(variant, variant) if variant in ("default", "fast") else variant
+        if name not in manifest["variants"]:
+            raise ValueError(
+                f"unknown variant {variant!r}: choose default, fast or one of {sorted(manifest['variants'])}"
+            )
+        directory = model_dir()
+        return OnnxBackend(
+            directory / manifest["variants"][name]["file"],
+            directory / "tokenizer.json",
+            threads=threads,
+            batch_size=batch_size,
+            device=device,
+            model_id=f"{manifest['model']}/onnx-{name}",
+        )
+    if backend == "sentence-transformers":
+        from hivemem.embed.st_backend import SentenceTransformersBackend
+
+        return SentenceTransformersBackend(threads=threads, batch_size=batch_size, device=device)
+    if backend == "openai":
+        from hivemem.embed.openai_backend import OpenAIBackend
+
+        if not url:
+            raise ValueError("backend='openai' needs url='http://host:port/v1'")
+        return OpenAIBackend(url, model=openai_model, api_key=api_key)
+    raise ValueError(f"unknown backend {backend!r}: choose onnx, sentence-transformers or openai")
+
+
+class Embedder:
+    """Thread-safe, batching, caching embedder (see the module docstring).
+
+    ``cache``: ``True`` (the machine-wide store), a path, an ``EmbeddingCache``, or ``False``.
+    ``batching=False`` calls the backend directly under a lock (for one single-threaded user).
+    """
+
+    def __init__(
+        self,
+        backend: BackendName | str | Backend = "onnx",
+        *,
+        variant: str = "default",
+        threads: int | None = None,
+        device: str = "cpu",
+        batch_size: int = 32,
+        batching: bool = True,
+        max_batch: int = 256,
+        max_wait_ms: float = 2.0,
+        max_pending: int | None = None,
+        cache: bool | str | Path | EmbeddingCache = True,
+        url: str | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        if isinstance(backend, str):
+            self.backend: Backend = make_backend(
+                backend,
+                variant=variant,
+                threads=threads,
+                batch_size=batch_size,
+                device=device,
+                url=url,
+                api_key=api_key,
+            )
+        else:
+            self.backend = backend
+        if cache is True:
+            self.cache: EmbeddingCache | None = EmbeddingCache()
+        elif cache is False or cache is None:
+            self.cache = None
+        elif isinstance(cache, EmbeddingCache):
+            self.cache = cache
+        else:
+            self.cache = EmbeddingCache(cache)
+        self._queue: MicroBatcher | None = None
+        self._lock = None
+        if batching:
+            self._queue = MicroBatcher(
+                self.backend.encode,
+                max_batch=max_batch,
+                max_wait_ms=max_wait_ms,
+                max_pending=max_pending,
+                on_batch=self._store if self.cache is not None else None,
+            )
+        else:
+            import threading
+
+            self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.backend.dim
+
+    @property
+    def truncated(self) -> int:
+        """How many inputs so far were longer than the model's limit and were cut."""
+        return self.backend.truncated
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        items = check_texts(texts)
+        return self._embed(items).result() if self._queue else self._embed_direct(items)
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.embed([check_text(text)])[0]
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        items = check_texts(texts)
+        if self._queue is None:
+            return await asyncio.to_thread(self._embed_direct, items)
+        return await asyncio.wrap_future(self._embed(items))
+
+    async def aembed_one(self, text: str) -> np.ndarray:
+        return (await self.aembed([check_text(text)]))[0]
+
+    def _lookup(self, items: list[str]) -> tuple[np.ndarray, list[int]]:
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        if self.cache is None:
+            return out, list(range(len(items)))
+        found = self.cache.get_many(self.model_id, self.dim, items)
+        todo = []
+        for i, vec in enumerate(found):
+            if vec is None:
+                todo.append(i)
+            else:
+                out[i] = vec
+        return out, todo
+
+    def _embed(self, items: list[str]):  # -> Future[np.ndarray]
+        from concurrent.futures import Future
+
+        out, todo = self._lookup(items)
+        if not todo:
+            done: Future[np.ndarray] = Future()
+            done.set_result(out)
+            return done
+        assert self._queue is not None
+        pending = self._queue.submit([items[i] for i in todo])
+        if len(todo) == len(items):
+            return pending
+        merged: Future[np.ndarray] = Future()
+
+        def fill(f: Future[np.ndarray]) -> None:
+            if f.exception() is not None:
+                merged.set_exception(f.exception())  # type: ignore[arg-type]
+            else:
+                out[todo] = f.result()
+                merged.set_result(out)
+
+        pending.add_done_callback(fill)
+        return merged
+
+    def _embed_direct(self, items: list[str]) -> np.ndarray:
+        out, todo = self._lookup(items)
+        if todo:
+            missing = [items[i] for i in todo]
+            assert self._lock is not None
+            with self._lock:
+                vectors = self.backend.encode(missing)
+            out[todo] = vectors
+            self._store(missing, vectors)
+        return out
+
+    def _store(self, texts: list[str], vectors: np.ndarray) -> None:
+        if self.cache is not None:
+            self.cache.put_many(self.model_id, texts, vectors)
+
+    def stats(self) -> dict[str, Any]:
+        """Queue and cache counters of this process."""
+        out: dict[str, Any] = {"model_id": self.model_id, "dim": self.dim, "truncated": self.truncated}
+        if self._queue is not None:
+            q = self._queue
+            out["queue"] = {
+                "depth": q.depth,
+                "batches": q.batches,
+                "texts_computed": q.texts_computed,
+                "texts_deduplicated": q.texts_deduplicated,
+            }
+        if self.cache is not None:
+            c = self.cache
+            out["cache"] = {"hits_memory": c.hits_memory, "hits_disk": c.hits_disk, "misses": c.misses}
+        return out
+
+    def close(self) -> None:
+        """Finish queued requests and release the model."""
+        if self._queue is not None:
+            self._queue.close()
+        self.backend.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
