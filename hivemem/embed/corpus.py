@@ -208,9 +208,10 @@ def _sentence(rng: random.Random) -> str:
         if rng.random() < 0.6:
             s += f" {rng.choice(_BECAUSE)}"
     elif shape == 1:
-        s = f"{rng.choice(_NAMES)} {rng.choice(_PREFS)}"
+        first, second = rng.sample(_PREFS, 2)
+        s = f"{rng.choice(_NAMES)} {first}"
         if rng.random() < 0.7:
-            s += f" and {rng.choice(_PREFS)}"
+            s += f" and {second}"
     elif shape == 2:
         s = f"{rng.choice(_NAMES)} asked {rng.choice(_SUBJECTS)} {rng.choice(_TOPICS)} {rng.choice(_WHEN)}"
     elif shape == 3:

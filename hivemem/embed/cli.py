@@ -1,0 +1,103 @@
+"""``hivemem model …`` and ``hivemem cache …``: the engine's verbs for people and scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+model_app = typer.Typer(no_args_is_help=True, help="Export, verify and inspect the embedding model.")
+cache_app = typer.Typer(no_args_is_help=True, help="The machine-wide embedding cache.")
+
+
+@model_app.command("prepare")
+def model_prepare(
+    force: bool = typer.Option(False, help="Export again even if a prepared model exists."),
+) -> None:
+    """Export the model to ONNX (fp32 + int8), verify each variant against sentence-transformers,
+    and pick the default by measurement. Runs automatically on first use."""
+    from hivemem.embed.model import prepare_model
+
+    manifest = prepare_model(force=force)
+    _print_manifest(manifest)
+
+
+@model_app.command("info")
+def model_info() -> None:
+    """Show the prepared model's variants and their measured fidelity and speed."""
+    from hivemem.embed.model import model_dir, read_manifest
+
+    manifest = read_manifest()
+    if manifest is None:
+        typer.echo(f"not prepared yet ({model_dir()}): run `hivemem model prepare`", err=True)
+        raise typer.Exit(1)
+    _print_manifest(manifest)
+
+
+def _print_manifest(manifest: dict) -> None:
+    typer.echo(f"model {manifest['model_id']} ({manifest['dim']}-d), default variant: {manifest['default']}")
+    for name, v in manifest["variants"].items():
+        verdict = "accepted" if v["accepted"] else "rejected (fidelity)"
+        typer.echo(
+            f"  {name:6} {v['texts_per_s']:7.1f} texts/s  cos mean {v['mean_cosine']:.4f} "
+            f"min {v['min_cosine']:.4f}  top-5 overlap {v['top5_overlap']:.3f}  {verdict}"
+        )
+
+
+@cache_app.command("stats")
+def cache_stats() -> None:
+    """Entries and bytes in the machine-wide cache, per model (JSON)."""
+    from hivemem.embed.cache import EmbeddingCache
+
+    typer.echo(json.dumps(EmbeddingCache().stats(), indent=2))
+
+
+@cache_app.command("clear")
+def cache_clear(model: str = typer.Option(None, help="Only this model id's entries.")) -> None:
+    """Delete cached vectors (all, or one model's)."""
+    from hivemem.embed.cache import EmbeddingCache
+
+    deleted = EmbeddingCache().clear(model)
+    typer.echo(json.dumps({"deleted": deleted}))
+
+
+@cache_app.command("preload")
+def cache_preload(
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="One text per line, or JSONL strings."
+    ),
+    backend: str = typer.Option("onnx", help="onnx, sentence-transformers or openai."),
+    variant: str = typer.Option("default", help="ONNX variant: default, fast, fp32, int8."),
+) -> None:
+    """Embed a list of texts ahead of time (e.g. tool descriptions every agent will look up)."""
+    from tqdm import tqdm
+
+    from hivemem.embed.engine import Embedder
+
+    texts = _read_texts(file)
+    with Embedder(backend, variant=variant) as emb:
+        for start in tqdm(range(0, len(texts), 256), unit="batch", disable=None):
+            emb.embed(texts[start : start + 256])
+        typer.echo(json.dumps({"texts": len(texts), "model_id": emb.model_id, **emb.stats()["cache"]}))
+
+
+def _read_texts(file: Path) -> list[str]:
+    texts = []
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.startswith('"'):
+            try:
+                line = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise typer.BadParameter(f"{file}:{n}: not a JSON string: {exc}") from None
+        texts.append(line)
+    return texts
+
+
+def demo(n: int = typer.Option(2000, help="How many corpus sentences to index.")) -> None:
+    """Embed a corpus with the real model and print nearest neighbours for a few questions."""
+    from hivemem.demo import run_demo
+
+    run_demo(n)
