@@ -1,0 +1,82 @@
+"""The two-tier cache: hits, model namespacing, sharing between processes, the size bound."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from hivemem import Embedder, EmbeddingCache
+
+
+def _vecs(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_hit_and_miss(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    v = _vecs(2)
+    assert cache.get_many("m", 384, ["a", "b"]) == [None, None]
+    cache.put_many("m", ["a", "b"], v)
+    got = cache.get_many("m", 384, ["b", "a", "zzz"])
+    assert np.array_equal(got[0], v[1]) and np.array_equal(got[1], v[0]) and got[2] is None
+    fresh = EmbeddingCache(tmp_path / "c.sqlite")  # empty LRU: served from disk
+    assert np.array_equal(fresh.get_many("m", 384, ["a"])[0], v[0])
+    assert fresh.hits_disk == 1
+
+
+def test_models_never_read_each_others_vectors(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    cache.put_many("model-a", ["same text"], _vecs(1))
+    assert cache.get_many("model-b", 384, ["same text"]) == [None]
+    assert EmbeddingCache(tmp_path / "c.sqlite").get_many("model-b", 384, ["same text"]) == [None]
+
+
+def test_engine_uses_cache_and_second_process_sees_it(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    texts = ["the cache is shared", "between processes on one machine"]
+    with Embedder(cache=path) as emb:
+        first = emb.embed(texts)
+        assert emb.stats()["cache"]["misses"] == 2
+    code = (
+        "import sys, numpy as np; from hivemem import EmbeddingCache;"
+        f"c = EmbeddingCache({str(path)!r});"
+        f"v = c.get_many({emb.model_id!r}, 384, {texts!r});"
+        "assert all(x is not None for x in v), v;"
+        "sys.stdout.buffer.write(np.stack(v).tobytes())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout
+    assert np.array_equal(np.frombuffer(out, dtype=np.float32).reshape(2, 384), first)
+
+
+def test_two_processes_writing_at_once(tmp_path):
+    path = tmp_path / "c.sqlite"
+    code = (
+        "import sys, numpy as np; from hivemem import EmbeddingCache;"
+        f"c = EmbeddingCache({str(path)!r}); k = int(sys.argv[1]);"
+        "texts = [f't{i}' for i in range(k * 300, k * 300 + 600)];"
+        "ones = np.ones((20, 384), np.float32);"
+        "[c.put_many('m', texts[i:i + 20], ones * (i + 1)) for i in range(0, 600, 20)]"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(k)]) for k in range(2)]
+    assert all(p.wait(60) == 0 for p in procs)
+    assert EmbeddingCache(path).stats()["entries"] == 900  # 1200 writes, 300 shared texts
+
+
+def test_disk_size_is_bounded(tmp_path):
+    row = 384 * 4 + 80
+    cache = EmbeddingCache(tmp_path / "c.sqlite", max_bytes=500 * row, memory_items=10)
+    for start in range(0, 3000, 100):
+        cache.put_many("m", [f"text {i}" for i in range(start, start + 100)], _vecs(100, seed=start))
+    entries = cache.stats()["entries"]
+    assert 500 <= entries <= 500 + 1024 + 100  # evicted to the bound at every size check
+    assert cache.get_many("m", 384, ["text 2999"])[0] is not None  # newest kept
+    assert EmbeddingCache(tmp_path / "c.sqlite").get_many("m", 384, ["text 0"]) == [None]  # oldest gone
+
+
+def test_clear_one_model(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    cache.put_many("a", ["x"], _vecs(1))
+    cache.put_many("b", ["x"], _vecs(1))
+    assert cache.clear("a") == 1
+    assert set(cache.stats()["models"]) == {"b"}

@@ -1,0 +1,120 @@
+"""The micro-batching queue: many threads, real model; failures stay in their own batch."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from hivemem import Embedder
+from hivemem.embed.corpus import sentences
+from hivemem.embed.queue import MicroBatcher, QueueClosed, QueueFull
+
+
+def test_fifty_threads_get_exactly_the_batch_result():
+    texts = sentences(300, seed=21)
+    with Embedder(cache=False, batching=False) as direct:
+        reference = direct.embed(texts)
+    with Embedder(cache=False) as emb:
+
+        def worker(k: int) -> list[tuple[int, np.ndarray]]:
+            out = []
+            for j in range(12):  # a mix of single texts and small lists, with repeats across threads
+                i = (k * 7 + j * 13) % len(texts)
+                if j % 3 == 0:
+                    out.append((i, emb.embed_one(texts[i])))
+                else:
+                    idx = [i, (i + 1) % len(texts)]
+                    for n, vec in zip(idx, emb.embed([texts[n] for n in idx]), strict=True):
+                        out.append((n, vec))
+            return out
+
+        with ThreadPoolExecutor(50) as pool:
+            results = [r for chunk in pool.map(worker, range(50)) for r in chunk]
+        stats = emb.stats()["queue"]
+    for i, vec in results:
+        assert float(vec @ reference[i]) >= 0.9999
+    assert stats["batches"] < len(results)  # requests really were gathered
+
+
+# The tests below use a fake encoder (a counting function, not a model) on purpose: they check the
+# queue's bookkeeping, which must not depend on what computes the vectors.
+
+
+def _fake_encode(calls: list[list[str]], fail_on: str | None = None):
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        if fail_on is not None and fail_on in texts:
+            raise RuntimeError(f"backend failed on {fail_on!r}")
+        return np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    return encode
+
+
+def test_identical_inflight_texts_are_computed_once():
+    calls: list[list[str]] = []
+    q = MicroBatcher(_fake_encode(calls), max_wait_ms=50)
+    futures = [q.submit(["same", "other"]) for _ in range(20)]
+    results = [f.result(5) for f in futures]
+    q.close()
+    assert all(np.array_equal(r, results[0]) for r in results)
+    assert sum(len(c) for c in calls) == 2
+
+
+def test_failing_batch_fails_only_its_callers_and_queue_survives():
+    calls: list[list[str]] = []
+    q = MicroBatcher(_fake_encode(calls, fail_on="boom"), max_wait_ms=0)
+    bad = q.submit(["boom"])
+    with pytest.raises(RuntimeError, match="backend failed on 'boom'"):
+        bad.result(5)
+    assert q.submit(["fine"]).result(5)[0, 0] == 4.0
+    q.close()
+
+
+def test_large_request_is_split_and_reassembled_in_order():
+    calls: list[list[str]] = []
+    q = MicroBatcher(_fake_encode(calls), max_batch=8, max_wait_ms=0)
+    texts = ["x" * n for n in range(1, 30)]
+    out = q.submit(texts).result(5)
+    q.close()
+    assert out[:, 0].tolist() == [float(n) for n in range(1, 30)]
+    assert max(len(c) for c in calls) <= 8
+
+
+def test_close_drains_then_refuses():
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def slow(texts):
+        gate.wait(5)
+        return _fake_encode(calls)(texts)
+
+    q = MicroBatcher(slow, max_wait_ms=0)
+    pending = [q.submit([f"t{i}"]) for i in range(5)]
+    closer = threading.Thread(target=q.close)
+    closer.start()
+    time.sleep(0.05)
+    gate.set()
+    closer.join(5)
+    assert all(f.result(0).shape == (1, 2) for f in pending)
+    with pytest.raises(QueueClosed):
+        q.submit(["late"])
+
+
+def test_backpressure_refuses_past_max_pending():
+    gate = threading.Event()
+    q = MicroBatcher(
+        lambda t: (gate.wait(5), np.zeros((len(t), 2), np.float32))[1],
+        max_wait_ms=0,
+        max_pending=4,
+        max_batch=2,
+    )
+    first = q.submit(["a", "b"])  # taken by the worker, which blocks on the gate
+    time.sleep(0.05)
+    q.submit(["c", "d", "e", "f"])
+    with pytest.raises(QueueFull):
+        q.submit(["g"])
+    gate.set()
+    first.result(5)
+    q.close()
