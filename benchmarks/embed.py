@@ -1,0 +1,173 @@
+"""Embedding engine benchmark: every figure of the foundation issue, in ONE run, as ratios.
+
+    python benchmarks/embed.py            # full: 2,000 texts
+    python benchmarks/embed.py --n 600    # quicker
+
+Prints a table and, last, one JSON line. The machine is noisy (2 shared cores), so each
+throughput is the best of ``--rounds`` passes, and the passes of different configurations are
+interleaved; compare the ratios, not the absolute numbers, across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from hivemem import Embedder, EmbeddingCache
+from hivemem.embed.corpus import sentences
+from hivemem.embed.model import ensure_prepared, fidelity, source_dir
+
+
+def best_rate(fn: Callable[[], object], n: int, rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return n / best
+
+
+def threaded_rate(emb: Embedder, texts: list[str], threads: int) -> float:
+    """``threads`` threads each calling ``embed_one`` over an equal share of ``texts``."""
+    shares = [texts[k::threads] for k in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+
+    def work(share: list[str]) -> None:
+        barrier.wait()
+        for t in share:
+            emb.embed_one(t)
+
+    pool = [threading.Thread(target=work, args=(s,)) for s in shares]
+    for th in pool:
+        th.start()
+    barrier.wait()
+    t = time.perf_counter()
+    for th in pool:
+        th.join()
+    return len(texts) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000, help="corpus size (distinct sentences)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=16, help="caller threads for the embed_one test")
+    args = ap.parse_args()
+
+    manifest = ensure_prepared()
+    variants = list(manifest["variants"])
+    default = manifest["default"]
+    corpus = sentences(args.n, seed=2024)  # disjoint from prepare's verification seed
+    single = corpus[: min(300, args.n)]
+    rows: list[tuple[str, float, str]] = []
+    out: dict = {"n": args.n, "default_variant": default, "cpu_threads": os.cpu_count()}
+
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(source_dir()), device="cpu")
+    engines = {v: Embedder(variant=v, cache=False) for v in variants}
+    st_backend = Embedder("sentence-transformers", cache=False)
+
+    # Throughput, interleaved: one pass of each configuration per round.
+    rates: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for name, fn in [
+            ("st_bs32", lambda: st.encode(corpus, batch_size=32)),
+            *[(f"onnx_{v}", lambda e=e: e.embed(corpus)) for v, e in engines.items()],
+            ("hivemem_st_backend", lambda: st_backend.embed(corpus)),
+        ]:
+            rates[name] = max(rates.get(name, 0.0), best_rate(fn, len(corpus), 1))
+    rates["st_bs1"] = best_rate(lambda: [st.encode([t]) for t in single], len(single), 1)
+    base = rates["st_bs32"]
+    rows.append(("sentence-transformers encode bs 1", rates["st_bs1"], f"{rates['st_bs1'] / base:.2f}×"))
+    rows.append(("sentence-transformers encode bs 32", base, "1.00×"))
+    for v in variants:
+        tag = " (default)" if v == default else ""
+        rows.append(
+            (f"hivemem onnx {v}{tag}, batch", rates[f"onnx_{v}"], f"{rates[f'onnx_{v}'] / base:.2f}×")
+        )
+    rows.append(
+        (
+            "hivemem sentence-transformers backend",
+            rates["hivemem_st_backend"],
+            f"{rates['hivemem_st_backend'] / base:.2f}×",
+        )
+    )
+
+    # Many threads each calling embed_one through the queue, default variant.
+    dflt = engines[default]
+    rates["threads_embed_one"] = threaded_rate(dflt, corpus, args.threads)
+    rows.append(
+        (
+            f"hivemem default, {args.threads} threads × embed_one",
+            rates["threads_embed_one"],
+            f"{rates['threads_embed_one'] / rates[f'onnx_{default}']:.2f}× batch",
+        )
+    )
+
+    # Cache hits: in-process LRU tier and the shared SQLite tier.
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_file = Path(tmp) / "bench-cache.sqlite"
+        with Embedder(variant=default, cache=cache_file) as warm:
+            warm.embed(corpus)
+            rates["cache_hit_memory"] = best_rate(lambda: warm.embed(corpus), len(corpus), 3)
+        cold = Embedder(variant=default, cache=EmbeddingCache(cache_file, memory_items=0))
+        rates["cache_hit_disk"] = best_rate(lambda: cold.embed(corpus), len(corpus), 3)
+        cold.close()
+    rows.append(("cache hits, in-process tier", rates["cache_hit_memory"], ""))
+    rows.append(("cache hits, shared SQLite tier", rates["cache_hit_disk"], ""))
+
+    # Single-text latency through the public path (queue on, no cache), default variant.
+    lat = []
+    for t in single[:200]:
+        s = time.perf_counter()
+        dflt.embed_one(t)
+        lat.append((time.perf_counter() - s) * 1000)
+    q = statistics.quantiles(lat, n=20)
+    out["latency_ms"] = {"p50": round(statistics.median(lat), 2), "p95": round(q[18], 2)}
+
+    # Fidelity of every variant against sentence-transformers on the same corpus.
+    reference = st.encode(corpus, batch_size=32, normalize_embeddings=True)
+    out["fidelity"] = {}
+    for v, e in engines.items():
+        mean, low, overlap = fidelity(e.embed(corpus), reference)
+        out["fidelity"][v] = {
+            "mean_cos": round(mean, 5),
+            "min_cos": round(low, 5),
+            "top5_overlap": round(overlap, 4),
+        }
+
+    out["texts_per_s"] = {k: round(v, 1) for k, v in rates.items()}
+    out["ratios"] = {
+        "default_vs_st_bs32": round(rates[f"onnx_{default}"] / base, 2),
+        "threads_vs_batch": round(rates["threads_embed_one"] / rates[f"onnx_{default}"], 2),
+        **{f"{v}_vs_st_bs32": round(rates[f"onnx_{v}"] / base, 2) for v in variants},
+    }
+
+    print(f"\ncorpus: {len(corpus)} distinct sentences, default variant: {default}\n")
+    print(f"{'configuration':52} {'texts/s':>10}  ratio")
+    for name, rate, ratio in rows:
+        print(f"{name:52} {rate:10.1f}  {ratio}")
+    print(
+        f"\nsingle-text latency (embed_one, default): p50 {out['latency_ms']['p50']} ms, "
+        f"p95 {out['latency_ms']['p95']} ms"
+    )
+    print(f"\n{'variant':8} {'mean cos':>9} {'min cos':>8} {'top-5':>6}")
+    for v, f in out["fidelity"].items():
+        print(f"{v:8} {f['mean_cos']:9.4f} {f['min_cos']:8.4f} {f['top5_overlap']:6.3f}")
+    for e in [*engines.values(), st_backend]:
+        e.close()
+    print(json.dumps({"benchmark": "embed", **out}))
+
+
+if __name__ == "__main__":
+    main()
