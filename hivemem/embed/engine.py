@@ -88,7 +88,7 @@ class Embedder:
         batch_size: int = 32,
         batching: bool = True,
         max_batch: int = 256,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 5.0,
         max_pending: int | None = None,
         cache: bool | str | Path | EmbeddingCache = True,
         url: str | None = None,

@@ -2,8 +2,9 @@
 
 A model runs a batch of 32 texts several times faster than 32 single calls. Callers from many
 threads (or asyncio tasks, or service connections) each hand in a few texts; one worker thread
-gathers whatever is pending — waiting at most ``max_wait_ms`` after the first arrival when the
-queue is idle, not at all when requests piled up while it was busy — computes identical texts once,
+gathers whatever is pending — waiting, at most ``max_wait_ms`` after the first arrival, for as many
+callers as the previous batch served (so a lone caller never waits and 16 busy threads share every
+batch) — computes identical texts once,
 and hands every caller its own rows. A failing batch fails only the callers in it.
 """
 
@@ -50,7 +51,7 @@ class MicroBatcher:
         encode: Callable[[list[str]], np.ndarray],
         *,
         max_batch: int = 256,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 5.0,
         max_pending: int | None = None,
         on_batch: Callable[[list[str], np.ndarray], None] | None = None,
         name: str = "hivemem-batcher",
@@ -66,6 +67,8 @@ class MicroBatcher:
         self._pending_texts = 0
         self._cv = threading.Condition()
         self._closed = False
+        self._expect = 1  # callers served by the last batch
+        self._free_since = 0.0  # when the worker last finished a batch
         self.batches = 0
         self.texts_computed = 0
         self.texts_deduplicated = 0
@@ -109,13 +112,20 @@ class MicroBatcher:
             self._thread.join(timeout)
 
     def _take(self) -> list[_Request] | None:
+        self._free_since = time.monotonic()
         with self._cv:
             while not self._pending:
                 if self._closed:
                     return None
                 self._cv.wait()
-            deadline = self._pending[0].arrived + self.max_wait
-            while self._pending_texts < self.max_batch and not self._closed:
+            # Wait for as many callers as the last batch served (they are resubmitting right now),
+            # never longer than max_wait: a lone sequential caller (expect == 1) never waits.
+            deadline = max(self._pending[0].arrived, self._free_since) + self.max_wait
+            while (
+                len(self._pending) < self._expect
+                and self._pending_texts < self.max_batch
+                and not self._closed
+            ):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -127,6 +137,8 @@ class MicroBatcher:
                 batch.append(request)
                 size += len(request.texts)
             self._pending_texts -= size
+            self._expect = len(batch)
+
             return batch
 
     def _run(self) -> None:
