@@ -1,0 +1,26 @@
+"""Batch planning over length-sorted texts (pure logic, no model)."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hivemem.embed.onnx_backend import RUN_OVERHEAD_TOKENS, plan_batches
+
+
+def _cost(lengths, spans):
+    return sum((b - a) * lengths[b - 1] + RUN_OVERHEAD_TOKENS for a, b in spans)
+
+
+@given(st.lists(st.integers(1, 256), max_size=300), st.integers(1, 64))
+def test_spans_cover_in_order_and_beat_fixed_chunks(raw, max_batch):
+    lengths = sorted(raw)
+    spans = plan_batches(lengths, max_batch)
+    assert [i for a, b in spans for i in range(a, b)] == list(range(len(lengths)))
+    assert all(0 < b - a <= max_batch for a, b in spans)
+    fixed = [(i, min(i + max_batch, len(lengths))) for i in range(0, len(lengths), max_batch)]
+    assert _cost(lengths, spans) <= _cost(lengths, fixed)
+
+
+def test_mixed_lengths_are_split_where_padding_costs_more_than_a_run():
+    spans = plan_batches([10] * 8 + [100] * 8, 32)
+    assert spans == [(0, 8), (8, 16)]
+    assert len(plan_batches([20] * 40, 32)) == 2  # equal lengths: as few runs as max_batch allows
