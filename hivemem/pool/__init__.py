@@ -1,0 +1,23 @@
+"""Warm workers: build an expensive object once per worker and reuse it for every call
+(:class:`WorkerPool`), and a resumable parallel runner on top (:func:`run_parallel`).
+"""
+
+from hivemem.pool.errors import (
+    CallTimeout,
+    PoolClosed,
+    PoolError,
+    RemoteError,
+    WorkerCrashed,
+    WorkerInitError,
+)
+from hivemem.pool.pool import WorkerPool
+
+__all__ = [
+    "CallTimeout",
+    "PoolClosed",
+    "PoolError",
+    "RemoteError",
+    "WorkerCrashed",
+    "WorkerInitError",
+    "WorkerPool",
+]
