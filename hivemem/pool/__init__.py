@@ -11,13 +11,18 @@ from hivemem.pool.errors import (
     WorkerInitError,
 )
 from hivemem.pool.pool import WorkerPool
+from hivemem.pool.results import read_results
+from hivemem.pool.runner import RunSummary, run_parallel
 
 __all__ = [
     "CallTimeout",
     "PoolClosed",
     "PoolError",
     "RemoteError",
+    "RunSummary",
     "WorkerCrashed",
     "WorkerInitError",
     "WorkerPool",
+    "read_results",
+    "run_parallel",
 ]
