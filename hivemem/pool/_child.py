@@ -9,7 +9,6 @@ instead of desynchronising the pipe.
 from __future__ import annotations
 
 import inspect
-import os
 import pickle
 import signal
 import time
@@ -89,7 +88,7 @@ def main(conn: Connection, factory_blob: bytes) -> None:
     except BaseException as exc:
         conn.send(("init_error", 0, _exc_blob(exc)))
         return
-    conn.send(("ready", 0, pickle.dumps((os.getpid(), time.perf_counter() - started))))
+    conn.send(("ready", 0, pickle.dumps(time.perf_counter() - started)))
     while True:
         try:
             msg = conn.recv()

@@ -16,6 +16,7 @@ import pickle
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Literal
@@ -50,6 +51,11 @@ def _check_timeout(timeout: float | None) -> float | None:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     return float(timeout)
+
+
+def _stop_slots(calls: queue.SimpleQueue[Any], n: int) -> None:
+    for _ in range(n):
+        calls.put(STOP)
 
 
 class WorkerPool:
@@ -107,6 +113,8 @@ class WorkerPool:
             self._slots = [ThreadSlot(i, self._calls, factory) for i in range(size)]
         for slot in self._slots:
             slot.start()
+        # A pool dropped without close() still stops its workers once garbage-collected.
+        self._finalizer = weakref.finalize(self, _stop_slots, self._calls, size)
 
     # -- calls ------------------------------------------------------------------------------
     def _make_call(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None) -> Call:
@@ -210,8 +218,8 @@ class WorkerPool:
                         except queue.Empty:
                             break
                         pending.future.cancel()
-                for _ in self._slots:
-                    self._calls.put(STOP)
+                self._finalizer.detach()
+                _stop_slots(self._calls, len(self._slots))
         if wait:
             for slot in self._slots:
                 if slot.thread is not threading.current_thread():

@@ -83,9 +83,11 @@ class Slot:
         self.pid: int | None = None
         self.ready = threading.Event()  # first init attempt finished (ok or not)
         self.init_error: BaseException | None = None
+        self.serving = False  # the object is built and the worker takes calls
         self.busy = False
         self.calls_served = 0
         self.factory_runs = 0
+        self.factory_seconds: float | None = None  # how long the last successful factory call took
         self.crashes = 0
         self.timeouts = 0
         self.thread = threading.Thread(target=self._guarded_loop, name=f"hivemem-pool-{index}", daemon=True)
@@ -123,10 +125,11 @@ class Slot:
             "worker": self.index,
             "kind": self.kind,
             "pid": self.pid,
-            "alive": self.pid is not None and self.init_error is None,
+            "ready": self.serving,
             "busy": self.busy,
             "calls": self.calls_served,
             "factory_runs": self.factory_runs,
+            "factory_seconds": self.factory_seconds,
             "crashes": self.crashes,
             "timeouts": self.timeouts,
             "rss_bytes": rss_bytes(self.pid) if self.pid is not None else None,
@@ -159,6 +162,7 @@ class ProcessSlot(Slot):
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
+        self.pid, self.serving = proc.pid, False
         self.factory_runs += 1
         try:
             kind, _, blob = parent.recv()  # blocks until the factory is done; EOF if it died
@@ -173,8 +177,8 @@ class ProcessSlot(Slot):
             self.init_error = err
             return
         if kind == "ready":
-            self.pid, _init_s = pickle.loads(blob)
-            self.init_error = None
+            self.init_error, self.serving = None, True
+            self.factory_seconds = pickle.loads(blob)
         else:
             exc, tb = pickle.loads(blob)
             self._discard()
@@ -183,7 +187,7 @@ class ProcessSlot(Slot):
     def _discard(self, kill: bool = False) -> None:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
-        self.pid = None
+        self.pid, self.serving = None, False
         if proc is None:
             return
         if kill and proc.is_alive():
@@ -221,7 +225,9 @@ class ProcessSlot(Slot):
                 if self.init_error is not None:
                     self._fail_init(call)  # next iteration tries the factory again
                     continue
-                if not self._proc.is_alive():  # died while idle: replace it before dispatching
+                # Died while idle? An idle worker never writes, so a readable pipe means EOF; this
+                # also sees a death that the forkserver has not reported through the sentinel yet.
+                if not self._proc.is_alive() or self._conn.poll():
                     self.crashes += 1
                     self._discard()
                     self._spawn()
@@ -231,6 +237,9 @@ class ProcessSlot(Slot):
                 self.busy = True
                 try:
                     self._serve(call)
+                except Exception as exc:  # a bug here must not strand callers: fail, start afresh
+                    call.fail(exc)
+                    self._discard(kill=True)
                 finally:
                     self.busy = False
                     self.calls_served += 1
@@ -329,9 +338,11 @@ class ThreadSlot(Slot):
         while True:
             if not built:
                 self.factory_runs += 1
+                started = time.perf_counter()
                 try:
                     obj = self._factory()
-                    built, self.init_error = True, None
+                    built, self.init_error, self.serving = True, None, True
+                    self.factory_seconds = time.perf_counter() - started
                 except BaseException as exc:
                     self.init_error = exc
                 self.ready.set()

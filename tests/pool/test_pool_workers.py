@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import os
 import signal
 import threading
@@ -47,6 +48,7 @@ def test_factory_runs_once_per_process_worker(tmp_path):
     with WorkerPool(functools.partial(pool_agents.make_agent, str(tmp_path)), size=3) as pool:
         futures = [pool.submit(pool_agents.whoami, 0.002) for _ in range(60)]
         replies = [f.result(timeout=30) for f in futures]
+        pool.wait_ready(timeout=30)  # the last worker may still be starting if two did all the work
         stats = pool.stats()
     marker_pids = {int(p.name.split("-")[0]) for p in tmp_path.iterdir()}
     assert len(list(tmp_path.iterdir())) == 3  # the factory ran exactly `size` times
@@ -245,3 +247,15 @@ def test_close_can_cancel_pending_calls():
     pool.close(cancel_pending=True)
     assert running.result() == os.getpid()
     assert all(f.cancelled() for f in queued)
+
+
+def test_a_dropped_pool_stops_its_workers():
+    pool = WorkerPool(pool_agents.make_agent, size=2)
+    pool.wait_ready(timeout=30)
+    pids = {w["pid"] for w in pool.stats()["workers"]}
+    threads = [slot.thread for slot in pool._slots]
+    del pool
+    gc.collect()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert all(_pid_gone(pid) for pid in pids)
