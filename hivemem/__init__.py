@@ -19,6 +19,14 @@ _EXPORTS: dict[str, str] = {
     "EmbedderLike": "hivemem.embed.protocol",
     "EmbeddingCache": "hivemem.embed.cache",
     "prepare_model": "hivemem.embed.model",
+    "WorkerPool": "hivemem.pool.pool",
+    "run_parallel": "hivemem.pool.runner",
+    "RunSummary": "hivemem.pool.runner",
+    "WorkerCrashed": "hivemem.pool.errors",
+    "WorkerInitError": "hivemem.pool.errors",
+    "CallTimeout": "hivemem.pool.errors",
+    "PoolClosed": "hivemem.pool.errors",
+    "PoolError": "hivemem.pool.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -28,6 +36,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.engine import Embedder
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
+    from hivemem.pool.errors import CallTimeout, PoolClosed, PoolError, WorkerCrashed, WorkerInitError
+    from hivemem.pool.pool import WorkerPool
+    from hivemem.pool.runner import RunSummary, run_parallel
 
 
 def __getattr__(name: str) -> Any:

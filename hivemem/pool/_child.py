@@ -1,0 +1,104 @@
+"""The loop a process worker runs: build the object once, then serve calls until told to stop.
+
+Kept free of heavy imports because it is the first thing every worker process loads. Every
+message the worker sends is ``(kind, call_id, blob)`` with the value pickled *separately*, so a
+value that fails to pickle here, or to unpickle in the parent, is reported against its own call
+instead of desynchronising the pipe.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from hivemem.pool.errors import RemoteError
+
+
+def _exc_blob(exc: BaseException) -> bytes:
+    """Pickle ``(exception, traceback text)``, degrading to RemoteError if the exception can't travel."""
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        blob = pickle.dumps(exc)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt (custom __init__)
+    except Exception:
+        exc = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return pickle.dumps((exc, tb))
+
+
+def _cancel_requested(conn: Connection, call_id: int) -> bool:
+    """Drain control messages that arrived while streaming; True if this call was cancelled."""
+    cancelled = False
+    while conn.poll():
+        msg = conn.recv()
+        if msg[0] == "cancel" and msg[1] == call_id:
+            cancelled = True
+    return cancelled
+
+
+def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: bytes) -> None:
+    try:
+        try:
+            fn, args = pickle.loads(payload)
+        except Exception as exc:
+            raise RuntimeError(
+                f"the worker could not load the function or its arguments ({type(exc).__name__}: {exc}); "
+                "functions must be importable by module and name from the worker process"
+            ) from exc
+        result = fn(obj, *args)
+        if streaming:
+            try:
+                iterator = iter(result)
+            except TypeError:
+                raise TypeError(
+                    f"stream() needs a function that returns an iterable, {fn!r} returned "
+                    f"{type(result).__name__}"
+                ) from None
+            try:
+                for item in iterator:
+                    conn.send(("item", call_id, pickle.dumps(item)))
+                    if _cancel_requested(conn, call_id):
+                        break
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+            result = None
+        elif inspect.isgenerator(result):
+            result = list(result)  # submit() of a generator function: deliver all its items at once
+        blob = pickle.dumps(result)
+    except BaseException as exc:
+        conn.send(("error", call_id, _exc_blob(exc)))
+    else:
+        conn.send(("done", call_id, blob))
+
+
+def main(conn: Connection, factory_blob: bytes) -> None:
+    """Entry point of a worker process (started with the forkserver or spawn context)."""
+    # Ctrl-C reaches the whole process group; the parent decides what stops, not each worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started = time.perf_counter()
+    try:
+        factory = pickle.loads(factory_blob)
+        obj = factory()
+    except BaseException as exc:
+        conn.send(("init_error", 0, _exc_blob(exc)))
+        return
+    conn.send(("ready", 0, pickle.dumps(time.perf_counter() - started)))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent went away: nothing left to serve
+            return
+        if msg[0] == "stop":
+            return
+        if msg[0] == "call":
+            try:
+                _run(conn, obj, *msg[1:])
+            except OSError:  # broken pipe while answering: the parent is gone
+                return
+        # anything else is a stale "cancel" for a call that already ended

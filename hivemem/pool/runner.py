@@ -1,0 +1,223 @@
+"""``run_parallel``: run a function over many items on warm workers, resumably.
+
+Built for eval harnesses and batch jobs: each result is appended to a JSONL file the moment it
+completes, so killing the runner (or the machine) loses at most the items that were in flight,
+and running the same command again skips everything already recorded. An item that raises is
+recorded with its traceback instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hivemem.pool.pool import Kind, WorkerPool
+from hivemem.pool.results import Key, ResultsFile
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``records`` holds every record only when no results file was given."""
+
+    total: int
+    skipped: int
+    ok: int
+    errors: int
+    seconds: float
+    results: Path | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _no_object() -> None:
+    """Factory used when the caller has none: workers hold ``None``."""
+    return None
+
+
+def _apply(obj: Any, fn: Callable[..., Any], pass_obj: bool, item: Any) -> tuple[Any, float]:
+    """Runs in the worker: call ``fn`` the way the caller asked and time it there."""
+    started = time.perf_counter()
+    result = fn(obj, item) if pass_obj else fn(item)
+    return result, time.perf_counter() - started
+
+
+def _default_key(index: int, item: Any) -> Any:
+    if isinstance(item, dict) and "id" in item:
+        return item["id"]
+    return index
+
+
+def _keys(items: list[Any], key: Callable[[Any], Any] | str | None) -> list[Key]:
+    if isinstance(key, str):
+        field_name = key
+
+        def key_fn(i: int, item: Any) -> Any:
+            try:
+                return item[field_name]
+            except (KeyError, TypeError, IndexError):
+                raise ValueError(f"item {i} has no field {field_name!r} to use as its key") from None
+    elif key is None:
+        key_fn = _default_key
+    elif callable(key):
+
+        def key_fn(i: int, item: Any) -> Any:
+            return key(item)
+    else:
+        raise TypeError(f"key must be a callable, a field name or None, got {key!r}")
+    keys: list[Key] = []
+    seen: dict[Key, int] = {}
+    for i, item in enumerate(items):
+        k = key_fn(i, item)
+        if isinstance(k, bool) or not isinstance(k, str | int):
+            raise TypeError(f"item {i}: key must be a str or int (it goes into the results file), got {k!r}")
+        if k in seen:
+            raise ValueError(f"items {seen[k]} and {i} have the same key {k!r}; keys must be unique")
+        seen[k] = i
+        keys.append(k)
+    return keys
+
+
+def _error_record(k: Key, exc: BaseException) -> dict[str, Any]:
+    return {
+        "key": k,
+        "ok": False,
+        "error": f"{type(exc).__name__}: {exc}",
+        "error_type": type(exc).__name__,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def run_parallel(
+    items: Iterable[Any],
+    fn: Callable[..., Any],
+    workers: int | None = None,
+    factory: Callable[[], Any] | None = None,
+    results: str | os.PathLike[str] | None = None,
+    key: Callable[[Any], Key] | str | None = None,
+    *,
+    kind: Kind = "process",
+    retry_errors: bool = False,
+    timeout: float | None = None,
+    progress: bool = True,
+    fsync: bool = False,
+) -> RunSummary:
+    """Run ``fn`` over ``items`` on ``workers`` warm workers; record each outcome as it completes.
+
+    With ``factory``, each worker builds ``obj = factory()`` once and calls ``fn(obj, item)``;
+    without, ``fn(item)``. ``results`` is a JSONL file: one ``{"key", "ok", "result"|"error",
+    "traceback", "seconds"}`` record per item. Items already recorded there are skipped, so
+    re-running after a crash finishes the job; ``retry_errors=True`` also re-runs the recorded
+    failures (their old records are replaced). ``key`` names each item: a callable, a field
+    name, or by default the item's ``"id"`` field, else its index.
+    """
+    started = time.perf_counter()
+    items = list(items)
+    keys = _keys(items, key)
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    if kind == "process":
+        try:
+            pickle.dumps(fn)
+        except Exception as exc:
+            raise TypeError(
+                f"fn {fn!r} cannot be sent to worker processes ({exc}); define it at module level "
+                "or use kind='thread'"
+            ) from None
+    store = ResultsFile(results, fsync=fsync) if results is not None else None
+    summary = RunSummary(
+        total=len(items), skipped=0, ok=0, errors=0, seconds=0.0, results=store and store.path
+    )
+    if store is not None:
+        store.open()
+    try:
+        done: set[Key] = set()
+        if store is not None:
+            wanted = set(keys)
+            if retry_errors:
+                store.drop({k for k, r in store.records.items() if not r["ok"] and k in wanted})
+            done = {k for k in store.records if k in wanted}
+        todo = [(k, item) for k, item in zip(keys, items, strict=True) if k not in done]
+        summary.skipped = len(items) - len(todo)
+        if todo:
+            _run(todo, fn, workers, factory, kind, timeout, progress, store, summary)
+    finally:
+        if store is not None:
+            store.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run(
+    todo: list[tuple[Key, Any]],
+    fn: Callable[..., Any],
+    workers: int | None,
+    factory: Callable[[], Any] | None,
+    kind: Kind,
+    timeout: float | None,
+    progress: bool,
+    store: ResultsFile | None,
+    summary: RunSummary,
+) -> None:
+    from tqdm.auto import tqdm
+
+    size = min(workers or os.cpu_count() or 1, len(todo))
+    pool = WorkerPool(factory or _no_object, size=size, kind=kind)
+    bar = tqdm(total=summary.total, initial=summary.skipped, disable=not progress, unit="item", smoothing=0.1)
+    pending: dict[Future[Any], Key] = {}
+    window = 2 * size  # enough to keep every worker fed; small so a crash loses little
+    queue = iter(todo)
+    clean = False
+    try:
+
+        def record(rec: dict[str, Any]) -> None:
+            if store is not None:
+                try:
+                    store.append(rec)
+                except (TypeError, ValueError) as exc:  # result not JSON-serializable
+                    rec = _error_record(rec["key"], TypeError(f"the result cannot be stored as JSON: {exc}"))
+                    store.append(rec)
+            else:
+                summary.records.append(rec)
+            if rec["ok"]:
+                summary.ok += 1
+            else:
+                summary.errors += 1
+            bar.update(1)
+            bar.set_postfix(errors=summary.errors, refresh=False)
+
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < window:
+                nxt = next(queue, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                k, item = nxt
+                try:
+                    fut = pool.submit(_apply, fn, factory is not None, item, timeout=timeout)
+                except TypeError as exc:  # this item cannot be pickled: its own error, not the run's
+                    record(_error_record(k, exc))
+                    continue
+                pending[fut] = k
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                k = pending.pop(fut)
+                exc = fut.exception()
+                if exc is not None:
+                    record(_error_record(k, exc))
+                else:
+                    result, seconds = fut.result()
+                    record({"key": k, "ok": True, "result": result, "seconds": round(seconds, 6)})
+        clean = True
+    finally:
+        bar.close()
+        # On an interrupt, don't wait for in-flight items: their results would be redone anyway.
+        pool.close(wait=clean, cancel_pending=not clean)

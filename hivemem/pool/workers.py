@@ -1,0 +1,407 @@
+"""The pool's worker slots: each one owns a worker (a process or a thread) and serves calls from
+the pool's shared queue, one at a time.
+
+A process slot is a small thread in the caller's process that owns exactly one child process and
+its pipe. Because each slot owns its child, a child that dies (``kill -9``, segfault, OOM) only
+fails the call it was running: the slot notices through the process sentinel, reports
+:class:`WorkerCrashed`, and starts a replacement — unlike ``ProcessPoolExecutor``, where one death
+breaks the whole executor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from hivemem.pool import _child
+from hivemem.pool.calls import Call
+from hivemem.pool.errors import (
+    CallTimeout,
+    RemoteTraceback,
+    WorkerCrashed,
+    WorkerInitError,
+)
+
+STOP = object()  # queue marker: one per slot, put behind pending calls by close()
+_STOP_GRACE_S = 2.0
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid`` (Linux ``/proc``; psutil elsewhere when installed)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process(pid).memory_info().rss)
+    except Exception:
+        return None
+
+
+def _fn_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def _with_remote_tb(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+class Slot:
+    """State and bookkeeping shared by both kinds; subclasses implement ``_loop``."""
+
+    kind = ""
+
+    def __init__(self, index: int, calls: queue.SimpleQueue[Any]) -> None:
+        self.index = index
+        self._calls = calls
+        self.pid: int | None = None
+        self.ready = threading.Event()  # first init attempt finished (ok or not)
+        self.init_error: BaseException | None = None
+        self.serving = False  # the object is built and the worker takes calls
+        self.busy = False
+        self.calls_served = 0
+        self.factory_runs = 0
+        self.factory_seconds: float | None = None  # how long the last successful factory call took
+        self.crashes = 0
+        self.timeouts = 0
+        self.thread = threading.Thread(target=self._guarded_loop, name=f"hivemem-pool-{index}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _guarded_loop(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.ready.set()
+
+    def _loop(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _next_call(self) -> Call | None:
+        """Block for the next runnable call; None means stop."""
+        while True:
+            call = self._calls.get()
+            if call is STOP:
+                return None
+            if call.future.set_running_or_notify_cancel():
+                return call
+
+    def _fail_init(self, call: Call) -> None:
+        err = self.init_error
+        self.init_error = None
+        exc = WorkerInitError(f"worker {self.index}: the factory failed: {type(err).__name__}: {err}")
+        exc.__cause__ = err
+        call.fail(exc)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "worker": self.index,
+            "kind": self.kind,
+            "pid": self.pid,
+            "ready": self.serving,
+            "busy": self.busy,
+            "calls": self.calls_served,
+            "factory_runs": self.factory_runs,
+            "factory_seconds": self.factory_seconds,
+            "crashes": self.crashes,
+            "timeouts": self.timeouts,
+            "rss_bytes": rss_bytes(self.pid) if self.pid is not None else None,
+        }
+
+
+class ProcessSlot(Slot):
+    """Owns one worker process, started from a forkserver/spawn context, and its pipe."""
+
+    kind = "process"
+
+    def __init__(
+        self, index: int, calls: queue.SimpleQueue[Any], ctx: BaseContext, factory_blob: bytes
+    ) -> None:
+        super().__init__(index, calls)
+        self._ctx = ctx
+        self._factory_blob = factory_blob
+        self._proc: Any = None
+        self._conn: Any = None
+        self._send_lock = threading.Lock()
+
+    # -- process lifecycle ------------------------------------------------------------------
+    def _spawn(self) -> None:
+        """Start a worker process and wait for its factory to finish (or fail)."""
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=_child.main, args=(child, self._factory_blob), name=f"hivemem-worker-{self.index}"
+        )
+        proc.daemon = True
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        self.pid, self.serving = proc.pid, False
+        self.factory_runs += 1
+        try:
+            kind, _, blob = parent.recv()  # blocks until the factory is done; EOF if it died
+        except (EOFError, OSError):
+            proc.join()
+            err: BaseException = WorkerCrashed(
+                f"worker process {proc.pid} died while running the factory ({_describe_exit(proc.exitcode)})",
+                pid=proc.pid,
+                exitcode=proc.exitcode,
+            )
+            self._discard()
+            self.init_error = err
+            return
+        if kind == "ready":
+            self.init_error, self.serving = None, True
+            self.factory_seconds = pickle.loads(blob)
+        else:
+            exc, tb = pickle.loads(blob)
+            self._discard()
+            self.init_error = _with_remote_tb(exc, tb)
+
+    def _discard(self, kill: bool = False) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        self.pid, self.serving = None, False
+        if proc is None:
+            return
+        if kill and proc.is_alive():
+            proc.kill()
+        proc.join(_STOP_GRACE_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        with contextlib.suppress(Exception):
+            conn.close()
+        with contextlib.suppress(Exception):
+            proc.close()
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self._conn.send(msg)
+
+    def _cancel_hook(self, call_id: int, conn: Any) -> Callable[[], None]:
+        def hook() -> None:
+            with self._send_lock, contextlib.suppress(Exception):
+                conn.send(("cancel", call_id))
+
+        return hook
+
+    # -- serving ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while True:
+                if self._proc is None:
+                    self._spawn()
+                    self.ready.set()
+                call = self._next_call()
+                if call is None:
+                    return
+                if self.init_error is not None:
+                    self._fail_init(call)  # next iteration tries the factory again
+                    continue
+                # Died while idle? An idle worker never writes, so a readable pipe means EOF; this
+                # also sees a death that the forkserver has not reported through the sentinel yet.
+                if not self._proc.is_alive() or self._conn.poll():
+                    self.crashes += 1
+                    self._discard()
+                    self._spawn()
+                    if self.init_error is not None:
+                        self._fail_init(call)
+                        continue
+                self.busy = True
+                try:
+                    self._serve(call)
+                except Exception as exc:  # a bug here must not strand callers: fail, start afresh
+                    call.fail(exc)
+                    self._discard(kill=True)
+                finally:
+                    self.busy = False
+                    self.calls_served += 1
+        finally:
+            if self._proc is not None:
+                with contextlib.suppress(Exception):
+                    self._send(("stop",))
+                self._discard()
+
+    def _crashed(self, call: Call) -> None:
+        proc = self._proc
+        proc.join(_STOP_GRACE_S)
+        pid, code = proc.pid, proc.exitcode
+        self.crashes += 1
+        self._discard(kill=True)
+        call.fail(
+            WorkerCrashed(
+                f"worker process {pid} died ({_describe_exit(code)}) while running {_fn_name(call.fn)}; "
+                "it has been replaced",
+                pid=pid,
+                exitcode=code,
+            )
+        )
+
+    def _serve(self, call: Call) -> None:
+        conn, proc = self._conn, self._proc
+        try:
+            self._send(("call", call.id, call.streaming, call.payload))
+        except OSError:
+            self._crashed(call)
+            return
+        if call.streaming:
+            call.on_cancel(self._cancel_hook(call.id, conn))
+        deadline = None if call.timeout is None else time.monotonic() + call.timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait([conn, proc.sentinel], remaining)
+            if not ready:
+                pid = proc.pid
+                self.timeouts += 1
+                self._discard(kill=True)
+                call.cancelled.set()
+                call.fail(
+                    CallTimeout(
+                        f"{_fn_name(call.fn)} ran longer than {call.timeout} s; "
+                        f"worker process {pid} was killed and replaced"
+                    )
+                )
+                return
+            if conn not in ready:
+                self._crashed(call)
+                return
+            try:
+                kind, call_id, blob = conn.recv()
+            except (EOFError, OSError):
+                self._crashed(call)
+                return
+            if call_id != call.id:
+                continue
+            try:
+                value = pickle.loads(blob)
+            except Exception as exc:  # e.g. a class the parent cannot import
+                call.fail(TypeError(f"could not unpickle what {_fn_name(call.fn)} sent back: {exc}"))
+                if kind == "item":
+                    call.request_cancel()
+                    continue
+                return
+            if kind == "item":
+                call.emit(value)
+            elif kind == "done":
+                call.finish(value)
+                return
+            else:  # "error"
+                exc, tb = value
+                call.fail(_with_remote_tb(exc, tb))
+                return
+
+
+class ThreadSlot(Slot):
+    """A worker thread that builds its own object (one per thread) and runs calls in place.
+
+    Threads cannot be killed: a timed-out call is failed for the caller and a stream is stopped at
+    its next item, but the thread stays busy until the function returns.
+    """
+
+    kind = "thread"
+
+    def __init__(self, index: int, calls: queue.SimpleQueue[Any], factory: Callable[[], Any]) -> None:
+        super().__init__(index, calls)
+        self._factory = factory
+        self.pid = os.getpid()
+
+    def _loop(self) -> None:
+        obj: Any = None
+        built = False
+        while True:
+            if not built:
+                self.factory_runs += 1
+                started = time.perf_counter()
+                try:
+                    obj = self._factory()
+                    built, self.init_error, self.serving = True, None, True
+                    self.factory_seconds = time.perf_counter() - started
+                except BaseException as exc:
+                    self.init_error = exc
+                self.ready.set()
+            call = self._next_call()
+            if call is None:
+                return
+            if self.init_error is not None:
+                self._fail_init(call)
+                continue
+            self.busy = True
+            timer = None
+            if call.timeout is not None:
+                timer = threading.Timer(call.timeout, self._time_out, (call,))
+                timer.daemon = True
+                timer.start()
+            try:
+                self._run(obj, call)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self.busy = False
+                self.calls_served += 1
+
+    def _time_out(self, call: Call) -> None:
+        if not call.future.done():
+            self.timeouts += 1
+            call.cancelled.set()
+            call.fail(
+                CallTimeout(
+                    f"{_fn_name(call.fn)} ran longer than {call.timeout} s; the worker thread cannot be "
+                    "killed and finishes it in the background"
+                )
+            )
+
+    @staticmethod
+    def _run(obj: Any, call: Call) -> None:
+        try:
+            result = call.fn(obj, *call.args)
+            if call.streaming:
+                try:
+                    iterator = iter(result)
+                except TypeError:
+                    raise TypeError(
+                        f"stream() needs a function that returns an iterable, {call.fn!r} returned "
+                        f"{type(result).__name__}"
+                    ) from None
+                try:
+                    for item in iterator:
+                        call.emit(item)
+                        if call.cancelled.is_set():
+                            break
+                finally:
+                    close = getattr(iterator, "close", None)
+                    if close is not None:
+                        close()
+                result = None
+            elif inspect.isgenerator(result):
+                result = list(result)
+        except BaseException as exc:
+            call.fail(exc)
+        else:
+            call.finish(result)
