@@ -19,6 +19,9 @@ _EXPORTS: dict[str, str] = {
     "EmbedderLike": "hivemem.embed.protocol",
     "EmbeddingCache": "hivemem.embed.cache",
     "prepare_model": "hivemem.embed.model",
+    "TaskLibrary": "hivemem.tasks.library",
+    "TaskLibraryError": "hivemem.tasks.errors",
+    "convert_tasks": "hivemem.tasks.convert",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -28,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.engine import Embedder
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
+    from hivemem.tasks.convert import convert_tasks
+    from hivemem.tasks.errors import TaskLibraryError
+    from hivemem.tasks.library import TaskLibrary
 
 
 def __getattr__(name: str) -> Any:

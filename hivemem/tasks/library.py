@@ -26,7 +26,9 @@ from hivemem.tasks.errors import TaskLibraryError, TaskNotFoundError, UnknownTas
 
 Task = dict[str, Any]
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
-_MMAP_BYTES = 1 << 30  # read straight from the shared page cache instead of copying into SQLite's
+# Read with plain read() into a small private page cache, no mmap: pages the process maps count
+# towards its PSS, pages it only reads stay in the kernel's cache, shared by every worker.
+_CACHE_KIB = 256
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -54,7 +56,8 @@ class TaskLibrary:
         if not self.path.is_file():
             what = "is a directory" if self.path.is_dir() else "does not exist"
             raise TaskLibraryError(
-                f"task library {self.path} {what}; create one with `hivemem tasks convert SRC.json {self.path}`"
+                f"task library {self.path} {what}; "
+                f"create one with `hivemem tasks convert SRC.json {self.path}`"
             )
         self._uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
         self._local = threading.local()
@@ -79,7 +82,8 @@ class TaskLibrary:
             reason = self.source_changed()
             if reason:
                 warnings.warn(
-                    f"{meta['source_path']} {reason} since {self.path} was converted from it; the library may "
+                    f"{meta['source_path']} {reason} since {self.path} was converted from it; "
+                    "the library may "
                     f"be stale: run `hivemem tasks convert {meta['source_path']} {self.path}` again",
                     TaskSourceChangedWarning,
                     stacklevel=2,
@@ -92,7 +96,7 @@ class TaskLibrary:
         if getattr(local, "pid", None) != pid:
             try:
                 conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
-                conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
+                conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             except sqlite3.Error as exc:
                 raise TaskLibraryError(f"cannot open task library {self.path}: {exc}") from None
             local.conn, local.pid = conn, pid
@@ -213,7 +217,8 @@ class TaskLibrary:
         for start in range(0, len(unique), _CHUNK):
             part = unique[start : start + _CHUNK]
             sql = (
-                f"SELECT task, name, codec, value FROM task_fields WHERE task IN ({', '.join('?' * len(part))})"
+                "SELECT task, name, codec, value FROM task_fields "
+                f"WHERE task IN ({', '.join('?' * len(part))})"
                 f"{name_clause} ORDER BY task, pos"
             )
             for task, name, codec_id, value in self._cursor(sql, [*part, *names]):
@@ -276,8 +281,9 @@ class TaskLibrary:
             picked = rng.choices(rowids, k=n)
         elif n > len(rowids):
             of = f" of type {task_type!r}" if task_type is not None else ""
+            matching = f" matching {where!r}" if where else ""
             raise ValueError(
-                f"asked for {n} distinct tasks{of}{f' matching {where!r}' if where else ''} but the library has "
+                f"asked for {n} distinct tasks{of}{matching} but the library has "
                 f"only {len(rowids)}; ask for fewer or pass replace=True to draw with replacement"
             )
         else:

@@ -13,6 +13,7 @@ are then counted in the file.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import stat
 from collections.abc import Callable, Iterator
@@ -224,12 +225,11 @@ def _iter_groups(reader: _Reader, path: Path) -> Iterator[SourceItem]:
                 "(pass fmt='jsonl' / --format jsonl for one task per line)",
                 position=f"[{key!r}]",
             )
-        index = 0
-        for event, value in events:
+        for index in itertools.count():
+            event, value = next(events)
             if event == "end_array":
                 break
             yield f"[{key!r}][{index}]", key, _build(event, value, events)
-            index += 1
     for _ in events:  # raises on trailing garbage
         pass
 

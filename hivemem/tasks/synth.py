@@ -32,13 +32,13 @@ def _step(rng: random.Random, vocab: list[str], number: int, depth: int) -> dict
         "action": rng.choice(vocab),
         "tool": rng.choice(["browser", "shell", "python", "search", "editor", "sql"]),
         "params": {
-            "query": _sentence(rng, vocab, 4, 12),
+            "query": _sentence(rng, vocab, 10, 30),
             "limit": rng.randint(1, 100),
             "threshold": round(rng.random(), 4),
             "filters": [rng.choice(vocab) for _ in range(rng.randint(1, 5))],
             "strict": rng.random() < 0.5,
         },
-        "expected": _sentence(rng, vocab, 6, 18),
+        "expected": _sentence(rng, vocab, 20, 60),
         "on_error": None
         if rng.random() < 0.7
         else {"retry": rng.randint(1, 3), "fallback": rng.choice(vocab)},
@@ -74,8 +74,8 @@ def iter_tasks(
     n_tasks: int = 630,
     n_types: int = 10,
     *,
-    steps: int = 34,
-    description_words: int = 1200,
+    steps: int = 18,
+    description_words: int = 1400,
     seed: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """Yield ``n_tasks`` tasks, round-robin over ``n_types`` types, deterministically from ``seed``.
