@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from hivemem.tasks import codec, schema
 from hivemem.tasks.errors import TaskSourceError
-from hivemem.tasks.source import iter_source
+from hivemem.tasks.source import BigIntegerError, iter_source
 
 OnDuplicate = Literal["error", "keep-last"]
 _SCALARS = (str, int, float, bool, type(None))
@@ -229,11 +229,35 @@ def convert_tasks(
     dest_path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(dest_path)
 
+    options = (id_field, type_field, fields, compression, fmt, on_duplicate, progress)
+    try:
+        return _convert(src_path, dest_path, *options, backend=None, started=started)
+    except BigIntegerError:
+        # yajl cannot hold integers beyond 64 bits; ijson's pure-Python parser can (slowly)
+        if not src_path.is_file():
+            raise
+        return _convert(src_path, dest_path, *options, backend="python", started=started)
+
+
+def _convert(
+    src_path: Path,
+    dest_path: Path,
+    id_field: str,
+    type_field: str,
+    fields: list[str],
+    compression: str,
+    fmt: str,
+    on_duplicate: str,
+    progress: bool | None,
+    *,
+    backend: str | None,
+    started: float,
+) -> dict[str, Any]:
     from tqdm import tqdm  # the writer side only: workers never import it
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=None, unit="B", unit_scale=True, desc=f"convert {src_path.name}", disable=not show)
-    info, items = iter_source(src_path, fmt, on_bytes=bar.update)
+    info, items = iter_source(src_path, fmt, on_bytes=bar.update, backend=backend)
     bar.total = info.size or None
     temp = _temp_name(dest_path)
     try:

@@ -98,7 +98,9 @@ class TaskLibrary:
                 conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
                 conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             except sqlite3.Error as exc:
-                raise TaskLibraryError(f"cannot open task library {self.path}: {exc}") from None
+                raise TaskLibraryError(
+                    f"{self.path}: cannot open: not a valid task library ({exc})"
+                ) from None
             local.conn, local.pid = conn, pid
             with self._lock:
                 self._connections.append(conn)

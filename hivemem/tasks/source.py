@@ -44,6 +44,10 @@ class SourceInfo:
     sha256: str = ""
 
 
+class BigIntegerError(TaskSourceError):
+    """yajl met an integer beyond 64 bits; the converter retries with ijson's Python backend."""
+
+
 class _Reader:
     """A read-only file wrapper that hashes and counts every byte and keeps the last chunk read."""
 
@@ -137,19 +141,16 @@ def line_col(path: Path, offset: int) -> tuple[int, int] | None:
         return None
 
 
-def _locate_in_chunk(message: str, chunk: bytes) -> int | None:
+def _locate_in_chunk(message: bytes, chunk: bytes) -> int | None:
     """The byte offset inside ``chunk`` that yajl's verbose excerpt points at, if unambiguous.
 
     yajl prints ``chunk[max(0, o-30):o+30]`` with newlines as spaces, padded on the left so the
-    offset ``o`` sits under a caret at column 40.
+    offset ``o`` (just past the offending character) sits under a caret at column 40.
     """
-    lines = message.split("\n")
-    if len(lines) < 3 or "(right here)" not in lines[2]:
+    lines = message.split(b"\n")
+    if len(lines) < 3 or b"(right here)" not in lines[2] or len(lines[1]) < 40:
         return None
-    excerpt = lines[1].encode("utf-8")
-    if len(excerpt) < 40:
-        return None
-    head, tail = excerpt[:40], excerpt[40:]
+    head, tail = lines[1][:40], lines[1][40:]
     flat = chunk.replace(b"\n", b" ").replace(b"\r", b" ")
     found = []
     start = 0
@@ -167,27 +168,30 @@ def _locate_in_chunk(message: str, chunk: bytes) -> int | None:
 
 
 def _json_error(exc: Exception, reader: _Reader, path: Path) -> TaskSourceError:
-    message = str(exc)
-    first = message.split("\n", 1)[0].strip() or "malformed JSON"
-    if "premature EOF" in message or "Incomplete JSON content" in message:
-        offset: int | None = reader.consumed
-        near = ""
+    raw = exc.args[0] if exc.args else b""
+    message = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+    first = message.split(b"\n", 1)[0].decode("utf-8", "replace").strip() or "malformed JSON"
+    near = ""
+    error_class = BigIntegerError if b"integer overflow" in message else TaskSourceError
+    if b"premature EOF" in message or b"Incomplete JSON content" in message:
+        offset = reader.consumed
     else:
         inside = _locate_in_chunk(message, reader.chunk)
-        offset = reader.chunk_start + inside if inside is not None else None
-        near = "" if inside is not None else f" (somewhere in bytes {reader.chunk_start}–{reader.consumed})"
-        if offset is None:
+        if inside is None:
             offset = reader.chunk_start
-    where = line_col(path, offset) if offset is not None and not near else None
+            near = f" (somewhere in bytes {reader.chunk_start}-{reader.chunk_start + len(reader.chunk)})"
+        else:  # yajl points just past the character it choked on: report that character
+            offset = reader.chunk_start + max(inside - 1, 0)
+    where = None if near else line_col(path, offset)
     if where is not None:
         line, column = where
-        return TaskSourceError(
+        return error_class(
             f"{path}: malformed JSON at line {line}, column {column} (byte {offset}): {first}",
             line=line,
             column=column,
             offset=offset,
         )
-    return TaskSourceError(f"{path}: malformed JSON at byte {offset}{near}: {first}", offset=offset)
+    return error_class(f"{path}: malformed JSON at byte {offset}{near}: {first}", offset=offset)
 
 
 def _build(event: str, value: Any, events: Iterator[tuple[str, Any]]) -> Any:
@@ -211,8 +215,8 @@ def _build(event: str, value: Any, events: Iterator[tuple[str, Any]]) -> Any:
 _KIND = {"start_map": "an object", "string": "a string", "number": "a number", "boolean": "a boolean"}
 
 
-def _iter_groups(reader: _Reader, path: Path) -> Iterator[SourceItem]:
-    events = ijson.basic_parse(reader, use_float=True)
+def _iter_groups(reader: _Reader, path: Path, parser: Any) -> Iterator[SourceItem]:
+    events = parser.basic_parse(reader, use_float=True)
     next(events)  # start_map: the caller peeked "{"
     for event, key in events:
         if event == "end_map":
@@ -272,12 +276,17 @@ def _iter_jsonl(reader: _Reader, path: Path) -> Iterator[SourceItem]:
 
 
 def iter_source(
-    path: Path, fmt: str = "auto", on_bytes: Callable[[int], object] | None = None
+    path: Path,
+    fmt: str = "auto",
+    on_bytes: Callable[[int], object] | None = None,
+    backend: str | None = None,
 ) -> tuple[SourceInfo, Iterator[SourceItem]]:
     """Open ``path`` and return its stats and a generator of its tasks.
 
     The ``sha256`` of the returned ``SourceInfo`` is filled in once the generator is exhausted.
+    ``backend`` picks an ijson backend (default: the fastest installed, normally yajl2_c).
     """
+    parser = ijson if backend is None else ijson.get_backend(backend)
     if fmt not in ("auto", "json", "jsonl"):
         raise ValueError(f"unknown source format {fmt!r}; expected 'auto', 'json' or 'jsonl'")
     if not path.exists():
@@ -297,7 +306,7 @@ def iter_source(
                 if fmt == "jsonl":
                     yield from _iter_jsonl(reader, path)
                 else:
-                    yield from _iter_json(reader, path)
+                    yield from _iter_json(reader, path, parser)
             except ijson.JSONError as exc:
                 raise _json_error(exc, reader, path) from None
             reader.drain()
@@ -306,7 +315,7 @@ def iter_source(
     return info, generate()
 
 
-def _iter_json(reader: _Reader, path: Path) -> Iterator[SourceItem]:
+def _iter_json(reader: _Reader, path: Path, parser: Any) -> Iterator[SourceItem]:
     first = b""
     n = 1
     while True:
@@ -317,10 +326,10 @@ def _iter_json(reader: _Reader, path: Path) -> Iterator[SourceItem]:
             break
         n *= 2
     if first == b"[":
-        for index, task in enumerate(ijson.items(reader, "item", use_float=True)):
+        for index, task in enumerate(parser.items(reader, "item", use_float=True)):
             yield f"[{index}]", None, task
     elif first == b"{":
-        yield from _iter_groups(reader, path)
+        yield from _iter_groups(reader, path, parser)
     elif not first:
         raise TaskSourceError(f"{path}: the file is empty; expected a JSON list of tasks", offset=0)
     else:
