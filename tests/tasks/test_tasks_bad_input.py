@@ -167,7 +167,7 @@ def test_bad_options(tmp_path: Path, source: Path) -> None:
 # -- reading ---------------------------------------------------------------------------------------
 def test_unknown_type_lists_known_types(library_path: Path) -> None:
     lib = TaskLibrary(library_path)
-    with pytest.raises(UnknownTaskTypeError, match="'nope'.*'odd', 'type_00'"):
+    with pytest.raises(UnknownTaskTypeError, match=r"'nope'.*'odd', 'type_00'"):
         lib.sample("nope", 1)
     for call in (lambda: lib.count("nope"), lambda: lib.ids("nope"), lambda: lib.allocate(1, 1, "nope")):
         with pytest.raises(UnknownTaskTypeError):

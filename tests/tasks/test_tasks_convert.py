@@ -169,7 +169,10 @@ def test_kill_9_mid_convert_leaves_no_library(tmp_path: Path) -> None:
     fifo = tmp_path / "source.json"
     os.mkfifo(fifo)
     dest = tmp_path / "out" / "tasks.db"
-    code = f"from hivemem.tasks import convert_tasks; convert_tasks({str(fifo)!r}, {str(dest)!r}, progress=False)"
+    code = (
+        "from hivemem.tasks import convert_tasks; "
+        f"convert_tasks({str(fifo)!r}, {str(dest)!r}, progress=False)"
+    )
     child = subprocess.Popen([PYTHON, "-c", code], env=child_env(), stderr=subprocess.PIPE)
     try:
         tasks = list(iter_tasks(200, 4, steps=3, description_words=200))
