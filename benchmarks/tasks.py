@@ -77,6 +77,32 @@ def run_group(mode: str, path: Path, workers: int, per_worker: int, types: list[
     }
 
 
+def compare_compression(src: Path, tmp: Path, task_type: str, per_worker: int) -> dict[str, dict]:
+    """Conversion time, file size and in-process time to read 20 tasks, per compression."""
+    from hivemem.tasks import TaskLibrary
+
+    rows = {}
+    for kind in ("none", "zlib", "zstd"):
+        dest = tmp / f"codec-{kind}.db"
+        started = time.perf_counter()
+        convert_tasks(src, dest, compression=kind, progress=False)
+        convert_s = time.perf_counter() - started
+        lib = TaskLibrary(dest)
+        reads = []
+        for seed in range(5):
+            started = time.perf_counter()
+            lib.sample(task_type, per_worker, seed=seed)
+            reads.append(time.perf_counter() - started)
+        rows[kind] = {
+            "convert_s": round(convert_s, 3),
+            "library_mb": round(dest.stat().st_size / 1e6, 1),
+            "read_20_s": round(statistics.median(reads), 4),
+        }
+        lib.close()
+        dest.unlink()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,6 +126,7 @@ def main() -> None:
         convert_s = time.perf_counter() - started
         types = sorted(summary["types"])
 
+        codecs = compare_compression(src, Path(tmp), types[0], args.per_worker)
         results: dict[int, dict[str, dict]] = {}
         for workers in counts:
             results[workers] = {}
@@ -148,6 +175,11 @@ def main() -> None:
         out[f"w{workers}_first_task_speedup"] = round(
             modes["json"]["first_task_s_median"] / modes["tasklib"]["first_task_s_median"], 1
         )
+    print()
+    print(f"{'compression':<12} {'convert s':>10} {'library MB':>11} {'read 20 tasks s':>16}")
+    for kind, row in codecs.items():
+        print(f"{kind:<12} {row['convert_s']:>10.2f} {row['library_mb']:>11.1f} {row['read_20_s']:>16.4f}")
+    out["compression_compare"] = codecs
     print(json.dumps(out))
 
 
