@@ -27,6 +27,9 @@ _EXPORTS: dict[str, str] = {
     "CallTimeout": "hivemem.pool.errors",
     "PoolClosed": "hivemem.pool.errors",
     "PoolError": "hivemem.pool.errors",
+    "TaskLibrary": "hivemem.tasks.library",
+    "TaskLibraryError": "hivemem.tasks.errors",
+    "convert_tasks": "hivemem.tasks.convert",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,6 +42,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.pool.errors import CallTimeout, PoolClosed, PoolError, WorkerCrashed, WorkerInitError
     from hivemem.pool.pool import WorkerPool
     from hivemem.pool.runner import RunSummary, run_parallel
+    from hivemem.tasks.convert import convert_tasks
+    from hivemem.tasks.errors import TaskLibraryError
+    from hivemem.tasks.library import TaskLibrary
 
 
 def __getattr__(name: str) -> Any:
