@@ -26,8 +26,10 @@ lint: install
 	$(VENV)/bin/ruff check hivemem tests benchmarks
 	$(VENV)/bin/ruff format --check hivemem tests benchmarks
 
+# Heavy: minutes each. Every script prints a table and a final JSON line.
+BENCHMARKS ?= embed tasks pool
 bench: install
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/embed.py
+	for b in $(BENCHMARKS); do HF_HUB_OFFLINE=1 $(PY) benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
