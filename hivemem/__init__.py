@@ -19,6 +19,8 @@ _EXPORTS: dict[str, str] = {
     "EmbedderLike": "hivemem.embed.protocol",
     "EmbeddingCache": "hivemem.embed.cache",
     "prepare_model": "hivemem.embed.model",
+    "Memory": "hivemem.memory.store",
+    "AsyncMemory": "hivemem.memory.aio",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -28,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.engine import Embedder
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
+    from hivemem.memory.aio import AsyncMemory
+    from hivemem.memory.store import Memory
 
 
 def __getattr__(name: str) -> Any:
