@@ -156,7 +156,8 @@ def prepare(
             "call add(..., infer=False) to store the messages as they are"
         )
     ids = {
-        name: check_entity(name, value, where) for name, value in zip(ENTITIES, (user_id, agent_id, run_id))
+        name: check_entity(name, value, where)
+        for name, value in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
     }
     if not any(ids.values()):
         raise ValueError(f"{where}at least one of user_id, agent_id or run_id is required")

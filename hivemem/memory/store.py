@@ -163,7 +163,7 @@ class Memory:
             row = {t: i for i, t in enumerate(texts)}
             matrix = vectors[[row[m.memory] for m in todo]]
             stored = self._storage.insert(todo, matrix)
-            outcome = {id(m): r for m, r in zip(todo, stored)}
+            outcome = {id(m): r for m, r in zip(todo, stored, strict=True)}
         results = []
         for m in new:
             memory_id, event = outcome.get(id(m)) or (found[(m.scope, m.hash)], "NONE")
@@ -200,7 +200,7 @@ class Memory:
     def delete_all(
         self, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
     ) -> dict[str, str]:
-        ids = {n: check_entity(n, v) for n, v in zip(ENTITIES, (user_id, agent_id, run_id))}
+        ids = {n: check_entity(n, v) for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)}
         scope = {k: v for k, v in ids.items() if v}
         if not scope:
             raise ValueError(
@@ -222,7 +222,9 @@ class Memory:
 
     def _where(self, filters: Any, user_id: Any, agent_id: Any, run_id: Any) -> flt.Node | None:
         scope = {
-            n: check_entity(n, v) for n, v in zip(ENTITIES, (user_id, agent_id, run_id)) if v is not None
+            n: check_entity(n, v)
+            for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
+            if v is not None
         }
         return flt.and_(flt.parse(scope) if scope else None, flt.parse(filters))
 

@@ -77,7 +77,7 @@ def _record(row: tuple, score: float | None = None, *, with_score: bool = False)
     if with_score:
         out["score"] = score
     out["created_at"], out["updated_at"] = row[5], row[6]
-    for key, value in zip(_PROMOTED, row[7:12]):
+    for key, value in zip(_PROMOTED, row[7:12], strict=True):
         if value is not None:
             out[key] = value
     return out
@@ -201,10 +201,10 @@ class SQLiteStorage:
         results: list[tuple[str, str]] = []
         history: list[tuple] = []
         with self._write() as db:
-            for m, vec in zip(memories, vectors):
+            for m, vec in zip(memories, vectors, strict=True):
                 cur = db.execute(
-                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id, role,"
-                    " metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
+                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
                     " ON CONFLICT (scope, hash) DO NOTHING",
                     (
                         m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
@@ -336,7 +336,7 @@ class SQLiteStorage:
         )
         keys = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
                 "is_deleted", "actor_id", "role")  # fmt: skip
-        return [{**dict(zip(keys, r)), "is_deleted": bool(r[7])} for r in rows]
+        return [{**dict(zip(keys, r, strict=True)), "is_deleted": bool(r[7])} for r in rows]
 
     def count(self) -> int:
         return self._db().execute("SELECT count(*) FROM memories").fetchone()[0]
