@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "contains", "icontains")
 LOGICAL = ("AND", "OR", "NOT")
-Scalar = Union[str, int, float, bool]
+Scalar = str | int | float | bool
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Logic:
     items: tuple[Node, ...]
 
 
-Node = Union[Cond, Logic]
+Node = Cond | Logic
 
 
 def _check_scalar(field: str, op: str, value: Any) -> Scalar:
