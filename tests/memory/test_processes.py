@@ -51,7 +51,7 @@ def test_25_processes_add_concurrently(tmp_path: Path, hm_home: Path, embedder: 
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-            )  # fmt: skip
+            )
         )
     start.touch()
     outputs = []
@@ -80,7 +80,8 @@ path, texts, size = sys.argv[1], open(sys.argv[2]).read().splitlines(), int(sys.
 m = Memory(path, embedder=Embedder(threads=1))
 print("ready", flush=True)
 for k in range(len(texts) // size):
-    m.add_batch([{"messages": t, "user_id": "k", "metadata": {"batch": k}} for t in texts[k * size : (k + 1) * size]])
+    part = texts[k * size : (k + 1) * size]
+    m.add_batch([{"messages": t, "user_id": "k", "metadata": {"batch": k}} for t in part])
     print(k, flush=True)
 """
 
