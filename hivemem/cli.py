@@ -9,10 +9,12 @@ from __future__ import annotations
 import typer
 
 from hivemem.embed.cli import cache_app, demo, model_app
+from hivemem.memory.cli import memory_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(model_app, name="model")
 app.add_typer(cache_app, name="cache")
+app.add_typer(memory_app, name="memory")
 app.command("demo")(demo)
 
 if __name__ == "__main__":
