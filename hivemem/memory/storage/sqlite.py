@@ -360,7 +360,7 @@ class SQLiteStorage:
         pos = pos[(pos < len(snap.rids)) & (snap.rids[np.minimum(pos, len(snap.rids) - 1)] == rids)]
         with self._cand_lock:
             self._candidates[key] = pos
-            while len(self._candidates) > 256:
+            while len(self._candidates) > 64:
                 self._candidates.popitem(last=False)
         return pos
 
