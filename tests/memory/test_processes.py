@@ -74,15 +74,16 @@ def test_25_processes_add_concurrently(tmp_path: Path, hm_home: Path, embedder: 
 
 
 _BATCHER = r"""
-import json, sys
+import itertools, sys
 from hivemem import Embedder, Memory
-path, texts, size = sys.argv[1], open(sys.argv[2]).read().splitlines(), int(sys.argv[3])
+path, texts, size, tag = sys.argv[1], open(sys.argv[2]).read().splitlines(), int(sys.argv[3]), sys.argv[4]
 m = Memory(path, embedder=Embedder(threads=1))
 print("ready", flush=True)
-for k in range(len(texts) // size):
-    part = texts[k * size : (k + 1) * size]
-    m.add_batch([{"messages": t, "user_id": "k", "metadata": {"batch": k}} for t in part])
-    print(k, flush=True)
+# texts are in the embedding cache, and each round uses a new scope: the child never stops writing
+for r in itertools.count():
+    for k in range(len(texts) // size):
+        part = texts[k * size : (k + 1) * size]
+        m.add_batch([{"messages": t, "user_id": f"{tag}-{r}", "metadata": {"batch": k}} for t in part])
 """
 
 
@@ -96,7 +97,7 @@ def test_sigkill_mid_batch_leaves_whole_batches(tmp_path: Path, hm_home: Path, e
     path = tmp_path / "k.sqlite"
     for delay in (0.1, 0.3, 0.6):
         child = subprocess.Popen(
-            [sys.executable, "-c", _BATCHER, str(path), str(tmp_path / "texts.txt"), str(size)],
+            [sys.executable, "-c", _BATCHER, str(path), str(tmp_path / "texts.txt"), str(size), str(delay)],
             env=env, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert child.stdout is not None
@@ -105,13 +106,13 @@ def test_sigkill_mid_batch_leaves_whole_batches(tmp_path: Path, hm_home: Path, e
         child.send_signal(signal.SIGKILL)
         child.wait()
         db = sqlite3.connect(path)
-        counts = dict(
-            db.execute(
-                "SELECT json_extract(metadata, '$.batch'), count(*) FROM memories GROUP BY 1"
-            ).fetchall()
-        )
+        rows = db.execute(
+            "SELECT user_id, json_extract(metadata, '$.batch'), count(*) FROM memories GROUP BY 1, 2"
+        ).fetchall()
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         history = db.execute("SELECT count(*) FROM history").fetchone()[0]
         db.close()
-        assert all(c == size for c in counts.values()), counts
+        counts = {(user, batch): n for user, batch, n in rows}
+        assert any(user.startswith(f"{delay}-") for user, _ in counts)  # the child got to write
+        assert all(n == size for n in counts.values()), counts  # and every batch is whole
         assert history == sum(counts.values())
