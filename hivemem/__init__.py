@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "TaskLibrary": "hivemem.tasks.library",
     "TaskLibraryError": "hivemem.tasks.errors",
     "convert_tasks": "hivemem.tasks.convert",
+    "Memory": "hivemem.memory.store",
+    "AsyncMemory": "hivemem.memory.aio",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,6 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.engine import Embedder
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
+    from hivemem.memory.aio import AsyncMemory
+    from hivemem.memory.store import Memory
     from hivemem.pool.errors import CallTimeout, PoolClosed, PoolError, WorkerCrashed, WorkerInitError
     from hivemem.pool.pool import WorkerPool
     from hivemem.pool.runner import RunSummary, run_parallel

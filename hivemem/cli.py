@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from hivemem.embed.cli import cache_app, demo, model_app
+from hivemem.memory.cli import memory_app
 from hivemem.pool.cli import run as run_command
 from hivemem.tasks.cli import app as tasks_app
 
@@ -16,6 +17,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(model_app, name="model")
 app.add_typer(cache_app, name="cache")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(memory_app, name="memory")
 app.command("demo")(demo)
 app.command("run")(run_command)
 

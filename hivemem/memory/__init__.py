@@ -1,0 +1,1 @@
+"""The Mem0-compatible memory store (``hivemem.Memory``, ``hivemem.AsyncMemory``)."""

@@ -1,0 +1,75 @@
+"""``hivemem.AsyncMemory``: ``Memory`` for asyncio code, every call off the event loop.
+
+Each method runs the synchronous one in a worker thread (``asyncio.to_thread``). That is enough:
+the embedder's queue gathers texts from all those threads into full batches, and SQLite waits
+happen in the thread, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from hivemem.embed.protocol import EmbedderLike
+from hivemem.memory.store import Memory
+
+
+class AsyncMemory:
+    """Same methods and arguments as ``hivemem.Memory``, as coroutines."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        embedder: EmbedderLike | None = None,
+        *,
+        embedder_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.sync = Memory(path, embedder, embedder_config=embedder_config)
+
+    @classmethod
+    def from_config(cls, config_dict: dict[str, Any]) -> AsyncMemory:
+        self = cls.__new__(cls)
+        self.sync = Memory.from_config(config_dict)
+        return self
+
+    async def add(self, messages: Any, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.add, messages, **kwargs)
+
+    async def add_batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.add_batch, items)
+
+    async def search(self, query: str, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.search, query, **kwargs)
+
+    async def get(self, memory_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.sync.get, memory_id)
+
+    async def get_all(self, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.get_all, **kwargs)
+
+    async def update(
+        self, memory_id: str, text: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> dict[str, str]:
+        return await asyncio.to_thread(self.sync.update, memory_id, text, metadata)
+
+    async def delete(self, memory_id: str) -> dict[str, str]:
+        return await asyncio.to_thread(self.sync.delete, memory_id)
+
+    async def delete_all(self, **kwargs: Any) -> dict[str, str]:
+        return await asyncio.to_thread(self.sync.delete_all, **kwargs)
+
+    async def history(self, memory_id: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.sync.history, memory_id)
+
+    async def reset(self) -> None:
+        await asyncio.to_thread(self.sync.reset)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncMemory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

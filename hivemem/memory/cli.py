@@ -1,0 +1,171 @@
+"""``hivemem memory …``: the memory store from the shell; every command prints JSON.
+
+Export/import use JSONL, one memory per line with its scope, metadata and text, so a store can be
+moved, backed up or seeded; import re-embeds with the current model and skips duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+memory_app = typer.Typer(no_args_is_help=True, help="The Mem0-compatible memory store.")
+
+PathOpt = typer.Option(None, "--path", help="The memory database (default: HIVEMEM_HOME/memory.sqlite).")
+
+
+def _open(path: Path | None) -> Any:
+    from hivemem.memory.store import Memory
+
+    return Memory(path)
+
+
+def _echo(obj: Any) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=None))
+
+
+def _json_opt(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{what} is not valid JSON: {exc}") from None
+
+
+def _run(fn: Any) -> Any:
+    try:
+        return fn()
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@memory_app.command("add")
+def add(
+    text: str = typer.Argument(..., help="The memory text."),
+    user_id: str | None = typer.Option(None, "--user-id"),
+    agent_id: str | None = typer.Option(None, "--agent-id"),
+    run_id: str | None = typer.Option(None, "--run-id"),
+    metadata: str | None = typer.Option(None, "--metadata", help="A JSON object."),
+    path: Path | None = PathOpt,
+) -> None:
+    """Add one memory (event NONE with the existing id if the text is already in the scope)."""
+    meta = _json_opt(metadata, "--metadata")
+    with _open(path) as m:
+        _echo(_run(lambda: m.add(text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta)))
+
+
+@memory_app.command("search")
+def search(
+    query: str = typer.Argument(...),
+    user_id: str | None = typer.Option(None, "--user-id"),
+    agent_id: str | None = typer.Option(None, "--agent-id"),
+    run_id: str | None = typer.Option(None, "--run-id"),
+    filters: str | None = typer.Option(
+        None, "--filters", help='Mem0 filters as JSON, e.g. {"k": {"gte": 2}}'
+    ),
+    top_k: int = typer.Option(10, "--top-k"),
+    threshold: float | None = typer.Option(None, "--threshold"),
+    path: Path | None = PathOpt,
+) -> None:
+    """Semantic search within the given scope and filters."""
+    f = _json_opt(filters, "--filters")
+    with _open(path) as m:
+        _echo(
+            _run(
+                lambda: m.search(
+                    query,
+                    user_id=user_id,
+                    agent_id=agent_id,
+                    run_id=run_id,
+                    filters=f,
+                    top_k=top_k,
+                    threshold=threshold,
+                )
+            )
+        )
+
+
+@memory_app.command("list")
+def list_(
+    user_id: str | None = typer.Option(None, "--user-id"),
+    agent_id: str | None = typer.Option(None, "--agent-id"),
+    run_id: str | None = typer.Option(None, "--run-id"),
+    filters: str | None = typer.Option(None, "--filters"),
+    top_k: int = typer.Option(100, "--top-k"),
+    path: Path | None = PathOpt,
+) -> None:
+    """List memories (oldest first)."""
+    f = _json_opt(filters, "--filters")
+    with _open(path) as m:
+        _echo(
+            _run(lambda: m.get_all(user_id=user_id, agent_id=agent_id, run_id=run_id, filters=f, top_k=top_k))
+        )
+
+
+@memory_app.command("delete")
+def delete(
+    memory_id: str | None = typer.Argument(None, help="One memory id; or use --user-id/--agent-id/--run-id."),
+    user_id: str | None = typer.Option(None, "--user-id"),
+    agent_id: str | None = typer.Option(None, "--agent-id"),
+    run_id: str | None = typer.Option(None, "--run-id"),
+    path: Path | None = PathOpt,
+) -> None:
+    """Delete one memory by id, or every memory of a scope."""
+    with _open(path) as m:
+        if memory_id is not None:
+            _echo(_run(lambda: m.delete(memory_id)))
+        else:
+            _echo(_run(lambda: m.delete_all(user_id=user_id, agent_id=agent_id, run_id=run_id)))
+
+
+_EXPORT_KEYS = ("id", "memory", "metadata", "created_at", "user_id", "agent_id", "run_id", "actor_id", "role")
+
+
+@memory_app.command("export")
+def export(path: Path | None = PathOpt) -> None:
+    """Write every memory as JSONL to stdout (vectors are not exported: import re-embeds)."""
+    with _open(path) as m:
+        for rec in m._storage.export_rows():
+            typer.echo(
+                json.dumps({k: rec[k] for k in _EXPORT_KEYS if rec.get(k) is not None}, ensure_ascii=False)
+            )
+
+
+@memory_app.command("import")
+def import_(
+    source: Path = typer.Argument(..., help="A JSONL file as written by export ('-' for stdin)."),
+    batch: int = typer.Option(500, "--batch", help="Memories per transaction."),
+    path: Path | None = PathOpt,
+) -> None:
+    """Add the memories of a JSONL file, in batches; duplicates in a scope are skipped."""
+    stream = sys.stdin if str(source) == "-" else source.open(encoding="utf-8")
+    items: list[dict[str, Any]] = []
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"line {lineno}: not valid JSON: {exc}") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("memory"), str):
+            raise typer.BadParameter(f"line {lineno}: expected an object with a 'memory' string")
+        role = rec.get("role") or "user"
+        msg: dict[str, Any] = {"role": role, "content": rec["memory"]}
+        if rec.get("actor_id"):
+            msg["name"] = rec["actor_id"]
+        item = {"messages": [msg], "metadata": rec.get("metadata")}
+        item.update({k: rec[k] for k in ("user_id", "agent_id", "run_id") if rec.get(k)})
+        items.append(item)
+    added = skipped = 0
+    with _open(path) as m:
+        for start in range(0, len(items), batch):
+            results = _run(lambda s=start: m.add_batch(items[s : s + batch]))["results"]
+            added += sum(r["event"] == "ADD" for r in results)
+            skipped += sum(r["event"] == "NONE" for r in results)
+    _echo({"added": added, "skipped": skipped})

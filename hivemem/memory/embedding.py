@@ -1,0 +1,56 @@
+"""The one seam where ``Memory`` picks its embedder.
+
+Order: an explicit ``embedder`` (anything ``EmbedderLike``); else the shared hivemem service when
+it is running (``HIVEMEM_SOCKET`` set) or configured (``{"embedder": {"provider": "service"}}``),
+so that a fleet of processes shares one model, queue and cache; else an in-process
+``hivemem.Embedder`` built from the config's options.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hivemem.embed.protocol import EmbedderLike
+
+# Mem0 config providers that mean "the local MiniLM model", mapped to hivemem's own engine.
+_IN_PROCESS = {"hivemem", "onnx", "sentence-transformers", "huggingface", "openai"}
+
+
+def resolve_embedder(embedder: Any = None, config: dict[str, Any] | None = None) -> tuple[EmbedderLike, bool]:
+    """``(embedder, owned)``: ``owned`` is True when ``Memory`` created it and must close it."""
+    if embedder is not None:
+        if not isinstance(embedder, EmbedderLike):
+            raise TypeError(
+                f"embedder must offer model_id, dim, embed, embed_one and aembed (hivemem.EmbedderLike), "
+                f"got {type(embedder).__name__}"
+            )
+        return embedder, False
+    config = dict(config or {})
+    provider = config.get("provider", "hivemem")
+    options = dict(config.get("config") or {})
+    if provider == "service" or (os.environ.get("HIVEMEM_SOCKET") and provider == "hivemem" and not options):
+        try:
+            from hivemem import connect  # type: ignore[attr-defined]
+        except (ImportError, AttributeError):
+            raise ImportError(
+                "the hivemem service client (hivemem.connect) is not available in this installation; "
+                "unset HIVEMEM_SOCKET or use {'embedder': {'provider': 'hivemem'}} for an in-process model"
+            ) from None
+        return connect(**options), True
+    if provider not in _IN_PROCESS:
+        raise ValueError(
+            f"unknown embedder provider {provider!r}: use 'hivemem' (in-process), 'service', "
+            "or pass embedder=<any hivemem.EmbedderLike>"
+        )
+    from hivemem.embed.engine import Embedder
+
+    if provider in ("sentence-transformers", "openai"):
+        options.setdefault("backend", provider)
+    # Mem0's huggingface config names a model; hivemem serves all-MiniLM-L6-v2 only.
+    model = options.pop("model", None)
+    options.pop("embedding_dims", None)
+    options.pop("model_kwargs", None)
+    if model and "minilm-l6" not in str(model).lower():
+        raise ValueError(f"hivemem embeds with all-MiniLM-L6-v2; model {model!r} is not available")
+    return Embedder(**options), True

@@ -1,0 +1,143 @@
+"""Mem0's filter language, parsed once into a small tree that every storage backend compiles.
+
+Grammar (Mem0's "enhanced metadata filtering", the same on every backend)::
+
+    {"user_id": "alice",                      # shorthand for {"eq": "alice"}
+     "category": {"in": ["a", "b"]},         # operators: eq ne in nin gt gte lt lte contains icontains
+     "score": {"gte": 3, "lt": 9},           # several operators on one field: all must hold
+     "topic": "*",                           # the field is present and not null
+     "AND": [f1, f2], "OR": [f1, f2], "NOT": [f1, f2]}   # NOT: none of them holds
+
+Keys at one level are ANDed. Semantics, chosen so that SQL and Python agree exactly:
+
+* Values compare only within a type family: numbers with numbers (``True`` is not ``1``),
+  strings with strings (by code point), booleans only by ``eq``/``ne``/``in``/``nin``.
+* ``ne``/``nin`` are the negation of ``eq``/``in``: a record *without* the field matches them.
+* ``contains``/``icontains`` are substring tests on string fields (``icontains`` uses Unicode
+  ``str.lower``).
+
+Parsing rejects anything else with a ValueError/TypeError that names the problem, so a typo such
+as ``{"gte ": 3}`` never silently matches nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "contains", "icontains")
+LOGICAL = ("AND", "OR", "NOT")
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class Cond:
+    """One test on one field: ``op`` is one of OPERATORS or ``"exists"``."""
+
+    field: str
+    op: str
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Logic:
+    """``kind`` AND / OR / NOT over ``items`` (NOT = none of the items holds)."""
+
+    kind: str
+    items: tuple[Node, ...]
+
+
+Node = Cond | Logic
+
+
+def _check_scalar(field: str, op: str, value: Any) -> Scalar:
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"filter {field!r}: {op} value {value!r} is not a finite number")
+        if isinstance(value, int) and abs(value) > 2**53:
+            raise ValueError(f"filter {field!r}: {op} value {value} is too large (limit ±2**53)")
+        return value
+    raise TypeError(
+        f"filter {field!r}: {op} value must be a string, number or boolean, got {type(value).__name__}"
+    )
+
+
+def _check_field(field: Any) -> str:
+    if not isinstance(field, str) or not field:
+        raise TypeError(f"filter keys must be non-empty strings, got {field!r}")
+    if '"' in field or any(ord(c) < 32 for c in field):
+        raise ValueError(f"filter key {field!r} may not contain quotes or control characters")
+    return field
+
+
+def _field_ops(field: str, spec: Any) -> list[Node]:
+    if spec == "*":
+        return [Cond(field, "exists")]
+    if not isinstance(spec, dict):
+        if isinstance(spec, list | tuple | set):
+            raise TypeError(f"filter {field!r}: a list is ambiguous here; write {{'in': [...]}}")
+        return [Cond(field, "eq", _check_scalar(field, "eq", spec))]
+    if not spec:
+        raise ValueError(f"filter {field!r}: empty operator dict; use one of {', '.join(OPERATORS)}")
+    out: list[Node] = []
+    for op, value in spec.items():
+        if op not in OPERATORS:
+            raise ValueError(
+                f"filter {field!r}: unknown operator {op!r}; valid operators: {', '.join(OPERATORS)}"
+                " (and the value '*' for 'present')"
+            )
+        if op in ("in", "nin"):
+            if not isinstance(value, list | tuple):
+                raise TypeError(f"filter {field!r}: {op} needs a list, got {type(value).__name__}")
+            out.append(Cond(field, op, tuple(_check_scalar(field, op, v) for v in value)))
+        elif op in ("contains", "icontains"):
+            if not isinstance(value, str):
+                raise TypeError(f"filter {field!r}: {op} needs a string, got {type(value).__name__}")
+            out.append(Cond(field, op, value))
+        elif op in ("gt", "gte", "lt", "lte"):
+            v = _check_scalar(field, op, value)
+            if isinstance(v, bool):
+                raise TypeError(f"filter {field!r}: {op} cannot compare booleans")
+            out.append(Cond(field, op, v))
+        else:
+            out.append(Cond(field, op, _check_scalar(field, op, value)))
+    return out
+
+
+def parse(filters: dict[str, Any] | None) -> Node | None:
+    """Validate ``filters`` and return its tree (``None`` for no filter)."""
+    if filters is None:
+        return None
+    if not isinstance(filters, dict):
+        raise TypeError(f"filters must be a dict, got {type(filters).__name__}")
+    node = _parse_dict(filters)
+    return node if node.items else None
+
+
+def _parse_dict(filters: dict[str, Any]) -> Logic:
+    items: list[Node] = []
+    for key, spec in filters.items():
+        if key in LOGICAL:
+            kind = key
+            if not isinstance(spec, list | tuple):
+                raise TypeError(f"filter {key!r} needs a list of filter dicts, got {type(spec).__name__}")
+            subs: list[Node] = []
+            for i, sub in enumerate(spec):
+                if not isinstance(sub, dict):
+                    raise TypeError(f"filter {key}[{i}] must be a dict, got {type(sub).__name__}")
+                subs.append(_parse_dict(sub))
+            items.append(Logic(kind, tuple(subs)))
+        else:
+            items.extend(_field_ops(_check_field(key), spec))
+    return Logic("AND", tuple(items))
+
+
+def and_(*nodes: Node | None) -> Node | None:
+    """AND of the given trees, skipping ``None``."""
+    present = tuple(n for n in nodes if n is not None)
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else Logic("AND", present)

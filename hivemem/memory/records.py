@@ -1,0 +1,182 @@
+"""What one memory is, and the checks every input passes before anything is embedded or written.
+
+All validation happens here, up front, for a whole batch: a bad item anywhere fails the call with
+an error naming the item, and nothing of the batch is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+ENTITIES = ("user_id", "agent_id", "run_id")
+# Fields stored as columns: filterable by name, returned at the top level of a record (as Mem0
+# promotes them), and therefore not allowed as metadata keys.
+COLUMNS = ("id", "memory", "hash", "created_at", "updated_at", *ENTITIES, "actor_id", "role")
+RESERVED_METADATA = frozenset((*COLUMNS, "data", "score"))
+
+
+@dataclass(frozen=True)
+class NewMemory:
+    """A validated memory waiting for its vector and its row."""
+
+    id: str
+    memory: str
+    hash: str
+    scope: str
+    user_id: str | None
+    agent_id: str | None
+    run_id: str | None
+    actor_id: str | None
+    role: str | None
+    metadata: str  # JSON text
+    created_at: str
+
+
+def now() -> str:
+    """Timestamps are ISO 8601 in UTC, so that they sort and compare as strings."""
+    return datetime.now(UTC).isoformat()
+
+
+def content_hash(text: str) -> str:
+    """MD5 of the text, as Mem0 stores it (used for duplicate detection, not security)."""
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def scope_key(user_id: str | None, agent_id: str | None, run_id: str | None) -> str:
+    """One string per (user, agent, run) triple: the unit inside which duplicates are merged."""
+    return json.dumps([user_id, agent_id, run_id], ensure_ascii=False, separators=(",", ":"))
+
+
+def check_entity(name: str, value: Any, where: str = "") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{where}{name} must be a string, got {type(value).__name__}")
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{where}{name} must not be empty")
+    return value
+
+
+def _check_json_value(value: Any, path: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path} is {value!r}: not representable in JSON")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        raise ValueError(f"{path} = {value} is too large to store exactly (limit ±2**53)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{path} has a non-string key {k!r}")
+            _check_json_value(v, f"{path}[{k!r}]")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_json_value(v, f"{path}[{i}]")
+    elif not (value is None or isinstance(value, str | int | float | bool)):
+        raise TypeError(f"{path} is a {type(value).__name__}, which is not JSON-serialisable")
+
+
+def check_metadata(metadata: Any, where: str = "") -> str:
+    """Validate ``metadata`` and return it as JSON text."""
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, dict):
+        raise TypeError(f"{where}metadata must be a dict, got {type(metadata).__name__}")
+    for key in metadata:
+        if not isinstance(key, str):
+            raise TypeError(f"{where}metadata key {key!r} is not a string")
+        if key in RESERVED_METADATA:
+            raise ValueError(
+                f"{where}metadata key {key!r} is reserved (it is a field of every memory: "
+                f"{', '.join(sorted(RESERVED_METADATA))})"
+            )
+    _check_json_value(metadata, f"{where}metadata")
+    return json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def check_text(text: Any, where: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{where} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{where} is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where} is not valid Unicode (lone surrogate)") from None
+    return text
+
+
+def normalize_messages(messages: Any, where: str = "") -> list[tuple[str, str, str | None]]:
+    """``messages`` as Mem0 takes them → ``[(content, role, actor name)]``, system turns dropped."""
+    if isinstance(messages, str):
+        return [(check_text(messages, f"{where}messages"), "user", None)]
+    if isinstance(messages, dict):
+        messages = [messages]
+    if not isinstance(messages, list | tuple):
+        raise TypeError(
+            f"{where}messages must be a string or a list of {{'role', 'content'}} dicts, "
+            f"got {type(messages).__name__}"
+        )
+    out: list[tuple[str, str, str | None]] = []
+    for i, message in enumerate(messages):
+        at = f"{where}messages[{i}]"
+        if not isinstance(message, dict):
+            raise TypeError(f"{at} must be a dict with 'role' and 'content', got {type(message).__name__}")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"{at} needs a 'role' string (user, assistant, system, …)")
+        content = check_text(message.get("content"), f"{at}['content']")
+        name = message.get("name")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{at}['name'] must be a string")
+        if role != "system":
+            out.append((content, role, name or None))
+    return out
+
+
+def prepare(
+    messages: Any,
+    *,
+    user_id: Any = None,
+    agent_id: Any = None,
+    run_id: Any = None,
+    metadata: Any = None,
+    infer: Any = False,
+    where: str = "",
+) -> list[NewMemory]:
+    """Validate one ``add`` call's arguments and turn them into memories (one per non-system turn)."""
+    if infer:
+        raise NotImplementedError(
+            "infer=True extracts facts with an LLM, and no LLM is configured in hivemem yet; "
+            "call add(..., infer=False) to store the messages as they are"
+        )
+    ids = {
+        name: check_entity(name, value, where)
+        for name, value in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
+    }
+    if not any(ids.values()):
+        raise ValueError(f"{where}at least one of user_id, agent_id or run_id is required")
+    meta = check_metadata(metadata, where)
+    scope = scope_key(ids["user_id"], ids["agent_id"], ids["run_id"])
+    stamp = now()
+    return [
+        NewMemory(
+            id=str(uuid.uuid4()),
+            memory=content,
+            hash=content_hash(content),
+            scope=scope,
+            user_id=ids["user_id"],
+            agent_id=ids["agent_id"],
+            run_id=ids["run_id"],
+            actor_id=actor,
+            role=role,
+            metadata=meta,
+            created_at=stamp,
+        )
+        for content, role, actor in normalize_messages(messages, where)
+    ]

@@ -1,0 +1,397 @@
+"""The embedded default backend: memories, vectors and history in one SQLite file.
+
+Why it is safe across threads and processes:
+
+* WAL journal (readers never block the writer), ``busy_timeout`` (a writer waits for another
+  instead of failing with "database is locked"), one ``BEGIN IMMEDIATE`` transaction per batch,
+  so a batch is stored whole or not at all — also when the process is killed mid-write.
+* Duplicates are refused by ``UNIQUE(scope, hash)`` with ``INSERT … ON CONFLICT DO NOTHING``;
+  the loser of a race gets the winner's id back (event ``NONE``). No check-then-insert.
+* Threads of one process take a short in-process lock around their write transaction, so they
+  queue in order rather than poll SQLite's lock with sleeps. Embedding happens before, outside.
+
+Search is exact: the SQL filter picks candidate rows, a cached matrix of all vectors scores them
+(see ``matrix.py``), invalidated by counters in the ``meta`` table that every write bumps.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hivemem.memory.filters import Node
+from hivemem.memory.records import NewMemory, now
+from hivemem.memory.storage.matrix import Snapshot, VectorMatrix, top_k
+from hivemem.memory.storage.sqlcompile import compile_where
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS memories (
+    rid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    scope TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    memory TEXT NOT NULL,
+    user_id TEXT, agent_id TEXT, run_id TEXT, actor_id TEXT, role TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    vec BLOB NOT NULL,
+    UNIQUE (scope, hash)
+);
+CREATE INDEX IF NOT EXISTS memories_user ON memories(user_id);
+CREATE INDEX IF NOT EXISTS memories_agent ON memories(agent_id);
+CREATE INDEX IF NOT EXISTS memories_run ON memories(run_id);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    memory_id TEXT NOT NULL,
+    old_memory TEXT, new_memory TEXT,
+    event TEXT NOT NULL,
+    created_at TEXT, updated_at TEXT,
+    is_deleted INTEGER NOT NULL DEFAULT 0,
+    actor_id TEXT, role TEXT
+);
+CREATE INDEX IF NOT EXISTS history_memory ON history(memory_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0), ('rewrites', 0);
+"""
+_FIELDS = "rid, id, memory, hash, metadata, created_at, updated_at, user_id, agent_id, run_id, actor_id, role"
+_PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
+_BUSY_MS = 60_000
+
+
+def _record(row: tuple, score: float | None = None, *, with_score: bool = False) -> dict[str, Any]:
+    """A row in Mem0's record shape (promoted keys only when set, metadata None when empty)."""
+    meta = json.loads(row[4]) if row[4] and row[4] != "{}" else None
+    out: dict[str, Any] = {"id": row[1], "memory": row[2], "hash": row[3], "metadata": meta}
+    if with_score:
+        out["score"] = score
+    out["created_at"], out["updated_at"] = row[5], row[6]
+    for key, value in zip(_PROMOTED, row[7:12], strict=True):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _lower(text: Any) -> Any:
+    return text.lower() if isinstance(text, str) else text
+
+
+class SQLiteStorage:
+    """See the module docstring. ``path`` is created with its parent directories."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._matrix: VectorMatrix | None = None
+        self._candidates: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._cand_lock = threading.Lock()
+        self._model: tuple[str, int] | None = None
+        self._init_schema()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(
+                self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
+            db.create_function("hm_lower", 1, _lower, deterministic=True)
+            self._local.db = db
+            with self._conns_lock:
+                self._conns.append(db)
+        return db
+
+    def _init_schema(self) -> None:
+        # Switching to WAL needs a moment of exclusive access; when many processes open a new
+        # file at once, one may get SQLITE_BUSY without the busy handler being consulted.
+        deadline = time.monotonic() + _BUSY_MS / 1000
+        while True:
+            try:
+                db = self._db()
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, rewrite: bool) -> None:
+        keys = "('version','rewrites')" if rewrite else "('version')"
+        db.execute(f"UPDATE meta SET value = value + 1 WHERE key IN {keys}")
+
+    # -- model ---------------------------------------------------------------------------------
+
+    def bind_model(self, model_id: str, dim: int) -> None:
+        if self._model == (model_id, dim):
+            return
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('model_id', ?), ('dim', ?)", (model_id, dim)
+            )
+            stored = dict(
+                db.execute("SELECT key, value FROM meta WHERE key IN ('model_id','dim')").fetchall()
+            )
+        if (stored["model_id"], int(stored["dim"])) != (model_id, dim):
+            raise ValueError(
+                f"{self.path} holds vectors of {stored['model_id']} (dim {stored['dim']}); this embedder is "
+                f"{model_id} (dim {dim}). Vectors of different models cannot be compared: use another path"
+            )
+        self._model = (model_id, dim)
+        if self._matrix is None:
+            self._matrix = VectorMatrix(dim)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def existing(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        out: dict[tuple[str, str], str] = {}
+        if not keys:
+            return out
+        db = self._db()
+        if len(keys) == 1:
+            row = db.execute("SELECT id FROM memories WHERE scope = ? AND hash = ?", keys[0]).fetchone()
+            if row:
+                out[keys[0]] = row[0]
+            return out
+        for start in range(0, len(keys), 400):
+            chunk = keys[start : start + 400]
+            marks = ",".join(["(?,?)"] * len(chunk))
+            flat = [v for key in chunk for v in key]
+            sql = f"SELECT scope, hash, id FROM memories WHERE (scope, hash) IN (VALUES {marks})"
+            for scope, hash_, id_ in db.execute(sql, flat):
+                out[(scope, hash_)] = id_
+        return out
+
+    def insert(self, memories: list[NewMemory], vectors: np.ndarray) -> list[tuple[str, str]]:
+        if len(memories) != len(vectors):
+            raise ValueError(f"{len(memories)} memories but {len(vectors)} vectors")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        results: list[tuple[str, str]] = []
+        history: list[tuple] = []
+        with self._write() as db:
+            for m, vec in zip(memories, vectors, strict=True):
+                cur = db.execute(
+                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
+                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (scope, hash) DO NOTHING",
+                    (
+                        m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
+                        m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
+                    ),
+                )  # fmt: skip
+                if cur.rowcount == 1:
+                    results.append((m.id, "ADD"))
+                    history.append(
+                        (str(uuid.uuid4()), m.id, None, m.memory, "ADD", m.created_at, m.created_at, 0,
+                         m.actor_id, m.role)
+                    )  # fmt: skip
+                else:
+                    row = db.execute(
+                        "SELECT id FROM memories WHERE scope = ? AND hash = ?", (m.scope, m.hash)
+                    ).fetchone()
+                    results.append((row[0], "NONE"))
+            if history:
+                db.executemany(
+                    "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at,"
+                    " updated_at, is_deleted, actor_id, role) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    history,
+                )
+                self._bump(db, rewrite=False)
+        return results
+
+    def update(
+        self,
+        memory_id: str,
+        text: str | None,
+        vector: np.ndarray | None,
+        metadata: str | None,
+        hash_: str | None = None,
+    ) -> None:
+        stamp = now()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT memory, scope, actor_id, role FROM memories WHERE id = ?", (memory_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(memory_id)
+            old, scope, actor, role = row
+            if text is not None:
+                assert vector is not None and hash_ is not None
+                clash = db.execute(
+                    "SELECT id FROM memories WHERE scope = ? AND hash = ? AND id != ?",
+                    (scope, hash_, memory_id),
+                ).fetchone()
+                if clash:
+                    raise ValueError(f"memory {clash[0]} in the same scope already has this text")
+                db.execute(
+                    "UPDATE memories SET memory = ?, hash = ?, vec = ?, updated_at = ? WHERE id = ?",
+                    (text, hash_, np.asarray(vector, dtype=np.float32).tobytes(), stamp, memory_id),
+                )
+            if metadata is not None:
+                db.execute(
+                    "UPDATE memories SET metadata = ?, updated_at = ? WHERE id = ?",
+                    (metadata, stamp, memory_id),
+                )
+            db.execute(
+                "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at, updated_at,"
+                " is_deleted, actor_id, role) VALUES (?,?,?,?,'UPDATE',?,?,0,?,?)",
+                (
+                    str(uuid.uuid4()),
+                    memory_id,
+                    old,
+                    text if text is not None else old,
+                    stamp,
+                    stamp,
+                    actor,
+                    role,
+                ),
+            )
+            self._bump(db, rewrite=True)
+
+    def _delete_rows(self, db: sqlite3.Connection, rows: list[tuple]) -> int:
+        stamp = now()
+        db.executemany("DELETE FROM memories WHERE id = ?", [(r[0],) for r in rows])
+        db.executemany(
+            "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at, updated_at,"
+            " is_deleted, actor_id, role) VALUES (?,?,?,NULL,'DELETE',?,?,1,?,?)",
+            [(str(uuid.uuid4()), r[0], r[1], stamp, stamp, r[2], r[3]) for r in rows],
+        )
+        if rows:
+            self._bump(db, rewrite=True)
+        return len(rows)
+
+    def delete(self, memory_id: str) -> bool:
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, memory, actor_id, role FROM memories WHERE id = ?", (memory_id,)
+            ).fetchall()
+            return self._delete_rows(db, rows) == 1
+
+    def delete_where(self, where: Node) -> int:
+        sql, params = compile_where(where)
+        with self._write() as db:
+            rows = db.execute(
+                f"SELECT id, memory, actor_id, role FROM memories WHERE {sql}", params
+            ).fetchall()
+            return self._delete_rows(db, rows)
+
+    def reset(self) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM memories")
+            db.execute("DELETE FROM history")
+            db.execute("DELETE FROM meta WHERE key IN ('model_id', 'dim')")
+            self._bump(db, rewrite=True)
+        self._model = None
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, memory_id: str) -> dict[str, Any] | None:
+        row = self._db().execute(f"SELECT {_FIELDS} FROM memories WHERE id = ?", (memory_id,)).fetchone()
+        return _record(row, with_score=True) if row else None
+
+    def list(self, where: Node | None, limit: int) -> list[dict[str, Any]]:
+        sql, params = compile_where(where)
+        rows = self._db().execute(
+            f"SELECT {_FIELDS} FROM memories WHERE {sql} ORDER BY rid LIMIT ?", [*params, limit]
+        )
+        return [_record(r) for r in rows]
+
+    def history(self, memory_id: str) -> list[dict[str, Any]]:
+        rows = self._db().execute(
+            "SELECT id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted,"
+            " actor_id, role FROM history WHERE memory_id = ? ORDER BY seq",
+            (memory_id,),
+        )
+        keys = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
+                "is_deleted", "actor_id", "role")  # fmt: skip
+        return [{**dict(zip(keys, r, strict=True)), "is_deleted": bool(r[7])} for r in rows]
+
+    def count(self) -> int:
+        return self._db().execute("SELECT count(*) FROM memories").fetchone()[0]
+
+    def export_rows(self) -> Iterator[dict[str, Any]]:
+        """Every memory with its scope fields and metadata, in insertion order (for JSONL export)."""
+        for row in self._db().execute(f"SELECT {_FIELDS} FROM memories ORDER BY rid"):
+            yield _record(row)
+
+    def _positions(self, db: sqlite3.Connection, snap: Snapshot, sql: str, params: list[Any]) -> np.ndarray:
+        key = (snap.version, sql, tuple(params))
+        with self._cand_lock:
+            hit = self._candidates.get(key)
+            if hit is not None:
+                self._candidates.move_to_end(key)
+                return hit
+        rids = np.fromiter(
+            (r[0] for r in db.execute(f"SELECT rid FROM memories WHERE {sql}", params)), dtype=np.int64
+        )
+        pos = np.searchsorted(snap.rids, rids)
+        pos = pos[(pos < len(snap.rids)) & (snap.rids[np.minimum(pos, len(snap.rids) - 1)] == rids)]
+        with self._cand_lock:
+            self._candidates[key] = pos
+            while len(self._candidates) > 64:
+                self._candidates.popitem(last=False)
+        return pos
+
+    def search(
+        self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
+    ) -> list[dict[str, Any]]:
+        if self._matrix is None:
+            raise RuntimeError("bind_model() must be called before search()")
+        db = self._db()
+        sql, params = compile_where(where)
+        db.execute("BEGIN")  # one snapshot for the counters, the new rows and the candidates
+        try:
+            counters = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('version','rewrites')"))
+            snap = self._matrix.snapshot(db, counters["version"], counters["rewrites"])
+            positions = None if sql == "1" else self._positions(db, snap, sql, params)
+        finally:
+            db.execute("COMMIT")
+        if len(snap.rids) == 0:
+            return []
+        hits = top_k(snap, np.asarray(vector, dtype=np.float32), positions, k, threshold)
+        if not hits:
+            return []
+        scores = dict(hits)
+        marks = ",".join("?" * len(hits))
+        rows = db.execute(f"SELECT {_FIELDS} FROM memories WHERE rid IN ({marks})", list(scores)).fetchall()
+        by_rid = {r[0]: r for r in rows}  # a row deleted since the snapshot simply drops out
+        return [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for db in self._conns:
+                db.close()
+            self._conns.clear()
+        self._local = threading.local()

@@ -1,0 +1,286 @@
+"""``hivemem.Memory``: Mem0's ``Memory`` API, batch-native and safe across processes.
+
+    >>> from hivemem import Memory
+    >>> m = Memory()                                    # ~/.cache/hivemem/memory.sqlite
+    >>> m.add("I like green tea", user_id="alice")
+    {'results': [{'id': '…', 'memory': 'I like green tea', 'event': 'ADD', …}]}
+    >>> m.search("what drinks?", filters={"user_id": "alice"})["results"][0]["memory"]
+    'I like green tea'
+
+Path of an add: validate everything → look up which (scope, text) pairs are already stored →
+embed the rest in ONE embedder call (outside any lock, so concurrent callers' texts meet in the
+engine's queue) → one short write transaction. Adding a text already stored in the same scope
+returns the stored id with event ``"NONE"`` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hivemem import config as hm_config
+from hivemem.embed.protocol import EmbedderLike
+from hivemem.memory import filters as flt
+from hivemem.memory.embedding import resolve_embedder
+from hivemem.memory.records import (
+    ENTITIES,
+    NewMemory,
+    check_entity,
+    check_metadata,
+    check_text,
+    content_hash,
+    prepare,
+)
+from hivemem.memory.storage.sqlite import SQLiteStorage
+
+_CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
+
+
+def default_path() -> Path:
+    return hm_config.home() / "memory.sqlite"
+
+
+def _check_top_k(top_k: Any) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    return top_k
+
+
+def _check_id(memory_id: Any) -> str:
+    if not isinstance(memory_id, str) or not memory_id:
+        raise TypeError(f"memory_id must be a non-empty string, got {memory_id!r}")
+    return memory_id
+
+
+class Memory:
+    """Long-term memory for agents (see the module docstring).
+
+    ``path``: the SQLite file (default ``hivemem.config.home()/memory.sqlite``). ``embedder``: any
+    ``hivemem.EmbedderLike``; by default the hivemem service if one is running, else an
+    in-process engine, created on first use (listing and deleting never load a model).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        embedder: EmbedderLike | None = None,
+        *,
+        embedder_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self._storage = SQLiteStorage(self.path)
+        self._embedder: EmbedderLike | None = None
+        self._owns_embedder = False
+        self._embedder_config = embedder_config
+        self._embedder_lock = threading.Lock()
+        if embedder is not None:
+            self._embedder, self._owns_embedder = resolve_embedder(embedder)
+            self._storage.bind_model(self._embedder.model_id, self._embedder.dim)
+
+    @classmethod
+    def from_config(cls, config_dict: dict[str, Any]) -> Memory:
+        """Mem0-style config: ``{"vector_store": {"provider": "sqlite", "config": {"path": …}},
+        "embedder": {"provider": "hivemem" | "service" | "huggingface", "config": {…}}}``
+        (or simply ``{"path": …}``)."""
+        if not isinstance(config_dict, dict):
+            raise TypeError(f"config must be a dict, got {type(config_dict).__name__}")
+        unknown = set(config_dict) - _CONFIG_KEYS
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
+        path = config_dict.get("path")
+        store = config_dict.get("vector_store") or {}
+        if store:
+            provider = store.get("provider", "sqlite")
+            if provider not in ("sqlite", "hivemem"):
+                raise ValueError(f"vector_store provider {provider!r} is not available; use 'sqlite'")
+            path = (store.get("config") or {}).get("path", path)
+        return cls(path=path, embedder_config=config_dict.get("embedder"))
+
+    # -- embedding -----------------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> EmbedderLike:
+        if self._embedder is None:
+            with self._embedder_lock:
+                if self._embedder is None:
+                    emb, owned = resolve_embedder(None, self._embedder_config)
+                    self._storage.bind_model(emb.model_id, emb.dim)
+                    self._owns_embedder = owned
+                    self._embedder = emb
+        return self._embedder
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def add(
+        self,
+        messages: Any,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        infer: bool = False,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Store ``messages`` (a string, or ``[{"role", "content"}]``; system turns are skipped)."""
+        new = prepare(
+            messages, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=metadata, infer=infer
+        )
+        return {"results": self._store(new)}
+
+    def add_batch(self, items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """Many ``add`` calls in one embed call and one transaction: all stored, or none.
+
+        Each item: ``{"messages": …, "user_id"/"agent_id"/"run_id": …, "metadata": …}``. Results
+        are flat, in item order (one per non-system message).
+        """
+        if not isinstance(items, list | tuple):
+            raise TypeError(f"add_batch takes a list of dicts, got {type(items).__name__}")
+        allowed = {"messages", *ENTITIES, "metadata", "infer"}
+        new: list[NewMemory] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise TypeError(f"items[{i}] must be a dict, got {type(item).__name__}")
+            extra = set(item) - allowed
+            if extra:
+                raise ValueError(f"items[{i}] has unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
+            if "messages" not in item:
+                raise ValueError(f"items[{i}] needs 'messages'")
+            new.extend(prepare(**item, where=f"items[{i}]: "))
+        return {"results": self._store(new)}
+
+    def _store(self, new: list[NewMemory]) -> list[dict[str, Any]]:
+        if not new:
+            return []
+        found = self._storage.existing(list(dict.fromkeys((m.scope, m.hash) for m in new)))
+        todo = [m for m in new if (m.scope, m.hash) not in found]
+        outcome: dict[int, tuple[str, str]] = {}
+        if todo:
+            texts = list(dict.fromkeys(m.memory for m in todo))
+            vectors = self.embedder.embed(texts)  # before the write transaction
+            row = {t: i for i, t in enumerate(texts)}
+            matrix = vectors[[row[m.memory] for m in todo]]
+            stored = self._storage.insert(todo, matrix)
+            outcome = {id(m): r for m, r in zip(todo, stored, strict=True)}
+        results = []
+        for m in new:
+            memory_id, event = outcome.get(id(m)) or (found[(m.scope, m.hash)], "NONE")
+            results.append(
+                {"id": memory_id, "memory": m.memory, "event": event, "actor_id": m.actor_id, "role": m.role}
+            )
+        return results
+
+    def update(
+        self, memory_id: str, text: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> dict[str, str]:
+        """Replace the text (re-embedded) and/or the metadata of one memory."""
+        memory_id = _check_id(memory_id)
+        if text is None and metadata is None:
+            raise ValueError("update needs text and/or metadata")
+        meta = check_metadata(metadata) if metadata is not None else None
+        vector = hash_ = None
+        if text is not None:
+            text = check_text(text, "text")
+            if self._storage.get(memory_id) is None:
+                raise ValueError(f"Memory with id {memory_id} not found")
+            vector, hash_ = self.embedder.embed([text])[0], content_hash(text)
+        try:
+            self._storage.update(memory_id, text, vector, meta, hash_)
+        except KeyError:
+            raise ValueError(f"Memory with id {memory_id} not found") from None
+        return {"message": "Memory updated successfully!"}
+
+    def delete(self, memory_id: str) -> dict[str, str]:
+        if not self._storage.delete(_check_id(memory_id)):
+            raise ValueError(f"Memory with id {memory_id} not found")
+        return {"message": "Memory deleted successfully!"}
+
+    def delete_all(
+        self, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
+    ) -> dict[str, str]:
+        ids = {n: check_entity(n, v) for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)}
+        scope = {k: v for k, v in ids.items() if v}
+        if not scope:
+            raise ValueError(
+                "At least one filter is required to delete all memories. If you want to delete all "
+                "memories, use the `reset()` method."
+            )
+        where = flt.parse(scope)
+        assert where is not None
+        self._storage.delete_where(where)
+        return {"message": "Memories deleted successfully!"}
+
+    def reset(self) -> None:
+        """Delete every memory and all history in this store."""
+        self._storage.reset()
+        if self._embedder is not None:
+            self._storage.bind_model(self._embedder.model_id, self._embedder.dim)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _where(self, filters: Any, user_id: Any, agent_id: Any, run_id: Any) -> flt.Node | None:
+        scope = {
+            n: check_entity(n, v)
+            for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
+            if v is not None
+        }
+        return flt.and_(flt.parse(scope) if scope else None, flt.parse(filters))
+
+    def get(self, memory_id: str) -> dict[str, Any] | None:
+        """The memory, or ``None`` for an unknown id (as Mem0)."""
+        return self._storage.get(_check_id(memory_id))
+
+    def get_all(
+        self,
+        *,
+        filters: dict[str, Any] | None = None,
+        top_k: int = 100,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, list[dict[str, Any]]]:
+        where = self._where(filters, user_id, agent_id, run_id)
+        return {"results": self._storage.list(where, _check_top_k(top_k))}
+
+    def search(
+        self,
+        query: str,
+        *,
+        filters: dict[str, Any] | None = None,
+        top_k: int = 20,
+        threshold: float | None = None,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Exact cosine top-k among the memories that pass ``filters``; each result has ``score``."""
+        query = check_text(query, "query")
+        where = self._where(filters, user_id, agent_id, run_id)
+        k = _check_top_k(top_k)
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
+            raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+        vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
+        return {"results": self._storage.search(vector, where, k, threshold)}
+
+    def history(self, memory_id: str) -> list[dict[str, Any]]:
+        """Every ADD / UPDATE / DELETE of this id, oldest first (as Mem0's history rows)."""
+        return self._storage.history(_check_id(memory_id))
+
+    def count(self) -> int:
+        return self._storage.count()
+
+    def close(self) -> None:
+        self._storage.close()
+        if self._owns_embedder and self._embedder is not None:
+            close = getattr(self._embedder, "close", None)
+            if close is not None:
+                close()
+        self._embedder = None
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

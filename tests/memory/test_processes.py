@@ -1,0 +1,118 @@
+"""Many real processes on one file, and a process killed with SIGKILL in the middle of a batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hivemem import Embedder
+from hivemem.embed.corpus import sentences
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_WRITER = r"""
+import json, os, sys, time
+from hivemem import Embedder, Memory
+path, start, me, texts = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+m = Memory(path, embedder=Embedder(threads=1))
+while not os.path.exists(start):
+    time.sleep(0.005)
+if me % 2:
+    out = m.add_batch([{"messages": t, "user_id": "shared"} for t in texts])["results"]
+else:
+    out = [m.add(t, user_id="shared")["results"][0] for t in texts]
+print(json.dumps({r["memory"]: [r["id"], r["event"]] for r in out}))
+"""
+
+
+@pytest.mark.slow
+def test_25_processes_add_concurrently(tmp_path: Path, hm_home: Path, embedder: Embedder) -> None:
+    n_proc, per = 25, 8
+    pool = sentences(n_proc * per, seed=11)
+    shared = pool[: per // 2]
+    own = pool[per // 2 :]
+    path, start = tmp_path / "m.sqlite", tmp_path / "go"
+    env = {**os.environ, "HIVEMEM_HOME": str(hm_home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = []
+    for i in range(n_proc):
+        texts = shared + own[i * (per // 2) : (i + 1) * (per // 2)]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WRITER, str(path), str(start), str(i), json.dumps(texts)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    start.touch()
+    outputs = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-2000:]
+        assert "locked" not in err
+        outputs.append(json.loads(out))
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT memory, id FROM memories").fetchall()
+    assert len(rows) == len(shared) + n_proc * (per // 2)
+    assert len({m for m, _ in rows}) == len(rows)  # no text twice
+    ids = dict(rows)
+    for out in outputs:  # every process got the one stored id for every text it added
+        assert all(ids[text] == rid for text, (rid, _) in out.items())
+    for text in shared:  # exactly one process won each shared text
+        assert sum(out[text][1] == "ADD" for out in outputs) == 1
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+
+_BATCHER = r"""
+import itertools, sys
+from hivemem import Embedder, Memory
+path, texts, size, tag = sys.argv[1], open(sys.argv[2]).read().splitlines(), int(sys.argv[3]), sys.argv[4]
+m = Memory(path, embedder=Embedder(threads=1))
+print("ready", flush=True)
+# texts are in the embedding cache, and each round uses a new scope: the child never stops writing
+for r in itertools.count():
+    for k in range(len(texts) // size):
+        part = texts[k * size : (k + 1) * size]
+        m.add_batch([{"messages": t, "user_id": f"{tag}-{r}", "metadata": {"batch": k}} for t in part])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_batch_leaves_whole_batches(tmp_path: Path, hm_home: Path, embedder: Embedder) -> None:
+    size = 150
+    texts = [f"kill test note number {i}" for i in range(size * 8)]  # short: quick to embed
+    embedder.embed(texts)  # warm the shared cache: the child's time then goes mostly into writing
+    (tmp_path / "texts.txt").write_text("\n".join(texts))
+    env = {**os.environ, "HIVEMEM_HOME": str(hm_home), "PYTHONPATH": str(ROOT)}
+    path = tmp_path / "k.sqlite"
+    for delay in (0.1, 0.3, 0.6):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _BATCHER, str(path), str(tmp_path / "texts.txt"), str(size), str(delay)],
+            env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        db = sqlite3.connect(path)
+        rows = db.execute(
+            "SELECT user_id, json_extract(metadata, '$.batch'), count(*) FROM memories GROUP BY 1, 2"
+        ).fetchall()
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        history = db.execute("SELECT count(*) FROM history").fetchone()[0]
+        db.close()
+        counts = {(user, batch): n for user, batch, n in rows}
+        assert any(user.startswith(f"{delay}-") for user, _ in counts)  # the child got to write
+        assert all(n == size for n in counts.values()), counts  # and every batch is whole
+        assert history == sum(counts.values())
