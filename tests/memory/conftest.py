@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -13,26 +11,13 @@ import pytest
 
 from hivemem import Embedder, Memory
 
-# A developer machine that already exported the model keeps it here; reusing it saves ~60 s.
-_PREPARED = Path(os.environ.get("HIVEMEM_TEST_MODELS", "/tmp/hm1/models"))
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
 
 @pytest.fixture(scope="session")
-def hm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("hivemem-home")
-    if (_PREPARED / "all-MiniLM-L6-v2" / "manifest.json").exists():
-        shutil.copytree(_PREPARED, home / "models", copy_function=_link_or_copy)
+def hm_home(hivemem_home: Path) -> Iterator[Path]:
+    """The session's private home (tests/conftest.py), with no service socket configured."""
     patch = pytest.MonkeyPatch()
-    patch.setenv("HIVEMEM_HOME", str(home))
     patch.delenv("HIVEMEM_SOCKET", raising=False)
-    yield home
+    yield hivemem_home
     patch.undo()
 
 
