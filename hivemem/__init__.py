@@ -19,6 +19,11 @@ _EXPORTS: dict[str, str] = {
     "EmbedderLike": "hivemem.embed.protocol",
     "EmbeddingCache": "hivemem.embed.cache",
     "prepare_model": "hivemem.embed.model",
+    "connect": "hivemem.service.client",
+    "aconnect": "hivemem.service.aclient",
+    "ServiceClient": "hivemem.service.client",
+    "ServiceBusy": "hivemem.service.errors",
+    "ServiceError": "hivemem.service.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -28,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.engine import Embedder
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
+    from hivemem.service.aclient import aconnect
+    from hivemem.service.client import ServiceClient, connect
+    from hivemem.service.errors import ServiceBusy, ServiceError
 
 
 def __getattr__(name: str) -> Any:

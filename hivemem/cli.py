@@ -9,11 +9,14 @@ from __future__ import annotations
 import typer
 
 from hivemem.embed.cli import cache_app, demo, model_app
+from hivemem.service.cli import serve, status
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(model_app, name="model")
 app.add_typer(cache_app, name="cache")
 app.command("demo")(demo)
+app.command("serve")(serve)
+app.command("status")(status)
 
 if __name__ == "__main__":
     app()
