@@ -59,6 +59,7 @@ def serve(
 
 
 def _stop(sock: Path, wait: float = 60.0) -> int:
+    from hivemem.service import paths
     from hivemem.service.client import ServiceClient
     from hivemem.service.errors import ServiceError
 
@@ -70,16 +71,29 @@ def _stop(sock: Path, wait: float = 60.0) -> int:
     pid = client.service_pid
     client.shutdown()
     client.close()
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            typer.echo(f"stopped hivemem service pid {pid}")
-            return 0
-        time.sleep(0.05)
+    if _wait_released(paths.pid_path(sock), wait):
+        typer.echo(f"stopped hivemem service pid {pid}")
+        return 0
     typer.echo(f"hivemem service pid {pid} did not exit within {wait:g} s", err=True)
     return 1
+
+
+def _wait_released(pid_file: Path, wait: float) -> bool:
+    """True once nobody holds the service's pid lock (it exited, whoever its parent is)."""
+    import fcntl
+
+    deadline = time.monotonic() + wait
+    fd = os.open(pid_file, os.O_RDONLY)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                time.sleep(0.05)
+        return False
+    finally:
+        os.close(fd)
 
 
 def status(
