@@ -74,15 +74,17 @@ class AsyncServiceClient:
 
     async def _attempts(self, payload: bytes, deadline: float) -> bytearray:
         for attempt in (0, 1):
-            conn = self._pool.pop() if self._pool else await self._open(deadline)
+            conn = None
             try:
+                conn = self._pool.pop() if self._pool else await self._open(deadline)
                 rtype, body = await _call(conn, wire.EMBED, next(self._ids), payload)
                 if rtype == wire.ERROR:
                     _raise_error(body)
                 if rtype != wire.VECTORS:
                     raise ProtocolError(f"expected VECTORS, got frame type {rtype}")
             except _Lost as exc:
-                conn[1].close()
+                if conn is not None:
+                    conn[1].close()
                 await self.aclose()
                 if attempt:
                     raise ServiceUnavailable(
@@ -90,7 +92,8 @@ class AsyncServiceClient:
                     ) from None
                 continue
             except BaseException:
-                conn[1].close()
+                if conn is not None:
+                    conn[1].close()
                 raise
             if len(self._pool) < _POOL_MAX:
                 self._pool.append(conn)

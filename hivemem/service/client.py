@@ -114,7 +114,12 @@ class ServiceClient:
         self._closed = False
         self.restarts = 0
         self.info: dict[str, Any] = {}
-        conn = self._open(time.monotonic() + max(timeout, start_timeout if autostart else 0))
+        try:
+            conn = self._open(time.monotonic() + max(timeout, start_timeout if autostart else 0))
+        except _Lost as exc:
+            raise ServiceUnavailable(f"the hivemem service at {self.socket_path} went away: {exc}") from None
+        except TimeoutError:
+            raise ServiceUnavailable(f"no answer from the hivemem service at {self.socket_path}") from None
         self._checkin(conn)
 
     # ---- EmbedderLike ----------------------------------------------------------------------------
@@ -183,15 +188,17 @@ class ServiceClient:
             raise ServiceError("this client is closed")
         deadline = time.monotonic() + self.timeout
         for attempt in (0, 1):
-            conn = self._checkout(deadline)
+            conn: _Connection | None = None
             try:
+                conn = self._checkout(deadline)
                 rtype, body = conn.call(ftype, next(self._ids), payload, deadline)
                 if rtype == wire.ERROR:
                     _raise_error(body)
                 if rtype != expect:
                     raise ProtocolError(f"expected reply type {expect}, got {rtype}")
             except _Lost as exc:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 self._drop_pool()  # its other connections went to the same dead service
                 if attempt or not retry:
                     raise ServiceUnavailable(
@@ -199,12 +206,14 @@ class ServiceClient:
                     ) from None
                 continue
             except TimeoutError:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 raise ServiceError(
                     f"no answer from the hivemem service within {self.timeout:g} s ({self.socket_path})"
                 ) from None
             except BaseException:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 raise
             self._checkin(conn)
             return body

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_helpers import PY, ROOT, start_service
+from service_helpers import PY, ROOT, start_service, stop_pid
 
 from hivemem.embed.corpus import sentences
 from hivemem.service import wire
@@ -225,3 +225,30 @@ def test_idle_timeout_exits(service_env) -> None:
 
 if sys.platform != "linux":  # pragma: no cover
     pytest.skip("the service is tested on Linux", allow_module_level=True)
+
+
+def test_full_queue_is_service_busy_not_a_hang(service_env) -> None:
+    import asyncio
+
+    import hivemem
+    from hivemem.service.errors import ServiceBusy
+
+    proc = start_service(service_env, "--max-pending", "1", "--busy-timeout", "0")
+    texts = sentences(64, seed=5)
+
+    async def main() -> list[object]:
+        client = await hivemem.aconnect(autostart=False)
+        replies = await asyncio.gather(
+            *(client.aembed(texts[i : i + 8]) for i in range(0, 64, 8)), return_exceptions=True
+        )
+        await client.aclose()
+        return replies
+
+    try:
+        replies = asyncio.run(main())
+    finally:
+        stop_pid(proc.pid)
+        proc.wait(10)
+    busy = [r for r in replies if isinstance(r, ServiceBusy)]
+    assert busy and "stayed full" in str(busy[0])
+    assert all(isinstance(r, ServiceBusy) or r.shape == (8, 384) for r in replies)
