@@ -9,7 +9,6 @@ auto mode, and retries the request once; every call either returns or raises wit
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import socket
@@ -152,6 +151,8 @@ class ServiceClient:
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         """``embed`` on a worker thread: the event loop is never blocked."""
+        import asyncio  # here, not at the top: it costs a worker ~30 ms of start-up
+
         items = check_texts(texts)
         return await asyncio.to_thread(self.embed, items)
 
