@@ -32,6 +32,11 @@ _EXPORTS: dict[str, str] = {
     "convert_tasks": "hivemem.tasks.convert",
     "Memory": "hivemem.memory.store",
     "AsyncMemory": "hivemem.memory.aio",
+    "connect": "hivemem.service.client",
+    "aconnect": "hivemem.service.aclient",
+    "ServiceClient": "hivemem.service.client",
+    "ServiceBusy": "hivemem.service.errors",
+    "ServiceError": "hivemem.service.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -46,6 +51,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.pool.errors import CallTimeout, PoolClosed, PoolError, WorkerCrashed, WorkerInitError
     from hivemem.pool.pool import WorkerPool
     from hivemem.pool.runner import RunSummary, run_parallel
+    from hivemem.service.aclient import aconnect
+    from hivemem.service.client import ServiceClient, connect
+    from hivemem.service.errors import ServiceBusy, ServiceError
     from hivemem.tasks.convert import convert_tasks
     from hivemem.tasks.errors import TaskLibraryError
     from hivemem.tasks.library import TaskLibrary

@@ -11,6 +11,7 @@ import typer
 from hivemem.embed.cli import cache_app, demo, model_app
 from hivemem.memory.cli import memory_app
 from hivemem.pool.cli import run as run_command
+from hivemem.service.cli import serve, status
 from hivemem.tasks.cli import app as tasks_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -20,6 +21,8 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(memory_app, name="memory")
 app.command("demo")(demo)
 app.command("run")(run_command)
+app.command("serve")(serve)
+app.command("status")(status)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,114 @@
+"""``hivemem serve`` and ``hivemem status``: run, stop and inspect the machine's embedding service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import typer
+
+
+def serve(
+    socket: Path = typer.Option(None, help="Unix socket path (default: $HIVEMEM_SOCKET or the runtime dir)."),
+    http: str = typer.Option(None, help="Also serve the OpenAI-compatible HTTP API on HOST:PORT."),
+    api_key: str = typer.Option(
+        None, envvar="HIVEMEM_API_KEY", help="Bearer key for HTTP (required off loopback)."
+    ),
+    replicas: int = typer.Option(1, min=1, help="Model instances fed from one queue (for many cores)."),
+    threads: int = typer.Option(None, min=1, help="Intra-op threads per replica (default: cores − 1)."),
+    variant: str = typer.Option("default", help="Model variant: default, fast, fp32, int8."),
+    max_pending: int = typer.Option(4096, min=1, help="Texts queued before callers wait (backpressure)."),
+    busy_timeout: float = typer.Option(10.0, help="Seconds a caller waits on a full queue before 'busy'."),
+    idle_timeout: float = typer.Option(0.0, help="Exit after this many seconds without clients (0: never)."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the running service (drains its queue) and exit."),
+) -> None:
+    """Run the embedding service in the foreground (one model, one queue, one cache per machine)."""
+    from hivemem.service import paths
+    from hivemem.service.errors import ServiceError
+
+    sock = paths.socket_path(socket)
+    if stop:
+        raise typer.Exit(_stop(sock))
+    from hivemem.service.server import AlreadyRunning, ServiceConfig
+    from hivemem.service.server import serve as run
+    from hivemem.service.spawn import EXIT_ALREADY_RUNNING
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = ServiceConfig(
+        socket=sock,
+        http=http,
+        api_key=api_key,
+        replicas=replicas,
+        threads=threads,
+        variant=variant,
+        max_pending=max_pending,
+        busy_timeout=busy_timeout,
+        idle_timeout=idle_timeout,
+    )
+    try:
+        run(config)
+    except AlreadyRunning as exc:
+        typer.echo(f"hivemem serve: {exc}", err=True)
+        raise typer.Exit(EXIT_ALREADY_RUNNING) from None
+    except (ServiceError, ValueError) as exc:
+        typer.echo(f"hivemem serve: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _stop(sock: Path, wait: float = 60.0) -> int:
+    from hivemem.service import paths
+    from hivemem.service.client import ServiceClient
+    from hivemem.service.errors import ServiceError
+
+    try:
+        client = ServiceClient(sock, autostart=False, timeout=wait)
+    except ServiceError:
+        typer.echo(f"no hivemem service running on {sock}")
+        return 0
+    pid = client.service_pid
+    client.shutdown()
+    client.close()
+    if _wait_released(paths.pid_path(sock), wait):
+        typer.echo(f"stopped hivemem service pid {pid}")
+        return 0
+    typer.echo(f"hivemem service pid {pid} did not exit within {wait:g} s", err=True)
+    return 1
+
+
+def _wait_released(pid_file: Path, wait: float) -> bool:
+    """True once nobody holds the service's pid lock (it exited, whoever its parent is)."""
+    import fcntl
+
+    deadline = time.monotonic() + wait
+    fd = os.open(pid_file, os.O_RDONLY)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                time.sleep(0.05)
+        return False
+    finally:
+        os.close(fd)
+
+
+def status(
+    socket: Path = typer.Option(None, help="Unix socket path (default: $HIVEMEM_SOCKET or the runtime dir)."),
+) -> None:
+    """The running service's pid, model, uptime, queue, cache and connected clients (JSON)."""
+    from hivemem.service import paths
+    from hivemem.service.client import ServiceClient
+    from hivemem.service.errors import ServiceError
+
+    sock = paths.socket_path(socket)
+    try:
+        with ServiceClient(sock, autostart=False, timeout=10) as client:
+            info = client.stats()
+    except ServiceError as exc:
+        typer.echo(json.dumps({"running": False, "socket": str(sock), "error": str(exc)}))
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"running": True, **info}, indent=2))

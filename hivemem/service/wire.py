@@ -1,0 +1,147 @@
+"""The service's wire format: length-prefixed binary frames over a Unix socket.
+
+Every frame is a 20-byte little-endian header followed by ``length`` payload bytes::
+
+    magic  4s  b"HVMM"
+    version B  1
+    type   B  see the constants below
+    flags  H  reserved, 0
+    id     Q  request id, echoed in the reply (0 for connection-level errors)
+    length I  payload bytes
+
+Payloads: texts are ``u32 count``, ``count × u32 byte lengths``, then the UTF-8 bytes back to back;
+vectors are ``u32 rows, u32 dim`` then ``rows × dim`` raw float32 (no JSON for vectors: a 384-d
+vector is 1.5 KB raw and ~8 KB as JSON text, and parsing it costs more than computing it).
+Metadata replies (hello, stats) are small JSON objects. Errors are ``u16 code`` + a UTF-8 message.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from hivemem.service.errors import ProtocolError
+
+MAGIC = b"HVMM"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHQI")
+HEADER_SIZE = HEADER.size
+DEFAULT_MAX_FRAME = 32 << 20  # 32 MiB: ~20k long texts; the client splits larger calls
+MAX_REPLY = 1 << 30
+
+# requests
+HELLO = 1
+EMBED = 2
+STATS = 3
+SHUTDOWN = 4
+# replies
+WELCOME = 17
+VECTORS = 18
+STATS_REPLY = 19
+OK = 20
+ERROR = 31
+
+REQUEST_TYPES = frozenset({HELLO, EMBED, STATS, SHUTDOWN})
+
+# error codes
+E_MALFORMED = 1
+E_TOO_LARGE = 2
+E_BAD_REQUEST = 3
+E_BUSY = 4
+E_INTERNAL = 5
+E_SHUTTING_DOWN = 6
+
+_U32 = struct.Struct("<I")
+_DIMS = struct.Struct("<II")
+_ERR = struct.Struct("<H")
+
+
+def header(ftype: int, request_id: int, length: int) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, ftype, 0, request_id, length)
+
+
+def frame(ftype: int, request_id: int, payload: bytes = b"") -> bytes:
+    return header(ftype, request_id, len(payload)) + payload
+
+
+def parse_header(data: bytes, max_length: int) -> tuple[int, int, int]:
+    """``(type, request id, payload length)``, or ProtocolError saying which field is wrong."""
+    magic, version, ftype, _flags, request_id, length = HEADER.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}: not a hivemem frame (expected {MAGIC!r})")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (this side speaks {VERSION})")
+    if length > max_length:
+        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_length} bytes")
+    return ftype, request_id, length
+
+
+def encode_texts(texts: list[str]) -> bytes:
+    blobs = [t.encode("utf-8") for t in texts]
+    return b"".join([_U32.pack(len(blobs)), struct.pack(f"<{len(blobs)}I", *map(len, blobs)), *blobs])
+
+
+def decode_texts(payload: bytes | memoryview) -> list[str]:
+    """Texts of an EMBED payload; ProtocolError if counts and lengths do not add up or UTF-8 is bad."""
+    view = memoryview(payload)
+    if len(view) < 4:
+        raise ProtocolError("EMBED payload shorter than its 4-byte count")
+    (count,) = _U32.unpack_from(view)
+    table_end = 4 + 4 * count
+    if table_end > len(view):
+        raise ProtocolError(f"EMBED payload announces {count} texts but is only {len(view)} bytes")
+    lengths = struct.unpack_from(f"<{count}I", view, 4)
+    if table_end + sum(lengths) != len(view):
+        raise ProtocolError(
+            f"EMBED payload text lengths sum to {sum(lengths)} bytes but {len(view) - table_end} follow"
+        )
+    texts = []
+    pos = table_end
+    for i, n in enumerate(lengths):
+        try:
+            texts.append(str(view[pos : pos + n], "utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"text {i} is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+        pos += n
+    return texts
+
+
+def encode_vectors(vectors: np.ndarray) -> bytes:
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    rows, dim = vectors.shape
+    return _DIMS.pack(rows, dim) + vectors.tobytes()
+
+
+def decode_vectors(payload: bytearray | memoryview) -> np.ndarray:
+    """A writable ``rows × dim`` float32 view over the received buffer (no copy)."""
+    if len(payload) < _DIMS.size:
+        raise ProtocolError("VECTORS payload shorter than its 8-byte shape")
+    rows, dim = _DIMS.unpack_from(payload)
+    if len(payload) != _DIMS.size + rows * dim * 4:
+        raise ProtocolError(f"VECTORS payload of {len(payload)} bytes does not hold {rows}×{dim} float32")
+    return np.frombuffer(payload, dtype="<f4", offset=_DIMS.size).reshape(rows, dim)
+
+
+def encode_error(code: int, message: str) -> bytes:
+    return _ERR.pack(code) + message.encode("utf-8", "replace")
+
+
+def decode_error(payload: bytes | memoryview) -> tuple[int, str]:
+    if len(payload) < _ERR.size:
+        return E_MALFORMED, "error frame without a code"
+    (code,) = _ERR.unpack_from(payload)
+    return code, bytes(payload[_ERR.size :]).decode("utf-8", "replace")
+
+
+def encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def decode_json(payload: bytes | memoryview) -> Any:
+    try:
+        return json.loads(bytes(payload))
+    except ValueError as exc:
+        raise ProtocolError(f"metadata reply is not JSON: {exc}") from None
