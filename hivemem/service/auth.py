@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ def load_keys(path: str | Path) -> dict[str, Scope]:
     return {key: _scope(key, spec, f"keys file {path}") for key, spec in raw.items()}
 
 
+# Declared through FastAPI's security helper so that the OpenAPI spec documents the bearer scheme.
+_BEARER = HTTPBearer(auto_error=False, description="An API key from --api-key or the --keys file.")
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -83,11 +88,10 @@ class KeyRing:
     def required(self) -> bool:
         return bool(self._by_digest)
 
-    def __call__(self, request: Request) -> Scope:
+    def __call__(self, credentials: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> Scope:
         if not self._by_digest:
             return ADMIN
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        scope = self._by_digest.get(_digest(token.strip())) if scheme.lower() == "bearer" else None
+        scope = self._by_digest.get(_digest(credentials.credentials.strip())) if credentials else None
         if scope is None:
             raise HTTPException(401, "missing or wrong API key (send Authorization: Bearer <key>)")
         return scope
