@@ -15,7 +15,11 @@ import httpx
 from service_helpers import ROOT, free_port, start_service, stop_pid
 
 HERE = Path(__file__).resolve().parent
-KEYS = {"alice-key-0001": {"user_id": "alice"}, "bob-key-00002": {"user_id": "bob"}, "admin-key-003": {"admin": True}}
+KEYS = {
+    "alice-key-0001": {"user_id": "alice"},
+    "bob-key-00002": {"user_id": "bob"},
+    "admin-key-003": {"admin": True},
+}
 ALICE = {"Authorization": "Bearer alice-key-0001"}
 BOB = {"Authorization": "Bearer bob-key-00002"}
 ADMIN = {"Authorization": "Bearer admin-key-003"}

@@ -19,7 +19,10 @@ from hivemem.service.auth import Scope, load_keys
 
 @pytest.fixture(scope="module")
 def api(model_home: Path) -> Iterator[httpx.Client]:
-    with http_service(model_home, "--max-body", "65536") as svc, httpx.Client(base_url=svc["url"], timeout=60) as c:
+    with (
+        http_service(model_home, "--max-body", "65536") as svc,
+        httpx.Client(base_url=svc["url"], timeout=60) as c,
+    ):
         yield c
 
 
@@ -38,11 +41,11 @@ def test_round_trip_every_route(api: httpx.Client) -> None:
         **r.json()["results"][0],
         "event": "NONE",
     }
+    turns = [{"role": "system", "content": "skip me"}, {"role": "user", "content": "Likes jazz", "name": "c"}]
     items = [
         {"messages": "Plays chess on Sundays", "user_id": "carol", "metadata": {"severity": 1}},
-        {"messages": [{"role": "system", "content": "skip me"}, {"role": "user", "content": "Likes jazz", "name": "c"}],
-         "user_id": "carol"},
-    ]  # fmt: skip
+        {"messages": turns, "user_id": "carol"},
+    ]
     batch = api.post("/v1/memories/batch", json={"items": items}, headers=ADMIN).json()["results"]
     assert [x["memory"] for x in batch] == ["Plays chess on Sundays", "Likes jazz"]
     assert batch[1]["actor_id"] == "c"
@@ -51,14 +54,18 @@ def test_round_trip_every_route(api: httpx.Client) -> None:
                     headers=ADMIN).json()["results"]  # fmt: skip
     assert hits[0]["id"] == mid and 0 < hits[0]["score"] <= 1 and len(hits) == 2
     flt = {"filters": {"user_id": "carol", "severity": {"gte": 2}}}
-    assert [x["id"] for x in api.post("/v1/memories/list", json=flt, headers=ADMIN).json()["results"]] == [mid]
+    assert [x["id"] for x in api.post("/v1/memories/list", json=flt, headers=ADMIN).json()["results"]] == [
+        mid
+    ]
     listed = api.get("/v1/memories", params={"user_id": "carol"}, headers=ADMIN).json()["results"]
     assert len(listed) == 3
 
     record = api.get(f"/v1/memories/{mid}", headers=ADMIN).json()
     assert record["memory"] == "I am allergic to peanuts" and record["metadata"] == {"severity": 3}
     assert "score" not in record
-    assert api.put(f"/v1/memories/{mid}", json={"text": "Allergic to cashews"}, headers=ADMIN).status_code == 200
+    assert (
+        api.put(f"/v1/memories/{mid}", json={"text": "Allergic to cashews"}, headers=ADMIN).status_code == 200
+    )
     assert api.get(f"/v1/memories/{mid}", headers=ADMIN).json()["memory"] == "Allergic to cashews"
     events = [h["event"] for h in api.get(f"/v1/memories/{mid}/history", headers=ADMIN).json()]
     assert events == ["ADD", "UPDATE"]
@@ -80,8 +87,11 @@ def test_scoping_alice_cannot_touch_bob(api: httpx.Client) -> None:
         api.delete(f"/v1/memories/{b}", headers=ALICE),
         api.get(f"/v1/memories/{b}/history", headers=ALICE),
         api.post("/v1/memories", json={"messages": "x", "user_id": "bob"}, headers=ALICE),
-        api.post("/v1/memories/batch", json={"items": [{"messages": "x"}, {"messages": "y", "user_id": "bob"}]},
-                 headers=ALICE),  # fmt: skip
+        api.post(
+            "/v1/memories/batch",
+            json={"items": [{"messages": "x"}, {"messages": "y", "user_id": "bob"}]},
+            headers=ALICE,
+        ),
         api.post("/v1/memories/search", json={"query": "coffee", "user_id": "bob"}, headers=ALICE),
         api.post("/v1/memories/list", json={"user_id": "bob"}, headers=ALICE),
         api.get("/v1/memories", params={"user_id": "bob"}, headers=ALICE),
@@ -112,7 +122,10 @@ def test_status_codes(api: httpx.Client) -> None:
     body = {"messages": "hello", "user_id": "dave"}
     assert api.post("/v1/memories", json=body).status_code == 401
     assert api.post("/v1/memories", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert api.post("/v1/memories", json=body, headers={"Authorization": "Basic alice-key-0001"}).status_code == 401
+    assert (
+        api.post("/v1/memories", json=body, headers={"Authorization": "Basic alice-key-0001"}).status_code
+        == 401
+    )
     assert api.get("/v1/memories/x", headers={}).status_code == 401
     assert api.post("/v1/embeddings", json={"input": "hi"}).status_code == 401
     assert api.get("/metrics").status_code == 401
@@ -169,13 +182,18 @@ def test_status_codes(api: httpx.Client) -> None:
 
     r = api.post("/v1/memories", content=chunks(), headers={**ADMIN, "Content-Type": "application/json"})
     assert r.status_code == 413
-    assert api.get("/v1/memories", params={"user_id": "dave"}, headers=ADMIN).json()["results"][0]["id"] == mid
+    assert (
+        api.get("/v1/memories", params={"user_id": "dave"}, headers=ADMIN).json()["results"][0]["id"] == mid
+    )
 
 
 def test_event_loop_stays_free_during_a_big_batch(api: httpx.Client) -> None:
     """A batch that embeds for seconds runs in a thread: /health answers while it is in flight."""
     base = str(api.base_url)
-    items = [{"messages": f"loop test sentence number {i} about topic {i % 7}", "user_id": "erin"} for i in range(400)]
+    items = [
+        {"messages": f"loop test sentence number {i} about topic {i % 7}", "user_id": "erin"}
+        for i in range(400)
+    ]
 
     async def main() -> list[str]:
         order: list[str] = []
@@ -203,7 +221,12 @@ def test_openapi_published_and_committed(api: httpx.Client) -> None:
     assert set(live["paths"]) == set(committed["paths"]) - {"/v1/agent/stream"}  # no --agent here
     schemas = committed["components"]["schemas"]
     assert live["components"]["schemas"] == {k: v for k, v in schemas.items() if k != "AgentRequest"}
-    for path in ("/v1/memories", "/v1/memories/search", "/v1/memories/{memory_id}/history", "/v1/agent/stream"):
+    for path in (
+        "/v1/memories",
+        "/v1/memories/search",
+        "/v1/memories/{memory_id}/history",
+        "/v1/agent/stream",
+    ):
         assert path in committed["paths"]
     # The committed file is exactly what the generator writes now (regenerate when routes change).
     check = subprocess.run([sys.executable, "-m", "hivemem.service.openapi", "--check"], cwd=ROOT,
