@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -24,6 +25,18 @@ def serve(
     busy_timeout: float = typer.Option(10.0, help="Seconds a caller waits on a full queue before 'busy'."),
     idle_timeout: float = typer.Option(0.0, help="Exit after this many seconds without clients (0: never)."),
     stop: bool = typer.Option(False, "--stop", help="Stop the running service (drains its queue) and exit."),
+    keys: Path = typer.Option(
+        None, help='HTTP keys file: {"KEY": {"user_id": "alice"}, "ADMIN": {"admin": true}} (scoped access).'
+    ),
+    memory_path: Path = typer.Option(None, help="HTTP memory API's SQLite file (default: Memory's default)."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Serve the memory REST API over HTTP."),
+    agent: str = typer.Option(
+        None, help="module:factory building the agent for POST /v1/agent/stream ('demo': the echo agent)."
+    ),
+    agent_fn: str = typer.Option(None, help="module:function(agent, input) yielding the streamed items."),
+    agent_workers: int = typer.Option(2, min=1, help="Warm agent workers (WorkerPool size)."),
+    agent_kind: str = typer.Option("process", help="Agent workers: process or thread."),
+    max_body: int = typer.Option(16 * 1024 * 1024, min=1, help="Largest HTTP request body in bytes (413)."),
 ) -> None:
     """Run the embedding service in the foreground (one model, one queue, one cache per machine)."""
     from hivemem.service import paths
@@ -32,11 +45,19 @@ def serve(
     sock = paths.socket_path(socket)
     if stop:
         raise typer.Exit(_stop(sock))
+    from hivemem.service.auth import load_keys
     from hivemem.service.server import AlreadyRunning, ServiceConfig
     from hivemem.service.server import serve as run
     from hivemem.service.spawn import EXIT_ALREADY_RUNNING
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    factory, fn = _agent(agent, agent_fn)
+    if agent_kind not in ("process", "thread"):
+        raise typer.BadParameter(f"--agent-kind must be process or thread, got {agent_kind!r}")
+    try:
+        scoped = load_keys(keys) if keys is not None else {}
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--keys") from None
     config = ServiceConfig(
         socket=sock,
         http=http,
@@ -47,6 +68,14 @@ def serve(
         max_pending=max_pending,
         busy_timeout=busy_timeout,
         idle_timeout=idle_timeout,
+        keys=scoped,
+        memory=memory,
+        memory_path=memory_path,
+        agent_factory=factory,
+        agent_fn=fn,
+        agent_workers=agent_workers,
+        agent_kind=agent_kind,
+        max_body=max_body,
     )
     try:
         run(config)
@@ -56,6 +85,23 @@ def serve(
     except (ServiceError, ValueError) as exc:
         typer.echo(f"hivemem serve: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _agent(agent: str | None, agent_fn: str | None) -> tuple[Any, Any]:
+    """``(factory, fn)`` for the agent route from ``--agent``/``--agent-fn`` (``None``s: no route)."""
+    if agent is None and agent_fn is None:
+        return None, None
+    if agent == "demo" and agent_fn is None:
+        import functools
+
+        from hivemem.pool._examples import echo_stream, make_echo_agent
+
+        return functools.partial(make_echo_agent, 0.5), echo_stream
+    if agent is None or agent_fn is None:
+        raise typer.BadParameter("--agent module:factory and --agent-fn module:function go together")
+    from hivemem.pool.cli import _resolve
+
+    return _resolve(agent, "--agent"), _resolve(agent_fn, "--agent-fn")
 
 
 def _stop(sock: Path, wait: float = 60.0) -> int:

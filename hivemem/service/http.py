@@ -1,25 +1,29 @@
-"""The optional HTTP front door: OpenAI-compatible ``POST /v1/embeddings``, ``/health``, ``/metrics``.
+"""The optional HTTP front door: OpenAI-compatible ``POST /v1/embeddings``, ``/health``, ``/metrics``,
+plus the memory REST API (``memory=``, see ``memory_routes``) and an agent streaming route
+(``agent_pool=`` + ``agent_fn=``, see ``agent_routes``).
 
-Built by a factory, ``create_app(embedder, api_key=None)``, so other parts (the memory REST routes)
-can be mounted on the same app and served by the same process. Any ``EmbedderLike`` works; the
-service passes its engine so HTTP and socket requests share one queue and one cache.
+Built by a factory, ``create_app(embedder, api_key=None)``, so every part is served by the same
+process. Any ``EmbedderLike`` works; the service passes its engine so HTTP and socket requests (and
+the memory store's own embedding) share one queue and one cache.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hivemem.service.auth import KeyRing, Scope
 from hivemem.service.errors import ServiceBusy
+from hivemem.service.limits import DEFAULT_MAX_BODY, BodySizeLimit
 from hivemem.service.metrics import ServiceMetrics
 from hivemem.service.replicas import embed_with_backpressure
 
@@ -35,12 +39,14 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
-def check_binding(host: str, api_key: str | None) -> None:
-    """Refuse to expose the API beyond this machine without a key (ValueError naming the fix)."""
+def check_binding(host: str, api_key: object) -> None:
+    """Refuse to expose the API beyond this machine without a key (ValueError naming the fix).
+
+    ``api_key``: anything truthy when at least one key (``--api-key`` or a keys file) is set."""
     if not is_loopback(host) and not api_key:
         raise ValueError(
             f"binding HTTP to {host!r} (not loopback) requires an API key: "
-            "pass --api-key or set HIVEMEM_API_KEY"
+            "pass --api-key (or set HIVEMEM_API_KEY) or --keys keys.json"
         )
 
 
@@ -65,31 +71,40 @@ def create_app(
     metrics: ServiceMetrics | None = None,
     busy_timeout: float = 10.0,
     status: Callable[[], dict[str, Any]] | None = None,
+    keys: dict[str, Scope] | None = None,
+    memory: Any = None,
+    agent_pool: Any = None,
+    agent_fn: Callable[..., Any] | None = None,
+    agent_timeout: float | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
-    """A FastAPI app serving ``embedder``. With ``api_key`` every route but ``/health`` needs
-    ``Authorization: Bearer <key>``; ``host`` (where it will be bound) enforces the loopback rule."""
+    """A FastAPI app serving ``embedder``. With ``api_key`` (an admin key) or ``keys`` (key → scope,
+    ``hivemem.service.auth.load_keys``) every route but ``/health`` needs ``Authorization: Bearer
+    <key>``; ``host`` (where it will be bound) enforces the loopback rule. ``memory``: a
+    ``hivemem.Memory`` to serve under ``/v1/memories`` (build it with ``embedder=embedder``).
+    ``agent_pool`` + ``agent_fn``: a ``WorkerPool`` and the generator function streamed by
+    ``POST /v1/agent/stream``. Bodies over ``max_body`` bytes get 413."""
+    authorise = KeyRing(api_key, keys)
     if host is not None:
-        check_binding(host, api_key)
+        check_binding(host, authorise.required)
+    if (agent_pool is None) != (agent_fn is None):
+        raise ValueError("agent_pool and agent_fn go together: pass both or neither")
     metrics = metrics or ServiceMetrics()
     model_id = embedder.model_id
     base = model_id.split("/onnx-")[0]  # "all-MiniLM-L6-v2/onnx-fp32" → "all-MiniLM-L6-v2"
     short = base.rsplit("/", 1)[-1]
     names = {model_id, base, short, f"sentence-transformers/{short}", "default"}
     counter = _token_counter(embedder)
-    app = FastAPI(title="hivemem", version="1")
+    app = FastAPI(
+        title="hivemem",
+        version="1",
+        description="Shared embeddings (OpenAI-compatible), a Mem0-style memory store and warm agents.",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=max_body)
 
-    def authorise(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key (send Authorization: Bearer <key>)")
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        kind = "authentication_error" if exc.status_code == 401 else "invalid_request_error"
-        return _error(exc.status_code, str(exc.detail), kind)
+    @app.exception_handler(StarletteHTTPException)  # also Starlette's own 404/405 for unknown routes
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), _KINDS.get(exc.status_code, "invalid_request_error"))
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorise)])
     async def embeddings(body: EmbeddingRequest) -> Any:
@@ -145,7 +160,24 @@ def create_app(
         body, content_type = exposition(metrics, embedder, status)
         return Response(body, media_type=content_type)
 
+    if memory is not None:
+        from hivemem.service.memory_routes import add_memory_routes
+
+        add_memory_routes(app, memory, authorise)
+    if agent_pool is not None and agent_fn is not None:
+        from hivemem.service.agent_routes import add_agent_routes
+
+        add_agent_routes(app, agent_pool, agent_fn, authorise, timeout=agent_timeout)
     return app
+
+
+_KINDS = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
 
 
 def _encode(vec: np.ndarray, encoding: str) -> Any:

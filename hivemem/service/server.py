@@ -16,7 +16,8 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,15 @@ class ServiceConfig:
     max_frame: int = wire.DEFAULT_MAX_FRAME
     write_timeout: float = 30.0
     cache: bool = True
+    # HTTP only: scoped keys, the memory store served under /v1/memories, the agent stream route.
+    keys: dict[str, Any] = field(default_factory=dict)  # key → hivemem.service.auth.Scope
+    memory: bool = True
+    memory_path: Path | None = None  # None: hivemem.Memory's default
+    agent_factory: Callable[[], Any] | None = None
+    agent_fn: Callable[..., Any] | None = None
+    agent_workers: int = 2
+    agent_kind: str = "process"
+    max_body: int = 16 * 1024 * 1024
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -92,6 +102,7 @@ class Service:
         self._writers: set[asyncio.StreamWriter] = set()
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
+        self._closers: list[Callable[[], Any]] = []  # HTTP-side resources, closed before the engine
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -132,6 +143,10 @@ class Service:
                 http_server.should_exit = True
             if self._inflight:
                 await asyncio.wait(self._inflight, timeout=60)
+            if http_server is not None:
+                await asyncio.wait(background[:1], timeout=30)  # uvicorn finishes open requests
+            for close in self._closers:
+                await asyncio.to_thread(close)
             await asyncio.to_thread(self.engine.close)  # drains whatever is still queued
             for writer in list(self._writers):
                 writer.close()
@@ -147,14 +162,31 @@ class Service:
 
         from hivemem.service.http import create_app
 
-        host, port = parse_bind(self.config.http or "")
+        config = self.config
+        host, port = parse_bind(config.http or "")
+        memory = pool = None
+        if config.memory:
+            from hivemem.memory.store import Memory
+
+            memory = Memory(config.memory_path, embedder=self.engine)  # our own engine, not a client
+            self._closers.append(memory.close)
+        if config.agent_fn is not None:
+            from hivemem.pool.pool import WorkerPool
+
+            pool = WorkerPool(config.agent_factory, size=config.agent_workers, kind=config.agent_kind)
+            self._closers.append(lambda: pool.close(cancel_pending=True))
         app = create_app(
             self.engine,
-            api_key=self.config.api_key,
+            api_key=config.api_key,
             host=host,
             metrics=self.metrics,
-            busy_timeout=self.config.busy_timeout,
+            busy_timeout=config.busy_timeout,
             status=self.status,
+            keys=config.keys,
+            memory=memory,
+            agent_pool=pool,
+            agent_fn=config.agent_fn,
+            max_body=config.max_body,
         )
         server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
@@ -300,7 +332,7 @@ def serve(config: ServiceConfig) -> None:
     if config.http:
         from hivemem.service.http import check_binding
 
-        check_binding(parse_bind(config.http)[0], config.api_key)
+        check_binding(parse_bind(config.http)[0], config.api_key or config.keys)
     config.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = PidLock(config.socket)  # before loading the model: a second service fails in milliseconds
     try:

@@ -1,0 +1,126 @@
+"""Request and response bodies of the memory REST API (they are what ``/openapi.json`` documents).
+
+Field names and shapes are those of ``hivemem.Memory`` (and so of Mem0): a body is the keyword
+arguments of the Python call. Deeper checks (empty text, reserved metadata keys, filter operators)
+stay in ``Memory`` so that Python and HTTP refuse exactly the same things.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_BATCH = 1000
+MAX_TOP_K = 1000
+MAX_LIST = 10_000
+
+
+class Message(BaseModel):
+    """One chat turn; ``system`` turns are skipped when stored."""
+
+    role: str = Field(description="user, assistant, system, …")
+    content: str
+    name: str | None = Field(None, description="The speaker's name; stored as actor_id.")
+
+
+class Entities(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = None
+    agent_id: str | None = None
+    run_id: str | None = None
+
+
+class AddRequest(Entities):
+    """``Memory.add``: one text, or a conversation (one memory per non-system turn)."""
+
+    messages: str | list[Message]
+    metadata: dict[str, Any] | None = None
+    infer: bool = Field(False, description="LLM fact extraction: not available (422 when true).")
+
+
+class BatchAddRequest(BaseModel):
+    """``Memory.add_batch``: embedded in one call, stored in one transaction (all or nothing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[AddRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class SearchRequest(Entities):
+    query: str
+    filters: dict[str, Any] | None = Field(None, description="Mem0 filter syntax (docs/memory.md).")
+    top_k: int = Field(20, ge=1, le=MAX_TOP_K)
+    threshold: float | None = Field(None, description="Drop results scoring below this cosine.")
+
+
+class ListRequest(Entities):
+    filters: dict[str, Any] | None = Field(None, description="Mem0 filter syntax (docs/memory.md).")
+    top_k: int = Field(100, ge=1, le=MAX_LIST)
+
+
+class UpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, description="New text (re-embedded).")
+    metadata: dict[str, Any] | None = Field(None, description="Replaces the metadata.")
+
+
+class AddResult(BaseModel):
+    id: str
+    memory: str
+    event: Literal["ADD", "NONE"] = Field(description="NONE: the text was already stored in this scope.")
+    actor_id: str | None = None
+    role: str | None = None
+
+
+class AddResponse(BaseModel):
+    results: list[AddResult]
+
+
+class MemoryRecord(BaseModel):
+    id: str
+    memory: str
+    hash: str
+    metadata: dict[str, Any] | None = None
+    score: float | None = Field(None, description="Cosine similarity (search results only).")
+    created_at: str | None = None
+    updated_at: str | None = None
+    user_id: str | None = None
+    agent_id: str | None = None
+    run_id: str | None = None
+    actor_id: str | None = None
+    role: str | None = None
+
+
+class RecordsResponse(BaseModel):
+    results: list[MemoryRecord]
+
+
+class HistoryEntry(BaseModel):
+    id: str
+    memory_id: str
+    old_memory: str | None = None
+    new_memory: str | None = None
+    event: str = Field(description="ADD, UPDATE or DELETE")
+    created_at: str | None = None
+    updated_at: str | None = None
+    is_deleted: bool
+    actor_id: str | None = None
+    role: str | None = None
+
+
+class MessageResponse(BaseModel):
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,172 @@
+"""The memory REST API: ``hivemem.Memory`` over HTTP, scoped by API key.
+
+``add_memory_routes(app, memory, authorise)`` mounts the routes on an existing app (the embedding
+service's, so the memory store embeds with the service's own engine and queue). Every ``Memory``
+call runs in a worker thread (``run_in_threadpool``): SQLite waits and embedding never block the
+event loop.
+
+Scoping (``hivemem.service.auth.Scope``): a key limited to a ``user_id`` has every add forced into
+that user (naming another user → 403), that user ANDed into every search/list/delete-all filter,
+and each by-id route checks the record's owner (another user's id → 403).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from starlette.concurrency import run_in_threadpool
+
+from hivemem.embed.queue import QueueFull
+from hivemem.service.auth import Scope
+from hivemem.service.memory_models import (
+    MAX_LIST,
+    AddRequest,
+    AddResponse,
+    BatchAddRequest,
+    ErrorResponse,
+    HistoryEntry,
+    ListRequest,
+    MemoryRecord,
+    MessageResponse,
+    RecordsResponse,
+    SearchRequest,
+    UpdateRequest,
+)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (401, "Missing or wrong API key"),
+        (403, "Outside the key's user_id"),
+        (413, "Body too large"),
+        (429, "Embedding queue full"),
+    )
+}
+_BY_ID_ERRORS = {**_ERRORS, 404: {"model": ErrorResponse, "description": "Unknown memory id"}}
+
+
+async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking ``Memory`` call in a thread; its refusals become 4xx with the message."""
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except QueueFull as exc:
+        raise HTTPException(429, f"the embedding queue is full ({exc}); retry later") from None
+    except ValueError as exc:
+        if str(exc).startswith("Memory with id") and str(exc).endswith("not found"):
+            raise HTTPException(404, str(exc)) from None
+        raise HTTPException(422, str(exc)) from None
+    except (TypeError, NotImplementedError) as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _own_user(scope: Scope, user_id: str | None) -> str | None:
+    """The user_id a call may use: the key's own (naming another → 403), or anything for admins."""
+    if scope.admin:
+        return user_id
+    if user_id is not None and user_id.strip() != scope.user_id:
+        raise HTTPException(403, f"this API key is limited to user_id {scope.user_id!r}")
+    return scope.user_id
+
+
+def _scoped_add(scope: Scope, item: AddRequest) -> dict[str, Any]:
+    kwargs = item.model_dump(exclude_none=True)  # Memory's own defaults for what is left out
+    user = _own_user(scope, item.user_id)
+    if user is not None:
+        kwargs["user_id"] = user
+    return kwargs
+
+
+def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]) -> APIRouter:
+    """Mount the ``/v1/memories`` routes for ``memory`` (a ``hivemem.Memory``) on ``app``."""
+    router = APIRouter(prefix="/v1/memories", tags=["memories"], responses=_ERRORS)
+
+    async def owned(memory_id: str, scope: Scope) -> dict[str, Any]:
+        record = await _call(memory.get, memory_id)
+        if record is None:
+            raise HTTPException(404, f"Memory with id {memory_id} not found")
+        if not scope.admin and record.get("user_id") != scope.user_id:
+            raise HTTPException(403, f"memory {memory_id} belongs to another user than this API key's")
+        return record
+
+    @router.post("", response_model=AddResponse, summary="Add memories (Memory.add)")
+    async def add(body: AddRequest, scope: Scope = Depends(authorise)) -> Any:
+        kwargs = _scoped_add(scope, body)
+        return {"results": (await _call(memory.add, **kwargs))["results"]}
+
+    @router.post("/batch", response_model=AddResponse, summary="Add many, all or nothing (Memory.add_batch)")
+    async def add_batch(body: BatchAddRequest, scope: Scope = Depends(authorise)) -> Any:
+        items = [_scoped_add(scope, item) for item in body.items]
+        return await _call(memory.add_batch, items)
+
+    @router.post("/search", response_model=RecordsResponse, response_model_exclude_unset=True,
+                 summary="Semantic search with filters (Memory.search)")  # fmt: skip
+    async def search(body: SearchRequest, scope: Scope = Depends(authorise)) -> Any:
+        kwargs = body.model_dump(exclude={"query"})
+        kwargs["user_id"] = _own_user(scope, body.user_id)
+        return await _call(memory.search, body.query, **kwargs)
+
+    @router.post("/list", response_model=RecordsResponse, response_model_exclude_unset=True,
+                 summary="List with a JSON filter (Memory.get_all)")  # fmt: skip
+    async def list_filtered(body: ListRequest, scope: Scope = Depends(authorise)) -> Any:
+        kwargs = body.model_dump()
+        kwargs["user_id"] = _own_user(scope, body.user_id)
+        return await _call(memory.get_all, **kwargs)
+
+    @router.get("", response_model=RecordsResponse, response_model_exclude_unset=True,
+                summary="List by user/agent/run (Memory.get_all)")  # fmt: skip
+    async def list_memories(
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        top_k: int = Query(100, ge=1, le=MAX_LIST),
+        scope: Scope = Depends(authorise),
+    ) -> Any:
+        user = _own_user(scope, user_id)
+        return await _call(memory.get_all, user_id=user, agent_id=agent_id, run_id=run_id, top_k=top_k)
+
+    @router.delete(
+        "", response_model=MessageResponse, summary="Delete all of a user/agent/run (Memory.delete_all)"
+    )
+    async def delete_all(
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        scope: Scope = Depends(authorise),
+    ) -> Any:
+        user = _own_user(scope, user_id)
+        return await _call(memory.delete_all, user_id=user, agent_id=agent_id, run_id=run_id)
+
+    @router.get("/{memory_id}", response_model=MemoryRecord, response_model_exclude_unset=True,
+                responses=_BY_ID_ERRORS, summary="One memory (Memory.get)")  # fmt: skip
+    async def get(memory_id: str, scope: Scope = Depends(authorise)) -> Any:
+        record = await owned(memory_id, scope)
+        record.pop("score", None)
+        return record
+
+    @router.put("/{memory_id}", response_model=MessageResponse, responses=_BY_ID_ERRORS,
+                summary="Replace text and/or metadata (Memory.update)")  # fmt: skip
+    async def update(memory_id: str, body: UpdateRequest, scope: Scope = Depends(authorise)) -> Any:
+        await owned(memory_id, scope)
+        return await _call(memory.update, memory_id, body.text, body.metadata)
+
+    @router.delete("/{memory_id}", response_model=MessageResponse, responses=_BY_ID_ERRORS,
+                   summary="Delete one memory (Memory.delete)")  # fmt: skip
+    async def delete(memory_id: str, scope: Scope = Depends(authorise)) -> Any:
+        await owned(memory_id, scope)
+        return await _call(memory.delete, memory_id)
+
+    @router.get("/{memory_id}/history", response_model=list[HistoryEntry], responses=_BY_ID_ERRORS,
+                summary="ADD/UPDATE/DELETE events of one memory (Memory.history)")  # fmt: skip
+    async def history(memory_id: str, scope: Scope = Depends(authorise)) -> Any:
+        if scope.admin:  # admins may read the history of a deleted memory too
+            rows = await _call(memory.history, memory_id)
+            if not rows:
+                raise HTTPException(404, f"Memory with id {memory_id} not found")
+            return rows
+        await owned(memory_id, scope)
+        return await _call(memory.history, memory_id)
+
+    app.include_router(router)
+    return router

@@ -1,0 +1,254 @@
+"""The memory REST API on a real ``hivemem serve --http`` (uvicorn on loopback), over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from http_helpers import ADMIN, ALICE, BOB, http_service
+from service_helpers import ROOT
+
+from hivemem.service.auth import Scope, load_keys
+
+
+@pytest.fixture(scope="module")
+def api(model_home: Path) -> Iterator[httpx.Client]:
+    with (
+        http_service(model_home, "--max-body", "65536") as svc,
+        httpx.Client(base_url=svc["url"], timeout=60) as c,
+    ):
+        yield c
+
+
+def _add(c: httpx.Client, headers: dict, **body) -> str:
+    r = c.post("/v1/memories", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()["results"][0]["id"]
+
+
+def test_round_trip_every_route(api: httpx.Client) -> None:
+    body = {"messages": "I am allergic to peanuts", "user_id": "carol", "metadata": {"severity": 3}}
+    r = api.post("/v1/memories", json=body, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["results"][0]["event"] == "ADD"
+    mid = r.json()["results"][0]["id"]
+    assert api.post("/v1/memories", json=body, headers=ADMIN).json()["results"][0] == {
+        **r.json()["results"][0],
+        "event": "NONE",
+    }
+    turns = [{"role": "system", "content": "skip me"}, {"role": "user", "content": "Likes jazz", "name": "c"}]
+    items = [
+        {"messages": "Plays chess on Sundays", "user_id": "carol", "metadata": {"severity": 1}},
+        {"messages": turns, "user_id": "carol"},
+    ]
+    batch = api.post("/v1/memories/batch", json={"items": items}, headers=ADMIN).json()["results"]
+    assert [x["memory"] for x in batch] == ["Plays chess on Sundays", "Likes jazz"]
+    assert batch[1]["actor_id"] == "c"
+
+    hits = api.post("/v1/memories/search", json={"query": "food allergy", "user_id": "carol", "top_k": 2},
+                    headers=ADMIN).json()["results"]  # fmt: skip
+    assert hits[0]["id"] == mid and 0 < hits[0]["score"] <= 1 and len(hits) == 2
+    flt = {"filters": {"user_id": "carol", "severity": {"gte": 2}}}
+    assert [x["id"] for x in api.post("/v1/memories/list", json=flt, headers=ADMIN).json()["results"]] == [
+        mid
+    ]
+    listed = api.get("/v1/memories", params={"user_id": "carol"}, headers=ADMIN).json()["results"]
+    assert len(listed) == 3
+
+    record = api.get(f"/v1/memories/{mid}", headers=ADMIN).json()
+    assert record["memory"] == "I am allergic to peanuts" and record["metadata"] == {"severity": 3}
+    assert "score" not in record
+    assert (
+        api.put(f"/v1/memories/{mid}", json={"text": "Allergic to cashews"}, headers=ADMIN).status_code == 200
+    )
+    assert api.get(f"/v1/memories/{mid}", headers=ADMIN).json()["memory"] == "Allergic to cashews"
+    events = [h["event"] for h in api.get(f"/v1/memories/{mid}/history", headers=ADMIN).json()]
+    assert events == ["ADD", "UPDATE"]
+    assert api.delete(f"/v1/memories/{mid}", headers=ADMIN).json()["message"].startswith("Memory deleted")
+    assert api.get(f"/v1/memories/{mid}", headers=ADMIN).status_code == 404
+    assert [h["event"] for h in api.get(f"/v1/memories/{mid}/history", headers=ADMIN).json()][-1] == "DELETE"
+    assert api.delete("/v1/memories", params={"user_id": "carol"}, headers=ADMIN).status_code == 200
+    assert api.get("/v1/memories", params={"user_id": "carol"}, headers=ADMIN).json()["results"] == []
+
+
+def test_scoping_alice_cannot_touch_bob(api: httpx.Client) -> None:
+    a = _add(api, ALICE, messages="Alice drinks green tea")  # no user_id: forced into alice
+    b = _add(api, BOB, messages="Bob drinks black coffee", user_id="bob")
+    assert api.get(f"/v1/memories/{a}", headers=ALICE).json()["user_id"] == "alice"
+
+    for r in (
+        api.get(f"/v1/memories/{b}", headers=ALICE),
+        api.put(f"/v1/memories/{b}", json={"text": "hacked"}, headers=ALICE),
+        api.delete(f"/v1/memories/{b}", headers=ALICE),
+        api.get(f"/v1/memories/{b}/history", headers=ALICE),
+        api.post("/v1/memories", json={"messages": "x", "user_id": "bob"}, headers=ALICE),
+        api.post(
+            "/v1/memories/batch",
+            json={"items": [{"messages": "x"}, {"messages": "y", "user_id": "bob"}]},
+            headers=ALICE,
+        ),
+        api.post("/v1/memories/search", json={"query": "coffee", "user_id": "bob"}, headers=ALICE),
+        api.post("/v1/memories/list", json={"user_id": "bob"}, headers=ALICE),
+        api.get("/v1/memories", params={"user_id": "bob"}, headers=ALICE),
+        api.delete("/v1/memories", params={"user_id": "bob"}, headers=ALICE),
+    ):
+        assert r.status_code == 403, (r.request.method, r.request.url, r.text)
+        assert r.json()["error"]["type"] == "permission_error"
+
+    # Filters naming bob are ANDed with alice: they find nothing of bob's.
+    sneaky = {"OR": [{"user_id": "bob"}, {"memory": {"contains": "coffee"}}]}
+    hits = api.post("/v1/memories/search", json={"query": "coffee", "filters": sneaky}, headers=ALICE).json()
+    assert all(h["user_id"] == "alice" for h in hits["results"])
+    listed = api.post("/v1/memories/list", json={"filters": {"user_id": "bob"}}, headers=ALICE).json()
+    assert listed["results"] == []
+    mine = api.get("/v1/memories", headers=ALICE).json()["results"]
+    assert mine and {m["user_id"] for m in mine} == {"alice"}
+    found = api.post("/v1/memories/search", json={"query": "coffee"}, headers=ALICE).json()["results"]
+    assert b not in {h["id"] for h in found}
+
+    # Bob's memory is untouched; alice's own delete-all removes only hers.
+    assert api.delete("/v1/memories", headers=ALICE).status_code == 200
+    assert api.get(f"/v1/memories/{b}", headers=BOB).json()["memory"] == "Bob drinks black coffee"
+    assert api.get("/v1/memories", headers=ALICE).json()["results"] == []
+    assert api.get(f"/v1/memories/{b}", headers=ADMIN).status_code == 200  # admins see everyone
+
+
+def test_status_codes(api: httpx.Client) -> None:
+    body = {"messages": "hello", "user_id": "dave"}
+    assert api.post("/v1/memories", json=body).status_code == 401
+    assert api.post("/v1/memories", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        api.post("/v1/memories", json=body, headers={"Authorization": "Basic alice-key-0001"}).status_code
+        == 401
+    )
+    assert api.get("/v1/memories/x", headers={}).status_code == 401
+    assert api.post("/v1/embeddings", json={"input": "hi"}).status_code == 401
+    assert api.get("/metrics").status_code == 401
+    assert api.get("/health").status_code == 200
+    assert api.post("/v1/embeddings", json={"input": "hi"}, headers=ALICE).status_code == 200
+    assert api.get("/metrics", headers=BOB).status_code == 200
+
+    r = api.post("/v1/memories", json={"messages": 5, "user_id": "dave"}, headers=ADMIN)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "messages"]
+    r = api.post("/v1/memories/search", json={"query": "x", "top_k": 0}, headers=ADMIN)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "top_k"]
+    r = api.post("/v1/memories", json={"messages": "x", "user_id": "d", "bogus": 1}, headers=ADMIN)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "bogus"]
+    assert api.post("/v1/memories", content=b"{not json", headers=ADMIN).status_code == 422
+
+    # Memory's own refusals: 422 with its message, never a 500.
+    cases = [
+        ("/v1/memories", {"messages": "no scope"}, "at least one of user_id"),
+        ("/v1/memories", {"messages": "  ", "user_id": "d"}, "is empty"),
+        ("/v1/memories", {"messages": "x", "user_id": "d", "metadata": {"id": 1}}, "reserved"),
+        ("/v1/memories", {"messages": "x", "user_id": "d", "infer": True}, "no LLM"),
+        ("/v1/memories/search", {"query": "x", "filters": {"k": {"gtee": 1}}}, "unknown operator 'gtee'"),
+        ("/v1/memories/list", {"filters": {"k": [1, 2]}}, "ambiguous"),
+    ]
+    for path, payload, message in cases:
+        r = api.post(path, json=payload, headers=ADMIN)
+        assert r.status_code == 422, (payload, r.text)
+        assert message in r.json()["error"]["message"]
+    r = api.put("/v1/memories/nope", json={}, headers=ADMIN)
+    assert r.status_code == 404  # the id is checked before the body's content
+    mid = _add(api, ADMIN, messages="to update", user_id="dave")
+    r = api.put(f"/v1/memories/{mid}", json={}, headers=ADMIN)
+    assert r.status_code == 422 and "text and/or metadata" in r.json()["error"]["message"]
+    assert api.delete("/v1/memories", headers=ADMIN).status_code == 422  # admin delete-all needs a scope
+
+    for r in (
+        api.get("/v1/memories/unknown-id", headers=ADMIN),
+        api.put("/v1/memories/unknown-id", json={"text": "x"}, headers=ADMIN),
+        api.delete("/v1/memories/unknown-id", headers=ADMIN),
+        api.get("/v1/memories/unknown-id/history", headers=ADMIN),
+        api.get("/v1/memories/unknown-id", headers=ALICE),
+    ):
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+    big = {"messages": "x" * 70_000, "user_id": "dave"}
+    r = api.post("/v1/memories", json=big, headers=ADMIN)
+    assert r.status_code == 413 and "65536" in r.json()["error"]["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"messages": "'
+        for _ in range(20):
+            yield b"y" * 4096
+        yield b'", "user_id": "dave"}'
+
+    r = api.post("/v1/memories", content=chunks(), headers={**ADMIN, "Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert (
+        api.get("/v1/memories", params={"user_id": "dave"}, headers=ADMIN).json()["results"][0]["id"] == mid
+    )
+
+
+def test_event_loop_stays_free_during_a_big_batch(api: httpx.Client) -> None:
+    """A batch that embeds for seconds runs in a thread: /health answers while it is in flight."""
+    base = str(api.base_url)
+    items = [
+        {"messages": f"loop test sentence number {i} about topic {i % 7}", "user_id": "erin"}
+        for i in range(400)
+    ]
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        async with httpx.AsyncClient(base_url=base, timeout=120, headers=ADMIN) as c:
+
+            async def batch() -> None:
+                r = await c.post("/v1/memories/batch", json={"items": items})
+                assert r.status_code == 200
+                order.append("batch")
+
+            async def health() -> None:
+                await asyncio.sleep(0.3)  # let the batch start embedding
+                assert (await c.get("/health")).status_code == 200
+                order.append("health")
+
+            await asyncio.gather(batch(), health())
+        return order
+
+    assert asyncio.run(main()) == ["health", "batch"]
+
+
+def test_openapi_published_and_committed(api: httpx.Client) -> None:
+    live = api.get("/openapi.json").json()
+    committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert set(live["paths"]) == set(committed["paths"]) - {"/v1/agent/stream"}  # no --agent here
+    schemas = committed["components"]["schemas"]
+    assert live["components"]["schemas"] == {k: v for k, v in schemas.items() if k != "AgentRequest"}
+    for path in (
+        "/v1/memories",
+        "/v1/memories/search",
+        "/v1/memories/{memory_id}/history",
+        "/v1/agent/stream",
+    ):
+        assert path in committed["paths"]
+    # The committed file is exactly what the generator writes now (regenerate when routes change).
+    check = subprocess.run([sys.executable, "-m", "hivemem.service.openapi", "--check"], cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+
+
+def test_keys_file_is_validated(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"k1": {"user_id": " al "}, "k2": {"admin": True}}))
+    assert load_keys(path) == {"k1": Scope(user_id="al"), "k2": Scope(admin=True)}
+    bad = [
+        ("[1]", "non-empty JSON object"),
+        ("{", "not valid JSON"),
+        ('{"k": {"user_id": ""}}', "non-empty 'user_id'"),
+        ('{"k": {"admin": true, "user_id": "a"}}', "cannot also be limited"),
+        ('{"k": {"role": "x"}}', "must be"),
+        ('{" k": {"admin": true}}', "surrounding spaces"),
+    ]
+    for text, message in bad:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_keys(path)
+    with pytest.raises(ValueError, match="cannot read keys file"):
+        load_keys(tmp_path / "missing.json")
