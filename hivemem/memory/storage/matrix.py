@@ -50,6 +50,7 @@ class VectorMatrix:
         self._version = -1
         self._rewrites = -1
         self._seq = 0  # last entry of the ``changes`` log applied
+        self.reloads = 0  # full loads from the database (the first one included)
         self._snap = self._make(-1)
 
     def _clear(self) -> None:
@@ -76,13 +77,14 @@ class VectorMatrix:
                 return self._snap
             if rewrites != self._rewrites or version < self._version or self._seq < counters["pruned"]:
                 self._clear()
+                self.reloads += 1
                 self._seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
             else:
                 self._apply_changes(db)
             last = int(self._rids[self._n - 1]) if self._n else -1
             rows = db.execute("SELECT rid, vec FROM memories WHERE rid > ? ORDER BY rid", (last,)).fetchall()
             self._append(rows)
-            if len(self._dead) > max(1024, self._n // 8):
+            if len(self._dead) > max(256, self._n // 8):
                 self._compact()
             self._version, self._rewrites = version, rewrites
             self._snap = self._make(version)
