@@ -7,11 +7,17 @@ Why it is safe across threads and processes:
   so a batch is stored whole or not at all — also when the process is killed mid-write.
 * Duplicates are refused by ``UNIQUE(scope, hash)`` with ``INSERT … ON CONFLICT DO NOTHING``;
   the loser of a race gets the winner's id back (event ``NONE``). No check-then-insert.
-* Threads of one process take a short in-process lock around their write transaction, so they
-  queue in order rather than poll SQLite's lock with sleeps. Embedding happens before, outside.
+* Group commit: inserts from concurrent threads of one process are merged into ONE
+  ``BEGIN IMMEDIATE`` transaction by whichever thread gets the write lock first (leader/follower:
+  the leader commits everything queued, followers find their result ready). Twenty threads adding
+  one memory each then pay for one commit, not twenty. Each caller still gets its own result; if
+  a merged transaction fails, its members are retried one transaction each, so an error lands on
+  the call that caused it and a batch is still stored whole or not at all. Embedding happens
+  before, outside any lock.
 
-Search is exact: the SQL filter picks candidate rows, a cached matrix of all vectors scores them
-(see ``matrix.py``), invalidated by counters in the ``meta`` table that every write bumps.
+Search: the SQL filter picks candidate rows, a cached matrix of all vectors scores them (see
+``matrix.py``), kept in step by counters in ``meta`` and a log of deleted/updated row ids
+(``changes``), so a delete or update costs the other readers a few rows, not a reload.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from hivemem.memory.storage.sqlcompile import compile_where
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (
-    rid INTEGER PRIMARY KEY,
+    rid INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     scope TEXT NOT NULL,
     hash TEXT NOT NULL,
@@ -63,8 +69,12 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_memory ON history(memory_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0), ('rewrites', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0), ('rewrites', 0), ('pruned', 0);
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, rid INTEGER NOT NULL);
 """
+# Row ids of deleted/updated rows, for the cached matrices of every process. Trimmed to this many;
+# a reader that fell further behind reloads (meta 'pruned' says how far the log was cut).
+_CHANGES_KEPT = 100_000
 _FIELDS = "rid, id, memory, hash, metadata, created_at, updated_at, user_id, agent_id, run_id, actor_id, role"
 _PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
 _BUSY_MS = 60_000
@@ -87,6 +97,19 @@ def _lower(text: Any) -> Any:
     return text.lower() if isinstance(text, str) else text
 
 
+class _Job:
+    """One ``insert`` call waiting for a group commit; ``done`` is set under the write lock."""
+
+    __slots__ = ("done", "error", "memories", "result", "vectors")
+
+    def __init__(self, memories: list[NewMemory], vectors: np.ndarray) -> None:
+        self.memories = memories
+        self.vectors = vectors
+        self.result: list[tuple[str, str]] | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
 class SQLiteStorage:
     """See the module docstring. ``path`` is created with its parent directories."""
 
@@ -97,6 +120,10 @@ class SQLiteStorage:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._jobs: list[_Job] = []
+        self._jobs_lock = threading.Lock()
+        self.commits = 0  # insert transactions committed by this object
+        self.inserts = 0  # insert calls served (inserts / commits = mean group size)
         self._matrix: VectorMatrix | None = None
         self._candidates: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cand_lock = threading.Lock()
@@ -129,6 +156,10 @@ class SQLiteStorage:
                 if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
+                sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'memories'").fetchone()[0]
+                # Files made before row ids were AUTOINCREMENT may reuse the id of a deleted last
+                # row, which an incremental matrix cannot tell apart: there, deletes still reload.
+                self._logged = "AUTOINCREMENT" in sql.upper()
                 return
             except sqlite3.OperationalError as exc:
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
@@ -136,16 +167,33 @@ class SQLiteStorage:
                 time.sleep(0.01)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; the caller holds ``_write_lock``."""
         db = self._db()
-        with self._write_lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock, self._transaction() as db:
+            yield db
+
+    def _log_changes(self, db: sqlite3.Connection, rids: list[int]) -> None:
+        """Tell every process's matrix which rows were deleted or got a new vector."""
+        if not self._logged:
+            self._bump(db, rewrite=True)
+            return
+        db.executemany("INSERT INTO changes (rid) VALUES (?)", [(r,) for r in rids])
+        self._bump(db, rewrite=False)
+        last = db.execute("SELECT max(seq) FROM changes").fetchone()[0]
+        if last > 2 * _CHANGES_KEPT and last % 1024 < len(rids):  # now and then, trim the log
+            db.execute("DELETE FROM changes WHERE seq <= ?", (last - _CHANGES_KEPT,))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'pruned'", (last - _CHANGES_KEPT,))
 
     @staticmethod
     def _bump(db: sqlite3.Connection, rewrite: bool) -> None:
@@ -198,37 +246,81 @@ class SQLiteStorage:
         if len(memories) != len(vectors):
             raise ValueError(f"{len(memories)} memories but {len(vectors)} vectors")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self._model is not None and len(vectors) and vectors.shape[1:] != (self._model[1],):
+            raise ValueError(f"vectors must have {self._model[1]} columns, got shape {vectors.shape}")
+        job = _Job(memories, vectors)
+        with self._jobs_lock:
+            self._jobs.append(job)
+        with self._write_lock:
+            if not job.done:  # nobody committed it while we waited: lead, commit all queued
+                with self._jobs_lock:
+                    group, self._jobs = self._jobs, []
+                self._commit_group(group)
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _commit_group(self, group: list[_Job]) -> None:
+        """Commit ``group`` in one transaction; on failure, each member in its own."""
+        try:
+            try:
+                with self._transaction() as db:
+                    results = [self._insert_rows(db, job.memories, job.vectors) for job in group]
+                self.commits += 1
+                for job, result in zip(group, results, strict=True):
+                    job.result = result
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0].error = exc
+                    return
+                for job in group:  # find the culprit: every member alone, errors to their owners
+                    try:
+                        with self._transaction() as db:
+                            job.result = self._insert_rows(db, job.memories, job.vectors)
+                        self.commits += 1
+                    except Exception as exc_one:
+                        job.error = exc_one
+        finally:
+            for job in group:
+                if job.result is None and job.error is None:  # the leader was interrupted
+                    job.error = RuntimeError("the write was interrupted; nothing of it was stored")
+                job.done = True
+            self.inserts += len(group)
+
+    def _insert_rows(
+        self, db: sqlite3.Connection, memories: list[NewMemory], vectors: np.ndarray
+    ) -> list[tuple[str, str]]:
         results: list[tuple[str, str]] = []
         history: list[tuple] = []
-        with self._write() as db:
-            for m, vec in zip(memories, vectors, strict=True):
-                cur = db.execute(
-                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (scope, hash) DO NOTHING",
-                    (
-                        m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
-                        m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
-                    ),
+        for m, vec in zip(memories, vectors, strict=True):
+            cur = db.execute(
+                "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
+                " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (scope, hash) DO NOTHING",
+                (
+                    m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
+                    m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
+                ),
+            )  # fmt: skip
+            if cur.rowcount == 1:
+                results.append((m.id, "ADD"))
+                history.append(
+                    (str(uuid.uuid4()), m.id, None, m.memory, "ADD", m.created_at, m.created_at, 0,
+                     m.actor_id, m.role)
                 )  # fmt: skip
-                if cur.rowcount == 1:
-                    results.append((m.id, "ADD"))
-                    history.append(
-                        (str(uuid.uuid4()), m.id, None, m.memory, "ADD", m.created_at, m.created_at, 0,
-                         m.actor_id, m.role)
-                    )  # fmt: skip
-                else:
-                    row = db.execute(
-                        "SELECT id FROM memories WHERE scope = ? AND hash = ?", (m.scope, m.hash)
-                    ).fetchone()
-                    results.append((row[0], "NONE"))
-            if history:
-                db.executemany(
-                    "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at,"
-                    " updated_at, is_deleted, actor_id, role) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    history,
-                )
-                self._bump(db, rewrite=False)
+            else:
+                row = db.execute(
+                    "SELECT id FROM memories WHERE scope = ? AND hash = ?", (m.scope, m.hash)
+                ).fetchone()
+                results.append((row[0], "NONE"))
+        if history:
+            db.executemany(
+                "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at,"
+                " updated_at, is_deleted, actor_id, role) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                history,
+            )
+            self._bump(db, rewrite=False)
         return results
 
     def update(
@@ -242,11 +334,11 @@ class SQLiteStorage:
         stamp = now()
         with self._write() as db:
             row = db.execute(
-                "SELECT memory, scope, actor_id, role FROM memories WHERE id = ?", (memory_id,)
+                "SELECT memory, scope, actor_id, role, rid FROM memories WHERE id = ?", (memory_id,)
             ).fetchone()
             if row is None:
                 raise KeyError(memory_id)
-            old, scope, actor, role = row
+            old, scope, actor, role, rid = row
             if text is not None:
                 assert vector is not None and hash_ is not None
                 clash = db.execute(
@@ -278,24 +370,27 @@ class SQLiteStorage:
                     role,
                 ),
             )
-            self._bump(db, rewrite=True)
+            if text is not None:
+                self._log_changes(db, [rid])
+            else:
+                self._bump(db, rewrite=False)  # metadata only: the vectors are unchanged
 
     def _delete_rows(self, db: sqlite3.Connection, rows: list[tuple]) -> int:
         stamp = now()
-        db.executemany("DELETE FROM memories WHERE id = ?", [(r[0],) for r in rows])
+        db.executemany("DELETE FROM memories WHERE rid = ?", [(r[4],) for r in rows])
         db.executemany(
             "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at, updated_at,"
             " is_deleted, actor_id, role) VALUES (?,?,?,NULL,'DELETE',?,?,1,?,?)",
             [(str(uuid.uuid4()), r[0], r[1], stamp, stamp, r[2], r[3]) for r in rows],
         )
         if rows:
-            self._bump(db, rewrite=True)
+            self._log_changes(db, [r[4] for r in rows])
         return len(rows)
 
     def delete(self, memory_id: str) -> bool:
         with self._write() as db:
             rows = db.execute(
-                "SELECT id, memory, actor_id, role FROM memories WHERE id = ?", (memory_id,)
+                "SELECT id, memory, actor_id, role, rid FROM memories WHERE id = ?", (memory_id,)
             ).fetchall()
             return self._delete_rows(db, rows) == 1
 
@@ -303,7 +398,7 @@ class SQLiteStorage:
         sql, params = compile_where(where)
         with self._write() as db:
             rows = db.execute(
-                f"SELECT id, memory, actor_id, role FROM memories WHERE {sql}", params
+                f"SELECT id, memory, actor_id, role, rid FROM memories WHERE {sql}", params
             ).fetchall()
             return self._delete_rows(db, rows)
 
@@ -311,6 +406,7 @@ class SQLiteStorage:
         with self._write() as db:
             db.execute("DELETE FROM memories")
             db.execute("DELETE FROM history")
+            db.execute("DELETE FROM changes")
             db.execute("DELETE FROM meta WHERE key IN ('model_id', 'dim')")
             self._bump(db, rewrite=True)
         self._model = None
@@ -373,8 +469,10 @@ class SQLiteStorage:
         sql, params = compile_where(where)
         db.execute("BEGIN")  # one snapshot for the counters, the new rows and the candidates
         try:
-            counters = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('version','rewrites')"))
-            snap = self._matrix.snapshot(db, counters["version"], counters["rewrites"])
+            counters = dict(
+                db.execute("SELECT key, value FROM meta WHERE key IN ('version','rewrites','pruned')")
+            )
+            snap = self._matrix.snapshot(db, counters)
             positions = None if sql == "1" else self._positions(db, snap, sql, params)
         finally:
             db.execute("COMMIT")

@@ -1,0 +1,135 @@
+"""Group commit: concurrent inserts of one process share one transaction, each caller keeps its
+own result and its own error, and a batch stays whole or absent."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hivemem import Memory
+from hivemem.memory.records import prepare
+from hivemem.memory.storage.sqlite import SQLiteStorage
+
+DIM = 8
+
+
+def _vectors(n: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _queued_while_locked(storage: SQLiteStorage, calls: list, n_jobs: int) -> list:
+    """Run ``calls`` in threads while holding the write lock until all of them are queued, so that
+    they are committed as one group; → each call's result or exception."""
+    out: list = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            out[i] = calls[i]()
+        except Exception as exc:  # returned to the test
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    with storage._write_lock:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(storage._jobs) < n_jobs:
+            assert time.monotonic() < deadline, "the inserts never queued"
+            time.sleep(0.001)
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_twenty_queued_inserts_commit_as_one_transaction(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "g.sqlite")
+    storage.bind_model("test/rand", DIM)
+    items = [prepare(f"fact {i}", user_id="g") for i in range(20)]
+    calls = [lambda i=i: storage.insert(items[i], _vectors(1, i)) for i in range(20)]
+    commits = storage.commits
+    out = _queued_while_locked(storage, calls, 20)
+    assert storage.commits == commits + 1  # one transaction for all twenty
+    assert [r[0][1] for r in out] == ["ADD"] * 20
+    assert [r[0][0] for r in out] == [m[0].id for m in items]  # each caller got its own id
+    assert storage.count() == 20
+    storage.close()
+
+
+def test_a_failing_member_fails_alone_and_its_batch_is_not_stored(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "g.sqlite")
+    storage.bind_model("test/rand", DIM)
+    (taken,) = prepare("already here", user_id="g")
+    storage.insert([taken], _vectors(1, 99))
+    jobs = [prepare(f"note {i}", user_id="g") for i in range(12)]
+    # job 5 is a batch of three whose last memory reuses a stored id: the database refuses it
+    bad = [*prepare("bad one", user_id="g"), *prepare("bad two", user_id="g")]
+    bad.append(dataclasses.replace(prepare("bad three", user_id="g")[0], id=taken.id))
+    jobs[5] = bad
+    calls = [lambda j=j, i=i: storage.insert(j, _vectors(len(j), i)) for i, j in enumerate(jobs)]
+    out = _queued_while_locked(storage, calls, len(jobs))
+    assert isinstance(out[5], sqlite3.IntegrityError)
+    ok = [r for i, r in enumerate(out) if i != 5]
+    assert all(isinstance(r, list) and r[0][1] == "ADD" for r in ok), out
+    db = sqlite3.connect(tmp_path / "g.sqlite")
+    texts = {t for (t,) in db.execute("SELECT memory FROM memories")}
+    history = db.execute("SELECT count(*) FROM history").fetchone()[0]
+    db.close()
+    assert texts == {"already here", *(f"note {i}" for i in range(12) if i != 5)}  # no part of job 5
+    assert history == len(texts)
+    storage.close()
+
+
+def test_many_threads_of_single_adds_with_one_bad_call(tmp_path: Path, hash_embedder) -> None:
+    m = Memory(tmp_path / "m.sqlite", embedder=hash_embedder)
+    n_threads, per = 20, 15
+    shared = [f"shared fact {i}" for i in range(5)]  # every thread adds these too
+    results: list[list[dict]] = [[] for _ in range(n_threads)]
+    errors: list[list[BaseException]] = [[] for _ in range(n_threads)]
+    go = threading.Event()
+
+    def work(t: int) -> None:
+        go.wait()
+        for i in range(per):
+            meta = {"bad": float("nan")} if (t, i) == (7, 3) else {"t": t}
+            try:
+                results[t].extend(m.add(f"thread {t} fact {i}", user_id="u", metadata=meta)["results"])
+            except ValueError as exc:
+                errors[t].append(exc)
+        for text in shared:
+            results[t].extend(m.add(text, user_id="u")["results"])
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(60)
+    assert [len(e) for e in errors] == [1 if t == 7 else 0 for t in range(n_threads)]
+    assert "metadata" in str(errors[7][0])
+    flat = [r for rs in results for r in rs]
+    assert len(flat) == n_threads * (per + len(shared)) - 1
+    assert m.count() == n_threads * per - 1 + len(shared)
+    for text in shared:  # exactly one ADD each; every thread got the same id
+        mine = [r for r in flat if r["memory"] == text]
+        assert sum(r["event"] == "ADD" for r in mine) == 1
+        assert len({r["id"] for r in mine}) == 1
+    stored = {r["memory"]: r["id"] for r in m.get_all(filters={"user_id": "u"}, top_k=1000)["results"]}
+    assert all(stored[r["memory"]] == r["id"] for r in flat)
+    assert "thread 7 fact 3" not in stored
+    m.close()
+
+
+def test_insert_checks_vector_width_before_queueing(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "g.sqlite")
+    storage.bind_model("test/rand", DIM)
+    with pytest.raises(ValueError, match="columns"):
+        storage.insert(prepare("x", user_id="g"), np.zeros((1, DIM + 1), dtype=np.float32))
+    assert storage.count() == 0 and storage.commits == 0
+    storage.close()
