@@ -15,8 +15,8 @@ cache_app = typer.Typer(no_args_is_help=True, help="The machine-wide embedding c
 def model_prepare(
     force: bool = typer.Option(False, help="Export again even if a prepared model exists."),
 ) -> None:
-    """Export the model to ONNX (fp32 + int8), verify each variant against sentence-transformers,
-    and pick the default by measurement. Runs automatically on first use."""
+    """Export the model to ONNX (fp32 and two int8 recipes), verify each variant against
+    sentence-transformers, and pick the default by measurement. Runs automatically on first use."""
     from hivemem.embed.model import prepare_model
 
     manifest = prepare_model(force=force)
@@ -40,7 +40,7 @@ def _print_manifest(manifest: dict) -> None:
     for name, v in manifest["variants"].items():
         verdict = "accepted" if v["accepted"] else "rejected (fidelity)"
         typer.echo(
-            f"  {name:6} {v['texts_per_s']:7.1f} texts/s  cos mean {v['mean_cosine']:.4f} "
+            f"  {name:9} {v['texts_per_s']:7.1f} texts/s  cos mean {v['mean_cosine']:.4f} "
             f"min {v['min_cosine']:.4f}  top-5 overlap {v['top5_overlap']:.3f}  {verdict}"
         )
 
@@ -68,7 +68,7 @@ def cache_preload(
         ..., exists=True, dir_okay=False, help="One text per line, or JSONL strings."
     ),
     backend: str = typer.Option("onnx", help="onnx, sentence-transformers or openai."),
-    variant: str = typer.Option("default", help="ONNX variant: default, fast, fp32, int8."),
+    variant: str = typer.Option("default", help="ONNX variant: default, fast, fp32, int8, int8-fast."),
 ) -> None:
     """Embed a list of texts ahead of time (e.g. tool descriptions every agent will look up)."""
     from tqdm import tqdm
