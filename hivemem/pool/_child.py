@@ -13,6 +13,7 @@ import pickle
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -40,6 +41,42 @@ def _cancel_requested(conn: Connection, call_id: int) -> bool:
     return cancelled
 
 
+def call_fn(
+    fn: Callable[..., Any],
+    obj: Any,
+    args: tuple,
+    *,
+    streaming: bool,
+    emit: Callable[[Any], None],
+    cancelled: Callable[[], bool],
+) -> Any:
+    """Run ``fn(obj, *args)`` the same way in a process or a thread worker.
+
+    Streaming calls hand each item to ``emit`` as it is produced and stop (closing the generator)
+    once ``cancelled()`` says the caller went away; their result is None. A generator returned to
+    a plain call is drained into a list, so ``submit`` of a generator function still gets its items.
+    """
+    result = fn(obj, *args)
+    if not streaming:
+        return list(result) if inspect.isgenerator(result) else result
+    try:
+        iterator = iter(result)
+    except TypeError:
+        raise TypeError(
+            f"stream() needs a function that returns an iterable, {fn!r} returned {type(result).__name__}"
+        ) from None
+    try:
+        for item in iterator:
+            emit(item)
+            if cancelled():
+                break
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+    return None
+
+
 def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: bytes) -> None:
     try:
         try:
@@ -49,27 +86,14 @@ def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: byt
                 f"the worker could not load the function or its arguments ({type(exc).__name__}: {exc}); "
                 "functions must be importable by module and name from the worker process"
             ) from exc
-        result = fn(obj, *args)
-        if streaming:
-            try:
-                iterator = iter(result)
-            except TypeError:
-                raise TypeError(
-                    f"stream() needs a function that returns an iterable, {fn!r} returned "
-                    f"{type(result).__name__}"
-                ) from None
-            try:
-                for item in iterator:
-                    conn.send(("item", call_id, pickle.dumps(item)))
-                    if _cancel_requested(conn, call_id):
-                        break
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
-            result = None
-        elif inspect.isgenerator(result):
-            result = list(result)  # submit() of a generator function: deliver all its items at once
+        result = call_fn(
+            fn,
+            obj,
+            args,
+            streaming=streaming,
+            emit=lambda item: conn.send(("item", call_id, pickle.dumps(item))),
+            cancelled=lambda: _cancel_requested(conn, call_id),
+        )
         blob = pickle.dumps(result)
     except BaseException as exc:
         conn.send(("error", call_id, _exc_blob(exc)))

@@ -11,7 +11,6 @@ breaks the whole executor.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import pickle
 import queue
@@ -380,27 +379,14 @@ class ThreadSlot(Slot):
     @staticmethod
     def _run(obj: Any, call: Call) -> None:
         try:
-            result = call.fn(obj, *call.args)
-            if call.streaming:
-                try:
-                    iterator = iter(result)
-                except TypeError:
-                    raise TypeError(
-                        f"stream() needs a function that returns an iterable, {call.fn!r} returned "
-                        f"{type(result).__name__}"
-                    ) from None
-                try:
-                    for item in iterator:
-                        call.emit(item)
-                        if call.cancelled.is_set():
-                            break
-                finally:
-                    close = getattr(iterator, "close", None)
-                    if close is not None:
-                        close()
-                result = None
-            elif inspect.isgenerator(result):
-                result = list(result)
+            result = _child.call_fn(
+                call.fn,
+                obj,
+                call.args,
+                streaming=call.streaming,
+                emit=call.emit,
+                cancelled=call.cancelled.is_set,
+            )
         except BaseException as exc:
             call.fail(exc)
         else:

@@ -317,14 +317,14 @@ class Service:
 
 
 def default_threads() -> int:
-    """Model threads when none are given: every core but one.
+    """Model threads when none are given: one per core, as for the in-process engine.
 
-    The remaining core runs the event loop and the client processes. Measured on 2 cores with 25
-    workers: 1 model thread gave 116 texts/s, 2 threads only 49 (ONNX Runtime's spinning threads
-    starve the event loop that feeds them).
+    Measured on this 2-core machine, quiet, 25 workers embedding single texts (benchmarks/shared.py):
+    2 threads 381 texts/s, 1 thread 219. Under heavy outside load (load average ~20) ONNX Runtime's
+    spinning threads can starve the event loop that feeds them (49 texts/s with 2 threads vs 116
+    with 1 in such a run): there, pass ``--threads 1``.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def serve(config: ServiceConfig) -> None:
