@@ -12,55 +12,13 @@ request is admin: the machine's own users are trusted, exactly as with the Unix 
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from hivemem.service.keys import ADMIN, Scope, load_keys
 
-@dataclass(frozen=True)
-class Scope:
-    """What one request may do: everything (``admin``) or one user's memories (``user_id``)."""
-
-    admin: bool = False
-    user_id: str | None = None
-
-
-ADMIN = Scope(admin=True)
-
-
-def _scope(key: Any, spec: Any, where: str) -> Scope:
-    if not key.strip() or key != key.strip():
-        raise ValueError(f"{where}: key {key[:4]!r}… is empty or has surrounding spaces")
-    if not isinstance(spec, dict) or set(spec) - {"admin", "user_id"}:
-        raise ValueError(f"{where}: the scope of a key must be {{'admin': true}} or {{'user_id': '…'}}")
-    admin, user = spec.get("admin", False), spec.get("user_id")
-    if not isinstance(admin, bool):
-        raise ValueError(f"{where}: 'admin' must be true or false")
-    if admin:
-        if user is not None:
-            raise ValueError(f"{where}: an admin key cannot also be limited to a user_id")
-        return ADMIN
-    if not isinstance(user, str) or not user.strip():
-        raise ValueError(f"{where}: a non-admin key needs a non-empty 'user_id' string")
-    return Scope(user_id=user.strip())
-
-
-def load_keys(path: str | Path) -> dict[str, Scope]:
-    """Read and validate a keys file; ValueError naming the file and the problem."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read keys file {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"keys file {path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"keys file {path} must be a non-empty JSON object of key → scope")
-    return {key: _scope(key, spec, f"keys file {path}") for key, spec in raw.items()}
+__all__ = ["ADMIN", "KeyRing", "Scope", "load_keys"]
 
 
 # Declared through FastAPI's security helper so that the OpenAPI spec documents the bearer scheme.

@@ -45,7 +45,7 @@ def serve(
     sock = paths.socket_path(socket)
     if stop:
         raise typer.Exit(_stop(sock))
-    from hivemem.service.auth import load_keys
+    from hivemem.service.keys import load_keys
     from hivemem.service.server import AlreadyRunning, ServiceConfig
     from hivemem.service.server import serve as run
     from hivemem.service.spawn import EXIT_ALREADY_RUNNING

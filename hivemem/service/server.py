@@ -50,7 +50,7 @@ class ServiceConfig:
     write_timeout: float = 30.0
     cache: bool = True
     # HTTP only: scoped keys, the memory store served under /v1/memories, the agent stream route.
-    keys: dict[str, Any] = field(default_factory=dict)  # key → hivemem.service.auth.Scope
+    keys: dict[str, Any] = field(default_factory=dict)  # key → hivemem.service.keys.Scope
     memory: bool = True
     memory_path: Path | None = None  # None: hivemem.Memory's default
     agent_factory: Callable[[], Any] | None = None
