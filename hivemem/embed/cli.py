@@ -41,7 +41,8 @@ def _print_manifest(manifest: dict) -> None:
         verdict = "accepted" if v["accepted"] else "rejected (fidelity)"
         typer.echo(
             f"  {name:9} {v['texts_per_s']:7.1f} texts/s  cos mean {v['mean_cosine']:.4f} "
-            f"min {v['min_cosine']:.4f}  top-5 overlap {v['top5_overlap']:.3f}  {verdict}"
+            f"min {v['min_cosine']:.4f}  top-5 overlap {v['top5_overlap']:.3f}  "
+            f"batch-invariant {v['batch_invariance']:.6f}  {verdict}"
         )
 
 

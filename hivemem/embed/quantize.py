@@ -1,30 +1,28 @@
-"""Int8 variants of the fused fp32 MiniLM graph, chosen by measured fidelity *and* speed.
+"""Int8 variants of the fused fp32 MiniLM graph, chosen by measured fidelity, speed — and determinism.
 
 Why not plain ``quantize_dynamic``: it quantizes every activation tensor with ONE scale for the whole
 ``[batch·seq, hidden]`` matrix. MiniLM's hidden states carry a few outlier channels, so that scale is
 coarse: cos vs fp32 is ~0.99 but top-5 neighbours move (0.90 overlap on our held-out corpora). No single
 node is to blame — per-node sensitivity spreads over the FFN MatMuls of every layer — so excluding a few
-nodes does not fix it, and SmoothQuant rescaling only helps on text like its calibration set.
+nodes does not fix it, and SmoothQuant rescaling only helps on text like its calibration set. Worse for
+a cache: a per-tensor scale depends on the *other* texts in the batch, so one text gets a different
+vector in each batch (cos 0.999 between two batches) — a content-addressed cache would then store
+whichever happened first.
 
-The ``"default"`` recipe instead:
-
-1. every MatMul with a constant weight (attention output, FFN in, FFN out; 75% of the FLOPs) becomes
-   ``MatMulNBits`` with 8-bit symmetric weights in blocks of 128 and ``accuracy_level=4``: ONNX Runtime
-   then quantizes activations to int8 *per row, per 128-wide block* at run time and uses its int8 GEMM
-   kernels — nearly lossless (cos 0.9996) and faster than fp32;
-2. the fused ``Attention`` nodes of the first two thirds of the layers (0–3 of 6) get dynamic int8
-   (``QAttention``); the measured sensitivity of attention grows with depth (1-cos 0.00002 in layer 0,
-   0.0003 in layer 3, 0.0005 in layers 4–5), so the last third stays fp32 — quantizing those too buys
-   ~8% speed but drops templated top-5 overlap to 0.950, the edge of the target;
-3. embeddings, LayerNorms and GELU stay fp32 (cheap, and the embedding table alone costs 0.0005 cos).
+The ``"default"`` recipe: every MatMul with a constant weight (attention output, FFN in, FFN out; 75 %
+of the FLOPs) becomes ``MatMulNBits`` with 8-bit symmetric weights in blocks of 128 and
+``accuracy_level=4``: ONNX Runtime quantizes activations to int8 *per row (token), per 128-wide block*
+at run time and uses its int8 GEMM kernels. Per-row scales make it nearly lossless (cos 0.9996, top-5
+0.98) and independent of the batch. Attention, embeddings, LayerNorms and GELU stay fp32.
+(Quantizing the fused ``Attention`` nodes too, as ``QAttention``, measured +10–15 % speed but uses a
+per-tensor activation scale: batch-dependent vectors, so it is not used.)
 
 Measured (held-out 8–30-word sentences, 2 threads, bs 32 sorted, vs sentence-transformers fp32 bs 32 in
-the same run; see ``docs/quantization.md``): default 1.95–2.11× ST (fp32 ORT: 1.46–1.62×), cos 0.9990
-mean / 0.9969 min, top-5 neighbour overlap 0.960 varied / 0.959 templated. ``"fast"`` (plain dynamic
-per-channel int8): 3.1–3.3× ST, cos 0.992, top-5 0.91 / 0.90 — opt-in where throughput matters more
-than which near-duplicates come back.
+the same run; see ``docs/quantization.md``): default 1.8–2.05× ST (fp32 ORT: 1.3–1.6×).
+``"fast"`` (plain dynamic per-channel int8): 2.9–3.3× ST, cos 0.992, top-5 0.90, batch-dependent —
+opt-in where throughput matters more than which near-duplicates come back.
 
-Node selection is by op type and graph order, never by name, because names differ between exports.
+Node selection is by op type, never by name, because names differ between exports.
 """
 
 from __future__ import annotations
@@ -127,7 +125,6 @@ def _dynamic_kwargs() -> dict:
 
 
 def _default_recipe(model, dst: Path) -> None:
-    from onnxruntime.quantization import quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -141,22 +138,7 @@ def _default_recipe(model, dst: Path) -> None:
     nbits_model = quantizer.model.model
     if not any(n.op_type == "MatMulNBits" for n in nbits_model.graph.node):
         raise ValueError("no MatMul with a constant weight was found to quantize")
-
-    attention = [n.name for n in nbits_model.graph.node if n.op_type == "Attention"]
-    shallow = attention[: len(attention) * 2 // 3]
-    if not shallow:
-        _save(nbits_model, dst)
-        return
-    with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
-        stage = Path(scratch) / "nbits.onnx"
-        _save(nbits_model, stage)
-        quantize_dynamic(
-            str(stage),
-            str(dst),
-            op_types_to_quantize=["Attention"],
-            nodes_to_quantize=shallow,
-            **_dynamic_kwargs(),
-        )
+    _save(nbits_model, dst)
 
 
 def _fast_recipe(model, dst: Path) -> None:

@@ -31,9 +31,11 @@ def test_vectors_are_normalised_in_input_order(emb):
     vectors = emb.embed(texts)
     assert vectors.shape == (40, 384) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # The same text gets the same vector whatever else is in its batch (int8 kernels may differ
+    # in rounding only: prepare() refuses variants below cosine 0.9999 here).
     reversed_vectors = emb.embed(texts[::-1])
-    assert np.allclose(reversed_vectors[::-1], vectors, atol=1e-5)
-    assert np.allclose(emb.embed_one(texts[5]), vectors[5], atol=1e-5)
+    assert np.sum(reversed_vectors[::-1] * vectors, axis=1).min() >= 0.9999
+    assert float(emb.embed_one(texts[5]) @ vectors[5]) >= 0.9999
 
 
 def test_empty_list_gives_zero_rows(emb):
@@ -65,7 +67,7 @@ def test_overlong_text_is_truncated_and_counted(emb):
     assert vec.shape == (2, 384)
     assert emb.truncated == before + 1
     # Truncation keeps the first 256 tokens: text beyond them does not change the vector.
-    assert np.allclose(emb.embed_one(long_text + " completely different ending"), vec[0], atol=1e-5)
+    assert float(emb.embed_one(long_text + " completely different ending") @ vec[0]) >= 0.9999
 
 
 def test_aembed_matches_embed(emb):
@@ -75,7 +77,7 @@ def test_aembed_matches_embed(emb):
         return await asyncio.gather(*(emb.aembed([t]) for t in texts))
 
     got = np.concatenate(asyncio.run(main()))
-    assert np.allclose(got, emb.embed(texts), atol=1e-5)
+    assert np.sum(got * emb.embed(texts), axis=1).min() >= 0.9999
 
 
 def test_unknown_variant_and_backend_are_clear_errors():
