@@ -38,7 +38,18 @@ def model_info() -> None:
 def _print_manifest(manifest: dict) -> None:
     typer.echo(f"model {manifest['model_id']} ({manifest['dim']}-d), default variant: {manifest['default']}")
     for name, v in manifest["variants"].items():
-        verdict = "accepted" if v["accepted"] else "rejected (fidelity)"
+        limits = manifest["thresholds"]
+        misses = [
+            k
+            for k, key in [
+                ("mean cos", "mean_cosine"),
+                ("min cos", "min_cosine"),
+                ("top-5", "top5_overlap"),
+                ("batch", "batch_invariance"),
+            ]
+            if key in limits and v.get(key, 1.0) < limits[key]
+        ]
+        verdict = "accepted" if v["accepted"] else f"rejected ({', '.join(misses)})"
         typer.echo(
             f"  {name:9} {v['texts_per_s']:7.1f} texts/s  cos mean {v['mean_cosine']:.4f} "
             f"min {v['min_cosine']:.4f}  top-5 overlap {v['top5_overlap']:.3f}  "

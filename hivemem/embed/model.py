@@ -34,10 +34,11 @@ DIM = 384
 MIN_MEAN_COSINE = 0.99
 MIN_MIN_COSINE = 0.97
 MIN_TOP5_OVERLAP = 0.95
-# A text must get the same vector whatever else is in its batch (the cache stores one vector per
-# text). Per-tensor dynamic int8 fails this (0.985–0.999): its activation scale depends on the other
-# texts. Per-row int8 (MatMulNBits) differs only by kernel rounding (≈ 0.99994).
-MIN_BATCH_INVARIANCE = 0.9999
+# A text must get (nearly) the same vector whatever else is in its batch: the cache stores one vector
+# per text. Per-tensor dynamic int8 fails this (cos 0.985–0.997 between batches): its activation
+# scale depends on the other texts. Per-row int8 (MatMulNBits) differs only where kernel rounding
+# flips an int8 step (worst seen 0.99986) — smaller than its own distance to fp32 (0.9996 mean).
+MIN_BATCH_INVARIANCE = 0.9995
 
 
 class ModelNotPrepared(RuntimeError):
