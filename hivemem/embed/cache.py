@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hivemem import config
+from hivemem.sqlite import enable_wal, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -64,15 +65,15 @@ class EmbeddingCache:
         self.misses = 0
         if persistent:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db().executescript(_SCHEMA)
+            retry_locked(lambda: self._db().executescript(_SCHEMA), timeout=30.0)
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last entries, never corrupt
             db.execute("PRAGMA busy_timeout=30000")
+            retry_locked(lambda: enable_wal(db), timeout=30.0)
+            db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last entries, never corrupt
             self._local.db = db
         return db
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
 from hivemem.memory.storage.matrix import Snapshot, VectorMatrix, top_k
 from hivemem.memory.storage.sqlcompile import compile_where
+from hivemem.sqlite import enable_wal, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (
@@ -147,24 +147,16 @@ class SQLiteStorage:
         return db
 
     def _init_schema(self) -> None:
-        # Switching to WAL needs a moment of exclusive access; when many processes open a new
-        # file at once, one may get SQLITE_BUSY without the busy handler being consulted.
-        deadline = time.monotonic() + _BUSY_MS / 1000
-        while True:
-            try:
-                db = self._db()
-                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'memories'").fetchone()[0]
-                # Files made before row ids were AUTOINCREMENT may reuse the id of a deleted last
-                # row, which an incremental matrix cannot tell apart: there, deletes still reload.
-                self._logged = "AUTOINCREMENT" in sql.upper()
-                return
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+        def create() -> None:
+            db = self._db()
+            enable_wal(db)
+            db.executescript(_SCHEMA)
+            sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'memories'").fetchone()[0]
+            # Files made before row ids were AUTOINCREMENT may reuse the id of a deleted last
+            # row, which an incremental matrix cannot tell apart: there, deletes still reload.
+            self._logged = "AUTOINCREMENT" in sql.upper()
+
+        retry_locked(create, _BUSY_MS / 1000)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
