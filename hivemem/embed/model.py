@@ -121,7 +121,8 @@ def prepare_model(model: str = DEFAULT_MODEL, *, force: bool = False, threads: i
             ) from exc
         work = Path(tempfile.mkdtemp(prefix=f".{model}-", dir=config.models_dir()))
         try:
-            manifest = _build(work, threads=threads)
+            with _quiet():
+                manifest = _build(work, threads=threads)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(work, target)  # readers see the old directory or the whole new one
@@ -201,7 +202,7 @@ def _export_fp32(src: Path, out: Path) -> None:
     names = ["input_ids", "attention_mask", "token_type_ids"]
     ids = torch.ones(2, 16, dtype=torch.long)
     raw = out.with_suffix(".raw.onnx")
-    with torch.no_grad(), _quiet():
+    with torch.no_grad():
         torch.onnx.export(
             LastHidden(),
             (ids, torch.ones_like(ids), torch.zeros_like(ids)),
@@ -219,11 +220,25 @@ def _export_fp32(src: Path, out: Path) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
+    """Silence the export tool chain's warnings, logs and progress bars (the one message is ours)."""
+    import logging
     import warnings
 
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yield
+        # onnxruntime.quantization logs INFO per tensor through the root logger, resetting levels.
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def _reference_vectors(src: Path, texts: list[str]) -> np.ndarray:
