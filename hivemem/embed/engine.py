@@ -13,7 +13,9 @@ worker after the callers have them.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,7 +117,7 @@ class Embedder:
         else:
             self.cache = EmbeddingCache(cache)
         self._queue: MicroBatcher | None = None
-        self._lock = None
+        self._lock: threading.Lock | None = None
         if batching:
             self._queue = MicroBatcher(
                 self.backend.encode,
@@ -125,8 +127,6 @@ class Embedder:
                 on_batch=self._store if self.cache is not None else None,
             )
         else:
-            import threading
-
             self._lock = threading.Lock()
 
     @property
@@ -171,9 +171,8 @@ class Embedder:
                 out[i] = vec
         return out, todo
 
-    def _embed(self, items: list[str]):  # -> Future[np.ndarray]
-        from concurrent.futures import Future
-
+    def _embed(self, items: list[str]) -> Future[np.ndarray]:
+        """Cache hits filled in now; the misses' rows arrive when the queue's batch is done."""
         out, todo = self._lookup(items)
         if not todo:
             done: Future[np.ndarray] = Future()
