@@ -49,7 +49,7 @@ class AsyncServiceClient:
         if not items:
             return np.empty((0, self.dim), dtype=np.float32)
         parts = [wire.decode_vectors(await self._request(wire.encode_texts(c))) for c in _chunks(items)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return wire.join_vectors(parts, len(items), self.dim)
 
     async def aembed_one(self, text: str) -> np.ndarray:
         return (await self.aembed([check_text(text)]))[0]

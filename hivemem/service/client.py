@@ -139,12 +139,8 @@ class ServiceClient:
         items = check_texts(texts)
         if not items:
             return np.empty((0, self.dim), dtype=np.float32)
-        chunks = list(_chunks(items))
-        parts = [wire.decode_vectors(self._request(wire.EMBED, wire.encode_texts(c))) for c in chunks]
-        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if out.shape != (len(items), self.dim):
-            raise ProtocolError(f"service returned {out.shape} vectors for {len(items)} texts")
-        return out
+        parts = [wire.decode_vectors(self._request(wire.EMBED, wire.encode_texts(c))) for c in _chunks(items)]
+        return wire.join_vectors(parts, len(items), self.dim)
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([check_text(text)])[0]

@@ -125,6 +125,14 @@ def decode_vectors(payload: bytearray | memoryview) -> np.ndarray:
     return np.frombuffer(payload, dtype="<f4", offset=_DIMS.size).reshape(rows, dim)
 
 
+def join_vectors(parts: list[np.ndarray], n: int, dim: int) -> np.ndarray:
+    """The replies to one call's chunks as one ``n × dim`` array, or ProtocolError."""
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if out.shape != (n, dim):
+        raise ProtocolError(f"service returned {out.shape} vectors for {n} texts")
+    return out
+
+
 def encode_error(code: int, message: str) -> bytes:
     return _ERR.pack(code) + message.encode("utf-8", "replace")
 
