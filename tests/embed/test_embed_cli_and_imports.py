@@ -39,3 +39,11 @@ def test_import_hivemem_loads_no_torch():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_demo_runs_the_main_job():
+    """`make demo` stays true: batch-add memories for several users, scoped search, real model."""
+    result = runner.invoke(app, ["demo", "--n", "60"])
+    assert result.exit_code == 0, result.output
+    assert "add_batch: 60 memories for 4 users" in result.output
+    assert result.output.count("\n  0.") >= 3  # scored neighbours printed for the questions
