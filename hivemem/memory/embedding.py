@@ -1,7 +1,8 @@
 """The one seam where ``Memory`` picks its embedder.
 
 Order: an explicit ``embedder`` (anything ``EmbedderLike``); else the shared hivemem service when
-it is running (``HIVEMEM_SOCKET`` set) or configured (``{"embedder": {"provider": "service"}}``),
+it is running on the default socket, or configured (``HIVEMEM_SOCKET`` set, or
+``{"embedder": {"provider": "service"}}``; both start one if needed),
 so that a fleet of processes shares one model, queue and cache; else an in-process
 ``hivemem.Embedder`` built from the config's options.
 """
@@ -17,6 +18,14 @@ from hivemem.embed.protocol import EmbedderLike
 _IN_PROCESS = {"hivemem", "onnx", "sentence-transformers", "huggingface", "openai"}
 
 
+def _service_running() -> bool:
+    """A service already answers on the configured socket (never starts one)."""
+    from hivemem.service.paths import socket_path
+    from hivemem.service.spawn import can_connect
+
+    return can_connect(socket_path())
+
+
 def resolve_embedder(embedder: Any = None, config: dict[str, Any] | None = None) -> tuple[EmbedderLike, bool]:
     """``(embedder, owned)``: ``owned`` is True when ``Memory`` created it and must close it."""
     if embedder is not None:
@@ -29,7 +38,9 @@ def resolve_embedder(embedder: Any = None, config: dict[str, Any] | None = None)
     config = dict(config or {})
     provider = config.get("provider", "hivemem")
     options = dict(config.get("config") or {})
-    if provider == "service" or (os.environ.get("HIVEMEM_SOCKET") and provider == "hivemem" and not options):
+    if provider == "service" or (
+        provider == "hivemem" and not options and (os.environ.get("HIVEMEM_SOCKET") or _service_running())
+    ):
         try:
             from hivemem import connect  # type: ignore[attr-defined]
         except (ImportError, AttributeError):

@@ -253,3 +253,27 @@ def test_full_queue_is_service_busy_not_a_hang(service_env) -> None:
     busy = [r for r in replies if isinstance(r, ServiceBusy)]
     assert busy and "stayed full" in str(busy[0])
     assert all(isinstance(r, ServiceBusy) or r.shape == (8, 384) for r in replies)
+
+
+def test_memory_uses_a_service_running_on_the_default_socket(service_env, short_dir, monkeypatch) -> None:
+    """Issue: memory embeds through the service when one is running, with no configuration."""
+    from hivemem import Memory
+    from hivemem.service.paths import socket_path
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))
+    monkeypatch.delenv("HIVEMEM_SOCKET")
+    default = socket_path()
+    assert default.parent == short_dir / "hivemem"
+    without_service = Memory(short_dir / "alone.sqlite")
+    assert not isinstance(without_service.embedder, ServiceClient)
+    without_service.close()
+    proc = start_service({**service_env, "HIVEMEM_SOCKET": str(default), "XDG_RUNTIME_DIR": str(short_dir)})
+    try:
+        mem = Memory(short_dir / "m.sqlite")
+        mem.add("Alice is allergic to peanuts", user_id="alice")
+        hits = mem.search("what must alice not eat?", filters={"user_id": "alice"})["results"]
+        assert hits[0]["memory"] == "Alice is allergic to peanuts"
+        assert isinstance(mem.embedder, ServiceClient)
+        mem.close()
+    finally:
+        stop_pid(proc.pid)
