@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -182,12 +183,21 @@ def _build(work: Path, *, threads: int | None) -> dict:
 
 
 def _export_fp32(src: Path, out: Path) -> None:
-    """torch → ONNX (eager attention so ORT can fuse it) → ORT's BERT optimiser (≈500 → 46 nodes)."""
-    import torch
-    from onnxruntime.transformers.optimizer import optimize_model
+    """The bundled model → ``out`` (fused fp32 ONNX)."""
     from transformers import AutoModel
 
     bert = AutoModel.from_pretrained(str(src), attn_implementation="eager").eval()
+    export_bert(bert, out, num_heads=12, hidden_size=DIM)
+
+
+def export_bert(bert: Any, out: Path, *, num_heads: int, hidden_size: int) -> None:
+    """torch → ONNX (eager attention so ORT can fuse it) → ORT's BERT optimiser (≈500 → 46 nodes).
+
+    ``bert`` is a ``transformers`` BERT model; the graph takes ``input_ids``, ``attention_mask`` and
+    ``token_type_ids`` and returns ``last_hidden_state`` (pooling happens in numpy).
+    """
+    import torch
+    from onnxruntime.transformers.optimizer import optimize_model
 
     class LastHidden(torch.nn.Module):
         def __init__(self) -> None:
@@ -195,6 +205,7 @@ def _export_fp32(src: Path, out: Path) -> None:
             self.bert = bert
 
         def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            # Keywords, not positions: transformers 5 moved BertModel.forward's positional order.
             return self.bert(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
@@ -213,7 +224,7 @@ def _export_fp32(src: Path, out: Path) -> None:
             opset_version=17,
             dynamo=False,
         )
-    optimized = optimize_model(str(raw), model_type="bert", num_heads=12, hidden_size=DIM)
+    optimized = optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
     optimized.save_model_to_file(str(out))
     raw.unlink()
 

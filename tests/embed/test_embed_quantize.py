@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
 
 from hivemem.embed import quantize  # noqa: E402
+from hivemem.embed.model import export_bert  # noqa: E402
 from hivemem.embed.quantize import quantize_int8  # noqa: E402
 
 SENTENCES = [
@@ -33,8 +34,7 @@ def tokenizer_path() -> Path:
 
 @pytest.fixture(scope="module")
 def fused_fp32(tmp_path_factory) -> Path:
-    """Same contract as the real export: eager attention, 3 int64 inputs, ORT BERT fusion."""
-    from onnxruntime.transformers.optimizer import optimize_model
+    """A tiny random BERT through the real export path (`export_bert`), fused like the real model."""
 
     torch.manual_seed(0)
     config = transformers.BertConfig(
@@ -47,33 +47,8 @@ def fused_fp32(tmp_path_factory) -> Path:
     )
     bert = transformers.BertModel(config).eval()
 
-    class Hidden(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    folder = tmp_path_factory.mktemp("tiny")
-    raw = folder / "raw.onnx"
-    ids = torch.ones(2, 8, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    with torch.no_grad():
-        torch.onnx.export(
-            Hidden(),
-            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-            str(raw),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "batch", 1: "seq"} for n in [*names, "last_hidden_state"]},
-            opset_version=17,
-            dynamo=False,
-        )
-    fused = folder / "fused.onnx"
-    optimize_model(str(raw), model_type="bert", num_heads=4, hidden_size=64).save_model_to_file(str(fused))
+    fused = tmp_path_factory.mktemp("tiny") / "fused.onnx"
+    export_bert(bert, fused, num_heads=4, hidden_size=64)  # the export prepare() uses
     return fused
 
 
