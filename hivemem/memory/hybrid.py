@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from hivemem.memory.storage.base import Storage
 
 MODES = ("hybrid", "vector", "keyword")
-KEYWORD_WEIGHT = 0.35
+KEYWORD_WEIGHT = 0.4
 MAX_TERMS = 32  # words of a query used for the keyword side (bounds the cost of a hostile query)
 MAX_TERM_CHARS = 64  # longer "words" are not words: skipped
 
@@ -68,8 +68,8 @@ def query_terms(text: str) -> list[str]:
 
 
 def candidates(top_k: int) -> int:
-    """How many memories each side contributes to the fusion (a plateau from 20 to 100 measured)."""
-    return max(50, 2 * top_k)
+    """How many memories each side contributes to the fusion (a plateau from 20 to 50 measured)."""
+    return max(20, 2 * top_k)
 
 
 def fuse(

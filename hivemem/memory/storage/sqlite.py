@@ -561,8 +561,8 @@ class SQLiteStorage:
         db = self._db()
         with self.snapshot():
             state = read_state(db)
-            kept, scope = self._keywords.plan(db, state.uid, state.high, terms, fts.scope_tokens(where))
-            return self._records(db, self._keywords.search(db, kept, scope, sql, params, k))
+            kept, scope, rows = self._keywords.plan(db, state.uid, state.high, terms, fts.scope_tokens(where))
+            return self._records(db, self._keywords.search(db, kept, scope, rows, sql, params, k))
 
     def cosines(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
         if not ids:

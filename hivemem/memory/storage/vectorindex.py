@@ -64,6 +64,8 @@ from typing import Any
 import numkong
 import numpy as np
 
+from hivemem.sqlite import int_array
+
 FORMAT = 1
 RESCORE = 256  # rows re-scored exactly after the int8 pass (at least 4 × k)
 CATCH_UP = 256  # tail + changed rows at which a writer or reader brings the files up to date
@@ -492,14 +494,16 @@ class SharedIndex:
                    count: int) -> np.ndarray:  # fmt: skip
         """Positions of the ``count`` best rows by int8 score (among ``positions`` if given)."""
         files, n = view.files, view.n
-        if positions is None:
+        if positions is None or len(positions) * 4 > n:  # one pass over all rows beats a gather
             dots = self._dots(n)
             numkong.cdist(q8[None, :], files.codes[:n], metric="dot", out=dots, out_dtype="float32")
             scores = dots[0]
             scores *= files.scales[:n]
             if len(masked):
                 scores[masked] = -np.inf
-            pos = None
+            if positions is not None:
+                scores = scores[positions]
+            pos = positions
         else:
             pos = positions
             scores = np.asarray(
@@ -528,13 +532,13 @@ class SharedIndex:
             if hit is not None:
                 self._probes.move_to_end(key)
                 return None if len(hit) > PREFILTER_MAX else hit
-        rids = np.fromiter(
-            (r[0] for r in db.execute(
-                f"SELECT rid FROM memories WHERE rid <= ? AND ({sql}) LIMIT ?",
+        rids = int_array(
+            db.execute(
+                "SELECT group_concat(rid) FROM"
+                f" (SELECT rid FROM memories WHERE rid <= ? AND ({sql}) LIMIT ?)",
                 [view.last_rid, *params, PREFILTER_MAX + 1],
-            )),
-            dtype=np.int64,
-        )  # fmt: skip
+            ).fetchone()[0]
+        )
         with self._lock:
             self._probes[key] = rids
             while len(self._probes) > 16:
@@ -561,7 +565,7 @@ class SharedIndex:
             dtype=np.int64,
         )
         changed = changed[changed <= view.last_rid]
-        masked = np.flatnonzero(files.dead[:n])
+        masked = np.flatnonzero(files.dead[:n].copy())  # a copy: a writer may set tombstones meanwhile
         if len(changed):
             p = np.searchsorted(files.rids[:n], changed)
             p = p[p < n]
@@ -627,12 +631,13 @@ class SharedIndex:
         count = POSTFILTER_FIRST
         while True:
             top = view.files.rids[self._int8_rank(view, q8, None, masked, min(count, live))]
-            passing = {
-                r for (r,) in db.execute(
-                    f"SELECT rid FROM memories WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
+            passing = int_array(
+                db.execute(
+                    "SELECT group_concat(rid) FROM memories"
+                    f" WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
                     [json.dumps(top.tolist()), *params],
-                )
-            }  # fmt: skip
+                ).fetchone()[0]
+            )
             if len(passing) >= want or count >= live:
-                return np.array([r for r in top.tolist() if r in passing][:want], dtype=np.int64)
+                return top[np.isin(top, passing)][:want]
             count *= 8
