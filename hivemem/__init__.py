@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "convert_tasks": "hivemem.tasks.convert",
     "Memory": "hivemem.memory.store",
     "AsyncMemory": "hivemem.memory.aio",
+    "Reranker": "hivemem.memory.rerank",
     "connect": "hivemem.service.client",
     "aconnect": "hivemem.service.aclient",
     "ServiceClient": "hivemem.service.client",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
     from hivemem.memory.aio import AsyncMemory
+    from hivemem.memory.rerank import Reranker
     from hivemem.memory.store import Memory
     from hivemem.pool.errors import CallTimeout, PoolClosed, PoolError, WorkerCrashed, WorkerInitError
     from hivemem.pool.pool import WorkerPool

@@ -71,9 +71,10 @@ def search(
     ),
     top_k: int = typer.Option(10, "--top-k"),
     threshold: float | None = typer.Option(None, "--threshold"),
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid (BM25 + vector), vector or keyword"),
     path: Path | None = PathOpt,
 ) -> None:
-    """Semantic search within the given scope and filters."""
+    """Search within the given scope and filters (hybrid by default)."""
     f = _json_opt(filters, "--filters")
     with _open(path) as m:
         _echo(
@@ -86,6 +87,7 @@ def search(
                     filters=f,
                     top_k=top_k,
                     threshold=threshold,
+                    mode=mode,
                 )
             )
         )

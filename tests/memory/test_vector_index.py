@@ -136,6 +136,16 @@ def _child(path: Path, ops: dict[str, Any], **popen: Any) -> subprocess.Popen[st
     )
 
 
+def _kill_after(child: subprocess.Popen[str], seconds: float) -> None:
+    """SIGKILL ``child`` ``seconds`` after it says it is ready (and in any case: never left behind)."""
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        time.sleep(seconds)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+
 def _run(path: Path, ops: dict[str, Any]) -> None:
     child = _child(path, ops, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = child.communicate(timeout=120)
@@ -259,26 +269,18 @@ def test_sigkill_of_writers_and_searchers_leaves_a_correct_index(tmp_path: Path)
     constants = {"CATCH_UP": 1, "COMPACT_MIN": 64}  # every write touches the files
     for delay in (0.4, 0.9, 1.5):
         ops = {"seed": int(delay * 10), "insert": 40, "loop": "write", "constants": constants}
-        writer = _child(path, ops, stdout=subprocess.PIPE)
-        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
+        _kill_after(_child(path, ops, stdout=subprocess.PIPE), delay)
         _check(storage, queries)
     # a searcher killed while it rebuilds a missing index, then one killed while catching up
     for p in storage.index.dir.iterdir():
         p.unlink()
-    searcher = _child(path, {"seed": 1, "loop": "search", "constants": constants}, stdout=subprocess.PIPE)
-    assert searcher.stdout is not None and searcher.stdout.readline().strip() == "ready"
-    time.sleep(0.05)
-    searcher.send_signal(signal.SIGKILL)
-    searcher.wait()
+    _kill_after(
+        _child(path, {"seed": 1, "loop": "search", "constants": constants}, stdout=subprocess.PIPE), 0.05
+    )
     _run(path, {"seed": 7, "insert": 400})  # a tail for the next searcher to append
-    searcher = _child(path, {"seed": 2, "loop": "search", "constants": constants}, stdout=subprocess.PIPE)
-    assert searcher.stdout is not None and searcher.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
-    searcher.send_signal(signal.SIGKILL)
-    searcher.wait()
+    _kill_after(
+        _child(path, {"seed": 2, "loop": "search", "constants": constants}, stdout=subprocess.PIPE), 0.3
+    )
     fresh = SQLiteStorage(path)
     fresh.bind_model("test/rand", DIM)
     _check(fresh, queries)
@@ -299,20 +301,22 @@ def test_concurrent_writers_and_searchers_match_their_snapshot(tmp_path: Path) -
                stdout=subprocess.PIPE)
         for i in range(2)
     ]  # fmt: skip
-    for w in writers:
-        assert w.stdout is not None and w.stdout.readline().strip() == "ready"
-    checkers = [
-        _child(path, {"seed": 20 + i, "loop": "check", "seconds": 4}, stdout=subprocess.PIPE,
-               stderr=subprocess.PIPE)
-        for i in range(2)
-    ]  # fmt: skip
-    results = []
-    for c in checkers:
-        out, err = c.communicate(timeout=120)
-        assert c.returncode == 0, err[-3000:]
-        results.append(json.loads(out))
-    for w in writers:
-        w.send_signal(signal.SIGKILL)
-        w.wait()
+    try:
+        for w in writers:
+            assert w.stdout is not None and w.stdout.readline().strip() == "ready"
+        checkers = [
+            _child(path, {"seed": 20 + i, "loop": "check", "seconds": 4}, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE)
+            for i in range(2)
+        ]  # fmt: skip
+        results = []
+        for c in checkers:
+            out, err = c.communicate(timeout=120)
+            assert c.returncode == 0, err[-3000:]
+            results.append(json.loads(out))
+    finally:  # the writers loop forever: never leave one behind
+        for w in writers:
+            w.send_signal(signal.SIGKILL)
+            w.wait()
     assert all(r["done"] >= 10 for r in results), results
     assert all(r["bad"] == 0 for r in results), results

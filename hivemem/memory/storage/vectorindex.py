@@ -70,7 +70,7 @@ FORMAT = 1
 RESCORE = 256  # rows re-scored exactly after the int8 pass (at least 4 × k)
 CATCH_UP = 256  # tail + changed rows at which a writer or reader brings the files up to date
 PREFILTER_MAX = 50_000  # a filter matching up to this many rows: int8 over just those rows
-POSTFILTER_FIRST = 1024  # else: int8 over all rows, filter checked on the best this many (×8 …)
+# more rows: int8 over all rows, the filter checked on the best (see _post_filter)
 COMPACT_MIN = 1024  # compaction once more than max(this, a quarter of the rows) are dead
 SMALL_REBUILD = 10_000  # a writer (re)builds a missing index itself only for stores this small
 SPOT_CHECKS = 16  # rows checked against SQLite when a process first maps a generation/region
@@ -131,6 +131,22 @@ def _blobs(rows: list[tuple[Any, ...]], at: int, dim: int) -> np.ndarray:
     if not rows:
         return np.empty((0, dim), dtype=np.float32)
     return np.frombuffer(b"".join(r[at] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+
+
+# Set operations by sorting: numpy's isin/unique/union1d import numpy.ma on first use (~30 ms of a
+# fresh process's first search).
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    a = np.sort(a)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
+
+
+def _isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.isin(a, b)`` for integer arrays."""
+    if not len(a) or not len(b):
+        return np.zeros(len(a), dtype=bool)
+    b = np.sort(b)
+    pos = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    return b[pos] == a
 
 
 def _checksum(header: dict[str, Any]) -> int:
@@ -511,7 +527,7 @@ class SharedIndex:
             )[0]
             scores *= files.scales[pos]
             if len(masked):
-                scores[np.isin(pos, masked)] = -np.inf
+                scores[_isin(pos, masked)] = -np.inf
         live = int(np.count_nonzero(scores > -np.inf)) if len(masked) else len(scores)
         count = min(count, live)
         if count <= 0:
@@ -569,8 +585,8 @@ class SharedIndex:
         if len(changed):
             p = np.searchsorted(files.rids[:n], changed)
             p = p[p < n]
-            p = p[np.isin(files.rids[p], changed)]
-            masked = np.union1d(masked, p)
+            p = p[_isin(files.rids[p], changed)]
+            masked = _sorted_unique(np.concatenate([masked, p]))
         filtered = sql != "1"
         cond = f" AND ({sql})" if filtered else ""
         exact: list[tuple[int, bytes]] = db.execute(
@@ -597,11 +613,12 @@ class SharedIndex:
                 found[found] &= files.rids[pos[found]] == subset[found]
                 pos = pos[found]
                 if len(pos) <= want:
-                    chosen = files.rids[np.setdiff1d(pos, masked)]
+                    chosen = files.rids[pos[~_isin(pos, masked)]]
                 else:
                     chosen = files.rids[self._int8_rank(view, q8, pos, masked, want)]
             else:
-                chosen = self._post_filter(db, view, q8, masked, want, sql, params)
+                chosen = np.empty(0, dtype=np.int64)
+                exact += self._post_filter(db, view, q8, masked, want, sql, params)
         if len(chosen):
             exact += db.execute(
                 "SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?))",
@@ -621,23 +638,22 @@ class SharedIndex:
         return [(int(rids[i]), float(scores[i])) for i in order], lag
 
     def _post_filter(self, db: sqlite3.Connection, view: View, q8: np.ndarray, masked: np.ndarray,
-                     want: int, sql: str, params: list[Any]) -> np.ndarray:  # fmt: skip
-        """Best rows of the whole index, filter checked on them until ``want`` pass.
+                     want: int, sql: str, params: list[Any]) -> list[tuple[int, bytes]]:  # fmt: skip
+        """``(rid, vec)`` of the rows passing ``sql`` among the int8 best of the whole index,
+        taking more of the best (×4 each time) until at least ``want`` pass.
 
         The passing rows among the int8 top-C of all rows are exactly the int8 top of the
-        filtered rows, so once ``want`` of them pass, this equals ranking the filtered rows.
+        filtered rows, so once ``want`` of them pass, this is at least as good as ranking the
+        filtered rows. One query checks the filter and reads the vectors to re-score.
         """
         live = view.n - len(masked)
-        count = POSTFILTER_FIRST
+        count = want + want // 4
         while True:
             top = view.files.rids[self._int8_rank(view, q8, None, masked, min(count, live))]
-            passing = int_array(
-                db.execute(
-                    "SELECT group_concat(rid) FROM memories"
-                    f" WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
-                    [json.dumps(top.tolist()), *params],
-                ).fetchone()[0]
-            )
-            if len(passing) >= want or count >= live:
-                return top[np.isin(top, passing)][:want]
-            count *= 8
+            rows = db.execute(
+                f"SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
+                [json.dumps(top.tolist()), *params],
+            ).fetchall()
+            if len(rows) >= want or count >= live:
+                return rows
+            count *= 4
