@@ -41,6 +41,9 @@ from hivemem.memory.storage.sqlite import SQLiteStorage
 path, ops = sys.argv[1], json.loads(sys.argv[2])
 for name, value in ops.get("constants", {}).items():
     setattr(vectorindex, name, value)
+if ops.get("die_before_publish"):  # killed after patching the files, before the new header
+    import os
+    vectorindex.SharedIndex._publish = lambda self, header: os._exit(9)
 s = SQLiteStorage(path)
 s.bind_model("test/rand", 384)
 rng = np.random.default_rng(ops["seed"])
@@ -320,3 +323,27 @@ def test_concurrent_writers_and_searchers_match_their_snapshot(tmp_path: Path) -
             w.wait()
     assert all(r["done"] >= 10 for r in results), results
     assert all(r["bad"] == 0 for r in results), results
+
+
+def test_rows_patched_after_a_snapshot_do_not_condemn_the_index(tmp_path: Path) -> None:
+    """A process mapping the files for the first time, in a snapshot older than a row patched by a
+    writer that then died before publishing its header, must not take the patched row for damage
+    (and rebuild): the changes log, read afresh, says why it differs."""
+    path = tmp_path / "p.sqlite"
+    storage, ids = _fill(path, 20)  # so few rows that the first mapping checks every one
+    q = _unit(np.random.default_rng(3), 1)[0]
+    fresh = SQLiteStorage(path)
+    fresh.bind_model("test/rand", DIM)
+    with fresh.snapshot():
+        fresh._db().execute("SELECT count(*) FROM memories").fetchone()  # the snapshot begins here
+        ops = {"seed": 5, "update": ids[:1], "constants": {"CATCH_UP": 1}, "die_before_publish": True}
+        child = _child(path, ops, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert child.wait(timeout=120) == 9  # it patched the row in place, then died
+        got = [h["id"] for h in fresh.search(q, None, 10, None)]
+        rows = fresh._db().execute("SELECT id, vec FROM memories ORDER BY rid").fetchall()
+    assert storage.index.read_header()["seq"] == 0  # type: ignore[index]
+    assert fresh.index.rebuilds == 0
+    vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), DIM)
+    assert got == [rows[i][0] for i in np.argsort(-(vecs @ q), kind="stable")[:10]]  # the snapshot's
+    fresh.close()
+    storage.close()

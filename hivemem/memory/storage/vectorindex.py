@@ -133,6 +133,21 @@ def _blobs(rows: list[tuple[Any, ...]], at: int, dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(r[at] for r in rows), dtype=np.float32).reshape(len(rows), dim)
 
 
+def _changed_since(db: sqlite3.Connection, seq: int, rids: list[int]) -> set[int]:
+    """Which of ``rids`` the changes log holds after ``seq`` *now*, beyond the caller's snapshot
+    (a fresh read-only connection: the caller's is inside its read transaction)."""
+    path = db.execute("PRAGMA database_list").fetchone()[2]
+    fresh = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        rows = fresh.execute(
+            "SELECT rid FROM changes WHERE seq > ? AND rid IN (SELECT value FROM json_each(?))",
+            (seq, json.dumps(rids)),
+        )
+        return {r for (r,) in rows}
+    finally:
+        fresh.close()
+
+
 # Set operations by sorting: numpy's isin/unique/union1d import numpy.ma on first use (~30 ms of a
 # fresh process's first search).
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -286,7 +301,10 @@ class SharedIndex:
         if files.cap < n:
             raise StaleIndex(f"files truncated: {files.cap} rows for {n}")
         view = View(header, files)
-        if files.checked_upto < n or not files.sampled:
+        ahead = header["seq"] > state.seq or header["last_rid"] > state.high
+        if (files.checked_upto < n or not files.sampled) and not ahead:
+            # (rows of a header ahead of this snapshot may be missing or changed in it: checked
+            # by the next search that sees this header from a newer snapshot)
             self._spot_check(db, view)
         return view
 
@@ -311,12 +329,14 @@ class SharedIndex:
                     (json.dumps(rids.tolist()),),
                 ).fetchall()
             )
+            bad: dict[int, str] = {}
             for p, rid in zip(at.tolist(), rids.tolist(), strict=True):
                 if files.dead[p] or rid in changed:
                     continue
                 blob = rows.get(rid)
                 if blob is None:
-                    raise StaleIndex(f"row {rid} is in the index but not in the database")
+                    bad[rid] = f"row {rid} is in the index but not in the database"
+                    continue
                 vec = np.frombuffer(blob, dtype=np.float32)
                 if len(vec) != files.dim:
                     raise StaleIndex("vector length differs")
@@ -324,7 +344,10 @@ class SharedIndex:
                 if np.abs(codes[0].astype(np.int16) - files.codes[p]).max(initial=0) > 1 or not np.isclose(
                     scales[0], files.scales[p], rtol=1e-5, atol=0
                 ):
-                    raise StaleIndex(f"the codes of row {rid} do not match its vector")
+                    bad[rid] = f"the codes of row {rid} do not match its vector"
+            if bad:  # a writer may have patched rows for changes committed after this snapshot
+                for rid in set(bad) - _changed_since(db, view.seq, list(bad)):
+                    raise StaleIndex(bad[rid])
         with self._lock:
             files.checked_upto = max(files.checked_upto, n)
             files.sampled = True
