@@ -27,6 +27,7 @@ from hivemem.memory import filters as flt
 from hivemem.memory.embedding import resolve_embedder
 from hivemem.memory.records import (
     ENTITIES,
+    RESERVED_METADATA,
     NewMemory,
     check_entity,
     check_metadata,
@@ -55,6 +56,20 @@ def _check_id(memory_id: Any) -> str:
     return memory_id
 
 
+def _check_given_ids(new: list[NewMemory], found: dict[tuple[str, str], str]) -> None:
+    """A caller-chosen id must name its memory: refuse (before anything is written) a text that
+    is already stored, or added earlier in the same batch, under another id in the same scope."""
+    first: dict[tuple[str, str], str] = {}
+    for m in new:
+        key = (m.scope, m.hash)
+        owner = found.get(key) or first.setdefault(key, m.id)
+        if m.given_id and owner != m.id:
+            raise ValueError(
+                f"memory id {m.id!r}: the same text is already stored in this scope as memory {owner!r} "
+                "(hivemem keeps one copy of a text per scope); use that id, or update/delete it first"
+            )
+
+
 class Memory:
     """Long-term memory for agents (see the module docstring).
 
@@ -62,6 +77,9 @@ class Memory:
     ``hivemem.EmbedderLike``; by default the hivemem service if one is running, else an
     in-process engine, created on first use (listing and deleting never load a model).
     """
+
+    # Names every record has at the top level: they cannot be metadata keys (adapters escape them).
+    RESERVED_METADATA = RESERVED_METADATA
 
     def __init__(
         self,
@@ -133,12 +151,14 @@ class Memory:
     def add_batch(self, items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """Many ``add`` calls in one embed call and one transaction: all stored, or none.
 
-        Each item: ``{"messages": …, "user_id"/"agent_id"/"run_id": …, "metadata": …}``. Results
-        are flat, in item order (one per non-system message).
+        Each item: ``{"messages": …, "user_id"/"agent_id"/"run_id": …, "metadata": …}``, and
+        optionally ``"id"``: the caller's id for an item of one message (LangChain document ids, ids
+        imported from Mem0; otherwise a uuid4 is generated). Results are flat, in item order (one per
+        non-system message).
         """
         if not isinstance(items, list | tuple):
             raise TypeError(f"add_batch takes a list of dicts, got {type(items).__name__}")
-        allowed = {"messages", *ENTITIES, "metadata", "infer"}
+        allowed = {"messages", *ENTITIES, "metadata", "infer", "id"}
         new: list[NewMemory] = []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
@@ -155,6 +175,7 @@ class Memory:
         if not new:
             return []
         found = self._storage.existing(list(dict.fromkeys((m.scope, m.hash) for m in new)))
+        _check_given_ids(new, found)
         todo = [m for m in new if (m.scope, m.hash) not in found]
         outcome: dict[int, tuple[str, str]] = {}
         if todo:

@@ -286,15 +286,20 @@ class SQLiteStorage:
         results: list[tuple[str, str]] = []
         history: list[tuple] = []
         for m, vec in zip(memories, vectors, strict=True):
-            cur = db.execute(
-                "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (scope, hash) DO NOTHING",
-                (
-                    m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
-                    m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
-                ),
-            )  # fmt: skip
+            try:
+                cur = db.execute(
+                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
+                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (scope, hash) DO NOTHING",
+                    (
+                        m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
+                        m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
+                    ),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:  # UNIQUE(id): a caller-chosen id that names another memory
+                raise ValueError(
+                    f"memory id {m.id!r} is already taken by another memory; update or delete that one"
+                ) from None
             if cur.rowcount == 1:
                 results.append((m.id, "ADD"))
                 history.append(
