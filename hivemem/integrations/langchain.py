@@ -66,10 +66,8 @@ class HivememEmbeddings(Embeddings):
     """
 
     def __init__(self, embedder: Any = None, *, local: bool = False, socket_path: str | None = None) -> None:
-        if embedder is not None and (local or socket_path):
+        if sum((embedder is not None, local, socket_path is not None)) > 1:
             raise ValueError("pass either embedder=, or local=True, or socket_path=, not several")
-        if local and socket_path:
-            raise ValueError("local=True embeds in this process; it takes no socket_path")
         if embedder is not None and not isinstance(embedder, hivemem.EmbedderLike):
             raise TypeError(f"embedder must be a hivemem.EmbedderLike, got {type(embedder).__name__}")
         self.local = local
