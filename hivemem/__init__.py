@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "convert_tasks": "hivemem.tasks.convert",
     "Memory": "hivemem.memory.store",
     "AsyncMemory": "hivemem.memory.aio",
+    "import_mem0": "hivemem.memory.mem0_import",
     "connect": "hivemem.service.client",
     "aconnect": "hivemem.service.aclient",
     "ServiceClient": "hivemem.service.client",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
     from hivemem.memory.aio import AsyncMemory
+    from hivemem.memory.mem0_import import import_mem0
     from hivemem.memory.store import Memory
     from hivemem.pool.errors import CallTimeout, PoolClosed, PoolError, WorkerCrashed, WorkerInitError
     from hivemem.pool.pool import WorkerPool

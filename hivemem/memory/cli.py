@@ -40,7 +40,7 @@ def _json_opt(text: str | None, what: str) -> Any:
 def _run(fn: Any) -> Any:
     try:
         return fn()
-    except (ValueError, TypeError, NotImplementedError) as exc:
+    except (ValueError, TypeError, NotImplementedError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -139,11 +139,27 @@ def export(path: Path | None = PathOpt) -> None:
 
 @memory_app.command("import")
 def import_(
-    source: Path = typer.Argument(..., help="A JSONL file as written by export ('-' for stdin)."),
-    batch: int = typer.Option(500, "--batch", help="Memories per transaction."),
+    source: Path | None = typer.Argument(None, help="A JSONL file as written by export ('-' for stdin)."),
+    from_mem0: str | None = typer.Option(
+        None,
+        "--from-mem0",
+        help="Copy a Mem0 store instead: its config (the dict for Mem0's Memory.from_config) as a JSON "
+        "file or JSON text; '{}' means Mem0's defaults. Memories, ids, timestamps and history are kept.",
+    ),
+    batch: int = typer.Option(500, "--batch", min=1, help="Memories per transaction."),
     path: Path | None = PathOpt,
 ) -> None:
-    """Add the memories of a JSONL file, in batches; duplicates in a scope are skipped."""
+    """Add the memories of a JSONL file (or of a Mem0 store), in batches; duplicates are skipped."""
+    if (source is None) == (from_mem0 is None):
+        raise typer.BadParameter("give a JSONL file or --from-mem0 CONFIG (one of them)")
+    if from_mem0 is not None:
+        from hivemem.memory.mem0_import import import_mem0, load_config
+
+        config = _run(lambda: load_config(from_mem0))
+        with _open(path) as m:
+            _echo(_run(lambda: import_mem0(m, config, batch=batch)))
+        return
+    assert source is not None
     stream = sys.stdin if str(source) == "-" else source.open(encoding="utf-8")
     items: list[dict[str, Any]] = []
     for lineno, line in enumerate(stream, 1):
