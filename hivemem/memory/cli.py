@@ -38,11 +38,16 @@ def _json_opt(text: str | None, what: str) -> Any:
 
 
 def _run(fn: Any) -> Any:
+    from hivemem.memory.infer import LLMError
+
     try:
         return fn()
     except (ValueError, TypeError, NotImplementedError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except LLMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @memory_app.command("add")
@@ -52,12 +57,21 @@ def add(
     agent_id: str | None = typer.Option(None, "--agent-id"),
     run_id: str | None = typer.Option(None, "--run-id"),
     metadata: str | None = typer.Option(None, "--metadata", help="A JSON object."),
+    infer: bool = typer.Option(
+        False, "--infer", help="Store the facts an LLM finds in the text (needs HIVEMEM_LLM_URL)."
+    ),
     path: Path | None = PathOpt,
 ) -> None:
     """Add one memory (event NONE with the existing id if the text is already in the scope)."""
     meta = _json_opt(metadata, "--metadata")
     with _open(path) as m:
-        _echo(_run(lambda: m.add(text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta)))
+        _echo(
+            _run(
+                lambda: m.add(
+                    text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta, infer=infer
+                )
+            )
+        )
 
 
 @memory_app.command("search")

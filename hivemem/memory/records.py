@@ -161,7 +161,6 @@ def prepare(
     agent_id: Any = None,
     run_id: Any = None,
     metadata: Any = None,
-    infer: Any = False,
     id: Any = None,  # the key of an add_batch item
     where: str = "",
 ) -> list[NewMemory]:
@@ -169,11 +168,6 @@ def prepare(
 
     ``id``: the caller's id for the memory; then ``messages`` must hold exactly one non-system turn.
     """
-    if infer:
-        raise NotImplementedError(
-            "infer=True extracts facts with an LLM, and no LLM is configured in hivemem yet; "
-            "call add(..., infer=False) to store the messages as they are"
-        )
     ids = {
         name: check_entity(name, value, where)
         for name, value in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
