@@ -14,7 +14,21 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+
 from service_helpers import ROOT, free_port, start_service, stop_pid
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mem0_private() -> Iterator[None]:
+    """Mem0 (run by these tests' subprocesses) keeps a config dir and phones home: neither may touch
+    the user's ~/.mem0 or the network."""
+    directory = tempfile.mkdtemp(prefix="hm-mem0-")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MEM0_DIR", directory)
+    patch.setenv("MEM0_TELEMETRY", "False")
+    yield
+    patch.undo()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,6 @@ import json
 import os
 import sys
 
-os.environ["MEM0_TELEMETRY"] = "False"
-
-from mem0 import Memory
-
 
 def mem0_config(url: str, directory: str, name: str) -> dict:
     """Mem0 on hivemem's model: the openai embedder pointed at `hivemem serve --http`."""
@@ -43,6 +39,9 @@ def mem0_config(url: str, directory: str, name: str) -> dict:
 
 
 def main() -> None:
+    os.environ["MEM0_TELEMETRY"] = "False"
+    from mem0 import Memory  # here: the tests import this module for mem0_config only
+
     url, directory, name, texts_json = sys.argv[1:5]
     texts = json.loads(texts_json)
     m = Memory.from_config(mem0_config(url, directory, name))
