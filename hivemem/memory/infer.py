@@ -344,6 +344,10 @@ def infer_memories(memory: Any, items: list[dict[str, Any]], wheres: list[str]) 
         prompt = item.pop("prompt", None)
         if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
             raise ValueError(f"{where}prompt must be a non-empty string")
+        if item.get("id") is not None:
+            raise ValueError(
+                f"{where}an id names a stored message; infer=True stores the LLM's facts instead"
+            )
         turns = prepare(**item, where=where)
         size = sum(len(t.memory) for t in turns)
         if size > MAX_CONVERSATION_CHARS:

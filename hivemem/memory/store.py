@@ -103,6 +103,7 @@ class Memory:
         # infer=True: a FactExtractor, or Mem0's "llm" config dict (else $HIVEMEM_LLM_URL), built on first use
         self._llm: FactExtractor | None = llm if isinstance(llm, FactExtractor) else None
         self._llm_config = None if isinstance(llm, FactExtractor) else llm
+        self._owns_llm = False
         self._prompts: dict[str, str | None] = {}
 
     @classmethod
@@ -153,7 +154,7 @@ class Memory:
                             "infer=True needs an LLM, and no LLM is configured: pass Memory(llm={'provider': "
                             "'openai', 'config': {'model': …, 'openai_base_url': …}}) or set HIVEMEM_LLM_URL"
                         )
-                    self._llm = llm
+                    self._llm, self._owns_llm = llm, True
         return self._llm
 
     # -- writes --------------------------------------------------------------------------------
@@ -346,8 +347,9 @@ class Memory:
 
     def close(self) -> None:
         self._storage.close()
-        if self._llm is not None and self._llm_config is not None:
-            self._llm.close()  # built here from a config, so ours to close
+        if self._owns_llm and self._llm is not None:
+            self._llm.close()  # built here from a config or the environment, so ours to close
+            self._llm, self._owns_llm = None, False
         if self._owns_embedder and self._embedder is not None:
             close = getattr(self._embedder, "close", None)
             if close is not None:

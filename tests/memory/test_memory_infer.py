@@ -211,6 +211,8 @@ def test_llm_configuration(tmp_path: Path, embedder: Embedder, monkeypatch: pyte
     monkeypatch.setenv("HIVEMEM_LLM_MODEL", "from-env")
     with Memory(tmp_path / "m.sqlite", embedder=embedder) as m:
         assert m.add("I sail on weekends", user_id="u", infer=True)["results"][0]["event"] == "ADD"
+        with pytest.raises(ValueError, match=r"items\[0\]: an id names a stored message"):
+            m.add_batch([{"messages": "x", "user_id": "u", "id": "a"}], infer=True)
     assert llm.requests[-1]["model"] == "from-env"
     with pytest.raises(ValueError, match="provider 'anthropic' is not supported"):
         FactExtractor.from_config({"provider": "anthropic", "config": {"model": "c"}})
