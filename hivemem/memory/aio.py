@@ -26,8 +26,9 @@ class AsyncMemory:
         *,
         embedder_config: dict[str, Any] | None = None,
         reranker: Reranker | None = None,
+        llm: Any = None,
     ) -> None:
-        self.sync = Memory(path, embedder, embedder_config=embedder_config, reranker=reranker)
+        self.sync = Memory(path, embedder, embedder_config=embedder_config, reranker=reranker, llm=llm)
 
     @classmethod
     def from_config(cls, config_dict: dict[str, Any]) -> AsyncMemory:
@@ -38,8 +39,8 @@ class AsyncMemory:
     async def add(self, messages: Any, **kwargs: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync.add, messages, **kwargs)
 
-    async def add_batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return await asyncio.to_thread(self.sync.add_batch, items)
+    async def add_batch(self, items: list[dict[str, Any]], infer: bool = False) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.add_batch, items, infer)
 
     async def search(self, query: str, **kwargs: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync.search, query, **kwargs)
