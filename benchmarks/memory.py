@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["MEM0_TELEMETRY"] = "False"
 
 import numpy as np
-from plots import add_plot_options, lines
+from plots import add_plot_options, bars, lines
 
 from hivemem import Embedder, EmbeddingCache, Memory
 from hivemem.embed.corpus import sentences
@@ -307,6 +307,24 @@ def fleet(tmp: Path, sizes: list[int], n: int, searches: int, before: Path | Non
     return out
 
 
+def fleet_charts(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    groups = result["groups"]
+    sizes = sorted({g["workers"] for g in groups})
+    labels = list(dict.fromkeys(g["label"] for g in groups))
+
+    def series(key: str) -> dict[str, list[float]]:
+        by = {(g["label"], g["workers"]): g[key] for g in groups}
+        return {label: [by[(label, n)] for n in sizes] for label in labels}
+
+    note = (
+        f"{result['memories']:,} memories, one scope, random vectors (no model); one run, shared 2-core box"
+    )
+    bars(args, "memory_fleet_pss", "Total PSS of N searching processes, above N bare interpreters",
+         [f"N = {n}" for n in sizes], series("above_bare_mb"), ylabel="MB", note=note)  # fmt: skip
+    bars(args, "memory_fleet_first_search", "First search of a fresh process (median over the N)",
+         [f"N = {n}" for n in sizes], series("first_ms_median"), ylabel="ms", note=note)  # fmt: skip
+
+
 def du_bytes(directory: Path) -> tuple[int, int]:
     """(bytes allocated on disk, apparent size) of the files in ``directory``."""
     stats = [p.stat() for p in directory.iterdir() if p.is_file()]
@@ -423,6 +441,8 @@ def main() -> None:
             out["fleet"] = fleet(tmp, sizes, args.fleet_memories, 10 if args.quick else 20, args.before)
         if args.scale:
             out["scale"] = scale(tmp, args.scale, 20 if args.quick else 40)
+        if args.fleet:
+            fleet_charts(args, out["fleet"])
         print("\n| measurement | total s | ms/item (or latency) | ops/s |\n|---|---|---|---|")
         for r in ROWS:
             print("| " + " | ".join(r) + " |")

@@ -34,6 +34,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+from plots import add_plot_options, bars
 
 from hivemem import Embedder, EmbeddingCache, Memory
 from hivemem.memory import filters as flt
@@ -262,6 +263,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the LoCoMo development conversations")
     ap.add_argument("--sweep", action="store_true", help="also evaluate the alternatives to the defaults")
     ap.add_argument("--no-reference", action="store_true", help="skip the sentence-transformers reference")
+    add_plot_options(ap)
     args = ap.parse_args()
     turns, questions, skipped = load(args.data)
     print(
@@ -331,6 +333,16 @@ def main() -> None:
     print(
         f"\nhybrid recall@10 / reference: {out.get('hybrid_vs_reference_recall@10', float('nan')):.3f}; "
         f"ms per search (query embedding cached): {', '.join(f'{k} {v:.1f}' for k, v in timing.items())}"
+    )
+    bars(
+        args,
+        "retrieval_locomo",
+        "LoCoMo (development half): recall@10 by question category",
+        [f"{'all' if k == 'all' else CATEGORIES[int(k)]} (n={results['hybrid'][k]['n']})" for k in keys],
+        {name: [table[k]["recall@10"] for k in keys] for name, table in results.items()},
+        ylabel="recall@10",
+        fmt="{:.2f}",
+        note="vector/hybrid: hivemem's int8 ONNX model; reference: fp32 sentence-transformers, brute force",
     )
     if args.sweep:
         print("\nsweep (recall@10 over all questions; development data only):")

@@ -191,8 +191,8 @@ def test_keyword_index_follows_the_transactions(tmp_path: Path, hash_embedder: A
     storage = m._storage
     ok = prepare("quokka sightings are rare", user_id="u")
     clash = prepare("another quokka", user_id="u")[0]
-    clash = type(clash)(**{**clash.__dict__, "id": mid})  # the id is taken: the INSERT fails
-    with pytest.raises(sqlite3.IntegrityError):
+    clash = type(clash)(**{**clash.__dict__, "id": mid})  # the id is taken: the 2nd INSERT fails
+    with pytest.raises(ValueError, match="already taken"):
         storage.insert([*ok, clash], np.ones((2, hash_embedder.dim), dtype=np.float32))
     assert kw("quokka") == []
     m.delete(mid)
