@@ -418,7 +418,9 @@ class SQLiteStorage:
 
     def reset(self) -> None:
         with self._write() as db:
+            fts.drop(db)
             db.execute("DELETE FROM memories")
+            fts.ensure_schema(db)
             db.execute("DELETE FROM history")
             db.execute("DELETE FROM changes")
             db.execute("UPDATE meta SET value = 0 WHERE key = 'pruned'")  # the log starts again
@@ -526,7 +528,9 @@ class SQLiteStorage:
                 if (state.high - view.last_rid) + (state.seq - view.seq) < vectorindex.CATCH_UP:
                     return
             except StaleIndex:
-                if not wait and state.high > vectorindex.SMALL_REBUILD:
+                small = vectorindex.SMALL_REBUILD
+                rows = db.execute("SELECT count(*) FROM (SELECT 1 FROM memories LIMIT ?)", (small + 1,))
+                if not wait and rows.fetchone()[0] > small:
                     return  # a writer does not pay for rebuilding a large store: the first search does
             with self.index.locked(wait) as got:
                 if got:

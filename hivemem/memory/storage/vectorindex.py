@@ -104,7 +104,10 @@ def read_state(db: sqlite3.Connection) -> StoreState:
         ).fetchall()
     )
     seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
-    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'memories'").fetchone()
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'memories'").fetchone()
+    except sqlite3.OperationalError:  # a store made before row ids were AUTOINCREMENT
+        row = None
     high = row[0] if row else db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
     return StoreState(
         uid=str(meta.get("uid", "")),
@@ -228,8 +231,7 @@ class SharedIndex:
     """The index directory of one store (see the module docstring). Safe across threads."""
 
     def __init__(self, directory: str | Path) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(directory)  # created by the first process that writes the index
         self._header_path = self.dir / "header.json"
         self._lock = threading.Lock()  # this process's mapping and flock state
         self._flock = threading.Lock()  # one thread of this process at a time holds the file lock
@@ -361,6 +363,7 @@ class SharedIndex:
             yield False
             return
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 try:
