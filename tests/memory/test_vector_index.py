@@ -167,16 +167,25 @@ def _fill(path: Path, n: int, seed: int = 1) -> tuple[SQLiteStorage, list[str]]:
 
 def _check(storage: SQLiteStorage, queries: np.ndarray) -> None:
     for q in queries:
-        for user, contains in ((None, None), ("u1", None), ("u1", "memory 1"), (None, "late")):
+        for user, contains in (
+            (None, None),
+            ("u1", None),
+            ("u1", "memory 1"),
+            (None, "late"),
+            (None, "memory"),
+        ):
             got = [r["id"] for r in storage.search(q, _where(user, contains), 10, None)]
             assert got == _reference(storage.path, q, 10, user, contains), (user, contains)
 
 
-@pytest.mark.parametrize("prefilter_max", [50_000, 100])  # filters: int8 over the subset / post-filter
+# the paths of a filtered search: the subset alone; the best of all rows, filter checked (a filter
+# most rows pass), else int8 over the subset; or the best of all rows, more and more
+@pytest.mark.parametrize(("small_subset", "prefilter_max"), [(2000, 50_000), (100, 50_000), (100, 100)])
 def test_search_matches_brute_force_across_process_changes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefilter_max: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_subset: int, prefilter_max: int
 ) -> None:
     monkeypatch.setattr(vectorindex, "RESCORE", 64)
+    monkeypatch.setattr(vectorindex, "SMALL_SUBSET", small_subset)
     monkeypatch.setattr(vectorindex, "PREFILTER_MAX", prefilter_max)
     path = tmp_path / "s.sqlite"
     storage, ids = _fill(path, 3000)

@@ -69,8 +69,9 @@ from hivemem.sqlite import int_array
 FORMAT = 1
 RESCORE = 256  # rows re-scored exactly after the int8 pass (at least 4 × k)
 CATCH_UP = 256  # tail + changed rows at which a writer or reader brings the files up to date
-PREFILTER_MAX = 50_000  # a filter matching up to this many rows: int8 over just those rows
-# more rows: int8 over all rows, the filter checked on the best (see _post_filter)
+SMALL_SUBSET = 2_000  # a filter matching up to this many rows: those rows, without a first try
+PREFILTER_MAX = 50_000  # else, if the best of all rows hold too few that pass: int8 over the subset
+# more rows: int8 over all rows, the filter checked on the best, more and more (see _post_filter)
 COMPACT_MIN = 1024  # compaction once more than max(this, a quarter of the rows) are dead
 SMALL_REBUILD = 10_000  # a writer (re)builds a missing index itself only for stores this small
 SPOT_CHECKS = 16  # rows checked against SQLite when a process first maps a generation/region
@@ -566,26 +567,27 @@ class SharedIndex:
         return top.astype(np.int64) if pos is None else pos[top]
 
     def _probe(self, db: sqlite3.Connection, state: StoreState, view: View, sql: str,
-               params: list[Any]) -> np.ndarray | None:  # fmt: skip
-        """Row ids (≤ last_rid) passing the filter, or None if more than ``PREFILTER_MAX``."""
-        key = (state.uid, state.version, view.last_rid, sql, tuple(params))
+               params: list[Any], limit: int) -> np.ndarray | None:  # fmt: skip
+        """Row ids (≤ last_rid) passing the filter, or None if more than ``limit`` (cached until
+        the next write)."""
+        key = (state.uid, state.version, view.last_rid, sql, tuple(params), limit)
         with self._lock:
             hit = self._probes.get(key)
             if hit is not None:
                 self._probes.move_to_end(key)
-                return None if len(hit) > PREFILTER_MAX else hit
+                return None if len(hit) > limit else hit
         rids = int_array(
             db.execute(
                 "SELECT group_concat(rid) FROM"
                 f" (SELECT rid FROM memories WHERE rid <= ? AND ({sql}) LIMIT ?)",
-                [view.last_rid, *params, PREFILTER_MAX + 1],
+                [view.last_rid, *params, limit + 1],
             ).fetchone()[0]
         )
         with self._lock:
             self._probes[key] = rids
             while len(self._probes) > 16:
                 self._probes.popitem(last=False)
-        return None if len(rids) > PREFILTER_MAX else rids
+        return None if len(rids) > limit else rids
 
     def search(
         self,
@@ -632,8 +634,20 @@ class SharedIndex:
         elif not filtered:
             chosen = files.rids[self._int8_rank(view, q8, None, masked, want)]
         else:
-            subset = self._probe(db, state, view, sql, params)
-            if subset is not None:
+            # a small subset: scored by itself; a large one: the best of all rows, filter checked
+            # (tried first, it needs no list of the subset); in between: int8 over the subset
+            subset = self._probe(db, state, view, sql, params, SMALL_SUBSET)
+            passing = None
+            if subset is None:
+                passing = self._post_filter(db, view, q8, masked, want, sql, params, once=True)
+                if passing is None:
+                    subset = self._probe(db, state, view, sql, params, PREFILTER_MAX)
+                    if subset is None:
+                        passing = self._post_filter(db, view, q8, masked, want, sql, params, once=False)
+            if passing is not None:
+                chosen = np.empty(0, dtype=np.int64)
+                exact += passing
+            elif subset is not None:
                 pos = np.searchsorted(files.rids[:n], subset)
                 found = pos < n
                 found[found] &= files.rids[pos[found]] == subset[found]
@@ -642,9 +656,6 @@ class SharedIndex:
                     chosen = files.rids[pos[~_isin(pos, masked)]]
                 else:
                     chosen = files.rids[self._int8_rank(view, q8, pos, masked, want)]
-            else:
-                chosen = np.empty(0, dtype=np.int64)
-                exact += self._post_filter(db, view, q8, masked, want, sql, params)
         if len(chosen):
             exact += db.execute(
                 "SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?))",
@@ -663,14 +674,15 @@ class SharedIndex:
         order = np.lexsort((rids, -scores))[:k]
         return [(int(rids[i]), float(scores[i])) for i in order], lag
 
-    def _post_filter(self, db: sqlite3.Connection, view: View, q8: np.ndarray, masked: np.ndarray,
-                     want: int, sql: str, params: list[Any]) -> list[tuple[int, bytes]]:  # fmt: skip
+    def _post_filter(self, db: sqlite3.Connection, view: View, q8: np.ndarray, masked: np.ndarray, want: int,
+                     sql: str, params: list[Any], once: bool) -> list[tuple[int, bytes]] | None:  # fmt: skip
         """``(rid, vec)`` of the rows passing ``sql`` among the int8 best of the whole index,
         taking more of the best (×4 each time) until at least ``want`` pass.
 
         The passing rows among the int8 top-C of all rows are exactly the int8 top of the
         filtered rows, so once ``want`` of them pass, this is at least as good as ranking the
-        filtered rows. One query checks the filter and reads the vectors to re-score.
+        filtered rows. One query checks the filter and reads the vectors to re-score. With
+        ``once``: one try only, None when too few pass.
         """
         live = view.n - len(masked)
         count = want + want // 4
@@ -682,4 +694,6 @@ class SharedIndex:
             ).fetchall()
             if len(rows) >= want or count >= live:
                 return rows
+            if once:
+                return None  # too few pass: the caller lists the subset instead
             count *= 4
