@@ -338,10 +338,11 @@ def main() -> None:
         args,
         "retrieval_locomo",
         "LoCoMo (development half): recall@10 by question category",
-        [f"{'all' if k == 'all' else CATEGORIES[int(k)]} (n={results['hybrid'][k]['n']})" for k in keys],
+        [f"{'all' if k == 'all' else CATEGORIES[int(k)]} ({results['hybrid'][k]['n']})" for k in keys],
         {name: [table[k]["recall@10"] for k in keys] for name, table in results.items()},
-        ylabel="recall@10",
+        ylabel="recall@10 (questions per category in brackets)",
         fmt="{:.2f}",
+        horizontal=True,
         note="vector/hybrid: hivemem's int8 ONNX model; reference: fp32 sentence-transformers, brute force",
     )
     if args.sweep:

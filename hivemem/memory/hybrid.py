@@ -19,13 +19,15 @@ figures in docs/memory.md):
 
       score = (cos + KEYWORD_WEIGHT * kw) / (1 + KEYWORD_WEIGHT)
 
-  higher is better, at most 1. ``threshold`` keeps Mem0's meaning: a memory whose cosine is
-  below it is dropped before fusing, whatever its keyword score (as Mem0 2.x gates its semantic
-  score). Ties go to the higher cosine, then to the smaller id. Measured alternatives (recall@10):
-  this rule stays within 0.67–0.69 from 10 to 100 candidates per side and weights 0.3–0.6;
-  reciprocal rank fusion reaches 0.69 only with k = 5 and 30–50 candidates (0.62–0.68 with the
-  usual k = 60); min-max normalised convex combination 0.68 at best; Mem0 2.x's sigmoid BM25
-  boost over semantic candidates only 0.63.
+  higher is better, at most 1; when no memory holds any query word, the divisor is 1 and the
+  score is the cosine (Mem0 2.x also divides by the signals present). ``threshold`` keeps Mem0's
+  meaning: a memory whose cosine is below it is dropped before fusing, whatever its keyword score
+  (as Mem0 2.x gates its semantic score). Ties go to the higher cosine, then to the smaller id. Measured alternatives (recall@10):
+  this rule, with weight 0.4, gives 0.683–0.691 from 10 to 100 candidates per side (0.67–0.69
+  for weights 0.3–0.6); reciprocal rank fusion is as good with k = 5 (0.679–0.691) but falls to
+  0.62–0.68 with the usual k = 60, and its score is a rank, not a similarity (so ``score`` and
+  ``threshold`` would lose their meaning); min-max normalised convex combination 0.68 at best;
+  Mem0 2.x's sigmoid BM25 boost over semantic candidates only, 0.63.
 
 The storage primitives this needs are the search contract of ``storage.base.Storage``.
 """
@@ -96,11 +98,12 @@ def fuse(
         records.setdefault(h["id"], h)
         if h["id"] not in cos and h["id"] in cosines:
             cos[h["id"]] = float(cosines[h["id"]])
+    divisor = 1 + weight if kw else 1.0  # no keyword hit at all: the score is the cosine (as Mem0)
     scored = []
     for mid, c in cos.items():  # a keyword hit without a cosine (deleted meanwhile) drops out
         if threshold is not None and c < threshold:
             continue
-        scored.append(((c + weight * kw.get(mid, 0.0)) / (1 + weight), c, mid))
+        scored.append(((c + weight * kw.get(mid, 0.0)) / divisor, c, mid))
     scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
     return [{**records[mid], "score": s} for s, _, mid in scored[:top_k]]
 

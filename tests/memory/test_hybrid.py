@@ -41,6 +41,8 @@ def test_fusion_rule_by_hand() -> None:
     tie = hybrid.fuse([_hit("y", 0.5), _hit("x", 0.5)], [], {}, 10, None, 0.4)
     assert [h["id"] for h in tie] == ["x", "y"]
     assert [h["id"] for h in hybrid.fuse([], [_hit("z", 1.0)], {}, 10, None)] == []
+    # no keyword hit at all: the score is the cosine itself (the divisor counts the signals present)
+    assert [h["score"] for h in hybrid.fuse(vector, [], {}, 10, None, 0.4)] == [0.8, 0.6]
 
 
 def test_query_terms() -> None:
