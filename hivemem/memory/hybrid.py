@@ -19,15 +19,15 @@ figures in docs/memory.md):
 
       score = (cos + KEYWORD_WEIGHT * kw) / (1 + KEYWORD_WEIGHT)
 
-  higher is better, at most 1; when no memory holds any query word, the divisor is 1 and the
-  score is the cosine (Mem0 2.x also divides by the signals present). ``threshold`` keeps Mem0's
+  higher is better, at most 1; when no memory holds any query word, the divisor is 1 and the score
+  is the cosine (Mem0 2.x also divides by the signals present). ``threshold`` keeps Mem0's
   meaning: a memory whose cosine is below it is dropped before fusing, whatever its keyword score
-  (as Mem0 2.x gates its semantic score). Ties go to the higher cosine, then to the smaller id. Measured alternatives (recall@10):
-  this rule, with weight 0.4, gives 0.683–0.691 from 10 to 100 candidates per side (0.67–0.69
-  for weights 0.3–0.6); reciprocal rank fusion is as good with k = 5 (0.679–0.691) but falls to
-  0.62–0.68 with the usual k = 60, and its score is a rank, not a similarity (so ``score`` and
-  ``threshold`` would lose their meaning); min-max normalised convex combination 0.68 at best;
-  Mem0 2.x's sigmoid BM25 boost over semantic candidates only, 0.63.
+  (as Mem0 2.x gates its semantic score). Ties go to the higher cosine, then to the smaller id.
+  Measured alternatives (recall@10): this rule, with weight 0.4, gives 0.683–0.691 from 10 to 100
+  candidates per side (0.67–0.69 for weights 0.3–0.6); reciprocal rank fusion is as good with k =
+  5 (0.679–0.691) but falls to 0.62–0.68 with the usual k = 60, and its score is a rank, not a
+  similarity (so ``score`` and ``threshold`` would lose their meaning); min-max normalised convex
+  combination 0.68 at best; Mem0 2.x's sigmoid BM25 boost over semantic candidates only, 0.63.
 
 The storage primitives this needs are the search contract of ``storage.base.Storage``.
 """
