@@ -90,13 +90,18 @@ def _has_pgvector(bin_dir: Path) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan nobody reaped counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): trust kill(0)
+    return state not in ("Z", "X")
 
 
 def sweep_stale(tmp: Path | None = None) -> int:

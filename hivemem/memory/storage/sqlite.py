@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, rid INTEGER NOT NUL
 _CHANGES_KEPT = 100_000
 _FIELDS = "rid, id, memory, hash, metadata, created_at, updated_at, user_id, agent_id, run_id, actor_id, role"
 _PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
+_HISTORY = "id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted, actor_id, role"
+_HISTORY_KEYS = tuple(_HISTORY.split(", "))
 _BUSY_MS = 60_000
 
 
@@ -433,6 +435,81 @@ class SQLiteStorage:
         """Every memory with its scope fields and metadata, in insertion order (for JSONL export)."""
         for row in self._db().execute(f"SELECT {_FIELDS} FROM memories ORDER BY rid"):
             yield _record(row)
+
+    # -- export / import (``hivemem.memory.transfer``) ----------------------------------------
+
+    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The history of each of ``ids`` (oldest first); ids without history are left out."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self._db().execute(
+                f"SELECT {_HISTORY} FROM history WHERE memory_id IN ({','.join('?' * len(chunk))})"
+                " ORDER BY seq",
+                chunk,
+            )
+            for r in rows:
+                out.setdefault(r[1], []).append(
+                    {**dict(zip(_HISTORY_KEYS, r, strict=True)), "is_deleted": bool(r[7])}
+                )
+        return out
+
+    def deleted_ids(self) -> list[str]:
+        """Ids that have history but no memory any more (deleted), in order of first event."""
+        rows = self._db().execute(
+            "SELECT memory_id FROM history WHERE memory_id NOT IN (SELECT id FROM memories)"
+            " GROUP BY memory_id ORDER BY min(seq)"
+        )
+        return [r[0] for r in rows]
+
+    def restore(
+        self,
+        memories: list[NewMemory],
+        vectors: np.ndarray,
+        updated_at: list[str],
+        history: list[list[tuple]],
+    ) -> list[tuple[str, str]]:
+        """Store memories with their own ids, timestamps and history rows (import) in one
+        transaction → ``(id, "ADD")``, or ``(stored id, "NONE")`` when the id or the (scope, text)
+        is already there."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self._model is not None and len(vectors) and vectors.shape[1:] != (self._model[1],):
+            raise ValueError(f"vectors must have {self._model[1]} columns, got shape {vectors.shape}")
+        results: list[tuple[str, str]] = []
+        with self._write() as db:
+            for m, vec, stamp, events in zip(memories, vectors, updated_at, history, strict=True):
+                cur = db.execute(
+                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
+                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT DO NOTHING",
+                    (m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
+                     m.role, m.metadata, m.created_at, stamp, vec.tobytes()),
+                )  # fmt: skip
+                if cur.rowcount == 1:
+                    results.append((m.id, "ADD"))
+                    self._add_history(db, events)
+                    continue
+                row = db.execute(
+                    "SELECT id FROM memories WHERE scope = ? AND hash = ?", (m.scope, m.hash)
+                ).fetchone()
+                results.append((row[0] if row else m.id, "NONE"))
+            self._bump(db, rewrite=False)
+        return results
+
+    def restore_history(self, memory_id: str, rows: list[tuple]) -> bool:
+        """History of a memory deleted in the source store; skipped when this id has history."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM history WHERE memory_id = ?", (memory_id,)).fetchone():
+                return False
+            self._add_history(db, rows)
+            return True
+
+    @staticmethod
+    def _add_history(db: sqlite3.Connection, rows: list[tuple]) -> None:
+        db.executemany(
+            f"INSERT INTO history ({_HISTORY}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(*r[:7], int(r[7]), *r[8:]) for r in rows],
+        )
 
     def _positions(self, db: sqlite3.Connection, snap: Snapshot, sql: str, params: list[Any]) -> np.ndarray:
         key = (snap.version, sql, tuple(params))

@@ -1,0 +1,195 @@
+"""Moving a memory store: JSONL export and import that keep ids, timestamps, metadata and history.
+
+``hivemem memory export | hivemem memory import -`` copies a store to another one, also between
+SQLite and PostgreSQL. One JSON object per line:
+
+* a memory: ``{"id", "memory", "metadata", "created_at", "updated_at", "user_id"/"agent_id"/
+  "run_id", "actor_id", "role", "history": [event, …]}`` (absent fields are left out);
+* the history of a deleted memory: ``{"id", "deleted": true, "history": [event, …]}``.
+
+An event is a row of ``Memory.history`` (``id, memory_id, old_memory, new_memory, event,
+created_at, updated_at, is_deleted, actor_id, role``). Vectors are not exported: import embeds
+with the target's model (so a dump also moves a store to another model).
+
+Import validates every line as ``add`` validates its input (text, scope, metadata) plus the
+fields it keeps (ids, timestamps, events), and stores each batch in one transaction. A memory
+whose id, or whose text in the same scope, is already in the target is skipped, so importing the
+same dump twice changes nothing. A line without ``id`` (an older export, or hand-written) gets a
+new id and an ``ADD`` event, as ``add`` would.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from hivemem.memory.records import (
+    ENTITIES,
+    NewMemory,
+    check_entity,
+    check_metadata,
+    check_text,
+    content_hash,
+    now,
+    scope_key,
+)
+
+EVENT_KEYS = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
+              "is_deleted", "actor_id", "role")  # fmt: skip
+_MEMORY_KEYS = ("id", "memory", "metadata", "created_at", "updated_at", *ENTITIES, "actor_id", "role")
+MAX_ID = 128  # characters of an id (hivemem's are 36)
+MAX_STAMP = 64  # characters of a timestamp
+MAX_EVENTS = 10_000  # history events of one memory
+MAX_LINE = 4 * 1024 * 1024  # bytes of one JSONL line
+
+
+def export_lines(memory: Any, chunk: int = 1000) -> Iterator[str]:
+    """Every memory of ``memory`` (a ``hivemem.Memory``) with its history, then the histories of
+    deleted memories; one JSON line each (no newline)."""
+    storage = memory._storage
+    rows: list[dict[str, Any]] = []
+
+    def flush() -> Iterator[str]:
+        events = storage.histories([r["id"] for r in rows])
+        for rec in rows:
+            out = {k: rec[k] for k in _MEMORY_KEYS if rec.get(k) is not None}
+            out["history"] = events.get(rec["id"], [])
+            yield json.dumps(out, ensure_ascii=False)
+        rows.clear()
+
+    for rec in storage.export_rows():
+        rows.append(rec)
+        if len(rows) >= chunk:
+            yield from flush()
+    yield from flush()
+    deleted = storage.deleted_ids()
+    for start in range(0, len(deleted), chunk):
+        part = deleted[start : start + chunk]
+        events = storage.histories(part)
+        for memory_id in part:
+            yield json.dumps({"id": memory_id, "deleted": True, "history": events.get(memory_id, [])},
+                             ensure_ascii=False)  # fmt: skip
+
+
+def _opt_str(value: Any, what: str, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError(f"{what} must be a string of at most {limit} characters")
+    return value
+
+
+def _event(raw: Any, memory_id: str, where: str) -> tuple[Any, ...]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: a history event must be an object")
+    extra = set(raw) - set(EVENT_KEYS)
+    if extra:
+        raise ValueError(f"{where}: unknown history keys {sorted(extra)}")
+    if raw.get("memory_id", memory_id) != memory_id:
+        raise ValueError(f"{where}: history event of another memory ({raw.get('memory_id')!r})")
+    if raw.get("event") not in ("ADD", "UPDATE", "DELETE"):
+        raise ValueError(f"{where}: event must be ADD, UPDATE or DELETE, got {raw.get('event')!r}")
+    if not isinstance(raw.get("is_deleted", False), bool):
+        raise ValueError(f"{where}: is_deleted must be true or false")
+    for key in ("old_memory", "new_memory"):
+        if raw.get(key) is not None:
+            check_text(raw[key], f"{where}: {key}")
+    return (
+        _opt_str(raw.get("id"), f"{where}: id", MAX_ID) or str(uuid.uuid4()),
+        memory_id,
+        raw.get("old_memory"),
+        raw.get("new_memory"),
+        raw["event"],
+        _opt_str(raw.get("created_at"), f"{where}: created_at", MAX_STAMP),
+        _opt_str(raw.get("updated_at"), f"{where}: updated_at", MAX_STAMP),
+        bool(raw.get("is_deleted", False)),
+        _opt_str(raw.get("actor_id"), f"{where}: actor_id", MAX_ID),
+        _opt_str(raw.get("role"), f"{where}: role", MAX_ID),
+    )
+
+
+def _history(rec: dict[str, Any], memory_id: str, where: str) -> list[tuple[Any, ...]]:
+    events = rec.get("history", [])
+    if not isinstance(events, list) or len(events) > MAX_EVENTS:
+        raise ValueError(f"{where}: history must be a list of at most {MAX_EVENTS} events")
+    return [_event(e, memory_id, f"{where} history[{i}]") for i, e in enumerate(events)]
+
+
+def parse_line(line: str, where: str) -> tuple[NewMemory, str, list[tuple[Any, ...]]] | tuple[str, list]:
+    """One JSONL line → ``(memory, updated_at, history)``, or ``(deleted id, history)``."""
+    if len(line.encode("utf-8", "surrogatepass")) > MAX_LINE:
+        raise ValueError(f"{where}: longer than {MAX_LINE} bytes")
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    if rec.get("deleted") is True:
+        memory_id = _opt_str(rec.get("id"), f"{where}: id", MAX_ID)
+        if not memory_id:
+            raise ValueError(f"{where}: a deleted memory's history needs its id")
+        return memory_id, _history(rec, memory_id, where)
+    extra = set(rec) - {*_MEMORY_KEYS, "history", "hash"}
+    if extra:
+        raise ValueError(f"{where}: unknown keys {sorted(extra)}")
+    if not isinstance(rec.get("memory"), str):
+        raise ValueError(f"{where}: expected an object with a 'memory' string")
+    text = check_text(rec["memory"], f"{where}: memory")
+    ids = {n: check_entity(n, rec.get(n), f"{where}: ") for n in ENTITIES}
+    if not any(ids.values()):
+        raise ValueError(f"{where}: at least one of user_id, agent_id or run_id is required")
+    memory_id = _opt_str(rec.get("id"), f"{where}: id", MAX_ID) or str(uuid.uuid4())
+    created = _opt_str(rec.get("created_at"), f"{where}: created_at", MAX_STAMP) or now()
+    updated = _opt_str(rec.get("updated_at"), f"{where}: updated_at", MAX_STAMP) or created
+    role = _opt_str(rec.get("role"), f"{where}: role", MAX_ID) or "user"
+    actor = _opt_str(rec.get("actor_id"), f"{where}: actor_id", MAX_ID)
+    memory = NewMemory(
+        id=memory_id,
+        memory=text,
+        hash=content_hash(text),
+        scope=scope_key(ids["user_id"], ids["agent_id"], ids["run_id"]),
+        user_id=ids["user_id"],
+        agent_id=ids["agent_id"],
+        run_id=ids["run_id"],
+        actor_id=actor,
+        role=role,
+        metadata=check_metadata(rec.get("metadata"), f"{where}: "),
+        created_at=created,
+    )
+    history = _history(rec, memory_id, where)
+    if "history" not in rec:  # as add() would have written it
+        history = [(str(uuid.uuid4()), memory_id, None, text, "ADD", created, created, False, actor, role)]
+    return memory, updated, history
+
+
+def import_lines(memory: Any, lines: Iterable[str], batch: int = 500) -> dict[str, int]:
+    """Import JSONL ``lines`` into ``memory`` (a ``hivemem.Memory``) in transactions of ``batch``
+    memories → ``{"added", "skipped", "histories"}``. Every line is checked before anything is
+    stored: a bad line fails the import with its line number and nothing is written."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 10_000:
+        raise ValueError(f"batch must be an integer from 1 to 10000, got {batch!r}")
+    parsed: list[Any] = []
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            parsed.append(parse_line(line, f"line {lineno}"))
+    memories = [p for p in parsed if len(p) == 3]
+    deleted = [p for p in parsed if len(p) == 2]
+    storage = memory._storage
+    added = skipped = restored = 0
+    for start in range(0, len(memories), batch):
+        part = memories[start : start + batch]
+        texts = list(dict.fromkeys(m.memory for m, _, _ in part))
+        vectors = memory.embedder.embed(texts)  # binds the model; before the write transaction
+        row = {t: i for i, t in enumerate(texts)}
+        matrix = vectors[[row[m.memory] for m, _, _ in part]]
+        results = storage.restore(
+            [m for m, _, _ in part], matrix, [u for _, u, _ in part], [h for _, _, h in part]
+        )
+        added += sum(event == "ADD" for _, event in results)
+        skipped += sum(event == "NONE" for _, event in results)
+    for memory_id, history in deleted:
+        restored += bool(history) and storage.restore_history(memory_id, history)
+    return {"added": added, "skipped": skipped, "histories": restored}

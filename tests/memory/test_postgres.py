@@ -1,0 +1,236 @@
+"""What only the PostgreSQL backend has: lock order under concurrent writers, namespaces, the
+URL/config forms that choose it, the pgvector-missing error, the HNSW opt-in, search equal to
+SQLite's, and the throwaway test server itself. (Everything else runs on both backends through
+the ``location`` fixture.) The hash embedder or random vectors stand in for the model here."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from hivemem import Memory
+from hivemem.memory import filters as flt
+from hivemem.memory.records import prepare
+from hivemem.memory.storage.locate import PostgresLocation, resolve
+from hivemem.memory.storage.postgres import PgVectorMissing, PostgresStorage
+from hivemem.memory.storage.sqlite import SQLiteStorage
+from hivemem.pgtemp import _alive, sweep_stale
+
+DIM = 384
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _storage(url: str, **kw: Any) -> PostgresStorage:
+    where = resolve(url)
+    assert isinstance(where, PostgresLocation)
+    return PostgresStorage(where.conninfo, schema=where.schema, **kw)
+
+
+def _write(go: threading.Barrier, out: dict, name: str, s: PostgresStorage, mems: list) -> None:
+    vecs = _unit(np.random.default_rng(len(out)), len(mems), 8)
+    go.wait()
+    out[name] = s.insert(mems, vecs)
+
+
+def test_writers_of_the_same_keys_in_opposite_order_never_deadlock(pg_url: Callable[[], str]) -> None:
+    """Two writers insert the same 400 texts, one in reverse order, at the same moment: every
+    text is stored once, both get its id, and no transaction had to be retried after a deadlock
+    (each batch takes its row locks in (scope, hash) order)."""
+    url = pg_url()
+    a, b = _storage(url), _storage(url)
+    for s in (a, b):
+        s.bind_model("test/rand", 8)
+    for rnd in range(4):
+        texts = [f"round {rnd} fact {i}" for i in range(400)]
+        mems_a = [m for t in texts for m in prepare(t, user_id="shared")]
+        mems_b = [m for t in reversed(texts) for m in prepare(t, user_id="shared")]
+        out: dict[str, list] = {}
+        go = threading.Barrier(2)
+        jobs = (("a", a, mems_a), ("b", b, mems_b))
+        ts = [threading.Thread(target=_write, args=(go, out, *job)) for job in jobs]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        got_a = dict(zip(texts, out["a"], strict=True))
+        got_b = dict(zip(reversed(texts), out["b"], strict=True))
+        for text in texts:
+            (id_a, ev_a), (id_b, ev_b) = got_a[text], got_b[text]
+            assert id_a == id_b and sorted((ev_a, ev_b)) == ["ADD", "NONE"]
+    assert a.count() == 1600 and a.retries == 0 and b.retries == 0
+    a.close()
+    b.close()
+
+
+def test_schemas_are_separate_stores(pg_url: Callable[[], str], hash_embedder: Any) -> None:
+    one, two = Memory(pg_url(), embedder=hash_embedder), Memory(pg_url(), embedder=hash_embedder)
+    one.add_batch([{"messages": f"one {i}", "user_id": "u"} for i in range(5)])
+    two.add_batch([{"messages": f"two {i}", "user_id": "u"} for i in range(3)])
+    one.delete_all(user_id="u")
+    assert one.count() == 0 and two.count() == 3
+    one.add("one again", user_id="u")
+    two.reset()
+    assert one.count() == 1 and two.count() == 0
+    assert [r["memory"] for r in one.search("again", user_id="u")["results"]] == ["one again"]
+    one.close()
+    two.close()
+
+
+def test_search_top10_equals_sqlite(tmp_path: Path, pg_url: Callable[[], str]) -> None:
+    """Exact search: the same data in both backends gives the same top-10, with and without
+    filters, and the same scores (float32 inner products)."""
+    rng = np.random.default_rng(7)
+    sq, pg = SQLiteStorage(tmp_path / "s.sqlite"), _storage(pg_url())
+    mems = [m for i in range(3000) for m in prepare(f"m {i}", user_id=f"u{i % 3}", metadata={"n": i % 10})]
+    vecs = _unit(rng, len(mems))
+    for s in (sq, pg):
+        s.bind_model("test/rand", DIM)
+        s.insert(mems, vecs)
+    wheres = [None, flt.parse({"user_id": "u1"}), flt.parse({"n": {"gte": 5}, "NOT": [{"user_id": "u2"}]})]
+    for q in _unit(rng, 10):
+        for where in wheres:
+            a, b = sq.search(q, where, 10, None), pg.search(q, where, 10, None)
+            assert [r["id"] for r in a] == [r["id"] for r in b]
+            assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b, strict=True)) < 1e-5
+    cut = sq.search(vecs[0], None, 50, 0.1)
+    assert [r["id"] for r in pg.search(vecs[0], None, 50, 0.1)] == [r["id"] for r in cut]
+    sq.close()
+    pg.close()
+
+
+def test_hnsw_is_opt_in(pg_url: Callable[[], str], hash_embedder: Any) -> None:
+    def indexes(m: Memory) -> set[str]:
+        with m._storage._read() as conn:
+            rows = conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (m._storage.schema,)
+            )
+            return {r[0] for r in rows}
+
+    exact = Memory(pg_url(), embedder=hash_embedder)
+    approx = Memory(pg_url() + "&hnsw=true&ef_search=100", embedder=hash_embedder)
+    for m in (exact, approx):
+        m.add_batch([{"messages": f"note {i}", "user_id": "u"} for i in range(300)])
+        assert m.search("note 17", user_id="u", top_k=3)["results"][0]["memory"] == "note 17"
+    assert "memories_vec_hnsw" not in indexes(exact) and "memories_vec_hnsw" in indexes(approx)
+    with approx._storage._read() as conn:
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "100"
+    exact.close()
+    approx.close()
+
+
+def test_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: Callable[[], str]) -> None:
+    with pytest.raises(ValueError, match="unsupported memory URL scheme 'postgresq://'"):
+        Memory("postgresq://user@host/db")
+    with pytest.raises(ValueError, match="looks like a URL"):
+        Memory(Path("postgresql://user@host/db"))
+    assert not list(tmp_path.iterdir()) and not Path("postgresq:").exists()
+    assert resolve(f"sqlite://{tmp_path}/x.sqlite") == tmp_path / "x.sqlite"
+    loc = resolve("postgres://u:secret@h:5433/db?sslmode=disable&schema=team_a&hnsw=on&maxconn=3")
+    assert isinstance(loc, PostgresLocation)
+    assert (loc.schema, loc.hnsw, loc.maxconn) == ("team_a", True, 3)
+    assert loc.conninfo == "postgres://u:secret@h:5433/db?sslmode=disable" and "secret" not in str(loc)
+    with pytest.raises(ValueError, match="hnsw must be true or false"):
+        resolve("postgresql://h/db?hnsw=maybe")
+    with pytest.raises(ValueError, match="schema must be"):
+        Memory("postgresql://h/db?schema=a;drop")
+    url = pg_url()
+    monkeypatch.setenv("HIVEMEM_MEMORY_URL", url)
+    m = Memory()
+    assert m.path is None and parse_qs(urlsplit(url).query)["schema"][0] in m.location
+    m.close()
+    with pytest.raises(ConnectionError, match=r"cannot connect .*u:\*\*\*@") as err:
+        Memory("postgresql://u:hunter2@127.0.0.1:1/db?connect_timeout=2")
+    assert "hunter2" not in str(err.value)
+
+
+def test_mem0_pgvector_config(
+    pg_dsn: str, pg_url: Callable[[], str], hm_home: Path, hash_embedder: Any
+) -> None:
+    schema = parse_qs(urlsplit(pg_url()).query)["schema"][0]
+    parts = {
+        k: v
+        for k, v in conninfo_to_dict(pg_dsn).items()
+        if k in ("dbname", "user", "password", "host", "port")
+    }
+    cfg = {
+        "provider": "pgvector",
+        "config": {**parts, "collection_name": schema, "embedding_model_dims": 384},
+    }
+    m = Memory.from_config({"vector_store": cfg})
+    assert m._storage.schema == schema and m._embedder is None
+    m.add("from a Mem0 config", user_id="u")  # the real model: 384 dimensions, as configured
+    assert m.search("Mem0 config", user_id="u")["results"][0]["memory"] == "from a Mem0 config"
+    m.close()
+    wrong = {**cfg, "config": {**cfg["config"], "embedding_model_dims": 1536}}
+    with pytest.raises(ValueError, match="embedding_model_dims=1536"):
+        Memory.from_config({"vector_store": wrong}).add("x", user_id="u")
+    with pytest.raises(ValueError, match="unknown pgvector config keys"):
+        Memory.from_config({"vector_store": {"provider": "pgvector", "config": {"dbnmae": "x"}}})
+    with pytest.raises(ValueError, match="diskann"):
+        Memory.from_config({"vector_store": {"provider": "pgvector", "config": {**parts, "diskann": True}}})
+
+
+def test_without_pgvector_the_error_says_what_to_ask_a_dba(pg_dsn: str) -> None:
+    """A database without the extension, opened by a role that may not create it."""
+    name = f"nopgv_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw'")
+        admin.execute(f"CREATE DATABASE {name} OWNER {name}")
+    parts = urlsplit(pg_dsn)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    url = urlunsplit((parts.scheme, f"{name}:pw@{host}", f"/{name}", parts.query, ""))
+    try:
+        with pytest.raises(
+            PgVectorMissing,
+            match=rf"Ask a database administrator to run: CREATE EXTENSION vector;  in database '{name}'",
+        ):
+            Memory(url)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+_OWNER = """
+import sys, time
+from hivemem.pgtemp import TempPostgres
+server = TempPostgres()
+server.start()
+print(server.proc.pid, server.root, flush=True)
+time.sleep(600)
+"""
+
+
+def test_throwaway_server_dies_with_its_owner(hm_home: Path) -> None:
+    """kill -9 of the process that started a throwaway server: the server stops by itself
+    (PR_SET_PDEATHSIG), and the next start sweeps its directory away."""
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    pid, root = owner.stdout.readline().split()
+    assert _alive(int(pid))
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    deadline = time.monotonic() + 30
+    while _alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(int(pid)), "the server outlived its owner"
+    assert Path(root).exists() and sweep_stale() >= 1 and not Path(root).exists()
+    assert os.path.exists(sys.executable)
