@@ -52,7 +52,7 @@ class ServiceConfig:
     # HTTP only: scoped keys, the memory store served under /v1/memories, the agent stream route.
     keys: dict[str, Any] = field(default_factory=dict)  # key → hivemem.service.keys.Scope
     memory: bool = True
-    memory_path: Path | None = None  # None: hivemem.Memory's default
+    memory_path: str | Path | None = None  # a file or a postgresql:// URL; None: Memory's default
     agent_factory: Callable[[], Any] | None = None
     agent_fn: Callable[..., Any] | None = None
     agent_workers: int = 2

@@ -94,9 +94,16 @@ def test_schemas_are_separate_stores(pg_url: Callable[[], str], hash_embedder: A
     two.close()
 
 
-def test_search_top10_equals_sqlite(tmp_path: Path, pg_url: Callable[[], str]) -> None:
+@pytest.mark.parametrize("path", ["scan", "int8 copy"])
+def test_search_top10_equals_sqlite(
+    tmp_path: Path, pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
     """Exact search: the same data in both backends gives the same top-10, with and without
-    filters, and the same scores (float32 inner products)."""
+    filters, and the same scores (float32 inner products), whether PostgreSQL scans the
+    candidates itself or the in-process int8 copy ranks them first."""
+    from hivemem.memory.storage import postgres
+
+    monkeypatch.setattr(postgres, "INDEX_MIN", 10**9 if path == "scan" else 500)
     rng = np.random.default_rng(7)
     sq, pg = SQLiteStorage(tmp_path / "s.sqlite"), _storage(pg_url())
     mems = [m for i in range(3000) for m in prepare(f"m {i}", user_id=f"u{i % 3}", metadata={"n": i % 10})]
@@ -112,6 +119,7 @@ def test_search_top10_equals_sqlite(tmp_path: Path, pg_url: Callable[[], str]) -
             assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b, strict=True)) < 1e-5
     cut = sq.search(vecs[0], None, 50, 0.1)
     assert [r["id"] for r in pg.search(vecs[0], None, 50, 0.1)] == [r["id"] for r in cut]
+    assert (pg._index is None) == (path == "scan")
     sq.close()
     pg.close()
 
@@ -145,7 +153,7 @@ def test_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: Call
     assert resolve(f"sqlite://{tmp_path}/x.sqlite") == tmp_path / "x.sqlite"
     loc = resolve("postgres://u:secret@h:5433/db?sslmode=disable&schema=team_a&hnsw=on&maxconn=3")
     assert isinstance(loc, PostgresLocation)
-    assert (loc.schema, loc.hnsw, loc.maxconn) == ("team_a", True, 3)
+    assert (loc.schema, loc.search, loc.maxconn) == ("team_a", "hnsw", 3)
     assert loc.conninfo == "postgres://u:secret@h:5433/db?sslmode=disable" and "secret" not in str(loc)
     with pytest.raises(ValueError, match="hnsw must be true or false"):
         resolve("postgresql://h/db?hnsw=maybe")
@@ -234,3 +242,97 @@ def test_throwaway_server_dies_with_its_owner(hm_home: Path) -> None:
     assert not _alive(int(pid)), "the server outlived its owner"
     assert Path(root).exists() and sweep_stale() >= 1 and not Path(root).exists()
     assert os.path.exists(sys.executable)
+
+
+def _reference(storage: PostgresStorage) -> Callable[[np.ndarray, int, str | None], list[str]]:
+    """Brute-force float32 top-k over the vectors now in the database."""
+    with storage._read() as conn:
+        rows = conn.execute(f"SELECT id, user_id, vec FROM {storage._ns}.memories").fetchall()
+    ids = np.array([r[0] for r in rows])
+    users = np.array([r[1] for r in rows])
+    vecs = np.stack([r[2].to_numpy() for r in rows])
+
+    def top(q: np.ndarray, k: int, user: str | None) -> list[str]:
+        mask = np.ones(len(ids), dtype=bool) if user is None else users == user
+        order = np.argsort(-(vecs[mask] @ q), kind="stable")[:k]
+        return ids[mask][order].tolist()
+
+    return top
+
+
+def test_local_index_follows_every_writer(pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large searches rank an in-process int8 copy first: it follows inserts, deletes and
+    re-embeddings by another writer, a batch that commits after a later one (row ids are not
+    commit order), a reset and a trimmed tombstone log, and stays equal to brute force."""
+    from hivemem.memory.storage import pgindex, postgres
+
+    monkeypatch.setattr(postgres, "INDEX_MIN", 200)
+    monkeypatch.setattr(pgindex, "RESCORE", 64)
+    rng = np.random.default_rng(11)
+    url = pg_url()
+    reader, writer = _storage(url), _storage(url)
+    for s in (reader, writer):
+        s.bind_model("test/rand", DIM)
+    mems = [m for i in range(2000) for m in prepare(f"memory {i}", user_id=f"u{i % 3}")]
+    writer.insert(mems, _unit(rng, len(mems)))
+    queries = _unit(rng, 6)
+
+    def check() -> None:
+        reference = _reference(reader)
+        for q in queries:
+            for user in (None, "u1"):
+                where = flt.parse({"user_id": user}) if user else None
+                assert [r["id"] for r in reader.search(q, where, 10, None)] == reference(q, 10, user)
+
+    check()
+    assert reader._index is not None and reader._index.reloads == 1
+    ids = [m.id for m in mems]
+    for mid in ids[:40:2]:
+        writer.delete(mid)
+    for mid in ids[1:41:2]:
+        writer.update(mid, f"rewritten {mid}", _unit(rng, 1)[0], None, uuid.uuid4().hex)
+    target = [r["id"] for r in reader.search(queries[0], None, 5, None)]  # the rows nearest a query
+    writer.delete(target[0])
+    writer.update(target[1], "moved away", -queries[0], None, uuid.uuid4().hex)
+    check()
+
+    # a batch that draws its row ids first but commits after a later batch
+    slow, release = threading.Event(), threading.Event()
+    real = writer._insert_history
+
+    def held(conn: Any, rows: list) -> None:
+        real(conn, rows)
+        slow.set()
+        assert release.wait(30)
+
+    monkeypatch.setattr(writer, "_insert_history", held)
+    early = [m for i in range(50) for m in prepare(f"early {i}", user_id="u1")]
+    early_vecs = _unit(rng, 50)
+    early_vecs[0] = queries[1]  # one of them is the best match of a query
+    t = threading.Thread(target=writer.insert, args=(early, early_vecs))
+    t.start()
+    assert slow.wait(30)
+    other = _storage(url)
+    other.bind_model("test/rand", DIM)
+    other.insert([m for i in range(50) for m in prepare(f"late {i}", user_id="u1")], _unit(rng, 50))
+    check()  # sees the later batch, not the uncommitted earlier one
+    release.set()
+    t.join(30)
+    monkeypatch.setattr(writer, "_insert_history", real)
+    check()
+    assert reader.search(queries[1], None, 1, None)[0]["id"] == early[0].id
+    assert reader._index.reloads == 1  # all of it followed incrementally
+
+    monkeypatch.setattr(pgindex, "KEPT_TOMBSTONES", 5)
+    monkeypatch.setattr(pgindex, "TRIM_EVERY", 1)
+    for mid in ids[100:130]:
+        other.delete(mid)
+    check()
+    assert reader._index.reloads == 2  # the log it needed was trimmed: reloaded
+    writer.reset()
+    writer.bind_model("test/rand", DIM)
+    writer.insert(mems[:300], _unit(rng, 300))
+    check()
+    assert reader._index.reloads == 3
+    for s in (reader, writer, other):
+        s.close()

@@ -5,9 +5,11 @@
 * a path (``str`` or ``Path``): the SQLite file;
 * ``postgresql://user:pw@host:5432/db?schema=team_a`` (or ``postgres://``): PostgreSQL. Query
   parameters that hivemem reads itself are removed before the URL reaches libpq: ``schema`` (the
-  namespace, default ``hivemem``), ``hnsw`` (``true``: approximate index), ``ef_search``,
-  ``minconn``/``maxconn`` (connection pool); the rest (``sslmode``, ``connect_timeout``, …) go to
-  libpq unchanged;
+  namespace, default ``hivemem``), ``search`` (``local``: exact, large searches ranked by an
+  in-process int8 copy first, the default; ``server``: exact scans by PostgreSQL only, nothing
+  held in the client; ``hnsw``: pgvector's approximate HNSW index; ``hnsw=true`` is the same),
+  ``ef_search`` (HNSW), ``minconn``/``maxconn`` (connection pool); the rest (``sslmode``,
+  ``connect_timeout``, …) go to libpq unchanged;
 * ``sqlite:///absolute/path``: the SQLite file (so that ``HIVEMEM_MEMORY_URL`` can name either);
 * ``None``: ``$HIVEMEM_MEMORY_URL`` when set, else ``hivemem.config.home()/memory.sqlite``.
 
@@ -41,7 +43,7 @@ class PostgresLocation:
 
     conninfo: str
     schema: str = "hivemem"
-    hnsw: bool = False
+    search: str = "local"
     ef_search: int | None = None
     minconn: int = 1
     maxconn: int = 10
@@ -84,8 +86,12 @@ def _options(raw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "schema" in raw:
         out["schema"] = str(raw["schema"])
-    if "hnsw" in raw:
-        out["hnsw"] = _flag("hnsw", raw["hnsw"])
+    if "search" in raw:
+        out["search"] = str(raw["search"])
+        if out["search"] not in ("local", "server", "hnsw"):
+            raise ValueError(f"search must be local, server or hnsw, got {raw['search']!r}")
+    if "hnsw" in raw and _flag("hnsw", raw["hnsw"]):  # Mem0's pgvector option
+        out["search"] = "hnsw"
     if raw.get("ef_search") is not None:
         out["ef_search"] = _int("ef_search", raw["ef_search"], 1, 1000)
     if raw.get("minconn") is not None:
@@ -98,7 +104,7 @@ def _options(raw: dict[str, Any]) -> dict[str, Any]:
 def parse_url(url: str) -> PostgresLocation:
     """A ``postgresql://`` URL → its location (hivemem's query parameters taken out)."""
     parts = urlsplit(url)
-    ours = {"schema", "hnsw", "ef_search", "minconn", "maxconn"}
+    ours = {"schema", "search", "hnsw", "ef_search", "minconn", "maxconn"}
     query = parse_qsl(parts.query, keep_blank_values=True)
     mine = {k: v for k, v in query if k in ours}
     rest = [(k, v) for k, v in query if k not in ours]
@@ -145,10 +151,11 @@ def from_mem0_pgvector(cfg: dict[str, Any]) -> PostgresLocation:
 
     ``connection_string`` or ``dbname/user/password/host/port/sslmode``; ``collection_name`` is the
     schema (namespace) that holds this store's tables; ``embedding_model_dims`` must match the
-    embedder; ``hnsw``, ``ef_search``, ``minconn``, ``maxconn`` as in the URL form.
+    embedder; ``hnsw`` (true: ``search="hnsw"``), ``search``, ``ef_search``, ``minconn``,
+    ``maxconn`` as in the URL form.
     """
     known = {"connection_string", "dbname", "user", "password", "host", "port", "sslmode",
-             "collection_name", "embedding_model_dims", "hnsw", "ef_search", "minconn", "maxconn",
+             "collection_name", "embedding_model_dims", "hnsw", "search", "ef_search", "minconn", "maxconn",
              "diskann", "connection_pool"}  # fmt: skip
     unknown = set(cfg) - known
     if unknown:
@@ -159,7 +166,9 @@ def from_mem0_pgvector(cfg: dict[str, Any]) -> PostgresLocation:
         raise ValueError(
             "connection_pool objects are not accepted; give connection_string (hivemem pools itself)"
         )
-    raw: dict[str, Any] = {k: cfg[k] for k in ("hnsw", "ef_search", "minconn", "maxconn") if k in cfg}
+    raw: dict[str, Any] = {
+        k: cfg[k] for k in ("search", "hnsw", "ef_search", "minconn", "maxconn") if k in cfg
+    }
     if cfg.get("collection_name") is not None:
         raw["schema"] = cfg["collection_name"]
     if cfg.get("connection_string"):
@@ -168,7 +177,10 @@ def from_mem0_pgvector(cfg: dict[str, Any]) -> PostgresLocation:
             raise TypeError("connection_string must be a string")
         base = parse_url(conn) if _URL.match(conn) else PostgresLocation(conn)
         conninfo = base.conninfo
-        raw = {**{k: getattr(base, k) for k in ("schema", "hnsw", "ef_search", "minconn", "maxconn")}, **raw}
+        raw = {
+            **{k: getattr(base, k) for k in ("schema", "search", "ef_search", "minconn", "maxconn")},
+            **raw,
+        }
     else:
         from psycopg.conninfo import make_conninfo
 
@@ -190,7 +202,7 @@ def open_storage(location: Location) -> Any:
         return PostgresStorage(
             location.conninfo,
             schema=location.schema,
-            hnsw=location.hnsw,
+            search=location.search,
             ef_search=location.ef_search,
             min_size=location.minconn,
             max_size=location.maxconn,
