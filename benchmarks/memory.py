@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py           # full
     python benchmarks/memory.py --quick   # small run
+    python benchmarks/memory.py --backend both   # SQLite and PostgreSQL side by side
 
 Every section uses texts no other section used and an embedding cache of its own (fresh), so
 throughputs are of real embedding work — except the duplicate-content row, which measures
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -217,6 +219,14 @@ def main() -> None:
     )
     ap.add_argument("--search-sizes", help="comma-separated store sizes for search (default 2000,10000 "
                     "with --quick, else 10000,100000)")  # fmt: skip
+    ap.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite",
+                    help="postgres/both: SQLite and PostgreSQL side by side (memory_backends.py)")  # fmt: skip
+    args, _ = ap.parse_known_args()
+    if args.backend != "sqlite":
+        import memory_backends  # the sibling script
+
+        memory_backends.main(sys.argv[1:])
+        return
     args = ap.parse_args()
     q = args.quick
     only = args.targets_only

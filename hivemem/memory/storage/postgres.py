@@ -44,7 +44,7 @@ import numpy as np
 
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
-from hivemem.memory.storage import pgindex, pglower
+from hivemem.memory.storage import pgarrays, pgindex, pglower
 from hivemem.memory.storage.pgcompile import compile_where
 
 T = TypeVar("T")
@@ -195,6 +195,7 @@ class PostgresStorage:
             for key, value in settings.items():
                 conn.execute("SELECT set_config(%s, %s, false)", (key, value))
             register_vector(conn)
+            pgarrays.register(conn)
 
         self._pool = psycopg_pool.ConnectionPool(
             conninfo,
@@ -304,8 +305,8 @@ class PostgresStorage:
         """Run ``body(conn)`` in one READ COMMITTED transaction; retried on deadlock/serialization."""
         errors = self._psycopg.errors
         for attempt in range(_RETRIES):
-            try:
-                with self._pool.connection() as conn, conn.transaction():
+            try:  # pipelined: BEGIN travels with the first statement
+                with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
                     return body(conn)
             except (errors.DeadlockDetected, errors.SerializationFailure):
                 self.retries += 1
@@ -396,47 +397,49 @@ class PostgresStorage:
     ) -> list[tuple[str, str]]:
         """Insert ``(memory, vector, restored)`` rows → ``(id, event)`` per row, in order.
 
-        Row ids (``rid``, the insertion order that listing follows) are drawn first and given in
-        the batch's order; the rows are then inserted sorted by (scope, hash), the lock order
-        that keeps concurrent writers free of deadlocks. ``restored`` (import): ``{"updated_at",
-        "history"}`` kept from the source store instead of a new ADD event; such a row is also
-        skipped when its id is already taken.
+        One statement draws the row ids (``rid``, the insertion order that listing follows) and
+        gives them in the batch's order, inserts the rows sorted by (scope, hash) — the lock order
+        that keeps concurrent writers free of deadlocks — and writes their ADD events.
+        ``restored`` (import): ``{"updated_at", "history"}`` kept from the source store instead of
+        a new ADD event; such a row is also skipped when its id is already taken.
         """
         ns = self._ns
-        rids = sorted(
-            r[0]
-            for r in conn.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'rid')) FROM generate_series(1, %s)",
-                (f"{ns}.memories", len(rows)),
-            )
-        )
         todo = sorted(range(len(rows)), key=lambda i: (rows[i][0].scope, rows[i][0].hash))
         restoring = any(r[2] is not None for r in rows)
         conflict = "" if restoring else "(scope, hash)"  # restore: an existing id is skipped too
+        history = "" if restoring else (
+            f", h AS (INSERT INTO {ns}.history ({_HISTORY}) SELECT gen_random_uuid()::text, id, NULL, memory,"
+            " 'ADD', created_at, created_at, false, actor_id, role FROM ins)"
+        )  # fmt: skip
         added: set[str] = set()
         found: dict[tuple[str, str], str] = {}
         for _ in range(_RETRIES):
             cols: list[list[Any]] = [[] for _ in range(13)]
-            codes, scales = pgindex.quantise(np.stack([rows[i][1] for i in todo]))
+            vectors = np.stack([rows[i][1] for i in todo])
+            codes, scales = pgindex.quantise(vectors)
             for i in todo:
                 m, _, restored = rows[i]
                 updated = restored["updated_at"] if restored else m.created_at
-                for col, value in zip(cols, (rids[i], m.id, m.scope, m.hash, m.memory, m.user_id,
-                                             m.agent_id, m.run_id, m.actor_id, m.role, m.metadata,
-                                             m.created_at, updated), strict=True):  # fmt: skip
+                for col, value in zip(cols, (i, m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id,
+                                             m.run_id, m.actor_id, m.role, m.metadata, m.created_at,
+                                             updated), strict=True):  # fmt: skip
                     col.append(value)
             inserted = conn.execute(
-                f"INSERT INTO {ns}.memories (rid, id, scope, hash, memory, user_id, agent_id, run_id,"
-                " actor_id, role, metadata, created_at, updated_at, vec, code, scale)"
-                " SELECT rid, id, scope, hash, memory, user_id, agent_id, run_id, actor_id, role, metadata,"
-                " created_at, updated_at, vec, code, scale FROM unnest(%s::bigint[], %s::text[], %s::text[],"
+                "WITH r AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence(%s, 'rid')) AS rid"
+                " FROM generate_series(1, %s)), o AS (SELECT rid, row_number() OVER (ORDER BY rid) - 1 AS pos"
+                " FROM r), u AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
                 " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::text[], %s::text[], %b::vector[], %b::bytea[], %b::real[])"
-                " WITH ORDINALITY AS u(rid, id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                " role, metadata, created_at, updated_at, vec, code, scale, ord)"
-                f" ORDER BY ord ON CONFLICT {conflict} DO NOTHING RETURNING id",
-                [*cols, [rows[i][1] for i in todo], [c.tobytes() for c in codes], scales.tolist()],
-            ).fetchall()
+                " %s::text[], %s::text[], %b, %b, %b) WITH ORDINALITY AS u(pos, id, scope, hash, memory,"
+                " user_id, agent_id, run_id, actor_id, role, metadata, created_at, updated_at, vec, code,"
+                f" scale, ord)), ins AS (INSERT INTO {ns}.memories (rid, id, scope, hash, memory, user_id,"
+                " agent_id, run_id, actor_id, role, metadata, created_at, updated_at, vec, code, scale)"
+                " SELECT o.rid, id, scope, hash, memory, user_id, agent_id, run_id, actor_id, role, metadata,"
+                " created_at, updated_at, vec, code, scale FROM u JOIN o ON o.pos = u.pos ORDER BY u.ord"
+                f" ON CONFLICT {conflict} DO NOTHING RETURNING id, memory, created_at, actor_id, role)"
+                f"{history} SELECT id FROM ins",
+                [f"{ns}.memories", len(rows), *cols, pgarrays.Vectors(vectors), pgarrays.Bytes(codes),
+                 pgarrays.Reals(scales)],
+            ).fetchall()  # fmt: skip
             added.update(r[0] for r in inserted)
             missing = [i for i in todo if rows[i][0].id not in added]
             if missing:
@@ -448,19 +451,16 @@ class PostgresStorage:
                 break
         else:
             raise RuntimeError("could not insert the batch: its rows kept conflicting with changing rows")
-        history: list[tuple] = []
+        events: list[tuple] = []
         results: list[tuple[str, str]] = []
         for m, _, restored in rows:
             if m.id in added:
                 results.append((m.id, "ADD"))
-                if restored is None:
-                    history.append((str(uuid.uuid4()), m.id, None, m.memory, "ADD", m.created_at,
-                                    m.created_at, False, m.actor_id, m.role))  # fmt: skip
-                else:
-                    history.extend(restored["history"])
+                if restored is not None:
+                    events.extend(restored["history"])
             else:
                 results.append((found[(m.scope, m.hash)], "NONE"))
-        self._insert_history(conn, history)
+        self._insert_history(conn, events)
         return results
 
     def _existing_in(self, conn: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
