@@ -220,7 +220,7 @@ def main() -> None:
     ap.add_argument("--search-sizes", help="comma-separated store sizes for search (default 2000,10000 "
                     "with --quick, else 10000,100000)")  # fmt: skip
     ap.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite",
-                    help="postgres/both: SQLite and PostgreSQL side by side (memory_backends.py)")  # fmt: skip
+                    help="postgres/both: SQLite and PostgreSQL side by side")  # fmt: skip
     args, _ = ap.parse_known_args()
     if args.backend != "sqlite":
         import memory_backends  # the sibling script

@@ -419,8 +419,9 @@ def main(argv: list[str] | None = None) -> None:
                     for k, v in s.get("hnsw", {}).items():
                         if k.startswith("ef"):
                             p50, rec = v["storage_p50_ms"], v["recall_at_10"]
+                            built = s["hnsw"]["build_s"]
                             print(
-                                f"  HNSW {k} (built in {s['hnsw']['build_s']:.1f} s): storage p50 {p50:.1f} ms, recall@10 {rec:.3f}"
+                                f"  HNSW {k} (built in {built:.1f} s): p50 {p50:.1f} ms, recall@10 {rec:.3f}"
                             )
         print(f"{n_proc} writer processes × {per} memories + 8 shared texts (embeddings from a warm cache)")
         cache = tmp / "fleet-cache.sqlite"
