@@ -15,8 +15,8 @@ at 100k rows, not 150 MB, and never quantises anything itself.
 **Kept in step by transaction ids, not row ids.** Row ids are drawn when a batch starts and
 batches commit in any order, so "rows after the last row id seen" would miss some. Instead every
 row carries ``tx`` (``pg_current_xact_id()`` of the transaction that last wrote it; indexed) and
-every delete leaves a tombstone with its ``tx``. A refresh runs in the search's REPEATABLE READ
-snapshot and asks for the rows and tombstones whose ``tx`` the previous snapshot did not see::
+every delete leaves a tombstone with its ``tx``. A refresh notes the current snapshot, then asks
+for the rows and tombstones whose ``tx`` the previous snapshot did not see::
 
     tx >= xmin(previous) AND NOT pg_visible_in_snapshot(tx, previous)
 
@@ -86,33 +86,41 @@ class PgVectorIndex:
 
     # -- refresh -------------------------------------------------------------------------------
 
-    def refresh(self, conn: Any, snap: str, xmin: int, epoch: str, pruned: int) -> View:
-        """The copy as of ``snap`` (the caller's REPEATABLE READ snapshot, whose ``pg_current_snapshot``
-        text and ``xmin`` it passes, with the store's ``epoch`` and ``pruned`` from ``meta``)."""
+    def refresh(self, conn: Any) -> View:
+        """The copy brought up to date on ``conn`` (autocommit): one round trip when nothing or a
+        few rows changed (the state and both change queries are pipelined; the change queries
+        run after the state query, so they may return rows the new snapshot already covers:
+        applying a row twice is harmless)."""
+        ns = self.ns
         with self._lock:
-            if self._snap == snap and self._epoch == epoch:
-                return self._view
-            if self._snap is None or epoch != self._epoch or pruned >= self._xmin:
+            prev, xmin = self._snap, str(self._xmin)
+            cur = conn.cursor(binary=True)
+            with conn.pipeline():
+                state = conn.execute(
+                    "SELECT pg_current_snapshot()::text, pg_snapshot_xmin(pg_current_snapshot())::text,"
+                    f" (SELECT value FROM {ns}.meta WHERE key = 'epoch'),"
+                    f" (SELECT value FROM {ns}.meta WHERE key = 'pruned')"
+                )
+                if prev is not None:
+                    rows = conn.cursor(binary=True).execute(
+                        f"SELECT rid, code, scale FROM {ns}.memories WHERE tx >= %s::text::xid8"
+                        " AND NOT pg_visible_in_snapshot(tx, %s::pg_snapshot)",
+                        (xmin, prev),
+                    )
+                    gone = conn.execute(
+                        f"SELECT rid FROM {ns}.tombstones WHERE tx >= %s::text::xid8"
+                        " AND NOT pg_visible_in_snapshot(tx, %s::pg_snapshot)",
+                        (xmin, prev),
+                    )
+                snap, new_xmin, epoch, pruned = state.fetchone()
+            if prev is None or epoch != self._epoch or int(pruned) >= self._xmin:
                 self._clear()
                 self.reloads += 1
-                cur = conn.cursor(binary=True)
-                cur.execute(f"SELECT rid, code, scale FROM {self.ns}.memories")
+                cur.execute(f"SELECT rid, code, scale FROM {ns}.memories")
                 self._apply(cur.fetchall(), [])
             else:
-                cur = conn.cursor(binary=True)
-                cur.execute(
-                    f"SELECT rid, code, scale FROM {self.ns}.memories WHERE tx >= %s::text::xid8"
-                    " AND NOT pg_visible_in_snapshot(tx, %s::pg_snapshot)",
-                    (str(self._xmin), self._snap),
-                )
-                rows = cur.fetchall()
-                cur.execute(
-                    f"SELECT rid FROM {self.ns}.tombstones WHERE tx >= %s::text::xid8"
-                    " AND NOT pg_visible_in_snapshot(tx, %s::pg_snapshot)",
-                    (str(self._xmin), self._snap),
-                )
-                self._apply(rows, [r[0] for r in cur.fetchall()])
-            self._snap, self._xmin, self._epoch = snap, xmin, epoch
+                self._apply(rows.fetchall(), [r[0] for r in gone.fetchall()])
+            self._snap, self._xmin, self._epoch = snap, int(new_xmin), epoch
             if self._n - len(self._pos) > max(1024, self._n // 8):
                 self._compact()
             self._view = self._make()

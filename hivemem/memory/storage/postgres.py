@@ -686,13 +686,6 @@ class PostgresStorage:
             for row in cur:
                 yield _record(row)
 
-    @contextmanager
-    def _snapshot(self) -> Iterator[Any]:
-        """A read-only REPEATABLE READ transaction: one committed state for all its statements."""
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield conn
-
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
     ) -> list[dict[str, Any]]:
@@ -703,7 +696,7 @@ class PostgresStorage:
             raise RuntimeError("bind_model() must be called before search()")
         sql, params = compile_where(where, self._lower)
         q = np.asarray(vector, dtype=np.float32)
-        with self._snapshot() as conn:
+        with self._read() as conn:
             rows = None if self.mode != "local" else self._search_local(conn, q, sql, params, k)
             if rows is None:
                 order = "vec <#> %b" if self.mode == "hnsw" else "vec <#> %b, rid"  # hnsw: index order
@@ -718,37 +711,26 @@ class PostgresStorage:
 
     def _search_local(self, conn: Any, q: np.ndarray, sql: str, params: list[Any], k: int) -> list | None:
         """The int8 path, or ``None`` when the store or the filter's match is small enough for an
-        exact scan by PostgreSQL (under ``INDEX_MIN`` rows)."""
+        exact scan by PostgreSQL (under ``INDEX_MIN`` rows). Statements are not in one
+        transaction: the row set may move between them, as between two searches; the scores
+        are always those of the rows returned."""
         ns = self._ns
+        probe = f"SELECT count(*) FROM (SELECT 1 FROM {ns}.memories WHERE {sql} LIMIT %s) s"
+        small = (sql != "true" or self._index is None) and conn.execute(
+            probe, [*params, INDEX_MIN]
+        ).fetchone()[0] < INDEX_MIN
+        if small:
+            return None
         if self._index is None:
-            size = conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {ns}.memories LIMIT %s) s", (INDEX_MIN,)
-            ).fetchone()[0]
-            if size < INDEX_MIN:
-                return None
             assert self._model is not None
             self._index = pgindex.PgVectorIndex(ns, self._model[1])
-        state = conn.execute(
-            "SELECT pg_current_snapshot()::text, pg_snapshot_xmin(pg_current_snapshot())::text,"
-            f" (SELECT value FROM {ns}.meta WHERE key = 'epoch'),"
-            f" (SELECT value FROM {ns}.meta WHERE key = 'pruned')"
-        ).fetchone()
-        view = self._index.refresh(conn, state[0], int(state[1]), state[2], int(state[3]))
-        if view.live < INDEX_MIN:
-            return None
-        if sql != "true":
-            matched = conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {ns}.memories WHERE {sql} LIMIT %s) s",
-                [*params, INDEX_MIN],
-            ).fetchone()[0]
-            if matched < INDEX_MIN:
-                return None
+        view = self._index.refresh(conn)
         count = max(pgindex.RESCORE, 4 * k)
         while True:
             candidates = pgindex.rank(view, q, count)
             rows = conn.execute(
-                f"SELECT {_FIELDS}, (vec <#> %b) FROM {ns}.memories WHERE rid = ANY(%s::bigint[]) AND {sql}"
-                " ORDER BY vec <#> %b, rid LIMIT %s",
+                f"SELECT {_FIELDS}, (vec <#> %b) FROM unnest(%s::bigint[]) AS c(rid)"
+                f" JOIN {ns}.memories USING (rid) WHERE {sql} ORDER BY vec <#> %b, rid LIMIT %s",
                 [q, candidates.tolist(), *params, q, k],
             ).fetchall()
             # k rows passed the filter among the best candidates: the top-k (as exact as the int8
