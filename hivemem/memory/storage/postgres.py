@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -63,6 +65,7 @@ INDEX_MIN = 5_000
 # local: int8 copy + exact re-scoring (default); server: exact scans only, no copy in the client;
 # hnsw: pgvector's HNSW index (approximate)
 SEARCH_MODES = ("local", "server", "hnsw")
+LARGE_TTL = 30.0  # seconds a filter known to match INDEX_MIN rows or more is believed to still do
 
 LAYOUT = "1"  # the version of the tables below; a store of another layout is refused
 _TABLES = """
@@ -177,6 +180,8 @@ class PostgresStorage:
             raise ValueError(f"search must be one of {', '.join(SEARCH_MODES)}, got {search!r}")
         self.mode = search
         self._index: pgindex.PgVectorIndex | None = None
+        self._large: OrderedDict[tuple, float] = OrderedDict()
+        self._large_lock = threading.Lock()
         self._dims = dims  # the width the configuration promised (Mem0's embedding_model_dims)
         self._ns = f'"{schema}"'
         self._lower = f"{self._ns}.hm_lower"
@@ -697,8 +702,9 @@ class PostgresStorage:
         sql, params = compile_where(where, self._lower)
         q = np.asarray(vector, dtype=np.float32)
         with self._read() as conn:
-            rows = None if self.mode != "local" else self._search_local(conn, q, sql, params, k)
-            if rows is None:
+            if self.mode == "local":
+                rows = self._search_local(conn, q, sql, params, k)
+            else:
                 order = "vec <#> %b" if self.mode == "hnsw" else "vec <#> %b, rid"  # hnsw: index order
                 rows = conn.execute(
                     f"SELECT {_FIELDS}, (vec <#> %b) FROM {self._ns}.memories WHERE {sql}"
@@ -709,18 +715,31 @@ class PostgresStorage:
         # the best k, then the cut: the same rows as the best k of those at or above the threshold
         return out if threshold is None else [r for r in out if r["score"] >= threshold]
 
-    def _search_local(self, conn: Any, q: np.ndarray, sql: str, params: list[Any], k: int) -> list | None:
-        """The int8 path, or ``None`` when the store or the filter's match is small enough for an
-        exact scan by PostgreSQL (under ``INDEX_MIN`` rows). Statements are not in one
-        transaction: the row set may move between them, as between two searches; the scores
-        are always those of the rows returned."""
+    def _search_local(self, conn: Any, q: np.ndarray, sql: str, params: list[Any], k: int) -> list:
+        """Exact top-k rows: PostgreSQL scores the candidates itself when fewer than ``INDEX_MIN``
+        rows pass the filter (one statement counts them, up to that, and scores them); else the
+        int8 copy ranks first. A filter found to match many rows is remembered for
+        ``LARGE_TTL`` s, so the count is not paid again: a stale belief only means re-scoring the
+        best candidates, which is exact for any filter. Statements are not in one transaction:
+        rows may change between them, as between two searches; the scores are always those of
+        the rows returned."""
         ns = self._ns
-        probe = f"SELECT count(*) FROM (SELECT 1 FROM {ns}.memories WHERE {sql} LIMIT %s) s"
-        small = (sql != "true" or self._index is None) and conn.execute(
-            probe, [*params, INDEX_MIN]
-        ).fetchone()[0] < INDEX_MIN
-        if small:
-            return None
+        key, now_ = (sql, tuple(params)), time.monotonic()
+        with self._large_lock:
+            large = self._large.get(key, 0.0) > now_ or (sql == "true" and self._index is not None)
+        if not large:
+            rows = conn.execute(
+                f"WITH c AS MATERIALIZED (SELECT rid FROM {ns}.memories WHERE {sql} LIMIT %s)"
+                f" SELECT {_FIELDS}, (vec <#> %b), (SELECT count(*) FROM c) FROM {ns}.memories"
+                " WHERE rid IN (SELECT rid FROM c) ORDER BY vec <#> %b, rid LIMIT %s",
+                [*params, INDEX_MIN, q, q, k],
+            ).fetchall()
+            if not rows or rows[0][13] < INDEX_MIN:
+                return rows
+            with self._large_lock:
+                self._large[key] = now_ + LARGE_TTL
+                while len(self._large) > 256:
+                    self._large.popitem(last=False)
         if self._index is None:
             assert self._model is not None
             self._index = pgindex.PgVectorIndex(ns, self._model[1])
