@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         "--search-sizes", help="comma-separated store sizes (default 10000,100000; quick 2000,10000)"
     )
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    ap.add_argument("--engine-threads", type=int, help="the embedder's threads (default: one per core)")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
     if sections - set(SECTIONS):
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     texts = Texts(need + 100)
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-bench-backends-"))
-    out: dict[str, Any] = {"quick": q, "sections": sorted(sections)}
+    out: dict[str, Any] = {"quick": q, "sections": sorted(sections), "engine_threads": args.engine_threads}
     server = None
     dsn = os.environ.get("HIVEMEM_BENCH_PG_DSN", "").strip()
     if not dsn:
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"memory backends benchmark ({'quick' if q else 'full'}), PostgreSQL at {dsn}", flush=True)
     targets: dict[str, Any] = {}
     try:
-        with Embedder(cache=False) as emb:
+        with Embedder(cache=False, threads=args.engine_threads) as emb:
             emb.embed(["warm up"])
             if "writes" in sections:
                 print(f"add_batch({size}), {rounds} interleaved rounds")

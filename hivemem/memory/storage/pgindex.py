@@ -29,6 +29,7 @@ trimming tombstones raises ``pruned``: a copy older than either reloads.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,15 +87,20 @@ class PgVectorIndex:
 
     # -- refresh -------------------------------------------------------------------------------
 
-    def refresh(self, conn: Any) -> View:
-        """The copy brought up to date on ``conn`` (autocommit): one round trip when nothing or a
-        few rows changed (the state and both change queries are pipelined; the change queries
-        run after the state query, so they may return rows the new snapshot already covers:
-        applying a row twice is harmless)."""
+    def refresh(self, conn: Any, then: Callable[[View], Any] | None = None) -> tuple[View, bool, Any]:
+        """Bring the copy up to date on ``conn`` (autocommit) → ``(view, changed, extra)``.
+
+        One round trip when nothing or a few rows changed: the state query and both change
+        queries are pipelined (the change queries run after the state query, so they may return
+        rows the new snapshot already covers: applying a row twice is harmless). ``then(view)``
+        may queue more statements in the same round trip, computed from the copy as it was
+        (``extra`` is what it returns): when nothing changed (``changed`` False), they saw the
+        same state as a fresh copy would, and the search needs no second round trip.
+        """
         ns = self.ns
         with self._lock:
-            prev, xmin = self._snap, str(self._xmin)
-            cur = conn.cursor(binary=True)
+            prev, xmin, old = self._snap, str(self._xmin), self._view
+            extra = None
             with conn.pipeline():
                 state = conn.execute(
                     "SELECT pg_current_snapshot()::text, pg_snapshot_xmin(pg_current_snapshot())::text,"
@@ -112,19 +118,26 @@ class PgVectorIndex:
                         " AND NOT pg_visible_in_snapshot(tx, %s::pg_snapshot)",
                         (xmin, prev),
                     )
+                    if then is not None:
+                        extra = then(old)
                 snap, new_xmin, epoch, pruned = state.fetchone()
             if prev is None or epoch != self._epoch or int(pruned) >= self._xmin:
                 self._clear()
                 self.reloads += 1
+                cur = conn.cursor(binary=True)
                 cur.execute(f"SELECT rid, code, scale FROM {ns}.memories")
                 self._apply(cur.fetchall(), [])
+                changed = True
             else:
-                self._apply(rows.fetchall(), [r[0] for r in gone.fetchall()])
+                new, dead = rows.fetchall(), [r[0] for r in gone.fetchall()]
+                changed = bool(new or dead)
+                self._apply(new, dead)
             self._snap, self._xmin, self._epoch = snap, int(new_xmin), epoch
             if self._n - len(self._pos) > max(1024, self._n // 8):
                 self._compact()
-            self._view = self._make()
-            return self._view
+            if changed:
+                self._view = self._make()
+            return self._view, changed, extra
 
     def _apply(self, rows: list[tuple[int, bytes, float]], gone: list[int]) -> None:
         """New or rewritten rows are appended (a rewritten row's old position dies), then
