@@ -42,6 +42,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+from plots import add_plot_options, bars
 
 from hivemem import Embedder, EmbeddingCache, Memory
 from hivemem.embed.corpus import sentences
@@ -386,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     ap.add_argument("--engine-threads", type=int, help="the embedder's threads (default: one per core)")
+    add_plot_options(ap)
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
     if sections - set(SECTIONS):
@@ -519,7 +521,32 @@ def main(argv: list[str] | None = None) -> None:
     for r in TABLE:
         print("| " + " | ".join(r) + " |")
     out["targets"] = targets
+    plot(args, out, sizes)
     print(json.dumps(out, default=float))
+
+
+def plot(args: argparse.Namespace, out: dict[str, Any], sizes: list[int]) -> None:
+    """PostgreSQL's figures as a share of SQLite's, one bar each (1.0 = the same)."""
+    names, values = [], []
+    if "add_batch_texts_per_s" in out:
+        names.append("add_batch\nthroughput")
+        values.append(out["ratio_add_batch_median"])
+        names.append("20 threads\nadd()")
+        values.append(out["threads20_texts_per_s"]["postgres"] / out["threads20_texts_per_s"]["sqlite"])
+    for n in sizes:
+        for scope in ("one_scope", "users1000"):
+            key = f"search_{n}_{scope}"
+            if key in out:
+                p50 = out[key]["p50_ms"]
+                names.append(f"search {n // 1000}k\n{'one scope' if scope == 'one_scope' else '1k users'}")
+                values.append(p50["sqlite"] / p50["postgres"])  # speed: higher is better
+    if "fleet" in out:
+        names.append("25 writer\nprocesses")
+        values.append(out["fleet"]["postgres"]["memories_per_s"] / out["fleet"]["sqlite"]["memories_per_s"])
+    if names:
+        bars(args, "memory_backends", "PostgreSQL's speed as a share of SQLite's (one run, interleaved)",
+             names, {"PostgreSQL / SQLite": values}, ylabel="× SQLite (higher is faster)", fmt="{:.2f}",
+             note="throughputs: PostgreSQL / SQLite; search: SQLite p50 / PostgreSQL p50")  # fmt: skip
 
 
 if __name__ == "__main__":

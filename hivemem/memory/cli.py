@@ -51,11 +51,16 @@ def _json_opt(text: str | None, what: str) -> Any:
 
 
 def _run(fn: Any) -> Any:
+    from hivemem.memory.infer import LLMError
+
     try:
         return fn()
-    except (ValueError, TypeError, NotImplementedError) as exc:
+    except (ValueError, TypeError, NotImplementedError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except LLMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @memory_app.command("add")
@@ -65,12 +70,21 @@ def add(
     agent_id: str | None = typer.Option(None, "--agent-id"),
     run_id: str | None = typer.Option(None, "--run-id"),
     metadata: str | None = typer.Option(None, "--metadata", help="A JSON object."),
+    infer: bool = typer.Option(
+        False, "--infer", help="Store the facts an LLM finds in the text (needs HIVEMEM_LLM_URL)."
+    ),
     path: str | None = PathOpt,
 ) -> None:
     """Add one memory (event NONE with the existing id if the text is already in the scope)."""
     meta = _json_opt(metadata, "--metadata")
     with _open(path) as m:
-        _echo(_run(lambda: m.add(text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta)))
+        _echo(
+            _run(
+                lambda: m.add(
+                    text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta, infer=infer
+                )
+            )
+        )
 
 
 @memory_app.command("search")
@@ -149,12 +163,29 @@ def export(path: str | None = PathOpt) -> None:
 
 @memory_app.command("import")
 def import_(
-    source: Path = typer.Argument(..., help="A JSONL file as written by export ('-' for stdin)."),
+    source: Path | None = typer.Argument(None, help="A JSONL file as written by export ('-' for stdin)."),
+    from_mem0: str | None = typer.Option(
+        None,
+        "--from-mem0",
+        help="Copy a Mem0 store instead: its config (the dict for Mem0's Memory.from_config) as a JSON "
+        "file or JSON text; '{}' means Mem0's defaults. Memories, ids, timestamps and history are kept.",
+    ),
     batch: int = typer.Option(500, "--batch", min=1, max=10_000, help="Memories per transaction."),
     path: str | None = PathOpt,
 ) -> None:
-    """Add the memories of a JSONL file with their ids and history, in batches; memories already
-    in the store (same id, or same text in the same scope) are skipped."""
+    """Add the memories of a JSONL file as written by export (with their ids and history), or of a
+    Mem0 store, in batches; memories already in the store (same id, or same text in the same
+    scope) are skipped."""
+    if (source is None) == (from_mem0 is None):
+        raise typer.BadParameter("give a JSONL file or --from-mem0 CONFIG (one of them)")
+    if from_mem0 is not None:
+        from hivemem.memory.mem0_import import import_mem0, load_config
+
+        config = _run(lambda: load_config(from_mem0))
+        with _open(path) as m:
+            _echo(_run(lambda: import_mem0(m, config, batch=batch)))
+        return
+    assert source is not None
     from hivemem.memory.transfer import import_lines
 
     stream = sys.stdin if str(source) == "-" else source.open(encoding="utf-8")

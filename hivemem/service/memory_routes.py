@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
 from hivemem.embed.queue import QueueFull
+from hivemem.memory.infer import LLMError
 from hivemem.service.auth import Scope
 from hivemem.service.memory_models import (
     MAX_LIST,
@@ -59,6 +60,8 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise HTTPException(422, str(exc)) from None
     except (TypeError, NotImplementedError) as exc:
         raise HTTPException(422, str(exc)) from None
+    except LLMError as exc:  # infer=True: the LLM behind the service failed; nothing was written
+        raise HTTPException(502, str(exc)) from None
 
 
 def _own_user(scope: Scope, user_id: str | None) -> str | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hivemem import config as hm_config
 from hivemem.service import paths, wire
 from hivemem.service.errors import ProtocolError, ServiceBusy, ServiceError
 from hivemem.service.metrics import ServiceMetrics
@@ -103,6 +104,7 @@ class Service:
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
         self._closers: list[Callable[[], Any]] = []  # HTTP-side resources, closed before the engine
+        self._memory_path: str | None = None  # the memory store served over HTTP (file or URL), if any
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -169,6 +171,7 @@ class Service:
             from hivemem.memory.store import Memory
 
             memory = Memory(config.memory_path, embedder=self.engine)  # our own engine, not a client
+            self._memory_path = memory.location  # a PostgreSQL URL without its password
             self._closers.append(memory.close)
         if config.agent_fn is not None:
             from hivemem.pool.pool import WorkerPool
@@ -215,9 +218,14 @@ class Service:
             "uptime_s": round(time.time() - self.metrics.started, 3),
             "clients": self.clients,
             "replicas": engine.get("replicas", 1),
+            "threads": self.config.threads or default_threads(),
             "queue": engine.get("queue"),
             "cache": engine.get("cache"),
             "metrics": self.metrics.snapshot(),
+            # where this process keeps its files (``hivemem status`` shows them)
+            "home": str(hm_config.home()),
+            "cache_path": str(hm_config.cache_path()) if self.config.cache else None,
+            "memory_path": self._memory_path,
         }
 
     # ---- connections -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_cli_round_trip(location: str, tmp_path: Path, hm_home: Path) -> None:
     assert [r["id"] for r in json.loads(listed.output)["results"]] == [mid]
     dump.write_text(run.invoke(app, ["memory", "export", "--path", db]).output)
     imported = run.invoke(app, ["memory", "import", str(dump), "--path", copy])
-    assert json.loads(imported.output) == {"added": 1, "skipped": 0, "histories": 0}
+    assert json.loads(imported.output) == {"added": 1, "skipped": 0}
     again = run.invoke(app, ["memory", "list", "--user-id", "al", "--path", copy])
     assert json.loads(again.output)["results"][0]["metadata"] == {"k": 1}
     bad = run.invoke(app, ["memory", "list", "--filters", '{"k": {"bad": 1}}', "--path", db])
@@ -74,10 +74,10 @@ def test_export_import_moves_a_store_between_backends(
     dump.write_text("".join(json.dumps(r) + "\n" for r in first))
     for target in (pg, back):
         done = run.invoke(app, ["memory", "import", str(dump), "--url", target])
-        assert json.loads(done.output) == {"added": 3, "skipped": 0, "histories": 1}, done.output
+        assert json.loads(done.output) == {"added": 3, "skipped": 0}, done.output
         assert export(target) == first  # ids, timestamps, metadata, history: all kept, in order
         again = run.invoke(app, ["memory", "import", str(dump), "--url", target])
-        assert json.loads(again.output) == {"added": 0, "skipped": 3, "histories": 0}
+        assert json.loads(again.output) == {"added": 0, "skipped": 3}
         dump = tmp_path / "second.jsonl"  # the next hop starts from what PostgreSQL exported
         dump.write_text(run.invoke(app, ["memory", "export", "--path", target]).output)
     moved = Memory(pg, embedder=embedder)

@@ -101,6 +101,7 @@ CREATE TABLE IF NOT EXISTS {ns}.history (
     actor_id text, role text
 );
 CREATE INDEX IF NOT EXISTS history_memory ON {ns}.history (memory_id);
+CREATE INDEX IF NOT EXISTS history_id ON {ns}.history (id);
 CREATE TABLE IF NOT EXISTS {ns}.meta (key text PRIMARY KEY, value text NOT NULL);
 INSERT INTO {ns}.meta (key, value) VALUES ('epoch', '0'), ('pruned', '0') ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS {ns}.tombstones (
@@ -392,6 +393,17 @@ class PostgresStorage:
         rows = [(m, v, None) for m, v in zip(memories, vectors, strict=True)]
         try:
             results = self._write(lambda conn: self._insert_rows(conn, rows))
+        except self._psycopg.errors.UniqueViolation as exc:
+            if not (exc.diag.constraint_name or "").endswith("_id_key"):
+                raise
+            with self._read() as conn:  # UNIQUE(id): a caller-chosen id that names another memory
+                taken = conn.execute(
+                    f"SELECT id FROM {self._ns}.memories WHERE id = ANY(%s)", ([m.id for m in memories],)
+                ).fetchone()
+            raise ValueError(
+                f"memory id {taken[0] if taken else '?'!r} is already taken by another memory; "
+                "update or delete that one"
+            ) from None
         finally:
             self.inserts += 1
         self.commits += 1
@@ -587,52 +599,51 @@ class PostgresStorage:
         self._model = None
         self._index = None
 
-    # -- restore (import) ----------------------------------------------------------------------
+    # -- import (``hivemem.memory.transfer``, ``hivemem.memory.mem0_import``) --------------------
 
-    def restore(
+    def import_rows(
         self,
         memories: list[NewMemory],
         vectors: np.ndarray,
         updated_at: list[str],
-        history: list[list[tuple]],
+        history: list[dict[str, Any]],
     ) -> list[tuple[str, str]]:
-        """Insert memories keeping their ids, timestamps and history (``import``): ``ADD`` per row
-        stored, ``NONE`` with the stored id for a row whose id or (scope, text) is already there."""
-        if self._model is None:
-            raise RuntimeError("bind_model() must be called before restore()")
+        """Copy memories and their history from another store in ONE transaction (as SQLite's):
+        memories whose id is already here are skipped (``"SKIP"``), the others inserted as by
+        ``insert`` (``"ADD"``, or ``"NONE"`` for a text already stored in the scope) with their
+        own ``updated_at``; history rows replace the synthetic ``ADD`` row of the memories they
+        describe and are skipped when their id is already here, so an import can be repeated."""
+        if memories and self._model is None:
+            raise RuntimeError("bind_model() must be called before import_rows()")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        rows = [
-            (m, v, {"updated_at": u, "history": h})
-            for m, v, u, h in zip(memories, vectors, updated_at, history, strict=True)
-        ]
-        return self._write(lambda conn: self._restore_rows(conn, rows))
+        ns = self._ns
 
-    def _restore_rows(self, conn: Any, rows: list[tuple]) -> list[tuple[str, str]]:
-        taken = {
-            r[0]
-            for r in conn.execute(
-                f"SELECT id FROM {self._ns}.memories WHERE id = ANY(%s::text[])",
-                ([m.id for m, _, _ in rows],),
-            )
-        }
-        fresh = [r for r in rows if r[0].id not in taken]
-        done = (
-            dict(zip((r[0].id for r in fresh), self._insert_rows(conn, fresh), strict=True)) if fresh else {}
-        )
-        return [done.get(m.id, (m.id, "NONE")) for m, _, _ in rows]
+        def copy(conn: Any) -> list[tuple[str, str]]:
+            ids = [m.id for m in memories]
+            here = {r[0] for r in conn.execute(f"SELECT id FROM {ns}.memories WHERE id = ANY(%s)", (ids,))}
+            keep = [i for i, m in enumerate(memories) if m.id not in here]
+            rows = [(memories[i], vectors[i], {"updated_at": updated_at[i], "history": []}) for i in keep]
+            stored = self._insert_rows(conn, rows) if rows else []
+            added = {mid for mid, event in stored if event == "ADD"}
+            described = {h["memory_id"] for h in history}
+            self._insert_history(
+                conn,
+                [(str(uuid.uuid4()), m.id, None, m.memory, "ADD", m.created_at, m.created_at, False,
+                  m.actor_id, m.role) for m, _, _ in rows if m.id in added and m.id not in described],
+            )  # fmt: skip
+            events = [tuple(h.get(c) for c in _HISTORY.split(", ")) for h in history]
+            if events:
+                conn.execute(
+                    f"INSERT INTO {ns}.history ({_HISTORY}) SELECT * FROM unnest(%s::text[], %s::text[],"
+                    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[], %s::text[],"
+                    f" %s::text[]) AS u(id) WHERE NOT EXISTS (SELECT 1 FROM {ns}.history h"
+                    " WHERE h.id = u.id)",
+                    _history_rows([(*e[:7], bool(e[7]), *e[8:]) for e in events]),
+                )
+            out = dict(zip(keep, stored, strict=True))
+            return [out.get(i, (m.id, "SKIP")) for i, m in enumerate(memories)]
 
-    def restore_history(self, memory_id: str, rows: list[tuple]) -> bool:
-        """History of a memory deleted in the source store; skipped when this id has history."""
-
-        def add(conn: Any) -> bool:
-            if conn.execute(
-                f"SELECT 1 FROM {self._ns}.history WHERE memory_id = %s", (memory_id,)
-            ).fetchone():
-                return False
-            self._insert_history(conn, rows)
-            return True
-
-        return self._write(add)
+        return self._write(copy)
 
     # -- reads ---------------------------------------------------------------------------------
 

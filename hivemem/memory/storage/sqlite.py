@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS history (
     actor_id TEXT, role TEXT
 );
 CREATE INDEX IF NOT EXISTS history_memory ON history(memory_id);
+CREATE INDEX IF NOT EXISTS history_id ON history(id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0), ('rewrites', 0), ('pruned', 0);
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, rid INTEGER NOT NULL);
@@ -288,15 +289,20 @@ class SQLiteStorage:
         results: list[tuple[str, str]] = []
         history: list[tuple] = []
         for m, vec in zip(memories, vectors, strict=True):
-            cur = db.execute(
-                "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (scope, hash) DO NOTHING",
-                (
-                    m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
-                    m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
-                ),
-            )  # fmt: skip
+            try:
+                cur = db.execute(
+                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
+                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (scope, hash) DO NOTHING",
+                    (
+                        m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
+                        m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
+                    ),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:  # UNIQUE(id): a caller-chosen id that names another memory
+                raise ValueError(
+                    f"memory id {m.id!r} is already taken by another memory; update or delete that one"
+                ) from None
             if cur.rowcount == 1:
                 results.append((m.id, "ADD"))
                 history.append(
@@ -462,54 +468,49 @@ class SQLiteStorage:
         )
         return [r[0] for r in rows]
 
-    def restore(
+    def import_rows(
         self,
         memories: list[NewMemory],
         vectors: np.ndarray,
         updated_at: list[str],
-        history: list[list[tuple]],
+        history: list[dict[str, Any]],
     ) -> list[tuple[str, str]]:
-        """Store memories with their own ids, timestamps and history rows (import) in one
-        transaction → ``(id, "ADD")``, or ``(stored id, "NONE")`` when the id or the (scope, text)
-        is already there."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self._model is not None and len(vectors) and vectors.shape[1:] != (self._model[1],):
-            raise ValueError(f"vectors must have {self._model[1]} columns, got shape {vectors.shape}")
-        results: list[tuple[str, str]] = []
+        """Copy memories and their history from another store (``hivemem memory import
+        --from-mem0``) in ONE transaction: memories whose id is already here are skipped (``"SKIP"``),
+        the others inserted as by ``insert`` (``"ADD"``, or ``"NONE"`` for a text already stored in
+        the scope); history rows replace the synthetic ``ADD`` row of the memories they describe and
+        are skipped when their id is already here, so an import can be repeated."""
         with self._write() as db:
-            for m, vec, stamp, events in zip(memories, vectors, updated_at, history, strict=True):
-                cur = db.execute(
-                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT DO NOTHING",
-                    (m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
-                     m.role, m.metadata, m.created_at, stamp, vec.tobytes()),
-                )  # fmt: skip
-                if cur.rowcount == 1:
-                    results.append((m.id, "ADD"))
-                    self._add_history(db, events)
-                    continue
-                row = db.execute(
-                    "SELECT id FROM memories WHERE scope = ? AND hash = ?", (m.scope, m.hash)
-                ).fetchone()
-                results.append((row[0] if row else m.id, "NONE"))
-            self._bump(db, rewrite=False)
-        return results
-
-    def restore_history(self, memory_id: str, rows: list[tuple]) -> bool:
-        """History of a memory deleted in the source store; skipped when this id has history."""
-        with self._write() as db:
-            if db.execute("SELECT 1 FROM history WHERE memory_id = ?", (memory_id,)).fetchone():
-                return False
-            self._add_history(db, rows)
-            return True
-
-    @staticmethod
-    def _add_history(db: sqlite3.Connection, rows: list[tuple]) -> None:
-        db.executemany(
-            f"INSERT INTO history ({_HISTORY}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [(*r[:7], int(r[7]), *r[8:]) for r in rows],
-        )
+            ids = [m.id for m in memories]
+            here = {
+                r[0]
+                for start in range(0, len(ids), 400)
+                for r in db.execute(
+                    f"SELECT id FROM memories WHERE id IN ({','.join('?' * len(ids[start : start + 400]))})",
+                    ids[start : start + 400],
+                )
+            }
+            keep = [i for i, m in enumerate(memories) if m.id not in here]
+            seq = db.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
+            stored = self._insert_rows(db, [memories[i] for i in keep], vectors[keep]) if keep else []
+            added = {mid for mid, event in stored if event == "ADD"}
+            db.executemany(
+                "UPDATE memories SET updated_at = ? WHERE id = ?",
+                [(updated_at[i], memories[i].id) for i in keep if memories[i].id in added],
+            )
+            described = added & {h["memory_id"] for h in history}
+            db.executemany(
+                "DELETE FROM history WHERE seq > ? AND memory_id = ?", [(seq, mid) for mid in described]
+            )
+            cols = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
+                    "is_deleted", "actor_id", "role")  # fmt: skip
+            db.executemany(
+                f"INSERT INTO history ({', '.join(cols)}) SELECT {', '.join('?' * len(cols))}"
+                " WHERE NOT EXISTS (SELECT 1 FROM history WHERE id = ?)",
+                [(*(h.get(c) for c in cols), h["id"]) for h in history],
+            )
+        out = dict(zip(keep, stored, strict=True))
+        return [out.get(i, (m.id, "SKIP")) for i, m in enumerate(memories)]
 
     def _positions(self, db: sqlite3.Connection, snap: Snapshot, sql: str, params: list[Any]) -> np.ndarray:
         key = (snap.version, sql, tuple(params))
