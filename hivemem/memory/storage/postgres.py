@@ -492,9 +492,9 @@ class PostgresStorage:
         if not rows:
             return
         conn.execute(
-            f"INSERT INTO {self._ns}.history ({_HISTORY}) SELECT * FROM unnest(%s::text[], %s::text[],"
-            " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[], %s::text[],"
-            " %s::text[])",
+            f"INSERT INTO {self._ns}.history ({_HISTORY}) SELECT {_HISTORY} FROM unnest(%s::text[],"
+            " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],"
+            f" %s::text[], %s::text[]) WITH ORDINALITY AS u({_HISTORY}, ord) ORDER BY ord",
             _history_rows(rows),
         )
 
@@ -634,10 +634,10 @@ class PostgresStorage:
             events = [tuple(h.get(c) for c in _HISTORY.split(", ")) for h in history]
             if events:
                 conn.execute(
-                    f"INSERT INTO {ns}.history ({_HISTORY}) SELECT * FROM unnest(%s::text[], %s::text[],"
-                    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[], %s::text[],"
-                    f" %s::text[]) AS u(id) WHERE NOT EXISTS (SELECT 1 FROM {ns}.history h"
-                    " WHERE h.id = u.id)",
+                    f"INSERT INTO {ns}.history ({_HISTORY}) SELECT {_HISTORY} FROM unnest(%s::text[],"
+                    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],"
+                    f" %s::text[], %s::text[]) WITH ORDINALITY AS u({_HISTORY}, ord)"
+                    f" WHERE NOT EXISTS (SELECT 1 FROM {ns}.history h WHERE h.id = u.id) ORDER BY ord",
                     _history_rows([(*e[:7], bool(e[7]), *e[8:]) for e in events]),
                 )
             out = dict(zip(keep, stored, strict=True))
