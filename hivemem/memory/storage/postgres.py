@@ -3,9 +3,10 @@
 For a fleet that spans machines: every process of every machine opens the same database. The
 contract is SQLite's (``base.Storage``), enforced by the database rather than by this process:
 
-* **A batch is one transaction** at READ COMMITTED: one ``INSERT … SELECT FROM unnest(…)`` of the
-  whole batch, its history rows, commit. A killed client's transaction is rolled back by the
-  server, so a batch is stored whole or not at all.
+* **A batch is one transaction** at READ COMMITTED: one statement draws the batch's row ids,
+  inserts its rows (``INSERT … SELECT FROM unnest(…)``) and writes their ADD events; BEGIN is
+  pipelined with it, so a batch costs two round trips. A killed client's transaction is rolled
+  back by the server, so a batch is stored whole or not at all.
 * **Duplicates are refused by ``UNIQUE(scope, hash)``** with ``ON CONFLICT DO NOTHING``. A writer
   that meets another's uncommitted row with the same key waits for it; once it commits, the
   conflict skips the row and the next statement (a new snapshot under READ COMMITTED) reads the
@@ -14,11 +15,12 @@ contract is SQLite's (``base.Storage``), enforced by the database rather than by
   transactions that share keys take them in the same order and the second simply waits (two
   batches inserting the same keys in opposite order deadlock, measured). Deletes lock their rows
   in ``rid`` order. A deadlock or serialization failure reported anyway is retried.
-* **Exact search by default**: ``ORDER BY vec <#> query LIMIT k`` over the rows that pass the
-  filter (a sequential or index scan, no approximate index), so the top-k equals SQLite's. The
-  score is the inner product (the vectors are unit length: cosine), as on SQLite. An HNSW index
-  is opt-in (``hnsw=True``): approximate, much faster on large unfiltered searches; its recall is
-  measured by ``benchmarks/memory.py``.
+* **Exact search by default** (``search="local"``): fewer than ``INDEX_MIN`` candidates are
+  scored by PostgreSQL (``ORDER BY vec <#> q, rid``), more are ranked by an in-process int8 copy
+  (``pgindex``) and the best re-scored by PostgreSQL, so the top-10 equals SQLite's (tested and
+  measured). The score is the inner product (the vectors are unit length: cosine), as on SQLite.
+  ``search="server"``: exact scans only, nothing kept in the client; ``search="hnsw"``: pgvector's
+  HNSW index, approximate (its recall is measured by ``benchmarks/memory_backends.py``).
 * **Namespaces**: every table lives in one PostgreSQL schema (``schema``, default ``hivemem``), so
   several stores share a database; ``reset()`` and ``delete_where`` touch only their own schema.
 * The ``vec vector(dim)`` column is created when the model is bound (the first embed), and
