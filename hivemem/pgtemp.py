@@ -125,6 +125,18 @@ def sweep_stale(tmp: Path | None = None) -> int:
     return removed
 
 
+def _copy_install(bin_dir: Path, dest: Path) -> Path:
+    """Copy a PostgreSQL install where ``nobody`` can read it → the copy's ``bin``. The wheel's
+    binaries find their bundled libraries by a relative RPATH (``$ORIGIN/../../../pgserver.libs``),
+    so the copy keeps that layout: ``dest/pgserver/pginstall/…`` and ``dest/pgserver.libs``."""
+    install = bin_dir.parent
+    shutil.copytree(install, dest / install.parent.name / install.name, symlinks=True)
+    libs = install.parent.parent / f"{install.parent.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, dest / libs.name, symlinks=True)
+    return dest / install.parent.name / install.name / bin_dir.name
+
+
 def _readable_by_others(path: Path) -> bool:
     """Every directory above ``path`` can be entered, and ``path`` read, by any user."""
     path = path.resolve()
@@ -163,9 +175,7 @@ class TempPostgres:
             user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
             root.chmod(0o711)  # nobody may enter, not list
             if not _readable_by_others(bin_dir / "postgres"):
-                install = bin_dir.parent
-                shutil.copytree(install, root / "pg", symlinks=True)
-                bin_dir = root / "pg" / "bin"
+                bin_dir = _copy_install(bin_dir, root / "pg")
         data, run = root / "data", root / "run"
         for d in (data, run):
             d.mkdir(mode=0o700)

@@ -336,3 +336,14 @@ def test_local_index_follows_every_writer(pg_url: Callable[[], str], monkeypatch
     assert reader._index.reloads == 3
     for s in (reader, writer, other):
         s.close()
+
+
+def test_a_copied_install_still_finds_its_libraries(tmp_path: Path) -> None:
+    """As root, with the virtual environment where ``nobody`` cannot read it (e.g. under /root),
+    the throwaway server runs from a copy of the binaries: they must still load their libraries."""
+    from hivemem.pgtemp import _copy_install, find_bin_dir
+
+    bin_dir = _copy_install(find_bin_dir(), tmp_path / "pg")
+    for tool in ("initdb", "postgres"):
+        done = subprocess.run([str(bin_dir / tool), "--version"], capture_output=True, text=True)
+        assert done.returncode == 0 and "PostgreSQL" in done.stdout, done.stderr
