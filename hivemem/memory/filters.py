@@ -135,6 +135,18 @@ def _parse_dict(filters: dict[str, Any]) -> Logic:
     return Logic("AND", tuple(items))
 
 
+def literal(values: dict[str, str]) -> Node | None:
+    """Equality on each field with the value taken literally (scope arguments, an API key's user).
+
+    Never built through :func:`parse`, whose shorthand reads ``"*"`` as "present": a scope value
+    is a tenant's id, so the only way to widen it is a filter the caller spells out.
+    """
+    items = tuple(Cond(_check_field(field), "eq", value) for field, value in values.items())
+    if not items:
+        return None
+    return Logic("AND", items)
+
+
 def and_(*nodes: Node | None) -> Node | None:
     """AND of the given trees, skipping ``None``."""
     present = tuple(n for n in nodes if n is not None)

@@ -15,6 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 ENTITIES = ("user_id", "agent_id", "run_id")
+# The filter shorthand for "the field is present" (``{"user_id": "*"}``). Never the value of an id:
+# a tenant named "*" would make ``delete_all(user_id="*")`` read as "every tenant" to a human and,
+# through the shorthand, to any code that turned scope arguments into a filter.
+WILDCARD = "*"
 # Fields stored as columns: filterable by name, returned at the top level of a record (as Mem0
 # promotes them), and therefore not allowed as metadata keys.
 COLUMNS = ("id", "memory", "hash", "created_at", "updated_at", *ENTITIES, "actor_id", "role")
@@ -61,6 +65,12 @@ def check_entity(name: str, value: Any, where: str = "") -> str | None:
     value = value.strip()
     if not value:
         raise ValueError(f"{where}{name} must not be empty")
+    if value == WILDCARD:
+        raise ValueError(
+            f"{where}{name} '*' is not a valid id: ids are literal values, and '*' is the filter "
+            f"wildcard. To match every {name}, pass filters={{'{name}': '*'}} to get_all/search; "
+            "to delete every memory, use reset()"
+        )
     return value
 
 

@@ -207,7 +207,7 @@ class Memory:
                 "At least one filter is required to delete all memories. If you want to delete all "
                 "memories, use the `reset()` method."
             )
-        where = flt.parse(scope)
+        where = flt.literal(scope)  # the ids as literals: never the filter shorthand
         assert where is not None
         self._storage.delete_where(where)
         return {"message": "Memories deleted successfully!"}
@@ -226,7 +226,7 @@ class Memory:
             for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
             if v is not None
         }
-        return flt.and_(flt.parse(scope) if scope else None, flt.parse(filters))
+        return flt.and_(flt.literal(scope), flt.parse(filters))  # scope: literal equality
 
     def get(self, memory_id: str) -> dict[str, Any] | None:
         """The memory, or ``None`` for an unknown id (as Mem0)."""
