@@ -24,6 +24,27 @@ WILDCARD = "*"
 COLUMNS = ("id", "memory", "hash", "created_at", "updated_at", *ENTITIES, "actor_id", "role")
 RESERVED_METADATA = frozenset((*COLUMNS, "data", "score"))
 
+# Metadata limits, checked at write time for every entry point (Python, CLI, HTTP) by
+# ``check_metadata``. Why: metadata nested 900 deep was accepted once, and every later read of that
+# user's memories failed (Python's JSON decoder and the HTTP response serialiser recurse per level).
+MAX_METADATA_DEPTH = 32  # levels of nested objects/lists, the metadata dict itself being level 1
+MAX_METADATA_BYTES = 64 * 1024  # its JSON text, in UTF-8 bytes
+
+
+class LimitExceeded(ValueError):
+    """An input is over one of the documented limits (docs/security.md); the message names it.
+
+    ``limit_name`` is the constant (e.g. ``"MAX_FILTER_DEPTH"``), ``limit`` its value and ``field``
+    the input it concerns. A ``ValueError``, so callers that catch those keep working; HTTP maps
+    it to 422.
+    """
+
+    def __init__(self, message: str, *, limit_name: str, limit: int, field: str | None = None) -> None:
+        super().__init__(message)
+        self.limit_name = limit_name
+        self.limit = limit
+        self.field = field
+
 
 @dataclass(frozen=True)
 class NewMemory:
@@ -74,19 +95,27 @@ def check_entity(name: str, value: Any, where: str = "") -> str | None:
     return value
 
 
-def _check_json_value(value: Any, path: str) -> None:
+def _check_json_value(value: Any, path: str, depth: int, top: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{path} is {value!r}: not representable in JSON")
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
         raise ValueError(f"{path} = {value} is too large to store exactly (limit ±2**53)")
+    if isinstance(value, dict | list | tuple) and depth > MAX_METADATA_DEPTH:
+        # checked before going deeper, so a hostile value never recurses past the limit
+        raise LimitExceeded(
+            f"{top} is nested deeper than {MAX_METADATA_DEPTH} levels (MAX_METADATA_DEPTH) at {path[:120]}…",
+            limit_name="MAX_METADATA_DEPTH",
+            limit=MAX_METADATA_DEPTH,
+            field="metadata",
+        )
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"{path} has a non-string key {k!r}")
-            _check_json_value(v, f"{path}[{k!r}]")
+            _check_json_value(v, f"{path}[{k!r}]", depth + 1, top)
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            _check_json_value(v, f"{path}[{i}]")
+            _check_json_value(v, f"{path}[{i}]", depth + 1, top)
     elif not (value is None or isinstance(value, str | int | float | bool)):
         raise TypeError(f"{path} is a {type(value).__name__}, which is not JSON-serialisable")
 
@@ -105,8 +134,18 @@ def check_metadata(metadata: Any, where: str = "") -> str:
                 f"{where}metadata key {key!r} is reserved (it is a field of every memory: "
                 f"{', '.join(sorted(RESERVED_METADATA))})"
             )
-    _check_json_value(metadata, f"{where}metadata")
-    return json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    _check_json_value(metadata, f"{where}metadata", 1, f"{where}metadata")
+    text = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_METADATA_BYTES:
+        raise LimitExceeded(
+            f"{where}metadata is {size} bytes of JSON; "
+            f"the limit is {MAX_METADATA_BYTES} (MAX_METADATA_BYTES)",
+            limit_name="MAX_METADATA_BYTES",
+            limit=MAX_METADATA_BYTES,
+            field="metadata",
+        )
+    return text
 
 
 def check_text(text: Any, where: str) -> str:

@@ -97,5 +97,137 @@ def test_keys_file_refuses_a_star_user(tmp_path: Path) -> None:
         load_keys(keys)
 
 
-def _unused(*_: Any) -> None:  # keeps imports used while the module grows
-    pass
+# -- defect 5: hostile filters stop in the parser, with the limit named -----------------------------
+
+
+def _nest(kind: str, depth: int) -> dict[str, Any]:
+    f: dict[str, Any] = {"k": 1}
+    for _ in range(depth):
+        f = {kind: [f]}
+    return f
+
+
+@pytest.mark.parametrize(
+    ("bad", "limit"),
+    [
+        (_nest("AND", 60), "MAX_FILTER_DEPTH"),
+        (_nest("NOT", 11), "MAX_FILTER_DEPTH"),
+        ({"OR": [{"k": i} for i in range(1200)]}, "MAX_FILTER_BRANCHES"),
+        ({"AND": [{} for _ in range(300)]}, "MAX_FILTER_BRANCHES"),
+        ({f"k{i}": i for i in range(257)}, "MAX_FILTER_CONDITIONS"),
+        ({"k": {"in": list(range(10_001))}}, "MAX_IN_VALUES"),
+        ({"a": {"in": list(range(6000))}, "b": {"nin": list(range(6000))}}, "MAX_IN_VALUES"),
+        ({"k" * 257: 1}, "MAX_FIELD_CHARS"),
+    ],
+    ids=["and-60", "not-11", "or-1200", "empty-300", "conditions-257", "in-10001", "in-total", "long-key"],
+)
+def test_filter_limits_are_checked_in_the_parser(store: Memory, bad: dict, limit: str) -> None:
+    for call in (lambda: store.get_all(filters=bad), lambda: store.search("q", filters=bad)):
+        with pytest.raises(ValueError, match=limit):
+            call()
+    assert store.embedder.texts == 2  # refused before the query was embedded
+
+
+def test_filters_at_the_limits_run(store: Memory) -> None:
+    """The worst shapes the limits allow compile and run in SQLite (its parser stack overflowed at
+    24 nested NOTs, its expression tree at ~1,000 ORed conditions)."""
+    from hivemem.memory.filters import (
+        MAX_FILTER_BRANCHES,
+        MAX_FILTER_CONDITIONS,
+        MAX_FILTER_DEPTH,
+        MAX_IN_VALUES,
+    )
+
+    for kinds in (["NOT"], ["AND"], ["OR"], ["NOT", "OR", "AND"]):
+        # as deep as allowed, every remaining branch ORed at the bottom, every condition used
+        n_or = MAX_FILTER_BRANCHES - (MAX_FILTER_DEPTH - 1)
+        per = MAX_FILTER_CONDITIONS // n_or
+        bottom = [{f"k{j}": {"gte": i} for j in range(per)} for i in range(n_or)]
+        bottom[0].update({f"x{j}": {"ne": j} for j in range(MAX_FILTER_CONDITIONS - per * n_or)})
+        bottom[1]["k"] = {"in": list(range(MAX_IN_VALUES))}
+        bottom[1].pop("k0")
+        f: dict[str, Any] = {"OR": bottom}
+        for level in range(MAX_FILTER_DEPTH - 1):
+            f = {kinds[level % len(kinds)]: [f]}
+        store.get_all(filters=f)
+        store.search("secret", filters=f, user_id="alice")
+        store.delete_all(user_id="nobody")  # the scope ANDed on top of nothing
+    flat = {f"k{i}": i for i in range(MAX_FILTER_CONDITIONS)}
+    store.get_all(filters=flat, user_id="alice")
+
+
+def test_long_in_lists_are_bound_not_expanded(store: Memory) -> None:
+    """An ``in`` of 10,000 values (``MAX_IN_VALUES``) is one bound parameter; it once became 10,000
+    ORed terms and an sqlite3.OperationalError. The matches are those of ``eq``."""
+    MAX_IN_VALUES = 10_000
+    m = store
+    m.add_batch(
+        [{"messages": f"n{i}", "user_id": "carol", "metadata": {"n": i, "s": f"v{i}"}} for i in range(50)]
+    )
+    values = list(range(0, 2 * MAX_IN_VALUES, 2))  # even numbers only
+    got = {r["metadata"]["n"] for r in m.get_all(filters={"n": {"in": values}})["results"]}
+    assert got == set(range(0, 50, 2))
+    got = {
+        r["metadata"]["n"] for r in m.get_all(filters={"n": {"nin": values}, "user_id": "carol"})["results"]
+    }
+    assert got == set(range(1, 50, 2))
+    strings = [f"v{i}" for i in range(MAX_IN_VALUES - 3)] + [True, 7.0, "zz"]
+    got = {r["metadata"]["n"] for r in m.get_all(filters={"s": {"in": strings}})["results"]}
+    assert got == set(range(50))
+    # type families stay apart: the string "3" is not the number 3, True is not 1
+    assert m.get_all(filters={"n": {"in": ["3", True]}})["results"] == []
+    users = [f"user{i}" for i in range(MAX_IN_VALUES - 1)] + ["bob"]
+    assert [r["memory"] for r in m.get_all(filters={"user_id": {"in": users}})["results"]] == ["bob's secret"]
+    assert len(m.get_all(filters={"user_id": {"nin": users}}, top_k=1000)["results"]) == 51
+
+
+# -- defect 6: metadata is limited at write time, the same for every entry point --------------------
+
+
+def _deep(depth: int) -> dict[str, Any]:
+    x: Any = "leaf"
+    for _ in range(depth - 1):
+        x = {"k": x}
+    return {"k": x}
+
+
+@pytest.mark.parametrize(
+    ("meta", "limit"),
+    [
+        (_deep(33), "MAX_METADATA_DEPTH"),
+        (_deep(5000), "MAX_METADATA_DEPTH"),
+        ({"k": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}, "MAX_METADATA_DEPTH"),
+        ({"blob": "x" * 70_000}, "MAX_METADATA_BYTES"),
+        ({"blob": "é" * 40_000}, "MAX_METADATA_BYTES"),  # counted in UTF-8 bytes
+    ],
+    ids=["depth-33", "depth-5000", "lists-33", "bytes", "utf8-bytes"],
+)
+def test_metadata_limits_at_write_time(store: Memory, meta: dict, limit: str) -> None:
+    calls = [
+        lambda: store.add("new", user_id="alice", metadata=meta),
+        lambda: store.add_batch(
+            [
+                {"messages": "ok", "user_id": "alice"},
+                {"messages": "new", "user_id": "alice", "metadata": meta},
+            ]
+        ),
+        lambda: store.update(store.get_all(user_id="alice")["results"][0]["id"], metadata=meta),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=limit):
+            call()
+    assert _owners(store) == ["alice", "bob"]
+    assert store.embedder.texts == 2
+    assert store.get_all(user_id="alice")["results"][0]["metadata"] is None
+
+
+def test_metadata_at_the_limits_reads_back(store: Memory) -> None:
+    from hivemem.memory.records import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
+
+    deep = _deep(MAX_METADATA_DEPTH)
+    big = {"blob": "x" * (MAX_METADATA_BYTES - len('{"blob":""}'))}
+    store.add("deep", user_id="dora", metadata=deep)
+    store.add("big", user_id="dora", metadata=big)
+    got = {r["memory"]: r["metadata"] for r in store.get_all(user_id="dora")["results"]}
+    assert got == {"deep": deep, "big": big}
+    assert len(store.search("deep", user_id="dora", filters={"k": "*"})["results"]) == 1
