@@ -38,7 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hivemem.memory.records import LimitExceeded
+from hivemem.memory.records import LimitExceeded, check_unicode
 
 MAX_FILTER_DEPTH = 10
 MAX_FILTER_BRANCHES = 256
@@ -72,7 +72,9 @@ Node = Cond | Logic
 
 
 def _check_scalar(field: str, op: str, value: Any) -> Scalar:
-    if isinstance(value, bool | str):
+    if isinstance(value, str):
+        return check_unicode(value, f"filter {field!r}: {op} value")
+    if isinstance(value, bool):
         return value
     if isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
@@ -98,7 +100,7 @@ def _check_field(field: Any) -> str:
         )
     if '"' in field or any(ord(c) < 32 for c in field):
         raise ValueError(f"filter key {field!r} may not contain quotes or control characters")
-    return field
+    return check_unicode(field, f"filter key {field!r}")
 
 
 _LABELS = {"branches": "AND/OR/NOT items", "conditions": "field conditions", "in_values": "in/nin values"}
@@ -152,7 +154,7 @@ def _field_ops(field: str, spec: Any, budget: _Budget) -> list[Node]:
         elif op in ("contains", "icontains"):
             if not isinstance(value, str):
                 raise TypeError(f"filter {field!r}: {op} needs a string, got {type(value).__name__}")
-            out.append(Cond(field, op, value))
+            out.append(Cond(field, op, check_unicode(value, f"filter {field!r}: {op} value")))
         elif op in ("gt", "gte", "lt", "lte"):
             v = _check_scalar(field, op, value)
             if isinstance(v, bool):

@@ -78,12 +78,28 @@ def scope_key(user_id: str | None, agent_id: str | None, run_id: str | None) -> 
     return json.dumps([user_id, agent_id, run_id], ensure_ascii=False, separators=(",", ":"))
 
 
+def check_unicode(value: str, where: str) -> str:
+    """``value`` if it can be stored as UTF-8; else ValueError naming ``where`` and the position.
+
+    A Python ``str`` may hold lone surrogates (``"\\udcff"``, from ``surrogateescape`` decoding or
+    JSON ``"\\ud800"`` escapes); SQLite, the tokenizer and the wire need real UTF-8.
+    """
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{where} is not valid Unicode: lone surrogate {value[exc.start]!r} at position {exc.start}"
+            ) from None
+    return value
+
+
 def check_entity(name: str, value: Any, where: str = "") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"{where}{name} must be a string, got {type(value).__name__}")
-    value = value.strip()
+    value = check_unicode(value, f"{where}{name}").strip()
     if not value:
         raise ValueError(f"{where}{name} must not be empty")
     if value == WILDCARD:
@@ -108,10 +124,13 @@ def _check_json_value(value: Any, path: str, depth: int, top: str) -> None:
             limit=MAX_METADATA_DEPTH,
             field="metadata",
         )
-    if isinstance(value, dict):
+    if isinstance(value, str):
+        check_unicode(value, path)
+    elif isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"{path} has a non-string key {k!r}")
+            check_unicode(k, f"{path} key {k!r}")
             _check_json_value(v, f"{path}[{k!r}]", depth + 1, top)
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
@@ -153,11 +172,7 @@ def check_text(text: Any, where: str) -> str:
         raise TypeError(f"{where} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise ValueError(f"{where} is empty")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where} is not valid Unicode (lone surrogate)") from None
-    return text
+    return check_unicode(text, where)
 
 
 def normalize_messages(messages: Any, where: str = "") -> list[tuple[str, str, str | None]]:
@@ -179,10 +194,13 @@ def normalize_messages(messages: Any, where: str = "") -> list[tuple[str, str, s
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise ValueError(f"{at} needs a 'role' string (user, assistant, system, …)")
+        check_unicode(role, f"{at}['role']")
         content = check_text(message.get("content"), f"{at}['content']")
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{at}['name'] must be a string")
+        if name is not None:
+            check_unicode(name, f"{at}['name']")
         if role != "system":
             out.append((content, role, name or None))
     return out

@@ -15,6 +15,7 @@ returns the stored id with event ``"NONE"`` and writes nothing.
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from hivemem.memory import filters as flt
 from hivemem.memory.embedding import resolve_embedder
 from hivemem.memory.records import (
     ENTITIES,
+    LimitExceeded,
     NewMemory,
     check_entity,
     check_metadata,
     check_text,
+    check_unicode,
     content_hash,
     prepare,
 )
@@ -43,16 +46,40 @@ def default_path() -> Path:
     return hm_config.home() / "memory.sqlite"
 
 
+# Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
+# integer: 10**20 was an OverflowError from the driver.
+MAX_TOP_K = 1_000_000_000
+
+
 def _check_top_k(top_k: Any) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_k > MAX_TOP_K:
+        raise LimitExceeded(
+            f"top_k is {top_k}; the limit is {MAX_TOP_K:,} (MAX_TOP_K)",
+            limit_name="MAX_TOP_K",
+            limit=MAX_TOP_K,
+            field="top_k",
+        )
     return top_k
+
+
+def _check_threshold(threshold: Any) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    if not math.isfinite(threshold):  # NaN compares false with every score: it silently found nothing
+        raise ValueError(
+            f"threshold must be a finite number (a cosine, usually in [-1, 1]), got {threshold!r}"
+        )
+    return float(threshold)
 
 
 def _check_id(memory_id: Any) -> str:
     if not isinstance(memory_id, str) or not memory_id:
         raise TypeError(f"memory_id must be a non-empty string, got {memory_id!r}")
-    return memory_id
+    return check_unicode(memory_id, "memory_id")
 
 
 class Memory:
@@ -259,8 +286,7 @@ class Memory:
         query = check_text(query, "query")
         where = self._where(filters, user_id, agent_id, run_id)
         k = _check_top_k(top_k)
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
-            raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+        threshold = _check_threshold(threshold)
         vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
         return {"results": self._storage.search(vector, where, k, threshold)}
 

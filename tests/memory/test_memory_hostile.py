@@ -231,3 +231,75 @@ def test_metadata_at_the_limits_reads_back(store: Memory) -> None:
     got = {r["memory"]: r["metadata"] for r in store.get_all(user_id="dora")["results"]}
     assert got == {"deep": deep, "big": big}
     assert len(store.search("deep", user_id="dora", filters={"k": "*"})["results"]) == 1
+
+
+# -- item 8: lesser defects of the memory part ------------------------------------------------------
+
+LONE = "\udcff"  # a lone surrogate: a valid Python str that is not valid Unicode
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda m: m.add("x", user_id=f"u{LONE}"), "user_id"),
+        (lambda m: m.add("x", user_id="u", agent_id=LONE), "agent_id"),
+        (lambda m: m.add("x", run_id=f"r{LONE}"), "run_id"),
+        (lambda m: m.add([{"role": f"user{LONE}", "content": "x"}], user_id="u"), "role"),
+        (lambda m: m.add([{"role": "user", "content": "x", "name": LONE}], user_id="u"), "name"),
+        (lambda m: m.add("x", user_id="u", metadata={"k": f"v{LONE}"}), r"metadata\['k'\]"),
+        (lambda m: m.add("x", user_id="u", metadata={f"k{LONE}": 1}), "metadata"),
+        (lambda m: m.add("x", user_id="u", metadata={"k": [{"z": LONE}]}), r"metadata\['k'\]\[0\]\['z'\]"),
+        (lambda m: m.get(f"id{LONE}"), "memory_id"),
+        (lambda m: m.delete(f"id{LONE}"), "memory_id"),
+        (lambda m: m.update(f"id{LONE}", metadata={}), "memory_id"),
+        (lambda m: m.history(f"id{LONE}"), "memory_id"),
+        (lambda m: m.get_all(user_id=LONE), "user_id"),
+        (lambda m: m.delete_all(agent_id=LONE), "agent_id"),
+        (lambda m: m.get_all(filters={"k": f"v{LONE}"}), "filter 'k'"),
+        (lambda m: m.get_all(filters={f"k{LONE}": "v"}), "filter key"),
+        (lambda m: m.search("q", filters={"k": {"in": ["a", LONE]}}), "filter 'k'"),
+    ],
+)
+def test_lone_surrogates_are_named_before_embedding(store: Memory, call: Any, field: str) -> None:
+    with pytest.raises(ValueError, match=rf"{field}.*lone surrogate"):
+        call(store)
+    assert store.embedder.texts == 2
+    assert _owners(store) == ["alice", "bob"]
+
+
+@pytest.mark.parametrize("top_k", [10**20, 2**63, 1_000_000_001])
+def test_huge_top_k_is_a_named_error(store: Memory, top_k: int) -> None:
+    for call in (lambda: store.get_all(top_k=top_k), lambda: store.search("q", top_k=top_k)):
+        with pytest.raises(ValueError, match=r"top_k.*MAX_TOP_K"):
+            call()
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_threshold_is_refused(store: Memory, threshold: float) -> None:
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        store.search("secret", threshold=threshold)
+    assert len(store.search("secret", threshold=-1.0)["results"]) == 2
+
+
+def test_import_checks_every_line_first_and_names_the_file_line(store: Memory, tmp_path: Path) -> None:
+    lines = [json.dumps({"memory": f"fact {i}", "user_id": "erin"}) for i in range(7)]
+    lines[5] = json.dumps({"memory": "no scope at all"})  # a valid JSON line that Memory refuses
+    lines.insert(2, "")  # blank lines count: the error names the line of the file (now line 7)
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = CliRunner().invoke(
+        app, ["memory", "import", str(src), "--batch", "2", "--path", str(store.path)], catch_exceptions=False
+    )
+    assert out.exit_code == 2, out.output
+    assert "line 7:" in out.output and "user_id, agent_id or run_id" in out.output
+    assert _owners(store) == ["alice", "bob"]  # nothing of the file was stored
+
+
+def test_cli_path_that_is_a_directory_or_unwritable(tmp_path: Path) -> None:
+    run = CliRunner()
+    for path in (tmp_path, Path("/proc/no-such-dir/memory.sqlite")):
+        for args in (["list"], ["add", "x", "--user-id", "u"], ["delete", "--user-id", "u"]):
+            out = run.invoke(app, ["memory", *args, "--path", str(path)])
+            assert out.exit_code == 2, out.output
+            assert out.exception is None or isinstance(out.exception, SystemExit), out.exception
+            assert str(path) in out.output and "Traceback" not in out.output
