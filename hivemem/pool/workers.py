@@ -29,6 +29,7 @@ from hivemem.pool.errors import (
     RemoteTraceback,
     WorkerCrashed,
     WorkerInitError,
+    worker_exited,
 )
 
 STOP = object()  # queue marker: one per slot, put behind pending calls by close()
@@ -89,6 +90,7 @@ class Slot:
         self.factory_seconds: float | None = None  # how long the last successful factory call took
         self.crashes = 0
         self.timeouts = 0
+        self.exits = 0  # calls that raised SystemExit & co. (the worker was replaced)
         self.thread = threading.Thread(target=self._guarded_loop, name=f"hivemem-pool-{index}", daemon=True)
 
     def start(self) -> None:
@@ -131,6 +133,7 @@ class Slot:
             "factory_seconds": self.factory_seconds,
             "crashes": self.crashes,
             "timeouts": self.timeouts,
+            "exits": self.exits,
             "rss_bytes": rss_bytes(self.pid) if self.pid is not None else None,
         }
 
@@ -311,6 +314,12 @@ class ProcessSlot(Slot):
             elif kind == "done":
                 call.finish(value)
                 return
+            elif kind == "exit":  # SystemExit & co. in the function: the worker is exiting
+                exc, tb = value
+                self.exits += 1
+                self._discard()  # joined (killed after a grace period); the loop starts a new one
+                call.fail(_with_remote_tb(exc, tb))
+                return
             else:  # "error"
                 exc, tb = value
                 call.fail(_with_remote_tb(exc, tb))
@@ -358,7 +367,9 @@ class ThreadSlot(Slot):
                 timer.daemon = True
                 timer.start()
             try:
-                self._run(obj, call)
+                if not self._run(obj, call, self.index):
+                    self.exits += 1
+                    obj, built, self.serving = None, False, False  # replaced: the factory runs again
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -377,7 +388,8 @@ class ThreadSlot(Slot):
             )
 
     @staticmethod
-    def _run(obj: Any, call: Call) -> None:
+    def _run(obj: Any, call: Call, index: int) -> bool:
+        """Run one call; False when its object must be replaced (it raised SystemExit & co.)."""
         try:
             result = _child.call_fn(
                 call.fn,
@@ -387,7 +399,13 @@ class ThreadSlot(Slot):
                 emit=call.emit,
                 cancelled=call.cancelled.is_set,
             )
-        except BaseException as exc:
+        except Exception as exc:
             call.fail(exc)
+        except BaseException as exc:  # never hand SystemExit/KeyboardInterrupt to the caller
+            err = worker_exited(exc, _fn_name(call.fn), f"worker thread {index}")
+            err.__cause__ = exc
+            call.fail(err)
+            return False
         else:
             call.finish(result)
+        return True

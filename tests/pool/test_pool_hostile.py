@@ -1,0 +1,102 @@
+"""Hostile user code in a ``WorkerPool`` (the standing module of issue 9 for the pool part).
+
+A pooled call runs code the pool does not control. Whatever it raises, exits with or hangs in, it
+must cost that one call only: the caller gets a ``PoolError`` subclass (never a ``SystemExit`` or
+``KeyboardInterrupt`` of its own), the worker is replaced, and the pool keeps serving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pool_agents
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hivemem.pool import PoolError, WorkerPool
+from hivemem.pool.errors import WorkerExited
+
+KINDS = ["process", "thread"]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+# -- defect 2: sys.exit() and other BaseExceptions in user code -------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sys_exit_fails_one_call_and_the_worker_is_replaced(kind: str) -> None:
+    with WorkerPool(pool_agents.make_agent, size=1, kind=kind) as pool:
+        before = pool.call(pool_agents.whoami, timeout=60)
+        with pytest.raises(WorkerExited, match=r"exit code 3") as err:
+            pool.call(pool_agents.exit_with, 3, timeout=60)
+        assert err.value.exitcode == 3
+        assert isinstance(err.value, PoolError)
+        with pytest.raises(WorkerExited, match=r"exit code 1 \('bye'\)"):
+            pool.call(pool_agents.exit_with, "bye", timeout=60)
+        with pytest.raises(WorkerExited, match="exit code 0"):
+            pool.call(pool_agents.exit_with, None, timeout=60)
+        for name in ("KeyboardInterrupt", "GeneratorExit", "Custom"):
+            with pytest.raises(WorkerExited, match=name):
+                pool.call(pool_agents.raise_base, name, timeout=60)
+        with pytest.raises(WorkerExited, match="exit code 4"):
+            list(pool.stream(pool_agents.stream_then_exit, 4, timeout=60))
+        after = pool.call(pool_agents.whoami, timeout=60)
+        # a fresh object (replaced worker): its call count starts again at 1
+        assert after[2] == 1 and after[1:] != before[1:]
+        if kind == "process":
+            assert after[0] != before[0]
+        assert pool.stats()["factory_runs"] == 8  # the first + one replacement per exit
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_async_callers_get_the_pool_error(kind: str) -> None:
+    import asyncio
+
+    async def main() -> None:
+        with WorkerPool(pool_agents.make_agent, size=1, kind=kind) as pool:
+            with pytest.raises(WorkerExited):
+                await pool.run(pool_agents.exit_with, 5, timeout=60)
+            with pytest.raises(WorkerExited):
+                async for _ in pool.astream(pool_agents.stream_then_exit, 6, timeout=60):
+                    pass
+            assert await pool.run(pool_agents.add, 1, 2, timeout=60) == 3
+
+    asyncio.run(main())
+
+
+base_exceptions = st.one_of(
+    st.builds(SystemExit, st.one_of(st.none(), st.integers(-(2**40), 2**40), st.text(max_size=20))),
+    st.builds(KeyboardInterrupt, st.text(max_size=10)),
+    st.builds(GeneratorExit),
+    st.builds(pool_agents.CustomBase, st.text(max_size=10)),
+    st.builds(ValueError, st.text(max_size=10)),
+    st.builds(RuntimeError, st.integers()),
+)
+
+
+def _raise(agent: object, exc: BaseException) -> None:
+    raise exc
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(exc=base_exceptions)
+def test_whatever_user_code_raises_the_caller_gets_an_exception(
+    thread_pool: WorkerPool, exc: BaseException
+) -> None:
+    """Thread kind, so Hypothesis can throw any object: the caller only ever sees an ``Exception``,
+    the user's own ``Exception`` unchanged, anything else as ``WorkerExited``; the pool serves on."""
+    with pytest.raises(Exception) as err:
+        thread_pool.call(_raise, exc, timeout=60)
+    if isinstance(exc, Exception):
+        assert err.value is exc
+    else:
+        assert isinstance(err.value, WorkerExited) and err.value.__cause__ is exc
+    assert thread_pool.call(pool_agents.add, 2, 2, timeout=60) == 4
+
+
+@pytest.fixture(scope="module")
+def thread_pool():
+    with WorkerPool(pool_agents.make_agent, size=2, kind="thread") as pool:
+        yield pool
