@@ -26,6 +26,7 @@ from hivemem.pool import _child
 from hivemem.pool.calls import Call
 from hivemem.pool.errors import (
     CallTimeout,
+    PoolClosed,
     RemoteTraceback,
     WorkerCrashed,
     WorkerInitError,
@@ -115,11 +116,22 @@ class Slot:
                 return call
 
     def _fail_init(self, call: Call) -> None:
+        """Fail ``call`` with the error of the factory run made for it (kept: the next call retries)."""
         err = self.init_error
-        self.init_error = None
+        if isinstance(err, PoolClosed):
+            call.fail(err)
+            return
         exc = WorkerInitError(f"worker {self.index}: the factory failed: {type(err).__name__}: {err}")
         exc.__cause__ = err
         call.fail(exc)
+
+    def abort_start(self) -> None:
+        """``close(cancel_pending=True)``: stop waiting for a factory that is still running."""
+
+    @property
+    def in_factory(self) -> bool:
+        """Whether the factory is running right now (a worker being built)."""
+        return False
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -152,8 +164,22 @@ class ProcessSlot(Slot):
         self._proc: Any = None
         self._conn: Any = None
         self._send_lock = threading.Lock()
+        self._start_lock = threading.Lock()  # orders a starting worker against abort_start()
+        self._starting = False
+        self._aborted = False
 
     # -- process lifecycle ------------------------------------------------------------------
+    @property
+    def in_factory(self) -> bool:
+        return self._starting
+
+    def abort_start(self) -> None:
+        with self._start_lock:
+            self._aborted = True
+            proc = self._proc if self._starting else None
+        if proc is not None:
+            proc.kill()  # _spawn sees EOF and reports PoolClosed
+
     def _spawn(self) -> None:
         """Start a worker process and wait for its factory to finish (or fail)."""
         parent, child = self._ctx.Pipe(duplex=True)
@@ -161,9 +187,15 @@ class ProcessSlot(Slot):
             target=_child.main, args=(child, self._factory_blob), name=f"hivemem-worker-{self.index}"
         )
         proc.daemon = True
-        proc.start()
+        with self._start_lock:
+            if self._aborted:
+                parent.close()
+                child.close()
+                self.init_error = PoolClosed("the pool was closed before this worker started")
+                return
+            proc.start()
+            self._proc, self._conn, self._starting = proc, parent, True
         child.close()
-        self._proc, self._conn = proc, parent
         self.pid, self.serving = proc.pid, False
         self.factory_runs += 1
         try:
@@ -175,9 +207,14 @@ class ProcessSlot(Slot):
                 pid=proc.pid,
                 exitcode=proc.exitcode,
             )
+            if self._aborted:
+                err = PoolClosed("the pool was closed while this worker's factory was running")
             self._discard()
             self.init_error = err
             return
+        finally:
+            with self._start_lock:
+                self._starting = False
         if kind == "ready":
             self.init_error, self.serving = None, True
             self.factory_seconds = pickle.loads(blob)
@@ -218,14 +255,18 @@ class ProcessSlot(Slot):
     def _loop(self) -> None:
         try:
             while True:
-                if self._proc is None:
+                if self._proc is None and self.init_error is None:  # first start, or a replacement
                     self._spawn()
                     self.ready.set()
                 call = self._next_call()
                 if call is None:
                     return
+                if self.init_error is not None and not self._aborted:
+                    # The last factory run failed: run it again now, for this call, so the call gets
+                    # today's outcome (a fixed factory serves it), never an earlier attempt's error.
+                    self._spawn()
                 if self.init_error is not None:
-                    self._fail_init(call)  # next iteration tries the factory again
+                    self._fail_init(call)
                     continue
                 # Died while idle? An idle worker never writes, so a readable pipe means EOF; this
                 # also sees a death that the forkserver has not reported through the sentinel yet.
@@ -339,27 +380,43 @@ class ThreadSlot(Slot):
         super().__init__(index, calls)
         self._factory = factory
         self.pid = os.getpid()
+        self._building = False
+
+    @property
+    def in_factory(self) -> bool:
+        return self._building
+
+    def _build(self) -> tuple[bool, Any]:
+        """Run the factory once: ``(True, obj)``, or ``(False, None)`` with ``init_error`` set."""
+        self.factory_runs += 1
+        started = time.perf_counter()
+        self._building = True
+        try:
+            obj = self._factory()
+        except BaseException as exc:
+            self.init_error = exc
+            return False, None
+        finally:
+            self._building = False
+        self.init_error, self.serving = None, True
+        self.factory_seconds = time.perf_counter() - started
+        return True, obj
 
     def _loop(self) -> None:
         obj: Any = None
         built = False
         while True:
-            if not built:
-                self.factory_runs += 1
-                started = time.perf_counter()
-                try:
-                    obj = self._factory()
-                    built, self.init_error, self.serving = True, None, True
-                    self.factory_seconds = time.perf_counter() - started
-                except BaseException as exc:
-                    self.init_error = exc
+            if not built and self.init_error is None:  # first start, or a replacement
+                built, obj = self._build()
                 self.ready.set()
             call = self._next_call()
             if call is None:
                 return
-            if self.init_error is not None:
-                self._fail_init(call)
-                continue
+            if not built:  # the last factory run failed: run it again now, for this call
+                built, obj = self._build()
+                if not built:
+                    self._fail_init(call)
+                    continue
             self.busy = True
             timer = None
             if call.timeout is not None:

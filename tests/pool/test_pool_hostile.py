@@ -7,6 +7,10 @@ must cost that one call only: the caller gets a ``PoolError`` subclass (never a 
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
+import time
 from pathlib import Path
 
 import pool_agents
@@ -14,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hivemem.pool import PoolError, WorkerPool
+from hivemem.pool import PoolError, WorkerInitError, WorkerPool
 from hivemem.pool.errors import WorkerExited
 
 KINDS = ["process", "thread"]
@@ -100,3 +104,61 @@ def test_whatever_user_code_raises_the_caller_gets_an_exception(
 def thread_pool():
     with WorkerPool(pool_agents.make_agent, size=2, kind="thread") as pool:
         yield pool
+
+
+# -- item 8: a factory that heals, a factory that hangs ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_once_the_factory_is_fixed_the_next_call_of_every_worker_succeeds(kind: str, tmp_path: Path) -> None:
+    """The factory runs again when a call arrives; that call gets the fresh outcome, never the
+    error of an earlier attempt (each worker's first call after the fix used to fail)."""
+    flag = tmp_path / "model-downloaded"
+    with WorkerPool(functools.partial(pool_agents.healing_factory, str(flag)), size=2, kind=kind) as pool:
+        with pytest.raises(WorkerInitError, match="not ready"):
+            pool.wait_ready(timeout=60)
+        with pytest.raises(WorkerInitError, match="not ready"):
+            pool.call(pool_agents.add, 1, 1, timeout=60)
+        flag.touch()
+        futures = [pool.submit(pool_agents.whoami, 0.5, timeout=60) for _ in range(2)]
+        replies = [f.result(timeout=60) for f in futures]
+        assert len({(pid, obj) for pid, obj, _ in replies}) == 2  # both workers served, both healed
+        pool.wait_ready(timeout=60)  # no stale error left behind either
+
+
+def _stuck_pool(kind: str, release: threading.Event) -> WorkerPool:
+    if kind == "process":
+        return WorkerPool(functools.partial(pool_agents.hanging_factory, 3600.0), size=2)
+    return WorkerPool(lambda: release.wait(600) and pool_agents.Agent(), size=2, kind="thread")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_cancel_pending_does_not_wait_for_a_hanging_factory(kind: str) -> None:
+    release = threading.Event()
+    pool = _stuck_pool(kind, release)
+    try:
+        queued = [pool.submit(pool_agents.add, i, 1) for i in range(4)]
+        pids: set[int] = set()
+        deadline = time.monotonic() + 60
+        while kind == "process" and len(pids) < 2 and time.monotonic() < deadline:
+            pids = {w["pid"] for w in pool.stats()["workers"] if w["pid"]}
+            time.sleep(0.01)
+        closer = threading.Thread(target=pool.close, kwargs={"cancel_pending": True}, daemon=True)
+        closer.start()
+        closer.join(60)  # a hang guard, not a timing claim: the old code waited for the factory forever
+        assert not closer.is_alive(), "close(cancel_pending=True) waited for a hanging factory"
+        assert all(f.cancelled() for f in queued)
+        assert all(_gone(pid) for pid in pids)
+        with pytest.raises(PoolError):
+            pool.submit(pool_agents.add, 1, 1)
+    finally:
+        release.set()  # lets the thread kind's factory return, so no thread outlives the test
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] == "Z"
