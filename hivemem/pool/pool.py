@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from hivemem.pool.calls import AsyncStream, Call, Stream
 from hivemem.pool.errors import PoolClosed, WorkerInitError
-from hivemem.pool.workers import STOP, ProcessSlot, Slot, ThreadSlot
+from hivemem.pool.workers import STOP, ProcessSlot, Slot, ThreadSlot, refuse_while_bootstrapping
 
 Kind = Literal["process", "thread"]
 
@@ -100,6 +100,7 @@ class WorkerPool:
         self._closed = False
         self._slots: list[Slot]
         if kind == "process":
+            refuse_while_bootstrapping()  # a worker importing a main module that has no main guard
             method = start_method or _default_start_method()
             if method == "fork":
                 raise ValueError(
@@ -184,6 +185,8 @@ class WorkerPool:
         for slot in self._slots:
             if slot.init_error is not None:
                 err = slot.init_error
+                if isinstance(err, WorkerInitError):  # the pool's own words (e.g. no main guard)
+                    raise WorkerInitError(str(err))
                 raise WorkerInitError(
                     f"worker {slot.index}: the factory failed: {type(err).__name__}: {err}"
                 ) from err

@@ -11,10 +11,12 @@ breaks the whole executor.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +36,9 @@ from hivemem.pool.errors import (
 )
 
 STOP = object()  # queue marker: one per slot, put behind pending calls by close()
+# Exit status of a process that was asked to start a pool while importing the main module as a
+# worker (see refuse_while_bootstrapping); the parent turns it into a WorkerInitError naming the fix.
+EXIT_NO_MAIN_GUARD = 86
 _STOP_GRACE_S = 2.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -66,6 +71,73 @@ def _describe_exit(exitcode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-exitcode}"
     return f"exit code {exitcode}"
+
+
+def _main_file() -> str:
+    main = sys.modules.get("__main__")
+    return str(getattr(main, "__file__", None) or "the main module")
+
+
+def no_main_guard_message(main_file: str) -> str:
+    return (
+        f"every worker process imports the main module {main_file}, and that module creates a "
+        "WorkerPool when imported, so each worker would start a pool of its own. Create the pool "
+        f'(and run the program) under `if __name__ == "__main__":` in {main_file}'
+    )
+
+
+def refuse_while_bootstrapping() -> None:
+    """Stop a worker process that is creating a pool while it imports the main module.
+
+    Under ``spawn``/``forkserver`` a worker imports the main module to find the functions it runs;
+    a script without ``if __name__ == "__main__":`` then creates a pool in every worker (and in the
+    forkserver), which made the caller wait forever while multiprocessing printed tracebacks. The
+    stdlib marks that import with ``_inheriting`` (its own check, ``_check_not_importing_main``,
+    only fires later, inside the pool's threads). Exits at once with ``EXIT_NO_MAIN_GUARD``
+    (``os._exit``: a forkserver child turns any ``SystemExit`` into status 1), which the parent
+    reports as a WorkerInitError naming the fix.
+    """
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    frame = sys._getframe(1)
+    main_file = "the main module"
+    while frame is not None:  # the module being imported as __mp_main__ is on the stack
+        if frame.f_globals.get("__name__") == "__mp_main__":
+            main_file = str(frame.f_globals.get("__file__") or main_file)
+            break
+        frame = frame.f_back
+    sys.stderr.write(f"hivemem: not starting a WorkerPool here: {no_main_guard_message(main_file)}\n")
+    sys.stderr.flush()
+    os._exit(EXIT_NO_MAIN_GUARD)
+
+
+def _forkserver_exit_code() -> int | None:
+    """Exit code of this process's forkserver if it has exited, without reaping it (best effort)."""
+    try:
+        from multiprocessing import forkserver
+
+        pid = forkserver._forkserver._forkserver_pid  # the stdlib's own singleton
+        if pid is None:
+            return None
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except Exception:
+        return None
+    if info is None or info.si_code != os.CLD_EXITED:
+        return None
+    return info.si_status
+
+
+def _start_failed(exc: BaseException, method: str) -> WorkerInitError:
+    main_file = _main_file()
+    if method == "forkserver" and _forkserver_exit_code() == EXIT_NO_MAIN_GUARD:
+        return WorkerInitError(f"cannot start worker processes: {no_main_guard_message(main_file)}")
+    hint = (
+        " The forkserver exited while importing the main module: if it creates a WorkerPool or does "
+        f'other work when imported, move that under `if __name__ == "__main__":` in {main_file}.'
+        if method == "forkserver"
+        else ""
+    )
+    return WorkerInitError(f"could not start a worker process ({type(exc).__name__}: {exc}).{hint}")
 
 
 def _with_remote_tb(exc: BaseException, tb: str) -> BaseException:
@@ -118,8 +190,8 @@ class Slot:
     def _fail_init(self, call: Call) -> None:
         """Fail ``call`` with the error of the factory run made for it (kept: the next call retries)."""
         err = self.init_error
-        if isinstance(err, PoolClosed):
-            call.fail(err)
+        if isinstance(err, PoolClosed | WorkerInitError):  # the pool's own words: as they are
+            call.fail(type(err)(str(err)))
             return
         exc = WorkerInitError(f"worker {self.index}: the factory failed: {type(err).__name__}: {err}")
         exc.__cause__ = err
@@ -193,7 +265,13 @@ class ProcessSlot(Slot):
                 child.close()
                 self.init_error = PoolClosed("the pool was closed before this worker started")
                 return
-            proc.start()
+            try:
+                proc.start()
+            except Exception as exc:  # e.g. the forkserver died importing the main module
+                parent.close()
+                child.close()
+                self.init_error = _start_failed(exc, self._ctx.get_start_method())
+                return
             self._proc, self._conn, self._starting = proc, parent, True
         child.close()
         self.pid, self.serving = proc.pid, False
@@ -209,6 +287,8 @@ class ProcessSlot(Slot):
             )
             if self._aborted:
                 err = PoolClosed("the pool was closed while this worker's factory was running")
+            elif proc.exitcode == EXIT_NO_MAIN_GUARD:
+                err = WorkerInitError(f"cannot start worker processes: {no_main_guard_message(_main_file())}")
             self._discard()
             self.init_error = err
             return

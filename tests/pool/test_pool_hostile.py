@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -162,3 +165,79 @@ def _gone(pid: int) -> bool:
         return True
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(")")[-1].split()[0] == "Z"
+
+
+# -- defect 9: a script without `if __name__ == "__main__":` ----------------------------------------
+
+NO_GUARD = """
+import sys
+sys.path.insert(0, {here!r})
+import pool_agents
+from hivemem.pool import WorkerInitError, WorkerPool
+
+pool = WorkerPool(pool_agents.make_agent, size=2, start_method={method!r})  # no main guard
+try:
+    print("result", pool.call(pool_agents.add, 1, 2, timeout=600))
+except WorkerInitError as exc:
+    print("WorkerInitError:", exc)
+pool.close()
+"""
+
+
+@pytest.mark.parametrize("method", [None, "spawn"], ids=["forkserver", "spawn"])
+def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path: Path, method: str | None) -> None:
+    """Every worker re-imports the main module, which starts a pool again: the caller used to wait
+    forever while multiprocessing printed tracebacks. Now: WorkerInitError naming the fix."""
+    script = tmp_path / "agent_script.py"
+    script.write_text(NO_GUARD.format(here=str(HERE), method=method))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its workers too can be killed if it hangs
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        out, err = proc.communicate(timeout=120)  # a hang guard, not a timing claim
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("a pool in a script without a main guard hung")
+    assert "WorkerInitError:" in out, (out, err[-3000:])
+    assert 'if __name__ == "__main__":' in out and str(script) in out
+    assert "bootstrapping phase" not in err  # multiprocessing's own traceback never comes
+    assert proc.returncode == 0
+
+
+DYING_FORKSERVER = """
+import multiprocessing, sys
+sys.path.insert(0, {here!r})
+import pool_agents
+from hivemem.pool import WorkerInitError, WorkerPool
+
+if __name__ == "__main__":
+    multiprocessing.set_forkserver_preload(["dying_preload"])  # the forkserver dies as it starts
+    with WorkerPool(pool_agents.make_agent, size=2, start_method="forkserver") as pool:
+        for _ in range(2):
+            try:
+                print("result", pool.call(pool_agents.add, 1, 2, timeout=600))
+            except WorkerInitError as exc:
+                print("WorkerInitError:", exc)
+"""
+
+
+def test_a_worker_that_cannot_be_started_fails_calls_instead_of_hanging(tmp_path: Path) -> None:
+    """Process.start() raising (here: the forkserver dies) used to kill the slot's thread silently,
+    and every call waited forever."""
+    script = tmp_path / "dying.py"
+    script.write_text(DYING_FORKSERVER.format(here=str(HERE)))
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang guard
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])},  # the forkserver's path
+    )
+    assert out.stdout.count("WorkerInitError: could not start a worker process") == 2, out
+    assert "The forkserver exited while importing the main module" in out.stdout
