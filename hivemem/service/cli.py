@@ -13,6 +13,7 @@ import typer
 
 
 def serve(
+    ctx: typer.Context,
     socket: Path = typer.Option(None, help="Unix socket path (default: $HIVEMEM_SOCKET or the runtime dir)."),
     http: str = typer.Option(None, help="Also serve the OpenAI-compatible HTTP API on HOST:PORT."),
     api_key: str = typer.Option(
@@ -76,6 +77,7 @@ def serve(
         agent_workers=agent_workers,
         agent_kind=agent_kind,
         max_body=max_body,
+        replay=_replay(ctx),
     )
     try:
         run(config)
@@ -85,6 +87,31 @@ def serve(
     except (ServiceError, ValueError) as exc:
         typer.echo(f"hivemem serve: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _replay(ctx: typer.Context) -> dict[str, Any]:
+    """How to start this service again as it is (``spawn.start_command``): the options given on the
+    command line or through the environment; the API key travels in the environment, never argv."""
+    import sys
+
+    from hivemem.service.spawn import RECORDED_ENV
+
+    args: list[str] = []
+    env = {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}
+    for param in ctx.command.params:
+        name = param.name or ""
+        source = ctx.get_parameter_source(name)
+        given = getattr(source, "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+        if name in ("socket", "stop") or not given or not getattr(param, "opts", None):
+            continue
+        value = ctx.params[name]
+        if name == "api_key":
+            env["HIVEMEM_API_KEY"] = value
+        elif param.is_flag:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return {"args": args, "env": env, "cwd": os.getcwd(), "executable": sys.executable}
 
 
 def _agent(agent: str | None, agent_fn: str | None) -> tuple[Any, Any]:

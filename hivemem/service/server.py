@@ -58,6 +58,9 @@ class ServiceConfig:
     agent_workers: int = 2
     agent_kind: str = "process"
     max_body: int = 16 * 1024 * 1024
+    # How this service was started (``spawn.start_command``): recorded next to the socket while it
+    # runs, so that a replacement after kill -9 comes back with the same options. None: not recorded.
+    replay: dict[str, Any] | None = None
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -212,6 +215,7 @@ class Service:
             "dim": self.engine.dim,
             "socket": str(self.config.socket),
             "http": self.config.http,
+            "idle_timeout": self.config.idle_timeout,
             "uptime_s": round(time.time() - self.metrics.started, 3),
             "clients": self.clients,
             "replicas": engine.get("replicas", 1),
@@ -336,6 +340,10 @@ def serve(config: ServiceConfig) -> None:
     config.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = PidLock(config.socket)  # before loading the model: a second service fails in milliseconds
     try:
+        if config.replay is not None:
+            from hivemem.service.spawn import write_options
+
+            write_options(config.socket, config.replay)
         metrics = ServiceMetrics()
         engine = build_engine(
             metrics=metrics,
@@ -346,5 +354,7 @@ def serve(config: ServiceConfig) -> None:
             cache=config.cache,
         )
         asyncio.run(Service(engine, config, metrics).run())
+        with contextlib.suppress(FileNotFoundError):  # stopped cleanly: nothing to bring back
+            paths.options_path(config.socket).unlink()
     finally:
         lock.release()
