@@ -42,6 +42,10 @@ from hivemem.memory.storage.sqlite import SQLiteStorage
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
 
 
+class MemoryNotFound(ValueError):
+    """No memory has this id (update/delete). A ``ValueError`` with Mem0's message, as Mem0 raises."""
+
+
 def default_path() -> Path:
     return hm_config.home() / "memory.sqlite"
 
@@ -211,17 +215,17 @@ class Memory:
         if text is not None:
             text = check_text(text, "text")
             if self._storage.get(memory_id) is None:
-                raise ValueError(f"Memory with id {memory_id} not found")
+                raise MemoryNotFound(f"Memory with id {memory_id} not found")
             vector, hash_ = self.embedder.embed([text])[0], content_hash(text)
         try:
             self._storage.update(memory_id, text, vector, meta, hash_)
         except KeyError:
-            raise ValueError(f"Memory with id {memory_id} not found") from None
+            raise MemoryNotFound(f"Memory with id {memory_id} not found") from None
         return {"message": "Memory updated successfully!"}
 
     def delete(self, memory_id: str) -> dict[str, str]:
         if not self._storage.delete(_check_id(memory_id)):
-            raise ValueError(f"Memory with id {memory_id} not found")
+            raise MemoryNotFound(f"Memory with id {memory_id} not found")
         return {"message": "Memory deleted successfully!"}
 
     def delete_all(

@@ -24,7 +24,9 @@ def serve(
     variant: str = typer.Option("default", help="Model variant: default, fast, fp32, int8."),
     max_pending: int = typer.Option(4096, min=1, help="Texts queued before callers wait (backpressure)."),
     busy_timeout: float = typer.Option(10.0, help="Seconds a caller waits on a full queue before 'busy'."),
-    idle_timeout: float = typer.Option(0.0, help="Exit after this many seconds without clients (0: never)."),
+    idle_timeout: float = typer.Option(
+        0.0, help="Exit after this many seconds without clients (0: never; auto-started: 600)."
+    ),
     stop: bool = typer.Option(False, "--stop", help="Stop the running service (drains its queue) and exit."),
     keys: Path = typer.Option(
         None, help='HTTP keys file: {"KEY": {"user_id": "alice"}, "ADMIN": {"admin": true}} (scoped access).'
@@ -38,6 +40,9 @@ def serve(
     agent_workers: int = typer.Option(2, min=1, help="Warm agent workers (WorkerPool size)."),
     agent_kind: str = typer.Option("process", help="Agent workers: process or thread."),
     max_body: int = typer.Option(16 * 1024 * 1024, min=1, help="Largest HTTP request body in bytes (413)."),
+    http_read_timeout: float = typer.Option(
+        30.0, min=0.001, help="Seconds to receive one whole HTTP request, headers and body (408 after)."
+    ),
 ) -> None:
     """Run the embedding service in the foreground (one model, one queue, one cache per machine)."""
     from hivemem.service import paths
@@ -77,6 +82,7 @@ def serve(
         agent_workers=agent_workers,
         agent_kind=agent_kind,
         max_body=max_body,
+        http_read_timeout=http_read_timeout,
         replay=_replay(ctx),
     )
     try:

@@ -58,6 +58,7 @@ class ServiceConfig:
     agent_workers: int = 2
     agent_kind: str = "process"
     max_body: int = 16 * 1024 * 1024
+    http_read_timeout: float = 30.0  # seconds to receive one whole HTTP request (408 after)
     # How this service was started (``spawn.start_command``): recorded next to the socket while it
     # runs, so that a replacement after kill -9 comes back with the same options. None: not recorded.
     replay: dict[str, Any] | None = None
@@ -191,8 +192,11 @@ class Service:
             agent_fn=config.agent_fn,
             max_body=config.max_body,
         )
+        from hivemem.service.limits import read_timeout_protocol
+
+        http = read_timeout_protocol(config.http_read_timeout)
         server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", http=http)
         )
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # our loop owns signals
         log.info("hivemem service: HTTP on http://%s:%d", host, port)
