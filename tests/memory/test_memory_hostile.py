@@ -303,3 +303,143 @@ def test_cli_path_that_is_a_directory_or_unwritable(tmp_path: Path) -> None:
             assert out.exit_code == 2, out.output
             assert out.exception is None or isinstance(out.exception, SystemExit), out.exception
             assert str(path) in out.output and "Traceback" not in out.output
+
+
+# -- Hypothesis: whatever a caller sends, a clear refusal or a faithful result ----------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from hivemem.memory.records import MAX_METADATA_DEPTH  # noqa: E402
+
+HOSTILE_TEXT = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["*", " * ", "", "  ", "\x00", "a\udcff", "\ud800", "é" * 300, "x" * 2000, '"', "$.x"]),
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**60), 2**60),
+    st.floats(allow_nan=True, allow_infinity=True),
+    HOSTILE_TEXT,
+)
+JSONISH = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(HOSTILE_TEXT, inner, max_size=3),
+    max_leaves=10,
+)
+FIELD = st.one_of(st.sampled_from(["k", "n", "user_id", "memory", "role", "AND"]), HOSTILE_TEXT)
+OPS = ["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "contains", "icontains", "between"]
+LEAF_FILTER = st.dictionaries(
+    FIELD,
+    st.one_of(
+        SCALARS, st.dictionaries(st.sampled_from(OPS), st.one_of(SCALARS, st.lists(SCALARS, max_size=4)))
+    ),
+    max_size=3,
+)
+FILTERS = st.recursive(
+    LEAF_FILTER,
+    lambda inner: st.dictionaries(
+        st.sampled_from(["AND", "OR", "NOT"]), st.lists(inner, max_size=3), min_size=1
+    ),
+    max_leaves=8,
+)
+REFUSED = (ValueError, TypeError)  # the only ways a call may fail: naming the problem
+
+
+def _wrap(node: Any, levels: int) -> Any:
+    for _ in range(levels):
+        node = {"NOT": [node]} if levels % 2 else {"AND": [node, {}]}
+    return node
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Memory]:
+    m = Memory(tmp_path_factory.mktemp("hyp") / "h.sqlite", embedder=HashEmbedder())
+    m.add_batch(
+        [
+            {"messages": f"fact {i}", "user_id": f"u{i % 3}", "metadata": {"k": i, "n": str(i)}}
+            for i in range(9)
+        ]
+    )
+    yield m
+    m.close()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(filters=FILTERS, extra_depth=st.integers(0, 30))
+def test_any_filter_gives_rows_or_a_named_refusal(shared: Memory, filters: Any, extra_depth: int) -> None:
+    """Never an sqlite3 error, a RecursionError or a UnicodeEncodeError: rows, or ValueError/TypeError."""
+    f = _wrap(filters, extra_depth)
+    for call in (lambda: shared.get_all(filters=f, top_k=100), lambda: shared.search("fact", filters=f)):
+        try:
+            rows = call()["results"]
+        except REFUSED as exc:
+            assert str(exc)
+            continue
+        assert all(r["id"] for r in rows)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(metadata=JSONISH, depth=st.integers(0, MAX_METADATA_DEPTH + 3))
+def test_any_metadata_is_stored_faithfully_or_refused_whole(tmp_path_factory: pytest.TempPathFactory,
+                                                             metadata: Any, depth: int) -> None:  # fmt: skip
+    m = Memory(tmp_path_factory.mktemp("meta") / "m.sqlite", embedder=Counting())
+    meta: Any = {"v": metadata}
+    for _ in range(depth):
+        meta = {"w": meta}
+    try:
+        m.add_batch(
+            [{"messages": "first", "user_id": "u"}, {"messages": "second", "user_id": "u", "metadata": meta}]
+        )
+    except REFUSED:
+        assert m.count() == 0 and m.embedder.texts == 0  # refused before embedding, nothing stored
+    else:
+        stored = {r["memory"]: r["metadata"] for r in m.get_all(user_id="u")["results"]}
+        assert stored["second"] == json.loads(json.dumps(meta))  # JSON's own reading (tuples → lists)
+    m.close()
+
+
+MESSAGES = st.one_of(
+    HOSTILE_TEXT,
+    st.dictionaries(st.sampled_from(["role", "content", "name", "x"]), SCALARS, max_size=4),
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries(
+                {
+                    "role": st.sampled_from(["user", "assistant", "system", "", "tool"]),
+                    "content": HOSTILE_TEXT,
+                },
+                optional={"name": st.one_of(st.none(), HOSTILE_TEXT, st.integers())},
+            ),
+            SCALARS,
+        ),
+        max_size=4,
+    ),
+    st.integers(),
+    st.none(),
+)
+IDS = st.one_of(st.none(), HOSTILE_TEXT, st.integers(), st.lists(st.text(max_size=2), max_size=2))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(messages=MESSAGES, user_id=IDS, agent_id=IDS, run_id=IDS)
+def test_any_message_shape_and_ids_are_stored_literally_or_refused(
+    tmp_path_factory: pytest.TempPathFactory, messages: Any, user_id: Any, agent_id: Any, run_id: Any
+) -> None:
+    m = Memory(tmp_path_factory.mktemp("ids") / "i.sqlite", embedder=Counting())
+    m.add("someone else's", user_id="other")
+    scope = {"user_id": user_id, "agent_id": agent_id, "run_id": run_id}
+    try:
+        added = m.add(messages, **scope)["results"]
+    except REFUSED:
+        assert m.count() == 1 and m.embedder.texts == 1
+    else:
+        ids = {k: v.strip() for k, v in scope.items() if v is not None}
+        assert "*" not in ids.values()
+        mine = m.get_all(**scope)["results"]
+        assert {r["id"] for r in mine} == {r["id"] for r in added}  # exactly these: literal equality
+        assert all(r.get(k) == v for r in mine for k, v in ids.items())
+        m.delete_all(**scope)
+        assert [r["memory"] for r in m.get_all()["results"]] == ["someone else's"]
+    m.close()
