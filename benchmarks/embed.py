@@ -22,6 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from plots import add_plot_options, bars
+
 from hivemem import Embedder, EmbeddingCache
 from hivemem.embed.corpus import sentences
 from hivemem.embed.model import ensure_prepared, fidelity, source_dir
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="corpus size (distinct sentences)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=16, help="caller threads for the embed_one test")
+    add_plot_options(ap)
     args = ap.parse_args()
 
     manifest = ensure_prepared()
@@ -170,6 +173,21 @@ def main() -> None:
     for e in [*engines.values(), st_backend]:
         e.close()
     print(json.dumps({"benchmark": "embed", **out}))
+    names = {"st_bs1": "sentence-transformers bs 1", "st_bs32": "sentence-transformers bs 32"}
+    names.update({f"onnx_{v}": f"hivemem onnx {v}" + (" (default)" * (v == default)) for v in variants})
+    names["hivemem_st_backend"] = "hivemem, sentence-transformers backend"
+    names["threads_embed_one"] = f"hivemem default, {args.threads} threads × embed_one"
+    bars(
+        args,
+        "embed_throughput",
+        f"Embedding throughput by backend and variant ({len(corpus)} sentences)",
+        list(names.values()),
+        {"texts/s": [rates[k] for k in names]},
+        labels={"texts/s": [f"{rates[k]:.0f}  ({rates[k] / base:.2f}×)" for k in names]},
+        ylabel="texts/s (× sentence-transformers bs 32)",
+        horizontal=True,
+        note=f"one run, interleaved rounds, {os.cpu_count()} CPU threads: compare ratios, not absolutes",
+    )
 
 
 if __name__ == "__main__":

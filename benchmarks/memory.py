@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["MEM0_TELEMETRY"] = "False"
 
 import numpy as np
+from plots import add_plot_options, lines
 
 from hivemem import Embedder, EmbeddingCache, Memory
 from hivemem.embed.corpus import sentences
@@ -217,10 +218,18 @@ def main() -> None:
     )
     ap.add_argument("--search-sizes", help="comma-separated store sizes for search (default 2000,10000 "
                     "with --quick, else 10000,100000)")  # fmt: skip
+    ap.add_argument(
+        "--sweep",
+        help="comma-separated add_batch sizes (default 10,50,100,200 with --quick, else 10,50,100,500,1000); "
+        "the largest is measured in rounds against the engine",
+    )
+    add_plot_options(ap)
     args = ap.parse_args()
     q = args.quick
     only = args.targets_only
     sweep = [10, 50, 100, 200] if q else [10, 50, 100, 500, 1000]
+    if args.sweep:
+        sweep = sorted(int(x) for x in args.sweep.split(","))
     n_seq, n_thr, n_thr_off, n_dup = (60, 300, 100, 2000) if q else (200, 600, 300, 10_000)
     big = [2000, 10_000] if q else [10_000, 100_000]
     if args.search_sizes:
@@ -394,6 +403,20 @@ def main() -> None:
     for r in ROWS:
         print("| " + " | ".join(r) + " |")
     print(json.dumps(out, default=float))
+    sizes = [size for size in sweep if f"add_batch_{size}_ops_s" in out]
+    if len(sizes) > 1:
+        lines(
+            args,
+            "memory_add_batch_sweep",
+            "Memory.add_batch throughput by batch size (real model, fresh cache)",
+            sizes,
+            {"add_batch(n)": [out[f"add_batch_{size}_ops_s"] for size in sizes]},
+            xlabel="memories per add_batch call",
+            ylabel="memories/s",
+            logx=True,
+            hlines={f"engine embed({big_n}), no memory layer": engine},
+            note=f"one run; add_batch({big_n}) and the engine: best of {rounds} interleaved rounds",
+        )
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)

@@ -33,6 +33,9 @@ _EXPORTS: dict[str, str] = {
     "convert_tasks": "hivemem.tasks.convert",
     "Memory": "hivemem.memory.store",
     "AsyncMemory": "hivemem.memory.aio",
+    "import_mem0": "hivemem.memory.mem0_import",
+    "FactExtractor": "hivemem.memory.infer",
+    "LLMError": "hivemem.memory.infer",
     "connect": "hivemem.service.client",
     "aconnect": "hivemem.service.aclient",
     "ServiceClient": "hivemem.service.client",
@@ -48,6 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
     from hivemem.memory.aio import AsyncMemory
+    from hivemem.memory.infer import FactExtractor, LLMError
+    from hivemem.memory.mem0_import import import_mem0
     from hivemem.memory.store import Memory
     from hivemem.pool.errors import (
         CallTimeout,

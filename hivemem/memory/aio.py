@@ -24,8 +24,9 @@ class AsyncMemory:
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,
+        llm: Any = None,
     ) -> None:
-        self.sync = Memory(path, embedder, embedder_config=embedder_config)
+        self.sync = Memory(path, embedder, embedder_config=embedder_config, llm=llm)
 
     @classmethod
     def from_config(cls, config_dict: dict[str, Any]) -> AsyncMemory:
@@ -36,8 +37,8 @@ class AsyncMemory:
     async def add(self, messages: Any, **kwargs: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync.add, messages, **kwargs)
 
-    async def add_batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return await asyncio.to_thread(self.sync.add_batch, items)
+    async def add_batch(self, items: list[dict[str, Any]], infer: bool = False) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.add_batch, items, infer)
 
     async def search(self, query: str, **kwargs: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync.search, query, **kwargs)

@@ -44,11 +44,16 @@ def _json_opt(text: str | None, what: str) -> Any:
 
 
 def _run(fn: Any) -> Any:
+    from hivemem.memory.infer import LLMError
+
     try:
         return fn()
-    except (ValueError, TypeError, NotImplementedError) as exc:
+    except (ValueError, TypeError, NotImplementedError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except LLMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @memory_app.command("add")
@@ -58,12 +63,21 @@ def add(
     agent_id: str | None = typer.Option(None, "--agent-id"),
     run_id: str | None = typer.Option(None, "--run-id"),
     metadata: str | None = typer.Option(None, "--metadata", help="A JSON object."),
+    infer: bool = typer.Option(
+        False, "--infer", help="Store the facts an LLM finds in the text (needs HIVEMEM_LLM_URL)."
+    ),
     path: Path | None = PathOpt,
 ) -> None:
     """Add one memory (event NONE with the existing id if the text is already in the scope)."""
     meta = _json_opt(metadata, "--metadata")
     with _open(path) as m:
-        _echo(_run(lambda: m.add(text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta)))
+        _echo(
+            _run(
+                lambda: m.add(
+                    text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta, infer=infer
+                )
+            )
+        )
 
 
 @memory_app.command("search")
@@ -145,17 +159,33 @@ def export(path: Path | None = PathOpt) -> None:
 
 @memory_app.command("import")
 def import_(
-    source: Path = typer.Argument(..., help="A JSONL file as written by export ('-' for stdin)."),
-    batch: int = typer.Option(500, "--batch", help="Memories per transaction."),
+    source: Path | None = typer.Argument(None, help="A JSONL file as written by export ('-' for stdin)."),
+    from_mem0: str | None = typer.Option(
+        None,
+        "--from-mem0",
+        help="Copy a Mem0 store instead: its config (the dict for Mem0's Memory.from_config) as a JSON "
+        "file or JSON text; '{}' means Mem0's defaults. Memories, ids, timestamps and history are kept.",
+    ),
+    batch: int = typer.Option(500, "--batch", min=1, help="Memories per transaction."),
     path: Path | None = PathOpt,
 ) -> None:
-    """Add the memories of a JSONL file, in batches; duplicates in a scope are skipped.
+    """Add the memories of a JSONL file (or of a Mem0 store), in batches; duplicates are skipped.
 
-    Every line is checked before anything is stored, so a bad line (named by its line number in
-    the file) leaves the store untouched; a run that fails later can simply be repeated.
+    Every line of a JSONL file is checked before anything is stored, so a bad line (named by its
+    line number in the file) leaves the store untouched; a run that fails later can be repeated.
     """
     from hivemem.memory.records import prepare
 
+    if (source is None) == (from_mem0 is None):
+        raise typer.BadParameter("give a JSONL file or --from-mem0 CONFIG (one of them)")
+    if from_mem0 is not None:
+        from hivemem.memory.mem0_import import import_mem0, load_config
+
+        config = _run(lambda: load_config(from_mem0))
+        with _open(path) as m:
+            _echo(_run(lambda: import_mem0(m, config, batch=batch)))
+        return
+    assert source is not None
     stream = sys.stdin if str(source) == "-" else source.open(encoding="utf-8")
     items: list[dict[str, Any]] = []
     for lineno, line in enumerate(stream, 1):

@@ -23,6 +23,10 @@ WILDCARD = "*"
 # promotes them), and therefore not allowed as metadata keys.
 COLUMNS = ("id", "memory", "hash", "created_at", "updated_at", *ENTITIES, "actor_id", "role")
 RESERVED_METADATA = frozenset((*COLUMNS, "data", "score"))
+# An id chosen by the caller (``add_batch`` items' ``"id"``: LangChain document ids, ids imported
+# from Mem0). Generated ids are uuid4 strings; a chosen one is any short printable string. The same
+# limit bounds user_id, agent_id and run_id.
+MAX_ID_CHARS = 256
 
 # Metadata limits, checked at write time for every entry point (Python, CLI, HTTP) by
 # ``check_metadata``. Why: metadata nested 900 deep was accepted once, and every later read of that
@@ -61,6 +65,7 @@ class NewMemory:
     role: str | None
     metadata: str  # JSON text
     created_at: str
+    given_id: bool = False  # the caller chose ``id``: it must not silently become another one
 
 
 def now() -> str:
@@ -102,6 +107,13 @@ def check_entity(name: str, value: Any, where: str = "") -> str | None:
     value = check_unicode(value, f"{where}{name}").strip()
     if not value:
         raise ValueError(f"{where}{name} must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise LimitExceeded(
+            f"{where}{name} has {len(value)} characters; the limit is {MAX_ID_CHARS} (MAX_ID_CHARS)",
+            limit_name="MAX_ID_CHARS",
+            limit=MAX_ID_CHARS,
+            field=name,
+        )
     if value == WILDCARD:
         raise ValueError(
             f"{where}{name} '*' is not a valid id: ids are literal values, and '*' is the filter "
@@ -167,6 +179,18 @@ def check_metadata(metadata: Any, where: str = "") -> str:
     return text
 
 
+def check_memory_id(memory_id: Any, where: str = "") -> str:
+    """A caller-chosen memory id: a non-empty printable string of at most MAX_ID_CHARS."""
+    if not isinstance(memory_id, str):
+        raise TypeError(f"{where}id must be a string, got {type(memory_id).__name__}")
+    if not memory_id or len(memory_id) > MAX_ID_CHARS:
+        raise ValueError(f"{where}id must have 1 to {MAX_ID_CHARS} characters, got {len(memory_id)}")
+    check_unicode(memory_id, f"{where}id")
+    if not memory_id.isprintable():
+        raise ValueError(f"{where}id {memory_id!r} contains control characters")
+    return memory_id
+
+
 def check_text(text: Any, where: str) -> str:
     if not isinstance(text, str):
         raise TypeError(f"{where} must be a string, got {type(text).__name__}")
@@ -213,15 +237,13 @@ def prepare(
     agent_id: Any = None,
     run_id: Any = None,
     metadata: Any = None,
-    infer: Any = False,
+    id: Any = None,  # the key of an add_batch item
     where: str = "",
 ) -> list[NewMemory]:
-    """Validate one ``add`` call's arguments and turn them into memories (one per non-system turn)."""
-    if infer:
-        raise NotImplementedError(
-            "infer=True extracts facts with an LLM, and no LLM is configured in hivemem yet; "
-            "call add(..., infer=False) to store the messages as they are"
-        )
+    """Validate one ``add`` call's arguments and turn them into memories (one per non-system turn).
+
+    ``id``: the caller's id for the memory; then ``messages`` must hold exactly one non-system turn.
+    """
     ids = {
         name: check_entity(name, value, where)
         for name, value in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
@@ -231,9 +253,16 @@ def prepare(
     meta = check_metadata(metadata, where)
     scope = scope_key(ids["user_id"], ids["agent_id"], ids["run_id"])
     stamp = now()
+    turns = normalize_messages(messages, where)
+    if id is not None:
+        id = check_memory_id(id, where)
+        if len(turns) != 1:
+            raise ValueError(
+                f"{where}an id names one memory, but the messages hold {len(turns)} non-system turns"
+            )
     return [
         NewMemory(
-            id=str(uuid.uuid4()),
+            id=id if id is not None else str(uuid.uuid4()),
             memory=content,
             hash=content_hash(content),
             scope=scope,
@@ -244,6 +273,7 @@ def prepare(
             role=role,
             metadata=meta,
             created_at=stamp,
+            given_id=id is not None,
         )
-        for content, role, actor in normalize_messages(messages, where)
+        for content, role, actor in turns
     ]

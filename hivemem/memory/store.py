@@ -26,8 +26,10 @@ from hivemem import config as hm_config
 from hivemem.embed.protocol import EmbedderLike
 from hivemem.memory import filters as flt
 from hivemem.memory.embedding import resolve_embedder
+from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
     ENTITIES,
+    RESERVED_METADATA,
     LimitExceeded,
     NewMemory,
     check_entity,
@@ -40,6 +42,7 @@ from hivemem.memory.records import (
 from hivemem.memory.storage.sqlite import SQLiteStorage
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
+_CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
 
 
 class MemoryNotFound(ValueError):
@@ -86,6 +89,20 @@ def _check_id(memory_id: Any) -> str:
     return check_unicode(memory_id, "memory_id")
 
 
+def _check_given_ids(new: list[NewMemory], found: dict[tuple[str, str], str]) -> None:
+    """A caller-chosen id must name its memory: refuse (before anything is written) a text that
+    is already stored, or added earlier in the same batch, under another id in the same scope."""
+    first: dict[tuple[str, str], str] = {}
+    for m in new:
+        key = (m.scope, m.hash)
+        owner = found.get(key) or first.setdefault(key, m.id)
+        if m.given_id and owner != m.id:
+            raise ValueError(
+                f"memory id {m.id!r}: the same text is already stored in this scope as memory {owner!r} "
+                "(hivemem keeps one copy of a text per scope); use that id, or update/delete it first"
+            )
+
+
 class Memory:
     """Long-term memory for agents (see the module docstring).
 
@@ -94,12 +111,16 @@ class Memory:
     in-process engine, created on first use (listing and deleting never load a model).
     """
 
+    # Names every record has at the top level: they cannot be metadata keys (adapters escape them).
+    RESERVED_METADATA = RESERVED_METADATA
+
     def __init__(
         self,
         path: str | Path | None = None,
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,
+        llm: dict[str, Any] | FactExtractor | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else default_path()
         self._storage = SQLiteStorage(self.path)
@@ -110,6 +131,11 @@ class Memory:
         if embedder is not None:
             self._embedder, self._owns_embedder = resolve_embedder(embedder)
             self._storage.bind_model(self._embedder.model_id, self._embedder.dim)
+        # infer=True: a FactExtractor, or Mem0's "llm" config dict (else $HIVEMEM_LLM_URL), built on first use
+        self._llm: FactExtractor | None = llm if isinstance(llm, FactExtractor) else None
+        self._llm_config = None if isinstance(llm, FactExtractor) else llm
+        self._owns_llm = False
+        self._prompts: dict[str, str | None] = {}
 
     @classmethod
     def from_config(cls, config_dict: dict[str, Any]) -> Memory:
@@ -128,7 +154,11 @@ class Memory:
             if provider not in ("sqlite", "hivemem"):
                 raise ValueError(f"vector_store provider {provider!r} is not available; use 'sqlite'")
             path = (store.get("config") or {}).get("path", path)
-        return cls(path=path, embedder_config=config_dict.get("embedder"))
+        memory = cls(path=path, embedder_config=config_dict.get("embedder"), llm=config_dict.get("llm"))
+        memory._prompts = {
+            k: config_dict.get(k) for k in ("custom_instructions", "custom_fact_extraction_prompt")
+        }
+        return memory
 
     # -- embedding -----------------------------------------------------------------------------
 
@@ -143,6 +173,21 @@ class Memory:
                     self._embedder = emb
         return self._embedder
 
+    @property
+    def llm(self) -> FactExtractor:
+        """The fact extractor behind ``infer=True`` (see ``hivemem.memory.infer``)."""
+        if self._llm is None:
+            with self._embedder_lock:
+                if self._llm is None:
+                    llm = FactExtractor.from_config(self._llm_config, **self._prompts)
+                    if llm is None:
+                        raise ValueError(
+                            "infer=True needs an LLM, and no LLM is configured: pass Memory(llm={'provider': "
+                            "'openai', 'config': {'model': …, 'openai_base_url': …}}) or set HIVEMEM_LLM_URL"
+                        )
+                    self._llm, self._owns_llm = llm, True
+        return self._llm
+
     # -- writes --------------------------------------------------------------------------------
 
     def add(
@@ -154,23 +199,30 @@ class Memory:
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         infer: bool = False,
+        prompt: str | None = None,
     ) -> dict[str, list[dict[str, Any]]]:
-        """Store ``messages`` (a string, or ``[{"role", "content"}]``; system turns are skipped)."""
-        new = prepare(
-            messages, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=metadata, infer=infer
-        )
-        return {"results": self._store(new)}
+        """Store ``messages`` (a string, or ``[{"role", "content"}]``; system turns are skipped).
 
-    def add_batch(self, items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        ``infer=True``: store the facts an LLM finds in them instead (``prompt``: extra instructions
+        for this call); see ``hivemem.memory.infer``.
+        """
+        item = {"messages": messages, "user_id": user_id, "agent_id": agent_id, "run_id": run_id}
+        item.update(metadata=metadata, infer=infer, prompt=prompt)
+        return {"results": self._store(self._memories([item], [""], False))}
+
+    def add_batch(self, items: list[dict[str, Any]], infer: bool = False) -> dict[str, list[dict[str, Any]]]:
         """Many ``add`` calls in one embed call and one transaction: all stored, or none.
 
-        Each item: ``{"messages": …, "user_id"/"agent_id"/"run_id": …, "metadata": …}``. Results
-        are flat, in item order (one per non-system message).
+        Each item: ``{"messages": …, "user_id"/"agent_id"/"run_id": …, "metadata": …}``, and
+        optionally ``"id"``: the caller's id for an item of one message (LangChain document ids, ids
+        imported from Mem0; otherwise a uuid4 is generated). Results are flat, in item order (one per
+        non-system message). ``infer=True`` (or an item's ``"infer"``, with its ``"prompt"``): the
+        LLM's facts instead, all conversations asked concurrently, then still one embed call and
+        one transaction for everything.
         """
         if not isinstance(items, list | tuple):
             raise TypeError(f"add_batch takes a list of dicts, got {type(items).__name__}")
-        allowed = {"messages", *ENTITIES, "metadata", "infer"}
-        new: list[NewMemory] = []
+        allowed = {"messages", *ENTITIES, "metadata", "infer", "prompt", "id"}
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise TypeError(f"items[{i}] must be a dict, got {type(item).__name__}")
@@ -179,13 +231,35 @@ class Memory:
                 raise ValueError(f"items[{i}] has unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
             if "messages" not in item:
                 raise ValueError(f"items[{i}] needs 'messages'")
-            new.extend(prepare(**item, where=f"items[{i}]: "))
-        return {"results": self._store(new)}
+        return {
+            "results": self._store(self._memories(items, [f"items[{i}]: " for i in range(len(items))], infer))
+        }
+
+    def _memories(self, items: list[dict[str, Any]], wheres: list[str], infer: bool) -> list[NewMemory]:
+        """Validated memories for ``add`` calls, in order; those with ``infer`` via the LLM."""
+        per_item: list[list[NewMemory]] = []
+        asked: list[tuple[int, dict[str, Any]]] = []
+        for i, (item, where) in enumerate(zip(items, wheres, strict=True)):
+            args = {k: v for k, v in item.items() if k != "infer"}
+            flag = item.get("infer", infer)
+            if not isinstance(flag, bool):
+                raise TypeError(f"{where}infer must be True or False, got {flag!r}")
+            if flag:
+                asked.append((i, args))
+            elif args.pop("prompt", None) is not None:
+                raise ValueError(f"{where}prompt is for infer=True (the LLM's instructions)")
+            per_item.append([] if flag else prepare(**args, where=where))
+        if asked:
+            found = infer_memories(self, [a for _, a in asked], [wheres[i] for i, _ in asked])
+            for (i, _), memories in zip(asked, found, strict=True):
+                per_item[i] = memories
+        return [m for memories in per_item for m in memories]
 
     def _store(self, new: list[NewMemory]) -> list[dict[str, Any]]:
         if not new:
             return []
         found = self._storage.existing(list(dict.fromkeys((m.scope, m.hash) for m in new)))
+        _check_given_ids(new, found)
         todo = [m for m in new if (m.scope, m.hash) not in found]
         outcome: dict[int, tuple[str, str]] = {}
         if todo:
@@ -303,6 +377,9 @@ class Memory:
 
     def close(self) -> None:
         self._storage.close()
+        if self._owns_llm and self._llm is not None:
+            self._llm.close()  # built here from a config or the environment, so ours to close
+            self._llm, self._owns_llm = None, False
         if self._owns_embedder and self._embedder is not None:
             close = getattr(self._embedder, "close", None)
             if close is not None:

@@ -177,17 +177,34 @@ def _wait_released(pid_file: Path, wait: float) -> bool:
 
 def status(
     socket: Path = typer.Option(None, help="Unix socket path (default: $HIVEMEM_SOCKET or the runtime dir)."),
+    memory: list[Path] = typer.Option(
+        None,
+        "--memory",
+        help="Also summarise this memory store (repeatable); the default one is always shown.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
-    """The running service's pid, model, uptime, queue, cache and connected clients (JSON)."""
+    """The service (pid, uptime, model and variant, threads, clients, queue, batches, cache hit rate,
+    memory), the memory stores it knows, and where files live. Exit status 1 when no service runs."""
     from hivemem.service import paths
     from hivemem.service.client import ServiceClient
     from hivemem.service.errors import ServiceError
+    from hivemem.service.status_view import collect, render
 
     sock = paths.socket_path(socket)
+    info: dict[str, Any] | None = None
+    error = None
     try:
         with ServiceClient(sock, autostart=False, timeout=10) as client:
             info = client.stats()
     except ServiceError as exc:
-        typer.echo(json.dumps({"running": False, "socket": str(sock), "error": str(exc)}))
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps({"running": True, **info}, indent=2))
+        error = str(exc)
+    view = collect(sock, info, list(memory or []))
+    if error:
+        view["error"] = error
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+    else:
+        render(view)
+    if info is None:
+        raise typer.Exit(1)

@@ -182,6 +182,7 @@ _KINDS = {
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    502: "upstream_error",  # infer=True: the LLM failed
 }
 
 

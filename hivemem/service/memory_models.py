@@ -37,7 +37,11 @@ class AddRequest(Entities):
 
     messages: str | list[Message]
     metadata: dict[str, Any] | None = None
-    infer: bool = Field(False, description="LLM fact extraction: not available (422 when true).")
+    infer: bool = Field(
+        False,
+        description="LLM fact extraction: store the facts an LLM finds instead of the messages (needs an "
+        "LLM configured for the service, e.g. HIVEMEM_LLM_URL; 422 when none is, 502 when it fails).",
+    )
 
 
 class BatchAddRequest(BaseModel):

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
 from hivemem.embed.queue import QueueFull
+from hivemem.memory.infer import LLMError
 from hivemem.memory.records import LimitExceeded
 from hivemem.memory.store import MemoryNotFound
 from hivemem.service.auth import Scope
@@ -82,7 +83,7 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
     Mapped by exception type, never by message text: QueueFull 429, MemoryNotFound 404,
     LimitExceeded 422 (``code`` "limit_exceeded", ``param`` the field), other ValueError, TypeError
-    and NotImplementedError 422.
+    and NotImplementedError 422, LLMError (infer=True) 502.
     """
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -94,6 +95,8 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise ApiError(422, str(exc), code="limit_exceeded", param=exc.field) from None
     except (ValueError, TypeError, NotImplementedError) as exc:
         raise HTTPException(422, str(exc)) from None
+    except LLMError as exc:  # infer=True: the LLM behind the service failed; nothing was written
+        raise HTTPException(502, str(exc)) from None
 
 
 def _own_user(scope: Scope, user_id: str | None) -> str | None:

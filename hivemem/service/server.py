@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hivemem import config as hm_config
 from hivemem.service import paths, wire
 from hivemem.service.errors import ProtocolError, ServiceBusy, ServiceError
 from hivemem.service.metrics import ServiceMetrics
@@ -107,6 +108,7 @@ class Service:
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
         self._closers: list[Callable[[], Any]] = []  # HTTP-side resources, closed before the engine
+        self._memory_path: Path | None = None  # the memory store served over HTTP, if any
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -173,6 +175,7 @@ class Service:
             from hivemem.memory.store import Memory
 
             memory = Memory(config.memory_path, embedder=self.engine)  # our own engine, not a client
+            self._memory_path = memory.path
             self._closers.append(memory.close)
         if config.agent_fn is not None:
             from hivemem.pool.pool import WorkerPool
@@ -223,9 +226,14 @@ class Service:
             "uptime_s": round(time.time() - self.metrics.started, 3),
             "clients": self.clients,
             "replicas": engine.get("replicas", 1),
+            "threads": self.config.threads or default_threads(),
             "queue": engine.get("queue"),
             "cache": engine.get("cache"),
             "metrics": self.metrics.snapshot(),
+            # where this process keeps its files (``hivemem status`` shows them)
+            "home": str(hm_config.home()),
+            "cache_path": str(hm_config.cache_path()) if self.config.cache else None,
+            "memory_path": str(self._memory_path) if self._memory_path else None,
         }
 
     # ---- connections -----------------------------------------------------------------------------

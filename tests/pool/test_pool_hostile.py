@@ -50,8 +50,9 @@ def test_sys_exit_fails_one_call_and_the_worker_is_replaced(kind: str) -> None:
         with pytest.raises(WorkerExited, match="exit code 4"):
             list(pool.stream(pool_agents.stream_then_exit, 4, timeout=60))
         after = pool.call(pool_agents.whoami, timeout=60)
-        # a fresh object (replaced worker): its call count starts again at 1
-        assert after[2] == 1 and after[1:] != before[1:]
+        # a fresh object (replaced worker): its call count starts again at 1 (the first one's would be 2;
+        # ids of objects are no proof: a new worker may well allocate its object at the same address)
+        assert before[2] == 1 and after[2] == 1
         if kind == "process":
             assert after[0] != before[0]
         assert pool.stats()["factory_runs"] == 8  # the first + one replacement per exit

@@ -113,7 +113,8 @@ try:
     convert_tasks(sys.argv[1], sys.argv[2], progress=False)
 except TaskSourceError as exc:
     print("refused:", exc)
-print("maxrss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, so it would report the parent's peak
+print("maxrss_kb", [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
 """
 
 

@@ -299,15 +299,20 @@ class SQLiteStorage:
         results: list[tuple[str, str]] = []
         history: list[tuple] = []
         for m, vec in zip(memories, vectors, strict=True):
-            cur = db.execute(
-                "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (scope, hash) DO NOTHING",
-                (
-                    m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
-                    m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
-                ),
-            )  # fmt: skip
+            try:
+                cur = db.execute(
+                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
+                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (scope, hash) DO NOTHING",
+                    (
+                        m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
+                        m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
+                    ),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:  # UNIQUE(id): a caller-chosen id that names another memory
+                raise ValueError(
+                    f"memory id {m.id!r} is already taken by another memory; update or delete that one"
+                ) from None
             if cur.rowcount == 1:
                 results.append((m.id, "ADD"))
                 history.append(
@@ -446,6 +451,50 @@ class SQLiteStorage:
         """Every memory with its scope fields and metadata, in insertion order (for JSONL export)."""
         for row in self._db().execute(f"SELECT {_FIELDS} FROM memories ORDER BY rid"):
             yield _record(row)
+
+    def import_rows(
+        self,
+        memories: list[NewMemory],
+        vectors: np.ndarray,
+        updated_at: list[str],
+        history: list[dict[str, Any]],
+    ) -> list[tuple[str, str]]:
+        """Copy memories and their history from another store (``hivemem memory import
+        --from-mem0``) in ONE transaction: memories whose id is already here are skipped (``"SKIP"``),
+        the others inserted as by ``insert`` (``"ADD"``, or ``"NONE"`` for a text already stored in
+        the scope); history rows replace the synthetic ``ADD`` row of the memories they describe and
+        are skipped when their id is already here, so an import can be repeated."""
+        with self._write() as db:
+            ids = [m.id for m in memories]
+            here = {
+                r[0]
+                for start in range(0, len(ids), 400)
+                for r in db.execute(
+                    f"SELECT id FROM memories WHERE id IN ({','.join('?' * len(ids[start : start + 400]))})",
+                    ids[start : start + 400],
+                )
+            }
+            keep = [i for i, m in enumerate(memories) if m.id not in here]
+            seq = db.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
+            stored = self._insert_rows(db, [memories[i] for i in keep], vectors[keep]) if keep else []
+            added = {mid for mid, event in stored if event == "ADD"}
+            db.executemany(
+                "UPDATE memories SET updated_at = ? WHERE id = ?",
+                [(updated_at[i], memories[i].id) for i in keep if memories[i].id in added],
+            )
+            described = added & {h["memory_id"] for h in history}
+            db.executemany(
+                "DELETE FROM history WHERE seq > ? AND memory_id = ?", [(seq, mid) for mid in described]
+            )
+            cols = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
+                    "is_deleted", "actor_id", "role")  # fmt: skip
+            db.executemany(
+                f"INSERT INTO history ({', '.join(cols)}) SELECT {', '.join('?' * len(cols))}"
+                " WHERE NOT EXISTS (SELECT 1 FROM history WHERE id = ?)",
+                [(*(h.get(c) for c in cols), h["id"]) for h in history],
+            )
+        out = dict(zip(keep, stored, strict=True))
+        return [out.get(i, (m.id, "SKIP")) for i, m in enumerate(memories)]
 
     def _positions(self, db: sqlite3.Connection, snap: Snapshot, sql: str, params: list[Any]) -> np.ndarray:
         key = (snap.version, sql, tuple(params))
