@@ -54,7 +54,7 @@ def test_kill_9_mid_request_the_call_completes_on_the_replacement(service_env, l
     rng = random.Random(4)
     try:
         for round_ in range(3):
-            texts = sentences(400, seed=100 + round_)  # new texts: the service's cache cannot answer
+            texts = sentences(256, seed=100 + round_)  # new texts: the service's cache cannot answer
             victim = client.service_pid
             result: dict[str, object] = {}
 
