@@ -67,3 +67,24 @@ def serve(path: str, mode: str, uid: int | None = None) -> None:
                     conn.sendall(wire.frame(wire.VECTORS, rid, _vectors(count, mode)))
         except (EOFError, OSError):
             conn.close()
+
+
+def drop(path: str, seconds: float) -> None:
+    """A dying listener: for ``seconds`` accept every connection and close it at once (what a
+    service killed with SIGKILL can look like for a moment), then remove the socket and exit."""
+    import time
+
+    Path(path).unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    listener.settimeout(0.05)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        conn.close()
+    Path(path).unlink(missing_ok=True)
+    listener.close()

@@ -79,6 +79,24 @@ def test_kill_9_mid_request_the_call_completes_on_the_replacement(service_env, l
         _stop_all(sock)
 
 
+def test_a_listener_that_drops_connections_is_waited_out(service_env) -> None:
+    """The deterministic core of the kill -9 race: a socket that still accepts but drops every
+    connection (a dying service) used to end the call at once with ServiceUnavailable."""
+    sock = Path(service_env["HIVEMEM_SOCKET"])
+    dying = multiprocessing.get_context("fork").Process(target=fake_service.drop, args=(str(sock), 1.0))
+    dying.start()
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert time.monotonic() < deadline and dying.is_alive()
+        time.sleep(0.01)
+    try:
+        with connect(sock, timeout=120) as client:  # waits it out, then starts a real service
+            assert client.embed_one("made it").shape == (384,)
+    finally:
+        dying.join(30)
+        _stop_all(sock)
+
+
 @pytest.mark.slow
 def test_the_replacement_keeps_the_options_of_the_service_it_replaces(service_env, short_dir) -> None:
     """A service started by hand with HTTP and an API key, killed: the worker that restarts it
