@@ -28,11 +28,17 @@ PathOpt = typer.Option(
 
 
 def _open(path: str | None) -> Any:
+    import sqlite3
+
+    from hivemem.memory.storage.locate import default_path
     from hivemem.memory.store import Memory
 
     try:
         return Memory(path)
-    except (ValueError, TypeError, ImportError, ConnectionError, RuntimeError) as exc:
+    except (OSError, sqlite3.Error) as exc:  # a directory, an unwritable place, not a database
+        typer.echo(f"error: cannot open the memory database {path or default_path()}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (ValueError, TypeError, ImportError, ConnectionError, RuntimeError) as exc:  # a bad URL, no server
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -175,7 +181,11 @@ def import_(
 ) -> None:
     """Add the memories of a JSONL file as written by export (with their ids and history), or of a
     Mem0 store, in batches; memories already in the store (same id, or same text in the same
-    scope) are skipped."""
+    scope) are skipped.
+
+    Every line of a JSONL file is checked before anything is stored, so a bad line (named by its
+    line number in the file) leaves the store untouched; a run that fails later can be repeated.
+    """
     if (source is None) == (from_mem0 is None):
         raise typer.BadParameter("give a JSONL file or --from-mem0 CONFIG (one of them)")
     if from_mem0 is not None:

@@ -14,6 +14,11 @@ The same tree as ``sqlcompile`` (SQLite), the same semantics (Python's reading i
 
 Columns of ``records.COLUMNS`` are read directly (they are ``COLLATE "C"`` text); equality on a
 column at the top level of the tree is emitted bare (``user_id = %s``) so an index can serve it.
+An ``in``/``nin`` list is bound as ONE array parameter (``= ANY(%s::jsonb[])``; jsonb equality
+keeps the type families apart), never one placeholder per value (``filters.MAX_IN_VALUES``).
+
+PostgreSQL text cannot hold U+0000, so nothing stored contains it; a filter string that does is
+refused with a ValueError rather than sent to the server.
 """
 
 from __future__ import annotations
@@ -32,7 +37,30 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _text(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(
+            "filter values may not contain NUL characters (U+0000): PostgreSQL text cannot hold them"
+        )
+    return value
+
+
+def _in(field: str, values: tuple[Any, ...], params: list[Any]) -> str:
+    """Whether the field equals one of ``values``, as one array parameter."""
+    if field in COLUMNS:  # columns hold only text
+        strings = [_text(v) for v in values if isinstance(v, str)]
+        if not strings:
+            return "false"
+        params.append(strings)
+        return f"coalesce({field} = ANY(%s::text[]), false)"
+    if not values:
+        return "false"
+    params.extend((field, [json.dumps(_text(v)) for v in values]))
+    return f"coalesce({_FIELD} = ANY(%s::jsonb[]), false)"
+
+
 def _eq(field: str, value: Any, params: list[Any]) -> str:
+    value = _text(value)
     if field in COLUMNS:
         if not isinstance(value, str):
             return "false"  # columns hold only text
@@ -48,7 +76,8 @@ class _Compiler:
         self.params: list[Any] = []
 
     def atom(self, c: Cond) -> str:
-        field, op, value, params = c.field, c.op, c.value, self.params
+        field, op, params = c.field, c.op, self.params
+        value = c.value if isinstance(c.value, tuple) else _text(c.value)
         column = field in COLUMNS
         if op == "exists":
             if column:
@@ -60,8 +89,7 @@ class _Compiler:
         if op == "ne":
             return f"(NOT {_eq(field, value, params)})"
         if op in ("in", "nin"):
-            parts = [_eq(field, v, params) for v in value]
-            any_ = "(" + " OR ".join(parts) + ")" if parts else "false"
+            any_ = _in(field, value, params)
             return any_ if op == "in" else f"(NOT {any_})"
         if op in _CMP:
             sym = _CMP[op]

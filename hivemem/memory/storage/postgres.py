@@ -132,6 +132,27 @@ def _record(row: tuple, score: float | None = None, *, with_score: bool = False)
     return out
 
 
+def _check_nul(memories: list[NewMemory]) -> None:
+    """PostgreSQL text (and jsonb) cannot hold U+0000: refuse it up front, naming the field."""
+    for m in memories:
+        for name in ("memory", "id", "user_id", "agent_id", "run_id", "actor_id", "role"):
+            value = getattr(m, name)
+            if value is not None and "\x00" in value:
+                raise ValueError(f"{name} contains a NUL character (U+0000), which PostgreSQL cannot store")
+        if "\\u0000" in m.metadata and _has_nul(json.loads(m.metadata)):
+            raise ValueError("metadata contains a NUL character (U+0000), which PostgreSQL cannot store")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def redact(conninfo: str) -> str:
     """The connection string without its password (for messages)."""
     text = re.sub(r"(://[^:/@?]*):[^@/?]*@", r"\1:***@", conninfo)
@@ -392,6 +413,7 @@ class PostgresStorage:
             raise ValueError(f"vectors must have {self._model[1]} columns, got shape {vectors.shape}")
         if not memories:
             return []
+        _check_nul(memories)
         rows = [(m, v, None) for m, v in zip(memories, vectors, strict=True)]
         try:
             results = self._write(lambda conn: self._insert_rows(conn, rows))
@@ -510,6 +532,12 @@ class PostgresStorage:
     ) -> None:
         ns, stamp = self._ns, now()
         errors = self._psycopg.errors
+        if (text is not None and "\x00" in text) or (
+            metadata is not None and "\\u0000" in metadata and _has_nul(json.loads(metadata))
+        ):
+            raise ValueError(
+                "text or metadata contains a NUL character (U+0000), which PostgreSQL cannot store"
+            )
 
         def change(conn: Any) -> None:
             row = conn.execute(
@@ -618,6 +646,7 @@ class PostgresStorage:
         if memories and self._model is None:
             raise RuntimeError("bind_model() must be called before import_rows()")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        _check_nul(memories)
         ns = self._ns
 
         def copy(conn: Any) -> list[tuple[str, str]]:
