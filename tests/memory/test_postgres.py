@@ -347,3 +347,28 @@ def test_a_copied_install_still_finds_its_libraries(tmp_path: Path) -> None:
     for tool in ("initdb", "postgres"):
         done = subprocess.run([str(bin_dir / tool), "--version"], capture_output=True, text=True)
         assert done.returncode == 0 and "PostgreSQL" in done.stdout, done.stderr
+
+
+def test_nul_characters_are_refused_up_front(pg_url: Callable[[], str], hash_embedder: Any) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000 (SQLite can): a clear error naming the field,
+    never a driver error, and nothing of the batch is stored."""
+    m = Memory(pg_url(), embedder=hash_embedder)
+    cases = [
+        (
+            lambda: m.add_batch(
+                [{"messages": "fine", "user_id": "u"}, {"messages": "a\x00b", "user_id": "u"}]
+            ),
+            "memory",
+        ),
+        (lambda: m.add("x", user_id="u", metadata={"k": ["ok", "n\x00l"]}), "metadata"),
+        (lambda: m.add("x", user_id="u\x00v"), "user_id"),
+        (lambda: m.get_all(filters={"k": {"in": ["a", "b\x00"]}}), "filter values"),
+        (lambda: m.search("q", filters={"k": {"contains": "\x00"}}), "filter values"),
+    ]
+    for call, what in cases:
+        with pytest.raises(ValueError, match=f"{what}.*NUL"):
+            call()
+    assert m.count() == 0
+    m.add("a\\u0000 is fine as text", user_id="u", metadata={"raw": "\\u0000"})  # a backslash, not NUL
+    assert m.get_all(filters={"raw": "\\u0000"})["results"][0]["metadata"] == {"raw": "\\u0000"}
+    m.close()

@@ -766,7 +766,8 @@ class PostgresStorage:
         rows may change between them, as between two searches; the scores are always those of
         the rows returned."""
         ns = self._ns
-        key, now_ = (sql, tuple(params)), time.monotonic()
+        key = (sql, tuple(tuple(p) if isinstance(p, list) else p for p in params))  # lists: in/nin arrays
+        now_ = time.monotonic()
         with self._large_lock:
             large = self._large.get(key, 0.0) > now_ or (sql == "true" and self._index is not None)
         if not large:
