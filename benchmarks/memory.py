@@ -4,6 +4,7 @@
     python benchmarks/memory.py --quick   # small run
     python benchmarks/memory.py --fleet --before /tmp/main-ref   # N searching processes, before/after
     python benchmarks/memory.py --scale 1000000                  # one store of a million memories
+    python benchmarks/memory.py --backend both   # SQLite and PostgreSQL side by side
 
 Every section uses texts no other section used and an embedding cache of its own (fresh), so
 throughputs are of real embedding work — except the duplicate-content row, which measures
@@ -432,6 +433,14 @@ def main() -> None:
         "the largest is measured in rounds against the engine",
     )
     add_plot_options(ap)
+    ap.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite",
+                    help="postgres/both: SQLite and PostgreSQL side by side")  # fmt: skip
+    args, _ = ap.parse_known_args()
+    if args.backend != "sqlite":
+        import memory_backends  # the sibling script
+
+        memory_backends.main(sys.argv[1:])
+        return
     args = ap.parse_args()
     if args.fleet or args.scale:
         tmp = Path(tempfile.mkdtemp(prefix="hivemem-bench-"))

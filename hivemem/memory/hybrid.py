@@ -108,6 +108,11 @@ def fuse(
     return [{**records[mid], "score": s} for s, _, mid in scored[:top_k]]
 
 
+def has_keywords(storage: Any) -> bool:
+    """Whether ``storage`` has the keyword side of the search contract (SQLite has; PostgreSQL not yet)."""
+    return all(callable(getattr(storage, name, None)) for name in ("keyword_search", "cosines", "snapshot"))
+
+
 def search(
     storage: Storage,
     mode: str,
@@ -117,7 +122,11 @@ def search(
     top_k: int,
     threshold: float | None,
 ) -> list[dict[str, Any]]:
-    """One search through the storage primitives; every backend gets the same semantics."""
+    """One search through the storage primitives; every backend gets the same semantics.
+
+    A backend without the keyword side is searched in vector mode when ``mode`` is hybrid."""
+    if mode == "hybrid" and not has_keywords(storage):
+        mode = "vector"
     if mode == "vector":
         assert vector is not None
         return storage.search(vector, where, top_k, threshold)

@@ -15,13 +15,13 @@ returns the stored id with event ``"NONE"`` and writes nothing.
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hivemem import config as hm_config
 from hivemem.embed.protocol import EmbedderLike
 from hivemem.memory import filters as flt
 from hivemem.memory import hybrid
@@ -31,33 +31,59 @@ from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
     ENTITIES,
     RESERVED_METADATA,
+    LimitExceeded,
     NewMemory,
     check_entity,
     check_metadata,
     check_text,
+    check_unicode,
     content_hash,
     prepare,
 )
-from hivemem.memory.storage.sqlite import SQLiteStorage
+from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, open_storage, resolve
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
 
 
-def default_path() -> Path:
-    return hm_config.home() / "memory.sqlite"
+class MemoryNotFound(ValueError):
+    """No memory has this id (update/delete). A ``ValueError`` with Mem0's message, as Mem0 raises."""
+
+
+# Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
+# integer: 10**20 was an OverflowError from the driver.
+MAX_TOP_K = 1_000_000_000
 
 
 def _check_top_k(top_k: Any) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_k > MAX_TOP_K:
+        raise LimitExceeded(
+            f"top_k is {top_k}; the limit is {MAX_TOP_K:,} (MAX_TOP_K)",
+            limit_name="MAX_TOP_K",
+            limit=MAX_TOP_K,
+            field="top_k",
+        )
     return top_k
+
+
+def _check_threshold(threshold: Any) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    if not math.isfinite(threshold):  # NaN compares false with every score: it silently found nothing
+        raise ValueError(
+            f"threshold must be a finite number (a cosine, usually in [-1, 1]), got {threshold!r}"
+        )
+    return float(threshold)
 
 
 def _check_id(memory_id: Any) -> str:
     if not isinstance(memory_id, str) or not memory_id:
         raise TypeError(f"memory_id must be a non-empty string, got {memory_id!r}")
-    return memory_id
+    return check_unicode(memory_id, "memory_id")
 
 
 def _check_given_ids(new: list[NewMemory], found: dict[tuple[str, str], str]) -> None:
@@ -77,7 +103,9 @@ def _check_given_ids(new: list[NewMemory], found: dict[tuple[str, str], str]) ->
 class Memory:
     """Long-term memory for agents (see the module docstring).
 
-    ``path``: the SQLite file (default ``hivemem.config.home()/memory.sqlite``). ``embedder``: any
+    ``path``: where the memories live (``hivemem.memory.storage.locate``): a file path (SQLite),
+    a ``postgresql://user@host/db?schema=…`` URL (PostgreSQL + pgvector), or ``None`` for
+    ``$HIVEMEM_MEMORY_URL`` or else ``hivemem.config.home()/memory.sqlite``. ``embedder``: any
     ``hivemem.EmbedderLike``; by default the hivemem service if one is running, else an
     in-process engine, created on first use (listing, deleting and keyword search never load a
     model). ``reranker``: an optional ``hivemem.Reranker``, used by ``search(..., rerank=True)``.
@@ -88,7 +116,7 @@ class Memory:
 
     def __init__(
         self,
-        path: str | Path | None = None,
+        path: str | Path | PostgresLocation | None = None,
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,
@@ -100,8 +128,10 @@ class Memory:
                 f"reranker must have a rerank(query, memories, top_k) method, got {type(reranker).__name__}"
             )
         self._reranker = reranker
-        self.path = Path(path) if path is not None else default_path()
-        self._storage = SQLiteStorage(self.path)
+        where = resolve(path)
+        self.location = str(where)  # for messages; a PostgreSQL password is never shown
+        self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
+        self._storage = open_storage(where)
         self._embedder: EmbedderLike | None = None
         self._owns_embedder = False
         self._embedder_config = embedder_config
@@ -119,19 +149,29 @@ class Memory:
     def from_config(cls, config_dict: dict[str, Any]) -> Memory:
         """Mem0-style config: ``{"vector_store": {"provider": "sqlite", "config": {"path": …}},
         "embedder": {"provider": "hivemem" | "service" | "huggingface", "config": {…}}}``
-        (or simply ``{"path": …}``)."""
+        (or simply ``{"path": …}``). PostgreSQL: ``{"vector_store": {"provider": "pgvector",
+        "config": {"connection_string": "postgresql://…", "collection_name": "team_a"}}}`` (Mem0's
+        ``dbname/user/password/host/port`` keys work too; ``collection_name`` is the schema)."""
         if not isinstance(config_dict, dict):
             raise TypeError(f"config must be a dict, got {type(config_dict).__name__}")
         unknown = set(config_dict) - _CONFIG_KEYS
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
-        path = config_dict.get("path")
+        path: Any = config_dict.get("path")
         store = config_dict.get("vector_store") or {}
         if store:
             provider = store.get("provider", "sqlite")
-            if provider not in ("sqlite", "hivemem"):
-                raise ValueError(f"vector_store provider {provider!r} is not available; use 'sqlite'")
-            path = (store.get("config") or {}).get("path", path)
+            options = store.get("config") or {}
+            if not isinstance(options, dict):
+                raise TypeError(f"vector_store config must be a dict, got {type(options).__name__}")
+            if provider in ("pgvector", "postgres", "postgresql"):
+                path = from_mem0_pgvector(options)
+            elif provider in ("sqlite", "hivemem"):
+                path = options.get("path", path)
+            else:
+                raise ValueError(
+                    f"vector_store provider {provider!r} is not available; use 'sqlite' or 'pgvector'"
+                )
         memory = cls(path=path, embedder_config=config_dict.get("embedder"), llm=config_dict.get("llm"))
         memory._prompts = {
             k: config_dict.get(k) for k in ("custom_instructions", "custom_fact_extraction_prompt")
@@ -267,17 +307,17 @@ class Memory:
         if text is not None:
             text = check_text(text, "text")
             if self._storage.get(memory_id) is None:
-                raise ValueError(f"Memory with id {memory_id} not found")
+                raise MemoryNotFound(f"Memory with id {memory_id} not found")
             vector, hash_ = self.embedder.embed([text])[0], content_hash(text)
         try:
             self._storage.update(memory_id, text, vector, meta, hash_)
         except KeyError:
-            raise ValueError(f"Memory with id {memory_id} not found") from None
+            raise MemoryNotFound(f"Memory with id {memory_id} not found") from None
         return {"message": "Memory updated successfully!"}
 
     def delete(self, memory_id: str) -> dict[str, str]:
         if not self._storage.delete(_check_id(memory_id)):
-            raise ValueError(f"Memory with id {memory_id} not found")
+            raise MemoryNotFound(f"Memory with id {memory_id} not found")
         return {"message": "Memory deleted successfully!"}
 
     def delete_all(
@@ -290,7 +330,7 @@ class Memory:
                 "At least one filter is required to delete all memories. If you want to delete all "
                 "memories, use the `reset()` method."
             )
-        where = flt.parse(scope)
+        where = flt.literal(scope)  # the ids as literals: never the filter shorthand
         assert where is not None
         self._storage.delete_where(where)
         return {"message": "Memories deleted successfully!"}
@@ -309,7 +349,7 @@ class Memory:
             for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
             if v is not None
         }
-        return flt.and_(flt.parse(scope) if scope else None, flt.parse(filters))
+        return flt.and_(flt.literal(scope), flt.parse(filters))  # scope: literal equality
 
     def get(self, memory_id: str) -> dict[str, Any] | None:
         """The memory, or ``None`` for an unknown id (as Mem0)."""
@@ -347,17 +387,19 @@ class Memory:
         model is loaded). ``score`` is higher-is-better: the fused score, the cosine, or the BM25
         relevance. ``threshold`` (Mem0's meaning) drops memories whose *cosine* is below it, in
         hybrid and vector mode. ``rerank=True`` hands the best ``4 × top_k`` (at least 20) to the
-        ``reranker`` given to ``Memory`` and returns its top ``top_k``.
+        ``reranker`` given to ``Memory`` and returns its top ``top_k``. A backend without a keyword
+        index (PostgreSQL, so far) searches in vector mode when hybrid is asked for.
         """
         query = check_text(query, "query")
         where = self._where(filters, user_id, agent_id, run_id)
         k = _check_top_k(top_k)
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
-            raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+        threshold = _check_threshold(threshold)
         if mode not in hybrid.MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, hybrid.MODES))}, got {mode!r}")
         if mode == "keyword" and threshold is not None:
             raise ValueError("threshold is a cosine cut-off; keyword mode computes no cosine (omit it)")
+        if mode == "keyword" and not hybrid.has_keywords(self._storage):
+            raise ValueError(f"{self.location} has no keyword index yet: use mode='vector' or 'hybrid'")
         if not isinstance(rerank, bool):
             raise TypeError(f"rerank must be True or False, got {rerank!r}")
         if rerank and self._reranker is None:
