@@ -43,10 +43,10 @@ def work(agent: Agent, item: dict[str, Any]) -> dict[str, Any]:
     return {"pid": agent.pid, "square": item["x"] ** 2, "calls": agent.calls}
 
 
-def make_remote_embedder(url: str) -> Any:
+def make_remote_embedder(url: str, api_key: str | None = None) -> Any:
     import hivemem
 
-    return hivemem.connect(url=url, timeout=60)
+    return hivemem.connect(url=url, api_key=api_key, timeout=60)
 
 
 def embed_text(embedder: Any, item: dict[str, Any]) -> dict[str, Any]:

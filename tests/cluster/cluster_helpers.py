@@ -201,8 +201,12 @@ def start_http_service(
     netns: str | None = None,
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
+    cache_url: str | None = None,
+    reach: str | None = None,
 ) -> tuple[subprocess.Popen, str, Path]:
-    """``hivemem serve --http HOST:PORT`` with its own socket and cache; returns (proc, url, dir)."""
+    """``hivemem serve --http HOST:PORT`` with its own socket and cache (and the Redis tier at
+    ``cache_url``); returns (proc, url, dir). ``reach``: the address to reach it by, when ``host``
+    is a wildcard or lives in another namespace."""
     directory = Path(tempfile.mkdtemp(prefix="hm", dir="/tmp"))
     port = port or free_port()
     env = {
@@ -213,16 +217,19 @@ def start_http_service(
     }
     env.pop("HIVEMEM_CACHE_URL", None)
     env.pop("HIVEMEM_EMBEDDER_URL", None)
+    if cache_url:
+        env["HIVEMEM_CACHE_URL"] = cache_url
     cmd = [PY, "-m", "hivemem.service", "--http", f"{host}:{port}", "--threads", "1", "--no-memory", *args]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     proc = spawn(cmd, env, directory / "service.log")
-    url = f"http://{host}:{port}"
+    url = f"http://{reach or host}:{port}"
     try:
         wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, f"service {url}", proc)
-    except BaseException:
+    except BaseException as exc:
         kill_group(proc)
-        raise
+        log = (directory / "service.log").read_text()[-2000:]
+        raise RuntimeError(f"{exc}\n{log}") from None
     return proc, url, directory
 
 
