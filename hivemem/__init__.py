@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "run_parallel": "hivemem.pool.runner",
     "RunSummary": "hivemem.pool.runner",
     "WorkerCrashed": "hivemem.pool.errors",
+    "WorkerExited": "hivemem.pool.errors",
     "WorkerInitError": "hivemem.pool.errors",
     "CallTimeout": "hivemem.pool.errors",
     "PoolClosed": "hivemem.pool.errors",
@@ -56,7 +57,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.memory.infer import FactExtractor, LLMError
     from hivemem.memory.mem0_import import import_mem0
     from hivemem.memory.store import Memory
-    from hivemem.pool.errors import CallTimeout, PoolClosed, PoolError, WorkerCrashed, WorkerInitError
+    from hivemem.pool.errors import (
+        CallTimeout,
+        PoolClosed,
+        PoolError,
+        WorkerCrashed,
+        WorkerExited,
+        WorkerInitError,
+    )
     from hivemem.pool.pool import WorkerPool
     from hivemem.pool.runner import RunSummary, run_parallel
     from hivemem.service.aclient import aconnect

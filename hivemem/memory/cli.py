@@ -19,9 +19,15 @@ PathOpt = typer.Option(None, "--path", help="The memory database (default: HIVEM
 
 
 def _open(path: Path | None) -> Any:
-    from hivemem.memory.store import Memory
+    import sqlite3
 
-    return Memory(path)
+    from hivemem.memory.store import Memory, default_path
+
+    try:
+        return Memory(path)
+    except (OSError, sqlite3.Error) as exc:  # a directory, an unwritable place, not a database
+        typer.echo(f"error: cannot open the memory database {path or default_path()}: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _echo(obj: Any) -> None:
@@ -163,7 +169,13 @@ def import_(
     batch: int = typer.Option(500, "--batch", min=1, help="Memories per transaction."),
     path: Path | None = PathOpt,
 ) -> None:
-    """Add the memories of a JSONL file (or of a Mem0 store), in batches; duplicates are skipped."""
+    """Add the memories of a JSONL file (or of a Mem0 store), in batches; duplicates are skipped.
+
+    Every line of a JSONL file is checked before anything is stored, so a bad line (named by its
+    line number in the file) leaves the store untouched; a run that fails later can be repeated.
+    """
+    from hivemem.memory.records import prepare
+
     if (source is None) == (from_mem0 is None):
         raise typer.BadParameter("give a JSONL file or --from-mem0 CONFIG (one of them)")
     if from_mem0 is not None:
@@ -191,6 +203,7 @@ def import_(
             msg["name"] = rec["actor_id"]
         item = {"messages": [msg], "metadata": rec.get("metadata")}
         item.update({k: rec[k] for k in ("user_id", "agent_id", "run_id") if rec.get(k)})
+        _run(lambda item=item, n=lineno: prepare(**item, where=f"line {n}: "))  # all lines, before any write
         items.append(item)
     added = skipped = 0
     with _open(path) as m:

@@ -15,6 +15,7 @@ returns the stored id with event ``"NONE"`` and writes nothing.
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
     ENTITIES,
     RESERVED_METADATA,
+    LimitExceeded,
     NewMemory,
     check_entity,
     check_metadata,
     check_text,
+    check_unicode,
     content_hash,
     prepare,
 )
@@ -42,20 +45,48 @@ _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "v
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
 
 
+class MemoryNotFound(ValueError):
+    """No memory has this id (update/delete). A ``ValueError`` with Mem0's message, as Mem0 raises."""
+
+
 def default_path() -> Path:
     return hm_config.home() / "memory.sqlite"
+
+
+# Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
+# integer: 10**20 was an OverflowError from the driver.
+MAX_TOP_K = 1_000_000_000
 
 
 def _check_top_k(top_k: Any) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_k > MAX_TOP_K:
+        raise LimitExceeded(
+            f"top_k is {top_k}; the limit is {MAX_TOP_K:,} (MAX_TOP_K)",
+            limit_name="MAX_TOP_K",
+            limit=MAX_TOP_K,
+            field="top_k",
+        )
     return top_k
+
+
+def _check_threshold(threshold: Any) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    if not math.isfinite(threshold):  # NaN compares false with every score: it silently found nothing
+        raise ValueError(
+            f"threshold must be a finite number (a cosine, usually in [-1, 1]), got {threshold!r}"
+        )
+    return float(threshold)
 
 
 def _check_id(memory_id: Any) -> str:
     if not isinstance(memory_id, str) or not memory_id:
         raise TypeError(f"memory_id must be a non-empty string, got {memory_id!r}")
-    return memory_id
+    return check_unicode(memory_id, "memory_id")
 
 
 def _check_given_ids(new: list[NewMemory], found: dict[tuple[str, str], str]) -> None:
@@ -258,17 +289,17 @@ class Memory:
         if text is not None:
             text = check_text(text, "text")
             if self._storage.get(memory_id) is None:
-                raise ValueError(f"Memory with id {memory_id} not found")
+                raise MemoryNotFound(f"Memory with id {memory_id} not found")
             vector, hash_ = self.embedder.embed([text])[0], content_hash(text)
         try:
             self._storage.update(memory_id, text, vector, meta, hash_)
         except KeyError:
-            raise ValueError(f"Memory with id {memory_id} not found") from None
+            raise MemoryNotFound(f"Memory with id {memory_id} not found") from None
         return {"message": "Memory updated successfully!"}
 
     def delete(self, memory_id: str) -> dict[str, str]:
         if not self._storage.delete(_check_id(memory_id)):
-            raise ValueError(f"Memory with id {memory_id} not found")
+            raise MemoryNotFound(f"Memory with id {memory_id} not found")
         return {"message": "Memory deleted successfully!"}
 
     def delete_all(
@@ -281,7 +312,7 @@ class Memory:
                 "At least one filter is required to delete all memories. If you want to delete all "
                 "memories, use the `reset()` method."
             )
-        where = flt.parse(scope)
+        where = flt.literal(scope)  # the ids as literals: never the filter shorthand
         assert where is not None
         self._storage.delete_where(where)
         return {"message": "Memories deleted successfully!"}
@@ -300,7 +331,7 @@ class Memory:
             for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
             if v is not None
         }
-        return flt.and_(flt.parse(scope) if scope else None, flt.parse(filters))
+        return flt.and_(flt.literal(scope), flt.parse(filters))  # scope: literal equality
 
     def get(self, memory_id: str) -> dict[str, Any] | None:
         """The memory, or ``None`` for an unknown id (as Mem0)."""
@@ -333,8 +364,7 @@ class Memory:
         query = check_text(query, "query")
         where = self._where(filters, user_id, agent_id, run_id)
         k = _check_top_k(top_k)
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
-            raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+        threshold = _check_threshold(threshold)
         vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
         return {"results": self._storage.search(vector, where, k, threshold)}
 

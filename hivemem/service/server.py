@@ -59,6 +59,10 @@ class ServiceConfig:
     agent_workers: int = 2
     agent_kind: str = "process"
     max_body: int = 16 * 1024 * 1024
+    http_read_timeout: float = 30.0  # seconds to receive one whole HTTP request (408 after)
+    # How this service was started (``spawn.start_command``): recorded next to the socket while it
+    # runs, so that a replacement after kill -9 comes back with the same options. None: not recorded.
+    replay: dict[str, Any] | None = None
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -191,8 +195,11 @@ class Service:
             agent_fn=config.agent_fn,
             max_body=config.max_body,
         )
+        from hivemem.service.limits import read_timeout_protocol
+
+        http = read_timeout_protocol(config.http_read_timeout)
         server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", http=http)
         )
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # our loop owns signals
         log.info("hivemem service: HTTP on http://%s:%d", host, port)
@@ -215,6 +222,7 @@ class Service:
             "dim": self.engine.dim,
             "socket": str(self.config.socket),
             "http": self.config.http,
+            "idle_timeout": self.config.idle_timeout,
             "uptime_s": round(time.time() - self.metrics.started, 3),
             "clients": self.clients,
             "replicas": engine.get("replicas", 1),
@@ -344,6 +352,10 @@ def serve(config: ServiceConfig) -> None:
     config.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = PidLock(config.socket)  # before loading the model: a second service fails in milliseconds
     try:
+        if config.replay is not None:
+            from hivemem.service.spawn import write_options
+
+            write_options(config.socket, config.replay)
         metrics = ServiceMetrics()
         engine = build_engine(
             metrics=metrics,
@@ -354,5 +366,7 @@ def serve(config: ServiceConfig) -> None:
             cache=config.cache,
         )
         asyncio.run(Service(engine, config, metrics).run())
+        with contextlib.suppress(FileNotFoundError):  # stopped cleanly: nothing to bring back
+            paths.options_path(config.socket).unlink()
     finally:
         lock.release()

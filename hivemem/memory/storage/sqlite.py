@@ -115,7 +115,17 @@ class SQLiteStorage:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise IsADirectoryError(
+                f"memory database {self.path} is a directory; "
+                f"give a file such as {self.path / 'memory.sqlite'}"
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise type(exc)(
+                exc.errno, f"cannot create the directory of memory database {self.path}: {exc.strerror}"
+            ) from None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -135,9 +145,12 @@ class SQLiteStorage:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(
-                self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
-            )
+            try:
+                db = sqlite3.connect(
+                    self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
+                )
+            except sqlite3.OperationalError as exc:  # "unable to open database file": say which
+                raise sqlite3.OperationalError(f"cannot open memory database {self.path}: {exc}") from None
             db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
             db.create_function("hm_lower", 1, _lower, deterministic=True)
