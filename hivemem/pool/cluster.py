@@ -37,13 +37,14 @@ that are not thread-safe, the same one-call-at-a-time contract as the local pool
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hivemem.pool.errors import WorkerInitError
+from hivemem.pool.errors import WorkerInitError, worker_exited
 
 try:
     import distributed
@@ -76,7 +77,6 @@ class FactoryPlugin(distributed.WorkerPlugin):
     def setup(self, worker: Any = None) -> None:
         self.obj: Any = None
         self.error: BaseException | None = None
-        self.runs = 0
         self.ready = threading.Event()
         self.lock = threading.Lock()
         # Build in the background: setup runs on the worker's event loop, which must keep
@@ -85,7 +85,6 @@ class FactoryPlugin(distributed.WorkerPlugin):
 
     def _build(self) -> None:
         with self.lock:
-            self.runs += 1
             try:
                 self.obj, self.error = self.factory(), None
             except BaseException as exc:  # SystemExit in a factory must not take the worker down
@@ -103,6 +102,11 @@ class FactoryPlugin(distributed.WorkerPlugin):
                 raise WorkerInitError(f"the factory failed: {type(err).__name__}: {err}") from err
         return self.obj
 
+    def discard(self) -> None:
+        """Drop the object (its call asked the worker to stop); the next item builds a new one."""
+        with self.lock:
+            self.obj, self.error = None, RuntimeError("the object was discarded")
+
     def teardown(self, worker: Any = None) -> None:
         self.obj = None
 
@@ -110,26 +114,33 @@ class FactoryPlugin(distributed.WorkerPlugin):
 def run_item(plugin_name: str | None, fn: Callable[..., Any], item: Any) -> tuple[bool, Any, float]:
     """Runs on a cluster worker: ``(True, result, seconds)`` or ``(False, error fields, 0.0)``.
 
-    Never raises, so Dask never retries a failure of user code, and ``SystemExit`` cannot stop the
-    worker's thread."""
+    Never raises, so Dask never retries a failure of user code. ``SystemExit`` and other
+    non-``Exception`` errors fail the item with ``WorkerExited``, as in the local pool, and the
+    worker's object is rebuilt by the factory for its next item."""
     from hivemem.pool.runner import error_fields
 
+    plugin = None
     try:
         if plugin_name is None:
             started = time.perf_counter()
             result = fn(item)
         else:
-            from distributed import get_worker
-
-            plugin = get_worker().plugins.get(plugin_name)
+            plugin = distributed.get_worker().plugins.get(plugin_name)
             if plugin is None:
                 raise WorkerInitError(f"this worker has no plugin {plugin_name!r} (the run was unregistered)")
             obj = plugin.get()
             started = time.perf_counter()
             result = fn(obj, item)
         return True, result, time.perf_counter() - started
-    except BaseException as exc:
+    except Exception as exc:
         return False, error_fields(exc), 0.0
+    except BaseException as exc:  # sys.exit() in user code: this item fails, the worker lives on
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        err = worker_exited(exc, name, f"Dask worker process {os.getpid()}")
+        err.__cause__ = exc
+        if plugin is not None:
+            plugin.discard()
+        return False, error_fields(err), 0.0
 
 
 def _probe() -> str:
