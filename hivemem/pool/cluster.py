@@ -37,6 +37,7 @@ that are not thread-safe, the same one-call-at-a-time contract as the local pool
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -240,24 +241,45 @@ def run_on_cluster(
                 done.add(fut)
 
         submit_more()
-        while pending:
-            batch = done.next_batch(block=True)
-            _collect(client, batch, pending, done, record)
-            if time.monotonic() - refreshed > _REFRESH_WINDOW_S:
-                window, refreshed = _window(client), time.monotonic()
-            submit_more()
+        try:
+            while pending:
+                batch = done.next_batch(block=True)
+                _collect(client, batch, pending, done, record)
+                if time.monotonic() - refreshed > _REFRESH_WINDOW_S:
+                    window, refreshed = _window(client), time.monotonic()
+                submit_more()
+        except Exception as exc:
+            if client.status == "running" and not isinstance(exc, _SchedulerLost):
+                raise
+            raise RuntimeError(
+                f"lost the Dask scheduler at {client.scheduler.address} ({exc or type(exc).__name__}); "
+                f"{len(pending)} items in flight were not recorded: run the same command again to "
+                "finish (recorded items are skipped)"
+            ) from None
         clean = True
     finally:
-        if pending:
-            client.cancel(list(pending), force=True)
-        if registered:
-            try:
+        # Best effort after a failure: the scheduler may be gone, and the first error is the news.
+        with contextlib.suppress(Exception if not clean else ()):
+            if pending:
+                client.cancel(list(pending), force=True)
+            if registered:
                 client.unregister_worker_plugin(plugin_name)
-            except Exception:
-                if clean:
-                    raise
         if owned:
-            client.close()
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """An error of the connection to the cluster, not of the item."""
+    return isinstance(exc, OSError | TimeoutError) or type(exc).__name__ in (
+        "CommClosedError",
+        "FutureCancelledError",
+        "CancelledError",
+    )
+
+
+class _SchedulerLost(Exception):
+    """The scheduler went away (or restarted and forgot the run): stop, record nothing more."""
 
 
 def _collect(client: Any, batch: list[Any], pending: dict[Any, Key], done: Any, record: Recorder) -> None:
@@ -274,19 +296,22 @@ def _collect(client: Any, batch: list[Any], pending: dict[Any, Key], done: Any, 
                 try:
                     outcomes[fut] = fut.result(timeout=_CONNECT_TIMEOUT_S)
                 except Exception as exc:
+                    if client.status != "running" or fut.status == "cancelled" or _lost_connection(exc):
+                        raise _SchedulerLost(f"{type(exc).__name__}: {exc}") from exc
                     if fut.status in ("pending", "lost"):  # its worker died before we got the result
                         done.add(fut)  # Dask recomputes it; wait for it again
                         continue
-                    outcomes[fut] = (False, error_fields(exc), 0.0)
+                    outcomes[fut] = (False, error_fields(exc), 0.0)  # e.g. cannot be unpickled here
     for fut in batch:
         if fut in outcomes:
             ok, value, seconds = outcomes[fut]
-        elif fut.status in ("error", "cancelled"):
-            try:
-                exc = fut.exception(timeout=_CONNECT_TIMEOUT_S)
-            except Exception as err:  # cancelled futures raise instead of returning
-                exc = err
+        elif fut.status == "error":  # only Dask's own errors: KilledWorker after repeated deaths
+            exc = fut.exception(timeout=_CONNECT_TIMEOUT_S)
+            if exc is None:
+                raise _SchedulerLost("a future failed without an error")
             ok, value, seconds = False, error_fields(exc), 0.0
+        elif fut.status == "cancelled":  # never by us while running: the scheduler forgot it
+            raise _SchedulerLost("the scheduler cancelled the run's tasks")
         else:
             continue  # re-queued above
         k = pending.pop(fut)

@@ -162,3 +162,33 @@ def test_cluster_errors_are_clear(tmp_path: Path) -> None:
         run_parallel([1], cluster_agents.square, cluster=42, progress=False)
     with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler"):
         run_parallel([1], cluster_agents.square, cluster="tcp://127.0.0.1:9", progress=False)
+
+
+def test_losing_the_scheduler_stops_the_run_without_recording_lost_items(tmp_path: Path) -> None:
+    """Regression: futures the dead scheduler cancelled were once recorded as errors ("NoneType: None"),
+    so a rerun skipped items that never ran."""
+    import dask
+
+    cluster = DaskCluster(workers=1)
+    out = tmp_path / "out.jsonl"
+    items = [{"id": i, "x": i, "sleep": 0.05} for i in range(200)]
+
+    def kill_scheduler() -> None:
+        deadline = time.monotonic() + 120
+        while not (out.exists() and out.read_text().count("\n") >= 10) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(cluster.procs[0].pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_scheduler)
+    try:
+        killer.start()
+        with (
+            dask.config.set({"distributed.comm.timeouts.connect": "3s"}),
+            pytest.raises(RuntimeError, match=r"(?s)lost the Dask scheduler.*run the same command again"),
+        ):
+            run_parallel(items, cluster_agents.square, results=out, cluster=cluster.address, progress=False)
+    finally:
+        killer.join()
+        cluster.close()
+    records = _lines(out)
+    assert 10 <= len(records) < 200 and all(r["ok"] for r in records), [r for r in records if not r["ok"]]
