@@ -15,6 +15,7 @@ When it is unreachable the cache works as before, with a warning and a counter.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     vec BLOB NOT NULL
 );
 """
+log = logging.getLogger("hivemem.cache")
 _ROW_OVERHEAD = 80  # bytes of key, index entry and page slack per row, measured roughly
 _EVICT_EVERY = 1024  # inserts between size checks
 
@@ -139,8 +141,11 @@ class EmbeddingCache:
                 with self._lock:
                     self.hits_shared += len(remote)
                     self._remember(remote)
-                if self.persistent:
-                    self._insert(model_id, remote, dim)
+                if self.persistent:  # next time this host finds them without the network
+                    try:
+                        self._insert(model_id, remote, dim)
+                    except sqlite3.Error as exc:  # the caller has its vectors; the copy can wait
+                        log.warning("hivemem: copying shared-cache hits into %s failed: %s", self.path, exc)
         self.misses += sum(len(v) for v in missing.values())
         return found
 

@@ -84,9 +84,12 @@ class RedisTier:
             raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
         self.url = url
         self.ttl = None if ttl is None else max(1, round(ttl))
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
-        )
+        try:
+            self._redis = redis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+            )
+        except ValueError as exc:
+            raise ValueError(f"shared cache URL {_redact(url)!r} ({ENV_URL}): {exc}") from None
         self._errors_cls: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._lock = threading.Lock()
         self._down_until = 0.0
