@@ -68,14 +68,13 @@ def test_items_run_on_warm_workers_and_are_recorded_once(dask_cluster: DaskClust
         items, cluster_agents.work, factory=factory, results=out, cluster=dask_cluster.address, progress=False
     )
     assert (again.skipped, again.ok, again.errors) == (40, 0, 0)
-    retried = run_parallel(
-        items,
-        cluster_agents.square,
-        results=out,
-        cluster=dask_cluster.address,
-        retry_errors=True,
-        progress=False,
-    )
+    from distributed import Client
+
+    with Client(dask_cluster.address, set_as_default=False) as client:  # a Client works too, kept open
+        retried = run_parallel(
+            items, cluster_agents.square, results=out, cluster=client, retry_errors=True, progress=False
+        )
+        assert client.status == "running"
     assert retried.skipped == 35 and retried.ok == 4 and retried.errors == 1  # q7 exits again
     assert len(_lines(out)) == 40
 
