@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py           # full
     python benchmarks/memory.py --quick   # small run
+    python benchmarks/memory.py --backend both   # SQLite and PostgreSQL side by side
 
 Every section uses texts no other section used and an embedding cache of its own (fresh), so
 throughputs are of real embedding work — except the duplicate-content row, which measures
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -224,6 +226,14 @@ def main() -> None:
         "the largest is measured in rounds against the engine",
     )
     add_plot_options(ap)
+    ap.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite",
+                    help="postgres/both: SQLite and PostgreSQL side by side")  # fmt: skip
+    args, _ = ap.parse_known_args()
+    if args.backend != "sqlite":
+        import memory_backends  # the sibling script
+
+        memory_backends.main(sys.argv[1:])
+        return
     args = ap.parse_args()
     q = args.quick
     only = args.targets_only

@@ -20,7 +20,7 @@ class AsyncMemory:
 
     def __init__(
         self,
-        path: str | Path | None = None,
+        path: str | Path | None = None,  # a file, a postgresql:// URL, or None (see Memory)
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,

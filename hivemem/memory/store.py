@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from hivemem import config as hm_config
 from hivemem.embed.protocol import EmbedderLike
 from hivemem.memory import filters as flt
 from hivemem.memory.embedding import resolve_embedder
@@ -39,7 +38,7 @@ from hivemem.memory.records import (
     content_hash,
     prepare,
 )
-from hivemem.memory.storage.sqlite import SQLiteStorage
+from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, open_storage, resolve
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
@@ -47,10 +46,6 @@ _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infe
 
 class MemoryNotFound(ValueError):
     """No memory has this id (update/delete). A ``ValueError`` with Mem0's message, as Mem0 raises."""
-
-
-def default_path() -> Path:
-    return hm_config.home() / "memory.sqlite"
 
 
 # Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
@@ -106,7 +101,9 @@ def _check_given_ids(new: list[NewMemory], found: dict[tuple[str, str], str]) ->
 class Memory:
     """Long-term memory for agents (see the module docstring).
 
-    ``path``: the SQLite file (default ``hivemem.config.home()/memory.sqlite``). ``embedder``: any
+    ``path``: where the memories live (``hivemem.memory.storage.locate``): a file path (SQLite),
+    a ``postgresql://user@host/db?schema=…`` URL (PostgreSQL + pgvector), or ``None`` for
+    ``$HIVEMEM_MEMORY_URL`` or else ``hivemem.config.home()/memory.sqlite``. ``embedder``: any
     ``hivemem.EmbedderLike``; by default the hivemem service if one is running, else an
     in-process engine, created on first use (listing and deleting never load a model).
     """
@@ -116,14 +113,16 @@ class Memory:
 
     def __init__(
         self,
-        path: str | Path | None = None,
+        path: str | Path | PostgresLocation | None = None,
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,
         llm: dict[str, Any] | FactExtractor | None = None,
     ) -> None:
-        self.path = Path(path) if path is not None else default_path()
-        self._storage = SQLiteStorage(self.path)
+        where = resolve(path)
+        self.location = str(where)  # for messages; a PostgreSQL password is never shown
+        self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
+        self._storage = open_storage(where)
         self._embedder: EmbedderLike | None = None
         self._owns_embedder = False
         self._embedder_config = embedder_config
@@ -141,19 +140,29 @@ class Memory:
     def from_config(cls, config_dict: dict[str, Any]) -> Memory:
         """Mem0-style config: ``{"vector_store": {"provider": "sqlite", "config": {"path": …}},
         "embedder": {"provider": "hivemem" | "service" | "huggingface", "config": {…}}}``
-        (or simply ``{"path": …}``)."""
+        (or simply ``{"path": …}``). PostgreSQL: ``{"vector_store": {"provider": "pgvector",
+        "config": {"connection_string": "postgresql://…", "collection_name": "team_a"}}}`` (Mem0's
+        ``dbname/user/password/host/port`` keys work too; ``collection_name`` is the schema)."""
         if not isinstance(config_dict, dict):
             raise TypeError(f"config must be a dict, got {type(config_dict).__name__}")
         unknown = set(config_dict) - _CONFIG_KEYS
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
-        path = config_dict.get("path")
+        path: Any = config_dict.get("path")
         store = config_dict.get("vector_store") or {}
         if store:
             provider = store.get("provider", "sqlite")
-            if provider not in ("sqlite", "hivemem"):
-                raise ValueError(f"vector_store provider {provider!r} is not available; use 'sqlite'")
-            path = (store.get("config") or {}).get("path", path)
+            options = store.get("config") or {}
+            if not isinstance(options, dict):
+                raise TypeError(f"vector_store config must be a dict, got {type(options).__name__}")
+            if provider in ("pgvector", "postgres", "postgresql"):
+                path = from_mem0_pgvector(options)
+            elif provider in ("sqlite", "hivemem"):
+                path = options.get("path", path)
+            else:
+                raise ValueError(
+                    f"vector_store provider {provider!r} is not available; use 'sqlite' or 'pgvector'"
+                )
         memory = cls(path=path, embedder_config=config_dict.get("embedder"), llm=config_dict.get("llm"))
         memory._prompts = {
             k: config_dict.get(k) for k in ("custom_instructions", "custom_fact_extraction_prompt")

@@ -31,7 +31,12 @@ def serve(
     keys: Path = typer.Option(
         None, help='HTTP keys file: {"KEY": {"user_id": "alice"}, "ADMIN": {"admin": true}} (scoped access).'
     ),
-    memory_path: Path = typer.Option(None, help="HTTP memory API's SQLite file (default: Memory's default)."),
+    memory_path: str = typer.Option(
+        None,
+        "--memory-path",
+        "--memory-url",
+        help="HTTP memory API's store: a SQLite file or a postgresql:// URL (default: Memory's default).",
+    ),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Serve the memory REST API over HTTP."),
     agent: str = typer.Option(
         None, help="module:factory building the agent for POST /v1/agent/stream ('demo': the echo agent)."

@@ -53,7 +53,7 @@ class ServiceConfig:
     # HTTP only: scoped keys, the memory store served under /v1/memories, the agent stream route.
     keys: dict[str, Any] = field(default_factory=dict)  # key → hivemem.service.keys.Scope
     memory: bool = True
-    memory_path: Path | None = None  # None: hivemem.Memory's default
+    memory_path: str | Path | None = None  # a file or a postgresql:// URL; None: Memory's default
     agent_factory: Callable[[], Any] | None = None
     agent_fn: Callable[..., Any] | None = None
     agent_workers: int = 2
@@ -108,7 +108,7 @@ class Service:
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
         self._closers: list[Callable[[], Any]] = []  # HTTP-side resources, closed before the engine
-        self._memory_path: Path | None = None  # the memory store served over HTTP, if any
+        self._memory_path: str | None = None  # the memory store served over HTTP (file or URL), if any
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -175,7 +175,7 @@ class Service:
             from hivemem.memory.store import Memory
 
             memory = Memory(config.memory_path, embedder=self.engine)  # our own engine, not a client
-            self._memory_path = memory.path
+            self._memory_path = memory.location  # a PostgreSQL URL without its password
             self._closers.append(memory.close)
         if config.agent_fn is not None:
             from hivemem.pool.pool import WorkerPool
@@ -233,7 +233,7 @@ class Service:
             # where this process keeps its files (``hivemem status`` shows them)
             "home": str(hm_config.home()),
             "cache_path": str(hm_config.cache_path()) if self.config.cache else None,
-            "memory_path": str(self._memory_path) if self._memory_path else None,
+            "memory_path": self._memory_path,
         }
 
     # ---- connections -----------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def collect(sock: Path, info: dict[str, Any] | None, stores: list[Path]) -> dict
     """Everything ``hivemem status`` reports, as one dict (``info``: the service's STATS, or None)."""
     where = files(sock, info)
     roles: dict[Path, str] = {}
-    if info and info.get("memory_path"):
+    if info and info.get("memory_path") and "://" not in info["memory_path"]:  # a file, not a server
         roles[Path(info["memory_path"]).resolve()] = "served over HTTP"
     roles.setdefault(Path(where["default memory store"]).resolve(), "default")
     for p in stores:

@@ -86,8 +86,9 @@ def test_a_failing_member_fails_alone_and_its_batch_is_not_stored(tmp_path: Path
     storage.close()
 
 
-def test_many_threads_of_single_adds_with_one_bad_call(tmp_path: Path, hash_embedder) -> None:
-    m = Memory(tmp_path / "m.sqlite", embedder=hash_embedder)
+def test_many_threads_of_single_adds_with_one_bad_call(location: str, hash_embedder) -> None:
+    """On both backends (PostgreSQL has no group commit: its writers run in parallel)."""
+    m = Memory(location, embedder=hash_embedder)
     n_threads, per = 20, 15
     shared = [f"shared fact {i}" for i in range(5)]  # every thread adds these too
     results: list[list[dict]] = [[] for _ in range(n_threads)]

@@ -35,8 +35,9 @@ class Counting(HashEmbedder):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Memory]:
-    m = Memory(tmp_path / "hostile.sqlite", embedder=Counting())
+def store(location: str) -> Iterator[Memory]:
+    """A store with two tenants, on each backend (``location``, tests/memory/conftest.py)."""
+    m = Memory(location, embedder=Counting())
     m.add("alice's secret", user_id="alice", agent_id="a1", run_id="r1")
     m.add("bob's secret", user_id="bob", agent_id="b1", run_id="r2")
     yield m

@@ -1,9 +1,7 @@
 """Caller-chosen ids (``add_batch`` items' ``"id"``): kept, validated, and never silently replaced.
-Storage logic only, so the hash embedder stands in for the model (see conftest)."""
+Storage logic only, so the hash embedder stands in for the model (see conftest); on both backends."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +9,8 @@ from hivemem import Memory
 
 
 @pytest.fixture
-def hmem(tmp_path: Path, hash_embedder) -> Memory:
-    m = Memory(tmp_path / "ids.sqlite", embedder=hash_embedder)
+def hmem(location: str, hash_embedder) -> Memory:
+    m = Memory(location, embedder=hash_embedder)
     yield m
     m.close()
 

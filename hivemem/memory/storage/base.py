@@ -4,11 +4,14 @@ A backend stores memories with their vectors and their history, and answers exac
 searches restricted by a parsed filter tree (``hivemem.memory.filters``). ``Memory`` does
 validation and embedding; a backend only has to be correct and atomic: ``insert`` stores a whole
 batch or nothing, and duplicates of (scope, hash) are refused by the store itself, never by a
-check-then-insert in Python. SQLite is the embedded default; PostgreSQL/pgvector can follow.
+check-then-insert in Python. SQLite (``sqlite.py``) is the embedded default; PostgreSQL with
+pgvector (``postgres.py``) serves fleets that span machines; ``locate.py`` picks one from a path
+or a ``postgresql://`` URL. Both run the same tests (``tests/memory``: the ``location`` fixture).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -62,5 +65,31 @@ class Storage(Protocol):
     def count(self) -> int: ...
 
     def reset(self) -> None: ...
+
+    # -- export / import (``hivemem.memory.transfer``, ``hivemem.memory.mem0_import``) --------------
+
+    def export_rows(self) -> Iterator[dict[str, Any]]:
+        """Every memory as a record, in insertion order."""
+        ...
+
+    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The history of each of ``ids`` (oldest first); ids without history are left out."""
+        ...
+
+    def deleted_ids(self) -> list[str]:
+        """Ids that have history but no memory any more."""
+        ...
+
+    def import_rows(
+        self,
+        memories: list[NewMemory],
+        vectors: np.ndarray,
+        updated_at: list[str],
+        history: list[dict[str, Any]],
+    ) -> list[tuple[str, str]]:
+        """Copy memories (ids and timestamps kept) and history rows from another store in one
+        transaction: ``"SKIP"`` for an id already here, else as ``insert``; history rows replace the
+        synthetic ``ADD`` of the memories they describe and are skipped when their id is here."""
+        ...
 
     def close(self) -> None: ...

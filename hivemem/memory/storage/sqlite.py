@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS history (
     actor_id TEXT, role TEXT
 );
 CREATE INDEX IF NOT EXISTS history_memory ON history(memory_id);
+CREATE INDEX IF NOT EXISTS history_id ON history(id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0), ('rewrites', 0), ('pruned', 0);
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, rid INTEGER NOT NULL);
@@ -77,6 +78,8 @@ CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, rid INTEGER NOT NUL
 _CHANGES_KEPT = 100_000
 _FIELDS = "rid, id, memory, hash, metadata, created_at, updated_at, user_id, agent_id, run_id, actor_id, role"
 _PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
+_HISTORY = "id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted, actor_id, role"
+_HISTORY_KEYS = tuple(_HISTORY.split(", "))
 _BUSY_MS = 60_000
 
 
@@ -451,6 +454,32 @@ class SQLiteStorage:
         """Every memory with its scope fields and metadata, in insertion order (for JSONL export)."""
         for row in self._db().execute(f"SELECT {_FIELDS} FROM memories ORDER BY rid"):
             yield _record(row)
+
+    # -- export / import (``hivemem.memory.transfer``) ----------------------------------------
+
+    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The history of each of ``ids`` (oldest first); ids without history are left out."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self._db().execute(
+                f"SELECT {_HISTORY} FROM history WHERE memory_id IN ({','.join('?' * len(chunk))})"
+                " ORDER BY seq",
+                chunk,
+            )
+            for r in rows:
+                out.setdefault(r[1], []).append(
+                    {**dict(zip(_HISTORY_KEYS, r, strict=True)), "is_deleted": bool(r[7])}
+                )
+        return out
+
+    def deleted_ids(self) -> list[str]:
+        """Ids that have history but no memory any more (deleted), in order of first event."""
+        rows = self._db().execute(
+            "SELECT memory_id FROM history WHERE memory_id NOT IN (SELECT id FROM memories)"
+            " GROUP BY memory_id ORDER BY min(seq)"
+        )
+        return [r[0] for r in rows]
 
     def import_rows(
         self,
