@@ -18,6 +18,8 @@ _EXPORTS: dict[str, str] = {
     "Embedder": "hivemem.embed.engine",
     "EmbedderLike": "hivemem.embed.protocol",
     "EmbeddingCache": "hivemem.embed.cache",
+    "RemoteEmbedder": "hivemem.embed.remote",
+    "EmbedderUnavailable": "hivemem.embed.remote",
     "prepare_model": "hivemem.embed.model",
     "WorkerPool": "hivemem.pool.pool",
     "run_parallel": "hivemem.pool.runner",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.engine import Embedder
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
+    from hivemem.embed.remote import EmbedderUnavailable, RemoteEmbedder
     from hivemem.memory.aio import AsyncMemory
     from hivemem.memory.infer import FactExtractor, LLMError
     from hivemem.memory.mem0_import import import_mem0

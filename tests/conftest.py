@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite starts its own servers: never embed on, or cache into, the ones a developer configured.
+for _var in ("HIVEMEM_EMBEDDER_URL", "HIVEMEM_CACHE_URL", "HIVEMEM_CACHE_TTL"):
+    os.environ.pop(_var, None)
 
 
 def _prepared_models_dir() -> Path:

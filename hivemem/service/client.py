@@ -367,8 +367,15 @@ def connect(
     threads: int | None = None,
     replicas: int | None = None,
     trust_uids: Iterable[int] | None = None,
+    url: str | Sequence[str] | None = None,
+    api_key: str | None = None,
 ) -> Any:
     """Attach to the machine's embedding service, starting it if none runs (``autostart``).
+
+    ``url="http://host:port"`` (several: a list or commas), or ``$HIVEMEM_EMBEDDER_URL`` when no
+    ``socket_path`` is given: embed on other hosts over the OpenAI ``/v1/embeddings`` API instead
+    (a ``hivemem.embed.remote.RemoteEmbedder``; ``api_key`` else ``$HIVEMEM_API_KEY``; ``timeout``
+    applies, the service options do not).
 
     Returns a ``ServiceClient`` (an ``EmbedderLike``). ``fallback="local"``: when no service can be
     reached or started, warn once and return an in-process ``hivemem.Embedder`` instead. The
@@ -379,6 +386,12 @@ def connect(
     """
     if fallback not in (None, "local"):
         raise ValueError(f"fallback must be None or 'local', got {fallback!r}")
+    if url is None and socket_path is None:
+        url = os.environ.get("HIVEMEM_EMBEDDER_URL") or None
+    if url is not None:
+        from hivemem.embed.remote import RemoteEmbedder
+
+        return RemoteEmbedder(url, api_key=api_key, timeout=timeout)
     args: list[str] = []
     for flag, value in (
         ("--idle-timeout", idle_timeout),

@@ -99,7 +99,7 @@ def service_rows(view: dict[str, Any]) -> list[tuple[str, str]]:
     queue = view.get("queue") or {}
     cache = view.get("cache") or {}
     metrics = view.get("metrics") or {}
-    hits = cache.get("hits_memory", 0) + cache.get("hits_disk", 0)
+    hits = cache.get("hits_memory", 0) + cache.get("hits_disk", 0) + cache.get("hits_shared", 0)
     looked = hits + cache.get("misses", 0)
     requests = metrics.get("requests") or {}
     mem = view.get("process_memory") or {}
