@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "convert_tasks": "hivemem.tasks.convert",
     "Memory": "hivemem.memory.store",
     "AsyncMemory": "hivemem.memory.aio",
+    "Reranker": "hivemem.memory.rerank",
     "import_mem0": "hivemem.memory.mem0_import",
     "FactExtractor": "hivemem.memory.infer",
     "LLMError": "hivemem.memory.infer",
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.memory.aio import AsyncMemory
     from hivemem.memory.infer import FactExtractor, LLMError
     from hivemem.memory.mem0_import import import_mem0
+    from hivemem.memory.rerank import Reranker
     from hivemem.memory.store import Memory
     from hivemem.pool.errors import (
         CallTimeout,

@@ -343,8 +343,11 @@ class HivememVectorStore(VectorStore):
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        """The ``k`` closest documents with their cosine similarity, among those passing ``filter``."""
-        hits = self.memory.search(query, filters=translate_filter(filter), top_k=k, **self.scope)["results"]
+        """The ``k`` closest documents with their cosine similarity, among those passing ``filter``
+        (vector mode: a LangChain vector store's scores are similarities, not hybrid scores)."""
+        hits = self.memory.search(
+            query, filters=translate_filter(filter), top_k=k, mode="vector", **self.scope
+        )["results"]
         return [(_document(r), float(r["score"])) for r in hits]
 
     def similarity_search(

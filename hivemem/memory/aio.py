@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemem.embed.protocol import EmbedderLike
+from hivemem.memory.rerank import Reranker
 from hivemem.memory.store import Memory
 
 
@@ -24,9 +25,10 @@ class AsyncMemory:
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,
+        reranker: Reranker | None = None,
         llm: Any = None,
     ) -> None:
-        self.sync = Memory(path, embedder, embedder_config=embedder_config, llm=llm)
+        self.sync = Memory(path, embedder, embedder_config=embedder_config, reranker=reranker, llm=llm)
 
     @classmethod
     def from_config(cls, config_dict: dict[str, Any]) -> AsyncMemory:

@@ -104,9 +104,10 @@ def search(
     ),
     top_k: int = typer.Option(10, "--top-k"),
     threshold: float | None = typer.Option(None, "--threshold"),
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid (BM25 + vector), vector or keyword"),
     path: str | None = PathOpt,
 ) -> None:
-    """Semantic search within the given scope and filters."""
+    """Search within the given scope and filters (hybrid by default)."""
     f = _json_opt(filters, "--filters")
     with _open(path) as m:
         _echo(
@@ -119,6 +120,7 @@ def search(
                     filters=f,
                     top_k=top_k,
                     threshold=threshold,
+                    mode=mode,
                 )
             )
         )

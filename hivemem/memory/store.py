@@ -24,6 +24,8 @@ import numpy as np
 
 from hivemem.embed.protocol import EmbedderLike
 from hivemem.memory import filters as flt
+from hivemem.memory import hybrid
+from hivemem.memory import rerank as rr
 from hivemem.memory.embedding import resolve_embedder
 from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
@@ -105,7 +107,8 @@ class Memory:
     a ``postgresql://user@host/db?schema=…`` URL (PostgreSQL + pgvector), or ``None`` for
     ``$HIVEMEM_MEMORY_URL`` or else ``hivemem.config.home()/memory.sqlite``. ``embedder``: any
     ``hivemem.EmbedderLike``; by default the hivemem service if one is running, else an
-    in-process engine, created on first use (listing and deleting never load a model).
+    in-process engine, created on first use (listing, deleting and keyword search never load a
+    model). ``reranker``: an optional ``hivemem.Reranker``, used by ``search(..., rerank=True)``.
     """
 
     # Names every record has at the top level: they cannot be metadata keys (adapters escape them).
@@ -117,8 +120,14 @@ class Memory:
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,
+        reranker: rr.Reranker | None = None,
         llm: dict[str, Any] | FactExtractor | None = None,
     ) -> None:
+        if reranker is not None and not isinstance(reranker, rr.Reranker):
+            raise TypeError(
+                f"reranker must have a rerank(query, memories, top_k) method, got {type(reranker).__name__}"
+            )
+        self._reranker = reranker
         where = resolve(path)
         self.location = str(where)  # for messages; a PostgreSQL password is never shown
         self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
@@ -368,14 +377,42 @@ class Memory:
         user_id: str | None = None,
         agent_id: str | None = None,
         run_id: str | None = None,
+        mode: str = "hybrid",
+        rerank: bool = False,
     ) -> dict[str, list[dict[str, Any]]]:
-        """Exact cosine top-k among the memories that pass ``filters``; each result has ``score``."""
+        """The ``top_k`` memories that best answer ``query`` among those that pass ``filters``.
+
+        ``mode``: ``"hybrid"`` (default: keyword BM25 fused with vector similarity, see
+        ``hivemem.memory.hybrid``), ``"vector"`` (cosine only) or ``"keyword"`` (BM25 only; no
+        model is loaded). ``score`` is higher-is-better: the fused score, the cosine, or the BM25
+        relevance. ``threshold`` (Mem0's meaning) drops memories whose *cosine* is below it, in
+        hybrid and vector mode. ``rerank=True`` hands the best ``4 × top_k`` (at least 20) to the
+        ``reranker`` given to ``Memory`` and returns its top ``top_k``. A backend without a keyword
+        index (PostgreSQL, so far) searches in vector mode when hybrid is asked for.
+        """
         query = check_text(query, "query")
         where = self._where(filters, user_id, agent_id, run_id)
         k = _check_top_k(top_k)
         threshold = _check_threshold(threshold)
-        vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
-        return {"results": self._storage.search(vector, where, k, threshold)}
+        if mode not in hybrid.MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, hybrid.MODES))}, got {mode!r}")
+        if mode == "keyword" and threshold is not None:
+            raise ValueError("threshold is a cosine cut-off; keyword mode computes no cosine (omit it)")
+        if mode == "keyword" and not hybrid.has_keywords(self._storage):
+            raise ValueError(f"{self.location} has no keyword index yet: use mode='vector' or 'hybrid'")
+        if not isinstance(rerank, bool):
+            raise TypeError(f"rerank must be True or False, got {rerank!r}")
+        if rerank and self._reranker is None:
+            raise ValueError("rerank=True needs a reranker: Memory(..., reranker=<a hivemem.Reranker>)")
+        terms = hybrid.query_terms(query) if mode != "vector" else []
+        vector = None
+        if mode != "keyword":
+            vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
+        depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
+        hits = hybrid.search(self._storage, mode, vector, terms, where, depth, threshold)
+        if rerank and self._reranker is not None:
+            hits = rr.apply(self._reranker, query, hits, k)
+        return {"results": hits}
 
     def history(self, memory_id: str) -> list[dict[str, Any]]:
         """Every ADD / UPDATE / DELETE of this id, oldest first (as Mem0's history rows)."""
