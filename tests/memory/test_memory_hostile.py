@@ -82,8 +82,8 @@ def test_scope_arguments_compare_literally(store: Memory) -> None:
     assert _owners(store) == ["bob"]
 
 
-def test_cli_delete_star_is_refused(store: Memory) -> None:
-    out = CliRunner().invoke(app, ["memory", "delete", "--user-id", "*", "--path", str(store.path)])
+def test_cli_delete_star_is_refused(store: Memory, location: str) -> None:
+    out = CliRunner().invoke(app, ["memory", "delete", "--user-id", "*", "--path", location])
     assert out.exit_code == 2 and "is not a valid id" in out.output
     assert _owners(store) == ["alice", "bob"]
 
@@ -282,14 +282,16 @@ def test_non_finite_threshold_is_refused(store: Memory, threshold: float) -> Non
     assert len(store.search("secret", threshold=-1.0)["results"]) == 2
 
 
-def test_import_checks_every_line_first_and_names_the_file_line(store: Memory, tmp_path: Path) -> None:
+def test_import_checks_every_line_first_and_names_the_file_line(
+    store: Memory, location: str, tmp_path: Path
+) -> None:
     lines = [json.dumps({"memory": f"fact {i}", "user_id": "erin"}) for i in range(7)]
     lines[5] = json.dumps({"memory": "no scope at all"})  # a valid JSON line that Memory refuses
     lines.insert(2, "")  # blank lines count: the error names the line of the file (now line 7)
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")
     out = CliRunner().invoke(
-        app, ["memory", "import", str(src), "--batch", "2", "--path", str(store.path)], catch_exceptions=False
+        app, ["memory", "import", str(src), "--batch", "2", "--path", location], catch_exceptions=False
     )
     assert out.exit_code == 2, out.output
     assert "line 7:" in out.output and "user_id, agent_id or run_id" in out.output
