@@ -24,19 +24,20 @@ same rows, so that hybrid search ranks alike on both backends:
   goes through ``hm_words`` and ``phraseto_tsquery``, which reads no operators (a word that
   ``hm_words`` splits, ``foo_bar``, becomes the phrase ``foo <-> bar``, as FTS5 reads
   ``"foo_bar"``).
-* **Scoring: SQLite's, in one statement.** A memory scores the sum of the idf
-  ``ln(1 + (N - df + 0.5) / (df + 0.5))`` of the query words it holds, where ``N`` counts the
-  rows of the scope searched (the user/agent/run equalities at the top of the filter) and ``df``
-  those of them holding the word; float8 arithmetic summed in word order, as ``fts.py`` does in
-  numpy, so equal inputs give equal scores. The filter is evaluated on each row while its words
-  are matched (the heap tuple is at hand), so the best ``k`` are the best that pass.
+* **Scoring: SQLite's.** A memory scores the sum of the idf ``ln(1 + (N - df + 0.5) / (df +
+  0.5))`` of the query words it holds, where ``N`` counts the rows of the scope searched (the
+  user/agent/run equalities at the top of the filter) and ``df`` those of them holding the word.
+  Each row's ``words`` also holds one lexeme per scope value (``_u`` + the hex of its UTF-8
+  bytes; text never yields one), so GIN finds "rows of this scope holding this word" by
+  intersecting two lists, as FTS5 does. The filter is evaluated on each row found (the heap tuple
+  is at hand), so the best ``k`` are the best that pass.
 * **The same cost budget as SQLite** (``fts.RANK_BUDGET``, ``fts.SCOPE_ROWS_MAX``): a scope of
   more than ``SCOPE_ROWS_MAX`` rows is searched with the statistics of the whole store (``N`` =
   the highest row id, as SQLite's), and when the words' rows would exceed the budget, the rarest
-  words are kept while their rows fit. Row counts above the budget are cached per process while
-  the store stays within 10% of its size. A search in a small scope is one round trip (the
-  scope is counted in the same statement, which skips the matching when it is too large); a
-  large one costs one more for the counts it does not have yet.
+  words are kept while their rows fit (``KeywordSearch._plan``). A search in a small scope is
+  one statement (it counts the scope and skips the matching when that is too large) and scores
+  in SQL; a large one reads each kept word's rows (``Postings``: kept per process) and scores
+  them in numpy exactly as ``fts.py`` does, so equal inputs give equal scores.
 * **Text limit**: the first ``MAX_INDEXED_CHARS`` characters of ``hm_words(memory)`` are indexed
   (a ``tsvector`` holds at most 1 MB); SQLite indexes all of it.
 
@@ -53,6 +54,7 @@ import sys
 import threading
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,12 +66,12 @@ VERSION = "1"  # of the function, configuration, column and index below; kept in
 MAX_INDEXED_CHARS = 100_000
 # GIN keeps new entries in a pending list that every search scans linearly, until it passes this
 # size (kB) and the writer that passed it merges it into the index. PostgreSQL's default, 4 MB,
-# made a keyword search 40× slower after 10,000 new rows (2.9 ms per word instead of 0.06); with
-# 256 kB a 1,000-row insert still merges in bulk (134 ms against 145 with the default, 211 with
-# fastupdate off).
+# made a word lookup 40× slower after 10,000 new rows (2.9 ms instead of 0.06); with 64 kB (the
+# least allowed) a 1,000-row insert still merges in bulk: 75 ms, against 67 with 256 kB and 120
+# with fastupdate off.
 PENDING_KB = 64
 SAMPLE_FROM = 20_000  # rows above which word counts are estimated from a sample (``_plan``)
-SAMPLE_ROWS = 2_000
+SAMPLE_ROWS = 1_000
 MAX_CACHED = 2_000_000  # row ids a process keeps in ``Postings`` (16 MB)
 MAX_CHANGES = 5_000  # rows changed since the last search above which ``Postings`` starts afresh
 TOAST_TARGET = 8160  # PostgreSQL's largest; its default (2 kB) moved the code and words of rows
@@ -284,6 +286,7 @@ class Postings:
         self._total = 0
         self.lexemes: dict[str, str | None] = {}  # word → its one lexeme (None: a phrase, not kept)
         self.dropped = 0  # times the whole cache was emptied (a reset, or too many changes)
+        self.generation = 0  # refreshes so far: a list read before the latest one is not kept
 
     def _clear(self) -> None:
         if self._entries:
@@ -292,8 +295,9 @@ class Postings:
         self._by_lexeme.clear()
         self._total = 0
 
-    def refresh(self, conn: Any) -> int:
-        """Bring the cache up to the current snapshot of ``conn`` → the store's highest row id."""
+    def refresh(self, conn: Any) -> tuple[int, int]:
+        """Bring the cache up to the current snapshot of ``conn`` → ``(the store's highest row
+        id, generation)``; lists read after this, for ``put``, carry the generation."""
         ns = self.ns
         with self._lock:
             prev, xmin = self._snap, str(self._xmin)
@@ -326,7 +330,8 @@ class Postings:
                 elif new or dead:
                     self._apply(new, dead)
             self._snap, self._xmin, self._epoch = snap, int(new_xmin), epoch
-            return int(size)
+            self.generation += 1
+            return int(size), self.generation
 
     def _apply(self, new: list[tuple], dead: list[int]) -> None:
         """Changed rows leave every list, then join the lists of their lexemes (in scope)."""
@@ -359,10 +364,12 @@ class Postings:
                 self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: tuple[Any, ...], entry: _Entry) -> None:
-        """Keep ``entry`` (counted at the snapshot of the last ``refresh``, in the same one)."""
+    def put(self, key: tuple[Any, ...], entry: _Entry, generation: int) -> None:
+        """Keep ``entry``, read at (or after) the snapshot of the refresh that returned
+        ``generation``, unless another refresh came since (the changes it applied to the other
+        lists would be missing from this one)."""
         with self._lock:
-            if key in self._entries or len(entry.rids) > MAX_CACHED // 4:
+            if generation != self.generation or key in self._entries or len(entry.rids) > MAX_CACHED // 4:
                 return
             self._entries[key] = entry
             self._by_lexeme.setdefault(key[2], set()).add(key)
@@ -463,60 +470,92 @@ class KeywordSearch:
             if scope.query and rows > RANK_BUDGET:  # small counts change with every write
                 self._remember(scope_key, rows, size, at_least=rows > SCOPE_ROWS_MAX)
         cache = self.postings if scope.only else None
+        generation = 0
         if cache is not None:  # brought up to date before it is read (and its size is current)
-            size = self._size = cache.refresh(conn)
+            size, generation = cache.refresh(conn)
+            self._size = size
         scoped = bool(scope.query)
         if rows > SCOPE_ROWS_MAX:  # the scope's lexeme list would be walked for every word
             scoped, rows = False, max(size, 1)
-        kept = terms
-        if rows * len(terms) > RANK_BUDGET:
-            kept = self._plan(conn, terms, rows / max(size, rows, 1), size)
+
+        def lists(words: list[str]) -> dict[str, tuple[int, np.ndarray]]:
+            return self._lists(conn, words, scoped, scope, sql, params, cache, generation, size)
+
+        kept, found = terms, {}
+        if rows * len(terms) > RANK_BUDGET:  # store-wide lists give the counts as they are read
+            kept, found = self._plan(conn, terms, rows / max(size, rows, 1), size, None if scoped else lists)
         if not kept:
             return []
-        found: dict[str, tuple[int, np.ndarray]] = {}
-        keys: dict[str, tuple[Any, ...]] = {}
-        if cache is not None:
-            for t in kept:
-                lexeme = cache.lexemes.get(t)
-                entry = cache.get((scoped, scope.pairs, lexeme)) if lexeme else None
-                if entry is not None:
-                    found[t] = (len(entry.rids), entry.passing())
-        todo = [t for t in kept if t not in found]
-        if todo:
-            within = "(%s::tsquery && t.q)" if scoped else "t.q"
-            every = "string_agg(int8send(rid), ''::bytea)" if cache is not None else "NULL::bytea"
-            got = conn.execute(
-                f"WITH t AS MATERIALIZED (SELECT i, w, phraseto_tsquery({self._cfg}, {ns}.hm_words(w)) AS q"
-                " FROM unnest(%s::text[]) WITH ORDINALITY AS t(w, i))"
-                " SELECT t.w, t.q::text, a.df, a.rids, a.passing FROM t CROSS JOIN LATERAL"
-                f" (SELECT count(*) AS df, {every} AS rids,"
-                " string_agg(int8send(rid), ''::bytea) FILTER (WHERE ok) AS passing"
-                f" FROM (SELECT rid, coalesce({sql}, false) AS ok FROM {ns}.memories"
-                f" WHERE words @@ {within}) m) a",
-                [todo, *params, *([scope.query] if scoped else [])],
-            ).fetchall()
-            for word, query, df, every, passing in got:
-                found[word] = (int(df), _int8s(passing))
-                if not scoped:  # the rows of the store holding the word: its exact count
-                    self._remember(("word", word), int(df), size)
-                if cache is not None:
-                    lexeme = query[1:-1] if query.count("'") == 2 and query[0] == query[-1] == "'" else None
-                    cache.lexemes[word] = lexeme
-                    if lexeme:
-                        rids = _int8s(every)
-                        ok = None if scoped else np.isin(rids, found[word][1])
-                        keys[word] = (scoped, scope.pairs, lexeme)
-                        cache.put(keys[word], _Entry(rids, ok))
-        best = _rank([found[t] for t in kept], float(rows), k)
+        found.update(lists([t for t in kept if t not in found]))
+        # a few more than k: outside a snapshot a row may be deleted before its record is read
+        best = _rank([found[t] for t in kept], float(rows), k + 8)
         if not best:
             return []
         records = conn.execute(
             f"SELECT {self.fields} FROM {ns}.memories WHERE rid = ANY(%s::bigint[])", ([r for r, _ in best],)
         ).fetchall()
         by_rid = {r[0]: r for r in records}
-        return [(by_rid[r], score) for r, score in best if r in by_rid]
+        return [(by_rid[r], score) for r, score in best if r in by_rid][:k]
 
-    def _plan(self, conn: Any, terms: list[str], share: float, size: int) -> list[str]:
+    def _lists(
+        self,
+        conn: Any,
+        words: list[str],
+        scoped: bool,
+        scope: Scope,
+        sql: str,
+        params: list[Any],
+        cache: Postings | None,
+        generation: int,
+        size: int,
+    ) -> dict[str, tuple[int, np.ndarray]]:
+        """Per word: its rows in the scope (``scoped``) or the store (``df``), and the row ids
+        among them that pass the filter; from ``cache`` where it has them, else read in one
+        statement (and kept in ``cache``)."""  # fmt: skip
+        found: dict[str, tuple[int, np.ndarray]] = {}
+        if cache is not None:
+            for t in words:
+                lexeme = cache.lexemes.get(t)
+                entry = cache.get((scoped, scope.pairs, lexeme)) if lexeme else None
+                if entry is not None:
+                    found[t] = (len(entry.rids), entry.passing())
+        todo = [t for t in words if t not in found]
+        if not todo:
+            return found
+        ns = self.ns
+        within = "(%s::tsquery && t.q)" if scoped else "t.q"
+        every = "string_agg(int8send(rid), ''::bytea)" if cache is not None else "NULL::bytea"
+        got = conn.execute(
+            f"WITH t AS MATERIALIZED (SELECT i, w, phraseto_tsquery({self._cfg}, {ns}.hm_words(w)) AS q"
+            " FROM unnest(%s::text[]) WITH ORDINALITY AS t(w, i))"
+            " SELECT t.w, t.q::text, a.df, a.rids, a.passing FROM t CROSS JOIN LATERAL"
+            f" (SELECT count(*) AS df, {every} AS rids,"
+            " string_agg(int8send(rid), ''::bytea) FILTER (WHERE ok) AS passing"
+            f" FROM (SELECT rid, coalesce({sql}, false) AS ok FROM {ns}.memories"
+            f" WHERE words @@ {within}) m) a",
+            [todo, *params, *([scope.query] if scoped else [])],
+        ).fetchall()
+        for word, query, df, every, passing in got:
+            found[word] = (int(df), _int8s(passing))
+            if not scoped:  # the rows of the store holding the word: its exact count
+                self._remember(("word", word), int(df), size)
+            if cache is not None:
+                lexeme = query[1:-1] if query.count("'") == 2 and query[0] == query[-1] == "'" else None
+                cache.lexemes[word] = lexeme
+                if lexeme:
+                    rids = _int8s(every)
+                    ok = None if scoped else np.isin(rids, found[word][1])
+                    cache.put((scoped, scope.pairs, lexeme), _Entry(rids, ok), generation)
+        return found
+
+    def _plan(
+        self,
+        conn: Any,
+        terms: list[str],
+        share: float,
+        size: int,
+        lists: Callable[[list[str]], dict[str, tuple[int, np.ndarray]]] | None = None,
+    ) -> tuple[list[str], dict[str, tuple[int, np.ndarray]]]:
         """The words to rank by (``choose``), from their row counts in the whole store.
 
         Counting a word's rows costs a heap visit per row (~0.6 µs; 90 ms for the most common
@@ -556,7 +595,11 @@ class KeywordSearch:
                     self._remember(("word", t), counts[t], size, at_least=True)
                 else:
                     exact.append(t)
-        if exact:
+        found: dict[str, tuple[int, np.ndarray]] = {}
+        if exact and lists is not None:  # the rows of the store: read them, their number is the count
+            found = lists(exact)
+            counts.update({t: df for t, (df, _) in found.items()})
+        elif exact:
             with conn.pipeline():
                 curs = [
                     conn.execute(
@@ -569,4 +612,4 @@ class KeywordSearch:
             for t, cur in zip(exact, curs, strict=True):
                 counts[t] = int(cur.fetchone()[0])
                 self._remember(("word", t), counts[t], size, at_least=counts[t] >= cap)
-        return choose([(c, t) for t, c in counts.items()], share)
+        return choose([(c, t) for t, c in counts.items()], share), found
