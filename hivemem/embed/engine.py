@@ -42,15 +42,14 @@ def make_backend(
 ) -> Backend:
     """Build one backend by name (see the module docs of each for what it costs)."""
     if backend == "onnx":
-        from hivemem.embed.model import ensure_prepared, model_dir
-        from hivemem.embed.onnx_backend import OnnxBackend
+        import onnxruntime as ort
 
+        from hivemem.embed.model import ensure_prepared, model_dir
+        from hivemem.embed.onnx_backend import OnnxBackend, providers_for
+
+        providers_for(device, ort.get_available_providers())  # a bad device fails before any export
         manifest = ensure_prepared()
-        name = manifest.get(variant, variant) if variant in ("default", "fast") else variant
-        if name not in manifest["variants"]:
-            raise ValueError(
-                f"unknown variant {variant!r}: choose default, fast or one of {sorted(manifest['variants'])}"
-            )
+        name = resolve_variant(manifest, variant, device)
         directory = model_dir()
         return OnnxBackend(
             directory / manifest["variants"][name]["file"],
@@ -71,6 +70,25 @@ def make_backend(
             raise ValueError("backend='openai' needs url='http://host:port/v1'")
         return OpenAIBackend(url, model=openai_model, api_key=api_key)
     raise ValueError(f"unknown backend {backend!r}: choose onnx, sentence-transformers or openai")
+
+
+def resolve_variant(manifest: dict, variant: str, device: str = "cpu") -> str:
+    """The prepared variant that ``variant`` names on ``device``.
+
+    ``"default"``/``"fast"`` are the variants ``prepare`` measured fastest on this machine's CPU; on a
+    GPU they mean ``"fp32"``, because the int8 graphs are built for CPU kernels (per-token int8
+    has no CUDA kernels for its blocked ``QuantizeLinear``) and a GPU runs fp32 fast anyway.
+    """
+    if variant in ("default", "fast"):
+        return manifest[variant] if device == "cpu" else "fp32"
+    report = manifest["variants"].get(variant)
+    if report is None:
+        raise ValueError(
+            f"unknown variant {variant!r}: choose default, fast or one of {sorted(manifest['variants'])}"
+        )
+    if report.get("error"):
+        raise ValueError(f"variant {variant!r} could not be built on this machine: {report['error']}")
+    return variant
 
 
 class Embedder:

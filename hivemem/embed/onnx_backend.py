@@ -30,6 +30,27 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def providers_for(device: str, available: list[str]) -> list:
+    """ONNX Runtime execution providers for ``device`` ("cpu", "cuda", "cuda:N") given ``available``.
+
+    CUDA needs the GPU build of ONNX Runtime (``onnxruntime-gpu``); without it this raises a
+    ``RuntimeError`` that says so instead of silently running on the CPU.
+    """
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" or device.startswith("cuda:"):
+        index = "0" if device == "cuda" else device.partition(":")[2]
+        if not index.isdigit():
+            raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N' (N a GPU index)")
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError(
+                f"device={device!r} needs the GPU build of ONNX Runtime (pip install onnxruntime-gpu, "
+                f"instead of onnxruntime) and a CUDA driver; this onnxruntime offers only {available}"
+            )
+        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+    raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+
+
 class OnnxBackend:
     """Runs a BERT-style ONNX graph (``last_hidden_state`` out), mean-pools and L2-normalises.
 
@@ -60,18 +81,8 @@ class OnnxBackend:
         # buffers alive: off, ~10 MB less per process at the same throughput (docs/embed.md).
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError(
-                    "device='cuda' needs the GPU build of ONNX Runtime (pip install onnxruntime-gpu); "
-                    f"available providers: {ort.get_available_providers()}"
-                )
-            index = int(device.split(":")[1]) if ":" in device else 0
-            providers: list = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        elif device == "cpu":
-            providers = ["CPUExecutionProvider"]
-        else:
-            raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+        providers = providers_for(device, ort.get_available_providers())
+        opts.log_severity_level = 3  # ORT's warnings (e.g. unused initializers) are not the user's business
         self.session = ort.InferenceSession(str(model_path), opts, providers=providers)
         self._inputs = {i.name for i in self.session.get_inputs()}
         self.tokenizer = load_tokenizer(tokenizer_path)
