@@ -34,13 +34,17 @@ def make_backend(
     *,
     variant: str = "default",
     threads: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str = "cpu",
     url: str | None = None,
     api_key: str | None = None,
     openai_model: str = "all-MiniLM-L6-v2",
 ) -> Backend:
-    """Build one backend by name (see the module docs of each for what it costs)."""
+    """Build one backend by name (see the module docs of each for what it costs).
+
+    ``batch_size``: texts per model run; ``None`` takes the size ``prepare`` measured fastest for the
+    variant on this machine (ONNX) or 32.
+    """
     if backend == "onnx":
         import onnxruntime as ort
 
@@ -51,18 +55,20 @@ def make_backend(
         manifest = ensure_prepared()
         name = resolve_variant(manifest, variant, device)
         directory = model_dir()
+        report = manifest["variants"][name]
         return OnnxBackend(
-            directory / manifest["variants"][name]["file"],
+            directory / report["file"],
             directory / "tokenizer.json",
             threads=threads,
-            batch_size=batch_size,
+            # prepare measured the batch size on this CPU; a GPU gets the usual 32 unless told
+            batch_size=batch_size or (report.get("batch_size", 32) if device == "cpu" else 32),
             device=device,
             model_id=f"{manifest['model']}/onnx-{name}",
         )
     if backend == "sentence-transformers":
         from hivemem.embed.st_backend import SentenceTransformersBackend
 
-        return SentenceTransformersBackend(threads=threads, batch_size=batch_size, device=device)
+        return SentenceTransformersBackend(threads=threads, batch_size=batch_size or 32, device=device)
     if backend == "openai":
         from hivemem.embed.openai_backend import OpenAIBackend
 
@@ -105,7 +111,7 @@ class Embedder:
         variant: str = "default",
         threads: int | None = None,
         device: str = "cpu",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         batching: bool = True,
         max_batch: int = 256,
         max_wait_ms: float = 5.0,

@@ -113,6 +113,31 @@ def test_unreachable_openai_endpoint_names_the_url():
         Embedder("openai", url=url)
 
 
+def test_parallel_runs_give_the_single_threaded_vectors_in_order():
+    """Runs go to a thread per core; rows must land where they belong, and a run's error surfaces."""
+    from hivemem.embed.engine import make_backend
+
+    texts = sentences(37, seed=31) + templated(5, seed=32)
+    one, two = (make_backend("onnx", variant="w8a8", threads=n, batch_size=8) for n in (1, 2))
+    try:
+        assert two._parallel_runs == 2
+        for call in (texts, texts[:16], texts[:3]):  # many runs, one per core, fewer texts than runs
+            assert np.sum(one.encode(call) * two.encode(call), axis=1).min() >= 0.99999
+        real_run = two._run
+
+        def failing(idx, *args):
+            if 40 in idx:  # one of the templated texts
+                raise RuntimeError("run failed")
+            real_run(idx, *args)
+
+        two._run = failing
+        with pytest.raises(RuntimeError, match="run failed"):
+            two.encode(texts)
+    finally:
+        one.close()
+        two.close()
+
+
 def test_device_selects_execution_providers():
     cpu_only, gpu = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert providers_for("cpu", gpu) == ["CPUExecutionProvider"]
