@@ -98,13 +98,9 @@ class MicroBatcher:
                 raise QueueFull(
                     f"{self._pending_texts} texts already queued (max_pending={self.max_pending})"
                 )
-            was_empty = not self._pending
             self._pending.extend(requests)
             self._pending_texts += n
-            # Wake the worker only when it can act: the first request, or the batch it waits for is
-            # complete. Waking it on every arrival cost 16 GIL round trips per batch of 16 callers.
-            if was_empty or len(self._pending) >= self._expect or self._pending_texts >= self.max_batch:
-                self._cv.notify()
+            self._cv.notify()
         return requests
 
     def close(self, timeout: float | None = 30.0) -> None:
