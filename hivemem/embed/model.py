@@ -237,11 +237,12 @@ def _export_fp32(src: Path, out: Path) -> None:
     export_bert(bert, out, num_heads=12, hidden_size=DIM)
 
 
-def export_bert(bert: Any, out: Path, *, num_heads: int, hidden_size: int) -> None:
+def export_bert(bert: Any, out: Path, *, num_heads: int, hidden_size: int, unfuse: bool = True) -> None:
     """torch → ONNX (eager attention so ORT can fuse it) → ORT's BERT optimiser (≈500 → 46 nodes).
 
     ``bert`` is a ``transformers`` BERT model; the graph takes ``input_ids``, ``attention_mask`` and
-    ``token_type_ids`` and returns ``last_hidden_state`` (pooling happens in numpy).
+    ``token_type_ids`` and returns ``last_hidden_state`` (pooling happens in numpy). ``unfuse=False``
+    keeps ``SkipLayerNormalization`` (only ``benchmarks/quantization.py`` wants the old graph).
     """
     import torch
     from onnxruntime.transformers.optimizer import optimize_model
@@ -272,7 +273,8 @@ def export_bert(bert: Any, out: Path, *, num_heads: int, hidden_size: int) -> No
             dynamo=False,
         )
     optimized = optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
-    unfuse_skip_layer_norm(optimized.model)
+    if unfuse:
+        unfuse_skip_layer_norm(optimized.model)
     optimized.save_model_to_file(str(out))
     raw.unlink()
 
