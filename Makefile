@@ -27,7 +27,7 @@ lint: install
 	$(VENV)/bin/ruff format --check hivemem tests benchmarks
 
 # Heavy: minutes each. Every script prints a table and a final JSON line.
-BENCHMARKS ?= embed shared memory tasks pool http_api
+BENCHMARKS ?= embed shared memory tasks pool http_api cluster
 bench: install
 	for b in $(BENCHMARKS); do HF_HUB_OFFLINE=1 $(PY) benchmarks/$$b.py || exit 1; done
 

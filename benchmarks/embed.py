@@ -2,7 +2,6 @@
 
     python benchmarks/embed.py                       # full: 2,000 texts
     python benchmarks/embed.py --n 600 --rounds 2    # quicker
-    python benchmarks/embed.py --plot docs/embed-throughput.png
 
 Prints a table and, last, one JSON line. The machine is noisy (2 shared cores), so each throughput
 is the best of ``--rounds`` passes, and the passes of different configurations are interleaved
@@ -27,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+from plots import add_plot_options, bars
 
 from hivemem import Embedder, EmbeddingCache
 from hivemem.embed.corpus import sentences, templated
@@ -59,38 +59,12 @@ def threaded_rate(emb: Embedder, texts: list[str], threads: int) -> float:
     return len(texts) / (time.perf_counter() - t)
 
 
-def plot(path: Path, rates: dict[str, float], base: float, default: str) -> None:
-    """Throughput by backend/variant as a horizontal bar chart (matplotlib: the ``bench`` extra)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(rates)
-    values = [rates[n] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
-    bars = ax.barh(names, values, color=["#c44" if default in n else "#48a" for n in names])
-    for bar, value in zip(bars, values, strict=True):
-        ax.text(
-            bar.get_width(),
-            bar.get_y() + bar.get_height() / 2,
-            f" {value:.0f} ({value / base:.2f}×)",
-            va="center",
-        )
-    ax.invert_yaxis()
-    ax.set_xlabel("texts/s (best of interleaved rounds; × sentence-transformers bs 32)")
-    ax.set_xlim(0, max(values) * 1.3)
-    ax.set_title("hivemem embedding throughput, all-MiniLM-L6-v2")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="corpus size (distinct sentences)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=16, help="caller threads for the embed_one test")
-    ap.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of the throughputs here")
+    add_plot_options(ap)
     args = ap.parse_args()
 
     manifest = ensure_prepared()
@@ -224,17 +198,25 @@ def main() -> None:
             f"{t['mean_cos']:8.4f} / {t['min_cos']:.4f} {t['top5_overlap']:6.3f} "
             f"{f['batch_invariance']:11.7f}"
         )
-    if args.plot is not None:
-        shown = {"sentence-transformers bs 32": base}
-        shown.update(
-            {f"onnx {v}" + (" (default)" if v == default else ""): rates[f"onnx_{v}"] for v in variants}
-        )
-        shown[f"default, {args.threads} threads × embed_one"] = rates["threads_embed_one"]
-        plot(args.plot, shown, base, "(default)")
-        print(f"\nplot: {args.plot}")
     for e in [*engines.values(), st_backend]:
         e.close()
     print(json.dumps({"benchmark": "embed", **out}))
+    names = {"st_bs1": "sentence-transformers bs 1", "st_bs32": "sentence-transformers bs 32"}
+    names.update({f"onnx_{v}": f"hivemem onnx {v}" + (" (default)" * (v == default)) for v in variants})
+    names["hivemem_st_backend"] = "hivemem, sentence-transformers backend"
+    names["threads_embed_one"] = f"hivemem default, {args.threads} threads × embed_one"
+    bars(
+        args,
+        "embed_throughput",
+        f"Embedding throughput by backend and variant ({len(corpus)} sentences)",
+        list(names.values()),
+        {"texts/s": [rates[k] for k in names]},
+        labels={"texts/s": [f"{rates[k]:.0f}  ({rates[k] / base:.2f}×)" for k in names]},
+        ylabel="texts/s (× sentence-transformers bs 32)",
+        horizontal=True,
+        note=f"one run, best of {args.rounds} interleaved rounds, load {out['loadavg_end']:.1f} on "
+        f"{os.cpu_count()} CPUs: compare ratios, not absolutes",
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+from plots import add_plot_options, bars
 
 from hivemem.embed import w8a8
 from hivemem.embed.corpus import sentences, templated
@@ -139,6 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="texts per throughput pass and per fidelity corpus")
     ap.add_argument("--rounds", type=int, default=3)
+    add_plot_options(ap)
     args = ap.parse_args()
     manifest = ensure_prepared()
     tokenizer = model_dir() / "tokenizer.json"
@@ -223,6 +225,24 @@ def main() -> None:
         "fidelity": results,
     }
     print(json.dumps(out))
+    names = list(rates)
+    bars(
+        args,
+        "quantization_recipes",
+        "Quantization recipes: throughput (bar) and generated-text top-5 overlap (label)",
+        names,
+        {"texts/s": [rates[n] for n in names]},
+        labels={
+            "texts/s": [
+                f"{rates[n]:.0f} ({rates[n] / base:.2f}×)"
+                + (f", top-5 {results[n]['generated']['top5']:.3f}" if n in results else "")
+                for n in names
+            ]
+        },
+        ylabel="texts/s (× sentence-transformers bs 32)",
+        horizontal=True,
+        note=f"one process, best of {args.rounds} interleaved rounds, load {load:.1f}: compare ratios",
+    )
 
 
 if __name__ == "__main__":

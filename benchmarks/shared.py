@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 sys.path.insert(0, str(ROOT))  # this checkout's hivemem, not an installed one
 
+from plots import add_plot_options, lines  # noqa: E402
+
 
 def pss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -168,6 +170,7 @@ def main() -> None:
     ap.add_argument(
         "--service-args", default="", help='extra `hivemem serve` options for (b), e.g. "--threads 1"'
     )
+    add_plot_options(ap)
     args = ap.parse_args()
     n = 16 if args.quick else args.n
     widths = [int(x) for x in args.workers.split(",")]
@@ -204,6 +207,30 @@ def main() -> None:
 
         shutil.rmtree(work, ignore_errors=True)
     print_table(rows, numpy_pss, batch)
+    plot(args, rows, n)
+
+
+def plot(args: argparse.Namespace, rows: list[dict], n: int) -> None:
+    """Total PSS against the number of workers: own engine each (a) vs the shared service (b)."""
+    series = {}
+    for mode, label in (("a", "each worker loads its own engine (a)"), ("b", "one shared service (b)")):
+        got = sorted((r["workers"], r["pss_total_mb"]) for r in rows if r["mode"] == mode)
+        if got:
+            series[label] = got
+    widths = sorted({w for points in series.values() for w, _ in points})
+    if len(widths) < 2:
+        return
+    lines(
+        args,
+        "service_pss_by_workers",
+        "Memory (PSS) of W workers embedding, plus the service",
+        widths,
+        {label: [v for _, v in points] for label, points in series.items()},
+        xlabel="worker processes (W)",
+        ylabel="total PSS, MB",
+        logx=True,
+        note=f"/proc/PID/smaps_rollup summed at a barrier once all workers are warm; {n} texts per worker",
+    )
 
 
 def print_table(rows: list[dict], numpy_pss: float, batch: float) -> None:

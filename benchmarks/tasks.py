@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from plots import add_plot_options, bars  # noqa: E402
+
 from hivemem.tasks.convert import convert_tasks  # noqa: E402
 from hivemem.tasks.synth import iter_tasks, write_library  # noqa: E402
 
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--per-worker", type=int, default=20)
     parser.add_argument("--workers", default="1,25", help="comma-separated worker counts")
     parser.add_argument("--compression", default="none", choices=["none", "zlib", "zstd"])
+    add_plot_options(parser)
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
 
@@ -181,6 +184,16 @@ def main() -> None:
         print(f"{kind:<12} {row['convert_s']:>10.2f} {row['library_mb']:>11.1f} {row['read_20_s']:>16.4f}")
     out["compression_compare"] = codecs
     print(json.dumps(out))
+    names = {"bare": "bare python (baseline)", "json": "json.load the whole file", "tasklib": "TaskLibrary"}
+    bars(
+        args,
+        "tasks_pss_by_workers",
+        f"Task library: total PSS of W workers, {args.per_worker} tasks each ({size_mb:.0f} MB library)",
+        [f"W = {w}" for w in results],
+        {label: [results[w][mode]["total_pss_mb"] for w in results] for mode, label in names.items()},
+        ylabel="total PSS, MB",
+        note="/proc/PID/smaps_rollup summed at a barrier while every worker holds its tasks",
+    )
 
 
 if __name__ == "__main__":

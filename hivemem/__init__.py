@@ -18,11 +18,14 @@ _EXPORTS: dict[str, str] = {
     "Embedder": "hivemem.embed.engine",
     "EmbedderLike": "hivemem.embed.protocol",
     "EmbeddingCache": "hivemem.embed.cache",
+    "RemoteEmbedder": "hivemem.embed.remote",
+    "EmbedderUnavailable": "hivemem.embed.remote",
     "prepare_model": "hivemem.embed.model",
     "WorkerPool": "hivemem.pool.pool",
     "run_parallel": "hivemem.pool.runner",
     "RunSummary": "hivemem.pool.runner",
     "WorkerCrashed": "hivemem.pool.errors",
+    "WorkerExited": "hivemem.pool.errors",
     "WorkerInitError": "hivemem.pool.errors",
     "CallTimeout": "hivemem.pool.errors",
     "PoolClosed": "hivemem.pool.errors",
@@ -32,6 +35,10 @@ _EXPORTS: dict[str, str] = {
     "convert_tasks": "hivemem.tasks.convert",
     "Memory": "hivemem.memory.store",
     "AsyncMemory": "hivemem.memory.aio",
+    "Reranker": "hivemem.memory.rerank",
+    "import_mem0": "hivemem.memory.mem0_import",
+    "FactExtractor": "hivemem.memory.infer",
+    "LLMError": "hivemem.memory.infer",
     "connect": "hivemem.service.client",
     "aconnect": "hivemem.service.aclient",
     "ServiceClient": "hivemem.service.client",
@@ -46,9 +53,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.engine import Embedder
     from hivemem.embed.model import prepare_model
     from hivemem.embed.protocol import EmbedderLike
+    from hivemem.embed.remote import EmbedderUnavailable, RemoteEmbedder
     from hivemem.memory.aio import AsyncMemory
+    from hivemem.memory.infer import FactExtractor, LLMError
+    from hivemem.memory.mem0_import import import_mem0
+    from hivemem.memory.rerank import Reranker
     from hivemem.memory.store import Memory
-    from hivemem.pool.errors import CallTimeout, PoolClosed, PoolError, WorkerCrashed, WorkerInitError
+    from hivemem.pool.errors import (
+        CallTimeout,
+        PoolClosed,
+        PoolError,
+        WorkerCrashed,
+        WorkerExited,
+        WorkerInitError,
+    )
     from hivemem.pool.pool import WorkerPool
     from hivemem.pool.runner import RunSummary, run_parallel
     from hivemem.service.aclient import aconnect

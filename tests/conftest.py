@@ -3,6 +3,8 @@
 The model is exported once into the real ``HIVEMEM_HOME`` (CI points that at a fresh temp dir, so
 the first run exercises ``hivemem model prepare`` end to end); the tests then run in a private home
 whose ``models`` links to it, so no test ever touches the user's cache or database.
+
+PostgreSQL tests get a server from ``pg_dsn`` and a private schema of it from ``pg_url``.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite starts its own servers: never embed on, or cache into, the ones a developer configured.
+for _var in ("HIVEMEM_EMBEDDER_URL", "HIVEMEM_CACHE_URL", "HIVEMEM_CACHE_TTL"):
+    os.environ.pop(_var, None)
 
 
 def _prepared_models_dir() -> Path:
@@ -34,3 +41,40 @@ def hivemem_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (home / "models").symlink_to(models, target_is_directory=True)
     os.environ["HIVEMEM_HOME"] = str(home)  # inherited by every subprocess a test starts
     return home
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A PostgreSQL server with pgvector: ``HIVEMEM_TEST_PG_DSN`` when set, else a throwaway one
+    (``hivemem.pgtemp``) started on first use and stopped at the end of the session. If neither is
+    possible the tests that need it fail with the reason; they are never skipped."""
+    dsn = os.environ.get("HIVEMEM_TEST_PG_DSN", "").strip()
+    if dsn:
+        yield dsn
+        return
+    from hivemem.pgtemp import TempPostgres
+
+    with TempPostgres() as server:
+        yield server.dsn
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_dsn: str) -> Iterator[Callable[[], str]]:
+    """``new()`` → a ``postgresql://`` URL of a fresh schema (namespace) of the test server, so tests
+    never see each other's rows; every schema handed out is dropped at the end of the session."""
+    import psycopg
+
+    made: list[str] = []
+
+    def new() -> str:
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        made.append(schema)
+        return f"{pg_dsn}{'&' if '?' in pg_dsn else '?'}schema={schema}"
+
+    yield new
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for schema in made:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

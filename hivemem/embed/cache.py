@@ -5,11 +5,17 @@ another's vectors. Two tiers: a small in-process LRU for hot texts, in front of 
 WAL mode shared by every process of the user (readers never block writers; one writer at a time,
 batched). Vectors are raw float32 bytes. The file is bounded: past ``max_bytes`` the oldest
 entries are evicted first.
+
+A third, optional tier is shared by every host: Redis or Valkey at ``$HIVEMEM_CACHE_URL``
+(``hivemem.embed.shared_cache``), asked for what the first two lack. Its hits are copied into the
+local tiers; vectors computed here, and SQLite hits, are written back to it in the background.
+When it is unreachable the cache works as before, with a warning and a counter.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -19,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hivemem import config
+from hivemem.embed.shared_cache import RedisTier, from_env
 from hivemem.sqlite import enable_wal, retry_locked
 
 _SCHEMA = """
@@ -29,6 +36,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     vec BLOB NOT NULL
 );
 """
+log = logging.getLogger("hivemem.cache")
 _ROW_OVERHEAD = 80  # bytes of key, index entry and page slack per row, measured roughly
 _EVICT_EVERY = 1024  # inserts between size checks
 
@@ -41,7 +49,9 @@ class EmbeddingCache:
     """In-process LRU (``memory_items``) over a shared SQLite store at ``path``.
 
     ``path=None`` uses the machine-wide default (``hivemem.config.cache_path()``); ``persistent=False``
-    keeps only the in-process tier. Safe to use from many threads and processes.
+    keeps only the in-process tier. ``shared``: the Redis/Valkey tier shared by hosts, as a URL
+    (``redis://host:6379/0``) or a ``RedisTier``; ``None`` reads ``$HIVEMEM_CACHE_URL``, ``False``
+    turns it off. Safe to use from many threads and processes.
     """
 
     def __init__(
@@ -51,6 +61,7 @@ class EmbeddingCache:
         memory_items: int = 10_000,
         max_bytes: int = 1 << 30,
         persistent: bool = True,
+        shared: str | RedisTier | bool | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else config.cache_path()
         self.persistent = persistent
@@ -62,10 +73,22 @@ class EmbeddingCache:
         self._inserts = 0
         self.hits_memory = 0
         self.hits_disk = 0
+        self.hits_shared = 0
         self.misses = 0
         if persistent:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             retry_locked(lambda: self._db().executescript(_SCHEMA), timeout=30.0)
+        self._owns_shared = not isinstance(shared, RedisTier)
+        if isinstance(shared, RedisTier):
+            self.shared: RedisTier | None = shared
+        elif isinstance(shared, str):
+            self.shared = RedisTier(shared)
+        elif shared is None or shared is True:
+            self.shared = from_env()
+            if shared is True and self.shared is None:
+                raise ValueError("shared=True needs $HIVEMEM_CACHE_URL (or pass the redis:// URL)")
+        else:
+            self.shared = None
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -105,6 +128,24 @@ class EmbeddingCache:
             with self._lock:
                 self.hits_disk += sum(1 for _ in fresh)
                 self._remember(fresh)
+            if self.shared is not None:
+                self.shared.put_many(model_id, fresh)  # promote: other hosts may lack them
+        if missing and self.shared is not None:
+            wanted = list(missing)
+            got = self.shared.get_many(model_id, dim, wanted)
+            remote = [(k, v) for k, v in zip(wanted, got, strict=True) if v is not None]
+            for key, vec in remote:
+                for i in missing.pop(key):
+                    found[i] = vec
+            if remote:
+                with self._lock:
+                    self.hits_shared += len(remote)
+                    self._remember(remote)
+                if self.persistent:  # next time this host finds them without the network
+                    try:
+                        self._insert(model_id, remote, dim)
+                    except sqlite3.Error as exc:  # the caller has its vectors; the copy can wait
+                        log.warning("hivemem: copying shared-cache hits into %s failed: %s", self.path, exc)
         self.misses += sum(len(v) for v in missing.values())
         return found
 
@@ -125,8 +166,12 @@ class EmbeddingCache:
             vec.flags.writeable = False
         with self._lock:
             self._remember(items)
-        if not self.persistent or not items:
-            return
+        if self.shared is not None:
+            self.shared.put_many(model_id, items)
+        if self.persistent and items:
+            self._insert(model_id, items, vectors.shape[1])
+
+    def _insert(self, model_id: str, items: list[tuple[bytes, np.ndarray]], dim: int) -> None:
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -141,7 +186,7 @@ class EmbeddingCache:
         self._inserts += len(items)
         if self._inserts >= _EVICT_EVERY:
             self._inserts = 0
-            self._evict(row_bytes=vectors.shape[1] * 4 + _ROW_OVERHEAD)
+            self._evict(row_bytes=dim * 4 + _ROW_OVERHEAD)
 
     def _remember(self, items: list[tuple[bytes, np.ndarray]]) -> None:
         for key, vec in items:
@@ -165,8 +210,11 @@ class EmbeddingCache:
             "memory_entries": len(self._lru),
             "hits_memory": self.hits_memory,
             "hits_disk": self.hits_disk,
+            "hits_shared": self.hits_shared,
             "misses": self.misses,
         }
+        if self.shared is not None:
+            out["shared"] = self.shared.stats()
         if self.persistent:
             rows = (
                 self._db()
@@ -180,8 +228,13 @@ class EmbeddingCache:
             )
         return out
 
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until the writes queued for the shared tier were sent (True when none is left)."""
+        return True if self.shared is None else self.shared.flush(timeout)
+
     def clear(self, model_id: str | None = None) -> int:
-        """Drop every entry (or one model's); returns how many rows were deleted on disk."""
+        """Drop every entry (or one model's) of this machine's tiers; returns how many rows were
+        deleted on disk. The shared tier is left alone: other hosts use it (``redis-cli FLUSHDB``)."""
         with self._lock:
             self._lru.clear()
         if not self.persistent:
@@ -195,6 +248,9 @@ class EmbeddingCache:
         return deleted
 
     def close(self) -> None:
+        if self.shared is not None and self._owns_shared:
+            self.shared.close()
+            self.shared = None
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()

@@ -246,7 +246,14 @@ class Embedder:
             }
         if self.cache is not None:
             c = self.cache
-            out["cache"] = {"hits_memory": c.hits_memory, "hits_disk": c.hits_disk, "misses": c.misses}
+            out["cache"] = {
+                "hits_memory": c.hits_memory,
+                "hits_disk": c.hits_disk,
+                "hits_shared": c.hits_shared,
+                "misses": c.misses,
+            }
+            if c.shared is not None:
+                out["cache"]["shared"] = c.shared.stats()
         return out
 
     def close(self) -> None:

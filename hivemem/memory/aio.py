@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemem.embed.protocol import EmbedderLike
+from hivemem.memory.rerank import Reranker
 from hivemem.memory.store import Memory
 
 
@@ -20,12 +21,14 @@ class AsyncMemory:
 
     def __init__(
         self,
-        path: str | Path | None = None,
+        path: str | Path | None = None,  # a file, a postgresql:// URL, or None (see Memory)
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,
+        reranker: Reranker | None = None,
+        llm: Any = None,
     ) -> None:
-        self.sync = Memory(path, embedder, embedder_config=embedder_config)
+        self.sync = Memory(path, embedder, embedder_config=embedder_config, reranker=reranker, llm=llm)
 
     @classmethod
     def from_config(cls, config_dict: dict[str, Any]) -> AsyncMemory:
@@ -36,8 +39,8 @@ class AsyncMemory:
     async def add(self, messages: Any, **kwargs: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync.add, messages, **kwargs)
 
-    async def add_batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return await asyncio.to_thread(self.sync.add_batch, items)
+    async def add_batch(self, items: list[dict[str, Any]], infer: bool = False) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.add_batch, items, infer)
 
     async def search(self, query: str, **kwargs: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync.search, query, **kwargs)

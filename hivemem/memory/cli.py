@@ -1,7 +1,10 @@
 """``hivemem memory …``: the memory store from the shell; every command prints JSON.
 
-Export/import use JSONL, one memory per line with its scope, metadata and text, so a store can be
-moved, backed up or seeded; import re-embeds with the current model and skips duplicates.
+``--path``/``--url`` name the store: a SQLite file or a ``postgresql://`` URL (default:
+``$HIVEMEM_MEMORY_URL``, else ``HIVEMEM_HOME/memory.sqlite``). Export/import use JSONL with ids,
+timestamps, metadata and history (``hivemem.memory.transfer``), so a store can be moved between
+SQLite and PostgreSQL, backed up or seeded; import re-embeds with the target's model and skips
+memories already there.
 """
 
 from __future__ import annotations
@@ -15,13 +18,29 @@ import typer
 
 memory_app = typer.Typer(no_args_is_help=True, help="The Mem0-compatible memory store.")
 
-PathOpt = typer.Option(None, "--path", help="The memory database (default: HIVEMEM_HOME/memory.sqlite).")
+PathOpt = typer.Option(
+    None,
+    "--path",
+    "--url",
+    help="The store: a SQLite file or a postgresql:// URL "
+    "(default: $HIVEMEM_MEMORY_URL, else HIVEMEM_HOME/memory.sqlite).",
+)
 
 
-def _open(path: Path | None) -> Any:
+def _open(path: str | None) -> Any:
+    import sqlite3
+
+    from hivemem.memory.storage.locate import default_path
     from hivemem.memory.store import Memory
 
-    return Memory(path)
+    try:
+        return Memory(path)
+    except (OSError, sqlite3.Error) as exc:  # a directory, an unwritable place, not a database
+        typer.echo(f"error: cannot open the memory database {path or default_path()}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (ValueError, TypeError, ImportError, ConnectionError, RuntimeError) as exc:  # a bad URL, no server
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _echo(obj: Any) -> None:
@@ -38,11 +57,16 @@ def _json_opt(text: str | None, what: str) -> Any:
 
 
 def _run(fn: Any) -> Any:
+    from hivemem.memory.infer import LLMError
+
     try:
         return fn()
-    except (ValueError, TypeError, NotImplementedError) as exc:
+    except (ValueError, TypeError, NotImplementedError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except LLMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @memory_app.command("add")
@@ -52,12 +76,21 @@ def add(
     agent_id: str | None = typer.Option(None, "--agent-id"),
     run_id: str | None = typer.Option(None, "--run-id"),
     metadata: str | None = typer.Option(None, "--metadata", help="A JSON object."),
-    path: Path | None = PathOpt,
+    infer: bool = typer.Option(
+        False, "--infer", help="Store the facts an LLM finds in the text (needs HIVEMEM_LLM_URL)."
+    ),
+    path: str | None = PathOpt,
 ) -> None:
     """Add one memory (event NONE with the existing id if the text is already in the scope)."""
     meta = _json_opt(metadata, "--metadata")
     with _open(path) as m:
-        _echo(_run(lambda: m.add(text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta)))
+        _echo(
+            _run(
+                lambda: m.add(
+                    text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta, infer=infer
+                )
+            )
+        )
 
 
 @memory_app.command("search")
@@ -71,9 +104,10 @@ def search(
     ),
     top_k: int = typer.Option(10, "--top-k"),
     threshold: float | None = typer.Option(None, "--threshold"),
-    path: Path | None = PathOpt,
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid (BM25 + vector), vector or keyword"),
+    path: str | None = PathOpt,
 ) -> None:
-    """Semantic search within the given scope and filters."""
+    """Search within the given scope and filters (hybrid by default)."""
     f = _json_opt(filters, "--filters")
     with _open(path) as m:
         _echo(
@@ -86,6 +120,7 @@ def search(
                     filters=f,
                     top_k=top_k,
                     threshold=threshold,
+                    mode=mode,
                 )
             )
         )
@@ -98,7 +133,7 @@ def list_(
     run_id: str | None = typer.Option(None, "--run-id"),
     filters: str | None = typer.Option(None, "--filters"),
     top_k: int = typer.Option(100, "--top-k"),
-    path: Path | None = PathOpt,
+    path: str | None = PathOpt,
 ) -> None:
     """List memories (oldest first)."""
     f = _json_opt(filters, "--filters")
@@ -114,7 +149,7 @@ def delete(
     user_id: str | None = typer.Option(None, "--user-id"),
     agent_id: str | None = typer.Option(None, "--agent-id"),
     run_id: str | None = typer.Option(None, "--run-id"),
-    path: Path | None = PathOpt,
+    path: str | None = PathOpt,
 ) -> None:
     """Delete one memory by id, or every memory of a scope."""
     with _open(path) as m:
@@ -124,48 +159,47 @@ def delete(
             _echo(_run(lambda: m.delete_all(user_id=user_id, agent_id=agent_id, run_id=run_id)))
 
 
-_EXPORT_KEYS = ("id", "memory", "metadata", "created_at", "user_id", "agent_id", "run_id", "actor_id", "role")
-
-
 @memory_app.command("export")
-def export(path: Path | None = PathOpt) -> None:
-    """Write every memory as JSONL to stdout (vectors are not exported: import re-embeds)."""
+def export(path: str | None = PathOpt) -> None:
+    """Write every memory (ids, metadata, history; no vectors) as JSONL to stdout."""
+    from hivemem.memory.transfer import export_lines
+
     with _open(path) as m:
-        for rec in m._storage.export_rows():
-            typer.echo(
-                json.dumps({k: rec[k] for k in _EXPORT_KEYS if rec.get(k) is not None}, ensure_ascii=False)
-            )
+        for line in export_lines(m):
+            typer.echo(line)
 
 
 @memory_app.command("import")
 def import_(
-    source: Path = typer.Argument(..., help="A JSONL file as written by export ('-' for stdin)."),
-    batch: int = typer.Option(500, "--batch", help="Memories per transaction."),
-    path: Path | None = PathOpt,
+    source: Path | None = typer.Argument(None, help="A JSONL file as written by export ('-' for stdin)."),
+    from_mem0: str | None = typer.Option(
+        None,
+        "--from-mem0",
+        help="Copy a Mem0 store instead: its config (the dict for Mem0's Memory.from_config) as a JSON "
+        "file or JSON text; '{}' means Mem0's defaults. Memories, ids, timestamps and history are kept.",
+    ),
+    batch: int = typer.Option(500, "--batch", min=1, max=10_000, help="Memories per transaction."),
+    path: str | None = PathOpt,
 ) -> None:
-    """Add the memories of a JSONL file, in batches; duplicates in a scope are skipped."""
+    """Add the memories of a JSONL file as written by export (with their ids and history), or of a
+    Mem0 store, in batches; memories already in the store (same id, or same text in the same
+    scope) are skipped.
+
+    Every line of a JSONL file is checked before anything is stored, so a bad line (named by its
+    line number in the file) leaves the store untouched; a run that fails later can be repeated.
+    """
+    if (source is None) == (from_mem0 is None):
+        raise typer.BadParameter("give a JSONL file or --from-mem0 CONFIG (one of them)")
+    if from_mem0 is not None:
+        from hivemem.memory.mem0_import import import_mem0, load_config
+
+        config = _run(lambda: load_config(from_mem0))
+        with _open(path) as m:
+            _echo(_run(lambda: import_mem0(m, config, batch=batch)))
+        return
+    assert source is not None
+    from hivemem.memory.transfer import import_lines
+
     stream = sys.stdin if str(source) == "-" else source.open(encoding="utf-8")
-    items: list[dict[str, Any]] = []
-    for lineno, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise typer.BadParameter(f"line {lineno}: not valid JSON: {exc}") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("memory"), str):
-            raise typer.BadParameter(f"line {lineno}: expected an object with a 'memory' string")
-        role = rec.get("role") or "user"
-        msg: dict[str, Any] = {"role": role, "content": rec["memory"]}
-        if rec.get("actor_id"):
-            msg["name"] = rec["actor_id"]
-        item = {"messages": [msg], "metadata": rec.get("metadata")}
-        item.update({k: rec[k] for k in ("user_id", "agent_id", "run_id") if rec.get(k)})
-        items.append(item)
-    added = skipped = 0
     with _open(path) as m:
-        for start in range(0, len(items), batch):
-            results = _run(lambda s=start: m.add_batch(items[s : s + batch]))["results"]
-            added += sum(r["event"] == "ADD" for r in results)
-            skipped += sum(r["event"] == "NONE" for r in results)
-    _echo({"added": added, "skipped": skipped})
+        _echo(_run(lambda: import_lines(m, stream, batch)))

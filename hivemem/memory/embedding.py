@@ -1,6 +1,8 @@
 """The one seam where ``Memory`` picks its embedder.
 
-Order: an explicit ``embedder`` (anything ``EmbedderLike``); else the shared hivemem service when
+Order: an explicit ``embedder`` (anything ``EmbedderLike``); else remote embedding servers when
+``$HIVEMEM_EMBEDDER_URL`` is set or the config says ``{"provider": "remote", "config": {"url": …,
+"api_key": …}}`` (``hivemem.embed.remote``: other hosts, OpenAI API); else the shared hivemem service when
 it is running on the default socket, or configured (``HIVEMEM_SOCKET`` set, or
 ``{"embedder": {"provider": "service"}}``; both start one if needed),
 so that a fleet of processes shares one model, queue and cache; else an in-process
@@ -13,6 +15,7 @@ import os
 from typing import Any
 
 from hivemem.embed.protocol import EmbedderLike
+from hivemem.embed.remote import ENV_URL
 
 # Mem0 config providers that mean "the local MiniLM model", mapped to hivemem's own engine.
 _IN_PROCESS = {"hivemem", "onnx", "sentence-transformers", "huggingface", "openai"}
@@ -38,6 +41,10 @@ def resolve_embedder(embedder: Any = None, config: dict[str, Any] | None = None)
     config = dict(config or {})
     provider = config.get("provider", "hivemem")
     options = dict(config.get("config") or {})
+    if provider == "remote" or (provider == "hivemem" and not options and os.environ.get(ENV_URL)):
+        from hivemem.embed.remote import connect_url
+
+        return connect_url(**options), True
     if provider == "service" or (
         provider == "hivemem" and not options and (os.environ.get("HIVEMEM_SOCKET") or _service_running())
     ):
@@ -51,7 +58,7 @@ def resolve_embedder(embedder: Any = None, config: dict[str, Any] | None = None)
         return connect(**options), True
     if provider not in _IN_PROCESS:
         raise ValueError(
-            f"unknown embedder provider {provider!r}: use 'hivemem' (in-process), 'service', "
+            f"unknown embedder provider {provider!r}: use 'hivemem' (in-process), 'service', 'remote', "
             "or pass embedder=<any hivemem.EmbedderLike>"
         )
     from hivemem.embed.engine import Embedder

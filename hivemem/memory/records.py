@@ -15,10 +15,39 @@ from datetime import UTC, datetime
 from typing import Any
 
 ENTITIES = ("user_id", "agent_id", "run_id")
+# The filter shorthand for "the field is present" (``{"user_id": "*"}``). Never the value of an id:
+# a tenant named "*" would make ``delete_all(user_id="*")`` read as "every tenant" to a human and,
+# through the shorthand, to any code that turned scope arguments into a filter.
+WILDCARD = "*"
 # Fields stored as columns: filterable by name, returned at the top level of a record (as Mem0
 # promotes them), and therefore not allowed as metadata keys.
 COLUMNS = ("id", "memory", "hash", "created_at", "updated_at", *ENTITIES, "actor_id", "role")
 RESERVED_METADATA = frozenset((*COLUMNS, "data", "score"))
+# An id chosen by the caller (``add_batch`` items' ``"id"``: LangChain document ids, ids imported
+# from Mem0). Generated ids are uuid4 strings; a chosen one is any short printable string. The same
+# limit bounds user_id, agent_id and run_id.
+MAX_ID_CHARS = 256
+
+# Metadata limits, checked at write time for every entry point (Python, CLI, HTTP) by
+# ``check_metadata``. Why: metadata nested 900 deep was accepted once, and every later read of that
+# user's memories failed (Python's JSON decoder and the HTTP response serialiser recurse per level).
+MAX_METADATA_DEPTH = 32  # levels of nested objects/lists, the metadata dict itself being level 1
+MAX_METADATA_BYTES = 64 * 1024  # its JSON text, in UTF-8 bytes
+
+
+class LimitExceeded(ValueError):
+    """An input is over one of the documented limits (docs/security.md); the message names it.
+
+    ``limit_name`` is the constant (e.g. ``"MAX_FILTER_DEPTH"``), ``limit`` its value and ``field``
+    the input it concerns. A ``ValueError``, so callers that catch those keep working; HTTP maps
+    it to 422.
+    """
+
+    def __init__(self, message: str, *, limit_name: str, limit: int, field: str | None = None) -> None:
+        super().__init__(message)
+        self.limit_name = limit_name
+        self.limit = limit
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -36,6 +65,7 @@ class NewMemory:
     role: str | None
     metadata: str  # JSON text
     created_at: str
+    given_id: bool = False  # the caller chose ``id``: it must not silently become another one
 
 
 def now() -> str:
@@ -53,30 +83,70 @@ def scope_key(user_id: str | None, agent_id: str | None, run_id: str | None) -> 
     return json.dumps([user_id, agent_id, run_id], ensure_ascii=False, separators=(",", ":"))
 
 
+def check_unicode(value: str, where: str) -> str:
+    """``value`` if it can be stored as UTF-8; else ValueError naming ``where`` and the position.
+
+    A Python ``str`` may hold lone surrogates (``"\\udcff"``, from ``surrogateescape`` decoding or
+    JSON ``"\\ud800"`` escapes); SQLite, the tokenizer and the wire need real UTF-8.
+    """
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{where} is not valid Unicode: lone surrogate {value[exc.start]!r} at position {exc.start}"
+            ) from None
+    return value
+
+
 def check_entity(name: str, value: Any, where: str = "") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"{where}{name} must be a string, got {type(value).__name__}")
-    value = value.strip()
+    value = check_unicode(value, f"{where}{name}").strip()
     if not value:
         raise ValueError(f"{where}{name} must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise LimitExceeded(
+            f"{where}{name} has {len(value)} characters; the limit is {MAX_ID_CHARS} (MAX_ID_CHARS)",
+            limit_name="MAX_ID_CHARS",
+            limit=MAX_ID_CHARS,
+            field=name,
+        )
+    if value == WILDCARD:
+        raise ValueError(
+            f"{where}{name} '*' is not a valid id: ids are literal values, and '*' is the filter "
+            f"wildcard. To match every {name}, pass filters={{'{name}': '*'}} to get_all/search; "
+            "to delete every memory, use reset()"
+        )
     return value
 
 
-def _check_json_value(value: Any, path: str) -> None:
+def _check_json_value(value: Any, path: str, depth: int, top: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{path} is {value!r}: not representable in JSON")
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
         raise ValueError(f"{path} = {value} is too large to store exactly (limit ±2**53)")
-    if isinstance(value, dict):
+    if isinstance(value, dict | list | tuple) and depth > MAX_METADATA_DEPTH:
+        # checked before going deeper, so a hostile value never recurses past the limit
+        raise LimitExceeded(
+            f"{top} is nested deeper than {MAX_METADATA_DEPTH} levels (MAX_METADATA_DEPTH) at {path[:120]}…",
+            limit_name="MAX_METADATA_DEPTH",
+            limit=MAX_METADATA_DEPTH,
+            field="metadata",
+        )
+    if isinstance(value, str):
+        check_unicode(value, path)
+    elif isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"{path} has a non-string key {k!r}")
-            _check_json_value(v, f"{path}[{k!r}]")
+            check_unicode(k, f"{path} key {k!r}")
+            _check_json_value(v, f"{path}[{k!r}]", depth + 1, top)
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            _check_json_value(v, f"{path}[{i}]")
+            _check_json_value(v, f"{path}[{i}]", depth + 1, top)
     elif not (value is None or isinstance(value, str | int | float | bool)):
         raise TypeError(f"{path} is a {type(value).__name__}, which is not JSON-serialisable")
 
@@ -95,8 +165,30 @@ def check_metadata(metadata: Any, where: str = "") -> str:
                 f"{where}metadata key {key!r} is reserved (it is a field of every memory: "
                 f"{', '.join(sorted(RESERVED_METADATA))})"
             )
-    _check_json_value(metadata, f"{where}metadata")
-    return json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    _check_json_value(metadata, f"{where}metadata", 1, f"{where}metadata")
+    text = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_METADATA_BYTES:
+        raise LimitExceeded(
+            f"{where}metadata is {size} bytes of JSON; "
+            f"the limit is {MAX_METADATA_BYTES} (MAX_METADATA_BYTES)",
+            limit_name="MAX_METADATA_BYTES",
+            limit=MAX_METADATA_BYTES,
+            field="metadata",
+        )
+    return text
+
+
+def check_memory_id(memory_id: Any, where: str = "") -> str:
+    """A caller-chosen memory id: a non-empty printable string of at most MAX_ID_CHARS."""
+    if not isinstance(memory_id, str):
+        raise TypeError(f"{where}id must be a string, got {type(memory_id).__name__}")
+    if not memory_id or len(memory_id) > MAX_ID_CHARS:
+        raise ValueError(f"{where}id must have 1 to {MAX_ID_CHARS} characters, got {len(memory_id)}")
+    check_unicode(memory_id, f"{where}id")
+    if not memory_id.isprintable():
+        raise ValueError(f"{where}id {memory_id!r} contains control characters")
+    return memory_id
 
 
 def check_text(text: Any, where: str) -> str:
@@ -104,11 +196,7 @@ def check_text(text: Any, where: str) -> str:
         raise TypeError(f"{where} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise ValueError(f"{where} is empty")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where} is not valid Unicode (lone surrogate)") from None
-    return text
+    return check_unicode(text, where)
 
 
 def normalize_messages(messages: Any, where: str = "") -> list[tuple[str, str, str | None]]:
@@ -130,10 +218,13 @@ def normalize_messages(messages: Any, where: str = "") -> list[tuple[str, str, s
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise ValueError(f"{at} needs a 'role' string (user, assistant, system, …)")
+        check_unicode(role, f"{at}['role']")
         content = check_text(message.get("content"), f"{at}['content']")
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{at}['name'] must be a string")
+        if name is not None:
+            check_unicode(name, f"{at}['name']")
         if role != "system":
             out.append((content, role, name or None))
     return out
@@ -146,15 +237,13 @@ def prepare(
     agent_id: Any = None,
     run_id: Any = None,
     metadata: Any = None,
-    infer: Any = False,
+    id: Any = None,  # the key of an add_batch item
     where: str = "",
 ) -> list[NewMemory]:
-    """Validate one ``add`` call's arguments and turn them into memories (one per non-system turn)."""
-    if infer:
-        raise NotImplementedError(
-            "infer=True extracts facts with an LLM, and no LLM is configured in hivemem yet; "
-            "call add(..., infer=False) to store the messages as they are"
-        )
+    """Validate one ``add`` call's arguments and turn them into memories (one per non-system turn).
+
+    ``id``: the caller's id for the memory; then ``messages`` must hold exactly one non-system turn.
+    """
     ids = {
         name: check_entity(name, value, where)
         for name, value in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
@@ -164,9 +253,16 @@ def prepare(
     meta = check_metadata(metadata, where)
     scope = scope_key(ids["user_id"], ids["agent_id"], ids["run_id"])
     stamp = now()
+    turns = normalize_messages(messages, where)
+    if id is not None:
+        id = check_memory_id(id, where)
+        if len(turns) != 1:
+            raise ValueError(
+                f"{where}an id names one memory, but the messages hold {len(turns)} non-system turns"
+            )
     return [
         NewMemory(
-            id=str(uuid.uuid4()),
+            id=id if id is not None else str(uuid.uuid4()),
             memory=content,
             hash=content_hash(content),
             scope=scope,
@@ -177,6 +273,7 @@ def prepare(
             role=role,
             metadata=meta,
             created_at=stamp,
+            given_id=id is not None,
         )
-        for content, role, actor in normalize_messages(messages, where)
+        for content, role, actor in turns
     ]

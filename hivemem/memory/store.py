@@ -15,63 +15,123 @@ returns the stored id with event ``"NONE"`` and writes nothing.
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hivemem import config as hm_config
 from hivemem.embed.protocol import EmbedderLike
 from hivemem.memory import filters as flt
+from hivemem.memory import hybrid
+from hivemem.memory import rerank as rr
 from hivemem.memory.embedding import resolve_embedder
+from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
     ENTITIES,
+    RESERVED_METADATA,
+    LimitExceeded,
     NewMemory,
     check_entity,
     check_metadata,
     check_text,
+    check_unicode,
     content_hash,
     prepare,
 )
-from hivemem.memory.storage.sqlite import SQLiteStorage
+from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, open_storage, resolve
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
+_CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
 
 
-def default_path() -> Path:
-    return hm_config.home() / "memory.sqlite"
+class MemoryNotFound(ValueError):
+    """No memory has this id (update/delete). A ``ValueError`` with Mem0's message, as Mem0 raises."""
+
+
+# Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
+# integer: 10**20 was an OverflowError from the driver.
+MAX_TOP_K = 1_000_000_000
 
 
 def _check_top_k(top_k: Any) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_k > MAX_TOP_K:
+        raise LimitExceeded(
+            f"top_k is {top_k}; the limit is {MAX_TOP_K:,} (MAX_TOP_K)",
+            limit_name="MAX_TOP_K",
+            limit=MAX_TOP_K,
+            field="top_k",
+        )
     return top_k
+
+
+def _check_threshold(threshold: Any) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    if not math.isfinite(threshold):  # NaN compares false with every score: it silently found nothing
+        raise ValueError(
+            f"threshold must be a finite number (a cosine, usually in [-1, 1]), got {threshold!r}"
+        )
+    return float(threshold)
 
 
 def _check_id(memory_id: Any) -> str:
     if not isinstance(memory_id, str) or not memory_id:
         raise TypeError(f"memory_id must be a non-empty string, got {memory_id!r}")
-    return memory_id
+    return check_unicode(memory_id, "memory_id")
+
+
+def _check_given_ids(new: list[NewMemory], found: dict[tuple[str, str], str]) -> None:
+    """A caller-chosen id must name its memory: refuse (before anything is written) a text that
+    is already stored, or added earlier in the same batch, under another id in the same scope."""
+    first: dict[tuple[str, str], str] = {}
+    for m in new:
+        key = (m.scope, m.hash)
+        owner = found.get(key) or first.setdefault(key, m.id)
+        if m.given_id and owner != m.id:
+            raise ValueError(
+                f"memory id {m.id!r}: the same text is already stored in this scope as memory {owner!r} "
+                "(hivemem keeps one copy of a text per scope); use that id, or update/delete it first"
+            )
 
 
 class Memory:
     """Long-term memory for agents (see the module docstring).
 
-    ``path``: the SQLite file (default ``hivemem.config.home()/memory.sqlite``). ``embedder``: any
+    ``path``: where the memories live (``hivemem.memory.storage.locate``): a file path (SQLite),
+    a ``postgresql://user@host/db?schema=…`` URL (PostgreSQL + pgvector), or ``None`` for
+    ``$HIVEMEM_MEMORY_URL`` or else ``hivemem.config.home()/memory.sqlite``. ``embedder``: any
     ``hivemem.EmbedderLike``; by default the hivemem service if one is running, else an
-    in-process engine, created on first use (listing and deleting never load a model).
+    in-process engine, created on first use (listing, deleting and keyword search never load a
+    model). ``reranker``: an optional ``hivemem.Reranker``, used by ``search(..., rerank=True)``.
     """
+
+    # Names every record has at the top level: they cannot be metadata keys (adapters escape them).
+    RESERVED_METADATA = RESERVED_METADATA
 
     def __init__(
         self,
-        path: str | Path | None = None,
+        path: str | Path | PostgresLocation | None = None,
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,
+        reranker: rr.Reranker | None = None,
+        llm: dict[str, Any] | FactExtractor | None = None,
     ) -> None:
-        self.path = Path(path) if path is not None else default_path()
-        self._storage = SQLiteStorage(self.path)
+        if reranker is not None and not isinstance(reranker, rr.Reranker):
+            raise TypeError(
+                f"reranker must have a rerank(query, memories, top_k) method, got {type(reranker).__name__}"
+            )
+        self._reranker = reranker
+        where = resolve(path)
+        self.location = str(where)  # for messages; a PostgreSQL password is never shown
+        self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
+        self._storage = open_storage(where)
         self._embedder: EmbedderLike | None = None
         self._owns_embedder = False
         self._embedder_config = embedder_config
@@ -79,25 +139,44 @@ class Memory:
         if embedder is not None:
             self._embedder, self._owns_embedder = resolve_embedder(embedder)
             self._storage.bind_model(self._embedder.model_id, self._embedder.dim)
+        # infer=True: a FactExtractor, or Mem0's "llm" config dict (else $HIVEMEM_LLM_URL), built on first use
+        self._llm: FactExtractor | None = llm if isinstance(llm, FactExtractor) else None
+        self._llm_config = None if isinstance(llm, FactExtractor) else llm
+        self._owns_llm = False
+        self._prompts: dict[str, str | None] = {}
 
     @classmethod
     def from_config(cls, config_dict: dict[str, Any]) -> Memory:
         """Mem0-style config: ``{"vector_store": {"provider": "sqlite", "config": {"path": …}},
         "embedder": {"provider": "hivemem" | "service" | "huggingface", "config": {…}}}``
-        (or simply ``{"path": …}``)."""
+        (or simply ``{"path": …}``). PostgreSQL: ``{"vector_store": {"provider": "pgvector",
+        "config": {"connection_string": "postgresql://…", "collection_name": "team_a"}}}`` (Mem0's
+        ``dbname/user/password/host/port`` keys work too; ``collection_name`` is the schema)."""
         if not isinstance(config_dict, dict):
             raise TypeError(f"config must be a dict, got {type(config_dict).__name__}")
         unknown = set(config_dict) - _CONFIG_KEYS
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
-        path = config_dict.get("path")
+        path: Any = config_dict.get("path")
         store = config_dict.get("vector_store") or {}
         if store:
             provider = store.get("provider", "sqlite")
-            if provider not in ("sqlite", "hivemem"):
-                raise ValueError(f"vector_store provider {provider!r} is not available; use 'sqlite'")
-            path = (store.get("config") or {}).get("path", path)
-        return cls(path=path, embedder_config=config_dict.get("embedder"))
+            options = store.get("config") or {}
+            if not isinstance(options, dict):
+                raise TypeError(f"vector_store config must be a dict, got {type(options).__name__}")
+            if provider in ("pgvector", "postgres", "postgresql"):
+                path = from_mem0_pgvector(options)
+            elif provider in ("sqlite", "hivemem"):
+                path = options.get("path", path)
+            else:
+                raise ValueError(
+                    f"vector_store provider {provider!r} is not available; use 'sqlite' or 'pgvector'"
+                )
+        memory = cls(path=path, embedder_config=config_dict.get("embedder"), llm=config_dict.get("llm"))
+        memory._prompts = {
+            k: config_dict.get(k) for k in ("custom_instructions", "custom_fact_extraction_prompt")
+        }
+        return memory
 
     # -- embedding -----------------------------------------------------------------------------
 
@@ -112,6 +191,21 @@ class Memory:
                     self._embedder = emb
         return self._embedder
 
+    @property
+    def llm(self) -> FactExtractor:
+        """The fact extractor behind ``infer=True`` (see ``hivemem.memory.infer``)."""
+        if self._llm is None:
+            with self._embedder_lock:
+                if self._llm is None:
+                    llm = FactExtractor.from_config(self._llm_config, **self._prompts)
+                    if llm is None:
+                        raise ValueError(
+                            "infer=True needs an LLM, and no LLM is configured: pass Memory(llm={'provider': "
+                            "'openai', 'config': {'model': …, 'openai_base_url': …}}) or set HIVEMEM_LLM_URL"
+                        )
+                    self._llm, self._owns_llm = llm, True
+        return self._llm
+
     # -- writes --------------------------------------------------------------------------------
 
     def add(
@@ -123,23 +217,30 @@ class Memory:
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         infer: bool = False,
+        prompt: str | None = None,
     ) -> dict[str, list[dict[str, Any]]]:
-        """Store ``messages`` (a string, or ``[{"role", "content"}]``; system turns are skipped)."""
-        new = prepare(
-            messages, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=metadata, infer=infer
-        )
-        return {"results": self._store(new)}
+        """Store ``messages`` (a string, or ``[{"role", "content"}]``; system turns are skipped).
 
-    def add_batch(self, items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        ``infer=True``: store the facts an LLM finds in them instead (``prompt``: extra instructions
+        for this call); see ``hivemem.memory.infer``.
+        """
+        item = {"messages": messages, "user_id": user_id, "agent_id": agent_id, "run_id": run_id}
+        item.update(metadata=metadata, infer=infer, prompt=prompt)
+        return {"results": self._store(self._memories([item], [""], False))}
+
+    def add_batch(self, items: list[dict[str, Any]], infer: bool = False) -> dict[str, list[dict[str, Any]]]:
         """Many ``add`` calls in one embed call and one transaction: all stored, or none.
 
-        Each item: ``{"messages": …, "user_id"/"agent_id"/"run_id": …, "metadata": …}``. Results
-        are flat, in item order (one per non-system message).
+        Each item: ``{"messages": …, "user_id"/"agent_id"/"run_id": …, "metadata": …}``, and
+        optionally ``"id"``: the caller's id for an item of one message (LangChain document ids, ids
+        imported from Mem0; otherwise a uuid4 is generated). Results are flat, in item order (one per
+        non-system message). ``infer=True`` (or an item's ``"infer"``, with its ``"prompt"``): the
+        LLM's facts instead, all conversations asked concurrently, then still one embed call and
+        one transaction for everything.
         """
         if not isinstance(items, list | tuple):
             raise TypeError(f"add_batch takes a list of dicts, got {type(items).__name__}")
-        allowed = {"messages", *ENTITIES, "metadata", "infer"}
-        new: list[NewMemory] = []
+        allowed = {"messages", *ENTITIES, "metadata", "infer", "prompt", "id"}
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise TypeError(f"items[{i}] must be a dict, got {type(item).__name__}")
@@ -148,13 +249,35 @@ class Memory:
                 raise ValueError(f"items[{i}] has unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
             if "messages" not in item:
                 raise ValueError(f"items[{i}] needs 'messages'")
-            new.extend(prepare(**item, where=f"items[{i}]: "))
-        return {"results": self._store(new)}
+        return {
+            "results": self._store(self._memories(items, [f"items[{i}]: " for i in range(len(items))], infer))
+        }
+
+    def _memories(self, items: list[dict[str, Any]], wheres: list[str], infer: bool) -> list[NewMemory]:
+        """Validated memories for ``add`` calls, in order; those with ``infer`` via the LLM."""
+        per_item: list[list[NewMemory]] = []
+        asked: list[tuple[int, dict[str, Any]]] = []
+        for i, (item, where) in enumerate(zip(items, wheres, strict=True)):
+            args = {k: v for k, v in item.items() if k != "infer"}
+            flag = item.get("infer", infer)
+            if not isinstance(flag, bool):
+                raise TypeError(f"{where}infer must be True or False, got {flag!r}")
+            if flag:
+                asked.append((i, args))
+            elif args.pop("prompt", None) is not None:
+                raise ValueError(f"{where}prompt is for infer=True (the LLM's instructions)")
+            per_item.append([] if flag else prepare(**args, where=where))
+        if asked:
+            found = infer_memories(self, [a for _, a in asked], [wheres[i] for i, _ in asked])
+            for (i, _), memories in zip(asked, found, strict=True):
+                per_item[i] = memories
+        return [m for memories in per_item for m in memories]
 
     def _store(self, new: list[NewMemory]) -> list[dict[str, Any]]:
         if not new:
             return []
         found = self._storage.existing(list(dict.fromkeys((m.scope, m.hash) for m in new)))
+        _check_given_ids(new, found)
         todo = [m for m in new if (m.scope, m.hash) not in found]
         outcome: dict[int, tuple[str, str]] = {}
         if todo:
@@ -184,17 +307,17 @@ class Memory:
         if text is not None:
             text = check_text(text, "text")
             if self._storage.get(memory_id) is None:
-                raise ValueError(f"Memory with id {memory_id} not found")
+                raise MemoryNotFound(f"Memory with id {memory_id} not found")
             vector, hash_ = self.embedder.embed([text])[0], content_hash(text)
         try:
             self._storage.update(memory_id, text, vector, meta, hash_)
         except KeyError:
-            raise ValueError(f"Memory with id {memory_id} not found") from None
+            raise MemoryNotFound(f"Memory with id {memory_id} not found") from None
         return {"message": "Memory updated successfully!"}
 
     def delete(self, memory_id: str) -> dict[str, str]:
         if not self._storage.delete(_check_id(memory_id)):
-            raise ValueError(f"Memory with id {memory_id} not found")
+            raise MemoryNotFound(f"Memory with id {memory_id} not found")
         return {"message": "Memory deleted successfully!"}
 
     def delete_all(
@@ -207,7 +330,7 @@ class Memory:
                 "At least one filter is required to delete all memories. If you want to delete all "
                 "memories, use the `reset()` method."
             )
-        where = flt.parse(scope)
+        where = flt.literal(scope)  # the ids as literals: never the filter shorthand
         assert where is not None
         self._storage.delete_where(where)
         return {"message": "Memories deleted successfully!"}
@@ -226,7 +349,7 @@ class Memory:
             for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
             if v is not None
         }
-        return flt.and_(flt.parse(scope) if scope else None, flt.parse(filters))
+        return flt.and_(flt.literal(scope), flt.parse(filters))  # scope: literal equality
 
     def get(self, memory_id: str) -> dict[str, Any] | None:
         """The memory, or ``None`` for an unknown id (as Mem0)."""
@@ -254,15 +377,42 @@ class Memory:
         user_id: str | None = None,
         agent_id: str | None = None,
         run_id: str | None = None,
+        mode: str = "hybrid",
+        rerank: bool = False,
     ) -> dict[str, list[dict[str, Any]]]:
-        """Exact cosine top-k among the memories that pass ``filters``; each result has ``score``."""
+        """The ``top_k`` memories that best answer ``query`` among those that pass ``filters``.
+
+        ``mode``: ``"hybrid"`` (default: keyword BM25 fused with vector similarity, see
+        ``hivemem.memory.hybrid``), ``"vector"`` (cosine only) or ``"keyword"`` (BM25 only; no
+        model is loaded). ``score`` is higher-is-better: the fused score, the cosine, or the BM25
+        relevance. ``threshold`` (Mem0's meaning) drops memories whose *cosine* is below it, in
+        hybrid and vector mode. ``rerank=True`` hands the best ``4 × top_k`` (at least 20) to the
+        ``reranker`` given to ``Memory`` and returns its top ``top_k``. A backend without a keyword
+        index (PostgreSQL, so far) searches in vector mode when hybrid is asked for.
+        """
         query = check_text(query, "query")
         where = self._where(filters, user_id, agent_id, run_id)
         k = _check_top_k(top_k)
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
-            raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
-        vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
-        return {"results": self._storage.search(vector, where, k, threshold)}
+        threshold = _check_threshold(threshold)
+        if mode not in hybrid.MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, hybrid.MODES))}, got {mode!r}")
+        if mode == "keyword" and threshold is not None:
+            raise ValueError("threshold is a cosine cut-off; keyword mode computes no cosine (omit it)")
+        if mode == "keyword" and not hybrid.has_keywords(self._storage):
+            raise ValueError(f"{self.location} has no keyword index yet: use mode='vector' or 'hybrid'")
+        if not isinstance(rerank, bool):
+            raise TypeError(f"rerank must be True or False, got {rerank!r}")
+        if rerank and self._reranker is None:
+            raise ValueError("rerank=True needs a reranker: Memory(..., reranker=<a hivemem.Reranker>)")
+        terms = hybrid.query_terms(query) if mode != "vector" else []
+        vector = None
+        if mode != "keyword":
+            vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
+        depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
+        hits = hybrid.search(self._storage, mode, vector, terms, where, depth, threshold)
+        if rerank and self._reranker is not None:
+            hits = rr.apply(self._reranker, query, hits, k)
+        return {"results": hits}
 
     def history(self, memory_id: str) -> list[dict[str, Any]]:
         """Every ADD / UPDATE / DELETE of this id, oldest first (as Mem0's history rows)."""
@@ -273,6 +423,9 @@ class Memory:
 
     def close(self) -> None:
         self._storage.close()
+        if self._owns_llm and self._llm is not None:
+            self._llm.close()  # built here from a config or the environment, so ours to close
+            self._llm, self._owns_llm = None, False
         if self._owns_embedder and self._embedder is not None:
             close = getattr(self._embedder, "close", None)
             if close is not None:

@@ -8,6 +8,7 @@ from hivemem.pool.errors import (
     PoolError,
     RemoteError,
     WorkerCrashed,
+    WorkerExited,
     WorkerInitError,
 )
 from hivemem.pool.pool import WorkerPool
@@ -21,6 +22,7 @@ __all__ = [
     "RemoteError",
     "RunSummary",
     "WorkerCrashed",
+    "WorkerExited",
     "WorkerInitError",
     "WorkerPool",
     "read_results",

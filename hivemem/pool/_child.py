@@ -9,6 +9,7 @@ instead of desynchronising the pipe.
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
 import signal
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from hivemem.pool.errors import RemoteError
+from hivemem.pool.errors import RemoteError, worker_exited
 
 
 def _exc_blob(exc: BaseException) -> bytes:
@@ -77,7 +78,9 @@ def call_fn(
     return None
 
 
-def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: bytes) -> None:
+def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: bytes) -> bool:
+    """Serve one call; False when the worker must exit (the call raised SystemExit and the like)."""
+    fn: Any = None
     try:
         try:
             fn, args = pickle.loads(payload)
@@ -95,10 +98,17 @@ def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: byt
             cancelled=lambda: _cancel_requested(conn, call_id),
         )
         blob = pickle.dumps(result)
-    except BaseException as exc:
+    except Exception as exc:
         conn.send(("error", call_id, _exc_blob(exc)))
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt, …: this worker stops, not the caller
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        err = worker_exited(exc, name, f"worker process {os.getpid()}")
+        tb = "".join(traceback.format_exception(exc))
+        conn.send(("exit", call_id, pickle.dumps((err, tb))))
+        return False
     else:
         conn.send(("done", call_id, blob))
+    return True
 
 
 def main(conn: Connection, factory_blob: bytes) -> None:
@@ -122,7 +132,8 @@ def main(conn: Connection, factory_blob: bytes) -> None:
             return
         if msg[0] == "call":
             try:
-                _run(conn, obj, *msg[1:])
+                if not _run(conn, obj, *msg[1:]):
+                    return  # the parent starts a replacement
             except OSError:  # broken pipe while answering: the parent is gone
                 return
         # anything else is a stale "cancel" for a call that already ended

@@ -69,7 +69,7 @@ def run(
         str | None,
         typer.Option("--key", help="item field naming each item (default: 'id', else the line index)"),
     ] = None,
-    kind: Annotated[str, typer.Option("--kind", help="'process' or 'thread'")] = "process",
+    kind: Annotated[str, typer.Option("--kind", help="'process' or 'thread' (local workers)")] = "process",
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="seconds per item before its worker is killed")
     ] = None,
@@ -80,6 +80,13 @@ def run(
         bool, typer.Option("--fsync", help="fsync each result (survives power loss, slower)")
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="Dask scheduler address (tcp://host:8786): run on its workers ('cluster' extra)",
+        ),
+    ] = None,
 ) -> None:
     """Run FUNCTION over every item on warm workers; skip items already in the results file."""
     from hivemem.pool.runner import run_parallel
@@ -101,8 +108,9 @@ def run(
             timeout=timeout,
             progress=progress,
             fsync=fsync,
+            cluster=cluster,
         )
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(

@@ -31,6 +31,51 @@ def _rebuild_crashed(message: str, pid: int | None, exitcode: int | None) -> Wor
     return WorkerCrashed(message, pid=pid, exitcode=exitcode)
 
 
+class WorkerExited(PoolError):
+    """The pooled function raised ``SystemExit`` (``sys.exit()``), ``KeyboardInterrupt`` or another
+    ``BaseException`` that is not an ``Exception``.
+
+    Such an exception asks the *worker* to stop; it must not stop the caller (a ``SystemExit``
+    reaching an HTTP service's event loop stopped the whole service). The call fails with this
+    error, naming the exit code; the worker is replaced (a process worker exits, a thread worker
+    rebuilds its object with the factory). ``exitcode``: the code ``sys.exit`` was given (0 for
+    none, 1 for a message), None for other exceptions; ``__cause__``: the original exception.
+    """
+
+    def __init__(self, message: str, *, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+    def __reduce__(self):  # keep exitcode when the error crosses a process boundary
+        return (_rebuild_exited, (str(self), self.exitcode))
+
+
+def _rebuild_exited(message: str, exitcode: int | None) -> WorkerExited:
+    return WorkerExited(message, exitcode=exitcode)
+
+
+def worker_exited(exc: BaseException, fn_name: str, worker: str) -> WorkerExited:
+    """The :class:`WorkerExited` standing for ``exc`` (not an ``Exception``) raised by ``fn_name``."""
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None:
+            exitcode, what = 0, "exit code 0"
+        elif isinstance(code, int):
+            exitcode, what = code, f"exit code {code}"
+        else:  # sys.exit("message") prints the message and exits with 1
+            exitcode, what = 1, f"exit code 1 ({code!r})"
+        raised = f"called sys.exit ({what})"
+    else:
+        exitcode = None
+        detail = f": {exc}" if str(exc) else ""
+        raised = f"raised {type(exc).__name__}{detail}"
+    return WorkerExited(
+        f"{fn_name} {raised} in {worker}; a pooled call cannot stop its worker or the caller, so this "
+        "call failed and the worker was replaced",
+        exitcode=exitcode,
+    )
+
+
 class CallTimeout(PoolError, TimeoutError):
     """The call ran longer than its ``timeout``.
 

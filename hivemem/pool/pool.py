@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from hivemem.pool.calls import AsyncStream, Call, Stream
 from hivemem.pool.errors import PoolClosed, WorkerInitError
-from hivemem.pool.workers import STOP, ProcessSlot, Slot, ThreadSlot
+from hivemem.pool.workers import STOP, ProcessSlot, Slot, ThreadSlot, refuse_while_bootstrapping
 
 Kind = Literal["process", "thread"]
 
@@ -100,6 +100,7 @@ class WorkerPool:
         self._closed = False
         self._slots: list[Slot]
         if kind == "process":
+            refuse_while_bootstrapping()  # a worker importing a main module that has no main guard
             method = start_method or _default_start_method()
             if method == "fork":
                 raise ValueError(
@@ -184,6 +185,8 @@ class WorkerPool:
         for slot in self._slots:
             if slot.init_error is not None:
                 err = slot.init_error
+                if isinstance(err, WorkerInitError):  # the pool's own words (e.g. no main guard)
+                    raise WorkerInitError(str(err))
                 raise WorkerInitError(
                     f"worker {slot.index}: the factory failed: {type(err).__name__}: {err}"
                 ) from err
@@ -205,7 +208,10 @@ class WorkerPool:
     def close(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         """Stop taking calls; finish the queued ones (or cancel them) and stop the workers.
 
-        Idempotent. With ``wait=True`` it returns once every worker process has exited.
+        Idempotent. With ``wait=True`` it returns once every worker process has exited. With
+        ``cancel_pending=True`` it does not wait for a factory that is still running: a process
+        worker being built is killed; a thread cannot be, so a thread still in its factory is left
+        to finish in the background (a daemon thread) and then stops.
         """
         with self._lock:
             already = self._closed
@@ -218,12 +224,17 @@ class WorkerPool:
                         except queue.Empty:
                             break
                         pending.future.cancel()
+                    for slot in self._slots:
+                        slot.abort_start()
                 self._finalizer.detach()
                 _stop_slots(self._calls, len(self._slots))
         if wait:
             for slot in self._slots:
-                if slot.thread is not threading.current_thread():
-                    slot.thread.join()
+                if slot.thread is threading.current_thread():
+                    continue
+                if cancel_pending and slot.in_factory and slot.kind == "thread":
+                    continue  # cannot be interrupted; it stops once its factory returns
+                slot.thread.join()
 
     shutdown = close
 

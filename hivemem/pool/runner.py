@@ -8,10 +8,13 @@ recorded with its traceback instead of stopping the run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import socket
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -84,13 +87,54 @@ def _keys(items: list[Any], key: Callable[[Any], Any] | str | None) -> list[Key]
 
 
 def _error_record(k: Key, exc: BaseException) -> dict[str, Any]:
+    return {"key": k, **error_fields(exc)}
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """The error part of a record (also built on cluster workers, where the exception happened)."""
     return {
-        "key": k,
         "ok": False,
         "error": f"{type(exc).__name__}: {exc}",
         "error_type": type(exc).__name__,
         "traceback": "".join(traceback.format_exception(exc)),
     }
+
+
+class Recorder:
+    """Where each outcome goes the moment it is known: the results file (or the summary's
+    ``records``), the counters and the progress bar. Shared by the local and the cluster engine."""
+
+    def __init__(self, store: ResultsFile | None, summary: RunSummary, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.store = store
+        self.summary = summary
+        self.done: set[Key] = set()
+        self.bar = tqdm(
+            total=summary.total, initial=summary.skipped, disable=not progress, unit="item", smoothing=0.1
+        )
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        if rec["key"] in self.done:  # never twice, whatever an engine reports
+            return
+        if self.store is not None:
+            try:
+                self.store.append(rec)
+            except (TypeError, ValueError) as exc:  # result not JSON-serializable
+                rec = _error_record(rec["key"], TypeError(f"the result cannot be stored as JSON: {exc}"))
+                self.store.append(rec)
+        else:
+            self.summary.records.append(rec)
+        self.done.add(rec["key"])
+        if rec["ok"]:
+            self.summary.ok += 1
+        else:
+            self.summary.errors += 1
+        self.bar.update(1)
+        self.bar.set_postfix(errors=self.summary.errors, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def run_parallel(
@@ -106,6 +150,7 @@ def run_parallel(
     timeout: float | None = None,
     progress: bool = True,
     fsync: bool = False,
+    cluster: Any = None,
 ) -> RunSummary:
     """Run ``fn`` over ``items`` on ``workers`` warm workers; record each outcome as it completes.
 
@@ -115,13 +160,25 @@ def run_parallel(
     re-running after a crash finishes the job; ``retry_errors=True`` also re-runs the recorded
     failures (their old records are replaced). ``key`` names each item: a callable, a field
     name, or by default the item's ``"id"`` field, else its index.
+
+    ``cluster``: a Dask scheduler address (``"tcp://host:8786"``), a ``distributed.Client`` or a
+    cluster object (``LocalCluster``): run on its workers instead of local ones (``cluster``
+    extra; see :mod:`hivemem.pool.cluster` and docs/cluster.md). ``workers`` and ``kind`` are
+    then the cluster's; ``timeout`` is not supported there.
     """
     started = time.perf_counter()
     items = list(items)
     keys = _keys(items, key)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
-    if kind == "process":
+    if factory is not None and not callable(factory):
+        raise TypeError(f"factory must be callable (it builds each worker's object), got {factory!r}")
+    if cluster is not None and timeout is not None:
+        raise ValueError(
+            "timeout is not supported with cluster=: a Dask worker thread cannot be killed; "
+            "bound the time inside fn instead"
+        )
+    if kind == "process" and cluster is None:
         try:
             pickle.dumps(fn)
         except Exception as exc:
@@ -145,12 +202,30 @@ def run_parallel(
         todo = [(k, item) for k, item in zip(keys, items, strict=True) if k not in done]
         summary.skipped = len(items) - len(todo)
         if todo:
-            _run(todo, fn, workers, factory, kind, timeout, progress, store, summary)
+            record = Recorder(store, summary, progress)
+            try:
+                if cluster is not None:
+                    from hivemem.pool.cluster import run_on_cluster
+
+                    run_on_cluster(cluster, todo, fn, factory, record, plugin_name=_plugin_name(store))
+                else:
+                    _run(todo, fn, workers, factory, kind, timeout, record)
+            finally:
+                record.close()
     finally:
         if store is not None:
             store.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _plugin_name(store: ResultsFile | None) -> str:
+    """Names the run's factory plugin on the cluster's workers. Derived from the results file, so a
+    rerun after a driver crash replaces the plugin the crashed run left behind instead of adding one."""
+    if store is None:
+        return f"hivemem-run-{uuid.uuid4().hex[:16]}"
+    where = f"{socket.gethostname()}:{store.path.resolve()}".encode()
+    return f"hivemem-run-{hashlib.blake2b(where, digest_size=8).hexdigest()}"
 
 
 def _run(
@@ -160,37 +235,15 @@ def _run(
     factory: Callable[[], Any] | None,
     kind: Kind,
     timeout: float | None,
-    progress: bool,
-    store: ResultsFile | None,
-    summary: RunSummary,
+    record: Recorder,
 ) -> None:
-    from tqdm.auto import tqdm
-
     size = min(workers or os.cpu_count() or 1, len(todo))
     pool = WorkerPool(factory or _no_object, size=size, kind=kind)
-    bar = tqdm(total=summary.total, initial=summary.skipped, disable=not progress, unit="item", smoothing=0.1)
     pending: dict[Future[Any], Key] = {}
     window = 2 * size  # enough to keep every worker fed; small so a crash loses little
     queue = iter(todo)
     clean = False
     try:
-
-        def record(rec: dict[str, Any]) -> None:
-            if store is not None:
-                try:
-                    store.append(rec)
-                except (TypeError, ValueError) as exc:  # result not JSON-serializable
-                    rec = _error_record(rec["key"], TypeError(f"the result cannot be stored as JSON: {exc}"))
-                    store.append(rec)
-            else:
-                summary.records.append(rec)
-            if rec["ok"]:
-                summary.ok += 1
-            else:
-                summary.errors += 1
-            bar.update(1)
-            bar.set_postfix(errors=summary.errors, refresh=False)
-
         exhausted = False
         while pending or not exhausted:
             while not exhausted and len(pending) < window:
@@ -218,6 +271,5 @@ def _run(
                     record({"key": k, "ok": True, "result": result, "seconds": round(seconds, 6)})
         clean = True
     finally:
-        bar.close()
         # On an interrupt, don't wait for in-flight items: their results would be redone anyway.
         pool.close(wait=clean, cancel_pending=not clean)

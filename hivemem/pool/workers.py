@@ -11,10 +11,12 @@ breaks the whole executor.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,12 +28,17 @@ from hivemem.pool import _child
 from hivemem.pool.calls import Call
 from hivemem.pool.errors import (
     CallTimeout,
+    PoolClosed,
     RemoteTraceback,
     WorkerCrashed,
     WorkerInitError,
+    worker_exited,
 )
 
 STOP = object()  # queue marker: one per slot, put behind pending calls by close()
+# Exit status of a process that was asked to start a pool while importing the main module as a
+# worker (see refuse_while_bootstrapping); the parent turns it into a WorkerInitError naming the fix.
+EXIT_NO_MAIN_GUARD = 86
 _STOP_GRACE_S = 2.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -66,6 +73,73 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def _main_file() -> str:
+    main = sys.modules.get("__main__")
+    return str(getattr(main, "__file__", None) or "the main module")
+
+
+def no_main_guard_message(main_file: str) -> str:
+    return (
+        f"every worker process imports the main module {main_file}, and that module creates a "
+        "WorkerPool when imported, so each worker would start a pool of its own. Create the pool "
+        f'(and run the program) under `if __name__ == "__main__":` in {main_file}'
+    )
+
+
+def refuse_while_bootstrapping() -> None:
+    """Stop a worker process that is creating a pool while it imports the main module.
+
+    Under ``spawn``/``forkserver`` a worker imports the main module to find the functions it runs;
+    a script without ``if __name__ == "__main__":`` then creates a pool in every worker (and in the
+    forkserver), which made the caller wait forever while multiprocessing printed tracebacks. The
+    stdlib marks that import with ``_inheriting`` (its own check, ``_check_not_importing_main``,
+    only fires later, inside the pool's threads). Exits at once with ``EXIT_NO_MAIN_GUARD``
+    (``os._exit``: a forkserver child turns any ``SystemExit`` into status 1), which the parent
+    reports as a WorkerInitError naming the fix.
+    """
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    frame = sys._getframe(1)
+    main_file = "the main module"
+    while frame is not None:  # the module being imported as __mp_main__ is on the stack
+        if frame.f_globals.get("__name__") == "__mp_main__":
+            main_file = str(frame.f_globals.get("__file__") or main_file)
+            break
+        frame = frame.f_back
+    sys.stderr.write(f"hivemem: not starting a WorkerPool here: {no_main_guard_message(main_file)}\n")
+    sys.stderr.flush()
+    os._exit(EXIT_NO_MAIN_GUARD)
+
+
+def _forkserver_exit_code() -> int | None:
+    """Exit code of this process's forkserver if it has exited, without reaping it (best effort)."""
+    try:
+        from multiprocessing import forkserver
+
+        pid = forkserver._forkserver._forkserver_pid  # the stdlib's own singleton
+        if pid is None:
+            return None
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except Exception:
+        return None
+    if info is None or info.si_code != os.CLD_EXITED:
+        return None
+    return info.si_status
+
+
+def _start_failed(exc: BaseException, method: str) -> WorkerInitError:
+    main_file = _main_file()
+    if method == "forkserver" and _forkserver_exit_code() == EXIT_NO_MAIN_GUARD:
+        return WorkerInitError(f"cannot start worker processes: {no_main_guard_message(main_file)}")
+    hint = (
+        " The forkserver exited while importing the main module: if it creates a WorkerPool or does "
+        f'other work when imported, move that under `if __name__ == "__main__":` in {main_file}.'
+        if method == "forkserver"
+        else ""
+    )
+    return WorkerInitError(f"could not start a worker process ({type(exc).__name__}: {exc}).{hint}")
+
+
 def _with_remote_tb(exc: BaseException, tb: str) -> BaseException:
     exc.__cause__ = RemoteTraceback(tb)
     return exc
@@ -89,6 +163,7 @@ class Slot:
         self.factory_seconds: float | None = None  # how long the last successful factory call took
         self.crashes = 0
         self.timeouts = 0
+        self.exits = 0  # calls that raised SystemExit & co. (the worker was replaced)
         self.thread = threading.Thread(target=self._guarded_loop, name=f"hivemem-pool-{index}", daemon=True)
 
     def start(self) -> None:
@@ -113,11 +188,22 @@ class Slot:
                 return call
 
     def _fail_init(self, call: Call) -> None:
+        """Fail ``call`` with the error of the factory run made for it (kept: the next call retries)."""
         err = self.init_error
-        self.init_error = None
+        if isinstance(err, PoolClosed | WorkerInitError):  # the pool's own words: as they are
+            call.fail(type(err)(str(err)))
+            return
         exc = WorkerInitError(f"worker {self.index}: the factory failed: {type(err).__name__}: {err}")
         exc.__cause__ = err
         call.fail(exc)
+
+    def abort_start(self) -> None:
+        """``close(cancel_pending=True)``: stop waiting for a factory that is still running."""
+
+    @property
+    def in_factory(self) -> bool:
+        """Whether the factory is running right now (a worker being built)."""
+        return False
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -131,6 +217,7 @@ class Slot:
             "factory_seconds": self.factory_seconds,
             "crashes": self.crashes,
             "timeouts": self.timeouts,
+            "exits": self.exits,
             "rss_bytes": rss_bytes(self.pid) if self.pid is not None else None,
         }
 
@@ -149,8 +236,22 @@ class ProcessSlot(Slot):
         self._proc: Any = None
         self._conn: Any = None
         self._send_lock = threading.Lock()
+        self._start_lock = threading.Lock()  # orders a starting worker against abort_start()
+        self._starting = False
+        self._aborted = False
 
     # -- process lifecycle ------------------------------------------------------------------
+    @property
+    def in_factory(self) -> bool:
+        return self._starting
+
+    def abort_start(self) -> None:
+        with self._start_lock:
+            self._aborted = True
+            proc = self._proc if self._starting else None
+        if proc is not None:
+            proc.kill()  # _spawn sees EOF and reports PoolClosed
+
     def _spawn(self) -> None:
         """Start a worker process and wait for its factory to finish (or fail)."""
         parent, child = self._ctx.Pipe(duplex=True)
@@ -158,9 +259,21 @@ class ProcessSlot(Slot):
             target=_child.main, args=(child, self._factory_blob), name=f"hivemem-worker-{self.index}"
         )
         proc.daemon = True
-        proc.start()
+        with self._start_lock:
+            if self._aborted:
+                parent.close()
+                child.close()
+                self.init_error = PoolClosed("the pool was closed before this worker started")
+                return
+            try:
+                proc.start()
+            except Exception as exc:  # e.g. the forkserver died importing the main module
+                parent.close()
+                child.close()
+                self.init_error = _start_failed(exc, self._ctx.get_start_method())
+                return
+            self._proc, self._conn, self._starting = proc, parent, True
         child.close()
-        self._proc, self._conn = proc, parent
         self.pid, self.serving = proc.pid, False
         self.factory_runs += 1
         try:
@@ -172,9 +285,16 @@ class ProcessSlot(Slot):
                 pid=proc.pid,
                 exitcode=proc.exitcode,
             )
+            if self._aborted:
+                err = PoolClosed("the pool was closed while this worker's factory was running")
+            elif proc.exitcode == EXIT_NO_MAIN_GUARD:
+                err = WorkerInitError(f"cannot start worker processes: {no_main_guard_message(_main_file())}")
             self._discard()
             self.init_error = err
             return
+        finally:
+            with self._start_lock:
+                self._starting = False
         if kind == "ready":
             self.init_error, self.serving = None, True
             self.factory_seconds = pickle.loads(blob)
@@ -215,14 +335,18 @@ class ProcessSlot(Slot):
     def _loop(self) -> None:
         try:
             while True:
-                if self._proc is None:
+                if self._proc is None and self.init_error is None:  # first start, or a replacement
                     self._spawn()
                     self.ready.set()
                 call = self._next_call()
                 if call is None:
                     return
+                if self.init_error is not None and not self._aborted:
+                    # The last factory run failed: run it again now, for this call, so the call gets
+                    # today's outcome (a fixed factory serves it), never an earlier attempt's error.
+                    self._spawn()
                 if self.init_error is not None:
-                    self._fail_init(call)  # next iteration tries the factory again
+                    self._fail_init(call)
                     continue
                 # Died while idle? An idle worker never writes, so a readable pipe means EOF; this
                 # also sees a death that the forkserver has not reported through the sentinel yet.
@@ -311,6 +435,12 @@ class ProcessSlot(Slot):
             elif kind == "done":
                 call.finish(value)
                 return
+            elif kind == "exit":  # SystemExit & co. in the function: the worker is exiting
+                exc, tb = value
+                self.exits += 1
+                self._discard()  # joined (killed after a grace period); the loop starts a new one
+                call.fail(_with_remote_tb(exc, tb))
+                return
             else:  # "error"
                 exc, tb = value
                 call.fail(_with_remote_tb(exc, tb))
@@ -330,27 +460,43 @@ class ThreadSlot(Slot):
         super().__init__(index, calls)
         self._factory = factory
         self.pid = os.getpid()
+        self._building = False
+
+    @property
+    def in_factory(self) -> bool:
+        return self._building
+
+    def _build(self) -> tuple[bool, Any]:
+        """Run the factory once: ``(True, obj)``, or ``(False, None)`` with ``init_error`` set."""
+        self.factory_runs += 1
+        started = time.perf_counter()
+        self._building = True
+        try:
+            obj = self._factory()
+        except BaseException as exc:
+            self.init_error = exc
+            return False, None
+        finally:
+            self._building = False
+        self.init_error, self.serving = None, True
+        self.factory_seconds = time.perf_counter() - started
+        return True, obj
 
     def _loop(self) -> None:
         obj: Any = None
         built = False
         while True:
-            if not built:
-                self.factory_runs += 1
-                started = time.perf_counter()
-                try:
-                    obj = self._factory()
-                    built, self.init_error, self.serving = True, None, True
-                    self.factory_seconds = time.perf_counter() - started
-                except BaseException as exc:
-                    self.init_error = exc
+            if not built and self.init_error is None:  # first start, or a replacement
+                built, obj = self._build()
                 self.ready.set()
             call = self._next_call()
             if call is None:
                 return
-            if self.init_error is not None:
-                self._fail_init(call)
-                continue
+            if not built:  # the last factory run failed: run it again now, for this call
+                built, obj = self._build()
+                if not built:
+                    self._fail_init(call)
+                    continue
             self.busy = True
             timer = None
             if call.timeout is not None:
@@ -358,7 +504,9 @@ class ThreadSlot(Slot):
                 timer.daemon = True
                 timer.start()
             try:
-                self._run(obj, call)
+                if not self._run(obj, call, self.index):
+                    self.exits += 1
+                    obj, built, self.serving = None, False, False  # replaced: the factory runs again
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -377,7 +525,8 @@ class ThreadSlot(Slot):
             )
 
     @staticmethod
-    def _run(obj: Any, call: Call) -> None:
+    def _run(obj: Any, call: Call, index: int) -> bool:
+        """Run one call; False when its object must be replaced (it raised SystemExit & co.)."""
         try:
             result = _child.call_fn(
                 call.fn,
@@ -387,7 +536,13 @@ class ThreadSlot(Slot):
                 emit=call.emit,
                 cancelled=call.cancelled.is_set,
             )
-        except BaseException as exc:
+        except Exception as exc:
             call.fail(exc)
+        except BaseException as exc:  # never hand SystemExit/KeyboardInterrupt to the caller
+            err = worker_exited(exc, _fn_name(call.fn), f"worker thread {index}")
+            err.__cause__ = exc
+            call.fail(err)
+            return False
         else:
             call.finish(result)
+        return True

@@ -1,7 +1,8 @@
 """``await hivemem.aconnect()``: the service client for asyncio code, on native asyncio streams.
 
-Same frames, same retry rule as the threaded client (reconnect, restart in auto mode, retry once),
-but a request never occupies a thread: an async web backend can keep hundreds in flight. Starting
+Same frames, same trust checks and the same retry rule as the threaded client (reconnect, waiting
+out a dying listener and restarting in auto mode, then send once more), but a request never occupies
+a thread: an async web backend can keep hundreds in flight. Starting
 the service (a blocking wait on a lock file) runs in a worker thread.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from hivemem.embed.validate import check_text, check_texts
 from hivemem.service import paths, spawn, wire
-from hivemem.service.client import _chunks, _Lost, _raise_error
+from hivemem.service.client import _chunks, _Lost, _raise_error, check_peer, trusted_uids
 from hivemem.service.errors import ProtocolError, ServiceError, ServiceUnavailable
 
 _POOL_MAX = 16
@@ -27,11 +28,20 @@ _POOL_MAX = 16
 class AsyncServiceClient:
     """``aembed``/``aembed_one``/``model_id``/``dim``/``aclose``; build it with ``aconnect()``."""
 
-    def __init__(self, sock: Path, *, timeout: float, autostart: bool, service_args: list[str]) -> None:
+    def __init__(
+        self,
+        sock: Path,
+        *,
+        timeout: float,
+        autostart: bool,
+        service_args: list[str],
+        trust_uids: Iterable[int] | None = None,
+    ) -> None:
         self.socket_path = sock
         self.timeout = timeout
         self.autostart = autostart
         self.service_args = service_args
+        self.trusted = trusted_uids(trust_uids)
         self.info: dict[str, Any] = {}
         self._pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._ids = itertools.count(1)
@@ -103,15 +113,30 @@ class AsyncServiceClient:
         raise AssertionError("unreachable")
 
     async def _open(self, deadline: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        for attempt in (0, 1):
+        pause = 0.02
+        while True:
             try:
                 conn = await asyncio.open_unix_connection(str(self.socket_path))
             except OSError as exc:
-                if not self.autostart or attempt:
+                if not self.autostart or time.monotonic() >= deadline:
                     raise ServiceUnavailable(f"no hivemem service at {self.socket_path} ({exc})") from None
                 await asyncio.to_thread(spawn.ensure_running, self.socket_path, self.service_args, deadline)
                 continue
-            rtype, body = await _call(conn, wire.HELLO, next(self._ids), b"")
+            try:
+                check_peer(conn[1].get_extra_info("socket"), self.socket_path, self.trusted)
+                rtype, body = await _call(conn, wire.HELLO, next(self._ids), b"")
+            except _Lost as exc:  # a listener that is dying: try again shortly, until the deadline
+                conn[1].close()
+                if time.monotonic() + pause >= deadline:
+                    raise ServiceUnavailable(
+                        f"lost the hivemem service at {self.socket_path}: {exc}"
+                    ) from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+                continue
+            except BaseException:
+                conn[1].close()
+                raise
             if rtype != wire.WELCOME:
                 conn[1].close()
                 raise ProtocolError(f"expected WELCOME, got frame type {rtype}")
@@ -123,7 +148,6 @@ class AsyncServiceClient:
                 )
             self.info = info
             return conn
-        raise AssertionError("unreachable")
 
 
 async def _call(
@@ -148,11 +172,16 @@ async def aconnect(
     autostart: bool = True,
     timeout: float = 60.0,
     idle_timeout: float | None = None,
+    trust_uids: Iterable[int] | None = None,
 ) -> AsyncServiceClient:
     """The asyncio twin of ``hivemem.connect()`` (attach, or start the service in auto mode)."""
     args = ["--idle-timeout", str(idle_timeout)] if idle_timeout is not None else []
     client = AsyncServiceClient(
-        paths.socket_path(socket_path), timeout=timeout, autostart=autostart, service_args=args
+        paths.socket_path(socket_path),
+        timeout=timeout,
+        autostart=autostart,
+        service_args=args,
+        trust_uids=trust_uids,
     )
     conn = await client._open(time.monotonic() + max(timeout, 120.0 if autostart else 0.0))
     client._pool.append(conn)

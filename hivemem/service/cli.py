@@ -13,6 +13,7 @@ import typer
 
 
 def serve(
+    ctx: typer.Context,
     socket: Path = typer.Option(None, help="Unix socket path (default: $HIVEMEM_SOCKET or the runtime dir)."),
     http: str = typer.Option(None, help="Also serve the OpenAI-compatible HTTP API on HOST:PORT."),
     api_key: str = typer.Option(
@@ -23,12 +24,19 @@ def serve(
     variant: str = typer.Option("default", help="Model variant: default, fast, fp32, int8, w8a8, int8-fast."),
     max_pending: int = typer.Option(4096, min=1, help="Texts queued before callers wait (backpressure)."),
     busy_timeout: float = typer.Option(10.0, help="Seconds a caller waits on a full queue before 'busy'."),
-    idle_timeout: float = typer.Option(0.0, help="Exit after this many seconds without clients (0: never)."),
+    idle_timeout: float = typer.Option(
+        0.0, help="Exit after this many seconds without clients (0: never; auto-started: 600)."
+    ),
     stop: bool = typer.Option(False, "--stop", help="Stop the running service (drains its queue) and exit."),
     keys: Path = typer.Option(
         None, help='HTTP keys file: {"KEY": {"user_id": "alice"}, "ADMIN": {"admin": true}} (scoped access).'
     ),
-    memory_path: Path = typer.Option(None, help="HTTP memory API's SQLite file (default: Memory's default)."),
+    memory_path: str = typer.Option(
+        None,
+        "--memory-path",
+        "--memory-url",
+        help="HTTP memory API's store: a SQLite file or a postgresql:// URL (default: Memory's default).",
+    ),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Serve the memory REST API over HTTP."),
     agent: str = typer.Option(
         None, help="module:factory building the agent for POST /v1/agent/stream ('demo': the echo agent)."
@@ -37,6 +45,9 @@ def serve(
     agent_workers: int = typer.Option(2, min=1, help="Warm agent workers (WorkerPool size)."),
     agent_kind: str = typer.Option("process", help="Agent workers: process or thread."),
     max_body: int = typer.Option(16 * 1024 * 1024, min=1, help="Largest HTTP request body in bytes (413)."),
+    http_read_timeout: float = typer.Option(
+        30.0, min=0.001, help="Seconds to receive one whole HTTP request, headers and body (408 after)."
+    ),
 ) -> None:
     """Run the embedding service in the foreground (one model, one queue, one cache per machine)."""
     from hivemem.service import paths
@@ -76,6 +87,8 @@ def serve(
         agent_workers=agent_workers,
         agent_kind=agent_kind,
         max_body=max_body,
+        http_read_timeout=http_read_timeout,
+        replay=_replay(ctx),
     )
     try:
         run(config)
@@ -85,6 +98,31 @@ def serve(
     except (ServiceError, ValueError) as exc:
         typer.echo(f"hivemem serve: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _replay(ctx: typer.Context) -> dict[str, Any]:
+    """How to start this service again as it is (``spawn.start_command``): the options given on the
+    command line or through the environment; the API key travels in the environment, never argv."""
+    import sys
+
+    from hivemem.service.spawn import RECORDED_ENV
+
+    args: list[str] = []
+    env = {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}
+    for param in ctx.command.params:
+        name = param.name or ""
+        source = ctx.get_parameter_source(name)
+        given = getattr(source, "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+        if name in ("socket", "stop") or not given or not getattr(param, "opts", None):
+            continue
+        value = ctx.params[name]
+        if name == "api_key":
+            env["HIVEMEM_API_KEY"] = value
+        elif param.is_flag:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return {"args": args, "env": env, "cwd": os.getcwd(), "executable": sys.executable}
 
 
 def _agent(agent: str | None, agent_fn: str | None) -> tuple[Any, Any]:
@@ -144,17 +182,34 @@ def _wait_released(pid_file: Path, wait: float) -> bool:
 
 def status(
     socket: Path = typer.Option(None, help="Unix socket path (default: $HIVEMEM_SOCKET or the runtime dir)."),
+    memory: list[Path] = typer.Option(
+        None,
+        "--memory",
+        help="Also summarise this memory store (repeatable); the default one is always shown.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
-    """The running service's pid, model, uptime, queue, cache and connected clients (JSON)."""
+    """The service (pid, uptime, model and variant, threads, clients, queue, batches, cache hit rate,
+    memory), the memory stores it knows, and where files live. Exit status 1 when no service runs."""
     from hivemem.service import paths
     from hivemem.service.client import ServiceClient
     from hivemem.service.errors import ServiceError
+    from hivemem.service.status_view import collect, render
 
     sock = paths.socket_path(socket)
+    info: dict[str, Any] | None = None
+    error = None
     try:
         with ServiceClient(sock, autostart=False, timeout=10) as client:
             info = client.stats()
     except ServiceError as exc:
-        typer.echo(json.dumps({"running": False, "socket": str(sock), "error": str(exc)}))
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps({"running": True, **info}, indent=2))
+        error = str(exc)
+    view = collect(sock, info, list(memory or []))
+    if error:
+        view["error"] = error
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+    else:
+        render(view)
+    if info is None:
+        raise typer.Exit(1)

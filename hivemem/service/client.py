@@ -3,8 +3,15 @@
 Light by design: socket, struct and numpy — no onnxruntime, tokenizers or torch — so a worker costs
 a few MB instead of a model. Thread-safe through a small pool of connections (a thread takes one for
 the length of a request; requests carry ids and replies are checked against them). When the
-service dies mid-request (even ``kill -9``) the client reconnects, restarts the service if it is in
-auto mode, and retries the request once; every call either returns or raises within ``timeout``.
+service dies mid-request (even ``kill -9``) the client reconnects — waiting out a listener that is
+still dying, restarting the service if it is in auto mode — and sends the request once more; every
+call either returns or raises within ``timeout``. A request is sent at most twice, so a text that
+kills the service cannot take down a third one.
+
+Trust: the client talks only to a service run by its own user, checked on every connection with
+``SO_PEERCRED`` (``trust_uids`` / ``HIVEMEM_TRUST_UIDS`` allow others on purpose), and accepts
+only unit-length vectors (``wire.join_vectors``): a socket path shared with another user, or a fake
+service answering zeros, is refused instead of believed.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import struct
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +31,58 @@ import numpy as np
 
 from hivemem.embed.validate import check_text, check_texts
 from hivemem.service import paths, spawn, wire
-from hivemem.service.errors import ProtocolError, ServiceBusy, ServiceError, ServiceUnavailable
+from hivemem.service.errors import (
+    ProtocolError,
+    ServiceBusy,
+    ServiceError,
+    ServiceUnavailable,
+    UntrustedService,
+)
 
 CHUNK_TEXTS = 1024  # texts per frame for large calls (well under the frame limit, keeps latency fair)
 CHUNK_BYTES = 8 << 20
 _POOL_MAX = 8
+_PEERCRED = struct.Struct("3i")  # Linux struct ucred: pid, uid, gid
 
 
 class _Lost(Exception):
     """The connection broke (service gone or restarting): reconnect and retry once."""
+
+
+def trusted_uids(extra: Iterable[int] | None = None) -> frozenset[int]:
+    """Our own uid, plus ``extra`` and ``HIVEMEM_TRUST_UIDS`` (comma-separated): whose service we use."""
+    uids = {os.getuid()}
+    for part in os.environ.get("HIVEMEM_TRUST_UIDS", "").replace(",", " ").split():
+        if not part.isdigit():
+            raise ValueError(f"HIVEMEM_TRUST_UIDS must list numeric uids, got {part!r}")
+        uids.add(int(part))
+    for uid in extra or ():
+        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+            raise ValueError(f"trust_uids must be numeric uids, got {uid!r}")
+        uids.add(uid)
+    return frozenset(uids)
+
+
+def check_peer(sock: socket.socket, path: Path, trusted: frozenset[int]) -> None:
+    """Refuse a service run by a user not in ``trusted`` (UntrustedService naming it and the opt-in)."""
+    pid: int | None = None
+    if hasattr(socket, "SO_PEERCRED"):
+        pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    else:  # pragma: no cover - not Linux: the socket file's owner is the best evidence there
+        uid = os.stat(path).st_uid
+    if uid in trusted:
+        return
+    try:
+        import pwd
+
+        name = f" ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError):
+        name = ""
+    raise UntrustedService(
+        f"the service on {path} runs as uid {uid}{name} (pid {pid}), not as you (uid {os.getuid()}): "
+        "refusing to send it your texts. If you trust that user's service, pass "
+        f"trust_uids=[{uid}] to connect() or set HIVEMEM_TRUST_UIDS={uid}"
+    )
 
 
 class _Connection:
@@ -100,12 +151,14 @@ class ServiceClient:
         autostart: bool = True,
         start_timeout: float = 120.0,
         service_args: Sequence[str] = (),
+        trust_uids: Iterable[int] | None = None,
     ) -> None:
         self.socket_path = paths.socket_path(socket_path)
         self.timeout = timeout
         self.autostart = autostart
         self.start_timeout = start_timeout
         self.service_args = list(service_args)
+        self.trusted = trusted_uids(trust_uids)
         self._pool: list[_Connection] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -238,8 +291,13 @@ class ServiceClient:
         conn.close()
 
     def _open(self, deadline: float) -> _Connection:
-        """A new connection that has said hello; starts the service first in auto mode."""
-        for attempt in (0, 1):
+        """A new connection that has said hello; starts the service first in auto mode.
+
+        Until ``deadline`` it waits out a service that is going away: after ``kill -9`` the socket
+        may still accept for a moment (then drop the hello), or refuse until a new service listens.
+        """
+        pause = 0.02
+        while True:
             try:
                 conn = _Connection(self.socket_path, max(0.001, deadline - time.monotonic()))
             except OSError as exc:
@@ -248,20 +306,28 @@ class ServiceClient:
                         f"no hivemem service at {self.socket_path} ({exc.strerror or exc}); "
                         "start one with `hivemem serve` or use connect(autostart=True)"
                     ) from None
-                if attempt:
-                    raise ServiceUnavailable(
-                        f"cannot reach the service at {self.socket_path}: {exc}"
-                    ) from None
+                if time.monotonic() >= deadline:
+                    where = self.socket_path
+                    raise ServiceUnavailable(f"cannot reach the service at {where}: {exc}") from None
                 if self.info:
                     self.restarts += 1
                 spawn.ensure_running(self.socket_path, self.service_args, deadline)
                 continue
             try:
+                check_peer(conn.sock, self.socket_path, self.trusted)
                 rtype, body = conn.call(wire.HELLO, next(self._ids), b"", deadline)
                 if rtype == wire.ERROR:
                     _raise_error(body)
                 if rtype != wire.WELCOME:
                     raise ProtocolError(f"expected WELCOME, got frame type {rtype}")
+            except _Lost as exc:  # a listener that is dying (or shutting down): try again shortly
+                conn.close()
+                if time.monotonic() + pause >= deadline:
+                    where = self.socket_path
+                    raise ServiceUnavailable(f"lost the hivemem service at {where}: {exc}") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+                continue
             except BaseException:
                 conn.close()
                 raise
@@ -274,7 +340,6 @@ class ServiceClient:
                 )
             self.info = info
             return conn
-        raise AssertionError("unreachable")
 
 
 def _chunks(items: list[str]) -> Any:
@@ -301,16 +366,32 @@ def connect(
     variant: str | None = None,
     threads: int | None = None,
     replicas: int | None = None,
+    trust_uids: Iterable[int] | None = None,
+    url: str | Sequence[str] | None = None,
+    api_key: str | None = None,
 ) -> Any:
     """Attach to the machine's embedding service, starting it if none runs (``autostart``).
+
+    ``url="http://host:port"`` (several: a list or commas), or ``$HIVEMEM_EMBEDDER_URL`` when no
+    ``socket_path`` is given: embed on other hosts over the OpenAI ``/v1/embeddings`` API instead
+    (a ``hivemem.embed.remote.RemoteEmbedder``; ``api_key`` else ``$HIVEMEM_API_KEY``; ``timeout``
+    applies, the service options do not).
 
     Returns a ``ServiceClient`` (an ``EmbedderLike``). ``fallback="local"``: when no service can be
     reached or started, warn once and return an in-process ``hivemem.Embedder`` instead. The
     ``idle_timeout``/``variant``/``threads``/``replicas`` options apply only to a service this call
-    starts.
+    starts (an auto-started service exits after ``spawn.AUTO_IDLE_TIMEOUT`` = 600 s without clients
+    unless ``idle_timeout`` says otherwise; one that replaces a lost service keeps that service's
+    options). ``trust_uids``: other users whose service may be used (default: only your own).
     """
     if fallback not in (None, "local"):
         raise ValueError(f"fallback must be None or 'local', got {fallback!r}")
+    if url is None and socket_path is None:
+        url = os.environ.get("HIVEMEM_EMBEDDER_URL") or None
+    if url is not None:
+        from hivemem.embed.remote import RemoteEmbedder
+
+        return RemoteEmbedder(url, api_key=api_key, timeout=timeout)
     args: list[str] = []
     for flag, value in (
         ("--idle-timeout", idle_timeout),
@@ -322,7 +403,12 @@ def connect(
             args += [flag, str(value)]
     try:
         return ServiceClient(
-            socket_path, timeout=timeout, autostart=autostart, start_timeout=start_timeout, service_args=args
+            socket_path,
+            timeout=timeout,
+            autostart=autostart,
+            start_timeout=start_timeout,
+            service_args=args,
+            trust_uids=trust_uids,
         )
     except (ServiceError, OSError) as exc:
         if fallback is None:

@@ -17,3 +17,9 @@ class ServiceBusy(ServiceError):
 
 class ProtocolError(ServiceError):
     """A frame broke the wire format (bad magic, version, type, length or payload)."""
+
+
+class UntrustedService(ServiceError):
+    """The process listening on the socket runs as another user than this one (checked with
+    ``SO_PEERCRED``): it would receive every text and could return anything. Pass its uid in
+    ``trust_uids`` (or ``HIVEMEM_TRUST_UIDS``) to allow it on purpose."""

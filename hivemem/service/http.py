@@ -58,8 +58,10 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+def _error(
+    status: int, message: str, kind: str, code: str | None = None, param: str | None = None
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
 
@@ -104,7 +106,10 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)  # also Starlette's own 404/405 for unknown routes
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), _KINDS.get(exc.status_code, "invalid_request_error"))
+        kind = _KINDS.get(exc.status_code, "invalid_request_error")
+        return _error(
+            exc.status_code, str(exc.detail), kind, getattr(exc, "code", None), getattr(exc, "param", None)
+        )
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorise)])
     async def embeddings(body: EmbeddingRequest) -> Any:
@@ -177,6 +182,7 @@ _KINDS = {
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    502: "upstream_error",  # infer=True: the LLM failed
 }
 
 

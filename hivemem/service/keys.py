@@ -37,6 +37,11 @@ def _scope(key: Any, spec: Any, where: str) -> Scope:
         return ADMIN
     if not isinstance(user, str) or not user.strip():
         raise ValueError(f"{where}: a non-admin key needs a non-empty 'user_id' string")
+    if user.strip() == "*":  # ids are literals; "*" is only ever the filter wildcard
+        raise ValueError(
+            f"{where}: user_id '*' is not a valid id (a key is bound to one literal user); "
+            'a key for every user is an admin key: {"admin": true}'
+        )
     return Scope(user_id=user.strip())
 
 

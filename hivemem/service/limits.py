@@ -1,8 +1,15 @@
-"""A request-body size limit (HTTP 413), checked before a byte of an oversized body is parsed.
+"""HTTP request limits: a body size limit (413) and a deadline for reading a request (408).
 
-A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as it
-arrives and refused the moment it passes the limit, so a client cannot make the service buffer an
-unbounded body by leaving the length out.
+Size: a declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as
+it arrives and refused the moment it passes the limit, so a client cannot make the service buffer
+an unbounded body by leaving the length out.
+
+Time: uvicorn has no deadline for reading a request's headers or body, so a client that opened a
+connection and then sent nothing, or a header line a minute (slowloris), held that connection —
+and a route waiting for a body — forever. ``read_timeout_protocol`` gives every request
+``DEFAULT_READ_TIMEOUT`` (30 s) from its first byte (or from the connection, for the first one)
+until its last body byte; past it the client gets 408 (if no response started) and the connection
+is closed. Responses, long streams included, are not limited.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # 16 MiB: a 2048-text embeddings batch of long texts fits
+DEFAULT_READ_TIMEOUT = 30.0  # seconds to receive one whole request (headers and body)
+_TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 def _too_large(limit: int) -> str:
@@ -55,3 +64,55 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+def read_timeout_protocol(seconds: float) -> Any:
+    """uvicorn's httptools protocol with a deadline for reading each request (see the docstring);
+    pass it as ``uvicorn.Config(http=…)``. ``"auto"`` (no deadline) where httptools is missing."""
+    if not seconds > 0:
+        raise ValueError(f"the request read timeout must be positive, got {seconds!r}")
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - httptools is in the server extra
+        return "auto"
+
+    class ReadTimeoutProtocol(HttpToolsProtocol):
+        _read_timer: Any = None
+
+        def _arm(self) -> None:
+            if self._read_timer is None:
+                self._read_timer = self.loop.call_later(seconds, self._read_timed_out)
+
+        def _disarm(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()  # a connection that never sends a byte is closed too
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()  # no-op when the connection's own deadline still runs
+
+        def on_message_complete(self) -> None:
+            self._disarm()  # the whole request is in: the app may take as long as it needs
+            super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _read_timed_out(self) -> None:
+            self._read_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or not self.cycle.response_started:
+                self.transport.write(_TIMEOUT_408)
+            self.logger.warning(
+                "hivemem: closing a connection whose request took over %g s to arrive", seconds
+            )
+            self.transport.close()
+
+    return ReadTimeoutProtocol

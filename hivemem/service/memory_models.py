@@ -37,7 +37,11 @@ class AddRequest(Entities):
 
     messages: str | list[Message]
     metadata: dict[str, Any] | None = None
-    infer: bool = Field(False, description="LLM fact extraction: not available (422 when true).")
+    infer: bool = Field(
+        False,
+        description="LLM fact extraction: store the facts an LLM finds instead of the messages (needs an "
+        "LLM configured for the service, e.g. HIVEMEM_LLM_URL; 422 when none is, 502 when it fails).",
+    )
 
 
 class BatchAddRequest(BaseModel):
@@ -52,7 +56,12 @@ class SearchRequest(Entities):
     query: str
     filters: dict[str, Any] | None = Field(None, description="Mem0 filter syntax (docs/memory.md).")
     top_k: int = Field(20, ge=1, le=MAX_TOP_K)
-    threshold: float | None = Field(None, description="Drop results scoring below this cosine.")
+    threshold: float | None = Field(
+        None, description="Drop results whose cosine similarity is below this (hybrid and vector mode)."
+    )
+    mode: Literal["hybrid", "vector", "keyword"] = Field(
+        "hybrid", description="hybrid: BM25 fused with vector similarity; vector: cosine only; keyword: BM25."
+    )
 
 
 class ListRequest(Entities):
@@ -84,7 +93,9 @@ class MemoryRecord(BaseModel):
     memory: str
     hash: str
     metadata: dict[str, Any] | None = None
-    score: float | None = Field(None, description="Cosine similarity (search results only).")
+    score: float | None = Field(
+        None, description="Search results only, higher is better: fused score (hybrid), cosine, or BM25."
+    )
     created_at: str | None = None
     updated_at: str | None = None
     user_id: str | None = None

@@ -19,6 +19,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
 from hivemem.embed.queue import QueueFull
+from hivemem.memory.infer import LLMError
+from hivemem.memory.records import LimitExceeded
+from hivemem.memory.store import MemoryNotFound
 from hivemem.service.auth import Scope
 from hivemem.service.memory_models import (
     MAX_LIST,
@@ -45,20 +48,55 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 _BY_ID_ERRORS = {**_ERRORS, 404: {"model": ErrorResponse, "description": "Unknown memory id"}}
+# OpenAPI links from an added memory to the routes that take its id: clients (and schemathesis's
+# stateful tests) can follow add → get/update/history/delete with the id the add returned.
+_ID = {"memory_id": "$response.body#/results/0/id"}
+_ADDED = {
+    200: {
+        "description": "The stored (ADD) or already present (NONE) memories, in order",
+        "links": {
+            name: {"operationId": operation, "parameters": _ID}
+            for name, operation in (
+                ("GetMemory", "get_v1_memories__memory_id__get"),
+                ("UpdateMemory", "update_v1_memories__memory_id__put"),
+                ("MemoryHistory", "history_v1_memories__memory_id__history_get"),
+                ("DeleteMemory", "delete_v1_memories__memory_id__delete"),
+            )
+        },
+    }
+}
+
+
+class ApiError(HTTPException):
+    """An HTTP error with the ``code`` and ``param`` of the error body (``http._error``)."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(status, message)
+        self.code = code
+        self.param = param
 
 
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a blocking ``Memory`` call in a thread; its refusals become 4xx with the message."""
+    """Run a blocking ``Memory`` call in a thread; its refusals become 4xx with the message.
+
+    Mapped by exception type, never by message text: QueueFull 429, MemoryNotFound 404,
+    LimitExceeded 422 (``code`` "limit_exceeded", ``param`` the field), other ValueError, TypeError
+    and NotImplementedError 422, LLMError (infer=True) 502.
+    """
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
     except QueueFull as exc:
         raise HTTPException(429, f"the embedding queue is full ({exc}); retry later") from None
-    except ValueError as exc:
-        if str(exc).startswith("Memory with id") and str(exc).endswith("not found"):
-            raise HTTPException(404, str(exc)) from None
+    except MemoryNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except LimitExceeded as exc:
+        raise ApiError(422, str(exc), code="limit_exceeded", param=exc.field) from None
+    except (ValueError, TypeError, NotImplementedError) as exc:
         raise HTTPException(422, str(exc)) from None
-    except (TypeError, NotImplementedError) as exc:
-        raise HTTPException(422, str(exc)) from None
+    except LLMError as exc:  # infer=True: the LLM behind the service failed; nothing was written
+        raise HTTPException(502, str(exc)) from None
 
 
 def _own_user(scope: Scope, user_id: str | None) -> str | None:
@@ -90,12 +128,13 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
             raise HTTPException(403, f"memory {memory_id} belongs to another user than this API key's")
         return record
 
-    @router.post("", response_model=AddResponse, summary="Add memories (Memory.add)")
+    @router.post("", response_model=AddResponse, responses=_ADDED, summary="Add memories (Memory.add)")
     async def add(body: AddRequest, scope: Scope = Depends(authorise)) -> Any:
         kwargs = _scoped_add(scope, body)
         return {"results": (await _call(memory.add, **kwargs))["results"]}
 
-    @router.post("/batch", response_model=AddResponse, summary="Add many, all or nothing (Memory.add_batch)")
+    @router.post("/batch", response_model=AddResponse, responses=_ADDED,
+                 summary="Add many, all or nothing (Memory.add_batch)")  # fmt: skip
     async def add_batch(body: BatchAddRequest, scope: Scope = Depends(authorise)) -> Any:
         items = [_scoped_add(scope, item) for item in body.items]
         return await _call(memory.add_batch, items)

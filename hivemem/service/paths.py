@@ -37,3 +37,8 @@ def pid_path(sock: Path) -> Path:
 def log_path(sock: Path) -> Path:
     """Output of an auto-started service (read it when a start fails)."""
     return sock.with_name(sock.name + ".log")
+
+
+def options_path(sock: Path) -> Path:
+    """How the running service was started (its options, for a replacement after ``kill -9``)."""
+    return sock.with_name(sock.name + ".options.json")

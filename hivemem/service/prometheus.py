@@ -49,8 +49,17 @@ class _ServiceCollector(Collector):
         hits = CounterMetricFamily("hivemem_cache_hits", "Cache hits", labels=["tier"])
         hits.add_metric(["memory"], cache.get("hits_memory", 0))
         hits.add_metric(["disk"], cache.get("hits_disk", 0))
+        hits.add_metric(["shared"], cache.get("hits_shared", 0))
         yield hits
         yield CounterMetricFamily("hivemem_cache_misses", "Cache misses", value=cache.get("misses", 0))
+        shared = cache.get("shared")
+        if shared is not None:  # the Redis tier: failures never stop embedding, so count them here
+            yield CounterMetricFamily(
+                "hivemem_shared_cache_errors", "Failed Redis operations (skipped)", value=shared["errors"]
+            )
+            yield CounterMetricFamily(
+                "hivemem_shared_cache_dropped", "Vectors not written to Redis", value=shared["dropped"]
+            )
         yield _histogram("hivemem_batch_size", "Texts per model batch", m.batch_size)
         yield _histogram("hivemem_batch_seconds", "Model time per batch", m.batch_seconds)
         yield _histogram("hivemem_request_seconds", "Request latency inside the service", m.request_seconds)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hivemem import config as hm_config
 from hivemem.service import paths, wire
 from hivemem.service.errors import ProtocolError, ServiceBusy, ServiceError
 from hivemem.service.metrics import ServiceMetrics
@@ -52,12 +53,16 @@ class ServiceConfig:
     # HTTP only: scoped keys, the memory store served under /v1/memories, the agent stream route.
     keys: dict[str, Any] = field(default_factory=dict)  # key → hivemem.service.keys.Scope
     memory: bool = True
-    memory_path: Path | None = None  # None: hivemem.Memory's default
+    memory_path: str | Path | None = None  # a file or a postgresql:// URL; None: Memory's default
     agent_factory: Callable[[], Any] | None = None
     agent_fn: Callable[..., Any] | None = None
     agent_workers: int = 2
     agent_kind: str = "process"
     max_body: int = 16 * 1024 * 1024
+    http_read_timeout: float = 30.0  # seconds to receive one whole HTTP request (408 after)
+    # How this service was started (``spawn.start_command``): recorded next to the socket while it
+    # runs, so that a replacement after kill -9 comes back with the same options. None: not recorded.
+    replay: dict[str, Any] | None = None
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -103,6 +108,7 @@ class Service:
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
         self._closers: list[Callable[[], Any]] = []  # HTTP-side resources, closed before the engine
+        self._memory_path: str | None = None  # the memory store served over HTTP (file or URL), if any
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -169,6 +175,7 @@ class Service:
             from hivemem.memory.store import Memory
 
             memory = Memory(config.memory_path, embedder=self.engine)  # our own engine, not a client
+            self._memory_path = memory.location  # a PostgreSQL URL without its password
             self._closers.append(memory.close)
         if config.agent_fn is not None:
             from hivemem.pool.pool import WorkerPool
@@ -188,8 +195,11 @@ class Service:
             agent_fn=config.agent_fn,
             max_body=config.max_body,
         )
+        from hivemem.service.limits import read_timeout_protocol
+
+        http = read_timeout_protocol(config.http_read_timeout)
         server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", http=http)
         )
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # our loop owns signals
         log.info("hivemem service: HTTP on http://%s:%d", host, port)
@@ -212,12 +222,18 @@ class Service:
             "dim": self.engine.dim,
             "socket": str(self.config.socket),
             "http": self.config.http,
+            "idle_timeout": self.config.idle_timeout,
             "uptime_s": round(time.time() - self.metrics.started, 3),
             "clients": self.clients,
             "replicas": engine.get("replicas", 1),
+            "threads": self.config.threads or default_threads(),
             "queue": engine.get("queue"),
             "cache": engine.get("cache"),
             "metrics": self.metrics.snapshot(),
+            # where this process keeps its files (``hivemem status`` shows them)
+            "home": str(hm_config.home()),
+            "cache_path": str(hm_config.cache_path()) if self.config.cache else None,
+            "memory_path": self._memory_path,
         }
 
     # ---- connections -----------------------------------------------------------------------------
@@ -336,6 +352,10 @@ def serve(config: ServiceConfig) -> None:
     config.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = PidLock(config.socket)  # before loading the model: a second service fails in milliseconds
     try:
+        if config.replay is not None:
+            from hivemem.service.spawn import write_options
+
+            write_options(config.socket, config.replay)
         metrics = ServiceMetrics()
         engine = build_engine(
             metrics=metrics,
@@ -346,5 +366,7 @@ def serve(config: ServiceConfig) -> None:
             cache=config.cache,
         )
         asyncio.run(Service(engine, config, metrics).run())
+        with contextlib.suppress(FileNotFoundError):  # stopped cleanly: nothing to bring back
+            paths.options_path(config.socket).unlink()
     finally:
         lock.release()

@@ -125,11 +125,23 @@ def decode_vectors(payload: bytearray | memoryview) -> np.ndarray:
     return np.frombuffer(payload, dtype="<f4", offset=_DIMS.size).reshape(rows, dim)
 
 
+# The model's vectors are L2-normalised; a reply that is not (all zeros, NaN, a fake service) is refused.
+UNIT_TOLERANCE = 1e-3
+
+
 def join_vectors(parts: list[np.ndarray], n: int, dim: int) -> np.ndarray:
-    """The replies to one call's chunks as one ``n × dim`` array, or ProtocolError."""
+    """The replies to one call's chunks as one ``n × dim`` array of unit vectors, or ProtocolError."""
     out = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if out.shape != (n, dim):
         raise ProtocolError(f"service returned {out.shape} vectors for {n} texts")
+    norms = np.linalg.norm(out, axis=1)
+    bad = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE)  # NaN compares false: it is bad too
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ProtocolError(
+            f"service returned a vector of norm {norms[i]:.4g} for text {i} ({int(bad.sum())} of {n} not "
+            "unit length); refusing the reply: the model's vectors are normalised"
+        )
     return out
 
 

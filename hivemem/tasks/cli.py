@@ -97,8 +97,14 @@ def convert(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal).")
     ] = None,
+    max_depth: Annotated[
+        int, typer.Option("--max-depth", help="Levels of JSON nesting allowed (at most 900).")
+    ] = 512,
 ) -> None:
-    """Convert SRC (JSON) into the read-only task library DEST; prints a JSON summary."""
+    """Convert SRC (JSON) into the read-only task library DEST; prints a JSON summary.
+
+    DEST is replaced only if it is a task library already; any other existing file is refused.
+    """
     from hivemem.tasks.convert import convert_tasks
 
     _emit(
@@ -113,6 +119,7 @@ def convert(
                 fmt=fmt,
                 on_duplicate=on_duplicate,  # type: ignore[arg-type]
                 progress=progress,
+                max_depth=max_depth,
             )
         )
     )

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hivemem.tasks import codec, schema
-from hivemem.tasks.errors import TaskSourceError
-from hivemem.tasks.source import BigIntegerError, iter_source
+from hivemem.tasks.errors import TaskLibraryError, TaskSourceError
+from hivemem.tasks.source import DEFAULT_MAX_DEPTH, BigIntegerError, check_max_depth, iter_source
 
 OnDuplicate = Literal["error", "keep-last"]
 _SCALARS = (str, int, float, bool, type(None))
@@ -206,6 +206,7 @@ def convert_tasks(
     fmt: str = "auto",
     on_duplicate: OnDuplicate = "error",
     progress: bool | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> dict[str, Any]:
     """Convert the JSON task library ``src`` into the task library file ``dest``; return a summary.
 
@@ -214,22 +215,29 @@ def convert_tasks(
     ``index_fields``: extra top-level scalar fields (e.g. ``difficulty``) to filter on with
     ``where=``. ``compression``: ``none``, ``zlib`` or ``zstd`` for values of 512 bytes or more.
     ``progress``: a byte progress bar on stderr (default: when stderr is a terminal).
+    ``max_depth``: levels of JSON nesting allowed (default 512, at most 900; see ``source``).
 
-    Raises ``TaskSourceError`` (a ``ValueError``) for malformed JSON (with line and column), tasks
-    without an id or type (naming their position) and duplicate ids (listing them). ``dest`` is
-    replaced atomically, only once the new library is complete.
+    Raises ``TaskSourceError`` (a ``ValueError``) for malformed JSON (with line and column), nesting
+    past ``max_depth`` (with its position), tasks without an id or type (naming their position) and
+    duplicate ids (listing them); ``TaskLibraryError`` if ``dest`` exists and is not a task library
+    (it is never overwritten). ``dest`` is replaced atomically, only once the new library is complete.
     """
     fields = _check_options(id_field, type_field, index_fields, compression, on_duplicate)
+    max_depth = check_max_depth(max_depth)
     src_path, dest_path = Path(src), Path(dest)
     if dest_path.is_dir():
         raise IsADirectoryError(f"destination {dest_path} is a directory; give a file name like tasks.db")
     if src_path.exists() and dest_path.exists() and src_path.resolve() == dest_path.resolve():
         raise ValueError(f"source and destination are the same file: {src_path}")
+    _check_replaceable(dest_path)
     started = time.perf_counter()
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot create the directory of {dest_path}: {exc.strerror}") from None
     _remove_stale_temps(dest_path)
 
-    options = (id_field, type_field, fields, compression, fmt, on_duplicate, progress)
+    options = (id_field, type_field, fields, compression, fmt, on_duplicate, progress, max_depth)
     try:
         return _convert(src_path, dest_path, *options, backend=None, started=started)
     except BigIntegerError:
@@ -237,6 +245,21 @@ def convert_tasks(
         if not src_path.is_file():
             raise
         return _convert(src_path, dest_path, *options, backend="python", started=started)
+
+
+def _check_replaceable(dest: Path) -> None:
+    """Refuse to replace an existing file that is not a task library (a typo must not cost data)."""
+    if not dest.exists() and not dest.is_symlink():
+        return
+    from hivemem.tasks.library import TaskLibrary
+
+    try:
+        TaskLibrary(dest, check_source=False).close()
+    except (TaskLibraryError, OSError) as exc:
+        raise TaskLibraryError(
+            f"destination {dest} exists and is not a hivemem task library ({exc}); refusing to replace "
+            "it: delete it first or choose another destination"
+        ) from None
 
 
 def _convert(
@@ -249,6 +272,7 @@ def _convert(
     fmt: str,
     on_duplicate: str,
     progress: bool | None,
+    max_depth: int,
     *,
     backend: str | None,
     started: float,
@@ -257,11 +281,19 @@ def _convert(
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=None, unit="B", unit_scale=True, desc=f"convert {src_path.name}", disable=not show)
-    info, items = iter_source(src_path, fmt, on_bytes=bar.update, backend=backend)
+    info, items = iter_source(src_path, fmt, on_bytes=bar.update, backend=backend, max_depth=max_depth)
     bar.total = info.size or None
     temp = _temp_name(dest_path)
     try:
-        conn = sqlite3.connect(temp, isolation_level=None)
+        try:
+            conn = sqlite3.connect(temp, isolation_level=None)
+            conn.execute("PRAGMA user_version")  # opens the file: fails here if it cannot be created
+        except sqlite3.OperationalError as exc:  # "unable to open database file": say where
+            items.close()
+            bar.close()
+            raise OSError(
+                f"cannot write the task library {dest_path} (temp file {temp.name}): {exc}"
+            ) from None
         try:
             conn.execute("PRAGMA journal_mode = OFF")
             conn.execute("PRAGMA synchronous = OFF")

@@ -1,9 +1,11 @@
-"""Shared fixtures: one hivemem home (with the prepared model) and one real embedder per session."""
+"""Shared fixtures: one hivemem home (with the prepared model), one real embedder per session, and
+the storage backends: tests that take ``location`` (or ``mem``) run once on a SQLite file and once
+on a PostgreSQL schema of the session's server (``pg_url`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,26 @@ def embedder(hm_home: Path) -> Iterator[Embedder]:
     emb.close()
 
 
+BACKENDS = ["sqlite", "postgres"]
+
+
+def new_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty store of ``backend``: a file path or a ``postgresql://`` URL."""
+    if backend == "sqlite":
+        return str(tmp_path / f"memory-{len(list(tmp_path.iterdir()))}.sqlite")
+    pg_url: Callable[[], str] = request.getfixturevalue("pg_url")
+    return pg_url()
+
+
+@pytest.fixture(params=BACKENDS)
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty store on each backend in turn."""
+    return new_location(request.param, tmp_path, request)
+
+
 @pytest.fixture
-def mem(tmp_path: Path, embedder: Embedder) -> Iterator[Memory]:
-    m = Memory(tmp_path / "memory.sqlite", embedder=embedder)
+def mem(location: str, embedder: Embedder) -> Iterator[Memory]:
+    m = Memory(location, embedder=embedder)
     yield m
     m.close()
 

@@ -1,5 +1,5 @@
 """Mem0 parity: names, arguments and return shapes from Mem0's documented behaviour, on the real
-model and a real SQLite file."""
+model, each test on a real SQLite file and on a real PostgreSQL schema (``location``)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_bad_input_is_refused_and_nothing_written(mem: Memory) -> None:
         mem.add([{"role": "user", "content": 42}], user_id="u")
     with pytest.raises(ValueError, match="valid operators: eq, ne, in"):
         mem.search("q", filters={"user_id": "u", "n": {"gtee": 1}})
-    with pytest.raises(NotImplementedError, match="LLM"):
+    with pytest.raises(ValueError, match="no LLM is configured"):
         mem.add("x", user_id="u", infer=True)
     # one bad item anywhere in a batch: nothing of the batch is stored
     with pytest.raises(ValueError, match=r"items\[2\]: at least one of"):
@@ -121,15 +121,18 @@ def test_bad_input_is_refused_and_nothing_written(mem: Memory) -> None:
         mem.update("no-such-id", text="x")
 
 
-def test_other_model_is_refused(mem: Memory, hash_embedder: EmbedderLike) -> None:
+def test_other_model_is_refused(mem: Memory, location: str, hash_embedder: EmbedderLike) -> None:
     mem.add("fact", user_id="u")
     with pytest.raises(ValueError, match="different models"):
-        Memory(mem.path, embedder=hash_embedder)
+        Memory(location, embedder=hash_embedder)
 
 
-def test_from_config_and_lazy_embedder(tmp_path: Path, hm_home: Path) -> None:
-    path = tmp_path / "cfg.sqlite"
-    m = Memory.from_config({"vector_store": {"provider": "sqlite", "config": {"path": str(path)}}})
+def test_from_config_and_lazy_embedder(location: str, hm_home: Path) -> None:
+    if location.startswith("postgresql://"):
+        store = {"provider": "pgvector", "config": {"connection_string": location}}
+    else:
+        store = {"provider": "sqlite", "config": {"path": location}}
+    m = Memory.from_config({"vector_store": store})
     assert m._embedder is None and m.get_all()["results"] == []  # listing loads no model
     m.add("config works", run_id="r1")
     assert m.search("config", run_id="r1")["results"][0]["memory"] == "config works"
@@ -140,9 +143,9 @@ def test_from_config_and_lazy_embedder(tmp_path: Path, hm_home: Path) -> None:
         Memory.from_config({"vector_store": {"provider": "qdrant"}})
 
 
-def test_async_memory(tmp_path: Path, embedder: Embedder) -> None:
+def test_async_memory(location: str, embedder: Embedder) -> None:
     async def main() -> None:
-        async with AsyncMemory(tmp_path / "a.sqlite", embedder=embedder) as m:
+        async with AsyncMemory(location, embedder=embedder) as m:
             outs = await asyncio.gather(*(m.add(f"async fact number {i}", user_id="z") for i in range(10)))
             assert all(o["results"][0]["event"] == "ADD" for o in outs)
             res = await m.search("async fact number 3", user_id="z", top_k=1)
@@ -152,9 +155,11 @@ def test_async_memory(tmp_path: Path, embedder: Embedder) -> None:
     asyncio.run(main())
 
 
-def test_file_is_wal_with_integrity(mem: Memory) -> None:
+def test_file_is_wal_with_integrity(tmp_path: Path, embedder: Embedder) -> None:
+    mem = Memory(tmp_path / "wal.sqlite", embedder=embedder)
     mem.add("x marks the spot", user_id="u")
-    db = sqlite3.connect(mem.path)
+    mem.close()
+    db = sqlite3.connect(tmp_path / "wal.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()

@@ -1,20 +1,23 @@
-"""``hivemem memory …`` round trip: add, search, list, export, import, delete — JSON out."""
+"""``hivemem memory …``: add, search, list, delete — JSON out — on each backend; and export/import
+moving a store SQLite → PostgreSQL → SQLite with its ids, timestamps, metadata and history."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+from hivemem import Embedder, Memory
 from hivemem.cli import app
 
 
-def test_cli_round_trip(tmp_path: Path, hm_home: Path) -> None:
+def test_cli_round_trip(location: str, tmp_path: Path, hm_home: Path) -> None:
     run = CliRunner()
-    db, copy, dump = str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite"), tmp_path / "dump.jsonl"
+    db, copy, dump = location, str(tmp_path / "b.sqlite"), tmp_path / "dump.jsonl"
     out = run.invoke(
-        app, ["memory", "add", "I like sushi", "--user-id", "al", "--metadata", '{"k": 1}', "--path", db]
+        app, ["memory", "add", "I like sushi", "--user-id", "al", "--metadata", '{"k": 1}', "--url", db]
     )
     assert out.exit_code == 0, out.output
     mid = json.loads(out.output)["results"][0]["id"]
@@ -31,3 +34,59 @@ def test_cli_round_trip(tmp_path: Path, hm_home: Path) -> None:
     assert bad.exit_code == 2 and "valid operators" in bad.output
     assert run.invoke(app, ["memory", "delete", mid, "--path", db]).exit_code == 0
     assert json.loads(run.invoke(app, ["memory", "list", "--path", db]).output)["results"] == []
+
+
+def test_export_import_moves_a_store_between_backends(
+    tmp_path: Path, pg_url: Callable[[], str], embedder: Embedder
+) -> None:
+    run = CliRunner()
+    src, pg, back = str(tmp_path / "src.sqlite"), pg_url(), str(tmp_path / "back.sqlite")
+    m = Memory(src, embedder=embedder)
+    meta = {"sev": 3, "big": 1e300, "ü": "é"}
+    kept = m.add_batch(
+        [
+            {"messages": "Allergic to peanuts", "user_id": "al", "metadata": meta},
+            {"messages": [{"role": "assistant", "content": "Noted, no peanuts", "name": "bot"}],
+             "agent_id": "diet", "run_id": "r1"},
+            {"messages": "Lives in Lisbon", "user_id": "al"},
+            {"messages": "Plays chess", "user_id": "bo", "metadata": {"tags": ["a", 1]}},
+        ]
+    )["results"]  # fmt: skip
+    m.update(kept[2]["id"], text="Lives in Porto", metadata={"moved": True})
+    m.delete(kept[3]["id"])
+    m.close()
+
+    def export(where: str) -> list[dict]:
+        out = run.invoke(app, ["memory", "export", "--path", where])
+        assert out.exit_code == 0, out.output
+        return [json.loads(line) for line in out.output.splitlines()]
+
+    first = export(src)
+    assert [r.get("memory") for r in first] == [
+        "Allergic to peanuts",
+        "Noted, no peanuts",
+        "Lives in Porto",
+        None,
+    ]
+    assert [e["event"] for e in first[2]["history"]] == ["ADD", "UPDATE"]
+    assert first[3]["deleted"] and [e["event"] for e in first[3]["history"]] == ["ADD", "DELETE"]
+    dump = tmp_path / "first.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in first))
+    for target in (pg, back):
+        done = run.invoke(app, ["memory", "import", str(dump), "--url", target])
+        assert json.loads(done.output) == {"added": 3, "skipped": 0}, done.output
+        assert export(target) == first  # ids, timestamps, metadata, history: all kept, in order
+        again = run.invoke(app, ["memory", "import", str(dump), "--url", target])
+        assert json.loads(again.output) == {"added": 0, "skipped": 3}
+        dump = tmp_path / "second.jsonl"  # the next hop starts from what PostgreSQL exported
+        dump.write_text(run.invoke(app, ["memory", "export", "--path", target]).output)
+    moved = Memory(pg, embedder=embedder)
+    hit = moved.search("nut allergy", user_id="al", top_k=1)["results"][0]
+    assert hit["id"] == kept[0]["id"] and hit["metadata"] == meta
+    assert moved.history(kept[3]["id"])[-1]["event"] == "DELETE"
+    moved.close()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(dump.read_text() + '{"memory": "no scope here"}\n')
+    out = run.invoke(app, ["memory", "import", str(bad), "--path", str(tmp_path / "never.sqlite")])
+    assert out.exit_code == 2 and "line 5: at least one of user_id" in out.output
+    assert Memory(str(tmp_path / "never.sqlite")).count() == 0  # a bad line: nothing imported

@@ -1,9 +1,11 @@
 """Filters: the SQL compilation must agree with a plain-Python reading of Mem0's filter language
-on every input Hypothesis can think of. Uses the hash embedder (filters need no model)."""
+on every input Hypothesis can think of, on SQLite and on PostgreSQL. Uses the hash embedder
+(filters need no model)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hivemem import Memory
+from hivemem.memory import hybrid
+from hivemem.memory.storage import pglower
 
 KEYS = ["a", "b", "ü"]
 STRINGS = ["", "x", "X", "xy", "Straße", "STRASSE", "été", "ÉTÉ", "İ", "10", "9"]
@@ -139,15 +143,20 @@ filters = st.recursive(
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def filled(
-    tmp_path_factory: pytest.TempPathFactory, hash_embedder: Any
-) -> tuple[Memory, list[dict[str, Any]]]:
-    m = Memory(tmp_path_factory.mktemp("filters") / "f.sqlite", embedder=hash_embedder)
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, hash_embedder: Any
+) -> Iterator[tuple[Memory, list[dict[str, Any]]]]:
+    if request.param == "sqlite":
+        location = str(tmp_path_factory.mktemp("filters") / "f.sqlite")
+    else:
+        location = request.getfixturevalue("pg_url")()
+    m = Memory(location, embedder=hash_embedder)
     m.add_batch(_records())
     stored = m.get_all(top_k=10_000)["results"]
     assert len(stored) == 120
-    return m, stored
+    yield m, stored
+    m.close()
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -157,17 +166,20 @@ def test_sql_filters_match_python_reference(filled: tuple[Memory, list[dict[str,
     expected = {r["id"] for r in stored if matches(r, f)}
     got = {r["id"] for r in m.get_all(filters=f, top_k=10_000)["results"]}
     assert got == expected
-    found = {r["id"] for r in m.search("memory 3", filters=f, top_k=10_000)["results"]}
-    assert found == expected
+    modes = ("hybrid", "vector", "keyword") if hybrid.has_keywords(m._storage) else ("hybrid", "vector")
+    for mode in modes:  # every text holds "memory": the keyword side sees every row too
+        found = {r["id"] for r in m.search("memory 3", filters=f, top_k=10_000, mode=mode)["results"]}
+        assert found == expected, mode
 
 
 def test_search_top_k_is_exact(filled: tuple[Memory, list[dict[str, Any]]]) -> None:
     m, stored = filled
     emb = m.embedder
     q = emb.embed_one("memory 7 x")
-    full = m.search("memory 7 x", top_k=10_000)["results"]
+    full = m.search("memory 7 x", top_k=10_000, mode="vector")["results"]
     best = sorted(full, key=lambda r: -r["score"])[:5]
-    assert [r["id"] for r in m.search("memory 7 x", top_k=5)["results"]] == [r["id"] for r in best]
+    top5 = m.search("memory 7 x", top_k=5, mode="vector")["results"]
+    assert [r["id"] for r in top5] == [r["id"] for r in best]
     vec = {r["id"]: emb.embed_one(r["memory"]) for r in stored}
     assert all(abs(float(vec[r["id"]] @ q) - r["score"]) < 1e-5 for r in full)
 
@@ -191,4 +203,36 @@ def test_bad_filters_are_named(tmp_path: Path, hash_embedder: Any, bad: Any, err
     m = Memory(tmp_path / "b.sqlite", embedder=hash_embedder)
     with pytest.raises(error, match=match):
         m.get_all(filters=bad)
+    m.close()
+
+
+@pytest.mark.parametrize("how", ["collation", "translate"])
+def test_pg_lower_is_python_str_lower(
+    pg_url: Callable[[], str], hash_embedder: Any, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """``icontains`` on PostgreSQL lowers with ``hm_lower``: equal to ``str.lower`` on every code
+    point, and on strings where the Final_Sigma rule and U+0130 matter; also when no collation
+    of the server can be used and the function falls back to one big translate()."""
+    if how == "translate":
+        monkeypatch.setattr(pglower, "_candidates", lambda conn: [])
+        monkeypatch.setattr(pglower, "_VERIFIED", {})
+    m = Memory(pg_url(), embedder=hash_embedder)
+    storage = m._storage
+    rng = random.Random(3)
+    alphabet = "AaΣσς'.:ʰ\u0301\u0345 1İÉé\u00adǅΣ\u2019-"
+    samples = ["ΑΣ", "ΣΑΣ", "ΌΣΟΣ ΣΟΦΌΣ.", "AΣ'", "AΣ'A", "1ʰΣ", "İSTANBUL", "Straße"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) for _ in range(3000)]
+    text, want = pglower.probe(full=how == "collation")  # see probe(): enough for translate()
+    with storage._read() as conn:
+        assert conn.execute(f"SELECT {storage._lower}(%s)", (text,)).fetchone()[0] == want
+        got = conn.execute(
+            f"SELECT array(SELECT {storage._lower}(s) FROM unnest(%s::text[]) WITH ORDINALITY u(s, i)"
+            " ORDER BY i)",
+            (samples,),
+        ).fetchone()[0]
+        how_stored = conn.execute(f"SELECT value FROM {storage._ns}.meta WHERE key = 'lower_how'").fetchone()[
+            0
+        ]
+    assert got == [s.lower() for s in samples]
+    assert how_stored.startswith("translate()" if how == "translate" else "lower()")
     m.close()

@@ -1,4 +1,5 @@
-"""Many real processes on one file, and a process killed with SIGKILL in the middle of a batch."""
+"""Many real processes on one store, and a process killed with SIGKILL in the middle of a batch;
+each test on a SQLite file and on a PostgreSQL schema (``location``)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,33 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hivemem import Embedder
 from hivemem.embed.corpus import sentences
+from hivemem.memory.storage.locate import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _query(location: str, sqlite_sql: str, pg_sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a query on the store itself (``{ns}`` in ``pg_sql``: the store's schema); on SQLite
+    the file's integrity is checked too."""
+    where = resolve(location)
+    if isinstance(where, Path):
+        db = sqlite3.connect(where)
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            return db.execute(sqlite_sql).fetchall()
+        finally:
+            db.close()
+    import psycopg
+
+    with psycopg.connect(where.conninfo) as conn:
+        return conn.execute(pg_sql.format(ns=f'"{where.schema}"')).fetchall()
+
 
 _WRITER = r"""
 import json, os, sys, time
@@ -34,12 +55,14 @@ print(json.dumps({r["memory"]: [r["id"], r["event"]] for r in out}))
 
 
 @pytest.mark.slow
-def test_25_processes_add_concurrently(tmp_path: Path, hm_home: Path, embedder: Embedder) -> None:
+def test_25_processes_add_concurrently(
+    location: str, tmp_path: Path, hm_home: Path, embedder: Embedder
+) -> None:
     n_proc, per = 25, 8
     pool = sentences(n_proc * per, seed=11)
     shared = pool[: per // 2]
     own = pool[per // 2 :]
-    path, start = tmp_path / "m.sqlite", tmp_path / "go"
+    path, start = location, tmp_path / "go"
     env = {**os.environ, "HIVEMEM_HOME": str(hm_home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     procs = []
     for i in range(n_proc):
@@ -58,10 +81,9 @@ def test_25_processes_add_concurrently(tmp_path: Path, hm_home: Path, embedder: 
     for p in procs:
         out, err = p.communicate(timeout=240)
         assert p.returncode == 0, err[-2000:]
-        assert "locked" not in err
+        assert "locked" not in err and "deadlock" not in err
         outputs.append(json.loads(out))
-    db = sqlite3.connect(path)
-    rows = db.execute("SELECT memory, id FROM memories").fetchall()
+    rows = _query(path, "SELECT memory, id FROM memories", "SELECT memory, id FROM {ns}.memories")
     assert len(rows) == len(shared) + n_proc * (per // 2)
     assert len({m for m, _ in rows}) == len(rows)  # no text twice
     ids = dict(rows)
@@ -69,8 +91,8 @@ def test_25_processes_add_concurrently(tmp_path: Path, hm_home: Path, embedder: 
         assert all(ids[text] == rid for text, (rid, _) in out.items())
     for text in shared:  # exactly one process won each shared text
         assert sum(out[text][1] == "ADD" for out in outputs) == 1
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    db.close()
+    history = _query(path, "SELECT count(*) FROM history", "SELECT count(*) FROM {ns}.history")[0][0]
+    assert history == len(rows)  # one ADD event per stored memory, none for the losers
 
 
 _BATCHER = r"""
@@ -88,13 +110,15 @@ for r in itertools.count():
 
 
 @pytest.mark.slow
-def test_sigkill_mid_batch_leaves_whole_batches(tmp_path: Path, hm_home: Path, embedder: Embedder) -> None:
+def test_sigkill_mid_batch_leaves_whole_batches(
+    location: str, tmp_path: Path, hm_home: Path, embedder: Embedder
+) -> None:
     size = 150
     texts = [f"kill test note number {i}" for i in range(size * 8)]  # short: quick to embed
     embedder.embed(texts)  # warm the shared cache: the child's time then goes mostly into writing
     (tmp_path / "texts.txt").write_text("\n".join(texts))
     env = {**os.environ, "HIVEMEM_HOME": str(hm_home), "PYTHONPATH": str(ROOT)}
-    path = tmp_path / "k.sqlite"
+    path = location
     for delay in (0.1, 0.3, 0.6):
         child = subprocess.Popen(
             [sys.executable, "-c", _BATCHER, str(path), str(tmp_path / "texts.txt"), str(size), str(delay)],
@@ -105,13 +129,12 @@ def test_sigkill_mid_batch_leaves_whole_batches(tmp_path: Path, hm_home: Path, e
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait()
-        db = sqlite3.connect(path)
-        rows = db.execute(
-            "SELECT user_id, json_extract(metadata, '$.batch'), count(*) FROM memories GROUP BY 1, 2"
-        ).fetchall()
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        history = db.execute("SELECT count(*) FROM history").fetchone()[0]
-        db.close()
+        rows = _query(
+            path,
+            "SELECT user_id, json_extract(metadata, '$.batch'), count(*) FROM memories GROUP BY 1, 2",
+            "SELECT user_id, meta -> 'batch', count(*) FROM {ns}.memories GROUP BY 1, 2",
+        )
+        history = _query(path, "SELECT count(*) FROM history", "SELECT count(*) FROM {ns}.history")[0][0]
         counts = {(user, batch): n for user, batch, n in rows}
         assert any(user.startswith(f"{delay}-") for user, _ in counts)  # the child got to write
         assert all(n == size for n in counts.values()), counts  # and every batch is whole

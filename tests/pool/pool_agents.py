@@ -124,3 +124,41 @@ def set_result(item: Any) -> set[int]:
 def add_one_to_agent_calls(agent: Agent, item: int) -> int:
     agent.calls += 1
     return agent.calls
+
+
+# --- hostile user code (tests/pool/test_pool_hostile.py) ---------------------------------
+
+
+def exit_with(agent: Agent, code: Any) -> None:
+    import sys
+
+    sys.exit(code)
+
+
+def raise_base(agent: Agent, name: str) -> None:
+    """Raise a BaseException that is not an Exception, by name."""
+    kinds = {"KeyboardInterrupt": KeyboardInterrupt, "GeneratorExit": GeneratorExit, "Custom": CustomBase}
+    raise kinds[name]("raised by the agent")
+
+
+class CustomBase(BaseException):
+    """A user-defined BaseException (not an Exception)."""
+
+
+def stream_then_exit(agent: Agent, code: int) -> Iterator[int]:
+    import sys
+
+    yield 1
+    sys.exit(code)
+
+
+def healing_factory(flag: str) -> Agent:
+    """Fails until the file ``flag`` exists (a model that is not downloaded yet)."""
+    if not os.path.exists(flag):
+        raise RuntimeError(f"not ready: {flag} is missing")
+    return Agent()
+
+
+def hanging_factory(seconds: float = 3600.0) -> Agent:
+    time.sleep(seconds)
+    return Agent()

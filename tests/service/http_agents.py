@@ -31,3 +31,13 @@ def gated(agent: dict[str, int], request: dict[str, Any]) -> Iterator[Any]:
         time.sleep(0.01)
     for n in range(1, 4):
         yield {"n": n, "pid": agent["pid"]}
+
+
+def hostile(agent: dict[str, int], request: Any) -> Iterator[Any]:
+    """``{"exit": code}``: yield one item, then call sys.exit(code); anything else: the worker's pid."""
+    import sys
+
+    if isinstance(request, dict) and "exit" in request:
+        yield {"n": 1}
+        sys.exit(request["exit"])
+    yield {"pid": agent["pid"]}

@@ -26,8 +26,9 @@ ADMIN = {"Authorization": "Bearer admin-key-003"}
 
 
 @contextmanager
-def http_service(model_home: Path, *args: str) -> Iterator[dict]:
-    """Service with the keys above, its own memory file and cache; yields ``url`` and paths."""
+def http_service(model_home: Path, *args: str, memory: str | None = None) -> Iterator[dict]:
+    """Service with the keys above, its own cache and memory store (``memory``: a file or a
+    ``postgresql://`` URL; default a new file); yields ``url`` and paths."""
     directory = Path(tempfile.mkdtemp(prefix="hm", dir="/tmp"))
     (directory / "keys.json").write_text(json.dumps(KEYS))
     port = free_port()
@@ -39,7 +40,7 @@ def http_service(model_home: Path, *args: str) -> Iterator[dict]:
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),  # HERE: the tests' own agents
     }
     options = ["--http", f"127.0.0.1:{port}", "--keys", str(directory / "keys.json")]
-    options += ["--memory-path", str(directory / "memory.sqlite")]
+    options += ["--memory-url", memory or str(directory / "memory.sqlite")]
     proc = start_service(env, *options, *args)
     url = f"http://127.0.0.1:{port}"
     try:

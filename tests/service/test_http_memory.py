@@ -1,4 +1,5 @@
-"""The memory REST API on a real ``hivemem serve --http`` (uvicorn on loopback), over real HTTP."""
+"""The memory REST API on a real ``hivemem serve --http`` (uvicorn on loopback), over real HTTP;
+the tests that use ``api`` run with the store on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from service_helpers import ROOT
 from hivemem.service.auth import Scope, load_keys
 
 
-@pytest.fixture(scope="module")
-def api(model_home: Path) -> Iterator[httpx.Client]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def api(model_home: Path, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    memory = request.getfixturevalue("pg_url")() if request.param == "postgres" else None
     with (
-        http_service(model_home, "--max-body", "65536") as svc,
+        http_service(model_home, "--max-body", "65536", memory=memory) as svc,
         httpx.Client(base_url=svc["url"], timeout=60) as c,
     ):
         yield c

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -111,16 +112,46 @@ def test_malformed_frames_get_an_error_and_the_service_lives(shared_service, dat
         assert client.embed_one("still alive").shape == (384,)
 
 
-def test_status_cli_and_a_second_service_refused(shared_service) -> None:
-    env = shared_service["env"]
-    out = subprocess.run(
-        [PY, "-m", "hivemem.cli", "status"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+def test_status_cli_and_a_second_service_refused(shared_service, tmp_path) -> None:
+    env = {**shared_service["env"], "COLUMNS": "200"}
+    store = tmp_path / "extra.sqlite"
+    with connect(shared_service["socket"], autostart=False) as client:
+        from hivemem import Memory
+
+        with Memory(store, embedder=client) as m:
+            m.add_batch([{"messages": "one", "user_id": "u"}, {"messages": "two", "user_id": "u"}])
+
+    def status(*args: str) -> subprocess.CompletedProcess:
+        cmd = [PY, "-m", "hivemem.cli", "status", *args]
+        return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    out = status("--json", "--memory", str(store))
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["running"] and info["pid"] == shared_service["proc"].pid
     assert info["model_id"].startswith("all-MiniLM-L6-v2") and info["uptime_s"] > 0
-    assert {"queue", "cache", "clients", "metrics"} <= set(info)
+    assert {"queue", "cache", "clients", "metrics", "threads", "files"} <= set(info)
+    assert info["process_memory"]["pss_mb"] > 10
+    extra = next(s for s in info["stores"] if s["role"] == "--memory")
+    assert extra["memories"] == 2 and extra["model_id"] == info["model_id"]
+    assert info["files"]["socket"] == str(shared_service["socket"])
+    table = status("--memory", str(store))
+    assert table.returncode == 0, table.stderr
+    variant = info["model_id"].partition("/onnx-")[2]
+    assert re.search(rf"variant\s+│ {variant}\s", table.stdout) and re.search(
+        r"memory\s+│ PSS \d+ MB", table.stdout
+    )
+    for needle in [
+        "hivemem service",
+        str(info["pid"]),
+        "cache hit rate",
+        "memory stores",
+        str(store),
+        "HIVEMEM_HOME",
+    ]:
+        assert needle in table.stdout, needle
+    gone = status("--socket", str(tmp_path / "none.sock"))
+    assert gone.returncode == 1 and "not running" in gone.stdout
     second = subprocess.run(
         [PY, "-m", "hivemem.service"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
     )

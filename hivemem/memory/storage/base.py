@@ -1,14 +1,46 @@
-"""The storage interface behind ``hivemem.Memory``.
+"""The storage interface behind ``hivemem.Memory``, including the search contract.
 
-A backend stores memories with their vectors and their history, and answers exact top-k
-searches restricted by a parsed filter tree (``hivemem.memory.filters``). ``Memory`` does
-validation and embedding; a backend only has to be correct and atomic: ``insert`` stores a whole
-batch or nothing, and duplicates of (scope, hash) are refused by the store itself, never by a
-check-then-insert in Python. SQLite is the embedded default; PostgreSQL/pgvector can follow.
+A backend stores memories with their vectors and their history, and answers searches restricted
+by a parsed filter tree (``hivemem.memory.filters``). ``Memory`` does validation and embedding; a
+backend only has to be correct and atomic: ``insert`` stores a whole batch or nothing, and
+duplicates of (scope, hash) are refused by the store itself, never by a check-then-insert in
+Python.
+
+The search contract (what every backend implements, so that ``mode="hybrid"|"vector"|"keyword"``
+means the same everywhere; the fusion itself is ``hivemem.memory.hybrid``, shared, never
+re-implemented by a backend):
+
+* ``search(vector, where, k, threshold)`` — the vector side: the ``k`` memories that pass
+  ``where`` with the highest cosine similarity to ``vector`` (exact float32 scores; an approximate
+  first pass is fine if the top-k is exact in ≥ 99% of the cases, measured), best first, ties
+  to the smaller insertion order, each a record with ``score`` = the cosine; with ``threshold``,
+  only cosines ≥ it.
+* ``keyword_search(terms, where, k)`` — the keyword side: the ``k`` memories that pass ``where``
+  and contain at least one of ``terms`` (OR), ranked by BM25-style relevance over the memory text
+  (SQLite: BM25 idf summed over the words a memory holds, statistics of the searched scope, see
+  ``fts.py``; PostgreSQL could use ``ts_rank`` over a ``tsvector``), best first, each a record with
+  ``score`` > 0 (higher is better; the scale is the backend's: fusion divides by the best one).
+  ``terms`` come from ``hybrid.query_terms``: lower-case words, already free of stop words;
+  the backend stems them as it stems the text, and treats each one as a literal (quoted) word,
+  never as query syntax. The keyword index is updated in the same transaction as the row.
+* ``cosines(ids, vector)`` — the exact cosine of the given memories (unknown ids are left out).
+* ``snapshot()`` — a context manager under which the calls above see one committed state
+  (SQLite: one read transaction; PostgreSQL: one REPEATABLE READ transaction). Re-entrant.
+
+Filters apply to both sides before ranking: a memory that fails ``where`` is never a candidate.
+The last three methods are the keyword side: a backend without them (``hybrid.has_keywords``) is
+searched in vector mode when hybrid is asked for, and refuses keyword mode.
+
+SQLite (``sqlite.py``) is the embedded default, with all of the contract; PostgreSQL with pgvector
+(``postgres.py``) serves fleets that span machines and has the vector side so far; ``locate.py``
+picks one from a path or a ``postgresql://`` URL. Both run the same tests (``tests/memory``: the
+``location`` fixture).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,7 +72,21 @@ class Storage(Protocol):
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[dict[str, Any]]:
+        """The vector side of the search contract (module docstring)."""
+        ...
+
+    def keyword_search(self, terms: list[str], where: Node | None, k: int) -> list[dict[str, Any]]:
+        """The keyword side of the search contract (module docstring)."""
+        ...
+
+    def cosines(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
+        """Exact cosine similarity of these memories to ``vector`` (unknown ids left out)."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """One consistent committed state for the search calls made inside (re-entrant)."""
+        ...
 
     def update(
         self,
@@ -62,5 +108,31 @@ class Storage(Protocol):
     def count(self) -> int: ...
 
     def reset(self) -> None: ...
+
+    # -- export / import (``hivemem.memory.transfer``, ``hivemem.memory.mem0_import``) --------------
+
+    def export_rows(self) -> Iterator[dict[str, Any]]:
+        """Every memory as a record, in insertion order."""
+        ...
+
+    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The history of each of ``ids`` (oldest first); ids without history are left out."""
+        ...
+
+    def deleted_ids(self) -> list[str]:
+        """Ids that have history but no memory any more."""
+        ...
+
+    def import_rows(
+        self,
+        memories: list[NewMemory],
+        vectors: np.ndarray,
+        updated_at: list[str],
+        history: list[dict[str, Any]],
+    ) -> list[tuple[str, str]]:
+        """Copy memories (ids and timestamps kept) and history rows from another store in one
+        transaction: ``"SKIP"`` for an id already here, else as ``insert``; history rows replace the
+        synthetic ``ADD`` of the memories they describe and are skipped when their id is here."""
+        ...
 
     def close(self) -> None: ...

@@ -5,16 +5,23 @@ missing field as "does not equal", exactly like the Python semantics in ``filter
 fields are read with ``json_extract``/``json_type`` (the JSON path is a bound parameter); the
 columns of ``records.COLUMNS`` are read directly. Equality on a column at the top level of the
 tree is emitted bare (``user_id = ?``) so SQLite can use the column's index.
+
+An ``in``/``nin`` list is bound as ONE parameter, a JSON array read with ``json_each`` (one array per
+type family, so the string ``"3"`` never equals the number 3), never one placeholder per value: a
+list of 10,000 values (``filters.MAX_IN_VALUES``) is one uncorrelated subquery, not 10,000 ORed
+terms (which overflowed SQLite's expression tree at ~1,000).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hivemem.memory.filters import Cond, Logic, Node
 from hivemem.memory.records import COLUMNS
 
 _NUM = "IN ('integer','real')"
+_EACH = "(SELECT value FROM json_each(?))"  # the values of one bound JSON array
 _CMP = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
@@ -37,6 +44,36 @@ def _eq(field: str, value: Any, params: list[Any]) -> str:
     return f"coalesce(json_type(metadata, ?) {kind} AND json_extract(metadata, ?) = ?, 0)"
 
 
+def _array(values: list[Any]) -> str:
+    return json.dumps(values, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _in(field: str, values: tuple[Any, ...], params: list[Any]) -> str:
+    """Whether the field equals one of ``values``: one JSON-array parameter per type family."""
+    strings = [v for v in values if isinstance(v, str)]
+    if field in COLUMNS:  # columns hold only text
+        if not strings:
+            return "0"
+        params.append(_array(strings))
+        return f"coalesce({field} IN {_EACH}, 0)"
+    path = f'$."{field}"'
+    numbers = [v for v in values if _is_num(v)]
+    flags = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
+    parts = []
+    if strings:
+        params.extend((path, path, _array(strings)))
+        parts.append(f"(json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) IN {_EACH})")
+    if numbers:
+        params.extend((path, path, _array(numbers)))
+        parts.append(f"(json_type(metadata, ?) {_NUM} AND json_extract(metadata, ?) IN {_EACH})")
+    if flags:
+        params.append(path)
+        parts.append(f"(json_type(metadata, ?) IN ({','.join(repr(f) for f in flags)}))")
+    if not parts:
+        return "0"
+    return f"coalesce({' OR '.join(parts)}, 0)"
+
+
 def _atom(c: Cond, params: list[Any]) -> str:
     field, op, value = c.field, c.op, c.value
     column = field in COLUMNS
@@ -51,8 +88,7 @@ def _atom(c: Cond, params: list[Any]) -> str:
     if op == "ne":
         return f"(NOT {_eq(field, value, params)})"
     if op in ("in", "nin"):
-        parts = [_eq(field, v, params) for v in value]
-        any_ = "(" + " OR ".join(parts) + ")" if parts else "0"
+        any_ = _in(field, value, params)
         return any_ if op == "in" else f"(NOT {any_})"
     if op in _CMP:
         sym = _CMP[op]

@@ -15,9 +15,11 @@ Why it is safe across threads and processes:
   the call that caused it and a batch is still stored whole or not at all. Embedding happens
   before, outside any lock.
 
-Search: the SQL filter picks candidate rows, a cached matrix of all vectors scores them (see
-``matrix.py``), kept in step by counters in ``meta`` and a log of deleted/updated row ids
-(``changes``), so a delete or update costs the other readers a few rows, not a reload.
+Search: the vector side ranks an int8 index shared by every process of the machine (memory-mapped
+files next to the store, derived from it: see ``vectorindex.py``) and re-scores the best rows
+exactly from the float32 blobs here; the keyword side is an FTS5 index kept by triggers in the
+same transactions (``fts.py``). Both apply the compiled filter before ranking. Hybrid fusion is
+not here but in ``hivemem.memory.hybrid``, the same for every backend.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ import numpy as np
 
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
-from hivemem.memory.storage.matrix import Snapshot, VectorMatrix, top_k
+from hivemem.memory.storage import fts, vectorindex
 from hivemem.memory.storage.sqlcompile import compile_where
+from hivemem.memory.storage.vectorindex import SharedIndex, StaleIndex, read_state
 from hivemem.sqlite import enable_wal, retry_locked
 
 _SCHEMA = """
@@ -68,15 +70,19 @@ CREATE TABLE IF NOT EXISTS history (
     actor_id TEXT, role TEXT
 );
 CREATE INDEX IF NOT EXISTS history_memory ON history(memory_id);
+CREATE INDEX IF NOT EXISTS history_id ON history(id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0), ('rewrites', 0), ('pruned', 0);
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, rid INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('uid', lower(hex(randomblob(16))))
 """
-# Row ids of deleted/updated rows, for the cached matrices of every process. Trimmed to this many;
-# a reader that fell further behind reloads (meta 'pruned' says how far the log was cut).
+# Row ids of deleted/updated rows, for the shared vector index. Trimmed to this many;
+# an index that fell further behind is rebuilt (meta 'pruned' says how far the log was cut).
 _CHANGES_KEPT = 100_000
 _FIELDS = "rid, id, memory, hash, metadata, created_at, updated_at, user_id, agent_id, run_id, actor_id, role"
 _PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
+_HISTORY = "id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted, actor_id, role"
+_HISTORY_KEYS = tuple(_HISTORY.split(", "))
 _BUSY_MS = 60_000
 
 
@@ -115,7 +121,17 @@ class SQLiteStorage:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise IsADirectoryError(
+                f"memory database {self.path} is a directory; "
+                f"give a file such as {self.path / 'memory.sqlite'}"
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise type(exc)(
+                exc.errno, f"cannot create the directory of memory database {self.path}: {exc.strerror}"
+            ) from None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -124,10 +140,9 @@ class SQLiteStorage:
         self._jobs_lock = threading.Lock()
         self.commits = 0  # insert transactions committed by this object
         self.inserts = 0  # insert calls served (inserts / commits = mean group size)
-        self._matrix: VectorMatrix | None = None
-        self._candidates: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._cand_lock = threading.Lock()
         self._model: tuple[str, int] | None = None
+        self.index = SharedIndex(Path(f"{self.path}-index"))
+        self._keywords = fts.KeywordIndex()
         self._init_schema()
 
     # -- connections -------------------------------------------------------------------------
@@ -135,9 +150,12 @@ class SQLiteStorage:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(
-                self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
-            )
+            try:
+                db = sqlite3.connect(
+                    self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
+                )
+            except sqlite3.OperationalError as exc:  # "unable to open database file": say which
+                raise sqlite3.OperationalError(f"cannot open memory database {self.path}: {exc}") from None
             db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
             db.create_function("hm_lower", 1, _lower, deterministic=True)
@@ -150,10 +168,18 @@ class SQLiteStorage:
         def create() -> None:
             db = self._db()
             enable_wal(db)
-            db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE")  # one opener at a time creates (and fills) the FTS index
+            try:
+                for statement in _SCHEMA.split(";\n"):
+                    db.execute(statement)
+                fts.ensure_schema(db)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'memories'").fetchone()[0]
             # Files made before row ids were AUTOINCREMENT may reuse the id of a deleted last
-            # row, which an incremental matrix cannot tell apart: there, deletes still reload.
+            # row, which an incremental index cannot tell apart: there, deletes rebuild it.
             self._logged = "AUTOINCREMENT" in sql.upper()
 
         retry_locked(create, _BUSY_MS / 1000)
@@ -176,7 +202,7 @@ class SQLiteStorage:
             yield db
 
     def _log_changes(self, db: sqlite3.Connection, rids: list[int]) -> None:
-        """Tell every process's matrix which rows were deleted or got a new vector."""
+        """Tell the shared vector index which rows were deleted or got a new vector."""
         if not self._logged:
             self._bump(db, rewrite=True)
             return
@@ -210,8 +236,6 @@ class SQLiteStorage:
                 f"{model_id} (dim {dim}). Vectors of different models cannot be compared: use another path"
             )
         self._model = (model_id, dim)
-        if self._matrix is None:
-            self._matrix = VectorMatrix(dim)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -243,11 +267,15 @@ class SQLiteStorage:
         job = _Job(memories, vectors)
         with self._jobs_lock:
             self._jobs.append(job)
+        led = False
         with self._write_lock:
             if not job.done:  # nobody committed it while we waited: lead, commit all queued
                 with self._jobs_lock:
                     group, self._jobs = self._jobs, []
                 self._commit_group(group)
+                led = True
+        if led:
+            self._after_write()
         if job.error is not None:
             raise job.error
         assert job.result is not None
@@ -286,15 +314,20 @@ class SQLiteStorage:
         results: list[tuple[str, str]] = []
         history: list[tuple] = []
         for m, vec in zip(memories, vectors, strict=True):
-            cur = db.execute(
-                "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (scope, hash) DO NOTHING",
-                (
-                    m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
-                    m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
-                ),
-            )  # fmt: skip
+            try:
+                cur = db.execute(
+                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
+                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (scope, hash) DO NOTHING",
+                    (
+                        m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
+                        m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
+                    ),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:  # UNIQUE(id): a caller-chosen id that names another memory
+                raise ValueError(
+                    f"memory id {m.id!r} is already taken by another memory; update or delete that one"
+                ) from None
             if cur.rowcount == 1:
                 results.append((m.id, "ADD"))
                 history.append(
@@ -366,6 +399,7 @@ class SQLiteStorage:
                 self._log_changes(db, [rid])
             else:
                 self._bump(db, rewrite=False)  # metadata only: the vectors are unchanged
+        self._after_write()
 
     def _delete_rows(self, db: sqlite3.Connection, rows: list[tuple]) -> int:
         stamp = now()
@@ -384,7 +418,9 @@ class SQLiteStorage:
             rows = db.execute(
                 "SELECT id, memory, actor_id, role, rid FROM memories WHERE id = ?", (memory_id,)
             ).fetchall()
-            return self._delete_rows(db, rows) == 1
+            deleted = self._delete_rows(db, rows)
+        self._after_write()
+        return deleted == 1
 
     def delete_where(self, where: Node) -> int:
         sql, params = compile_where(where)
@@ -392,13 +428,18 @@ class SQLiteStorage:
             rows = db.execute(
                 f"SELECT id, memory, actor_id, role, rid FROM memories WHERE {sql}", params
             ).fetchall()
-            return self._delete_rows(db, rows)
+            deleted = self._delete_rows(db, rows)
+        self._after_write()
+        return deleted
 
     def reset(self) -> None:
         with self._write() as db:
+            fts.drop(db)
             db.execute("DELETE FROM memories")
+            fts.ensure_schema(db)
             db.execute("DELETE FROM history")
             db.execute("DELETE FROM changes")
+            db.execute("UPDATE meta SET value = 0 WHERE key = 'pruned'")  # the log starts again
             db.execute("DELETE FROM meta WHERE key IN ('model_id', 'dim')")
             self._bump(db, rewrite=True)
         self._model = None
@@ -434,50 +475,207 @@ class SQLiteStorage:
         for row in self._db().execute(f"SELECT {_FIELDS} FROM memories ORDER BY rid"):
             yield _record(row)
 
-    def _positions(self, db: sqlite3.Connection, snap: Snapshot, sql: str, params: list[Any]) -> np.ndarray:
-        key = (snap.version, sql, tuple(params))
-        with self._cand_lock:
-            hit = self._candidates.get(key)
-            if hit is not None:
-                self._candidates.move_to_end(key)
-                return hit
-        rids = np.fromiter(
-            (r[0] for r in db.execute(f"SELECT rid FROM memories WHERE {sql}", params)), dtype=np.int64
+    # -- export / import (``hivemem.memory.transfer``) ----------------------------------------
+
+    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The history of each of ``ids`` (oldest first); ids without history are left out."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self._db().execute(
+                f"SELECT {_HISTORY} FROM history WHERE memory_id IN ({','.join('?' * len(chunk))})"
+                " ORDER BY seq",
+                chunk,
+            )
+            for r in rows:
+                out.setdefault(r[1], []).append(
+                    {**dict(zip(_HISTORY_KEYS, r, strict=True)), "is_deleted": bool(r[7])}
+                )
+        return out
+
+    def deleted_ids(self) -> list[str]:
+        """Ids that have history but no memory any more (deleted), in order of first event."""
+        rows = self._db().execute(
+            "SELECT memory_id FROM history WHERE memory_id NOT IN (SELECT id FROM memories)"
+            " GROUP BY memory_id ORDER BY min(seq)"
         )
-        pos = np.searchsorted(snap.rids, rids)
-        pos = pos[(pos < len(snap.rids)) & (snap.rids[np.minimum(pos, len(snap.rids) - 1)] == rids)]
-        with self._cand_lock:
-            self._candidates[key] = pos
-            while len(self._candidates) > 64:
-                self._candidates.popitem(last=False)
-        return pos
+        return [r[0] for r in rows]
+
+    def import_rows(
+        self,
+        memories: list[NewMemory],
+        vectors: np.ndarray,
+        updated_at: list[str],
+        history: list[dict[str, Any]],
+    ) -> list[tuple[str, str]]:
+        """Copy memories and their history from another store (``hivemem memory import
+        --from-mem0``) in ONE transaction: memories whose id is already here are skipped (``"SKIP"``),
+        the others inserted as by ``insert`` (``"ADD"``, or ``"NONE"`` for a text already stored in
+        the scope); history rows replace the synthetic ``ADD`` row of the memories they describe and
+        are skipped when their id is already here, so an import can be repeated."""
+        with self._write() as db:
+            ids = [m.id for m in memories]
+            here = {
+                r[0]
+                for start in range(0, len(ids), 400)
+                for r in db.execute(
+                    f"SELECT id FROM memories WHERE id IN ({','.join('?' * len(ids[start : start + 400]))})",
+                    ids[start : start + 400],
+                )
+            }
+            keep = [i for i, m in enumerate(memories) if m.id not in here]
+            seq = db.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
+            stored = self._insert_rows(db, [memories[i] for i in keep], vectors[keep]) if keep else []
+            added = {mid for mid, event in stored if event == "ADD"}
+            db.executemany(
+                "UPDATE memories SET updated_at = ? WHERE id = ?",
+                [(updated_at[i], memories[i].id) for i in keep if memories[i].id in added],
+            )
+            described = added & {h["memory_id"] for h in history}
+            db.executemany(
+                "DELETE FROM history WHERE seq > ? AND memory_id = ?", [(seq, mid) for mid in described]
+            )
+            cols = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
+                    "is_deleted", "actor_id", "role")  # fmt: skip
+            db.executemany(
+                f"INSERT INTO history ({', '.join(cols)}) SELECT {', '.join('?' * len(cols))}"
+                " WHERE NOT EXISTS (SELECT 1 FROM history WHERE id = ?)",
+                [(*(h.get(c) for c in cols), h["id"]) for h in history],
+            )
+        self._after_write()
+        out = dict(zip(keep, stored, strict=True))
+        return [out.get(i, (m.id, "SKIP")) for i, m in enumerate(memories)]
+
+    # -- the shared vector index -----------------------------------------------------------------
+
+    def _after_write(self) -> None:
+        """After a commit: bring the shared index up to date if it lags ``vectorindex.CATCH_UP`` rows or more.
+
+        Never waits for the index lock (whoever holds it is doing the same work) and never fails
+        the write, which is committed already: the index is derived, and readers repair it.
+        """
+        with suppress(OSError, StaleIndex):
+            self._catch_up(wait=False)
+
+    def _catch_up(self, wait: bool) -> None:
+        db = self._db()
+        header = self.index.read_header()  # before the snapshot: see vectorindex.py
+        db.execute("BEGIN")
+        try:
+            state = read_state(db)
+            if state.model is None or not state.dim:
+                return
+            try:
+                view = self.index.view(db, state, header)
+                if (state.high - view.last_rid) + (state.seq - view.seq) < vectorindex.CATCH_UP:
+                    return
+            except StaleIndex:
+                small = vectorindex.SMALL_REBUILD
+                rows = db.execute("SELECT count(*) FROM (SELECT 1 FROM memories LIMIT ?)", (small + 1,))
+                if not wait and rows.fetchone()[0] > small:
+                    return  # a writer does not pay for rebuilding a large store: the first search does
+            with self.index.locked(wait) as got:
+                if got:
+                    self._refresh(db, state, header)
+        finally:
+            db.execute("COMMIT")
+
+    def _refresh(self, db: sqlite3.Connection, state: Any, before: dict[str, Any] | None) -> Any:
+        """Under the index lock, in a snapshot: the files brought up to this snapshot (or later).
+
+        ``before`` is the header read before the snapshot began. A header published since (by
+        whoever held the lock meanwhile) may be ahead of this snapshot, and is fine to use; the
+        very header that was ahead of it before it began means lost commits: rebuilt.
+        """
+        header = self.index.read_header()
+        try:
+            view = self.index.view(db, state, header, ahead_ok=header != before)
+            if view.seq >= state.seq and view.last_rid >= state.high:
+                return view  # someone else is there already
+            header = self.index.catch_up(db, state, view.header)
+        except (StaleIndex, FileNotFoundError):
+            header = self.index.rebuild(db, state)
+        return self.index.view(db, state, header, ahead_ok=True)
+
+    def _view(self, db: sqlite3.Connection, state: Any) -> Any:
+        try:
+            return self.index.view(db, state, self._local.header)
+        except StaleIndex:  # missing, stale, truncated or foreign: rebuilt (once), never used
+            with self.index.locked(wait=True):
+                return self._refresh(db, state, self._local.header)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction for the search calls inside (re-entrant, per thread)."""
+        local = self._local
+        if getattr(local, "depth", 0):
+            local.depth += 1
+            try:
+                yield
+            finally:
+                local.depth -= 1
+            return
+        db = self._db()
+        local.header = self.index.read_header()  # before the snapshot: see vectorindex.py
+        local.lag = 0
+        db.execute("BEGIN")
+        local.depth = 1
+        try:
+            yield
+        finally:
+            local.depth = 0
+            db.execute("COMMIT")
+        if local.lag >= vectorindex.CATCH_UP:  # the files lag behind: bring them up to date, if nobody is
+            self._after_write()
+
+    def _records(self, db: sqlite3.Connection, hits: list[tuple[int, float]]) -> list[dict[str, Any]]:
+        if not hits:
+            return []
+        rows = db.execute(
+            f"SELECT {_FIELDS} FROM memories WHERE rid IN (SELECT value FROM json_each(?))",
+            (json.dumps([rid for rid, _ in hits]),),
+        ).fetchall()
+        by_rid = {r[0]: r for r in rows}
+        return [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
     ) -> list[dict[str, Any]]:
-        if self._matrix is None:
+        if self._model is None:
             raise RuntimeError("bind_model() must be called before search()")
-        db = self._db()
         sql, params = compile_where(where)
-        db.execute("BEGIN")  # one snapshot for the counters, the new rows and the candidates
-        try:
-            counters = dict(
-                db.execute("SELECT key, value FROM meta WHERE key IN ('version','rewrites','pruned')")
+        db = self._db()
+        with self.snapshot():
+            state = read_state(db)
+            view = self._view(db, state)
+            hits, lag = self.index.search(db, state, view, vector, sql, params, k, threshold)
+            self._local.lag = max(self._local.lag, lag)
+            return self._records(db, hits)
+
+    def keyword_search(self, terms: list[str], where: Node | None, k: int) -> list[dict[str, Any]]:
+        sql, params = compile_where(where)
+        db = self._db()
+        with self.snapshot():
+            state = read_state(db)
+            kept, scope, rows = self._keywords.plan(db, state.uid, state.high, terms, fts.scope_tokens(where))
+            return self._records(db, self._keywords.search(db, kept, scope, rows, sql, params, k))
+
+    def cosines(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
+        if not ids:
+            return {}
+        rows = (
+            self._db()
+            .execute(
+                "SELECT id, vec FROM memories WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
             )
-            snap = self._matrix.snapshot(db, counters)
-            positions = None if sql == "1" else self._positions(db, snap, sql, params)
-        finally:
-            db.execute("COMMIT")
-        if len(snap.rids) == 0:
-            return []
-        hits = top_k(snap, np.asarray(vector, dtype=np.float32), positions, k, threshold)
-        if not hits:
-            return []
-        scores = dict(hits)
-        marks = ",".join("?" * len(hits))
-        rows = db.execute(f"SELECT {_FIELDS} FROM memories WHERE rid IN ({marks})", list(scores)).fetchall()
-        by_rid = {r[0]: r for r in rows}  # a row deleted since the snapshot simply drops out
-        return [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
+            .fetchall()
+        )
+        if not rows:
+            return {}
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        scores = vecs @ np.asarray(vector, dtype=np.float32)
+        return {r[0]: float(s) for r, s in zip(rows, scores, strict=True)}
 
     def close(self) -> None:
         with self._conns_lock:

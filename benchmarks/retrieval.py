@@ -1,0 +1,360 @@
+"""Retrieval quality on real long conversations: LoCoMo, development half.
+
+    python benchmarks/retrieval.py                        # data: ../shared/data/locomo-dev
+    python benchmarks/retrieval.py --data DIR --sweep     # also the grid the defaults came from
+
+Every turn of a conversation is one memory in that conversation's scope (``user_id`` = the
+conversation), stored as ``"Speaker: text"`` with the turn's ``dia_id`` in its metadata; every
+question of categories 1–4 is one ``search(question, user_id=…, top_k=10)``. The metric of the
+LoCoMo paper's code: recall@k = the share of the question's evidence turns among the retrieved
+ones, averaged over questions; hit@10 = at least one evidence turn in the top 10. Evidence ids
+that name no turn are dropped ("D8:6; D9:17" is split), a question left without any is skipped.
+
+Rows: ``vector``, ``keyword`` and ``hybrid`` (the default of ``Memory.search``) through hivemem
+(its own int8 ONNX model), and the exact fp32 sentence-transformers reference (brute force,
+torch). ``--sweep`` evaluates the alternatives the defaults were chosen from (tokenizers, stop
+words, fusion rules and weights, candidate depths), on this development data only.
+Prints tables, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+from plots import add_plot_options, bars
+
+from hivemem import Embedder, EmbeddingCache, Memory
+from hivemem.memory import filters as flt
+from hivemem.memory import hybrid
+from hivemem.memory.storage import fts
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "locomo-dev"
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+K = 10
+
+Question = tuple[str, str, int, set[str]]  # conversation, question, category, evidence dia_ids
+
+
+def load(data: Path) -> tuple[dict[str, list[tuple[str, str]]], list[Question], int]:
+    """Turns ``(dia_id, "Speaker: text")`` per conversation, the questions, and how many were skipped."""
+    turns: dict[str, list[tuple[str, str]]] = {}
+    questions: list[Question] = []
+    skipped = 0
+    files = sorted(data.glob("*.json"))
+    if not files:
+        raise SystemExit(f"no LoCoMo conversations (*.json) in {data}; pass --data DIR")
+    for f in files:
+        conv = json.loads(f.read_text())
+        sessions = sorted(
+            (int(k.split("_")[1]), v) for k, v in conv.items() if re.fullmatch(r"session_\d+", k)
+        )
+        mine = [(t["dia_id"], f"{t['speaker']}: {t['text']}") for _, sess in sessions for t in sess]
+        turns[f.stem] = mine
+        ids = {d for d, _ in mine}
+        for qa in conv["qa"]:
+            if qa.get("category") not in CATEGORIES:
+                continue
+            evidence = {e.strip() for x in qa.get("evidence", []) for e in re.split(r"[;,]", x)} & ids
+            if not evidence:
+                skipped += 1
+                continue
+            questions.append((f.stem, qa["question"], qa["category"], evidence))
+    return turns, questions, skipped
+
+
+class Scores:
+    def __init__(self) -> None:
+        self.rows: dict[Any, list[tuple[float, float, float]]] = defaultdict(list)
+
+    def add(self, category: int, evidence: set[str], ranked: list[set[str]]) -> None:
+        at5 = set().union(*ranked[:5]) if ranked else set()
+        at10 = set().union(*ranked[:K]) if ranked else set()
+        row = (
+            len(evidence & at5) / len(evidence),
+            len(evidence & at10) / len(evidence),
+            float(bool(evidence & at10)),
+        )
+        self.rows[category].append(row)
+        self.rows["all"].append(row)
+
+    def table(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for key, rows in self.rows.items():
+            r5, r10, h10 = np.mean(rows, axis=0)
+            out[str(key)] = {
+                "recall@5": float(r5),
+                "recall@10": float(r10),
+                "hit@10": float(h10),
+                "n": len(rows),
+            }
+        return out
+
+
+def fill(m: Memory, turns: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+    """Store every turn; → memory id → the dia_ids it stands for (a repeated text is one memory)."""
+    dia: dict[str, list[str]] = defaultdict(list)
+    for conv, mine in turns.items():
+        items = [{"messages": text, "user_id": conv, "metadata": {"dia_id": d}} for d, text in mine]
+        for (d, _), res in zip(mine, m.add_batch(items)["results"], strict=True):
+            dia[res["id"]].append(d)
+    return dia
+
+
+def evaluate(
+    questions: list[Question], rank: Callable[[str, str, int], list[str]], dia: dict[str, list[str]]
+) -> Scores:
+    scores = Scores()
+    for i, (conv, question, category, evidence) in enumerate(questions):
+        ids = rank(conv, question, i)
+        scores.add(category, evidence, [set(dia[x]) for x in ids])
+    return scores
+
+
+def reference(turns: dict[str, list[tuple[str, str]]], questions: list[Question]) -> Scores | None:
+    """Exact fp32 sentence-transformers, brute force within the conversation."""
+    try:
+        st = Embedder(backend="sentence-transformers", cache=False, batching=False)
+    except ImportError as exc:
+        print(f"  no sentence-transformers reference: {exc}")
+        return None
+    with st:
+        vecs = {conv: st.embed([t for _, t in mine]) for conv, mine in turns.items()}
+        qv = st.embed([q for _, q, _, _ in questions])
+    scores = Scores()
+    for (conv, _, category, evidence), q in zip(questions, qv, strict=True):
+        order = np.argsort(-(vecs[conv] @ q), kind="stable")[:K]
+        scores.add(category, evidence, [{turns[conv][i][0]} for i in order])
+    return scores
+
+
+# -- the sweep: the alternatives the defaults were chosen from --------------------------------------
+
+
+def sweep(
+    m: Memory, questions: list[Question], qvecs: np.ndarray, dia: dict[str, list[str]]
+) -> dict[str, float]:
+    storage = m._storage
+    out: dict[str, float] = {}
+    cache: dict[tuple[Any, ...], Any] = {}
+    scorer = ["default"]
+
+    def fts5_bm25(conv: str, terms: list[str], depth: int) -> list[dict[str, Any]]:
+        """The alternative keyword scorer: FTS5's own bm25() (statistics of the whole store)."""
+        if not terms:
+            return []
+        token = fts.scope_tokens(flt.parse({"user_id": conv}))[0]
+        rows = (
+            storage._db()
+            .execute(
+                "SELECT m.id, -bm25(memories_fts, 1.0, 0.0) FROM memories_fts JOIN memories m"
+                " ON m.rid = memories_fts.rowid WHERE memories_fts MATCH ?"
+                " ORDER BY bm25(memories_fts, 1.0, 0.0) LIMIT ?",
+                (f"scope : {fts.quote(token)} AND {fts.body_match(terms)}", depth),
+            )
+            .fetchall()
+        )
+        return [{"id": i, "score": sc} for i, sc in rows if sc > 0]
+
+    def sides(
+        conv: str, question: str, i: int, depth: int
+    ) -> tuple[list[dict], list[dict], dict[str, float]]:
+        key = (fts.LAYOUT, hybrid.STOP_WORDS is _NO_STOP, scorer[0], conv, i, depth)
+        if key not in cache:
+            where = flt.parse({"user_id": conv})
+            v = storage.search(qvecs[i], where, depth, None)
+            if scorer[0] == "bm25":
+                kw = fts5_bm25(conv, hybrid.query_terms(question), depth)
+            else:
+                kw = storage.keyword_search(hybrid.query_terms(question), where, depth)
+            seen = {h["id"] for h in v}
+            cos = storage.cosines([h["id"] for h in kw if h["id"] not in seen], qvecs[i])
+            cache[key] = (v, kw, cos)
+        return cache[key]
+
+    def keyword_only(conv: str, question: str, i: int) -> list[str]:
+        return [h["id"] for h in sides(conv, question, i, 50)[1][:K]]
+
+    def fused(rule: str, depth: int, p: float) -> Callable[[str, str, int], list[str]]:
+        def rank(conv: str, question: str, i: int) -> list[str]:
+            v, kw, cos = sides(conv, question, i, depth)
+            if rule == "default":
+                return [h["id"] for h in hybrid.fuse(v, kw, cos, K, None, weight=p)]
+            allcos = {**{h["id"]: h["score"] for h in v}, **cos}
+            score: dict[str, float] = defaultdict(float)
+            if rule == "rrf":
+                for r, h in enumerate(v):
+                    score[h["id"]] += 1 / (p + r + 1)
+                for r, h in enumerate(kw):
+                    score[h["id"]] += 1 / (p + r + 1)
+            elif rule == "minmax":
+                lo, hi = (v[-1]["score"], v[0]["score"]) if v else (0, 1)
+                kmax = max((h["score"] for h in kw), default=1)
+                kws = {h["id"]: h["score"] / kmax for h in kw}
+                for x, c in allcos.items():
+                    score[x] = p * (c - lo) / (hi - lo + 1e-9) + (1 - p) * kws.get(x, 0)
+            elif rule == "mem0":  # Mem0 2.x: semantic candidates only, sigmoid-normalised BM25 added
+                n = len(hybrid.query_terms(question))
+                mid, steep = (5, 0.7) if n <= 3 else (7, 0.6) if n <= 6 else (9, 0.5) if n <= 9 else (10, 0.5)
+                kws = {h["id"]: h["score"] for h in kw}
+                for h in v:
+                    bonus = 1 / (1 + math.exp(-steep * (kws[h["id"]] - mid))) if h["id"] in kws else 0
+                    score[h["id"]] = h["score"] + bonus
+            return sorted(score, key=lambda x: (-score[x], x))[:K]
+
+        return rank
+
+    def run(name: str, rank: Callable[[str, str, int], list[str]]) -> None:
+        r = evaluate(questions, rank, dia).table()["all"]["recall@10"]
+        out[name] = r
+        print(f"  {name:<58} recall@10 {r:.4f}", flush=True)
+
+    default_stop, layout = hybrid.STOP_WORDS, fts.LAYOUT
+    scorer[0] = "bm25"
+    run("keyword: FTS5 bm25() (store-wide statistics, length-normalised)", keyword_only)
+    run(
+        "hybrid (default rule) over FTS5 bm25()",
+        fused("default", hybrid.candidates(K), hybrid.KEYWORD_WEIGHT),
+    )
+    scorer[0] = "default"
+    for tokenizer in ("unicode61 remove_diacritics 2", "trigram", fts.TOKENIZER):
+        fts.TOKENIZER, fts.LAYOUT = tokenizer, f"sweep {tokenizer}"
+        m._storage = storage = type(storage)(storage.path)  # re-opening rebuilds the FTS index
+        storage.bind_model(m.embedder.model_id, m.embedder.dim)
+        for stop in (False, True):
+            hybrid.STOP_WORDS = default_stop if stop else _NO_STOP
+            label = f"{tokenizer}, {'stop words dropped' if stop else 'all words'}"
+            run(f"keyword: {label}", keyword_only)
+            run(
+                f"hybrid (default rule): {label}",
+                fused("default", hybrid.candidates(K), hybrid.KEYWORD_WEIGHT),
+            )
+    hybrid.STOP_WORDS = default_stop
+    for depth in (10, 20, 30, 50, 100):
+        for w in (0.25, 0.3, 0.35, 0.4, 0.5, 0.6):
+            run(f"cos + w·kw/max, depth {depth}, w {w}", fused("default", depth, w))
+        for a in (0.3, 0.4, 0.5):
+            run(f"min-max convex, depth {depth}, a {a}", fused("minmax", depth, a))
+        for k in (5, 20, 60):
+            run(f"RRF, depth {depth}, k {k}", fused("rrf", depth, k))
+    run("Mem0 2.x rule (semantic candidates + sigmoid BM25), depth 60", fused("mem0", 60, 0))
+    fts.LAYOUT = layout
+    return out
+
+
+_NO_STOP: frozenset[str] = frozenset()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the LoCoMo development conversations")
+    ap.add_argument("--sweep", action="store_true", help="also evaluate the alternatives to the defaults")
+    ap.add_argument("--no-reference", action="store_true", help="skip the sentence-transformers reference")
+    add_plot_options(ap)
+    args = ap.parse_args()
+    turns, questions, skipped = load(args.data)
+    print(
+        f"LoCoMo dev: {len(turns)} conversations, {sum(map(len, turns.values()))} turns, "
+        f"{len(questions)} questions of categories 1-4 ({skipped} without a valid evidence turn skipped)"
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="hivemem-retrieval-"))
+    emb = Embedder(cache=EmbeddingCache(tmp / "cache.sqlite"))
+    m = Memory(tmp / "locomo.sqlite", embedder=emb)
+    t0 = time.perf_counter()
+    dia = fill(m, turns)
+    print(f"stored in {time.perf_counter() - t0:.1f} s (embedding included)")
+    qvecs = emb.embed([q for _, q, _, _ in questions])  # cached: searches below embed nothing new
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    timing: dict[str, float] = {}
+    for mode in ("vector", "keyword", "hybrid"):
+        t0 = time.perf_counter()
+        scores = evaluate(
+            questions,
+            lambda conv, q, i, mode=mode: [
+                h["id"] for h in m.search(q, user_id=conv, top_k=K, mode=mode)["results"]
+            ],
+            dia,
+        )
+        timing[mode] = 1000 * (time.perf_counter() - t0) / len(questions)
+        results[mode] = scores.table()
+    if not args.no_reference:
+        ref = reference(turns, questions)
+        if ref is not None:
+            results["exact fp32 reference"] = ref.table()
+    keys = ["all", *map(str, CATEGORIES)]
+    print(
+        "\n| method | "
+        + " | ".join(
+            f"{'all' if k == 'all' else CATEGORIES[int(k)]} (n={results['hybrid'][k]['n']})"
+            " r@5 / r@10 / hit@10"
+            for k in keys
+        )
+        + " |"
+    )
+    print("|---|" + "---|" * len(keys))
+    for name, table in results.items():
+        cells = [
+            f"{t['recall@5']:.3f} / {t['recall@10']:.3f} / {t['hit@10']:.3f}"
+            for t in (table[k] for k in keys)
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    out: dict[str, Any] = {
+        "questions": len(questions),
+        "skipped": skipped,
+        "results": results,
+        "ms_per_search": timing,
+    }
+    ref_r10 = results.get("exact fp32 reference", {}).get("all", {}).get("recall@10")
+    if ref_r10:
+        out["hybrid_vs_reference_recall@10"] = results["hybrid"]["all"]["recall@10"] / ref_r10
+    out["targets"] = {
+        "hybrid_recall@10>=1.30x_reference": out["hybrid_vs_reference_recall@10"] >= 1.30
+        if ref_r10
+        else None,
+        "hybrid>=max(vector,keyword)_every_category": all(
+            results["hybrid"][k]["recall@10"] + 1e-12
+            >= max(results["vector"][k]["recall@10"], results["keyword"][k]["recall@10"])
+            for k in keys
+        ),
+    }
+    print(
+        f"\nhybrid recall@10 / reference: {out.get('hybrid_vs_reference_recall@10', float('nan')):.3f}; "
+        f"ms per search (query embedding cached): {', '.join(f'{k} {v:.1f}' for k, v in timing.items())}"
+    )
+    bars(
+        args,
+        "retrieval_locomo",
+        "LoCoMo (development half): recall@10 by question category",
+        [f"{'all' if k == 'all' else CATEGORIES[int(k)]} ({results['hybrid'][k]['n']})" for k in keys],
+        {name: [table[k]["recall@10"] for k in keys] for name, table in results.items()},
+        ylabel="recall@10 (questions per category in brackets)",
+        fmt="{:.2f}",
+        horizontal=True,
+        note="vector/hybrid: hivemem's int8 ONNX model; reference: fp32 sentence-transformers, brute force",
+    )
+    if args.sweep:
+        print("\nsweep (recall@10 over all questions; development data only):")
+        out["sweep"] = sweep(m, questions, qvecs, dia)
+    m.close()
+    emb.close()
+    print(json.dumps(out))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""``infer=True``: an LLM turns conversations into facts before they are stored.
+
+Any OpenAI-compatible chat-completions endpoint works (Ollama, vLLM, llama.cpp's server, LM Studio,
+OpenAI itself); it is configured in Mem0's shape, ``{"provider": "openai", "config": {"model",
+"openai_base_url", "api_key", "temperature", "max_tokens"}}``, or by ``HIVEMEM_LLM_URL`` (+
+``HIVEMEM_LLM_MODEL``, ``HIVEMEM_LLM_API_KEY``).
+
+Semantics, after Mem0 2.2's additive extraction (mem0/memory/main.py), written anew here:
+
+* For each conversation, the scope's most relevant existing memories (top 10 by the conversation's
+  vector) are shown to the LLM, numbered 0…n-1 rather than by id so that it cannot invent ids, with
+  the instruction to extract only what the NEW messages add. The answer is JSON,
+  ``{"memory": [{"text": …, "attributed_to": "user" | "assistant"}, …]}``; the older Mem0 shape
+  ``{"facts": ["…"]}`` (what a Mem0-1.x ``custom_fact_extraction_prompt`` asks for) is accepted too.
+* Every extracted fact is stored as a new memory (event ``ADD``) in the conversation's scope, with
+  its metadata. A fact whose text is already stored in the scope is not stored again: it comes back
+  with the existing id and event ``NONE`` (Mem0 drops such facts silently). There is no UPDATE or
+  DELETE decision: Mem0 2.x removed it as well (ADD-only, the LLM skips what is known).
+* ``custom_instructions`` (Mem0 2.x's config key, or ``prompt=`` per call) are appended to the
+  request; ``custom_fact_extraction_prompt`` (Mem0 1.x's key) replaces the whole system prompt.
+* ``add_batch(items, infer=True)`` asks the LLM about all conversations at once (``concurrency``
+  requests in flight), then embeds every fact in ONE call and stores them in ONE transaction.
+* Failures: an unreachable LLM, an HTTP error, or an answer that is not the JSON above is tried
+  once more; if the second attempt fails too, ``LLMError`` names the endpoint and the cause, and
+  nothing of the call is written. 4xx answers other than 429 (wrong key, unknown model) fail at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from hivemem.memory.records import NewMemory, prepare
+
+MAX_CONVERSATION_CHARS = 200_000  # the messages of one conversation, sent to the LLM
+MAX_ANSWER_CHARS = 1_000_000  # an answer longer than this is refused, not parsed
+MAX_FACTS = 200  # facts from one conversation
+MAX_FACT_CHARS = 4_000  # one fact
+CONTEXT_MEMORIES = 10  # existing memories shown to the LLM, as Mem0
+MAX_CONCURRENCY = 64
+
+# provider -> (config key of its base URL, default URL); all speak OpenAI's chat-completions API
+PROVIDERS = {
+    "openai": ("openai_base_url", "https://api.openai.com/v1"),
+    "ollama": ("ollama_base_url", "http://localhost:11434"),
+    "vllm": ("vllm_base_url", "http://localhost:8000/v1"),
+    "lmstudio": ("lmstudio_base_url", "http://localhost:1234/v1"),
+}
+_OPTIONS = {"model", "api_key", "temperature", "max_tokens", "top_p", "timeout", "json_mode"}
+_IGNORED = {"top_k", "enable_vision", "vision_details", "http_client_proxies", "reasoning_effort"}
+
+SYSTEM_PROMPT = """You extract long-term memories from a conversation for a personal memory store.
+
+Read the NEW MESSAGES and write down every piece of information worth remembering later: facts about
+the people involved, their preferences, plans, relationships, health, work, possessions and events,
+and concrete recommendations or decisions made by the assistant. Skip greetings, filler, and
+anything that only repeats what the assistant was told.
+
+Rules:
+- Each memory is one self-contained sentence that makes sense without the conversation (name the
+  person; "User" when no name is known; keep the context that makes the fact useful).
+- Resolve relative dates ("yesterday", "next week") against TODAY.
+- EXISTING MEMORIES are already stored. Use them only to avoid repeating what is known; never
+  extract from them. A new detail about a known subject is a new memory.
+- Extract only from the NEW MESSAGES. Do not guess or add facts that are not stated.
+- Write each memory in the language of the messages.
+
+Answer with JSON only, no other text:
+{"memory": [{"text": "<memory>", "attributed_to": "user" or "assistant"}, ...]}
+If there is nothing worth remembering, answer {"memory": []}."""
+
+
+class LLMError(RuntimeError):
+    """The LLM could not be reached or gave no usable answer (after one retry); nothing was written."""
+
+
+@dataclass(frozen=True)
+class Fact:
+    text: str
+    attributed_to: str = "user"
+
+
+def _number(value: Any, name: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ValueError(f"llm config {name} must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+class FactExtractor:
+    """Asks an OpenAI-compatible chat endpoint for the facts in conversations (thread-safe).
+
+    ``url``: the API base (``…/v1``; ``/chat/completions`` is appended). ``custom_instructions`` are
+    added to every request; ``custom_prompt`` replaces the system prompt (it must ask for one of
+    the JSON shapes of the module docstring). ``json_mode`` sends ``response_format: json_object``
+    (supported by OpenAI, vLLM, Ollama and llama.cpp's server; turn it off for servers that refuse it).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        temperature: float = 0.1,
+        max_tokens: int = 2000,
+        top_p: float | None = None,
+        timeout: float = 120.0,
+        json_mode: bool = True,
+        custom_instructions: str | None = None,
+        custom_prompt: str | None = None,
+        concurrency: int = 8,
+    ) -> None:
+        if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError(f"llm url must be an http(s) URL, got {url!r}")
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError("llm config needs a model name (any name for servers that serve one model)")
+        for name, text in (("custom_instructions", custom_instructions), ("custom_prompt", custom_prompt)):
+            if text is not None and (not isinstance(text, str) or not text.strip()):
+                raise ValueError(f"{name} must be a non-empty string")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
+            raise ValueError(f"concurrency must be an integer in [1, {MAX_CONCURRENCY}], got {concurrency!r}")
+        self.url = url.rstrip("/")
+        self.model = model
+        self.temperature = _number(temperature, "temperature", 0, 2)
+        self.max_tokens = int(_number(max_tokens, "max_tokens", 1, 1_000_000))
+        self.top_p = None if top_p is None else _number(top_p, "top_p", 0, 1)
+        self.timeout = _number(timeout, "timeout", 0.001, 3600)
+        self.json_mode = bool(json_mode)
+        self.custom_instructions = custom_instructions
+        self.system_prompt = custom_prompt or SYSTEM_PROMPT
+        self.concurrency = concurrency
+        import httpx  # here, not at the top: ``import hivemem.Memory`` should not pay for it
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(headers=headers, timeout=self.timeout)
+
+    @classmethod
+    def from_config(
+        cls,
+        llm: dict[str, Any] | None = None,
+        *,
+        custom_instructions: str | None = None,
+        custom_fact_extraction_prompt: str | None = None,
+    ) -> FactExtractor | None:
+        """From Mem0's ``"llm"`` config dict, else from ``HIVEMEM_LLM_URL``; ``None`` if neither."""
+        prompts = {"custom_instructions": custom_instructions, "custom_prompt": custom_fact_extraction_prompt}
+        if llm is None:
+            url = os.environ.get("HIVEMEM_LLM_URL")
+            if not url:
+                return None
+            model = os.environ.get("HIVEMEM_LLM_MODEL", "default")
+            return cls(url, model, api_key=os.environ.get("HIVEMEM_LLM_API_KEY"), **prompts)
+        if not isinstance(llm, dict):
+            raise TypeError(f"llm config must be a dict, got {type(llm).__name__}")
+        provider = llm.get("provider", "openai")
+        if provider not in PROVIDERS:
+            raise ValueError(
+                f"llm provider {provider!r} is not supported; use one of {sorted(PROVIDERS)} "
+                "(any OpenAI-compatible server works as 'openai' with openai_base_url)"
+            )
+        options = dict(llm.get("config") or {})
+        url_key, default_url = PROVIDERS[provider]
+        url = options.pop(url_key, None) or os.environ.get("HIVEMEM_LLM_URL") or default_url
+        if provider == "ollama" and not url.rstrip("/").endswith("/v1"):
+            url = url.rstrip("/") + "/v1"  # Ollama's OpenAI-compatible API
+        unknown = set(options) - _OPTIONS - _IGNORED - {k for k, _ in PROVIDERS.values()}
+        if unknown:
+            raise ValueError(
+                f"unknown llm config keys {sorted(unknown)}; known: {sorted(_OPTIONS | {url_key})}"
+            )
+        kwargs = {k: options[k] for k in _OPTIONS if options.get(k) is not None}
+        model = kwargs.pop("model", None) or os.environ.get("HIVEMEM_LLM_MODEL")
+        if provider == "openai" and url == default_url:
+            kwargs.setdefault("api_key", os.environ.get("OPENAI_API_KEY"))
+        return cls(url, model or "", **kwargs, **prompts)
+
+    # -- one conversation ----------------------------------------------------------------------
+
+    def request(
+        self, messages: Sequence[tuple[str, str]], existing: Sequence[str], instructions: str | None = None
+    ) -> list[dict[str, str]]:
+        """The chat messages sent for one conversation (``messages``: ``(role, content)`` pairs)."""
+        lines = "\n".join(f"{role}: {content}" for role, content in messages)
+        known = json.dumps([{"id": str(i), "text": t} for i, t in enumerate(existing)], ensure_ascii=False)
+        parts = [
+            f"## TODAY\n{datetime.now(UTC).date().isoformat()}",
+            f"## EXISTING MEMORIES\n{known}",
+            f"## NEW MESSAGES\n{lines}",
+        ]
+        for extra in (self.custom_instructions, instructions):
+            if extra:
+                parts.append(f"## CUSTOM INSTRUCTIONS\n{extra}")
+        return [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": "\n\n".join(parts)},
+        ]
+
+    def extract(
+        self,
+        messages: Sequence[tuple[str, str]],
+        existing: Sequence[str] = (),
+        instructions: str | None = None,
+    ) -> list[Fact]:
+        """The facts in one conversation; ``LLMError`` after a failed retry."""
+        size = sum(len(c) for _, c in messages)
+        if size > MAX_CONVERSATION_CHARS:
+            raise ValueError(
+                f"the conversation has {size} characters; infer=True takes at most {MAX_CONVERSATION_CHARS}"
+            )
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.request(messages, existing, instructions),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        if self.top_p is not None:
+            body["top_p"] = self.top_p
+        if self.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        problem = ""
+        for _attempt in (1, 2):
+            try:
+                return parse_facts(self._post(body))
+            except _Final as exc:
+                raise LLMError(
+                    f"the LLM at {self.url} (model {self.model!r}) refused the request: {exc}"
+                ) from None
+            except (_Retry, ValueError) as exc:
+                problem = str(exc)
+        raise LLMError(
+            f"the LLM at {self.url} (model {self.model!r}) failed twice: {problem}; nothing was written"
+        )
+
+    def _post(self, body: dict[str, Any]) -> str:
+        import httpx
+
+        try:
+            resp = self._http.post(f"{self.url}/chat/completions", json=body)
+        except httpx.TimeoutException:
+            raise _Retry(f"no answer within {self.timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            raise _Retry(f"cannot reach it ({type(exc).__name__}: {exc})") from None
+        if resp.status_code >= 400:
+            detail = resp.text[:300]
+            if resp.status_code == 429 or resp.status_code >= 500:
+                raise _Retry(f"HTTP {resp.status_code}: {detail}")
+            raise _Final(f"HTTP {resp.status_code}: {detail}")
+        if len(resp.content) > MAX_ANSWER_CHARS:
+            raise ValueError(f"the answer has {len(resp.content)} bytes (limit {MAX_ANSWER_CHARS})")
+        try:
+            content = resp.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ValueError(f"not a chat-completions response: {resp.text[:200]!r}") from None
+        if not isinstance(content, str):
+            raise ValueError(f"the answer's content is {type(content).__name__}, not text")
+        return content
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class _Retry(Exception):
+    """Worth one more attempt (unreachable, timeout, 429, 5xx)."""
+
+
+class _Final(Exception):
+    """Another attempt would get the same answer (4xx)."""
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def parse_facts(content: str) -> list[Fact]:
+    """The facts in an answer (see the module docstring); ``ValueError`` naming what is wrong."""
+    text = content.strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        start, end = text.find("{"), text.rfind("}")  # prose around one JSON object
+        try:
+            data = json.loads(text[start : end + 1]) if 0 <= start < end else None
+        except json.JSONDecodeError:
+            data = None
+        if data is None:
+            raise ValueError(f"the answer is not JSON: {content[:200]!r}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("memory", data.get("facts")), list):
+        raise ValueError(f'the answer is not {{"memory": [...]}} or {{"facts": [...]}}: {content[:200]!r}')
+    items = data["memory"] if isinstance(data.get("memory"), list) else data["facts"]
+    if len(items) > MAX_FACTS:
+        raise ValueError(f"the answer holds {len(items)} facts (limit {MAX_FACTS})")
+    facts: list[Fact] = []
+    for item in items:
+        text, who = (item.get("text"), item.get("attributed_to")) if isinstance(item, dict) else (item, None)
+        if not isinstance(text, str):
+            raise ValueError(f"a fact is not text: {item!r:.200}")
+        text = text.strip()
+        if not text:
+            continue
+        if len(text) > MAX_FACT_CHARS:
+            raise ValueError(f"a fact has {len(text)} characters (limit {MAX_FACT_CHARS})")
+        facts.append(Fact(text, who if who in ("user", "assistant") else "user"))
+    return list({f.text: f for f in facts}.values())  # the same fact twice: once
+
+
+def extract_all(
+    extractor: FactExtractor, jobs: Sequence[tuple[Sequence[tuple[str, str]], Sequence[str], str | None]]
+) -> list[list[Fact]]:
+    """``extract`` for many conversations, ``extractor.concurrency`` at a time; the first error wins."""
+    if len(jobs) <= 1:
+        return [extractor.extract(*job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=min(extractor.concurrency, len(jobs))) as pool:
+        futures = [pool.submit(extractor.extract, *job) for job in jobs]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()
+
+
+def _turn(m: NewMemory) -> tuple[str, str]:
+    return (f"{m.role} ({m.actor_id})" if m.actor_id else str(m.role), m.memory)
+
+
+def infer_memories(memory: Any, items: list[dict[str, Any]], wheres: list[str]) -> list[list[NewMemory]]:
+    """The memories to store for ``add`` calls with ``infer=True`` (``items``: their arguments).
+
+    Everything is validated first; then ONE embed call finds each conversation's context in its
+    scope, and the LLM is asked about all conversations concurrently. ``memory``: the ``Memory``.
+    """
+    extractor = memory.llm
+    convs = []
+    for item, where in zip(items, wheres, strict=True):
+        item = dict(item)
+        prompt = item.pop("prompt", None)
+        if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+            raise ValueError(f"{where}prompt must be a non-empty string")
+        if item.get("id") is not None:
+            raise ValueError(
+                f"{where}an id names a stored message; infer=True stores the LLM's facts instead"
+            )
+        turns = prepare(**item, where=where)
+        size = sum(len(t.memory) for t in turns)
+        if size > MAX_CONVERSATION_CHARS:
+            raise ValueError(
+                f"{where}the messages have {size} characters (infer=True: at most {MAX_CONVERSATION_CHARS})"
+            )
+        convs.append((item, turns, prompt, where))
+    asked = [c for c in convs if c[1]]
+    vectors = memory.embedder.embed(["\n".join(t.memory for t in turns)[:2000] for _, turns, _, _ in asked])
+    jobs = []
+    for (item, turns, prompt, _), vector in zip(asked, vectors, strict=True):
+        where_ = memory._where(None, item.get("user_id"), item.get("agent_id"), item.get("run_id"))
+        known = [r["memory"] for r in memory._storage.search(vector, where_, CONTEXT_MEMORIES, None)]
+        jobs.append(([_turn(t) for t in turns], known, prompt))
+    found = iter(extract_all(extractor, jobs))
+    out: list[list[NewMemory]] = []
+    for item, turns, _, where in convs:
+        facts = next(found) if turns else []
+        scope = {k: item[k] for k in ("user_id", "agent_id", "run_id") if item.get(k) is not None}
+        out.append(
+            [
+                dataclasses.replace(m, role=f.attributed_to)
+                for f in facts
+                for m in prepare(f.text, metadata=item.get("metadata"), where=where, **scope)
+            ]
+        )
+    return out

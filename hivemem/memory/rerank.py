@@ -1,0 +1,39 @@
+"""The optional reranker of ``Memory.search(..., rerank=True)``: an interface, no model shipped.
+
+A reranker (a cross-encoder, an LLM judge, a rule) sees the query and the fused candidates and
+returns them in its own order, as Mem0's rerankers do (``rerank(query, memories, top_k)``).
+hivemem downloads no model, so none is built in: pass your own to ``Memory(reranker=...)``.
+
+    >>> class Shortest:                       # any object with this method is a Reranker
+    ...     def rerank(self, query, memories, top_k):
+    ...         return sorted(memories, key=lambda m: len(m["memory"]))[:top_k]
+    >>> isinstance(Shortest(), Reranker)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+RERANK_DEPTH = 4  # the reranker sees top_k × this many candidates (at least 20)
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    def rerank(self, query: str, memories: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
+        """``memories`` (search results, best first) reordered; at most ``top_k`` of them."""
+        ...
+
+
+def apply(reranker: Reranker, query: str, hits: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
+    """Run ``reranker`` and check what it returns: results only from ``hits``, each at most once."""
+    out = reranker.rerank(query, [dict(h) for h in hits], top_k)
+    if not isinstance(out, list) or not all(isinstance(r, dict) for r in out):
+        raise TypeError(f"{type(reranker).__name__}.rerank must return a list of dicts, got {out!r:.200}")
+    known = {h["id"] for h in hits}
+    ids = [r.get("id") for r in out]
+    if any(i not in known for i in ids) or len(set(ids)) != len(ids):
+        raise ValueError(
+            f"{type(reranker).__name__}.rerank must return memories it was given, each at most once"
+        )
+    return out[:top_k]

@@ -1,0 +1,699 @@
+"""One int8 vector index per SQLite store, in files that every process of the machine maps.
+
+Why: the index used to be an in-RAM float32 matrix built by each searching process: at 100,000
+memories one searcher held ~370 MB PSS and 25 of them 9.1 GB, and a fresh process paid ~0.9 s
+for its first search. Now the index lives next to the store (``memory.sqlite-index/``) as plain
+files that processes map read-only, so the kernel's page cache holds it once for all of them
+(the task library shares its file the same way), and a fresh process searches at once.
+
+What is in it, per indexed row (aligned arrays, one file each, generation ``G``):
+
+* ``G.codes`` int8 × dim: the vector scaled by ``127 / max|v|`` and rounded (one scale per row,
+  so appending never re-quantises anything); ``G.scales`` float32: ``max|v| / 127``;
+* ``G.rids`` int64, ascending: the SQLite row ids (``AUTOINCREMENT``: never reused);
+* ``G.dead`` uint8: 1 for a deleted row (a tombstone), until a compaction drops it.
+
+1M × 384 is 397 MB on disk. A search ranks every row by int8 inner product (numkong's SIMD
+kernel: ~14 ms at 1M on one core), takes the best ``RESCORE``, and re-scores them exactly from
+the float32 blobs in SQLite: scores are exact, and the top-k equals the exact top-k unless a true
+top-k row ranks below ``RESCORE`` in int8 (recall@10 is measured by ``benchmarks/memory.py``).
+
+**SQLite stays the source of truth.** ``header.json`` says what the files cover: the store's
+``uid`` and ``epoch`` (meta ``rewrites``, bumped by ``reset``), the model and dimension, the
+generation, ``n`` rows up to ``last_rid`` (and that row's memory id), and the position ``seq``
+of the ``changes`` log (row ids deleted or re-embedded) already applied. A search reads the
+header *before* opening its read transaction, so its snapshot contains everything the header
+covers; rows committed since (``rid > last_rid``, the tail) are read from SQLite, and rows
+changed since (``changes.seq > seq``) are masked in the files and scored exactly from SQLite.
+So a search sees exactly its snapshot, whatever state the files are in.
+
+**Writers append after their commit** (or the first reader that finds a tail of ``CATCH_UP``
+rows or more), under an exclusive ``flock`` taken without waiting (someone else is already at
+it otherwise): patch changed rows and tombstone deleted ones in place, append the tail, then
+publish a new header by an atomic rename. A process killed at any point leaves at worst rows
+beyond ``n`` (ignored, overwritten next time) or rows patched ahead of the header (masked as
+changed by every reader until the next header). Compaction (more than a quarter of the rows
+dead) and rebuilds write a new generation and switch the header to it; readers that still map
+the old files keep them until they look again.
+
+**Never used when wrong.** The header must match the store (uid, epoch, model, dim), must not be
+ahead of the snapshot or behind the trimmed ``changes`` log, the row at ``last_rid`` must still
+carry the same memory id, the files must hold ``n`` rows, and the first time a process maps a
+generation (and for every newly appended region) it spot-checks rows against the float32 vectors
+in SQLite. Anything off: the index is rebuilt from SQLite under the lock (once; other readers
+wait for it), never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import mmap
+import os
+import random
+import sqlite3
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numkong
+import numpy as np
+
+from hivemem.sqlite import int_array
+
+FORMAT = 1
+RESCORE = 256  # rows re-scored exactly after the int8 pass (at least 4 × k)
+CATCH_UP = 256  # tail + changed rows at which a writer or reader brings the files up to date
+SMALL_SUBSET = 2_000  # a filter matching up to this many rows: those rows, without a first try
+PREFILTER_MAX = 50_000  # else, if the best of all rows hold too few that pass: int8 over the subset
+# more rows: int8 over all rows, the filter checked on the best, more and more (see _post_filter)
+COMPACT_MIN = 1024  # compaction once more than max(this, a quarter of the rows) are dead
+SMALL_REBUILD = 10_000  # a writer (re)builds a missing index itself only for stores this small
+SPOT_CHECKS = 16  # rows checked against SQLite when a process first maps a generation/region
+_CHUNK = 8192  # rows quantised or copied at a time (bounded temporaries)
+_KINDS = ("codes", "rids", "scales", "dead")
+
+
+class StaleIndex(Exception):
+    """The files do not describe the store's current state (the message says why)."""
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the index is checked against, read in the snapshot of a search."""
+
+    uid: str
+    epoch: int
+    model: str | None
+    dim: int
+    version: int  # meta 'version': bumped by every write
+    seq: int  # last entry of the changes log
+    pruned: int  # the changes log was trimmed up to here
+    high: int  # highest row id ever given (AUTOINCREMENT's high-water mark)
+
+
+def read_state(db: sqlite3.Connection) -> StoreState:
+    meta = dict(
+        db.execute(
+            "SELECT key, value FROM meta WHERE key IN "
+            "('uid', 'rewrites', 'model_id', 'dim', 'version', 'pruned')"
+        ).fetchall()
+    )
+    seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'memories'").fetchone()
+    except sqlite3.OperationalError:  # a store made before row ids were AUTOINCREMENT
+        row = None
+    high = row[0] if row else db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
+    return StoreState(
+        uid=str(meta.get("uid", "")),
+        epoch=int(meta.get("rewrites", 0)),
+        model=meta.get("model_id"),
+        dim=int(meta.get("dim", 0) or 0),
+        version=int(meta.get("version", 0)),
+        seq=int(seq),
+        pruned=int(meta.get("pruned", 0)),
+        high=int(high),
+    )
+
+
+def quantise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row int8 codes and scales: ``vectors ≈ codes * scales[:, None]``."""
+    peak = np.abs(vectors).max(axis=1)
+    scales = (peak / 127).astype(np.float32)
+    inv = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
+    codes = np.clip(np.rint(vectors * inv[:, None]), -127, 127).astype(np.int8)
+    return codes, scales
+
+
+def _blobs(rows: list[tuple[Any, ...]], at: int, dim: int) -> np.ndarray:
+    if not rows:
+        return np.empty((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(r[at] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+
+
+def _changed_since(db: sqlite3.Connection, seq: int, rids: list[int]) -> set[int]:
+    """Which of ``rids`` the changes log holds after ``seq`` *now*, beyond the caller's snapshot
+    (a fresh read-only connection: the caller's is inside its read transaction)."""
+    path = db.execute("PRAGMA database_list").fetchone()[2]
+    fresh = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        rows = fresh.execute(
+            "SELECT rid FROM changes WHERE seq > ? AND rid IN (SELECT value FROM json_each(?))",
+            (seq, json.dumps(rids)),
+        )
+        return {r for (r,) in rows}
+    finally:
+        fresh.close()
+
+
+# Set operations by sorting: numpy's isin/unique/union1d import numpy.ma on first use (~30 ms of a
+# fresh process's first search).
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    a = np.sort(a)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
+
+
+def _isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.isin(a, b)`` for integer arrays."""
+    if not len(a) or not len(b):
+        return np.zeros(len(a), dtype=bool)
+    b = np.sort(b)
+    pos = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    return b[pos] == a
+
+
+def _checksum(header: dict[str, Any]) -> int:
+    body = {k: v for k, v in header.items() if k != "check"}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
+
+
+class _Mapped:
+    """The files of one generation, mapped read-only (``cap`` rows visible)."""
+
+    def __init__(self, directory: Path, gen: int, dim: int) -> None:
+        self.gen, self.dim = gen, dim
+        arrays = {}
+        caps = []
+        for kind, dtype, width in (
+            ("codes", np.int8, dim),
+            ("rids", np.int64, 1),
+            ("scales", np.float32, 1),
+            ("dead", np.uint8, 1),
+        ):
+            fd = os.open(directory / f"{gen}.{kind}", os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                row = np.dtype(dtype).itemsize * width
+                caps.append(size // row)
+                if size:
+                    buf = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+                    arr = np.frombuffer(buf, dtype=dtype)[: (size // row) * width]
+                else:
+                    arr = np.empty(0, dtype=dtype)
+            finally:
+                os.close(fd)
+            arrays[kind] = arr.reshape(-1, dim) if width > 1 else arr
+        self.cap = min(caps)
+        self.codes: np.ndarray = arrays["codes"]
+        self.rids: np.ndarray = arrays["rids"]
+        self.scales: np.ndarray = arrays["scales"]
+        self.dead: np.ndarray = arrays["dead"]
+        self.checked_upto = 0  # rows of this generation spot-checked by this process
+        self.sampled = False
+
+
+@dataclass(frozen=True)
+class View:
+    """One header and the mapped files it describes; what one search works on."""
+
+    header: dict[str, Any]
+    files: _Mapped
+
+    @property
+    def n(self) -> int:
+        return int(self.header["n"])
+
+    @property
+    def last_rid(self) -> int:
+        return int(self.header["last_rid"])
+
+    @property
+    def seq(self) -> int:
+        return int(self.header["seq"])
+
+
+class SharedIndex:
+    """The index directory of one store (see the module docstring). Safe across threads."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)  # created by the first process that writes the index
+        self._header_path = self.dir / "header.json"
+        self._lock = threading.Lock()  # this process's mapping and flock state
+        self._flock = threading.Lock()  # one thread of this process at a time holds the file lock
+        self._mapped: _Mapped | None = None
+        self._local = threading.local()
+        self._probes: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+        self.rebuilds = 0  # full builds from SQLite by this process
+        self.catch_ups = 0  # incremental updates of the files by this process
+
+    # -- header and files ------------------------------------------------------------------------
+
+    def read_header(self) -> dict[str, Any] | None:
+        """The published header, or None when absent or unreadable (a torn/garbage file)."""
+        try:
+            raw = self._header_path.read_bytes()
+            header = json.loads(raw)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(header, dict) or header.get("check") != _checksum(header):
+            return None
+        return header
+
+    def _publish(self, header: dict[str, Any]) -> None:
+        header = {**header, "check": 0}
+        header["check"] = _checksum(header)
+        tmp = self.dir / f"header.json.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_text(json.dumps(header, sort_keys=True))
+        os.replace(tmp, self._header_path)
+
+    def _map(self, gen: int, dim: int, rows: int) -> _Mapped:
+        with self._lock:
+            mapped = self._mapped
+            if mapped is None or mapped.gen != gen or mapped.dim != dim or mapped.cap < rows:
+                old = mapped
+                mapped = _Mapped(self.dir, gen, dim)
+                if old is not None and old.gen == gen:
+                    mapped.checked_upto, mapped.sampled = old.checked_upto, old.sampled
+                self._mapped = mapped
+            return mapped
+
+    def view(self, db: sqlite3.Connection, state: StoreState, header: dict[str, Any] | None, *,
+             ahead_ok: bool = False) -> View:  # fmt: skip
+        """The files as of ``header``, checked against ``state`` (StaleIndex if they do not fit).
+
+        ``header`` must have been read before the snapshot began (unless ``ahead_ok``): a header
+        ahead of the snapshot then means the database lost commits the files still hold.
+        """
+        if header is None:
+            raise StaleIndex("no index yet")
+        if header.get("format") != FORMAT:
+            raise StaleIndex(f"format {header.get('format')!r}, this code reads {FORMAT}")
+        if (header["store"], header["epoch"]) != (state.uid, state.epoch):
+            raise StaleIndex("made for another store or before a reset")
+        if (header["model"], header["dim"]) != (state.model, state.dim):
+            raise StaleIndex(f"made for model {header['model']} (dim {header['dim']})")
+        if header["seq"] < state.pruned:
+            raise StaleIndex("behind the trimmed changes log")
+        if not ahead_ok and (header["seq"] > state.seq or header["last_rid"] > state.high):
+            raise StaleIndex("ahead of the database (commits lost?)")
+        n, last = int(header["n"]), int(header["last_rid"])
+        if last:
+            row = db.execute("SELECT id FROM memories WHERE rid = ?", (last,)).fetchone()
+            if row is not None and row[0] != header["last_id"]:
+                raise StaleIndex(f"row {last} is another memory than the index holds")
+        try:
+            files = self._map(int(header["gen"]), state.dim, n)
+        except FileNotFoundError:
+            raise StaleIndex("its files are gone") from None
+        if files.cap < n:
+            raise StaleIndex(f"files truncated: {files.cap} rows for {n}")
+        view = View(header, files)
+        ahead = header["seq"] > state.seq or header["last_rid"] > state.high
+        if (files.checked_upto < n or not files.sampled) and not ahead:
+            # (rows of a header ahead of this snapshot may be missing or changed in it: checked
+            # by the next search that sees this header from a newer snapshot)
+            self._spot_check(db, view)
+        return view
+
+    def _spot_check(self, db: sqlite3.Connection, view: View) -> None:
+        """Rows of the files against the float32 vectors in SQLite (codes are deterministic)."""
+        files, n = view.files, view.n
+        new = range(max(files.checked_upto, n - SPOT_CHECKS), n)
+        pos = set(new)
+        if not files.sampled and n:
+            pos.update(random.Random().sample(range(n), min(SPOT_CHECKS, n)))
+        if pos:
+            at = np.array(sorted(pos), dtype=np.int64)
+            rids = files.rids[at]
+            if rids.min() < 1 or rids.max() > view.last_rid:
+                raise StaleIndex("row ids outside the covered range")
+            if any(files.rids[p - 1] >= files.rids[p] for p in at.tolist() if p):
+                raise StaleIndex("row ids out of order")
+            changed = {r for (r,) in db.execute("SELECT rid FROM changes WHERE seq > ?", (view.seq,))}
+            rows = dict(
+                db.execute(
+                    "SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?))",
+                    (json.dumps(rids.tolist()),),
+                ).fetchall()
+            )
+            bad: dict[int, str] = {}
+            for p, rid in zip(at.tolist(), rids.tolist(), strict=True):
+                if files.dead[p] or rid in changed:
+                    continue
+                blob = rows.get(rid)
+                if blob is None:
+                    bad[rid] = f"row {rid} is in the index but not in the database"
+                    continue
+                vec = np.frombuffer(blob, dtype=np.float32)
+                if len(vec) != files.dim:
+                    raise StaleIndex("vector length differs")
+                codes, scales = quantise(vec[None, :])
+                if np.abs(codes[0].astype(np.int16) - files.codes[p]).max(initial=0) > 1 or not np.isclose(
+                    scales[0], files.scales[p], rtol=1e-5, atol=0
+                ):
+                    bad[rid] = f"the codes of row {rid} do not match its vector"
+            if bad:  # a writer may have patched rows for changes committed after this snapshot
+                for rid in set(bad) - _changed_since(db, view.seq, list(bad)):
+                    raise StaleIndex(bad[rid])
+        with self._lock:
+            files.checked_upto = max(files.checked_upto, n)
+            files.sampled = True
+
+    # -- the file lock ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, wait: bool) -> Iterator[bool]:
+        """Hold the store's index lock (yields False, holding nothing, if busy and not ``wait``)."""
+        if not self._flock.acquire(blocking=wait):
+            yield False
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    yield False
+                    return
+                yield True  # closing the descriptor releases the lock (also when killed)
+            finally:
+                os.close(fd)
+        finally:
+            self._flock.release()
+
+    # -- writing (under the lock, in a read snapshot of the store) -------------------------------
+
+    def _open_rw(self, gen: int) -> dict[str, int]:
+        return {k: os.open(self.dir / f"{gen}.{k}", os.O_RDWR | os.O_CREAT, 0o644) for k in _KINDS}
+
+    @staticmethod
+    def _close(fds: dict[str, int]) -> None:
+        for fd in fds.values():
+            os.close(fd)
+
+    @staticmethod
+    def _grow(fds: dict[str, int], dim: int, rows: int) -> None:
+        for kind, width in (("codes", dim), ("rids", 8), ("scales", 4), ("dead", 1)):
+            if os.fstat(fds[kind]).st_size < rows * width:
+                os.ftruncate(fds[kind], rows * width)
+
+    @staticmethod
+    def _capacity(rows: int) -> int:
+        return -(-max(rows + rows // 4, 4096) // 4096) * 4096
+
+    @staticmethod
+    def _write_rows(fds: dict[str, int], dim: int, at: int, rids: np.ndarray, vectors: np.ndarray) -> None:
+        codes, scales = quantise(vectors)
+        os.pwrite(fds["codes"], codes.tobytes(), at * dim)
+        os.pwrite(fds["rids"], rids.astype(np.int64).tobytes(), at * 8)
+        os.pwrite(fds["scales"], scales.tobytes(), at * 4)
+        os.pwrite(fds["dead"], bytes(len(rids)), at)
+
+    def rebuild(self, db: sqlite3.Connection, state: StoreState) -> dict[str, Any]:
+        """A new generation from the snapshot ``db`` is in; the caller holds the lock."""
+        old = self.read_header()
+        gens = [int(p.name.split(".")[0]) for p in self.dir.glob("*.codes") if p.name.split(".")[0].isdigit()]
+        gen = max([*gens, int(old["gen"]) if old else 0]) + 1
+        count = db.execute("SELECT count(*) FROM memories").fetchone()[0]
+        fds = self._open_rw(gen)
+        n, last_rid, last_id = 0, 0, ""
+        try:
+            for fd in fds.values():
+                os.ftruncate(fd, 0)
+            self._grow(fds, state.dim, self._capacity(count))
+            cur = db.execute("SELECT rid, id, vec FROM memories ORDER BY rid")
+            while rows := cur.fetchmany(_CHUNK):
+                rids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                self._grow(fds, state.dim, n + len(rows))
+                self._write_rows(fds, state.dim, n, rids, _blobs(rows, 2, state.dim))
+                n += len(rows)
+                last_rid, last_id = int(rows[-1][0]), rows[-1][1]
+        finally:
+            self._close(fds)
+        header = {
+            "format": FORMAT, "store": state.uid, "epoch": state.epoch, "model": state.model,
+            "dim": state.dim, "gen": gen, "n": n, "last_rid": last_rid, "last_id": last_id,
+            "seq": state.seq, "dead": 0,
+        }  # fmt: skip
+        self._publish(header)
+        self.rebuilds += 1
+        self._drop_other_generations(gen)
+        return header
+
+    def _drop_other_generations(self, gen: int) -> None:
+        """Files of older generations and stray temporary headers (mapped copies stay valid)."""
+        for p in self.dir.iterdir():
+            first = p.name.split(".")[0]
+            if (first.isdigit() and int(first) != gen) or p.name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def catch_up(self, db: sqlite3.Connection, state: StoreState, header: dict[str, Any]) -> dict[str, Any]:
+        """Apply changes and append the tail since ``header`` (valid for this snapshot; lock held)."""
+        n, dim, seq = int(header["n"]), state.dim, int(header["seq"])
+        files = self._map(int(header["gen"]), dim, n)
+        gen = int(header["gen"])
+        dead = int(header["dead"])
+        fds = self._open_rw(gen)
+        try:
+            changed = np.array(
+                sorted({r for (r,) in db.execute("SELECT rid FROM changes WHERE seq > ?", (seq,))}),
+                dtype=np.int64,
+            )
+            changed = changed[changed <= int(header["last_rid"])]
+            if len(changed):
+                rids = files.rids[:n]
+                pos = np.searchsorted(rids, changed)
+                held = pos < n
+                held[held] &= rids[pos[held]] == changed[held]
+                changed, pos = changed[held], pos[held]
+                now = dict(
+                    db.execute(
+                        "SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?))",
+                        (json.dumps(changed.tolist()),),
+                    ).fetchall()
+                )
+                for rid, p in zip(changed.tolist(), pos.tolist(), strict=True):
+                    if rid in now:
+                        vec = np.frombuffer(now[rid], dtype=np.float32)[None, :]
+                        codes, scales = quantise(vec)
+                        os.pwrite(fds["codes"], codes.tobytes(), p * dim)
+                        os.pwrite(fds["scales"], scales.tobytes(), p * 4)
+                    elif not files.dead[p]:
+                        os.pwrite(fds["dead"], b"\x01", p)
+                        dead += 1
+            last_rid, last_id = int(header["last_rid"]), header["last_id"]
+            cur = db.execute("SELECT rid, id, vec FROM memories WHERE rid > ? ORDER BY rid", (last_rid,))
+            while rows := cur.fetchmany(_CHUNK):
+                rids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                if os.fstat(fds["codes"]).st_size < (n + len(rows)) * dim:
+                    self._grow(fds, dim, self._capacity(n + len(rows)))
+                self._write_rows(fds, dim, n, rids, _blobs(rows, 2, dim))
+                n += len(rows)
+                last_rid, last_id = int(rows[-1][0]), rows[-1][1]
+        finally:
+            self._close(fds)
+        new = {**header, "n": n, "last_rid": last_rid, "last_id": last_id, "seq": state.seq, "dead": dead}
+        self.catch_ups += 1
+        if dead > max(COMPACT_MIN, n // 4):
+            return self._compact(new, dim)
+        self._publish(new)
+        return new
+
+    def _compact(self, header: dict[str, Any], dim: int) -> dict[str, Any]:
+        """A new generation without the dead rows, copied from the current files (no SQLite)."""
+        n = int(header["n"])
+        files = self._map(int(header["gen"]), dim, n)
+        gen = int(header["gen"]) + 1
+        fds = self._open_rw(gen)
+        out = 0
+        try:
+            for fd in fds.values():
+                os.ftruncate(fd, 0)
+            self._grow(fds, dim, self._capacity(n - int(header["dead"])))
+            for at in range(0, n, _CHUNK):
+                keep = np.flatnonzero(files.dead[at : min(at + _CHUNK, n)] == 0) + at
+                if not len(keep):
+                    continue
+                os.pwrite(fds["codes"], files.codes[keep].tobytes(), out * dim)
+                os.pwrite(fds["rids"], files.rids[keep].tobytes(), out * 8)
+                os.pwrite(fds["scales"], files.scales[keep].tobytes(), out * 4)
+                os.pwrite(fds["dead"], bytes(len(keep)), out)
+                out += len(keep)
+        finally:
+            self._close(fds)
+        new = {**header, "gen": gen, "n": out, "dead": 0}
+        self._publish(new)
+        self._drop_other_generations(gen)
+        return new
+
+    # -- search (in the caller's snapshot) -------------------------------------------------------
+
+    def _dots(self, rows: int) -> np.ndarray:
+        buf = getattr(self._local, "dots", None)
+        if buf is None or buf.shape[1] < rows:
+            buf = np.empty((1, max(rows, 1024)), dtype=np.float32)
+            self._local.dots = buf
+        return buf[:, :rows]
+
+    def _int8_rank(self, view: View, q8: np.ndarray, positions: np.ndarray | None, masked: np.ndarray,
+                   count: int) -> np.ndarray:  # fmt: skip
+        """Positions of the ``count`` best rows by int8 score (among ``positions`` if given)."""
+        files, n = view.files, view.n
+        if positions is None or len(positions) * 4 > n:  # one pass over all rows beats a gather
+            dots = self._dots(n)
+            numkong.cdist(q8[None, :], files.codes[:n], metric="dot", out=dots, out_dtype="float32")
+            scores = dots[0]
+            scores *= files.scales[:n]
+            if len(masked):
+                scores[masked] = -np.inf
+            if positions is not None:
+                scores = scores[positions]
+            pos = positions
+        else:
+            pos = positions
+            scores = np.asarray(
+                numkong.cdist(q8[None, :], files.codes[pos], metric="dot", out_dtype="float32")
+            )[0]
+            scores *= files.scales[pos]
+            if len(masked):
+                scores[_isin(pos, masked)] = -np.inf
+        live = int(np.count_nonzero(scores > -np.inf)) if len(masked) else len(scores)
+        count = min(count, live)
+        if count <= 0:
+            return np.empty(0, dtype=np.int64)
+        if count < len(scores):
+            top = np.argpartition(scores, len(scores) - count)[len(scores) - count :]
+        else:
+            top = np.flatnonzero(scores > -np.inf)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return top.astype(np.int64) if pos is None else pos[top]
+
+    def _probe(self, db: sqlite3.Connection, state: StoreState, view: View, sql: str,
+               params: list[Any], limit: int) -> np.ndarray | None:  # fmt: skip
+        """Row ids (≤ last_rid) passing the filter, or None if more than ``limit`` (cached until
+        the next write)."""
+        key = (state.uid, state.version, view.last_rid, sql, tuple(params), limit)
+        with self._lock:
+            hit = self._probes.get(key)
+            if hit is not None:
+                self._probes.move_to_end(key)
+                return None if len(hit) > limit else hit
+        rids = int_array(
+            db.execute(
+                "SELECT group_concat(rid) FROM"
+                f" (SELECT rid FROM memories WHERE rid <= ? AND ({sql}) LIMIT ?)",
+                [view.last_rid, *params, limit + 1],
+            ).fetchone()[0]
+        )
+        with self._lock:
+            self._probes[key] = rids
+            while len(self._probes) > 16:
+                self._probes.popitem(last=False)
+        return None if len(rids) > limit else rids
+
+    def search(
+        self,
+        db: sqlite3.Connection,
+        state: StoreState,
+        view: View,
+        query: np.ndarray,
+        sql: str,
+        params: list[Any],
+        k: int,
+        threshold: float | None,
+    ) -> tuple[list[tuple[int, float]], int]:
+        """``(rid, exact score)`` of the best ``k`` rows passing ``sql``, best first; and how many
+        rows the files lag behind the snapshot (tail + changed: a catch-up is due past CATCH_UP)."""
+        files, n, dim = view.files, view.n, state.dim
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        changed = np.array(
+            sorted({r for (r,) in db.execute("SELECT rid FROM changes WHERE seq > ?", (view.seq,))}),
+            dtype=np.int64,
+        )
+        changed = changed[changed <= view.last_rid]
+        masked = np.flatnonzero(files.dead[:n].copy())  # a copy: a writer may set tombstones meanwhile
+        if len(changed):
+            p = np.searchsorted(files.rids[:n], changed)
+            p = p[p < n]
+            p = p[_isin(files.rids[p], changed)]
+            masked = _sorted_unique(np.concatenate([masked, p]))
+        filtered = sql != "1"
+        cond = f" AND ({sql})" if filtered else ""
+        exact: list[tuple[int, bytes]] = db.execute(
+            f"SELECT rid, vec FROM memories WHERE rid > ?{cond}", [view.last_rid, *params]
+        ).fetchall()
+        if len(changed):
+            exact += db.execute(
+                f"SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?)){cond}",
+                [json.dumps(changed.tolist()), *params],
+            ).fetchall()
+        want = max(RESCORE, 4 * k)
+        peak = float(np.abs(query).max()) or 1.0
+        q8 = np.clip(np.rint(query * (127 / peak)), -127, 127).astype(np.int8)
+        chosen: np.ndarray  # row ids to re-score exactly (known to pass the filter)
+        if n == 0:
+            chosen = np.empty(0, dtype=np.int64)
+        elif not filtered:
+            chosen = files.rids[self._int8_rank(view, q8, None, masked, want)]
+        else:
+            # a small subset: scored by itself; a large one: the best of all rows, filter checked
+            # (tried first, it needs no list of the subset); in between: int8 over the subset
+            subset = self._probe(db, state, view, sql, params, SMALL_SUBSET)
+            passing = None
+            if subset is None:
+                passing = self._post_filter(db, view, q8, masked, want, sql, params, once=True)
+                if passing is None:
+                    subset = self._probe(db, state, view, sql, params, PREFILTER_MAX)
+                    if subset is None:
+                        passing = self._post_filter(db, view, q8, masked, want, sql, params, once=False)
+            if passing is not None:
+                chosen = np.empty(0, dtype=np.int64)
+                exact += passing
+            elif subset is not None:
+                pos = np.searchsorted(files.rids[:n], subset)
+                found = pos < n
+                found[found] &= files.rids[pos[found]] == subset[found]
+                pos = pos[found]
+                if len(pos) <= want:
+                    chosen = files.rids[pos[~_isin(pos, masked)]]
+                else:
+                    chosen = files.rids[self._int8_rank(view, q8, pos, masked, want)]
+        if len(chosen):
+            exact += db.execute(
+                "SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?))",
+                (json.dumps(chosen.tolist()),),
+            ).fetchall()
+        lag = (state.high - view.last_rid) + len(changed)
+        if not exact:
+            return [], lag
+        by_rid = dict(exact)  # a changed row can come twice (tail and changed): one copy
+        rids = np.fromiter(by_rid, dtype=np.int64, count=len(by_rid))
+        vecs = np.frombuffer(b"".join(by_rid.values()), dtype=np.float32).reshape(len(by_rid), dim)
+        scores = vecs @ query
+        if threshold is not None:
+            keep = scores >= threshold
+            scores, rids = scores[keep], rids[keep]
+        order = np.lexsort((rids, -scores))[:k]
+        return [(int(rids[i]), float(scores[i])) for i in order], lag
+
+    def _post_filter(self, db: sqlite3.Connection, view: View, q8: np.ndarray, masked: np.ndarray, want: int,
+                     sql: str, params: list[Any], once: bool) -> list[tuple[int, bytes]] | None:  # fmt: skip
+        """``(rid, vec)`` of the rows passing ``sql`` among the int8 best of the whole index,
+        taking more of the best (×4 each time) until at least ``want`` pass.
+
+        The passing rows among the int8 top-C of all rows are exactly the int8 top of the
+        filtered rows, so once ``want`` of them pass, this is at least as good as ranking the
+        filtered rows. One query checks the filter and reads the vectors to re-score. With
+        ``once``: one try only, None when too few pass.
+        """
+        live = view.n - len(masked)
+        count = want + want // 4
+        while True:
+            top = view.files.rids[self._int8_rank(view, q8, None, masked, min(count, live))]
+            rows = db.execute(
+                f"SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
+                [json.dumps(top.tolist()), *params],
+            ).fetchall()
+            if len(rows) >= want or count >= live:
+                return rows
+            if once:
+                return None  # too few pass: the caller lists the subset instead
+            count *= 4
