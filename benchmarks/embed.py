@@ -62,7 +62,7 @@ def threaded_rate(emb: Embedder, texts: list[str], threads: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="corpus size (distinct sentences)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=16, help="caller threads for the embed_one test")
     add_plot_options(ap)
     args = ap.parse_args()

@@ -6,8 +6,9 @@ texts by token length so a batch holds texts of similar length (real-token share
 running *batches* in parallel — one single-threaded model run per core on a shared session — instead
 of splitting every operator across cores. MiniLM's operators are small (a 704×384 activation is
 1 MB), so ORT's per-operator fork/join across two threads cost more than it gained: two concurrent
-single-threaded runs gave 2.2–2.8× the throughput of one two-threaded run of the per-token int8
-graph on the shared dev VM (1.6× for fp32), and a run's rows never depend on the other runs.
+single-threaded runs gave +16 % over one two-threaded run of the per-token int8 graph on a quiet
+moment of the shared dev VM and 2.2–2.8× under load (a descheduled thread stalls every operator of
+a two-threaded run, but only its own run here); a run's rows never depend on the other runs.
 """
 
 from __future__ import annotations
