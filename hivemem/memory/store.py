@@ -26,6 +26,7 @@ from hivemem.embed.protocol import EmbedderLike
 from hivemem.memory import filters as flt
 from hivemem.memory import hybrid
 from hivemem.memory import rerank as rr
+from hivemem.memory.combine import Combiner, Release
 from hivemem.memory.embedding import resolve_embedder
 from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
@@ -100,6 +101,27 @@ def _check_given_ids(new: list[NewMemory], found: dict[tuple[str, str], str]) ->
             )
 
 
+def _results(
+    new: list[NewMemory],
+    found: dict[tuple[str, str], str],
+    todo: list[NewMemory],
+    stored: list[tuple[str, str]],
+) -> list[dict[str, Any]]:
+    """One result per memory of an add: its id and event (``"NONE"``: already stored)."""
+    outcome = {id(m): r for m, r in zip(todo, stored, strict=True)}
+    results = []
+    for m in new:
+        memory_id, event = outcome.get(id(m)) or (found[(m.scope, m.hash)], "NONE")
+        results.append(
+            {"id": memory_id, "memory": m.memory, "event": event, "actor_id": m.actor_id, "role": m.role}
+        )
+    return results
+
+
+# A group's lookup or embed call failed: each of its calls runs again alone (``Memory._store``).
+_ALONE = object()
+
+
 class Memory:
     """Long-term memory for agents (see the module docstring).
 
@@ -132,6 +154,9 @@ class Memory:
         self.location = str(where)  # for messages; a PostgreSQL password is never shown
         self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
         self._storage = open_storage(where)
+        # Concurrent adds joined into groups (combine.py) where the storage commits groups as one
+        # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
+        self._combiner = Combiner(self._store_group) if hasattr(self._storage, "insert_many") else None
         self._embedder: EmbedderLike | None = None
         self._owns_embedder = False
         self._embedder_config = embedder_config
@@ -276,24 +301,57 @@ class Memory:
     def _store(self, new: list[NewMemory]) -> list[dict[str, Any]]:
         if not new:
             return []
+        if self._combiner is None:
+            return self._store_alone(new)
+        outcome = self._combiner.submit(new, len(new))
+        return self._store_alone(new) if outcome is _ALONE else outcome
+
+    def _store_alone(self, new: list[NewMemory]) -> list[dict[str, Any]]:
         found = self._storage.existing(list(dict.fromkeys((m.scope, m.hash) for m in new)))
         _check_given_ids(new, found)
         todo = [m for m in new if (m.scope, m.hash) not in found]
-        outcome: dict[int, tuple[str, str]] = {}
+        stored: list[tuple[str, str]] = []
         if todo:
             texts = list(dict.fromkeys(m.memory for m in todo))
             vectors = self.embedder.embed(texts)  # before the write transaction
             row = {t: i for i, t in enumerate(texts)}
-            matrix = vectors[[row[m.memory] for m in todo]]
-            stored = self._storage.insert(todo, matrix)
-            outcome = {id(m): r for m, r in zip(todo, stored, strict=True)}
-        results = []
-        for m in new:
-            memory_id, event = outcome.get(id(m)) or (found[(m.scope, m.hash)], "NONE")
-            results.append(
-                {"id": memory_id, "memory": m.memory, "event": event, "actor_id": m.actor_id, "role": m.role}
-            )
-        return results
+            stored = self._storage.insert(todo, vectors[[row[m.memory] for m in todo]])
+        return _results(new, found, todo, stored)
+
+    def _store_group(self, calls: list[list[NewMemory]], release: Release) -> list[Any]:
+        """The ``combine.Combiner`` runner: concurrent ``_store`` calls in one lookup, one embed
+        call and one group commit (``SQLiteStorage.insert_many``), each call still all or nothing."""
+        outcomes: list[Any] = [None] * len(calls)
+        todos: list[tuple[int, list[NewMemory]]] = []
+        try:
+            found = self._storage.existing(list(dict.fromkeys((m.scope, m.hash) for c in calls for m in c)))
+            for i, new in enumerate(calls):
+                try:
+                    _check_given_ids(new, found)
+                except ValueError as exc:
+                    outcomes[i] = exc
+                    continue
+                todos.append((i, [m for m in new if (m.scope, m.hash) not in found]))
+            texts = list(dict.fromkeys(m.memory for _, todo in todos for m in todo))
+            vectors = self.embedder.embed(texts) if texts else np.empty((0, 0), dtype=np.float32)
+        except Exception:
+            if len(calls) == 1:
+                raise
+            return [_ALONE] * len(calls)  # each call again on its own: an error lands on its cause
+        release()  # the engine is free: the next group may start while this one writes
+        row = {t: i for i, t in enumerate(texts)}
+        jobs = [(i, todo) for i, todo in todos if todo]
+        stored = self._storage.insert_many(  # type: ignore[attr-defined]  # only with a combiner
+            [(todo, vectors[[row[m.memory] for m in todo]]) for _, todo in jobs]
+        )
+        done = dict(zip((i for i, _ in jobs), stored, strict=True))
+        for i, todo in todos:
+            result = done.get(i, [])
+            if isinstance(result, BaseException):
+                outcomes[i] = result
+            else:
+                outcomes[i] = _results(calls[i], found, todo, result)
+        return outcomes
 
     def update(
         self, memory_id: str, text: str | None = None, metadata: dict[str, Any] | None = None

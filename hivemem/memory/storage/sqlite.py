@@ -116,6 +116,13 @@ class _Job:
         self.done = False
 
 
+def _outcome(job: _Job) -> list[tuple[str, str]] | BaseException:
+    if job.error is not None:
+        return job.error
+    assert job.result is not None
+    return job.result
+
+
 class SQLiteStorage:
     """See the module docstring. ``path`` is created with its parent directories."""
 
@@ -259,27 +266,46 @@ class SQLiteStorage:
         return out
 
     def insert(self, memories: list[NewMemory], vectors: np.ndarray) -> list[tuple[str, str]]:
-        if len(memories) != len(vectors):
-            raise ValueError(f"{len(memories)} memories but {len(vectors)} vectors")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self._model is not None and len(vectors) and vectors.shape[1:] != (self._model[1],):
-            raise ValueError(f"vectors must have {self._model[1]} columns, got shape {vectors.shape}")
-        job = _Job(memories, vectors)
-        with self._jobs_lock:
-            self._jobs.append(job)
-        led = False
-        with self._write_lock:
-            if not job.done:  # nobody committed it while we waited: lead, commit all queued
-                with self._jobs_lock:
-                    group, self._jobs = self._jobs, []
-                self._commit_group(group)
-                led = True
-        if led:
-            self._after_write()
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
+        (outcome,) = self.insert_many([(memories, vectors)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def insert_many(
+        self, batches: list[tuple[list[NewMemory], np.ndarray]]
+    ) -> list[list[tuple[str, str]] | BaseException]:
+        """Several batches (one per ``add`` call of a ``Memory`` group) in one group commit.
+
+        → per batch, what ``insert`` returns for it, or the exception that refused it: each batch
+        is stored whole or not at all, and the others do not depend on it.
+        """
+        out: list[_Job | BaseException] = []  # a job, replaced by its outcome at the end
+        jobs: list[_Job] = []
+        for memories, vectors in batches:
+            if len(memories) != len(vectors):
+                out.append(ValueError(f"{len(memories)} memories but {len(vectors)} vectors"))
+                continue
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            if self._model is not None and len(vectors) and vectors.shape[1:] != (self._model[1],):
+                width = self._model[1]
+                out.append(ValueError(f"vectors must have {width} columns, got shape {vectors.shape}"))
+                continue
+            job = _Job(memories, vectors)
+            jobs.append(job)
+            out.append(job)
+        if jobs:
+            with self._jobs_lock:  # all of them at once: one leader takes them together
+                self._jobs.extend(jobs)
+            led = False
+            with self._write_lock:
+                if not jobs[0].done:  # nobody committed them while we waited: lead, commit all queued
+                    with self._jobs_lock:
+                        group, self._jobs = self._jobs, []
+                    self._commit_group(group)
+                    led = True
+            if led:
+                self._after_write()
+        return [_outcome(x) if isinstance(x, _Job) else x for x in out]
 
     def _commit_group(self, group: list[_Job]) -> None:
         """Commit ``group`` in one transaction; on failure, each member in its own."""
