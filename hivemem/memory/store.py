@@ -8,9 +8,11 @@
     'I like green tea'
 
 Path of an add: validate everything → look up which (scope, text) pairs are already stored →
-embed the rest in ONE embedder call (outside any lock, so concurrent callers' texts meet in the
-engine's queue) → one short write transaction. Adding a text already stored in the same scope
-returns the stored id with event ``"NONE"`` and writes nothing.
+embed the rest in ONE embedder call (outside any lock) → one short write transaction. Adding a
+text already stored in the same scope returns the stored id with event ``"NONE"`` and writes
+nothing. On SQLite, concurrent ``add``/``add_batch`` calls of one process walk that path together
+(``combine.py``): one lookup, one embed call and one transaction per group of calls, each call
+still stored whole or not at all and answered with its own result or error.
 """
 
 from __future__ import annotations

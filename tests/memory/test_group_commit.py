@@ -8,9 +8,11 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import HashEmbedder
 
 from hivemem import Memory
 from hivemem.memory.records import prepare
@@ -134,3 +136,114 @@ def test_insert_checks_vector_width_before_queueing(tmp_path: Path) -> None:
         storage.insert(prepare("x", user_id="g"), np.zeros((1, DIM + 1), dtype=np.float32))
     assert storage.count() == 0 and storage.commits == 0
     storage.close()
+
+
+class _GatedEmbedder(HashEmbedder):
+    """NOT a model (hash vectors, see conftest): records each embed call's texts; the first call
+    blocks until ``gate`` is set, so the adds that arrive meanwhile queue up behind it."""
+
+    def __init__(self, poison: str | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()
+        self.poison = poison
+
+    def embed(self, texts):  # type: ignore[no-untyped-def]
+        self.calls.append(list(texts))
+        if len(self.calls) == 1:
+            assert self.gate.wait(30)
+        if self.poison is not None and self.poison in texts:
+            raise RuntimeError(f"cannot embed {self.poison!r}")
+        return super().embed(texts)
+
+
+def _in_one_group(m: Memory, emb: _GatedEmbedder, calls: list) -> list:
+    """Start a lone add that blocks in the embedder, queue ``calls`` behind it in threads, then let
+    it go: the queued calls form one group. → each call's result or exception."""
+    out: list = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            out[i] = calls[i]()
+        except Exception as exc:  # returned to the test
+            out[i] = exc
+
+    first = threading.Thread(target=lambda: m.add("the lone first add", user_id="g"))
+    first.start()
+    deadline = time.monotonic() + 30
+    while not emb.calls:
+        assert time.monotonic() < deadline, "the first add never reached the embedder"
+        time.sleep(0.001)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    assert m._combiner is not None
+    while len(m._combiner._line) < len(calls):
+        assert time.monotonic() < deadline, "the adds never queued"
+        time.sleep(0.001)
+    emb.gate.set()
+    for t in [first, *threads]:
+        t.join(30)
+    return out
+
+
+def test_concurrent_adds_share_one_embed_call_and_one_transaction(tmp_path: Path) -> None:
+    emb = _GatedEmbedder()
+    m = Memory(tmp_path / "g.sqlite", embedder=emb)
+    texts = [f"grouped fact {i}" for i in range(12)]
+    calls = [lambda t=t: m.add(t, user_id="g")["results"] for t in texts]
+    calls.append(lambda: m.add("grouped fact 3", user_id="g")["results"])  # the same text twice
+    commits = m._storage.commits
+    out = _in_one_group(m, emb, calls)
+    assert [sorted(c) for c in emb.calls] == [["the lone first add"], sorted(texts)]  # one call, once each
+    assert m._storage.commits == commits + 2  # the lone add, then the whole group
+    events = [r[0]["event"] for r in out]
+    assert events.count("ADD") == 12 and events[3] != events[12] and "NONE" in (events[3], events[12])
+    assert out[3][0]["id"] == out[12][0]["id"]  # the loser got the winner's id
+    stored = {r["memory"]: r["id"] for r in m.get_all(filters={"user_id": "g"}, top_k=100)["results"]}
+    assert len(stored) == 13 and all(stored[r[0]["memory"]] == r[0]["id"] for r in out)
+    assert all(len(m.history(r[0]["id"])) == 1 for r in out)  # one ADD event per stored memory
+    m.close()
+
+
+def test_each_call_of_a_group_is_all_or_nothing_with_its_own_error(tmp_path: Path) -> None:
+    emb = _GatedEmbedder()
+    m = Memory(tmp_path / "g.sqlite", embedder=emb)
+    emb.gate.set()
+    taken = m.add("already stored", user_id="g")["results"][0]["id"]
+    emb.calls.clear()
+    emb.gate.clear()
+
+    def batch(k: int, extra: list[dict]) -> Any:
+        items = [{"messages": f"batch {k} item {j}", "user_id": "g"} for j in range(3)]
+        return lambda: m.add_batch(items + extra)["results"]
+
+    calls = [
+        batch(0, []),
+        batch(1, [{"messages": "reuses a stored id", "user_id": "g", "id": taken}]),  # refused on insert
+        batch(2, [{"messages": "already stored", "user_id": "g", "id": "another-id"}]),  # refused before
+        batch(3, [{"messages": "already stored", "user_id": "g"}]),  # NONE, with the stored id
+        lambda: m.add("a single add", user_id="g")["results"],
+    ]
+    out = _in_one_group(m, emb, calls)
+    assert len(emb.calls) == 2  # the lone add, then one call for the group
+    assert isinstance(out[1], ValueError) and "is already taken" in str(out[1])
+    assert isinstance(out[2], ValueError) and "already stored in this scope" in str(out[2])
+    assert [r["event"] for r in out[0]] == ["ADD"] * 3
+    assert [r["event"] for r in out[3]] == ["ADD"] * 3 + ["NONE"] and out[3][3]["id"] == taken
+    assert out[4][0]["event"] == "ADD"
+    stored = {r["memory"] for r in m.get_all(filters={"user_id": "g"}, top_k=100)["results"]}
+    assert not any(s.startswith(("batch 1 ", "batch 2 ")) for s in stored)  # no part of a refused call
+    assert len(stored) == 2 + 3 + 3 + 1
+    m.close()
+
+
+def test_a_group_whose_embed_call_fails_runs_each_call_alone(tmp_path: Path) -> None:
+    emb = _GatedEmbedder(poison="poison")
+    m = Memory(tmp_path / "g.sqlite", embedder=emb)
+    calls = [lambda i=i: m.add(f"fine {i}", user_id="g")["results"] for i in range(4)]
+    calls.append(lambda: m.add("poison", user_id="g")["results"])
+    out = _in_one_group(m, emb, calls)
+    assert isinstance(out[4], RuntimeError) and "poison" in str(out[4])  # only the cause fails
+    assert all(r[0]["event"] == "ADD" for r in out[:4])
+    assert m.count() == 5  # the lone first add and the four fine ones
+    m.close()

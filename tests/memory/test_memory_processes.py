@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hivemem import Embedder
+from hivemem import Embedder, Memory
 from hivemem.embed.corpus import sentences
 from hivemem.memory.storage.locate import resolve
 
@@ -138,4 +138,114 @@ def test_sigkill_mid_batch_leaves_whole_batches(
         counts = {(user, batch): n for user, batch, n in rows}
         assert any(user.startswith(f"{delay}-") for user, _ in counts)  # the child got to write
         assert all(n == size for n in counts.values()), counts  # and every batch is whole
+        assert history == sum(counts.values())
+
+
+_THREADS = r"""
+import json, os, sys, threading, time
+from hivemem import Embedder, Memory
+path, start, texts, shared = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+m = Memory(path, embedder=Embedder(threads=1))
+out, errors = [], []
+def work(mine):
+    try:
+        for t in mine + shared:  # single adds, every thread also adds the shared texts
+            out.append(m.add(t, user_id="shared", metadata={"pid": os.getpid()})["results"][0])
+    except BaseException as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=work, args=(texts[i::10],)) for i in range(10)]
+while not os.path.exists(start):
+    time.sleep(0.005)
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"results": out, "errors": errors}))
+"""
+
+
+@pytest.mark.slow
+def test_threads_of_single_adds_in_two_processes(
+    location: str, tmp_path: Path, hm_home: Path, embedder: Embedder
+) -> None:
+    """Ten threads of ``add`` in each of two processes (real model): nothing lost or duplicated,
+    each shared text stored once with one ADD event across both processes and all threads."""
+    pool = sentences(130, seed=12)
+    shared, own = pool[:10], pool[10:]
+    env = {**os.environ, "HIVEMEM_HOME": str(hm_home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    start = tmp_path / "go"
+    Memory(location, embedder=embedder).close()  # the store exists: the children only open it
+    procs = []
+    for i in range(2):
+        texts = json.dumps(own[i::2])
+        args = [sys.executable, "-c", _THREADS, location, str(start), texts, json.dumps(shared)]
+        procs.append(
+            subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    start.touch()
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-2000:]
+        report = json.loads(out)
+        assert report["errors"] == []
+        results.extend(report["results"])
+    assert len(results) == len(own) + 2 * 10 * len(shared)
+    rows = _query(location, "SELECT memory, id FROM memories", "SELECT memory, id FROM {ns}.memories")
+    assert sorted(m for m, _ in rows) == sorted(pool)  # all there, none twice
+    ids = dict(rows)
+    assert all(ids[r["memory"]] == r["id"] for r in results)  # every caller got the stored id
+    for text in pool:
+        assert sum(r["event"] == "ADD" for r in results if r["memory"] == text) == 1
+    history = _query(location, "SELECT count(*) FROM history", "SELECT count(*) FROM {ns}.history")[0][0]
+    assert history == len(pool)
+
+
+_THREAD_KILL = r"""
+import itertools, sys, threading
+from hivemem import Embedder, Memory
+path, texts, tag = sys.argv[1], open(sys.argv[2]).read().splitlines(), sys.argv[3]
+m = Memory(path, embedder=Embedder(threads=1))
+print("ready", flush=True)
+def work(w):  # each add call stores three memories: all of them or none
+    for r in itertools.count():
+        for k in range(w, len(texts) // 3, 8):
+            turns = [{"role": "user", "content": t} for t in texts[3 * k : 3 * k + 3]]
+            m.add(turns, user_id=f"{tag}-{r}", metadata={"call": k})
+threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(8)]
+for t in threads:
+    t.start()
+threads[0].join()
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_amid_threads_of_adds_leaves_whole_calls(
+    location: str, tmp_path: Path, hm_home: Path, embedder: Embedder
+) -> None:
+    """Eight threads of three-message ``add`` calls, killed with SIGKILL: every call that was
+    stored is stored whole (calls of one group share a transaction, each still all or nothing)."""
+    texts = [f"thread kill note {i}" for i in range(3 * 64)]
+    embedder.embed(texts)  # the shared cache: the child's time goes mostly into writing
+    (tmp_path / "texts.txt").write_text("\n".join(texts))
+    env = {**os.environ, "HIVEMEM_HOME": str(hm_home), "PYTHONPATH": str(ROOT)}
+    for delay in (0.2, 0.5):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _THREAD_KILL, location, str(tmp_path / "texts.txt"), str(delay)],
+            env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        rows = _query(
+            location,
+            "SELECT user_id, json_extract(metadata, '$.call'), count(*) FROM memories GROUP BY 1, 2",
+            "SELECT user_id, meta -> 'call', count(*) FROM {ns}.memories GROUP BY 1, 2",
+        )
+        counts = {(user, call): n for user, call, n in rows}
+        assert any(user.startswith(f"{delay}-") for user, _ in counts)  # the child got to write
+        assert all(n == 3 for n in counts.values()), counts
+        history = _query(location, "SELECT count(*) FROM history", "SELECT count(*) FROM {ns}.history")[0][0]
         assert history == sum(counts.values())
