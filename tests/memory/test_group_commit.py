@@ -247,3 +247,26 @@ def test_a_group_whose_embed_call_fails_runs_each_call_alone(tmp_path: Path) -> 
     assert all(r[0]["event"] == "ADD" for r in out[:4])
     assert m.count() == 5  # the lone first add and the four fine ones
     m.close()
+
+
+def test_existing_probes_the_index_instead_of_scanning_the_table(tmp_path: Path) -> None:
+    """The lookup before embedding costs per key, not per stored row (it scanned the whole table,
+    1,000 keys: 220 ms at 100,000 rows). Counted in SQLite VM steps, not time."""
+    storage = SQLiteStorage(tmp_path / "g.sqlite")
+    storage.bind_model("test/rand", DIM)
+    stored = [m for i in range(5000) for m in prepare(f"stored fact {i}", user_id="g")]
+    storage.insert(stored, _vectors(len(stored), 0))
+    keys = [(m.scope, m.hash) for m in stored[:10]] + [("nobody", "nothing")]
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    db = storage._db()
+    db.set_progress_handler(count, 1000)  # called every 1,000 VM instructions
+    found = storage.existing(keys)
+    db.set_progress_handler(None, 0)
+    assert found == {(m.scope, m.hash): m.id for m in stored[:10]}
+    assert steps[0] < 5, f"{steps[0] * 1000} VM steps for 11 keys: the lookup reads every row"
+    storage.close()

