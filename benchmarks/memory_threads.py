@@ -1,0 +1,164 @@
+"""Concurrent single adds against one batch, before/after: the figures of issue 15's memory part.
+
+    python benchmarks/memory_threads.py                          # this tree only
+    python benchmarks/memory_threads.py --before /tmp/main-ref   # and an older checkout, interleaved
+
+Each round runs one fresh process per code tree (``PYTHONPATH``), the trees taking turns (A B,
+B A, …) so that the load of a shared machine falls on both alike. A process measures, on texts
+no other measurement of the round used (the same texts for both trees), with a fresh store and
+embedding cache each: the engine's raw ``embed(N)`` (no cache), ``add_batch(N)``, 20 threads
+calling ``embed([text])`` on the engine directly, and 20 threads of single ``add`` — plus how
+many adds shared a transaction and, where the code has it, a group (``hivemem.memory.combine``).
+Ratios are taken within a process (same moment), then the median over rounds is reported.
+Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("engine", "add_batch", "threads_embed", "threads_add")
+
+
+def _threads(fn: Any, texts: list[str], threads: int) -> float:
+    parts = [texts[i::threads] for i in range(threads)]
+    errors: list[BaseException] = []
+
+    def work(part: list[str]) -> None:
+        try:
+            for t in part:
+                fn(t)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=work, args=(p,)) for p in parts]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def child(seed: int, batch: int, adds: int, threads: int) -> dict[str, Any]:
+    """One process, one tree: every figure of a round (texts/s, and the grouping counters)."""
+    from hivemem import Embedder, EmbeddingCache, Memory
+    from hivemem.embed.corpus import sentences
+
+    texts = sentences(2 * batch + 2 * adds, seed=1000 + seed)
+    parts = [texts[:batch], texts[batch : 2 * batch], texts[2 * batch : 2 * batch + adds], texts[-adds:]]
+    tmp = Path(tempfile.mkdtemp(prefix="hivemem-threads-"))
+    out: dict[str, Any] = {}
+    with Embedder(cache=False) as raw:
+        raw.embed(["warm up"])
+        t0 = time.perf_counter()
+        raw.embed(parts[0])
+        out["engine"] = batch / (time.perf_counter() - t0)
+
+    def fresh(name: str) -> tuple[Any, Any]:
+        emb = Embedder(cache=EmbeddingCache(tmp / f"{name}-cache.sqlite"))
+        m = Memory(tmp / f"{name}.sqlite", embedder=emb)
+        m.add("warm up", user_id="warm")
+        return m, emb
+
+    m, emb = fresh("batch")
+    t0 = time.perf_counter()
+    m.add_batch([{"messages": t, "user_id": "bench"} for t in parts[1]])
+    out["add_batch"] = batch / (time.perf_counter() - t0)
+    m.close()
+    emb.close()
+    m, emb = fresh("threads")
+    out["threads_embed"] = _threads(lambda t: emb.embed([t]), parts[2], threads)
+    batches = emb._queue.batches
+    out["threads_add"] = _threads(lambda t: m.add(t, user_id="bench"), parts[3], threads)
+    out["engine_batch_texts"] = adds / max(emb._queue.batches - batches, 1)
+    storage = m._storage
+    out["adds_per_transaction"] = getattr(storage, "inserts", 0) / max(getattr(storage, "commits", 0), 1)
+    combiner = getattr(m, "_combiner", None)  # absent before combine.py
+    out["adds_per_group"] = combiner.calls / max(combiner.groups, 1) if combiner else None
+    assert m.count() == adds + 1, "an add was lost"
+    m.close()
+    emb.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--before", type=Path, help="a checkout of the old code (e.g. main), measured interleaved"
+    )
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1000, help="texts of the engine call and of add_batch")
+    ap.add_argument("--adds", type=int, default=600, help="single adds (and embed calls) per thread run")
+    ap.add_argument("--threads", type=int, default=20)
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: one round in this process
+    args = ap.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.batch, args.adds, args.threads)))
+        return
+    trees = [("after", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in trees}
+    for r in range(args.rounds):
+        for label, tree in trees if r % 2 == 0 else trees[::-1]:
+            env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+            cmd = [sys.executable, __file__, "--child", str(r), "--batch", str(args.batch),
+                   "--adds", str(args.adds), "--threads", str(args.threads)]  # fmt: skip
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{label} round {r} failed:\n{done.stderr[-3000:]}")
+            runs[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(
+                f"  round {r} {label:6} " + "  ".join(f"{k} {runs[label][-1][k]:7.0f}/s" for k in KEYS),
+                flush=True,
+            )
+    result: dict[str, Any] = {"rounds": args.rounds, "threads": args.threads, "batch": args.batch}
+    n = args.threads
+    print(
+        f"\n| figure (median of {args.rounds} rounds; ratios within a round) | "
+        + " | ".join(label for label, _ in trees)
+        + " |"
+    )
+    print("|---|" + "---|" * len(trees))
+    rows = [  # (label, JSON key, figure of one round)
+        (f"engine embed({args.batch}), texts/s", "engine", lambda x: x["engine"]),
+        (f"add_batch({args.batch}), memories/s", "add_batch", lambda x: x["add_batch"]),
+        (f"{n} threads × engine embed([text]), texts/s", "threads_embed", lambda x: x["threads_embed"]),
+        (f"{n} threads × add(text), memories/s", "threads_add", lambda x: x["threads_add"]),
+        (f"**{n} threads × add / add_batch**", "threads_add_vs_add_batch",
+         lambda x: x["threads_add"] / x["add_batch"]),
+        (f"{n} threads × add / {n} threads × engine embed", "threads_add_vs_threads_embed",
+         lambda x: x["threads_add"] / x["threads_embed"]),
+        (f"{n} threads × engine embed / add_batch", "threads_embed_vs_add_batch",
+         lambda x: x["threads_embed"] / x["add_batch"]),
+        ("add_batch / engine", "add_batch_vs_engine", lambda x: x["add_batch"] / x["engine"]),
+        (f"adds per transaction ({n} threads of add)", "adds_per_transaction",
+         lambda x: x["adds_per_transaction"]),
+        (f"engine batch, texts ({n} threads of add)", "engine_batch_texts",
+         lambda x: x["engine_batch_texts"]),
+    ]  # fmt: skip
+    for name, key, get in rows:
+        cells = []
+        for label, _ in trees:
+            value = statistics.median(get(x) for x in runs[label])
+            result.setdefault(label, {})[key] = value
+            cells.append(f"{value:,.2f}" if value < 100 else f"{value:,.0f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    result["runs"] = runs
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
