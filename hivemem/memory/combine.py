@@ -58,7 +58,8 @@ class Combiner:
         self._lock = threading.Lock()
         self._line: deque[_Call] = deque()
         self._busy = False  # a group is in its first stage
-        self._expect = 1  # calls in the last group
+        self._expect = 1  # calls the next group waits for (up to max_wait)
+        self._free_since = 0.0  # when the last group left its first stage
         self.groups = 0  # groups run (calls / groups = mean group size)
         self.calls = 0
 
@@ -84,7 +85,7 @@ class Combiner:
                     return None
                 timeout = None
                 if not self._busy and self._line[0] is call:
-                    wait = call.arrived + self.max_wait - time.monotonic()
+                    wait = max(call.arrived, self._free_since) + self.max_wait - time.monotonic()
                     units = sum(c.size for c in self._line)
                     if len(self._line) >= self._expect or units >= self.max_size or wait <= 0:
                         return self._take()
@@ -100,7 +101,6 @@ class Combiner:
             units += self._line[0].size
             group.append(self._line.popleft())
         self._busy = True
-        self._expect = len(group)
         self.groups += 1
         self.calls += len(group)
         return group
@@ -115,6 +115,11 @@ class Combiner:
                     return
                 released = True
                 self._busy = False
+                # Wait next for everyone around: those in line and this group's callers, back
+                # after its write. (Only the last group's size split twenty threads into two
+                # cohorts of ten that took turns, the engine running batches of ten.)
+                self._expect = len(self._line) + len(group)
+                self._free_since = time.monotonic()
                 if self._line:
                     self._line[0].wake.set()
 
