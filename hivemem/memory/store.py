@@ -120,6 +120,12 @@ def _results(
     return results
 
 
+# Calls of up to COMBINE_MAX memories are joined into groups of up to COMBINE_GROUP_MAX (the
+# engine queue's batch). Larger calls go straight to the engine's queue, which cuts them into
+# parts so that they cannot hold up small callers for their whole embedding.
+COMBINE_MAX = 64
+COMBINE_GROUP_MAX = 256
+
 # A group's lookup or embed call failed: each of its calls runs again alone (``Memory._store``).
 _ALONE = object()
 
@@ -158,7 +164,8 @@ class Memory:
         self._storage = open_storage(where)
         # Concurrent adds joined into groups (combine.py) where the storage commits groups as one
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
-        self._combiner = Combiner(self._store_group) if hasattr(self._storage, "insert_many") else None
+        grouped = hasattr(self._storage, "insert_many")
+        self._combiner = Combiner(self._store_group, max_size=COMBINE_GROUP_MAX) if grouped else None
         self._embedder: EmbedderLike | None = None
         self._owns_embedder = False
         self._embedder_config = embedder_config
@@ -303,7 +310,7 @@ class Memory:
     def _store(self, new: list[NewMemory]) -> list[dict[str, Any]]:
         if not new:
             return []
-        if self._combiner is None:
+        if self._combiner is None or len(new) > COMBINE_MAX:
             return self._store_alone(new)
         outcome = self._combiner.submit(new, len(new))
         return self._store_alone(new) if outcome is _ALONE else outcome

@@ -270,3 +270,29 @@ def test_existing_probes_the_index_instead_of_scanning_the_table(tmp_path: Path)
     assert found == {(m.scope, m.hash): m.id for m in stored[:10]}
     assert steps[0] < 5, f"{steps[0] * 1000} VM steps for 11 keys: the lookup reads every row"
     storage.close()
+
+
+def test_a_large_add_batch_does_not_hold_up_single_adds(tmp_path: Path) -> None:
+    """Calls of more than ``COMBINE_MAX`` memories are not grouped: while one is embedding, a
+    single add goes on (the engine's queue interleaves them), instead of waiting in line."""
+    from hivemem.memory.store import COMBINE_MAX
+
+    emb = _GatedEmbedder()
+    m = Memory(tmp_path / "g.sqlite", embedder=emb)
+    items = [{"messages": f"bulk item {i}", "user_id": "g"} for i in range(COMBINE_MAX + 1)]
+    bulk = threading.Thread(target=m.add_batch, args=(items,))
+    bulk.start()
+    deadline = time.monotonic() + 30
+    while not emb.calls:
+        assert time.monotonic() < deadline, "the batch never reached the embedder"
+        time.sleep(0.001)
+    single = threading.Thread(target=m.add, args=("a single add",), kwargs={"user_id": "g"})
+    single.start()
+    single.join(15)
+    done = not single.is_alive()
+    emb.gate.set()  # the batch goes on
+    bulk.join(30)
+    single.join(30)
+    assert done, "the single add waited for the large batch's embedding"
+    assert m.count() == COMBINE_MAX + 2
+    m.close()
