@@ -2,20 +2,23 @@
 
 Why: twenty threads each adding one memory used to walk the add path twenty times — a
 ``(scope, hash)`` lookup, an embed request and a write each — and came back from the engine one
-at a time, so their writes trickled into transactions of ~2 adds and the engine waited (median
-~6 ms per batch, 0.70× ``add_batch`` in 20 threads). Joined, a group makes one lookup, one embed
-call and one transaction (``SQLiteStorage.insert_many``: still one all-or-nothing unit per
-call), and its members come back together, ready to form the next group at once.
+at a time, so their writes trickled into transactions of 2–6 adds and the engine waited (median
+~6 ms per batch; 20 threads of ``add`` 0.65–0.73× ``add_batch``). Joined, a group makes one
+lookup, one embed call and one transaction (``SQLiteStorage.insert_many``: still one
+all-or-nothing unit per call), and its members come back together, ready to form the next group
+at once: 0.80–0.86× ``add_batch``, ~19 adds per transaction (``benchmarks/memory_threads.py``).
 
 How (leader/follower, as the engine's queue and the storage's group commit): a call waits in
 line; the call at the head of the line leads when no group of this combiner is in its first
-stage (lookup + embed). Before leading it waits — at most ``max_wait_ms`` after it arrived — for
-as many calls as the last group held (they are coming back right now), so a lone sequential
-caller never waits and a cohort of threads stays one cohort instead of splitting into halves
-that take turns. The leader runs the group; once its first stage is done (the engine is free),
-it lets the next head lead while it writes, so the next embed overlaps this write. The leader
-hands every member its own outcome, result or exception. A leader that dies (an interrupt)
-fails its members with an error; nothing is left waiting.
+stage (lookup + embed). Before leading it waits — at most ``max_wait_ms`` after it arrived or
+the last group left its first stage — for everyone around: the calls in line plus the last
+group's callers, who come back after its write. A lone sequential caller never waits, and twenty
+threads stay one cohort (engine batches of ~19 texts) instead of two cohorts of ten that take
+turns (waiting only for the last group's size settled there: batches of 15–18 texts, 3–9 %
+slower in 3 of 3 interleaved pairs). The leader runs the group; once its first stage is done
+(the engine is free), it lets the next head lead while it writes, so calls already waiting get
+embedded during this write. The leader hands every member its own outcome, result or exception.
+A leader that dies (an interrupt) hands its members an error saying so; nothing is left waiting.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ Why it is safe across threads and processes:
   the leader commits everything queued, followers find their result ready). ``insert_many``
   queues the batches of a whole ``Memory`` group of calls at once (``hivemem.memory.combine``),
   so they always share a transaction: twenty threads adding one memory each pay for one commit,
-  not twenty (~250 µs per row in transactions of one, ~60 µs in transactions of twenty, measured
-  here). Each caller still gets its own result; if a merged transaction fails, its members are
+  not twenty (~250–300 µs per row in transactions of one, ~90 µs in transactions of twenty,
+  measured here). Each caller still gets its own result; if a merged transaction fails, its members are
   retried one transaction each, so an error lands on the call that caused it and a batch is
   still stored whole or not at all. Embedding happens before, outside any lock.
 
