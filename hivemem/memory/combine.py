@@ -36,7 +36,7 @@ Runner = Callable[[list[Any], Release], list[Any]]
 
 
 class _Call:
-    __slots__ = ("arrived", "done", "item", "outcome", "size", "wake")
+    __slots__ = ("arrived", "done", "group", "item", "outcome", "size", "wake")
 
     def __init__(self, item: Any, size: int) -> None:
         self.item = item
@@ -45,6 +45,7 @@ class _Call:
         self.wake = threading.Event()
         self.outcome: Any = None
         self.done = False
+        self.group: list[_Call] | None = None  # set when this call leads a group
 
 
 class Combiner:
@@ -73,25 +74,36 @@ class Combiner:
             self._line.append(call)
             if len(self._line) >= self._expect:
                 self._line[0].wake.set()  # the head may be waiting for company
-        group = self._wait_turn(call)
-        if group is not None:
-            self._lead(group)
+        try:
+            self._wait_turn(call)
+        except BaseException:  # interrupted while waiting: leave the line without blocking it
+            with self._lock:
+                if call in self._line:
+                    self._line.remove(call)
+                    if self._line:
+                        self._line[0].wake.set()
+            if call.group is not None and not call.done:
+                self._lead(call.group)  # it had just taken a group: its members are waiting
+            raise
+        if call.group is not None:
+            self._lead(call.group)
         if isinstance(call.outcome, BaseException):
             raise call.outcome
         return call.outcome
 
-    def _wait_turn(self, call: _Call) -> list[_Call] | None:
-        """Block until ``call`` is done (→ None) or leads a group (→ the group, ``call`` first)."""
+    def _wait_turn(self, call: _Call) -> None:
+        """Block until ``call`` is done, or leads a group (then ``call.group``, ``call`` first)."""
         while True:
             with self._lock:
                 if call.done:
-                    return None
+                    return
                 timeout = None
                 if not self._busy and self._line[0] is call:
                     wait = max(call.arrived, self._free_since) + self.max_wait - time.monotonic()
                     units = sum(c.size for c in self._line)
                     if len(self._line) >= self._expect or units >= self.max_size or wait <= 0:
-                        return self._take()
+                        call.group = self._take()
+                        return
                     timeout = wait
                 call.wake.clear()
             call.wake.wait(timeout)
