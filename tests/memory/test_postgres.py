@@ -94,6 +94,44 @@ def test_schemas_are_separate_stores(pg_url: Callable[[], str], hash_embedder: A
     two.close()
 
 
+def test_openers_of_a_new_database_at_once_all_succeed(pg_dsn: str) -> None:
+    """Three openers of one store in a database without pgvector, at the same moment: the first
+    creates the extension and the schema, the others queue on the DDL locks and must then find
+    both. Before the fix they waited for the schema's lock inside a transaction, and on a database
+    whose extension had just been created that transaction still read the catalog without the
+    first opener's schema: ``CREATE SCHEMA IF NOT EXISTS`` failed with a duplicate key on
+    ``pg_namespace`` (every time, in this test)."""
+    from psycopg.conninfo import make_conninfo
+
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{db}"')
+    try:
+        conninfo = make_conninfo(pg_dsn, dbname=db)
+        go = threading.Barrier(3)
+        out: dict[int, Any] = {}
+
+        def open_one(i: int) -> None:
+            go.wait()
+            try:
+                out[i] = PostgresStorage(conninfo, schema="fresh")
+            except Exception as exc:  # the failure is what the test reports
+                out[i] = exc
+
+        threads = [threading.Thread(target=open_one, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        errors = [repr(v) for v in out.values() if isinstance(v, Exception)]
+        assert len(out) == 3 and not errors, errors
+        for s in out.values():
+            s.close()
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
 @pytest.mark.parametrize("path", ["scan", "int8 copy"])
 def test_search_top10_equals_sqlite(
     tmp_path: Path, pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch, path: str

@@ -59,6 +59,27 @@ _LOCK_KEY = 0x68766D  # "hvm": first half of the advisory-lock key for schema ch
 _FIELDS = "rid, id, memory, hash, metadata, created_at, updated_at, user_id, agent_id, run_id, actor_id, role"
 _PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
 _HISTORY = "id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted, actor_id, role"
+
+
+@contextmanager
+def _session_lock(conn: Any, schema: str | None) -> Iterator[None]:
+    """Hold the advisory lock for DDL on ``schema`` (None: the database's, for the extension)
+    across transactions (``conn`` in autocommit).
+
+    A session lock, not a transaction's: the DDL runs in a transaction that *starts* after the
+    lock is granted, and the caller checks again in it whether a competitor made the schema
+    meanwhile. Waiting for the lock inside the DDL transaction was not enough: three processes
+    opening one store of a database whose pgvector they had just created failed two of three
+    every time with a duplicate key on ``pg_namespace`` from ``CREATE SCHEMA IF NOT EXISTS`` (that
+    transaction's catalog view predated the winner's commit; tests/memory/test_postgres.py)."""
+    second, params = ("0", (_LOCK_KEY,)) if schema is None else ("hashtext(%s)", (_LOCK_KEY, schema))
+    conn.execute(f"SELECT pg_advisory_lock(%s, {second})", params)
+    try:
+        yield
+    finally:
+        conn.execute(f"SELECT pg_advisory_unlock(%s, {second})", params)
+
+
 _RETRIES = 8  # deadlock / serialization failure: the transaction is retried this often
 _PLAIN_MAX_DIM = 1000  # vectors up to this width stay in the row (never TOASTed): faster scans
 # Below this many rows (in the store, or matching the filter) PostgreSQL scores the candidates
@@ -263,26 +284,32 @@ class PostgresStorage:
             ext = self._ensure_vector(conn)
             if self._ready(conn):
                 return ext  # no DDL: CREATE … IF NOT EXISTS would still lock out the writers
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_KEY, self.schema))
-                conn.execute(_TABLES.format(ns=self._ns))
-                conn.execute(
-                    f"INSERT INTO {self._ns}.meta (key, value) VALUES ('layout', %s)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (LAYOUT,),
-                )
-                stored = conn.execute(f"SELECT value FROM {self._ns}.meta WHERE key = 'lower_fn'").fetchone()
-                if stored is None or stored[0] != pglower.VERSION:
-                    how = pglower.install(conn, self._lower, conninfo)
-                    conn.execute(
-                        f"INSERT INTO {self._ns}.meta (key, value) VALUES ('lower_fn', %s), ('lower_how', %s)"
-                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        (pglower.VERSION, how),
-                    )
-                stored = conn.execute(f"SELECT value FROM {self._ns}.meta WHERE key = 'keywords'").fetchone()
-                if stored is None or stored[0] != pgkeyword.VERSION:  # new, or made before the index
-                    pgkeyword.install(conn, self._ns, self.schema, self._lower)
+            with _session_lock(conn, self.schema):
+                if self._ready(conn):
+                    return ext  # another process made it while this one waited
+                self._create(conn, conninfo)
         return ext
+
+    def _create(self, conn: Any, conninfo: str) -> None:
+        """This schema's tables, ``hm_lower`` and the keyword index (caller holds the schema's lock)."""
+        with conn.transaction():
+            conn.execute(_TABLES.format(ns=self._ns))
+            conn.execute(
+                f"INSERT INTO {self._ns}.meta (key, value) VALUES ('layout', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (LAYOUT,),
+            )
+            stored = conn.execute(f"SELECT value FROM {self._ns}.meta WHERE key = 'lower_fn'").fetchone()
+            if stored is None or stored[0] != pglower.VERSION:
+                how = pglower.install(conn, self._lower, conninfo)
+                conn.execute(
+                    f"INSERT INTO {self._ns}.meta (key, value) VALUES ('lower_fn', %s), ('lower_how', %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (pglower.VERSION, how),
+                )
+            stored = conn.execute(f"SELECT value FROM {self._ns}.meta WHERE key = 'keywords'").fetchone()
+            if stored is None or stored[0] != pgkeyword.VERSION:  # new, or made before the index
+                pgkeyword.install(conn, self._ns, self.schema, self._lower)
 
     def _ready(self, conn: Any) -> bool:
         """This schema's tables, ``hm_lower`` and the keyword index exist, made by this version of
@@ -319,8 +346,7 @@ class PostgresStorage:
         row = conn.execute(find).fetchone()
         if row is None:
             try:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_KEY,))
+                with _session_lock(conn, None), conn.transaction():
                     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFile,
                     psycopg.errors.FeatureNotSupported) as exc:  # fmt: skip
