@@ -356,3 +356,49 @@ def test_rows_patched_after_a_snapshot_do_not_condemn_the_index(tmp_path: Path) 
     assert got == [rows[i][0] for i in np.argsort(-(vecs @ q), kind="stable")[:10]]  # the snapshot's
     fresh.close()
     storage.close()
+
+
+def test_rows_changed_after_a_snapshot_are_found_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search sees its snapshot although another process deleted and re-embedded its best rows
+    after the snapshot began and patched the shared files in place (tombstones, new codes): those
+    rows are scored exactly from the snapshot."""
+    monkeypatch.setattr(vectorindex, "RESCORE", 64)
+    path = tmp_path / "a.sqlite"
+    storage, _ = _fill(path, 3000)
+    db = storage._db()
+    for at, q in enumerate(_unit(np.random.default_rng(6), 3)):
+        with storage.snapshot():
+            best = [r["id"] for r in storage.search(q, None, 10, None)]  # the snapshot begins here
+            assert best == _reference(path, q, 10, None)
+            seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+            # after the snapshot began: its best rows deleted or re-embedded, the files patched
+            ops = {"seed": 30 + at, "delete": best[:3], "update": best[3:6], "constants": {"CATCH_UP": 1}}
+            _run(path, ops)
+            assert storage.index.read_header()["seq"] > seq  # type: ignore[index]
+            for user in (None, "u1"):
+                got = [r["id"] for r in storage.search(q, _where(user), 10, None)]
+                sql = "SELECT id, vec FROM memories" + (" WHERE user_id = ?" if user else "")
+                rows = db.execute(sql, (user,) if user else ()).fetchall()  # in the snapshot
+                vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, DIM)
+                want = [rows[i][0] for i in np.argsort(-(vecs @ q), kind="stable")[:10]]
+                assert got == want, (at, user)
+    storage.close()
+
+
+def test_a_process_never_keeps_the_files_of_a_replaced_generation(tmp_path: Path) -> None:
+    """A process still mapping the (unlinked) files of a generation must not take a new
+    generation for them: after the index directory is wiped, the rebuild must not reuse its number."""
+    path = tmp_path / "w.sqlite"
+    storage, _ = _fill(path, 3000)
+    queries = _unit(np.random.default_rng(5), 4)
+    _check(storage, queries)  # maps the files
+    old = storage.index.read_header()
+    for p in storage.index.dir.iterdir():
+        p.unlink()
+    _run(path, {"seed": 3, "delete_user": "u0"})  # rebuilt by this writer: other rows at each position
+    new = storage.index.read_header()
+    assert new is not None and old is not None and new["n"] != old["n"]
+    _check(storage, queries)
+    storage.close()

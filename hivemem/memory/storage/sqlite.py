@@ -717,3 +717,4 @@ class SQLiteStorage:
                 db.close()
             self._conns.clear()
         self._local = threading.local()
+        self.index.close()
