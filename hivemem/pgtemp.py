@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hivemem.errors import NoPostgres
+
 _PREFIX = "hivemem-pg-"
 _PR_SET_PDEATHSIG = 1
 # Settings of every throwaway server: Unix socket only, room for the 25-process tests, parallel
@@ -49,10 +51,6 @@ _BASE_SETTINGS = {
     "dynamic_shared_memory_type": "mmap",
     "logging_collector": "off",
 }
-
-
-class NoPostgres(RuntimeError):
-    """No PostgreSQL with pgvector could be found or started (the message says what to install)."""
 
 
 def find_bin_dir() -> Path:

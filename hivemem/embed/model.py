@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hivemem import config
+from hivemem.errors import ModelNotPrepared
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
@@ -40,10 +41,6 @@ MIN_TOP5_OVERLAP = 0.95
 # scale depends on the other texts. Per-row int8 (MatMulNBits) differs only where kernel rounding
 # flips an int8 step (worst seen 0.99986) — smaller than its own distance to fp32 (0.9996 mean).
 MIN_BATCH_INVARIANCE = 0.9995
-
-
-class ModelNotPrepared(RuntimeError):
-    """The ONNX export is missing and cannot be made here (torch is not installed)."""
 
 
 @dataclass

@@ -19,15 +19,9 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from hivemem.errors import QueueClosed, QueueFull
+
 log = logging.getLogger(__name__)
-
-
-class QueueClosed(RuntimeError):
-    """The embedder was closed; no new requests are taken."""
-
-
-class QueueFull(RuntimeError):
-    """More texts are waiting than ``max_pending`` allows (backpressure)."""
 
 
 class _Request:

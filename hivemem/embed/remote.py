@@ -46,6 +46,7 @@ import numpy as np
 
 from hivemem.embed.queue import MicroBatcher
 from hivemem.embed.validate import check_text, check_texts
+from hivemem.errors import EmbedderUnavailable
 
 ENV_URL = "HIVEMEM_EMBEDDER_URL"
 ENV_KEY = "HIVEMEM_API_KEY"
@@ -55,10 +56,6 @@ _BACKOFF_MAX_S = 30.0
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _NORM_TOLERANCE = 1e-3
 _MIN_SPLIT = 4  # a batch is split over several servers only in parts of at least this many texts
-
-
-class EmbedderUnavailable(ConnectionError):
-    """No host could answer the call within its timeout; the message names each URL and its error."""
 
 
 class _Host:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hivemem.errors import LLMError
 from hivemem.memory.records import NewMemory, prepare
 
 MAX_CONVERSATION_CHARS = 200_000  # the messages of one conversation, sent to the LLM
@@ -75,10 +76,6 @@ Rules:
 Answer with JSON only, no other text:
 {"memory": [{"text": "<memory>", "attributed_to": "user" or "assistant"}, ...]}
 If there is nothing worth remembering, answer {"memory": []}."""
-
-
-class LLMError(RuntimeError):
-    """The LLM could not be reached or gave no usable answer (after one retry); nothing was written."""
 
 
 @dataclass(frozen=True)

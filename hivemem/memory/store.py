@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hivemem.embed.protocol import EmbedderLike
+from hivemem.errors import LimitExceeded, MemoryNotFound
 from hivemem.memory import filters as flt
 from hivemem.memory import hybrid
 from hivemem.memory import rerank as rr
@@ -31,7 +32,6 @@ from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
     ENTITIES,
     RESERVED_METADATA,
-    LimitExceeded,
     NewMemory,
     check_entity,
     check_metadata,
@@ -44,10 +44,6 @@ from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, 
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
-
-
-class MemoryNotFound(ValueError):
-    """No memory has this id (update/delete). A ``ValueError`` with Mem0's message, as Mem0 raises."""
 
 
 # Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from hivemem.embed.validate import check_text, check_texts
+from hivemem.errors import ProtocolError, ServiceError, ServiceUnavailable
 from hivemem.service import paths, spawn, wire
 from hivemem.service.client import _chunks, _Lost, _raise_error, check_peer, trusted_uids
-from hivemem.service.errors import ProtocolError, ServiceError, ServiceUnavailable
 
 _POOL_MAX = 16
 

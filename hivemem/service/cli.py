@@ -50,14 +50,15 @@ def serve(
     ),
 ) -> None:
     """Run the embedding service in the foreground (one model, one queue, one cache per machine)."""
+    from hivemem.errors import ServiceError
     from hivemem.service import paths
-    from hivemem.service.errors import ServiceError
 
     sock = paths.socket_path(socket)
     if stop:
         raise typer.Exit(_stop(sock))
+    from hivemem.errors import AlreadyRunning
     from hivemem.service.keys import load_keys
-    from hivemem.service.server import AlreadyRunning, ServiceConfig
+    from hivemem.service.server import ServiceConfig
     from hivemem.service.server import serve as run
     from hivemem.service.spawn import EXIT_ALREADY_RUNNING
 
@@ -143,9 +144,9 @@ def _agent(agent: str | None, agent_fn: str | None) -> tuple[Any, Any]:
 
 
 def _stop(sock: Path, wait: float = 60.0) -> int:
+    from hivemem.errors import ServiceError
     from hivemem.service import paths
     from hivemem.service.client import ServiceClient
-    from hivemem.service.errors import ServiceError
 
     try:
         client = ServiceClient(sock, autostart=False, timeout=wait)
@@ -191,9 +192,9 @@ def status(
 ) -> None:
     """The service (pid, uptime, model and variant, threads, clients, queue, batches, cache hit rate,
     memory), the memory stores it knows, and where files live. Exit status 1 when no service runs."""
+    from hivemem.errors import ServiceError
     from hivemem.service import paths
     from hivemem.service.client import ServiceClient
-    from hivemem.service.errors import ServiceError
     from hivemem.service.status_view import collect, render
 
     sock = paths.socket_path(socket)

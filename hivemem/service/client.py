@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 
 from hivemem.embed.validate import check_text, check_texts
-from hivemem.service import paths, spawn, wire
-from hivemem.service.errors import (
+from hivemem.errors import (
     ProtocolError,
     ServiceBusy,
     ServiceError,
     ServiceUnavailable,
     UntrustedService,
 )
+from hivemem.service import paths, spawn, wire
 
 CHUNK_TEXTS = 1024  # texts per frame for large calls (well under the frame limit, keeps latency fair)
 CHUNK_BYTES = 8 << 20

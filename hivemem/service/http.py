@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hivemem.errors import ServiceBusy
 from hivemem.service.auth import KeyRing, Scope
-from hivemem.service.errors import ServiceBusy
 from hivemem.service.limits import DEFAULT_MAX_BODY, BodySizeLimit
 from hivemem.service.metrics import ServiceMetrics
 from hivemem.service.replicas import embed_with_backpressure

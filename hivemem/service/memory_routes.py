@@ -18,10 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
-from hivemem.embed.queue import QueueFull
-from hivemem.memory.infer import LLMError
-from hivemem.memory.records import LimitExceeded
-from hivemem.memory.store import MemoryNotFound
+from hivemem.errors import LimitExceeded, LLMError, MemoryNotFound, QueueFull
 from hivemem.service.auth import Scope
 from hivemem.service.memory_models import (
     MAX_LIST,

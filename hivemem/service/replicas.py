@@ -23,7 +23,7 @@ import numpy as np
 from hivemem.embed.cache import EmbeddingCache
 from hivemem.embed.engine import Embedder, make_backend
 from hivemem.embed.queue import QueueFull
-from hivemem.service.errors import ServiceBusy
+from hivemem.errors import ServiceBusy
 from hivemem.service.metrics import MeteredBackend, ServiceMetrics
 
 

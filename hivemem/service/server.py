@@ -22,16 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from hivemem import config as hm_config
+from hivemem.errors import AlreadyRunning, FrameTooLarge, ProtocolError, ServiceBusy
 from hivemem.service import paths, wire
-from hivemem.service.errors import ProtocolError, ServiceBusy, ServiceError
 from hivemem.service.metrics import ServiceMetrics
 from hivemem.service.replicas import build_engine, embed_with_backpressure
 
 log = logging.getLogger("hivemem.service")
-
-
-class AlreadyRunning(ServiceError):
-    """Another service holds this socket's pid lock."""
 
 
 @dataclass
@@ -265,8 +261,8 @@ class Service:
                 if ftype not in wire.REQUEST_TYPES:
                     raise ProtocolError(f"unknown request type {ftype}")
             except ProtocolError as exc:
-                too_large = "exceeds the limit" in str(exc)
-                await self._refuse(writer, 0, wire.E_TOO_LARGE if too_large else wire.E_MALFORMED, str(exc))
+                code = wire.E_TOO_LARGE if isinstance(exc, FrameTooLarge) else wire.E_MALFORMED
+                await self._refuse(writer, 0, code, str(exc))
                 return
             payload = await reader.readexactly(length)
             if ftype == wire.EMBED:

@@ -32,8 +32,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hivemem.errors import ServiceUnavailable
 from hivemem.service import paths
-from hivemem.service.errors import ServiceUnavailable
 
 EXIT_ALREADY_RUNNING = 3  # mirrors server.EXIT_ALREADY_RUNNING without importing the server side
 AUTO_IDLE_TIMEOUT = 600.0  # seconds without a client before an auto-started service exits

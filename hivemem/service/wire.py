@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hivemem.service.errors import ProtocolError
+from hivemem.errors import FrameTooLarge, ProtocolError
 
 MAGIC = b"HVMM"
 VERSION = 1
@@ -75,7 +75,7 @@ def parse_header(data: bytes, max_length: int) -> tuple[int, int, int]:
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version} (this side speaks {VERSION})")
     if length > max_length:
-        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_length} bytes")
+        raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {max_length} bytes")
     return ftype, request_id, length
 
 

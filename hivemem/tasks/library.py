@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hivemem.errors import TaskLibraryError, TaskNotFoundError, UnknownTaskTypeError
 from hivemem.tasks import codec, schema
 from hivemem.tasks.allocation import plan_allocation
-from hivemem.tasks.errors import TaskLibraryError, TaskNotFoundError, UnknownTaskTypeError
 
 Task = dict[str, Any]
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit

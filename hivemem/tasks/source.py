@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 
 import ijson
 
-from hivemem.tasks.errors import TaskSourceError
+from hivemem.errors import TaskSourceError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 DEFAULT_MAX_DEPTH = 512

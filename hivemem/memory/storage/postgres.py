@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from hivemem.errors import PgVectorMissing
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
 from hivemem.memory.storage import pgarrays, pgindex, pglower
@@ -113,10 +114,6 @@ CREATE TABLE IF NOT EXISTS {ns}.tombstones (
 );
 CREATE INDEX IF NOT EXISTS tombstones_tx ON {ns}.tombstones (tx);
 """
-
-
-class PgVectorMissing(RuntimeError):
-    """The database has no pgvector and this role may not create it."""
 
 
 def _record(row: tuple, score: float | None = None, *, with_score: bool = False) -> dict[str, Any]:
