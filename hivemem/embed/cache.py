@@ -26,7 +26,7 @@ import numpy as np
 
 from hivemem import config
 from hivemem.embed.shared_cache import RedisTier, from_env
-from hivemem.sqlite import enable_wal, retry_locked
+from hivemem.sqlite import Connections, enable_wal, in_chunks, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -69,7 +69,7 @@ class EmbeddingCache:
         self.max_bytes = max_bytes
         self._lru: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._conns = Connections(self._connect)  # one per thread and process
         self._inserts = 0
         self.hits_memory = 0
         self.hits_disk = 0
@@ -90,15 +90,15 @@ class EmbeddingCache:
         else:
             self.shared = None
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout=30000")
-            retry_locked(lambda: enable_wal(db), timeout=30.0)
-            db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last entries, never corrupt
-            self._local.db = db
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=30000")
+        retry_locked(lambda: enable_wal(db), timeout=30.0)
+        db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last entries, never corrupt
         return db
+
+    def _db(self) -> sqlite3.Connection:
+        return self._conns.get()
 
     def get_many(self, model_id: str, dim: int, texts: Sequence[str]) -> list[np.ndarray | None]:
         """Cached vectors for ``texts`` (``None`` where missing), refreshing the LRU."""
@@ -152,9 +152,7 @@ class EmbeddingCache:
     def _select(self, keys: list[bytes]) -> list[tuple[bytes, bytes]]:
         rows: list[tuple[bytes, bytes]] = []
         db = self._db()
-        for start in range(0, len(keys), 500):  # stay under SQLite's variable limit
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in in_chunks(keys):
             rows.extend(db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk))
         return rows
 
@@ -251,7 +249,4 @@ class EmbeddingCache:
         if self.shared is not None and self._owns_shared:
             self.shared.close()
             self.shared = None
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._conns.close()  # every thread's connection, not only the caller's

@@ -11,7 +11,6 @@ tokenizer and ``manifest.json`` recording what was measured and which variant is
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 
 from hivemem import config
 from hivemem.errors import ModelNotPrepared
+from hivemem.locks import locked
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
@@ -94,12 +94,8 @@ def ensure_prepared(model: str = DEFAULT_MODEL) -> dict:
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """Serialise ``prepare`` across processes: N workers starting at once export once."""
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked(lock_path, mode=0o644):
+        yield
 
 
 def prepare_model(model: str = DEFAULT_MODEL, *, force: bool = False, threads: int | None = None) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -165,20 +164,10 @@ def _stop(sock: Path, wait: float = 60.0) -> int:
 
 def _wait_released(pid_file: Path, wait: float) -> bool:
     """True once nobody holds the service's pid lock (it exited, whoever its parent is)."""
-    import fcntl
+    from hivemem.locks import locked
 
-    deadline = time.monotonic() + wait
-    fd = os.open(pid_file, os.O_RDONLY)
-    try:
-        while time.monotonic() < deadline:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                time.sleep(0.05)
-        return False
-    finally:
-        os.close(fd)
+    with locked(pid_file, exclusive=False, timeout=wait) as released:
+        return released
 
 
 def status(

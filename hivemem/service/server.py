@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -22,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from hivemem import config as hm_config
+from hivemem.embed.onnx_backend import default_threads
 from hivemem.errors import AlreadyRunning, FrameTooLarge, ProtocolError, ServiceBusy
+from hivemem.locks import FileLock
 from hivemem.service import paths, wire
 from hivemem.service.metrics import ServiceMetrics
 from hivemem.service.replicas import build_engine, embed_with_backpressure
@@ -74,20 +75,17 @@ class PidLock:
 
     def __init__(self, sock: Path) -> None:
         self.path = paths.pid_path(sock)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise AlreadyRunning(f"a hivemem service (pid {owner}) is already running on {sock}") from None
+        self._lock = FileLock(self.path)
+        if not self._lock.acquire(timeout=0):
+            owner = self._lock.read(32) or "?"
+            self._lock.release()
+            raise AlreadyRunning(f"a hivemem service (pid {owner}) is already running on {sock}")
         # The file is truncated, never unlinked: unlinking would let a second service lock a new inode.
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock.write(f"{os.getpid()}\n")
 
     def release(self) -> None:
-        os.ftruncate(self.fd, 0)
-        os.close(self.fd)
+        self._lock.write("")
+        self._lock.release()
 
 
 class Service:
@@ -328,17 +326,6 @@ class Service:
             await asyncio.wait_for(writer.drain(), 5)
 
 
-def default_threads() -> int:
-    """Model threads when none are given: one per core, as for the in-process engine.
-
-    Measured on this 2-core machine, quiet, 25 workers embedding single texts (benchmarks/shared.py):
-    2 threads 381 texts/s, 1 thread 219. Under heavy outside load (load average ~20) ONNX Runtime's
-    spinning threads can starve the event loop that feeds them (49 texts/s with 2 threads vs 116
-    with 1 in such a run): there, pass ``--threads 1``.
-    """
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def serve(config: ServiceConfig) -> None:
     """Run a service in this process until stopped (what ``hivemem serve`` calls)."""
     if config.http:
@@ -356,6 +343,10 @@ def serve(config: ServiceConfig) -> None:
         engine = build_engine(
             metrics=metrics,
             variant=config.variant,
+            # Default: one per core (measured with 25 workers embedding single texts, quiet 2-core
+            # machine: 2 threads 381 texts/s, 1 thread 219). Under heavy outside load (load average
+            # ~20) ONNX Runtime's spinning threads can starve the event loop that feeds them (49
+            # texts/s with 2 threads vs 116 with 1 in such a run): there, pass ``--threads 1``.
             threads=config.threads or default_threads(),
             replicas=config.replicas,
             max_pending=config.max_pending,

@@ -40,7 +40,7 @@ from hivemem.memory.records import NewMemory, now
 from hivemem.memory.storage import fts, vectorindex
 from hivemem.memory.storage.sqlcompile import compile_where
 from hivemem.memory.storage.vectorindex import SharedIndex, StaleIndex, read_state
-from hivemem.sqlite import enable_wal, retry_locked
+from hivemem.sqlite import Connections, enable_wal, in_chunks, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (
@@ -132,9 +132,8 @@ class SQLiteStorage:
             raise type(exc)(
                 exc.errno, f"cannot create the directory of memory database {self.path}: {exc.strerror}"
             ) from None
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
+        self._local = threading.local()  # per thread: the index header seen last, the lag measured
+        self._conns = Connections(self._connect)  # one connection per thread and process
         self._write_lock = threading.Lock()
         self._jobs: list[_Job] = []
         self._jobs_lock = threading.Lock()
@@ -147,22 +146,20 @@ class SQLiteStorage:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
-                )
-            except sqlite3.OperationalError as exc:  # "unable to open database file": say which
-                raise sqlite3.OperationalError(f"cannot open memory database {self.path}: {exc}") from None
-            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
-            db.create_function("hm_lower", 1, _lower, deterministic=True)
-            self._local.db = db
-            with self._conns_lock:
-                self._conns.append(db)
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.OperationalError as exc:  # "unable to open database file": say which
+            raise sqlite3.OperationalError(f"cannot open memory database {self.path}: {exc}") from None
+        db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
+        db.create_function("hm_lower", 1, _lower, deterministic=True)
         return db
+
+    def _db(self) -> sqlite3.Connection:
+        return self._conns.get()
 
     def _init_schema(self) -> None:
         def create() -> None:
@@ -480,12 +477,9 @@ class SQLiteStorage:
     def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""
         out: dict[str, list[dict[str, Any]]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for marks, chunk in in_chunks(ids):
             rows = self._db().execute(
-                f"SELECT {_HISTORY} FROM history WHERE memory_id IN ({','.join('?' * len(chunk))})"
-                " ORDER BY seq",
-                chunk,
+                f"SELECT {_HISTORY} FROM history WHERE memory_id IN ({marks}) ORDER BY seq", chunk
             )
             for r in rows:
                 out.setdefault(r[1], []).append(
@@ -517,11 +511,8 @@ class SQLiteStorage:
             ids = [m.id for m in memories]
             here = {
                 r[0]
-                for start in range(0, len(ids), 400)
-                for r in db.execute(
-                    f"SELECT id FROM memories WHERE id IN ({','.join('?' * len(ids[start : start + 400]))})",
-                    ids[start : start + 400],
-                )
+                for marks, chunk in in_chunks(ids)
+                for r in db.execute(f"SELECT id FROM memories WHERE id IN ({marks})", chunk)
             }
             keep = [i for i, m in enumerate(memories) if m.id not in here]
             seq = db.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
@@ -678,8 +669,5 @@ class SQLiteStorage:
         return {r[0]: float(s) for r, s in zip(rows, scores, strict=True)}
 
     def close(self) -> None:
-        with self._conns_lock:
-            for db in self._conns:
-                db.close()
-            self._conns.clear()
+        self._conns.close()
         self._local = threading.local()
