@@ -56,7 +56,7 @@ def serve(
     if stop:
         raise typer.Exit(_stop(sock))
     from hivemem.errors import AlreadyRunning
-    from hivemem.service.keys import load_keys
+    from hivemem.http.keys import load_keys
     from hivemem.service.server import ServiceConfig
     from hivemem.service.server import serve as run
     from hivemem.service.spawn import EXIT_ALREADY_RUNNING

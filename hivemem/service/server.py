@@ -48,7 +48,7 @@ class ServiceConfig:
     write_timeout: float = 30.0
     cache: bool = True
     # HTTP only: scoped keys, the memory store served under /v1/memories, the agent stream route.
-    keys: dict[str, Any] = field(default_factory=dict)  # key → hivemem.service.keys.Scope
+    keys: dict[str, Any] = field(default_factory=dict)  # key → hivemem.http.keys.Scope
     memory: bool = True
     memory_path: str | Path | None = None  # a file or a postgresql:// URL; None: Memory's default
     agent_factory: Callable[[], Any] | None = None
@@ -160,7 +160,7 @@ class Service:
     def _start_http(self) -> tuple[Any, asyncio.Task[None]]:
         import uvicorn
 
-        from hivemem.service.http import create_app
+        from hivemem.http.app import create_app
 
         config = self.config
         host, port = parse_bind(config.http or "")
@@ -189,7 +189,7 @@ class Service:
             agent_fn=config.agent_fn,
             max_body=config.max_body,
         )
-        from hivemem.service.limits import read_timeout_protocol
+        from hivemem.http.limits import read_timeout_protocol
 
         http = read_timeout_protocol(config.http_read_timeout)
         server = uvicorn.Server(
@@ -329,7 +329,7 @@ class Service:
 def serve(config: ServiceConfig) -> None:
     """Run a service in this process until stopped (what ``hivemem serve`` calls)."""
     if config.http:
-        from hivemem.service.http import check_binding
+        from hivemem.http.app import check_binding
 
         check_binding(parse_bind(config.http)[0], config.api_key or config.keys)
     config.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

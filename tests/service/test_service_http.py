@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from hivemem.service.http import check_binding, create_app
+from hivemem.http.app import check_binding, create_app
 from hivemem.service.server import parse_bind
 
 

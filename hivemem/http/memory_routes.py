@@ -5,7 +5,7 @@ service's, so the memory store embeds with the service's own engine and queue). 
 call runs in a worker thread (``run_in_threadpool``): SQLite waits and embedding never block the
 event loop.
 
-Scoping (``hivemem.service.auth.Scope``): a key limited to a ``user_id`` has every add forced into
+Scoping (``hivemem.http.auth.Scope``): a key limited to a ``user_id`` has every add forced into
 that user (naming another user → 403), that user ANDed into every search/list/delete-all filter,
 and each by-id route checks the record's owner (another user's id → 403).
 """
@@ -19,8 +19,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
 from hivemem.errors import LimitExceeded, LLMError, MemoryNotFound, QueueFull
-from hivemem.service.auth import Scope
-from hivemem.service.memory_models import (
+from hivemem.http.auth import Scope
+from hivemem.http.memory_models import (
     MAX_LIST,
     AddRequest,
     AddResponse,

@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hivemem.errors import ServiceBusy
-from hivemem.service.auth import KeyRing, Scope
-from hivemem.service.limits import DEFAULT_MAX_BODY, BodySizeLimit
+from hivemem.http.auth import KeyRing, Scope
+from hivemem.http.limits import DEFAULT_MAX_BODY, BodySizeLimit
 from hivemem.service.metrics import ServiceMetrics
 from hivemem.service.replicas import embed_with_backpressure
 
@@ -81,7 +81,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
     """A FastAPI app serving ``embedder``. With ``api_key`` (an admin key) or ``keys`` (key → scope,
-    ``hivemem.service.auth.load_keys``) every route but ``/health`` needs ``Authorization: Bearer
+    ``hivemem.http.auth.load_keys``) every route but ``/health`` needs ``Authorization: Bearer
     <key>``; ``host`` (where it will be bound) enforces the loopback rule. ``memory``: a
     ``hivemem.Memory`` to serve under ``/v1/memories`` (build it with ``embedder=embedder``).
     ``agent_pool`` + ``agent_fn``: a ``WorkerPool`` and the generator function streamed by
@@ -160,17 +160,17 @@ def create_app(
 
     @app.get("/metrics", dependencies=[Depends(authorise)])
     async def prometheus() -> Response:
-        from hivemem.service.prometheus import exposition
+        from hivemem.http.prometheus import exposition
 
         body, content_type = exposition(metrics, embedder, status)
         return Response(body, media_type=content_type)
 
     if memory is not None:
-        from hivemem.service.memory_routes import add_memory_routes
+        from hivemem.http.memory_routes import add_memory_routes
 
         add_memory_routes(app, memory, authorise)
     if agent_pool is not None and agent_fn is not None:
-        from hivemem.service.agent_routes import add_agent_routes
+        from hivemem.http.agent_routes import add_agent_routes
 
         add_agent_routes(app, agent_pool, agent_fn, authorise, timeout=agent_timeout)
     return app
