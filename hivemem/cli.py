@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from hivemem.embed.cli import cache_app, demo, model_app
+from hivemem.demo import demo
+from hivemem.embed.cli import cache_app, model_app
 from hivemem.memory.cli import memory_app
 from hivemem.pool.cli import run as run_command
 from hivemem.service.cli import serve, status

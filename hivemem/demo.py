@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import typer
+
 USERS = ["alice", "bob", "chen", "dana"]
 QUESTIONS = [
     ("alice", "Which foods must I avoid?"),
@@ -46,3 +48,8 @@ def run_demo(n: int = 2000) -> None:
             for hit in hits:
                 print(f"  {hit['score']:.3f}  {hit['memory']}")
         memory.close()
+
+
+def demo(n: int = typer.Option(2000, help="How many corpus sentences to index.")) -> None:
+    """Embed a corpus with the real model and print nearest neighbours for a few questions."""
+    run_demo(n)

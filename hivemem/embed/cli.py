@@ -106,10 +106,3 @@ def _read_texts(file: Path) -> list[str]:
                 raise typer.BadParameter(f"{file}:{n}: not a JSON string: {exc}") from None
         texts.append(line)
     return texts
-
-
-def demo(n: int = typer.Option(2000, help="How many corpus sentences to index.")) -> None:
-    """Embed a corpus with the real model and print nearest neighbours for a few questions."""
-    from hivemem.demo import run_demo
-
-    run_demo(n)

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from hivemem.compose import resolve_embedder
 from hivemem.embed.protocol import EmbedderLike
 from hivemem.errors import LimitExceeded, MemoryNotFound
 from hivemem.memory import filters as flt
 from hivemem.memory import hybrid
 from hivemem.memory import rerank as rr
-from hivemem.memory.embedding import resolve_embedder
 from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
     ENTITIES,
