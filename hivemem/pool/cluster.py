@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hivemem.pool.errors import WorkerInitError, worker_exited
+from hivemem.pool.results import error_fields
 
 try:
     import distributed
@@ -118,8 +119,6 @@ def run_item(plugin_name: str | None, fn: Callable[..., Any], item: Any) -> tupl
     Never raises, so Dask never retries a failure of user code. ``SystemExit`` and other
     non-``Exception`` errors fail the item with ``WorkerExited``, as in the local pool, and the
     worker's object is rebuilt by the factory for its next item."""
-    from hivemem.pool.runner import error_fields
-
     plugin = None
     try:
         if plugin_name is None:
@@ -233,8 +232,6 @@ def run_on_cluster(
                 try:
                     fut = client.submit(run_item, name, fn, item, pure=False)
                 except Exception as exc:  # this item cannot be serialized: its own error
-                    from hivemem.pool.runner import error_fields
-
                     record({"key": k, **error_fields(exc)})
                     continue
                 pending[fut] = k
@@ -284,8 +281,6 @@ class _SchedulerLost(Exception):
 
 def _collect(client: Any, batch: list[Any], pending: dict[Any, Key], done: Any, record: Recorder) -> None:
     """Record the finished futures of ``batch``; put back any whose result was lost meanwhile."""
-    from hivemem.pool.runner import error_fields
-
     finished = [f for f in batch if f.status == "finished"]
     outcomes: dict[Any, Any] = {}
     if finished:

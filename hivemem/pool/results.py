@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import tempfile
+import traceback
 from pathlib import Path
 from typing import IO, Any
 
@@ -139,3 +140,13 @@ def read_results(path: str | os.PathLike[str]) -> dict[Key, dict[str, Any]]:
                 rec = json.loads(line)
                 records[rec["key"]] = rec
     return records
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """The error part of a record (also built on cluster workers, where the exception happened)."""
+    return {
+        "ok": False,
+        "error": f"{type(exc).__name__}: {exc}",
+        "error_type": type(exc).__name__,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }

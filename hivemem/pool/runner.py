@@ -13,7 +13,6 @@ import os
 import pickle
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemem.pool.pool import Kind, WorkerPool
-from hivemem.pool.results import Key, ResultsFile
+from hivemem.pool.results import Key, ResultsFile, error_fields
 
 
 @dataclass
@@ -88,16 +87,6 @@ def _keys(items: list[Any], key: Callable[[Any], Any] | str | None) -> list[Key]
 
 def _error_record(k: Key, exc: BaseException) -> dict[str, Any]:
     return {"key": k, **error_fields(exc)}
-
-
-def error_fields(exc: BaseException) -> dict[str, Any]:
-    """The error part of a record (also built on cluster workers, where the exception happened)."""
-    return {
-        "ok": False,
-        "error": f"{type(exc).__name__}: {exc}",
-        "error_type": type(exc).__name__,
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
 
 
 class Recorder:
