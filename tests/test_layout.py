@@ -94,7 +94,7 @@ def imports() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
                     base = ".".join([*anchor, *([node.module] if node.module else [])])
                 if base == "hivemem":  # the flat API: name the module that defines each name
                     targets = [
-                        f"hivemem.{a.name}" if f"hivemem.{a.name}" in modules else exports.get(a.name, "hivemem")
+                        mod if (mod := f"hivemem.{a.name}") in modules else exports.get(a.name, "hivemem")
                         for a in node.names
                     ]
                 else:
