@@ -20,6 +20,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,15 @@ CREATE TABLE IF NOT EXISTS vectors (
 log = logging.getLogger("hivemem.cache")
 _ROW_OVERHEAD = 80  # bytes of key, index entry and page slack per row, measured roughly
 _EVICT_EVERY = 1024  # inserts between size checks
+
+
+@dataclass
+class Lookup:
+    """A lookup in progress: a vector or None per text, and the keys still missing (key → the
+    positions of the texts with that key)."""
+
+    found: list[np.ndarray | None]
+    missing: dict[bytes, list[int]]
 
 
 def cache_key(model_id: str, text: str) -> bytes:
@@ -102,6 +112,18 @@ class EmbeddingCache:
 
     def get_many(self, model_id: str, dim: int, texts: Sequence[str]) -> list[np.ndarray | None]:
         """Cached vectors for ``texts`` (``None`` where missing), refreshing the LRU."""
+        lookup = self.lookup_memory(model_id, texts)
+        self.lookup_rest(model_id, dim, lookup)
+        return lookup.found
+
+    @property
+    def needs_io(self) -> bool:
+        """Whether a lookup can go beyond this process (the SQLite file, the shared tier)."""
+        return self.persistent or self.shared is not None
+
+    def lookup_memory(self, model_id: str, texts: Sequence[str]) -> Lookup:
+        """The first step of ``get_many``: the in-process tier only — no I/O, microseconds, so an
+        event loop may run it; ``lookup_rest`` (I/O) finishes the lookup."""
         keys = [cache_key(model_id, t) for t in texts]
         found: list[np.ndarray | None] = [None] * len(keys)
         missing: dict[bytes, list[int]] = {}
@@ -114,6 +136,13 @@ class EmbeddingCache:
                 else:
                     missing.setdefault(key, []).append(i)
             self.hits_memory += len(keys) - sum(len(v) for v in missing.values())
+        return Lookup(found, missing)
+
+    def lookup_rest(self, model_id: str, dim: int, lookup: Lookup) -> None:
+        """The second step of ``get_many``: the SQLite file, then the shared tier, for what the
+        first step did not find (fills ``lookup.found`` in place). Does I/O: keep it off an
+        event loop (``Embedder.aembed`` runs it in a thread)."""
+        found, missing = lookup.found, lookup.missing
         if missing and self.persistent:
             rows = self._select(list(missing))
             width = dim * 4
@@ -146,8 +175,8 @@ class EmbeddingCache:
                         self._insert(model_id, remote, dim)
                     except sqlite3.Error as exc:  # the caller has its vectors; the copy can wait
                         log.warning("hivemem: copying shared-cache hits into %s failed: %s", self.path, exc)
-        self.misses += sum(len(v) for v in missing.values())
-        return found
+        with self._lock:
+            self.misses += sum(len(v) for v in missing.values())
 
     def _select(self, keys: list[bytes]) -> list[tuple[bytes, bytes]]:
         rows: list[tuple[bytes, bytes]] = []

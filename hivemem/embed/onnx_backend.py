@@ -50,6 +50,7 @@ class OnnxBackend:
         self.dim = DIM
         self.batch_size = batch_size
         self.truncated = 0
+        self.last_tokens: np.ndarray | None = None  # tokens per text of the last encode (see Backend)
         self.threads = threads or default_threads()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
@@ -84,6 +85,7 @@ class OnnxBackend:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         self.truncated += sum(1 for e in encodings if e.overflowing)
+        self.last_tokens = lengths
         order = np.argsort(lengths, kind="stable")
         for start, stop in plan_batches(lengths[order].tolist(), self.batch_size):
             idx = order[start:stop]

@@ -18,8 +18,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
-from hivemem.errors import LimitExceeded, LLMError, MemoryNotFound, QueueFull
 from hivemem.http.auth import Scope
+from hivemem.http.errors import error_for
 from hivemem.http.memory_models import (
     MAX_LIST,
     AddRequest,
@@ -64,36 +64,18 @@ _ADDED = {
 }
 
 
-class ApiError(HTTPException):
-    """An HTTP error with the ``code`` and ``param`` of the error body (``http._error``)."""
-
-    def __init__(
-        self, status: int, message: str, *, code: str | None = None, param: str | None = None
-    ) -> None:
-        super().__init__(status, message)
-        self.code = code
-        self.param = param
-
-
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a blocking ``Memory`` call in a thread; its refusals become 4xx with the message.
-
-    Mapped by exception type, never by message text: QueueFull 429, MemoryNotFound 404,
-    LimitExceeded 422 (``code`` "limit_exceeded", ``param`` the field), other ValueError, TypeError
-    and NotImplementedError 422, LLMError (infer=True) 502.
-    """
+    """Run a blocking ``Memory`` call in a thread; its refusals become 4xx/5xx by their type
+    (``hivemem.http.errors``: QueueFull 429, MemoryNotFound 404, LimitExceeded 422 with ``code``
+    "limit_exceeded" and ``param`` the field, other ValueError, TypeError and NotImplementedError
+    422, LLMError 502)."""
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
-    except QueueFull as exc:
-        raise HTTPException(429, f"the embedding queue is full ({exc}); retry later") from None
-    except MemoryNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except LimitExceeded as exc:
-        raise ApiError(422, str(exc), code="limit_exceeded", param=exc.field) from None
-    except (ValueError, TypeError, NotImplementedError) as exc:
-        raise HTTPException(422, str(exc)) from None
-    except LLMError as exc:  # infer=True: the LLM behind the service failed; nothing was written
-        raise HTTPException(502, str(exc)) from None
+    except Exception as exc:
+        error = error_for(exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _own_user(scope: Scope, user_id: str | None) -> str | None:

@@ -96,7 +96,7 @@ class HttpServer:
             api_key=config.api_key,
             host=self.host,
             metrics=serving.metrics,
-            busy_timeout=serving.busy_timeout,
+            admission=serving.admission,
             status=serving.status,
             keys=config.keys,
             memory=memory,

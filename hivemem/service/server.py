@@ -29,11 +29,12 @@ from typing import Any, Protocol
 
 from hivemem import config as hm_config
 from hivemem.embed.onnx_backend import default_threads
-from hivemem.errors import AlreadyRunning, FrameTooLarge, ProtocolError, ServiceBusy
+from hivemem.errors import AlreadyRunning, FrameTooLarge, ProtocolError, QueueFull, ServiceBusy
 from hivemem.locks import FileLock
 from hivemem.service import paths, wire
+from hivemem.service.admission import Admission
 from hivemem.service.metrics import ServiceMetrics
-from hivemem.service.replicas import build_engine, embed_with_backpressure
+from hivemem.service.replicas import build_engine
 
 log = logging.getLogger("hivemem.service")
 
@@ -64,7 +65,7 @@ class Serving:
     engine: Any  # EmbedderLike plus stats() and close(): the one queue and cache of this machine
     metrics: ServiceMetrics
     status: Callable[[], dict[str, Any]]  # the service's STATS (pid, model, queue, cache, metrics)
-    busy_timeout: float  # seconds a caller may wait on a full queue before "busy"
+    admission: Admission  # permits for texts in flight, shared by every transport
 
 
 class Companion(Protocol):
@@ -119,6 +120,7 @@ class Service:
         self.config = config
         self.metrics = metrics
         self.companions = list(companions)
+        self.admission = Admission(config.max_pending, config.busy_timeout)
         self.clients = 0
         self.closing = False
         self._inflight: set[asyncio.Task[None]] = set()
@@ -144,7 +146,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        serving = Serving(self.engine, self.metrics, self.status, self.config.busy_timeout)
+        serving = Serving(self.engine, self.metrics, self.status, self.admission)
         try:
             for companion in self.companions:
                 companion.prepare(serving)
@@ -213,6 +215,7 @@ class Service:
             "replicas": engine.get("replicas", 1),
             "threads": self.config.threads or default_threads(),
             "queue": engine.get("queue"),
+            "admission": self.admission.stats(),
             "cache": engine.get("cache"),
             "metrics": self.metrics.snapshot(),
             # where this process keeps its files (``hivemem status`` shows them)
@@ -281,8 +284,9 @@ class Service:
     async def _embed(self, writer: asyncio.StreamWriter, rid: int, texts: list[str]) -> None:
         start = time.perf_counter()
         try:
-            vectors = await embed_with_backpressure(self.engine, texts, self.config.busy_timeout)
-        except ServiceBusy as exc:
+            async with self.admission.permit(len(texts)):
+                vectors = await self.engine.aembed(texts)
+        except (ServiceBusy, QueueFull) as exc:
             self.metrics.error("busy")
             self._send_error(writer, rid, wire.E_BUSY, str(exc))
             return
@@ -339,7 +343,7 @@ def serve(config: ServiceConfig, companions: Sequence[Companion] = ()) -> None:
             # texts/s with 2 threads vs 116 with 1 in such a run): there, pass ``--threads 1``.
             threads=config.threads or default_threads(),
             replicas=config.replicas,
-            max_pending=config.max_pending,
+            max_pending=None,  # admission by permits bounds the texts in flight (Service.admission)
             cache=config.cache,
         )
         asyncio.run(Service(engine, config, metrics, companions).run())
