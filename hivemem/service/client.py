@@ -26,11 +26,10 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemem.embed.protocol import EmbedderLike
 from hivemem.embed.validate import check_text, check_texts
 from hivemem.errors import ServiceError
 from hivemem.service import spawn, wire
@@ -42,6 +41,9 @@ from hivemem.service.core import (
     check_peer,
     service_args,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hivemem.embed.protocol import EmbedderLike
 
 _POOL_MAX = 8
 
