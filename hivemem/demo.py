@@ -194,7 +194,8 @@ def _service(sock: Path, env: dict[str, str], cache: Path) -> Any:
                 break
             except ServiceError:
                 if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"the service did not start: {proc.stderr.read()[-2000:]}") from None
+                    err = proc.stderr.read() if proc.stderr is not None else ""
+                    raise RuntimeError(f"the service did not start: {err[-2000:]}") from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)

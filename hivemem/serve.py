@@ -139,7 +139,7 @@ def _replay(ctx: typer.Context) -> dict[str, Any]:
         value = ctx.params[name]
         if name == "api_key":
             env["HIVEMEM_API_KEY"] = value
-        elif param.is_flag:
+        elif getattr(param, "is_flag", False):  # a click.Option flag
             args.append(param.opts[0] if value else param.secondary_opts[0])
         else:
             args += [param.opts[0], str(value)]

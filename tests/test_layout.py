@@ -43,7 +43,8 @@ ALLOWED: dict[str, set[str]] = {
     "integrations": {"__init__"},  # the public API only
     "serve": INFRA | {"service", "http", "pool"},
     "status": INFRA | {"service"},
-    "demo": INFRA | {"embed", "service", "memory", "tasks", "compose"},
+    # the demo's workers use the public API (``hivemem.connect``, ``hivemem.Memory``), as a user's would
+    "demo": INFRA | {"__init__", "embed", "service", "memory", "tasks", "compose"},
     "cli": INFRA | {"embed", "service", "memory", "pool", "tasks", "serve", "status", "demo"},
 }
 # Third-party packages a part must never import (even lazily): the daemon runs without the

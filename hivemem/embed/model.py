@@ -132,9 +132,10 @@ def _build(work: Path, *, threads: int | None) -> dict:
     shutil.copy(src / "tokenizer.json", work / "tokenizer.json")
     started = time.perf_counter()
     _export_fp32(src, work / "model-fp32.onnx")
-    from hivemem.embed.quantize import quantize_int8
+    from hivemem.embed.quantize import Profile, quantize_int8
 
-    for name, profile in (("int8", "default"), ("int8-fast", "fast")):
+    recipes: tuple[tuple[str, Profile], ...] = (("int8", "default"), ("int8-fast", "fast"))
+    for name, profile in recipes:
         quantize_int8(
             work / "model-fp32.onnx",
             work / f"model-{name}.onnx",
@@ -197,7 +198,7 @@ def export_bert(bert: Any, out: Path, *, num_heads: int, hidden_size: int) -> No
             super().__init__()
             self.bert = bert
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
             # Keywords, not positions: transformers 5 moved BertModel.forward's positional order.
             return self.bert(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids

@@ -104,7 +104,7 @@ class OnnxBackend:
         return out
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None
 
 
 # A model run costs about as much as this many extra tokens on top of the tokens it computes

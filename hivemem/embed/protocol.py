@@ -50,7 +50,11 @@ class Backend(Protocol):
 
     model_id: str
     dim: int
-    truncated: int  # how many inputs so far were cut at the model's token limit
+
+    @property
+    def truncated(self) -> int:
+        """How many inputs so far were cut at the model's token limit (read only)."""
+        ...
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 

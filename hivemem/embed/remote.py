@@ -283,8 +283,8 @@ class RemoteEmbedder:
         if isinstance(info, dict) and isinstance(info.get("model"), str) and isinstance(info.get("dim"), int):
             return info["model"], info["dim"]
         # Not a hivemem server: one tiny embedding tells the model and the width.
-        vectors, model = self._request(host, ["hivemem dimension probe"], check_dim=False)
-        model = model or self.model or self._model_id
+        vectors, reported = self._request(host, ["hivemem dimension probe"], check_dim=False)
+        model = reported or self.model or self._model_id
         if not model:
             raise ValueError(f"{host.url} does not report its model: pass model_id='…' to name it")
         return model, int(vectors.shape[1])
@@ -353,7 +353,9 @@ class RemoteEmbedder:
             + ("; ".join(errors[-len(self._hosts) :]) or "every host is backing off")
         )
 
-    def _request(self, host: _Host, texts: list[str], *, check_dim: bool = True) -> tuple[np.ndarray, str]:
+    def _request(
+        self, host: _Host, texts: list[str], *, check_dim: bool = True
+    ) -> tuple[np.ndarray, str | None]:
         """POST one request to one host. Transient failures raise EmbedderUnavailable (try another
         host); answers that no host would do better with raise ValueError/PermissionError."""
         import httpx

@@ -48,7 +48,7 @@ _BY_ID_ERRORS = {**_ERRORS, 404: {"model": ErrorResponse, "description": "Unknow
 # OpenAPI links from an added memory to the routes that take its id: clients (and schemathesis's
 # stateful tests) can follow add → get/update/history/delete with the id the add returned.
 _ID = {"memory_id": "$response.body#/results/0/id"}
-_ADDED = {
+_ADDED: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The stored (ADD) or already present (NONE) memories, in order",
         "links": {

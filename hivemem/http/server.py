@@ -85,7 +85,7 @@ class HttpServer:
             memory = Memory(config.memory_path, embedder=serving.engine)  # the service's engine, not a client
             self._memory_path = memory.location  # a PostgreSQL URL without its password
             self._closers.append(memory.close)
-        if config.agent_fn is not None:
+        if config.agent_fn is not None and config.agent_factory is not None:
             from hivemem.pool.pool import WorkerPool
 
             agents = WorkerPool(config.agent_factory, size=config.agent_workers, kind=config.agent_kind)

@@ -340,11 +340,11 @@ class Memory:
     # -- reads ---------------------------------------------------------------------------------
 
     def _where(self, filters: Any, user_id: Any, agent_id: Any, run_id: Any) -> flt.Node | None:
-        scope = {
-            n: check_entity(n, v)
-            for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
-            if v is not None
-        }
+        scope: dict[str, str] = {}
+        for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True):
+            checked = check_entity(n, v)
+            if checked is not None:
+                scope[n] = checked
         return flt.and_(flt.literal(scope), flt.parse(filters))  # scope: literal equality
 
     def get(self, memory_id: str) -> dict[str, Any] | None:

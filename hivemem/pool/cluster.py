@@ -119,7 +119,7 @@ def run_item(plugin_name: str | None, fn: Callable[..., Any], item: Any) -> tupl
     Never raises, so Dask never retries a failure of user code. ``SystemExit`` and other
     non-``Exception`` errors fail the item with ``WorkerExited``, as in the local pool, and the
     worker's object is rebuilt by the factory for its next item."""
-    plugin = None
+    plugin: Any = None  # this worker's _WarmObjects plugin
     try:
         if plugin_name is None:
             started = time.perf_counter()
@@ -256,7 +256,7 @@ def run_on_cluster(
         clean = True
     finally:
         # Best effort after a failure: the scheduler may be gone, and the first error is the news.
-        with contextlib.suppress(Exception if not clean else ()):
+        with contextlib.suppress(*((Exception,) if not clean else ())):
             if pending:
                 client.cancel(list(pending), force=True)
             if registered:
@@ -301,10 +301,10 @@ def _collect(client: Any, batch: list[Any], pending: dict[Any, Key], done: Any, 
         if fut in outcomes:
             ok, value, seconds = outcomes[fut]
         elif fut.status == "error":  # only Dask's own errors: KilledWorker after repeated deaths
-            exc = fut.exception(timeout=_CONNECT_TIMEOUT_S)
-            if exc is None:
+            error = fut.exception(timeout=_CONNECT_TIMEOUT_S)
+            if error is None:
                 raise _SchedulerLost("a future failed without an error")
-            ok, value, seconds = False, error_fields(exc), 0.0
+            ok, value, seconds = False, error_fields(error), 0.0
         elif fut.status == "cancelled":  # never by us while running: the scheduler forgot it
             raise _SchedulerLost("the scheduler cancelled the run's tasks")
         else:

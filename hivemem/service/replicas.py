@@ -97,9 +97,7 @@ def build_engine(
     embedders = []
     for _ in range(replicas):
         backend = MeteredBackend(make_backend("onnx", variant=variant, threads=threads), metrics)
-        embedders.append(
-            Embedder(backend, cache=shared, max_pending=max_pending, max_wait_ms=max_wait_ms)  # type: ignore[arg-type]
-        )
+        embedders.append(Embedder(backend, cache=shared, max_pending=max_pending, max_wait_ms=max_wait_ms))
     release_free_memory()
     return ReplicaSet(embedders)
 

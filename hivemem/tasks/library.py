@@ -136,7 +136,8 @@ class TaskLibrary:
 
     def _where(self, task_type: str | None, where: dict[str, Any] | None) -> tuple[str, list[Any]]:
         self._check_type(task_type)
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if task_type is not None:
             clauses.append("task_type = ?")
             params.append(task_type)

@@ -34,6 +34,7 @@ SQLite), ``meta`` is a generated ``jsonb`` copy that filters read. Filters compi
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import threading
@@ -411,7 +412,9 @@ class PostgresStorage:
         if not memories:
             return []
         _check_nul(memories)
-        rows = [(m, v, None) for m, v in zip(memories, vectors, strict=True)]
+        rows: list[tuple[NewMemory, np.ndarray, dict[str, Any] | None]] = [
+            (m, v, None) for m, v in zip(memories, vectors, strict=True)
+        ]
         try:
             results = self._write(lambda conn: self._insert_rows(conn, rows))
         except self._psycopg.errors.UniqueViolation as exc:
@@ -650,7 +653,9 @@ class PostgresStorage:
             ids = [m.id for m in memories]
             here = {r[0] for r in conn.execute(f"SELECT id FROM {ns}.memories WHERE id = ANY(%s)", (ids,))}
             keep = [i for i, m in enumerate(memories) if m.id not in here]
-            rows = [(memories[i], vectors[i], {"updated_at": updated_at[i], "history": []}) for i in keep]
+            rows: list[tuple[NewMemory, np.ndarray, dict[str, Any] | None]] = [
+                (memories[i], vectors[i], {"updated_at": updated_at[i], "history": []}) for i in keep
+            ]
             stored = self._insert_rows(conn, rows) if rows else []
             added = {mid for mid, event in stored if event == "ADD"}
             described = {h["memory_id"] for h in history}
@@ -691,10 +696,10 @@ class PostgresStorage:
             ).fetchall()
         return [_record(r) for r in rows]
 
-    def history(self, memory_id: str) -> list[dict[str, Any]]:
+    def history(self, memory_id: str) -> builtins.list[dict[str, Any]]:
         return self.histories([memory_id]).get(memory_id, [])
 
-    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""
         with self._read() as conn:
             rows = conn.execute(
@@ -707,7 +712,7 @@ class PostgresStorage:
             out.setdefault(r[1], []).append(dict(zip(keys, r, strict=True)))
         return out
 
-    def deleted_ids(self) -> list[str]:
+    def deleted_ids(self) -> builtins.list[str]:
         """Ids that have history but no memory any more (deleted), in order of first event."""
         with self._read() as conn:
             rows = conn.execute(
@@ -732,7 +737,7 @@ class PostgresStorage:
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Exact top-k by inner product (cosine: the vectors are unit length), best first, ties to
         the older row. Small candidate sets are scored by PostgreSQL directly; large ones are
         ranked by the in-process int8 copy first (``pgindex``) and the best re-scored exactly."""
@@ -754,7 +759,9 @@ class PostgresStorage:
         # the best k, then the cut: the same rows as the best k of those at or above the threshold
         return out if threshold is None else [r for r in out if r["score"] >= threshold]
 
-    def _search_local(self, conn: Any, q: np.ndarray, sql: str, params: list[Any], k: int) -> list:
+    def _search_local(
+        self, conn: Any, q: np.ndarray, sql: str, params: builtins.list[Any], k: int
+    ) -> builtins.list:
         """Exact top-k rows: PostgreSQL scores the candidates itself when fewer than ``INDEX_MIN``
         rows pass the filter (one statement counts them, up to that, and scores them); else the
         int8 copy ranks first. A filter found to match many rows is remembered for

@@ -24,6 +24,7 @@ not here but in ``hivemem.memory.hybrid``, the same for every backend.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -454,7 +455,7 @@ class SQLiteStorage:
         )
         return [_record(r) for r in rows]
 
-    def history(self, memory_id: str) -> list[dict[str, Any]]:
+    def history(self, memory_id: str) -> builtins.list[dict[str, Any]]:
         rows = self._db().execute(
             "SELECT id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted,"
             " actor_id, role FROM history WHERE memory_id = ? ORDER BY seq",
@@ -474,7 +475,7 @@ class SQLiteStorage:
 
     # -- export / import (``hivemem.memory.transfer``) ----------------------------------------
 
-    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""
         out: dict[str, list[dict[str, Any]]] = {}
         for marks, chunk in in_chunks(ids):
@@ -487,7 +488,7 @@ class SQLiteStorage:
                 )
         return out
 
-    def deleted_ids(self) -> list[str]:
+    def deleted_ids(self) -> builtins.list[str]:
         """Ids that have history but no memory any more (deleted), in order of first event."""
         rows = self._db().execute(
             "SELECT memory_id FROM history WHERE memory_id NOT IN (SELECT id FROM memories)"
@@ -497,11 +498,11 @@ class SQLiteStorage:
 
     def import_rows(
         self,
-        memories: list[NewMemory],
+        memories: builtins.list[NewMemory],
         vectors: np.ndarray,
-        updated_at: list[str],
-        history: list[dict[str, Any]],
-    ) -> list[tuple[str, str]]:
+        updated_at: builtins.list[str],
+        history: builtins.list[dict[str, Any]],
+    ) -> builtins.list[tuple[str, str]]:
         """Copy memories and their history from another store (``hivemem memory import
         --from-mem0``) in ONE transaction: memories whose id is already here are skipped (``"SKIP"``),
         the others inserted as by ``insert`` (``"ADD"``, or ``"NONE"`` for a text already stored in
@@ -619,7 +620,9 @@ class SQLiteStorage:
         if local.lag >= vectorindex.CATCH_UP:  # the files lag behind: bring them up to date, if nobody is
             self._after_write()
 
-    def _records(self, db: sqlite3.Connection, hits: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    def _records(
+        self, db: sqlite3.Connection, hits: builtins.list[tuple[int, float]]
+    ) -> builtins.list[dict[str, Any]]:
         if not hits:
             return []
         rows = db.execute(
@@ -631,7 +634,7 @@ class SQLiteStorage:
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         if self._model is None:
             raise RuntimeError("bind_model() must be called before search()")
         sql, params = compile_where(where)
@@ -643,7 +646,9 @@ class SQLiteStorage:
             self._local.lag = max(self._local.lag, lag)
             return self._records(db, hits)
 
-    def keyword_search(self, terms: list[str], where: Node | None, k: int) -> list[dict[str, Any]]:
+    def keyword_search(
+        self, terms: builtins.list[str], where: Node | None, k: int
+    ) -> builtins.list[dict[str, Any]]:
         sql, params = compile_where(where)
         db = self._db()
         with self.snapshot():
@@ -651,7 +656,7 @@ class SQLiteStorage:
             kept, scope, rows = self._keywords.plan(db, state.uid, state.high, terms, fts.scope_tokens(where))
             return self._records(db, self._keywords.search(db, kept, scope, rows, sql, params, k))
 
-    def cosines(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
+    def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         if not ids:
             return {}
         rows = (
