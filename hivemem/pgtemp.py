@@ -18,9 +18,12 @@ where they are (e.g. a virtual environment under ``/root``). Measured here: init
 ≈ 1.5 s. A system PostgreSQL with pgvector is used instead when ``HIVEMEM_PG_BIN`` names its
 ``bin`` directory.
 
-    >>> from hivemem.pgtemp import TempPostgres
-    >>> with TempPostgres() as pg:            # doctest: +SKIP
-    ...     pg.dsn                            # 'postgresql://postgres@/postgres?host=/tmp/hivemem-pg-…'
+Use::
+
+    from hivemem.pgtemp import TempPostgres
+
+    with TempPostgres() as pg:
+        print(pg.dsn)  # postgresql://postgres@/postgres?host=/tmp/hivemem-pg-…
 """
 
 from __future__ import annotations

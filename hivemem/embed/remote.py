@@ -1,9 +1,11 @@
 """``hivemem.connect(url=...)``: embeddings served by other hosts, over the OpenAI ``/v1/embeddings`` API.
 
-    >>> import hivemem
-    >>> emb = hivemem.connect(url="http://gpu-1:8080,http://gpu-2:8080", api_key="…")  # doctest: +SKIP
-    >>> emb.embed(["a cat sat"]).shape                                                  # doctest: +SKIP
-    (1, 384)
+Use (with two embedding servers running)::
+
+    import hivemem
+
+    emb = hivemem.connect(url="http://gpu-1:8080,http://gpu-2:8080", api_key="…")
+    emb.embed(["a cat sat"]).shape  # (1, 384)
 
 Any OpenAI-compatible server works (``hivemem serve --http``, TEI, infinity, vLLM, OpenAI).
 What this client adds on top of one HTTP call:

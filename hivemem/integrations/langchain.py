@@ -60,8 +60,8 @@ class HivememEmbeddings(Embeddings):
     (default: ``$HIVEMEM_SOCKET`` or the per-user runtime dir; started if none runs), or with
     ``local=True`` an in-process ``hivemem.Embedder``. Created on first use.
 
-        >>> emb = HivememEmbeddings()                      # doctest: +SKIP
-        >>> len(emb.embed_query("Alice is allergic to peanuts."))   # doctest: +SKIP
+        >>> emb = HivememEmbeddings(local=True)     # in-process; HivememEmbeddings(): the service
+        >>> len(emb.embed_query("Alice is allergic to peanuts."))
         384
     """
 
@@ -234,11 +234,11 @@ class HivememVectorStore(VectorStore):
     ``path`` (default ``$HIVEMEM_HOME/memory.sqlite``) embedding with ``embedding`` (any LangChain
     ``Embeddings``; default: hivemem's own model, through the service when one runs).
 
-        >>> store = HivememVectorStore(user_id="alice")                         # doctest: +SKIP
-        >>> store.add_texts(["Alice is allergic to peanuts."], [{"topic": "health"}])  # doctest: +SKIP
-        ['6f1c…']
-        >>> store.similarity_search("food allergies", k=1, filter={"topic": "health"})  # doctest: +SKIP
-        [Document(id='6f1c…', metadata={'topic': 'health'}, page_content='Alice is allergic to peanuts.')]
+        >>> store = HivememVectorStore(user_id="alice")
+        >>> store.add_texts(["Alice is allergic to peanuts."], [{"topic": "health"}])
+        ['...']
+        >>> store.similarity_search("food allergies", k=1, filter={"topic": "health"})
+        [Document(id='...', metadata={'topic': 'health'}, page_content='Alice is allergic to peanuts.')]
     """
 
     def __init__(

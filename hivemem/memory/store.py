@@ -3,7 +3,7 @@
     >>> from hivemem import Memory
     >>> m = Memory()                                    # ~/.cache/hivemem/memory.sqlite
     >>> m.add("I like green tea", user_id="alice")
-    {'results': [{'id': '…', 'memory': 'I like green tea', 'event': 'ADD', …}]}
+    {'results': [{'id': '...', 'memory': 'I like green tea', 'event': 'ADD', ...}]}
     >>> m.search("what drinks?", filters={"user_id": "alice"})["results"][0]["memory"]
     'I like green tea'
 

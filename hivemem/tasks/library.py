@@ -46,8 +46,10 @@ class TaskSourceChangedWarning(UserWarning):
 class TaskLibrary:
     """A read-only task library file made by ``convert_tasks`` / ``hivemem tasks convert``.
 
-    >>> lib = TaskLibrary("tasks.db")                          # doctest: +SKIP
-    >>> lib.sample("web", 20, seed=7, fields=["id", "task_type", "workflow"])  # doctest: +SKIP
+    Use (``tasks.db`` made by ``hivemem tasks convert``)::
+
+        lib = TaskLibrary("tasks.db")
+        lib.sample("web", 20, seed=7, fields=["id", "task_type", "workflow"])  # 20 dicts
     """
 
     def __init__(self, path: str | os.PathLike[str], *, check_source: bool = True) -> None:
