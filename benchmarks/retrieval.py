@@ -2,6 +2,8 @@
 
     python benchmarks/retrieval.py                        # data: ../shared/data/locomo-dev
     python benchmarks/retrieval.py --data DIR --sweep     # also the grid the defaults came from
+    python benchmarks/retrieval.py --backend both         # SQLite and PostgreSQL side by side
+    python benchmarks/retrieval.py --backend postgres --url postgresql://…   # an existing server
 
 Every turn of a conversation is one memory in that conversation's scope (``user_id`` = the
 conversation), stored as ``"Speaker: text"`` with the turn's ``dia_id`` in its metadata; every
@@ -13,8 +15,11 @@ that name no turn are dropped ("D8:6; D9:17" is split), a question left without 
 Rows: ``vector``, ``keyword`` and ``hybrid`` (the default of ``Memory.search``) through hivemem
 (its own int8 ONNX model), and the exact fp32 sentence-transformers reference (brute force,
 torch). ``--sweep`` evaluates the alternatives the defaults were chosen from (tokenizers, stop
-words, fusion rules and weights, candidate depths), on this development data only.
-Prints tables, then one JSON line.
+words, fusion rules and weights, candidate depths), on this development data only (SQLite).
+``--backend postgres|both`` runs the same rows on PostgreSQL (a throwaway server from
+``hivemem.pgtemp`` unless ``--url`` names one; the rows are labelled ``(postgres)``) and, with
+``both``, how often the two backends return the same top 10 (the same texts in the same order)
+and the mean overlap of the two top-10 sets, per mode. Prints tables, then one JSON line.
 """
 
 from __future__ import annotations
@@ -258,9 +263,40 @@ def sweep(
 _NO_STOP: frozenset[str] = frozenset()
 
 
+def run_modes(
+    m: Memory, questions: list[Question], dia: dict[str, list[str]]
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float], dict[str, list[list[str]]]]:
+    """Every question in each mode → (score tables, ms per search, the top-10 texts per question)."""
+    results, timing, tops = {}, {}, {}
+    for mode in ("vector", "keyword", "hybrid"):
+        got: list[list[str]] = []
+
+        def rank(conv: str, q: str, i: int, mode: str = mode, got: list[list[str]] = got) -> list[str]:
+            hits = m.search(q, user_id=conv, top_k=K, mode=mode)["results"]
+            got.append([h["memory"] for h in hits])
+            return [h["id"] for h in hits]
+
+        t0 = time.perf_counter()
+        scores = evaluate(questions, rank, dia)
+        timing[mode] = 1000 * (time.perf_counter() - t0) / len(questions)
+        results[mode], tops[mode] = scores.table(), got
+    return results, timing, tops
+
+
+def agreement(a: list[list[str]], b: list[list[str]]) -> dict[str, float]:
+    """Share of questions with the same top 10 (same order), and the mean overlap of the sets."""
+    same = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+    overlap = float(
+        np.mean([len(set(x) & set(y)) / max(len(x), len(y), 1) for x, y in zip(a, b, strict=True)])
+    )
+    return {"identical_top10": same, "overlap@10": overlap}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the LoCoMo development conversations")
+    ap.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite")
+    ap.add_argument("--url", help="postgresql://… of a server with pgvector (default: a throwaway one)")
     ap.add_argument("--sweep", action="store_true", help="also evaluate the alternatives to the defaults")
     ap.add_argument("--no-reference", action="store_true", help="skip the sentence-transformers reference")
     add_plot_options(ap)
@@ -272,24 +308,35 @@ def main() -> None:
     )
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-retrieval-"))
     emb = Embedder(cache=EmbeddingCache(tmp / "cache.sqlite"))
-    m = Memory(tmp / "locomo.sqlite", embedder=emb)
-    t0 = time.perf_counter()
-    dia = fill(m, turns)
-    print(f"stored in {time.perf_counter() - t0:.1f} s (embedding included)")
-    qvecs = emb.embed([q for _, q, _, _ in questions])  # cached: searches below embed nothing new
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    server = None
+    if "postgres" in backends and not args.url:
+        from hivemem.pgtemp import TempPostgres
+
+        server = TempPostgres()
+        args.url = server.start()
     results: dict[str, dict[str, dict[str, float]]] = {}
     timing: dict[str, float] = {}
-    for mode in ("vector", "keyword", "hybrid"):
+    tops: dict[str, dict[str, list[list[str]]]] = {}
+    stores: dict[str, Memory] = {}
+    dias: dict[str, dict[str, list[str]]] = {}
+    schema = f"retrieval_{os.getpid()}"
+    for backend in backends:
+        if backend == "sqlite":
+            location = str(tmp / "locomo.sqlite")
+        else:
+            location = f"{args.url}{'&' if '?' in args.url else '?'}schema={schema}"
+        m = stores[backend] = Memory(location, embedder=emb)
         t0 = time.perf_counter()
-        scores = evaluate(
-            questions,
-            lambda conv, q, i, mode=mode: [
-                h["id"] for h in m.search(q, user_id=conv, top_k=K, mode=mode)["results"]
-            ],
-            dia,
-        )
-        timing[mode] = 1000 * (time.perf_counter() - t0) / len(questions)
-        results[mode] = scores.table()
+        dia = dias[backend] = fill(m, turns)
+        print(f"{backend}: stored in {time.perf_counter() - t0:.1f} s (embedding included)", flush=True)
+        if backend == backends[0]:
+            qvecs = emb.embed([q for _, q, _, _ in questions])  # cached: searches embed nothing new
+        res, tim, tops[backend] = run_modes(m, questions, dia)
+        label = "" if backend == backends[0] else f" ({backend})"
+        for mode in res:
+            results[mode + label], timing[mode + label] = res[mode], tim[mode]
+    m, dia = stores[backends[0]], dias[backends[0]]
     if not args.no_reference:
         ref = reference(turns, questions)
         if ref is not None:
@@ -314,9 +361,17 @@ def main() -> None:
     out: dict[str, Any] = {
         "questions": len(questions),
         "skipped": skipped,
+        "backends": backends,
         "results": results,
         "ms_per_search": timing,
     }
+    if len(backends) == 2:
+        out["agreement"] = {
+            mode: agreement(tops["sqlite"][mode], tops["postgres"][mode]) for mode in tops["sqlite"]
+        }
+        print("\n| mode | identical top-10, SQLite vs PostgreSQL | mean overlap@10 |\n|---|---|---|")
+        for mode, a in out["agreement"].items():
+            print(f"| {mode} | {a['identical_top10']:.3f} | {a['overlap@10']:.3f} |")
     ref_r10 = results.get("exact fp32 reference", {}).get("all", {}).get("recall@10")
     if ref_r10:
         out["hybrid_vs_reference_recall@10"] = results["hybrid"]["all"]["recall@10"] / ref_r10
@@ -346,10 +401,20 @@ def main() -> None:
         note="vector/hybrid: hivemem's int8 ONNX model; reference: fp32 sentence-transformers, brute force",
     )
     if args.sweep:
+        if backends[0] != "sqlite":
+            raise SystemExit("--sweep evaluates SQLite's alternatives: use --backend sqlite or both")
         print("\nsweep (recall@10 over all questions; development data only):")
         out["sweep"] = sweep(m, questions, qvecs, dia)
-    m.close()
+    for store in stores.values():
+        store.close()
     emb.close()
+    if server is not None:
+        server.stop()
+    elif "postgres" in backends:  # a server of someone else's: remove the schema made here
+        import psycopg
+
+        with psycopg.connect(args.url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     print(json.dumps(out))
     import shutil
 

@@ -26,7 +26,7 @@ def serve(
     ),
     replicas: int = typer.Option(1, min=1, help="Model instances fed from one queue (for many cores)."),
     threads: int = typer.Option(None, min=1, help="Intra-op threads per replica (default: one per core)."),
-    variant: str = typer.Option("default", help="Model variant: default, fast, fp32, int8."),
+    variant: str = typer.Option("default", help="Model variant: default, fast, fp32, int8, w8a8, int8-fast."),
     max_pending: int = typer.Option(4096, min=1, help="Texts queued before callers wait (backpressure)."),
     busy_timeout: float = typer.Option(10.0, help="Seconds a caller waits on a full queue before 'busy'."),
     idle_timeout: float = typer.Option(

@@ -15,7 +15,7 @@ cache_app = typer.Typer(no_args_is_help=True, help="The machine-wide embedding c
 def model_prepare(
     force: bool = typer.Option(False, help="Export again even if a prepared model exists."),
 ) -> None:
-    """Export the model to ONNX (fp32 and two int8 recipes), verify each variant against
+    """Export the model to ONNX (fp32 and three int8 recipes), verify each variant against
     sentence-transformers, and pick the default by measurement. Runs automatically on first use."""
     from hivemem.embed.model import prepare_model
 
@@ -49,12 +49,20 @@ def _print_manifest(manifest: dict) -> None:
             ]
             if key in limits and v.get(key, 1.0) < limits[key]
         ]
+        if v.get("error"):
+            typer.echo(f"  {name:9} could not be built or run here: {v['error']}")
+            continue
         verdict = "accepted" if v["accepted"] else f"rejected ({', '.join(misses)})"
         typer.echo(
-            f"  {name:9} {v['texts_per_s']:7.1f} texts/s  cos mean {v['mean_cosine']:.4f} "
-            f"min {v['min_cosine']:.4f}  top-5 overlap {v['top5_overlap']:.3f}  "
-            f"batch-invariant {v['batch_invariance']:.6f}  {verdict}"
+            f"  {name:9} {v['texts_per_s']:7.1f} texts/s (batches of {v.get('batch_size', 32)})  "
+            f"cos mean {v['mean_cosine']:.4f} min {v['min_cosine']:.4f}  top-5 overlap "
+            f"{v['top5_overlap']:.3f}  batch-invariant {v['batch_invariance']:.6f}  {verdict}"
         )
+    cpu = manifest.get("cpu", {})
+    if cpu:
+        flags = " ".join(k for k, present in cpu.items() if present is True and k != "int8_pairs_saturate")
+        saturates = "yes: weights ±63" if cpu.get("int8_pairs_saturate") else "no"
+        typer.echo(f"  CPU flags: {flags or '-'}; int8 pair sums saturate: {saturates}")
 
 
 @cache_app.command("stats")
@@ -80,7 +88,7 @@ def cache_preload(
         ..., exists=True, dir_okay=False, help="One text per line, or JSONL strings."
     ),
     backend: str = typer.Option("onnx", help="onnx, sentence-transformers or openai."),
-    variant: str = typer.Option("default", help="ONNX variant: default, fast, fp32, int8, int8-fast."),
+    variant: str = typer.Option("default", help="ONNX variant: default, fast, fp32, int8, w8a8, int8-fast."),
 ) -> None:
     """Embed a list of texts ahead of time (e.g. tool descriptions every agent will look up)."""
     from tqdm import tqdm

@@ -242,3 +242,55 @@ def sentences(n: int, seed: int = 0) -> list[str]:
             seen.add(s)
             out.append(s)
     return out
+
+
+_T_NAMES = [
+    "Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory", "Niaj",
+    "Olivia", "Peggy", "Rupert", "Sybil", "Trent", "Victor", "Walter", "Yusuf", "Zoe", "Priya", "Kenji",
+    "Amara", "Lars", "Sofia", "Mateo", "Chen", "Fatima", "Omar",
+]  # fmt: skip
+_T_FOODS = [
+    "green tea", "black coffee", "sushi", "pasta", "tacos", "ramen", "salad", "pizza", "curry", "dumplings",
+    "oatmeal", "pancakes", "falafel", "steak", "soup", "noodles", "yogurt", "sandwiches", "dark chocolate",
+    "fresh fruit",
+]  # fmt: skip
+_T_HOBBIES = [
+    "sailing", "chess", "hiking", "painting", "running", "gardening", "cycling", "knitting", "climbing",
+    "swimming", "photography", "baking", "reading novels", "playing guitar", "yoga", "bird watching",
+    "fishing", "skiing", "dancing", "pottery",
+]  # fmt: skip
+_T_DAYS = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "weekends",
+    "holidays",
+]
+_T_CITIES = [
+    "Lisbon", "Berlin", "Tokyo", "Nairobi", "Lima", "Oslo", "Toronto", "Seoul", "Madrid", "Cairo", "Sydney",
+    "Dublin", "Prague", "Austin", "Mumbai",
+]  # fmt: skip
+
+
+def templated(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct sentences of ONE template whose neighbours differ only in slot fills.
+
+    The hardest case for a quantized model: near-ties everywhere, so small errors reorder top-5
+    neighbours that varied text would keep (docs/quantization.md).
+    """
+    rng = random.Random(seed)
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        s = (
+            f"{rng.choice(_T_NAMES)} prefers {rng.choice(_T_FOODS)} and enjoys {rng.choice(_T_HOBBIES)} "
+            f"on {rng.choice(_T_DAYS)} in {rng.choice(_T_CITIES)}."
+        )
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out

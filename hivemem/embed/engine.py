@@ -35,36 +35,41 @@ def make_backend(
     *,
     variant: str = "default",
     threads: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str = "cpu",
     url: str | None = None,
     api_key: str | None = None,
     openai_model: str = "all-MiniLM-L6-v2",
 ) -> Backend:
-    """Build one backend by name (see the module docs of each for what it costs)."""
-    if backend == "onnx":
-        from hivemem.embed.model import ensure_prepared, model_dir
-        from hivemem.embed.onnx_backend import OnnxBackend
+    """Build one backend by name (see the module docs of each for what it costs).
 
+    ``batch_size``: texts per model run; ``None`` takes the size ``prepare`` measured fastest for the
+    variant on this machine (ONNX) or 32.
+    """
+    if backend == "onnx":
+        import onnxruntime as ort
+
+        from hivemem.embed.model import ensure_prepared, model_dir
+        from hivemem.embed.onnx_backend import OnnxBackend, providers_for
+
+        providers_for(device, ort.get_available_providers())  # a bad device fails before any export
         manifest = ensure_prepared()
-        name = manifest.get(variant, variant) if variant in ("default", "fast") else variant
-        if name not in manifest["variants"]:
-            raise ValueError(
-                f"unknown variant {variant!r}: choose default, fast or one of {sorted(manifest['variants'])}"
-            )
+        name = resolve_variant(manifest, variant, device)
         directory = model_dir()
+        report = manifest["variants"][name]
         return OnnxBackend(
-            directory / manifest["variants"][name]["file"],
+            directory / report["file"],
             directory / "tokenizer.json",
             threads=threads,
-            batch_size=batch_size,
+            # prepare measured the batch size on this CPU; a GPU gets the usual 32 unless told
+            batch_size=batch_size or (report.get("batch_size", 32) if device == "cpu" else 32),
             device=device,
             model_id=f"{manifest['model']}/onnx-{name}",
         )
     if backend == "sentence-transformers":
         from hivemem.embed.st_backend import SentenceTransformersBackend
 
-        return SentenceTransformersBackend(threads=threads, batch_size=batch_size, device=device)
+        return SentenceTransformersBackend(threads=threads, batch_size=batch_size or 32, device=device)
     if backend == "openai":
         from hivemem.embed.openai_backend import OpenAIBackend
 
@@ -72,6 +77,25 @@ def make_backend(
             raise ValueError("backend='openai' needs url='http://host:port/v1'")
         return OpenAIBackend(url, model=openai_model, api_key=api_key)
     raise ValueError(f"unknown backend {backend!r}: choose onnx, sentence-transformers or openai")
+
+
+def resolve_variant(manifest: dict, variant: str, device: str = "cpu") -> str:
+    """The prepared variant that ``variant`` names on ``device``.
+
+    ``"default"``/``"fast"`` are the variants ``prepare`` measured fastest on this machine's CPU; on a
+    GPU they mean ``"fp32"``, because the int8 graphs are built for CPU kernels (per-token int8
+    has no CUDA kernels for its blocked ``QuantizeLinear``) and a GPU runs fp32 fast anyway.
+    """
+    if variant in ("default", "fast"):
+        return manifest[variant] if device == "cpu" else "fp32"
+    report = manifest["variants"].get(variant)
+    if report is None:
+        raise ValueError(
+            f"unknown variant {variant!r}: choose default, fast or one of {sorted(manifest['variants'])}"
+        )
+    if report.get("error"):
+        raise ValueError(f"variant {variant!r} could not be built on this machine: {report['error']}")
+    return variant
 
 
 class Embedder:
@@ -88,7 +112,7 @@ class Embedder:
         variant: str = "default",
         threads: int | None = None,
         device: str = "cpu",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         batching: bool = True,
         max_batch: int = 256,
         max_wait_ms: float = 5.0,

@@ -1,47 +1,46 @@
 """Int8 variants of the fused fp32 MiniLM graph, chosen by measured fidelity, speed — and determinism.
 
-Why not plain ``quantize_dynamic``: it quantizes every activation tensor with ONE scale for the whole
-``[batch·seq, hidden]`` matrix. MiniLM's hidden states carry a few outlier channels, so that scale is
-coarse: cos vs fp32 is ~0.99 but top-5 neighbours move (0.90 overlap on our held-out corpora). No single
-node is to blame — per-node sensitivity spreads over the FFN MatMuls of every layer — so excluding a few
-nodes does not fix it, and SmoothQuant rescaling only helps on text like its calibration set. Worse for
-a cache: a per-tensor scale depends on the *other* texts in the batch, so one text gets a different
-vector in each batch (cos 0.999 between two batches) — a content-addressed cache would then store
-whichever happened first.
+Three recipes (``profile``); ``prepare`` builds all of them, verifies each against
+sentence-transformers and makes the fastest accepted one the default on the machine at hand:
 
-The ``"default"`` recipe: every MatMul with a constant weight (attention output, FFN in, FFN out; 75 %
-of the FLOPs) becomes ``MatMulNBits`` with 8-bit symmetric weights in blocks of 128 and
-``accuracy_level=4``: ONNX Runtime quantizes activations to int8 *per row (token), per 128-wide block*
-at run time and uses its int8 GEMM kernels. Per-row scales make it nearly lossless (cos 0.9996, top-5
-0.98) and independent of the batch. Attention, embeddings, LayerNorms and GELU stay fp32.
-(Quantizing the fused ``Attention`` nodes too, as ``QAttention``, measured +10–15 % speed but uses a
-per-tensor activation scale: batch-dependent vectors, so it is not used.)
+* ``"w8a8"`` (``hivemem.embed.w8a8``): every linear layer, attention projections included, as an int8
+  GEMM with one activation scale per *token* row, per-channel weights, SmoothQuant factors picked per
+  layer on calibration text, and per-token-per-block scales for the 1536-wide FFN output. Batch
+  invariant by construction (a row's scale depends on that row only). Measured 2026-11-26 on the
+  AVX-512/VNNI dev VM: cos 0.9993, top-5 0.96–0.97, 1.6–1.9× the ``nbits`` recipe's speed.
+* ``"nbits"``: every MatMul with a constant weight becomes ``MatMulNBits`` (8-bit symmetric weights in
+  blocks of 128, ``accuracy_level=4``: activations quantized per row and 128-wide block at run time).
+  Nearly lossless (cos 0.9996, top-5 0.974) and batch-independent, but on ORT 1.32 its 8-bit kernel
+  runs at about fp32 speed on the VNNI machine; the safe fallback where ``w8a8`` fails its checks.
+* ``"fast"``: plain ``quantize_dynamic`` per-channel int8. One activation scale per *tensor* — the
+  batch's range — so a text's vector depends on its batch-mates (invariance 0.985) and top-5
+  neighbours move (0.90). Opt-in only.
 
-Measured (held-out 8–30-word sentences, 2 threads, bs 32 sorted, vs sentence-transformers fp32 bs 32 in
-the same run; see ``docs/quantization.md``): default 1.8–2.05× ST (fp32 ORT: 1.3–1.6×).
-``"fast"`` (plain dynamic per-channel int8): 2.9–3.3× ST, cos 0.992, top-5 0.90, batch-dependent —
-opt-in where throughput matters more than which near-duplicates come back.
+Why not per-tensor dynamic int8 for the default: MiniLM's hidden states carry a few outlier channels,
+so one scale for the whole ``[batch·seq, hidden]`` matrix is coarse, no single node is to blame (the
+error spreads over the FFN MatMuls of every layer) and a content-addressed cache would store whichever
+batch's vector came first. Numbers for every recipe tried, kept or dropped: ``docs/quantization.md``.
 
-Node selection is by op type, never by name, because names differ between exports.
+Node selection is by op type and graph order, never by name, because names differ between exports.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-Profile = Literal["default", "fast"]
-PROFILES: tuple[Profile, ...] = ("default", "fast")
+Profile = Literal["w8a8", "nbits", "fast"]
+PROFILES: tuple[Profile, ...] = ("w8a8", "nbits", "fast")
 
 #: Blocks of 128 along K: 64 gains ~0.003 top-5 overlap but costs ~8% throughput; 256 loses both.
 NBITS_BLOCK_SIZE = 128
-#: Self-check threshold on calibration texts (measured min cos: default 0.997, fast 0.98).
-MIN_CALIBRATION_COS = {"default": 0.99, "fast": 0.95}
+#: Self-check threshold on calibration texts (measured min cos: w8a8 0.998, nbits 0.997, fast 0.98).
+MIN_CALIBRATION_COS = {"w8a8": 0.99, "nbits": 0.99, "fast": 0.95}
 
 
 def quantize_int8(
@@ -50,14 +49,16 @@ def quantize_int8(
     calibration_texts: Sequence[str] | None = None,
     tokenizer_path: Path | None = None,
     *,
-    profile: Profile = "default",
+    profile: Profile = "w8a8",
 ) -> None:
     """Write an int8 variant of the fused fp32 graph ``fp32_onnx`` to ``out`` (atomically).
 
-    ``calibration_texts`` (with ``tokenizer_path``) are not needed by either recipe — both are
-    data-free — but when given, both graphs embed them and the call fails with ``ValueError`` if any
-    vector's cosine to fp32 is below ``MIN_CALIBRATION_COS[profile]``; ``out`` is then left untouched.
-    Needs the ``onnx`` package (export time only); serving needs only onnxruntime.
+    ``calibration_texts`` (with ``tokenizer_path``): ``"w8a8"`` needs them to choose its SmoothQuant
+    factors (held-out text, never the texts a variant is judged on); the data-free recipes only use
+    them for the self-check. When given, both graphs embed them and the call fails with
+    ``ValueError`` if any vector's cosine to fp32 is below ``MIN_CALIBRATION_COS[profile]``; ``out``
+    is then left untouched. Needs the ``onnx`` package (export time only); serving needs only
+    onnxruntime.
     """
     import onnx
 
@@ -72,6 +73,8 @@ def quantize_int8(
         raise ValueError("calibration_texts need tokenizer_path to be tokenized")
     if calibration_texts is not None and (isinstance(calibration_texts, str) or not calibration_texts):
         raise ValueError("calibration_texts must be a non-empty sequence of strings")
+    if profile == "w8a8" and calibration_texts is None:
+        raise ValueError("the 'w8a8' profile needs calibration_texts (and tokenizer_path) for its smoothing")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     model = onnx.load(str(fp32_onnx))
@@ -83,8 +86,11 @@ def quantize_int8(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        if profile == "default":
-            _default_recipe(model, tmp)
+        if profile == "w8a8":
+            assert calibration_texts is not None and tokenizer_path is not None
+            _w8a8_recipe(model, tmp, calibration_texts, Path(tokenizer_path))
+        elif profile == "nbits":
+            _nbits_recipe(model, tmp)
         else:
             _fast_recipe(model, tmp)
         if calibration_texts is not None:
@@ -124,7 +130,29 @@ def _dynamic_kwargs() -> dict:
     }
 
 
-def _default_recipe(model, dst: Path) -> None:
+def _w8a8_recipe(model, dst: Path, texts: Sequence[str], tokenizer_path: Path) -> None:
+    from hivemem.embed import w8a8
+
+    activations = w8a8.calibration_activations(model, _feeds(texts, tokenizer_path))
+    weights = {key: _initializer(model, name) for key, (_, name) in w8a8.layer_inputs(model).items()}
+    smoothing = {}
+    for key, x in activations.items():
+        if key[0] in w8a8.SMOOTHED_KINDS:
+            _, factors = w8a8.choose_smoothing(x, weights[key])
+            if factors is not None:
+                smoothing[key] = factors
+    weight_max = 63 if w8a8.int8_pairs_saturate() else 127
+    w8a8.rewrite(model, smoothing, weight_max=weight_max)
+    _save(model, dst)
+
+
+def _initializer(model, name: str) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)
+
+
+def _nbits_recipe(model, dst: Path) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -162,26 +190,33 @@ def _min_cosine(reference: Path, candidate: Path, texts: Sequence[str], tokenize
     return float((ref * cand).sum(axis=1).min())
 
 
-def _embed(model_path: Path, texts: Sequence[str], tokenizer_path: Path) -> np.ndarray:
-    import onnxruntime as ort
+def _feeds(texts: Sequence[str], tokenizer_path: Path) -> Iterator[dict[str, np.ndarray]]:
+    """Model inputs for ``texts`` in batches of 32, padded per batch."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     tokenizer.no_padding()
     tokenizer.enable_truncation(256)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
-    chunks = []
     for start in range(0, len(texts), 32):
         encodings = tokenizer.encode_batch(list(texts[start : start + 32]))
-        feed = {
+        yield {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
+
+
+def _embed(model_path: Path, texts: Sequence[str], tokenizer_path: Path) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    chunks = []
+    for feed in _feeds(texts, tokenizer_path):
         hidden = session.run(None, {k: v for k, v in feed.items() if k in wanted})[0]
         mask = feed["attention_mask"][..., None].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)

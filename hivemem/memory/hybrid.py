@@ -10,8 +10,8 @@ figures in docs/memory.md):
 * **Query terms** (``query_terms``): the query's words (Unicode ``\\w+``, lower-cased), English
   stop words dropped (unless nothing else is left), duplicates dropped, at most ``MAX_TERMS``.
   They are plain words: a backend quotes each one, so user text is never read as query syntax.
-  Stemming is the backend's (SQLite FTS5: the ``porter`` tokenizer; PostgreSQL: an ``english``
-  text search configuration). Keeping stop words: 0.65 instead of 0.69.
+  Stemming is the backend's (SQLite FTS5: the ``porter`` tokenizer; PostgreSQL: Snowball
+  English, see ``storage/pgkeyword.py``). Keeping stop words: 0.65 instead of 0.69.
 * **Candidates**: each side contributes its best ``candidates(top_k)`` memories among those that
   pass the filters (the filters apply to both sides *before* ranking).
 * **Fusion** (``fuse``): for every candidate, ``cos`` is its exact cosine similarity and ``kw`` its
@@ -109,7 +109,7 @@ def fuse(
 
 
 def has_keywords(storage: Any) -> bool:
-    """Whether ``storage`` has the keyword side of the search contract (SQLite has; PostgreSQL not yet)."""
+    """Whether ``storage`` has the keyword side of the search contract (SQLite and PostgreSQL have)."""
     return all(callable(getattr(storage, name, None)) for name in ("keyword_search", "cosines", "snapshot"))
 
 

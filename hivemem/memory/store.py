@@ -383,8 +383,8 @@ class Memory:
         model is loaded). ``score`` is higher-is-better: the fused score, the cosine, or the BM25
         relevance. ``threshold`` (Mem0's meaning) drops memories whose *cosine* is below it, in
         hybrid and vector mode. ``rerank=True`` hands the best ``4 × top_k`` (at least 20) to the
-        ``reranker`` given to ``Memory`` and returns its top ``top_k``. A backend without a keyword
-        index (PostgreSQL, so far) searches in vector mode when hybrid is asked for.
+        ``reranker`` given to ``Memory`` and returns its top ``top_k``. Both backends (SQLite and
+        PostgreSQL) have all three modes and rank alike (docs/postgres.md).
         """
         query = check_text(query, "query")
         where = self._where(filters, user_id, agent_id, run_id)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from hivemem import Embedder
-from hivemem.embed.corpus import sentences
+from hivemem.embed.corpus import sentences, templated
+from hivemem.embed.engine import resolve_variant
 from hivemem.embed.model import MIN_BATCH_INVARIANCE as SAME
-from hivemem.embed.model import read_manifest
+from hivemem.embed.model import RECIPE, read_manifest
+from hivemem.embed.onnx_backend import providers_for
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +23,27 @@ def emb():
 
 def test_prepared_manifest_verifies_every_variant():
     manifest = read_manifest()
-    assert manifest is not None
-    assert set(manifest["variants"]) >= {"fp32", "int8"}
+    assert manifest is not None and manifest["recipe"] == RECIPE
+    assert set(manifest["variants"]) >= {"fp32", "int8", "w8a8", "int8-fast"}
     default = manifest["variants"][manifest["default"]]
     assert default["accepted"] and default["mean_cosine"] >= 0.99 and default["top5_overlap"] >= 0.95
+    assert set(default["top5_by_corpus"]) == {"varied", "templated"}
+    assert "int8_pairs_saturate" in manifest["cpu"]  # what the int8 kernels do on this CPU, recorded
+
+
+def test_w8a8_vector_does_not_depend_on_its_batch_mates():
+    """Per-token scales: a text's vector is the same alone or in any batch, as with fp32.
+
+    Stricter than prepare's gate (0.9995): per-tensor dynamic int8 measures 0.985 here, the
+    block-wise NBits recipe 0.99989 (its kernel rounds per block of 128 differently by batch shape).
+    """
+    texts = sentences(24, seed=21) + templated(24, seed=22) + [" ".join(["long"] * 200)]
+    with Embedder(variant="w8a8", cache=False) as e:
+        together = e.embed(texts)
+        alone = np.stack([e.embed_one(t) for t in texts])
+        shuffled = e.embed(texts[::-1] + sentences(40, seed=23))[: len(texts)][::-1]
+    assert np.sum(together * alone, axis=1).min() >= 0.99999
+    assert np.sum(together * shuffled, axis=1).min() >= 0.99999
 
 
 def test_vectors_are_normalised_in_input_order(emb):
@@ -92,6 +111,60 @@ def test_unreachable_openai_endpoint_names_the_url():
     url = "http://127.0.0.1:9/v1"  # discard port: nothing listens
     with pytest.raises(ConnectionError, match=re.escape(url)):
         Embedder("openai", url=url)
+
+
+def test_parallel_runs_give_the_single_threaded_vectors_in_order():
+    """Runs go to a thread per core; rows must land where they belong, and a run's error surfaces."""
+    from hivemem.embed.engine import make_backend
+
+    texts = sentences(37, seed=31) + templated(5, seed=32)
+    one, two = (make_backend("onnx", variant="w8a8", threads=n, batch_size=8) for n in (1, 2))
+    try:
+        assert two._parallel_runs == 2
+        for call in (texts, texts[:16], texts[:3]):  # many runs, one per core, fewer texts than runs
+            assert np.sum(one.encode(call) * two.encode(call), axis=1).min() >= 0.99999
+        real_run = two._run
+
+        def failing(idx, *args):
+            if 40 in idx:  # one of the templated texts
+                raise RuntimeError("run failed")
+            real_run(idx, *args)
+
+        two._run = failing
+        with pytest.raises(RuntimeError, match="run failed"):
+            two.encode(texts)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_device_selects_execution_providers():
+    cpu_only, gpu = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cpu", gpu) == ["CPUExecutionProvider"]
+    assert providers_for("cuda", gpu) == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert providers_for("cuda:1", gpu)[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
+        providers_for("cuda", cpu_only)
+    for bad in ("gpu", "cuda:x", "cuda:", "CPU"):
+        with pytest.raises(ValueError, match="unknown device"):
+            providers_for(bad, gpu)
+
+
+def test_gpu_runs_fp32_unless_a_variant_is_named():
+    manifest = read_manifest()
+    assert resolve_variant(manifest, "default", "cpu") == manifest["default"]
+    assert resolve_variant(manifest, "default", "cuda:0") == "fp32"  # int8 graphs are CPU kernels
+    assert resolve_variant(manifest, "fast", "cuda") == "fp32"
+    assert resolve_variant(manifest, "int8", "cuda") == "int8"
+
+
+def test_cuda_without_the_gpu_build_is_a_clear_error():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: test_cuda_device covers it")
+    with pytest.raises(RuntimeError, match=r"device='cuda' needs the GPU build of ONNX Runtime"):
+        Embedder(device="cuda", cache=False)
 
 
 @pytest.mark.skipif(not os.environ.get("HIVEMEM_TEST_CUDA"), reason="needs a GPU and onnxruntime-gpu")

@@ -166,8 +166,8 @@ def test_sql_filters_match_python_reference(filled: tuple[Memory, list[dict[str,
     expected = {r["id"] for r in stored if matches(r, f)}
     got = {r["id"] for r in m.get_all(filters=f, top_k=10_000)["results"]}
     assert got == expected
-    modes = ("hybrid", "vector", "keyword") if hybrid.has_keywords(m._storage) else ("hybrid", "vector")
-    for mode in modes:  # every text holds "memory": the keyword side sees every row too
+    assert hybrid.has_keywords(m._storage)  # both backends: the filter applies to both sides
+    for mode in hybrid.MODES:  # every text holds "memory": the keyword side sees every row too
         found = {r["id"] for r in m.search("memory 3", filters=f, top_k=10_000, mode=mode)["results"]}
         assert found == expected, mode
 

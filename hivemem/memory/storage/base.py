@@ -17,9 +17,10 @@ re-implemented by a backend):
   only cosines ≥ it.
 * ``keyword_search(terms, where, k)`` — the keyword side: the ``k`` memories that pass ``where``
   and contain at least one of ``terms`` (OR), ranked by BM25-style relevance over the memory text
-  (SQLite: BM25 idf summed over the words a memory holds, statistics of the searched scope, see
-  ``fts.py``; PostgreSQL could use ``ts_rank`` over a ``tsvector``), best first, each a record with
-  ``score`` > 0 (higher is better; the scale is the backend's: fusion divides by the best one).
+  (both backends: BM25 idf summed over the words a memory holds, statistics of the searched
+  scope; SQLite ``fts.py``, PostgreSQL ``pgkeyword.py``, equal scores for equal words), best
+  first, each a record with ``score`` > 0 (higher is better; the scale is the backend's: fusion
+  divides by the best one).
   ``terms`` come from ``hybrid.query_terms``: lower-case words, already free of stop words;
   the backend stems them as it stems the text, and treats each one as a literal (quoted) word,
   never as query syntax. The keyword index is updated in the same transaction as the row.
@@ -31,10 +32,9 @@ Filters apply to both sides before ranking: a memory that fails ``where`` is nev
 The last three methods are the keyword side: a backend without them (``hybrid.has_keywords``) is
 searched in vector mode when hybrid is asked for, and refuses keyword mode.
 
-SQLite (``sqlite.py``) is the embedded default, with all of the contract; PostgreSQL with pgvector
-(``postgres.py``) serves fleets that span machines and has the vector side so far; ``locate.py``
-picks one from a path or a ``postgresql://`` URL. Both run the same tests (``tests/memory``: the
-``location`` fixture).
+SQLite (``sqlite.py``) is the embedded default; PostgreSQL with pgvector (``postgres.py``) serves
+fleets that span machines; both have all of the contract, and ``locate.py`` picks one from a path
+or a ``postgresql://`` URL. Both run the same tests (``tests/memory``: the ``location`` fixture).
 """
 
 from __future__ import annotations

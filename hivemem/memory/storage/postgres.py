@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import numpy as np
@@ -50,7 +50,7 @@ import numpy as np
 from hivemem.errors import PgVectorMissing
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
-from hivemem.memory.storage import pgarrays, pgindex, pglower
+from hivemem.memory.storage import pgarrays, pgindex, pgkeyword, pglower
 from hivemem.memory.storage.pgcompile import compile_where
 
 T = TypeVar("T")
@@ -208,6 +208,8 @@ class PostgresStorage:
         self._ns = f'"{schema}"'
         self._lower = f"{self._ns}.hm_lower"
         self._model: tuple[str, int] | None = None
+        self._keywords = pgkeyword.KeywordSearch(self._ns, _FIELDS)
+        self._local = threading.local()  # .conn: the connection of the open snapshot, if any
         self.commits = 0  # insert transactions committed by this object
         self.inserts = 0  # insert calls served
         self.retries = 0  # transactions retried after a deadlock or serialization failure
@@ -275,15 +277,20 @@ class PostgresStorage:
                         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         (pglower.VERSION, how),
                     )
+                stored = conn.execute(f"SELECT value FROM {self._ns}.meta WHERE key = 'keywords'").fetchone()
+                if stored is None or stored[0] != pgkeyword.VERSION:  # new, or made before the index
+                    pgkeyword.install(conn, self._ns, self.schema, self._lower)
         return ext
 
     def _ready(self, conn: Any) -> bool:
-        """This schema's tables and ``hm_lower`` exist, made by this version of the code."""
+        """This schema's tables, ``hm_lower`` and the keyword index exist, made by this version of
+        the code (read from ``meta``: no DDL, no catalog lock)."""
         try:
             with conn.transaction():
                 rows = dict(
                     conn.execute(
-                        f"SELECT key, value FROM {self._ns}.meta WHERE key IN ('layout', 'lower_fn')"
+                        f"SELECT key, value FROM {self._ns}.meta"
+                        " WHERE key IN ('layout', 'lower_fn', 'keywords')"
                     ).fetchall()
                 )
         except self._psycopg.errors.UndefinedTable:
@@ -295,7 +302,11 @@ class PostgresStorage:
                 f"{self.location} was made by another version of hivemem (table layout {rows['layout']}, "
                 f"this one writes {LAYOUT}): move it with hivemem memory export | import"
             )
-        return rows.get("layout") == LAYOUT and rows.get("lower_fn") == pglower.VERSION
+        return (
+            rows.get("layout") == LAYOUT
+            and rows.get("lower_fn") == pglower.VERSION
+            and rows.get("keywords") == pgkeyword.VERSION
+        )
 
     def _ensure_vector(self, conn: Any) -> str:
         psycopg = self._psycopg
@@ -325,8 +336,31 @@ class PostgresStorage:
 
     @contextmanager
     def _read(self) -> Iterator[Any]:
+        """A connection: the open snapshot's (``snapshot``), else one from the pool (autocommit)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
         with self._pool.connection() as conn:
             yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One REPEATABLE READ, READ ONLY transaction for the reads inside (re-entrant, per
+        thread): the vector side, the keyword side and the cosines of a hybrid search see one
+        committed state."""
+        if getattr(self._local, "conn", None) is not None:
+            yield
+            return
+        with self._pool.connection() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            self._local.conn = conn
+            try:
+                yield
+            finally:
+                self._local.conn = None
+                with suppress(self._psycopg.Error):  # a broken connection: the pool drops it
+                    conn.execute("ROLLBACK")  # read only: nothing to commit
 
     def _write(self, body: Callable[[Any], T]) -> T:
         """Run ``body(conn)`` in one READ COMMITTED transaction; retried on deadlock/serialization."""
@@ -809,6 +843,29 @@ class PostgresStorage:
             count *= 8
             rows = score(view).fetchall()
         return rows
+
+    def keyword_search(
+        self, terms: builtins.list[str], where: Node | None, k: int
+    ) -> builtins.list[dict[str, Any]]:
+        """The best ``k`` rows passing ``where`` that hold one of ``terms``, by SQLite's BM25
+        (``pgkeyword``); ``score`` > 0, higher is better."""
+        if not terms:
+            return []
+        sql, params = compile_where(where, self._lower)
+        with self._read() as conn:
+            hits = self._keywords.search(conn, terms, where, sql, params, k)
+        return [_record(row, score, with_score=True) for row, score in hits]
+
+    def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
+        """pgvector's inner product (the vectors are unit length: cosine) of these memories."""
+        if not ids or self._model is None:
+            return {}
+        q = np.asarray(vector, dtype=np.float32)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT id, (vec <#> %b) FROM {self._ns}.memories WHERE id = ANY(%s::text[])", [q, ids]
+            ).fetchall()
+        return {mid: -float(score) for mid, score in rows}
 
     def close(self) -> None:
         self._pool.close()
