@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "EmbedderLike": "hivemem.embed.protocol",
     "EmbeddingCache": "hivemem.embed.cache",
     "RemoteEmbedder": "hivemem.embed.remote",
-    "prepare_model": "hivemem.embed.model",
+    "prepare_model": "hivemem.embed.prepare",
     "WorkerPool": "hivemem.pool.pool",
     "run_parallel": "hivemem.pool.runner",
     "RunSummary": "hivemem.pool.runner",
@@ -69,7 +69,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.cache import EmbeddingCache
     from hivemem.embed.engine import Embedder
-    from hivemem.embed.model import prepare_model
+    from hivemem.embed.prepare import prepare_model
     from hivemem.embed.protocol import EmbedderLike
     from hivemem.embed.remote import RemoteEmbedder
     from hivemem.errors import (

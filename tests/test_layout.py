@@ -199,14 +199,10 @@ def test_no_import_cycle_between_parts() -> None:
     assert cycles({a: set(bs) for a, bs in graph.items()}) == []
 
 
-# The one left, until embed/model.py is split into the serving-time spec and the preparation code.
-KNOWN_MODULE_CYCLES = [["hivemem.embed.model", "hivemem.embed.onnx_backend"]]
-
-
 def test_no_import_cycle_between_modules() -> None:
     internal, _ = imports()
     internal.pop("hivemem", None)
-    assert cycles(internal) == KNOWN_MODULE_CYCLES
+    assert cycles(internal) == []
 
 
 def test_parts_keep_clear_of_forbidden_packages() -> None:
@@ -217,6 +213,37 @@ def test_parts_keep_clear_of_forbidden_packages() -> None:
         if names & FORBIDDEN.get(part(module), set())
     ]
     assert not bad, "\n".join(bad)
+
+
+# The one-time model preparation (torch export, quantisation, verification) and the optional
+# sentence-transformers backend are the only modules that may use torch; everything a serving
+# process runs reads the model through ``hivemem.embed.model`` (the spec) and onnxruntime.
+PREPARATION = {"hivemem.embed.prepare", "hivemem.embed.quantize", "hivemem.embed.w8a8"}
+TORCH = {"torch", "transformers", "sentence_transformers"}
+TORCH_OK = PREPARATION | {"hivemem.embed.st_backend"}
+# who may load the preparation code: the first use of an unprepared model, and `hivemem model prepare`
+PREPARES = {"hivemem.embed.engine", "hivemem.embed.cli", *PREPARATION}
+
+
+def test_serving_modules_never_import_torch() -> None:
+    internal, external = imports()
+    bad = [f"{m} imports {sorted(names & TORCH)}" for m, names in external.items() if names & TORCH]
+    assert sorted(bad) == sorted(
+        f"{m} imports {sorted(external[m] & TORCH)}" for m in TORCH_OK if external[m] & TORCH
+    ), "\n".join(bad)
+    loaders = {m for m, targets in internal.items() if targets & PREPARATION and m != "hivemem"}
+    assert loaders <= PREPARES, f"the preparation code is imported by {sorted(loaders - PREPARES)}"
+
+
+def test_an_embedding_process_loads_no_torch() -> None:
+    """The real serving path (model spec, ONNX backend, queue) embeds without torch in the process."""
+    code = (
+        "import sys, hivemem\ne = hivemem.Embedder(cache=False)\ne.embed(['a cat sat'])\ne.close()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', "
+        "'hivemem.embed.prepare', 'hivemem.embed.quantize') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
 def test_a_worker_s_client_stays_light() -> None:

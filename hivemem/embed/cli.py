@@ -17,7 +17,7 @@ def model_prepare(
 ) -> None:
     """Export the model to ONNX (fp32 and three int8 recipes), verify each variant against
     sentence-transformers, and pick the default by measurement. Runs automatically on first use."""
-    from hivemem.embed.model import prepare_model
+    from hivemem.embed.prepare import prepare_model
 
     manifest = prepare_model(force=force)
     _print_manifest(manifest)
