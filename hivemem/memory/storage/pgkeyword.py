@@ -481,7 +481,8 @@ class KeywordSearch:
         def lists(words: list[str]) -> dict[str, tuple[int, np.ndarray]]:
             return self._lists(conn, words, scoped, scope, sql, params, cache, generation, size)
 
-        kept, found = terms, {}
+        kept = terms
+        found: dict[str, tuple[int, np.ndarray]] = {}
         if rows * len(terms) > RANK_BUDGET:  # store-wide lists give the counts as they are read
             kept, found = self._plan(conn, terms, rows / max(size, rows, 1), size, None if scoped else lists)
         if not kept:
