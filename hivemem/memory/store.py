@@ -346,7 +346,7 @@ class Memory:
         release()  # the engine is free: the next group may start while this one writes
         row = {t: i for i, t in enumerate(texts)}
         jobs = [(i, todo) for i, todo in todos if todo]
-        stored = self._storage.insert_many(  # type: ignore[attr-defined]  # only with a combiner
+        stored = self._storage.insert_many(  # only with a combiner (SQLite)
             [(todo, vectors[[row[m.memory] for m in todo]]) for _, todo in jobs]
         )
         done = dict(zip((i for i, _ in jobs), stored, strict=True))
