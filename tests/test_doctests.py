@@ -20,6 +20,7 @@ RUN = [
     "hivemem.embed.engine",
     "hivemem.memory.store",
     "hivemem.memory.rerank",
+    "hivemem.memory.storage.fts",
     "hivemem.integrations.langchain",
     "hivemem.integrations.llamaindex",
 ]
