@@ -25,6 +25,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check hivemem tests benchmarks
 	$(VENV)/bin/ruff format --check hivemem tests benchmarks
+	$(VENV)/bin/mypy
 
 # Heavy: minutes each. Every script prints a table and a final JSON line.
 BENCHMARKS ?= embed shared memory tasks pool http_api cluster

@@ -30,7 +30,8 @@ from plots import add_plot_options, bars
 
 from hivemem import Embedder, EmbeddingCache
 from hivemem.embed.corpus import sentences, templated
-from hivemem.embed.model import cpu_flags, ensure_prepared, fidelity, source_dir
+from hivemem.embed.model import source_dir
+from hivemem.embed.prepare import cpu_flags, ensure_prepared, fidelity
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -69,7 +69,7 @@ def fill(path: Path, n: int, users: int) -> None:
 def engine_ceiling(texts: list[str]) -> float:
     """Texts/s of the bare engine (in this process, the service idle), batches of 32, as many
     model threads as the service uses: the most any embedding request mix can reach."""
-    from hivemem.service.server import default_threads
+    from hivemem.embed.onnx_backend import default_threads
 
     emb = Embedder(cache=False, threads=default_threads())
     emb.embed(texts[:8])

@@ -33,8 +33,9 @@ from plots import add_plot_options, bars
 
 from hivemem.embed import w8a8
 from hivemem.embed.corpus import sentences, templated
-from hivemem.embed.model import DIM, cpu_flags, ensure_prepared, export_bert, fidelity, model_dir, source_dir
+from hivemem.embed.model import DIM, model_dir, source_dir
 from hivemem.embed.onnx_backend import OnnxBackend
+from hivemem.embed.prepare import cpu_flags, ensure_prepared, export_bert, fidelity
 
 STDLIB = "os re json collections functools itertools pathlib subprocess threading asyncio sqlite3 logging "
 STDLIB += "argparse typing dataclasses email http.client urllib.request unittest decimal statistics random "

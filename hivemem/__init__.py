@@ -19,31 +19,49 @@ _EXPORTS: dict[str, str] = {
     "EmbedderLike": "hivemem.embed.protocol",
     "EmbeddingCache": "hivemem.embed.cache",
     "RemoteEmbedder": "hivemem.embed.remote",
-    "EmbedderUnavailable": "hivemem.embed.remote",
-    "prepare_model": "hivemem.embed.model",
+    "prepare_model": "hivemem.embed.prepare",
     "WorkerPool": "hivemem.pool.pool",
     "run_parallel": "hivemem.pool.runner",
     "RunSummary": "hivemem.pool.runner",
-    "WorkerCrashed": "hivemem.pool.errors",
-    "WorkerExited": "hivemem.pool.errors",
-    "WorkerInitError": "hivemem.pool.errors",
-    "CallTimeout": "hivemem.pool.errors",
-    "PoolClosed": "hivemem.pool.errors",
-    "PoolError": "hivemem.pool.errors",
     "TaskLibrary": "hivemem.tasks.library",
-    "TaskLibraryError": "hivemem.tasks.errors",
     "convert_tasks": "hivemem.tasks.convert",
     "Memory": "hivemem.memory.store",
     "AsyncMemory": "hivemem.memory.aio",
     "Reranker": "hivemem.memory.rerank",
     "import_mem0": "hivemem.memory.mem0_import",
     "FactExtractor": "hivemem.memory.infer",
-    "LLMError": "hivemem.memory.infer",
     "connect": "hivemem.service.client",
     "aconnect": "hivemem.service.aclient",
     "ServiceClient": "hivemem.service.client",
-    "ServiceBusy": "hivemem.service.errors",
-    "ServiceError": "hivemem.service.errors",
+    # the one error tree (hivemem.errors)
+    "HivememError": "hivemem.errors",
+    "ModelNotPrepared": "hivemem.errors",
+    "QueueFull": "hivemem.errors",
+    "QueueClosed": "hivemem.errors",
+    "EmbedderUnavailable": "hivemem.errors",
+    "ServiceError": "hivemem.errors",
+    "ServiceUnavailable": "hivemem.errors",
+    "ServiceBusy": "hivemem.errors",
+    "UntrustedService": "hivemem.errors",
+    "AlreadyRunning": "hivemem.errors",
+    "ProtocolError": "hivemem.errors",
+    "FrameTooLarge": "hivemem.errors",
+    "MemoryNotFound": "hivemem.errors",
+    "LimitExceeded": "hivemem.errors",
+    "LLMError": "hivemem.errors",
+    "PgVectorMissing": "hivemem.errors",
+    "NoPostgres": "hivemem.errors",
+    "PoolError": "hivemem.errors",
+    "WorkerCrashed": "hivemem.errors",
+    "WorkerExited": "hivemem.errors",
+    "WorkerInitError": "hivemem.errors",
+    "CallTimeout": "hivemem.errors",
+    "PoolClosed": "hivemem.errors",
+    "RemoteError": "hivemem.errors",
+    "TaskLibraryError": "hivemem.errors",
+    "TaskSourceError": "hivemem.errors",
+    "UnknownTaskTypeError": "hivemem.errors",
+    "TaskNotFoundError": "hivemem.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -51,29 +69,49 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.cache import EmbeddingCache
     from hivemem.embed.engine import Embedder
-    from hivemem.embed.model import prepare_model
+    from hivemem.embed.prepare import prepare_model
     from hivemem.embed.protocol import EmbedderLike
-    from hivemem.embed.remote import EmbedderUnavailable, RemoteEmbedder
-    from hivemem.memory.aio import AsyncMemory
-    from hivemem.memory.infer import FactExtractor, LLMError
-    from hivemem.memory.mem0_import import import_mem0
-    from hivemem.memory.rerank import Reranker
-    from hivemem.memory.store import Memory
-    from hivemem.pool.errors import (
+    from hivemem.embed.remote import RemoteEmbedder
+    from hivemem.errors import (
+        AlreadyRunning,
         CallTimeout,
+        EmbedderUnavailable,
+        FrameTooLarge,
+        HivememError,
+        LimitExceeded,
+        LLMError,
+        MemoryNotFound,
+        ModelNotPrepared,
+        NoPostgres,
+        PgVectorMissing,
         PoolClosed,
         PoolError,
+        ProtocolError,
+        QueueClosed,
+        QueueFull,
+        RemoteError,
+        ServiceBusy,
+        ServiceError,
+        ServiceUnavailable,
+        TaskLibraryError,
+        TaskNotFoundError,
+        TaskSourceError,
+        UnknownTaskTypeError,
+        UntrustedService,
         WorkerCrashed,
         WorkerExited,
         WorkerInitError,
     )
+    from hivemem.memory.aio import AsyncMemory
+    from hivemem.memory.infer import FactExtractor
+    from hivemem.memory.mem0_import import import_mem0
+    from hivemem.memory.rerank import Reranker
+    from hivemem.memory.store import Memory
     from hivemem.pool.pool import WorkerPool
     from hivemem.pool.runner import RunSummary, run_parallel
     from hivemem.service.aclient import aconnect
     from hivemem.service.client import ServiceClient, connect
-    from hivemem.service.errors import ServiceBusy, ServiceError
     from hivemem.tasks.convert import convert_tasks
-    from hivemem.tasks.errors import TaskLibraryError
     from hivemem.tasks.library import TaskLibrary
 
 

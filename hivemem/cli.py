@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import typer
 
-from hivemem.embed.cli import cache_app, demo, model_app
+from hivemem.demo import demo
+from hivemem.embed.cli import cache_app, model_app
 from hivemem.memory.cli import memory_app
 from hivemem.pool.cli import run as run_command
-from hivemem.service.cli import serve, status
+from hivemem.serve import serve
+from hivemem.status import status
 from hivemem.tasks.cli import app as tasks_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)

@@ -18,9 +18,12 @@ where they are (e.g. a virtual environment under ``/root``). Measured here: init
 ≈ 1.5 s. A system PostgreSQL with pgvector is used instead when ``HIVEMEM_PG_BIN`` names its
 ``bin`` directory.
 
-    >>> from hivemem.pgtemp import TempPostgres
-    >>> with TempPostgres() as pg:            # doctest: +SKIP
-    ...     pg.dsn                            # 'postgresql://postgres@/postgres?host=/tmp/hivemem-pg-…'
+Use::
+
+    from hivemem.pgtemp import TempPostgres
+
+    with TempPostgres() as pg:
+        print(pg.dsn)  # postgresql://postgres@/postgres?host=/tmp/hivemem-pg-…
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hivemem.errors import NoPostgres
+
 _PREFIX = "hivemem-pg-"
 _PR_SET_PDEATHSIG = 1
 # Settings of every throwaway server: Unix socket only, room for the 25-process tests, parallel
@@ -49,10 +54,6 @@ _BASE_SETTINGS = {
     "dynamic_shared_memory_type": "mmap",
     "logging_collector": "off",
 }
-
-
-class NoPostgres(RuntimeError):
-    """No PostgreSQL with pgvector could be found or started (the message says what to install)."""
 
 
 def find_bin_dir() -> Path:

@@ -1,15 +1,81 @@
-"""What every SQLite file of hivemem needs when many processes open it at once."""
+"""What every SQLite file of hivemem needs when many threads and processes open it at once.
+
+One helper each, used by the embedding cache, the memory store and the task library:
+``Connections`` (a connection per thread and process, all closed by ``close()``), ``in_chunks``
+(``IN (…)`` lists under SQLite's variable limit), ``enable_wal`` and ``retry_locked``.
+"""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
+
+# Values per ``IN (…)`` query: SQLite allows 32,766 variables per statement (999 before 3.32);
+# 500 stays far below either, and fetching a few thousand rows in 500s costs nothing measurable.
+IN_CHUNK = 500
+
+
+class Connections:
+    """One SQLite connection per thread *and process*, opened on first use by ``connect()``.
+
+    Per thread: a connection serialises everything done through it, and holds its own read
+    snapshot, so threads must not share one. Per process: SQLite forbids carrying an open
+    connection across ``fork()`` (the child would share the parent's file locks and caches); a
+    forked child that inherited this object opens its own connection on first use, and never
+    touches — or closes — the parent's. ``close()`` closes every connection this process opened,
+    from whichever thread opened it (a thread that later uses the object again reconnects).
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection in this process (opened now if it has none)."""
+        local = self._local
+        pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == pid:
+            return conn
+        conn = self._connect()
+        with self._lock:
+            if self._pid != pid:  # forked: the parent's connections are not ours to use or close
+                self._opened, self._pid = [], pid
+            self._opened.append(conn)
+        local.conn, local.pid = conn, pid
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this process opened through this object."""
+        with self._lock:
+            mine = self._opened if self._pid == os.getpid() else []
+            self._opened, self._pid = [], os.getpid()
+            self._local = threading.local()
+        for conn in mine:
+            conn.close()
+
+
+def in_chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[tuple[str, Sequence[T]]]:
+    """``(marks, chunk)`` pairs for an ``IN (…)`` query over many values: ``chunk`` holds at most
+    ``size`` of them and ``marks`` is ``"?,?,…"`` with one ``?`` per value::
+
+        for marks, chunk in in_chunks(keys):
+            rows += db.execute(f"SELECT vec FROM vectors WHERE key IN ({marks})", chunk).fetchall()
+    """
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        yield ",".join("?" * len(chunk)), chunk
 
 
 def enable_wal(db: sqlite3.Connection) -> None:

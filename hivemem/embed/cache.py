@@ -20,13 +20,14 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hivemem import config
 from hivemem.embed.shared_cache import RedisTier, from_env
-from hivemem.sqlite import enable_wal, retry_locked
+from hivemem.sqlite import Connections, enable_wal, in_chunks, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -39,6 +40,15 @@ CREATE TABLE IF NOT EXISTS vectors (
 log = logging.getLogger("hivemem.cache")
 _ROW_OVERHEAD = 80  # bytes of key, index entry and page slack per row, measured roughly
 _EVICT_EVERY = 1024  # inserts between size checks
+
+
+@dataclass
+class Lookup:
+    """A lookup in progress: a vector or None per text, and the keys still missing (key → the
+    positions of the texts with that key)."""
+
+    found: list[np.ndarray | None]
+    missing: dict[bytes, list[int]]
 
 
 def cache_key(model_id: str, text: str) -> bytes:
@@ -69,7 +79,7 @@ class EmbeddingCache:
         self.max_bytes = max_bytes
         self._lru: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._conns = Connections(self._connect)  # one per thread and process
         self._inserts = 0
         self.hits_memory = 0
         self.hits_disk = 0
@@ -90,18 +100,30 @@ class EmbeddingCache:
         else:
             self.shared = None
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout=30000")
-            retry_locked(lambda: enable_wal(db), timeout=30.0)
-            db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last entries, never corrupt
-            self._local.db = db
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=30000")
+        retry_locked(lambda: enable_wal(db), timeout=30.0)
+        db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last entries, never corrupt
         return db
+
+    def _db(self) -> sqlite3.Connection:
+        return self._conns.get()
 
     def get_many(self, model_id: str, dim: int, texts: Sequence[str]) -> list[np.ndarray | None]:
         """Cached vectors for ``texts`` (``None`` where missing), refreshing the LRU."""
+        lookup = self.lookup_memory(model_id, texts)
+        self.lookup_rest(model_id, dim, lookup)
+        return lookup.found
+
+    @property
+    def needs_io(self) -> bool:
+        """Whether a lookup can go beyond this process (the SQLite file, the shared tier)."""
+        return self.persistent or self.shared is not None
+
+    def lookup_memory(self, model_id: str, texts: Sequence[str]) -> Lookup:
+        """The first step of ``get_many``: the in-process tier only — no I/O, microseconds, so an
+        event loop may run it; ``lookup_rest`` (I/O) finishes the lookup."""
         keys = [cache_key(model_id, t) for t in texts]
         found: list[np.ndarray | None] = [None] * len(keys)
         missing: dict[bytes, list[int]] = {}
@@ -114,6 +136,13 @@ class EmbeddingCache:
                 else:
                     missing.setdefault(key, []).append(i)
             self.hits_memory += len(keys) - sum(len(v) for v in missing.values())
+        return Lookup(found, missing)
+
+    def lookup_rest(self, model_id: str, dim: int, lookup: Lookup) -> None:
+        """The second step of ``get_many``: the SQLite file, then the shared tier, for what the
+        first step did not find (fills ``lookup.found`` in place). Does I/O: keep it off an
+        event loop (``Embedder.aembed`` runs it in a thread)."""
+        found, missing = lookup.found, lookup.missing
         if missing and self.persistent:
             rows = self._select(list(missing))
             width = dim * 4
@@ -146,15 +175,13 @@ class EmbeddingCache:
                         self._insert(model_id, remote, dim)
                     except sqlite3.Error as exc:  # the caller has its vectors; the copy can wait
                         log.warning("hivemem: copying shared-cache hits into %s failed: %s", self.path, exc)
-        self.misses += sum(len(v) for v in missing.values())
-        return found
+        with self._lock:
+            self.misses += sum(len(v) for v in missing.values())
 
     def _select(self, keys: list[bytes]) -> list[tuple[bytes, bytes]]:
         rows: list[tuple[bytes, bytes]] = []
         db = self._db()
-        for start in range(0, len(keys), 500):  # stay under SQLite's variable limit
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in in_chunks(keys):
             rows.extend(db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk))
         return rows
 
@@ -251,7 +278,4 @@ class EmbeddingCache:
         if self.shared is not None and self._owns_shared:
             self.shared.close()
             self.shared = None
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._conns.close()  # every thread's connection, not only the caller's

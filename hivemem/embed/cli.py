@@ -17,7 +17,7 @@ def model_prepare(
 ) -> None:
     """Export the model to ONNX (fp32 and three int8 recipes), verify each variant against
     sentence-transformers, and pick the default by measurement. Runs automatically on first use."""
-    from hivemem.embed.model import prepare_model
+    from hivemem.embed.prepare import prepare_model
 
     manifest = prepare_model(force=force)
     _print_manifest(manifest)
@@ -114,10 +114,3 @@ def _read_texts(file: Path) -> list[str]:
                 raise typer.BadParameter(f"{file}:{n}: not a JSON string: {exc}") from None
         texts.append(line)
     return texts
-
-
-def demo(n: int = typer.Option(2000, help="How many corpus sentences to index.")) -> None:
-    """Embed a corpus with the real model and print nearest neighbours for a few questions."""
-    from hivemem.demo import run_demo
-
-    run_demo(n)

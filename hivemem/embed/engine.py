@@ -7,7 +7,8 @@
 
 Path of a call: validate → cache (in-process LRU, then the machine-wide SQLite store) → the
 micro-batching queue for the misses → backend. Results are stored in the cache by the queue's
-worker after the callers have them.
+worker after the callers have them. ``aembed`` never blocks its event loop: it checks the
+in-process LRU on the loop (no I/O) and reads the SQLite file (and the shared tier) in a thread.
 """
 
 from __future__ import annotations
@@ -48,11 +49,15 @@ def make_backend(
     if backend == "onnx":
         import onnxruntime as ort
 
-        from hivemem.embed.model import ensure_prepared, model_dir
+        from hivemem.embed.model import current_manifest, model_dir
         from hivemem.embed.onnx_backend import OnnxBackend, providers_for
 
         providers_for(device, ort.get_available_providers())  # a bad device fails before any export
-        manifest = ensure_prepared()
+        manifest = current_manifest()
+        if manifest is None:  # first use, or an older recipe: prepared now, once, with a message
+            from hivemem.embed.prepare import ensure_prepared
+
+            manifest = ensure_prepared()
         name = resolve_variant(manifest, variant, device)
         directory = model_dir()
         report = manifest["variants"][name]
@@ -144,7 +149,7 @@ class Embedder:
         self._lock: threading.Lock | None = None
         if batching:
             self._queue = MicroBatcher(
-                self.backend.encode,
+                self._encode_batch,
                 max_batch=max_batch,
                 max_wait_ms=max_wait_ms,
                 max_pending=max_pending,
@@ -168,7 +173,9 @@ class Embedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         items = check_texts(texts)
-        return self._embed(items).result() if self._queue else self._embed_direct(items)
+        if self._queue is None:
+            return self._embed_direct(items)[0]
+        return self._fill(items, *self._lookup(items)).result()
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([check_text(text)])[0]
@@ -176,17 +183,63 @@ class Embedder:
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         items = check_texts(texts)
         if self._queue is None:
-            return await asyncio.to_thread(self._embed_direct, items)
-        return await asyncio.wrap_future(self._embed(items))
+            return (await asyncio.to_thread(self._embed_direct, items))[0]
+        return await asyncio.wrap_future(self._fill(items, *await self._alookup(items)))
 
     async def aembed_one(self, text: str) -> np.ndarray:
         return (await self.aembed([check_text(text)]))[0]
 
+    async def aembed_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """``aembed`` and the texts' token count (the HTTP ``usage``), each text tokenized once:
+        the texts the model computes are counted by the backend as it tokenizes them; cache hits,
+        which are never tokenized otherwise, are counted off the event loop."""
+        items = check_texts(texts)
+        if self._queue is None:
+            return await asyncio.to_thread(self._embed_direct, items, True)
+        out, todo = await self._alookup(items)
+        computed = self._fill(items, out, todo, counted=True)
+        missed = set(todo)
+        hits = [t for i, t in enumerate(items) if i not in missed]
+        tokens = await asyncio.to_thread(self.count_tokens, hits) if hits else 0
+        vectors, counted = await asyncio.wrap_future(computed)
+        if counted is None:  # a backend that does not count: count its texts here
+            counted = await asyncio.to_thread(self.count_tokens, [items[i] for i in todo])
+        return vectors, tokens + counted
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens of ``texts`` as the model would see them (its tokenizer when the backend has one,
+        else whitespace-separated words)."""
+        if not texts:
+            return 0
+        tokenizer = getattr(self.backend, "tokenizer", None)
+        if tokenizer is not None:
+            return sum(len(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=True))
+        return sum(len(t.split()) for t in texts)
+
+    def _encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """One queue batch through the backend, with the token counts it reports (if any)."""
+        vectors = self.backend.encode(texts)
+        return vectors, getattr(self.backend, "last_tokens", None)
+
     def _lookup(self, items: list[str]) -> tuple[np.ndarray, list[int]]:
-        out = np.empty((len(items), self.dim), dtype=np.float32)
         if self.cache is None:
-            return out, list(range(len(items)))
-        found = self.cache.get_many(self.model_id, self.dim, items)
+            return self._assemble(items, [None] * len(items))
+        return self._assemble(items, self.cache.get_many(self.model_id, self.dim, items))
+
+    async def _alookup(self, items: list[str]) -> tuple[np.ndarray, list[int]]:
+        """``_lookup`` for the event loop: the in-process LRU here, the SQLite file in a thread."""
+        cache = self.cache
+        if cache is None:
+            return self._assemble(items, [None] * len(items))
+        lookup = cache.lookup_memory(self.model_id, items)
+        if lookup.missing and cache.needs_io:
+            await asyncio.to_thread(cache.lookup_rest, self.model_id, self.dim, lookup)
+        else:
+            cache.lookup_rest(self.model_id, self.dim, lookup)  # nothing to read: counts the misses
+        return self._assemble(items, lookup.found)
+
+    def _assemble(self, items: list[str], found: list[np.ndarray | None]) -> tuple[np.ndarray, list[int]]:
+        out = np.empty((len(items), self.dim), dtype=np.float32)
         todo = []
         for i, vec in enumerate(found):
             if vec is None:
@@ -195,22 +248,28 @@ class Embedder:
                 out[i] = vec
         return out, todo
 
-    def _embed(self, items: list[str]) -> Future[np.ndarray]:
-        """Cache hits filled in now; the misses' rows arrive when the queue's batch is done."""
-        out, todo = self._lookup(items)
+    def _fill(self, items: list[str], out: np.ndarray, todo: list[int], counted: bool = False) -> Future[Any]:
+        """Cache hits are in ``out`` already; the misses' rows arrive when the queue's batch is
+        done. The future resolves to the vectors — with ``counted``, to ``(vectors, tokens of the
+        misses)`` (None: the backend does not count)."""
         if not todo:
-            done: Future[np.ndarray] = Future()
-            done.set_result(out)
+            done: Future[Any] = Future()
+            done.set_result((out, 0) if counted else out)
             return done
         assert self._queue is not None
-        pending = self._queue.submit([items[i] for i in todo])
+        pending = self._queue.submit([items[i] for i in todo], counted=counted)
         if len(todo) == len(items):
             return pending
-        merged: Future[np.ndarray] = Future()
+        merged: Future[Any] = Future()
 
-        def fill(f: Future[np.ndarray]) -> None:
-            if f.exception() is not None:
-                merged.set_exception(f.exception())  # type: ignore[arg-type]
+        def fill(f: Future[Any]) -> None:
+            error = f.exception()
+            if error is not None:
+                merged.set_exception(error)
+            elif counted:
+                rows, tokens = f.result()
+                out[todo] = rows
+                merged.set_result((out, tokens))
             else:
                 out[todo] = f.result()
                 merged.set_result(out)
@@ -218,16 +277,24 @@ class Embedder:
         pending.add_done_callback(fill)
         return merged
 
-    def _embed_direct(self, items: list[str]) -> np.ndarray:
+    def _embed_direct(self, items: list[str], counted: bool = False) -> tuple[np.ndarray, int]:
+        """Without the queue: the misses through the backend under a lock; ``(vectors, tokens)``
+        (tokens 0 unless ``counted``)."""
         out, todo = self._lookup(items)
+        tokens = 0
+        if counted and len(todo) < len(items):
+            missed = set(todo)
+            tokens = self.count_tokens([t for i, t in enumerate(items) if i not in missed])
         if todo:
             missing = [items[i] for i in todo]
             assert self._lock is not None
             with self._lock:
-                vectors = self.backend.encode(missing)
+                vectors, counts = self._encode_batch(missing)
             out[todo] = vectors
+            if counted:
+                tokens += int(counts.sum()) if counts is not None else self.count_tokens(missing)
             self._store(missing, vectors)
-        return out
+        return out, tokens
 
     def _store(self, texts: list[str], vectors: np.ndarray) -> None:
         if self.cache is not None:
@@ -243,6 +310,7 @@ class Embedder:
                 "batches": q.batches,
                 "texts_computed": q.texts_computed,
                 "texts_deduplicated": q.texts_deduplicated,
+                "tokens": q.tokens,
             }
         if self.cache is not None:
             c = self.cache

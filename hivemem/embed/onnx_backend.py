@@ -81,6 +81,7 @@ class OnnxBackend:
         self.dim = DIM
         self.batch_size = batch_size
         self.truncated = 0
+        self.last_tokens: np.ndarray | None = None  # tokens per text of the last encode (see Backend)
         self.threads = threads or default_threads()
         # CPU: parallel runs, one thread each (see the module docs). A GPU gets one run at a time.
         self._parallel_runs = self.threads if device == "cpu" else 1
@@ -109,6 +110,7 @@ class OnnxBackend:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         self.truncated += sum(1 for e in encodings if e.overflowing)
+        self.last_tokens = lengths
         order = np.argsort(lengths, kind="stable")
         sorted_lengths = lengths[order].tolist()
         workers = self._parallel_runs
@@ -170,7 +172,7 @@ class OnnxBackend:
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.shutdown(wait=True)
         self._pool = None
-        self.session = None  # type: ignore[assignment]
+        self.session = None
 
 
 # A model run costs about as much as this many extra tokens on top of the tokens it computes: a

@@ -43,11 +43,18 @@ class Backend(Protocol):
     """What the engine needs from a model runner: a validated list in, normalised vectors out.
 
     Backends are not required to be thread-safe; the engine's queue calls them from one thread.
+    A backend that tokenizes may also set ``last_tokens`` (an int array: tokens per text of its
+    last ``encode``, special tokens included): the engine carries those counts with the batch to
+    the service's metrics and the HTTP ``usage`` field, so nothing is tokenized twice.
     """
 
     model_id: str
     dim: int
-    truncated: int  # how many inputs so far were cut at the model's token limit
+
+    @property
+    def truncated(self) -> int:
+        """How many inputs so far were cut at the model's token limit (read only)."""
+        ...
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 

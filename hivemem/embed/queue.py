@@ -6,6 +6,11 @@ gathers whatever is pending — waiting, at most ``max_wait_ms`` after the first
 callers as the previous batch served (so a lone caller never waits and 16 busy threads share every
 batch) — computes identical texts once,
 and hands every caller its own rows. A failing batch fails only the callers in it.
+
+Token counts travel with the batch: an ``encode`` that returns ``(vectors, tokens)`` (tokens per
+text, as the backend counted them while tokenizing) lets a caller who asks (``submit(...,
+counted=True)``) get its own texts' total with its rows — the HTTP ``usage`` field — and the
+queue's ``tokens`` counter, without tokenizing anything a second time.
 """
 
 from __future__ import annotations
@@ -16,26 +21,26 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
+
+from hivemem.errors import QueueClosed, QueueFull
 
 log = logging.getLogger(__name__)
 
 
-class QueueClosed(RuntimeError):
-    """The embedder was closed; no new requests are taken."""
-
-
-class QueueFull(RuntimeError):
-    """More texts are waiting than ``max_pending`` allows (backpressure)."""
+# What ``encode`` returns: the vectors, or the vectors and each text's token count (None: not counted).
+Encoded = np.ndarray | tuple[np.ndarray, np.ndarray | None]
 
 
 class _Request:
-    __slots__ = ("arrived", "future", "texts")
+    __slots__ = ("arrived", "counted", "future", "texts")
 
-    def __init__(self, texts: list[str]) -> None:
+    def __init__(self, texts: list[str], counted: bool = False) -> None:
         self.texts = texts
-        self.future: Future[np.ndarray] = Future()
+        self.counted = counted  # the future resolves to (vectors, tokens) instead of vectors
+        self.future: Future[Any] = Future()
         self.arrived = time.monotonic()
 
 
@@ -48,7 +53,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        encode: Callable[[list[str]], np.ndarray],
+        encode: Callable[[list[str]], Encoded],
         *,
         max_batch: int = 256,
         max_wait_ms: float = 5.0,
@@ -72,6 +77,7 @@ class MicroBatcher:
         self.batches = 0
         self.texts_computed = 0
         self.texts_deduplicated = 0
+        self.tokens = 0  # tokens run through the model, as the backend counted them
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -80,14 +86,18 @@ class MicroBatcher:
         """Texts waiting for a batch."""
         return self._pending_texts
 
-    def submit(self, texts: list[str]) -> Future[np.ndarray]:
-        """Queue ``texts``; the future resolves to their vectors in order."""
+    def submit(self, texts: list[str], *, counted: bool = False) -> Future[Any]:
+        """Queue ``texts``; the future resolves to their vectors in order — with ``counted``, to
+        ``(vectors, tokens)``: the texts' total token count as the backend reported it (0 when it
+        does not count)."""
         if len(texts) <= self.max_batch:
-            return self._enqueue([_Request(texts)])[0].future
+            return self._enqueue([_Request(texts, counted)])[0].future
         # A large request is cut into batch-sized parts so it cannot starve small callers.
-        parts = [_Request(texts[i : i + self.max_batch]) for i in range(0, len(texts), self.max_batch)]
+        parts = [
+            _Request(texts[i : i + self.max_batch], counted) for i in range(0, len(texts), self.max_batch)
+        ]
         self._enqueue(parts)
-        return _gather([p.future for p in parts])
+        return _gather([p.future for p in parts], counted)
 
     def _enqueue(self, requests: list[_Request]) -> list[_Request]:
         n = sum(len(r.texts) for r in requests)
@@ -155,16 +165,24 @@ class MicroBatcher:
                 index.setdefault(text, len(index))
         unique = list(index)
         try:
-            vectors = self._encode(unique)
+            encoded = self._encode(unique)
         except BaseException as exc:  # the callers get the real error; the queue keeps going
             for request in live:
                 request.future.set_exception(exc)
             return
+        vectors, tokens = encoded if isinstance(encoded, tuple) else (encoded, None)
         self.batches += 1
         self.texts_computed += len(unique)
         self.texts_deduplicated += sum(len(r.texts) for r in live) - len(unique)
+        if tokens is not None:
+            self.tokens += int(tokens.sum())
         for request in live:
-            request.future.set_result(vectors[[index[t] for t in request.texts]])
+            rows = [index[t] for t in request.texts]
+            if request.counted:
+                n = int(tokens[rows].sum()) if tokens is not None else 0
+                request.future.set_result((vectors[rows], n))
+            else:
+                request.future.set_result(vectors[rows])
         if self._on_batch is not None:
             try:
                 self._on_batch(unique, vectors)
@@ -172,14 +190,15 @@ class MicroBatcher:
                 log.exception("hivemem: storing a batch in the cache failed (vectors were still returned)")
 
 
-def _gather(futures: list[Future[np.ndarray]]) -> Future[np.ndarray]:
-    """One future for the concatenation of several, failing with the first error."""
-    combined: Future[np.ndarray] = Future()
+def _gather(futures: list[Future[Any]], counted: bool) -> Future[Any]:
+    """One future for the concatenation of several (summing their token counts when ``counted``),
+    failing with the first error."""
+    combined: Future[Any] = Future()
     combined.set_running_or_notify_cancel()
     remaining = [len(futures)]
     lock = threading.Lock()
 
-    def done(_: Future[np.ndarray]) -> None:
+    def done(_: Future[Any]) -> None:
         with lock:
             remaining[0] -= 1
             last = remaining[0] == 0
@@ -188,6 +207,9 @@ def _gather(futures: list[Future[np.ndarray]]) -> Future[np.ndarray]:
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             combined.set_exception(errors[0])
+        elif counted:
+            parts = [f.result() for f in futures]
+            combined.set_result((np.concatenate([v for v, _ in parts]), sum(n for _, n in parts)))
         else:
             combined.set_result(np.concatenate([f.result() for f in futures]))
 

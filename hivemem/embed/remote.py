@@ -1,9 +1,11 @@
 """``hivemem.connect(url=...)``: embeddings served by other hosts, over the OpenAI ``/v1/embeddings`` API.
 
-    >>> import hivemem
-    >>> emb = hivemem.connect(url="http://gpu-1:8080,http://gpu-2:8080", api_key="…")  # doctest: +SKIP
-    >>> emb.embed(["a cat sat"]).shape                                                  # doctest: +SKIP
-    (1, 384)
+Use (with two embedding servers running)::
+
+    import hivemem
+
+    emb = hivemem.connect(url="http://gpu-1:8080,http://gpu-2:8080", api_key="…")
+    emb.embed(["a cat sat"]).shape  # (1, 384)
 
 Any OpenAI-compatible server works (``hivemem serve --http``, TEI, infinity, vLLM, OpenAI).
 What this client adds on top of one HTTP call:
@@ -46,6 +48,7 @@ import numpy as np
 
 from hivemem.embed.queue import MicroBatcher
 from hivemem.embed.validate import check_text, check_texts
+from hivemem.errors import EmbedderUnavailable
 
 ENV_URL = "HIVEMEM_EMBEDDER_URL"
 ENV_KEY = "HIVEMEM_API_KEY"
@@ -55,10 +58,6 @@ _BACKOFF_MAX_S = 30.0
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _NORM_TOLERANCE = 1e-3
 _MIN_SPLIT = 4  # a batch is split over several servers only in parts of at least this many texts
-
-
-class EmbedderUnavailable(ConnectionError):
-    """No host could answer the call within its timeout; the message names each URL and its error."""
 
 
 class _Host:
@@ -286,8 +285,8 @@ class RemoteEmbedder:
         if isinstance(info, dict) and isinstance(info.get("model"), str) and isinstance(info.get("dim"), int):
             return info["model"], info["dim"]
         # Not a hivemem server: one tiny embedding tells the model and the width.
-        vectors, model = self._request(host, ["hivemem dimension probe"], check_dim=False)
-        model = model or self.model or self._model_id
+        vectors, reported = self._request(host, ["hivemem dimension probe"], check_dim=False)
+        model = reported or self.model or self._model_id
         if not model:
             raise ValueError(f"{host.url} does not report its model: pass model_id='…' to name it")
         return model, int(vectors.shape[1])
@@ -356,7 +355,9 @@ class RemoteEmbedder:
             + ("; ".join(errors[-len(self._hosts) :]) or "every host is backing off")
         )
 
-    def _request(self, host: _Host, texts: list[str], *, check_dim: bool = True) -> tuple[np.ndarray, str]:
+    def _request(
+        self, host: _Host, texts: list[str], *, check_dim: bool = True
+    ) -> tuple[np.ndarray, str | None]:
         """POST one request to one host. Transient failures raise EmbedderUnavailable (try another
         host); answers that no host would do better with raise ValueError/PermissionError."""
         import httpx

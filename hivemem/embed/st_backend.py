@@ -7,6 +7,7 @@ upstream library's vectors, or torch's CUDA path.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class SentenceTransformersBackend:
             torch.set_num_threads(threads)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device={device!r} requested but torch sees no CUDA GPU")
-        self.model = SentenceTransformer(str(source_dir()), device=device)
+        self.model: Any = SentenceTransformer(str(source_dir()), device=device)
         self.model.max_seq_length = MAX_TOKENS
         self.model_id = "all-MiniLM-L6-v2/st"
         self.dim = DIM

@@ -201,7 +201,14 @@ def rewrite(
 
 
 class _Rewriter:
-    def __init__(self, model, smoothing, keep_fp32, weight_max, ffn_out_block) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        model: Any,
+        smoothing: dict[LayerKey, np.ndarray],
+        keep_fp32: set[LayerKey],
+        weight_max: int,
+        ffn_out_block: int | None,
+    ) -> None:
         from onnx import numpy_helper
 
         self.model = model
@@ -228,7 +235,7 @@ class _Rewriter:
         self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def node(self, op: str, inputs: list[str], outputs: list[str], **attrs: Any):  # type: ignore[no-untyped-def]
+    def node(self, op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> Any:
         from onnx import helper
 
         domain = _MS if op in ("MatMulIntegerToFloat", "MultiHeadAttention") else ""
@@ -256,7 +263,7 @@ class _Rewriter:
 
     # -- the rewrite ----------------------------------------------------------------------------
 
-    def run(self):  # type: ignore[no-untyped-def]
+    def run(self) -> Any:
         self.axis = self.const(np.array([-1], np.int64), "axis")
         self.inv127 = self.const(np.array(1 / 127, np.float32), "inv127")
         self.tiny = self.const(np.array(1e-12, np.float32), "tiny")
@@ -284,7 +291,7 @@ class _Rewriter:
         self.model.ir_version = max(self.model.ir_version, 10)
         return self.model
 
-    def attention(self, node, layer: int) -> list:  # type: ignore[no-untyped-def]
+    def attention(self, node: Any, layer: int) -> list:
         x, w_name, b_name, mask = node.input[:4]
         w = self.weights[w_name].astype(np.float32)
         b = self.weights[b_name].astype(np.float32)
@@ -317,7 +324,7 @@ class _Rewriter:
         )
         return nodes
 
-    def linear(self, node, key: LayerKey) -> list:  # type: ignore[no-untyped-def]
+    def linear(self, node: Any, key: LayerKey) -> list:
         kind = key[0]
         w = self.weights[node.input[1]].astype(np.float32)
         s = self.smoothing.get(key)
@@ -336,7 +343,9 @@ class _Rewriter:
         nodes.append(self.int8_matmul(xq, scale, w, node.output[0]))
         return nodes
 
-    def quantize_rows(self, x: str, width: int, inverse: np.ndarray | None = None, blocks: int = 1):  # type: ignore[no-untyped-def]
+    def quantize_rows(
+        self, x: str, width: int, inverse: np.ndarray | None = None, blocks: int = 1
+    ) -> tuple[list, str, str]:
         """Nodes turning float rows of ``width`` (the last axis of ``x``) into uint8 + one scale per row."""
         nodes = []
         if inverse is not None:
@@ -357,7 +366,7 @@ class _Rewriter:
         ]
         return nodes, xq, scale
 
-    def int8_matmul(self, xq: str, scale: str, w: np.ndarray, out: str):  # type: ignore[no-untyped-def]
+    def int8_matmul(self, xq: str, scale: str, w: np.ndarray, out: str) -> Any:
         ws = np.maximum(np.abs(w).max(axis=0), 1e-12) / self.weight_max
         wq = np.clip(np.round(w / ws), -self.weight_max, self.weight_max).astype(np.int8)
         return self.node(
@@ -372,7 +381,7 @@ class _Rewriter:
             [out],
         )
 
-    def blocked_linear(self, x: str, w: np.ndarray, block: int, inverse, out: str) -> list:  # type: ignore[no-untyped-def]
+    def blocked_linear(self, x: str, w: np.ndarray, block: int, inverse: np.ndarray | None, out: str) -> list:
         k, n = w.shape
         blocks = k // block
         nodes = []

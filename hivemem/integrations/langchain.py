@@ -60,8 +60,8 @@ class HivememEmbeddings(Embeddings):
     (default: ``$HIVEMEM_SOCKET`` or the per-user runtime dir; started if none runs), or with
     ``local=True`` an in-process ``hivemem.Embedder``. Created on first use.
 
-        >>> emb = HivememEmbeddings()                      # doctest: +SKIP
-        >>> len(emb.embed_query("Alice is allergic to peanuts."))   # doctest: +SKIP
+        >>> emb = HivememEmbeddings(local=True)     # in-process; HivememEmbeddings(): the service
+        >>> len(emb.embed_query("Alice is allergic to peanuts."))
         384
     """
 
@@ -106,7 +106,9 @@ class HivememEmbeddings(Embeddings):
     def close(self) -> None:
         """Release the embedder if this object created it."""
         if self._owned and self._embedder is not None:
-            self._embedder.close()
+            close = getattr(self._embedder, "close", None)  # EmbedderLike does not promise one
+            if close is not None:
+                close()
             self._embedder = None
 
 
@@ -232,11 +234,11 @@ class HivememVectorStore(VectorStore):
     ``path`` (default ``$HIVEMEM_HOME/memory.sqlite``) embedding with ``embedding`` (any LangChain
     ``Embeddings``; default: hivemem's own model, through the service when one runs).
 
-        >>> store = HivememVectorStore(user_id="alice")                         # doctest: +SKIP
-        >>> store.add_texts(["Alice is allergic to peanuts."], [{"topic": "health"}])  # doctest: +SKIP
-        ['6f1c…']
-        >>> store.similarity_search("food allergies", k=1, filter={"topic": "health"})  # doctest: +SKIP
-        [Document(id='6f1c…', metadata={'topic': 'health'}, page_content='Alice is allergic to peanuts.')]
+        >>> store = HivememVectorStore(user_id="alice")
+        >>> store.add_texts(["Alice is allergic to peanuts."], [{"topic": "health"}])
+        ['...']
+        >>> store.similarity_search("food allergies", k=1, filter={"topic": "health"})
+        [Document(id='...', metadata={'topic': 'health'}, page_content='Alice is allergic to peanuts.')]
     """
 
     def __init__(
@@ -278,25 +280,26 @@ class HivememVectorStore(VectorStore):
         texts: Iterable[str],
         metadatas: list[dict] | None = None,
         *,
-        ids: list[str | None] | None = None,
+        ids: list[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
-        """Store ``texts``; returns their ids (an upsert for ids that exist, see the module docstring)."""
+        """Store ``texts``; returns their ids (an upsert for ids that exist, see the module docstring).
+        An id of ``None`` in ``ids`` lets the store choose that text's id."""
         texts = list(texts)
         n = len(texts)
         metadatas = list(metadatas) if metadatas is not None else [{}] * n
-        ids = list(ids) if ids is not None else [None] * n
-        if len(metadatas) != n or len(ids) != n:
-            raise ValueError(f"{n} texts but {len(metadatas)} metadatas and {len(ids)} ids")
-        given = [i for i in ids if i is not None]
+        keys: list[str | None] = list(ids) if ids is not None else [None] * n
+        if len(metadatas) != n or len(keys) != n:
+            raise ValueError(f"{n} texts but {len(metadatas)} metadatas and {len(keys)} ids")
+        given = [i for i in keys if i is not None]
         if len(set(given)) != len(given):
             raise ValueError("ids must be unique within one call")
         stored = self._records(given)
-        out: list[str | None] = list(ids)
+        out: list[str | None] = list(keys)
         items: list[dict[str, Any]] = []
         where: list[int] = []
-        updates: list[tuple[str, str | None, dict[str, Any]]] = []
-        for i, (text, meta, doc_id) in enumerate(zip(texts, metadatas, ids, strict=True)):
+        updates: list[tuple[str, str | None, dict[str, Any]]] = []  # (id, new text or None, metadata)
+        for i, (text, meta, doc_id) in enumerate(zip(texts, metadatas, keys, strict=True)):
             meta = _to_metadata(meta)
             old = stored.get(doc_id) if doc_id is not None else None
             if old is None:
@@ -305,14 +308,14 @@ class HivememVectorStore(VectorStore):
                     item["id"] = doc_id
                 items.append(item)
                 where.append(i)
-            elif old["memory"] != text or (old.get("metadata") or {}) != meta:
+            elif doc_id is not None and (old["memory"] != text or (old.get("metadata") or {}) != meta):
                 updates.append((doc_id, text if old["memory"] != text else None, meta))
         if items:  # first: all new documents in one transaction, or none of them
             results = self.memory.add_batch(items)["results"]
             for i, result in zip(where, results, strict=True):
                 out[i] = result["id"]
-        for doc_id, text, meta in updates:  # then overwrite by id (LangChain's upsert), one by one
-            self.memory.update(doc_id, text=text, metadata=meta)
+        for key, new_text, new_meta in updates:  # then overwrite by id (LangChain's upsert), one by one
+            self.memory.update(key, text=new_text, metadata=new_meta)
         return [str(i) for i in out]
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
@@ -365,7 +368,7 @@ class HivememVectorStore(VectorStore):
         texts: Iterable[str],
         metadatas: list[dict] | None = None,
         *,
-        ids: list[str | None] | None = None,
+        ids: list[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
         return await asyncio.to_thread(self.add_texts, list(texts), metadatas, ids=ids)

@@ -7,8 +7,8 @@ an in-process ``hivemem.Embedder``; ``embedder=`` takes any ``hivemem.EmbedderLi
     >>> from llama_index.core import VectorStoreIndex
     >>> from llama_index.core.schema import TextNode
     >>> index = VectorStoreIndex([TextNode(text="Alice is allergic to peanuts.")],
-    ...                          embed_model=HivememEmbedding())          # doctest: +SKIP
-    >>> index.as_retriever(similarity_top_k=1).retrieve("food allergies")[0].text   # doctest: +SKIP
+    ...                          embed_model=HivememEmbedding(local=True))  # without local: the service
+    >>> index.as_retriever(similarity_top_k=1).retrieve("food allergies")[0].text
     'Alice is allergic to peanuts.'
 
 ``embed_batch_size`` defaults to 256 (LlamaIndex's default is 10): hivemem batches across callers

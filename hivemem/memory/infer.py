@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hivemem.errors import LLMError
 from hivemem.memory.records import NewMemory, prepare
 
 MAX_CONVERSATION_CHARS = 200_000  # the messages of one conversation, sent to the LLM
@@ -75,10 +76,6 @@ Rules:
 Answer with JSON only, no other text:
 {"memory": [{"text": "<memory>", "attributed_to": "user" or "assistant"}, ...]}
 If there is nothing worth remembering, answer {"memory": []}."""
-
-
-class LLMError(RuntimeError):
-    """The LLM could not be reached or gave no usable answer (after one retry); nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -150,13 +147,16 @@ class FactExtractor:
         custom_fact_extraction_prompt: str | None = None,
     ) -> FactExtractor | None:
         """From Mem0's ``"llm"`` config dict, else from ``HIVEMEM_LLM_URL``; ``None`` if neither."""
-        prompts = {"custom_instructions": custom_instructions, "custom_prompt": custom_fact_extraction_prompt}
+        prompts: dict[str, Any] = {
+            "custom_instructions": custom_instructions,
+            "custom_prompt": custom_fact_extraction_prompt,
+        }
         if llm is None:
-            url = os.environ.get("HIVEMEM_LLM_URL")
-            if not url:
+            env_url = os.environ.get("HIVEMEM_LLM_URL")
+            if not env_url:
                 return None
             model = os.environ.get("HIVEMEM_LLM_MODEL", "default")
-            return cls(url, model, api_key=os.environ.get("HIVEMEM_LLM_API_KEY"), **prompts)
+            return cls(env_url, model, api_key=os.environ.get("HIVEMEM_LLM_API_KEY"), **prompts)
         if not isinstance(llm, dict):
             raise TypeError(f"llm config must be a dict, got {type(llm).__name__}")
         provider = llm.get("provider", "openai")
@@ -167,7 +167,7 @@ class FactExtractor:
             )
         options = dict(llm.get("config") or {})
         url_key, default_url = PROVIDERS[provider]
-        url = options.pop(url_key, None) or os.environ.get("HIVEMEM_LLM_URL") or default_url
+        url: str = options.pop(url_key, None) or os.environ.get("HIVEMEM_LLM_URL") or default_url
         if provider == "ollama" and not url.rstrip("/").endswith("/v1"):
             url = url.rstrip("/") + "/v1"  # Ollama's OpenAI-compatible API
         unknown = set(options) - _OPTIONS - _IGNORED - {k for k, _ in PROVIDERS.values()}
@@ -176,10 +176,10 @@ class FactExtractor:
                 f"unknown llm config keys {sorted(unknown)}; known: {sorted(_OPTIONS | {url_key})}"
             )
         kwargs = {k: options[k] for k in _OPTIONS if options.get(k) is not None}
-        model = kwargs.pop("model", None) or os.environ.get("HIVEMEM_LLM_MODEL")
+        model = str(kwargs.pop("model", None) or os.environ.get("HIVEMEM_LLM_MODEL") or "")
         if provider == "openai" and url == default_url:
             kwargs.setdefault("api_key", os.environ.get("OPENAI_API_KEY"))
-        return cls(url, model or "", **kwargs, **prompts)
+        return cls(url, model, **kwargs, **prompts)
 
     # -- one conversation ----------------------------------------------------------------------
 
@@ -300,10 +300,11 @@ def parse_facts(content: str) -> list[Fact]:
         raise ValueError(f"the answer holds {len(items)} facts (limit {MAX_FACTS})")
     facts: list[Fact] = []
     for item in items:
-        text, who = (item.get("text"), item.get("attributed_to")) if isinstance(item, dict) else (item, None)
-        if not isinstance(text, str):
+        said: Any = item.get("text") if isinstance(item, dict) else item
+        who: Any = item.get("attributed_to") if isinstance(item, dict) else None
+        if not isinstance(said, str):
             raise ValueError(f"a fact is not text: {item!r:.200}")
-        text = text.strip()
+        text = said.strip()
         if not text:
             continue
         if len(text) > MAX_FACT_CHARS:

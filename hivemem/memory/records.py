@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hivemem.errors import LimitExceeded
+
 ENTITIES = ("user_id", "agent_id", "run_id")
 # The filter shorthand for "the field is present" (``{"user_id": "*"}``). Never the value of an id:
 # a tenant named "*" would make ``delete_all(user_id="*")`` read as "every tenant" to a human and,
@@ -33,21 +35,6 @@ MAX_ID_CHARS = 256
 # user's memories failed (Python's JSON decoder and the HTTP response serialiser recurse per level).
 MAX_METADATA_DEPTH = 32  # levels of nested objects/lists, the metadata dict itself being level 1
 MAX_METADATA_BYTES = 64 * 1024  # its JSON text, in UTF-8 bytes
-
-
-class LimitExceeded(ValueError):
-    """An input is over one of the documented limits (docs/security.md); the message names it.
-
-    ``limit_name`` is the constant (e.g. ``"MAX_FILTER_DEPTH"``), ``limit`` its value and ``field``
-    the input it concerns. A ``ValueError``, so callers that catch those keep working; HTTP maps
-    it to 422.
-    """
-
-    def __init__(self, message: str, *, limit_name: str, limit: int, field: str | None = None) -> None:
-        super().__init__(message)
-        self.limit_name = limit_name
-        self.limit = limit
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
     >>> from hivemem import Memory
     >>> m = Memory()                                    # ~/.cache/hivemem/memory.sqlite
     >>> m.add("I like green tea", user_id="alice")
-    {'results': [{'id': '…', 'memory': 'I like green tea', 'event': 'ADD', …}]}
+    {'results': [{'id': '...', 'memory': 'I like green tea', 'event': 'ADD', ...}]}
     >>> m.search("what drinks?", filters={"user_id": "alice"})["results"][0]["memory"]
     'I like green tea'
 
@@ -24,17 +24,17 @@ from typing import Any
 
 import numpy as np
 
+from hivemem.compose import resolve_embedder
 from hivemem.embed.protocol import EmbedderLike
+from hivemem.errors import LimitExceeded, MemoryNotFound
 from hivemem.memory import filters as flt
 from hivemem.memory import hybrid
 from hivemem.memory import rerank as rr
 from hivemem.memory.combine import Combiner, Release
-from hivemem.memory.embedding import resolve_embedder
 from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
     ENTITIES,
     RESERVED_METADATA,
-    LimitExceeded,
     NewMemory,
     check_entity,
     check_metadata,
@@ -47,10 +47,6 @@ from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, 
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
-
-
-class MemoryNotFound(ValueError):
-    """No memory has this id (update/delete). A ``ValueError`` with Mem0's message, as Mem0 raises."""
 
 
 # Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
@@ -350,7 +346,7 @@ class Memory:
         release()  # the engine is free: the next group may start while this one writes
         row = {t: i for i, t in enumerate(texts)}
         jobs = [(i, todo) for i, todo in todos if todo]
-        stored = self._storage.insert_many(  # type: ignore[attr-defined]  # only with a combiner
+        stored = self._storage.insert_many(  # only with a combiner (SQLite)
             [(todo, vectors[[row[m.memory] for m in todo]]) for _, todo in jobs]
         )
         done = dict(zip((i for i, _ in jobs), stored, strict=True))
@@ -411,11 +407,11 @@ class Memory:
     # -- reads ---------------------------------------------------------------------------------
 
     def _where(self, filters: Any, user_id: Any, agent_id: Any, run_id: Any) -> flt.Node | None:
-        scope = {
-            n: check_entity(n, v)
-            for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)
-            if v is not None
-        }
+        scope: dict[str, str] = {}
+        for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True):
+            checked = check_entity(n, v)
+            if checked is not None:
+                scope[n] = checked
         return flt.and_(flt.literal(scope), flt.parse(filters))  # scope: literal equality
 
     def get(self, memory_id: str) -> dict[str, Any] | None:

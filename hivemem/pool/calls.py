@@ -66,8 +66,8 @@ class Call:
         """Install how to tell the running worker to stop (a process worker sends a message)."""
         with self._lock:
             self._hook = hook
-            fire = hook is not None and self.cancelled.is_set()
-        if fire:
+            fire = self.cancelled.is_set()
+        if hook is not None and fire:
             hook()
 
     def request_cancel(self) -> None:

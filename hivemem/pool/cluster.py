@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hivemem.pool.errors import WorkerInitError, worker_exited
+from hivemem.pool.results import error_fields
 
 try:
     import distributed
@@ -118,9 +119,7 @@ def run_item(plugin_name: str | None, fn: Callable[..., Any], item: Any) -> tupl
     Never raises, so Dask never retries a failure of user code. ``SystemExit`` and other
     non-``Exception`` errors fail the item with ``WorkerExited``, as in the local pool, and the
     worker's object is rebuilt by the factory for its next item."""
-    from hivemem.pool.runner import error_fields
-
-    plugin = None
+    plugin: Any = None  # this worker's _WarmObjects plugin
     try:
         if plugin_name is None:
             started = time.perf_counter()
@@ -233,8 +232,6 @@ def run_on_cluster(
                 try:
                     fut = client.submit(run_item, name, fn, item, pure=False)
                 except Exception as exc:  # this item cannot be serialized: its own error
-                    from hivemem.pool.runner import error_fields
-
                     record({"key": k, **error_fields(exc)})
                     continue
                 pending[fut] = k
@@ -259,7 +256,7 @@ def run_on_cluster(
         clean = True
     finally:
         # Best effort after a failure: the scheduler may be gone, and the first error is the news.
-        with contextlib.suppress(Exception if not clean else ()):
+        with contextlib.suppress(*((Exception,) if not clean else ())):
             if pending:
                 client.cancel(list(pending), force=True)
             if registered:
@@ -284,8 +281,6 @@ class _SchedulerLost(Exception):
 
 def _collect(client: Any, batch: list[Any], pending: dict[Any, Key], done: Any, record: Recorder) -> None:
     """Record the finished futures of ``batch``; put back any whose result was lost meanwhile."""
-    from hivemem.pool.runner import error_fields
-
     finished = [f for f in batch if f.status == "finished"]
     outcomes: dict[Any, Any] = {}
     if finished:
@@ -306,10 +301,10 @@ def _collect(client: Any, batch: list[Any], pending: dict[Any, Key], done: Any, 
         if fut in outcomes:
             ok, value, seconds = outcomes[fut]
         elif fut.status == "error":  # only Dask's own errors: KilledWorker after repeated deaths
-            exc = fut.exception(timeout=_CONNECT_TIMEOUT_S)
-            if exc is None:
+            error = fut.exception(timeout=_CONNECT_TIMEOUT_S)
+            if error is None:
                 raise _SchedulerLost("a future failed without an error")
-            ok, value, seconds = False, error_fields(exc), 0.0
+            ok, value, seconds = False, error_fields(error), 0.0
         elif fut.status == "cancelled":  # never by us while running: the scheduler forgot it
             raise _SchedulerLost("the scheduler cancelled the run's tasks")
         else:

@@ -10,12 +10,14 @@ stale lock behind.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
+import traceback
 from pathlib import Path
 from typing import IO, Any
+
+from hivemem.locks import FileLock
 
 Key = str | int
 
@@ -28,7 +30,7 @@ class ResultsFile:
         self.fsync = fsync
         self.records: dict[Key, dict[str, Any]] = {}
         self.torn_bytes = 0  # size of the torn last line that was cut off, if any
-        self._lock: IO[bytes] | None = None
+        self._lock: FileLock | None = None
         self._out: IO[bytes] | None = None
 
     def __enter__(self) -> ResultsFile:
@@ -43,12 +45,10 @@ class ResultsFile:
         if self.path.is_dir():
             raise ValueError(f"results path {self.path} is a directory, expected a .jsonl file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(f"{self.path}.lock", "ab")  # noqa: SIM115 - held until close()
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise RuntimeError(f"another run is writing to {self.path} (its lock file is held)") from None
+        lock = FileLock(f"{self.path}.lock", mode=0o644)  # held until close()
+        if not lock.acquire(timeout=0):
+            lock.release()
+            raise RuntimeError(f"another run is writing to {self.path} (its lock file is held)")
         self._lock = lock
         try:
             self._load()
@@ -123,7 +123,7 @@ class ResultsFile:
             self._out.close()
             self._out = None
         if self._lock is not None:
-            self._lock.close()  # releases the flock
+            self._lock.release()
             self._lock = None
 
 
@@ -140,3 +140,13 @@ def read_results(path: str | os.PathLike[str]) -> dict[Key, dict[str, Any]]:
                 rec = json.loads(line)
                 records[rec["key"]] = rec
     return records
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """The error part of a record (also built on cluster workers, where the exception happened)."""
+    return {
+        "ok": False,
+        "error": f"{type(exc).__name__}: {exc}",
+        "error_type": type(exc).__name__,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }

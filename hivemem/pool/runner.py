@@ -13,7 +13,6 @@ import os
 import pickle
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemem.pool.pool import Kind, WorkerPool
-from hivemem.pool.results import Key, ResultsFile
+from hivemem.pool.results import Key, ResultsFile, error_fields
 
 
 @dataclass
@@ -57,20 +56,26 @@ def _default_key(index: int, item: Any) -> Any:
 
 
 def _keys(items: list[Any], key: Callable[[Any], Any] | str | None) -> list[Key]:
+    key_fn: Callable[[int, Any], Any]
     if isinstance(key, str):
         field_name = key
 
-        def key_fn(i: int, item: Any) -> Any:
+        def by_field(i: int, item: Any) -> Any:
             try:
                 return item[field_name]
             except (KeyError, TypeError, IndexError):
                 raise ValueError(f"item {i} has no field {field_name!r} to use as its key") from None
+
+        key_fn = by_field
     elif key is None:
         key_fn = _default_key
     elif callable(key):
+        call = key
 
-        def key_fn(i: int, item: Any) -> Any:
-            return key(item)
+        def by_callable(i: int, item: Any) -> Any:
+            return call(item)
+
+        key_fn = by_callable
     else:
         raise TypeError(f"key must be a callable, a field name or None, got {key!r}")
     keys: list[Key] = []
@@ -88,16 +93,6 @@ def _keys(items: list[Any], key: Callable[[Any], Any] | str | None) -> list[Key]
 
 def _error_record(k: Key, exc: BaseException) -> dict[str, Any]:
     return {"key": k, **error_fields(exc)}
-
-
-def error_fields(exc: BaseException) -> dict[str, Any]:
-    """The error part of a record (also built on cluster workers, where the exception happened)."""
-    return {
-        "ok": False,
-        "error": f"{type(exc).__name__}: {exc}",
-        "error_type": type(exc).__name__,
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
 
 
 class Recorder:
@@ -188,7 +183,7 @@ def run_parallel(
             ) from None
     store = ResultsFile(results, fsync=fsync) if results is not None else None
     summary = RunSummary(
-        total=len(items), skipped=0, ok=0, errors=0, seconds=0.0, results=store and store.path
+        total=len(items), skipped=0, ok=0, errors=0, seconds=0.0, results=store.path if store else None
     )
     if store is not None:
         store.open()
@@ -263,9 +258,9 @@ def _run(
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 k = pending.pop(fut)
-                exc = fut.exception()
-                if exc is not None:
-                    record(_error_record(k, exc))
+                error = fut.exception()
+                if error is not None:
+                    record(_error_record(k, error))
                 else:
                     result, seconds = fut.result()
                     record({"key": k, "ok": True, "result": result, "seconds": round(seconds, 6)})

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.context import BaseContext
+from types import FrameType
 from typing import Any
 
 from hivemem.pool import _child
@@ -99,7 +100,7 @@ def refuse_while_bootstrapping() -> None:
     """
     if not getattr(multiprocessing.current_process(), "_inheriting", False):
         return
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     main_file = "the main module"
     while frame is not None:  # the module being imported as __mp_main__ is on the stack
         if frame.f_globals.get("__name__") == "__mp_main__":
@@ -116,7 +117,7 @@ def _forkserver_exit_code() -> int | None:
     try:
         from multiprocessing import forkserver
 
-        pid = forkserver._forkserver._forkserver_pid  # the stdlib's own singleton
+        pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]  # the stdlib's own singleton
         if pid is None:
             return None
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -255,7 +256,7 @@ class ProcessSlot(Slot):
     def _spawn(self) -> None:
         """Start a worker process and wait for its factory to finish (or fail)."""
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(
+        proc = self._ctx.Process(  # type: ignore[attr-defined]  # every concrete context has it
             target=_child.main, args=(child, self._factory_blob), name=f"hivemem-worker-{self.index}"
         )
         proc.daemon = True
@@ -299,9 +300,9 @@ class ProcessSlot(Slot):
             self.init_error, self.serving = None, True
             self.factory_seconds = pickle.loads(blob)
         else:
-            exc, tb = pickle.loads(blob)
+            error, tb = pickle.loads(blob)
             self._discard()
-            self.init_error = _with_remote_tb(exc, tb)
+            self.init_error = _with_remote_tb(error, tb)
 
     def _discard(self, kill: bool = False) -> None:
         proc, conn = self._proc, self._conn
@@ -436,14 +437,14 @@ class ProcessSlot(Slot):
                 call.finish(value)
                 return
             elif kind == "exit":  # SystemExit & co. in the function: the worker is exiting
-                exc, tb = value
+                error, tb = value
                 self.exits += 1
                 self._discard()  # joined (killed after a grace period); the loop starts a new one
-                call.fail(_with_remote_tb(exc, tb))
+                call.fail(_with_remote_tb(error, tb))
                 return
             else:  # "error"
-                exc, tb = value
-                call.fail(_with_remote_tb(exc, tb))
+                error, tb = value
+                call.fail(_with_remote_tb(error, tb))
                 return
 
 

@@ -12,80 +12,45 @@ Trust: the client talks only to a service run by its own user, checked on every 
 ``SO_PEERCRED`` (``trust_uids`` / ``HIVEMEM_TRUST_UIDS`` allow others on purpose), and accepts
 only unit-length vectors (``wire.join_vectors``): a socket path shared with another user, or a fake
 service answering zeros, is refused instead of believed.
+
+These rules live in ``hivemem.service.core`` (shared with the asyncio client, ``aclient``); this
+module only does the blocking socket I/O.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
-import struct
 import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hivemem.embed.validate import check_text, check_texts
-from hivemem.service import paths, spawn, wire
-from hivemem.service.errors import (
-    ProtocolError,
-    ServiceBusy,
-    ServiceError,
-    ServiceUnavailable,
-    UntrustedService,
+from hivemem.errors import ServiceError
+from hivemem.service import spawn, wire
+from hivemem.service.core import (
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    ClientCore,
+    Lost,
+    check_peer,
+    service_args,
 )
 
-CHUNK_TEXTS = 1024  # texts per frame for large calls (well under the frame limit, keeps latency fair)
-CHUNK_BYTES = 8 << 20
+if TYPE_CHECKING:  # pragma: no cover
+    from hivemem.embed.protocol import EmbedderLike
+
 _POOL_MAX = 8
-_PEERCRED = struct.Struct("3i")  # Linux struct ucred: pid, uid, gid
-
-
-class _Lost(Exception):
-    """The connection broke (service gone or restarting): reconnect and retry once."""
-
-
-def trusted_uids(extra: Iterable[int] | None = None) -> frozenset[int]:
-    """Our own uid, plus ``extra`` and ``HIVEMEM_TRUST_UIDS`` (comma-separated): whose service we use."""
-    uids = {os.getuid()}
-    for part in os.environ.get("HIVEMEM_TRUST_UIDS", "").replace(",", " ").split():
-        if not part.isdigit():
-            raise ValueError(f"HIVEMEM_TRUST_UIDS must list numeric uids, got {part!r}")
-        uids.add(int(part))
-    for uid in extra or ():
-        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
-            raise ValueError(f"trust_uids must be numeric uids, got {uid!r}")
-        uids.add(uid)
-    return frozenset(uids)
-
-
-def check_peer(sock: socket.socket, path: Path, trusted: frozenset[int]) -> None:
-    """Refuse a service run by a user not in ``trusted`` (UntrustedService naming it and the opt-in)."""
-    pid: int | None = None
-    if hasattr(socket, "SO_PEERCRED"):
-        pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    else:  # pragma: no cover - not Linux: the socket file's owner is the best evidence there
-        uid = os.stat(path).st_uid
-    if uid in trusted:
-        return
-    try:
-        import pwd
-
-        name = f" ({pwd.getpwuid(uid).pw_name})"
-    except (ImportError, KeyError):
-        name = ""
-    raise UntrustedService(
-        f"the service on {path} runs as uid {uid}{name} (pid {pid}), not as you (uid {os.getuid()}): "
-        "refusing to send it your texts. If you trust that user's service, pass "
-        f"trust_uids=[{uid}] to connect() or set HIVEMEM_TRUST_UIDS={uid}"
-    )
 
 
 class _Connection:
+    """One blocking socket to the service: sends a request's bytes, reads its reply."""
+
     def __init__(self, sock: Path, timeout: float) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -95,28 +60,24 @@ class _Connection:
             self.sock.close()
             raise
 
-    def call(self, ftype: int, rid: int, payload: bytes, deadline: float) -> tuple[int, bytearray]:
-        """Send one request and read its reply (type, payload) before ``deadline``."""
+    def call(self, data: bytes, deadline: float) -> tuple[int, int, bytearray]:
+        """Send ``data`` and read one reply ``(type, request id, payload)`` before ``deadline``."""
         try:
-            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
-            self.sock.sendall(wire.header(ftype, rid, len(payload)) + payload)
-            head = self._read(wire.HEADER_SIZE, deadline)
-            rtype, rrid, length = wire.parse_header(bytes(head), wire.MAX_REPLY)
-            body = self._read(length, deadline)
+            self.sock.settimeout(ClientCore.remaining(deadline))
+            self.sock.sendall(data)
+            rtype, rrid, length = ClientCore.reply_header(bytes(self._read(wire.HEADER_SIZE, deadline)))
+            return rtype, rrid, self._read(length, deadline)
         except TimeoutError:
             raise
         except (OSError, EOFError) as exc:
-            raise _Lost(str(exc) or type(exc).__name__) from None
-        if rrid != rid and rrid != 0:
-            raise ProtocolError(f"reply for request {rrid} while waiting for {rid}")
-        return rtype, body
+            raise Lost(str(exc) or type(exc).__name__) from None
 
     def _read(self, n: int, deadline: float) -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
         while got < n:
-            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            self.sock.settimeout(ClientCore.remaining(deadline))
             k = self.sock.recv_into(view[got:])
             if k == 0:
                 raise EOFError("the service closed the connection")
@@ -127,73 +88,66 @@ class _Connection:
         self.sock.close()
 
 
-def _raise_error(body: bytearray) -> None:
-    code, message = wire.decode_error(body)
-    if code == wire.E_BUSY:
-        raise ServiceBusy(message)
-    if code == wire.E_BAD_REQUEST:
-        raise ValueError(message)
-    if code in (wire.E_MALFORMED, wire.E_TOO_LARGE):
-        raise ProtocolError(message)
-    if code == wire.E_SHUTTING_DOWN:
-        raise _Lost(message)
-    raise ServiceError(f"the service failed: {message}")
-
-
 class ServiceClient:
-    """An ``EmbedderLike`` whose model lives in the service process (see ``connect``)."""
+    """An ``EmbedderLike`` whose model lives in the service process (see ``connect``).
+
+    Blocking sockets, a small pool of them so that threads can share the client; all the rules
+    live in ``hivemem.service.core.ClientCore``.
+    """
 
     def __init__(
         self,
         socket_path: str | Path | None = None,
         *,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
         autostart: bool = True,
-        start_timeout: float = 120.0,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
         service_args: Sequence[str] = (),
         trust_uids: Iterable[int] | None = None,
     ) -> None:
-        self.socket_path = paths.socket_path(socket_path)
-        self.timeout = timeout
-        self.autostart = autostart
-        self.start_timeout = start_timeout
-        self.service_args = list(service_args)
-        self.trusted = trusted_uids(trust_uids)
+        self.core = ClientCore(
+            socket_path,
+            timeout=timeout,
+            autostart=autostart,
+            start_timeout=start_timeout,
+            service_args=service_args,
+            trust_uids=trust_uids,
+        )
+        self.socket_path = self.core.socket_path
         self._pool: list[_Connection] = []
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._pid = os.getpid()
         self._closed = False
-        self.restarts = 0
-        self.info: dict[str, Any] = {}
         try:
-            conn = self._open(time.monotonic() + max(timeout, start_timeout if autostart else 0))
-        except _Lost as exc:
-            raise ServiceUnavailable(f"the hivemem service at {self.socket_path} went away: {exc}") from None
-        except TimeoutError:
-            raise ServiceUnavailable(f"no answer from the hivemem service at {self.socket_path}") from None
+            conn = self._open(self.core.first_deadline())
+        except (Lost, TimeoutError) as exc:
+            raise self.core.unavailable(exc) from None
         self._checkin(conn)
 
     # ---- EmbedderLike ----------------------------------------------------------------------------
 
     @property
     def model_id(self) -> str:
-        return self.info["model_id"]
+        return self.core.model_id
 
     @property
     def dim(self) -> int:
-        return self.info["dim"]
+        return self.core.dim
 
     @property
     def service_pid(self) -> int:
-        return self.info["pid"]
+        return int(self.core.info["pid"])
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.core.info
+
+    @property
+    def restarts(self) -> int:
+        return self.core.restarts
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        items = check_texts(texts)
-        if not items:
-            return np.empty((0, self.dim), dtype=np.float32)
-        parts = [wire.decode_vectors(self._request(wire.EMBED, wire.encode_texts(c))) for c in _chunks(items)]
-        return wire.join_vectors(parts, len(items), self.dim)
+        items, payloads = self.core.embed_frames(texts)
+        return self.core.vectors([self._request(wire.EMBED, p) for p in payloads], len(items))
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([check_text(text)])[0]
@@ -210,7 +164,7 @@ class ServiceClient:
 
     def stats(self) -> dict[str, Any]:
         """The service's status (pid, model, uptime, queue, cache, clients, metrics)."""
-        return wire.decode_json(self._request(wire.STATS, b"", expect=wire.STATS_REPLY))
+        return dict(wire.decode_json(self._request(wire.STATS, b"", expect=wire.STATS_REPLY)))
 
     def shutdown(self) -> None:
         """Ask the service to drain its queue and exit (for every client, not only this one)."""
@@ -229,38 +183,31 @@ class ServiceClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- plumbing --------------------------------------------------------------------------------
+    # ---- I/O -------------------------------------------------------------------------------------
 
     def _request(
         self, ftype: int, payload: bytes, *, expect: int = wire.VECTORS, retry: bool = True
     ) -> bytearray:
         if self._closed:
             raise ServiceError("this client is closed")
-        deadline = time.monotonic() + self.timeout
-        for attempt in (0, 1):
+        core = self.core
+        deadline = core.call_deadline()
+        for attempt in core.attempts(retry):
             conn: _Connection | None = None
             try:
                 conn = self._checkout(deadline)
-                rtype, body = conn.call(ftype, next(self._ids), payload, deadline)
-                if rtype == wire.ERROR:
-                    _raise_error(body)
-                if rtype != expect:
-                    raise ProtocolError(f"expected reply type {expect}, got {rtype}")
-            except _Lost as exc:
+                rid, data = core.frame(ftype, payload)
+                body = core.reply(rid, *conn.call(data, deadline), expect)
+            except Lost as exc:
                 if conn is not None:
                     conn.close()
                 self._drop_pool()  # its other connections went to the same dead service
-                if attempt or not retry:
-                    raise ServiceUnavailable(
-                        f"lost the hivemem service at {self.socket_path}: {exc}"
-                    ) from None
+                core.lost(exc, attempt, retry)
                 continue
             except TimeoutError:
                 if conn is not None:
                     conn.close()
-                raise ServiceError(
-                    f"no answer from the hivemem service within {self.timeout:g} s ({self.socket_path})"
-                ) from None
+                raise core.timed_out() from None
             except BaseException:
                 if conn is not None:
                     conn.close()
@@ -271,8 +218,8 @@ class ServiceClient:
 
     def _checkout(self, deadline: float) -> _Connection:
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
-                self._pool, self._pid = [], os.getpid()
+            if self.core.forked():  # the parent's sockets are not ours to use
+                self._pool = []
             if self._pool:
                 return self._pool.pop()
         return self._open(deadline)
@@ -285,7 +232,7 @@ class ServiceClient:
 
     def _checkin(self, conn: _Connection) -> None:
         with self._lock:
-            if not self._closed and len(self._pool) < _POOL_MAX and self._pid == os.getpid():
+            if not self._closed and len(self._pool) < _POOL_MAX and not self.core.forked():
                 self._pool.append(conn)
                 return
         conn.close()
@@ -296,60 +243,28 @@ class ServiceClient:
         Until ``deadline`` it waits out a service that is going away: after ``kill -9`` the socket
         may still accept for a moment (then drop the hello), or refuse until a new service listens.
         """
-        pause = 0.02
+        core = self.core
+        pause = core.first_pause
         while True:
             try:
-                conn = _Connection(self.socket_path, max(0.001, deadline - time.monotonic()))
+                conn = _Connection(core.socket_path, core.remaining(deadline))
             except OSError as exc:
-                if not self.autostart:
-                    raise ServiceUnavailable(
-                        f"no hivemem service at {self.socket_path} ({exc.strerror or exc}); "
-                        "start one with `hivemem serve` or use connect(autostart=True)"
-                    ) from None
-                if time.monotonic() >= deadline:
-                    where = self.socket_path
-                    raise ServiceUnavailable(f"cannot reach the service at {where}: {exc}") from None
-                if self.info:
-                    self.restarts += 1
-                spawn.ensure_running(self.socket_path, self.service_args, deadline)
+                core.unreachable(exc, deadline)
+                spawn.ensure_running(core.socket_path, core.service_args, deadline)
                 continue
             try:
-                check_peer(conn.sock, self.socket_path, self.trusted)
-                rtype, body = conn.call(wire.HELLO, next(self._ids), b"", deadline)
-                if rtype == wire.ERROR:
-                    _raise_error(body)
-                if rtype != wire.WELCOME:
-                    raise ProtocolError(f"expected WELCOME, got frame type {rtype}")
-            except _Lost as exc:  # a listener that is dying (or shutting down): try again shortly
+                check_peer(conn.sock, core.socket_path, core.trusted)
+                rid, data = core.frame(wire.HELLO)
+                core.welcome(rid, *conn.call(data, deadline))
+            except Lost as exc:  # a listener that is dying (or shutting down): try again shortly
                 conn.close()
-                if time.monotonic() + pause >= deadline:
-                    where = self.socket_path
-                    raise ServiceUnavailable(f"lost the hivemem service at {where}: {exc}") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.5)
+                wait, pause = pause, core.dying(exc, pause, deadline)
+                time.sleep(wait)
                 continue
             except BaseException:
                 conn.close()
                 raise
-            info = wire.decode_json(body)
-            if self.info and info["model_id"] != self.info["model_id"]:
-                conn.close()
-                raise ServiceError(
-                    f"the service now serves {info['model_id']!r}, not {self.info['model_id']!r}: "
-                    "refusing to mix vectors of different models"
-                )
-            self.info = info
             return conn
-
-
-def _chunks(items: list[str]) -> Any:
-    start, size = 0, 0
-    for i, text in enumerate(items):
-        size += 4 + len(text) * 4  # UTF-8 never exceeds 4 bytes per code point
-        if i - start >= CHUNK_TEXTS or size > CHUNK_BYTES:
-            yield items[start:i]
-            start, size = i, 4 + len(text) * 4
-    yield items[start:]
 
 
 _warned_fallback = False
@@ -360,8 +275,8 @@ def connect(
     *,
     autostart: bool = True,
     fallback: str | None = None,
-    timeout: float = 60.0,
-    start_timeout: float = 120.0,
+    timeout: float = DEFAULT_TIMEOUT,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
     idle_timeout: float | None = None,
     variant: str | None = None,
     threads: int | None = None,
@@ -369,7 +284,7 @@ def connect(
     trust_uids: Iterable[int] | None = None,
     url: str | Sequence[str] | None = None,
     api_key: str | None = None,
-) -> Any:
+) -> EmbedderLike:
     """Attach to the machine's embedding service, starting it if none runs (``autostart``).
 
     ``url="http://host:port"`` (several: a list or commas), or ``$HIVEMEM_EMBEDDER_URL`` when no
@@ -392,15 +307,7 @@ def connect(
         from hivemem.embed.remote import RemoteEmbedder
 
         return RemoteEmbedder(url, api_key=api_key, timeout=timeout)
-    args: list[str] = []
-    for flag, value in (
-        ("--idle-timeout", idle_timeout),
-        ("--variant", variant),
-        ("--threads", threads),
-        ("--replicas", replicas),
-    ):
-        if value is not None:
-            args += [flag, str(value)]
+    args = service_args(idle_timeout=idle_timeout, variant=variant, threads=threads, replicas=replicas)
     try:
         return ServiceClient(
             socket_path,

@@ -9,12 +9,10 @@ the fewest texts waiting. That is the simplest dispatcher that keeps every repli
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import ctypes.util
 import itertools
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +20,6 @@ import numpy as np
 
 from hivemem.embed.cache import EmbeddingCache
 from hivemem.embed.engine import Embedder, make_backend
-from hivemem.embed.queue import QueueFull
-from hivemem.service.errors import ServiceBusy
 from hivemem.service.metrics import MeteredBackend, ServiceMetrics
 
 
@@ -64,6 +60,9 @@ class ReplicaSet:
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         return await self._pick().aembed(texts)
 
+    async def aembed_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        return await self._pick().aembed_counted(texts)
+
     def stats(self) -> dict[str, Any]:
         parts = [e.stats() for e in self.replicas]
         out = dict(parts[0])
@@ -83,20 +82,22 @@ def build_engine(
     variant: str = "default",
     threads: int | None = None,
     replicas: int = 1,
-    max_pending: int | None = 4096,
+    max_pending: int | None = None,
     max_wait_ms: float = 2.0,
     cache: bool = True,
 ) -> ReplicaSet:
-    """The default ONNX backend ``replicas`` times, metered, with one shared cache."""
+    """The default ONNX backend ``replicas`` times, metered, with one shared cache.
+
+    ``max_pending`` bounds each replica's queue (``QueueFull`` beyond); the service leaves it
+    unbounded and admits texts by permits instead (``hivemem.service.admission``).
+    """
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, got {replicas}")
     shared = EmbeddingCache() if cache else False
     embedders = []
     for _ in range(replicas):
         backend = MeteredBackend(make_backend("onnx", variant=variant, threads=threads), metrics)
-        embedders.append(
-            Embedder(backend, cache=shared, max_pending=max_pending, max_wait_ms=max_wait_ms)  # type: ignore[arg-type]
-        )
+        embedders.append(Embedder(backend, cache=shared, max_pending=max_pending, max_wait_ms=max_wait_ms))
     release_free_memory()
     return ReplicaSet(embedders)
 
@@ -110,19 +111,3 @@ def release_free_memory() -> None:
     if name:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(name).malloc_trim(0)
-
-
-async def embed_with_backpressure(embedder: Any, texts: list[str], busy_timeout: float) -> np.ndarray:
-    """``aembed`` that waits (up to ``busy_timeout`` s) while the queue is full, then ServiceBusy."""
-    deadline = time.monotonic() + busy_timeout
-    delay = 0.002
-    while True:
-        try:
-            return await embedder.aembed(texts)
-        except QueueFull as exc:
-            if time.monotonic() + delay > deadline:
-                raise ServiceBusy(
-                    f"the embedding queue stayed full for {busy_timeout:g} s ({exc}); retry later"
-                ) from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)

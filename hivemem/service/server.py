@@ -1,46 +1,49 @@
-"""The service process: one engine, an asyncio Unix-socket server, optionally HTTP on the same loop.
+"""The service process: one engine and an asyncio Unix-socket server, plus any *companions* on the
+same loop.
 
 Threads: the event loop reads and writes frames for every connection; model compute runs on the
 engine's queue thread(s). A connection's requests run as independent tasks, so one slow or dead
 client only ever stalls its own replies. Lifecycle: a pid file locked for the service's whole life
 proves a socket file is not stale; SIGTERM/SIGINT (or a SHUTDOWN frame) stop accepting, finish
 in-flight requests, drain the queue, then remove the socket.
+
+Companions: servers that share the engine from the same process — ``hivemem serve --http`` runs the
+HTTP application (``hivemem.http.server.HttpServer``) as one. The service knows them only through
+the small ``Companion`` protocol below: it hands them a ``Serving`` (engine, metrics, status), runs
+them beside the socket, stops them first and closes them before the engine. It builds no memory
+store, no worker pool and no web app itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hivemem import config as hm_config
+from hivemem.embed.onnx_backend import default_threads
+from hivemem.errors import AlreadyRunning, FrameTooLarge, ProtocolError, QueueFull, ServiceBusy
+from hivemem.locks import FileLock
 from hivemem.service import paths, wire
-from hivemem.service.errors import ProtocolError, ServiceBusy, ServiceError
+from hivemem.service.admission import Admission
 from hivemem.service.metrics import ServiceMetrics
-from hivemem.service.replicas import build_engine, embed_with_backpressure
+from hivemem.service.replicas import build_engine
 
 log = logging.getLogger("hivemem.service")
 
 
-class AlreadyRunning(ServiceError):
-    """Another service holds this socket's pid lock."""
-
-
 @dataclass
 class ServiceConfig:
-    """Everything ``hivemem serve`` can set (the same names as its options)."""
+    """The embedding service's options (the same names as ``hivemem serve``'s)."""
 
     socket: Path
-    http: str | None = None
-    api_key: str | None = None
     replicas: int = 1
     threads: int | None = None
     variant: str = "default"
@@ -50,27 +53,39 @@ class ServiceConfig:
     max_frame: int = wire.DEFAULT_MAX_FRAME
     write_timeout: float = 30.0
     cache: bool = True
-    # HTTP only: scoped keys, the memory store served under /v1/memories, the agent stream route.
-    keys: dict[str, Any] = field(default_factory=dict)  # key → hivemem.service.keys.Scope
-    memory: bool = True
-    memory_path: str | Path | None = None  # a file or a postgresql:// URL; None: Memory's default
-    agent_factory: Callable[[], Any] | None = None
-    agent_fn: Callable[..., Any] | None = None
-    agent_workers: int = 2
-    agent_kind: str = "process"
-    max_body: int = 16 * 1024 * 1024
-    http_read_timeout: float = 30.0  # seconds to receive one whole HTTP request (408 after)
     # How this service was started (``spawn.start_command``): recorded next to the socket while it
     # runs, so that a replacement after kill -9 comes back with the same options. None: not recorded.
     replay: dict[str, Any] | None = None
 
 
-def parse_bind(bind: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) → ``(host, port)``; ValueError naming the problem."""
-    host, sep, port = bind.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--http expects HOST:PORT (e.g. 127.0.0.1:8080), got {bind!r}")
-    return host.strip("[]"), int(port)
+@dataclass
+class Serving:
+    """What the service shares with its companions."""
+
+    engine: Any  # EmbedderLike plus stats() and close(): the one queue and cache of this machine
+    metrics: ServiceMetrics
+    status: Callable[[], dict[str, Any]]  # the service's STATS (pid, model, queue, cache, metrics)
+    admission: Admission  # permits for texts in flight, shared by every transport
+
+
+class Companion(Protocol):
+    """A server run on the service's loop beside the socket (see the module docstring)."""
+
+    def prepare(self, serving: Serving) -> None:
+        """Build what it serves; raising here stops the service before it listens."""
+
+    async def serve(self) -> None:
+        """Serve until ``stop``; raising stops the service."""
+
+    def stop(self) -> None:
+        """Stop taking requests and let ``serve`` return once the open ones are answered."""
+
+    def close(self) -> None:
+        """Release its own resources (run in a thread, after ``serve`` returned, before the engine
+        closes)."""
+
+    def status(self) -> dict[str, Any]:
+        """Fields merged into the service's STATS reply."""
 
 
 class PidLock:
@@ -78,37 +93,40 @@ class PidLock:
 
     def __init__(self, sock: Path) -> None:
         self.path = paths.pid_path(sock)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise AlreadyRunning(f"a hivemem service (pid {owner}) is already running on {sock}") from None
+        self._lock = FileLock(self.path)
+        if not self._lock.acquire(timeout=0):
+            owner = self._lock.read(32) or "?"
+            self._lock.release()
+            raise AlreadyRunning(f"a hivemem service (pid {owner}) is already running on {sock}")
         # The file is truncated, never unlinked: unlinking would let a second service lock a new inode.
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock.write(f"{os.getpid()}\n")
 
     def release(self) -> None:
-        os.ftruncate(self.fd, 0)
-        os.close(self.fd)
+        self._lock.write("")
+        self._lock.release()
 
 
 class Service:
     """The socket server around one engine (``EmbedderLike`` plus ``stats()`` and ``close()``)."""
 
-    def __init__(self, engine: Any, config: ServiceConfig, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        config: ServiceConfig,
+        metrics: ServiceMetrics,
+        companions: Sequence[Companion] = (),
+    ) -> None:
         self.engine = engine
         self.config = config
         self.metrics = metrics
+        self.companions = list(companions)
+        self.admission = Admission(config.max_pending, config.busy_timeout)
         self.clients = 0
         self.closing = False
         self._inflight: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
-        self._closers: list[Callable[[], Any]] = []  # HTTP-side resources, closed before the engine
-        self._memory_path: str | None = None  # the memory store served over HTTP (file or URL), if any
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -128,11 +146,17 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        background = []
-        http_server = None
-        if self.config.http:
-            http_server, task = self._start_http()
-            background.append(task)
+        serving = Serving(self.engine, self.metrics, self.status, self.admission)
+        try:
+            for companion in self.companions:
+                companion.prepare(serving)
+        except BaseException:
+            server.close()
+            await asyncio.to_thread(self._close_companions)
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+            raise
+        background = [asyncio.create_task(c.serve()) for c in self.companions]
         if self.config.idle_timeout > 0:
             background.append(asyncio.create_task(self._watch_idle()))
         log.info("hivemem service pid %d serving %s on %s", os.getpid(), self.engine.model_id, sock)
@@ -145,14 +169,13 @@ class Service:
         finally:
             self.closing = True
             server.close()
-            if http_server is not None:
-                http_server.should_exit = True
+            for companion in self.companions:
+                companion.stop()
             if self._inflight:
                 await asyncio.wait(self._inflight, timeout=60)
-            if http_server is not None:
-                await asyncio.wait(background[:1], timeout=30)  # uvicorn finishes open requests
-            for close in self._closers:
-                await asyncio.to_thread(close)
+            if self.companions:  # they finish their open requests
+                await asyncio.wait(background[: len(self.companions)], timeout=30)
+            await asyncio.to_thread(self._close_companions)
             await asyncio.to_thread(self.engine.close)  # drains whatever is still queued
             for writer in list(self._writers):
                 writer.close()
@@ -163,47 +186,12 @@ class Service:
                 sock.unlink()
             log.info("hivemem service pid %d stopped", os.getpid())
 
-    def _start_http(self) -> tuple[Any, asyncio.Task[None]]:
-        import uvicorn
-
-        from hivemem.service.http import create_app
-
-        config = self.config
-        host, port = parse_bind(config.http or "")
-        memory = pool = None
-        if config.memory:
-            from hivemem.memory.store import Memory
-
-            memory = Memory(config.memory_path, embedder=self.engine)  # our own engine, not a client
-            self._memory_path = memory.location  # a PostgreSQL URL without its password
-            self._closers.append(memory.close)
-        if config.agent_fn is not None:
-            from hivemem.pool.pool import WorkerPool
-
-            pool = WorkerPool(config.agent_factory, size=config.agent_workers, kind=config.agent_kind)
-            self._closers.append(lambda: pool.close(cancel_pending=True))
-        app = create_app(
-            self.engine,
-            api_key=config.api_key,
-            host=host,
-            metrics=self.metrics,
-            busy_timeout=config.busy_timeout,
-            status=self.status,
-            keys=config.keys,
-            memory=memory,
-            agent_pool=pool,
-            agent_fn=config.agent_fn,
-            max_body=config.max_body,
-        )
-        from hivemem.service.limits import read_timeout_protocol
-
-        http = read_timeout_protocol(config.http_read_timeout)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", http=http)
-        )
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # our loop owns signals
-        log.info("hivemem service: HTTP on http://%s:%d", host, port)
-        return server, asyncio.create_task(server.serve())
+    def _close_companions(self) -> None:
+        for companion in self.companions:
+            try:
+                companion.close()
+            except Exception:
+                log.exception("hivemem service: closing %r failed", companion)
 
     async def _watch_idle(self) -> None:
         period = min(1.0, self.config.idle_timeout / 4)
@@ -216,25 +204,27 @@ class Service:
 
     def status(self) -> dict[str, Any]:
         engine = self.engine.stats()
-        return {
+        out = {
             "pid": os.getpid(),
             "model_id": self.engine.model_id,
             "dim": self.engine.dim,
             "socket": str(self.config.socket),
-            "http": self.config.http,
             "idle_timeout": self.config.idle_timeout,
             "uptime_s": round(time.time() - self.metrics.started, 3),
             "clients": self.clients,
             "replicas": engine.get("replicas", 1),
             "threads": self.config.threads or default_threads(),
             "queue": engine.get("queue"),
+            "admission": self.admission.stats(),
             "cache": engine.get("cache"),
             "metrics": self.metrics.snapshot(),
             # where this process keeps its files (``hivemem status`` shows them)
             "home": str(hm_config.home()),
             "cache_path": str(hm_config.cache_path()) if self.config.cache else None,
-            "memory_path": self._memory_path,
         }
+        for companion in self.companions:
+            out.update(companion.status())
+        return out
 
     # ---- connections -----------------------------------------------------------------------------
 
@@ -265,8 +255,8 @@ class Service:
                 if ftype not in wire.REQUEST_TYPES:
                     raise ProtocolError(f"unknown request type {ftype}")
             except ProtocolError as exc:
-                too_large = "exceeds the limit" in str(exc)
-                await self._refuse(writer, 0, wire.E_TOO_LARGE if too_large else wire.E_MALFORMED, str(exc))
+                code = wire.E_TOO_LARGE if isinstance(exc, FrameTooLarge) else wire.E_MALFORMED
+                await self._refuse(writer, 0, code, str(exc))
                 return
             payload = await reader.readexactly(length)
             if ftype == wire.EMBED:
@@ -294,8 +284,9 @@ class Service:
     async def _embed(self, writer: asyncio.StreamWriter, rid: int, texts: list[str]) -> None:
         start = time.perf_counter()
         try:
-            vectors = await embed_with_backpressure(self.engine, texts, self.config.busy_timeout)
-        except ServiceBusy as exc:
+            async with self.admission.permit(len(texts)):
+                vectors = await self.engine.aembed(texts)
+        except (ServiceBusy, QueueFull) as exc:
             self.metrics.error("busy")
             self._send_error(writer, rid, wire.E_BUSY, str(exc))
             return
@@ -332,23 +323,9 @@ class Service:
             await asyncio.wait_for(writer.drain(), 5)
 
 
-def default_threads() -> int:
-    """Model threads when none are given: one per core, as for the in-process engine.
-
-    Measured on this 2-core machine, quiet, 25 workers embedding single texts (benchmarks/shared.py):
-    2 threads 381 texts/s, 1 thread 219. Under heavy outside load (load average ~20) ONNX Runtime's
-    spinning threads can starve the event loop that feeds them (49 texts/s with 2 threads vs 116
-    with 1 in such a run): there, pass ``--threads 1``.
-    """
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def serve(config: ServiceConfig) -> None:
-    """Run a service in this process until stopped (what ``hivemem serve`` calls)."""
-    if config.http:
-        from hivemem.service.http import check_binding
-
-        check_binding(parse_bind(config.http)[0], config.api_key or config.keys)
+def serve(config: ServiceConfig, companions: Sequence[Companion] = ()) -> None:
+    """Run a service in this process until stopped (what ``hivemem serve`` calls), with
+    ``companions`` (the HTTP application) on its loop."""
     config.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = PidLock(config.socket)  # before loading the model: a second service fails in milliseconds
     try:
@@ -360,12 +337,16 @@ def serve(config: ServiceConfig) -> None:
         engine = build_engine(
             metrics=metrics,
             variant=config.variant,
+            # Default: one per core (measured with 25 workers embedding single texts, quiet 2-core
+            # machine: 2 threads 381 texts/s, 1 thread 219). Under heavy outside load (load average
+            # ~20) ONNX Runtime's spinning threads can starve the event loop that feeds them (49
+            # texts/s with 2 threads vs 116 with 1 in such a run): there, pass ``--threads 1``.
             threads=config.threads or default_threads(),
             replicas=config.replicas,
-            max_pending=config.max_pending,
+            max_pending=None,  # admission by permits bounds the texts in flight (Service.admission)
             cache=config.cache,
         )
-        asyncio.run(Service(engine, config, metrics).run())
+        asyncio.run(Service(engine, config, metrics, companions).run())
         with contextlib.suppress(FileNotFoundError):  # stopped cleanly: nothing to bring back
             paths.options_path(config.socket).unlink()
     finally:

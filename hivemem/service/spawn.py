@@ -18,9 +18,6 @@ started it by hand, so nobody would think to stop it. A service started by hand 
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
 import os
 import socket
@@ -29,11 +26,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from hivemem.errors import ServiceUnavailable
+from hivemem.locks import locked
 from hivemem.service import paths
-from hivemem.service.errors import ServiceUnavailable
 
 EXIT_ALREADY_RUNNING = 3  # mirrors server.EXIT_ALREADY_RUNNING without importing the server side
 AUTO_IDLE_TIMEOUT = 600.0  # seconds without a client before an auto-started service exits
@@ -54,33 +51,17 @@ def can_connect(sock: Path) -> bool:
         s.close()
 
 
-@contextlib.contextmanager
-def _locked(path: Path, deadline: float) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise ServiceUnavailable(
-                        f"timed out waiting for another process to start the service ({path})"
-                    ) from None
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def ensure_running(sock: Path, args: list[str], deadline: float) -> None:
     """Return once a service listens on ``sock``, starting one (with ``args``) if nobody does."""
     if can_connect(sock):
         return
     sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _locked(paths.start_lock_path(sock), deadline):
+    start_lock = paths.start_lock_path(sock)
+    with locked(start_lock, timeout=max(0.0, deadline - time.monotonic())) as held:
+        if not held:
+            raise ServiceUnavailable(
+                f"timed out waiting for another process to start the service ({start_lock})"
+            )
         if can_connect(sock):
             return
         log = paths.log_path(sock)

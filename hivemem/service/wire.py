@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hivemem.service.errors import ProtocolError
+from hivemem.errors import FrameTooLarge, ProtocolError
 
 MAGIC = b"HVMM"
 VERSION = 1
@@ -75,7 +75,7 @@ def parse_header(data: bytes, max_length: int) -> tuple[int, int, int]:
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version} (this side speaks {VERSION})")
     if length > max_length:
-        raise ProtocolError(f"frame of {length} bytes exceeds the limit of {max_length} bytes")
+        raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {max_length} bytes")
     return ftype, request_id, length
 
 
@@ -149,7 +149,7 @@ def encode_error(code: int, message: str) -> bytes:
     return _ERR.pack(code) + message.encode("utf-8", "replace")
 
 
-def decode_error(payload: bytes | memoryview) -> tuple[int, str]:
+def decode_error(payload: bytes | bytearray | memoryview) -> tuple[int, str]:
     if len(payload) < _ERR.size:
         return E_MALFORMED, "error frame without a code"
     (code,) = _ERR.unpack_from(payload)
@@ -160,7 +160,7 @@ def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def decode_json(payload: bytes | memoryview) -> Any:
+def decode_json(payload: bytes | bytearray | memoryview) -> Any:
     try:
         return json.loads(bytes(payload))
     except ValueError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hivemem.tasks.errors import TaskLibraryError, TaskNotFoundError, TaskSourceError, UnknownTaskTypeError
+from hivemem.errors import TaskLibraryError, TaskNotFoundError, TaskSourceError, UnknownTaskTypeError
 from hivemem.tasks.library import TaskLibrary, TaskSourceChangedWarning
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from hivemem.tasks.errors import TaskLibraryError
+from hivemem.errors import TaskLibraryError
 
 app = typer.Typer(
     no_args_is_help=True,

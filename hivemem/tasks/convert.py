@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from hivemem.errors import TaskLibraryError, TaskSourceError
 from hivemem.tasks import codec, schema
-from hivemem.tasks.errors import TaskLibraryError, TaskSourceError
 from hivemem.tasks.source import DEFAULT_MAX_DEPTH, BigIntegerError, check_max_depth, iter_source
 
 OnDuplicate = Literal["error", "keep-last"]

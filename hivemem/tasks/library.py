@@ -14,18 +14,17 @@ import json
 import os
 import random
 import sqlite3
-import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hivemem.errors import TaskLibraryError, TaskNotFoundError, UnknownTaskTypeError
+from hivemem.sqlite import Connections, in_chunks
 from hivemem.tasks import codec, schema
 from hivemem.tasks.allocation import plan_allocation
-from hivemem.tasks.errors import TaskLibraryError, TaskNotFoundError, UnknownTaskTypeError
 
 Task = dict[str, Any]
-_CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
 # Read with plain read() into a small private page cache, no mmap: pages the process maps count
 # towards its PSS, pages it only reads stay in the kernel's cache, shared by every worker.
 _CACHE_KIB = 256
@@ -47,8 +46,10 @@ class TaskSourceChangedWarning(UserWarning):
 class TaskLibrary:
     """A read-only task library file made by ``convert_tasks`` / ``hivemem tasks convert``.
 
-    >>> lib = TaskLibrary("tasks.db")                          # doctest: +SKIP
-    >>> lib.sample("web", 20, seed=7, fields=["id", "task_type", "workflow"])  # doctest: +SKIP
+    Use (``tasks.db`` made by ``hivemem tasks convert``)::
+
+        lib = TaskLibrary("tasks.db")
+        lib.sample("web", 20, seed=7, fields=["id", "task_type", "workflow"])  # 20 dicts
     """
 
     def __init__(self, path: str | os.PathLike[str], *, check_source: bool = True) -> None:
@@ -60,9 +61,7 @@ class TaskLibrary:
                 f"create one with `hivemem tasks convert SRC.json {self.path}`"
             )
         self._uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._conns = Connections(self._connect)  # one per thread and process
         meta = dict(self._rows("SELECT key, value FROM meta", (), what="read its header"))
         if meta.get("format") != schema.FORMAT:
             raise TaskLibraryError(f"{self.path} is an SQLite file but not a hivemem task library")
@@ -90,21 +89,16 @@ class TaskLibrary:
                 )
 
     # -- connections and queries -------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+        except sqlite3.Error as exc:
+            raise TaskLibraryError(f"{self.path}: cannot open: not a valid task library ({exc})") from None
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
-        local = self._local
-        pid = os.getpid()
-        if getattr(local, "pid", None) != pid:
-            try:
-                conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
-                conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-            except sqlite3.Error as exc:
-                raise TaskLibraryError(
-                    f"{self.path}: cannot open: not a valid task library ({exc})"
-                ) from None
-            local.conn, local.pid = conn, pid
-            with self._lock:
-                self._connections.append(conn)
-        return local.conn
+        return self._conns.get()
 
     def _rows(self, sql: str, params: Sequence[Any], what: str = "read it") -> list[tuple[Any, ...]]:
         try:
@@ -128,11 +122,7 @@ class TaskLibrary:
 
     def close(self) -> None:
         """Close the connections this object opened (it reconnects if used again)."""
-        with self._lock:
-            mine, self._connections = self._connections, []
-        for conn in mine:  # read-only and immutable: nothing to flush, no locks to release
-            conn.close()
-        self._local = threading.local()
+        self._conns.close()  # read-only and immutable: nothing to flush, no locks to release
 
     def __enter__(self) -> TaskLibrary:
         return self
@@ -148,7 +138,8 @@ class TaskLibrary:
 
     def _where(self, task_type: str | None, where: dict[str, Any] | None) -> tuple[str, list[Any]]:
         self._check_type(task_type)
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if task_type is not None:
             clauses.append("task_type = ?")
             params.append(task_type)
@@ -216,12 +207,10 @@ class TaskLibrary:
         name_clause, names = self._field_filter(fields)
         rows: dict[int, list[tuple]] = {rowid: [] for rowid in rowids}
         unique = list(rows)
-        for start in range(0, len(unique), _CHUNK):
-            part = unique[start : start + _CHUNK]
+        for marks, part in in_chunks(unique):
             sql = (
                 "SELECT task, name, codec, value FROM task_fields "
-                f"WHERE task IN ({', '.join('?' * len(part))})"
-                f"{name_clause} ORDER BY task, pos"
+                f"WHERE task IN ({marks}){name_clause} ORDER BY task, pos"
             )
             for task, name, codec_id, value in self._cursor(sql, [*part, *names]):
                 rows[task].append((name, codec_id, value))
@@ -234,9 +223,8 @@ class TaskLibrary:
         keys = [str(t) for t in task_ids]
         found: dict[str, int] = {}
         unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), _CHUNK):
-            part = unique[start : start + _CHUNK]
-            sql = f"SELECT id, rowid FROM tasks WHERE id IN ({', '.join('?' * len(part))})"
+        for marks, part in in_chunks(unique):
+            sql = f"SELECT id, rowid FROM tasks WHERE id IN ({marks})"
             found.update(self._rows(sql, part))
         missing = [k for k in unique if k not in found]
         if missing:

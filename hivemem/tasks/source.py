@@ -28,14 +28,14 @@ import itertools
 import json
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import ijson
 
-from hivemem.tasks.errors import TaskSourceError
+from hivemem.errors import TaskSourceError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 DEFAULT_MAX_DEPTH = 512
@@ -270,7 +270,7 @@ def _locate_in_chunk(message: bytes, chunk: bytes) -> int | None:
         return None
     head, tail = lines[1][:40], lines[1][40:]
     flat = chunk.replace(b"\n", b" ").replace(b"\r", b" ")
-    found = []
+    found: list[int] = []
     start = 0
     while len(found) < 2:
         o = flat.find(tail, start) if tail else len(flat)
@@ -421,7 +421,7 @@ def iter_source(
     on_bytes: Callable[[int], object] | None = None,
     backend: str | None = None,
     max_depth: int = DEFAULT_MAX_DEPTH,
-) -> tuple[SourceInfo, Iterator[SourceItem]]:
+) -> tuple[SourceInfo, Generator[SourceItem, None, None]]:
     """Open ``path`` and return its stats and a generator of its tasks.
 
     The ``sha256`` of the returned ``SourceInfo`` is filled in once the generator is exhausted.
@@ -440,7 +440,7 @@ def iter_source(
     if fmt == "auto":
         fmt = "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "json"
 
-    def generate() -> Iterator[SourceItem]:
+    def generate() -> Generator[SourceItem, None, None]:
         with open(path, "rb") as raw:
             reader = _Reader(raw, on_bytes)
             if reader.peek(3) == _BOM:

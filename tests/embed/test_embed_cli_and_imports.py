@@ -1,6 +1,7 @@
 """CLI verbs and the promise that ``import hivemem`` stays light."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -41,9 +42,18 @@ def test_import_hivemem_loads_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_demo_runs_the_main_job():
-    """`make demo` stays true: batch-add memories for several users, scoped search, real model."""
-    result = runner.invoke(app, ["demo", "--n", "60"])
+def test_demo_runs_the_fleet_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    """`make demo` stays true: worker processes share one service, one task library and one memory
+    store (batch-added memories for several users, scoped search, real model), the table compares
+    them with processes that each load model and library, and no process is left behind."""
+    import psutil
+
+    monkeypatch.setenv("HIVEMEM_SOCKET", str(tmp_path / "demo.sock"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    result = runner.invoke(app, ["demo", "--workers", "2", "--quick"])
     assert result.exit_code == 0, result.output
-    assert "add_batch: 60 memories for 4 users" in result.output
-    assert result.output.count("\n  0.") >= 3  # scored neighbours printed for the questions
+    assert "add_batch: 60 memories for 4 users by 2 workers" in result.output
+    assert "each loading model + library" in result.output and "x less with 2 workers" in result.output
+    assert len(re.findall(r"^  -?\d\.\d{3}  ", result.output, re.M)) >= 3  # neighbours for the questions
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+    assert not (tmp_path / "demo.sock").exists()  # the service it started was stopped

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from hivemem.embed import model
+from hivemem.embed import model, prepare
 
 
 def _fake_build(calls: list[int]):
@@ -25,24 +25,24 @@ def _fake_build(calls: list[int]):
 def test_old_recipe_is_prepared_again_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HIVEMEM_HOME", str(tmp_path))
     calls: list[int] = []
-    monkeypatch.setattr(model, "_build", _fake_build(calls))
+    monkeypatch.setattr(prepare, "_build", _fake_build(calls))
     old = model.model_dir()
     old.mkdir(parents=True)
     (old / "manifest.json").write_text(json.dumps({"default": "int8", "variants": {}}))  # recipe 1: no key
     (old / "model-int8.onnx").write_bytes(b"stale")
 
-    manifest = model.ensure_prepared()
+    manifest = prepare.ensure_prepared()
     assert manifest["recipe"] == model.RECIPE and calls == [1]
     assert "older recipe (1, now" in capsys.readouterr().err
     assert not (model.model_dir() / "model-int8.onnx").exists()  # the old directory was replaced whole
 
-    assert model.ensure_prepared() == manifest and calls == [1]  # current now: no second export
+    assert prepare.ensure_prepared() == manifest and calls == [1]  # current now: no second export
     assert capsys.readouterr().err == ""
 
 
 def test_missing_model_is_prepared_with_the_first_use_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HIVEMEM_HOME", str(tmp_path))
     calls: list[int] = []
-    monkeypatch.setattr(model, "_build", _fake_build(calls))
-    model.ensure_prepared()
+    monkeypatch.setattr(prepare, "_build", _fake_build(calls))
+    prepare.ensure_prepared()
     assert calls == [1] and "for first use" in capsys.readouterr().err

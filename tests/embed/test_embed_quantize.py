@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
 
 from hivemem.embed import quantize  # noqa: E402
-from hivemem.embed.model import export_bert  # noqa: E402
+from hivemem.embed.prepare import export_bert  # noqa: E402
 from hivemem.embed.quantize import quantize_int8  # noqa: E402
 
 SENTENCES = [

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from hivemem import Memory
 from hivemem.cli import app
-from hivemem.service.keys import load_keys
+from hivemem.http.keys import load_keys
 
 
 class Counting(HashEmbedder):

@@ -1,5 +1,6 @@
 """A fake "service" speaking the wire protocol, for the trust tests: it answers every EMBED with
-vectors of the caller's choosing (zeros, wrong norms, unit vectors), optionally as another user.
+vectors of the caller's choosing (zeros, wrong norms, unit vectors), optionally as another user;
+``busy`` answers every HELLO with an ERROR frame instead.
 
 Started in a forked child (``multiprocessing`` fork context) so that it can drop to another uid
 before it listens: ``SO_PEERCRED`` reports the credentials in effect at ``listen()``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 from pathlib import Path
 
 from hivemem.service import wire
@@ -55,18 +57,25 @@ def serve(path: str, mode: str, uid: int | None = None) -> None:
     listener.listen(8)
     while True:
         conn, _ = listener.accept()
-        try:
-            while True:
-                ftype, rid, length = wire.parse_header(_read(conn, wire.HEADER_SIZE), 1 << 30)
-                payload = _read(conn, length)
-                if ftype == wire.HELLO:
-                    info = {"pid": os.getpid(), "model_id": "all-MiniLM-L6-v2/onnx-int8", "dim": DIM}
-                    conn.sendall(wire.frame(wire.WELCOME, rid, wire.encode_json(info)))
-                elif ftype == wire.EMBED:
-                    (count,) = struct.unpack_from("<I", payload)
-                    conn.sendall(wire.frame(wire.VECTORS, rid, _vectors(count, mode)))
-        except (EOFError, OSError):
-            conn.close()
+        threading.Thread(target=_answer, args=(conn, mode), daemon=True).start()
+
+
+def _answer(conn: socket.socket, mode: str) -> None:
+    """Answer one connection's requests until it closes (each connection in its own thread)."""
+    try:
+        while True:
+            ftype, rid, length = wire.parse_header(_read(conn, wire.HEADER_SIZE), 1 << 30)
+            payload = _read(conn, length)
+            if ftype == wire.HELLO and mode == "busy":  # refuses every client with an ERROR frame
+                conn.sendall(wire.frame(wire.ERROR, rid, wire.encode_error(wire.E_BUSY, "warming up")))
+            elif ftype == wire.HELLO:
+                info = {"pid": os.getpid(), "model_id": "all-MiniLM-L6-v2/onnx-int8", "dim": DIM}
+                conn.sendall(wire.frame(wire.WELCOME, rid, wire.encode_json(info)))
+            elif ftype == wire.EMBED:
+                (count,) = struct.unpack_from("<I", payload)
+                conn.sendall(wire.frame(wire.VECTORS, rid, _vectors(count, mode)))
+    except (EOFError, OSError):
+        conn.close()
 
 
 def drop(path: str, seconds: float) -> None:

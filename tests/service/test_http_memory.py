@@ -15,7 +15,7 @@ import pytest
 from http_helpers import ADMIN, ALICE, BOB, http_service
 from service_helpers import ROOT
 
-from hivemem.service.auth import Scope, load_keys
+from hivemem.http.auth import Scope, load_keys
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -262,7 +262,7 @@ def test_openapi_published_and_committed(api: httpx.Client) -> None:
     ):
         assert path in committed["paths"]
     # The committed file is exactly what the generator writes now (regenerate when routes change).
-    check = subprocess.run([sys.executable, "-m", "hivemem.service.openapi", "--check"], cwd=ROOT,
+    check = subprocess.run([sys.executable, "-m", "hivemem.http.openapi", "--check"], cwd=ROOT,
                            capture_output=True, text=True)  # fmt: skip
     assert check.returncode == 0, check.stderr
 

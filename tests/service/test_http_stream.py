@@ -12,7 +12,7 @@ import pytest
 from http_helpers import ALICE, http_service
 
 from hivemem.pool.pool import WorkerPool
-from hivemem.service.cli import _agent
+from hivemem.serve import _agent
 
 
 @pytest.fixture(scope="module")

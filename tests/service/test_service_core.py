@@ -18,9 +18,9 @@ from service_helpers import PY, ROOT, start_service, stop_pid
 
 from hivemem.embed.corpus import sentences
 from hivemem.embed.model import MIN_BATCH_INVARIANCE as SAME  # vectors across batches
+from hivemem.errors import ServiceUnavailable
 from hivemem.service import wire
 from hivemem.service.client import ServiceClient, connect
-from hivemem.service.errors import ServiceUnavailable
 
 TEXTS = sentences(40, seed=7)
 
@@ -263,7 +263,7 @@ def test_full_queue_is_service_busy_not_a_hang(service_env) -> None:
     import asyncio
 
     import hivemem
-    from hivemem.service.errors import ServiceBusy
+    from hivemem.errors import ServiceBusy
 
     proc = start_service(service_env, "--max-pending", "1", "--busy-timeout", "0")
     texts = sentences(64, seed=5)

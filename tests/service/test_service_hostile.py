@@ -24,9 +24,9 @@ from service_helpers import free_port, start_service, stop_pid
 
 from hivemem.embed.corpus import sentences
 from hivemem.embed.model import MIN_BATCH_INVARIANCE as SAME
+from hivemem.errors import ProtocolError, UntrustedService
 from hivemem.service import paths, spawn
 from hivemem.service.client import ServiceClient, connect
-from hivemem.service.errors import ProtocolError, UntrustedService
 
 # -- defect 4: the in-flight call completes on the replacement --------------------------------------
 

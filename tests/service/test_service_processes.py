@@ -17,7 +17,7 @@ from hivemem.service.client import connect
 WORKER = """
 import json, sys, time
 import hivemem
-from hivemem.service.errors import ServiceError
+from hivemem.errors import ServiceError
 client = hivemem.connect(timeout=20)
 print(json.dumps({"ready": client.service_pid}), flush=True)
 mode = sys.argv[1]

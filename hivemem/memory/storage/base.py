@@ -39,6 +39,7 @@ or a ``postgresql://`` URL. Both run the same tests (``tests/memory``: the ``loc
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -72,15 +73,17 @@ class Storage(Protocol):
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """The vector side of the search contract (module docstring)."""
         ...
 
-    def keyword_search(self, terms: list[str], where: Node | None, k: int) -> list[dict[str, Any]]:
+    def keyword_search(
+        self, terms: builtins.list[str], where: Node | None, k: int
+    ) -> builtins.list[dict[str, Any]]:
         """The keyword side of the search contract (module docstring)."""
         ...
 
-    def cosines(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
+    def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         """Exact cosine similarity of these memories to ``vector`` (unknown ids left out)."""
         ...
 
@@ -103,7 +106,7 @@ class Storage(Protocol):
 
     def delete_where(self, where: Node) -> int: ...
 
-    def history(self, memory_id: str) -> list[dict[str, Any]]: ...
+    def history(self, memory_id: str) -> builtins.list[dict[str, Any]]: ...
 
     def count(self) -> int: ...
 
@@ -115,21 +118,21 @@ class Storage(Protocol):
         """Every memory as a record, in insertion order."""
         ...
 
-    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""
         ...
 
-    def deleted_ids(self) -> list[str]:
+    def deleted_ids(self) -> builtins.list[str]:
         """Ids that have history but no memory any more."""
         ...
 
     def import_rows(
         self,
-        memories: list[NewMemory],
+        memories: builtins.list[NewMemory],
         vectors: np.ndarray,
-        updated_at: list[str],
-        history: list[dict[str, Any]],
-    ) -> list[tuple[str, str]]:
+        updated_at: builtins.list[str],
+        history: builtins.list[dict[str, Any]],
+    ) -> builtins.list[tuple[str, str]]:
         """Copy memories (ids and timestamps kept) and history rows from another store in one
         transaction: ``"SKIP"`` for an id already here, else as ``insert``; history rows replace the
         synthetic ``ADD`` of the memories they describe and are skipped when their id is here."""

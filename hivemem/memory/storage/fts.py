@@ -152,16 +152,8 @@ class KeywordIndex:
         if rows * len(terms) <= RANK_BUDGET:
             return terms, scope_query, rows
         share = rows / max(size, 1)
-        counted = sorted((self._count(db, store, size, body_match([t]), exact=False), t) for t in terms)
-        kept, total = [], 0
-        for df, term in counted:
-            if df == 0:
-                continue
-            if (total + df) * share > RANK_BUDGET:
-                break
-            kept.append(term)
-            total += df
-        return kept, scope_query, rows
+        counted = [(self._count(db, store, size, body_match([t]), exact=False), t) for t in terms]
+        return rarest_words(counted, share), scope_query, rows
 
     def search(
         self,
@@ -209,3 +201,21 @@ class KeywordIndex:
             if len(out) >= k:
                 break
         return out[:k]
+
+
+def rarest_words(counts: list[tuple[int, str]], share: float) -> list[str]:
+    """The rarest words while the rows they bring (their rows × the scope's share) stay within
+    ``RANK_BUDGET``; ``counts``: ``(rows of the word in the store, word)``. Both backends plan with it.
+
+    >>> rarest_words([(30_000, "the"), (5, "peanuts"), (0, "zebra"), (9_000, "likes")], 1.0)
+    ['peanuts', 'likes']
+    """
+    kept, total = [], 0
+    for df, term in sorted(counts):
+        if df == 0:
+            continue
+        if (total + df) * share > RANK_BUDGET:
+            break
+        kept.append(term)
+        total += df
+    return kept

@@ -77,7 +77,7 @@ class _Compiler:
 
     def atom(self, c: Cond) -> str:
         field, op, params = c.field, c.op, self.params
-        value = c.value if isinstance(c.value, tuple) else _text(c.value)
+        value: Any = c.value if isinstance(c.value, tuple) else _text(c.value)
         column = field in COLUMNS
         if op == "exists":
             if column:

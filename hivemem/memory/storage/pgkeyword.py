@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from hivemem.memory.filters import Cond, Logic, Node
-from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX
+from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, rarest_words
 
 VERSION = "1"  # of the function, configuration, column and index below; kept in meta 'keywords'
 MAX_INDEXED_CHARS = 100_000
@@ -206,20 +206,6 @@ class Scope:
         prefix = dict(zip(_SCOPE_FIELDS, _PREFIX, strict=True))
         # hex digits and the prefix only: nothing in it is tsquery syntax
         self.query = " & ".join(f"'{prefix[f]}{v.encode('utf-8').hex()}'" for f, v in conds)
-
-
-def choose(counts: list[tuple[int, str]], share: float) -> list[str]:
-    """The rarest words while the rows they bring (their rows × the scope's share) stay within
-    the budget; ``counts``: ``(rows of the word in the store, word)`` (``fts.KeywordIndex.plan``)."""
-    kept, total = [], 0
-    for df, term in sorted(counts):
-        if df == 0:
-            continue
-        if (total + df) * share > RANK_BUDGET:
-            break
-        kept.append(term)
-        total += df
-    return kept
 
 
 def _rank(words: list[tuple[int, np.ndarray]], rows: float, k: int) -> list[tuple[int, float]]:
@@ -481,7 +467,8 @@ class KeywordSearch:
         def lists(words: list[str]) -> dict[str, tuple[int, np.ndarray]]:
             return self._lists(conn, words, scoped, scope, sql, params, cache, generation, size)
 
-        kept, found = terms, {}
+        kept = terms
+        found: dict[str, tuple[int, np.ndarray]] = {}
         if rows * len(terms) > RANK_BUDGET:  # store-wide lists give the counts as they are read
             kept, found = self._plan(conn, terms, rows / max(size, rows, 1), size, None if scoped else lists)
         if not kept:
@@ -612,4 +599,4 @@ class KeywordSearch:
             for t, cur in zip(exact, curs, strict=True):
                 counts[t] = int(cur.fetchone()[0])
                 self._remember(("word", t), counts[t], size, at_least=counts[t] >= cap)
-        return choose([(c, t) for t, c in counts.items()], share), found
+        return rarest_words([(c, t) for t, c in counts.items()], share), found

@@ -34,6 +34,7 @@ SQLite), ``meta`` is a generated ``jsonb`` copy that filters read. Filters compi
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import threading
@@ -46,6 +47,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from hivemem.errors import PgVectorMissing
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
 from hivemem.memory.storage import pgarrays, pgindex, pgkeyword, pglower
@@ -134,10 +136,6 @@ CREATE TABLE IF NOT EXISTS {ns}.tombstones (
 );
 CREATE INDEX IF NOT EXISTS tombstones_tx ON {ns}.tombstones (tx);
 """
-
-
-class PgVectorMissing(RuntimeError):
-    """The database has no pgvector and this role may not create it."""
 
 
 def _record(row: tuple, score: float | None = None, *, with_score: bool = False) -> dict[str, Any]:
@@ -474,7 +472,9 @@ class PostgresStorage:
         if not memories:
             return []
         _check_nul(memories)
-        rows = [(m, v, None) for m, v in zip(memories, vectors, strict=True)]
+        rows: list[tuple[NewMemory, np.ndarray, dict[str, Any] | None]] = [
+            (m, v, None) for m, v in zip(memories, vectors, strict=True)
+        ]
         try:
             results = self._write(lambda conn: self._insert_rows(conn, rows))
         except self._psycopg.errors.UniqueViolation as exc:
@@ -713,7 +713,9 @@ class PostgresStorage:
             ids = [m.id for m in memories]
             here = {r[0] for r in conn.execute(f"SELECT id FROM {ns}.memories WHERE id = ANY(%s)", (ids,))}
             keep = [i for i, m in enumerate(memories) if m.id not in here]
-            rows = [(memories[i], vectors[i], {"updated_at": updated_at[i], "history": []}) for i in keep]
+            rows: list[tuple[NewMemory, np.ndarray, dict[str, Any] | None]] = [
+                (memories[i], vectors[i], {"updated_at": updated_at[i], "history": []}) for i in keep
+            ]
             stored = self._insert_rows(conn, rows) if rows else []
             added = {mid for mid, event in stored if event == "ADD"}
             described = {h["memory_id"] for h in history}
@@ -754,10 +756,10 @@ class PostgresStorage:
             ).fetchall()
         return [_record(r) for r in rows]
 
-    def history(self, memory_id: str) -> list[dict[str, Any]]:
+    def history(self, memory_id: str) -> builtins.list[dict[str, Any]]:
         return self.histories([memory_id]).get(memory_id, [])
 
-    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""
         with self._read() as conn:
             rows = conn.execute(
@@ -770,7 +772,7 @@ class PostgresStorage:
             out.setdefault(r[1], []).append(dict(zip(keys, r, strict=True)))
         return out
 
-    def deleted_ids(self) -> list[str]:
+    def deleted_ids(self) -> builtins.list[str]:
         """Ids that have history but no memory any more (deleted), in order of first event."""
         with self._read() as conn:
             rows = conn.execute(
@@ -795,7 +797,7 @@ class PostgresStorage:
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Exact top-k by inner product (cosine: the vectors are unit length), best first, ties to
         the older row. Small candidate sets are scored by PostgreSQL directly; large ones are
         ranked by the in-process int8 copy first (``pgindex``) and the best re-scored exactly."""
@@ -817,7 +819,9 @@ class PostgresStorage:
         # the best k, then the cut: the same rows as the best k of those at or above the threshold
         return out if threshold is None else [r for r in out if r["score"] >= threshold]
 
-    def _search_local(self, conn: Any, q: np.ndarray, sql: str, params: list[Any], k: int) -> list:
+    def _search_local(
+        self, conn: Any, q: np.ndarray, sql: str, params: builtins.list[Any], k: int
+    ) -> builtins.list:
         """Exact top-k rows: PostgreSQL scores the candidates itself when fewer than ``INDEX_MIN``
         rows pass the filter (one statement counts them, up to that, and scores them); else the
         int8 copy ranks first. A filter found to match many rows is remembered for
@@ -866,7 +870,9 @@ class PostgresStorage:
             rows = score(view).fetchall()
         return rows
 
-    def keyword_search(self, terms: list[str], where: Node | None, k: int) -> list[dict[str, Any]]:
+    def keyword_search(
+        self, terms: builtins.list[str], where: Node | None, k: int
+    ) -> builtins.list[dict[str, Any]]:
         """The best ``k`` rows passing ``where`` that hold one of ``terms``, by SQLite's BM25
         (``pgkeyword``); ``score`` > 0, higher is better."""
         if not terms:
@@ -876,7 +882,7 @@ class PostgresStorage:
             hits = self._keywords.search(conn, terms, where, sql, params, k)
         return [_record(row, score, with_score=True) for row, score in hits]
 
-    def cosines(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
+    def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         """pgvector's inner product (the vectors are unit length: cosine) of these memories."""
         if not ids or self._model is None:
             return {}

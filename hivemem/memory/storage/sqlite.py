@@ -26,6 +26,7 @@ not here but in ``hivemem.memory.hybrid``, the same for every backend.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -42,7 +43,7 @@ from hivemem.memory.records import NewMemory, now
 from hivemem.memory.storage import fts, vectorindex
 from hivemem.memory.storage.sqlcompile import compile_where
 from hivemem.memory.storage.vectorindex import SharedIndex, StaleIndex, read_state
-from hivemem.sqlite import enable_wal, retry_locked
+from hivemem.sqlite import Connections, enable_wal, in_chunks, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (
@@ -141,9 +142,8 @@ class SQLiteStorage:
             raise type(exc)(
                 exc.errno, f"cannot create the directory of memory database {self.path}: {exc.strerror}"
             ) from None
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
+        self._local = threading.local()  # per thread: the index header seen last, the lag measured
+        self._conns = Connections(self._connect)  # one connection per thread and process
         self._write_lock = threading.Lock()
         self._jobs: list[_Job] = []
         self._jobs_lock = threading.Lock()
@@ -156,22 +156,20 @@ class SQLiteStorage:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
-                )
-            except sqlite3.OperationalError as exc:  # "unable to open database file": say which
-                raise sqlite3.OperationalError(f"cannot open memory database {self.path}: {exc}") from None
-            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
-            db.create_function("hm_lower", 1, _lower, deterministic=True)
-            self._local.db = db
-            with self._conns_lock:
-                self._conns.append(db)
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.OperationalError as exc:  # "unable to open database file": say which
+            raise sqlite3.OperationalError(f"cannot open memory database {self.path}: {exc}") from None
+        db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
+        db.create_function("hm_lower", 1, _lower, deterministic=True)
         return db
+
+    def _db(self) -> sqlite3.Connection:
+        return self._conns.get()
 
     def _init_schema(self) -> None:
         def create() -> None:
@@ -491,7 +489,7 @@ class SQLiteStorage:
         )
         return [_record(r) for r in rows]
 
-    def history(self, memory_id: str) -> list[dict[str, Any]]:
+    def history(self, memory_id: str) -> builtins.list[dict[str, Any]]:
         rows = self._db().execute(
             "SELECT id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted,"
             " actor_id, role FROM history WHERE memory_id = ? ORDER BY seq",
@@ -511,15 +509,12 @@ class SQLiteStorage:
 
     # -- export / import (``hivemem.memory.transfer``) ----------------------------------------
 
-    def histories(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""
         out: dict[str, list[dict[str, Any]]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for marks, chunk in in_chunks(ids):
             rows = self._db().execute(
-                f"SELECT {_HISTORY} FROM history WHERE memory_id IN ({','.join('?' * len(chunk))})"
-                " ORDER BY seq",
-                chunk,
+                f"SELECT {_HISTORY} FROM history WHERE memory_id IN ({marks}) ORDER BY seq", chunk
             )
             for r in rows:
                 out.setdefault(r[1], []).append(
@@ -527,7 +522,7 @@ class SQLiteStorage:
                 )
         return out
 
-    def deleted_ids(self) -> list[str]:
+    def deleted_ids(self) -> builtins.list[str]:
         """Ids that have history but no memory any more (deleted), in order of first event."""
         rows = self._db().execute(
             "SELECT memory_id FROM history WHERE memory_id NOT IN (SELECT id FROM memories)"
@@ -537,11 +532,11 @@ class SQLiteStorage:
 
     def import_rows(
         self,
-        memories: list[NewMemory],
+        memories: builtins.list[NewMemory],
         vectors: np.ndarray,
-        updated_at: list[str],
-        history: list[dict[str, Any]],
-    ) -> list[tuple[str, str]]:
+        updated_at: builtins.list[str],
+        history: builtins.list[dict[str, Any]],
+    ) -> builtins.list[tuple[str, str]]:
         """Copy memories and their history from another store (``hivemem memory import
         --from-mem0``) in ONE transaction: memories whose id is already here are skipped (``"SKIP"``),
         the others inserted as by ``insert`` (``"ADD"``, or ``"NONE"`` for a text already stored in
@@ -551,11 +546,8 @@ class SQLiteStorage:
             ids = [m.id for m in memories]
             here = {
                 r[0]
-                for start in range(0, len(ids), 400)
-                for r in db.execute(
-                    f"SELECT id FROM memories WHERE id IN ({','.join('?' * len(ids[start : start + 400]))})",
-                    ids[start : start + 400],
-                )
+                for marks, chunk in in_chunks(ids)
+                for r in db.execute(f"SELECT id FROM memories WHERE id IN ({marks})", chunk)
             }
             keep = [i for i, m in enumerate(memories) if m.id not in here]
             seq = db.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
@@ -662,7 +654,9 @@ class SQLiteStorage:
         if local.lag >= vectorindex.CATCH_UP:  # the files lag behind: bring them up to date, if nobody is
             self._after_write()
 
-    def _records(self, db: sqlite3.Connection, hits: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    def _records(
+        self, db: sqlite3.Connection, hits: builtins.list[tuple[int, float]]
+    ) -> builtins.list[dict[str, Any]]:
         if not hits:
             return []
         rows = db.execute(
@@ -674,7 +668,7 @@ class SQLiteStorage:
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         if self._model is None:
             raise RuntimeError("bind_model() must be called before search()")
         sql, params = compile_where(where)
@@ -686,7 +680,9 @@ class SQLiteStorage:
             self._local.lag = max(self._local.lag, lag)
             return self._records(db, hits)
 
-    def keyword_search(self, terms: list[str], where: Node | None, k: int) -> list[dict[str, Any]]:
+    def keyword_search(
+        self, terms: builtins.list[str], where: Node | None, k: int
+    ) -> builtins.list[dict[str, Any]]:
         sql, params = compile_where(where)
         db = self._db()
         with self.snapshot():
@@ -694,7 +690,7 @@ class SQLiteStorage:
             kept, scope, rows = self._keywords.plan(db, state.uid, state.high, terms, fts.scope_tokens(where))
             return self._records(db, self._keywords.search(db, kept, scope, rows, sql, params, k))
 
-    def cosines(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
+    def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         if not ids:
             return {}
         rows = (
@@ -712,9 +708,6 @@ class SQLiteStorage:
         return {r[0]: float(s) for r, s in zip(rows, scores, strict=True)}
 
     def close(self) -> None:
-        with self._conns_lock:
-            for db in self._conns:
-                db.close()
-            self._conns.clear()
+        self._conns.close()
         self._local = threading.local()
         self.index.close()

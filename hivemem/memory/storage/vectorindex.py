@@ -54,7 +54,6 @@ wait for it), never used.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import mmap
 import os
@@ -72,6 +71,7 @@ from typing import Any
 import numkong
 import numpy as np
 
+from hivemem.locks import locked
 from hivemem.sqlite import int_array
 
 FORMAT = 1
@@ -403,16 +403,9 @@ class SharedIndex:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                except BlockingIOError:
-                    yield False
-                    return
-                yield True  # closing the descriptor releases the lock (also when killed)
-            finally:
-                os.close(fd)
+            # released when the block ends, or by the kernel when this process is killed
+            with locked(self.dir / "lock", timeout=None if wait else 0, mode=0o644) as held:
+                yield held
         finally:
             self._flock.release()
 

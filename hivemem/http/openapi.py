@@ -1,4 +1,4 @@
-"""The published OpenAPI spec: ``python -m hivemem.service.openapi [--check] [PATH]``.
+"""The published OpenAPI spec: ``python -m hivemem.http.openapi [--check] [PATH]``.
 
 Writes ``docs/openapi.json`` (every route ``hivemem serve --http`` can serve: embeddings, memory,
 agent stream, health, metrics); ``--check`` exits 1 when the committed file is stale, which is
@@ -25,7 +25,7 @@ class _SchemaOnly:
 
 
 def build_spec() -> dict[str, Any]:
-    from hivemem.service.http import create_app
+    from hivemem.http.app import create_app
 
     nothing = _SchemaOnly()
     app = create_app(nothing, memory=nothing, agent_pool=nothing, agent_fn=print)
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     text = render()
     if check:
         if not path.exists() or path.read_text(encoding="utf-8") != text:
-            print(f"{path} is stale: run python -m hivemem.service.openapi", file=sys.stderr)
+            print(f"{path} is stale: run python -m hivemem.http.openapi", file=sys.stderr)
             return 1
         return 0
     path.write_text(text, encoding="utf-8")

@@ -16,7 +16,7 @@ import hashlib
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from hivemem.service.keys import ADMIN, Scope, load_keys
+from hivemem.http.keys import ADMIN, Scope, load_keys
 
 __all__ = ["ADMIN", "KeyRing", "Scope", "load_keys"]
 

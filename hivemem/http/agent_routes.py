@@ -17,8 +17,8 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from hivemem.service.auth import Scope
-from hivemem.service.memory_models import ErrorResponse
+from hivemem.http.auth import Scope
+from hivemem.http.memory_models import ErrorResponse
 
 
 class AgentRequest(BaseModel):

@@ -1,4 +1,8 @@
-"""The one seam where ``Memory`` picks its embedder.
+"""The composition root: which embedder a part gets when its caller names none.
+
+The memory store (and anything else that needs "the default embedder") asks here instead of
+knowing the embedding service, the remote client or the engine itself: ``hivemem.memory`` imports
+none of them, so the daemon, the HTTP application and the memory store stay separate parts.
 
 Order: an explicit ``embedder`` (anything ``EmbedderLike``); else remote embedding servers when
 ``$HIVEMEM_EMBEDDER_URL`` is set or the config says ``{"provider": "remote", "config": {"url": …,
@@ -48,13 +52,8 @@ def resolve_embedder(embedder: Any = None, config: dict[str, Any] | None = None)
     if provider == "service" or (
         provider == "hivemem" and not options and (os.environ.get("HIVEMEM_SOCKET") or _service_running())
     ):
-        try:
-            from hivemem import connect  # type: ignore[attr-defined]
-        except (ImportError, AttributeError):
-            raise ImportError(
-                "the hivemem service client (hivemem.connect) is not available in this installation; "
-                "unset HIVEMEM_SOCKET or use {'embedder': {'provider': 'hivemem'}} for an in-process model"
-            ) from None
+        from hivemem.service.client import connect
+
         return connect(**options), True
     if provider not in _IN_PROCESS:
         raise ValueError(

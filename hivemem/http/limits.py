@@ -88,7 +88,7 @@ def read_timeout_protocol(seconds: float) -> Any:
                 self._read_timer.cancel()
                 self._read_timer = None
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._arm()  # a connection that never sends a byte is closed too
 

@@ -1,4 +1,4 @@
-"""What ``hivemem status`` shows: the service, the memory stores it knows, and where files live.
+"""``hivemem status``: the service, the memory stores it knows, and where files live.
 
 Gathered without loading a model or creating a file: the service answers a STATS request, memory
 stores are opened read-only, and the service's memory use is read from ``/proc`` (PSS, which
@@ -8,9 +8,12 @@ same facts as one JSON object for scripts.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
+
+import typer
 
 from hivemem import config
 
@@ -157,3 +160,37 @@ def render(view: dict[str, Any]) -> None:
     for label, path in view["files"].items():
         where.add_row(label, path)
     console.print(where)
+
+
+def status(
+    socket: Path = typer.Option(None, help="Unix socket path (default: $HIVEMEM_SOCKET or the runtime dir)."),
+    memory: list[Path] = typer.Option(
+        None,
+        "--memory",
+        help="Also summarise this memory store (repeatable); the default one is always shown.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """The service (pid, uptime, model and variant, threads, clients, queue, batches, cache hit rate,
+    memory), the memory stores it knows, and where files live. Exit status 1 when no service runs."""
+    from hivemem.errors import ServiceError
+    from hivemem.service import paths
+    from hivemem.service.client import ServiceClient
+
+    sock = paths.socket_path(socket)
+    info: dict[str, Any] | None = None
+    error = None
+    try:
+        with ServiceClient(sock, autostart=False, timeout=10) as client:
+            info = client.stats()
+    except ServiceError as exc:
+        error = str(exc)
+    view = collect(sock, info, list(memory or []))
+    if error:
+        view["error"] = error
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+    else:
+        render(view)
+    if info is None:
+        raise typer.Exit(1)

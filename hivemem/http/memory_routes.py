@@ -5,7 +5,7 @@ service's, so the memory store embeds with the service's own engine and queue). 
 call runs in a worker thread (``run_in_threadpool``): SQLite waits and embedding never block the
 event loop.
 
-Scoping (``hivemem.service.auth.Scope``): a key limited to a ``user_id`` has every add forced into
+Scoping (``hivemem.http.auth.Scope``): a key limited to a ``user_id`` has every add forced into
 that user (naming another user → 403), that user ANDed into every search/list/delete-all filter,
 and each by-id route checks the record's owner (another user's id → 403).
 """
@@ -18,12 +18,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
-from hivemem.embed.queue import QueueFull
-from hivemem.memory.infer import LLMError
-from hivemem.memory.records import LimitExceeded
-from hivemem.memory.store import MemoryNotFound
-from hivemem.service.auth import Scope
-from hivemem.service.memory_models import (
+from hivemem.http.auth import Scope
+from hivemem.http.errors import error_for
+from hivemem.http.memory_models import (
     MAX_LIST,
     AddRequest,
     AddResponse,
@@ -51,7 +48,7 @@ _BY_ID_ERRORS = {**_ERRORS, 404: {"model": ErrorResponse, "description": "Unknow
 # OpenAPI links from an added memory to the routes that take its id: clients (and schemathesis's
 # stateful tests) can follow add → get/update/history/delete with the id the add returned.
 _ID = {"memory_id": "$response.body#/results/0/id"}
-_ADDED = {
+_ADDED: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The stored (ADD) or already present (NONE) memories, in order",
         "links": {
@@ -67,36 +64,18 @@ _ADDED = {
 }
 
 
-class ApiError(HTTPException):
-    """An HTTP error with the ``code`` and ``param`` of the error body (``http._error``)."""
-
-    def __init__(
-        self, status: int, message: str, *, code: str | None = None, param: str | None = None
-    ) -> None:
-        super().__init__(status, message)
-        self.code = code
-        self.param = param
-
-
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a blocking ``Memory`` call in a thread; its refusals become 4xx with the message.
-
-    Mapped by exception type, never by message text: QueueFull 429, MemoryNotFound 404,
-    LimitExceeded 422 (``code`` "limit_exceeded", ``param`` the field), other ValueError, TypeError
-    and NotImplementedError 422, LLMError (infer=True) 502.
-    """
+    """Run a blocking ``Memory`` call in a thread; its refusals become 4xx/5xx by their type
+    (``hivemem.http.errors``: QueueFull 429, MemoryNotFound 404, LimitExceeded 422 with ``code``
+    "limit_exceeded" and ``param`` the field, other ValueError, TypeError and NotImplementedError
+    422, LLMError 502)."""
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
-    except QueueFull as exc:
-        raise HTTPException(429, f"the embedding queue is full ({exc}); retry later") from None
-    except MemoryNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except LimitExceeded as exc:
-        raise ApiError(422, str(exc), code="limit_exceeded", param=exc.field) from None
-    except (ValueError, TypeError, NotImplementedError) as exc:
-        raise HTTPException(422, str(exc)) from None
-    except LLMError as exc:  # infer=True: the LLM behind the service failed; nothing was written
-        raise HTTPException(502, str(exc)) from None
+    except Exception as exc:
+        error = error_for(exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _own_user(scope: Scope, user_id: str | None) -> str | None:

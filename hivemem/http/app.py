@@ -4,7 +4,9 @@ plus the memory REST API (``memory=``, see ``memory_routes``) and an agent strea
 
 Built by a factory, ``create_app(embedder, api_key=None)``, so every part is served by the same
 process. Any ``EmbedderLike`` works; the service passes its engine so HTTP and socket requests (and
-the memory store's own embedding) share one queue and one cache.
+the memory store's own embedding) share one queue and one cache, and its ``admission`` so that both
+transports take their turn from the same permits. Errors become statuses by their type
+(``hivemem.http.errors``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hivemem.service.auth import KeyRing, Scope
-from hivemem.service.errors import ServiceBusy
-from hivemem.service.limits import DEFAULT_MAX_BODY, BodySizeLimit
+from hivemem.http.auth import KeyRing, Scope
+from hivemem.http.errors import error_for
+from hivemem.http.limits import DEFAULT_MAX_BODY, BodySizeLimit
+from hivemem.service.admission import Admission
 from hivemem.service.metrics import ServiceMetrics
-from hivemem.service.replicas import embed_with_backpressure
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
 
@@ -71,6 +73,7 @@ def create_app(
     *,
     host: str | None = None,
     metrics: ServiceMetrics | None = None,
+    admission: Admission | None = None,
     busy_timeout: float = 10.0,
     status: Callable[[], dict[str, Any]] | None = None,
     keys: dict[str, Scope] | None = None,
@@ -81,22 +84,24 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
     """A FastAPI app serving ``embedder``. With ``api_key`` (an admin key) or ``keys`` (key → scope,
-    ``hivemem.service.auth.load_keys``) every route but ``/health`` needs ``Authorization: Bearer
+    ``hivemem.http.auth.load_keys``) every route but ``/health`` needs ``Authorization: Bearer
     <key>``; ``host`` (where it will be bound) enforces the loopback rule. ``memory``: a
     ``hivemem.Memory`` to serve under ``/v1/memories`` (build it with ``embedder=embedder``).
     ``agent_pool`` + ``agent_fn``: a ``WorkerPool`` and the generator function streamed by
-    ``POST /v1/agent/stream``. Bodies over ``max_body`` bytes get 413."""
+    ``POST /v1/agent/stream``. Bodies over ``max_body`` bytes get 413. ``admission``: the permits
+    embedding requests take (default: none to wait for, only the engine's own queue limit, with
+    ``busy_timeout`` for a later ``Admission``)."""
     authorise = KeyRing(api_key, keys)
     if host is not None:
         check_binding(host, authorise.required)
     if (agent_pool is None) != (agent_fn is None):
         raise ValueError("agent_pool and agent_fn go together: pass both or neither")
     metrics = metrics or ServiceMetrics()
+    admission = admission or Admission(None, busy_timeout)
     model_id = embedder.model_id
     base = model_id.split("/onnx-")[0]  # "all-MiniLM-L6-v2/onnx-fp32" → "all-MiniLM-L6-v2"
     short = base.rsplit("/", 1)[-1]
     names = {model_id, base, short, f"sentence-transformers/{short}", "default"}
-    counter = _token_counter(embedder)
     app = FastAPI(
         title="hivemem",
         version="1",
@@ -135,13 +140,16 @@ def create_app(
                 400, f"at most {MAX_INPUTS} inputs per request, got {len(texts)}", "invalid_request_error"
             )
         try:
-            vectors = await embed_with_backpressure(embedder, texts, busy_timeout)
-        except ServiceBusy as exc:
-            metrics.error("busy")
-            return _error(429, str(exc), "rate_limit_error", "busy")
-        except (TypeError, ValueError) as exc:
-            return _error(400, str(exc), "invalid_request_error")
-        tokens = counter(texts)
+            async with admission.permit(len(texts)):
+                vectors, tokens = await _embed_counted(embedder, texts)
+        except Exception as exc:
+            error = error_for(exc, invalid=400)
+            if error is None:
+                raise
+            if error.status_code == 429:
+                metrics.error("busy")
+            kind = _KINDS.get(error.status_code, "invalid_request_error")
+            return _error(error.status_code, str(error.detail), kind, error.code, error.param)
         metrics.request("http", len(texts), time.perf_counter() - start)
         data = [
             {"object": "embedding", "index": i, "embedding": _encode(vec, body.encoding_format)}
@@ -160,17 +168,17 @@ def create_app(
 
     @app.get("/metrics", dependencies=[Depends(authorise)])
     async def prometheus() -> Response:
-        from hivemem.service.prometheus import exposition
+        from hivemem.http.prometheus import exposition
 
         body, content_type = exposition(metrics, embedder, status)
         return Response(body, media_type=content_type)
 
     if memory is not None:
-        from hivemem.service.memory_routes import add_memory_routes
+        from hivemem.http.memory_routes import add_memory_routes
 
         add_memory_routes(app, memory, authorise)
     if agent_pool is not None and agent_fn is not None:
-        from hivemem.service.agent_routes import add_agent_routes
+        from hivemem.http.agent_routes import add_agent_routes
 
         add_agent_routes(app, agent_pool, agent_fn, authorise, timeout=agent_timeout)
     return app
@@ -192,13 +200,11 @@ def _encode(vec: np.ndarray, encoding: str) -> Any:
     return vec.tolist()
 
 
-def _token_counter(embedder: Any) -> Callable[[list[str]], int]:
-    """Exact counts with the model's tokenizer when the embedder has one, else whitespace words."""
-    backend = getattr(embedder, "backend", None)
-    count = getattr(backend, "count_tokens", None)
-    if count is not None:
-        return count
-    tokenizer = getattr(backend, "tokenizer", None)
-    if tokenizer is not None:
-        return lambda texts: sum(len(e.ids) for e in tokenizer.encode_batch(texts))
-    return lambda texts: sum(len(t.split()) for t in texts)
+async def _embed_counted(embedder: Any, texts: list[str]) -> tuple[np.ndarray, int]:
+    """Vectors and the ``usage`` token count: as the engine counted them while embedding
+    (``Embedder.aembed_counted``), else, for another ``EmbedderLike``, whitespace-separated words."""
+    counted = getattr(embedder, "aembed_counted", None)
+    if counted is not None:
+        vectors, tokens = await counted(texts)
+        return vectors, int(tokens)
+    return await embedder.aembed(texts), sum(len(t.split()) for t in texts)

@@ -1,11 +1,16 @@
-"""``hivemem serve`` and ``hivemem status``: run, stop and inspect the machine's embedding service."""
+"""``hivemem serve``: run or stop the machine's embedding service — with ``--http``, the HTTP
+application in the same process.
+
+This is where the two are composed, and the only place that knows both: the service
+(``hivemem.service``) gets its own options and a list of companions; the HTTP application
+(``hivemem.http.server.HttpServer``) gets the HTTP, memory and agent options. Auto-started services
+run this too (``python -m hivemem.service`` is an alias of ``hivemem serve``).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -50,48 +55,64 @@ def serve(
     ),
 ) -> None:
     """Run the embedding service in the foreground (one model, one queue, one cache per machine)."""
+    from hivemem.errors import AlreadyRunning, ServiceError
     from hivemem.service import paths
-    from hivemem.service.errors import ServiceError
+    from hivemem.service.server import ServiceConfig
+    from hivemem.service.server import serve as run
+    from hivemem.service.spawn import EXIT_ALREADY_RUNNING
 
     sock = paths.socket_path(socket)
     if stop:
         raise typer.Exit(_stop(sock))
-    from hivemem.service.keys import load_keys
-    from hivemem.service.server import AlreadyRunning, ServiceConfig
-    from hivemem.service.server import serve as run
-    from hivemem.service.spawn import EXIT_ALREADY_RUNNING
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     factory, fn = _agent(agent, agent_fn)
     if agent_kind not in ("process", "thread"):
         raise typer.BadParameter(f"--agent-kind must be process or thread, got {agent_kind!r}")
-    try:
-        scoped = load_keys(keys) if keys is not None else {}
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--keys") from None
+    scoped: dict[str, Any] = {}
+    if keys is not None:
+        from hivemem.http.keys import load_keys
+
+        try:
+            scoped = load_keys(keys)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--keys") from None
+    companions = []
+    if http:
+        from hivemem.http.server import HttpConfig, HttpServer
+
+        try:  # before the model loads: a bad address or a missing key fails at once
+            companions.append(
+                HttpServer(
+                    HttpConfig(
+                        bind=http,
+                        api_key=api_key,
+                        keys=scoped,
+                        memory=memory,
+                        memory_path=memory_path,
+                        agent_factory=factory,
+                        agent_fn=fn,
+                        agent_workers=agent_workers,
+                        agent_kind="thread" if agent_kind == "thread" else "process",
+                        max_body=max_body,
+                        read_timeout=http_read_timeout,
+                    )
+                )
+            )
+        except ValueError as exc:
+            typer.echo(f"hivemem serve: {exc}", err=True)
+            raise typer.Exit(1) from None
     config = ServiceConfig(
         socket=sock,
-        http=http,
-        api_key=api_key,
         replicas=replicas,
         threads=threads,
         variant=variant,
         max_pending=max_pending,
         busy_timeout=busy_timeout,
         idle_timeout=idle_timeout,
-        keys=scoped,
-        memory=memory,
-        memory_path=memory_path,
-        agent_factory=factory,
-        agent_fn=fn,
-        agent_workers=agent_workers,
-        agent_kind=agent_kind,
-        max_body=max_body,
-        http_read_timeout=http_read_timeout,
         replay=_replay(ctx),
     )
     try:
-        run(config)
+        run(config, companions)
     except AlreadyRunning as exc:
         typer.echo(f"hivemem serve: {exc}", err=True)
         raise typer.Exit(EXIT_ALREADY_RUNNING) from None
@@ -118,7 +139,7 @@ def _replay(ctx: typer.Context) -> dict[str, Any]:
         value = ctx.params[name]
         if name == "api_key":
             env["HIVEMEM_API_KEY"] = value
-        elif param.is_flag:
+        elif getattr(param, "is_flag", False):  # a click.Option flag
             args.append(param.opts[0] if value else param.secondary_opts[0])
         else:
             args += [param.opts[0], str(value)]
@@ -143,9 +164,9 @@ def _agent(agent: str | None, agent_fn: str | None) -> tuple[Any, Any]:
 
 
 def _stop(sock: Path, wait: float = 60.0) -> int:
+    from hivemem.errors import ServiceError
     from hivemem.service import paths
     from hivemem.service.client import ServiceClient
-    from hivemem.service.errors import ServiceError
 
     try:
         client = ServiceClient(sock, autostart=False, timeout=wait)
@@ -164,52 +185,7 @@ def _stop(sock: Path, wait: float = 60.0) -> int:
 
 def _wait_released(pid_file: Path, wait: float) -> bool:
     """True once nobody holds the service's pid lock (it exited, whoever its parent is)."""
-    import fcntl
+    from hivemem.locks import locked
 
-    deadline = time.monotonic() + wait
-    fd = os.open(pid_file, os.O_RDONLY)
-    try:
-        while time.monotonic() < deadline:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                time.sleep(0.05)
-        return False
-    finally:
-        os.close(fd)
-
-
-def status(
-    socket: Path = typer.Option(None, help="Unix socket path (default: $HIVEMEM_SOCKET or the runtime dir)."),
-    memory: list[Path] = typer.Option(
-        None,
-        "--memory",
-        help="Also summarise this memory store (repeatable); the default one is always shown.",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-) -> None:
-    """The service (pid, uptime, model and variant, threads, clients, queue, batches, cache hit rate,
-    memory), the memory stores it knows, and where files live. Exit status 1 when no service runs."""
-    from hivemem.service import paths
-    from hivemem.service.client import ServiceClient
-    from hivemem.service.errors import ServiceError
-    from hivemem.service.status_view import collect, render
-
-    sock = paths.socket_path(socket)
-    info: dict[str, Any] | None = None
-    error = None
-    try:
-        with ServiceClient(sock, autostart=False, timeout=10) as client:
-            info = client.stats()
-    except ServiceError as exc:
-        error = str(exc)
-    view = collect(sock, info, list(memory or []))
-    if error:
-        view["error"] = error
-    if as_json:
-        typer.echo(json.dumps(view, indent=2))
-    else:
-        render(view)
-    if info is None:
-        raise typer.Exit(1)
+    with locked(pid_file, exclusive=False, timeout=wait) as released:
+        return released

@@ -1,0 +1,122 @@
+"""The one client core under the threaded and the asyncio service clients: both follow the same
+rules (frames, handshake, errors, fork check, options) because they share ``ClientCore``."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import fake_service
+import pytest
+
+import hivemem
+from hivemem.errors import ServiceBusy
+from hivemem.service import wire
+from hivemem.service.core import CHUNK_BYTES, CHUNK_TEXTS, ClientCore, chunks
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [CHUNK_BYTES // 4 + 1, 10],  # a first text over CHUNK_BYTES/4 characters: was an empty first frame
+        [CHUNK_BYTES // 4 + 1],
+        [10, CHUNK_BYTES // 4 + 1, 10, CHUNK_BYTES // 4 + 1],
+        [1] * (CHUNK_TEXTS * 2 + 3),
+        [CHUNK_BYTES // 16] * 9,
+    ],
+)
+def test_chunks_cover_every_text_in_order_and_are_never_empty(sizes: list[int]) -> None:
+    items = ["x" * n for n in sizes]
+    parts = list(chunks(items))
+    assert all(parts), "an empty frame costs a round trip for nothing"
+    assert [t for p in parts for t in p] == items
+    for part in parts:
+        assert len(part) <= CHUNK_TEXTS
+        assert len(part) == 1 or sum(4 + 4 * len(t) for t in part) <= CHUNK_BYTES
+    assert list(chunks([])) == []
+
+
+def test_core_maps_an_error_reply_and_checks_request_ids() -> None:
+    core = ClientCore("/nonexistent/x.sock", autostart=False)
+    rid, data = core.frame(wire.HELLO)
+    assert wire.parse_header(data[: wire.HEADER_SIZE], 0)[:2] == (wire.HELLO, rid)
+    busy = bytearray(wire.encode_error(wire.E_BUSY, "full"))
+    with pytest.raises(ServiceBusy, match="full"):
+        core.welcome(rid, wire.ERROR, rid, busy)
+    with pytest.raises(hivemem.ProtocolError, match="reply for request"):
+        core.reply(rid, wire.VECTORS, rid + 1, bytearray(), wire.VECTORS)
+
+
+def _fake(path: Path, mode: str) -> multiprocessing.process.BaseProcess:
+    proc = multiprocessing.get_context("fork").Process(
+        target=fake_service.serve, args=(str(path), mode), daemon=True
+    )
+    proc.start()
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline and proc.is_alive(), "the fake service did not start"
+        time.sleep(0.01)
+    return proc
+
+
+def test_both_clients_map_an_error_reply_to_the_handshake(short_dir: Path) -> None:
+    """The asyncio client took an ERROR answer to its hello for a protocol violation."""
+    sock = short_dir / "busy.sock"
+    fake = _fake(sock, "busy")
+    try:
+        with pytest.raises(ServiceBusy, match="warming up"):
+            hivemem.connect(sock, autostart=False, timeout=10)
+        with pytest.raises(ServiceBusy, match="warming up"):
+            asyncio.run(hivemem.aconnect(sock, autostart=False, timeout=10))
+    finally:
+        fake.kill()
+
+
+def test_a_forked_child_never_uses_the_async_client_s_pooled_streams(short_dir: Path) -> None:
+    """The asyncio client had no fork check: a child reused its parent's connection."""
+    sock = short_dir / "unit.sock"
+    fake = _fake(sock, "unit")
+    try:
+        client = asyncio.run(hivemem.aconnect(sock, autostart=False, timeout=10))
+        assert client._pool  # the connection of the handshake, kept for the next call
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            signal.alarm(20)
+            code = 1
+            try:
+                code = 0 if asyncio.run(client.aembed(["x", "y"])).shape == (2, 384) else 2
+            except BaseException as exc:
+                print("child:", repr(exc), flush=True)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        fake.kill()
+
+
+def test_aconnect_starts_a_service_with_the_options_of_connect(monkeypatch, short_dir: Path) -> None:
+    """The asyncio client had no start_timeout and no variant/threads/replicas options."""
+    from hivemem.service import spawn
+
+    seen: list[tuple[list[str], float]] = []
+
+    def ensure_running(sock: Path, args: list[str], deadline: float) -> None:
+        seen.append((args, deadline - time.monotonic()))
+        raise hivemem.ServiceUnavailable("not starting one in this test")
+
+    monkeypatch.setattr(spawn, "ensure_running", ensure_running)
+    options = {"variant": "fp32", "threads": 1, "replicas": 2, "idle_timeout": 5}
+    for start in (lambda: hivemem.connect(short_dir / "none.sock", timeout=1, start_timeout=7, **options),
+                  lambda: asyncio.run(hivemem.aconnect(short_dir / "none.sock", timeout=1, start_timeout=7,
+                                                       **options))):  # fmt: skip
+        with pytest.raises(hivemem.ServiceUnavailable, match="not starting"):
+            start()
+    assert [args for args, _ in seen] == [
+        ["--idle-timeout", "5", "--variant", "fp32", "--threads", "1", "--replicas", "2"]
+    ] * 2
+    assert all(6 < left <= 7 for _, left in seen)  # start_timeout, not the 1 s call timeout

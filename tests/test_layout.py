@@ -1,0 +1,266 @@
+"""The package map holds: each folder is one part, parts depend on each other only as declared below,
+and there is no import cycle — between parts, or between the modules of a part.
+
+Run as a script to print the import graph between parts::
+
+    python tests/test_layout.py
+
+Imports are read from the source (``ast``), lazy ones inside functions included: a lazy import is
+still a dependency. Imports under ``if TYPE_CHECKING:`` are not (they name types for the checker
+and never run). ``from hivemem import X`` counts as an import of the module that defines ``X``
+(``hivemem._EXPORTS``), and ``from package import module`` as an import of that module alone.
+``__main__`` modules are entry points that nothing imports; they are left out, and so is the facade
+``hivemem/__init__.py`` itself (its names resolve lazily, on first use).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "hivemem"
+
+# part -> the parts it may import. Leaves first; the composition modules (cli, serve, status, demo)
+# sit on top and may import anything below them.
+INFRA = {"config", "errors", "locks", "sqlite"}
+ALLOWED: dict[str, set[str]] = {
+    "config": set(),
+    "errors": set(),
+    "locks": set(),
+    "sqlite": set(),
+    "pgtemp": {"errors"},
+    "embed": INFRA,  # the engine: no transport, no memory, no pool
+    "service": INFRA | {"embed"},  # the machine's embedding daemon and its clients
+    "compose": INFRA | {"embed", "service"},  # which embedder by default
+    "memory": INFRA | {"embed", "compose"},  # receives an EmbedderLike; never the daemon
+    "tasks": INFRA,
+    "pool": INFRA | {"__init__"},  # hivemem.__version__: Dask workers must run the same release
+    "http": INFRA | {"embed", "service", "memory", "pool"},  # composes the HTTP application
+    "integrations": {"__init__"},  # the public API only
+    "serve": INFRA | {"service", "http", "pool"},
+    "status": INFRA | {"service"},
+    # the demo's workers use the public API (``hivemem.connect``, ``hivemem.Memory``), as a user's would
+    "demo": INFRA | {"__init__", "embed", "service", "memory", "tasks", "compose"},
+    "cli": INFRA | {"embed", "service", "memory", "pool", "tasks", "serve", "status", "demo"},
+}
+# Third-party packages a part must never import (even lazily): the daemon runs without the
+# ``server`` extra, and nothing but the HTTP application may pull in the web stack.
+WEB = {"fastapi", "starlette", "uvicorn", "pydantic", "prometheus_client"}
+FORBIDDEN: dict[str, set[str]] = {
+    "embed": WEB,
+    "service": WEB,
+    "memory": WEB,
+    "pool": WEB,
+    "tasks": WEB | {"onnxruntime", "tokenizers", "torch"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _exports() -> dict[str, str]:
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "_EXPORTS":
+            return ast.literal_eval(node.value)  # type: ignore[arg-type]
+    raise AssertionError("hivemem._EXPORTS not found")
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py") if p.name != "__main__.py"}
+
+
+def imports() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """``(hivemem module -> hivemem modules it imports, hivemem module -> top-level third-party names)``."""
+    modules = _modules()
+    exports = _exports()
+    internal: dict[str, set[str]] = defaultdict(set)
+    external: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*anchor, *([node.module] if node.module else [])])
+                if base == "hivemem":  # the flat API: name the module that defines each name
+                    targets = [
+                        mod if (mod := f"hivemem.{a.name}") in modules else exports.get(a.name, "hivemem")
+                        for a in node.names
+                    ]
+                else:
+                    submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+                    targets = submodules or [base]
+            for target in targets:
+                if target == "hivemem" or target.startswith("hivemem."):
+                    while target not in modules and "." in target:
+                        target = target.rpartition(".")[0]
+                    if target != name:
+                        internal[name].add(target)
+                elif target:
+                    external[name].add(target.split(".")[0])
+    return internal, external
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except what sits under ``if TYPE_CHECKING:``."""
+    out: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
+    return out
+
+
+def part(module: str) -> str:
+    bits = module.split(".")
+    return bits[1] if len(bits) > 1 else "__init__"
+
+
+def part_graph() -> dict[str, dict[str, set[str]]]:
+    """part -> part it imports -> the module-level imports behind that edge."""
+    internal, _ = imports()
+    graph: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for source, targets in internal.items():
+        for target in targets:
+            a, b = part(source), part(target)
+            if a != b and a != "__init__":
+                graph[a][b].add(f"{source} -> {target}")
+    return graph
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(set(edges) | {w for ws in edges.values() for w in ws}):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_every_part_is_declared() -> None:
+    parts = {part(m) for m in _modules()} - {"__init__"}
+    assert parts == set(ALLOWED), f"undeclared: {parts - set(ALLOWED)}, gone: {set(ALLOWED) - parts}"
+
+
+def test_parts_import_only_what_they_may() -> None:
+    bad = [
+        f"{a} may not import {b}: {sorted(why)}"
+        for a, targets in part_graph().items()
+        for b, why in targets.items()
+        if b not in ALLOWED[a]
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle_between_parts() -> None:
+    graph = part_graph()
+    assert cycles({a: set(bs) for a, bs in graph.items()}) == []
+
+
+def test_no_import_cycle_between_modules() -> None:
+    internal, _ = imports()
+    internal.pop("hivemem", None)
+    assert cycles(internal) == []
+
+
+def test_parts_keep_clear_of_forbidden_packages() -> None:
+    _, external = imports()
+    bad = [
+        f"{module} imports {sorted(names & FORBIDDEN[part(module)])}"
+        for module, names in external.items()
+        if names & FORBIDDEN.get(part(module), set())
+    ]
+    assert not bad, "\n".join(bad)
+
+
+# The one-time model preparation (torch export, quantisation, verification) and the optional
+# sentence-transformers backend are the only modules that may use torch; everything a serving
+# process runs reads the model through ``hivemem.embed.model`` (the spec) and onnxruntime.
+PREPARATION = {"hivemem.embed.prepare", "hivemem.embed.quantize", "hivemem.embed.w8a8"}
+TORCH = {"torch", "transformers", "sentence_transformers"}
+TORCH_OK = PREPARATION | {"hivemem.embed.st_backend"}
+# who may load the preparation code: the first use of an unprepared model, and `hivemem model prepare`
+PREPARES = {"hivemem.embed.engine", "hivemem.embed.cli", *PREPARATION}
+
+
+def test_serving_modules_never_import_torch() -> None:
+    internal, external = imports()
+    bad = [f"{m} imports {sorted(names & TORCH)}" for m, names in external.items() if names & TORCH]
+    assert sorted(bad) == sorted(
+        f"{m} imports {sorted(external[m] & TORCH)}" for m in TORCH_OK if external[m] & TORCH
+    ), "\n".join(bad)
+    loaders = {m for m, targets in internal.items() if targets & PREPARATION and m != "hivemem"}
+    assert loaders <= PREPARES, f"the preparation code is imported by {sorted(loaders - PREPARES)}"
+
+
+def test_an_embedding_process_loads_no_torch() -> None:
+    """The real serving path (model spec, ONNX backend, queue) embeds without torch in the process."""
+    code = (
+        "import sys, hivemem\ne = hivemem.Embedder(cache=False)\ne.embed(['a cat sat'])\ne.close()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', "
+        "'hivemem.embed.prepare', 'hivemem.embed.quantize') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_a_worker_s_client_stays_light() -> None:
+    """What a worker imports to reach the service: no model runtime, no web stack."""
+    heavy = ("onnxruntime", "tokenizers", "torch", "fastapi", "uvicorn", "sqlite3")
+    code = (
+        "import sys; import hivemem; hivemem.connect; hivemem.aconnect;"
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+if __name__ == "__main__":
+    for a, targets in sorted(part_graph().items()):
+        print(f"{a:13} -> {', '.join(sorted(targets))}")
+    internal, _ = imports()
+    internal.pop("hivemem", None)
+    print("cycles between parts:", cycles({a: set(bs) for a, bs in part_graph().items()}))
+    print("cycles between modules:", cycles(internal))
