@@ -72,7 +72,7 @@ import numkong
 import numpy as np
 
 from hivemem.locks import locked
-from hivemem.sqlite import int_array
+from hivemem.sqlite import Connections, int_array
 
 FORMAT = 1
 RESCORE = 256  # rows re-scored exactly after the int8 pass (at least 4 × k)
@@ -232,35 +232,30 @@ class SharedIndex:
         self._mapped: _Mapped | None = None
         self._local = threading.local()
         self._probes: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
-        self._now_local = threading.local()  # per thread: a connection outside every snapshot
-        self._now_conns: list[sqlite3.Connection] = []
+        self._store: str | None = None  # the database file, learnt from the first caller's connection
+        self._now_conns = Connections(self._connect_now)  # per thread: outside every snapshot
         self.rebuilds = 0  # full builds from SQLite by this process
         self.catch_ups = 0  # incremental updates of the files by this process
 
     def close(self) -> None:
         """Close the connections this object opened (it opens new ones if used again)."""
-        with self._lock:
-            for conn in self._now_conns:
-                conn.close()
-            self._now_conns.clear()
-            self._now_local = threading.local()
+        self._now_conns.close()
 
     # -- the store as of now, beyond the caller's snapshot ---------------------------------------
+
+    def _connect_now(self) -> sqlite3.Connection:
+        assert self._store is not None
+        return sqlite3.connect(
+            f"{Path(self._store).resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
 
     def _now(self, db: sqlite3.Connection) -> sqlite3.Connection:
         """This thread's read-only connection to the store of ``db``, never inside a transaction:
         each query sees the latest commit (the caller's ``db`` is inside its read snapshot)."""
-        conn = getattr(self._now_local, "db", None)
-        if conn is None:
-            path = db.execute("PRAGMA database_list").fetchone()[2]
-            conn = sqlite3.connect(
-                f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None,
-                check_same_thread=False,
-            )  # fmt: skip
-            with self._lock:
-                self._now_conns.append(conn)
-                self._now_local.db = conn
-        return conn
+        if self._store is None:
+            self._store = db.execute("PRAGMA database_list").fetchone()[2]
+        return self._now_conns.get()
 
     def _changed_since(self, db: sqlite3.Connection, seq: int, rids: list[int]) -> set[int]:
         """Which of ``rids`` the changes log holds after ``seq`` *now*, beyond the caller's snapshot."""
