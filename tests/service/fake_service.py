@@ -52,9 +52,12 @@ def serve(path: str, mode: str, uid: int | None = None) -> None:
     Path(path).unlink(missing_ok=True)
     old = os.umask(0)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    listener.bind(path + ".new")
     os.umask(old)
     listener.listen(8)
+    # published only once it listens: tests wait for the path to exist, and a connect between
+    # bind and listen is refused (seen once under load: 'connection refused')
+    os.rename(path + ".new", path)
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=_answer, args=(conn, mode), daemon=True).start()
