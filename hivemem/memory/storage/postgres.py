@@ -78,8 +78,11 @@ def _session_lock(conn: Any, schema: str | None) -> Iterator[None]:
     conn.execute(f"SELECT pg_advisory_lock(%s, {second})", params)
     try:
         yield
-    finally:
-        conn.execute(f"SELECT pg_advisory_unlock(%s, {second})", params)
+    except BaseException:
+        with suppress(Exception):  # a broken connection releases it anyway; keep the real error
+            conn.execute(f"SELECT pg_advisory_unlock(%s, {second})", params)
+        raise
+    conn.execute(f"SELECT pg_advisory_unlock(%s, {second})", params)
 
 
 _RETRIES = 8  # deadlock / serialization failure: the transaction is retried this often
