@@ -312,20 +312,16 @@ class Memory:
         return self._store_alone(new) if outcome is _ALONE else outcome
 
     def _store_alone(self, new: list[NewMemory]) -> list[dict[str, Any]]:
-        found = self._storage.existing(list(dict.fromkeys((m.scope, m.hash) for m in new)))
-        _check_given_ids(new, found)
-        todo = [m for m in new if (m.scope, m.hash) not in found]
-        stored: list[tuple[str, str]] = []
-        if todo:
-            texts = list(dict.fromkeys(m.memory for m in todo))
-            vectors = self.embedder.embed(texts)  # before the write transaction
-            row = {t: i for i, t in enumerate(texts)}
-            stored = self._storage.insert(todo, vectors[[row[m.memory] for m in todo]])
-        return _results(new, found, todo, stored)
+        """One call on its own: a group of one (no combiner, a large call, or a group that failed)."""
+        (outcome,) = self._store_group([new], lambda: None)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _store_group(self, calls: list[list[NewMemory]], release: Release) -> list[Any]:
-        """The ``combine.Combiner`` runner: concurrent ``_store`` calls in one lookup, one embed
-        call and one group commit (``SQLiteStorage.insert_many``), each call still all or nothing."""
+        """The ``combine.Combiner`` runner (and, for one call, ``_store_alone``): concurrent ``_store``
+        calls in one lookup, one embed call and one group commit (``SQLiteStorage.insert_many``),
+        each call still all or nothing. An outcome is a call's results or its exception."""
         outcomes: list[Any] = [None] * len(calls)
         todos: list[tuple[int, list[NewMemory]]] = []
         try:
@@ -346,9 +342,11 @@ class Memory:
         release()  # the engine is free: the next group may start while this one writes
         row = {t: i for i, t in enumerate(texts)}
         jobs = [(i, todo) for i, todo in todos if todo]
-        stored = self._storage.insert_many(  # only with a combiner (SQLite)
-            [(todo, vectors[[row[m.memory] for m in todo]]) for _, todo in jobs]
-        )
+        batches = [(todo, vectors[[row[m.memory] for m in todo]]) for _, todo in jobs]
+        if self._combiner is not None:  # the storage has insert_many: one group commit for all
+            stored = self._storage.insert_many(batches)
+        else:  # one call (no combiner): its one transaction
+            stored = [self._storage.insert(todo, vecs) for todo, vecs in batches]
         done = dict(zip((i for i, _ in jobs), stored, strict=True))
         for i, todo in todos:
             result = done.get(i, [])
