@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 sys.path.insert(0, str(ROOT / "tests" / "cluster"))  # the real-server helpers the tests use
 
 from cluster_helpers import DaskCluster, kill_group, start_http_service, start_redis  # noqa: E402
+from threads import in_threads  # noqa: E402
 
 import hivemem  # noqa: E402
 from hivemem.embed.corpus import sentences  # noqa: E402
@@ -180,13 +181,7 @@ def threads_of_singles(emb, texts: list[str], threads: int = 16) -> tuple[float,
             except Exception:
                 failed[0] += 1
 
-    workers = [threading.Thread(target=one, args=(texts[i::threads],)) for i in range(threads)]
-    t = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return time.perf_counter() - t, failed[0]
+    return in_threads(one, texts, threads), failed[0]
 
 
 def remote(n: int, rounds: int) -> dict:

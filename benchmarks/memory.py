@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ os.environ["MEM0_TELEMETRY"] = "False"
 
 import numpy as np
 from plots import add_plot_options, bars, lines
+from threads import in_threads
 
 from hivemem import Embedder, EmbeddingCache, Memory
 from hivemem.embed.corpus import sentences
@@ -80,41 +80,20 @@ def close(m: Memory, emb: Embedder) -> None:
 
 
 def threaded(m: Memory, texts: list[str], threads: int, batch: int | None) -> float:
-    chunks = [texts[i::threads] for i in range(threads)]
-    errors: list[BaseException] = []
-
     def work(chunk: list[str]) -> None:
-        try:
-            if batch is None:
-                for t in chunk:
-                    m.add(t, user_id="bench")
-            else:
-                for s in range(0, len(chunk), batch):
-                    m.add_batch([{"messages": t, "user_id": "bench"} for t in chunk[s : s + batch]])
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        if batch is None:
+            for t in chunk:
+                m.add(t, user_id="bench")
+        else:
+            for s in range(0, len(chunk), batch):
+                m.add_batch([{"messages": t, "user_id": "bench"} for t in chunk[s : s + batch]])
 
-    ts = [threading.Thread(target=work, args=(c,)) for c in chunks]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - t0
+    return in_threads(work, texts, threads)
 
 
 def threaded_embed(emb: Embedder, texts: list[str]) -> float:
     """20 threads calling the engine directly with one text each: what the memory layer stands on."""
-    chunks = [texts[i::20] for i in range(20)]
-    ts = [threading.Thread(target=lambda c=c: [emb.embed([t]) for t in c]) for c in chunks]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return time.perf_counter() - t0
+    return in_threads(lambda chunk: [emb.embed([t]) for t in chunk], texts, 20)
 
 
 def fill(m: Memory, n: int, users: int, dim: int) -> None:

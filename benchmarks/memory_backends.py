@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -45,6 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 from plots import add_plot_options, bars
+from threads import in_threads
 
 from hivemem import Embedder, EmbeddingCache, Memory
 from hivemem.embed.corpus import sentences
@@ -145,14 +145,6 @@ def add_batch_rounds(stores: Stores, emb: Embedder, texts: Texts, size: int, rou
     }
 
 
-def _adds(m: Memory, texts: list[str], errors: list[BaseException]) -> None:
-    try:
-        for t in texts:
-            m.add(t, user_id="bench")
-    except BaseException as exc:  # re-raised by the caller
-        errors.append(exc)
-
-
 def threads_rounds(stores: Stores, emb: Embedder, texts: Texts, n: int, rounds: int) -> dict[str, float]:
     best = {b: float("inf") for b in BACKENDS}
     for r in range(rounds):
@@ -160,16 +152,8 @@ def threads_rounds(stores: Stores, emb: Embedder, texts: Texts, n: int, rounds: 
             m = Memory(stores.location(b), embedder=emb)
             m.add("warm up", user_id="warm")
             batch = texts.take(n)
-            errors: list[BaseException] = []
-            ts = [threading.Thread(target=_adds, args=(m, batch[i::20], errors)) for i in range(20)]
-            t0 = time.perf_counter()
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            best[b] = min(best[b], time.perf_counter() - t0)
-            if errors:
-                raise errors[0]
+            seconds = in_threads(lambda part, m=m: [m.add(t, user_id="bench") for t in part], batch, 20)
+            best[b] = min(best[b], seconds)
             assert m.count() == n + 1
             m.close()
     return best

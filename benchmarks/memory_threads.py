@@ -22,35 +22,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from threads import in_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("engine", "add_batch", "threads_embed", "threads_add")
 
 
 def _threads(fn: Any, texts: list[str], threads: int) -> float:
-    parts = [texts[i::threads] for i in range(threads)]
-    errors: list[BaseException] = []
-
-    def work(part: list[str]) -> None:
-        try:
-            for t in part:
-                fn(t)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    ts = [threading.Thread(target=work, args=(p,)) for p in parts]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
-    return len(texts) / (time.perf_counter() - t0)
+    """Calls per second of ``fn(text)`` over ``texts`` from ``threads`` threads."""
+    return len(texts) / in_threads(lambda part: [fn(t) for t in part], texts, threads)
 
 
 def child(seed: int, batch: int, adds: int, threads: int) -> dict[str, Any]:
