@@ -12,9 +12,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import numpy as np
+if TYPE_CHECKING:  # numpy only where a memory store reads id lists: task workers never load it
+    import numpy as np
 
 T = TypeVar("T")
 
@@ -105,6 +106,8 @@ def retry_locked(step: Callable[[], T], timeout: float) -> T:
 def int_array(group_concat: str | None) -> np.ndarray:
     """The integers of an SQL ``group_concat(...)`` as an array: ~5× faster than fetching one row
     per integer (no Python tuple per row), which matters for lists of thousands of row ids."""
+    import numpy as np
+
     if not group_concat:
         return np.empty(0, dtype=np.int64)
     return np.fromstring(group_concat, dtype=np.int64, sep=",")

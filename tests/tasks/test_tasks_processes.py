@@ -60,3 +60,32 @@ def test_25_processes_read_at_once(library_path: Path, source: Path, tmp_path: P
         assert report["count"] == 10 and len(set(report["light"])) == 4
         seen.extend(report["ids"])
     assert len(seen) == len(set(seen)) == 2 * WORKERS  # no task loaded by two workers
+
+
+# What a task worker needs: hivemem's task reader, SQLite and the standard library. Loading a memory
+# store's or the model's dependencies here would cost every one of 25 workers ~10 MB or more.
+HEAVY_FOR_A_TASK_WORKER = ("numpy", "onnxruntime", "tokenizers", "torch", "httpx", "typer", "rich")
+
+LIGHT_WORKER = r"""
+import json, sys
+import hivemem
+from hivemem import TaskLibrary
+lib = TaskLibrary(sys.argv[1])
+tasks = lib.sample("type_05", 3, seed=1, fields=["id", "task_type", "workflow"])
+whole = lib.get(tasks[0]["id"])
+print(json.dumps({"got": whole["id"], "loaded": [m for m in sys.argv[2].split(",") if m in sys.modules]}))
+"""
+
+
+def test_a_task_worker_loads_no_numpy_nor_model_runtime(library_path: Path) -> None:
+    """``from hivemem import TaskLibrary`` and sampling stay light (issue 20: numpy had crept in
+    through the shared SQLite helpers, ~10 MB PSS more in each of 25 workers)."""
+    out = subprocess.run(
+        [PYTHON, "-c", LIGHT_WORKER, str(library_path), ",".join(HEAVY_FOR_A_TASK_WORKER)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    assert result["got"] and result["loaded"] == []
