@@ -135,3 +135,19 @@ def test_a_lock_dies_with_its_holder(tmp_path) -> None:
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_the_project_metadata_builds_without_a_warning() -> None:
+    """A fresh ``pip install -e .`` (``make demo``) prints no setuptools deprecation notices: the
+    metadata is read here with every warning turned into an error (the TOML-table ``license`` of
+    before failed this)."""
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "from setuptools.dist import Distribution\n"
+        "from setuptools.config.pyprojecttoml import apply_configuration\n"
+        "apply_configuration(Distribution(), 'pyproject.toml')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], cwd=root, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
