@@ -177,6 +177,9 @@ def _service(sock: Path, env: dict[str, str], cache: Path) -> Any:
 
     proc = None
     if not can_connect(sock):
+        from hivemem.embed.model import prepared_manifest
+
+        prepared_manifest()  # a fresh machine: the one-time export, its progress on our terminal
         sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         command = [sys.executable, "-m", "hivemem.service", "--socket", str(sock), "--idle-timeout", "0"]
         proc = subprocess.Popen(

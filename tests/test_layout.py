@@ -221,8 +221,9 @@ def test_parts_keep_clear_of_forbidden_packages() -> None:
 PREPARATION = {"hivemem.embed.prepare", "hivemem.embed.quantize", "hivemem.embed.w8a8"}
 TORCH = {"torch", "transformers", "sentence_transformers"}
 TORCH_OK = PREPARATION | {"hivemem.embed.st_backend"}
-# who may load the preparation code: the first use of an unprepared model, and `hivemem model prepare`
-PREPARES = {"hivemem.embed.engine", "hivemem.embed.cli", *PREPARATION}
+# who may load the preparation code: `hivemem model prepare` (a serving process that finds no prepared
+# model runs it in a child process: hivemem.embed.model.prepared_manifest)
+PREPARES = {"hivemem.embed.cli", *PREPARATION}
 
 
 def test_serving_modules_never_import_torch() -> None:

@@ -49,15 +49,12 @@ def make_backend(
     if backend == "onnx":
         import onnxruntime as ort
 
-        from hivemem.embed.model import current_manifest, model_dir
+        from hivemem.embed.model import model_dir, prepared_manifest
         from hivemem.embed.onnx_backend import OnnxBackend, providers_for
 
         providers_for(device, ort.get_available_providers())  # a bad device fails before any export
-        manifest = current_manifest()
-        if manifest is None:  # first use, or an older recipe: prepared now, once, with a message
-            from hivemem.embed.prepare import ensure_prepared
-
-            manifest = ensure_prepared()
+        # first use, or an older recipe: prepared now, once, in a child process (torch never loads here)
+        manifest = prepared_manifest()
         name = resolve_variant(manifest, variant, device)
         directory = model_dir()
         report = manifest["variants"][name]

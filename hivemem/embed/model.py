@@ -10,9 +10,14 @@ variant — is ``hivemem.embed.prepare``, loaded only when a model has to be pre
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from collections import deque
 from pathlib import Path
 
 from hivemem import config
+from hivemem.errors import ModelNotPrepared
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
@@ -62,6 +67,46 @@ def is_current(manifest: dict) -> bool:
 
 def current_manifest(model: str = DEFAULT_MODEL) -> dict | None:
     """The manifest of a model prepared by this version's recipe; None when it must be prepared
-    (first use, or an older recipe: ``hivemem.embed.prepare.ensure_prepared``)."""
+    (first use, or an older recipe: ``prepared_manifest``)."""
     manifest = read_manifest(model)
     return manifest if manifest is not None and is_current(manifest) else None
+
+
+# How a serving process has the model prepared: ``hivemem.embed.prepare`` in a child interpreter.
+_PREPARE_CHILD = "import sys; from hivemem.embed.prepare import main; sys.exit(main(sys.argv[1:]))"
+
+
+def prepared_manifest(model: str = DEFAULT_MODEL) -> dict:
+    """The current manifest, preparing the model first when there is none.
+
+    The one-time export (torch, sentence-transformers, onnx: ~700 MB resident) runs in a separate,
+    short-lived process, so a service or worker that finds no prepared model never maps torch and
+    serves at its usual size. Its progress lines are relayed to stderr. Processes that start at once
+    prepare once (``prepare_model`` holds a lock; the others wait for it and read the result).
+    """
+    manifest = current_manifest(model)
+    if manifest is not None:
+        return manifest
+    started = time.monotonic()
+    tail: deque[str] = deque(maxlen=12)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PREPARE_CHILD, model],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            tail.append(line.rstrip())
+            print(line, end="", file=sys.stderr, flush=True)
+    finally:
+        code = proc.wait()
+    manifest = current_manifest(model)
+    if code != 0 or manifest is None:
+        why = next((line for line in reversed(tail) if line.strip()), "no message")
+        raise ModelNotPrepared(f"preparing {model} failed (exit code {code}): {why}")
+    print(f"hivemem: {model} ready ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+    return manifest

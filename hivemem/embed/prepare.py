@@ -1,7 +1,7 @@
 """Preparing the model: export to ONNX once, verify it, and pick the default variant by measurement.
 
-``prepare_model()`` (CLI: ``hivemem model prepare``; ``ensure_prepared()`` when the engine finds no
-current export) runs once per machine and user. It needs torch (the ``export`` extra); afterwards
+``prepare_model()`` (CLI: ``hivemem model prepare``; ``main()`` in a child process when the engine
+finds no current export: ``hivemem.embed.model.prepared_manifest``) runs once per machine and user. It needs torch (the ``export`` extra); afterwards
 the serving path needs only onnxruntime + tokenizers + numpy and reads the result through
 ``hivemem.embed.model`` (which never imports this module).
 Each variant is checked against the reference sentence-transformers output on a held-out corpus
@@ -41,7 +41,7 @@ from hivemem.embed.model import (
     read_manifest,
     source_dir,
 )
-from hivemem.errors import ModelNotPrepared
+from hivemem.errors import HivememError, ModelNotPrepared
 from hivemem.locks import locked
 
 if TYPE_CHECKING:
@@ -91,6 +91,17 @@ def ensure_prepared(model: str = DEFAULT_MODEL) -> dict:
     return prepare_model(model)
 
 
+def main(argv: list[str]) -> int:
+    """Entry of the child process a serving process starts (``model.prepared_manifest``): prepare
+    the model named in ``argv`` and exit 0, or print the reason on one line and exit 1."""
+    try:
+        ensure_prepared(*argv[:1])
+    except Exception as exc:  # the parent raises ModelNotPrepared with this line
+        print(f"hivemem: {exc if isinstance(exc, HivememError) else repr(exc)}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """Serialise ``prepare`` across processes: N workers starting at once export once."""
@@ -103,9 +114,13 @@ def prepare_model(model: str = DEFAULT_MODEL, *, force: bool = False, threads: i
     if model != DEFAULT_MODEL:
         raise ValueError(f"unknown model {model!r}; hivemem ships {DEFAULT_MODEL!r}")
     target = model_dir(model)
+    manifest = read_manifest(model)
+    if not force and manifest is not None and is_current(manifest):
+        return manifest
     with _exclusive(config.models_dir() / f".{model}.lock"):
         manifest = read_manifest(model)
         if not force and manifest is not None and is_current(manifest):
+            print(f"hivemem: {model} was prepared by another process meanwhile", file=sys.stderr, flush=True)
             return manifest  # another process finished while we waited for the lock
         try:
             import torch  # noqa: F401

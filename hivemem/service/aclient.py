@@ -123,7 +123,9 @@ class AsyncServiceClient:
                 conn = await asyncio.open_unix_connection(str(core.socket_path))
             except OSError as exc:
                 core.unreachable(exc, deadline)
-                await asyncio.to_thread(spawn.ensure_running, core.socket_path, core.service_args, deadline)
+                deadline = await asyncio.to_thread(
+                    spawn.ensure_running, core.socket_path, core.service_args, deadline
+                )
                 continue
             try:
                 check_peer(conn[1].get_extra_info("socket"), core.socket_path, core.trusted)

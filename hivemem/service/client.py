@@ -250,7 +250,7 @@ class ServiceClient:
                 conn = _Connection(core.socket_path, core.remaining(deadline))
             except OSError as exc:
                 core.unreachable(exc, deadline)
-                spawn.ensure_running(core.socket_path, core.service_args, deadline)
+                deadline = spawn.ensure_running(core.socket_path, core.service_args, deadline)
                 continue
             try:
                 check_peer(conn.sock, core.socket_path, core.trusted)

@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from hivemem.embed.model import prepared_manifest
 from hivemem.errors import ServiceUnavailable
 from hivemem.locks import locked
 from hivemem.service import paths
@@ -51,10 +52,19 @@ def can_connect(sock: Path) -> bool:
         s.close()
 
 
-def ensure_running(sock: Path, args: list[str], deadline: float) -> None:
-    """Return once a service listens on ``sock``, starting one (with ``args``) if nobody does."""
+def ensure_running(sock: Path, args: list[str], deadline: float) -> float:
+    """Return once a service listens on ``sock``, starting one (with ``args``) if nobody does.
+
+    On a machine where the model was never prepared, the caller has it prepared first, in a child
+    process of its own whose progress lines reach the caller's stderr (a user sees why the first
+    call takes a minute; the service then starts in a second, and never holds the export's torch).
+    Returns ``deadline`` moved on by the time that took, for the caller to go on with.
+    """
     if can_connect(sock):
-        return
+        return deadline
+    started = time.monotonic()
+    prepared_manifest()
+    deadline += time.monotonic() - started
     sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     start_lock = paths.start_lock_path(sock)
     with locked(start_lock, timeout=max(0.0, deadline - time.monotonic())) as held:
@@ -63,7 +73,7 @@ def ensure_running(sock: Path, args: list[str], deadline: float) -> None:
                 f"timed out waiting for another process to start the service ({start_lock})"
             )
         if can_connect(sock):
-            return
+            return deadline
         log = paths.log_path(sock)
         command, env, cwd = start_command(sock, args)
         with open(log, "ab") as out:
@@ -81,7 +91,7 @@ def ensure_running(sock: Path, args: list[str], deadline: float) -> None:
         threading.Thread(target=proc.wait, name="hivemem-reaper", daemon=True).start()
         while time.monotonic() < deadline:
             if can_connect(sock):
-                return
+                return deadline
             code = proc.poll()
             if code is not None and code != EXIT_ALREADY_RUNNING:
                 raise ServiceUnavailable(
