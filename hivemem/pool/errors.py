@@ -33,6 +33,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerExited",
     "WorkerInitError",
+    "callable_name",
     "setup_stopped",
     "user_traceback",
     "worker_exited",
@@ -118,6 +119,14 @@ def user_traceback(exc: BaseException) -> str:
     te = traceback.TracebackException.from_exception(exc)
     _trim(te, set())
     return "".join(te.format())
+
+
+def callable_name(fn: object) -> str:
+    """``module:qualname`` of a function (of the function inside a ``functools.partial``)."""
+    inner = getattr(fn, "func", fn)
+    qualname = getattr(inner, "__qualname__", None)
+    module = getattr(inner, "__module__", None)
+    return f"{module}:{qualname}" if module and qualname else repr(fn)
 
 
 def setup_stopped(what: str, where: str, tb: str) -> RunSetupError:

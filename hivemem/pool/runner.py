@@ -26,7 +26,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hivemem.pool.errors import RemoteTraceback, RunSetupError, WorkerInitError, setup_stopped, user_traceback
+from hivemem.pool.errors import (
+    RemoteTraceback,
+    RunSetupError,
+    WorkerInitError,
+    callable_name,
+    setup_stopped,
+    user_traceback,
+)
 from hivemem.pool.pool import Kind, WorkerPool
 from hivemem.pool.results import Key, ResultsFile, error_fields
 
@@ -228,14 +235,6 @@ def _plugin_name(store: ResultsFile | None) -> str:
         return f"hivemem-run-{uuid.uuid4().hex[:16]}"
     where = f"{socket.gethostname()}:{store.path.resolve()}".encode()
     return f"hivemem-run-{hashlib.blake2b(where, digest_size=8).hexdigest()}"
-
-
-def callable_name(fn: Any) -> str:
-    """``module:qualname`` of a function (of the function inside a ``functools.partial``)."""
-    inner = fn.func if isinstance(fn, partial) else fn
-    qualname = getattr(inner, "__qualname__", None)
-    module = getattr(inner, "__module__", None)
-    return f"{module}:{qualname}" if module and qualname else repr(fn)
 
 
 def _setup_error(
