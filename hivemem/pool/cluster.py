@@ -19,9 +19,10 @@ How the run maps onto Dask:
   which fails on a lock or a connection made at import.)
 * **Warm objects.** ``fn`` and ``factory`` travel in a ``WorkerPlugin`` registered under a name
   derived from the results file. Every worker (also one that joins or is restarted by its nanny
-  later) starts loading ``fn`` and building its object in a background thread the moment it gets
-  the plugin; items wait for it. A rerun after a driver crash registers the same name, which
-  replaces (tears down) what the crashed run left on the workers; a clean run unregisters it.
+  later) loads ``fn`` and builds its object once, in the task thread of its first item (the
+  worker's event loop keeps answering the scheduler meanwhile); its other items wait for it. A
+  rerun after a driver crash registers the same name, which replaces (tears down) what the
+  crashed run left on the workers; a clean run unregisters it.
 * **Setup errors stop the run.** A factory that raises, or a ``fn``/``factory`` that cannot be
   loaded on a worker, ends the run at the first worker that reports it, with
   :class:`~hivemem.errors.RunSetupError` naming that worker and host, and nothing recorded for
@@ -198,54 +199,49 @@ class RunPlugin(distributed.WorkerPlugin):
     def setup(self, worker: Any = None) -> None:
         self.fn: Any = None
         self.obj: Any = None
+        self.built = False
         self.error: _SetupFailed | None = None
-        self.stale = False  # the object must be rebuilt (its call asked the worker to stop)
-        self.ready = threading.Event()
         self.lock = threading.Lock()
         name = getattr(worker, "name", None)
         address = getattr(worker, "address", None) or "?"
         self.where = f"Dask worker {name} at {address} (process {os.getpid()} on {socket.gethostname()})"
         ShippedModules.install(self.sources)
-        # Build in the background: setup runs on the worker's event loop, which must keep
-        # answering the scheduler's heartbeats while a model loads for a minute.
-        threading.Thread(target=self._build, name="hivemem-factory", daemon=True).start()
-
-    def _build(self) -> None:
-        with self.lock:
-            try:
-                if self.fn is None:
-                    try:
-                        self.fn = pickle.loads(self.fn_blob)
-                    except Exception as exc:
-                        raise _SetupFailed(f"{self.fn_name} cannot be loaded", exc) from None
-                if self.factory_blob is not None:
-                    try:
-                        factory = pickle.loads(self.factory_blob)
-                    except Exception as exc:
-                        raise _SetupFailed(f"the factory {self.factory_name} cannot be loaded", exc) from None
-                    try:
-                        self.obj = factory()
-                    except BaseException as exc:  # SystemExit in a factory must not take the worker down
-                        raise _SetupFailed(f"the factory {self.factory_name} failed", exc) from None
-                self.error, self.stale = None, False
-            except _SetupFailed as failed:
-                self.obj, self.error = None, failed
-            finally:
-                self.ready.set()
 
     def get(self) -> tuple[Callable[..., Any], Any]:
-        """``(fn, object)`` of this worker; raises :class:`_SetupFailed` if it could not set up."""
-        self.ready.wait()
-        if self.stale:
-            self._build()
+        """``(fn, object)`` of this worker, built by its first item (in a task thread: the worker's
+        event loop keeps answering the scheduler, and ``distributed.get_worker()`` works in the
+        factory); raises :class:`_SetupFailed` if this worker could not set up."""
+        with self.lock:
+            if not self.built and self.error is None:
+                self._build()
         if self.error is not None:
             raise self.error
         return self.fn, self.obj
 
+    def _build(self) -> None:
+        try:
+            if self.fn is None:
+                try:
+                    self.fn = pickle.loads(self.fn_blob)
+                except Exception as exc:
+                    raise _SetupFailed(f"{self.fn_name} cannot be loaded", exc) from None
+            if self.factory_blob is not None:
+                try:
+                    factory = pickle.loads(self.factory_blob)
+                except Exception as exc:
+                    raise _SetupFailed(f"the factory {self.factory_name} cannot be loaded", exc) from None
+                try:
+                    self.obj = factory()
+                except BaseException as exc:  # SystemExit in a factory must not take the worker down
+                    raise _SetupFailed(f"the factory {self.factory_name} failed", exc) from None
+            self.built = True
+        except _SetupFailed as failed:
+            self.obj, self.error = None, failed
+
     def discard(self) -> None:
         """Drop the object (its call asked the worker to stop); the next item builds a new one."""
         with self.lock:
-            self.obj, self.stale = None, True
+            self.obj, self.built = None, False
 
     def teardown(self, worker: Any = None) -> None:
         self.obj = None
