@@ -24,6 +24,7 @@ can be read in one place, and every one is importable from ``hivemem``::
     ├── NoPostgres               (RuntimeError)     no PostgreSQL could be found or started
     ├── PoolError                (RuntimeError)     the worker pool's own failures
     │   ├── WorkerCrashed / WorkerExited / WorkerInitError / PoolClosed / RemoteError
+    │   ├── RunSetupError                           run_parallel stopped: a worker could not set up
     │   └── CallTimeout          (TimeoutError)
     ├── TaskLibraryError                            a task library file is missing, foreign or corrupt
     ├── TaskSourceError          (ValueError)       a source JSON cannot be converted
@@ -198,10 +199,45 @@ class CallTimeout(PoolError, TimeoutError):
 
 
 class WorkerInitError(PoolError):
-    """The factory raised while building the worker's object; the cause holds its traceback.
+    """A worker could not set up: the factory raised while building the worker's object, or the
+    called function could not be loaded (imported) in the worker process. The cause holds the
+    worker-side traceback; ``where`` names the worker (its process and host) when known.
 
     The worker retries the factory when it next takes a call, so a transient failure heals.
     """
+
+    def __init__(self, message: str, *, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+
+    def __reduce__(self) -> Any:  # keep where when the error crosses a process boundary
+        return (_rebuild_init, (str(self), self.where))
+
+
+def _rebuild_init(message: str, where: str) -> WorkerInitError:
+    return WorkerInitError(message, where=where)
+
+
+class RunSetupError(PoolError):
+    """``run_parallel`` stopped because a worker could not set up (its factory failed, or the job
+    cannot be loaded where it runs): an error of the run, not of one item, so no item was recorded
+    for it and a plain rerun after the fix processes every item.
+
+    The message names where it happened (worker, pid, host) and ends with the traceback of the
+    user's code as the worker saw it; ``where`` and ``remote_traceback`` hold those two parts.
+    """
+
+    def __init__(self, message: str, *, where: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> Any:  # keep the fields when the error crosses a process boundary
+        return (_rebuild_setup, (str(self), self.where, self.remote_traceback))
+
+
+def _rebuild_setup(message: str, where: str, remote_traceback: str) -> RunSetupError:
+    return RunSetupError(message, where=where, remote_traceback=remote_traceback)
 
 
 class PoolClosed(PoolError):

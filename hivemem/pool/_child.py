@@ -12,18 +12,19 @@ import inspect
 import os
 import pickle
 import signal
+import socket
 import time
-import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from hivemem.pool.errors import RemoteError, worker_exited
+from hivemem.pool.errors import RemoteError, WorkerInitError, user_traceback, worker_exited
 
 
 def _exc_blob(exc: BaseException) -> bytes:
-    """Pickle ``(exception, traceback text)``, degrading to RemoteError if the exception can't travel."""
-    tb = "".join(traceback.format_exception(exc))
+    """Pickle ``(exception, traceback text)``, degrading to RemoteError if the exception can't travel.
+    The text starts at the user's code (:func:`user_traceback`): this loop's frames are noise."""
+    tb = user_traceback(exc)
     try:
         blob = pickle.dumps(exc)
         pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt (custom __init__)
@@ -78,16 +79,31 @@ def call_fn(
     return None
 
 
-def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: bytes) -> bool:
-    """Serve one call; False when the worker must exit (the call raised SystemExit and the like)."""
+def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: tuple[bytes, bytes]) -> bool:
+    """Serve one call; False when the worker must exit (the call raised SystemExit and the like).
+
+    The function and the arguments are unpickled apart: a function that cannot be loaded here is
+    the worker's setup failing (:class:`WorkerInitError`, every call would fail the same way), an
+    argument that cannot is that call's own error."""
     fn: Any = None
+    fn_blob, args_blob = payload
+    try:
+        fn = pickle.loads(fn_blob)
+    except Exception as exc:
+        where = f"worker process {os.getpid()} on {socket.gethostname()}"
+        init = WorkerInitError(
+            f"{where} cannot load the function it was asked to run ({type(exc).__name__}: {exc}); "
+            "functions must be importable by module and name from the worker process",
+            where=where,
+        )
+        conn.send(("error", call_id, pickle.dumps((init, user_traceback(exc)))))  # the cause's traceback
+        return True
     try:
         try:
-            fn, args = pickle.loads(payload)
+            args = pickle.loads(args_blob)
         except Exception as exc:
             raise RuntimeError(
-                f"the worker could not load the function or its arguments ({type(exc).__name__}: {exc}); "
-                "functions must be importable by module and name from the worker process"
+                f"the worker could not load the arguments of this call ({type(exc).__name__}: {exc})"
             ) from exc
         result = call_fn(
             fn,
@@ -103,7 +119,7 @@ def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: byt
     except BaseException as exc:  # SystemExit, KeyboardInterrupt, …: this worker stops, not the caller
         name = getattr(fn, "__qualname__", None) or repr(fn)
         err = worker_exited(exc, name, f"worker process {os.getpid()}")
-        tb = "".join(traceback.format_exception(exc))
+        tb = user_traceback(exc)
         conn.send(("exit", call_id, pickle.dumps((err, tb))))
         return False
     else:

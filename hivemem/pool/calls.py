@@ -35,14 +35,14 @@ class Call:
         *,
         timeout: float | None,
         sink: Callable[[Any], None] | None = None,
-        payload: bytes | None = None,
+        payload: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.id = next(_ids)
         self.fn = fn
         self.args = args
         self.timeout = timeout
         self.sink = sink
-        self.payload = payload  # pre-pickled (fn, args) for process workers
+        self.payload = payload  # pre-pickled fn and args (apart) for process workers
         self.future: Future[Any] = Future()
         # Set when the consumer of a stream went away, or the call timed out: stop producing.
         self.cancelled = threading.Event()

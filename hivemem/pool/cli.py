@@ -89,6 +89,7 @@ def run(
     ] = None,
 ) -> None:
     """Run FUNCTION over every item on warm workers; skip items already in the results file."""
+    from hivemem.errors import HivememError
     from hivemem.pool.runner import run_parallel
 
     if kind not in ("process", "thread"):
@@ -110,8 +111,8 @@ def run(
             fsync=fsync,
             cluster=cluster,
         )
-    except (TypeError, ValueError, RuntimeError, ImportError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except (HivememError, TypeError, ValueError, RuntimeError, ImportError) as exc:
+        typer.echo(f"error: {exc}", err=True)  # a RunSetupError: where, and the user's traceback
         raise typer.Exit(2) from None
     typer.echo(
         f"{summary.total} items: {summary.skipped} already done, {summary.ok} ok, {summary.errors} errors "

@@ -8,12 +8,25 @@ Dask already reschedules the tasks of a worker that dies.
 
 How the run maps onto Dask:
 
-* **Warm objects.** ``factory`` travels in a ``WorkerPlugin`` registered under a name derived from
-  the results file. Every worker (also one that joins or is restarted by its nanny later) starts
-  building its object in a background thread the moment it gets the plugin; items wait for it.
-  A factory that raises fails the items that need it and is tried again by the next one, as in
-  the local pool. A rerun after a driver crash registers the same name, which replaces (tears
-  down) what the crashed run left on the workers; a clean run unregisters it.
+* **The user's code travels with the run.** The source of every loaded module of the user's own
+  files (not installed: outside site-packages and the standard library) goes to the workers in
+  the run's plugin, where an import hook serves it under its original file name
+  (:class:`ShippedModules`); ``fn``, ``factory`` and each item are cloudpickled on the driver and
+  unpickled only on a worker, after the hook is in place. So a scheduler and workers with only
+  hivemem installed run the user's module, and its tracebacks name the user's file and line.
+  (Not ``cloudpickle.register_pickle_by_value``: its functions lose their file name, shown as
+  ``<dynamic-code>``, and a module used as ``helper.f()`` is pickled with its whole namespace,
+  which fails on a lock or a connection made at import.)
+* **Warm objects.** ``fn`` and ``factory`` travel in a ``WorkerPlugin`` registered under a name
+  derived from the results file. Every worker (also one that joins or is restarted by its nanny
+  later) loads ``fn`` and builds its object once, in the task thread of its first item (the
+  worker's event loop keeps answering the scheduler meanwhile); its other items wait for it. A
+  rerun after a driver crash registers the same name, which replaces (tears down) what the
+  crashed run left on the workers; a clean run unregisters it.
+* **Setup errors stop the run.** A factory that raises, or a ``fn``/``factory`` that cannot be
+  loaded on a worker, ends the run at the first worker that reports it, with
+  :class:`~hivemem.errors.RunSetupError` naming that worker and host, and nothing recorded for
+  it. So does a task the cluster itself cannot run (any Dask error but ``KilledWorker``).
 * **Bounded in-flight work.** At most ``16 × the cluster's threads`` items are submitted at a
   time (about 2 per thread sit on the workers, the rest wait on the scheduler, ready the moment a
   thread frees up); each completion submits the next one, so a 10-million-item job holds a small
@@ -29,8 +42,8 @@ How the run maps onto Dask:
   kills the worker process (``os._exit``, a segfault) is retried by Dask on other workers up to
   ``distributed.scheduler.allowed-failures`` times (default 3), then recorded as ``KilledWorker``.
 
-Workers need hivemem and the code of ``fn``/``factory`` importable (functions defined in the
-driver's ``__main__`` travel by value through cloudpickle). With ``--nthreads N > 1`` a worker
+The scheduler and workers need hivemem (with the ``cluster`` extra) and the *installed* packages
+the job imports; the user's own files need not be there. With ``--nthreads N > 1`` a worker
 runs N items at once *on the same object*; use ``--nthreads 1`` (one worker per core) for agents
 that are not thread-safe, the same one-call-at-a-time contract as the local pool.
 """
@@ -38,17 +51,30 @@ that are not thread-safe, the same one-call-at-a-time contract as the local pool
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
+import linecache
 import os
+import pickle
 import socket
+import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hivemem.pool.errors import WorkerInitError, worker_exited
+from hivemem.pool.errors import (
+    RunSetupError,
+    callable_name,
+    setup_stopped,
+    user_traceback,
+    worker_exited,
+)
 from hivemem.pool.results import error_fields
 
 try:
+    import cloudpickle
     import distributed
 except ImportError as exc:  # pragma: no cover - the optional extra is part of dev
     raise ImportError(
@@ -70,77 +96,190 @@ WINDOW_PER_THREAD = 16
 _REFRESH_WINDOW_S = 2.0  # how often the window follows workers joining or leaving
 
 
-class FactoryPlugin(distributed.WorkerPlugin):
-    """Builds one object per worker process; the items of the run share it."""
+def _installed_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({os.path.join(os.path.abspath(paths[k]), "") for k in ("stdlib", "platstdlib")})
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self.factory = factory
+
+def user_sources() -> dict[str, tuple[str, str, bool]]:
+    """``{module name: (file, source, is_package)}`` of the loaded modules that are the user's own
+    files, not installed packages: plain ``.py`` files outside any ``site-packages`` or
+    ``dist-packages`` folder and the standard library, except hivemem itself. These travel with a
+    cluster run (:class:`ShippedModules`)."""
+    stdlib = _installed_dirs()
+    found = {}
+    for name, module in list(sys.modules.items()):
+        top = name.partition(".")[0]
+        file = getattr(module, "__file__", None)
+        if top in ("__main__", "__mp_main__", "hivemem") or top in sys.stdlib_module_names:
+            continue  # __main__'s functions travel by value with cloudpickle
+        if not isinstance(file, str) or not file.endswith(".py"):
+            continue  # built-in, namespace package, extension module
+        path = os.path.abspath(file)
+        parts = set(path.split(os.sep))
+        if "site-packages" in parts or "dist-packages" in parts or path.startswith(stdlib):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                source = f.read()
+        except (OSError, ValueError):
+            continue  # gone or not text since it was imported: it cannot travel
+        found[name] = (path, source, hasattr(module, "__path__"))
+    return found
+
+
+class ShippedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """The import hook on a cluster worker that serves the user's modules from the sources a run
+    brought (:func:`user_sources`), under their original file names: ``import job`` works, runs
+    the module's code as a normal import would, and tracebacks name the user's file and line.
+
+    One per worker process, first on ``sys.meta_path``; each run's plugin adds its sources. A
+    module that a run brings in another version replaces the one an earlier run imported."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, tuple[str, str, bool]] = {}
+
+    @classmethod
+    def install(cls, sources: dict[str, tuple[str, str, bool]]) -> None:
+        found = [f for f in sys.meta_path if isinstance(f, cls)]
+        hook = found[0] if found else cls()
+        if not found:
+            sys.meta_path.insert(0, hook)
+        for name, entry in sources.items():
+            if hook.sources.get(name) != entry:
+                module = sys.modules.get(name)
+                if module is not None and getattr(module, "__loader__", None) is hook:
+                    del sys.modules[name]  # another run's version: import this run's afresh
+                hook.sources[name] = entry
+                path, source, _ = entry
+                linecache.cache[path] = (len(source), None, source.splitlines(True), path)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        entry = self.sources.get(fullname)
+        if entry is None:
+            return None
+        return importlib.util.spec_from_loader(fullname, self, origin=entry[0], is_package=entry[2])
+
+    def create_module(self, spec: Any) -> None:
+        return None  # the default module object
+
+    def exec_module(self, module: Any) -> None:
+        path, source, _ = self.sources[module.__name__]
+        module.__file__ = path
+        exec(compile(source, path, "exec"), module.__dict__)
+
+
+class _SetupFailed(Exception):
+    """Raised on a worker whose plugin could not load ``fn`` or build the object."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        super().__init__(what)
+        self.what = what
+        self.tb = user_traceback(exc)
+
+
+class RunPlugin(distributed.WorkerPlugin):
+    """Carries the run's ``fn`` and ``factory`` (cloudpickled on the driver) to every worker;
+    loads them there and builds one object per worker process, shared by the run's items."""
+
+    def __init__(
+        self,
+        sources: dict[str, tuple[str, str, bool]],
+        fn_blob: bytes,
+        factory_blob: bytes | None,
+        fn_name: str,
+        factory_name: str,
+    ) -> None:
+        self.sources = sources
+        self.fn_blob = fn_blob
+        self.factory_blob = factory_blob
+        self.fn_name = fn_name
+        self.factory_name = factory_name
 
     def setup(self, worker: Any = None) -> None:
+        self.fn: Any = None
         self.obj: Any = None
-        self.error: BaseException | None = None
-        self.ready = threading.Event()
+        self.built = False
+        self.error: _SetupFailed | None = None
         self.lock = threading.Lock()
-        # Build in the background: setup runs on the worker's event loop, which must keep
-        # answering the scheduler's heartbeats while a model loads for a minute.
-        threading.Thread(target=self._build, name="hivemem-factory", daemon=True).start()
+        name = getattr(worker, "name", None)
+        address = getattr(worker, "address", None) or "?"
+        self.where = f"Dask worker {name} at {address} (process {os.getpid()} on {socket.gethostname()})"
+        ShippedModules.install(self.sources)
+
+    def get(self) -> tuple[Callable[..., Any], Any]:
+        """``(fn, object)`` of this worker, built by its first item (in a task thread: the worker's
+        event loop keeps answering the scheduler, and ``distributed.get_worker()`` works in the
+        factory); raises :class:`_SetupFailed` if this worker could not set up."""
+        with self.lock:
+            if not self.built and self.error is None:
+                self._build()
+        if self.error is not None:
+            raise self.error
+        return self.fn, self.obj
 
     def _build(self) -> None:
-        with self.lock:
-            try:
-                self.obj, self.error = self.factory(), None
-            except BaseException as exc:  # SystemExit in a factory must not take the worker down
-                self.obj, self.error = None, exc
-            finally:
-                self.ready.set()
-
-    def get(self) -> Any:
-        """The worker's object; after a failed factory, one more attempt for this item."""
-        self.ready.wait()
-        if self.error is not None:
-            self._build()
-            err = self.error
-            if err is not None:
-                raise WorkerInitError(f"the factory failed: {type(err).__name__}: {err}") from err
-        return self.obj
+        try:
+            if self.fn is None:
+                try:
+                    self.fn = pickle.loads(self.fn_blob)
+                except Exception as exc:
+                    raise _SetupFailed(f"{self.fn_name} cannot be loaded", exc) from None
+            if self.factory_blob is not None:
+                try:
+                    factory = pickle.loads(self.factory_blob)
+                except Exception as exc:
+                    raise _SetupFailed(f"the factory {self.factory_name} cannot be loaded", exc) from None
+                try:
+                    self.obj = factory()
+                except BaseException as exc:  # SystemExit in a factory must not take the worker down
+                    raise _SetupFailed(f"the factory {self.factory_name} failed", exc) from None
+            self.built = True
+        except _SetupFailed as failed:
+            self.obj, self.error = None, failed
 
     def discard(self) -> None:
         """Drop the object (its call asked the worker to stop); the next item builds a new one."""
         with self.lock:
-            self.obj, self.error = None, RuntimeError("the object was discarded")
+            self.obj, self.built = None, False
 
     def teardown(self, worker: Any = None) -> None:
         self.obj = None
 
 
-def run_item(plugin_name: str | None, fn: Callable[..., Any], item: Any) -> tuple[bool, Any, float]:
-    """Runs on a cluster worker: ``(True, result, seconds)`` or ``(False, error fields, 0.0)``.
+def run_item(plugin_name: str, item_blob: bytes) -> tuple[str, Any, float]:
+    """Runs on a cluster worker: ``("ok", result, seconds)``, ``("error", error fields, 0.0)``, or
+    ``("setup", {"what", "where", "traceback"}, 0.0)`` when this worker could not set up.
 
     Never raises, so Dask never retries a failure of user code. ``SystemExit`` and other
     non-``Exception`` errors fail the item with ``WorkerExited``, as in the local pool, and the
     worker's object is rebuilt by the factory for its next item."""
-    plugin: Any = None  # this worker's _WarmObjects plugin
+    plugin: Any = distributed.get_worker().plugins.get(plugin_name)
+    if plugin is None:
+        where = f"Dask worker process {os.getpid()} on {socket.gethostname()}"
+        return (
+            "setup",
+            {"what": "the run's plugin is missing (it was unregistered)", "where": where, "traceback": ""},
+            0.0,
+        )
     try:
-        if plugin_name is None:
-            started = time.perf_counter()
-            result = fn(item)
-        else:
-            plugin = distributed.get_worker().plugins.get(plugin_name)
-            if plugin is None:
-                raise WorkerInitError(f"this worker has no plugin {plugin_name!r} (the run was unregistered)")
-            obj = plugin.get()
-            started = time.perf_counter()
-            result = fn(obj, item)
-        return True, result, time.perf_counter() - started
+        fn, obj = plugin.get()
+    except _SetupFailed as failed:
+        return "setup", {"what": failed.what, "where": plugin.where, "traceback": failed.tb}, 0.0
+    try:
+        item = pickle.loads(item_blob)
+        started = time.perf_counter()
+        result = fn(obj, item) if plugin.factory_blob is not None else fn(item)
+        return "ok", result, time.perf_counter() - started
     except Exception as exc:
-        return False, error_fields(exc), 0.0
+        return "error", error_fields(exc), 0.0
     except BaseException as exc:  # sys.exit() in user code: this item fails, the worker lives on
-        name = getattr(fn, "__qualname__", None) or repr(fn)
-        err = worker_exited(exc, name, f"Dask worker process {os.getpid()}")
+        err = worker_exited(
+            exc, getattr(fn, "__qualname__", None) or repr(fn), f"Dask worker process {os.getpid()}"
+        )
         err.__cause__ = exc
-        if plugin is not None:
-            plugin.discard()
-        return False, error_fields(err), 0.0
+        plugin.discard()
+        return "error", error_fields(err), 0.0
 
 
 def _probe() -> str:
@@ -197,28 +336,63 @@ def run_on_cluster(
     plugin_name: str,
 ) -> None:
     """Run ``todo`` on the cluster's workers, handing each outcome to ``record`` as it arrives."""
+    fn_blob, factory_blob = _ship("fn", fn), None if factory is None else _ship("factory", factory)
+    plugin = RunPlugin(user_sources(), fn_blob, factory_blob, callable_name(fn), callable_name(factory))
     client, owned = connect_cluster(cluster)
+    try:
+        _run(client, todo, plugin, record, plugin_name)
+    finally:
+        if owned:
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
+
+
+def _ship(what: str, fn: Callable[..., Any]) -> bytes:
+    try:
+        return cloudpickle.dumps(fn)
+    except Exception as exc:
+        raise TypeError(
+            f"{what} {callable_name(fn)} cannot be sent to the cluster ({type(exc).__name__}: {exc}); "
+            "send module-level functions, or partials of them, with picklable arguments"
+        ) from None
+
+
+def _check_cluster(client: Any) -> None:
+    """At least one worker, and hivemem importable on the scheduler and the workers."""
+    address = client.scheduler.address
+    try:
+        client.wait_for_workers(1, timeout=_WAIT_WORKERS_S)
+    except TimeoutError:
+        raise RuntimeError(
+            f"the Dask cluster at {address} has no worker after {_WAIT_WORKERS_S:g} s"
+        ) from None
+    for where, probe in (("the scheduler", client.run_on_scheduler), ("a worker", client.run)):
+        try:
+            probe(_probe)
+        except Exception as exc:
+            raise RuntimeError(
+                f"{where} of {address} cannot import hivemem ({type(exc).__name__}: {exc}); install "
+                "'hivemem[cluster]' on the scheduler and every worker"
+            ) from None
+
+
+def _run(
+    client: Any, todo: list[tuple[Key, Any]], plugin: RunPlugin, record: Recorder, plugin_name: str
+) -> None:
     registered = False
     pending: dict[Any, Key] = {}
     clean = False
     try:
+        _check_cluster(client)
         try:
-            client.wait_for_workers(1, timeout=_WAIT_WORKERS_S)
-        except TimeoutError:
-            raise RuntimeError(
-                f"the Dask cluster at {client.scheduler.address} has no worker after {_WAIT_WORKERS_S:g} s"
-            ) from None
-        try:
-            client.run(_probe)
+            client.register_plugin(plugin, name=plugin_name)
         except Exception as exc:
-            raise RuntimeError(
-                f"a worker of {client.scheduler.address} cannot import hivemem ({type(exc).__name__}: "
-                f"{exc}); install hivemem and your code on every worker"
+            raise setup_stopped(
+                "the run's plugin could not be installed",
+                f"the workers of {client.scheduler.address}",
+                str(exc),
             ) from None
-        if factory is not None:
-            client.register_plugin(FactoryPlugin(factory), name=plugin_name)
-            registered = True
-        name = plugin_name if factory is not None else None
+        registered = True
         items = iter(todo)
         window, refreshed = _window(client), time.monotonic()
         done = distributed.as_completed(loop=client.loop)
@@ -230,7 +404,7 @@ def run_on_cluster(
                     return
                 k, item = nxt
                 try:
-                    fut = client.submit(run_item, name, fn, item, pure=False)
+                    fut = client.submit(run_item, plugin_name, cloudpickle.dumps(item), pure=False)
                 except Exception as exc:  # this item cannot be serialized: its own error
                     record({"key": k, **error_fields(exc)})
                     continue
@@ -245,6 +419,8 @@ def run_on_cluster(
                 if time.monotonic() - refreshed > _REFRESH_WINDOW_S:
                     window, refreshed = _window(client), time.monotonic()
                 submit_more()
+        except RunSetupError:
+            raise
         except Exception as exc:
             if client.status == "running" and not isinstance(exc, _SchedulerLost):
                 raise
@@ -261,9 +437,6 @@ def run_on_cluster(
                 client.cancel(list(pending), force=True)
             if registered:
                 client.unregister_worker_plugin(plugin_name)
-        if owned:
-            with contextlib.suppress(Exception):
-                client.close(timeout=5)
 
 
 def _lost_connection(exc: BaseException) -> bool:
@@ -296,21 +469,35 @@ def _collect(client: Any, batch: list[Any], pending: dict[Any, Key], done: Any, 
                     if fut.status in ("pending", "lost"):  # its worker died before we got the result
                         done.add(fut)  # Dask recomputes it; wait for it again
                         continue
-                    outcomes[fut] = (False, error_fields(exc), 0.0)  # e.g. cannot be unpickled here
+                    outcomes[fut] = ("error", error_fields(exc), 0.0)  # e.g. cannot be unpickled here
+    setup: RunSetupError | None = None
     for fut in batch:
         if fut in outcomes:
-            ok, value, seconds = outcomes[fut]
-        elif fut.status == "error":  # only Dask's own errors: KilledWorker after repeated deaths
+            status, value, seconds = outcomes[fut]
+        elif fut.status == "error":  # only Dask's own errors: run_item never raises
             error = fut.exception(timeout=_CONNECT_TIMEOUT_S)
             if error is None:
                 raise _SchedulerLost("a future failed without an error")
-            ok, value, seconds = False, error_fields(error), 0.0
+            if type(error).__name__ == "KilledWorker":  # this item killed its workers again and again
+                status, value, seconds = "error", error_fields(error), 0.0
+            else:  # e.g. the scheduler cannot deserialize the task: every item would fail the same way
+                where = f"the Dask cluster at {client.scheduler.address}"
+                what = "the cluster could not run the job's tasks"
+                status, value, seconds = (
+                    "setup",
+                    {"what": what, "where": where, "traceback": user_traceback(error)},
+                    0.0,
+                )
         elif fut.status == "cancelled":  # never by us while running: the scheduler forgot it
             raise _SchedulerLost("the scheduler cancelled the run's tasks")
         else:
             continue  # re-queued above
         k = pending.pop(fut)
-        if ok:
+        if status == "ok":
             record({"key": k, "ok": True, "result": value, "seconds": round(seconds, 6)})
-        else:
+        elif status == "error":
             record({"key": k, **value})
+        elif setup is None:  # a worker (or the cluster) could not set up: not this item's error
+            setup = setup_stopped(value["what"], value["where"], value["traceback"])
+    if setup is not None:
+        raise setup

@@ -22,10 +22,11 @@ from concurrent.futures import Future
 from typing import Any, Literal
 
 from hivemem.pool.calls import AsyncStream, Call, Stream
-from hivemem.pool.errors import PoolClosed, WorkerInitError
+from hivemem.pool.errors import PoolClosed
 from hivemem.pool.workers import STOP, ProcessSlot, Slot, ThreadSlot, refuse_while_bootstrapping
 
 Kind = Literal["process", "thread"]
+_READY_POLL_S = 0.05  # wait_ready: how often it looks for a worker whose factory failed
 
 
 def _default_start_method() -> str:
@@ -125,7 +126,7 @@ class WorkerPool:
         payload = None
         if self.kind == "process":
             name = getattr(fn, "__qualname__", repr(fn))
-            payload = _picklable(f"{name} and its arguments", (fn, args))
+            payload = (_picklable(name, fn), _picklable(f"{name} and its arguments", args))
         return Call(fn, args, timeout=timeout, payload=payload)
 
     def _enqueue(self, call: Call) -> None:
@@ -175,21 +176,22 @@ class WorkerPool:
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until every worker has run its factory once.
 
-        Raises :class:`WorkerInitError` if a factory failed and ``TimeoutError`` on timeout.
+        Raises :class:`WorkerInitError` (naming the worker, its process and host) as soon as one
+        factory has failed, without waiting for the others, and ``TimeoutError`` on timeout.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        for slot in self._slots:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not slot.ready.wait(remaining):
+        while True:
+            for slot in self._slots:
+                if slot.ready.is_set() and slot.init_error is not None:
+                    raise slot.init_failure()
+            waiting = [slot for slot in self._slots if not slot.ready.is_set()]
+            if not waiting:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"workers not ready after {timeout} s")
-        for slot in self._slots:
-            if slot.init_error is not None:
-                err = slot.init_error
-                if isinstance(err, WorkerInitError):  # the pool's own words (e.g. no main guard)
-                    raise WorkerInitError(str(err))
-                raise WorkerInitError(
-                    f"worker {slot.index}: the factory failed: {type(err).__name__}: {err}"
-                ) from err
+            # Wake on the first one's end, or soon, to notice another one failing meanwhile.
+            waiting[0].ready.wait(_READY_POLL_S if remaining is None else min(_READY_POLL_S, remaining))
 
     def stats(self) -> dict[str, Any]:
         """Per-worker pid, factory runs, calls served, busy/idle and RSS, plus pool totals."""
@@ -205,13 +207,15 @@ class WorkerPool:
             "workers": workers,
         }
 
-    def close(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+    def close(self, wait: bool = True, *, cancel_pending: bool = False, kill_running: bool = False) -> None:
         """Stop taking calls; finish the queued ones (or cancel them) and stop the workers.
 
         Idempotent. With ``wait=True`` it returns once every worker process has exited. With
         ``cancel_pending=True`` it does not wait for a factory that is still running: a process
         worker being built is killed; a thread cannot be, so a thread still in its factory is left
-        to finish in the background (a daemon thread) and then stops.
+        to finish in the background (a daemon thread) and then stops. ``kill_running=True`` (with
+        ``cancel_pending``) does the same to the calls running now: their process workers are
+        killed (the calls fail with :class:`WorkerCrashed`), busy threads are not waited for.
         """
         with self._lock:
             already = self._closed
@@ -226,14 +230,20 @@ class WorkerPool:
                         pending.future.cancel()
                     for slot in self._slots:
                         slot.abort_start()
+                        if kill_running:
+                            slot.abort_call()
                 self._finalizer.detach()
                 _stop_slots(self._calls, len(self._slots))
         if wait:
             for slot in self._slots:
                 if slot.thread is threading.current_thread():
                     continue
-                if cancel_pending and slot.in_factory and slot.kind == "thread":
-                    continue  # cannot be interrupted; it stops once its factory returns
+                if (
+                    cancel_pending
+                    and slot.kind == "thread"
+                    and (slot.in_factory or (kill_running and slot.busy))
+                ):
+                    continue  # cannot be interrupted; it stops once its factory or call returns
                 slot.thread.join()
 
     shutdown = close

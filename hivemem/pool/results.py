@@ -13,11 +13,11 @@ import contextlib
 import json
 import os
 import tempfile
-import traceback
 from pathlib import Path
 from typing import IO, Any
 
 from hivemem.locks import FileLock
+from hivemem.pool.errors import user_traceback
 
 Key = str | int
 
@@ -143,10 +143,11 @@ def read_results(path: str | os.PathLike[str]) -> dict[Key, dict[str, Any]]:
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
-    """The error part of a record (also built on cluster workers, where the exception happened)."""
+    """The error part of a record (also built on cluster workers, where the exception happened);
+    the traceback starts at the user's code (:func:`hivemem.pool.errors.user_traceback`)."""
     return {
         "ok": False,
         "error": f"{type(exc).__name__}: {exc}",
         "error_type": type(exc).__name__,
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": user_traceback(exc),
     }

@@ -4,6 +4,11 @@ Built for eval harnesses and batch jobs: each result is appended to a JSONL file
 completes, so killing the runner (or the machine) loses at most the items that were in flight,
 and running the same command again skips everything already recorded. An item that raises is
 recorded with its traceback instead of stopping the run.
+
+A *setup* error is the run's, not an item's: a factory that fails, or a job that cannot be loaded
+where it runs, would fail every item the same way. The first one, on any worker, stops the run
+with :class:`RunSetupError` (where it happened and the user's traceback) and records nothing for
+it, so a plain rerun after the fix processes every item (docs/pool.md says why the first).
 """
 
 from __future__ import annotations
@@ -17,9 +22,18 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hivemem.pool.errors import (
+    RemoteTraceback,
+    RunSetupError,
+    WorkerInitError,
+    callable_name,
+    setup_stopped,
+    user_traceback,
+)
 from hivemem.pool.pool import Kind, WorkerPool
 from hivemem.pool.results import Key, ResultsFile, error_fields
 
@@ -42,7 +56,7 @@ def _no_object() -> None:
     return None
 
 
-def _apply(obj: Any, fn: Callable[..., Any], pass_obj: bool, item: Any) -> tuple[Any, float]:
+def _apply(fn: Callable[..., Any], pass_obj: bool, obj: Any, item: Any) -> tuple[Any, float]:
     """Runs in the worker: call ``fn`` the way the caller asked and time it there."""
     started = time.perf_counter()
     result = fn(obj, item) if pass_obj else fn(item)
@@ -223,6 +237,21 @@ def _plugin_name(store: ResultsFile | None) -> str:
     return f"hivemem-run-{hashlib.blake2b(where, digest_size=8).hexdigest()}"
 
 
+def _setup_error(
+    err: WorkerInitError, fn: Callable[..., Any], factory: Callable[[], Any] | None
+) -> RunSetupError:
+    """The run-stopping error for a worker that could not set up (see :class:`WorkerInitError`)."""
+    cause = err.__cause__
+    where = err.where or "a worker"
+    if isinstance(cause, RemoteTraceback):  # the worker process could not load the job's function
+        return setup_stopped(f"{callable_name(fn)} cannot be loaded", where, cause.tb)
+    if cause is None:
+        return setup_stopped("a worker could not set up", where, str(err))
+    remote = cause.__cause__
+    tb = remote.tb if isinstance(remote, RemoteTraceback) else user_traceback(cause)
+    return setup_stopped(f"the factory {callable_name(factory)} failed", where, tb)
+
+
 def _run(
     todo: list[tuple[Key, Any]],
     fn: Callable[..., Any],
@@ -237,8 +266,13 @@ def _run(
     pending: dict[Future[Any], Key] = {}
     window = 2 * size  # enough to keep every worker fed; small so a crash loses little
     queue = iter(todo)
+    call = partial(_apply, fn, factory is not None)  # travels apart from the item: see _child._run
     clean = False
     try:
+        try:
+            pool.wait_ready()  # every factory runs at once; the first one that fails stops the run
+        except WorkerInitError as exc:
+            raise _setup_error(exc, fn, factory) from None
         exhausted = False
         while pending or not exhausted:
             while not exhausted and len(pending) < window:
@@ -248,7 +282,7 @@ def _run(
                     break
                 k, item = nxt
                 try:
-                    fut = pool.submit(_apply, fn, factory is not None, item, timeout=timeout)
+                    fut = pool.submit(call, item, timeout=timeout)
                 except TypeError as exc:  # this item cannot be pickled: its own error, not the run's
                     record(_error_record(k, exc))
                     continue
@@ -256,15 +290,21 @@ def _run(
             if not pending:
                 break
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            setup: WorkerInitError | None = None
             for fut in finished:
                 k = pending.pop(fut)
                 error = fut.exception()
-                if error is not None:
+                if isinstance(error, WorkerInitError):  # setup, not this item: record nothing for it
+                    setup = setup or error
+                elif error is not None:
                     record(_error_record(k, error))
                 else:
                     result, seconds = fut.result()
                     record({"key": k, "ok": True, "result": result, "seconds": round(seconds, 6)})
+            if setup is not None:
+                raise _setup_error(setup, fn, factory) from None
         clean = True
     finally:
-        # On an interrupt, don't wait for in-flight items: their results would be redone anyway.
-        pool.close(wait=clean, cancel_pending=not clean)
+        # On an interrupt or a setup error, don't wait for in-flight items (they are redone by the
+        # rerun): their process workers are killed, and joined, so none outlives the run.
+        pool.close(wait=True, cancel_pending=not clean, kill_running=not clean)

@@ -16,6 +16,7 @@ import os
 import pickle
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -157,6 +158,7 @@ class Slot:
         self.pid: int | None = None
         self.ready = threading.Event()  # first init attempt finished (ok or not)
         self.init_error: BaseException | None = None
+        self.init_where = f"worker {index}"  # where the last factory run happened (process, host)
         self.serving = False  # the object is built and the worker takes calls
         self.busy = False
         self.calls_served = 0
@@ -188,18 +190,27 @@ class Slot:
             if call.future.set_running_or_notify_cancel():
                 return call
 
-    def _fail_init(self, call: Call) -> None:
-        """Fail ``call`` with the error of the factory run made for it (kept: the next call retries)."""
+    def init_failure(self) -> BaseException:
+        """The error that stands for the last failed factory run, naming where it ran; its
+        ``__cause__`` is the factory's own exception (with the worker-side traceback)."""
         err = self.init_error
         if isinstance(err, PoolClosed | WorkerInitError):  # the pool's own words: as they are
-            call.fail(type(err)(str(err)))
-            return
-        exc = WorkerInitError(f"worker {self.index}: the factory failed: {type(err).__name__}: {err}")
+            return type(err)(str(err))
+        exc = WorkerInitError(
+            f"{self.init_where}: the factory failed: {type(err).__name__}: {err}", where=self.init_where
+        )
         exc.__cause__ = err
-        call.fail(exc)
+        return exc
+
+    def _fail_init(self, call: Call) -> None:
+        """Fail ``call`` with the error of the factory run made for it (kept: the next call retries)."""
+        call.fail(self.init_failure())
 
     def abort_start(self) -> None:
         """``close(cancel_pending=True)``: stop waiting for a factory that is still running."""
+
+    def abort_call(self) -> None:
+        """``close(kill_running=True)``: end the running call now (a process worker is killed)."""
 
     @property
     def in_factory(self) -> bool:
@@ -253,6 +264,12 @@ class ProcessSlot(Slot):
         if proc is not None:
             proc.kill()  # _spawn sees EOF and reports PoolClosed
 
+    def abort_call(self) -> None:
+        proc = self._proc
+        if self.busy and proc is not None:
+            with contextlib.suppress(Exception):
+                proc.kill()  # _serve sees the death: the call fails with WorkerCrashed, nobody waits for it
+
     def _spawn(self) -> None:
         """Start a worker process and wait for its factory to finish (or fail)."""
         parent, child = self._ctx.Pipe(duplex=True)
@@ -276,6 +293,7 @@ class ProcessSlot(Slot):
             self._proc, self._conn, self._starting = proc, parent, True
         child.close()
         self.pid, self.serving = proc.pid, False
+        self.init_where = f"worker {self.index} (process {proc.pid} on {socket.gethostname()})"
         self.factory_runs += 1
         try:
             kind, _, blob = parent.recv()  # blocks until the factory is done; EOF if it died
@@ -461,6 +479,7 @@ class ThreadSlot(Slot):
         super().__init__(index, calls)
         self._factory = factory
         self.pid = os.getpid()
+        self.init_where = f"worker {index} (a thread of process {self.pid} on {socket.gethostname()})"
         self._building = False
 
     @property

@@ -34,14 +34,16 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def spawn(cmd: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+def spawn(
+    cmd: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None, cwd: Path = ROOT
+) -> subprocess.Popen:
     """Start ``cmd`` in its own process group, killed when this process dies."""
     out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(
             list(cmd),
             env=env,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -127,7 +129,12 @@ def start_redis(
 
 class DaskCluster:
     """``dask scheduler`` + ``dask worker`` processes (each worker under its nanny, which restarts
-    it when it is killed). ``netns``: start the workers inside that network namespace."""
+    it when it is killed). ``netns``: start the workers inside that network namespace.
+
+    By default they run in the project folder with this directory (``cluster_agents``) on their
+    path. ``outside=True``: they run in their own temp folder with only hivemem on ``PYTHONPATH``
+    (this checkout's, which the venv's editable install would not pick), as on a host where
+    only hivemem is installed."""
 
     def __init__(
         self,
@@ -137,16 +144,19 @@ class DaskCluster:
         env: dict[str, str] | None = None,
         worker_netns: str | None = None,
         worker_host: str | None = None,
+        outside: bool = False,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hm-dask-"))
-        self.env = {**(env or os.environ), "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
+        path = [str(ROOT)] if outside else [str(HERE), str(ROOT)]
+        self.env = {**(env or os.environ), "PYTHONPATH": os.pathsep.join(path)}
+        cwd = self.dir if outside else ROOT
         self.procs: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
         try:
             sched_file = self.dir / "scheduler.json"
             cmd = [str(BIN / "dask"), "scheduler", "--host", host, "--port", "0", "--no-dashboard"]
             cmd += ["--scheduler-file", str(sched_file)]
-            self.procs.append(spawn(cmd, self.env, self.dir / "scheduler.log"))
+            self.procs.append(spawn(cmd, self.env, self.dir / "scheduler.log", cwd))
             wait_for(sched_file.exists, "dask scheduler", self.procs[0], timeout=60)
             self.address = json.loads(sched_file.read_text())["address"]
             for i in range(workers):
@@ -156,7 +166,7 @@ class DaskCluster:
                     cmd += ["--host", worker_host]
                 if worker_netns:
                     cmd = ["ip", "netns", "exec", worker_netns, *cmd]
-                proc = spawn(cmd, self.env, self.dir / f"worker-{i}.log")
+                proc = spawn(cmd, self.env, self.dir / f"worker-{i}.log", cwd)
                 self.procs.append(proc)
                 self.workers.append(proc)
             self.wait_workers(workers)

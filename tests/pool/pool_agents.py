@@ -162,3 +162,17 @@ def healing_factory(flag: str) -> Agent:
 def hanging_factory(seconds: float = 3600.0) -> Agent:
     time.sleep(seconds)
     return Agent()
+
+
+def fails_for_one_worker(claim: str) -> Agent:
+    """Exactly one worker fails (the one that creates the file ``claim`` first): one host lacks a GPU."""
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        time.sleep(0.3)  # the healthy ones take a little longer, as a model load would
+        return Agent()
+    raise RuntimeError("this worker has no GPU")
+
+
+def double_item(agent: Agent, item: dict[str, Any]) -> int:
+    return 2 * item["x"]
