@@ -3,15 +3,18 @@
 Why: the index used to be an in-RAM float32 matrix built by each searching process: at 100,000
 memories one searcher held ~370 MB PSS and 25 of them 9.1 GB, and a fresh process paid ~0.9 s
 for its first search. Now the index lives next to the store (``memory.sqlite-index/``) as plain
-files that processes map read-only, so the kernel's page cache holds it once for all of them
-(the task library shares its file the same way), and a fresh process searches at once.
+files that processes read through the page cache, which holds it once for all of them (the task
+library shares its file the same way), and a fresh process searches at once. The files are
+mapped only where nobody else can shrink them (mode 0444, owned by this non-root user: a
+mapping of a truncated file is SIGBUS); otherwise (root) read with ``pread`` in blocks.
 
 What is in it, per indexed row (aligned arrays, one file each, generation ``G``):
 
 * ``G.codes`` int8 × dim: the vector scaled by ``127 / max|v|`` and rounded (one scale per row,
   so appending never re-quantises anything); ``G.scales`` float32: ``max|v| / 127``;
 * ``G.rids`` int64, ascending: the SQLite row ids (``AUTOINCREMENT``: never reused);
-* ``G.dead`` uint8: 1 for a deleted row (a tombstone), until a compaction drops it.
+* ``G.dead`` uint8: 1 for a deleted row (a tombstone), until a compaction drops it;
+* ``G.check`` float32: the row's check value (``row_checks``: codes, scale and row id).
 
 1M × 384 is 397 MB on disk. A search ranks every row by int8 inner product (numkong's SIMD
 kernel: ~14 ms at 1M on one core), takes the best ``RESCORE``, and re-scores them exactly from
@@ -45,10 +48,13 @@ maps the unlinked files of generation ``G`` would otherwise take a new ``G`` for
 
 **Never used when wrong.** The header must match the store (uid, epoch, model, dim), must not be
 ahead of the snapshot or behind the trimmed ``changes`` log, the row at ``last_rid`` must still
-carry the same memory id, the files must hold ``n`` rows, and the first time a process maps a
-generation (and for every newly appended region) it spot-checks rows against the float32 vectors
-in SQLite. Anything off: the index is rebuilt from SQLite under the lock (once; other readers
-wait for it), never used.
+carry the same memory id, the files must hold ``n`` rows (``fstat`` before each search), every
+row's check value must match (verified per block before a process first ranks it, and again
+after any change of the files), the tombstones must match the header's count, and the first time
+a process opens a generation (and for every newly appended region) it spot-checks rows against
+the float32 vectors in SQLite. Compaction verifies what it copies. Anything off: the index is
+rebuilt from SQLite under the lock (once; other readers wait for it), never used; if it cannot be
+written (a full disk), searches scan SQLite exactly (``exact_search``).
 """
 
 from __future__ import annotations
@@ -295,7 +301,10 @@ class _Files:
         flat = rows * (self.dim if kind == "codes" else 1)
         buf = np.empty(flat, dtype=_DTYPES[kind]) if out is None or out.size < flat else out
         buf = buf.reshape(-1)[:flat]
-        got = os.preadv(self.fds[kind], [cast(Any, buf)], start * width) if rows else 0
+        try:
+            got = os.preadv(self.fds[kind], [cast(Any, buf)], start * width) if rows else 0
+        except OSError as exc:  # an I/O error: the files are not used
+            raise StaleIndex(f"{self.gen}.{kind} cannot be read: {exc}") from None
         if got != rows * width:
             raise StaleIndex(f"{self.gen}.{kind} was truncated while in use ({got} of {rows * width} bytes)")
         return buf.reshape(rows, self.dim) if kind == "codes" else buf
@@ -364,8 +373,11 @@ class SharedIndex:
         self.catch_ups = 0  # incremental updates of the files by this process
 
     def close(self) -> None:
-        """Close the connections this object opened (it opens new ones if used again)."""
+        """Close the connections and files this object opened (it opens new ones if used again;
+        a view still in use keeps its files open until it is dropped)."""
         self._now_conns.close()
+        with self._lock:
+            self._files = None
 
     # -- the store as of now, beyond the caller's snapshot ---------------------------------------
 
@@ -469,6 +481,8 @@ class SharedIndex:
             files = self._map(int(header["gen"]), state.dim, n)
         except FileNotFoundError:
             raise StaleIndex("its files are gone") from None
+        except OSError as exc:  # unreadable (permissions, an I/O error): rebuilt, or not used
+            raise StaleIndex(f"its files cannot be opened: {exc}") from None
         # check before use: a file shorter than n rows (truncated by someone) is never read
         signature = files.stat()
         for kind, st in zip(_KINDS, signature, strict=True):
