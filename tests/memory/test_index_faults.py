@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from hivemem import DiskFull, Embedder, Memory
+from hivemem.memory import filters as flt
 from hivemem.memory.records import prepare
 from hivemem.memory.storage import vectorindex
 from hivemem.memory.storage.sqlite import SQLiteStorage
@@ -74,9 +75,10 @@ def _store(path: Path, n: int, seed: int = 1) -> SQLiteStorage:
     return storage
 
 
-def _exact(path: Path, q: np.ndarray, k: int = 10) -> list[str]:
+def _exact(path: Path, q: np.ndarray, k: int = 10, user: str | None = None) -> list[str]:
     db = sqlite3.connect(path)
-    rows = db.execute("SELECT id, vec FROM memories ORDER BY rid").fetchall()
+    where = " WHERE user_id = ?" if user else ""
+    rows = db.execute(f"SELECT id, vec FROM memories{where} ORDER BY rid", (user,) if user else ()).fetchall()
     db.close()
     vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), DIM)
     return [rows[i][0] for i in np.argsort(-(vecs @ q), kind="stable")[:k]]
@@ -373,4 +375,50 @@ def test_sigkill_during_a_rebuild_leaves_a_correct_index(tmp_path: Path) -> None
             f"{header['gen']}.{k}" for k in vectorindex._KINDS
         )
         fresh.close()
+    storage.close()
+
+
+def test_mapped_files_follow_writes_and_survive_a_chmod_and_truncate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mapped path (any owner but root maps the files; root, as here, reads them with pread):
+    forced, it still matches brute force through patches, tombstones, appends, growth and a
+    compaction; and a file made writable and truncated (only on purpose) is seen by the check
+    before use, never touched through the mapping."""
+    monkeypatch.setattr(vectorindex, "_mappable", lambda st: True)
+    monkeypatch.setattr(vectorindex, "CATCH_UP", 1)
+    monkeypatch.setattr(vectorindex, "COMPACT_MIN", 100)
+    monkeypatch.setattr(vectorindex, "SMALL_SUBSET", 50)  # filtered searches: int8 over the subset
+    path = tmp_path / "m.sqlite"
+    storage = _store(path, 3000)
+    queries = _unit(np.random.default_rng(21), 3)
+    user = flt.parse({"user_id": "u1"})
+
+    def check() -> None:
+        for q in queries:
+            assert _ids(storage, q) == _exact(path, q)
+            got = [r["id"] for r in storage.search(q, user, 10, None)]
+            assert got == _exact(path, q, 10, "u1")
+
+    check()
+    files = storage.index._files
+    assert files is not None and len(files.maps) == len(vectorindex._KINDS)
+    rng = np.random.default_rng(22)
+    ids = [r[0] for r in storage._db().execute("SELECT id FROM memories ORDER BY rid")]
+    for mid in ids[:30]:
+        storage.delete(mid)
+    for mid in ids[30:40]:
+        storage.update(mid, f"new {mid}", _unit(rng, 1)[0], None, f"h-{mid}")
+    more = [m for i in range(2000) for m in prepare(f"more {i}", user_id=f"u{i % 3}")]
+    storage.insert(more, _unit(rng, len(more)))  # past the mapped capacity: mapped again
+    check()
+    storage.delete_where(flt.parse({"user_id": "u2"}))  # a third dead: compacted
+    check()
+    gen = (storage.index.read_header() or {})["gen"]
+    assert storage.index.rebuilds == 1  # followed every change without a rebuild
+    target = storage.index.dir / f"{gen}.codes"
+    os.chmod(target, 0o644)
+    os.truncate(target, 0)
+    check()
+    assert storage.index.rebuilds == 2
     storage.close()
