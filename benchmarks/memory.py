@@ -4,6 +4,7 @@
     python benchmarks/memory.py --quick   # small run
     python benchmarks/memory.py --fleet --before /tmp/main-ref   # N searching processes, before/after
     python benchmarks/memory.py --scale 1000000                  # one store of a million memories
+    python benchmarks/memory.py --checks 20000 --before /tmp/main-ref  # the index checks' search cost
     python benchmarks/memory.py --backend both   # SQLite and PostgreSQL side by side
 
 Every section uses texts no other section used and an embedding cache of its own (fresh), so
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -263,8 +265,10 @@ def fleet(tmp: Path, sizes: list[int], n: int, searches: int, before: Path | Non
     storage.close()
     print(f"fleet: {n:,} memories in one scope, built in {built:.1f} s; {searches} searches per worker")
     codes = [("after, hybrid (default)", ROOT, "hybrid"), ("after, vector", ROOT, "vector")]
+    if os.geteuid() == 0:  # root reads the index files with pread; any other owner maps them
+        codes.append(("after, vector, mapped (non-root)", ROOT, "vector-mapped"))
     if before is not None:
-        codes.insert(0, ("before", before, "default"))
+        codes[:0] = [("before", before, "default"), ("before, vector", before, "vector")]
     out: dict[str, Any] = {"memories": n, "groups": []}
     single: dict[str, list[str]] = {}
     for workers in sizes:
@@ -277,13 +281,70 @@ def fleet(tmp: Path, sizes: list[int], n: int, searches: int, before: Path | Non
             single.setdefault(label, probes[0])
             g["identical_results"] = all(p == single[label] for p in probes)
             out["groups"].append(g)
-            name = f"{workers} searching processes, 100k, {label}"
+            name = f"{workers} searching processes, {n // 1000}k, {label}"
             note = (
                 f"first search {g['first_ms_median']:.0f} ms median / {g['first_ms_max']:.0f} max; "
                 f"p50 {g['p50_ms']:.1f} ms; identical results {g['identical_results']}"
             )
             ROWS.append((name, "", f"PSS above bare {g['above_bare_mb']:,.0f} MB", note))
             print(f"  {name:<52} PSS above bare {g['above_bare_mb']:8,.0f} MB  ({note})", flush=True)
+    return out
+
+
+def checks(args: argparse.Namespace, tmp: Path, n: int, rounds: int, before: Path | None) -> dict[str, Any]:
+    """Search p50 of the index's safety checks (issue 26): one process per code (``before``, e.g.
+    a checkout of main; this tree reading the files with pread, as root does; this tree mapping
+    them, as any other owner does), all on one store of ``n`` memories, their rounds of 10
+    vector searches interleaved (the order rotated each round) so that a noisy box weighs on all
+    of them alike."""
+    path = tmp / "checks.sqlite"
+    storage = SQLiteStorage(path)
+    storage.bind_model("bench/random-unit", 384)
+    build(storage, n)
+    storage.close()
+    codes = [("after, pread", ROOT, "vector")]
+    if os.geteuid() == 0:  # root reads the index files with pread; any other owner maps them
+        codes.append(("after, mapped", ROOT, "vector-mapped"))
+    else:
+        codes = [("after, mapped", ROOT, "vector")]
+    if before is not None:
+        codes.insert(0, ("before (mapped, spot checks)", before, "vector"))
+    procs = []
+    for i, (_, code, mode) in enumerate(codes):
+        own = tmp / f"checks-{i}.sqlite"  # a copy each: the old code would rebuild the new format's index
+        shutil.copyfile(path, own)
+        env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, str(WORKER), "rounds", str(own), str(i + 1), "10", mode]
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env))
+    lat: dict[str, list[float]] = {label: [] for label, _, _ in codes}
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", "worker died"
+        for r in range(rounds):
+            for j in range(len(codes)):
+                at = (j + r) % len(codes)
+                proc = procs[at]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                lat[codes[at][0]] += json.loads(proc.stdout.readline())["lat_s"]
+    finally:
+        for proc in procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait()
+    out: dict[str, Any] = {"memories": n, "searches_each": rounds * 10}
+    base = codes[0][0]
+    for label, _, _ in codes:
+        p50 = 1000 * statistics.median(lat[label])
+        out[label] = p50
+        ratio = p50 / (1000 * statistics.median(lat[base]))
+        note = f"{ratio:.2f}x {base}; {rounds * 10} searches, interleaved"
+        ROWS.append((f"vector search, {n // 1000}k, {label}", "", f"p50 {p50:.2f} ms", note))
+        print(f"  vector search, {n // 1000}k, {label:<30} p50 {p50:7.2f} ms  ({note})", flush=True)
+    bars(args, "memory_index_checks", f"Vector search p50 at {n:,} memories (Memory.search, no model)",
+         [label for label, _, _ in codes], {"p50": [out[label] for label, _, _ in codes]}, ylabel="ms",
+         fmt="{:.2f}", note="random vectors; rounds interleaved; one run, shared 2-core box")  # fmt: skip
     return out
 
 
@@ -431,6 +492,13 @@ def main() -> None:
     ap.add_argument("--before", type=Path, help="a checkout of the old code (e.g. main) for the fleet")
     ap.add_argument("--scale", type=int, help="only the scale figure: one store of this many memories")
     ap.add_argument(
+        "--checks",
+        type=int,
+        metavar="N",
+        help="only the search cost of the index checks, on N memories (with --before: the old code)",
+    )
+    ap.add_argument("--rounds", type=int, default=30, help="--checks: interleaved rounds of 10 searches")
+    ap.add_argument(
         "--sweep",
         help="comma-separated add_batch sizes (default 10,50,100,200 with --quick, else 10,50,100,500,1000); "
         "the largest is measured in rounds against the engine",
@@ -445,6 +513,15 @@ def main() -> None:
         memory_backends.main(sys.argv[1:])
         return
     args = ap.parse_args()
+    if args.checks:
+        tmp = Path(tempfile.mkdtemp(prefix="hivemem-bench-"))
+        result = checks(args, tmp, args.checks, args.rounds, args.before)
+        print("\n| measurement | total s | ms/item (or latency) | ops/s |\n|---|---|---|---|")
+        for r in ROWS:
+            print("| " + " | ".join(r) + " |")
+        print(json.dumps({"checks": result}, default=float))
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     if args.fleet or args.scale:
         tmp = Path(tempfile.mkdtemp(prefix="hivemem-bench-"))
         out: dict[str, Any] = {}
@@ -459,7 +536,6 @@ def main() -> None:
         for r in ROWS:
             print("| " + " | ".join(r) + " |")
         print(json.dumps(out, default=float))
-        import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
         return
@@ -667,7 +743,6 @@ def main() -> None:
             hlines={f"engine embed({big_n}), no memory layer": engine},
             note=f"one run; add_batch({big_n}) and the engine: best of {rounds} interleaved rounds",
         )
-    import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
 

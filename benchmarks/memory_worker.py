@@ -7,7 +7,9 @@ prints ``ready`` once the store is open, waits for a line (the common start), ru
 prints one JSON line, then waits for a line again (the parent measures PSS meanwhile).
 
     python memory_worker.py bare
-    python memory_worker.py search PATH SEED SEARCHES MODE    MODE: hybrid | vector | default
+    python memory_worker.py search PATH SEED SEARCHES MODE
+    python memory_worker.py rounds PATH SEED SEARCHES MODE    (SEARCHES searches per line "go")
+        MODE: hybrid | vector | default | vector-mapped (the index mapped even when run as root)
 """
 
 import os
@@ -24,6 +26,12 @@ def main() -> None:
         return
     path, seed, searches, mode = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     import json
+
+    if mode == "vector-mapped":  # the index files mapped, as any non-root owner has them (root: pread)
+        from hivemem.memory.storage import vectorindex
+
+        vectorindex._mappable = lambda st: True
+        mode = "vector"
 
     import numpy as np
 
@@ -53,6 +61,18 @@ def main() -> None:
     m = Memory(path, embedder=RandomQueries(seed))
     opened = time.perf_counter() - t0
     kwargs = {} if mode == "default" else {"mode": mode}
+    if sys.argv[1] == "rounds":  # interleaved with other workers: SEARCHES searches per "go"
+        texts = sentences(searches, seed=10_000 + seed)
+        m.search(texts[0], user_id="one", top_k=10, **kwargs)  # first search: opens and verifies
+        print("ready", flush=True)
+        while sys.stdin.readline().strip() == "go":
+            lat = []
+            for text in texts:
+                t0 = time.perf_counter()
+                m.search(text, user_id="one", top_k=10, **kwargs)
+                lat.append(time.perf_counter() - t0)
+            print(json.dumps({"lat_s": lat}), flush=True)
+        return
     texts = sentences(searches + 1, seed=10_000 + seed)
     print("ready", flush=True)
     sys.stdin.readline()

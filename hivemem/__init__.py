@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "LLMError": "hivemem.errors",
     "PgVectorMissing": "hivemem.errors",
     "NoPostgres": "hivemem.errors",
+    "DiskFull": "hivemem.errors",
     "PoolError": "hivemem.errors",
     "WorkerCrashed": "hivemem.errors",
     "WorkerExited": "hivemem.errors",
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.errors import (
         AlreadyRunning,
         CallTimeout,
+        DiskFull,
         EmbedderUnavailable,
         FrameTooLarge,
         HivememError,

@@ -21,6 +21,7 @@ can be read in one place, and every one is importable from ``hivemem``::
     ├── LimitExceeded            (ValueError)       an input is over a documented limit
     ├── LLMError                 (RuntimeError)     infer=True: the LLM gave no usable answer
     ├── PgVectorMissing          (RuntimeError)     the PostgreSQL database has no pgvector
+    ├── DiskFull                 (OSError)          a write found no space left (the message names the file)
     ├── NoPostgres               (RuntimeError)     no PostgreSQL could be found or started
     ├── PoolError                (RuntimeError)     the worker pool's own failures
     │   ├── WorkerCrashed / WorkerExited / WorkerInitError / PoolClosed / RemoteError
@@ -139,6 +140,24 @@ class PgVectorMissing(HivememError, RuntimeError):
 
 class NoPostgres(HivememError, RuntimeError):
     """No PostgreSQL with pgvector could be found or started (the message says what to install)."""
+
+
+# ---- every part that writes files ------------------------------------------------------------------
+
+
+class DiskFull(HivememError, OSError):
+    """A write found no space left on the device (SQLite's SQLITE_FULL, or ENOSPC): the message names
+    the file. Nothing of the failed write was stored; what was committed before is intact. An
+    ``OSError`` (errno ENOSPC), so callers that catch those keep working; HTTP maps it to 507."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(28, message)  # errno.ENOSPC
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> Any:  # keep the message when the error crosses a process boundary
+        return (DiskFull, (str(self),))
 
 
 # ---- warm workers (hivemem.pool) -------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 One helper each, used by the embedding cache, the memory store and the task library:
 ``Connections`` (a connection per thread and process, all closed by ``close()``), ``in_chunks``
-(``IN (…)`` lists under SQLite's variable limit), ``enable_wal`` and ``retry_locked``.
+(``IN (…)`` lists under SQLite's variable limit), ``enable_wal``, ``retry_locked``, and
+``disk_full`` (SQLite's "database or disk is full" as the ``DiskFull`` that names the file).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -16,6 +18,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # numpy only where a memory store reads id lists: task workers never load it
     import numpy as np
+
+from hivemem.errors import DiskFull
 
 T = TypeVar("T")
 
@@ -111,3 +115,19 @@ def int_array(group_concat: str | None) -> np.ndarray:
     if not group_concat:
         return np.empty(0, dtype=np.int64)
     return np.fromstring(group_concat, dtype=np.int64, sep=",")
+
+
+def disk_full(exc: BaseException, what: str) -> DiskFull | None:
+    """``exc`` as a ``DiskFull`` naming ``what`` (e.g. "memory database /x/memory.sqlite") when it
+    says the disk is full — SQLite's SQLITE_FULL or an ``OSError`` with ENOSPC — else None.
+
+    Why: SQLite reports a full disk as ``OperationalError: database or disk is full``, which
+    names neither the file nor what to do, and callers could only tell it apart by its text.
+    """
+    if isinstance(exc, DiskFull):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    full = code == sqlite3.SQLITE_FULL or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+    if not full:
+        return None
+    return DiskFull(f"{what}: disk full, nothing of this write was stored (free some space and retry; {exc})")

@@ -78,3 +78,53 @@ def pg_url(pg_dsn: str) -> Iterator[Callable[[], str]]:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         for schema in made:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``small_tmpfs(size, at=None, readonly=False)``: a new tmpfs of ``size`` bytes, mounted for
+    this test (a disk that really fills up: ENOSPC, SQLITE_FULL; or a read-only folder) at ``at``
+    or a new folder; unmounted afterwards. Skips where mounting is not
+    permitted (not root, no CAP_SYS_ADMIN); CI runs as root, so there the tests run."""
+    mounted: list[Path] = []
+
+    def mount(size: int, at: Path | None = None, readonly: bool = False) -> Path:
+        where = at or tmp_path / f"tmpfs{len(mounted)}"
+        where.mkdir(exist_ok=True)
+        options = f"size={size},mode=0777" + (",ro" if readonly else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def fill_disk() -> Callable[[Path], Path]:
+    """``fill_disk(directory)``: a file written in ``directory`` until its file system is full
+    (returned: delete it to free the space)."""
+    return _fill_disk
+
+
+def _fill_disk(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        block = b"\0" * 65536
+        try:
+            while True:
+                f.write(block)
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"\0")
+        except OSError:
+            pass
+    return filler

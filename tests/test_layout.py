@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "errors": set(),
     "locks": set(),
-    "sqlite": set(),
+    "sqlite": {"errors"},  # disk_full(): SQLite's full disk as the DiskFull of the error tree
     "pgtemp": {"errors"},
     "embed": INFRA,  # the engine: no transport, no memory, no pool
     "service": INFRA | {"embed"},  # the machine's embedding daemon and its clients

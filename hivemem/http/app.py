@@ -191,6 +191,7 @@ _KINDS = {
     413: "request_too_large",
     429: "rate_limit_error",
     502: "upstream_error",  # infer=True: the LLM failed
+    507: "server_error",  # the disk of the store is full
 }
 
 

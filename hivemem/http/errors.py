@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import HTTPException
 
-from hivemem.errors import LimitExceeded, LLMError, MemoryNotFound, QueueFull, ServiceBusy
+from hivemem.errors import DiskFull, LimitExceeded, LLMError, MemoryNotFound, QueueFull, ServiceBusy
 
 # (type, status, error code in the body); the first matching type wins, so subclasses come first.
 STATUS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str | None], ...] = (
@@ -17,6 +17,7 @@ STATUS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, 
     (MemoryNotFound, 404, None),
     (LimitExceeded, 422, "limit_exceeded"),  # the body's ``param`` names the field
     (LLMError, 502, None),  # infer=True: the LLM behind the service failed; nothing was written
+    (DiskFull, 507, "disk_full"),  # the store's disk is full: nothing of this write was stored
     ((ValueError, TypeError, NotImplementedError), 422, None),  # a refused input
 )
 

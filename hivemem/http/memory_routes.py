@@ -42,6 +42,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "Outside the key's user_id"),
         (413, "Body too large"),
         (429, "Embedding queue full"),
+        (507, "The store's disk is full: nothing of the write was stored"),
     )
 }
 _BY_ID_ERRORS = {**_ERRORS, 404: {"model": ErrorResponse, "description": "Unknown memory id"}}
@@ -68,7 +69,7 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a blocking ``Memory`` call in a thread; its refusals become 4xx/5xx by their type
     (``hivemem.http.errors``: QueueFull 429, MemoryNotFound 404, LimitExceeded 422 with ``code``
     "limit_exceeded" and ``param`` the field, other ValueError, TypeError and NotImplementedError
-    422, LLMError 502)."""
+    422, LLMError 502, DiskFull 507)."""
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
     except Exception as exc:

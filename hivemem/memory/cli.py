@@ -57,6 +57,7 @@ def _json_opt(text: str | None, what: str) -> Any:
 
 
 def _run(fn: Any) -> Any:
+    from hivemem.errors import DiskFull
     from hivemem.memory.infer import LLMError
 
     try:
@@ -64,7 +65,7 @@ def _run(fn: Any) -> Any:
     except (ValueError, TypeError, NotImplementedError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except LLMError as exc:
+    except (LLMError, DiskFull) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 

@@ -4,7 +4,8 @@ Why: every worker ``json.load``-ing a 62 MB file to pick 20 tasks costs ~140 MB 
 worker; converted once, each worker reads only its tasks. The conversion streams the source (one
 task in memory at a time), writes into a temp file next to ``dest`` and renames it into place, so
 readers see either the old library or the complete new one — never a half-written file, even if
-the converter is killed.
+the converter is killed. A full disk is a ``DiskFull`` naming the destination; the temp file is
+removed and the destination untouched.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hivemem.errors import TaskLibraryError, TaskSourceError
+from hivemem.sqlite import disk_full
 from hivemem.tasks import codec, schema
 from hivemem.tasks.source import DEFAULT_MAX_DEPTH, BigIntegerError, check_max_depth, iter_source
 
@@ -338,8 +340,14 @@ def _convert(
         temp.chmod(0o444)  # readers open it immutable: nobody should write to it in place
         os.replace(temp, dest_path)
         _fsync(dest_path.parent, directory=True)
-    except BaseException:
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
+        if isinstance(exc, sqlite3.Error | OSError):
+            full = disk_full(exc, f"cannot write the task library {dest_path} (temp file {temp.name})")
+            if full is not None and full is not exc:
+                raise full from None
+            if isinstance(exc, sqlite3.Error):  # an I/O error, a damaged temp file: one line, no traceback
+                raise TaskLibraryError(f"cannot write the task library {dest_path}: {exc}") from None
         raise
     return {
         "path": str(dest_path),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import sqlite3
 import threading
 import uuid
@@ -43,7 +44,7 @@ from hivemem.memory.records import NewMemory, now
 from hivemem.memory.storage import fts, vectorindex
 from hivemem.memory.storage.sqlcompile import compile_where
 from hivemem.memory.storage.vectorindex import SharedIndex, StaleIndex, read_state
-from hivemem.sqlite import Connections, enable_wal, in_chunks, retry_locked
+from hivemem.sqlite import Connections, disk_full, enable_wal, in_chunks, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (
@@ -87,6 +88,7 @@ _PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
 _HISTORY = "id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted, actor_id, role"
 _HISTORY_KEYS = tuple(_HISTORY.split(", "))
 _BUSY_MS = 60_000
+_log = logging.getLogger("hivemem.memory")
 
 
 def _record(row: tuple, score: float | None = None, *, with_score: bool = False) -> dict[str, Any]:
@@ -151,6 +153,7 @@ class SQLiteStorage:
         self.inserts = 0  # insert calls served (inserts / commits = mean group size)
         self._model: tuple[str, int] | None = None
         self.index = SharedIndex(Path(f"{self.path}-index"))
+        self._warned = False  # said once that the index cannot be used
         self._keywords = fts.KeywordIndex()
         self._init_schema()
 
@@ -182,26 +185,47 @@ class SQLiteStorage:
                 fts.ensure_schema(db)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._rollback(db)
                 raise
             sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'memories'").fetchone()[0]
             # Files made before row ids were AUTOINCREMENT may reuse the id of a deleted last
             # row, which an incremental index cannot tell apart: there, deletes rebuild it.
             self._logged = "AUTOINCREMENT" in sql.upper()
 
-        retry_locked(create, _BUSY_MS / 1000)
+        try:
+            retry_locked(create, _BUSY_MS / 1000)
+        except sqlite3.Error as exc:
+            full = disk_full(exc, f"memory database {self.path}")
+            if full is None:
+                raise
+            raise full from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction; the caller holds ``_write_lock``."""
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback(db)
+                raise
+        except Exception as exc:
+            full = disk_full(exc, f"memory database {self.path}")
+            if full is None or full is exc:
+                raise
+            raise full from exc
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        """Undo the open transaction, if any. A COMMIT that failed (SQLITE_FULL, an I/O error) has
+        already rolled back: a ROLLBACK then fails with "no transaction is active", and must not
+        replace the real cause."""
+        if db.in_transaction:
+            with suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -624,11 +648,38 @@ class SQLiteStorage:
         return self.index.view(db, state, header, ahead_ok=True)
 
     def _view(self, db: sqlite3.Connection, state: Any) -> Any:
+        """The index as of this snapshot, or None: it cannot be built here (a full disk, an
+        unwritable folder), and the search scans SQLite exactly instead."""
         try:
             return self.index.view(db, state, self._local.header)
-        except StaleIndex:  # missing, stale, truncated or foreign: rebuilt (once), never used
+        except StaleIndex:  # missing, stale, truncated, damaged or foreign: rebuilt (once), never used
+            pass
+        try:
             with self.index.locked(wait=True):
                 return self._refresh(db, state, self._local.header)
+        except (OSError, StaleIndex) as exc:
+            self._unusable(exc)
+            return None
+
+    def _rebuilt(self, db: sqlite3.Connection, state: Any, view: Any, exc: StaleIndex) -> Any:
+        """After damage found while a search read the files (a file truncated under it): the index
+        rebuilt under the lock, unless someone did already; None if that fails too."""
+        _log.warning("the vector index of %s is damaged (%s): rebuilding it", self.path, exc)
+        try:
+            with self.index.locked(wait=True):
+                header = self.index.read_header()
+                if header == view.header:
+                    header = self.index.rebuild(db, state)
+                return self.index.view(db, state, header, ahead_ok=True)
+        except (OSError, StaleIndex) as exc2:
+            self._unusable(exc2)
+            return None
+
+    def _unusable(self, exc: BaseException) -> None:
+        """Say once per process why searches scan SQLite exactly (slower, never wrong)."""
+        if not self._warned:
+            self._warned = True
+            _log.warning("the vector index of %s cannot be used (%s): exact searches", self.path, exc)
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -676,7 +727,17 @@ class SQLiteStorage:
         with self.snapshot():
             state = read_state(db)
             view = self._view(db, state)
-            hits, lag = self.index.search(db, state, view, vector, sql, params, k, threshold)
+            hits = None
+            if view is not None:
+                try:
+                    hits, lag = self.index.search(db, state, view, vector, sql, params, k, threshold)
+                except StaleIndex as exc:  # a file changed under this search: rebuilt, searched again
+                    view = self._rebuilt(db, state, view, exc)
+                    if view is not None:
+                        with suppress(StaleIndex):
+                            hits, lag = self.index.search(db, state, view, vector, sql, params, k, threshold)
+            if hits is None:  # no usable index: every row, exactly
+                hits, lag = vectorindex.exact_search(db, vector, sql, params, k, threshold), 0
             self._local.lag = max(self._local.lag, lag)
             return self._records(db, hits)
 
