@@ -6,8 +6,6 @@ must stay light, so ``main`` (the console script) sends it to the relay before a
 imported; the typer application is built on first use of ``app``.
 """
 
-from __future__ import annotations
-
 import sys
 from typing import Any
 
@@ -42,6 +40,7 @@ def _build() -> Any:
     app.command("serve")(serve)
     app.command("status")(status)
 
+    # (no ``from __future__ import annotations`` in this module: typer reads this signature's types)
     @app.command("mcp", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def mcp(ctx: typer.Context) -> None:
         """MCP server over stdio for one agent (a light relay to the machine's service; docs/mcp.md).
