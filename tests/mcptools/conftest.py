@@ -3,6 +3,7 @@ a test or its relays started is stopped at the end (``hivemem serve --stop``, th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -35,8 +36,6 @@ def mcp_env(hivemem_home: Path) -> Iterator[dict[str, str]]:
     subprocess.run(stop, env=env, capture_output=True, timeout=90)
     pid_file = directory / "s.sock.pid"
     if pid_file.exists() and pid_file.read_text().strip().isdigit():  # still held: never leave one behind
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid_file.read_text().strip()), 9)
-        except ProcessLookupError:
-            pass
     shutil.rmtree(directory, ignore_errors=True)
