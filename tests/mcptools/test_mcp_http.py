@@ -19,7 +19,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_helpers import ok, refused
 
-KEYS = {"alice-key-0001": {"user_id": "alice"}, "bob-key-00002": {"user_id": "bob"}, "admin-key-003": {"admin": True}}
+KEYS = {
+    "alice-key-0001": {"user_id": "alice"},
+    "bob-key-00002": {"user_id": "bob"},
+    "admin-key-003": {"admin": True},
+}
 
 
 @pytest.fixture
@@ -55,9 +59,12 @@ def http_url(mcp_env: dict[str, str]) -> Iterator[str]:
 
 @asynccontextmanager
 async def http_agent(url: str, key: str) -> AsyncIterator[Client]:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
-        async with Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client:
-            yield client
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=120) as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+    ):
+        yield client
 
 
 def test_no_key_or_a_wrong_key_is_401(http_url: str) -> None:
@@ -78,7 +85,9 @@ async def test_keys_scope_the_tools(http_url: str) -> None:
         assert "user_id" in tools["add_memories"].input_schema["properties"]  # HTTP keys may name scopes
         mine = await ok(alice, "add_memories", {"text": "alice plays the cello", "agent_id": "music"})
         memory_id = mine["results"][0]["id"]
-        assert "limited to user_id 'alice'" in await refused(alice, "add_memories", {"text": "x", "user_id": "bob"})
+        assert "limited to user_id 'alice'" in await refused(
+            alice, "add_memories", {"text": "x", "user_id": "bob"}
+        )
         assert "limited to user_id 'bob'" in await refused(bob, "list_memories", {"user_id": "alice"})
         assert "not found" in await refused(bob, "get_memory", {"memory_id": memory_id})
         assert (await ok(bob, "search_memory", {"query": "cello"}))["results"] == []
@@ -89,7 +98,9 @@ async def test_keys_scope_the_tools(http_url: str) -> None:
         assert narrowed["results"] == []
         # the REST API sees the same store
         rest = httpx.get(
-            f"{http_url}/v1/memories/{memory_id}", headers={"Authorization": "Bearer alice-key-0001"}, timeout=30
+            f"{http_url}/v1/memories/{memory_id}",
+            headers={"Authorization": "Bearer alice-key-0001"},
+            timeout=30,
         )
         assert rest.json()["memory"] == "alice plays the cello"
         assert "top_k" in await refused(alice, "list_memories", {"top_k": 10**9})

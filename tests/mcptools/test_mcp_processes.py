@@ -74,7 +74,9 @@ async def test_the_service_killed_under_load_loses_and_duplicates_nothing(mcp_en
 
 
 @pytest.mark.slow
-async def test_an_agent_killed_mid_call_leaves_the_store_and_the_others_sound(mcp_env: dict[str, str]) -> None:
+async def test_an_agent_killed_mid_call_leaves_the_store_and_others_sound(
+    mcp_env: dict[str, str],
+) -> None:
     async with agent(mcp_env, "--user-id", "steady") as steady:
         await ok(steady, "add_memories", {"text": "steady is here"})
         service = _service_pid(mcp_env)
@@ -86,7 +88,11 @@ async def test_an_agent_killed_mid_call_leaves_the_store_and_the_others_sound(mc
             stderr=subprocess.DEVNULL,
         )
         assert relay.stdin is not None and relay.stdout is not None
-        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        init = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"},
+        }
         lines = [{"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}]
         lines.append({"jsonrpc": "2.0", "method": "notifications/initialized"})
         texts = [f"doomed fact {k}" for k in range(20)]
