@@ -1,6 +1,6 @@
-"""hivemem over MCP with N agents (issue 21; not named ``mcp.py``: a script there would shadow the
-``mcp`` SDK for everything run from, or putting, benchmarks/ on ``sys.path``): memory per agent, throughput, latency, and the usual
-design side by side.
+"""hivemem over MCP with N agents (issue 21): memory per agent, throughput, latency, and the usual
+design side by side. (Not named ``mcp.py``: a script there would shadow the ``mcp`` SDK for
+everything run from benchmarks/, or that puts it on ``sys.path`` as tests/benchmarks does.)
 
     python benchmarks/mcp_fleet.py                       # N = 1, 5, 25; the usual design at N = 5
     python benchmarks/mcp_fleet.py --usual 5 25          # the usual design measured at 25 too (~5 GB)
@@ -221,13 +221,13 @@ def main() -> None:
             r["usual_total_mb"], r["usual_measured"] = n * per_usual, False
         r["adds_ratio"] = r["adds_per_s"] / r["add_batch_per_s"]
         r["memory_ratio"] = r.get("usual_total_mb", 0) / r["total_pss_mb"]
-        usual_cell = (
-            f"{r['usual_total_mb']:.0f} MB{'' if r['usual_measured'] else ' (N × per-process at N=' + ','.join(map(str, usual)) + ')'}"
-            if "usual_total_mb" in r
-            else "–"
-        )
+        usual_cell = "–"
+        if "usual_total_mb" in r:
+            how = "" if r["usual_measured"] else f" (N × per-process at N={','.join(map(str, usual))})"
+            usual_cell = f"{r['usual_total_mb']:.0f} MB{how}"
         print(
-            f"| {n} | {r['relay_pss_mb']:.1f} / {r['relay_pss_max_mb']:.1f} MB | {r['service_pss_mb']:.0f} MB | "
+            f"| {n} | {r['relay_pss_mb']:.1f} / {r['relay_pss_max_mb']:.1f} MB | "
+            f"{r['service_pss_mb']:.0f} MB | "
             f"{r['total_pss_mb']:.0f} MB | {usual_cell} ({r['memory_ratio']:.1f}×) | {r['adds_per_s']:.0f} | "
             f"{r['add_batch_per_s']:.0f} | {r['adds_ratio']:.2f}× | {r['search_p50_ms']:.1f} ms | "
             f"{r['inproc_search_p50_ms']:.1f} ms |"
