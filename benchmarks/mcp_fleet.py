@@ -11,7 +11,8 @@ mcp`` runs). Measured: PSS (``/proc/PID/smaps_rollup``) of every relay and of th
 have added; aggregate adds/s of the agents' single ``add_memories`` calls, all agents at once (each
 one call after the other, as an agent does), against in-process ``Memory.add_batch`` of as many
 fresh texts in the same run (the benchmark's own engine); ``search_memory`` p50 from one agent
-against in-process ``Memory.search`` p50 on the same store, queries and scope. The usual design:
+against in-process ``Memory.search`` p50 on the same store, queries and scope, the two interleaved
+query by query (and how often they return the same ids is reported). The usual design:
 N processes of ``benchmarks/mcp_usual_server.py`` (the SDK's ``MCPServer`` + its own engine), PSS
 after one add and one search each. Prints a table, one JSON line, and two charts.
 """
@@ -79,7 +80,7 @@ def start_service(env: dict[str, str]) -> subprocess.Popen:
 
 
 async def hivemem_run(
-    n: int, adds: int, searches: int, tmp: Path, texts: list[str], queries: list[str]
+    n: int, adds: int, searches: int, tmp: Path, texts: list[str], queries: list[str], engine: Any
 ) -> dict:
     env = {
         **os.environ,
@@ -117,38 +118,39 @@ async def hivemem_run(
             out["relay_pss_max_mb"] = max(relays)
             out["service_pss_mb"] = pss_mb(service.pid)
             out["total_pss_mb"] = sum(relays) + out["service_pss_mb"]
-            lat = []
-            for k, query in enumerate(queries[: searches + 3]):
-                t0 = time.perf_counter()
-                await call(clients[0], "search_memory", {"query": query, "top_k": 10})
-                if k >= 3:  # the first three warm up
-                    lat.append(1000 * (time.perf_counter() - t0))
-            out["search_p50_ms"] = statistics.median(lat)
+            from hivemem import Memory
+
+            lat: dict[str, list[float]] = {"mcp": [], "inproc": []}
+            same = 0  # queries where MCP and in-process returned the same ids in the same order
+            with Memory(tmp / "memory.sqlite", embedder=engine) as memory:  # the same store, in process
+                for k, query in enumerate(queries[: searches + 3]):  # interleaved: the same moments
+                    t0 = time.perf_counter()
+                    mcp_hits = await call(clients[0], "search_memory", {"query": query, "top_k": 10})
+                    t1 = time.perf_counter()
+                    own = memory.search(query, user_id="bench", agent_id="a0", top_k=10)
+                    t2 = time.perf_counter()
+                    same += [h["id"] for h in mcp_hits["results"]] == [h["id"] for h in own["results"]]
+                    if k >= 3:  # the first three warm up
+                        lat["mcp"].append(1000 * (t1 - t0))
+                        lat["inproc"].append(1000 * (t2 - t1))
+            out["search_p50_ms"] = statistics.median(lat["mcp"])
+            out["inproc_search_p50_ms"] = statistics.median(lat["inproc"])
+            out["search_same_results"] = same / (searches + 3)
     finally:
         service.terminate()
         service.wait(60)
     return out
 
 
-def in_process(
-    n_adds: int, searches: int, tmp: Path, texts: list[str], queries: list[str], engine: Any
-) -> dict:
-    """In-process add_batch of as many fresh texts, and Memory.search p50 on the MCP run's store."""
+def add_batch_rate(n_adds: int, tmp: Path, texts: list[str], engine: Any) -> float:
+    """In-process ``add_batch`` of as many fresh texts (right after the MCP adds of the same N)."""
     from hivemem import Memory
 
     with Memory(tmp / "batch.sqlite", embedder=engine) as memory:
         memory.add("warm up", user_id="bench")
         t0 = time.perf_counter()
         memory.add_batch([{"messages": t, "user_id": "bench"} for t in texts[:n_adds]])
-        rate = n_adds / (time.perf_counter() - t0)
-    lat = []
-    with Memory(tmp / "memory.sqlite", embedder=engine) as memory:
-        for k, query in enumerate(queries[: searches + 3]):
-            t0 = time.perf_counter()
-            memory.search(query, user_id="bench", agent_id="a0", top_k=10)
-            if k >= 3:
-                lat.append(1000 * (time.perf_counter() - t0))
-    return {"add_batch_per_s": rate, "inproc_search_p50_ms": statistics.median(lat)}
+        return n_adds / (time.perf_counter() - t0)
 
 
 async def usual_run(n: int, tmp: Path) -> dict:
@@ -194,8 +196,8 @@ def main() -> None:
             try:
                 per = max(1, args.adds // n)
                 batch = texts[2 * args.adds :]  # fresh texts for add_batch, never embedded before
-                run = asyncio.run(hivemem_run(n, per, args.searches, tmp, texts, queries))
-                run.update(in_process(run["adds"], args.searches, tmp, batch, queries, engine))
+                run = asyncio.run(hivemem_run(n, per, args.searches, tmp, texts, queries, engine))
+                run["add_batch_per_s"] = add_batch_rate(run["adds"], tmp, batch, engine)
                 runs.append(run)
                 print(f"N={n}: {json.dumps(run)}", file=sys.stderr)
             finally:

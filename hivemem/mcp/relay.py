@@ -24,12 +24,11 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from hivemem.errors import HivememError, ServiceUnavailable
-from hivemem.service import paths, spawn
+from hivemem.service import paths
 from hivemem.service.peer import check_peer, trusted_uids
 
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes of one JSON-RPC message (line), both ways; as --max-body
@@ -125,6 +124,8 @@ class Relay:
                 raise ServiceUnavailable(
                     f"no hivemem MCP host at {self.path} ({last}); is the service running without it?"
                 )
+            from hivemem.service import spawn  # only when the service is missing (subprocess: ~0.5 MB)
+
             if not spawn.can_connect(self.sock):
                 spawn.ensure_running(self.sock, self.service_args, deadline)
             else:  # the service is up; its MCP host starts listening a moment later, or it is dying
@@ -135,7 +136,7 @@ class Relay:
         """On a new connection (lock held): replay the handshake, then resend what is unanswered."""
         if self._init is not None and self._init_answered:
             message = json.loads(self._init)
-            message["id"] = f"hivemem-relay-{uuid.uuid4().hex}"
+            message["id"] = f"hivemem-relay-{os.urandom(16).hex()}"
             conn.sendall(json.dumps(message).encode() + b"\n")
             while True:  # nothing else was sent yet on this connection: the next reply is ours
                 line = reader.readline(MAX_MESSAGE + 1)

@@ -26,6 +26,11 @@ from hivemem.mcp import tools
 
 log = logging.getLogger("hivemem.mcp")
 
+# Tool calls run in worker threads, at most this many at once for the whole service: concurrent adds
+# are grouped by ``Memory`` anyway (one embed call, one transaction), and each further thread of 25
+# agents' calls cost the service its own stack and SQLite connection (~1 MB PSS each) for nothing.
+TOOL_THREADS = 8
+
 SCOPE_KEY = "hivemem.mcp.target"  # where an HTTP transport puts the Target in the ASGI scope
 
 INSTRUCTIONS = (
@@ -78,11 +83,23 @@ async def _list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types
     )
 
 
+_limiter: anyio.CapacityLimiter | None = None
+
+
 async def _call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
+    global _limiter
+    if _limiter is None:
+        _limiter = anyio.CapacityLimiter(TOOL_THREADS)
     target = target_of(ctx)
     try:
         data = await anyio.to_thread.run_sync(
-            tools.call, target.memory, target.caller, params.name, params.arguments, target.entities
+            tools.call,
+            target.memory,
+            target.caller,
+            params.name,
+            params.arguments,
+            target.entities,
+            limiter=_limiter,
         )
     except (HivememError, ValueError, TypeError, NotImplementedError) as exc:
         return error_result(f"{params.name}: {exc}")
