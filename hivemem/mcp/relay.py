@@ -209,7 +209,13 @@ class Relay:
             with self._lock:
                 self._pending.pop(key, None)
                 if key == self._init_key:
-                    self._init_answered = True
+                    # Only a successful initialize made this a handshake-era session. One answered
+                    # with an error (a client that fell back to it while its server/discover probe
+                    # waited for a slow service start, the probe having set the modern era) must
+                    # not be replayed: it would open the next connection in the wrong era.
+                    self._init_answered = "result" in message
+                    if not self._init_answered:
+                        self._init = self._init_key = None
         self._write(line)
 
     def forward(self, line: bytes) -> None:

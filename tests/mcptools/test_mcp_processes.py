@@ -116,3 +116,48 @@ async def test_an_agent_killed_mid_call_leaves_the_store_and_others_sound(
         doomed = [r["memory"] for r in _stored(mcp_env) if r["user_id"] == "doomed"]
     assert doomed and set(doomed) <= set(texts)
     assert len(doomed) == len(set(doomed))  # whatever got in, got in once
+
+
+def _meta() -> dict:
+    return {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+
+
+@pytest.mark.slow
+def test_a_refused_initialize_is_not_replayed_after_a_restart(mcp_env: dict[str, str]) -> None:
+    """The SDK client's auto mode: its server/discover probe waits while the relay starts the service,
+    the client times out and falls back to initialize, the probe then sets the modern era and the
+    initialize is refused. After a restart the relay must not replay that initialize (it would
+    open the new connection in the handshake era and refuse every later request)."""
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "hivemem.mcp", "--user-id", "era"],
+        env=mcp_env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert relay.stdin is not None and relay.stdout is not None
+
+    def ask(message: dict) -> dict:
+        assert relay.stdin is not None and relay.stdout is not None
+        relay.stdin.write((json.dumps(message) + "\n").encode())
+        relay.stdin.flush()
+        return json.loads(relay.stdout.readline())
+
+    add = {"name": "add_memories", "arguments": {"text": "the era survives"}, "_meta": _meta()}
+    try:
+        assert "result" in ask(
+            {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": _meta()}}
+        )
+        client = {"name": "t", "version": "0"}
+        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
+        assert "error" in ask({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": init})
+        os.kill(_service_pid(mcp_env), signal.SIGKILL)
+        reply = ask({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": add})
+        assert reply.get("result", {}).get("isError") is False, reply
+    finally:
+        relay.kill()
+        relay.wait(30)

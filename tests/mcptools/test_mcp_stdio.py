@@ -173,3 +173,16 @@ def test_the_relay_process_imports_no_sdk_no_numpy_no_web_stack(mcp_env: dict[st
     assert "LOADED []" in err, err
     with Memory(mcp_env["HIVEMEM_MEMORY_URL"]) as memory:
         assert [r["memory"] for r in memory.get_all(user_id="light")["results"]] == ["light relay"]
+
+
+async def test_a_relay_on_a_postgresql_store(mcp_env: dict[str, str], pg_url) -> None:
+    """``--store postgresql://…``: the service opens that store (once) for the relay's calls."""
+    url = pg_url()
+    async with agent(mcp_env, "--user-id", "pg", "--store", url) as client:
+        await ok(client, "add_memories", {"text": "PostgreSQL keeps this one"})
+        hits = await ok(client, "search_memory", {"query": "which database keeps it?"})
+        assert [h["memory"] for h in hits["results"]] == ["PostgreSQL keeps this one"]
+    with Memory(url) as memory:
+        assert [r["memory"] for r in memory.get_all(user_id="pg")["results"]] == ["PostgreSQL keeps this one"]
+    with Memory(mcp_env["HIVEMEM_MEMORY_URL"]) as memory:  # not the default store
+        assert memory.get_all(user_id="pg")["results"] == []
