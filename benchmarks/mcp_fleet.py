@@ -172,6 +172,34 @@ async def usual_run(n: int, tmp: Path) -> dict:
     return {"n": n, "pss_mb": statistics.mean(pss), "total_pss_mb": sum(pss)}
 
 
+def plot(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    names = [f"N={r['n']}" for r in runs]
+    bars(
+        args,
+        "mcp_memory",
+        "PSS of N agents' memory tools: hivemem vs a server + model each",
+        names,
+        {
+            "hivemem": [r["total_pss_mb"] for r in runs],
+            "usual design": [r.get("usual_total_mb", 0) for r in runs],
+        },
+        ylabel="MB PSS",
+        note="usual design: SDK MCPServer + its own engine per agent; unmeasured N = N × per-process PSS",
+    )
+    bars(
+        args,
+        "mcp_speed",
+        "MCP vs in-process: aggregate single adds / add_batch, and search p50",
+        names,
+        {
+            "adds/s ÷ add_batch/s (×100)": [100 * r["adds_ratio"] for r in runs],
+            "search p50 MCP (ms)": [r["search_p50_ms"] for r in runs],
+            "search p50 in-process (ms)": [r["inproc_search_p50_ms"] for r in runs],
+        },
+        ylabel="percent / ms",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -180,8 +208,12 @@ def main() -> None:
     parser.add_argument("--usual", type=int, nargs="*", default=[5], help="N for the usual design")
     parser.add_argument("--adds", type=int, default=200, help="single adds per run, shared by the agents")
     parser.add_argument("--searches", type=int, default=30)
+    parser.add_argument("--replot", type=Path, help="only redraw the charts from a saved JSON line")
     add_plot_options(parser)
     args = parser.parse_args()
+    if args.replot:
+        plot(args, json.loads(args.replot.read_text().strip().splitlines()[-1])["runs"])
+        return
 
     from hivemem import Embedder
     from hivemem.embed.corpus import sentences
@@ -237,31 +269,7 @@ def main() -> None:
     result = {"bench": "mcp", "runs": runs, "usual": usual, "cpus": os.cpu_count(),
               "load_avg": os.getloadavg()[0]}  # fmt: skip
     print(json.dumps(result))
-    names = [f"N={r['n']}" for r in runs]
-    bars(
-        args,
-        "mcp_memory",
-        "PSS of N agents' memory tools: hivemem (relays + one service) vs each agent its own server",
-        names,
-        {
-            "hivemem": [r["total_pss_mb"] for r in runs],
-            "usual design": [r.get("usual_total_mb", 0) for r in runs],
-        },
-        ylabel="MB PSS",
-        note="usual design: SDK MCPServer + its own engine per agent; unmeasured N = N × per-process PSS",
-    )
-    bars(
-        args,
-        "mcp_speed",
-        "MCP vs in-process: aggregate single adds / add_batch, and search p50",
-        names,
-        {
-            "adds/s ÷ add_batch/s (×100)": [100 * r["adds_ratio"] for r in runs],
-            "search p50 MCP (ms)": [r["search_p50_ms"] for r in runs],
-            "search p50 in-process (ms)": [r["inproc_search_p50_ms"] for r in runs],
-        },
-        ylabel="percent / ms",
-    )
+    plot(args, runs)
 
 
 if __name__ == "__main__":
