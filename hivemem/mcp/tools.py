@@ -138,7 +138,8 @@ _SPECS: dict[str, dict[str, Any]] = {
     },
     "list_memories": {
         "description": (
-            "List stored memories, newest first (to review or clean up what is remembered). "
+            "List stored memories in the order they were stored (to review or clean up what is "
+            "remembered; top_k caps how many). "
             "Returns {results: [{id, memory, metadata, created_at, …}]}."
         ),
         "properties": {"top_k": _top_k(100, REMOTE_MAX_LIST), "filters": _FILTERS},
