@@ -28,7 +28,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 # Heavy: minutes each. Every script prints a table and a final JSON line.
-BENCHMARKS ?= embed shared memory tasks pool http_api cluster
+BENCHMARKS ?= embed shared memory tasks pool http_api cluster mcp_fleet
 bench: install
 	for b in $(BENCHMARKS); do HF_HUB_OFFLINE=1 $(PY) benchmarks/$$b.py || exit 1; done
 

@@ -9,7 +9,6 @@ live in a per-user directory that only the owner may enter.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -45,7 +44,12 @@ def runtime_dir() -> Path:
     plant a socket there and receive our texts.
     """
     base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "hivemem" if base else Path(tempfile.gettempdir()) / f"hivemem-{os.getuid()}"
+    if base:
+        path = Path(base) / "hivemem"
+    else:  # imported here: tempfile (shutil, random…) costs each `hivemem mcp` relay ~0.5 MB
+        import tempfile
+
+        path = Path(tempfile.gettempdir()) / f"hivemem-{os.getuid()}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
     if st.st_uid != os.getuid():

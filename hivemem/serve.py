@@ -1,9 +1,10 @@
 """``hivemem serve``: run or stop the machine's embedding service — with ``--http``, the HTTP
-application in the same process.
+application in the same process, and (unless ``--no-mcp``) the MCP host of ``hivemem mcp`` relays.
 
-This is where the two are composed, and the only place that knows both: the service
+This is where they are composed, and the only place that knows them all: the service
 (``hivemem.service``) gets its own options and a list of companions; the HTTP application
-(``hivemem.http.server.HttpServer``) gets the HTTP, memory and agent options. Auto-started services
+(``hivemem.http.server.HttpServer``) gets the HTTP, memory and agent options; the MCP host
+(``hivemem.mcp.host.McpHost``) gets the socket it listens beside. Auto-started services
 run this too (``python -m hivemem.service`` is an alias of ``hivemem serve``).
 """
 
@@ -43,6 +44,9 @@ def serve(
         help="HTTP memory API's store: a SQLite file or a postgresql:// URL (default: Memory's default).",
     ),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Serve the memory REST API over HTTP."),
+    mcp: bool = typer.Option(
+        True, "--mcp/--no-mcp", help="Serve the memory tools over MCP: to `hivemem mcp` relays, and at /mcp."
+    ),
     agent: str = typer.Option(
         None, help="module:factory building the agent for POST /v1/agent/stream ('demo': the echo agent)."
     ),
@@ -76,7 +80,7 @@ def serve(
             scoped = load_keys(keys)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--keys") from None
-    companions = []
+    companions: list[Any] = []
     if http:
         from hivemem.http.server import HttpConfig, HttpServer
 
@@ -88,6 +92,7 @@ def serve(
                         api_key=api_key,
                         keys=scoped,
                         memory=memory,
+                        mcp=mcp,
                         memory_path=memory_path,
                         agent_factory=factory,
                         agent_fn=fn,
@@ -101,6 +106,10 @@ def serve(
         except ValueError as exc:
             typer.echo(f"hivemem serve: {exc}", err=True)
             raise typer.Exit(1) from None
+    if mcp:  # cheap until a relay connects: the MCP SDK and the stores load then
+        from hivemem.mcp.host import McpHost
+
+        companions.append(McpHost(sock))
     config = ServiceConfig(
         socket=sock,
         replicas=replicas,

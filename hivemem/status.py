@@ -72,6 +72,9 @@ def collect(sock: Path, info: dict[str, Any] | None, stores: list[Path]) -> dict
     roles: dict[Path, str] = {}
     if info and info.get("memory_path") and "://" not in info["memory_path"]:  # a file, not a server
         roles[Path(info["memory_path"]).resolve()] = "served over HTTP"
+    for location in ((info or {}).get("mcp") or {}).get("stores", []):
+        if "://" not in location:
+            roles.setdefault(Path(location).resolve(), "served over MCP")
     roles.setdefault(Path(where["default memory store"]).resolve(), "default")
     for p in stores:
         roles.setdefault(p.expanduser().resolve(), "--memory")
@@ -119,6 +122,7 @@ def service_rows(view: dict[str, Any]) -> list[tuple[str, str]]:
         ("cache hit rate", f"{hits / looked:.1%} of {looked:,}" if looked else "-"),
         ("memory", f"PSS {mem['pss_mb']:.0f} MB, RSS {mem['rss_mb']:.0f} MB" if "pss_mb" in mem else "-"),
         ("HTTP", f"http://{view['http']}" if view.get("http") else "off"),
+        ("MCP", f"{view['mcp']['sessions']} relays on {view['mcp']['socket']}" if view.get("mcp") else "off"),
     ]
     errors = metrics.get("errors") or {}
     if errors:

@@ -39,13 +39,15 @@ ALLOWED: dict[str, set[str]] = {
     "memory": INFRA | {"embed", "compose"},  # receives an EmbedderLike; never the daemon
     "tasks": INFRA,
     "pool": INFRA | {"__init__"},  # hivemem.__version__: Dask workers must run the same release
-    "http": INFRA | {"embed", "service", "memory", "pool"},  # composes the HTTP application
+    # the memory tools over MCP: the relay reaches the service (stdlib only), the host serves the stores
+    "mcp": INFRA | {"__init__", "service", "memory"},
+    "http": INFRA | {"embed", "service", "memory", "pool", "mcp"},  # composes the HTTP application (+ /mcp)
     "integrations": {"__init__"},  # the public API only
-    "serve": INFRA | {"service", "http", "pool"},
+    "serve": INFRA | {"service", "http", "pool", "mcp"},
     "status": INFRA | {"service"},
     # the demo's workers use the public API (``hivemem.connect``, ``hivemem.Memory``), as a user's would
     "demo": INFRA | {"__init__", "embed", "service", "memory", "tasks", "compose"},
-    "cli": INFRA | {"embed", "service", "memory", "pool", "tasks", "serve", "status", "demo"},
+    "cli": INFRA | {"embed", "service", "memory", "pool", "tasks", "serve", "status", "demo", "mcp"},
 }
 # Third-party packages a part must never import (even lazily): the daemon runs without the
 # ``server`` extra, and nothing but the HTTP application may pull in the web stack.
@@ -56,6 +58,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "memory": WEB,
     "pool": WEB,
     "tasks": WEB | {"onnxruntime", "tokenizers", "torch"},
+    "mcp": WEB,  # the SDK brings its own; the HTTP side of MCP lives in hivemem.http.mcp_route
 }
 
 

@@ -78,6 +78,7 @@ def create_app(
     status: Callable[[], dict[str, Any]] | None = None,
     keys: dict[str, Scope] | None = None,
     memory: Any = None,
+    mcp: bool = False,
     agent_pool: Any = None,
     agent_fn: Callable[..., Any] | None = None,
     agent_timeout: float | None = None,
@@ -86,7 +87,9 @@ def create_app(
     """A FastAPI app serving ``embedder``. With ``api_key`` (an admin key) or ``keys`` (key → scope,
     ``hivemem.http.auth.load_keys``) every route but ``/health`` needs ``Authorization: Bearer
     <key>``; ``host`` (where it will be bound) enforces the loopback rule. ``memory``: a
-    ``hivemem.Memory`` to serve under ``/v1/memories`` (build it with ``embedder=embedder``).
+    ``hivemem.Memory`` to serve under ``/v1/memories`` (build it with ``embedder=embedder``);
+    ``mcp``: its MCP tools too, at ``/mcp`` (``mcp_route``; the app's ``state.mcp.manager.run()``
+    must be entered while it serves).
     ``agent_pool`` + ``agent_fn``: a ``WorkerPool`` and the generator function streamed by
     ``POST /v1/agent/stream``. Bodies over ``max_body`` bytes get 413. ``admission``: the permits
     embedding requests take (default: none to wait for, only the engine's own queue limit, with
@@ -177,6 +180,14 @@ def create_app(
         from hivemem.http.memory_routes import add_memory_routes
 
         add_memory_routes(app, memory, authorise)
+        if mcp:
+            from starlette.routing import Route
+
+            from hivemem.http.mcp_route import McpRoute
+
+            route = McpRoute(memory, authorise, loopback=host is None or is_loopback(host), max_body=max_body)
+            app.state.mcp = route
+            app.router.routes.append(Route("/mcp", endpoint=route))
     if agent_pool is not None and agent_fn is not None:
         from hivemem.http.agent_routes import add_agent_routes
 

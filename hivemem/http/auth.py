@@ -21,6 +21,8 @@ from hivemem.http.keys import ADMIN, Scope, load_keys
 __all__ = ["ADMIN", "KeyRing", "Scope", "load_keys"]
 
 
+UNAUTHORIZED = "missing or wrong API key (send Authorization: Bearer <key>)"
+
 # Declared through FastAPI's security helper so that the OpenAPI spec documents the bearer scheme.
 _BEARER = HTTPBearer(auto_error=False, description="An API key from --api-key or the --keys file.")
 
@@ -47,9 +49,18 @@ class KeyRing:
         return bool(self._by_digest)
 
     def __call__(self, credentials: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> Scope:
+        scope = self.lookup(credentials.credentials if credentials else None)
+        if scope is None:
+            raise HTTPException(401, UNAUTHORIZED)
+        return scope
+
+    def lookup(self, key: str | None) -> Scope | None:
+        """The scope of ``key`` (ADMIN when no key is configured), None for a missing or wrong one."""
         if not self._by_digest:
             return ADMIN
-        scope = self._by_digest.get(_digest(credentials.credentials.strip())) if credentials else None
-        if scope is None:
-            raise HTTPException(401, "missing or wrong API key (send Authorization: Bearer <key>)")
-        return scope
+        return self._by_digest.get(_digest(key.strip())) if key else None
+
+    def from_header(self, authorization: str | None) -> Scope | None:
+        """``lookup`` for a raw ``Authorization`` header (routes outside FastAPI's dependencies)."""
+        scheme, _, key = (authorization or "").partition(" ")
+        return self.lookup(key if scheme.lower() == "bearer" else None)

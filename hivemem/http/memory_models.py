@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_BATCH = 1000
-MAX_TOP_K = 1000
-MAX_LIST = 10_000
+from hivemem.memory.records import REMOTE_MAX_BATCH as MAX_BATCH
+from hivemem.memory.records import REMOTE_MAX_LIST as MAX_LIST
+from hivemem.memory.records import REMOTE_MAX_SEARCH as MAX_TOP_K
 
 
 class Message(BaseModel):

@@ -33,6 +33,7 @@ class HttpConfig:
     api_key: str | None = None
     keys: dict[str, Scope] = field(default_factory=dict)  # key → scope (hivemem.http.keys)
     memory: bool = True  # serve the memory store under /v1/memories
+    mcp: bool = True  # and its MCP tools at /mcp (Streamable HTTP)
     memory_path: str | Path | None = None  # a file or a postgresql:// URL; None: Memory's default
     agent_factory: Callable[[], Any] | None = None
     agent_fn: Callable[..., Any] | None = None
@@ -70,6 +71,7 @@ class HttpServer:
         self._server: Any = None
         self._closers: list[Callable[[], Any]] = []
         self._memory_path: str | None = None
+        self._mcp: Any = None
 
     def prepare(self, serving: Serving) -> None:
         import uvicorn
@@ -100,6 +102,7 @@ class HttpServer:
             status=serving.status,
             keys=config.keys,
             memory=memory,
+            mcp=config.mcp,
             agent_pool=pool,
             agent_fn=config.agent_fn,
             max_body=config.max_body,
@@ -112,10 +115,12 @@ class HttpServer:
         )
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # our signals
         self._server = server
+        self._mcp = getattr(app.state, "mcp", None)
 
     async def serve(self) -> None:
         log.info("hivemem service: HTTP on http://%s:%d", self.host, self.port)
-        await self._server.serve()
+        async with self._mcp.manager.run() if self._mcp is not None else contextlib.nullcontext():
+            await self._server.serve()
 
     def stop(self) -> None:
         if self._server is not None:
@@ -128,3 +133,6 @@ class HttpServer:
 
     def status(self) -> dict[str, Any]:
         return {"http": self.config.bind, "memory_path": self._memory_path}
+
+    def connections(self) -> int:
+        return 0  # HTTP clients hold no connection the idle timeout should wait for

@@ -30,6 +30,12 @@ RESERVED_METADATA = frozenset((*COLUMNS, "data", "score"))
 # limit bounds user_id, agent_id and run_id.
 MAX_ID_CHARS = 256
 
+# Caps of one remote call (the HTTP memory API and the MCP tools; Python callers have MAX_TOP_K in
+# store.py): results of one search, results of one list, items of one batch add or delete.
+REMOTE_MAX_SEARCH = 1000
+REMOTE_MAX_LIST = 10_000
+REMOTE_MAX_BATCH = 1000
+
 # Metadata limits, checked at write time for every entry point (Python, CLI, HTTP) by
 # ``check_metadata``. Why: metadata nested 900 deep was accepted once, and every later read of that
 # user's memories failed (Python's JSON decoder and the HTTP response serialiser recurse per level).

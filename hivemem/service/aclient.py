@@ -21,9 +21,9 @@ from hivemem.service.core import (
     DEFAULT_TIMEOUT,
     ClientCore,
     Lost,
-    check_peer,
     service_args,
 )
+from hivemem.service.peer import check_peer
 
 _POOL_MAX = 16
 _Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]

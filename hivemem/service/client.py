@@ -38,9 +38,9 @@ from hivemem.service.core import (
     DEFAULT_TIMEOUT,
     ClientCore,
     Lost,
-    check_peer,
     service_args,
 )
+from hivemem.service.peer import check_peer
 
 if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.protocol import EmbedderLike

@@ -42,3 +42,8 @@ def log_path(sock: Path) -> Path:
 def options_path(sock: Path) -> Path:
     """How the running service was started (its options, for a replacement after ``kill -9``)."""
     return sock.with_name(sock.name + ".options.json")
+
+
+def mcp_path(sock: Path) -> Path:
+    """Where the service's MCP host (``hivemem.mcp.host``) listens for ``hivemem mcp`` relays."""
+    return sock.with_name(sock.name + ".mcp")

@@ -87,6 +87,9 @@ class Companion(Protocol):
     def status(self) -> dict[str, Any]:
         """Fields merged into the service's STATS reply."""
 
+    def connections(self) -> int:
+        """Clients connected to it now: while any are, an idle timeout does not run out."""
+
 
 class PidLock:
     """An exclusive ``flock`` on ``<socket>.pid`` held while the service lives."""
@@ -197,6 +200,8 @@ class Service:
         period = min(1.0, self.config.idle_timeout / 4)
         while True:
             await asyncio.sleep(period)
+            if any(c.connections() for c in self.companions):
+                self._idle_since = time.monotonic()
             if self.clients == 0 and time.monotonic() - self._idle_since >= self.config.idle_timeout:
                 log.info("hivemem service: no client for %g s, exiting", self.config.idle_timeout)
                 self.stop()
