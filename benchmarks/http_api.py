@@ -98,7 +98,8 @@ def start_service(tmp: Path, memory: Path) -> tuple[subprocess.Popen, str]:
     cmd = [
         sys.executable,
         "-m",
-        "hivemem.service",
+        "hivemem",
+        "serve",
         "--http",
         f"127.0.0.1:{port}",
         "--memory-path",

@@ -5,7 +5,7 @@ everything run from benchmarks/, or that puts it on ``sys.path`` as tests/benchm
     python benchmarks/mcp_fleet.py                       # N = 1, 5, 25; the usual design at N = 5
     python benchmarks/mcp_fleet.py --usual 5 25          # the usual design measured at 25 too (~5 GB)
 
-For each N: a fresh service (``python -m hivemem.service``) and store; N agents, each the official
+For each N: a fresh service (``python -m hivemem serve``) and store; N agents, each the official
 SDK client driving its own ``hivemem mcp`` relay process (``python -m hivemem.mcp``, what ``hivemem
 mcp`` runs). Measured: PSS (``/proc/PID/smaps_rollup``) of every relay and of the service once all
 have added; aggregate adds/s of the agents' single ``add_memories`` calls, all agents at once (each
@@ -66,7 +66,7 @@ def start_service(env: dict[str, str]) -> subprocess.Popen:
     from hivemem.service.spawn import can_connect
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hivemem.service"],
+        [sys.executable, "-m", "hivemem", "serve"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

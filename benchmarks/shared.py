@@ -118,7 +118,7 @@ def start_service(env: dict[str, str], *args: str) -> subprocess.Popen:
     from hivemem.service.spawn import can_connect
 
     proc = subprocess.Popen(
-        [PY, "-m", "hivemem.service", *args], env=env, cwd=ROOT, stderr=subprocess.DEVNULL
+        [PY, "-m", "hivemem", "serve", *args], env=env, cwd=ROOT, stderr=subprocess.DEVNULL
     )
     while not can_connect(Path(env["HIVEMEM_SOCKET"])):
         if proc.poll() is not None:

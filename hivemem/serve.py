@@ -5,7 +5,7 @@ This is where they are composed, and the only place that knows them all: the ser
 (``hivemem.service``) gets its own options and a list of companions; the HTTP application
 (``hivemem.http.server.HttpServer``) gets the HTTP, memory and agent options; the MCP host
 (``hivemem.mcp.host.McpHost``) gets the socket it listens beside. Auto-started services
-run this too (``python -m hivemem.service`` is an alias of ``hivemem serve``).
+run this too (``python -m hivemem serve``; ``python -m hivemem.service`` is the bare service alone).
 """
 
 from __future__ import annotations

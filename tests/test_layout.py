@@ -261,6 +261,26 @@ def test_a_worker_s_client_stays_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_bare_service_entry_imports_nothing_above_the_service() -> None:
+    """``python -m hivemem.service`` is the service part's own entry: it used to run the composition
+    (``hivemem.serve``), the one edge from a part up into the layer that composes it."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "hivemem.service", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    above = sorted(
+        m
+        for m in loaded
+        if m.split(".")[:2]
+        in (["hivemem", "serve"], ["hivemem", "cli"], ["hivemem", "http"], ["hivemem", "mcp"])
+    )
+    assert "hivemem.service.server" in loaded and above == [], above
+    assert "usage: python -m hivemem.service" in out.stdout
+
+
 if __name__ == "__main__":
     for a, targets in sorted(part_graph().items()):
         print(f"{a:13} -> {', '.join(sorted(targets))}")

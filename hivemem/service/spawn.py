@@ -1,7 +1,7 @@
 """Start the service on demand, exactly once when many processes ask at the same moment.
 
 The first caller takes an exclusive ``flock`` on ``<socket>.start.lock``, checks again that nobody
-is listening, starts ``python -m hivemem.service`` detached (own session, output to
+is listening, starts ``python -m hivemem serve`` (``SERVICE_COMMAND``) detached (own session, output to
 ``<socket>.log``) and waits for the socket to accept connections; everyone else blocks on the lock
 and, once they hold it, finds the service running. A lock dies with its holder, so a crashed starter
 never wedges the others.
@@ -33,6 +33,9 @@ from hivemem.errors import ServiceUnavailable
 from hivemem.locks import locked
 from hivemem.service import paths
 
+# The machine's service is what ``hivemem serve`` runs (the service with the companions the
+# composition adds: MCP, and HTTP when asked); named here as a command, never imported.
+SERVICE_COMMAND = ("-m", "hivemem", "serve")
 EXIT_ALREADY_RUNNING = 3  # mirrors server.EXIT_ALREADY_RUNNING without importing the server side
 AUTO_IDLE_TIMEOUT = 600.0  # seconds without a client before an auto-started service exits
 # The environment variables a service reads, recorded so that its replacement sees the same ones.
@@ -105,11 +108,11 @@ def start_command(sock: Path, args: list[str]) -> tuple[list[str], dict[str, str
     """``(argv, env, cwd)`` of the service to start on ``sock`` (see the module docstring)."""
     recorded = read_options(sock)
     if recorded is not None:
-        command = [recorded["executable"], "-m", "hivemem.service", "--socket", str(sock), *recorded["args"]]
+        command = [recorded["executable"], *SERVICE_COMMAND, "--socket", str(sock), *recorded["args"]]
         return command, {**os.environ, **recorded["env"]}, recorded["cwd"]
     if "--idle-timeout" not in args:
         args = [*args, "--idle-timeout", f"{AUTO_IDLE_TIMEOUT:g}"]
-    return [sys.executable, "-m", "hivemem.service", "--socket", str(sock), *args], None, None
+    return [sys.executable, *SERVICE_COMMAND, "--socket", str(sock), *args], None, None
 
 
 def write_options(sock: Path, options: dict) -> None:

@@ -229,7 +229,7 @@ def start_http_service(
     env.pop("HIVEMEM_EMBEDDER_URL", None)
     if cache_url:
         env["HIVEMEM_CACHE_URL"] = cache_url
-    cmd = [PY, "-m", "hivemem.service", "--http", f"{host}:{port}", "--threads", "1", "--no-memory", *args]
+    cmd = [PY, "-m", "hivemem", "serve", "--http", f"{host}:{port}", "--threads", "1", "--no-memory", *args]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     proc = spawn(cmd, env, directory / "service.log")

@@ -35,7 +35,7 @@ def http_url(mcp_env: dict[str, str]) -> Iterator[str]:
         port = s.getsockname()[1]
     options = ["--http", f"127.0.0.1:{port}", "--keys", str(directory / "keys.json")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hivemem.service", *options],
+        [sys.executable, "-m", "hivemem", "serve", *options],
         env=mcp_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -19,7 +19,7 @@ def start_service(env: dict[str, str], *args: str) -> subprocess.Popen:
 
     sock = Path(env["HIVEMEM_SOCKET"])
     proc = subprocess.Popen(
-        [PY, "-m", "hivemem.service", *args],
+        [PY, "-m", "hivemem", "serve", *args],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,

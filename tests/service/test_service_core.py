@@ -153,7 +153,7 @@ def test_status_cli_and_a_second_service_refused(shared_service, tmp_path) -> No
     gone = status("--socket", str(tmp_path / "none.sock"))
     assert gone.returncode == 1 and "not running" in gone.stdout
     second = subprocess.run(
-        [PY, "-m", "hivemem.service"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        [PY, "-m", "hivemem", "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert second.returncode == 3 and "already running" in second.stderr
 

@@ -46,7 +46,7 @@ def _services(sock: Path) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "hivemem.service" in cmd and str(sock) in cmd:
+        if "serve" in cmd and str(sock) in cmd:
             found.append(p)
     return found
 

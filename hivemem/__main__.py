@@ -1,0 +1,6 @@
+"""``python -m hivemem …``: the ``hivemem`` command line (what ``hivemem.connect()`` runs to start
+the machine's service: ``python -m hivemem serve``)."""
+
+from hivemem.cli import main
+
+main()
