@@ -1,9 +1,10 @@
 """Preparing the model: export to ONNX once, verify it, and pick the default variant by measurement.
 
 ``prepare_model()`` (CLI: ``hivemem model prepare``; ``main()`` in a child process when the engine
-finds no current export: ``hivemem.embed.model.prepared_manifest``) runs once per machine and user. It needs torch (the ``export`` extra); afterwards
-the serving path needs only onnxruntime + tokenizers + numpy and reads the result through
-``hivemem.embed.model`` (which never imports this module).
+finds no current export: ``hivemem.embed.model.prepared_manifest``) runs once per machine and user.
+It needs torch (the ``export`` extra); afterwards the serving path needs only onnxruntime +
+tokenizers + numpy and reads the result through ``hivemem.embed.model`` (which never imports this
+module).
 Each variant is checked against the reference sentence-transformers output on a held-out corpus
 before it is accepted, because a quantised model can look fine on cosine and still reorder
 neighbours (see ``docs/quantization.md``). The result is a directory with the ONNX files, the
