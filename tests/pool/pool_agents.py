@@ -162,3 +162,22 @@ def healing_factory(flag: str) -> Agent:
 def hanging_factory(seconds: float = 3600.0) -> Agent:
     time.sleep(seconds)
     return Agent()
+
+
+def fork_then(_obj: Any, pid_file: str, then: str) -> int:
+    """User code that forks a child which hangs (its pid goes to ``pid_file``), then hangs itself
+    (``"hang"``), dies (``"crash"``) or returns the child's pid (``"return"``)."""
+    import signal
+
+    child = os.fork()
+    if child == 0:  # the user's child: hangs for ten minutes
+        try:
+            time.sleep(600)
+        finally:
+            os._exit(0)
+    Path(pid_file).write_text(str(child))
+    if then == "hang":
+        time.sleep(600)
+    elif then == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return child
