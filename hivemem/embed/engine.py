@@ -25,7 +25,7 @@ import numpy as np
 from hivemem.embed.cache import EmbeddingCache
 from hivemem.embed.protocol import Backend
 from hivemem.embed.queue import MicroBatcher
-from hivemem.embed.validate import check_text, check_texts
+from hivemem.embed.validate import check_text, check_texts, model_input
 
 BackendName = Literal["onnx", "sentence-transformers", "openai"]
 
@@ -210,7 +210,7 @@ class Embedder:
             return 0
         tokenizer = getattr(self.backend, "tokenizer", None)
         if tokenizer is not None:
-            return sum(len(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=True))
+            return sum(len(e.ids) for e in model_input(tokenizer, list(texts)))
         return sum(len(t.split()) for t in texts)
 
     def _encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from hivemem.embed.model import DIM, MAX_TOKENS
+from hivemem.embed.validate import model_input
 
 
 def load_tokenizer(path: Path, max_tokens: int = MAX_TOKENS) -> Tokenizer:
@@ -103,11 +104,12 @@ class OnnxBackend:
         self._pool_pid = 0
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Vectors for ``texts`` in input order; longer texts are truncated and counted."""
+        """Vectors for ``texts`` in input order; longer texts are truncated and counted (each is
+        tokenized from a prefix that covers the model's window: ``validate.model_input``)."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        encodings = model_input(self.tokenizer, texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         self.truncated += sum(1 for e in encodings if e.overflowing)
         self.last_tokens = lengths

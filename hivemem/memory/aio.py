@@ -62,8 +62,8 @@ class AsyncMemory:
     async def delete_all(self, **kwargs: Any) -> dict[str, str]:
         return await asyncio.to_thread(self.sync.delete_all, **kwargs)
 
-    async def history(self, memory_id: str) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.sync.history, memory_id)
+    async def history(self, memory_id: str, **scope: Any) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.sync.history, memory_id, **scope)
 
     async def reset(self) -> None:
         await asyncio.to_thread(self.sync.reset)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hivemem.embed.validate import check_length
 from hivemem.errors import LimitExceeded
 
 ENTITIES = ("user_id", "agent_id", "run_id")
@@ -59,6 +60,36 @@ class NewMemory:
     metadata: str  # JSON text
     created_at: str
     given_id: bool = False  # the caller chose ``id``: it must not silently become another one
+
+
+# Ids are never reused across scopes: a caller-chosen id that any history event (kept after the
+# memory is deleted) records under another scope, or under an unknown one, is refused. The
+# statement below gives the history rows of files and schemas made before events kept their
+# scope the scope of their memory — only the events after the id's last DELETE, which belong to
+# the memory stored now; older ones stay unknown (NULL): no scope may reuse such an id, and
+# only an unscoped ``history()`` shows them.
+BACKFILL_SCOPES = (
+    "UPDATE {history} SET scope = (SELECT m.scope FROM {memories} m WHERE m.id = {history}.memory_id)"
+    " WHERE scope IS NULL AND seq > coalesce((SELECT max(d.seq) FROM {history} d"
+    " WHERE d.memory_id = {history}.memory_id AND d.event = 'DELETE'), 0)"
+)
+
+
+def reused_id(memory_id: str) -> ValueError:
+    """The refusal of a caller-chosen id that another scope has used (see ``BACKFILL_SCOPES``)."""
+    return ValueError(
+        f"memory id {memory_id!r} was used by another user/agent/run (the history keeps it after a "
+        "delete, and ids are never reused across scopes); choose another id"
+    )
+
+
+def in_scope(scope: str | None, entities: dict[str, str]) -> bool:
+    """Whether an event recorded with ``scope`` (a ``scope_key``; None: unknown) belongs to a
+    scope with ``entities`` (``{"user_id": …}``, any of the three ``ENTITIES``)."""
+    if scope is None:
+        return False
+    ids = dict(zip(ENTITIES, json.loads(scope), strict=True))
+    return all(ids[name] == value for name, value in entities.items())
 
 
 def now() -> str:
@@ -184,18 +215,26 @@ def check_memory_id(memory_id: Any, where: str = "") -> str:
     return memory_id
 
 
-def check_text(text: Any, where: str) -> str:
+def check_text(text: Any, where: str, *, embedded: bool = False) -> str:
+    """A non-empty, storable text; ``embedded``: one the model will embed, so also at most
+    ``MAX_TEXT_CHARS`` long (``hivemem.embed.validate``; infer=True conversations are bounded by
+    ``infer.MAX_CONVERSATION_CHARS`` instead)."""
     if not isinstance(text, str):
         raise TypeError(f"{where} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise ValueError(f"{where} is empty")
+    if embedded:
+        check_length(text, where)
     return check_unicode(text, where)
 
 
-def normalize_messages(messages: Any, where: str = "") -> list[tuple[str, str, str | None]]:
-    """``messages`` as Mem0 takes them → ``[(content, role, actor name)]``, system turns dropped."""
+def normalize_messages(
+    messages: Any, where: str = "", *, embedded: bool = False
+) -> list[tuple[str, str, str | None]]:
+    """``messages`` as Mem0 takes them → ``[(content, role, actor name)]``, system turns dropped
+    (``embedded``: see ``check_text``)."""
     if isinstance(messages, str):
-        return [(check_text(messages, f"{where}messages"), "user", None)]
+        return [(check_text(messages, f"{where}messages", embedded=embedded), "user", None)]
     if isinstance(messages, dict):
         messages = [messages]
     if not isinstance(messages, list | tuple):
@@ -212,7 +251,9 @@ def normalize_messages(messages: Any, where: str = "") -> list[tuple[str, str, s
         if not isinstance(role, str) or not role:
             raise ValueError(f"{at} needs a 'role' string (user, assistant, system, …)")
         check_unicode(role, f"{at}['role']")
-        content = check_text(message.get("content"), f"{at}['content']")
+        content = check_text(
+            message.get("content"), f"{at}['content']", embedded=embedded and role != "system"
+        )
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{at}['name'] must be a string")
@@ -246,7 +287,7 @@ def prepare(
     meta = check_metadata(metadata, where)
     scope = scope_key(ids["user_id"], ids["agent_id"], ids["run_id"])
     stamp = now()
-    turns = normalize_messages(messages, where)
+    turns = normalize_messages(messages, where, embedded=True)
     if id is not None:
         id = check_memory_id(id, where)
         if len(turns) != 1:

@@ -366,7 +366,7 @@ class Memory:
         meta = check_metadata(metadata) if metadata is not None else None
         vector = hash_ = None
         if text is not None:
-            text = check_text(text, "text")
+            text = check_text(text, "text", embedded=True)
             if self._storage.get(memory_id) is None:
                 raise MemoryNotFound(f"Memory with id {memory_id} not found")
             vector, hash_ = self.embedder.embed([text])[0], content_hash(text)
@@ -451,7 +451,7 @@ class Memory:
         ``reranker`` given to ``Memory`` and returns its top ``top_k``. Both backends (SQLite and
         PostgreSQL) have all three modes and rank alike (docs/postgres.md).
         """
-        query = check_text(query, "query")
+        query = check_text(query, "query", embedded=True)
         where = self._where(filters, user_id, agent_id, run_id)
         k = _check_top_k(top_k)
         threshold = _check_threshold(threshold)
@@ -475,9 +475,24 @@ class Memory:
             hits = rr.apply(self._reranker, query, hits, k)
         return {"results": hits}
 
-    def history(self, memory_id: str) -> list[dict[str, Any]]:
-        """Every ADD / UPDATE / DELETE of this id, oldest first (as Mem0's history rows)."""
-        return self._storage.history(_check_id(memory_id))
+    def history(
+        self,
+        memory_id: str,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every ADD / UPDATE / DELETE of this id, oldest first (as Mem0's history rows).
+
+        ``user_id``/``agent_id``/``run_id``: only the events that happened in a scope with these
+        ids (the HTTP API passes the API key's user). An id is never reused across scopes (a
+        caller-chosen id another scope used is refused), so all of an id's events share a scope,
+        except events of files made before history kept scopes (docs/memory.md)."""
+        memory_id = _check_id(memory_id)
+        ids = {n: check_entity(n, v) for n, v in zip(ENTITIES, (user_id, agent_id, run_id), strict=True)}
+        scope = {k: v for k, v in ids.items() if v is not None}
+        return self._storage.history(memory_id, scope or None)
 
     def count(self) -> int:
         return self._storage.count()

@@ -129,7 +129,12 @@ def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: tup
 
 def main(conn: Connection, factory_blob: bytes) -> None:
     """Entry point of a worker process (started with the forkserver or spawn context)."""
-    # Ctrl-C reaches the whole process group; the parent decides what stops, not each worker.
+    # Its own session and process group, whose id is this pid: whatever the user's code starts
+    # (subprocesses, forks) joins it, and the pool kills the whole group with the worker — on a
+    # call timeout, a crash, or close() (``workers.kill_group``). A new session, not only a group:
+    # no controlling terminal, so a worker writing to one is never stopped by job control.
+    os.setsid()
+    # Ctrl-C reaches the terminal's process group; the parent decides what stops, not each worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     started = time.perf_counter()
     try:

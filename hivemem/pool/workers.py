@@ -60,6 +60,17 @@ def rss_bytes(pid: int) -> int | None:
         return None
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process left in a worker's process group (``_child.main`` made it, with the
+    worker's pid as its id): children of the user's code die with their worker instead of living
+    on under pid 1. Called right after the worker was joined: while any process of the group
+    lives, its id stays in use and names no other group; only an empty group's id could have been
+    handed to a new group leader, which needs the pid counter to wrap around in between. A child
+    that made a session of its own (a daemon) has left the group and is not reached."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _fn_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -334,6 +345,7 @@ class ProcessSlot(Slot):
         if proc.is_alive():
             proc.kill()
             proc.join()
+        kill_group(proc.pid)  # what the user's code started dies with the worker
         with contextlib.suppress(Exception):
             conn.close()
         with contextlib.suppress(Exception):

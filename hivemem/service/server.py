@@ -3,9 +3,18 @@ same loop.
 
 Threads: the event loop reads and writes frames for every connection; model compute runs on the
 engine's queue thread(s). A connection's requests run as independent tasks, so one slow or dead
-client only ever stalls its own replies. Lifecycle: a pid file locked for the service's whole life
-proves a socket file is not stale; SIGTERM/SIGINT (or a SHUTDOWN frame) stop accepting, finish
-in-flight requests, drain the queue, then remove the socket.
+client only ever stalls its own replies.
+
+Per-client bounds (the socket is the user's own, but one careless process must not stall the
+others): a frame must arrive whole within ``read_timeout`` of its header, else the connection is
+dropped with what it sent so far (a frame that declared 32 MiB and stalled held it forever); and
+one connection may have at most ``max_conn_texts`` texts in flight — past that the service stops
+reading its frames until replies went out, so a client that pipelines thousands of texts without
+reading its replies waits on itself instead of filling the queue every other client shares.
+
+Lifecycle: a pid file locked for the service's whole life proves a socket file is not stale;
+SIGTERM/SIGINT (or a SHUTDOWN frame) stop accepting, finish in-flight requests, drain the queue,
+then remove the socket.
 
 Companions: servers that share the engine from the same process — ``hivemem serve --http`` runs the
 HTTP application (``hivemem.http.server.HttpServer``) as one. The service knows them only through
@@ -52,6 +61,8 @@ class ServiceConfig:
     idle_timeout: float = 0.0  # seconds without any connected client before exiting; 0 = never
     max_frame: int = wire.DEFAULT_MAX_FRAME
     write_timeout: float = 30.0
+    read_timeout: float = 30.0  # seconds from a frame's header to its last payload byte
+    max_conn_texts: int | None = None  # texts one connection may have in flight; None: max_pending // 4
     cache: bool = True
     # How this service was started (``spawn.start_command``): recorded next to the socket while it
     # runs, so that a replacement after kill -9 comes back with the same options. None: not recorded.
@@ -248,6 +259,8 @@ class Service:
             writer.close()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cap = self.config.max_conn_texts or max(1, self.config.max_pending // 4)
+        flight = _InFlight(cap)
         while True:
             try:
                 head = await reader.readexactly(wire.HEADER_SIZE)
@@ -263,19 +276,30 @@ class Service:
                 code = wire.E_TOO_LARGE if isinstance(exc, FrameTooLarge) else wire.E_MALFORMED
                 await self._refuse(writer, 0, code, str(exc))
                 return
-            payload = await reader.readexactly(length)
+            try:
+                async with asyncio.timeout(self.config.read_timeout):
+                    payload = await reader.readexactly(length)
+            except TimeoutError:
+                await self._refuse(
+                    writer, rid, wire.E_MALFORMED,
+                    f"a frame of {length} bytes did not arrive within {self.config.read_timeout:g} s",
+                )  # fmt: skip
+                return
             if ftype == wire.EMBED:
                 try:
                     texts = wire.decode_texts(payload)
                 except ProtocolError as exc:
                     await self._refuse(writer, rid, wire.E_MALFORMED, str(exc))
                     return
+                del payload  # the texts are decoded: do not keep the frame while waiting below
                 if self.closing:
                     self._send_error(writer, rid, wire.E_SHUTTING_DOWN, "the service is shutting down")
                     continue
+                await flight.room(len(texts))  # not reading meanwhile: the client waits on itself
                 task = asyncio.create_task(self._embed(writer, rid, texts))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
+                task.add_done_callback(flight.done(len(texts)))
             elif ftype == wire.HELLO:
                 info = {"pid": os.getpid(), "model_id": self.engine.model_id, "dim": self.engine.dim}
                 writer.write(wire.frame(wire.WELCOME, rid, wire.encode_json(info)))
@@ -326,6 +350,29 @@ class Service:
         self._send_error(writer, rid, code, message)
         with contextlib.suppress(ConnectionError, TimeoutError):
             await asyncio.wait_for(writer.drain(), 5)
+
+
+class _InFlight:
+    """The texts one connection has in flight (admitted, computing, or replies not yet written),
+    at most ``cap``; a request larger than that goes alone."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.texts = 0
+        self._changed = asyncio.Event()
+
+    async def room(self, n: int) -> None:
+        while self.texts and self.texts + n > self.cap:
+            self._changed.clear()
+            await self._changed.wait()
+        self.texts += n
+
+    def done(self, n: int) -> Callable[[Any], None]:
+        def release(_task: Any) -> None:
+            self.texts -= n
+            self._changed.set()
+
+        return release
 
 
 def serve(config: ServiceConfig, companions: Sequence[Companion] = ()) -> None:

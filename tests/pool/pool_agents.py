@@ -176,3 +176,22 @@ def fails_for_one_worker(claim: str) -> Agent:
 
 def double_item(agent: Agent, item: dict[str, Any]) -> int:
     return 2 * item["x"]
+
+
+def fork_then(_obj: Any, pid_file: str, then: str) -> int:
+    """User code that forks a child which hangs (its pid goes to ``pid_file``), then hangs itself
+    (``"hang"``), dies (``"crash"``) or returns the child's pid (``"return"``)."""
+    import signal
+
+    child = os.fork()
+    if child == 0:  # the user's child: hangs for ten minutes
+        try:
+            time.sleep(600)
+        finally:
+            os._exit(0)
+    Path(pid_file).write_text(str(child))
+    if then == "hang":
+        time.sleep(600)
+    elif then == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return child

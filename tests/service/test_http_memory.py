@@ -285,3 +285,28 @@ def test_keys_file_is_validated(tmp_path: Path) -> None:
             load_keys(path)
     with pytest.raises(ValueError, match="cannot read keys file"):
         load_keys(tmp_path / "missing.json")
+
+
+def test_history_route_shows_only_the_keys_user(model_home: Path, local_embedder, tmp_path: Path) -> None:
+    """Issue 26 (8): a store made before events kept their scope, holding the leak itself (alice's
+    id deleted, then given to bob): bob's key reads only bob's events; an admin reads them all."""
+    import sqlite3
+
+    from hivemem import Memory
+
+    path = tmp_path / "old.sqlite"
+    with Memory(path, embedder=local_embedder) as m:
+        m.add_batch([{"messages": "alice's diagnosis", "user_id": "alice", "id": "doc"}])
+        m.delete("doc")
+        m.add_batch([{"messages": "bob's note", "user_id": "bob", "id": "doc2"}])
+    with sqlite3.connect(path) as db:  # what the old code let happen, in the old layout
+        db.execute("ALTER TABLE history DROP COLUMN scope")
+        db.execute("UPDATE memories SET id = 'doc' WHERE id = 'doc2'")
+        db.execute("UPDATE history SET memory_id = 'doc' WHERE memory_id = 'doc2'")
+    with http_service(model_home, memory=str(path)) as svc, httpx.Client(base_url=svc["url"]) as c:
+        mine = c.get("/v1/memories/doc/history", headers=BOB)
+        assert mine.status_code == 200
+        assert [(h["event"], h["new_memory"]) for h in mine.json()] == [("ADD", "bob's note")]
+        everything = c.get("/v1/memories/doc/history", headers=ADMIN).json()
+        assert [h["event"] for h in everything] == ["ADD", "DELETE", "ADD"]
+        assert c.get("/v1/memories/doc/history", headers=ALICE).status_code == 403

@@ -106,7 +106,12 @@ class Storage(Protocol):
 
     def delete_where(self, where: Node) -> int: ...
 
-    def history(self, memory_id: str) -> builtins.list[dict[str, Any]]: ...
+    def history(
+        self, memory_id: str, entities: dict[str, str] | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Events of ``memory_id``, oldest first; with ``entities`` only those of a scope with
+        these ids (``records.in_scope``: events of an unknown scope are left out)."""
+        ...
 
     def count(self) -> int: ...
 

@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from hivemem.errors import PgVectorMissing
+from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
 from hivemem.memory.storage import pgarrays, pgindex, pgkeyword, pglower
@@ -95,7 +96,9 @@ INDEX_MIN = 5_000
 SEARCH_MODES = ("local", "server", "hnsw")
 LARGE_TTL = 30.0  # seconds a filter known to match INDEX_MIN rows or more is believed to still do
 
-LAYOUT = "1"  # the version of the tables below; a store of another layout is refused
+LAYOUT = "2"  # the version of the tables below; a store of another layout is refused
+# Older layouts this code brings up to date in place (1 → 2: history events keep their scope).
+_UPGRADES = ("1",)
 _TABLES = """
 CREATE SCHEMA IF NOT EXISTS {ns};
 CREATE TABLE IF NOT EXISTS {ns}.memories (
@@ -126,8 +129,10 @@ CREATE TABLE IF NOT EXISTS {ns}.history (
     event text NOT NULL,
     created_at text, updated_at text,
     is_deleted boolean NOT NULL DEFAULT false,
-    actor_id text, role text
+    actor_id text, role text,
+    scope text COLLATE "C"  -- the memory's scope when the event happened (NULL: unknown, layout 1)
 );
+ALTER TABLE {ns}.history ADD COLUMN IF NOT EXISTS scope text COLLATE "C";
 CREATE INDEX IF NOT EXISTS history_memory ON {ns}.history (memory_id);
 CREATE INDEX IF NOT EXISTS history_id ON {ns}.history (id);
 CREATE TABLE IF NOT EXISTS {ns}.meta (key text PRIMARY KEY, value text NOT NULL);
@@ -183,7 +188,7 @@ def redact(conninfo: str) -> str:
 
 def _history_rows(rows: list[tuple]) -> list[list[Any]]:
     """Columns (as lists) of history rows, for ``unnest``."""
-    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(10)]
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(11)]
 
 
 class PostgresStorage:
@@ -295,6 +300,12 @@ class PostgresStorage:
         """This schema's tables, ``hm_lower`` and the keyword index (caller holds the schema's lock)."""
         with conn.transaction():
             conn.execute(_TABLES.format(ns=self._ns))
+            layout = conn.execute(f"SELECT value FROM {self._ns}.meta WHERE key = 'layout'").fetchone()
+            if layout is not None and layout[0] in _UPGRADES:
+                ns = self._ns
+                conn.execute(
+                    records.BACKFILL_SCOPES.format(history=f"{ns}.history", memories=f"{ns}.memories")
+                )
             conn.execute(
                 f"INSERT INTO {self._ns}.meta (key, value) VALUES ('layout', %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -327,7 +338,7 @@ class PostgresStorage:
             return False
         except self._psycopg.errors.InvalidSchemaName:
             return False
-        if rows.get("layout") not in (None, LAYOUT):
+        if rows.get("layout") not in (None, LAYOUT, *_UPGRADES):
             raise ValueError(
                 f"{self.location} was made by another version of hivemem (table layout {rows['layout']}, "
                 f"this one writes {LAYOUT}): move it with hivemem memory export | import"
@@ -512,8 +523,8 @@ class PostgresStorage:
         restoring = any(r[2] is not None for r in rows)
         conflict = "" if restoring else "(scope, hash)"  # restore: an existing id is skipped too
         history = "" if restoring else (
-            f", h AS (INSERT INTO {ns}.history ({_HISTORY}) SELECT gen_random_uuid()::text, id, NULL, memory,"
-            " 'ADD', created_at, created_at, false, actor_id, role FROM ins)"
+            f", h AS (INSERT INTO {ns}.history ({_HISTORY}, scope) SELECT gen_random_uuid()::text, id, NULL,"
+            " memory, 'ADD', created_at, created_at, false, actor_id, role, scope FROM ins)"
         )  # fmt: skip
         added: set[str] = set()
         found: dict[tuple[str, str], str] = {}
@@ -539,7 +550,7 @@ class PostgresStorage:
                 " agent_id, run_id, actor_id, role, metadata, created_at, updated_at, vec, code, scale)"
                 " SELECT o.rid, id, scope, hash, memory, user_id, agent_id, run_id, actor_id, role, metadata,"
                 " created_at, updated_at, vec, code, scale FROM u JOIN o ON o.pos = u.pos ORDER BY u.ord"
-                f" ON CONFLICT {conflict} DO NOTHING RETURNING id, memory, created_at, actor_id, role)"
+                f" ON CONFLICT {conflict} DO NOTHING RETURNING id, memory, created_at, actor_id, role, scope)"
                 f"{history} SELECT id FROM ins",
                 [f"{ns}.memories", len(rows), *cols, pgarrays.Vectors(vectors), pgarrays.Bytes(codes),
                  pgarrays.Reals(scales)],
@@ -555,6 +566,15 @@ class PostgresStorage:
                 break
         else:
             raise RuntimeError("could not insert the batch: its rows kept conflicting with changing rows")
+        given = [m for m, _, _ in rows if m.given_id and m.id in added]
+        if given:  # after the insert, in its transaction: a concurrent delete cannot slip between
+            reused = conn.execute(
+                f"SELECT g.id FROM unnest(%s::text[], %s::text[]) AS g(id, scope) JOIN {ns}.history h"
+                " ON h.memory_id = g.id WHERE h.scope IS DISTINCT FROM g.scope LIMIT 1",
+                ([m.id for m in given], [m.scope for m in given]),
+            ).fetchone()
+            if reused:
+                raise records.reused_id(reused[0])
         events: list[tuple] = []
         results: list[tuple[str, str]] = []
         for m, _, restored in rows:
@@ -576,12 +596,14 @@ class PostgresStorage:
         return {(s, h): i for s, h, i in rows}
 
     def _insert_history(self, conn: Any, rows: list[tuple]) -> None:
+        """Insert events: rows of the ``_HISTORY`` columns followed by the scope."""
         if not rows:
             return
         conn.execute(
-            f"INSERT INTO {self._ns}.history ({_HISTORY}) SELECT {_HISTORY} FROM unnest(%s::text[],"
-            " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],"
-            f" %s::text[], %s::text[]) WITH ORDINALITY AS u({_HISTORY}, ord) ORDER BY ord",
+            f"INSERT INTO {self._ns}.history ({_HISTORY}, scope) SELECT {_HISTORY}, scope FROM unnest("
+            "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+            f" %s::boolean[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS u({_HISTORY}, scope,"
+            " ord) ORDER BY ord",
             _history_rows(rows),
         )
 
@@ -632,7 +654,8 @@ class PostgresStorage:
                 )
             new = text if text is not None else old
             self._insert_history(
-                conn, [(str(uuid.uuid4()), memory_id, old, new, "UPDATE", stamp, stamp, False, actor, role)]
+                conn,
+                [(str(uuid.uuid4()), memory_id, old, new, "UPDATE", stamp, stamp, False, actor, role, scope)],
             )
 
         try:
@@ -644,14 +667,17 @@ class PostgresStorage:
         ns, stamp = self._ns, now()
         rows = conn.execute(
             f"DELETE FROM {ns}.memories WHERE rid IN (SELECT rid FROM {ns}.memories WHERE {where}"
-            " ORDER BY rid FOR UPDATE) RETURNING id, memory, actor_id, role, rid",
+            " ORDER BY rid FOR UPDATE) RETURNING id, memory, actor_id, role, rid, scope",
             params,
         ).fetchall()
         if rows:
             self._tombstones(conn, [r[4] for r in rows])
         self._insert_history(
             conn,
-            [(str(uuid.uuid4()), i, m, None, "DELETE", stamp, stamp, True, a, r) for i, m, a, r, _ in rows],
+            [
+                (str(uuid.uuid4()), i, m, None, "DELETE", stamp, stamp, True, a, r, s)
+                for i, m, a, r, _, s in rows
+            ],
         )
         return len(rows)
 
@@ -725,15 +751,20 @@ class PostgresStorage:
             self._insert_history(
                 conn,
                 [(str(uuid.uuid4()), m.id, None, m.memory, "ADD", m.created_at, m.created_at, False,
-                  m.actor_id, m.role) for m, _, _ in rows if m.id in added and m.id not in described],
+                  m.actor_id, m.role, m.scope)
+                 for m, _, _ in rows if m.id in added and m.id not in described],
             )  # fmt: skip
-            events = [tuple(h.get(c) for c in _HISTORY.split(", ")) for h in history]
+            scopes = {m.id: m.scope for m in memories}  # events of deleted memories: unknown (NULL)
+            events = [
+                (*(h.get(c) for c in _HISTORY.split(", ")), scopes.get(h["memory_id"])) for h in history
+            ]
             if events:
                 conn.execute(
-                    f"INSERT INTO {ns}.history ({_HISTORY}) SELECT {_HISTORY} FROM unnest(%s::text[],"
-                    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],"
-                    f" %s::text[], %s::text[]) WITH ORDINALITY AS u({_HISTORY}, ord)"
-                    f" WHERE NOT EXISTS (SELECT 1 FROM {ns}.history h WHERE h.id = u.id) ORDER BY ord",
+                    f"INSERT INTO {ns}.history ({_HISTORY}, scope) SELECT {_HISTORY}, scope FROM unnest("
+                    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+                    f" %s::boolean[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS u({_HISTORY},"
+                    f" scope, ord) WHERE NOT EXISTS (SELECT 1 FROM {ns}.history h WHERE h.id = u.id)"
+                    " ORDER BY ord",
                     _history_rows([(*e[:7], bool(e[7]), *e[8:]) for e in events]),
                 )
             out = dict(zip(keep, stored, strict=True))
@@ -759,8 +790,22 @@ class PostgresStorage:
             ).fetchall()
         return [_record(r) for r in rows]
 
-    def history(self, memory_id: str) -> builtins.list[dict[str, Any]]:
-        return self.histories([memory_id]).get(memory_id, [])
+    def history(
+        self, memory_id: str, entities: dict[str, str] | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Events of ``memory_id``, oldest first; with ``entities`` only those of a scope with
+        these ids (``records.in_scope``)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_HISTORY}, scope FROM {self._ns}.history WHERE memory_id = %s ORDER BY seq",
+                (memory_id,),
+            ).fetchall()
+        keys = _HISTORY.split(", ")
+        return [
+            dict(zip(keys, r[:-1], strict=True))
+            for r in rows
+            if entities is None or records.in_scope(r[-1], entities)
+        ]
 
     def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
 from hivemem.memory.storage import fts, vectorindex
@@ -71,7 +72,8 @@ CREATE TABLE IF NOT EXISTS history (
     event TEXT NOT NULL,
     created_at TEXT, updated_at TEXT,
     is_deleted INTEGER NOT NULL DEFAULT 0,
-    actor_id TEXT, role TEXT
+    actor_id TEXT, role TEXT,
+    scope TEXT  -- the memory's scope when the event happened (NULL: unknown, from an older file)
 );
 CREATE INDEX IF NOT EXISTS history_memory ON history(memory_id);
 CREATE INDEX IF NOT EXISTS history_id ON history(id);
@@ -182,6 +184,9 @@ class SQLiteStorage:
             try:
                 for statement in _SCHEMA.split(";\n"):
                     db.execute(statement)
+                if "scope" not in {r[1] for r in db.execute("PRAGMA table_info(history)")}:
+                    db.execute("ALTER TABLE history ADD COLUMN scope TEXT")
+                    db.execute(records.BACKFILL_SCOPES.format(history="history", memories="memories"))
                 fts.ensure_schema(db)
                 db.execute("COMMIT")
             except BaseException:
@@ -385,10 +390,18 @@ class SQLiteStorage:
                     f"memory id {m.id!r} is already taken by another memory; update or delete that one"
                 ) from None
             if cur.rowcount == 1:
+                if (
+                    m.given_id
+                    and db.execute(  # an id another scope used: never again (records)
+                        "SELECT 1 FROM history WHERE memory_id = ? AND (scope IS NULL OR scope != ?) LIMIT 1",
+                        (m.id, m.scope),
+                    ).fetchone()
+                ):
+                    raise records.reused_id(m.id)
                 results.append((m.id, "ADD"))
                 history.append(
                     (str(uuid.uuid4()), m.id, None, m.memory, "ADD", m.created_at, m.created_at, 0,
-                     m.actor_id, m.role)
+                     m.actor_id, m.role, m.scope)
                 )  # fmt: skip
             else:
                 row = db.execute(
@@ -398,7 +411,7 @@ class SQLiteStorage:
         if history:
             db.executemany(
                 "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at,"
-                " updated_at, is_deleted, actor_id, role) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " updated_at, is_deleted, actor_id, role, scope) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 history,
             )
             self._bump(db, rewrite=False)
@@ -439,7 +452,7 @@ class SQLiteStorage:
                 )
             db.execute(
                 "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at, updated_at,"
-                " is_deleted, actor_id, role) VALUES (?,?,?,?,'UPDATE',?,?,0,?,?)",
+                " is_deleted, actor_id, role, scope) VALUES (?,?,?,?,'UPDATE',?,?,0,?,?,?)",
                 (
                     str(uuid.uuid4()),
                     memory_id,
@@ -449,6 +462,7 @@ class SQLiteStorage:
                     stamp,
                     actor,
                     role,
+                    scope,
                 ),
             )
             if text is not None:
@@ -462,8 +476,8 @@ class SQLiteStorage:
         db.executemany("DELETE FROM memories WHERE rid = ?", [(r[4],) for r in rows])
         db.executemany(
             "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at, updated_at,"
-            " is_deleted, actor_id, role) VALUES (?,?,?,NULL,'DELETE',?,?,1,?,?)",
-            [(str(uuid.uuid4()), r[0], r[1], stamp, stamp, r[2], r[3]) for r in rows],
+            " is_deleted, actor_id, role, scope) VALUES (?,?,?,NULL,'DELETE',?,?,1,?,?,?)",
+            [(str(uuid.uuid4()), r[0], r[1], stamp, stamp, r[2], r[3], r[5]) for r in rows],
         )
         if rows:
             self._log_changes(db, [r[4] for r in rows])
@@ -472,7 +486,7 @@ class SQLiteStorage:
     def delete(self, memory_id: str) -> bool:
         with self._write() as db:
             rows = db.execute(
-                "SELECT id, memory, actor_id, role, rid FROM memories WHERE id = ?", (memory_id,)
+                "SELECT id, memory, actor_id, role, rid, scope FROM memories WHERE id = ?", (memory_id,)
             ).fetchall()
             deleted = self._delete_rows(db, rows)
         self._after_write()
@@ -482,7 +496,7 @@ class SQLiteStorage:
         sql, params = compile_where(where)
         with self._write() as db:
             rows = db.execute(
-                f"SELECT id, memory, actor_id, role, rid FROM memories WHERE {sql}", params
+                f"SELECT id, memory, actor_id, role, rid, scope FROM memories WHERE {sql}", params
             ).fetchall()
             deleted = self._delete_rows(db, rows)
         self._after_write()
@@ -513,15 +527,19 @@ class SQLiteStorage:
         )
         return [_record(r) for r in rows]
 
-    def history(self, memory_id: str) -> builtins.list[dict[str, Any]]:
+    def history(
+        self, memory_id: str, entities: dict[str, str] | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Events of ``memory_id``, oldest first; with ``entities`` (e.g. ``{"user_id": "bob"}``)
+        only those that happened in a scope with these ids (``records.in_scope``)."""
         rows = self._db().execute(
-            "SELECT id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted,"
-            " actor_id, role FROM history WHERE memory_id = ? ORDER BY seq",
-            (memory_id,),
+            f"SELECT {_HISTORY}, scope FROM history WHERE memory_id = ? ORDER BY seq", (memory_id,)
         )
-        keys = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
-                "is_deleted", "actor_id", "role")  # fmt: skip
-        return [{**dict(zip(keys, r, strict=True)), "is_deleted": bool(r[7])} for r in rows]
+        return [
+            {**dict(zip(_HISTORY_KEYS, r[:-1], strict=True)), "is_deleted": bool(r[7])}
+            for r in rows
+            if entities is None or records.in_scope(r[-1], entities)
+        ]
 
     def count(self) -> int:
         return self._db().execute("SELECT count(*) FROM memories").fetchone()[0]
@@ -587,10 +605,11 @@ class SQLiteStorage:
             )
             cols = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
                     "is_deleted", "actor_id", "role")  # fmt: skip
+            scopes = {m.id: m.scope for m in memories}  # events of deleted memories: unknown (NULL)
             db.executemany(
-                f"INSERT INTO history ({', '.join(cols)}) SELECT {', '.join('?' * len(cols))}"
+                f"INSERT INTO history ({', '.join(cols)}, scope) SELECT {', '.join('?' * len(cols))}, ?"
                 " WHERE NOT EXISTS (SELECT 1 FROM history WHERE id = ?)",
-                [(*(h.get(c) for c in cols), h["id"]) for h in history],
+                [(*(h.get(c) for c in cols), scopes.get(h["memory_id"]), h["id"]) for h in history],
             )
         self._after_write()
         out = dict(zip(keep, stored, strict=True))
