@@ -22,9 +22,10 @@ demo: install
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
 
-# The inner loop: no model export, no torch, no PostgreSQL (see tests/conftest.py). tests/fast_guard
-# makes every process of the run fail on importing torch or the PostgreSQL wheel.
-FAST := fast and not model and not pg
+# The inner loop: no model export, no torch, no PostgreSQL, no slow multi-process test (see
+# tests/conftest.py). tests/fast_guard makes every process of the run fail on importing torch or
+# the PostgreSQL wheel.
+FAST := fast and not slow and not model and not pg
 test-fast: install
 	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR)/tests/fast_guard$${PYTHONPATH:+:$$PYTHONPATH} \
 		$(PY) -m pytest -q -ra -m "$(FAST)"

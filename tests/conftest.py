@@ -6,11 +6,12 @@ whose ``models`` links to it, so no test ever touches the user's cache or databa
 
 PostgreSQL tests get a server from ``pg_dsn`` and a private schema of it from ``pg_url``.
 
-The fast loop (``make test-fast``) selects ``-m "fast and not model and not pg"``: ``fast`` is set by
-hand on the modules or tests that need neither the model, torch nor PostgreSQL; ``model`` and ``pg``
-are added here from the fixtures a test uses (or set by hand on a test that embeds without one). The
-model is exported and linked only when a selected test may need it, and PostgreSQL starts only when
-a test asks for ``pg_dsn``, so the fast loop runs in an empty home with neither.
+The fast loop (``make test-fast``) selects ``-m "fast and not slow and not model and not pg"``:
+``fast`` is set by hand on the modules or tests that need neither the model, torch nor PostgreSQL;
+``model`` and ``pg`` are added here from the fixtures a test uses (or set by hand on a test that
+embeds without one). The model is exported and linked only when a selected test may need it, and
+PostgreSQL starts only when a test asks for ``pg_dsn``, so the fast loop runs in an empty home
+with neither.
 """
 
 from __future__ import annotations
