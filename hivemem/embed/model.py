@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from hivemem import config
 
@@ -46,21 +47,22 @@ def model_dir(model: str = DEFAULT_MODEL) -> Path:
     return config.models_dir() / model
 
 
-def read_manifest(model: str = DEFAULT_MODEL) -> dict | None:
+def read_manifest(model: str = DEFAULT_MODEL) -> dict[str, Any] | None:
     """The manifest of a prepared model, or None when it has not been prepared."""
     path = model_dir(model) / "manifest.json"
     try:
-        return json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        return manifest
     except FileNotFoundError:
         return None
 
 
-def is_current(manifest: dict) -> bool:
+def is_current(manifest: dict[str, Any]) -> bool:
     """Whether ``manifest`` was written by this version's export recipe."""
     return manifest.get("recipe") == RECIPE
 
 
-def current_manifest(model: str = DEFAULT_MODEL) -> dict | None:
+def current_manifest(model: str = DEFAULT_MODEL) -> dict[str, Any] | None:
     """The manifest of a model prepared by this version's recipe; None when it must be prepared
     (first use, or an older recipe: ``hivemem.embed.prepare.ensure_prepared``)."""
     manifest = read_manifest(model)

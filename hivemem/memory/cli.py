@@ -57,7 +57,7 @@ def _json_opt(text: str | None, what: str) -> Any:
 
 
 def _run(fn: Any) -> Any:
-    from hivemem.memory.infer import LLMError
+    from hivemem.errors import LLMError
 
     try:
         return fn()

@@ -111,7 +111,8 @@ class AsyncServiceClient:
         return self.core.vectors([await self._request(wire.EMBED, p) for p in payloads], len(items))
 
     async def aembed_one(self, text: str) -> np.ndarray:
-        return (await self.aembed([check_text(text)]))[0]
+        one: np.ndarray = (await self.aembed([check_text(text)]))[0]
+        return one
 
     async def astats(self) -> dict[str, Any]:
         """The service's status (pid, model, uptime, queue, cache, clients, metrics)."""
@@ -230,7 +231,8 @@ class AsyncOverThreads:
         return await self.embedder.aembed(texts)
 
     async def aembed_one(self, text: str) -> np.ndarray:
-        return (await self.aembed([check_text(text)]))[0]
+        one: np.ndarray = (await self.aembed([check_text(text)]))[0]
+        return one
 
     async def astats(self) -> dict[str, Any]:
         self._check_open()

@@ -155,7 +155,8 @@ class ServiceClient:
         return self.core.vectors([self._request(wire.EMBED, p) for p in payloads], len(items))
 
     def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([check_text(text)])[0]
+        one: np.ndarray = self.embed([check_text(text)])[0]
+        return one
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         """``embed`` on a worker thread: the event loop is never blocked."""
@@ -165,7 +166,8 @@ class ServiceClient:
         return await asyncio.to_thread(self.embed, items)
 
     async def aembed_one(self, text: str) -> np.ndarray:
-        return (await self.aembed([check_text(text)]))[0]
+        one: np.ndarray = (await self.aembed([check_text(text)]))[0]
+        return one
 
     def stats(self) -> dict[str, Any]:
         """The service's status (pid, model, uptime, queue, cache, clients, metrics)."""
