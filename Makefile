@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hivemem-installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test test-fast bench lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,14 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
+
+# The inner loop: no model export, no torch, no PostgreSQL, no slow multi-process test (see
+# tests/conftest.py). tests/fast_guard makes every process of the run fail on importing torch or
+# the PostgreSQL wheel.
+FAST := fast and not slow and not model and not pg
+test-fast: install
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR)/tests/fast_guard$${PYTHONPATH:+:$$PYTHONPATH} \
+		$(PY) -m pytest -q -ra -m "$(FAST)"
 
 lint: install
 	$(VENV)/bin/ruff check hivemem tests benchmarks

@@ -69,54 +69,55 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hivemem.embed.cache import EmbeddingCache
-    from hivemem.embed.engine import Embedder
-    from hivemem.embed.prepare import prepare_model
-    from hivemem.embed.protocol import EmbedderLike
-    from hivemem.embed.remote import RemoteEmbedder
-    from hivemem.errors import (
-        AlreadyRunning,
-        CallTimeout,
-        DiskFull,
-        EmbedderUnavailable,
-        FrameTooLarge,
-        HivememError,
-        LimitExceeded,
-        LLMError,
-        MemoryNotFound,
-        ModelNotPrepared,
-        NoPostgres,
-        PgVectorMissing,
-        PoolClosed,
-        PoolError,
-        ProtocolError,
-        QueueClosed,
-        QueueFull,
-        RemoteError,
-        RunSetupError,
-        ServiceBusy,
-        ServiceError,
-        ServiceUnavailable,
-        TaskLibraryError,
-        TaskNotFoundError,
-        TaskSourceError,
-        UnknownTaskTypeError,
-        UntrustedService,
-        WorkerCrashed,
-        WorkerExited,
-        WorkerInitError,
-    )
-    from hivemem.memory.aio import AsyncMemory
-    from hivemem.memory.infer import FactExtractor
-    from hivemem.memory.mem0_import import import_mem0
-    from hivemem.memory.rerank import Reranker
-    from hivemem.memory.store import Memory
-    from hivemem.pool.pool import WorkerPool
-    from hivemem.pool.runner import RunSummary, run_parallel
-    from hivemem.service.aclient import aconnect
-    from hivemem.service.client import ServiceClient, connect
-    from hivemem.tasks.convert import convert_tasks
-    from hivemem.tasks.library import TaskLibrary
+    # ``X as X``: re-exported on purpose, for type checkers (mypy --strict: no_implicit_reexport)
+    from hivemem.embed.cache import EmbeddingCache as EmbeddingCache
+    from hivemem.embed.engine import Embedder as Embedder
+    from hivemem.embed.prepare import prepare_model as prepare_model
+    from hivemem.embed.protocol import EmbedderLike as EmbedderLike
+    from hivemem.embed.remote import RemoteEmbedder as RemoteEmbedder
+    from hivemem.errors import AlreadyRunning as AlreadyRunning
+    from hivemem.errors import CallTimeout as CallTimeout
+    from hivemem.errors import DiskFull as DiskFull
+    from hivemem.errors import EmbedderUnavailable as EmbedderUnavailable
+    from hivemem.errors import FrameTooLarge as FrameTooLarge
+    from hivemem.errors import HivememError as HivememError
+    from hivemem.errors import LimitExceeded as LimitExceeded
+    from hivemem.errors import LLMError as LLMError
+    from hivemem.errors import MemoryNotFound as MemoryNotFound
+    from hivemem.errors import ModelNotPrepared as ModelNotPrepared
+    from hivemem.errors import NoPostgres as NoPostgres
+    from hivemem.errors import PgVectorMissing as PgVectorMissing
+    from hivemem.errors import PoolClosed as PoolClosed
+    from hivemem.errors import PoolError as PoolError
+    from hivemem.errors import ProtocolError as ProtocolError
+    from hivemem.errors import QueueClosed as QueueClosed
+    from hivemem.errors import QueueFull as QueueFull
+    from hivemem.errors import RemoteError as RemoteError
+    from hivemem.errors import RunSetupError as RunSetupError
+    from hivemem.errors import ServiceBusy as ServiceBusy
+    from hivemem.errors import ServiceError as ServiceError
+    from hivemem.errors import ServiceUnavailable as ServiceUnavailable
+    from hivemem.errors import TaskLibraryError as TaskLibraryError
+    from hivemem.errors import TaskNotFoundError as TaskNotFoundError
+    from hivemem.errors import TaskSourceError as TaskSourceError
+    from hivemem.errors import UnknownTaskTypeError as UnknownTaskTypeError
+    from hivemem.errors import UntrustedService as UntrustedService
+    from hivemem.errors import WorkerCrashed as WorkerCrashed
+    from hivemem.errors import WorkerExited as WorkerExited
+    from hivemem.errors import WorkerInitError as WorkerInitError
+    from hivemem.memory.aio import AsyncMemory as AsyncMemory
+    from hivemem.memory.infer import FactExtractor as FactExtractor
+    from hivemem.memory.mem0_import import import_mem0 as import_mem0
+    from hivemem.memory.rerank import Reranker as Reranker
+    from hivemem.memory.store import Memory as Memory
+    from hivemem.pool.pool import WorkerPool as WorkerPool
+    from hivemem.pool.runner import RunSummary as RunSummary
+    from hivemem.pool.runner import run_parallel as run_parallel
+    from hivemem.service.aclient import aconnect as aconnect
+    from hivemem.service.client import ServiceClient as ServiceClient
+    from hivemem.service.client import connect as connect
+    from hivemem.tasks.convert import convert_tasks as convert_tasks
+    from hivemem.tasks.library import TaskLibrary as TaskLibrary
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,13 @@ the first run exercises ``hivemem model prepare`` end to end); the tests then ru
 whose ``models`` links to it, so no test ever touches the user's cache or database.
 
 PostgreSQL tests get a server from ``pg_dsn`` and a private schema of it from ``pg_url``.
+
+The fast loop (``make test-fast``) selects ``-m "fast and not slow and not model and not pg"``:
+``fast`` is set by hand on the modules or tests that need neither the model, torch nor PostgreSQL;
+``model`` and ``pg`` are added here from the fixtures a test uses (or set by hand on a test that
+embeds without one). The model is exported and linked only when a selected test may need it, and
+PostgreSQL starts only when a test asks for ``pg_dsn``, so the fast loop runs in an empty home
+with neither.
 """
 
 from __future__ import annotations
@@ -34,11 +41,35 @@ def _prepared_models_dir() -> Path:
     return config.models_dir()
 
 
+# Fixtures whose use means "this test embeds with the real model" / "this test needs PostgreSQL"
+# (``item.fixturenames`` is the whole closure: ``mem`` counts through ``embedder``).
+MODEL_FIXTURES = {"embedder", "model_home", "local_embedder", "local_engine", "hm_service"}
+PG_FIXTURES = {"pg_dsn", "pg_url"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects: the selection sees these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if names & PG_FIXTURES or any(isinstance(v, str) and v == "postgres" for v in params.values()):
+            item.add_marker("pg")
+        if names & MODEL_FIXTURES:
+            item.add_marker("model")
+
+
+def _needs_model(items: list[pytest.Item]) -> bool:
+    """Whether a selected test may embed with the real model: any test not marked ``fast``, or
+    marked ``model``."""
+    return any(item.get_closest_marker("fast") is None or item.get_closest_marker("model") for item in items)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def hivemem_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    models = _prepared_models_dir()
+def hivemem_home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models = _prepared_models_dir() if _needs_model(request.session.items) else None
     home = tmp_path_factory.mktemp("hivemem-home")
-    (home / "models").symlink_to(models, target_is_directory=True)
+    if models is not None:
+        (home / "models").symlink_to(models, target_is_directory=True)
     os.environ["HIVEMEM_HOME"] = str(home)  # inherited by every subprocess a test starts
     return home
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 PACKAGE = Path(__file__).resolve().parents[1] / "hivemem"
 RUN = [
     "hivemem.embed.engine",
@@ -24,6 +26,7 @@ RUN = [
     "hivemem.integrations.langchain",
     "hivemem.integrations.llamaindex",
 ]
+NO_MODEL = {"hivemem.memory.rerank", "hivemem.memory.storage.fts"}  # the rest embed: marked ``model``
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 _PROMPT = re.compile(r"^\s*>>> ", re.MULTILINE)
 
@@ -59,7 +62,9 @@ def fresh_home(tmp_path: Path, hivemem_home: Path, monkeypatch: pytest.MonkeyPat
     yield home
 
 
-@pytest.mark.parametrize("name", RUN)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n in NO_MODEL else pytest.mark.model) for n in RUN]
+)
 def test_examples_run(name: str, fresh_home: Path) -> None:
     module = importlib.import_module(name)
     runner = doctest.DocTestRunner(optionflags=FLAGS)

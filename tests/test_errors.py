@@ -12,6 +12,8 @@ import pytest
 import hivemem
 from hivemem import errors
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 def _tree() -> list[type[BaseException]]:
     return [

@@ -17,6 +17,8 @@ import pytest
 from hivemem.locks import FileLock, locked
 from hivemem.sqlite import Connections, in_chunks
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 def _fds_on(path: Path) -> int:
     """How many descriptors of this process point at ``path`` (or its WAL/SHM files)."""

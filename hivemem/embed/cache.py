@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -230,9 +231,9 @@ class EmbeddingCache:
         if low is not None and high - low + 1 > limit:
             db.execute("DELETE FROM vectors WHERE id <= ?", (high - limit,))
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Entries and bytes on disk (per model) plus this process's hit/miss counters."""
-        out: dict = {
+        out: dict[str, Any] = {
             "path": str(self.path) if self.persistent else None,
             "memory_entries": len(self._lru),
             "hits_memory": self.hits_memory,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -35,7 +36,7 @@ def model_info() -> None:
     _print_manifest(manifest)
 
 
-def _print_manifest(manifest: dict) -> None:
+def _print_manifest(manifest: dict[str, Any]) -> None:
     typer.echo(f"model {manifest['model_id']} ({manifest['dim']}-d), default variant: {manifest['default']}")
     for name, v in manifest["variants"].items():
         limits = manifest["thresholds"]

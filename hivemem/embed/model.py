@@ -15,6 +15,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from hivemem import config
 from hivemem.errors import ModelNotPrepared
@@ -51,21 +52,22 @@ def model_dir(model: str = DEFAULT_MODEL) -> Path:
     return config.models_dir() / model
 
 
-def read_manifest(model: str = DEFAULT_MODEL) -> dict | None:
+def read_manifest(model: str = DEFAULT_MODEL) -> dict[str, Any] | None:
     """The manifest of a prepared model, or None when it has not been prepared."""
     path = model_dir(model) / "manifest.json"
     try:
-        return json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        return manifest
     except FileNotFoundError:
         return None
 
 
-def is_current(manifest: dict) -> bool:
+def is_current(manifest: dict[str, Any]) -> bool:
     """Whether ``manifest`` was written by this version's export recipe."""
     return manifest.get("recipe") == RECIPE
 
 
-def current_manifest(model: str = DEFAULT_MODEL) -> dict | None:
+def current_manifest(model: str = DEFAULT_MODEL) -> dict[str, Any] | None:
     """The manifest of a model prepared by this version's recipe; None when it must be prepared
     (first use, or an older recipe: ``prepared_manifest``)."""
     manifest = read_manifest(model)
@@ -76,7 +78,7 @@ def current_manifest(model: str = DEFAULT_MODEL) -> dict | None:
 _PREPARE_CHILD = "import sys; from hivemem.embed.prepare import main; sys.exit(main(sys.argv[1:]))"
 
 
-def prepared_manifest(model: str = DEFAULT_MODEL) -> dict:
+def prepared_manifest(model: str = DEFAULT_MODEL) -> dict[str, Any]:
     """The current manifest, preparing the model first when there is none.
 
     The one-time export (torch, sentence-transformers, onnx: ~700 MB resident) runs in a separate,

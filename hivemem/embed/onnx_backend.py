@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from hivemem.embed.model import DIM, MAX_TOKENS
 from hivemem.embed.validate import model_input
@@ -39,7 +39,7 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def providers_for(device: str, available: list[str]) -> list:
+def providers_for(device: str, available: list[str]) -> list[str | tuple[str, dict[str, int]]]:
     """ONNX Runtime execution providers for ``device`` ("cpu", "cuda", "cuda:N") given ``available``.
 
     CUDA needs the GPU build of ONNX Runtime (``onnxruntime-gpu``); without it this raises a
@@ -148,7 +148,7 @@ class OnnxBackend:
                 helper.result()  # re-raises a helper's error, after every run has finished
         return out
 
-    def _run(self, idx: np.ndarray, encodings: list, lengths: np.ndarray, out: np.ndarray) -> None:
+    def _run(self, idx: np.ndarray, encodings: list[Encoding], lengths: np.ndarray, out: np.ndarray) -> None:
         """One model run over the texts ``idx``, padded to the longest; rows go to ``out[idx]``."""
         width = int(lengths[idx].max())
         ids = np.zeros((len(idx), width), dtype=np.int64)
@@ -268,4 +268,5 @@ def _mean_pool_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask[:, :, None].astype(np.float32)
     pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    return (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    unit: np.ndarray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return unit

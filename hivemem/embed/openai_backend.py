@@ -61,7 +61,8 @@ class OpenAIBackend:
                 f"{self.url}/embeddings returned {len(vectors)} vectors for {len(texts)} inputs"
             )
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
+        return unit
 
     def close(self) -> None:
         self._client.close()

@@ -30,9 +30,12 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onnx import ModelProto
 
 Profile = Literal["w8a8", "nbits", "fast"]
 PROFILES: tuple[Profile, ...] = ("w8a8", "nbits", "fast")
@@ -106,7 +109,7 @@ def quantize_int8(
         tmp.unlink(missing_ok=True)
 
 
-def _name_unnamed_nodes(model) -> None:
+def _name_unnamed_nodes(model: ModelProto) -> None:
     """``nodes_to_quantize`` selects by name, so every node needs a unique one."""
     seen: set[str] = set()
     for i, node in enumerate(model.graph.node):
@@ -115,7 +118,7 @@ def _name_unnamed_nodes(model) -> None:
         seen.add(node.name)
 
 
-def _dynamic_kwargs() -> dict:
+def _dynamic_kwargs() -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import QuantType
 
@@ -130,7 +133,7 @@ def _dynamic_kwargs() -> dict:
     }
 
 
-def _w8a8_recipe(model, dst: Path, texts: Sequence[str], tokenizer_path: Path) -> None:
+def _w8a8_recipe(model: ModelProto, dst: Path, texts: Sequence[str], tokenizer_path: Path) -> None:
     from hivemem.embed import w8a8
 
     activations = w8a8.calibration_activations(model, _feeds(texts, tokenizer_path))
@@ -146,13 +149,13 @@ def _w8a8_recipe(model, dst: Path, texts: Sequence[str], tokenizer_path: Path) -
     _save(model, dst)
 
 
-def _initializer(model, name: str) -> np.ndarray:
+def _initializer(model: ModelProto, name: str) -> np.ndarray:
     from onnx import numpy_helper
 
     return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)
 
 
-def _nbits_recipe(model, dst: Path) -> None:
+def _nbits_recipe(model: ModelProto, dst: Path) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -169,7 +172,7 @@ def _nbits_recipe(model, dst: Path) -> None:
     _save(nbits_model, dst)
 
 
-def _fast_recipe(model, dst: Path) -> None:
+def _fast_recipe(model: ModelProto, dst: Path) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
     with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
@@ -178,7 +181,7 @@ def _fast_recipe(model, dst: Path) -> None:
         quantize_dynamic(str(stage), str(dst), **_dynamic_kwargs())
 
 
-def _save(model, path: Path) -> None:
+def _save(model: ModelProto, path: Path) -> None:
     import onnx
 
     onnx.save(model, str(path))

@@ -172,22 +172,26 @@ class RemoteEmbedder:
         if not items:
             return np.empty((0, self.dim), dtype=np.float32)
         if len(items) <= self.max_batch:
-            return self._queue.submit(items).result()
+            vectors: np.ndarray = self._queue.submit(items).result()
+            return vectors
         return self._embed_large(items)
 
     def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([check_text(text)])[0]
+        one: np.ndarray = self.embed([check_text(text)])[0]
+        return one
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         import asyncio
 
         items = check_texts(texts)
         if items and len(items) <= self.max_batch:
-            return await asyncio.wrap_future(self._queue.submit(items))
+            vectors: np.ndarray = await asyncio.wrap_future(self._queue.submit(items))
+            return vectors
         return await asyncio.to_thread(self.embed, items)
 
     async def aembed_one(self, text: str) -> np.ndarray:
-        return (await self.aembed([check_text(text)]))[0]
+        one: np.ndarray = (await self.aembed([check_text(text)]))[0]
+        return one
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -426,7 +430,7 @@ def _detail(r: Any) -> str:
             return err[:300]
     except Exception:
         pass
-    return r.text[:300]
+    return str(r.text)[:300]
 
 
 def connect_url(url: str | Sequence[str] | None = None, **options: Any) -> RemoteEmbedder:

@@ -37,9 +37,12 @@ weights use ±63 (ORT's ``reduce_range``). Nodes are found by op type and graph 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onnx import NodeProto
 
 #: ("qkv" | "attn_out" | "ffn_in" | "ffn_out", layer index)
 LayerKey = tuple[str, int]
@@ -146,12 +149,14 @@ def _fake_rows(x: np.ndarray, block: int | None) -> np.ndarray:
     width = block or x.shape[1]
     xb = x.reshape(x.shape[0], -1, width)
     scale = np.maximum(np.abs(xb).max(axis=2, keepdims=True), 1e-10) / 127
-    return (np.round(xb / scale) * scale).reshape(x.shape)
+    fake: np.ndarray = (np.round(xb / scale) * scale).reshape(x.shape)
+    return fake
 
 
 def _fake_cols(w: np.ndarray, qmax: int) -> np.ndarray:
     scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / qmax
-    return np.round(w / scale) * scale
+    fake: np.ndarray = np.round(w / scale) * scale
+    return fake
 
 
 def int8_pairs_saturate() -> bool:
@@ -219,7 +224,7 @@ class _Rewriter:
         self.ffn_out_block = ffn_out_block
         self.weights = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
         self.count = 0
-        self.head: list = []  # nodes computed once per run (shared zero points)
+        self.head: list[NodeProto] = []  # nodes computed once per run (shared zero points)
         self.zero_points: dict[int, str] = {}
 
     # -- small builders -------------------------------------------------------------------------
@@ -269,7 +274,7 @@ class _Rewriter:
         self.tiny = self.const(np.array(1e-12, np.float32), "tiny")
         self.zp_scalar = self.const(np.array(128, np.uint8), "zp")
         keys = {(n, w): key for key, (n, w) in layer_inputs(self.model).items()}
-        nodes: list = []
+        nodes: list[NodeProto] = []
         layer = -1
         for node in self.graph.node:
             if node.op_type == "Attention":
@@ -291,7 +296,7 @@ class _Rewriter:
         self.model.ir_version = max(self.model.ir_version, 10)
         return self.model
 
-    def attention(self, node: Any, layer: int) -> list:
+    def attention(self, node: Any, layer: int) -> list[NodeProto]:
         x, w_name, b_name, mask = node.input[:4]
         w = self.weights[w_name].astype(np.float32)
         b = self.weights[b_name].astype(np.float32)
@@ -324,7 +329,7 @@ class _Rewriter:
         )
         return nodes
 
-    def linear(self, node: Any, key: LayerKey) -> list:
+    def linear(self, node: Any, key: LayerKey) -> list[NodeProto]:
         kind = key[0]
         w = self.weights[node.input[1]].astype(np.float32)
         s = self.smoothing.get(key)
@@ -345,7 +350,7 @@ class _Rewriter:
 
     def quantize_rows(
         self, x: str, width: int, inverse: np.ndarray | None = None, blocks: int = 1
-    ) -> tuple[list, str, str]:
+    ) -> tuple[list[NodeProto], str, str]:
         """Nodes turning float rows of ``width`` (the last axis of ``x``) into uint8 + one scale per row."""
         nodes = []
         if inverse is not None:
@@ -381,7 +386,9 @@ class _Rewriter:
             [out],
         )
 
-    def blocked_linear(self, x: str, w: np.ndarray, block: int, inverse: np.ndarray | None, out: str) -> list:
+    def blocked_linear(
+        self, x: str, w: np.ndarray, block: int, inverse: np.ndarray | None, out: str
+    ) -> list[NodeProto]:
         k, n = w.shape
         blocks = k // block
         nodes = []

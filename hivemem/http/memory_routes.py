@@ -21,7 +21,6 @@ from starlette.concurrency import run_in_threadpool
 from hivemem.http.auth import Scope
 from hivemem.http.errors import error_for
 from hivemem.http.memory_models import (
-    MAX_LIST,
     AddRequest,
     AddResponse,
     BatchAddRequest,
@@ -34,6 +33,7 @@ from hivemem.http.memory_models import (
     SearchRequest,
     UpdateRequest,
 )
+from hivemem.memory.records import REMOTE_MAX_LIST
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -139,7 +139,7 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
         user_id: str | None = None,
         agent_id: str | None = None,
         run_id: str | None = None,
-        top_k: int = Query(100, ge=1, le=MAX_LIST),
+        top_k: int = Query(100, ge=1, le=REMOTE_MAX_LIST),
         scope: Scope = Depends(authorise),
     ) -> Any:
         user = _own_user(scope, user_id)

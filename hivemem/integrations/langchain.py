@@ -73,11 +73,11 @@ class HivememEmbeddings(Embeddings):
         self.local = local
         # as hivemem.connect() resolves it: the argument, else $HIVEMEM_SOCKET, else the runtime dir
         self.socket_path = socket_path or (None if local else os.environ.get("HIVEMEM_SOCKET"))
-        self._embedder = embedder
+        self._embedder: hivemem.EmbedderLike | None = embedder
         self._owned = embedder is None
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> hivemem.EmbedderLike:
         """The ``hivemem.EmbedderLike`` behind this object (connects on first use)."""
         if self._embedder is None:
             self._embedder = hivemem.Embedder() if self.local else hivemem.connect(self.socket_path)
@@ -92,16 +92,16 @@ class HivememEmbeddings(Embeddings):
         return self.embedder.dim
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.embedder.embed(list(texts)).tolist()
+        return _as_rows(self.embedder.embed(list(texts)))
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embedder.embed_one(text).tolist()
+        return _as_row(self.embedder.embed_one(text))
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return (await self.embedder.aembed(list(texts))).tolist()
+        return _as_rows(await self.embedder.aembed(list(texts)))
 
     async def aembed_query(self, text: str) -> list[float]:
-        return (await self.embedder.aembed([text]))[0].tolist()
+        return _as_row((await self.embedder.aembed([text]))[0])
 
     def close(self) -> None:
         """Release the embedder if this object created it."""
@@ -154,14 +154,16 @@ class LangChainEmbedder:
                 f"{type(self.embeddings).__name__} returned shape {out.shape}, expected ({n}, {self.dim})"
             )
         norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms > 0, norms, 1.0)
+        unit: np.ndarray = out / np.where(norms > 0, norms, 1.0)
+        return unit
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         return self._matrix(self.embeddings.embed_documents(texts) if texts else [], len(texts))
 
     def embed_one(self, text: str) -> np.ndarray:
-        return self._matrix([self.embeddings.embed_query(text)], 1)[0]
+        one: np.ndarray = self._matrix([self.embeddings.embed_query(text)], 1)[0]
+        return one
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
@@ -255,6 +257,7 @@ class HivememVectorStore(VectorStore):
             raise ValueError("pass memory=, or embedding=/path= to open one, not both")
         self._owns_memory = memory is None
         if memory is None:
+            embedder: hivemem.EmbedderLike | None
             if isinstance(embedding, HivememEmbeddings):
                 embedder = embedding.embedder
             else:
@@ -278,7 +281,7 @@ class HivememVectorStore(VectorStore):
     def add_texts(
         self,
         texts: Iterable[str],
-        metadatas: list[dict] | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
         *,
         ids: list[str] | None = None,
         **kwargs: Any,
@@ -366,7 +369,7 @@ class HivememVectorStore(VectorStore):
     async def aadd_texts(
         self,
         texts: Iterable[str],
-        metadatas: list[dict] | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
         *,
         ids: list[str] | None = None,
         **kwargs: Any,
@@ -396,7 +399,7 @@ class HivememVectorStore(VectorStore):
         cls,
         texts: list[str],
         embedding: Embeddings,
-        metadatas: list[dict] | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
         *,
         ids: list[str] | None = None,
         **kwargs: Any,
@@ -414,3 +417,14 @@ class HivememVectorStore(VectorStore):
 
 def _relevance(score: float) -> float:
     return max(0.0, min(1.0, score)) if math.isfinite(score) else 0.0
+
+
+def _as_row(vector: np.ndarray) -> list[float]:
+    """A vector as the float list the framework takes (numpy's ``tolist`` is typed ``Any``)."""
+    row: list[float] = vector.tolist()
+    return row
+
+
+def _as_rows(matrix: np.ndarray) -> list[list[float]]:
+    rows: list[list[float]] = matrix.tolist()
+    return rows

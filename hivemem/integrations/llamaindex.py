@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
@@ -53,32 +54,44 @@ class HivememEmbedding(BaseEmbedding):
         return "HivememEmbedding"
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> hivemem.EmbedderLike:
         """The ``hivemem.EmbedderLike`` behind this object (connects on first use)."""
         if self._embedder is None:
             self._embedder = hivemem.Embedder() if self.local else hivemem.connect(self.socket_path)
-        return self._embedder
+        embedder: hivemem.EmbedderLike = self._embedder
+        return embedder
 
     def _get_query_embedding(self, query: str) -> list[float]:
-        return self.embedder.embed_one(query).tolist()
+        return _as_row(self.embedder.embed_one(query))
 
     def _get_text_embedding(self, text: str) -> list[float]:
-        return self.embedder.embed_one(text).tolist()
+        return _as_row(self.embedder.embed_one(text))
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self.embedder.embed(texts).tolist()
+        return _as_rows(self.embedder.embed(texts))
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
-        return (await self.embedder.aembed([query]))[0].tolist()
+        return _as_row((await self.embedder.aembed([query]))[0])
 
     async def _aget_text_embedding(self, text: str) -> list[float]:
-        return (await self.embedder.aembed([text]))[0].tolist()
+        return _as_row((await self.embedder.aembed([text]))[0])
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return (await self.embedder.aembed(texts)).tolist()
+        return _as_rows(await self.embedder.aembed(texts))
 
     def close(self) -> None:
         """Release the embedder if this object created it."""
         if self._owned and self._embedder is not None:
             self._embedder.close()
             self._embedder = None
+
+
+def _as_row(vector: np.ndarray) -> list[float]:
+    """A vector as the float list the framework takes (numpy's ``tolist`` is typed ``Any``)."""
+    row: list[float] = vector.tolist()
+    return row
+
+
+def _as_rows(matrix: np.ndarray) -> list[list[float]]:
+    rows: list[list[float]] = matrix.tolist()
+    return rows

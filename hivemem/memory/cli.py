@@ -57,8 +57,7 @@ def _json_opt(text: str | None, what: str) -> Any:
 
 
 def _run(fn: Any) -> Any:
-    from hivemem.errors import DiskFull
-    from hivemem.memory.infer import LLMError
+    from hivemem.errors import DiskFull, LLMError
 
     try:
         return fn()

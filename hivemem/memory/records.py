@@ -128,23 +128,23 @@ def check_entity(name: str, value: Any, where: str = "") -> str | None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"{where}{name} must be a string, got {type(value).__name__}")
-    value = check_unicode(value, f"{where}{name}").strip()
-    if not value:
+    text = check_unicode(value, f"{where}{name}").strip()
+    if not text:
         raise ValueError(f"{where}{name} must not be empty")
-    if len(value) > MAX_ID_CHARS:
+    if len(text) > MAX_ID_CHARS:
         raise LimitExceeded(
-            f"{where}{name} has {len(value)} characters; the limit is {MAX_ID_CHARS} (MAX_ID_CHARS)",
+            f"{where}{name} has {len(text)} characters; the limit is {MAX_ID_CHARS} (MAX_ID_CHARS)",
             limit_name="MAX_ID_CHARS",
             limit=MAX_ID_CHARS,
             field=name,
         )
-    if value == WILDCARD:
+    if text == WILDCARD:
         raise ValueError(
             f"{where}{name} '*' is not a valid id: ids are literal values, and '*' is the filter "
             f"wildcard. To match every {name}, pass filters={{'{name}': '*'}} to get_all/search; "
             "to delete every memory, use reset()"
         )
-    return value
+    return text
 
 
 def _check_json_value(value: Any, path: str, depth: int, top: str) -> None:

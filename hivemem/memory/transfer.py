@@ -121,7 +121,9 @@ def _history(rec: dict[str, Any], memory_id: str, where: str) -> list[dict[str, 
     return [_event(e, memory_id, f"{where} history[{i}]") for i, e in enumerate(events)]
 
 
-def parse_line(line: str, where: str) -> tuple[NewMemory, str, list[dict[str, Any]]] | tuple[str, list]:
+def parse_line(
+    line: str, where: str
+) -> tuple[NewMemory, str, list[dict[str, Any]]] | tuple[str, list[dict[str, Any]]]:
     """One JSONL line → ``(memory, updated_at, history)``, or ``(deleted id, history)``."""
     if len(line.encode("utf-8", "surrogatepass")) > MAX_LINE:
         raise ValueError(f"{where}: longer than {MAX_LINE} bytes")

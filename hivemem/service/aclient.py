@@ -4,6 +4,10 @@ Same frames, same trust checks, same options and the same retry rule as the thre
 they are one ``hivemem.service.core.ClientCore`` — but a request never occupies a thread: an async
 web backend can keep hundreds in flight. Starting the service (a blocking wait on a lock file)
 runs in a worker thread. This module only does the asyncio I/O.
+
+``aconnect`` takes the options of ``connect`` (``url=``, ``fallback="local"`` included) and every
+object it returns has one surface: ``aembed``/``aembed_one``/``astats``/``aclose``, a ``closed``
+state after which calls raise ``ServiceError``, and ``async with``.
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from hivemem.embed.validate import check_text
+from hivemem.errors import ServiceError
 from hivemem.service import spawn, wire
+from hivemem.service.client import check_fallback, local_fallback, remote_url
 from hivemem.service.core import (
     DEFAULT_START_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -24,6 +31,9 @@ from hivemem.service.core import (
     service_args,
 )
 from hivemem.service.peer import check_peer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hivemem.embed.protocol import EmbedderLike
 
 _POOL_MAX = 16
 _Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -41,13 +51,36 @@ async def _call(conn: _Stream, data: bytes) -> tuple[int, int, bytearray]:
         raise Lost(str(exc) or type(exc).__name__) from None
 
 
+@runtime_checkable
+class AsyncEmbedder(Protocol):
+    """What ``aconnect`` returns, whichever embedder stands behind it."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    async def aembed_one(self, text: str) -> np.ndarray: ...
+
+    async def astats(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class AsyncServiceClient:
-    """``aembed``/``aembed_one``/``model_id``/``dim``/``aclose``; build it with ``aconnect()``."""
+    """``aembed``/``aembed_one``/``astats``/``ashutdown``/``aclose``; build it with ``aconnect()``."""
 
     def __init__(self, core: ClientCore) -> None:
         self.core = core
         self.socket_path = core.socket_path
         self._pool: list[_Stream] = []
+        self._closed = False
 
     @property
     def model_id(self) -> str:
@@ -58,20 +91,41 @@ class AsyncServiceClient:
         return self.core.dim
 
     @property
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         return self.core.info
+
+    @property
+    def service_pid(self) -> int:
+        return int(self.core.info["pid"])
+
+    @property
+    def restarts(self) -> int:
+        return self.core.restarts
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         items, payloads = self.core.embed_frames(texts)
-        return self.core.vectors([await self._request(p) for p in payloads], len(items))
+        return self.core.vectors([await self._request(wire.EMBED, p) for p in payloads], len(items))
 
     async def aembed_one(self, text: str) -> np.ndarray:
-        return (await self.aembed([check_text(text)]))[0]
+        one: np.ndarray = (await self.aembed([check_text(text)]))[0]
+        return one
+
+    async def astats(self) -> dict[str, Any]:
+        """The service's status (pid, model, uptime, queue, cache, clients, metrics)."""
+        return dict(wire.decode_json(await self._request(wire.STATS, b"", expect=wire.STATS_REPLY)))
+
+    async def ashutdown(self) -> None:
+        """Ask the service to drain its queue and exit (for every client, not only this one)."""
+        await self._request(wire.SHUTDOWN, b"", expect=wire.OK, retry=False)
 
     async def aclose(self) -> None:
-        pool, self._pool = self._pool, []
-        for _, writer in pool:
-            writer.close()
+        """Close every connection; later calls raise ``ServiceError`` (closing twice is fine)."""
+        self._closed = True
+        self._drop_pool()
 
     async def __aenter__(self) -> AsyncServiceClient:
         return self
@@ -79,35 +133,46 @@ class AsyncServiceClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _request(self, payload: bytes) -> bytearray:
+    def _drop_pool(self) -> None:
+        pool, self._pool = self._pool, []
+        for _, writer in pool:
+            writer.close()
+
+    async def _request(
+        self, ftype: int, payload: bytes, *, expect: int = wire.VECTORS, retry: bool = True
+    ) -> bytearray:
+        if self._closed:
+            raise ServiceError("this client is closed")
         try:
             return await asyncio.wait_for(
-                self._attempts(payload, self.core.call_deadline()), self.core.timeout
+                self._attempts(ftype, payload, self.core.call_deadline(), expect, retry), self.core.timeout
             )
         except TimeoutError:
             raise self.core.timed_out() from None
 
-    async def _attempts(self, payload: bytes, deadline: float) -> bytearray:
+    async def _attempts(
+        self, ftype: int, payload: bytes, deadline: float, expect: int, retry: bool
+    ) -> bytearray:
         core = self.core
-        for attempt in core.attempts():
+        for attempt in core.attempts(retry):
             conn: _Stream | None = None
             try:
                 if core.forked():  # the parent's streams are not ours to use
                     self._pool = []
                 conn = self._pool.pop() if self._pool else await self._open(deadline)
-                rid, data = core.frame(wire.EMBED, payload)
-                body = core.reply(rid, *await _call(conn, data), wire.VECTORS)
+                rid, data = core.frame(ftype, payload)
+                body = core.reply(rid, *await _call(conn, data), expect)
             except Lost as exc:
                 if conn is not None:
                     conn[1].close()
-                await self.aclose()  # its other connections went to the same dead service
-                core.lost(exc, attempt)
+                self._drop_pool()  # its other connections went to the same dead service
+                core.lost(exc, attempt, retry)
                 continue
             except BaseException:
                 if conn is not None:
                     conn[1].close()
                 raise
-            if len(self._pool) < _POOL_MAX:
+            if not self._closed and len(self._pool) < _POOL_MAX:
                 self._pool.append(conn)
             else:
                 conn[1].close()
@@ -142,10 +207,63 @@ class AsyncServiceClient:
             return conn
 
 
+class AsyncOverThreads:
+    """The ``aconnect`` surface over an embedder that is not the service: a ``RemoteEmbedder``
+    (``url=``) or the in-process ``Embedder`` (``fallback="local"``). Their ``aembed`` already runs
+    off the event loop; ``astats``/``aclose`` run their blocking twins on a worker thread."""
+
+    def __init__(self, embedder: EmbedderLike) -> None:
+        self.embedder = embedder
+        self._closed = False
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        self._check_open()
+        return await self.embedder.aembed(texts)
+
+    async def aembed_one(self, text: str) -> np.ndarray:
+        one: np.ndarray = (await self.aembed([check_text(text)]))[0]
+        return one
+
+    async def astats(self) -> dict[str, Any]:
+        self._check_open()
+        stats = getattr(self.embedder, "stats", None)
+        return dict(await asyncio.to_thread(stats)) if stats is not None else {}
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self.embedder, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+
+    async def __aenter__(self) -> AsyncOverThreads:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServiceError("this client is closed")
+
+
 async def aconnect(
     socket_path: str | Path | None = None,
     *,
     autostart: bool = True,
+    fallback: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     start_timeout: float = DEFAULT_START_TIMEOUT,
     idle_timeout: float | None = None,
@@ -153,9 +271,21 @@ async def aconnect(
     threads: int | None = None,
     replicas: int | None = None,
     trust_uids: Iterable[int] | None = None,
-) -> AsyncServiceClient:
-    """The asyncio twin of ``hivemem.connect()`` (attach, or start the service in auto mode); the
-    same options, which apply only to a service this call starts."""
+    url: str | Sequence[str] | None = None,
+    api_key: str | None = None,
+) -> AsyncServiceClient | AsyncOverThreads:
+    """The asyncio twin of ``hivemem.connect()``, with the same options and rules: attach to the
+    service (starting it in auto mode; the service options apply only to a service this call
+    starts), or embed on other hosts (``url=`` / ``$HIVEMEM_EMBEDDER_URL``), or, with
+    ``fallback="local"``, in this process when no service can be reached. Blocking work (starting
+    a service, probing hosts, loading a local model) runs on a worker thread."""
+    check_fallback(fallback)
+    url = remote_url(socket_path, url)
+    if url is not None:
+        from hivemem.embed.remote import RemoteEmbedder
+
+        remote = await asyncio.to_thread(RemoteEmbedder, url, api_key=api_key, timeout=timeout)
+        return AsyncOverThreads(remote)
     core = ClientCore(
         socket_path,
         timeout=timeout,
@@ -168,8 +298,13 @@ async def aconnect(
     )
     client = AsyncServiceClient(core)
     try:
-        conn = await client._open(core.first_deadline())
-    except (Lost, TimeoutError) as exc:
-        raise core.unavailable(exc) from None
+        try:
+            conn = await client._open(core.first_deadline())
+        except (Lost, TimeoutError) as exc:
+            raise core.unavailable(exc) from None
+    except (ServiceError, OSError) as exc:
+        if fallback is None:
+            raise
+        return AsyncOverThreads(await asyncio.to_thread(local_fallback, exc, variant, threads))
     client._pool.append(conn)
     return client

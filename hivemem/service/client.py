@@ -145,12 +145,18 @@ class ServiceClient:
     def restarts(self) -> int:
         return self.core.restarts
 
+    @property
+    def closed(self) -> bool:
+        """``close()`` was called: every later call raises ``ServiceError``."""
+        return self._closed
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         items, payloads = self.core.embed_frames(texts)
         return self.core.vectors([self._request(wire.EMBED, p) for p in payloads], len(items))
 
     def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([check_text(text)])[0]
+        one: np.ndarray = self.embed([check_text(text)])[0]
+        return one
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         """``embed`` on a worker thread: the event loop is never blocked."""
@@ -160,7 +166,8 @@ class ServiceClient:
         return await asyncio.to_thread(self.embed, items)
 
     async def aembed_one(self, text: str) -> np.ndarray:
-        return (await self.aembed([check_text(text)]))[0]
+        one: np.ndarray = (await self.aembed([check_text(text)]))[0]
+        return one
 
     def stats(self) -> dict[str, Any]:
         """The service's status (pid, model, uptime, queue, cache, clients, metrics)."""
@@ -270,6 +277,35 @@ class ServiceClient:
 _warned_fallback = False
 
 
+def remote_url(socket_path: str | Path | None, url: str | Sequence[str] | None) -> str | Sequence[str] | None:
+    """The HTTP embedders to use instead of the socket: ``url``, else ``$HIVEMEM_EMBEDDER_URL``
+    when no ``socket_path`` is given (shared by ``connect`` and ``aconnect``)."""
+    if url is None and socket_path is None:
+        return os.environ.get("HIVEMEM_EMBEDDER_URL") or None
+    return url
+
+
+def check_fallback(fallback: str | None) -> None:
+    if fallback not in (None, "local"):
+        raise ValueError(f"fallback must be None or 'local', got {fallback!r}")
+
+
+def local_fallback(exc: BaseException, variant: str | None, threads: int | None) -> EmbedderLike:
+    """``fallback="local"``: warn once per process that no service answered, and embed in this
+    process instead (an in-process ``hivemem.Embedder``)."""
+    global _warned_fallback
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"hivemem: no embedding service ({exc}); embedding in this process instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    from hivemem.embed.engine import Embedder
+
+    return Embedder(variant=variant or "default", threads=threads)
+
+
 def connect(
     socket_path: str | Path | None = None,
     *,
@@ -299,10 +335,8 @@ def connect(
     unless ``idle_timeout`` says otherwise; one that replaces a lost service keeps that service's
     options). ``trust_uids``: other users whose service may be used (default: only your own).
     """
-    if fallback not in (None, "local"):
-        raise ValueError(f"fallback must be None or 'local', got {fallback!r}")
-    if url is None and socket_path is None:
-        url = os.environ.get("HIVEMEM_EMBEDDER_URL") or None
+    check_fallback(fallback)
+    url = remote_url(socket_path, url)
     if url is not None:
         from hivemem.embed.remote import RemoteEmbedder
 
@@ -320,14 +354,4 @@ def connect(
     except (ServiceError, OSError) as exc:
         if fallback is None:
             raise
-        global _warned_fallback
-        if not _warned_fallback:
-            _warned_fallback = True
-            warnings.warn(
-                f"hivemem: no embedding service ({exc}); embedding in this process instead",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        from hivemem.embed.engine import Embedder
-
-        return Embedder(variant=variant or "default", threads=threads)
+        return local_fallback(exc, variant, threads)

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from hivemem.embed.model import prepared_manifest
 from hivemem.errors import ServiceUnavailable
@@ -115,7 +116,7 @@ def start_command(sock: Path, args: list[str]) -> tuple[list[str], dict[str, str
     return [sys.executable, *SERVICE_COMMAND, "--socket", str(sock), *args], None, None
 
 
-def write_options(sock: Path, options: dict) -> None:
+def write_options(sock: Path, options: dict[str, Any]) -> None:
     """Record how this service was started (0600, replaced atomically); see ``start_command``."""
     path = paths.options_path(sock)
     temp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -125,7 +126,7 @@ def write_options(sock: Path, options: dict) -> None:
     os.replace(temp, path)
 
 
-def read_options(sock: Path) -> dict | None:
+def read_options(sock: Path) -> dict[str, Any] | None:
     """The recorded options if they are ours and well formed, else None (the caller's apply)."""
     try:
         fd = os.open(paths.options_path(sock), os.O_RDONLY | os.O_NOFOLLOW)

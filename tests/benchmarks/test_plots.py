@@ -6,10 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import plots  # noqa: E402
+
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

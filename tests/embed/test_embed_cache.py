@@ -4,8 +4,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from hivemem import Embedder, EmbeddingCache
+
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
 
 def _vecs(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
@@ -32,6 +35,7 @@ def test_models_never_read_each_others_vectors(tmp_path):
     assert EmbeddingCache(tmp_path / "c.sqlite").get_many("model-b", 384, ["same text"]) == [None]
 
 
+@pytest.mark.model  # embeds with the real model, without a fixture that says so
 def test_engine_uses_cache_and_second_process_sees_it(tmp_path):
     path = tmp_path / "shared.sqlite"
     texts = ["the cache is shared", "between processes on one machine"]

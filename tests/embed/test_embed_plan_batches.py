@@ -1,9 +1,12 @@
 """Batch planning over length-sorted texts (pure logic, no model)."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hivemem.embed.onnx_backend import RUN_OVERHEAD_TOKENS, plan_batches, plan_parallel, split_evenly
+
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
 
 def _cost(lengths, spans):

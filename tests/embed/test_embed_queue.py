@@ -12,7 +12,10 @@ from hivemem.embed.corpus import sentences
 from hivemem.embed.model import MIN_BATCH_INVARIANCE as SAME  # vectors across batches
 from hivemem.embed.queue import MicroBatcher, QueueClosed, QueueFull
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
+
+@pytest.mark.model  # embeds with the real model, without a fixture that says so
 def test_fifty_threads_get_exactly_the_batch_result():
     texts = sentences(300, seed=21)
     with Embedder(cache=False, batching=False) as direct:

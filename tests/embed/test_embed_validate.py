@@ -4,6 +4,8 @@ import pytest
 
 from hivemem.embed.validate import check_text, check_texts
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 def test_bare_string_is_refused():
     with pytest.raises(TypeError, match="bare str"):

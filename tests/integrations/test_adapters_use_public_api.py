@@ -5,7 +5,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import hivemem.integrations
+
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
 ADAPTERS = sorted(Path(hivemem.integrations.__file__).parent.glob("*.py"))
 

@@ -11,6 +11,8 @@ import pytest
 from hivemem.memory import combine
 from hivemem.memory.combine import Combiner
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 def _runner(seen: list[list[str]], gate: threading.Event):
     def run(items: list[str], release) -> list:  # type: ignore[no-untyped-def]

@@ -18,6 +18,8 @@ from hivemem import Memory
 from hivemem.memory.records import prepare
 from hivemem.memory.storage.sqlite import SQLiteStorage
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 DIM = 8
 
 

@@ -27,6 +27,8 @@ from hivemem.memory.storage import fts, pgkeyword
 from hivemem.memory.storage.postgres import PostgresStorage
 from hivemem.memory.storage.sqlite import SQLiteStorage
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 def _hit(mid: str, score: float) -> dict[str, Any]:
     return {"id": mid, "memory": mid, "score": score}

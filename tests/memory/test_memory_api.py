@@ -11,6 +11,8 @@ import pytest
 
 from hivemem import AsyncMemory, Embedder, EmbedderLike, Memory
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 def test_add_string_returns_mem0_shape(mem: Memory) -> None:
     out = mem.add("I like green tea", user_id="alice")
@@ -127,6 +129,7 @@ def test_other_model_is_refused(mem: Memory, location: str, hash_embedder: Embed
         Memory(location, embedder=hash_embedder)
 
 
+@pytest.mark.model  # embeds with the real model, without a fixture that says so
 def test_from_config_and_lazy_embedder(location: str, hm_home: Path) -> None:
     if location.startswith("postgresql://"):
         store = {"provider": "pgvector", "config": {"connection_string": location}}

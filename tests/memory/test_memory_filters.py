@@ -17,6 +17,8 @@ from hivemem import Memory
 from hivemem.memory import hybrid
 from hivemem.memory.storage import pglower
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 KEYS = ["a", "b", "ü"]
 STRINGS = ["", "x", "X", "xy", "Straße", "STRASSE", "été", "ÉTÉ", "İ", "10", "9"]
 ENTITY = ["u1", "u2", "Ü1"]

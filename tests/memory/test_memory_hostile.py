@@ -315,6 +315,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from hivemem.memory.records import MAX_METADATA_DEPTH  # noqa: E402
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 HOSTILE_TEXT = st.one_of(
     st.text(max_size=12),
     st.sampled_from(["*", " * ", "", "  ", "\x00", "a\udcff", "\ud800", "é" * 300, "x" * 2000, '"', "$.x"]),

@@ -7,6 +7,8 @@ import pytest
 
 from hivemem import Memory
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 @pytest.fixture
 def hmem(location: str, hash_embedder) -> Memory:

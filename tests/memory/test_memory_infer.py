@@ -16,6 +16,8 @@ from scripted_llm import existing_memories, new_messages, one_fact_per_user_line
 from hivemem import AsyncMemory, Embedder, Memory
 from hivemem.memory.infer import FactExtractor, LLMError, parse_facts
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 CHAT = [
     {"role": "system", "content": "be brief"},
     {"role": "user", "content": "I am allergic to peanuts", "name": "al"},

@@ -26,6 +26,8 @@ from hivemem.memory.records import prepare
 from hivemem.memory.storage import vectorindex
 from hivemem.memory.storage.sqlite import SQLiteStorage
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 384
 

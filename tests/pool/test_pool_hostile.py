@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 from hivemem.pool import PoolError, WorkerInitError, WorkerPool
 from hivemem.pool.errors import WorkerExited
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 KINDS = ["process", "thread"]
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -17,6 +17,8 @@ import pytest
 from hivemem.pool.results import ResultsFile, read_results
 from hivemem.pool.runner import run_parallel
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 

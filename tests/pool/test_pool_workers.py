@@ -17,6 +17,8 @@ import pytest
 from hivemem.pool import CallTimeout, PoolClosed, RemoteError, WorkerCrashed, WorkerInitError, WorkerPool
 from hivemem.pool.errors import RemoteTraceback
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 KINDS = ["process", "thread"]
 
 

@@ -10,6 +10,8 @@ import pytest
 from hivemem.errors import ServiceBusy
 from hivemem.service.admission import Admission
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 def test_callers_wait_their_turn_in_order_and_a_newcomer_cannot_overtake() -> None:
     async def main() -> list[str]:

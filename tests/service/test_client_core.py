@@ -18,6 +18,8 @@ from hivemem.errors import ServiceBusy
 from hivemem.service import wire
 from hivemem.service.core import CHUNK_BYTES, CHUNK_TEXTS, ClientCore, chunks
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 @pytest.mark.parametrize(
     "sizes",

@@ -20,6 +20,8 @@ from hivemem.tasks import (
 )
 from hivemem.tasks.synth import iter_tasks
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 def _convert_error(tmp_path: Path, text: str, name: str = "src.json", **options: object) -> TaskSourceError:
     src = tmp_path / name

@@ -19,6 +19,8 @@ from tasks_helpers import PYTHON, child_env, write_json
 from hivemem.tasks import TaskLibrary, TaskSourceChangedWarning, convert_tasks
 from hivemem.tasks.synth import iter_tasks, write_library
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 
 @pytest.mark.parametrize("compression", ["none", "zlib", "zstd"])
 def test_list_round_trip_every_task(

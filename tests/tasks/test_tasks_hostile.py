@@ -19,6 +19,8 @@ from tasks_helpers import PYTHON, child_env, write_json
 from hivemem.tasks import TaskLibrary, TaskLibraryError, TaskSourceError, convert_tasks
 from hivemem.tasks.source import DEFAULT_MAX_DEPTH, MAX_DEPTH_LIMIT
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 SMALL = [{"id": f"t{i}", "task_type": "web", "n": i} for i in range(5)]
 
 

@@ -8,9 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from tasks_helpers import PYTHON, child_env
 
 from hivemem.tasks import TaskLibrary
+
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
 WORKERS = 25
 

@@ -15,6 +15,8 @@ from tasks_helpers import PYTHON, child_env
 
 from hivemem.tasks import TaskLibrary
 
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
 # chi-square critical values at p = 0.001 (the draws use fixed seeds: the outcome is deterministic)
 CHI2_CRIT_DF9 = 27.877
 
