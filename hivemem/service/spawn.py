@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hivemem.embed.model import prepared_manifest
 from hivemem.errors import ServiceUnavailable
 from hivemem.locks import locked
 from hivemem.service import paths
@@ -66,6 +65,8 @@ def ensure_running(sock: Path, args: list[str], deadline: float) -> float:
     """
     if can_connect(sock):
         return deadline
+    from hivemem.embed.model import prepared_manifest  # only to start one: a relay stays stdlib-only
+
     started = time.monotonic()
     prepared_manifest()
     deadline += time.monotonic() - started

@@ -137,11 +137,13 @@ def test_a_relay_refuses_a_bad_scope_with_a_clear_message(mcp_env: dict[str, str
 
 
 def test_the_relay_process_imports_no_sdk_no_numpy_no_web_stack(mcp_env: dict[str, str]) -> None:
-    """What each agent's `hivemem mcp` process loads: the console script's own path, served to the end."""
+    """What each agent's `hivemem mcp` process loads: the console script's own path, served to the end.
+    (Starting the service reads the model's manifest through ``hivemem.embed.model``: stdlib only.)"""
     code = (
         "import atexit, sys\n"
         "heavy = ('numpy', 'mcp', 'mcp_types', 'pydantic', 'anyio', 'typer', 'click', 'rich', 'httpx', "
-        "'onnxruntime', 'tokenizers', 'sqlite3', 'hivemem.memory', 'hivemem.embed')\n"
+        "'onnxruntime', 'tokenizers', 'sqlite3', 'hivemem.memory', 'hivemem.embed.engine', "
+        "'hivemem.embed.onnx_backend', 'hivemem.embed.cache', 'hivemem.embed.queue')\n"
         "atexit.register(lambda: sys.stderr.write('LOADED %r\\n' % [m for m in heavy if m in sys.modules]))\n"
         "sys.argv = ['hivemem', 'mcp', '--user-id', 'light']\n"
         "from hivemem.cli import main\n"
