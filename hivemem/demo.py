@@ -181,7 +181,7 @@ def _service(sock: Path, env: dict[str, str], cache: Path) -> Any:
 
         prepared_manifest()  # a fresh machine: the one-time export, its progress on our terminal
         sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "hivemem", "serve", "--socket", str(sock), "--idle-timeout", "0"]
+        command = [sys.executable, "-m", "hivemem.service", "--socket", str(sock), "--idle-timeout", "0"]
         proc = subprocess.Popen(
             command,
             env={**env, "HIVEMEM_CACHE": str(cache)},
