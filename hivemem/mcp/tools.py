@@ -377,8 +377,14 @@ def _delete_all(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[s
 
 
 def _history(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    _owned(memory, a["memory_id"], scope)
-    return {"results": memory.history(a["memory_id"])}
+    """The id's events in the caller's scope (a deleted memory's too, as Mem0 keeps them); an id
+    with none there is "not found", whether it is unknown or another scope's."""
+    from hivemem.errors import MemoryNotFound
+
+    events = memory.history(a["memory_id"], **scope)
+    if not events:
+        raise MemoryNotFound(f"Memory with id {a['memory_id']} not found")
+    return {"results": events}
 
 
 _RUN: dict[str, Callable[[Any, dict[str, str], dict[str, Any]], dict[str, Any]]] = {

@@ -61,6 +61,8 @@ async def test_the_eight_tools_end_to_end(mcp_env: dict[str, str]) -> None:
         assert [h["event"] for h in history["results"]] == ["ADD", "UPDATE"]
         gone = await ok(client, "delete_memories", {"memory_ids": [first["id"], "no-such-id"]})
         assert gone["deleted"] == [first["id"]] and gone["not_found"] == ["no-such-id"]
+        kept = await ok(client, "memory_history", {"memory_id": first["id"]})  # Mem0 keeps it
+        assert [h["event"] for h in kept["results"]] == ["ADD", "UPDATE", "DELETE"]
         await ok(client, "delete_all_memories")
         assert (await ok(client, "list_memories"))["results"] == []
 
@@ -123,6 +125,9 @@ async def test_scopes_are_isolated_and_filters_never_widen(mcp_env: dict[str, st
             assert "alice's secret is 42" not in json.dumps(found)
         await ok(bob, "delete_all_memories")
         assert (await ok(alice, "get_memory", {"memory_id": secret}))["memory"] == "alice's secret is 42"
+        await ok(alice, "delete_memories", {"memory_ids": [secret]})  # deleted: its history stays alice's
+        assert "not found" in await refused(bob, "memory_history", {"memory_id": secret})
+        assert len((await ok(alice, "memory_history", {"memory_id": secret}))["results"]) == 2
 
 
 def test_a_relay_refuses_a_bad_scope_with_a_clear_message(mcp_env: dict[str, str]) -> None:
