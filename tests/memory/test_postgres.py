@@ -302,10 +302,10 @@ def test_local_index_follows_every_writer(pg_url: Callable[[], str], monkeypatch
     """Large searches rank an in-process int8 copy first: it follows inserts, deletes and
     re-embeddings by another writer, a batch that commits after a later one (row ids are not
     commit order), a reset and a trimmed tombstone log, and stays equal to brute force."""
-    from hivemem.memory.storage import pgindex, postgres
+    from hivemem.memory.storage import int8, pgindex, postgres
 
     monkeypatch.setattr(postgres, "INDEX_MIN", 200)
-    monkeypatch.setattr(pgindex, "RESCORE", 64)
+    monkeypatch.setattr(int8, "RESCORE", 64)
     rng = np.random.default_rng(11)
     url = pg_url()
     reader, writer = _storage(url), _storage(url)

@@ -3,13 +3,13 @@
 Why: pgvector 0.6's exact scan costs ~0.4-1 µs per row on this 2-core box (a scalar float loop
 plus tuple access): 30-100 ms at 100,000 memories, against ~3 ms for SQLite's int8 pass. So a
 search over a large candidate set ranks this copy first (numkong's SIMD int8 dot product, ~1.5 ms
-at 100k), then asks PostgreSQL for the exact scores of the best ``RESCORE`` rows only (the float32
+at 100k), then asks PostgreSQL for the exact scores of the best ``int8.RESCORE`` rows only (the float32
 vectors never leave the server, and the scores returned are pgvector's exact inner products). The
 top-k equals the exact top-k unless a true top-k row ranks below ``RESCORE`` in int8 (recall@10
 is measured by ``benchmarks/memory.py``). Small searches never come here (see ``postgres.py``).
 
 Each row's code and scale are written by the writer in the same statement as its vector
-(``code`` = vector × 127 / max|v|, rounded; ``scale`` = max|v| / 127), so a process loads 38 MB
+(``int8.quantise``: the one quantiser of both backends), so a process loads 38 MB
 at 100k rows, not 150 MB, and never quantises anything itself.
 
 **Kept in step by transaction ids, not row ids.** Row ids are drawn when a batch starts and
@@ -36,16 +36,8 @@ from typing import Any
 import numkong
 import numpy as np
 
-RESCORE = 256  # rows re-scored exactly by PostgreSQL after the int8 pass (at least 4 × k)
 KEPT_TOMBSTONES = 100_000  # tombstones trimmed to this many; a copy further behind reloads
 TRIM_EVERY = 1024  # the trim is tried when the tombstone count passes a multiple of this
-
-
-def quantise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row int8 codes and scales (``vector ≈ code × scale``)."""
-    peak = np.maximum(np.abs(vectors).max(axis=1), 1e-12).astype(np.float32)
-    codes = np.clip(np.rint(vectors * (127 / peak)[:, None]), -127, 127).astype(np.int8)
-    return codes, peak / 127
 
 
 @dataclass(frozen=True)

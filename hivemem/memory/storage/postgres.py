@@ -51,7 +51,7 @@ from hivemem.errors import PgVectorMissing
 from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
-from hivemem.memory.storage import pgarrays, pgindex, pgkeyword, pglower
+from hivemem.memory.storage import int8, pgarrays, pgindex, pgkeyword, pglower
 from hivemem.memory.storage.pgcompile import compile_where
 
 T = TypeVar("T")
@@ -531,7 +531,7 @@ class PostgresStorage:
         for _ in range(_RETRIES):
             cols: list[list[Any]] = [[] for _ in range(13)]
             vectors = np.stack([rows[i][1] for i in todo])
-            codes, scales = pgindex.quantise(vectors)
+            codes, scales = int8.quantise(vectors)
             for i in todo:
                 m, _, restored = rows[i]
                 updated = restored["updated_at"] if restored else m.created_at
@@ -641,7 +641,7 @@ class PostgresStorage:
                 if clash:
                     raise ValueError(f"memory {clash[0]} in the same scope already has this text")
                 vec = np.asarray(vector, dtype=np.float32)
-                codes, scales = pgindex.quantise(vec[None, :])
+                codes, scales = int8.quantise(vec[None, :])
                 conn.execute(
                     f"UPDATE {ns}.memories SET memory = %s, hash = %s, vec = %b, code = %b, scale = %s,"
                     " tx = pg_current_xact_id(), updated_at = %s WHERE id = %s",
@@ -898,7 +898,7 @@ class PostgresStorage:
         if self._index is None:
             assert self._model is not None
             self._index = pgindex.PgVectorIndex(ns, self._model[1])
-        count = max(pgindex.RESCORE, 4 * k)
+        count = max(int8.RESCORE, 4 * k)
         rescore = (
             f"SELECT {_FIELDS}, (vec <#> %b) FROM unnest(%s::bigint[]) AS c(rid)"
             f" JOIN {ns}.memories USING (rid) WHERE {sql} ORDER BY vec <#> %b, rid LIMIT %s"

@@ -80,10 +80,10 @@ import numkong
 import numpy as np
 
 from hivemem.locks import locked
+from hivemem.memory.storage.int8 import RESCORE, quantise
 from hivemem.sqlite import Connections, int_array
 
 FORMAT = 2  # 2: G.check, the check value of every row
-RESCORE = 256  # rows re-scored exactly after the int8 pass (at least 4 × k)
 CATCH_UP = 256  # tail + changed rows at which a writer or reader brings the files up to date
 SMALL_SUBSET = 2_000  # a filter matching up to this many rows: those rows, without a first try
 PREFILTER_MAX = 50_000  # else, if the best of all rows hold too few that pass: int8 over the subset
@@ -136,15 +136,6 @@ def read_state(db: sqlite3.Connection) -> StoreState:
         pruned=int(meta.get("pruned", 0)),
         high=int(high),
     )
-
-
-def quantise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row int8 codes and scales: ``vectors ≈ codes * scales[:, None]``."""
-    peak = np.abs(vectors).max(axis=1)
-    scales = (peak / 127).astype(np.float32)
-    inv = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
-    codes = np.clip(np.rint(vectors * inv[:, None]), -127, 127).astype(np.int8)
-    return codes, scales
 
 
 def _blobs(rows: list[tuple[Any, ...]], at: int, dim: int) -> np.ndarray:
