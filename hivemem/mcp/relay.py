@@ -127,7 +127,7 @@ class Relay:
             from hivemem.service import spawn  # only when the service is missing (subprocess: ~0.5 MB)
 
             if not spawn.can_connect(self.sock):
-                spawn.ensure_running(self.sock, self.service_args, deadline)
+                deadline = spawn.ensure_running(self.sock, self.service_args, deadline)  # + a first export
             else:  # the service is up; its MCP host starts listening a moment later, or it is dying
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
