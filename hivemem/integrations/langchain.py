@@ -46,7 +46,6 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
 import hivemem
-from hivemem.integrations.floats import as_row, as_rows
 
 _PREFIX = "lc_"
 _LOGICAL = {"$and": "AND", "$or": "OR", "$not": "NOT", "AND": "AND", "OR": "OR", "NOT": "NOT"}
@@ -93,16 +92,16 @@ class HivememEmbeddings(Embeddings):
         return self.embedder.dim
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return as_rows(self.embedder.embed(list(texts)))
+        return _as_rows(self.embedder.embed(list(texts)))
 
     def embed_query(self, text: str) -> list[float]:
-        return as_row(self.embedder.embed_one(text))
+        return _as_row(self.embedder.embed_one(text))
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return as_rows(await self.embedder.aembed(list(texts)))
+        return _as_rows(await self.embedder.aembed(list(texts)))
 
     async def aembed_query(self, text: str) -> list[float]:
-        return as_row((await self.embedder.aembed([text]))[0])
+        return _as_row((await self.embedder.aembed([text]))[0])
 
     def close(self) -> None:
         """Release the embedder if this object created it."""
@@ -418,3 +417,14 @@ class HivememVectorStore(VectorStore):
 
 def _relevance(score: float) -> float:
     return max(0.0, min(1.0, score)) if math.isfinite(score) else 0.0
+
+
+def _as_row(vector: np.ndarray) -> list[float]:
+    """A vector as the float list the framework takes (numpy's ``tolist`` is typed ``Any``)."""
+    row: list[float] = vector.tolist()
+    return row
+
+
+def _as_rows(matrix: np.ndarray) -> list[list[float]]:
+    rows: list[list[float]] = matrix.tolist()
+    return rows

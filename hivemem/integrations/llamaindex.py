@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr
 
 import hivemem
-from hivemem.integrations.floats import as_row, as_rows
 
 
 class HivememEmbedding(BaseEmbedding):
@@ -62,25 +62,36 @@ class HivememEmbedding(BaseEmbedding):
         return embedder
 
     def _get_query_embedding(self, query: str) -> list[float]:
-        return as_row(self.embedder.embed_one(query))
+        return _as_row(self.embedder.embed_one(query))
 
     def _get_text_embedding(self, text: str) -> list[float]:
-        return as_row(self.embedder.embed_one(text))
+        return _as_row(self.embedder.embed_one(text))
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return as_rows(self.embedder.embed(texts))
+        return _as_rows(self.embedder.embed(texts))
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
-        return as_row((await self.embedder.aembed([query]))[0])
+        return _as_row((await self.embedder.aembed([query]))[0])
 
     async def _aget_text_embedding(self, text: str) -> list[float]:
-        return as_row((await self.embedder.aembed([text]))[0])
+        return _as_row((await self.embedder.aembed([text]))[0])
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return as_rows(await self.embedder.aembed(texts))
+        return _as_rows(await self.embedder.aembed(texts))
 
     def close(self) -> None:
         """Release the embedder if this object created it."""
         if self._owned and self._embedder is not None:
             self._embedder.close()
             self._embedder = None
+
+
+def _as_row(vector: np.ndarray) -> list[float]:
+    """A vector as the float list the framework takes (numpy's ``tolist`` is typed ``Any``)."""
+    row: list[float] = vector.tolist()
+    return row
+
+
+def _as_rows(matrix: np.ndarray) -> list[list[float]]:
+    rows: list[list[float]] = matrix.tolist()
+    return rows
