@@ -101,7 +101,7 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
     router = APIRouter(prefix="/v1/memories", tags=["memories"], responses=_ERRORS)
 
     async def owned(memory_id: str, scope: Scope) -> dict[str, Any]:
-        record = await _call(memory.get, memory_id)
+        record: dict[str, Any] | None = await _call(memory.get, memory_id)
         if record is None:
             raise HTTPException(404, f"Memory with id {memory_id} not found")
         if not scope.admin and record.get("user_id") != scope.user_id:

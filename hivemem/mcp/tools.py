@@ -324,7 +324,7 @@ def _owned(memory: Any, memory_id: str, scope: dict[str, str]) -> dict[str, Any]
     """The record, or MemoryNotFound for an unknown id and for one outside the scope alike."""
     from hivemem.errors import MemoryNotFound
 
-    record = memory.get(memory_id)
+    record: dict[str, Any] | None = memory.get(memory_id)
     if not _in_scope(record, scope):
         raise MemoryNotFound(f"Memory with id {memory_id} not found")
     assert record is not None
@@ -333,15 +333,22 @@ def _owned(memory: Any, memory_id: str, scope: dict[str, str]) -> dict[str, Any]
 
 
 def _add(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    return memory.add(a["text"], metadata=a.get("metadata"), infer=a.get("infer", False), **scope)
+    out: dict[str, Any] = memory.add(
+        a["text"], metadata=a.get("metadata"), infer=a.get("infer", False), **scope
+    )
+    return out
 
 
 def _search(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    return memory.search(a["query"], filters=a.get("filters"), top_k=a.get("top_k", 10), **scope)
+    out: dict[str, Any] = memory.search(
+        a["query"], filters=a.get("filters"), top_k=a.get("top_k", 10), **scope
+    )
+    return out
 
 
 def _list(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    return memory.get_all(filters=a.get("filters"), top_k=a.get("top_k", 100), **scope)
+    out: dict[str, Any] = memory.get_all(filters=a.get("filters"), top_k=a.get("top_k", 100), **scope)
+    return out
 
 
 def _get(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +380,8 @@ def _delete(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, 
 
 
 def _delete_all(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    return memory.delete_all(**scope)
+    out: dict[str, Any] = memory.delete_all(**scope)
+    return out
 
 
 def _history(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:

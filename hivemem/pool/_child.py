@@ -46,7 +46,7 @@ def _cancel_requested(conn: Connection, call_id: int) -> bool:
 def call_fn(
     fn: Callable[..., Any],
     obj: Any,
-    args: tuple,
+    args: tuple[Any, ...],
     *,
     streaming: bool,
     emit: Callable[[Any], None],

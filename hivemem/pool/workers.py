@@ -163,7 +163,7 @@ class Slot:
 
     kind = ""
 
-    def __init__(self, index: int, calls: queue.SimpleQueue[Any]) -> None:
+    def __init__(self, index: int, calls: queue.SimpleQueue[Call | object]) -> None:
         self.index = index
         self._calls = calls
         self.pid: int | None = None
@@ -196,7 +196,7 @@ class Slot:
         """Block for the next runnable call; None means stop."""
         while True:
             call = self._calls.get()
-            if call is STOP:
+            if not isinstance(call, Call):  # STOP
                 return None
             if call.future.set_running_or_notify_cancel():
                 return call
