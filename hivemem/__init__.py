@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "connect": "hivemem.service.client",
     "aconnect": "hivemem.service.aclient",
     "ServiceClient": "hivemem.service.client",
+    "Settings": "hivemem.settings",  # every environment variable hivemem reads, typed
     # the one error tree (hivemem.errors)
     "HivememError": "hivemem.errors",
     "ModelNotPrepared": "hivemem.errors",
@@ -116,6 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.service.aclient import aconnect as aconnect
     from hivemem.service.client import ServiceClient as ServiceClient
     from hivemem.service.client import connect as connect
+    from hivemem.settings import Settings as Settings
     from hivemem.tasks.convert import convert_tasks as convert_tasks
     from hivemem.tasks.library import TaskLibrary as TaskLibrary
 

@@ -136,9 +136,10 @@ def _replay(ctx: typer.Context) -> dict[str, Any]:
     import sys
 
     from hivemem.service.spawn import RECORDED_ENV
+    from hivemem.settings import recorded
 
     args: list[str] = []
-    env = {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}
+    env = recorded(RECORDED_ENV)
     for param in ctx.command.params:
         name = param.name or ""
         source = ctx.get_parameter_source(name)

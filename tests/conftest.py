@@ -80,13 +80,13 @@ def hivemem_home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """A PostgreSQL server with pgvector: ``HIVEMEM_TEST_PG_DSN`` when set, else a throwaway one
-    (``hivemem.pgtemp``) started on first use and stopped at the end of the session. If neither is
+    (``tests/pgtemp.py``) started on first use and stopped at the end of the session. If neither is
     possible the tests that need it fail with the reason; they are never skipped."""
     dsn = os.environ.get("HIVEMEM_TEST_PG_DSN", "").strip()
     if dsn:
         yield dsn
         return
-    from hivemem.pgtemp import TempPostgres
+    from pgtemp import TempPostgres
 
     with TempPostgres() as server:
         yield server.dsn

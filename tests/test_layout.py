@@ -33,13 +33,13 @@ PACKAGE = ROOT / "hivemem"
 
 # part -> the parts it may import. Leaves first; the composition modules (cli, serve, status, demo)
 # sit on top and may import anything below them.
-INFRA = {"config", "errors", "locks", "sqlite"}
+INFRA = {"settings", "config", "errors", "locks", "sqlite"}
 ALLOWED: dict[str, set[str]] = {
-    "config": set(),
+    "settings": set(),  # every environment variable, read in one place
+    "config": {"settings"},
     "errors": set(),
     "locks": set(),
     "sqlite": {"errors"},  # disk_full(): SQLite's full disk as the DiskFull of the error tree
-    "pgtemp": {"errors"},
     "embed": INFRA,  # the engine: no transport, no memory, no pool
     "service": INFRA | {"embed"},  # the machine's embedding daemon and its clients
     "compose": INFRA | {"embed", "service"},  # which embedder by default

@@ -305,22 +305,12 @@ class Embedder:
         """Queue and cache counters of this process."""
         out: dict[str, Any] = {"model_id": self.model_id, "dim": self.dim, "truncated": self.truncated}
         if self._queue is not None:
-            q = self._queue
-            out["queue"] = {
-                "depth": q.depth,
-                "batches": q.batches,
-                "texts_computed": q.texts_computed,
-                "texts_deduplicated": q.texts_deduplicated,
-                "tokens": q.tokens,
-            }
+            out["queue"] = _counters(
+                self._queue, "depth", "batches", "texts_computed", "texts_deduplicated", "tokens"
+            )
         if self.cache is not None:
             c = self.cache
-            out["cache"] = {
-                "hits_memory": c.hits_memory,
-                "hits_disk": c.hits_disk,
-                "hits_shared": c.hits_shared,
-                "misses": c.misses,
-            }
+            out["cache"] = _counters(c, "hits_memory", "hits_disk", "hits_shared", "misses")
             if c.shared is not None:
                 out["cache"]["shared"] = c.shared.stats()
         return out
@@ -338,3 +328,7 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _counters(source: object, *names: str) -> dict[str, Any]:
+    return {name: getattr(source, name) for name in names}

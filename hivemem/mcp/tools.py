@@ -265,12 +265,7 @@ def _check(name: str, arguments: Any, entities: bool) -> dict[str, Any]:
         if kind == "array":
             _ids(key, value, schema)
         if kind == "string" and "maxLength" in schema and len(value) > schema["maxLength"]:
-            raise LimitExceeded(
-                f"{key} has {len(value)} characters; the limit is {schema['maxLength']} (MAX_ID_CHARS)",
-                limit_name="MAX_ID_CHARS",
-                limit=schema["maxLength"],
-                field=key,
-            )
+            raise LimitExceeded.count(key, len(value), "characters", schema["maxLength"], "MAX_ID_CHARS", key)
         out[key] = value
     return out
 
@@ -295,21 +290,13 @@ def _ids(key: str, value: list[Any], schema: dict[str, Any]) -> None:
     if not value:
         raise ValueError(f"{key} must name at least one id")
     if len(value) > schema["maxItems"]:
-        raise LimitExceeded(
-            f"{key} has {len(value)} ids; the limit is {schema['maxItems']} (REMOTE_MAX_BATCH)",
-            limit_name="REMOTE_MAX_BATCH",
-            limit=schema["maxItems"],
-            field=key,
-        )
+        raise LimitExceeded.count(key, len(value), "ids", schema["maxItems"], "REMOTE_MAX_BATCH", key)
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item:
             raise TypeError(f"{key}[{i}] must be a non-empty string, got {item!r:.80}")
         if len(item) > MAX_ID_CHARS:
-            raise LimitExceeded(
-                f"{key}[{i}] has {len(item)} characters; the limit is {MAX_ID_CHARS} (MAX_ID_CHARS)",
-                limit_name="MAX_ID_CHARS",
-                limit=MAX_ID_CHARS,
-                field=key,
+            raise LimitExceeded.count(
+                f"{key}[{i}]", len(item), "characters", MAX_ID_CHARS, "MAX_ID_CHARS", key
             )
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from typing import Any
 
 from hivemem.errors import LLMError
 from hivemem.memory.records import NewMemory, prepare
+from hivemem.settings import Settings
 
 MAX_CONVERSATION_CHARS = 200_000  # the messages of one conversation, sent to the LLM
 MAX_ANSWER_CHARS = 1_000_000  # an answer longer than this is refused, not parsed
@@ -152,11 +152,10 @@ class FactExtractor:
             "custom_prompt": custom_fact_extraction_prompt,
         }
         if llm is None:
-            env_url = os.environ.get("HIVEMEM_LLM_URL")
-            if not env_url:
+            env = Settings.from_env()
+            if not env.llm_url:
                 return None
-            model = os.environ.get("HIVEMEM_LLM_MODEL", "default")
-            return cls(env_url, model, api_key=os.environ.get("HIVEMEM_LLM_API_KEY"), **prompts)
+            return cls(env.llm_url, env.llm_model or "default", api_key=env.llm_api_key, **prompts)
         if not isinstance(llm, dict):
             raise TypeError(f"llm config must be a dict, got {type(llm).__name__}")
         provider = llm.get("provider", "openai")
@@ -167,7 +166,7 @@ class FactExtractor:
             )
         options = dict(llm.get("config") or {})
         url_key, default_url = PROVIDERS[provider]
-        url: str = options.pop(url_key, None) or os.environ.get("HIVEMEM_LLM_URL") or default_url
+        url: str = options.pop(url_key, None) or Settings.from_env().llm_url or default_url
         if provider == "ollama" and not url.rstrip("/").endswith("/v1"):
             url = url.rstrip("/") + "/v1"  # Ollama's OpenAI-compatible API
         unknown = set(options) - _OPTIONS - _IGNORED - {k for k, _ in PROVIDERS.values()}
@@ -176,9 +175,9 @@ class FactExtractor:
                 f"unknown llm config keys {sorted(unknown)}; known: {sorted(_OPTIONS | {url_key})}"
             )
         kwargs = {k: options[k] for k in _OPTIONS if options.get(k) is not None}
-        model = str(kwargs.pop("model", None) or os.environ.get("HIVEMEM_LLM_MODEL") or "")
+        model = str(kwargs.pop("model", None) or Settings.from_env().llm_model or "")
         if provider == "openai" and url == default_url:
-            kwargs.setdefault("api_key", os.environ.get("OPENAI_API_KEY"))
+            kwargs.setdefault("api_key", Settings.from_env().openai_api_key)
         return cls(url, model, **kwargs, **prompts)
 
     # -- one conversation ----------------------------------------------------------------------

@@ -19,7 +19,6 @@ module only does the blocking socket I/O.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -41,6 +40,7 @@ from hivemem.service.core import (
     service_args,
 )
 from hivemem.service.peer import check_peer
+from hivemem.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.protocol import EmbedderLike
@@ -281,7 +281,7 @@ def remote_url(socket_path: str | Path | None, url: str | Sequence[str] | None) 
     """The HTTP embedders to use instead of the socket: ``url``, else ``$HIVEMEM_EMBEDDER_URL``
     when no ``socket_path`` is given (shared by ``connect`` and ``aconnect``)."""
     if url is None and socket_path is None:
-        return os.environ.get("HIVEMEM_EMBEDDER_URL") or None
+        return Settings.from_env().embedder_url
     return url
 
 

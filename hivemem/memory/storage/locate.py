@@ -19,7 +19,6 @@ typo such as ``postgresq://`` would otherwise silently create a local directory.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from hivemem import config as hm_config
+from hivemem.settings import Settings
 
 ENV = "HIVEMEM_MEMORY_URL"
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -115,7 +115,7 @@ def parse_url(url: str) -> PostgresLocation:
 def resolve(location: str | Path | PostgresLocation | None) -> Location:
     """Where ``Memory(location)`` keeps its memories (see the module docstring)."""
     if location is None:
-        env = os.environ.get(ENV, "").strip()
+        env = Settings.from_env().memory_url
         return resolve(env) if env else default_path()
     if isinstance(location, PostgresLocation):
         return location
