@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "connect": "hivemem.service.client",
     "aconnect": "hivemem.service.aclient",
     "ServiceClient": "hivemem.service.client",
-    "Settings": "hivemem.settings",  # every environment variable hivemem reads, typed
+    "Settings": "hivemem.infra.settings",  # every environment variable hivemem reads, typed
     # the one error tree (hivemem.errors)
     "HivememError": "hivemem.errors",
     "ModelNotPrepared": "hivemem.errors",
@@ -106,6 +106,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.errors import WorkerCrashed as WorkerCrashed
     from hivemem.errors import WorkerExited as WorkerExited
     from hivemem.errors import WorkerInitError as WorkerInitError
+    from hivemem.infra.settings import Settings as Settings
     from hivemem.memory.aio import AsyncMemory as AsyncMemory
     from hivemem.memory.infer import FactExtractor as FactExtractor
     from hivemem.memory.mem0_import import import_mem0 as import_mem0
@@ -117,7 +118,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.service.aclient import aconnect as aconnect
     from hivemem.service.client import ServiceClient as ServiceClient
     from hivemem.service.client import connect as connect
-    from hivemem.settings import Settings as Settings
     from hivemem.tasks.convert import convert_tasks as convert_tasks
     from hivemem.tasks.library import TaskLibrary as TaskLibrary
 

@@ -32,12 +32,12 @@ for _var in ("HIVEMEM_EMBEDDER_URL", "HIVEMEM_CACHE_URL", "HIVEMEM_CACHE_TTL"):
 
 
 def _prepared_models_dir() -> Path:
-    from hivemem import config
     from hivemem.embed.model import is_current, read_manifest
+    from hivemem.infra import config
 
     manifest = read_manifest()
     if manifest is None or not is_current(manifest):  # first run here, or an older recipe: the real CLI
-        subprocess.run([sys.executable, "-m", "hivemem.cli", "model", "prepare"], check=True)
+        subprocess.run([sys.executable, "-m", "hivemem.app.cli", "model", "prepare"], check=True)
     return config.models_dir()
 
 

@@ -1,4 +1,4 @@
-"""hivemem.settings is the one place that reads the environment.
+"""hivemem.infra.settings is the one place that reads the environment.
 
 Run as a script with ``--write`` to regenerate docs/configuration.md's table from ``VARIABLES``.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hivemem.settings import VARIABLES, Settings, markdown_table
+from hivemem.infra.settings import VARIABLES, Settings, markdown_table
 
 pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
@@ -49,12 +49,12 @@ def _allowed_environ_uses(tree: ast.AST) -> set[int]:
 def test_no_module_but_settings_reads_the_environment() -> None:
     offenders = []
     for path in sorted((ROOT / "hivemem").rglob("*.py")):
-        if path.name == "settings.py" and path.parent.name == "hivemem":
+        if path.name == "settings.py" and path.parent.name == "infra":
             continue
         tree = ast.parse(path.read_text())
         bad = sorted(set(_environ_reads(tree)) - _allowed_environ_uses(tree))
         offenders += [f"{path.relative_to(ROOT)}:{line}" for line in bad]
-    assert not offenders, f"read the environment through hivemem.settings.Settings instead: {offenders}"
+    assert not offenders, f"read the environment through hivemem.infra.settings.Settings instead: {offenders}"
 
 
 def test_every_hivemem_variable_named_in_the_package_is_declared() -> None:
@@ -62,7 +62,9 @@ def test_every_hivemem_variable_named_in_the_package_is_declared() -> None:
     named = set()
     for path in (ROOT / "hivemem").rglob("*.py"):
         named |= set(re.findall(r"\"(HIVEMEM_[A-Z_]+)\"", path.read_text()))
-    assert named <= declared, f"declare these in hivemem/settings.py VARIABLES: {sorted(named - declared)}"
+    assert named <= declared, (
+        f"declare these in hivemem/infra/settings.py VARIABLES: {sorted(named - declared)}"
+    )
 
 
 def test_the_doc_table_is_generated_from_the_code() -> None:

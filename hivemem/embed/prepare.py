@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemem import config
 from hivemem.embed.model import (
     DEFAULT_MODEL,
     DIM,
@@ -43,7 +42,8 @@ from hivemem.embed.model import (
     source_dir,
 )
 from hivemem.errors import HivememError, ModelNotPrepared
-from hivemem.locks import locked
+from hivemem.infra import config
+from hivemem.infra.locks import locked
 
 if TYPE_CHECKING:
     from hivemem.embed.quantize import Profile

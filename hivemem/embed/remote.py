@@ -48,7 +48,7 @@ import numpy as np
 from hivemem.embed.queue import MicroBatcher
 from hivemem.embed.validate import check_text, check_texts
 from hivemem.errors import EmbedderUnavailable
-from hivemem.settings import Settings
+from hivemem.infra.settings import Settings
 
 ENV_URL = "HIVEMEM_EMBEDDER_URL"
 ENV_KEY = "HIVEMEM_API_KEY"

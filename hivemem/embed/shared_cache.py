@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hivemem.settings import Settings
+from hivemem.infra.settings import Settings
 
 log = logging.getLogger("hivemem.cache")
 

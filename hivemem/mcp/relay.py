@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from hivemem.errors import HivememError, ServiceUnavailable
+from hivemem.infra.settings import Settings
 from hivemem.service import paths
 from hivemem.service.peer import check_peer, trusted_uids
-from hivemem.settings import Settings
 
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes of one JSON-RPC message (line), both ways; as --max-body
 PROTOCOL = 1  # the hello's version

@@ -37,8 +37,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hivemem.errors import LLMError
+from hivemem.infra.settings import Settings
 from hivemem.memory.records import NewMemory, prepare
-from hivemem.settings import Settings
 
 MAX_CONVERSATION_CHARS = 200_000  # the messages of one conversation, sent to the LLM
 MAX_ANSWER_CHARS = 1_000_000  # an answer longer than this is refused, not parsed

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from hivemem.compose import resolve_embedder
 from hivemem.embed.protocol import EmbedderLike
 from hivemem.errors import LimitExceeded, MemoryNotFound
 from hivemem.memory import filters as flt
 from hivemem.memory import hybrid
 from hivemem.memory import rerank as rr
 from hivemem.memory.combine import Combiner, Release
+from hivemem.memory.embedders import resolve_embedder
 from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
     ENTITIES,
@@ -131,7 +131,7 @@ class Memory:
 
     ``path``: where the memories live (``hivemem.memory.storage.locate``): a file path (SQLite),
     a ``postgresql://user@host/db?schema=…`` URL (PostgreSQL + pgvector), or ``None`` for
-    ``$HIVEMEM_MEMORY_URL`` or else ``hivemem.config.home()/memory.sqlite``. ``embedder``: any
+    ``$HIVEMEM_MEMORY_URL`` or else ``hivemem.infra.config.home()/memory.sqlite``. ``embedder``: any
     ``hivemem.EmbedderLike``; by default the hivemem service if one is running, else an
     in-process engine, created on first use (listing, deleting and keyword search never load a
     model). ``reranker``: an optional ``hivemem.Reranker``, used by ``search(..., rerank=True)``.

@@ -64,8 +64,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hivemem.pool.errors import (
-    RunSetupError,
+from hivemem.errors import RunSetupError
+from hivemem.pool.failures import (
     callable_name,
     setup_stopped,
     user_traceback,

@@ -26,16 +26,10 @@ from multiprocessing.context import BaseContext
 from types import FrameType
 from typing import Any
 
+from hivemem.errors import CallTimeout, PoolClosed, WorkerCrashed, WorkerInitError
 from hivemem.pool import _child
 from hivemem.pool.calls import Call
-from hivemem.pool.errors import (
-    CallTimeout,
-    PoolClosed,
-    RemoteTraceback,
-    WorkerCrashed,
-    WorkerInitError,
-    worker_exited,
-)
+from hivemem.pool.failures import RemoteTraceback, worker_exited
 
 STOP = object()  # queue marker: one per slot, put behind pending calls by close()
 # Exit status of a process that was asked to start a pool while importing the main module as a

@@ -31,6 +31,7 @@ import numpy as np
 
 from hivemem.embed.validate import check_text, check_texts
 from hivemem.errors import ServiceError
+from hivemem.infra.settings import Settings
 from hivemem.service import spawn, wire
 from hivemem.service.core import (
     DEFAULT_START_TIMEOUT,
@@ -40,7 +41,6 @@ from hivemem.service.core import (
     service_args,
 )
 from hivemem.service.peer import check_peer
-from hivemem.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.protocol import EmbedderLike

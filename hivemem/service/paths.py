@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hivemem import config
-from hivemem.settings import Settings
+from hivemem.infra import config
+from hivemem.infra.settings import Settings
 
 SOCKET_NAME = "embed.sock"
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hivemem.errors import UntrustedService
-from hivemem.settings import Settings
+from hivemem.infra.settings import Settings
 
 _PEERCRED = struct.Struct("3i")  # Linux struct ucred: pid, uid, gid
 

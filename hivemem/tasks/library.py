@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemem.errors import TaskLibraryError, TaskNotFoundError, UnknownTaskTypeError
-from hivemem.sqlite import Connections, in_chunks
+from hivemem.infra.sqlitedb import Connections, in_chunks
 from hivemem.tasks import codec, schema
 from hivemem.tasks.allocation import plan_allocation
 

@@ -11,7 +11,7 @@
   ``ef_search`` (HNSW), ``minconn``/``maxconn`` (connection pool); the rest (``sslmode``,
   ``connect_timeout``, …) go to libpq unchanged;
 * ``sqlite:///absolute/path``: the SQLite file (so that ``HIVEMEM_MEMORY_URL`` can name either);
-* ``None``: ``$HIVEMEM_MEMORY_URL`` when set, else ``hivemem.config.home()/memory.sqlite``.
+* ``None``: ``$HIVEMEM_MEMORY_URL`` when set, else ``hivemem.infra.config.home()/memory.sqlite``.
 
 Anything else that looks like a URL (``scheme://…``) is refused, never taken as a file name: a
 typo such as ``postgresq://`` would otherwise silently create a local directory.
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from hivemem import config as hm_config
-from hivemem.settings import Settings
+from hivemem.infra import config as hm_config
+from hivemem.infra.settings import Settings
 
 ENV = "HIVEMEM_MEMORY_URL"
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")

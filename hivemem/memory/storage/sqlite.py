@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks, retry_locked
 from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory, now
 from hivemem.memory.storage import fts, vectorindex
 from hivemem.memory.storage.sqlcompile import compile_where
 from hivemem.memory.storage.vectorindex import SharedIndex, StaleIndex, read_state
-from hivemem.sqlite import Connections, disk_full, enable_wal, in_chunks, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from hivemem.embed.protocol import EmbedderLike
-from hivemem.settings import Settings
+from hivemem.infra.settings import Settings
 
 # Mem0 config providers that mean "the local MiniLM model", mapped to hivemem's own engine.
 _IN_PROCESS = {"hivemem", "onnx", "sentence-transformers", "huggingface", "openai"}

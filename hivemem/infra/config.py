@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hivemem.settings import Settings
+from hivemem.infra.settings import Settings
 
 
 def home() -> Path:
