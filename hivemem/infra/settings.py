@@ -24,47 +24,17 @@ class Variable(NamedTuple):
 
 
 VARIABLES: tuple[Variable, ...] = (
-    Variable(
-        "HIVEMEM_HOME",
-        "home",
-        "Root of the persistent files: model exports, cache, default store "
-        "(default `$XDG_CACHE_HOME/hivemem`, else `~/.cache/hivemem`).",
-    ),
-    Variable("XDG_CACHE_HOME", "xdg_cache_home", "Where `HIVEMEM_HOME` defaults to when that is unset."),
-    Variable(
-        "XDG_RUNTIME_DIR",
-        "xdg_runtime_dir",
-        "Per-user runtime directory for the service's socket "
-        "and locks (default: a 0700 directory named after the uid in the temp dir).",
-    ),
-    Variable(
-        "HIVEMEM_CACHE",
-        "cache",
-        "The embedding cache's SQLite file (default `$HIVEMEM_HOME/embeddings.sqlite`).",
-    ),
+    Variable("HIVEMEM_HOME", "home", "Root of the model export, cache and default store (see below)."),
+    Variable("XDG_CACHE_HOME", "xdg_cache_home", "`HIVEMEM_HOME` defaults to `$XDG_CACHE_HOME/hivemem`."),
+    Variable("XDG_RUNTIME_DIR", "xdg_runtime_dir", "Per-user directory of the service's socket and locks."),
+    Variable("HIVEMEM_CACHE", "cache", "The embedding cache's SQLite file."),
     Variable("HIVEMEM_CACHE_URL", "cache_url", "A Redis URL: the cache's machine-shared second tier."),
-    Variable("HIVEMEM_CACHE_TTL", "cache_ttl_text", "Seconds an entry lives in the Redis tier (a number)."),
-    Variable(
-        "HIVEMEM_SOCKET",
-        "socket",
-        "The embedding service's Unix socket (default `embed.sock` in the runtime dir).",
-    ),
-    Variable(
-        "HIVEMEM_TRUST_UIDS",
-        "trust_uids_text",
-        "Other users whose service this user's workers may use (numeric uids, comma- or space-separated).",
-    ),
-    Variable(
-        "HIVEMEM_EMBEDDER_URL",
-        "embedder_url",
-        "Embed through `hivemem serve --http` at this URL instead of the local socket.",
-    ),
+    Variable("HIVEMEM_CACHE_TTL", "cache_ttl_text", "Seconds an entry lives in the Redis tier."),
+    Variable("HIVEMEM_SOCKET", "socket", "The embedding service's Unix socket."),
+    Variable("HIVEMEM_TRUST_UIDS", "trust_uids_text", "Other users (uids) whose service workers may use."),
+    Variable("HIVEMEM_EMBEDDER_URL", "embedder_url", "Embed through `hivemem serve --http` at this URL."),
     Variable("HIVEMEM_API_KEY", "api_key", "The API key sent to, or required by, the HTTP server."),
-    Variable(
-        "HIVEMEM_MEMORY_URL",
-        "memory_url",
-        "Where `Memory()` keeps memories: a SQLite path or a `postgresql://` URL.",
-    ),
+    Variable("HIVEMEM_MEMORY_URL", "memory_url", "`Memory()`'s store: a SQLite path or `postgresql://` URL."),
     Variable("HIVEMEM_USER_ID", "user_id", "The MCP relay's default `user_id` scope."),
     Variable("HIVEMEM_AGENT_ID", "agent_id", "The MCP relay's default `agent_id` scope."),
     Variable("HIVEMEM_RUN_ID", "run_id", "The MCP relay's default `run_id` scope."),
