@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "Memory": "hivemem.memory.store",
     "AsyncMemory": "hivemem.memory.aio",
     "Reranker": "hivemem.memory.rerank",
+    "LLMReranker": "hivemem.memory.llm_rerank",
+    "RerankWarning": "hivemem.memory.llm_rerank",
     "import_mem0": "hivemem.memory.mem0_import",
     "FactExtractor": "hivemem.memory.infer",
     "connect": "hivemem.service.client",
@@ -110,6 +112,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.memory.aio import AsyncMemory as AsyncMemory
     from hivemem.memory.infer import FactExtractor as FactExtractor
     from hivemem.memory.mem0_import import import_mem0 as import_mem0
+    from hivemem.memory.llm_rerank import LLMReranker as LLMReranker
+    from hivemem.memory.llm_rerank import RerankWarning as RerankWarning
     from hivemem.memory.rerank import Reranker as Reranker
     from hivemem.memory.store import Memory as Memory
     from hivemem.pool.pool import WorkerPool as WorkerPool
