@@ -81,10 +81,11 @@ _PREPARE_CHILD = "import sys; from hivemem.embed.prepare import main; sys.exit(m
 def prepared_manifest(model: str = DEFAULT_MODEL) -> dict[str, Any]:
     """The current manifest, preparing the model first when there is none.
 
-    The one-time export (torch, sentence-transformers, onnx: ~700 MB resident) runs in a separate,
-    short-lived process, so a service or worker that finds no prepared model never maps torch and
-    serves at its usual size. Its progress lines are relayed to stderr. Processes that start at once
-    prepare once (``prepare_model`` holds a lock; the others wait for it and read the result).
+    The one-time export (torch, sentence-transformers, onnx: several times the serving process's
+    resident memory, docs/embed.md#data-path) runs in a separate, short-lived process, so a service
+    or worker that finds no prepared model never maps torch and serves at its usual size. Its
+    progress lines are relayed to stderr. Processes that start at once prepare once
+    (``prepare_model`` holds a lock; the others wait for it and read the result).
     """
     manifest = current_manifest(model)
     if manifest is not None:
