@@ -30,10 +30,10 @@ MIN_MEAN_COSINE = 0.99
 MIN_MIN_COSINE = 0.97
 MIN_TOP5_OVERLAP = 0.95
 # A text must get (nearly) the same vector whatever else is in its batch: the cache stores one vector
-# per text. Per-tensor dynamic int8 fails this (cos 0.985–0.997 between batches): its activation
-# scale depends on the other texts. Per-row int8 (MatMulNBits) differs only where kernel rounding
-# flips an int8 step (worst seen 0.99986) — smaller than its own distance to fp32 (0.9996 mean);
-# per-token W8A8 measures 0.9999999, like fp32.
+# per text. Per-tensor dynamic int8 fails this: its activation scale depends on the other texts.
+# Per-row int8 (MatMulNBits) differs only where kernel rounding flips an int8 step, far less than its
+# own distance to fp32; per-token W8A8 is as invariant as fp32
+# (docs/quantization.md#batch-invariance-why-per-tensor-dynamic-int8-is-never-the-default).
 MIN_BATCH_INVARIANCE = 0.9995
 
 # Bumped whenever the export or a quantization recipe changes: a directory prepared by an older

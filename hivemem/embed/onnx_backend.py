@@ -118,7 +118,8 @@ class OnnxBackend:
         workers = self._parallel_runs
         if workers > 1 and len(texts) <= workers * self.batch_size:
             # A small call (16 threads × embed_one hand over ~16 texts): the cores must finish
-            # together. Plain batch planning left one core idle 25 % of the time.
+            # together, which plain batch planning does not ensure
+            # (docs/embed.md#measurements-behind-the-design).
             spans = plan_parallel(sorted_lengths, workers, self.batch_size)
         else:
             spans = plan_batches(sorted_lengths, self.batch_size)
@@ -241,7 +242,7 @@ def plan_parallel(sorted_lengths: list[int], workers: int, max_batch: int) -> li
 
     Candidates: one evenly cut run per core, or 2–4 tighter runs per core (less padding, more runs)
     given to the least-loaded core, longest first, as ``encode`` does. On random 16-text calls the
-    tighter plans finish 8 % sooner on average (padded tokens + ``RUN_OVERHEAD_TOKENS`` per run).
+    tighter plans often finish sooner (docs/embed.md#measurements-behind-the-design).
     """
     n = len(sorted_lengths)
 

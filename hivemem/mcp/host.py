@@ -157,7 +157,7 @@ class McpHost:
 
                     return build_server()
 
-                self._server = await asyncio.to_thread(build)  # importing the SDK takes ~1 s
+                self._server = await asyncio.to_thread(build)  # the SDK's import is slow: off the loop
         return self._server
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
