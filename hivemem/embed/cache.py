@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS vectors (
 );
 """
 log = logging.getLogger("hivemem.cache")
-_ROW_OVERHEAD = 80  # bytes of key, index entry and page slack per row, measured roughly
+# Bytes of key, index entry and page slack per row (docs/embed.md#measurements-behind-the-design).
+_ROW_OVERHEAD = 80
 _EVICT_EVERY = 1024  # inserts between size checks
 
 

@@ -30,10 +30,10 @@ MIN_MEAN_COSINE = 0.99
 MIN_MIN_COSINE = 0.97
 MIN_TOP5_OVERLAP = 0.95
 # A text must get (nearly) the same vector whatever else is in its batch: the cache stores one vector
-# per text. Per-tensor dynamic int8 fails this (cos 0.985–0.997 between batches): its activation
-# scale depends on the other texts. Per-row int8 (MatMulNBits) differs only where kernel rounding
-# flips an int8 step (worst seen 0.99986) — smaller than its own distance to fp32 (0.9996 mean);
-# per-token W8A8 measures 0.9999999, like fp32.
+# per text. Per-tensor dynamic int8 fails this: its activation scale depends on the other texts.
+# Per-row int8 (MatMulNBits) differs only where kernel rounding flips an int8 step, far less than its
+# own distance to fp32; per-token W8A8 is as invariant as fp32
+# (docs/quantization.md#batch-invariance-why-per-tensor-dynamic-int8-is-never-the-default).
 MIN_BATCH_INVARIANCE = 0.9995
 
 # Bumped whenever the export or a quantization recipe changes: a directory prepared by an older
@@ -81,10 +81,11 @@ _PREPARE_CHILD = "import sys; from hivemem.embed.prepare import main; sys.exit(m
 def prepared_manifest(model: str = DEFAULT_MODEL) -> dict[str, Any]:
     """The current manifest, preparing the model first when there is none.
 
-    The one-time export (torch, sentence-transformers, onnx: ~700 MB resident) runs in a separate,
-    short-lived process, so a service or worker that finds no prepared model never maps torch and
-    serves at its usual size. Its progress lines are relayed to stderr. Processes that start at once
-    prepare once (``prepare_model`` holds a lock; the others wait for it and read the result).
+    The one-time export (torch, sentence-transformers, onnx: several times the serving process's
+    resident memory, docs/embed.md#data-path) runs in a separate, short-lived process, so a service
+    or worker that finds no prepared model never maps torch and serves at its usual size. Its
+    progress lines are relayed to stderr. Processes that start at once prepare once
+    (``prepare_model`` holds a lock; the others wait for it and read the result).
     """
     manifest = current_manifest(model)
     if manifest is not None:

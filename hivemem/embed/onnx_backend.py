@@ -1,14 +1,13 @@
 """ONNX Runtime backend: the default, and the only one the serving path needs.
 
-Speed comes from four things measured on this 2-core CPU (``docs/embed.md``): ORT's fused BERT
-graph, per-batch padding instead of the tokenizer file's fixed 128 tokens, sorting each call's
-texts by token length so a batch holds texts of similar length (real-token share 0.59 → 0.99), and
+Speed comes from four things (figures: ``docs/embed.md#measurements-behind-the-design``): ORT's
+fused BERT graph, per-batch padding instead of the tokenizer file's fixed 128 tokens, sorting each
+call's texts by token length so a batch holds texts of similar length (almost no padding left), and
 running *batches* in parallel — one single-threaded model run per core on a shared session — instead
-of splitting every operator across cores. MiniLM's operators are small (a 704×384 activation is
-1 MB), so ORT's per-operator fork/join across two threads cost more than it gained: two concurrent
-single-threaded runs gave +16 % over one two-threaded run of the per-token int8 graph on a quiet
-moment of the shared dev VM and 2.2–2.8× under load (a descheduled thread stalls every operator of
-a two-threaded run, but only its own run here); a run's rows never depend on the other runs.
+of splitting every operator across cores. MiniLM's operators are small, so ORT's per-operator
+fork/join across threads costs more than it gains, most of all under load (a descheduled thread
+stalls every operator of a multi-threaded run, but only its own run here); a run's rows never
+depend on the other runs.
 """
 
 from __future__ import annotations
@@ -92,7 +91,8 @@ class OnnxBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Batches change shape on every call, so the arena and memory patterns only keep peak-sized
-        # buffers alive: off, ~10 MB less per process at the same throughput (docs/embed.md).
+        # buffers alive: off, less memory per process at the same throughput
+        # (docs/embed.md#measurements-behind-the-design).
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
         providers = providers_for(device, ort.get_available_providers())
@@ -118,7 +118,8 @@ class OnnxBackend:
         workers = self._parallel_runs
         if workers > 1 and len(texts) <= workers * self.batch_size:
             # A small call (16 threads × embed_one hand over ~16 texts): the cores must finish
-            # together. Plain batch planning left one core idle 25 % of the time.
+            # together, which plain batch planning does not ensure
+            # (docs/embed.md#measurements-behind-the-design).
             spans = plan_parallel(sorted_lengths, workers, self.batch_size)
         else:
             spans = plan_batches(sorted_lengths, self.batch_size)
@@ -177,16 +178,15 @@ class OnnxBackend:
         self.session = None
 
 
-# A model run costs about as much as this many extra tokens on top of the tokens it computes: a
-# single-threaded run of 3 tokens costs 0.47 ms, 6.8 tokens' worth, on the int8 graphs (fp32: 16,
-# its weights are 4× larger to stream), measured 2026-11-26 on the dev VM.
+# A single-threaded model run of the int8 graphs costs about as much as this many extra tokens on top
+# of the tokens it computes (docs/embed.md#measurements-behind-the-design).
 RUN_OVERHEAD_TOKENS = 6
 
 
 def plan_batches(sorted_lengths: list[int], max_batch: int) -> list[tuple[int, int]]:
     """Cut length-sorted texts into batches that minimise padded tokens + per-run overhead.
 
-    Every batch is padded to its longest text, so a batch of 16 random texts wastes ~30 % of its
+    Every batch is padded to its longest text, so a batch of random texts wastes much of its
     compute on padding; a few tighter batches cost less even with the extra runs. Exact dynamic
     programme over the sorted order (each batch is a contiguous run of at most ``max_batch``).
     """
@@ -242,7 +242,7 @@ def plan_parallel(sorted_lengths: list[int], workers: int, max_batch: int) -> li
 
     Candidates: one evenly cut run per core, or 2–4 tighter runs per core (less padding, more runs)
     given to the least-loaded core, longest first, as ``encode`` does. On random 16-text calls the
-    tighter plans finish 8 % sooner on average (padded tokens + ``RUN_OVERHEAD_TOKENS`` per run).
+    tighter plans often finish sooner (docs/embed.md#measurements-behind-the-design).
     """
     n = len(sorted_lengths)
 

@@ -268,9 +268,10 @@ def export_bert(bert: Any, out: Path, *, num_heads: int, hidden_size: int, unfus
 def unfuse_skip_layer_norm(model: Any) -> None:
     """Replace each ``SkipLayerNormalization`` by ``Add`` (+ bias ``Add``) → ``LayerNormalization``.
 
-    Same arithmetic, but on ORT 1.32 the fused CPU kernel is the slow one: 1,064 µs vs 162 µs for
-    the three plain ops on a 704×384 batch (one thread); unfused, fp32 runs 12 % and the per-token
-    int8 graph 30 % faster (docs/quantization.md). ORT does not fuse them back.
+    Same arithmetic, but on ORT 1.32 the fused CPU kernel is several times slower than the three
+    plain ops, so every variant runs faster unfused
+    (docs/quantization.md#execution-skiplayernormalization-parallel-runs-batch-size). ORT does not
+    fuse them back.
     """
     from onnx import helper
 
@@ -438,9 +439,10 @@ def _verify_all(
     return [reports[name] for name in VARIANTS]
 
 
-# Interleaved speed rounds in ``prepare``: 3 rounds × 3 batch sizes × 400 texts per variant (~15 s in
-# all on 2 cores). Batch size matters: the per-token int8 graph ran 1.5× faster in runs of 8 than of
-# 32 on the dev VM (a run's activations then stay in the core's L2), fp32 slightly slower.
+# Interleaved speed rounds in ``prepare``: 3 rounds × 3 batch sizes × 400 texts per variant, a few
+# seconds each. Batch size matters: the per-token int8 graph runs much faster in runs of 8 than of 32
+# (a run's activations then stay in the core's L2), fp32 does not
+# (docs/quantization.md#execution-skiplayernormalization-parallel-runs-batch-size).
 SPEED_ROUNDS = 3
 SPEED_TEXTS = 400
 SPEED_BATCH_SIZES = (8, 16, 32)

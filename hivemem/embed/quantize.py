@@ -6,15 +6,17 @@ sentence-transformers and makes the fastest accepted one the default on the mach
 * ``"w8a8"`` (``hivemem.embed.w8a8``): every linear layer, attention projections included, as an int8
   GEMM with one activation scale per *token* row, per-channel weights, SmoothQuant factors picked per
   layer on calibration text, and per-token-per-block scales for the 1536-wide FFN output. Batch
-  invariant by construction (a row's scale depends on that row only). Measured 2026-11-26 on the
-  AVX-512/VNNI dev VM: cos 0.9993, top-5 0.96–0.97, 1.6–1.9× the ``nbits`` recipe's speed.
+  invariant by construction (a row's scale depends on that row only), within the acceptance gate,
+  and clearly faster than ``nbits`` on a VNNI CPU.
 * ``"nbits"``: every MatMul with a constant weight becomes ``MatMulNBits`` (8-bit symmetric weights in
   blocks of 128, ``accuracy_level=4``: activations quantized per row and 128-wide block at run time).
-  Nearly lossless (cos 0.9996, top-5 0.974) and batch-independent, but on ORT 1.32 its 8-bit kernel
-  runs at about fp32 speed on the VNNI machine; the safe fallback where ``w8a8`` fails its checks.
+  Nearly lossless and batch-independent, but on ORT 1.32 its 8-bit kernel runs at about fp32 speed
+  on a VNNI CPU; the safe fallback where ``w8a8`` fails its checks.
 * ``"fast"``: plain ``quantize_dynamic`` per-channel int8. One activation scale per *tensor* — the
-  batch's range — so a text's vector depends on its batch-mates (invariance 0.985) and top-5
-  neighbours move (0.90). Opt-in only.
+  batch's range — so a text's vector depends on its batch-mates and top-5 neighbours move. Opt-in
+  only.
+
+Figures for the three: ``docs/quantization.md#the-recipes-measured-side-by-side-2026-11-26``.
 
 Why not per-tensor dynamic int8 for the default: MiniLM's hidden states carry a few outlier channels,
 so one scale for the whole ``[batch·seq, hidden]`` matrix is coarse, no single node is to blame (the
@@ -40,9 +42,11 @@ if TYPE_CHECKING:  # pragma: no cover
 Profile = Literal["w8a8", "nbits", "fast"]
 PROFILES: tuple[Profile, ...] = ("w8a8", "nbits", "fast")
 
-#: Blocks of 128 along K: 64 gains ~0.003 top-5 overlap but costs ~8% throughput; 256 loses both.
+#: Blocks of 128 along K: the best fidelity per speed of the sizes tried
+#: (docs/quantization.md#measurements-behind-the-design).
 NBITS_BLOCK_SIZE = 128
-#: Self-check threshold on calibration texts (measured min cos: w8a8 0.998, nbits 0.997, fast 0.98).
+#: Self-check threshold on calibration texts, with a margin below each recipe's minimum there
+#: (docs/quantization.md#measurements-behind-the-design).
 MIN_CALIBRATION_COS = {"w8a8": 0.99, "nbits": 0.99, "fast": 0.95}
 
 
@@ -124,7 +128,8 @@ def _dynamic_kwargs() -> dict[str, Any]:
 
     # Fused contrib ops (SkipLayerNormalization, BiasGelu…) have no ONNX shape inference, so the
     # quantizer must be told their outputs are float. reduce_range keeps u8×s8 products clear of
-    # int16 saturation on AVX2 machines without VNNI; it costs ~0.001 cos.
+    # int16 saturation on AVX2 machines without VNNI, at a small cost in fidelity
+    # (docs/quantization.md#earlier-recipes-2026-11-25-before-per-token-w8a8).
     return {
         "weight_type": QuantType.QInt8,
         "per_channel": True,

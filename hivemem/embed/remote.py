@@ -29,9 +29,10 @@ What this client adds on top of one HTTP call:
 * **Checked vectors.** Each answer must hold one finite, non-zero vector of the right width per
   input; vectors are re-normalised to unit length when a server does not.
 
-Vectors travel as base64 float32 (``encoding_format="base64"``, ~4× smaller and much cheaper to
-parse than JSON floats); a server that refuses base64 is asked for floats instead. Only httpx and
-numpy are imported: no model runtime, so a worker process stays a few MB.
+Vectors travel as base64 float32 (``encoding_format="base64"``: smaller and much cheaper to parse
+than JSON floats, docs/cluster.md#remote-embeddings-hivememembedremote); a server that refuses
+base64 is asked for floats instead. Only httpx and numpy are imported: no model runtime, so a
+worker process stays small.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """sentence-transformers (torch) backend: the reference the ONNX variants are checked against.
 
-Slower and heavier (≈500 MB per process, 10 s to import) — use it when you need bit-for-bit the
-upstream library's vectors, or torch's CUDA path.
+Slower and heavier (torch in every process that uses it: docs/embed.md#measurements-behind-the-design)
+— use it when you need bit-for-bit the upstream library's vectors, or torch's CUDA path.
 """
 
 from __future__ import annotations

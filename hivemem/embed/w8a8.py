@@ -2,29 +2,30 @@
 
 Why per token: dynamic int8 that scales activations per *tensor* (ORT's ``quantize_dynamic``, the
 ``fast`` profile) is fast but gives a text a different vector in every batch (its scale is the
-batch's range) and moves top-5 neighbours (0.90). Here each token row gets its own scale, computed
+batch's range) and moves top-5 neighbours. Here each token row gets its own scale, computed
 from that row only, and the GEMM is exact integer arithmetic, so a row's result cannot depend on the
-other rows: measured batch invariance 0.9999999 (fp32 itself: 0.9999999; the block-wise
-``MatMulNBits`` recipe: 0.99989).
+other rows: batch invariance is that of fp32 itself
+(``docs/quantization.md#batch-invariance-why-per-tensor-dynamic-int8-is-never-the-default``).
 
-Why not ``MatMulNBits`` (the previous default): on this CPU its 8-bit kernel runs at fp32 speed
-(one 704×384 @ 384×1536 product: 3.4 ms vs 3.7 ms fp32, single thread), while ``MatMulInteger``
-runs it in 0.87 ms — the int8 rate ``avx512_vnni`` promises (docs/quantization.md).
+Why not ``MatMulNBits`` (the previous default): on ORT 1.32 its 8-bit kernel runs at about fp32
+speed on a VNNI CPU, while ``MatMulInteger`` runs at the int8 rate ``avx512_vnni`` promises
+(``docs/quantization.md#why-matmulnbits-stopped-being-the-default``).
 
-The rewrite, each step measured on held-out corpora (``docs/quantization.md``):
+The rewrite, each step chosen on held-out corpora
+(``docs/quantization.md#how-the-per-token-graph-is-built-hivememembedw8a8py``):
 
 * Every linear layer — Q, K and V projections, attention output, FFN in, FFN out — becomes
   ``MatMulIntegerToFloat``: uint8 activations with zero point 128 (symmetric int8 in ORT's u8×s8
   kernels) times int8 weights with one scale per output channel; the per-row activation scale is
   applied to the output by the same op.
 * Per-row scale: ``ReduceMax``/``ReduceMin`` along the row → absmax/127 → blocked
-  ``QuantizeLinear`` (block = the row). Inputs whose rows carry a few huge channels (LayerNorm
-  outputs: max 28 vs median 1.8) get SmoothQuant factors ``s = amax_x^α / amax_w^(1-α)``: the
+  ``QuantizeLinear`` (block = the row). Inputs whose rows carry a few huge channels (the LayerNorm
+  outputs) get SmoothQuant factors ``s = amax_x^α / amax_w^(1-α)``: the
   activation is divided by ``s`` and the weight rows multiplied by it. α is chosen per layer on
   calibration activations (never the evaluation texts) by the product's relative error. For the
   attention output the division folds exactly into the V projection (softmax rows sum to 1).
 * FFN out (K = 1536 GELU outputs) is quantized per token *per 384-wide block*: one scale per row
-  over 1536 values cost top-5 0.945 → 0.964 with blocks. The four partial products are summed.
+  over 1536 values is too coarse to keep top-5 neighbours. The four partial products are summed.
 * The fused ``Attention`` op only takes fp32 weights, so it is split into three int8 projections
   feeding ``MultiHeadAttention`` (same kernel family, same mask semantics: key lengths).
 * LayerNorm, GELU, softmax and the embeddings stay fp32.
@@ -47,13 +48,14 @@ if TYPE_CHECKING:  # pragma: no cover
 #: ("qkv" | "attn_out" | "ffn_in" | "ffn_out", layer index)
 LayerKey = tuple[str, int]
 
-#: Width of the per-token blocks of the FFN-out input (its K is 1536): 384 measured best per cost.
+#: Width of the per-token blocks of the FFN-out input (its K is 1536): the best fidelity per cost of
+#: the widths tried (docs/quantization.md#the-recipes-measured-side-by-side-2026-11-26).
 FFN_OUT_BLOCK = 384
 #: SmoothQuant strengths tried per layer (0 = no smoothing).
 ALPHAS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 #: Layers whose inputs get smoothed. FFN out is left out: with 384-wide blocks, smoothing it changed
-#: neither mean cosine (0.99933 both) nor top-5 beyond noise, and its Mul is a pass over 1536 floats
-#: per token.
+#: neither mean cosine nor top-5 beyond noise, and its Mul is a pass over 1536 floats per token
+#: (docs/quantization.md#the-recipes-measured-side-by-side-2026-11-26).
 SMOOTHED_KINDS = ("qkv", "attn_out", "ffn_in")
 #: Calibration rows kept per layer input (tokens): enough for stable channel maxima.
 MAX_CALIBRATION_ROWS = 4096
@@ -361,7 +363,8 @@ class _Rewriter:
             self.name(n) for n in ("max", "min", "neg_min", "absmax", "scale", "xq")
         )
         nodes += [
-            # max(max(x), -min(x)) reads the row twice but writes nothing: 25 % cheaper than Abs+ReduceMax.
+            # max(max(x), -min(x)) reads the row twice but writes nothing: cheaper than Abs+ReduceMax
+            # (docs/quantization.md#how-the-per-token-graph-is-built-hivememembedw8a8py).
             self.node("ReduceMax", [x, self.axis], [hi], keepdims=1),
             self.node("ReduceMin", [x, self.axis], [lo], keepdims=1),
             self.node("Neg", [lo], [neg_lo]),

@@ -1,7 +1,7 @@
 """API keys and what each may do, read from ``--api-key`` / ``--keys keys.json``.
 
 Kept free of FastAPI so that ``hivemem serve`` without ``--http`` never imports the web stack
-(≈ 10 MB less in the service process).
+(docs/service.md#measurements-behind-the-design).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def runtime_dir() -> Path:
     base = Settings.from_env().xdg_runtime_dir
     if base:
         path = Path(base) / "hivemem"
-    else:  # imported here: tempfile (shutil, random…) costs each `hivemem mcp` relay ~0.5 MB
+    else:  # imported here: tempfile (shutil, random…) would weigh on each `hivemem mcp` relay
         import tempfile
 
         path = Path(tempfile.gettempdir()) / f"hivemem-{os.getuid()}"

@@ -108,8 +108,10 @@ def retry_locked(step: Callable[[], T], timeout: float) -> T:
 
 
 def int_array(group_concat: str | None) -> np.ndarray:
-    """The integers of an SQL ``group_concat(...)`` as an array: ~5× faster than fetching one row
-    per integer (no Python tuple per row), which matters for lists of thousands of row ids."""
+    """The integers of an SQL ``group_concat(...)`` as an array, for lists of thousands of row ids.
+
+    Much faster than fetching one row per integer: no Python tuple per row
+    (docs/memory.md#measurements-behind-the-design)."""
     import numpy as np
 
     if not group_concat:

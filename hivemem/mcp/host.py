@@ -1,11 +1,12 @@
 """The machine's MCP host: a companion of the embedding service (``hivemem serve`` composes it) that
 serves the ``hivemem mcp`` relays on ``<socket>.mcp``.
 
-One process per machine speaks MCP, so the SDK (~48 MB) and the stores are paid for once, and the
-memory stores embed with the service's own engine, in process (no socket round trip). Each relay
-connection sends a hello line ``{"hivemem_mcp": 1, "scope": {...}, "store": ...}``, answered
-``{"ok": true}`` or ``{"error": …}``; then it carries newline-delimited JSON-RPC, served by the one
-SDK server of ``hivemem.mcp.toolserver`` with the connection's ``Target`` attached to every message.
+One process per machine speaks MCP, so the SDK and the stores are paid for once
+(docs/mcp.md#figures), and the memory stores embed with the service's own engine, in process (no
+socket round trip). Each relay connection sends a hello line
+``{"hivemem_mcp": 1, "scope": {...}, "store": ...}``, answered ``{"ok": true}`` or ``{"error": …}``;
+then it carries newline-delimited JSON-RPC, served by the one SDK server of
+``hivemem.mcp.toolserver`` with the connection's ``Target`` attached to every message.
 The SDK is imported on the first connection, so a service nobody reaches over MCP never loads it.
 
 Limits: a message (line) is at most ``relay.MAX_MESSAGE`` bytes (a longer one closes the
@@ -156,7 +157,7 @@ class McpHost:
 
                     return build_server()
 
-                self._server = await asyncio.to_thread(build)  # importing the SDK takes ~1 s
+                self._server = await asyncio.to_thread(build)  # the SDK's import is slow: off the loop
         return self._server
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

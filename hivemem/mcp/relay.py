@@ -3,8 +3,8 @@
 The protocol is handled once per machine, by the service (``hivemem.mcp.host``). This process
 sends a one-line hello carrying the agent's scope and store over the service's MCP socket
 (``<socket>.mcp``), then copies newline-delimited JSON-RPC from stdin to the socket and back to
-stdout. It imports no numpy, no MCP SDK and no model, which is what keeps it light
-(``benchmarks/mcp.py``; an SDK stdio server costs ~48 MB PSS before it holds any model).
+stdout. It imports no numpy, no MCP SDK and no model, which is what keeps it light: an SDK stdio
+server costs several times a relay before it holds any model (docs/mcp.md#figures).
 
 If nobody listens, the service is started as ``hivemem.connect()`` starts it (``spawn``). If the
 connection drops (the service restarted, even after ``kill -9``) the relay reconnects, replays the
@@ -125,7 +125,7 @@ class Relay:
                 raise ServiceUnavailable(
                     f"no hivemem MCP host at {self.path} ({last}); is the service running without it?"
                 )
-            from hivemem.service import spawn  # only when the service is missing (subprocess: ~0.5 MB)
+            from hivemem.service import spawn  # only when the service is missing (subprocess's import)
 
             if not spawn.can_connect(self.sock):
                 deadline = spawn.ensure_running(self.sock, self.service_args, deadline)  # + a first export

@@ -28,7 +28,7 @@ log = logging.getLogger("hivemem.mcp")
 
 # Tool calls run in worker threads, at most this many at once for the whole service: concurrent adds
 # are grouped by ``Memory`` anyway (one embed call, one transaction), and each further thread of 25
-# agents' calls cost the service its own stack and SQLite connection (~1 MB PSS each) for nothing.
+# agents' calls cost the service its own stack and SQLite connection for nothing (docs/mcp.md#figures).
 TOOL_THREADS = 8
 
 SCOPE_KEY = "hivemem.mcp.target"  # where an HTTP transport puts the Target in the ASGI scope

@@ -20,9 +20,9 @@ Parsing rejects anything else with a ValueError/TypeError that names the problem
 as ``{"gte ": 3}`` never silently matches nothing.
 
 Limits, checked here, before any backend compiles the tree (``LimitExceeded``, a ValueError naming
-the limit; HTTP 422). Each backend must run every tree within them; the SQLite compiler's margins
-were measured on SQLite 3.40: its parser stack overflowed at 24 nested NOTs and 50 nested ANDs,
-and its expression tree (1,000 deep) at ~1,000 ORed conditions.
+the limit; HTTP 422). Each backend must run every tree within them; they keep the SQLite
+compiler's worst tree well inside SQLite's parser stack and expression depth (the margins:
+docs/security.md#limits, "Why these numbers").
 
 * ``MAX_FILTER_DEPTH`` = 10 levels of AND/OR/NOT nesting;
 * ``MAX_FILTER_BRANCHES`` = 256 items in all AND/OR/NOT lists together;

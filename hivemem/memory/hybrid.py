@@ -1,17 +1,17 @@
 """Hybrid retrieval: keyword relevance (BM25) fused with vector similarity, the same on every backend.
 
 Why: on long real conversations (LoCoMo, development half; ``benchmarks/retrieval.py``) agents ask
-about names, places, dates and objects. all-MiniLM-L6-v2 alone finds 50% of the evidence turns in
-its top 10 (the exact fp32 reference: 51%), keyword BM25 alone 64%, and the rule below 69%: 1.36×
-the reference, and at least the better of the two on every question category. The rule and its
-parameters were chosen on that development data only (``benchmarks/retrieval.py --sweep``; all
-figures in docs/memory.md):
+about names, places, dates and objects. all-MiniLM-L6-v2 alone (int8 or the exact fp32 reference)
+finds fewer of the evidence turns in its top 10 than keyword BM25 alone, and the rule below finds
+more than either, at least as many as the better of the two on every question category. The rule
+and its parameters were chosen on that development data only (``benchmarks/retrieval.py --sweep``;
+all figures in docs/memory.md#hybrid-retrieval-the-shared-index-scale-2026-11-26):
 
 * **Query terms** (``query_terms``): the query's words (Unicode ``\\w+``, lower-cased), English
   stop words dropped (unless nothing else is left), duplicates dropped, at most ``MAX_TERMS``.
   They are plain words: a backend quotes each one, so user text is never read as query syntax.
   Stemming is the backend's (SQLite FTS5: the ``porter`` tokenizer; PostgreSQL: Snowball
-  English, see ``storage/pgkeyword.py``). Keeping stop words: 0.65 instead of 0.69.
+  English, see ``storage/pgkeyword.py``). Keeping stop words lowers recall.
 * **Candidates**: each side contributes its best ``candidates(top_k)`` memories among those that
   pass the filters (the filters apply to both sides *before* ranking).
 * **Fusion** (``fuse``): for every candidate, ``cos`` is its exact cosine similarity and ``kw`` its
@@ -23,11 +23,10 @@ figures in docs/memory.md):
   is the cosine (Mem0 2.x also divides by the signals present). ``threshold`` keeps Mem0's
   meaning: a memory whose cosine is below it is dropped before fusing, whatever its keyword score
   (as Mem0 2.x gates its semantic score). Ties go to the higher cosine, then to the smaller id.
-  Measured alternatives (recall@10): this rule, with weight 0.4, gives 0.683–0.691 from 10 to 100
-  candidates per side (0.67–0.69 for weights 0.3–0.6); reciprocal rank fusion is as good with k =
-  5 (0.679–0.691) but falls to 0.62–0.68 with the usual k = 60, and its score is a rank, not a
-  similarity (so ``score`` and ``threshold`` would lose their meaning); min-max normalised convex
-  combination 0.68 at best; Mem0 2.x's sigmoid BM25 boost over semantic candidates only, 0.63.
+  Of the alternatives in the sweep (other weights and depths, reciprocal rank fusion, min-max
+  normalised convex combination, Mem0 2.x's sigmoid BM25 boost over semantic candidates only), none
+  did better; reciprocal rank fusion is as good only with a small k, and its score is a rank, not a
+  similarity (so ``score`` and ``threshold`` would lose their meaning).
 
 The storage primitives this needs are the search contract of ``storage.base.Storage``.
 """
@@ -71,7 +70,7 @@ def query_terms(text: str) -> list[str]:
 
 
 def candidates(top_k: int) -> int:
-    """How many memories each side contributes to the fusion (a plateau from 20 to 50 measured)."""
+    """How many memories each side contributes to the fusion (recall plateaus from 20: docs/memory.md)."""
     return max(20, 2 * top_k)
 
 

@@ -1,8 +1,8 @@
 """``run_parallel(..., cluster=...)``: the same resumable run, sharded over a Dask distributed cluster.
 
-Why Dask and not Ray (measured on these machines, ``shared/FACTS.md``): a Dask worker is a plain
-Python process of ~70 MB that starts in seconds and runs 1,000 tiny tasks in ~4.8 s; Ray needs
-0.7–1.3 GB RSS and 4–9 s to initialise before the first task. A batch job over warm agents needs
+Why Dask and not Ray: a Dask worker is a plain Python process that starts in seconds, while Ray
+needs many times its memory and seconds to initialise before the first task
+(docs/cluster.md#cluster-runs-hivemempoolcluster). A batch job over warm agents needs
 neither Ray's actors nor its object store: a worker plugin gives "build once per worker", and
 Dask already reschedules the tasks of a worker that dies.
 
@@ -89,9 +89,9 @@ _CONNECT_TIMEOUT_S = 30.0
 _PROBE_TIMEOUT_S = 5.0
 _WAIT_WORKERS_S = 120.0
 # Items in flight per worker thread. Dask keeps about 2 per thread on the workers and the rest queued
-# on the scheduler, so a worker's next item is there when one ends: with 2 per thread a worker
-# idled 10.7 ms p50 between 5 ms items (a driver round trip), with 8 3.1 ms, with 16 1.1 ms
-# (benchmarks/cluster.py, 2 workers on 2 cores). A driver crash redoes at most this window.
+# on the scheduler, so a worker's next item is there when one ends; with fewer, a worker idles a
+# driver round trip between short items (docs/cluster.md#cluster-runs-hivemempoolcluster). A driver
+# crash redoes at most this window.
 WINDOW_PER_THREAD = 16
 _REFRESH_WINDOW_S = 2.0  # how often the window follows workers joining or leaving
 

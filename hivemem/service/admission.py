@@ -4,7 +4,7 @@ Both transports of the service (the socket and the HTTP embeddings route) take a
 texts before they hand them to the engine and give it back when the vectors are there. A caller
 that does not fit waits its turn — first come, first served, woken the moment texts finish — for at
 most ``busy_timeout`` seconds, then gets ``ServiceBusy``. This replaced polling the engine's queue
-with growing sleeps on ``QueueFull`` (2 → 50 ms): a waiting caller now wakes when room is made,
+with growing sleeps on ``QueueFull``: a waiting caller now wakes when room is made,
 not at its next poll, and cannot be overtaken by a newcomer that happened to poll first.
 
 A request larger than the capacity is admitted when nothing else is in flight, so it is slow

@@ -105,7 +105,8 @@ def build_engine(
 def release_free_memory() -> None:
     """Give memory freed after loading (the parsed ONNX protobuf) back to the OS (glibc only).
 
-    Measured: ~3–20 MB less resident memory for the fp32 model; a no-op elsewhere.
+    Less resident memory for the fp32 model (docs/service.md#measurements-behind-the-design); a
+    no-op where the C library is not glibc.
     """
     name = ctypes.util.find_library("c")
     if name:

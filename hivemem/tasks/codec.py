@@ -3,8 +3,8 @@
 Why per value, with a codec number beside it: small values (ids, types, short strings) stay plain
 (compressing them costs more than it saves); only values of at least ``COMPRESS_MIN`` bytes are
 compressed. Writing uses orjson where installed (the converter's speed); reading always uses the
-stdlib ``json``: importing orjson costs a worker ~2 MB, and orjson would read integers beyond 64
-bits back as floats.
+stdlib ``json``: importing orjson would cost every worker its import (docs/tasks.md#measured), and
+orjson would read integers beyond 64 bits back as floats.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Convert a JSON task library into a read-only SQLite task library, once.
 
-Why: every worker ``json.load``-ing a 62 MB file to pick 20 tasks costs ~140 MB and 1.7 s per
-worker; converted once, each worker reads only its tasks. The conversion streams the source (one
+Why: every worker ``json.load``-ing a whole large library to pick 20 tasks holds all of it parsed
+(about twice the file) and waits for the parse (docs/tasks.md#measured); converted once, each
+worker reads only its tasks. The conversion streams the source (one
 task in memory at a time), writes into a temp file next to ``dest`` and renames it into place, so
 readers see either the old library or the complete new one — never a half-written file, even if
 the converter is killed. A full disk is a ``DiskFull`` naming the destination; the temp file is

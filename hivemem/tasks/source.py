@@ -2,7 +2,7 @@
 
 Accepted shapes: a JSON list of tasks, a JSON dict of lists keyed by task type, or JSONL (one
 task per line; chosen by extension ``.jsonl``/``.ndjson``/``.jsonlines`` or ``fmt="jsonl"``).
-Why ijson: its C (yajl) backend parses a 62 MB list in ~0.5 s while building one task at a time.
+Why ijson: its C (yajl) backend parses fast while building one task at a time (docs/tasks.md#measured).
 
 yajl does not report where malformed JSON broke, only a message with a 60-byte excerpt around the
 spot and a caret at a fixed column. The reader remembers the chunk it handed to the parser, so
@@ -10,15 +10,14 @@ the excerpt is located in that chunk to recover the exact byte offset, and the l
 are then counted in the file.
 
 Nesting depth is limited (``max_depth``, default ``DEFAULT_MAX_DEPTH`` = 512 levels of objects and
-lists, the document's outermost one being level 1): a valid 200 KB file nested 100,000 deep once
-made ijson's ``items()`` hold a path prefix per level (O(depth²): 23 GB RSS, an OOM kill), and values
+lists, the document's outermost one being level 1): a small valid file nested very deep once made
+ijson's ``items()`` hold a path prefix per level (O(depth²) memory, an OOM kill), and values
 1,000 deep cannot be written or read back by Python's ``json`` (it recurses per level). Tasks are
 therefore built here from yajl's flat events by a small stack builder that counts levels and stops
 at the limit, before anything deeper is held; the error then names the exact position (found by
-re-scanning the file, on the error path only). Measured on the 62 MB synthetic library: the
-builder parses in 0.59–0.75 s against 0.44–0.60 s for ijson's C ``items()``, interleaved runs.
-JSONL lines are decoded by the stdlib; a line with more brackets than the limit is measured on its
-bytes first.
+re-scanning the file, on the error path only). The builder costs a little more than ijson's C
+``items()`` (docs/tasks.md#measured). JSONL lines are decoded by the stdlib; a line with more
+brackets than the limit is checked on its bytes first.
 """
 
 from __future__ import annotations
