@@ -319,7 +319,7 @@ class Postings:
             self.generation += 1
             return int(size), self.generation
 
-    def _apply(self, new: list[tuple], dead: list[int]) -> None:
+    def _apply(self, new: list[tuple[Any, ...]], dead: list[int]) -> None:
         """Changed rows leave every list, then join the lists of their lexemes (in scope)."""
         out = np.array(sorted({*dead, *(r[0] for r in new)}), dtype=np.int64)
         for entry in self._entries.values():
@@ -426,7 +426,7 @@ class KeywordSearch:
 
     def search(
         self, conn: Any, terms: list[str], where: Node | None, sql: str, params: list[Any], k: int
-    ) -> list[tuple[tuple, float]]:
+    ) -> list[tuple[tuple[Any, ...], float]]:
         """``(row, relevance > 0)`` of the best ``k`` rows passing ``sql`` that hold a term."""
         ns, scope = self.ns, Scope(where)
         size = self._size
