@@ -43,7 +43,8 @@ from hivemem.memory.records import (
     content_hash,
     prepare,
 )
-from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, open_storage, resolve
+from hivemem.memory.storage.backends import open_storage
+from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, resolve
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts

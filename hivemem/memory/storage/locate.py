@@ -26,13 +26,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from hivemem import config as hm_config
-
-if TYPE_CHECKING:
-    from hivemem.memory.storage.base import Storage
 
 ENV = "HIVEMEM_MEMORY_URL"
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -41,9 +38,9 @@ _COLLAPSED = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
 _PG_SCHEMES = ("postgresql", "postgres")
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 SEARCH_MODES = ("local", "server", "hnsw")
-MAX_CONNECTIONS = 1000  # minconn/maxconn
-MAX_EF_SEARCH = 1000
-MAX_DIMS = 16000  # pgvector's vector type holds at most 16,000 dimensions
+_POOL_MAX = 1000  # minconn/maxconn
+_EF_SEARCH_MAX = 1000
+_DIMS_MAX = 16000  # pgvector's vector type holds at most 16,000 dimensions
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -71,15 +68,15 @@ class PostgresLocation:
             raise ValueError(f"search must be local, server or hnsw, got {self.search!r}")
         fix = object.__setattr__  # frozen: the checked numbers replace what was given
         if self.ef_search is not None:
-            fix(self, "ef_search", _int("ef_search", self.ef_search, 1, MAX_EF_SEARCH))
-        fix(self, "minconn", _int("minconn", self.minconn, 1, MAX_CONNECTIONS))
-        fix(self, "maxconn", _int("maxconn", self.maxconn, 1, MAX_CONNECTIONS))
+            fix(self, "ef_search", _int("ef_search", self.ef_search, 1, _EF_SEARCH_MAX))
+        fix(self, "minconn", _int("minconn", self.minconn, 1, _POOL_MAX))
+        fix(self, "maxconn", _int("maxconn", self.maxconn, 1, _POOL_MAX))
         if self.minconn > self.maxconn:
             raise ValueError(
                 f"minconn must not exceed maxconn, got minconn={self.minconn}, maxconn={self.maxconn}"
             )
         if self.dims is not None:
-            fix(self, "dims", _int("embedding_model_dims", self.dims, 1, MAX_DIMS))
+            fix(self, "dims", _int("embedding_model_dims", self.dims, 1, _DIMS_MAX))
 
     def __str__(self) -> str:
         return f"{redact(self.conninfo)} (schema {self.schema})"
@@ -217,14 +214,3 @@ def from_mem0_pgvector(cfg: dict[str, Any]) -> PostgresLocation:
             raise ValueError("the pgvector config needs connection_string or dbname/user/host/…")
         conninfo = make_conninfo(**{k: str(v) for k, v in parts.items()})
     return PostgresLocation(conninfo, dims=cfg.get("embedding_model_dims"), **_options(raw))
-
-
-def open_storage(location: Location) -> Storage:
-    """The storage backend for a resolved location."""
-    if isinstance(location, PostgresLocation):
-        from hivemem.memory.storage.postgres import PostgresStorage
-
-        return PostgresStorage(location)
-    from hivemem.memory.storage.sqlite import SQLiteStorage
-
-    return SQLiteStorage(location)
