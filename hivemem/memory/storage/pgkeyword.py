@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from hivemem.memory.filters import Cond, Logic, Node
+from hivemem.memory.storage import pglower
 from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, rarest_words
 
 VERSION = "1"  # of the function, configuration, column and index below; kept in meta 'keywords'
@@ -88,15 +89,7 @@ def _ranges(kind: str) -> str:
         keep = [cp for cp in range(1, sys.maxunicode + 1) if chr(cp).isalnum()]
     else:
         keep = [cp for cp in range(1, sys.maxunicode + 1) if unicodedata.category(chr(cp)).startswith("M")]
-    parts: list[str] = []
-    start = prev = keep[0]
-    for cp in [*keep[1:], -1]:
-        if cp == prev + 1:
-            prev = cp
-            continue
-        parts.append(f"\\U{start:08X}" if start == prev else f"\\U{start:08X}-\\U{prev:08X}")
-        start = prev = cp
-    return "".join(parts)
+    return pglower.ranges(keep)
 
 
 def _words_sql(ns: str, lower: str) -> tuple[str, str]:
