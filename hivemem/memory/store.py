@@ -43,7 +43,8 @@ from hivemem.memory.records import (
     content_hash,
     prepare,
 )
-from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, open_storage, resolve
+from hivemem.memory.storage.backends import open_storage
+from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, resolve
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "reranker", "history_db_path", "version"}
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
@@ -157,7 +158,7 @@ class Memory:
         self._storage = open_storage(where)
         # Concurrent adds joined into groups (combine.py) where the storage commits groups as one
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
-        grouped = hasattr(self._storage, "insert_many")
+        grouped = self._storage.capabilities.group_commit
         self._combiner = Combiner(self._store_group, max_size=COMBINE_GROUP_MAX) if grouped else None
         self._embedder: EmbedderLike | None = None
         self._owns_embedder = False
@@ -318,7 +319,8 @@ class Memory:
         (outcome,) = self._store_group([new], lambda: None)
         if isinstance(outcome, BaseException):
             raise outcome
-        return outcome
+        stored: list[dict[str, Any]] = outcome
+        return stored
 
     def _store_group(self, calls: list[list[NewMemory]], release: Release) -> list[Any]:
         """The ``combine.Combiner`` runner (and, for one call, ``_store_alone``): concurrent ``_store``
@@ -345,7 +347,7 @@ class Memory:
         row = {t: i for i, t in enumerate(texts)}
         jobs = [(i, todo) for i, todo in todos if todo]
         batches = [(todo, vectors[[row[m.memory] for m in todo]]) for _, todo in jobs]
-        if self._combiner is not None:  # the storage has insert_many: one group commit for all
+        if self._combiner is not None:  # capabilities.group_commit: one transaction for all
             stored = self._storage.insert_many(batches)
         else:  # one call (no combiner): its one transaction
             stored = [self._storage.insert(todo, vecs) for todo, vecs in batches]
@@ -461,7 +463,7 @@ class Memory:
             raise ValueError(f"mode must be one of {', '.join(map(repr, hybrid.MODES))}, got {mode!r}")
         if mode == "keyword" and threshold is not None:
             raise ValueError("threshold is a cosine cut-off; keyword mode computes no cosine (omit it)")
-        if mode == "keyword" and not hybrid.has_keywords(self._storage):
+        if mode == "keyword" and not self._storage.capabilities.keywords:
             raise ValueError(f"{self.location} has no keyword index yet: use mode='vector' or 'hybrid'")
         if not isinstance(rerank, bool):
             raise TypeError(f"rerank must be True or False, got {rerank!r}")

@@ -29,8 +29,14 @@ re-implemented by a backend):
   (SQLite: one read transaction; PostgreSQL: one REPEATABLE READ transaction). Re-entrant.
 
 Filters apply to both sides before ranking: a memory that fails ``where`` is never a candidate.
-The last three methods are the keyword side: a backend without them (``hybrid.has_keywords``) is
-searched in vector mode when hybrid is asked for, and refuses keyword mode.
+The last three methods are the keyword side: a backend without them (``capabilities.keywords``
+False) is searched in vector mode when hybrid is asked for, and refuses keyword mode.
+
+``Storage`` is an abstract class both backends subclass (mypy and ``inspect.isabstract`` check that
+each implements all of it). It holds what they share: ``update``, ``import_rows`` and the deletes
+as one sequence of steps over a ``WriteTx`` (one write transaction in the backend's SQL), and
+``get``/``list``/``count``/``history`` over ``_fetch``. Rows and events are ``rows.py``'s; filters
+compile through ``sqlcompile`` in the backend's ``dialect``.
 
 SQLite (``sqlite.py``) is the embedded default; PostgreSQL with pgvector (``postgres.py``) serves
 fleets that span machines; both have all of the contract, and ``locate.py`` picks one from a path
@@ -39,57 +45,207 @@ or a ``postgresql://`` URL. Both run the same tests (``tests/memory``: the ``loc
 
 from __future__ import annotations
 
+import abc
 import builtins
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
+from hivemem.memory import records
 from hivemem.memory.filters import Node
-from hivemem.memory.records import NewMemory
+from hivemem.memory.records import NewMemory, now
+from hivemem.memory.storage import rows
+from hivemem.memory.storage.rows import Event
+from hivemem.memory.storage.sqlcompile import Compiled, Dialect, compile_filter
+
+T = TypeVar("T")
+# a deleted row: id, memory, actor_id, role, rid, scope
+Removed = tuple[str, str, str | None, str | None, int, str]
 
 
-class Storage(Protocol):
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond the core, said once instead of probed with ``hasattr``."""
+
+    keywords: bool  # keyword_search, cosines, snapshot: modes "hybrid" and "keyword"
+    group_commit: bool  # insert_many stores several batches in ONE transaction (worth combining adds)
+
+
+class WriteTx(Protocol):
+    """The steps of one write transaction in a backend's SQL (``Storage._transact`` opens it)."""
+
+    def locked(self, memory_id: str) -> tuple[str, str, str | None, str | None, int] | None:
+        """The memory's text, scope, actor_id, role and rid, locked for the transaction; None: unknown."""
+        ...
+
+    def holder(self, scope: str, hash_: str, memory_id: str) -> str | None:
+        """The id of another memory of ``scope`` with this hash, if any."""
+        ...
+
+    def set_text(self, memory_id: str, text: str, hash_: str, vector: np.ndarray, stamp: str) -> None: ...
+
+    def set_metadata(self, memory_id: str, metadata: str, stamp: str) -> None: ...
+
+    def changed(self, rid: int, vector: bool) -> None:
+        """Row ``rid`` was updated (``vector``: its vector too): tell whatever derives from it."""
+        ...
+
+    def remove(self, where: Compiled) -> builtins.list[Removed]:
+        """Delete the rows passing ``where`` (in rid order) → what their DELETE events need."""
+        ...
+
+    def removed(self, rids: builtins.list[int]) -> None:
+        """These rows are gone: tell whatever derives from them."""
+        ...
+
+    def present(self, ids: builtins.list[str]) -> set[str]:
+        """Which of ``ids`` are stored."""
+        ...
+
+    def insert(
+        self, memories: builtins.list[NewMemory], vectors: np.ndarray, updated_at: builtins.list[str]
+    ) -> builtins.list[tuple[str, str]]:
+        """Insert as ``Storage.insert`` does, with these ``updated_at`` and no ADD events."""
+        ...
+
+    def add_history(self, events: builtins.list[Event], *, skip_known: bool = False) -> None:
+        """Insert events in order; ``skip_known``: leave out those whose event id is stored."""
+        ...
+
+
+class Storage(abc.ABC):
+    """The contract of a memory backend (module docstring), and the steps both backends share."""
+
+    capabilities: ClassVar[Capabilities]
+    dialect: Dialect  # how filters compile for this backend (``sqlcompile``)
+    _memories: str  # the tables, as the backend's SQL names them
+    _history: str
+
+    # -- the backend's own ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _transact(self, body: Callable[[WriteTx], T]) -> T:
+        """Run ``body`` in one write transaction (all of it or nothing)."""
+
+    @abc.abstractmethod
+    def _fetch(self, sql: str, params: builtins.list[Any]) -> builtins.list[tuple[Any, ...]]:
+        """The rows of one read statement (in the open ``snapshot``, if any)."""
+
+    @abc.abstractmethod
     def bind_model(self, model_id: str, dim: int) -> None:
         """Record the embedding model on first use; refuse a different one later."""
-        ...
 
-    def existing(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    @abc.abstractmethod
+    def existing(self, keys: builtins.list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """Ids of the memories already stored under the given (scope, hash) keys."""
-        ...
 
-    def insert(self, memories: list[NewMemory], vectors: np.ndarray) -> list[tuple[str, str]]:
+    @abc.abstractmethod
+    def insert(
+        self, memories: builtins.list[NewMemory], vectors: np.ndarray
+    ) -> builtins.list[tuple[str, str]]:
         """Store a batch in one transaction → ``(id, "ADD" | "NONE")`` per memory, in order.
 
         ``"NONE"`` with the id of the stored copy when the same text already is in the scope
         (also when another process stored it a moment ago).
         """
-        ...
 
-    def get(self, memory_id: str) -> dict[str, Any] | None: ...
-
-    def list(self, where: Node | None, limit: int) -> list[dict[str, Any]]: ...
-
+    @abc.abstractmethod
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
     ) -> builtins.list[dict[str, Any]]:
         """The vector side of the search contract (module docstring)."""
-        ...
 
+    @abc.abstractmethod
     def keyword_search(
         self, terms: builtins.list[str], where: Node | None, k: int
     ) -> builtins.list[dict[str, Any]]:
         """The keyword side of the search contract (module docstring)."""
-        ...
 
+    @abc.abstractmethod
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         """Exact cosine similarity of these memories to ``vector`` (unknown ids left out)."""
-        ...
 
+    @abc.abstractmethod
     def snapshot(self) -> AbstractContextManager[None]:
         """One consistent committed state for the search calls made inside (re-entrant)."""
-        ...
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget every memory, event and the bound model."""
+
+    @abc.abstractmethod
+    def export_rows(self) -> Iterator[dict[str, Any]]:
+        """Every memory as a record, in insertion order."""
+
+    @abc.abstractmethod
+    def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
+        """The history of each of ``ids`` (oldest first); ids without history are left out."""
+
+    @abc.abstractmethod
+    def deleted_ids(self) -> builtins.list[str]:
+        """Ids that have history but no memory any more, in order of first event."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    def insert_many(
+        self, batches: builtins.list[tuple[builtins.list[NewMemory], np.ndarray]]
+    ) -> builtins.list[builtins.list[tuple[str, str]] | BaseException]:
+        """Several batches → per batch what ``insert`` returns, or the exception that refused it.
+
+        Here each batch is its own transaction; a backend with ``capabilities.group_commit``
+        stores them in one."""
+        out: builtins.list[builtins.list[tuple[str, str]] | BaseException] = []
+        for memories, vectors in batches:
+            try:
+                out.append(self.insert(memories, vectors))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def compile(self, where: Node | None) -> Compiled:
+        """``where`` as this backend's WHERE clause."""
+        return compile_filter(where, self.dialect)
+
+    def get(self, memory_id: str) -> dict[str, Any] | None:
+        found = self._fetch(
+            f"SELECT {rows.FIELDS} FROM {self._memories} WHERE id = {self.dialect.mark}", [memory_id]
+        )
+        return rows.record(found[0], with_score=True) if found else None
+
+    def list(self, where: Node | None, limit: int) -> builtins.list[dict[str, Any]]:
+        c, mark = self.compile(where), self.dialect.mark
+        sql = f"SELECT {rows.FIELDS} FROM {self._memories} WHERE {c.sql} ORDER BY rid LIMIT {mark}"
+        return [rows.record(r) for r in self._fetch(sql, [*c.params, limit])]
+
+    def count(self) -> int:
+        return int(self._fetch(f"SELECT count(*) FROM {self._memories}", [])[0][0])
+
+    def history(
+        self, memory_id: str, entities: dict[str, str] | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Events of ``memory_id``, oldest first; with ``entities`` (e.g. ``{"user_id": "bob"}``)
+        only those that happened in a scope with these ids (``records.in_scope``: events of an
+        unknown scope are left out)."""
+        found = self._fetch(
+            f"SELECT {rows.HISTORY}, scope FROM {self._history} WHERE memory_id = {self.dialect.mark}"
+            " ORDER BY seq",
+            [memory_id],
+        )
+        return [rows.event_dict(r) for r in found if entities is None or records.in_scope(r[-1], entities)]
+
+    def _check_update(self, text: str | None, metadata: str | None) -> None:  # noqa: B027
+        """Refuse what this backend cannot store before any transaction (none here)."""
+
+    def _vectors(self, memories: builtins.list[NewMemory], vectors: np.ndarray) -> np.ndarray:
+        """The checked vectors of a batch to import (and the batch refused if this backend cannot
+        store it); here only their shape."""
+        return rows.checked_vectors(memories, vectors, None)
 
     def update(
         self,
@@ -100,36 +256,45 @@ class Storage(Protocol):
         hash_: str | None = None,
     ) -> None:
         """Change text (with its vector and hash) and/or metadata; KeyError if the id is unknown."""
-        ...
+        self._check_update(text, metadata)
+        stamp = now()
 
-    def delete(self, memory_id: str) -> bool: ...
+        def steps(tx: WriteTx) -> None:
+            row = tx.locked(memory_id)
+            if row is None:
+                raise KeyError(memory_id)
+            old, scope, actor, role, rid = row
+            if text is not None:
+                assert vector is not None and hash_ is not None
+                clash = tx.holder(scope, hash_, memory_id)
+                if clash:
+                    raise ValueError(f"memory {clash} in the same scope already has this text")
+                tx.set_text(memory_id, text, hash_, np.asarray(vector, dtype=np.float32), stamp)
+            if metadata is not None:
+                tx.set_metadata(memory_id, metadata, stamp)
+            new = text if text is not None else old
+            tx.add_history([rows.event(memory_id, old, new, "UPDATE", stamp, actor, role, scope)])
+            tx.changed(rid, vector=text is not None)
 
-    def delete_where(self, where: Node) -> int: ...
+        self._transact(steps)
 
-    def history(
-        self, memory_id: str, entities: dict[str, str] | None = None
-    ) -> builtins.list[dict[str, Any]]:
-        """Events of ``memory_id``, oldest first; with ``entities`` only those of a scope with
-        these ids (``records.in_scope``: events of an unknown scope are left out)."""
-        ...
+    def delete(self, memory_id: str) -> bool:
+        return self._remove(Compiled(f"id = {self.dialect.mark}", [memory_id])) == 1
 
-    def count(self) -> int: ...
+    def delete_where(self, where: Node) -> int:
+        return self._remove(self.compile(where))
 
-    def reset(self) -> None: ...
+    def _remove(self, where: Compiled) -> int:
+        stamp = now()
 
-    # -- export / import (``hivemem.memory.transfer``, ``hivemem.memory.mem0_import``) --------------
+        def steps(tx: WriteTx) -> int:
+            gone = tx.remove(where)
+            if gone:
+                tx.removed([r[4] for r in gone])
+            tx.add_history([rows.event(i, m, None, "DELETE", stamp, a, r, s) for i, m, a, r, _, s in gone])
+            return len(gone)
 
-    def export_rows(self) -> Iterator[dict[str, Any]]:
-        """Every memory as a record, in insertion order."""
-        ...
-
-    def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
-        """The history of each of ``ids`` (oldest first); ids without history are left out."""
-        ...
-
-    def deleted_ids(self) -> builtins.list[str]:
-        """Ids that have history but no memory any more."""
-        ...
+        return self._transact(steps)
 
     def import_rows(
         self,
@@ -138,9 +303,24 @@ class Storage(Protocol):
         updated_at: builtins.list[str],
         history: builtins.list[dict[str, Any]],
     ) -> builtins.list[tuple[str, str]]:
-        """Copy memories (ids and timestamps kept) and history rows from another store in one
-        transaction: ``"SKIP"`` for an id already here, else as ``insert``; history rows replace the
-        synthetic ``ADD`` of the memories they describe and are skipped when their id is here."""
-        ...
+        """Copy memories (ids and timestamps kept) and history rows from another store in ONE
+        transaction (``hivemem memory import``): ``"SKIP"`` for an id already here, else as
+        ``insert`` (``"ADD"``, or ``"NONE"`` for a text already stored in the scope); history rows
+        replace the synthetic ``ADD`` of the memories they describe and are skipped when their id
+        is here, so an import can be repeated."""
+        vectors = self._vectors(memories, vectors)
+        described = {h["memory_id"] for h in history}
+        scopes = {m.id: m.scope for m in memories}  # events of deleted memories: unknown (None)
 
-    def close(self) -> None: ...
+        def steps(tx: WriteTx) -> builtins.list[tuple[str, str]]:
+            here = tx.present([m.id for m in memories])
+            keep = [i for i, m in enumerate(memories) if m.id not in here]
+            todo = [memories[i] for i in keep]
+            stored = tx.insert(todo, vectors[keep], [updated_at[i] for i in keep]) if keep else []
+            added = {mid for mid, event in stored if event == "ADD"}
+            tx.add_history([rows.added(m) for m in todo if m.id in added and m.id not in described])
+            tx.add_history([rows.imported(h, scopes.get(h["memory_id"])) for h in history], skip_known=True)
+            out = dict(zip(keep, stored, strict=True))
+            return [out.get(i, (m.id, "SKIP")) for i, m in enumerate(memories)]
+
+        return self._transact(steps)

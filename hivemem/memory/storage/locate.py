@@ -15,6 +15,9 @@
 
 Anything else that looks like a URL (``scheme://…``) is refused, never taken as a file name: a
 typo such as ``postgresq://`` would otherwise silently create a local directory.
+
+PostgreSQL's options are checked in one place, ``PostgresLocation`` (whatever made it: a URL,
+Mem0's config, or ``PostgresStorage``'s keyword arguments), with the names users write.
 """
 
 from __future__ import annotations
@@ -33,13 +36,19 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # a URL that went through pathlib: "postgresql://h/db" becomes "postgresql:/h/db"
 _COLLAPSED = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
 _PG_SCHEMES = ("postgresql", "postgres")
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+SEARCH_MODES = ("local", "server", "hnsw")
+_POOL_MAX = 1000  # minconn/maxconn
+_EF_SEARCH_MAX = 1000
+_DIMS_MAX = 16000  # pgvector's vector type holds at most 16,000 dimensions
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True)
 class PostgresLocation:
-    """A PostgreSQL store: libpq ``conninfo`` plus hivemem's own options."""
+    """A PostgreSQL store: libpq ``conninfo`` plus hivemem's own options, checked (and numbers
+    given as text converted) when made: a bad option is refused before any connection."""
 
     conninfo: str
     schema: str = "hivemem"
@@ -49,10 +58,34 @@ class PostgresLocation:
     maxconn: int = 10
     dims: int | None = None  # Mem0's embedding_model_dims: checked when the model is bound
 
-    def __str__(self) -> str:
-        from hivemem.memory.storage.postgres import redact
+    def __post_init__(self) -> None:
+        if not isinstance(self.schema, str) or not _SCHEMA_NAME.fullmatch(self.schema):
+            raise ValueError(
+                "schema must be 1-63 letters, digits or underscores, not starting with a digit; "
+                f"got {self.schema!r}"
+            )
+        if self.search not in SEARCH_MODES:
+            raise ValueError(f"search must be local, server or hnsw, got {self.search!r}")
+        fix = object.__setattr__  # frozen: the checked numbers replace what was given
+        if self.ef_search is not None:
+            fix(self, "ef_search", _int("ef_search", self.ef_search, 1, _EF_SEARCH_MAX))
+        fix(self, "minconn", _int("minconn", self.minconn, 1, _POOL_MAX))
+        fix(self, "maxconn", _int("maxconn", self.maxconn, 1, _POOL_MAX))
+        if self.minconn > self.maxconn:
+            raise ValueError(
+                f"minconn must not exceed maxconn, got minconn={self.minconn}, maxconn={self.maxconn}"
+            )
+        if self.dims is not None:
+            fix(self, "dims", _int("embedding_model_dims", self.dims, 1, _DIMS_MAX))
 
+    def __str__(self) -> str:
         return f"{redact(self.conninfo)} (schema {self.schema})"
+
+
+def redact(conninfo: str) -> str:
+    """The connection string without its password (for messages)."""
+    text = re.sub(r"(://[^:/@?]*):[^@/?]*@", r"\1:***@", conninfo)
+    return re.sub(r"(password=)(\S+)", r"\1***", text)
 
 
 Location = Path | PostgresLocation
@@ -82,22 +115,14 @@ def _int(name: str, value: Any, low: int, high: int) -> int:
 
 
 def _options(raw: dict[str, Any]) -> dict[str, Any]:
-    """hivemem's options from URL query parameters or a config dict, checked."""
-    out: dict[str, Any] = {}
+    """hivemem's options from URL query parameters or a config dict (``PostgresLocation`` checks them)."""
+    out: dict[str, Any] = {k: raw[k] for k in ("ef_search", "minconn", "maxconn") if raw.get(k) is not None}
     if "schema" in raw:
         out["schema"] = str(raw["schema"])
     if "search" in raw:
         out["search"] = str(raw["search"])
-        if out["search"] not in ("local", "server", "hnsw"):
-            raise ValueError(f"search must be local, server or hnsw, got {raw['search']!r}")
     if "hnsw" in raw and _flag("hnsw", raw["hnsw"]):  # Mem0's pgvector option
         out["search"] = "hnsw"
-    if raw.get("ef_search") is not None:
-        out["ef_search"] = _int("ef_search", raw["ef_search"], 1, 1000)
-    if raw.get("minconn") is not None:
-        out["minconn"] = _int("minconn", raw["minconn"], 1, 1000)
-    if raw.get("maxconn") is not None:
-        out["maxconn"] = _int("maxconn", raw["maxconn"], 1, 1000)
     return out
 
 
@@ -188,26 +213,4 @@ def from_mem0_pgvector(cfg: dict[str, Any]) -> PostgresLocation:
         if not parts:
             raise ValueError("the pgvector config needs connection_string or dbname/user/host/…")
         conninfo = make_conninfo(**{k: str(v) for k, v in parts.items()})
-    dims = cfg.get("embedding_model_dims")
-    if dims is not None:
-        dims = _int("embedding_model_dims", dims, 1, 16000)
-    return PostgresLocation(conninfo, dims=dims, **_options(raw))
-
-
-def open_storage(location: Location) -> Any:
-    """The storage backend for a resolved location."""
-    if isinstance(location, PostgresLocation):
-        from hivemem.memory.storage.postgres import PostgresStorage
-
-        return PostgresStorage(
-            location.conninfo,
-            schema=location.schema,
-            search=location.search,
-            ef_search=location.ef_search,
-            min_size=location.minconn,
-            max_size=location.maxconn,
-            dims=location.dims,
-        )
-    from hivemem.memory.storage.sqlite import SQLiteStorage
-
-    return SQLiteStorage(location)
+    return PostgresLocation(conninfo, dims=cfg.get("embedding_model_dims"), **_options(raw))

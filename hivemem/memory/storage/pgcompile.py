@@ -1,21 +1,16 @@
-"""Compile a parsed filter tree (``hivemem.memory.filters``) to a PostgreSQL WHERE clause.
+"""PostgreSQL's dialect of the filter compiler (``sqlcompile``: the same tree, walk and semantics).
 
-The same tree as ``sqlcompile`` (SQLite), the same semantics (Python's reading in ``filters``):
+What differs from SQLite is only how an atom is written:
 
-* every atom is two-valued (``coalesce(…, false)``), so NOT, ``ne`` and ``nin`` treat a missing
-  field as "does not equal";
 * metadata is read from the ``meta`` jsonb column; ``jsonb_typeof`` keeps the type families apart
   (numbers, strings, booleans). Equality and number order use jsonb's own operators, which compare
   numbers numerically and never cast (no error on a field that holds another type);
 * strings compare in code-point order: ``COLLATE "C"`` (UTF-8 byte order is code-point order),
   whatever the database's default collation;
 * ``contains`` is ``strpos``; ``icontains`` lowers with ``hm_lower`` (``pglower``: Python's
-  ``str.lower``, not PostgreSQL's locale-dependent ``lower``).
-
-Columns of ``records.COLUMNS`` are read directly (they are ``COLLATE "C"`` text); equality on a
-column at the top level of the tree is emitted bare (``user_id = %s``) so an index can serve it.
-An ``in``/``nin`` list is bound as ONE array parameter (``= ANY(%s::jsonb[])``; jsonb equality
-keeps the type families apart), never one placeholder per value (``filters.MAX_IN_VALUES``).
+  ``str.lower``, not PostgreSQL's locale-dependent ``lower``), qualified by the store's schema;
+* an ``in``/``nin`` list is ONE array parameter (``= ANY(%s::jsonb[])``; jsonb equality keeps the
+  type families apart).
 
 PostgreSQL text cannot hold U+0000, so nothing stored contains it; a filter string that does is
 refused with a ValueError rather than sent to the server.
@@ -26,125 +21,73 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hivemem.memory.filters import Cond, Logic, Node
-from hivemem.memory.records import COLUMNS
+from hivemem.memory.filters import Node
+from hivemem.memory.storage.sqlcompile import Compiled, Dialect, compile_filter, is_num
 
-_CMP = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _FIELD = "(meta -> %s::text)"
+_TEXT = "(meta ->> %s::text)"
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+class PgDialect(Dialect):
+    """``lower``: the schema-qualified name of the store's ``hm_lower`` function."""
 
+    mark = "%s"
+    true = "true"
+    false = "false"
 
-def _text(value: Any) -> Any:
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError(
-            "filter values may not contain NUL characters (U+0000): PostgreSQL text cannot hold them"
-        )
-    return value
-
-
-def _in(field: str, values: tuple[Any, ...], params: list[Any]) -> str:
-    """Whether the field equals one of ``values``, as one array parameter."""
-    if field in COLUMNS:  # columns hold only text
-        strings = [_text(v) for v in values if isinstance(v, str)]
-        if not strings:
-            return "false"
-        params.append(strings)
-        return f"coalesce({field} = ANY(%s::text[]), false)"
-    if not values:
-        return "false"
-    params.extend((field, [json.dumps(_text(v)) for v in values]))
-    return f"coalesce({_FIELD} = ANY(%s::jsonb[]), false)"
-
-
-def _eq(field: str, value: Any, params: list[Any]) -> str:
-    value = _text(value)
-    if field in COLUMNS:
-        if not isinstance(value, str):
-            return "false"  # columns hold only text
-        params.append(value)
-        return f"coalesce({field} = %s, false)"
-    params.extend((field, json.dumps(value)))
-    return f"coalesce({_FIELD} = %s::jsonb, false)"
-
-
-class _Compiler:
     def __init__(self, lower: str) -> None:
-        self.lower = lower  # the qualified name of hm_lower
-        self.params: list[Any] = []
+        self.lower = lower
 
-    def atom(self, c: Cond) -> str:
-        field, op, params = c.field, c.op, self.params
-        value: Any = c.value if isinstance(c.value, tuple) else _text(c.value)
-        column = field in COLUMNS
-        if op == "exists":
-            if column:
-                return f"({field} IS NOT NULL)"
-            params.append(field)
-            return f"coalesce(jsonb_typeof{_FIELD} <> 'null', false)"
-        if op == "eq":
-            return _eq(field, value, params)
-        if op == "ne":
-            return f"(NOT {_eq(field, value, params)})"
-        if op in ("in", "nin"):
-            any_ = _in(field, value, params)
-            return any_ if op == "in" else f"(NOT {any_})"
-        if op in _CMP:
-            sym = _CMP[op]
-            if column:
-                if not isinstance(value, str):
-                    return "false"
-                params.append(value)
-                return f"coalesce({field} {sym} %s, false)"
-            if _is_num(value):
-                params.extend((field, field, json.dumps(value)))
-                return f"coalesce(jsonb_typeof{_FIELD} = 'number' AND {_FIELD} {sym} %s::jsonb, false)"
-            params.extend((field, field, value))
-            text = '(meta ->> %s::text) COLLATE "C"'
-            return f"coalesce(jsonb_typeof{_FIELD} = 'string' AND {text} {sym} %s, false)"
-        if op in ("contains", "icontains"):
-            needle = value.lower() if op == "icontains" else value
-            if column:
-                expr = f"{self.lower}({field})" if op == "icontains" else field
-                params.append(needle)
-                return f"coalesce(strpos({expr}, %s) > 0, false)"
-            text = "(meta ->> %s::text)"
-            expr = f"{self.lower}{text}" if op == "icontains" else text
-            params.extend((field, field, needle))
-            return f"coalesce(jsonb_typeof{_FIELD} = 'string' AND strpos({expr}, %s) > 0, false)"
-        raise ValueError(f"unknown filter operator {op!r}")  # parse() never lets one through
+    def check(self, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(
+                "filter values may not contain NUL characters (U+0000): PostgreSQL text cannot hold them"
+            )
+        return value
 
-    def node(self, node: Node) -> str:
-        if isinstance(node, Cond):
-            return self.atom(node)
-        parts = [self.node(n) for n in node.items]
-        if node.kind == "AND":
-            return "(" + " AND ".join(parts) + ")" if parts else "true"
-        any_ = "(" + " OR ".join(parts) + ")" if parts else "false"
-        return any_ if node.kind == "OR" else f"(NOT {any_})"
+    def column_in(self, column: str, strings: list[str], params: list[Any]) -> str:
+        params.append(strings)
+        return f"{column} = ANY(%s::text[])"
+
+    def column_contains(self, column: str, needle: str, lower: bool, params: list[Any]) -> str:
+        params.append(needle)
+        return f"strpos({f'{self.lower}({column})' if lower else column}, %s) > 0"
+
+    def meta_exists(self, name: str, params: list[Any]) -> str:
+        params.append(name)
+        return f"jsonb_typeof{_FIELD} <> 'null'"
+
+    def meta_eq(self, name: str, value: Any, params: list[Any]) -> str:
+        params.extend((name, json.dumps(value)))
+        return f"{_FIELD} = %s::jsonb"
+
+    def meta_in(self, name: str, values: tuple[Any, ...], params: list[Any]) -> str | None:
+        if not values:
+            return None
+        params.extend((name, [json.dumps(v) for v in values]))
+        return f"{_FIELD} = ANY(%s::jsonb[])"
+
+    def meta_cmp(self, name: str, sym: str, value: Any, params: list[Any]) -> str:
+        if is_num(value):
+            params.extend((name, name, json.dumps(value)))
+            return f"jsonb_typeof{_FIELD} = 'number' AND {_FIELD} {sym} %s::jsonb"
+        params.extend((name, name, value))
+        return f"jsonb_typeof{_FIELD} = 'string' AND {_TEXT} COLLATE \"C\" {sym} %s"
+
+    def meta_contains(self, name: str, needle: str, lower: bool, params: list[Any]) -> str:
+        params.extend((name, name, needle))
+        expr = f"{self.lower}{_TEXT}" if lower else _TEXT
+        return f"jsonb_typeof{_FIELD} = 'string' AND strpos({expr}, %s) > 0"
+
+
+def compile_pg(node: Node | None, lower: str) -> Compiled:
+    """The WHERE clause of ``node`` for PostgreSQL (``%s`` placeholders); ``lower``: the
+    schema-qualified ``hm_lower``."""
+    return compile_filter(node, PgDialect(lower))
 
 
 def compile_where(node: Node | None, lower: str) -> tuple[str, list[Any]]:
-    """``(sql, params)`` for ``WHERE sql`` (``%s`` placeholders); ``("true", [])`` for no filter.
-
-    ``lower``: the schema-qualified name of the store's ``hm_lower`` function.
-    """
-    if node is None:
-        return "true", []
-    top = node.items if isinstance(node, Logic) and node.kind == "AND" else (node,)
-    comp = _Compiler(lower)
-    parts: list[str] = []
-    for item in top:
-        if (
-            isinstance(item, Cond)
-            and item.op == "eq"
-            and item.field in COLUMNS
-            and isinstance(item.value, str)
-        ):
-            parts.append(f"{item.field} = %s")  # indexable; NULL simply does not match here
-            comp.params.append(item.value)
-        else:
-            parts.append(comp.node(item))
-    return (" AND ".join(parts) if parts else "true"), comp.params
+    """``(sql, params)`` for ``WHERE sql``; ``("true", [])`` for no filter (prefer ``compile_pg``,
+    whose ``always`` says so without reading the SQL)."""
+    compiled = compile_pg(node, lower)
+    return compiled.sql, compiled.params

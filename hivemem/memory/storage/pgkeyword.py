@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from hivemem.memory.filters import Cond, Logic, Node
+from hivemem.memory.storage import pglower
 from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, rarest_words
 
 VERSION = "1"  # of the function, configuration, column and index below; kept in meta 'keywords'
@@ -88,15 +89,7 @@ def _ranges(kind: str) -> str:
         keep = [cp for cp in range(1, sys.maxunicode + 1) if chr(cp).isalnum()]
     else:
         keep = [cp for cp in range(1, sys.maxunicode + 1) if unicodedata.category(chr(cp)).startswith("M")]
-    parts: list[str] = []
-    start = prev = keep[0]
-    for cp in [*keep[1:], -1]:
-        if cp == prev + 1:
-            prev = cp
-            continue
-        parts.append(f"\\U{start:08X}" if start == prev else f"\\U{start:08X}-\\U{prev:08X}")
-        start = prev = cp
-    return "".join(parts)
+    return pglower.ranges(keep)
 
 
 def _words_sql(ns: str, lower: str) -> tuple[str, str]:
@@ -319,7 +312,7 @@ class Postings:
             self.generation += 1
             return int(size), self.generation
 
-    def _apply(self, new: list[tuple], dead: list[int]) -> None:
+    def _apply(self, new: list[tuple[Any, ...]], dead: list[int]) -> None:
         """Changed rows leave every list, then join the lists of their lexemes (in scope)."""
         out = np.array(sorted({*dead, *(r[0] for r in new)}), dtype=np.int64)
         for entry in self._entries.values():
@@ -426,7 +419,7 @@ class KeywordSearch:
 
     def search(
         self, conn: Any, terms: list[str], where: Node | None, sql: str, params: list[Any], k: int
-    ) -> list[tuple[tuple, float]]:
+    ) -> list[tuple[tuple[Any, ...], float]]:
         """``(row, relevance > 0)`` of the best ``k`` rows passing ``sql`` that hold a term."""
         ns, scope = self.ns, Scope(where)
         size = self._size

@@ -78,7 +78,8 @@ def probe(full: bool = True) -> tuple[str, str]:
     return "\n".join(chars), "\n".join(c.lower() for c in chars)
 
 
-def _bracket(cps: list[int]) -> str:
+def ranges(cps: list[int]) -> str:
+    """Sorted code points as the inside of a regex bracket (runs as ``\\Uxxxxxxxx-\\Uyyyyyyyy``)."""
     parts: list[str] = []
     start = prev = cps[0]
     for cp in [*cps[1:], -1]:
@@ -87,7 +88,11 @@ def _bracket(cps: list[int]) -> str:
             continue
         parts.append(f"\\U{start:08X}" if start == prev else f"\\U{start:08X}-\\U{prev:08X}")
         start = prev = cp
-    return "[" + "".join(parts) + "]"
+    return "".join(parts)
+
+
+def _bracket(cps: list[int]) -> str:
+    return f"[{ranges(cps)}]"
 
 
 def _literal(text: str) -> str:

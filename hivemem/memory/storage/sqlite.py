@@ -31,8 +31,7 @@ import json
 import logging
 import sqlite3
 import threading
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,10 @@ import numpy as np
 from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks, retry_locked
 from hivemem.memory import records
 from hivemem.memory.filters import Node
-from hivemem.memory.records import NewMemory, now
-from hivemem.memory.storage import fts, vectorindex
-from hivemem.memory.storage.sqlcompile import compile_where
+from hivemem.memory.records import NewMemory
+from hivemem.memory.storage import fts, rows, sqlwrite, vectorindex
+from hivemem.memory.storage.base import Capabilities, Storage, T, WriteTx
+from hivemem.memory.storage.sqlcompile import SQLITE, compile_where
 from hivemem.memory.storage.vectorindex import SharedIndex, StaleIndex, read_state
 
 _SCHEMA = """
@@ -82,28 +82,10 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0), ('rewrites', 0), 
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, rid INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('uid', lower(hex(randomblob(16))))
 """
-# Row ids of deleted/updated rows, for the shared vector index. Trimmed to this many;
-# an index that fell further behind is rebuilt (meta 'pruned' says how far the log was cut).
-_CHANGES_KEPT = 100_000
-_FIELDS = "rid, id, memory, hash, metadata, created_at, updated_at, user_id, agent_id, run_id, actor_id, role"
-_PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
-_HISTORY = "id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted, actor_id, role"
-_HISTORY_KEYS = tuple(_HISTORY.split(", "))
+_FIELDS = rows.FIELDS  # the names the search methods below use
+_record = rows.record
 _BUSY_MS = 60_000
 _log = logging.getLogger("hivemem.memory")
-
-
-def _record(row: tuple, score: float | None = None, *, with_score: bool = False) -> dict[str, Any]:
-    """A row in Mem0's record shape (promoted keys only when set, metadata None when empty)."""
-    meta = json.loads(row[4]) if row[4] and row[4] != "{}" else None
-    out: dict[str, Any] = {"id": row[1], "memory": row[2], "hash": row[3], "metadata": meta}
-    if with_score:
-        out["score"] = score
-    out["created_at"], out["updated_at"] = row[5], row[6]
-    for key, value in zip(_PROMOTED, row[7:12], strict=True):
-        if value is not None:
-            out[key] = value
-    return out
 
 
 def _lower(text: Any) -> Any:
@@ -130,8 +112,13 @@ def _outcome(job: _Job) -> list[tuple[str, str]] | BaseException:
     return job.result
 
 
-class SQLiteStorage:
+class SQLiteStorage(Storage):
     """See the module docstring. ``path`` is created with its parent directories."""
+
+    capabilities = Capabilities(keywords=True, group_commit=True)
+    dialect = SQLITE
+    _memories = "memories"
+    _history = "history"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -236,23 +223,6 @@ class SQLiteStorage:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._write_lock, self._transaction() as db:
             yield db
-
-    def _log_changes(self, db: sqlite3.Connection, rids: list[int]) -> None:
-        """Tell the shared vector index which rows were deleted or got a new vector."""
-        if not self._logged:
-            self._bump(db, rewrite=True)
-            return
-        db.executemany("INSERT INTO changes (rid) VALUES (?)", [(r,) for r in rids])
-        self._bump(db, rewrite=False)
-        last = db.execute("SELECT max(seq) FROM changes").fetchone()[0]
-        if last > 2 * _CHANGES_KEPT and last % 1024 < len(rids):  # now and then, trim the log
-            db.execute("DELETE FROM changes WHERE seq <= ?", (last - _CHANGES_KEPT,))
-            db.execute("UPDATE meta SET value = ? WHERE key = 'pruned'", (last - _CHANGES_KEPT,))
-
-    @staticmethod
-    def _bump(db: sqlite3.Connection, rewrite: bool) -> None:
-        keys = "('version','rewrites')" if rewrite else "('version')"
-        db.execute(f"UPDATE meta SET value = value + 1 WHERE key IN {keys}")
 
     # -- model ---------------------------------------------------------------------------------
 
@@ -372,135 +342,16 @@ class SQLiteStorage:
     def _insert_rows(
         self, db: sqlite3.Connection, memories: list[NewMemory], vectors: np.ndarray
     ) -> list[tuple[str, str]]:
-        results: list[tuple[str, str]] = []
-        history: list[tuple] = []
-        for m, vec in zip(memories, vectors, strict=True):
-            try:
-                cur = db.execute(
-                    "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                    " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (scope, hash) DO NOTHING",
-                    (
-                        m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
-                        m.role, m.metadata, m.created_at, m.created_at, vec.tobytes(),
-                    ),
-                )  # fmt: skip
-            except sqlite3.IntegrityError:  # UNIQUE(id): a caller-chosen id that names another memory
-                raise ValueError(
-                    f"memory id {m.id!r} is already taken by another memory; update or delete that one"
-                ) from None
-            if cur.rowcount == 1:
-                if (
-                    m.given_id
-                    and db.execute(  # an id another scope used: never again (records)
-                        "SELECT 1 FROM history WHERE memory_id = ? AND (scope IS NULL OR scope != ?) LIMIT 1",
-                        (m.id, m.scope),
-                    ).fetchone()
-                ):
-                    raise records.reused_id(m.id)
-                results.append((m.id, "ADD"))
-                history.append(
-                    (str(uuid.uuid4()), m.id, None, m.memory, "ADD", m.created_at, m.created_at, 0,
-                     m.actor_id, m.role, m.scope)
-                )  # fmt: skip
-            else:
-                row = db.execute(
-                    "SELECT id FROM memories WHERE scope = ? AND hash = ?", (m.scope, m.hash)
-                ).fetchone()
-                results.append((row[0], "NONE"))
-        if history:
-            db.executemany(
-                "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at,"
-                " updated_at, is_deleted, actor_id, role, scope) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                history,
-            )
-            self._bump(db, rewrite=False)
-        return results
+        return sqlwrite.insert_rows(db, memories, vectors)
 
-    def update(
-        self,
-        memory_id: str,
-        text: str | None,
-        vector: np.ndarray | None,
-        metadata: str | None,
-        hash_: str | None = None,
-    ) -> None:
-        stamp = now()
+    def _transact(self, body: Callable[[WriteTx], T]) -> T:
         with self._write() as db:
-            row = db.execute(
-                "SELECT memory, scope, actor_id, role, rid FROM memories WHERE id = ?", (memory_id,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(memory_id)
-            old, scope, actor, role, rid = row
-            if text is not None:
-                assert vector is not None and hash_ is not None
-                clash = db.execute(
-                    "SELECT id FROM memories WHERE scope = ? AND hash = ? AND id != ?",
-                    (scope, hash_, memory_id),
-                ).fetchone()
-                if clash:
-                    raise ValueError(f"memory {clash[0]} in the same scope already has this text")
-                db.execute(
-                    "UPDATE memories SET memory = ?, hash = ?, vec = ?, updated_at = ? WHERE id = ?",
-                    (text, hash_, np.asarray(vector, dtype=np.float32).tobytes(), stamp, memory_id),
-                )
-            if metadata is not None:
-                db.execute(
-                    "UPDATE memories SET metadata = ?, updated_at = ? WHERE id = ?",
-                    (metadata, stamp, memory_id),
-                )
-            db.execute(
-                "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at, updated_at,"
-                " is_deleted, actor_id, role, scope) VALUES (?,?,?,?,'UPDATE',?,?,0,?,?,?)",
-                (
-                    str(uuid.uuid4()),
-                    memory_id,
-                    old,
-                    text if text is not None else old,
-                    stamp,
-                    stamp,
-                    actor,
-                    role,
-                    scope,
-                ),
-            )
-            if text is not None:
-                self._log_changes(db, [rid])
-            else:
-                self._bump(db, rewrite=False)  # metadata only: the vectors are unchanged
+            result = body(sqlwrite.SQLiteTx(db, self._logged))
         self._after_write()
+        return result
 
-    def _delete_rows(self, db: sqlite3.Connection, rows: list[tuple]) -> int:
-        stamp = now()
-        db.executemany("DELETE FROM memories WHERE rid = ?", [(r[4],) for r in rows])
-        db.executemany(
-            "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at, updated_at,"
-            " is_deleted, actor_id, role, scope) VALUES (?,?,?,NULL,'DELETE',?,?,1,?,?,?)",
-            [(str(uuid.uuid4()), r[0], r[1], stamp, stamp, r[2], r[3], r[5]) for r in rows],
-        )
-        if rows:
-            self._log_changes(db, [r[4] for r in rows])
-        return len(rows)
-
-    def delete(self, memory_id: str) -> bool:
-        with self._write() as db:
-            rows = db.execute(
-                "SELECT id, memory, actor_id, role, rid, scope FROM memories WHERE id = ?", (memory_id,)
-            ).fetchall()
-            deleted = self._delete_rows(db, rows)
-        self._after_write()
-        return deleted == 1
-
-    def delete_where(self, where: Node) -> int:
-        sql, params = compile_where(where)
-        with self._write() as db:
-            rows = db.execute(
-                f"SELECT id, memory, actor_id, role, rid, scope FROM memories WHERE {sql}", params
-            ).fetchall()
-            deleted = self._delete_rows(db, rows)
-        self._after_write()
-        return deleted
+    def _fetch(self, sql: str, params: builtins.list[Any]) -> builtins.list[tuple[Any, ...]]:
+        return self._db().execute(sql, params).fetchall()
 
     def reset(self) -> None:
         with self._write() as db:
@@ -511,109 +362,34 @@ class SQLiteStorage:
             db.execute("DELETE FROM changes")
             db.execute("UPDATE meta SET value = 0 WHERE key = 'pruned'")  # the log starts again
             db.execute("DELETE FROM meta WHERE key IN ('model_id', 'dim')")
-            self._bump(db, rewrite=True)
+            sqlwrite.bump(db, rewrite=True)
         self._model = None
 
-    # -- reads ---------------------------------------------------------------------------------
-
-    def get(self, memory_id: str) -> dict[str, Any] | None:
-        row = self._db().execute(f"SELECT {_FIELDS} FROM memories WHERE id = ?", (memory_id,)).fetchone()
-        return _record(row, with_score=True) if row else None
-
-    def list(self, where: Node | None, limit: int) -> list[dict[str, Any]]:
-        sql, params = compile_where(where)
-        rows = self._db().execute(
-            f"SELECT {_FIELDS} FROM memories WHERE {sql} ORDER BY rid LIMIT ?", [*params, limit]
-        )
-        return [_record(r) for r in rows]
-
-    def history(
-        self, memory_id: str, entities: dict[str, str] | None = None
-    ) -> builtins.list[dict[str, Any]]:
-        """Events of ``memory_id``, oldest first; with ``entities`` (e.g. ``{"user_id": "bob"}``)
-        only those that happened in a scope with these ids (``records.in_scope``)."""
-        rows = self._db().execute(
-            f"SELECT {_HISTORY}, scope FROM history WHERE memory_id = ? ORDER BY seq", (memory_id,)
-        )
-        return [
-            {**dict(zip(_HISTORY_KEYS, r[:-1], strict=True)), "is_deleted": bool(r[7])}
-            for r in rows
-            if entities is None or records.in_scope(r[-1], entities)
-        ]
-
-    def count(self) -> int:
-        return self._db().execute("SELECT count(*) FROM memories").fetchone()[0]
+    # -- export / import (``hivemem.memory.transfer``; ``import_rows`` is ``Storage``'s) ------------
 
     def export_rows(self) -> Iterator[dict[str, Any]]:
         """Every memory with its scope fields and metadata, in insertion order (for JSONL export)."""
         for row in self._db().execute(f"SELECT {_FIELDS} FROM memories ORDER BY rid"):
             yield _record(row)
 
-    # -- export / import (``hivemem.memory.transfer``) ----------------------------------------
-
     def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""
         out: dict[str, list[dict[str, Any]]] = {}
         for marks, chunk in in_chunks(ids):
-            rows = self._db().execute(
-                f"SELECT {_HISTORY} FROM history WHERE memory_id IN ({marks}) ORDER BY seq", chunk
+            found = self._db().execute(
+                f"SELECT {rows.HISTORY} FROM history WHERE memory_id IN ({marks}) ORDER BY seq", chunk
             )
-            for r in rows:
-                out.setdefault(r[1], []).append(
-                    {**dict(zip(_HISTORY_KEYS, r, strict=True)), "is_deleted": bool(r[7])}
-                )
+            for r in found:
+                out.setdefault(r[1], []).append(rows.event_dict(r))
         return out
 
     def deleted_ids(self) -> builtins.list[str]:
         """Ids that have history but no memory any more (deleted), in order of first event."""
-        rows = self._db().execute(
+        found = self._db().execute(
             "SELECT memory_id FROM history WHERE memory_id NOT IN (SELECT id FROM memories)"
             " GROUP BY memory_id ORDER BY min(seq)"
         )
-        return [r[0] for r in rows]
-
-    def import_rows(
-        self,
-        memories: builtins.list[NewMemory],
-        vectors: np.ndarray,
-        updated_at: builtins.list[str],
-        history: builtins.list[dict[str, Any]],
-    ) -> builtins.list[tuple[str, str]]:
-        """Copy memories and their history from another store (``hivemem memory import
-        --from-mem0``) in ONE transaction: memories whose id is already here are skipped (``"SKIP"``),
-        the others inserted as by ``insert`` (``"ADD"``, or ``"NONE"`` for a text already stored in
-        the scope); history rows replace the synthetic ``ADD`` row of the memories they describe and
-        are skipped when their id is already here, so an import can be repeated."""
-        with self._write() as db:
-            ids = [m.id for m in memories]
-            here = {
-                r[0]
-                for marks, chunk in in_chunks(ids)
-                for r in db.execute(f"SELECT id FROM memories WHERE id IN ({marks})", chunk)
-            }
-            keep = [i for i, m in enumerate(memories) if m.id not in here]
-            seq = db.execute("SELECT coalesce(max(seq), 0) FROM history").fetchone()[0]
-            stored = self._insert_rows(db, [memories[i] for i in keep], vectors[keep]) if keep else []
-            added = {mid for mid, event in stored if event == "ADD"}
-            db.executemany(
-                "UPDATE memories SET updated_at = ? WHERE id = ?",
-                [(updated_at[i], memories[i].id) for i in keep if memories[i].id in added],
-            )
-            described = added & {h["memory_id"] for h in history}
-            db.executemany(
-                "DELETE FROM history WHERE seq > ? AND memory_id = ?", [(seq, mid) for mid in described]
-            )
-            cols = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
-                    "is_deleted", "actor_id", "role")  # fmt: skip
-            scopes = {m.id: m.scope for m in memories}  # events of deleted memories: unknown (NULL)
-            db.executemany(
-                f"INSERT INTO history ({', '.join(cols)}, scope) SELECT {', '.join('?' * len(cols))}, ?"
-                " WHERE NOT EXISTS (SELECT 1 FROM history WHERE id = ?)",
-                [(*(h.get(c) for c in cols), scopes.get(h["memory_id"]), h["id"]) for h in history],
-            )
-        self._after_write()
-        out = dict(zip(keep, stored, strict=True))
-        return [out.get(i, (m.id, "SKIP")) for i, m in enumerate(memories)]
+        return [r[0] for r in found]
 
     # -- the shared vector index -----------------------------------------------------------------
 
