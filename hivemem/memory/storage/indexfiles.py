@@ -82,7 +82,8 @@ def _probe(dim: int) -> Array:
     """The fixed int8 vector whose inner product with a row's codes enters its check value: every
     entry is non-zero, so a change of any single code changes the product."""
     rng = np.random.default_rng(0x6869766D656D)  # fixed: writers and readers of every process agree
-    return (rng.integers(1, 128, dim) * rng.choice([-1, 1], dim)).astype(np.int8)
+    probe: Array = (rng.integers(1, 128, dim) * rng.choice([-1, 1], dim)).astype(np.int8)
+    return probe
 
 
 def row_checks(codes: Array, scales: Array, rids: Array) -> Array:
@@ -99,7 +100,9 @@ def row_checks(codes: Array, scales: Array, rids: Array) -> Array:
     dots = np.asarray(
         numkong.cdist(_probe(codes.shape[1])[None, :], codes, metric="dot", out_dtype="float32")
     )[0]
-    return (dots * scales.astype(np.float32) + (rids % _CHECK_MOD).astype(np.float32)).astype(np.float32)
+    checks: Array = dots * scales.astype(np.float32) + (rids % _CHECK_MOD).astype(np.float32)
+    checks = checks.astype(np.float32)
+    return checks
 
 
 def mappable(st: os.stat_result) -> bool:

@@ -37,7 +37,8 @@ def quantise_query(query: npt.NDArray[np.floating]) -> Codes:
     """The query's int8 codes (its scale is left out: it scales every row's score alike). A zero
     query gets codes 0, as a zero row does."""
     peak = float(np.abs(query).max()) or 1.0
-    return np.clip(np.rint(query * (127 / peak)), -127, 127).astype(np.int8)
+    codes: Codes = np.clip(np.rint(query * (127 / peak)), -127, 127).astype(np.int8)
+    return codes
 
 
 def rescore_count(k: int, floor: int | None = None) -> int:
@@ -60,6 +61,7 @@ def widening(first: int, live: int, factor: int) -> Iterator[int]:
 def scores(q8: Codes, codes: Codes, scales: Floats, out: Floats | None = None) -> Floats:
     """int8 score of each row: ``(q8 · codes) × scale`` (numkong's SIMD kernel), into ``out``
     (shape ``(1, n)``) if given."""
+    dots: Floats
     if out is None:
         dots = np.asarray(numkong.cdist(q8[None, :], codes, metric="dot", out_dtype="float32"))[0]
     else:

@@ -898,25 +898,11 @@ class PostgresStorage:
         if self._index is None:
             assert self._model is not None
             self._index = pgindex.PgVectorIndex(ns, self._model[1])
-        count = max(int8.RESCORE, 4 * k)
         rescore = (
             f"SELECT {_FIELDS}, (vec <#> %b) FROM unnest(%s::bigint[]) AS c(rid)"
             f" JOIN {ns}.memories USING (rid) WHERE {sql} ORDER BY vec <#> %b, rid LIMIT %s"
         )
-
-        def score(view: pgindex.View) -> Any:
-            return conn.execute(rescore, [q, pgindex.rank(view, q, count).tolist(), *params, q, k])
-
-        # the refresh and the re-scoring of the best candidates of the copy as it was travel
-        # together; only when the copy changed are the candidates ranked and scored again
-        view, changed, early = self._index.refresh(conn, score)
-        rows = early.fetchall() if early is not None and not changed else score(view).fetchall()
-        # k rows passed the filter among the best candidates: the top-k (as exact as the int8
-        # pass); else widen the candidates (a filter that most of the best rows fail)
-        while len(rows) < k and count < view.live:
-            count *= 8
-            rows = score(view).fetchall()
-        return rows
+        return self._index.search(conn, q, k, lambda rids: conn.execute(rescore, [q, rids, *params, q, k]))
 
     def keyword_search(
         self, terms: builtins.list[str], where: Node | None, k: int
