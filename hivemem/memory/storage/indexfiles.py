@@ -209,18 +209,6 @@ class View:
     dead: Array  # tombstones of rows [0, n) as of the check (a copy)
     mapped: bool  # read through the mappings (else pread)
 
-    @property
-    def n(self) -> int:
-        return self.header.n
-
-    @property
-    def last_rid(self) -> int:
-        return self.header.last_rid
-
-    @property
-    def seq(self) -> int:
-        return self.header.seq
-
     def rows(self, kind: str, start: int, stop: int, out: Array | None = None) -> Array:
         """Rows [start, stop) of ``kind``: a slice of the mapping, or read into ``out``."""
         if self.mapped:

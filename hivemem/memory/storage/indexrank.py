@@ -115,7 +115,7 @@ class Ranker:
         exact = self.fresh_rows(db, view, changed, cond, params)
         exact += self.candidates(db, state, view, query, sql, params, masked, k, filtered, plan)
         exact += self.late_rows(db, state, cond, params, log)
-        lag = (state.high - view.last_rid) + len(changed)
+        lag = (state.high - view.header.last_rid) + len(changed)
         return rescore(exact, query, state.dim, k, threshold), lag
 
     @staticmethod
@@ -123,10 +123,10 @@ class Ranker:
         """Stage 1: the row ids the files hold that changed since the header, and the positions
         never ranked in int8 (those rows and the tombstones), ascending."""
         changed = np.array(
-            sorted({r for (r,) in db.execute("SELECT rid FROM changes WHERE seq > ?", (view.seq,))}),
+            sorted({r for (r,) in db.execute("SELECT rid FROM changes WHERE seq > ?", (view.header.seq,))}),
             dtype=np.int64,
         )
-        changed = changed[changed <= view.last_rid]
+        changed = changed[changed <= view.header.last_rid]
         masked = np.flatnonzero(view.dead)  # a copy: a writer may set tombstones meanwhile
         if len(changed):
             masked = sorted_unique(np.concatenate([masked, positions(view.rids, changed)]))
@@ -137,7 +137,7 @@ class Ranker:
         """Stage 2: the rows passing the filter that the files do not hold as this snapshot has
         them: the tail past the header, and the changed rows."""
         exact: Rows = db.execute(
-            f"SELECT rid, vec FROM memories WHERE rid > ?{cond}", [view.last_rid, *params]
+            f"SELECT rid, vec FROM memories WHERE rid > ?{cond}", [view.header.last_rid, *params]
         ).fetchall()
         if len(changed):
             exact += db.execute(
@@ -149,7 +149,7 @@ class Ranker:
     def candidates(self, db: sqlite3.Connection, state: StoreState, view: View, query: Array, sql: str,
                    params: list[Any], masked: Array, k: int, filtered: bool, plan: Plan) -> Rows:  # fmt: skip
         """Stage 3: the rows to re-score among those the files hold (known to pass the filter)."""
-        n, want = view.n, int8.rescore_count(k, plan.rescore)
+        n, want = view.header.n, int8.rescore_count(k, plan.rescore)
         if n == 0:
             return []
         q8 = int8.quantise_query(query)
@@ -201,7 +201,7 @@ class Ranker:
 
     def rank(self, view: View, q8: Array, pos: Array | None, masked: Array, count: int) -> Array:
         """Positions of the ``count`` best rows by int8 score (among ``pos`` if given), best first."""
-        n = view.n
+        n = view.header.n
         if pos is None or len(pos) * 4 > n:  # one pass over all rows beats a gather
             dots = self.scratch.dots(n)
             if view.mapped:
@@ -236,7 +236,7 @@ class Ranker:
             ranked = pos[order]
             codes = np.empty((len(pos), view.files.dim), dtype=np.int8)
             scales = np.empty(len(pos), dtype=np.float32)
-            bounds = np.searchsorted(ranked, np.arange(0, view.n + CHUNK, CHUNK))
+            bounds = np.searchsorted(ranked, np.arange(0, view.header.n + CHUNK, CHUNK))
             for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
                 if lo == hi:
                     continue
@@ -251,7 +251,7 @@ class Ranker:
                limit: int) -> Array | None:  # fmt: skip
         """Row ids (≤ last_rid) passing the filter, or None if more than ``limit`` (cached until
         the next write)."""
-        key = (state.uid, state.version, view.last_rid, sql, tuple(params), limit)
+        key = (state.uid, state.version, view.header.last_rid, sql, tuple(params), limit)
         with self._lock:
             hit = self._probes.get(key)
             if hit is not None:
@@ -261,7 +261,7 @@ class Ranker:
             db.execute(
                 "SELECT group_concat(rid) FROM"
                 f" (SELECT rid FROM memories WHERE rid <= ? AND ({sql}) LIMIT ?)",
-                [view.last_rid, *params, limit + 1],
+                [view.header.last_rid, *params, limit + 1],
             ).fetchone()[0]
         )
         with self._lock:
@@ -280,7 +280,7 @@ class Ranker:
         filtered rows. One query checks the filter and reads the vectors to re-score. With
         ``once``: one try only, None when too few pass.
         """
-        live = view.n - len(masked)
+        live = view.header.n - len(masked)
         rows: Rows = []
         for count in int8.widening(want + want // 4, live, 4):
             top = view.rids[self.rank(view, q8, None, masked, count)]

@@ -83,7 +83,7 @@ def verify(
     Rows changed by commits after the header (a writer patches them in place, the check value
     last) are masked by every search, so a mismatch there is no damage.
     """
-    files, n = view.files, view.n
+    files, n = view.files, view.header.n
     blocks = -(-n // CHUNK)
     with files.lock:
         if files.signature != signature:
@@ -108,12 +108,12 @@ def verify(
             good.append(block)
     if bad:
         rids = view.rids[bad].tolist()
-        damaged = sorted(set(rids) - log.changed_since(db, view.seq, rids))
+        damaged = sorted(set(rids) - log.changed_since(db, view.header.seq, rids))
         if damaged:
             raise StaleIndex(f"row {damaged[0]} is damaged ({len(damaged)} rows: check values differ)")
     dead = int(np.count_nonzero(view.dead))
     if dead != view.header.dead:  # tombstones set since the header must be for changed rows
-        later = log.changed_after(db, view.seq)
+        later = log.changed_after(db, view.header.seq)
         if later is None:
             raise StaleIndex("behind the trimmed changes log")
         pos = sorted_unique(positions(view.rids, later))
@@ -132,7 +132,7 @@ SPOT_CHECKS = 16  # rows checked against SQLite when a process first maps a gene
 def spot_check(db: sqlite3.Connection, view: View, log: LiveLog, lock: threading.Lock) -> None:
     """Rows of the files against the float32 vectors in SQLite (codes are deterministic): the
     rows appended since this process last looked, and once per generation a random sample."""
-    files, n = view.files, view.n
+    files, n = view.files, view.header.n
     new = range(max(files.checked_upto, n - SPOT_CHECKS), n)
     pos = set(new)
     if not files.sampled and n:
@@ -140,7 +140,7 @@ def spot_check(db: sqlite3.Connection, view: View, log: LiveLog, lock: threading
     if pos:
         at = np.array(sorted(pos), dtype=np.int64)
         rids = view.rids[at]
-        changed = {r for (r,) in db.execute("SELECT rid FROM changes WHERE seq > ?", (view.seq,))}
+        changed = {r for (r,) in db.execute("SELECT rid FROM changes WHERE seq > ?", (view.header.seq,))}
         rows = dict(
             db.execute(
                 "SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?))",
@@ -165,7 +165,7 @@ def spot_check(db: sqlite3.Connection, view: View, log: LiveLog, lock: threading
             ):
                 bad[rid] = f"the codes of row {rid} do not match its vector"
         if bad:  # a writer may have patched rows for changes committed after this snapshot
-            for rid in set(bad) - log.changed_since(db, view.seq, list(bad)):
+            for rid in set(bad) - log.changed_since(db, view.header.seq, list(bad)):
                 raise StaleIndex(bad[rid])
     with lock:
         files.checked_upto = max(files.checked_upto, n)

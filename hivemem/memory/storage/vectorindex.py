@@ -363,7 +363,7 @@ class SharedIndex:
                 return
             try:
                 view = self.view(db, state, header)
-                if (state.high - view.last_rid) + (state.seq - view.seq) < CATCH_UP:
+                if (state.high - view.header.last_rid) + (state.seq - view.header.seq) < CATCH_UP:
                     return
             except StaleIndex:
                 small = SMALL_REBUILD
@@ -386,7 +386,7 @@ class SharedIndex:
         header = self.read_header()
         try:
             view = self.view(db, state, header, ahead_ok=header != before)
-            if view.seq >= state.seq and view.last_rid >= state.high:
+            if view.header.seq >= state.seq and view.header.last_rid >= state.high:
                 return view  # someone else is there already
             header = self.catch_up(db, state, view.header)
         except (StaleIndex, FileNotFoundError):
