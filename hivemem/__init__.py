@@ -111,9 +111,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.infra.settings import Settings as Settings
     from hivemem.memory.aio import AsyncMemory as AsyncMemory
     from hivemem.memory.infer import FactExtractor as FactExtractor
-    from hivemem.memory.mem0_import import import_mem0 as import_mem0
     from hivemem.memory.llm_rerank import LLMReranker as LLMReranker
     from hivemem.memory.llm_rerank import RerankWarning as RerankWarning
+    from hivemem.memory.mem0_import import import_mem0 as import_mem0
     from hivemem.memory.rerank import Reranker as Reranker
     from hivemem.memory.store import Memory as Memory
     from hivemem.pool.pool import WorkerPool as WorkerPool

@@ -2,11 +2,12 @@
 
 Why: pgvector 0.6's exact scan costs ~0.4-1 µs per row on this 2-core box (a scalar float loop
 plus tuple access): 30-100 ms at 100,000 memories, against ~3 ms for SQLite's int8 pass. So a
-search over a large candidate set ranks this copy first (numkong's SIMD int8 dot product, ~1.5 ms
-at 100k), then asks PostgreSQL for the exact scores of the best ``int8.RESCORE`` rows only (the float32
-vectors never leave the server, and the scores returned are pgvector's exact inner products). The
-top-k equals the exact top-k unless a true top-k row ranks below ``RESCORE`` in int8 (recall@10
-is measured by ``benchmarks/memory.py``). Small searches never come here (see ``postgres.py``).
+search over a large candidate set ranks this copy first (``int8``, the engine of both backends:
+numkong's SIMD dot product, ~1.5 ms at 100k), then asks PostgreSQL for the exact scores of the
+best ``int8.RESCORE`` rows only (the float32 vectors never leave the server, and the scores
+returned are pgvector's exact inner products). The top-k equals the exact top-k unless a true
+top-k row ranks below ``RESCORE`` in int8 (recall@10 is measured by ``benchmarks/memory.py``).
+Small searches never come here (see ``postgres.py``).
 
 Each row's code and scale are written by the writer in the same statement as its vector
 (``int8.quantise``: the one quantiser of both backends), so a process loads 38 MB
@@ -28,13 +29,18 @@ trimming tombstones raises ``pruned``: a copy older than either reloads.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numkong
 import numpy as np
+import numpy.typing as npt
+
+from hivemem.memory.storage import int8
+
+Array = npt.NDArray[Any]
 
 KEPT_TOMBSTONES = 100_000  # tombstones trimmed to this many; a copy further behind reloads
 TRIM_EVERY = 1024  # the trim is tried when the tombstone count passes a multiple of this
@@ -44,10 +50,10 @@ TRIM_EVERY = 1024  # the trim is tried when the tombstone count passes a multipl
 class View:
     """An immutable state of the copy, as of one snapshot."""
 
-    rids: np.ndarray  # int64, positions in arrival order (not sorted)
-    codes: np.ndarray  # (n, dim) int8
-    scales: np.ndarray  # (n,) float32
-    alive: np.ndarray  # (n,) bool
+    rids: Array  # int64, positions in arrival order (not sorted)
+    codes: Array  # (n, dim) int8
+    scales: Array  # (n,) float32
+    alive: Array  # (n,) bool
     live: int
 
 
@@ -76,6 +82,32 @@ class PgVectorIndex:
     def _make(self) -> View:
         n = self._n
         return View(self._rids[:n], self._codes[:n], self._scales[:n], self._alive[:n], len(self._pos))
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search(self, conn: Any, query: Array, k: int, rescore: Callable[[list[int]], Any]) -> list[Any]:
+        """The rows of the exact top-``k``: the copy brought up to date on ``conn``, its int8 best
+        handed to ``rescore(rids)`` (the caller's statement: PostgreSQL scores those rows exactly,
+        applies the filter, returns the best ``k``; a cursor).
+
+        The refresh and the re-scoring of the best candidates of the copy as it was travel in one
+        round trip; only when the copy changed are the candidates ranked and scored again. When
+        fewer than ``k`` of them pass the filter, more candidates (×8 each time, at last all).
+        """
+        first = int8.rescore_count(k)
+
+        def score(view: View, count: int) -> Any:
+            return rescore(rank(view, query, count).tolist())
+
+        view, changed, early = self.refresh(conn, lambda old: score(old, first))
+        rows: list[Any] = (
+            early.fetchall() if early is not None and not changed else score(view, first).fetchall()
+        )
+        for count in itertools.islice(int8.widening(first, view.live, 8), 1, None):
+            if len(rows) >= k:  # k rows passed among the best: the top-k (as exact as the int8 pass)
+                break
+            rows = score(view, count).fetchall()
+        return rows
 
     # -- refresh -------------------------------------------------------------------------------
 
@@ -168,20 +200,14 @@ class PgVectorIndex:
         self._pos = {int(r): i for i, r in enumerate(self._rids)}
 
 
-def _grow(a: np.ndarray, cap: int, n: int) -> np.ndarray:
+def _grow(a: Array, cap: int, n: int) -> Array:
     out = np.empty((cap, *a.shape[1:]), dtype=a.dtype)
     out[:n] = a[:n]
     return out
 
 
-def rank(view: View, query: np.ndarray, count: int) -> np.ndarray:
-    """Row ids of the ``count`` live rows with the highest int8 inner product, in no order."""
-    peak = float(np.abs(query).max()) or 1.0
-    q8 = np.clip(np.rint(query * (127 / peak)), -127, 127).astype(np.int8)
-    dots = np.asarray(numkong.cdist(q8[None, :], view.codes, metric="dot", out_dtype="float32"))[0]
-    approx = dots * view.scales
+def rank(view: View, query: Array, count: int) -> Array:
+    """Row ids of the ``count`` live rows with the highest int8 inner product, best first."""
+    approx = int8.scores(int8.quantise_query(query), view.codes, view.scales)
     approx[~view.alive] = -np.inf
-    if count >= view.live:
-        return view.rids[view.alive]
-    best = np.argpartition(approx, len(approx) - count)[len(approx) - count :]
-    return view.rids[best]
+    return view.rids[int8.best(approx, count)]

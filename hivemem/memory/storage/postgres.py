@@ -48,11 +48,12 @@ import numpy as np
 from hivemem.errors import PgVectorMissing
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
-from hivemem.memory.storage import int8, pgarrays, pgindex, pgkeyword, pgwrite, rows
+from hivemem.memory.storage import pgarrays, pgindex, pgkeyword, pgwrite, rows
 from hivemem.memory.storage.base import Capabilities, Storage, T, WriteTx
 from hivemem.memory.storage.locate import SEARCH_MODES, PostgresLocation, redact
-from hivemem.memory.storage.pgcompile import PgDialect, compile_where
+from hivemem.memory.storage.pgcompile import PgDialect
 from hivemem.memory.storage.pgschema import LAYOUT, LOCK_KEY, PgSchema
+from hivemem.memory.storage.sqlcompile import Compiled
 
 __all__ = ["LAYOUT", "SEARCH_MODES", "PgVectorMissing", "PostgresStorage", "redact"]
 
@@ -350,11 +351,13 @@ class PostgresStorage(Storage):
         ranked by the in-process int8 copy first (``pgindex``) and the best re-scored exactly."""
         if self._model is None:
             raise RuntimeError("bind_model() must be called before search()")
-        sql, params = compile_where(where, self._lower)
+        compiled = self.compile(where)
+        sql, params = compiled.sql, compiled.params
         q = np.asarray(vector, dtype=np.float32)
         with self._read() as conn:
+            rows: builtins.list[tuple[Any, ...]]
             if self.mode == "local":
-                rows = self._search_local(conn, q, sql, params, k)
+                rows = self._search_local(conn, q, compiled, k)
             else:
                 order = "vec <#> %b" if self.mode == "hnsw" else "vec <#> %b, rid"  # hnsw: index order
                 rows = conn.execute(
@@ -367,8 +370,8 @@ class PostgresStorage(Storage):
         return out if threshold is None else [r for r in out if r["score"] >= threshold]
 
     def _search_local(
-        self, conn: Any, q: np.ndarray, sql: str, params: builtins.list[Any], k: int
-    ) -> builtins.list:
+        self, conn: Any, q: np.ndarray, where: Compiled, k: int
+    ) -> builtins.list[tuple[Any, ...]]:
         """Exact top-k rows: PostgreSQL scores the candidates itself when fewer than ``INDEX_MIN``
         rows pass the filter (one statement counts them, up to that, and scores them); else the
         int8 copy ranks first. A filter found to match many rows is remembered for
@@ -376,13 +379,13 @@ class PostgresStorage(Storage):
         best candidates, which is exact for any filter. Statements are not in one transaction:
         rows may change between them, as between two searches; the scores are always those of
         the rows returned."""
-        ns = self._ns
+        ns, sql, params = self._ns, where.sql, where.params
         key = (sql, tuple(tuple(p) if isinstance(p, list) else p for p in params))  # lists: in/nin arrays
         now_ = time.monotonic()
         with self._large_lock:
-            large = self._large.get(key, 0.0) > now_ or (sql == "true" and self._index is not None)
+            large = self._large.get(key, 0.0) > now_ or (where.always and self._index is not None)
         if not large:
-            rows = conn.execute(
+            rows: builtins.list[tuple[Any, ...]] = conn.execute(
                 f"WITH c AS MATERIALIZED (SELECT rid FROM {ns}.memories WHERE {sql} LIMIT %s)"
                 f" SELECT {_FIELDS}, (vec <#> %b), (SELECT count(*) FROM c) FROM {ns}.memories"
                 " WHERE rid IN (SELECT rid FROM c) ORDER BY vec <#> %b, rid LIMIT %s",
@@ -397,25 +400,14 @@ class PostgresStorage(Storage):
         if self._index is None:
             assert self._model is not None
             self._index = pgindex.PgVectorIndex(ns, self._model[1])
-        count = max(int8.RESCORE, 4 * k)
         rescore = (
             f"SELECT {_FIELDS}, (vec <#> %b) FROM unnest(%s::bigint[]) AS c(rid)"
             f" JOIN {ns}.memories USING (rid) WHERE {sql} ORDER BY vec <#> %b, rid LIMIT %s"
         )
-
-        def score(view: pgindex.View) -> Any:
-            return conn.execute(rescore, [q, pgindex.rank(view, q, count).tolist(), *params, q, k])
-
-        # the refresh and the re-scoring of the best candidates of the copy as it was travel
-        # together; only when the copy changed are the candidates ranked and scored again
-        view, changed, early = self._index.refresh(conn, score)
-        rows = early.fetchall() if early is not None and not changed else score(view).fetchall()
-        # k rows passed the filter among the best candidates: the top-k (as exact as the int8
-        # pass); else widen the candidates (a filter that most of the best rows fail)
-        while len(rows) < k and count < view.live:
-            count *= 8
-            rows = score(view).fetchall()
-        return rows
+        found: builtins.list[tuple[Any, ...]] = self._index.search(
+            conn, q, k, lambda rids: conn.execute(rescore, [q, rids, *params, q, k])
+        )
+        return found
 
     def keyword_search(
         self, terms: builtins.list[str], where: Node | None, k: int
@@ -424,9 +416,9 @@ class PostgresStorage(Storage):
         (``pgkeyword``); ``score`` > 0, higher is better."""
         if not terms:
             return []
-        sql, params = compile_where(where, self._lower)
+        compiled = self.compile(where)
         with self._read() as conn:
-            hits = self._keywords.search(conn, terms, where, sql, params, k)
+            hits = self._keywords.search(conn, terms, where, compiled.sql, compiled.params, k)
         return [_record(row, score, with_score=True) for row, score in hits]
 
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:

@@ -42,10 +42,10 @@ from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks
 from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
-from hivemem.memory.storage import fts, rows, sqlwrite, vectorindex
+from hivemem.memory.storage import fts, rows, sqlwrite
 from hivemem.memory.storage.base import Capabilities, Storage, T, WriteTx
-from hivemem.memory.storage.sqlcompile import SQLITE, compile_where
-from hivemem.memory.storage.vectorindex import SharedIndex, StaleIndex, read_state
+from hivemem.memory.storage.sqlcompile import SQLITE
+from hivemem.memory.storage.vectorindex import SharedIndex, read_state
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (
@@ -142,7 +142,6 @@ class SQLiteStorage(Storage):
         self.inserts = 0  # insert calls served (inserts / commits = mean group size)
         self._model: tuple[str, int] | None = None
         self.index = SharedIndex(Path(f"{self.path}-index"))
-        self._warned = False  # said once that the index cannot be used
         self._keywords = fts.KeywordIndex()
         self._init_schema()
 
@@ -394,87 +393,8 @@ class SQLiteStorage(Storage):
     # -- the shared vector index -----------------------------------------------------------------
 
     def _after_write(self) -> None:
-        """After a commit: bring the shared index up to date if it lags ``vectorindex.CATCH_UP`` rows or more.
-
-        Never waits for the index lock (whoever holds it is doing the same work) and never fails
-        the write, which is committed already: the index is derived, and readers repair it.
-        """
-        with suppress(OSError, StaleIndex):
-            self._catch_up(wait=False)
-
-    def _catch_up(self, wait: bool) -> None:
-        db = self._db()
-        header = self.index.read_header()  # before the snapshot: see vectorindex.py
-        db.execute("BEGIN")
-        try:
-            state = read_state(db)
-            if state.model is None or not state.dim:
-                return
-            try:
-                view = self.index.view(db, state, header)
-                if (state.high - view.last_rid) + (state.seq - view.seq) < vectorindex.CATCH_UP:
-                    return
-            except StaleIndex:
-                small = vectorindex.SMALL_REBUILD
-                rows = db.execute("SELECT count(*) FROM (SELECT 1 FROM memories LIMIT ?)", (small + 1,))
-                if not wait and rows.fetchone()[0] > small:
-                    return  # a writer does not pay for rebuilding a large store: the first search does
-            with self.index.locked(wait) as got:
-                if got:
-                    self._refresh(db, state, header)
-        finally:
-            db.execute("COMMIT")
-
-    def _refresh(self, db: sqlite3.Connection, state: Any, before: dict[str, Any] | None) -> Any:
-        """Under the index lock, in a snapshot: the files brought up to this snapshot (or later).
-
-        ``before`` is the header read before the snapshot began. A header published since (by
-        whoever held the lock meanwhile) may be ahead of this snapshot, and is fine to use; the
-        very header that was ahead of it before it began means lost commits: rebuilt.
-        """
-        header = self.index.read_header()
-        try:
-            view = self.index.view(db, state, header, ahead_ok=header != before)
-            if view.seq >= state.seq and view.last_rid >= state.high:
-                return view  # someone else is there already
-            header = self.index.catch_up(db, state, view.header)
-        except (StaleIndex, FileNotFoundError):
-            header = self.index.rebuild(db, state)
-        return self.index.view(db, state, header, ahead_ok=True)
-
-    def _view(self, db: sqlite3.Connection, state: Any) -> Any:
-        """The index as of this snapshot, or None: it cannot be built here (a full disk, an
-        unwritable folder), and the search scans SQLite exactly instead."""
-        try:
-            return self.index.view(db, state, self._local.header)
-        except StaleIndex:  # missing, stale, truncated, damaged or foreign: rebuilt (once), never used
-            pass
-        try:
-            with self.index.locked(wait=True):
-                return self._refresh(db, state, self._local.header)
-        except (OSError, StaleIndex) as exc:
-            self._unusable(exc)
-            return None
-
-    def _rebuilt(self, db: sqlite3.Connection, state: Any, view: Any, exc: StaleIndex) -> Any:
-        """After damage found while a search read the files (a file truncated under it): the index
-        rebuilt under the lock, unless someone did already; None if that fails too."""
-        _log.warning("the vector index of %s is damaged (%s): rebuilding it", self.path, exc)
-        try:
-            with self.index.locked(wait=True):
-                header = self.index.read_header()
-                if header == view.header:
-                    header = self.index.rebuild(db, state)
-                return self.index.view(db, state, header, ahead_ok=True)
-        except (OSError, StaleIndex) as exc2:
-            self._unusable(exc2)
-            return None
-
-    def _unusable(self, exc: BaseException) -> None:
-        """Say once per process why searches scan SQLite exactly (slower, never wrong)."""
-        if not self._warned:
-            self._warned = True
-            _log.warning("the vector index of %s cannot be used (%s): exact searches", self.path, exc)
+        """After a commit: the shared index catches up if it lags (``SharedIndex.after_write``)."""
+        self.index.after_write(self._db())
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -488,8 +408,7 @@ class SQLiteStorage(Storage):
                 local.depth -= 1
             return
         db = self._db()
-        local.header = self.index.read_header()  # before the snapshot: see vectorindex.py
-        local.lag = 0
+        self.index.begin()  # the index header is read before the snapshot: see vectorindex.py
         db.execute("BEGIN")
         local.depth = 1
         try:
@@ -497,7 +416,7 @@ class SQLiteStorage(Storage):
         finally:
             local.depth = 0
             db.execute("COMMIT")
-        if local.lag >= vectorindex.CATCH_UP:  # the files lag behind: bring them up to date, if nobody is
+        if self.index.lagging():  # the files lag behind: bring them up to date, if nobody is
             self._after_write()
 
     def _records(
@@ -517,29 +436,16 @@ class SQLiteStorage(Storage):
     ) -> builtins.list[dict[str, Any]]:
         if self._model is None:
             raise RuntimeError("bind_model() must be called before search()")
-        sql, params = compile_where(where)
+        where_ = self.compile(where)
         db = self._db()
         with self.snapshot():
-            state = read_state(db)
-            view = self._view(db, state)
-            hits = None
-            if view is not None:
-                try:
-                    hits, lag = self.index.search(db, state, view, vector, sql, params, k, threshold)
-                except StaleIndex as exc:  # a file changed under this search: rebuilt, searched again
-                    view = self._rebuilt(db, state, view, exc)
-                    if view is not None:
-                        with suppress(StaleIndex):
-                            hits, lag = self.index.search(db, state, view, vector, sql, params, k, threshold)
-            if hits is None:  # no usable index: every row, exactly
-                hits, lag = vectorindex.exact_search(db, vector, sql, params, k, threshold), 0
-            self._local.lag = max(self._local.lag, lag)
-            return self._records(db, hits)
+            return self._records(db, self.index.nearest(db, vector, where_, k, threshold))
 
     def keyword_search(
         self, terms: builtins.list[str], where: Node | None, k: int
     ) -> builtins.list[dict[str, Any]]:
-        sql, params = compile_where(where)
+        compiled = self.compile(where)
+        sql, params = compiled.sql, compiled.params
         db = self._db()
         with self.snapshot():
             state = read_state(db)
