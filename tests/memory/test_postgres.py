@@ -268,7 +268,9 @@ time.sleep(600)
 def test_throwaway_server_dies_with_its_owner(hm_home: Path) -> None:
     """kill -9 of the process that started a throwaway server: the server stops by itself
     (PR_SET_PDEATHSIG), and the next start sweeps its directory away."""
-    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True)
+    tests = str(Path(__file__).resolve().parents[1])  # pgtemp.py lives in tests/
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True, env=env)
     assert owner.stdout is not None
     pid, root = owner.stdout.readline().split()
     assert _alive(int(pid))
