@@ -48,10 +48,12 @@ ALLOWED: dict[str, set[str]] = {
     "pool": INFRA | {"__init__"},  # hivemem.__version__: Dask workers must run the same release
     # the memory tools over MCP: the relay reaches the service (stdlib only), the host serves the stores
     "mcp": INFRA | {"__init__", "service", "memory"},
-    "http": INFRA | {"embed", "service", "memory", "pool", "mcp"},  # composes the HTTP application (+ /mcp)
+    "status": INFRA | {"service"},
+    # composes the HTTP application (+ /mcp); the dashboard's fleet page shows `hivemem status`'s own
+    # rows and store counts (hivemem.status), one implementation for the terminal and the browser
+    "http": INFRA | {"embed", "service", "memory", "pool", "mcp", "status"},
     "integrations": {"__init__"},  # the public API only
     "serve": INFRA | {"service", "http", "pool", "mcp"},
-    "status": INFRA | {"service"},
     # the demo's workers use the public API (``hivemem.connect``, ``hivemem.Memory``), as a user's would
     "demo": INFRA | {"__init__", "embed", "service", "memory", "tasks", "compose"},
     "cli": INFRA | {"embed", "service", "memory", "pool", "tasks", "serve", "status", "demo", "mcp"},
