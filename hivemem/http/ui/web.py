@@ -3,7 +3,7 @@ origin checks of every change, form bodies read within their limit, and the secu
 
 Every response carries a strict Content-Security-Policy (scripts, styles and connections from this
 origin only: no inline script, no eval, no CDN), ``frame-ancestors 'none'``, ``nosniff``, no
-referrer and ``no-store`` (pages hold memories). Jinja2 autoescapes every value, so a memory
+referrer to other sites and ``no-store`` (pages hold memories). Jinja2 autoescapes every value, so a memory
 holding ``<script>`` is shown as text.
 """
 
@@ -36,7 +36,7 @@ CSP = (
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make a form's Origin header "null"
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
@@ -128,9 +128,12 @@ class Ui:
             return redirect("/ui/login")
         if wants_json:
             return JSONResponse({"error": exc.message}, status_code=exc.status, headers=HEADERS)
-        if request.headers.get("hx-request"):
+        if request.headers.get("hx-request"):  # shown above the page, whatever the request's target
             template = self.env.get_template("_error.html")
-            return HTMLResponse(template.render(error=exc.message), status_code=exc.status, headers=HEADERS)
+            where = {"HX-Retarget": "#messages", "HX-Reswap": "innerHTML"}
+            return HTMLResponse(
+                template.render(error=exc.message), status_code=exc.status, headers={**HEADERS, **where}
+            )
         return self.render(request, "error.html", status=exc.status, error=exc.message)
 
 
