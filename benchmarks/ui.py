@@ -14,6 +14,9 @@ at a time through ``hivemem.connect()``) against ``hivemem serve --http``, with 
 "page" polling it, alternated (off, on, off, on). The poller sends what the page's scripts send
 (``/ui/fleet/series.json`` every 2 s, ``/ui/fleet/panel`` every 10 s, signed in with a key) over
 real HTTP from this process; a browser's own rendering is not the service's cost and is left out.
+Both ways are reported: the throughput A/B (noisy on a shared box: its closed runs' spread is
+printed beside it) and, from (1), the share of time an open page keeps the service busy (its
+requests' server time per second: series.json every 2 s, the panel every 10 s).
 Prints a table and a final JSON line, and draws two charts.
 """
 
@@ -211,7 +214,9 @@ def polling_cost(workers: int, n: int, rounds: int, work: Path) -> list[dict[str
             if polled:
                 poller = Poller(url, "bench-admin-key")
                 poller.start()
-                time.sleep(3)  # the page is open and has polled before the workers start
+            time.sleep(
+                3
+            )  # both ways alike: the page (if any) is open and has polled before the workers start
             row = run_workers("b", workers, n, seed + 100 * i, env, [service.pid])
             row["page_polling"] = polled
             row["poll_requests"] = poller.requests if poller else 0
@@ -255,6 +260,13 @@ def main() -> None:
         for r in pages:
             print(f"{r['page']:<52} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['max_ms']:>8.1f}")
         summary["worst_p95_ms"] = max(r["p95_ms"] for r in pages)
+        by = {r["page"]: r for r in pages}
+        series, panel = by["fleet series.json (every 2 s)"], by["fleet panel (every 10 s)"]
+        share = series["p50_ms"] / 2000 + panel["p50_ms"] / 10_000  # server ms per ms of an open page
+        print(
+            f"an open fleet page keeps the service busy {share:.2%} of the time (its requests' server time)"
+        )
+        summary["poll_server_share"] = round(share, 5)
         bars(
             args, "ui_page_server_time", f"Dashboard server time, {args.memories:,} memories",
             [r["page"].replace(" (", "\n(") for r in pages],

@@ -8,16 +8,16 @@ it exists. Only the public ``Memory`` API is used (get_all, search, get, history
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from hivemem.http.auth import Scope
-from hivemem.http.errors import error_for
+from hivemem.http.memory_routes import _call as memory_call
 from hivemem.http.memory_routes import _own_user as own_user
 from hivemem.http.ui.web import HEADERS, Ui, UiError, first, optional, parse_json_object, redirect
 from hivemem.memory.records import ENTITIES, REMOTE_MAX_BATCH, REMOTE_MAX_LIST
@@ -28,14 +28,12 @@ MAX_UI_FILTER_CHARS = 8192  # the metadata filter typed into the page, before it
 
 
 async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """A blocking ``Memory`` call in a worker thread; its refusals become UiError by their type."""
+    """A blocking ``Memory`` call as the REST routes make it (a worker thread, refusals by their
+    type), its HTTP error as a UiError."""
     try:
-        return await run_in_threadpool(fn, *args, **kwargs)
-    except Exception as exc:
-        error = error_for(exc)
-        if error is None:
-            raise
-        raise UiError(error.status_code, str(error.detail)) from None
+        return await memory_call(fn, *args, **kwargs)
+    except HTTPException as exc:
+        raise UiError(exc.status_code, str(exc.detail)) from None
 
 
 def scope_user(scope: Scope, user_id: str | None) -> str | None:
@@ -65,8 +63,6 @@ class Listing:
 
     def link(self, page: int) -> str:
         """The query string of another page of this listing."""
-        import urllib.parse
-
         values = {k: v for k, v in self.entities.items() if v}
         values |= {"filters": self.filters_text} if optional(self.filters_text) else {}
         return "?" + urllib.parse.urlencode({**values, "page": page})
@@ -86,7 +82,7 @@ class Listing:
 
 async def owned(memory: Any, scope: Scope, memory_id: str) -> dict[str, Any] | None:
     """The memory ``memory_id`` if this scope may see it; None for an unknown id or another user's."""
-    record = await call(memory.get, memory_id)
+    record: dict[str, Any] | None = await call(memory.get, memory_id)
     if record is None or not (scope.admin or record.get("user_id") == scope.user_id):
         return None
     return record
@@ -130,15 +126,8 @@ def add_memory_pages(router: APIRouter, ui: Ui, guarded: Callable[..., Any]) -> 
             history = await call(memory.history, memory_id)
         if record is None and not history:
             raise UiError(404, f"no memory {memory_id!r} here")
-        return ui.render(
-            request,
-            "memory.html",
-            status=status,
-            record=record,
-            history=history,
-            memory_id=memory_id,
-            error=error,
-        )
+        found = {"record": record, "history": history, "memory_id": memory_id, "error": error}
+        return ui.render(request, "memory.html", status=status, **found)
 
     @router.post("/memories/{memory_id}/edit")
     @guarded
