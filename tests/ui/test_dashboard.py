@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,10 @@ def test_the_fleet_page_shows_the_service_and_a_live_chart(server: dict, context
     for i in range(8):  # texts embedded while the page polls: the chart has something to show
         add(url, ALICE_KEY, f"fleet chart sample {i}")
     expect(page.locator("#chart canvas")).to_have_count(1, timeout=15000)
+    deadline = time.monotonic() + 20  # the memory store's embedding counts (texts the model ran)
+    while max(page.request.get(f"{url}/ui/fleet/series.json").json()["texts_per_s"], default=0) <= 0:
+        assert time.monotonic() < deadline, "the chart never saw the texts the memory store embedded"
+        time.sleep(0.5)
     expect(page.get_by_role("status")).to_contain_text("texts/s", timeout=15000)
     shot(page, "fleet")
     assert not [m for m in recorder.console if "Content Security Policy" in m or "error" in m[:6]], (

@@ -22,7 +22,10 @@ SAMPLES = 300  # ten minutes
 
 
 class Sampler:
-    """``(time, texts, batches, texts in batches, queue depth)`` every ``period`` seconds."""
+    """``(time, batches, texts in batches, queue depth)`` every ``period`` seconds.
+
+    Texts are counted where the model runs (the batches), so the memory store's own embedding and
+    every transport count alike, and a cache hit (no model work) does not."""
 
     def __init__(
         self,
@@ -34,7 +37,7 @@ class Sampler:
         self.metrics = metrics
         self.queue_depth = queue_depth
         self.period = period
-        self._points: deque[tuple[float, int, int, float, int | None]] = deque(maxlen=size)
+        self._points: deque[tuple[float, int, float, int | None]] = deque(maxlen=size)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -57,7 +60,7 @@ class Sampler:
             depth = self.queue_depth()
         except Exception:  # a closing engine: the chart just misses the depth
             depth = None
-        point = (time.time(), m.texts, m.batch_size.count, m.batch_size.sum, depth)
+        point = (time.time(), m.batch_size.count, m.batch_size.sum, depth)
         with self._lock:
             self._points.append(point)
 
@@ -66,10 +69,10 @@ class Sampler:
         with self._lock:
             points = list(self._points)
         out: dict[str, list[Any]] = {"t": [], "texts_per_s": [], "batch_mean": [], "queue_depth": []}
-        for (t0, texts0, n0, sum0, _), (t1, texts1, n1, sum1, depth) in itertools.pairwise(points):
+        for (t0, n0, sum0, _), (t1, n1, sum1, depth) in itertools.pairwise(points):
             dt = max(t1 - t0, 1e-6)
             out["t"].append(round(t1, 3))
-            out["texts_per_s"].append(round((texts1 - texts0) / dt, 2))
+            out["texts_per_s"].append(round((sum1 - sum0) / dt, 2))
             out["batch_mean"].append(round((sum1 - sum0) / (n1 - n0), 2) if n1 > n0 else None)
             out["queue_depth"].append(depth)
         return out

@@ -11,7 +11,11 @@
     return {
       width: Math.max(320, Math.min(box.clientWidth || 900, 1000)),
       height: 300,
-      scales: { x: { time: true }, rate: { auto: true }, batch: { auto: true } },
+      scales: {
+        x: { time: true, range: function (u, min, max) { return [max - 600, max]; } },  // 10 minutes
+        rate: { auto: true },
+        batch: { auto: true },
+      },
       series: [
         {},
         { label: "texts/s", scale: "rate", stroke: "#0b5cad", width: 2 },
