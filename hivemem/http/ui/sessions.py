@@ -35,20 +35,15 @@ class Session:
         return token is not None and hmac.compare_digest(token.encode(), self.csrf.encode())
 
 
+@dataclass
 class Sessions:
     """Session id → :class:`Session`, least recently used first (thread-safe)."""
 
-    def __init__(
-        self,
-        max_sessions: int = MAX_UI_SESSIONS,
-        idle: float = SESSION_IDLE_S,
-        lifetime: float = SESSION_MAX_S,
-    ) -> None:
-        self.max_sessions = max_sessions
-        self.idle = idle
-        self.lifetime = lifetime
-        self._by_id: OrderedDict[str, Session] = OrderedDict()
-        self._lock = threading.Lock()
+    max_sessions: int = MAX_UI_SESSIONS
+    idle: float = SESSION_IDLE_S
+    lifetime: float = SESSION_MAX_S
+    _by_id: OrderedDict[str, Session] = field(default_factory=OrderedDict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(self, scope: Scope) -> tuple[str, Session]:
         """A new session for ``scope``: its id (the cookie's value) and the session."""
