@@ -52,7 +52,9 @@ ALLOWED: dict[str, set[str]] = {
     "pool": INFRA | {"__init__"},  # hivemem.__version__: Dask workers must run the same release
     # the memory tools over MCP: the relay reaches the service (stdlib only), the host serves the stores
     "mcp": INFRA | {"__init__", "service", "memory"},
-    "http": INFRA | {"embed", "service", "memory", "pool", "mcp"},  # composes the HTTP application (+ /mcp)
+    # composes the HTTP application (+ /mcp, /ui); the dashboard's fleet page shows the machine report
+    # `hivemem status` prints (hivemem.service.report): one implementation for terminal and browser
+    "http": INFRA | {"embed", "service", "memory", "pool", "mcp"},
     "integrations": {"__init__"},  # the public API only
     # the application layer (hivemem.app): one module per command group, then the composition on top
     "cli_model": INFRA | {"embed"},

@@ -72,6 +72,14 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("hivemem.memory.transfer", "MAX_ID"),
         ("hivemem.memory.transfer", "MAX_STAMP"),
     ],
+    "dashboard form (`MAX_UI_FORM_BYTES`)": [("hivemem.http.ui.web", "MAX_UI_FORM_BYTES")],
+    "dashboard filter (`MAX_UI_FILTER_CHARS`)": [("hivemem.http.ui.memories", "MAX_UI_FILTER_CHARS")],
+    "dashboard pages (`MAX_PAGE`)": [("hivemem.http.ui.memories", "MAX_PAGE")],
+    "dashboard sessions (`MAX_UI_SESSIONS`)": [
+        ("hivemem.http.ui.sessions", "MAX_UI_SESSIONS"),
+        ("hivemem.http.ui.sessions", "SESSION_IDLE_S"),
+        ("hivemem.http.ui.sessions", "SESSION_MAX_S"),
+    ],
     "`MAX_TERMS` / `MAX_TERM_CHARS`": [
         ("hivemem.memory.hybrid", "MAX_TERMS"),
         ("hivemem.memory.hybrid", "MAX_TERM_CHARS"),

@@ -83,13 +83,14 @@ def create_app(
     agent_fn: Callable[..., Any] | None = None,
     agent_timeout: float | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    ui: bool = True,
 ) -> FastAPI:
     """A FastAPI app serving ``embedder``. With ``api_key`` (an admin key) or ``keys`` (key → scope,
     ``hivemem.http.auth.load_keys``) every route but ``/health`` needs ``Authorization: Bearer
     <key>``; ``host`` (where it will be bound) enforces the loopback rule. ``memory``: a
     ``hivemem.Memory`` to serve under ``/v1/memories`` (build it with ``embedder=embedder``);
     ``mcp``: its MCP tools too, at ``/mcp`` (``mcp_route``; the app's ``state.mcp.manager.run()``
-    must be entered while it serves).
+    must be entered while it serves); ``ui``: the web dashboard at ``/ui/`` (``hivemem.http.ui``).
     ``agent_pool`` + ``agent_fn``: a ``WorkerPool`` and the generator function streamed by
     ``POST /v1/agent/stream``. Bodies over ``max_body`` bytes get 413. ``admission``: the permits
     embedding requests take (default: none to wait for, only the engine's own queue limit, with
@@ -188,6 +189,14 @@ def create_app(
             route = McpRoute(memory, authorise, loopback=host is None or is_loopback(host), max_body=max_body)
             app.state.mcp = route
             app.router.routes.append(Route("/mcp", endpoint=route))
+    if ui:
+        from hivemem.http.ui import add_ui_routes
+
+        loopback = host is None or is_loopback(host)
+        add_ui_routes(
+            app, keyring=authorise, memory=memory, metrics=metrics, embedder=embedder, status=status,
+            loopback=loopback,
+        )  # fmt: skip
     if agent_pool is not None and agent_fn is not None:
         from hivemem.http.agent_routes import add_agent_routes
 
