@@ -478,10 +478,9 @@ def ideas(lab: Lab) -> dict[str, Ranker]:
         out[f"index: cos = {how}(turn, context ±1), keyword context ±1"] = two_vectors(
             lab, "base", "context ±1", "context ±1", how
         )
-    for share in (0.3, 0.5):
-        out[f"index: kw = turn + {share}·context ±1, cos turn"] = two_keywords(
-            lab, "base", "context ±1", share
-        )
+    for ctx in ("context ±1", "context ±2", "context -2"):
+        for share in (0.3, 0.5):
+            out[f"index: kw = turn + {share}·{ctx}, cos turn"] = two_keywords(lab, "base", ctx, share)
     combos = {
         "A": (("base", "context ±2"), {"context ±1": 1.0}),
         "B": (("base", "context ±2"), {"base": 1.0, "context ±2": 0.5}),
