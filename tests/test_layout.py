@@ -33,11 +33,12 @@ PACKAGE = ROOT / "hivemem"
 
 # part -> the parts it may import. Leaves first; the composition modules (cli, serve, status, demo)
 # sit on top and may import anything below them.
-INFRA = {"config", "errors", "locks", "sqlite"}
+INFRA = {"config", "errors", "grouping", "locks", "sqlite"}
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "errors": set(),
     "locks": set(),
+    "grouping": set(),  # leader/follower groups: the engine's queue, grouped adds, the group commit
     "sqlite": {"errors"},  # disk_full(): SQLite's full disk as the DiskFull of the error tree
     "pgtemp": {"errors"},
     "embed": INFRA,  # the engine: no transport, no memory, no pool
