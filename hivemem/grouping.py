@@ -93,8 +93,13 @@ class Line(Generic[T]):
         return group
 
     def served(self, n: int) -> None:
-        """A group of ``n`` members left its first stage: wait next for everyone around."""
+        """A group of ``n`` members left its first stage: wait next for everyone around. Call it
+        before its members have their outcomes, or those already back count twice."""
         self._expect = len(self.members) + n
+        self.free()
+
+    def free(self) -> None:
+        """The runner is free again (if later than ``served``): the wait counts from now."""
         self._free_since = time.monotonic()
 
 

@@ -130,11 +130,16 @@ class MicroBatcher:
         while (batch := self._take()) is not None:
             self._process(batch)
             with self._cv:
-                self._line.served(len(batch))
+                self._line.free()  # the cache is written too: the next batch's wait starts now
+
+    def _served(self, batch: list[Member[_Request]]) -> None:
+        with self._cv:
+            self._line.served(len(batch))
 
     def _process(self, batch: list[Member[_Request]]) -> None:
         live = [m for m in batch if m.future.set_running_or_notify_cancel()]
         if not live:
+            self._served(batch)
             return
         index: dict[str, int] = {}
         for member in live:
@@ -144,6 +149,7 @@ class MicroBatcher:
         try:
             encoded = self._encode(unique)
         except BaseException as exc:  # the callers get the real error; the queue keeps going
+            self._served(batch)
             for member in live:
                 member.future.set_exception(exc)
             return
@@ -153,6 +159,7 @@ class MicroBatcher:
         self.texts_deduplicated += sum(m.size for m in live) - len(unique)
         if tokens is not None:
             self.tokens += int(tokens.sum())
+        self._served(batch)  # before the callers have their rows: those back at once count once
         for member in live:
             rows = [index[t] for t in member.item.texts]
             if member.item.counted:
