@@ -8,7 +8,7 @@ B A, …) so that the load of a shared machine falls on both alike. A process me
 no other measurement of the round used (the same texts for both trees), with a fresh store and
 embedding cache each: the engine's raw ``embed(N)`` (no cache), ``add_batch(N)``, 20 threads
 calling ``embed([text])`` on the engine directly, and 20 threads of single ``add`` — plus how
-many adds shared a transaction and, where the code has it, a group (``hivemem.memory.combine``).
+many adds shared a transaction and, where the code has it, a group (``hivemem.infra.grouping.Combiner``).
 Ratios are taken within a process (same moment), then the median over rounds is reported.
 Prints a table, then one JSON line.
 """
@@ -71,8 +71,8 @@ def child(seed: int, batch: int, adds: int, threads: int) -> dict[str, Any]:
     out["engine_batch_texts"] = adds / max(emb._queue.batches - batches, 1)
     storage = m._storage
     out["adds_per_transaction"] = getattr(storage, "inserts", 0) / max(getattr(storage, "commits", 0), 1)
-    combiner = getattr(m, "_combiner", None)  # absent before combine.py
-    out["adds_per_group"] = combiner.calls / max(combiner.groups, 1) if combiner else None
+    combiner = getattr(m, "_combiner", None)  # absent before grouped adds
+    out["adds_per_group"] = combiner.calls / max(combiner.groups, 1) if combiner is not None else None
     assert m.count() == adds + 1, "an add was lost"
     m.close()
     emb.close()

@@ -36,12 +36,13 @@ PACKAGE = ROOT / "hivemem"
 # SQLite) and ``hivemem.app`` (the command line, ``serve``, ``status``, the demo) are layers whose
 # modules are parts of their own: the infrastructure below every part, the application above them all.
 LAYERS = {"infra", "app"}
-INFRA = {"settings", "config", "errors", "locks", "sqlitedb"}
+INFRA = {"settings", "config", "errors", "grouping", "locks", "sqlitedb"}
 ALLOWED: dict[str, set[str]] = {
     "settings": set(),  # every environment variable, read in one place
     "config": {"settings"},
     "errors": set(),
     "locks": set(),
+    "grouping": set(),  # leader/follower groups: the engine's queue, grouped adds, the group commit
     "sqlitedb": {"errors"},  # disk_full(): SQLite's full disk as the DiskFull of the error tree
     "embed": INFRA,  # the engine: no transport, no memory, no pool
     "service": INFRA | {"embed"},  # the machine's embedding daemon and its clients

@@ -2,10 +2,11 @@
 
 A model runs a batch of 32 texts several times faster than 32 single calls. Callers from many
 threads (or asyncio tasks, or service connections) each hand in a few texts; one worker thread
-gathers whatever is pending — waiting, at most ``max_wait_ms`` after the first arrival, for as many
-callers as the previous batch served (so a lone caller never waits and 16 busy threads share every
-batch) — computes identical texts once,
-and hands every caller its own rows. A failing batch fails only the callers in it.
+gathers whatever is pending — by ``hivemem.infra.grouping.Line``'s rule: at most ``max_wait_ms`` for
+everyone who was around last time, so a lone caller never waits and 16 busy threads share every
+batch — computes identical texts once, and hands every caller its own rows. A failing batch
+fails only the callers in it. (A worker thread, not a leading caller as in ``grouping.Combiner``:
+the callers may be event loops, which must not block.)
 
 Token counts travel with the batch: an ``encode`` that returns ``(vectors, tokens)`` (tokens per
 text, as the backend counted them while tokenizing) lets a caller who asks (``submit(...,
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hivemem.errors import QueueClosed, QueueFull
+from hivemem.infra.grouping import Line, Member
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,11 @@ Encoded = np.ndarray | tuple[np.ndarray, np.ndarray | None]
 
 
 class _Request:
-    __slots__ = ("arrived", "counted", "future", "texts")
+    __slots__ = ("counted", "texts")
 
     def __init__(self, texts: list[str], counted: bool = False) -> None:
         self.texts = texts
         self.counted = counted  # the future resolves to (vectors, tokens) instead of vectors
-        self.future: Future[Any] = Future()
-        self.arrived = time.monotonic()
 
 
 class MicroBatcher:
@@ -68,12 +66,9 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_pending = max_pending
-        self._pending: deque[_Request] = deque()
-        self._pending_texts = 0
+        self._line: Line[_Request] = Line(max_wait_ms=max_wait_ms, max_size=max_batch)
         self._cv = threading.Condition()
         self._closed = False
-        self._expect = 1  # callers served by the last batch
-        self._free_since = 0.0  # when the worker last finished a batch
         self.batches = 0
         self.texts_computed = 0
         self.texts_deduplicated = 0
@@ -84,34 +79,32 @@ class MicroBatcher:
     @property
     def depth(self) -> int:
         """Texts waiting for a batch."""
-        return self._pending_texts
+        return self._line.units
 
     def submit(self, texts: list[str], *, counted: bool = False) -> Future[Any]:
         """Queue ``texts``; the future resolves to their vectors in order — with ``counted``, to
         ``(vectors, tokens)``: the texts' total token count as the backend reported it (0 when it
         does not count)."""
         if len(texts) <= self.max_batch:
-            return self._enqueue([_Request(texts, counted)])[0].future
+            return self._enqueue([Member(_Request(texts, counted), len(texts))])[0].future
         # A large request is cut into batch-sized parts so it cannot starve small callers.
         parts = [
-            _Request(texts[i : i + self.max_batch], counted) for i in range(0, len(texts), self.max_batch)
+            Member(_Request(texts[i : i + self.max_batch], counted), len(texts[i : i + self.max_batch]))
+            for i in range(0, len(texts), self.max_batch)
         ]
         self._enqueue(parts)
         return _gather([p.future for p in parts], counted)
 
-    def _enqueue(self, requests: list[_Request]) -> list[_Request]:
-        n = sum(len(r.texts) for r in requests)
+    def _enqueue(self, members: list[Member[_Request]]) -> list[Member[_Request]]:
+        n = sum(m.size for m in members)
         with self._cv:
             if self._closed:
                 raise QueueClosed("the embedder is closed")
-            if self.max_pending is not None and self._pending_texts + n > self.max_pending and self._pending:
-                raise QueueFull(
-                    f"{self._pending_texts} texts already queued (max_pending={self.max_pending})"
-                )
-            self._pending.extend(requests)
-            self._pending_texts += n
+            if self.max_pending is not None and self._line.units + n > self.max_pending and self._line:
+                raise QueueFull(f"{self._line.units} texts already queued (max_pending={self.max_pending})")
+            self._line.put(members)
             self._cv.notify()
-        return requests
+        return members
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop taking requests, finish the queued ones, stop the worker."""
@@ -121,68 +114,59 @@ class MicroBatcher:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def _take(self) -> list[_Request] | None:
-        self._free_since = time.monotonic()
+    def _take(self) -> list[Member[_Request]] | None:
+        """The next batch (``grouping.Line``'s rule: a lone sequential caller never waits), or None
+        once closed and drained."""
         with self._cv:
-            while not self._pending:
+            while not self._line:
                 if self._closed:
                     return None
                 self._cv.wait()
-            # Wait for as many callers as the last batch served (they are resubmitting right now),
-            # never longer than max_wait: a lone sequential caller (expect == 1) never waits.
-            deadline = max(self._pending[0].arrived, self._free_since) + self.max_wait
-            while (
-                len(self._pending) < self._expect
-                and self._pending_texts < self.max_batch
-                and not self._closed
-            ):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cv.wait(remaining)
-            batch = [self._pending.popleft()]
-            size = len(batch[0].texts)
-            while self._pending and size + len(self._pending[0].texts) <= self.max_batch:
-                request = self._pending.popleft()
-                batch.append(request)
-                size += len(request.texts)
-            self._pending_texts -= size
-            self._expect = len(batch)
-
-            return batch
+            while not self._closed and (wait := self._line.wait_for()) > 0:
+                self._cv.wait(wait)
+            return self._line.take()
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
             self._process(batch)
+            with self._cv:
+                self._line.free()  # the cache is written too: the next batch's wait starts now
 
-    def _process(self, batch: list[_Request]) -> None:
-        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+    def _served(self, batch: list[Member[_Request]]) -> None:
+        with self._cv:
+            self._line.served(len(batch))
+
+    def _process(self, batch: list[Member[_Request]]) -> None:
+        live = [m for m in batch if m.future.set_running_or_notify_cancel()]
         if not live:
+            self._served(batch)
             return
         index: dict[str, int] = {}
-        for request in live:
-            for text in request.texts:
+        for member in live:
+            for text in member.item.texts:
                 index.setdefault(text, len(index))
         unique = list(index)
         try:
             encoded = self._encode(unique)
         except BaseException as exc:  # the callers get the real error; the queue keeps going
-            for request in live:
-                request.future.set_exception(exc)
+            self._served(batch)
+            for member in live:
+                member.future.set_exception(exc)
             return
         vectors, tokens = encoded if isinstance(encoded, tuple) else (encoded, None)
         self.batches += 1
         self.texts_computed += len(unique)
-        self.texts_deduplicated += sum(len(r.texts) for r in live) - len(unique)
+        self.texts_deduplicated += sum(m.size for m in live) - len(unique)
         if tokens is not None:
             self.tokens += int(tokens.sum())
-        for request in live:
-            rows = [index[t] for t in request.texts]
-            if request.counted:
+        self._served(batch)  # before the callers have their rows: those back at once count once
+        for member in live:
+            rows = [index[t] for t in member.item.texts]
+            if member.item.counted:
                 n = int(tokens[rows].sum()) if tokens is not None else 0
-                request.future.set_result((vectors[rows], n))
+                member.future.set_result((vectors[rows], n))
             else:
-                request.future.set_result(vectors[rows])
+                member.future.set_result(vectors[rows])
         if self._on_batch is not None:
             try:
                 self._on_batch(unique, vectors)

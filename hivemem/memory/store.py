@@ -11,8 +11,8 @@ Path of an add: validate everything → look up which (scope, text) pairs are al
 embed the rest in ONE embedder call (outside any lock) → one short write transaction. Adding a
 text already stored in the same scope returns the stored id with event ``"NONE"`` and writes
 nothing. On SQLite, concurrent ``add``/``add_batch`` calls of one process walk that path together
-(``combine.py``): one lookup, one embed call and one transaction per group of calls, each call
-still stored whole or not at all and answered with its own result or error.
+(``hivemem.infra.grouping.Combiner``): one lookup, one embed call and one transaction per group of
+calls, each call still stored whole or not at all and answered with its own result or error.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import numpy as np
 
 from hivemem.embed.protocol import EmbedderLike
 from hivemem.errors import LimitExceeded, MemoryNotFound
+from hivemem.infra.grouping import Combiner, Release, each_alone
 from hivemem.memory import filters as flt
 from hivemem.memory import hybrid
 from hivemem.memory import rerank as rr
-from hivemem.memory.combine import Combiner, Release
 from hivemem.memory.embedders import resolve_embedder
 from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
@@ -123,9 +123,6 @@ def _results(
 COMBINE_MAX = 64
 COMBINE_GROUP_MAX = 256
 
-# A group's lookup or embed call failed: each of its calls runs again alone (``Memory._store``).
-_ALONE = object()
-
 
 class Memory:
     """Long-term memory for agents (see the module docstring).
@@ -156,10 +153,12 @@ class Memory:
         self.location = str(where)  # for messages; a PostgreSQL password is never shown
         self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
         self._storage = open_storage(where)
-        # Concurrent adds joined into groups (combine.py) where the storage commits groups as one
+        # Concurrent adds joined into groups (grouping.Combiner) where the storage commits groups as one
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
         grouped = self._storage.capabilities.group_commit
-        self._combiner = Combiner(self._store_group, max_size=COMBINE_GROUP_MAX) if grouped else None
+        self._combiner: Combiner[list[NewMemory], list[dict[str, Any]]] | None = (
+            Combiner(self._store_group, max_size=COMBINE_GROUP_MAX) if grouped else None
+        )
         self._embedder: EmbedderLike | None = None
         self._owns_embedder = False
         self._embedder_config = embedder_config
@@ -311,19 +310,18 @@ class Memory:
             return []
         if self._combiner is None or len(new) > COMBINE_MAX:
             return self._store_alone(new)
-        outcome = self._combiner.submit(new, len(new))
-        return self._store_alone(new) if outcome is _ALONE else outcome
+        return self._combiner.submit(new, len(new))
 
-    def _store_alone(self, new: list[NewMemory]) -> list[dict[str, Any]]:
+    def _store_alone(self, new: list[NewMemory], release: Release = lambda: None) -> list[dict[str, Any]]:
         """One call on its own: a group of one (no combiner, a large call, or a group that failed)."""
-        (outcome,) = self._store_group([new], lambda: None)
+        (outcome,) = self._store_group([new], release)
         if isinstance(outcome, BaseException):
             raise outcome
-        stored: list[dict[str, Any]] = outcome
-        return stored
+        results: list[dict[str, Any]] = outcome
+        return results
 
     def _store_group(self, calls: list[list[NewMemory]], release: Release) -> list[Any]:
-        """The ``combine.Combiner`` runner (and, for one call, ``_store_alone``): concurrent ``_store``
+        """The ``grouping.Combiner`` runner (and, for one call, ``_store_alone``): concurrent ``_store``
         calls in one lookup, one embed call and one group commit (``SQLiteStorage.insert_many``),
         each call still all or nothing. An outcome is a call's results or its exception."""
         outcomes: list[Any] = [None] * len(calls)
@@ -342,7 +340,7 @@ class Memory:
         except Exception:
             if len(calls) == 1:
                 raise
-            return [_ALONE] * len(calls)  # each call again on its own: an error lands on its cause
+            return each_alone(lambda call: self._store_alone(call, release), calls)  # errors to their causes
         release()  # the engine is free: the next group may start while this one writes
         row = {t: i for i, t in enumerate(texts)}
         jobs = [(i, todo) for i, todo in todos if todo]

@@ -122,3 +122,28 @@ def test_backpressure_refuses_past_max_pending():
     gate.set()
     first.result(5)
     q.close()
+
+
+def test_callers_back_before_the_cache_write_are_counted_once():
+    """The worker waits (up to max_wait) for everyone around: the callers pending plus those the
+    last batch served. Served callers that resubmit while ``on_batch`` still writes the cache must
+    not count twice, or the worker waits out max_wait every batch for callers that do not exist.
+    No model: the queue's rule, read from the line when each batch starts."""
+    n, rounds = 8, 6
+    expected: list[int] = []
+    q: MicroBatcher
+
+    def on_batch(texts: list[str], vectors: np.ndarray) -> None:
+        deadline = time.monotonic() + 0.2
+        while q.depth < n and time.monotonic() < deadline:
+            time.sleep(0.001)  # this batch's callers are back in line before the write ends
+
+    def encode(texts: list[str]) -> np.ndarray:
+        expected.append(q._line._expect)  # what the worker waited for before this batch
+        return np.zeros((len(texts), 4), dtype=np.float32)
+
+    q = MicroBatcher(encode, max_wait_ms=50, on_batch=on_batch)
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(lambda i: [q.submit([f"{i}-{r}"]).result(60) for r in range(rounds)], range(n)))
+    q.close()
+    assert len(expected) >= rounds and max(expected) <= n, expected

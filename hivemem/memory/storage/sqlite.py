@@ -7,15 +7,14 @@ Why it is safe across threads and processes:
   so a batch is stored whole or not at all — also when the process is killed mid-write.
 * Duplicates are refused by ``UNIQUE(scope, hash)`` with ``INSERT … ON CONFLICT DO NOTHING``;
   the loser of a race gets the winner's id back (event ``NONE``). No check-then-insert.
-* Group commit: inserts from concurrent threads of one process are merged into ONE
-  ``BEGIN IMMEDIATE`` transaction by whichever thread gets the write lock first (leader/follower:
-  the leader commits everything queued, followers find their result ready). ``insert_many``
-  queues the batches of a whole ``Memory`` group of calls at once (``hivemem.memory.combine``),
-  so they always share a transaction: twenty threads adding one memory each pay for one commit,
-  not twenty (~250–300 µs per row in transactions of one, ~90 µs in transactions of twenty,
-  measured here). Each caller still gets its own result; if a merged transaction fails, its members are
-  retried one transaction each, so an error lands on the call that caused it and a batch is
-  still stored whole or not at all. Embedding happens before, outside any lock.
+* Group commit (``hivemem.infra.grouping.Combiner``): inserts from concurrent threads of one process
+  are merged into ONE ``BEGIN IMMEDIATE`` transaction by whichever thread takes the write lock
+  next; it commits everything queued meanwhile. ``insert_many`` queues the batches of a whole
+  ``Memory`` group of calls at once, so they share a transaction: twenty threads adding one
+  memory each pay for one commit, not twenty (docs/memory.md). Each caller gets its own result;
+  if a merged transaction fails, its members are retried one transaction each, so an error lands
+  on the call that caused it and a batch is still stored whole or not at all. Embedding happens
+  before, outside any lock.
 
 Search: the vector side ranks an int8 index shared by every process of the machine (memory-mapped
 files next to the store, derived from it: see ``vectorindex.py``) and re-scores the best rows
@@ -30,6 +29,7 @@ import builtins
 import json
 import logging
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from hivemem.infra.grouping import Combiner, Release, each_alone
 from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks, retry_locked
 from hivemem.memory import records
 from hivemem.memory.filters import Node
@@ -92,24 +93,8 @@ def _lower(text: Any) -> Any:
     return text.lower() if isinstance(text, str) else text
 
 
-class _Job:
-    """One ``insert`` call waiting for a group commit; ``done`` is set under the write lock."""
-
-    __slots__ = ("done", "error", "memories", "result", "vectors")
-
-    def __init__(self, memories: list[NewMemory], vectors: np.ndarray) -> None:
-        self.memories = memories
-        self.vectors = vectors
-        self.result: list[tuple[str, str]] | None = None
-        self.error: BaseException | None = None
-        self.done = False
-
-
-def _outcome(job: _Job) -> list[tuple[str, str]] | BaseException:
-    if job.error is not None:
-        return job.error
-    assert job.result is not None
-    return job.result
+# One insert call's memories and vectors: a member of a group commit.
+_Batch = tuple[list[NewMemory], np.ndarray]
 
 
 class SQLiteStorage(Storage):
@@ -136,8 +121,14 @@ class SQLiteStorage(Storage):
         self._local = threading.local()  # per thread: the index header seen last, the lag measured
         self._conns = Connections(self._connect)  # one connection per thread and process
         self._write_lock = threading.Lock()
-        self._jobs: list[_Job] = []
-        self._jobs_lock = threading.Lock()
+        # Group commit: whoever takes the write lock next commits every insert queued meanwhile.
+        self._jobs: Combiner[_Batch, list[tuple[str, str]]] = Combiner(
+            self._commit_group,
+            max_wait_ms=0,
+            max_size=sys.maxsize,
+            lock=self._write_lock,
+            then=self._after_write,
+        )
         self.commits = 0  # insert transactions committed by this object
         self.inserts = 0  # insert calls served (inserts / commits = mean group size)
         self._model: tuple[str, int] | None = None
@@ -275,16 +266,14 @@ class SQLiteStorage(Storage):
             raise outcome
         return outcome
 
-    def insert_many(
-        self, batches: list[tuple[list[NewMemory], np.ndarray]]
-    ) -> list[list[tuple[str, str]] | BaseException]:
+    def insert_many(self, batches: list[_Batch]) -> list[list[tuple[str, str]] | BaseException]:
         """Several batches (one per ``add`` call of a ``Memory`` group) in one group commit.
 
         → per batch, what ``insert`` returns for it, or the exception that refused it: each batch
         is stored whole or not at all, and the others do not depend on it.
         """
-        out: list[_Job | BaseException] = []  # a job, replaced by its outcome at the end
-        jobs: list[_Job] = []
+        out: list[list[tuple[str, str]] | BaseException] = []
+        jobs: list[tuple[int, _Batch]] = []  # (where in out, the batch)
         for memories, vectors in batches:
             if len(memories) != len(vectors):
                 out.append(ValueError(f"{len(memories)} memories but {len(vectors)} vectors"))
@@ -294,49 +283,30 @@ class SQLiteStorage(Storage):
                 width = self._model[1]
                 out.append(ValueError(f"vectors must have {width} columns, got shape {vectors.shape}"))
                 continue
-            job = _Job(memories, vectors)
-            jobs.append(job)
-            out.append(job)
-        if jobs:
-            with self._jobs_lock:  # all of them at once: one leader takes them together
-                self._jobs.extend(jobs)
-            led = False
-            with self._write_lock:
-                if not jobs[0].done:  # nobody committed them while we waited: lead, commit all queued
-                    with self._jobs_lock:
-                        group, self._jobs = self._jobs, []
-                    self._commit_group(group)
-                    led = True
-            if led:
-                self._after_write()
-        return [_outcome(x) if isinstance(x, _Job) else x for x in out]
+            jobs.append((len(out), (memories, vectors)))
+            out.append([])
+        if jobs:  # queued together: one leader takes them all
+            for (i, _), outcome in zip(jobs, self._jobs.submit_many([(j, 1) for _, j in jobs]), strict=True):
+                out[i] = outcome
+        return out
 
-    def _commit_group(self, group: list[_Job]) -> None:
-        """Commit ``group`` in one transaction; on failure, each member in its own."""
+    def _commit_group(self, group: list[_Batch], release: Release) -> list[Any]:
+        """The group-commit runner (the write lock is held): ``group`` in one transaction; if that
+        fails, each member in its own, so an error lands on the batch that caused it."""
+        self.inserts += len(group)
         try:
-            try:
-                with self._transaction() as db:
-                    results = [self._insert_rows(db, job.memories, job.vectors) for job in group]
-                self.commits += 1
-                for job, result in zip(group, results, strict=True):
-                    job.result = result
-            except Exception as exc:
-                if len(group) == 1:
-                    group[0].error = exc
-                    return
-                for job in group:  # find the culprit: every member alone, errors to their owners
-                    try:
-                        with self._transaction() as db:
-                            job.result = self._insert_rows(db, job.memories, job.vectors)
-                        self.commits += 1
-                    except Exception as exc_one:
-                        job.error = exc_one
-        finally:
-            for job in group:
-                if job.result is None and job.error is None:  # the leader was interrupted
-                    job.error = RuntimeError("the write was interrupted; nothing of it was stored")
-                job.done = True
-            self.inserts += len(group)
+            with self._transaction() as db:
+                results = [self._insert_rows(db, memories, vectors) for memories, vectors in group]
+        except Exception as exc:
+            return [exc] if len(group) == 1 else each_alone(self._commit_one, group)
+        self.commits += 1
+        return results
+
+    def _commit_one(self, batch: _Batch) -> list[tuple[str, str]]:
+        with self._transaction() as db:
+            result = self._insert_rows(db, *batch)
+        self.commits += 1
+        return result
 
     def _insert_rows(
         self, db: sqlite3.Connection, memories: list[NewMemory], vectors: np.ndarray

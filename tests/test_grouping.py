@@ -1,0 +1,194 @@
+"""``hivemem.infra.grouping``: the leader/follower primitive of the engine's queue, grouped adds and the
+group commit, on its own: groups, outcomes, an interrupted waiting call (it must leave the line,
+not block everyone behind it), a leader that takes a lock first, and the waiting rule."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from hivemem.infra.grouping import Combiner, Line, Member, each_alone
+
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
+
+def _runner(seen: list[list[str]], gate: threading.Event):
+    def run(items: list[str], release) -> list:  # type: ignore[no-untyped-def]
+        seen.append(list(items))
+        if len(seen) == 1:
+            assert gate.wait(30)  # the first group holds the line until the test lets it go
+        release()
+        return [ValueError(i) if i.startswith("bad") else i.upper() for i in items]
+
+    return run
+
+
+def _start(c: Combiner, items: list[str], out: dict) -> list[threading.Thread]:
+    def call(item: str) -> None:
+        try:
+            out[item] = c.submit(item)
+        except BaseException as exc:  # returned to the test
+            out[item] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in items]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
+def test_calls_that_wait_meanwhile_form_one_group_each_with_its_own_outcome() -> None:
+    seen: list[list[str]] = []
+    gate = threading.Event()
+    c = Combiner(_runner(seen, gate))
+    out: dict = {}
+    first = _start(c, ["first"], out)
+    _wait_for(lambda: seen, "the first call never ran")
+    rest = _start(c, ["a", "bad b", "c"], out)
+    _wait_for(lambda: len(c) == 3, "the calls never queued")
+    gate.set()
+    for t in first + rest:
+        t.join(30)
+    assert sorted(map(sorted, seen)) == [["a", "bad b", "c"], ["first"]]
+    assert out["first"] == "FIRST" and out["a"] == "A" and out["c"] == "C"
+    assert isinstance(out["bad b"], ValueError)  # raised to its own caller only
+    assert (c.groups, c.calls) == (2, 4)
+
+
+def test_an_interrupted_waiting_call_leaves_the_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Interrupted(BaseException):
+        pass
+
+    real_wait = threading.Event.wait
+
+    def wait(self: threading.Event, timeout: float | None = None) -> bool:
+        if threading.current_thread().name == "interrupted":
+            raise Interrupted()  # as a KeyboardInterrupt would, while this call waits in line
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(threading.Event, "wait", wait)
+    seen: list[list[str]] = []
+    gate = threading.Event()
+    c = Combiner(_runner(seen, gate))
+    out: dict = {}
+    first = _start(c, ["first"], out)
+    _wait_for(lambda: seen, "the first call never ran")
+    interrupted = threading.Thread(
+        target=lambda: out.update(interrupted=_call(c, "interrupted")), name="interrupted"
+    )
+    interrupted.start()  # the head of the line, then interrupted
+    interrupted.join(30)
+    rest = _start(c, ["a", "b"], out)
+    _wait_for(lambda: len(c) == 2, "the calls never queued")
+    gate.set()
+    for t in first + rest:
+        t.join(30)
+    assert isinstance(out["interrupted"], Interrupted)
+    assert out["a"] == "A" and out["b"] == "B", out  # nobody waits behind the interrupted call
+    assert all("interrupted" not in g for g in seen)
+
+
+def _call(c: Combiner, item: str) -> object:
+    try:
+        return c.submit(item)
+    except BaseException as exc:  # returned to the test
+        return exc
+
+
+def test_a_leader_with_a_lock_takes_everything_queued_while_it_waited_for_the_lock() -> None:
+    """The group commit: whoever takes the write lock next commits all inserts queued meanwhile."""
+    lock = threading.Lock()
+    seen: list[list[str]] = []
+    after: list[str] = []
+
+    def run(items: list[str], release) -> list:  # type: ignore[no-untyped-def]
+        assert lock.locked()
+        seen.append(list(items))
+        return [i.upper() for i in items]
+
+    c = Combiner(run, max_wait_ms=0, lock=lock, then=lambda: after.append("then"))
+    out: dict = {}
+    with lock:  # another writer holds it
+        threads = _start(c, [f"w{i}" for i in range(20)], out)
+        _wait_for(lambda: len(c) == 20, "the calls never queued")  # the leader still waits for the lock
+    for t in threads:
+        t.join(30)
+    assert len(seen) == 1 and sorted(seen[0]) == sorted(f"w{i}" for i in range(20))
+    assert out == {f"w{i}": f"W{i}" for i in range(20)}
+    assert after == ["then"] and not lock.locked()
+
+
+def test_submit_many_queues_its_items_together_with_one_outcome_each() -> None:
+    seen: list[list[str]] = []
+    gate = threading.Event()
+    gate.set()
+    c = Combiner(_runner(seen, gate))
+    assert c.submit_many([("x", 1), ("bad y", 1), ("z", 1)])[0::2] == ["X", "Z"]
+    (outcome,) = c.submit_many([("bad", 1)])
+    assert isinstance(outcome, ValueError)  # returned, not raised
+    assert seen == [["x", "bad y", "z"], ["bad"]]
+
+
+def test_a_failing_leader_fails_its_own_call_and_tells_the_others_their_fate_is_unknown() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def run(items: list[str], release) -> list:  # type: ignore[no-untyped-def]
+        if items == ["first"]:
+            started.set()
+            assert gate.wait(30)
+            return ["FIRST"]
+        raise OSError("the disk went away")
+
+    c = Combiner(run)
+    out: dict = {}
+    first = _start(c, ["first"], out)
+    assert started.wait(30)
+    rest = _start(c, ["a", "b", "c"], out)
+    _wait_for(lambda: len(c) == 3, "the calls never queued")
+    gate.set()
+    for t in first + rest:
+        t.join(30)
+    errors = [out[k] for k in "abc"]
+    assert sum(isinstance(e, OSError) for e in errors) == 1  # the leader's own
+    assert sum(isinstance(e, RuntimeError) and "may or may not" in str(e) for e in errors) == 2
+
+
+def test_the_line_waits_for_everyone_around_last_time_and_no_longer_than_max_wait() -> None:
+    line: Line[str] = Line(max_wait_ms=50, max_size=4)
+    line.put([Member("lone")])
+    assert line.wait_for() <= 0  # a lone sequential caller never waits
+    assert [m.item for m in line.take()] == ["lone"]
+    line.put([Member("waiting")])
+    line.served(3)  # a group of three left, one waits: wait for all four
+    assert 0 < line.wait_for() <= 0.05
+    line.put([Member("a"), Member("b")])
+    assert line.wait_for() > 0
+    line.put([Member("c")])
+    assert line.wait_for() <= 0  # everyone is back
+    assert [m.item for m in line.take()] == ["waiting", "a", "b", "c"]
+    line.put([Member("big", 3)])
+    line.served(5)
+    line.put([Member("d", 2)])
+    assert line.wait_for() <= 0  # a full group waits: no need to wait for more
+    assert [m.item for m in line.take()] == ["big"] and line.units == 2  # the rest does not fit
+    time.sleep(0.06)
+    assert line.wait_for() <= 0  # max_wait has passed
+
+
+def test_each_alone_gives_each_item_its_own_outcome() -> None:
+    def run(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return x * 10
+
+    out = each_alone(run, [1, 2, 3])
+    assert out[0] == 10 and out[2] == 30 and isinstance(out[1], ValueError)
