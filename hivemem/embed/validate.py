@@ -52,14 +52,23 @@ def check_text(text: object, index: int | None = None) -> str:
     if not isinstance(text, str):
         raise TypeError(f"{where} is {type(text).__name__}, expected str")
     check_length(text, where)
-    if not text.isascii():
+    return check_unicode(text, where)
+
+
+def check_unicode(value: str, where: str) -> str:
+    """``value`` if it can be stored as UTF-8; else ValueError naming ``where`` and the position.
+
+    A Python ``str`` may hold lone surrogates (``"\\udcff"``, from ``surrogateescape`` decoding or
+    JSON ``"\\ud800"`` escapes); SQLite, the tokenizer and the wire need real UTF-8.
+    """
+    if not value.isascii():
         try:
-            text.encode("utf-8")
+            value.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise ValueError(
-                f"{where} is not valid Unicode: lone surrogate {text[exc.start]!r} at position {exc.start}"
+                f"{where} is not valid Unicode: lone surrogate {value[exc.start]!r} at position {exc.start}"
             ) from None
-    return text
+    return value
 
 
 def check_length(text: str, where: str) -> None:

@@ -38,8 +38,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from hivemem.embed.validate import check_unicode
 from hivemem.errors import LimitExceeded
-from hivemem.memory.records import check_unicode
 
 MAX_FILTER_DEPTH = 10
 MAX_FILTER_BRANCHES = 256

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hivemem.embed.validate import check_length
+from hivemem.embed.validate import check_length, check_unicode
 from hivemem.errors import LimitExceeded
 
 ENTITIES = ("user_id", "agent_id", "run_id")
@@ -105,22 +105,6 @@ def content_hash(text: str) -> str:
 def scope_key(user_id: str | None, agent_id: str | None, run_id: str | None) -> str:
     """One string per (user, agent, run) triple: the unit inside which duplicates are merged."""
     return json.dumps([user_id, agent_id, run_id], ensure_ascii=False, separators=(",", ":"))
-
-
-def check_unicode(value: str, where: str) -> str:
-    """``value`` if it can be stored as UTF-8; else ValueError naming ``where`` and the position.
-
-    A Python ``str`` may hold lone surrogates (``"\\udcff"``, from ``surrogateescape`` decoding or
-    JSON ``"\\ud800"`` escapes); SQLite, the tokenizer and the wire need real UTF-8.
-    """
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"{where} is not valid Unicode: lone surrogate {value[exc.start]!r} at position {exc.start}"
-            ) from None
-    return value
 
 
 def check_entity(name: str, value: Any, where: str = "") -> str | None:

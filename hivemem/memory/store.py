@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hivemem.embed.protocol import EmbedderLike
+from hivemem.embed.validate import check_unicode
 from hivemem.errors import LimitExceeded, MemoryNotFound
 from hivemem.infra.grouping import Combiner, Release, each_alone
 from hivemem.memory import filters as flt
@@ -39,7 +41,6 @@ from hivemem.memory.records import (
     check_entity,
     check_metadata,
     check_text,
-    check_unicode,
     content_hash,
     prepare,
 )
@@ -226,17 +227,27 @@ class Memory:
     @property
     def llm(self) -> FactExtractor:
         """The fact extractor behind ``infer=True`` (see ``hivemem.memory.infer``)."""
-        if self._llm is None:
+        llm: FactExtractor = self._built_once(
+            "_llm",
+            "_owns_llm",
+            lambda: FactExtractor.from_config(self._llm_config, **self._prompts),
+            "infer=True needs an LLM, and no LLM is configured: pass Memory(llm={'provider': "
+            "'openai', 'config': {'model': …, 'openai_base_url': …}}) or set HIVEMEM_LLM_URL",
+        )
+        return llm
+
+    def _built_once(self, name: str, owned: str, build: Callable[[], Any], missing: str) -> Any:
+        """``self.<name>``, built by ``build`` on first use (once, under the lock) and then ours to
+        close (``self.<owned>``); ValueError(``missing``) when ``build`` finds nothing configured."""
+        if getattr(self, name) is None:
             with self._embedder_lock:
-                if self._llm is None:
-                    llm = FactExtractor.from_config(self._llm_config, **self._prompts)
-                    if llm is None:
-                        raise ValueError(
-                            "infer=True needs an LLM, and no LLM is configured: pass Memory(llm={'provider': "
-                            "'openai', 'config': {'model': …, 'openai_base_url': …}}) or set HIVEMEM_LLM_URL"
-                        )
-                    self._llm, self._owns_llm = llm, True
-        return self._llm
+                if getattr(self, name) is None:
+                    built = build()
+                    if built is None:
+                        raise ValueError(missing)
+                    setattr(self, name, built)
+                    setattr(self, owned, True)
+        return getattr(self, name)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -500,19 +511,16 @@ class Memory:
 
     def _reranker_for_search(self) -> rr.Reranker:
         """The reranker given to ``Memory``, else the LLM one ``HIVEMEM_LLM_URL`` names (built once)."""
-        if self._reranker is None:
-            with self._embedder_lock:
-                if self._reranker is None:
-                    from hivemem.memory.llm_rerank import LLMReranker
+        from hivemem.memory.llm_rerank import LLMReranker
 
-                    built = LLMReranker.from_config(None)
-                    if built is None:
-                        raise ValueError(
-                            "rerank=True needs a reranker: Memory(..., reranker=<a hivemem.Reranker> or "
-                            "{'provider': 'llm', 'config': {...}}), or HIVEMEM_LLM_URL for the LLM reranker"
-                        )
-                    self._reranker, self._owns_reranker = built, True
-        return self._reranker
+        reranker: rr.Reranker = self._built_once(
+            "_reranker",
+            "_owns_reranker",
+            lambda: LLMReranker.from_config(None),
+            "rerank=True needs a reranker: Memory(..., reranker=<a hivemem.Reranker> or "
+            "{'provider': 'llm', 'config': {...}}), or HIVEMEM_LLM_URL for the LLM reranker",
+        )
+        return reranker
 
     def close(self) -> None:
         self._storage.close()
