@@ -180,6 +180,24 @@ class EmbeddingCache:
         with self._lock:
             self.misses += sum(len(v) for v in missing.values())
 
+    def lookup_rest_many(self, model_id: str, dim: int, lookups: list[Lookup]) -> None:
+        """``lookup_rest`` for several lookups at once (the service's concurrent requests): one
+        query for all their missing keys."""
+        if len(lookups) == 1:
+            self.lookup_rest(model_id, dim, lookups[0])
+            return
+        found: list[np.ndarray | None] = []
+        missing: dict[bytes, list[int]] = {}
+        for lookup in lookups:
+            for key, positions in lookup.missing.items():
+                missing.setdefault(key, []).extend(len(found) + i for i in positions)
+            found.extend(lookup.found)
+        self.lookup_rest(model_id, dim, Lookup(found, missing))
+        start = 0
+        for lookup in lookups:
+            lookup.found[:] = found[start : start + len(lookup.found)]
+            start += len(lookup.found)
+
     def _select(self, keys: list[bytes]) -> list[tuple[bytes, bytes]]:
         rows: list[tuple[bytes, bytes]] = []
         db = self._db()

@@ -8,7 +8,8 @@
 Path of a call: validate → cache (in-process LRU, then the machine-wide SQLite store) → the
 micro-batching queue for the misses → backend. Results are stored in the cache by the queue's
 worker after the callers have them. ``aembed`` never blocks its event loop: it checks the
-in-process LRU on the loop (no I/O) and reads the SQLite file (and the shared tier) in a thread.
+in-process LRU on the loop (no I/O) and reads the SQLite file (and the shared tier) in a thread,
+one thread hop and one query for all the requests that missed in the same turn of the loop.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hivemem.embed.cache import EmbeddingCache
+from hivemem.embed.cache import EmbeddingCache, Lookup
 from hivemem.embed.protocol import Backend
 from hivemem.embed.queue import MicroBatcher
 from hivemem.embed.validate import check_text, check_texts, model_input
@@ -144,6 +145,7 @@ class Embedder:
             self.cache = EmbeddingCache(cache)
         self._queue: MicroBatcher | None = None
         self._lock: threading.Lock | None = None
+        self._disk = _DiskLookups(self)
         if batching:
             self._queue = MicroBatcher(
                 self._encode_batch,
@@ -234,7 +236,7 @@ class Embedder:
             return self._assemble(items, [None] * len(items))
         lookup = cache.lookup_memory(self.model_id, items)
         if lookup.missing and cache.needs_io:
-            await asyncio.to_thread(cache.lookup_rest, self.model_id, self.dim, lookup)
+            await self._disk.lookup(lookup)
         else:
             cache.lookup_rest(self.model_id, self.dim, lookup)  # nothing to read: counts the misses
         return self._assemble(items, lookup.found)
@@ -328,6 +330,50 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _DiskLookups:
+    """``aembed``'s cache lookups beyond the in-process tier, gathered per event loop: the
+    requests that miss in one turn of the loop (the service reads many connections' frames per
+    turn) share one thread hop and one SQLite query instead of one each."""
+
+    def __init__(self, engine: Embedder) -> None:
+        self._engine = engine
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Lookup, asyncio.Future[None]]]] = {}
+        self._lock = threading.Lock()  # an engine may serve several loops (threads)
+
+    async def lookup(self, lookup: Lookup) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            group = self._pending.get(loop)
+            if group is None:
+                self._pending[loop] = group = []
+                loop.call_soon(self._flush, loop)  # after the loop's other ready callbacks
+            group.append((lookup, done))
+        await done
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            group = self._pending.pop(loop)
+        engine = self._engine
+        assert engine.cache is not None
+        lookups = [lookup for lookup, _ in group]
+        work = loop.run_in_executor(None, engine.cache.lookup_rest_many, engine.model_id, engine.dim, lookups)
+
+        def settle(f: asyncio.Future[None]) -> None:
+            error = None if f.cancelled() else f.exception()
+            for _, done in group:
+                if done.done():
+                    continue  # its request was cancelled meanwhile
+                if f.cancelled():
+                    done.cancel()
+                elif error is not None:
+                    done.set_exception(error)
+                else:
+                    done.set_result(None)
+
+        work.add_done_callback(settle)
 
 
 def _counters(source: object, *names: str) -> dict[str, Any]:

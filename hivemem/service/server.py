@@ -334,6 +334,9 @@ class Service:
             return
         payload = wire.encode_vectors(vectors)
         writer.write(wire.header(wire.VECTORS, rid, len(payload)) + payload)
+        transport = writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            return  # not paused: drain() would return at once (wait_for costs a task per reply)
         try:
             await asyncio.wait_for(writer.drain(), self.config.write_timeout)
         except (TimeoutError, ConnectionError):

@@ -84,3 +84,44 @@ def test_clear_one_model(tmp_path):
     cache.put_many("b", ["x"], _vecs(1))
     assert cache.clear("a") == 1
     assert set(cache.stats()["models"]) == {"b"}
+
+
+class _NoModel:
+    """NOT a model: a backend that refuses to run, for a test where every text is a cache hit."""
+
+    model_id = "m"
+    dim = 384
+    truncated = 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        raise AssertionError(f"the model ran for {texts!r}: these texts are in the cache")
+
+    def close(self) -> None:
+        pass
+
+
+def test_concurrent_aembeds_that_miss_the_lru_share_one_disk_query(tmp_path):
+    """The service's requests read the SQLite tier together: ten concurrent ``aembed`` calls whose
+    texts are on disk only make one query (they made ten, each with its own thread hop), and
+    each gets its own vectors. Measures the cache, so no model (``_NoModel``)."""
+    import asyncio
+
+    path = tmp_path / "c.sqlite"
+    texts = [f"text {i}" for i in range(10)]
+    v = _vecs(10, seed=3)
+    EmbeddingCache(path).put_many("m", texts, v)
+    cache = EmbeddingCache(path)  # a fresh process's LRU: empty
+    selects: list[int] = []
+    real = cache._select
+    cache._select = lambda keys: selects.append(len(keys)) or real(keys)
+    emb = Embedder(_NoModel(), cache=cache)
+
+    async def main() -> list[np.ndarray]:
+        return await asyncio.gather(*(emb.aembed([t, t]) for t in texts))
+
+    out = asyncio.run(main())
+    assert selects == [10]
+    for i, vectors in enumerate(out):
+        assert np.array_equal(vectors[0], v[i]) and np.array_equal(vectors[1], v[i])
+    assert (cache.hits_disk, cache.misses) == (10, 0)
+    emb.close()
