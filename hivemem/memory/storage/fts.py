@@ -19,19 +19,20 @@
   whole store, where a speaker's name, in half of that speaker's conversation, looks rare across
   many conversations; on LoCoMo (recall@10) it reached 0.61 alone and 0.65 fused against 0.64
   and 0.68 here, and length normalisation (``b`` 0.25–0.75) lowered both.
-* **Filters before ranking.** The compiled filter is checked on the best ``4 × k`` rows, then,
-  if too few pass, on all the others: the result is the best ``k`` among the rows that pass.
-  The scope token only narrows the lookup; the exact filter still decides. FTS5 walks the
-  scope token's whole row list for every query word (~30 ns a row: 9 ms for three words in a
-  scope of 100,000), so a scope of more than ``SCOPE_ROWS_MAX`` rows is searched without it,
-  with the statistics of the whole store (of which it is then a large sample).
-* **Bounded cost.** Reading a row of a word costs ~0.4 µs, so a common word in one scope of a
-  million rows would cost tens of milliseconds. Each word's row count in the store is counted
-  once per process (cached while the store keeps its size), and the search keeps the rarest
-  words while the rows they bring (their rows × the scope's share of the store) stay within
-  ``RANK_BUDGET``; the common words left out carry little idf. As long as the rows of all the
-  query's words in the scope stay within the budget (LoCoMo: ~550 turns per conversation), no
-  word is left out and the score is exact.
+* **Filters before ranking.** The compiled filter is checked on the best ``4 × k`` rows, then, if
+  too few pass, on all the others: the result is the best ``k`` among the rows that pass. The
+  scope token only narrows the lookup; the exact filter still decides. FTS5 walks the scope
+  token's whole row list for every query word (a cost that grows with the scope:
+  docs/memory.md#measurements-behind-the-design), so a scope of more than ``SCOPE_ROWS_MAX`` rows
+  is searched without it, with the statistics of the whole store (of which it is then a large
+  sample).
+* **Bounded cost.** Reading a row of a word has a cost, so a common word in one scope of a million
+  rows would cost tens of milliseconds (docs/memory.md#measurements-behind-the-design). Each
+  word's row count in the store is counted once per process (cached while the store keeps its
+  size), and the search keeps the rarest words while the rows they bring (their rows × the scope's
+  share of the store) stay within ``RANK_BUDGET``; the common words left out carry little idf. As
+  long as the rows of all the query's words in the scope stay within the budget (LoCoMo: ~550
+  turns per conversation), no word is left out and the score is exact.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from hivemem.memory.filters import Cond, Logic, Node
 
 TOKENIZER = "porter unicode61 remove_diacritics 2"
 LAYOUT = f"2 {TOKENIZER}"  # bump the number when the table or its triggers change
-RANK_BUDGET = 10_000  # rows (term occurrences) a keyword search may read, ~0.4 µs each
+RANK_BUDGET = 10_000  # rows (term occurrences) a keyword search may read
 SCOPE_ROWS_MAX = 40_000  # larger scopes: no scope token in the query, statistics of the store
 _SCOPE = "coalesce('u' || hex({p}.user_id), '') || ' ' || coalesce('a' || hex({p}.agent_id), '')" \
     " || ' ' || coalesce('r' || hex({p}.run_id), '')"  # fmt: skip
@@ -94,7 +95,8 @@ def ensure_schema(db: sqlite3.Connection) -> None:
 
 def drop(db: sqlite3.Connection) -> None:
     """Remove the index and its triggers (``reset`` deletes every row without 100k FTS deletes,
-    whose markers would slow keyword searches ~4× until FTS5 merges them)."""
+    whose markers would slow keyword searches until FTS5 merges them:
+    docs/memory.md#measurements-behind-the-design)."""
     for sql in _DROP:
         db.execute(sql)
 

@@ -43,8 +43,8 @@ def blobs(rows: list[tuple[Any, ...]], at: int, dim: int) -> Array:
     return np.frombuffer(b"".join(r[at] for r in rows), dtype=np.float32).reshape(len(rows), dim)
 
 
-# Set operations by sorting: numpy's isin/unique/union1d import numpy.ma on first use (~30 ms of a
-# fresh process's first search).
+# Set operations by sorting: numpy's isin/unique/union1d import numpy.ma on first use, a cost on
+# a fresh process's first search (docs/memory.md#measurements-behind-the-design).
 def sorted_unique(a: Array) -> Array:
     a = np.sort(a)
     return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
@@ -159,7 +159,7 @@ class Files:
         self.close()
 
     def stat(self) -> tuple[tuple[int, int, int, int], ...]:
-        """(size, mtime, ctime, mode) of each file, now: one fstat each (~1 µs)."""
+        """(size, mtime, ctime, mode) of each file, now: one fstat each."""
         out = []
         for kind in KINDS:
             st = os.fstat(self.fds[kind])
@@ -217,7 +217,8 @@ class View:
 
 
 class Scratch(threading.local):
-    """This thread's buffers for reading blocks of rows and for int8 scores (bounded: ~3 MB)."""
+    """This thread's buffers for reading blocks of rows and for int8 scores (bounded, sized in
+    docs/memory.md#the-shared-vector-index)."""
 
     def __init__(self) -> None:
         self.bufs: dict[str, Array] = {}

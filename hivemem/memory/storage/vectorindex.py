@@ -1,12 +1,13 @@
 """One int8 vector index per SQLite store, in files that every process of the machine maps.
 
-Why: the index used to be an in-RAM float32 matrix built by each searching process: at 100,000
-memories one searcher held ~370 MB PSS and 25 of them 9.1 GB, and a fresh process paid ~0.9 s
-for its first search. Now the index lives next to the store (``memory.sqlite-index/``) as plain
-files that processes read through the page cache, which holds it once for all of them (the task
-library shares its file the same way), and a fresh process searches at once. The files are
-mapped only where nobody else can shrink them (mode 0444, owned by this non-root user: a
-mapping of a truncated file is SIGBUS); otherwise (root) read with ``pread`` in blocks.
+Why: the index used to be an in-RAM float32 matrix built by each searching process, held once per
+process and rebuilt before each fresh process's first search (figures:
+docs/memory.md#the-shared-vector-index). Now the index lives next to the store
+(``memory.sqlite-index/``) as plain files that processes read through the page cache, which holds
+it once for all of them (the task library shares its file the same way), and a fresh process
+searches at once. The files are mapped only where nobody else can shrink them (mode 0444, owned by
+this non-root user: a mapping of a truncated file is SIGBUS); otherwise (root) read with ``pread``
+in blocks.
 
 What is in it, per indexed row (aligned arrays, one file each, generation ``G``):
 
@@ -16,10 +17,11 @@ What is in it, per indexed row (aligned arrays, one file each, generation ``G``)
 * ``G.dead`` uint8: 1 for a deleted row (a tombstone), until a compaction drops it;
 * ``G.check`` float32: the row's check value (``row_checks``: codes, scale and row id).
 
-1M × 384 is 397 MB on disk. A search ranks every row by int8 inner product (numkong's SIMD
-kernel: ~14 ms at 1M on one core), takes the best ``RESCORE``, and re-scores them exactly from
-the float32 blobs in SQLite: scores are exact, and the top-k equals the exact top-k unless a true
-top-k row ranks below ``RESCORE`` in int8 (recall@10 is measured by ``benchmarks/memory.py``).
+Its size on disk and search times at 1M rows are in docs/memory.md#measurements-behind-the-design.
+A search ranks every row by int8 inner product (numkong's SIMD kernel), takes the best
+``RESCORE``, and re-scores them exactly from the float32 blobs in SQLite: scores are exact, and
+the top-k equals the exact top-k unless a true top-k row ranks below ``RESCORE`` in int8
+(recall@10 is measured by ``benchmarks/memory.py``).
 
 **SQLite stays the source of truth.** ``header.json`` says what the files cover: the store's
 ``uid`` and ``epoch`` (meta ``rewrites``, bumped by ``reset``), the model and dimension, the
@@ -32,7 +34,7 @@ The files may also hold changes committed *after* the snapshot began (a writer's
 patches codes and sets tombstones in place; a header published meanwhile may be ahead of the
 snapshot): after its int8 pass, a search reads the rows changed since its snapshot as of now
 (one indexed query on a second, per-thread connection outside every transaction: no measurable
-cost, 1.8 vs 2.0 ms per search at 20k rows, interleaved) and scores those rows exactly as its
+cost, docs/memory.md#measurements-behind-the-design) and scores those rows exactly as its
 snapshot has them. So a search sees exactly its snapshot, whatever state the files are in.
 
 **Writers append after their commit** (or the first reader that finds a tail of ``CATCH_UP``
