@@ -1,10 +1,10 @@
 """Whole numpy arrays as PostgreSQL arrays in binary form, for batch inserts.
 
 psycopg dumps a list element by element (pgvector's dumper builds a ``Vector`` and byte-swaps it
-for every row: ~80 µs per 384-float row here). These wrappers write the binary array format of
-all rows at once with numpy (``int32 length + payload`` per element after a 20-byte header):
-under 1 ms for 1,000 × 384 floats. Use: ``conn.execute("… unnest(%b) …", [Vectors(matrix)])``
-on a connection that went through ``register``.
+for every row). These wrappers write the binary array format of all rows at once with numpy
+(``int32 length + payload`` per element after a 20-byte header), far cheaper
+(docs/postgres.md#measurements-behind-the-design). Use: ``conn.execute("… unnest(%b) …",
+[Vectors(matrix)])`` on a connection that went through ``register``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
 """An in-process int8 copy of a PostgreSQL store's vectors, to rank large searches in milliseconds.
 
-Why: pgvector 0.6's exact scan costs ~0.4-1 µs per row on this 2-core box (a scalar float loop
-plus tuple access): 30-100 ms at 100,000 memories, against ~3 ms for SQLite's int8 pass. So a
-search over a large candidate set ranks this copy first (``int8``, the engine of both backends:
-numkong's SIMD dot product, ~1.5 ms at 100k), then asks PostgreSQL for the exact scores of the
-best ``int8.RESCORE`` rows only (the float32 vectors never leave the server, and the scores
-returned are pgvector's exact inner products). The top-k equals the exact top-k unless a true
-top-k row ranks below ``RESCORE`` in int8 (recall@10 is measured by ``benchmarks/memory.py``).
-Small searches never come here (see ``postgres.py``).
+Why: pgvector 0.6's exact scan is a scalar float loop plus tuple access per row, an order of
+magnitude slower than an int8 pass over the same rows
+(docs/postgres.md#measurements-behind-the-design). So a search over a large candidate set ranks
+this copy first (``int8``, the engine of both backends: numkong's SIMD dot product), then asks
+PostgreSQL for the exact scores of the best ``int8.RESCORE`` rows only (the float32 vectors never
+leave the server, and the scores returned are pgvector's exact inner products). The top-k equals
+the exact top-k unless a true top-k row ranks below ``RESCORE`` in int8 (recall@10 is measured by
+``benchmarks/memory.py``). Small searches never come here (see ``postgres.py``).
 
 Each row's code and scale are written by the writer in the same statement as its vector
-(``int8.quantise``: the one quantiser of both backends), so a process loads 38 MB
-at 100k rows, not 150 MB, and never quantises anything itself.
+(``int8.quantise``: the one quantiser of both backends), so a process loads a quarter of the
+float32 vectors' size (docs/postgres.md#measurements-behind-the-design) and never quantises
+anything itself.
 
 **Kept in step by transaction ids, not row ids.** Row ids are drawn when a batch starts and
 batches commit in any order, so "rows after the last row id seen" would miss some. Instead every

@@ -19,7 +19,7 @@ same rows, so that hybrid search ranks alike on both backends:
   list; the query's stop words are dropped by ``hybrid.query_terms``, as for SQLite). Snowball
   English is Porter's revision of the Porter stemmer that SQLite's ``porter`` implements; the
   two disagree on some words, which is most of what separates the backends' keyword results
-  (measured on LoCoMo: docs/postgres.md).
+  (measured on LoCoMo: docs/postgres.md#hybrid-search).
 * **Hostile text is never syntax.** The query words travel as one ``text[]`` parameter; each
   goes through ``hm_words`` and ``phraseto_tsquery``, which reads no operators (a word that
   ``hm_words`` splits, ``foo_bar``, becomes the phrase ``foo <-> bar``, as FTS5 reads
@@ -66,10 +66,9 @@ from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, rarest_words
 VERSION = "1"  # of the function, configuration, column and index below; kept in meta 'keywords'
 MAX_INDEXED_CHARS = 100_000
 # GIN keeps new entries in a pending list that every search scans linearly, until it passes this
-# size (kB) and the writer that passed it merges it into the index. PostgreSQL's default, 4 MB,
-# made a word lookup 40× slower after 10,000 new rows (2.9 ms instead of 0.06); with 64 kB (the
-# least allowed) a 1,000-row insert still merges in bulk: 75 ms, against 67 with 256 kB and 120
-# with fastupdate off.
+# size (kB) and the writer that passed it merges it into the index. PostgreSQL's default made word
+# lookups much slower after many new rows; the least allowed still lets a large insert merge in
+# bulk (docs/postgres.md#hybrid-search).
 PENDING_KB = 64
 SAMPLE_FROM = 20_000  # rows above which word counts are estimated from a sample (``_plan``)
 SAMPLE_ROWS = 1_000
@@ -94,9 +93,9 @@ def _ranges(kind: str) -> str:
 
 def _words_sql(ns: str, lower: str) -> tuple[str, str]:
     """``(hm_words, hm_words_unicode)`` bodies (module docstring); ``lower``: the store's
-    ``hm_lower``. Non-ASCII text goes to a PL/pgSQL function: an SQL function is inlined into
-    every query that calls it, and planning its 24 KB of regular expressions cost 0.4 ms per
-    statement (the PL/pgSQL one is planned once per connection)."""
+    ``hm_lower``. Non-ASCII text goes to a PL/pgSQL function: an SQL function is inlined into every
+    query that calls it, and planning its regular expressions cost time in every statement (the
+    PL/pgSQL one is planned once per connection: docs/postgres.md#measurements-behind-the-design)."""
     marks, alnum = _ranges("marks"), _ranges("alnum")
     unicode = (
         f"regexp_replace(regexp_replace(normalize({lower}(t), NFD), '[{marks}]+', '', 'g'),"
@@ -239,10 +238,10 @@ class Postings:
     """Per process: the rows holding a word, for the words that large searches ranked by, kept
     in step with the store as ``pgindex``'s copy is (by transaction ids, see there).
 
-    Why: a word's rows come out of GIN as heap addresses, and each costs a heap visit (~0.6 µs)
-    to become a row id; a search over 100,000 memories in one scope reads up to ``RANK_BUDGET``
-    of them (~6 ms, where SQLite's FTS5 reads its row ids from the index: ~1.5 ms). The same
-    common words come back query after query, so their rows are kept here (at most
+    Why: a word's rows come out of GIN as heap addresses, and each costs a heap visit to become a row
+    id; a search over 100,000 memories in one scope reads up to ``RANK_BUDGET`` of them, where
+    SQLite's FTS5 reads its row ids from the index (docs/postgres.md#measurements-behind-the-design).
+    The same common words come back query after query, so their rows are kept here (at most
     ``MAX_CACHED`` row ids, least recently used first out), keyed by (scope, lexeme).
 
     Exact, not approximate: before it is used, one round trip brings the rows written and the
@@ -538,16 +537,16 @@ class KeywordSearch:
     ) -> tuple[list[str], dict[str, tuple[int, np.ndarray]]]:
         """The words to rank by (``choose``), from their row counts in the whole store.
 
-        Counting a word's rows costs a heap visit per row (~0.6 µs; 90 ms for the most common
-        word of 100,000 memories). A word with more rows than a kept word could have is left
-        out whatever the others have, so a count stops there (with a margin for the store's
-        growth), and in a store of more than ``SAMPLE_FROM`` rows one pass over a sample of
-        ~``SAMPLE_ROWS`` rows (``TABLESAMPLE SYSTEM``, fixed seed) first finds the words with
-        at least twice that many (and 10 rows in the sample): left out without counting. The
-        others are counted exactly, so the words kept are SQLite's for the same counts (with
-        the sample's estimates as counts, 66% of the top-10s at 100,000 memories in one scope
-        were SQLite's, against 95% with exact counts). Counts are kept per process while the
-        store stays within 10% of its size, as SQLite's are."""
+        Counting a word's rows costs a heap visit per row
+        (docs/postgres.md#measurements-behind-the-design). A word with more rows than a kept word
+        could have is left out whatever the others have, so a count stops there (with a margin for the
+        store's growth), and in a store of more than ``SAMPLE_FROM`` rows one pass over a sample of
+        ~``SAMPLE_ROWS`` rows (``TABLESAMPLE SYSTEM``, fixed seed) first finds the words with at least
+        twice that many (and 10 rows in the sample): left out without counting. The others are counted
+        exactly, so the words kept are SQLite's for the same counts (with the sample's estimates as
+        counts, 66% of the top-10s at 100,000 memories in one scope were SQLite's, against 95% with
+        exact counts). Counts are kept per process while the store stays within 10% of its size, as
+        SQLite's are."""
         most = RANK_BUDGET / max(share, 1e-9)
         cap = int(most * 1.25) + 1
         counts: dict[str, int] = {}

@@ -11,12 +11,13 @@ where Python gives ``i̇``), and it never applies the Final_Sigma rule (``"ΑΣ"
    the Cased and Case_Ignorable code points. ``unicodedata`` does not expose those two sets, so
    each code point is classified by how ``str.lower`` treats a sigma next to it (``_tables``);
 2. code points Python lowers to several code points (only U+0130 ``İ`` → ``i̇``) → ``replace()``;
-3. ``lower(… COLLATE c)`` with a collation of the server whose per-character lowering is
-   Python's, except for a few code points that a ``translate()`` before it fixes. Candidate
-   collations are probed with every code point at once (one 4 MB query, ~0.1 s): on glibc 2.36,
-   ``C.utf8`` differs from Python 3.11 only at ``İ``;
+3. ``lower(… COLLATE c)`` with a collation of the server whose per-character lowering is Python's,
+   except for a few code points that a ``translate()`` before it fixes. Candidate collations are
+   probed with every code point at once (one query, once per schema:
+   docs/postgres.md#measurements-behind-the-design): on glibc 2.36, ``C.utf8`` differs from Python
+   3.11 only at ``İ``;
 4. no usable collation: one ``translate()`` over all 1,432 single-character mappings. Exact but
-   slow (~100 µs per 50-character string, against 0.5 µs for ``lower``): ASCII-only text takes
+   slow (docs/postgres.md#measurements-behind-the-design): ASCII-only text takes
    ``lower(… COLLATE "C")`` instead.
 
 The finished function is compared with ``str.lower`` on every code point before it is used. It is
