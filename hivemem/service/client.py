@@ -160,7 +160,7 @@ class ServiceClient:
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         """``embed`` on a worker thread: the event loop is never blocked."""
-        import asyncio  # here, not at the top: it costs a worker ~30 ms of start-up
+        import asyncio  # here, not at the top: start-up cost (docs/service.md#measurements-behind-the-design)
 
         items = check_texts(texts)
         return await asyncio.to_thread(self.embed, items)

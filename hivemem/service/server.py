@@ -392,10 +392,9 @@ def serve(config: ServiceConfig, companions: Sequence[Companion] = ()) -> None:
         engine = build_engine(
             metrics=metrics,
             variant=config.variant,
-            # Default: one per core (measured with 25 workers embedding single texts, quiet 2-core
-            # machine: 2 threads 381 texts/s, 1 thread 219). Under heavy outside load (load average
-            # ~20) ONNX Runtime's spinning threads can starve the event loop that feeds them (49
-            # texts/s with 2 threads vs 116 with 1 in such a run): there, pass ``--threads 1``.
+            # Default: one per core (faster on a quiet machine). Under heavy outside load ONNX
+            # Runtime's spinning threads can starve the event loop that feeds them: there, pass
+            # ``--threads 1`` (docs/service.md#benchmark-benchmarkssharedpy).
             threads=config.threads or default_threads(),
             replicas=config.replicas,
             max_pending=None,  # admission by permits bounds the texts in flight (Service.admission)

@@ -10,8 +10,9 @@ Every frame is a 20-byte little-endian header followed by ``length`` payload byt
     length I  payload bytes
 
 Payloads: texts are ``u32 count``, ``count × u32 byte lengths``, then the UTF-8 bytes back to back;
-vectors are ``u32 rows, u32 dim`` then ``rows × dim`` raw float32 (no JSON for vectors: a 384-d
-vector is 1.5 KB raw and ~8 KB as JSON text, and parsing it costs more than computing it).
+vectors are ``u32 rows, u32 dim`` then ``rows × dim`` raw float32 (no JSON for vectors: JSON text
+is several times larger, and parsing it costs more than computing the vector:
+docs/service.md#measurements-behind-the-design).
 Metadata replies (hello, stats) are small JSON objects. Errors are ``u16 code`` + a UTF-8 message.
 """
 
