@@ -20,7 +20,7 @@ hold on a noisy machine even when the absolute numbers do not:
   a warm cache, so the figure is the backends' write concurrency): memories/s, and the check that
   nothing was lost, duplicated or failed.
 
-The PostgreSQL server is a throwaway one (``hivemem.pgtemp``: PostgreSQL 16 + pgvector 0.6.2
+The PostgreSQL server is a throwaway one (``tests/pgtemp.py``: PostgreSQL 16 + pgvector 0.6.2
 from the ``pgserver`` wheel, Unix socket, ``shared_buffers=1GB``, otherwise defaults: fsync and
 synchronous_commit on), or the one ``HIVEMEM_BENCH_PG_DSN`` names. Prints a table and, last,
 one JSON line.
@@ -424,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     server = None
     dsn = os.environ.get("HIVEMEM_BENCH_PG_DSN", "").strip()
     if not dsn:
-        from hivemem.pgtemp import TempPostgres
+        sys.path.insert(0, str(ROOT / "tests"))  # the test suite's throwaway server
+        from pgtemp import TempPostgres
 
         server = TempPostgres({"shared_buffers": "1GB"})
         dsn = server.start()

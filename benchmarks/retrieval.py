@@ -17,7 +17,7 @@ Rows: ``vector``, ``keyword`` and ``hybrid`` (the default of ``Memory.search``) 
 torch). ``--sweep`` evaluates the alternatives the defaults were chosen from (tokenizers, stop
 words, fusion rules and weights, candidate depths), on this development data only (SQLite).
 ``--backend postgres|both`` runs the same rows on PostgreSQL (a throwaway server from
-``hivemem.pgtemp`` unless ``--url`` names one; the rows are labelled ``(postgres)``) and, with
+``tests/pgtemp.py`` unless ``--url`` names one; the rows are labelled ``(postgres)``) and, with
 ``both``, how often the two backends return the same top 10 (the same texts in the same order)
 and the mean overlap of the two top-10 sets, per mode. Prints tables, then one JSON line.
 """
@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -311,7 +312,8 @@ def main() -> None:
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     server = None
     if "postgres" in backends and not args.url:
-        from hivemem.pgtemp import TempPostgres
+        sys.path.insert(0, str(ROOT / "tests"))  # the test suite's throwaway server
+        from pgtemp import TempPostgres
 
         server = TempPostgres()
         args.url = server.start()

@@ -64,7 +64,7 @@ def scenario(name: str, root: Path, project: Path, flag: Path, n: int, extra: li
     for stale in (out, Path(f"{out}.lock"), flag):
         stale.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(root)}
-    cmd = [sys.executable, "-m", "hivemem.cli", "run", "job:work", "--factory", "job:make"]
+    cmd = [sys.executable, "-m", "hivemem.app.cli", "run", "job:work", "--factory", "job:make"]
     cmd += ["--items", "items.jsonl", "--results", out.name, "--no-progress", *extra]
     broken_s, broken_rc, stderr = _timed(cmd, env, project)
     left = _records(out)

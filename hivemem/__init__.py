@@ -28,11 +28,14 @@ _EXPORTS: dict[str, str] = {
     "Memory": "hivemem.memory.store",
     "AsyncMemory": "hivemem.memory.aio",
     "Reranker": "hivemem.memory.rerank",
+    "LLMReranker": "hivemem.memory.llm_rerank",
+    "RerankWarning": "hivemem.memory.llm_rerank",
     "import_mem0": "hivemem.memory.mem0_import",
     "FactExtractor": "hivemem.memory.infer",
     "connect": "hivemem.service.client",
     "aconnect": "hivemem.service.aclient",
     "ServiceClient": "hivemem.service.client",
+    "Settings": "hivemem.infra.settings",  # every environment variable hivemem reads, typed
     # the one error tree (hivemem.errors)
     "HivememError": "hivemem.errors",
     "ModelNotPrepared": "hivemem.errors",
@@ -105,9 +108,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.errors import WorkerCrashed as WorkerCrashed
     from hivemem.errors import WorkerExited as WorkerExited
     from hivemem.errors import WorkerInitError as WorkerInitError
+    from hivemem.infra.settings import Settings as Settings
     from hivemem.memory.aio import AsyncMemory as AsyncMemory
     from hivemem.memory.infer import FactExtractor as FactExtractor
     from hivemem.memory.mem0_import import import_mem0 as import_mem0
+    from hivemem.memory.llm_rerank import LLMReranker as LLMReranker
+    from hivemem.memory.llm_rerank import RerankWarning as RerankWarning
     from hivemem.memory.rerank import Reranker as Reranker
     from hivemem.memory.store import Memory as Memory
     from hivemem.pool.pool import WorkerPool as WorkerPool

@@ -1,6 +1,6 @@
 """``python -m hivemem …``: the ``hivemem`` command line (what ``hivemem.connect()`` runs to start
 the machine's service: ``python -m hivemem serve``)."""
 
-from hivemem.cli import main
+from hivemem.app.cli import main
 
 main()

@@ -122,6 +122,14 @@ class LimitExceeded(HivememError, ValueError):
         self.limit = limit
         self.field = field
 
+    @classmethod
+    def count(
+        cls, where: str, size: int, unit: str, limit: int, limit_name: str, field: str
+    ) -> LimitExceeded:
+        """The common case: ``"<where> has <size> <unit>; the limit is <limit> (<limit_name>)"``."""
+        message = f"{where} has {size} {unit}; the limit is {limit} ({limit_name})"
+        return cls(message, limit_name=limit_name, limit=limit, field=field)
+
     def __reduce__(self) -> Any:  # keep the fields when the error crosses a process boundary
         return (_rebuild_limit, (str(self), self.limit_name, self.limit, self.field))
 

@@ -32,12 +32,12 @@ for _var in ("HIVEMEM_EMBEDDER_URL", "HIVEMEM_CACHE_URL", "HIVEMEM_CACHE_TTL"):
 
 
 def _prepared_models_dir() -> Path:
-    from hivemem import config
     from hivemem.embed.model import is_current, read_manifest
+    from hivemem.infra import config
 
     manifest = read_manifest()
     if manifest is None or not is_current(manifest):  # first run here, or an older recipe: the real CLI
-        subprocess.run([sys.executable, "-m", "hivemem.cli", "model", "prepare"], check=True)
+        subprocess.run([sys.executable, "-m", "hivemem.app.cli", "model", "prepare"], check=True)
     return config.models_dir()
 
 
@@ -80,13 +80,13 @@ def hivemem_home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """A PostgreSQL server with pgvector: ``HIVEMEM_TEST_PG_DSN`` when set, else a throwaway one
-    (``hivemem.pgtemp``) started on first use and stopped at the end of the session. If neither is
+    (``tests/pgtemp.py``) started on first use and stopped at the end of the session. If neither is
     possible the tests that need it fail with the reason; they are never skipped."""
     dsn = os.environ.get("HIVEMEM_TEST_PG_DSN", "").strip()
     if dsn:
         yield dsn
         return
-    from hivemem.pgtemp import TempPostgres
+    from pgtemp import TempPostgres
 
     with TempPostgres() as server:
         yield server.dsn

@@ -68,7 +68,7 @@ def test_errors_with_fields_survive_pickling() -> None:
 def test_the_parts_raise_the_tree_types() -> None:
     """The old import paths name the very same classes (one definition each)."""
     from hivemem.embed.queue import QueueFull
-    from hivemem.pool.errors import WorkerExited
+    from hivemem.pool import WorkerExited
     from hivemem.tasks import TaskLibraryError
 
     assert QueueFull is hivemem.QueueFull

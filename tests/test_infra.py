@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hivemem.locks import FileLock, locked
-from hivemem.sqlite import Connections, in_chunks
+from hivemem.infra.locks import FileLock, locked
+from hivemem.infra.sqlitedb import Connections, in_chunks
 
 pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
@@ -122,7 +122,7 @@ def test_file_lock_contends_within_a_process_and_times_out(tmp_path) -> None:
 def test_a_lock_dies_with_its_holder(tmp_path) -> None:
     path = tmp_path / "b.lock"
     code = (
-        "import sys, time; from hivemem.locks import FileLock;"
+        "import sys, time; from hivemem.infra.locks import FileLock;"
         f"l = FileLock({str(path)!r}); l.acquire(); print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -31,30 +31,41 @@ pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.p
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hivemem"
 
-# part -> the parts it may import. Leaves first; the composition modules (cli, serve, status, demo)
-# sit on top and may import anything below them.
-INFRA = {"config", "errors", "locks", "sqlite"}
+# part -> the parts it may import. Leaves first. The package root holds only the facade
+# (``__init__``), the error tree (``errors``) and the parts; ``hivemem.infra`` (settings, files, locks,
+# SQLite) and ``hivemem.app`` (the command line, ``serve``, ``status``, the demo) are layers whose
+# modules are parts of their own: the infrastructure below every part, the application above them all.
+LAYERS = {"infra", "app"}
+INFRA = {"settings", "config", "errors", "locks", "sqlitedb"}
 ALLOWED: dict[str, set[str]] = {
-    "config": set(),
+    "settings": set(),  # every environment variable, read in one place
+    "config": {"settings"},
     "errors": set(),
     "locks": set(),
-    "sqlite": {"errors"},  # disk_full(): SQLite's full disk as the DiskFull of the error tree
-    "pgtemp": {"errors"},
+    "sqlitedb": {"errors"},  # disk_full(): SQLite's full disk as the DiskFull of the error tree
     "embed": INFRA,  # the engine: no transport, no memory, no pool
     "service": INFRA | {"embed"},  # the machine's embedding daemon and its clients
-    "compose": INFRA | {"embed", "service"},  # which embedder by default
-    "memory": INFRA | {"embed", "compose"},  # receives an EmbedderLike; never the daemon
+    # receives an EmbedderLike; memory.embedders resolves Mem0's embedder config, which may name the
+    # machine's service (a client of it, never the daemon itself)
+    "memory": INFRA | {"embed", "service"},
     "tasks": INFRA,
     "pool": INFRA | {"__init__"},  # hivemem.__version__: Dask workers must run the same release
     # the memory tools over MCP: the relay reaches the service (stdlib only), the host serves the stores
     "mcp": INFRA | {"__init__", "service", "memory"},
     "http": INFRA | {"embed", "service", "memory", "pool", "mcp"},  # composes the HTTP application (+ /mcp)
     "integrations": {"__init__"},  # the public API only
-    "serve": INFRA | {"service", "http", "pool", "mcp"},
+    # the application layer (hivemem.app): one module per command group, then the composition on top
+    "cli_model": INFRA | {"embed"},
+    "cli_memory": INFRA | {"memory"},
+    "cli_run": INFRA | {"pool"},
+    "cli_tasks": INFRA | {"tasks"},
+    "serve": INFRA | {"service", "http", "pool", "mcp", "cli_run"},  # --agent resolves as `hivemem run`
     "status": INFRA | {"service"},
     # the demo's workers use the public API (``hivemem.connect``, ``hivemem.Memory``), as a user's would
-    "demo": INFRA | {"__init__", "embed", "service", "memory", "tasks", "compose"},
-    "cli": INFRA | {"embed", "service", "memory", "pool", "tasks", "serve", "status", "demo", "mcp"},
+    "demo": INFRA | {"__init__", "embed", "service", "memory", "tasks"},
+    "cli": INFRA
+    | {"embed", "service", "memory", "pool", "tasks", "serve", "status", "demo", "mcp"}
+    | {"cli_model", "cli_memory", "cli_run", "cli_tasks"},
 }
 # Third-party packages a part must never import (even lazily): the daemon runs without the
 # ``server`` extra, and nothing but the HTTP application may pull in the web stack.
@@ -139,6 +150,8 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
 
 def part(module: str) -> str:
     bits = module.split(".")
+    if len(bits) > 2 and bits[1] in LAYERS:
+        return bits[2]
     return bits[1] if len(bits) > 1 else "__init__"
 
 
@@ -190,8 +203,26 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_every_part_is_declared() -> None:
-    parts = {part(m) for m in _modules()} - {"__init__"}
+    parts = {part(m) for m in _modules()} - {"__init__"} - LAYERS
     assert parts == set(ALLOWED), f"undeclared: {parts - set(ALLOWED)}, gone: {set(ALLOWED) - parts}"
+
+
+def test_the_root_holds_the_facade_the_error_tree_and_packages_only() -> None:
+    """Everything else sits in a part, or in one of the two layers (``infra`` below, ``app`` above)."""
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "errors.py"], loose
+    for layer in LAYERS:  # a layer is a folder of parts, not code of its own
+        tree = ast.parse((PACKAGE / layer / "__init__.py").read_text())
+        assert all(isinstance(n, ast.Expr) for n in tree.body), f"hivemem/{layer}/__init__.py holds code"
+
+
+def test_no_two_modules_share_a_name() -> None:
+    """``sqlite.py`` in two parts or three ``server.py`` make tracebacks, imports and searches ambiguous."""
+    seen: dict[str, list[str]] = defaultdict(list)
+    for path in PACKAGE.rglob("*.py"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            seen[path.name].append(str(path.relative_to(ROOT)))
+    assert not {k: v for k, v in seen.items() if len(v) > 1}
 
 
 def test_parts_import_only_what_they_may() -> None:
@@ -233,7 +264,7 @@ TORCH = {"torch", "transformers", "sentence_transformers"}
 TORCH_OK = PREPARATION | {"hivemem.embed.st_backend"}
 # who may load the preparation code: `hivemem model prepare` (a serving process that finds no prepared
 # model runs it in a child process: hivemem.embed.model.prepared_manifest)
-PREPARES = {"hivemem.embed.cli", *PREPARATION}
+PREPARES = {"hivemem.app.cli_model", *PREPARATION}
 
 
 def test_serving_modules_never_import_torch() -> None:
@@ -271,7 +302,7 @@ def test_a_worker_s_client_stays_light() -> None:
 
 def test_the_bare_service_entry_imports_nothing_above_the_service() -> None:
     """``python -m hivemem.service`` is the service part's own entry: it used to run the composition
-    (``hivemem.serve``), the one edge from a part up into the layer that composes it."""
+    (``hivemem.app.serve``), the one edge from a part up into the layer that composes it."""
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "hivemem.service", "--help"],
         capture_output=True,

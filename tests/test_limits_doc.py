@@ -57,10 +57,15 @@ ROWS: dict[str, list[tuple[str, str]]] = {
     "`MAX_URLS`": [("hivemem.embed.remote", "MAX_URLS")],
     "`MAX_TOKENS`": [("hivemem.embed.model", "MAX_TOKENS")],
     "`MAX_CONVERSATION_CHARS`": [("hivemem.memory.infer", "MAX_CONVERSATION_CHARS")],
-    "`MAX_ANSWER_CHARS`": [("hivemem.memory.infer", "MAX_ANSWER_CHARS")],
+    "`MAX_ANSWER_CHARS`": [("hivemem.memory.llm", "MAX_ANSWER_CHARS")],
     "`MAX_FACTS`": [("hivemem.memory.infer", "MAX_FACTS")],
     "`MAX_FACT_CHARS`": [("hivemem.memory.infer", "MAX_FACT_CHARS")],
     "`MAX_CONCURRENCY`": [("hivemem.memory.infer", "MAX_CONCURRENCY")],
+    "`MAX_RERANK_CANDIDATES` / `MAX_DOCUMENT_CHARS`": [
+        ("hivemem.memory.llm_rerank", "MAX_RERANK_CANDIDATES"),
+        ("hivemem.memory.llm_rerank", "MAX_DOCUMENT_CHARS"),
+    ],
+    "reranker workers (`MAX_WORKERS`)": [("hivemem.memory.llm_rerank", "MAX_WORKERS")],
     "`MAX_LINE`": [("hivemem.memory.transfer", "MAX_LINE")],
     "`MAX_EVENTS`": [("hivemem.memory.transfer", "MAX_EVENTS")],
     "`MAX_ID` / `MAX_STAMP`": [

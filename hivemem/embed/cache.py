@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from hivemem import config
 from hivemem.embed.shared_cache import RedisTier, from_env
-from hivemem.sqlite import Connections, enable_wal, in_chunks, retry_locked
+from hivemem.infra import config
+from hivemem.infra.sqlitedb import Connections, enable_wal, in_chunks, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -59,7 +59,7 @@ def cache_key(model_id: str, text: str) -> bytes:
 class EmbeddingCache:
     """In-process LRU (``memory_items``) over a shared SQLite store at ``path``.
 
-    ``path=None`` uses the machine-wide default (``hivemem.config.cache_path()``); ``persistent=False``
+    ``path=None`` uses the machine-wide default (``hivemem.infra.config.cache_path()``); ``persistent=False``
     keeps only the in-process tier. ``shared``: the Redis/Valkey tier shared by hosts, as a URL
     (``redis://host:6379/0``) or a ``RedisTier``; ``None`` reads ``$HIVEMEM_CACHE_URL``, ``False``
     turns it off. Safe to use from many threads and processes.

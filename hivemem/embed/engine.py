@@ -80,7 +80,7 @@ def make_backend(
     raise ValueError(f"unknown backend {backend!r}: choose onnx, sentence-transformers or openai")
 
 
-def resolve_variant(manifest: dict, variant: str, device: str = "cpu") -> str:
+def resolve_variant(manifest: dict[str, Any], variant: str, device: str = "cpu") -> str:
     """The prepared variant that ``variant`` names on ``device``.
 
     ``"default"``/``"fast"`` are the variants ``prepare`` measured fastest on this machine's CPU; on a
@@ -172,19 +172,23 @@ class Embedder:
         items = check_texts(texts)
         if self._queue is None:
             return self._embed_direct(items)[0]
-        return self._fill(items, *self._lookup(items)).result()
+        vectors: np.ndarray = self._fill(items, *self._lookup(items)).result()
+        return vectors
 
     def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([check_text(text)])[0]
+        vector: np.ndarray = self.embed([check_text(text)])[0]
+        return vector
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         items = check_texts(texts)
         if self._queue is None:
             return (await asyncio.to_thread(self._embed_direct, items))[0]
-        return await asyncio.wrap_future(self._fill(items, *await self._alookup(items)))
+        vectors: np.ndarray = await asyncio.wrap_future(self._fill(items, *await self._alookup(items)))
+        return vectors
 
     async def aembed_one(self, text: str) -> np.ndarray:
-        return (await self.aembed([check_text(text)]))[0]
+        vector: np.ndarray = (await self.aembed([check_text(text)]))[0]
+        return vector
 
     async def aembed_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
         """``aembed`` and the texts' token count (the HTTP ``usage``), each text tokenized once:
@@ -301,22 +305,12 @@ class Embedder:
         """Queue and cache counters of this process."""
         out: dict[str, Any] = {"model_id": self.model_id, "dim": self.dim, "truncated": self.truncated}
         if self._queue is not None:
-            q = self._queue
-            out["queue"] = {
-                "depth": q.depth,
-                "batches": q.batches,
-                "texts_computed": q.texts_computed,
-                "texts_deduplicated": q.texts_deduplicated,
-                "tokens": q.tokens,
-            }
+            out["queue"] = _counters(
+                self._queue, "depth", "batches", "texts_computed", "texts_deduplicated", "tokens"
+            )
         if self.cache is not None:
             c = self.cache
-            out["cache"] = {
-                "hits_memory": c.hits_memory,
-                "hits_disk": c.hits_disk,
-                "hits_shared": c.hits_shared,
-                "misses": c.misses,
-            }
+            out["cache"] = _counters(c, "hits_memory", "hits_disk", "hits_shared", "misses")
             if c.shared is not None:
                 out["cache"]["shared"] = c.shared.stats()
         return out
@@ -334,3 +328,7 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _counters(source: object, *names: str) -> dict[str, Any]:
+    return {name: getattr(source, name) for name in names}

@@ -17,8 +17,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from hivemem import config
 from hivemem.errors import ModelNotPrepared
+from hivemem.infra import config
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hivemem import config
 from hivemem.embed.model import (
     DEFAULT_MODEL,
     DIM,
@@ -43,7 +42,8 @@ from hivemem.embed.model import (
     source_dir,
 )
 from hivemem.errors import HivememError, ModelNotPrepared
-from hivemem.locks import locked
+from hivemem.infra import config
+from hivemem.infra.locks import locked
 
 if TYPE_CHECKING:
     from hivemem.embed.quantize import Profile
@@ -69,7 +69,7 @@ class VariantReport:
     error: str | None = None  # why the variant could not be built or run on this machine
 
 
-def ensure_prepared(model: str = DEFAULT_MODEL) -> dict:
+def ensure_prepared(model: str = DEFAULT_MODEL) -> dict[str, Any]:
     """Return the manifest, preparing the model first (with a visible message) if needed.
 
     A directory exported by an older recipe (an upgraded install, an old ``~/.cache``) is prepared
@@ -110,7 +110,9 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         yield
 
 
-def prepare_model(model: str = DEFAULT_MODEL, *, force: bool = False, threads: int | None = None) -> dict:
+def prepare_model(
+    model: str = DEFAULT_MODEL, *, force: bool = False, threads: int | None = None
+) -> dict[str, Any]:
     """Export, quantise, verify and measure the model; write it atomically; return the manifest."""
     if model != DEFAULT_MODEL:
         raise ValueError(f"unknown model {model!r}; hivemem ships {DEFAULT_MODEL!r}")
@@ -142,7 +144,7 @@ def prepare_model(model: str = DEFAULT_MODEL, *, force: bool = False, threads: i
     return manifest
 
 
-def _build(work: Path, *, threads: int | None) -> dict:
+def _build(work: Path, *, threads: int | None) -> dict[str, Any]:
     from hivemem.embed.corpus import sentences, templated
     from hivemem.embed.quantize import quantize_int8
     from hivemem.embed.w8a8 import int8_pairs_saturate
@@ -316,7 +318,8 @@ def _quiet() -> Iterator[None]:
     try:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        disable: Any = hf_logging.disable_progress_bar  # untyped in transformers
+        disable()
     except ImportError:
         pass
     with warnings.catch_warnings():

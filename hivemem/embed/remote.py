@@ -37,7 +37,6 @@ numpy are imported: no model runtime, so a worker process stays a few MB.
 from __future__ import annotations
 
 import base64
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ import numpy as np
 from hivemem.embed.queue import MicroBatcher
 from hivemem.embed.validate import check_text, check_texts
 from hivemem.errors import EmbedderUnavailable
+from hivemem.infra.settings import Settings
 
 ENV_URL = "HIVEMEM_EMBEDDER_URL"
 ENV_KEY = "HIVEMEM_API_KEY"
@@ -128,7 +128,7 @@ class RemoteEmbedder:
         self.model = model
         self.timeout = float(timeout)
         self.max_batch = max_batch
-        key = api_key if api_key is not None else os.environ.get(ENV_KEY)
+        key = api_key if api_key is not None else Settings.from_env().api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(
             headers=headers,
@@ -435,7 +435,7 @@ def _detail(r: Any) -> str:
 
 def connect_url(url: str | Sequence[str] | None = None, **options: Any) -> RemoteEmbedder:
     """``RemoteEmbedder(url or $HIVEMEM_EMBEDDER_URL, **options)``."""
-    url = url if url is not None else os.environ.get(ENV_URL)
+    url = url if url is not None else Settings.from_env().embedder_url
     if not url:
         raise ValueError(f"no embedder url: pass url='http://host:port' or set {ENV_URL}")
     return RemoteEmbedder(url, **options)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import queue
 import struct
 import threading
@@ -30,6 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from hivemem.infra.settings import Settings
 
 log = logging.getLogger("hivemem.cache")
 
@@ -249,12 +250,7 @@ def _redact(url: str) -> str:
 
 def from_env() -> RedisTier | None:
     """The tier ``$HIVEMEM_CACHE_URL`` names (with ``$HIVEMEM_CACHE_TTL``), or None."""
-    url = os.environ.get(ENV_URL)
-    if not url:
+    settings = Settings.from_env()
+    if not settings.cache_url:
         return None
-    ttl_text = os.environ.get(ENV_TTL)
-    try:
-        ttl = float(ttl_text) if ttl_text else None
-    except ValueError:
-        raise ValueError(f"{ENV_TTL} must be a number of seconds, got {ttl_text!r}") from None
-    return RedisTier(url, ttl=ttl)
+    return RedisTier(settings.cache_url, ttl=settings.cache_ttl)

@@ -6,7 +6,7 @@ Built by a factory, ``create_app(embedder, api_key=None)``, so every part is ser
 process. Any ``EmbedderLike`` works; the service passes its engine so HTTP and socket requests (and
 the memory store's own embedding) share one queue and one cache, and its ``admission`` so that both
 transports take their turn from the same permits. Errors become statuses by their type
-(``hivemem.http.errors``).
+(``hivemem.http.statuses``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hivemem.http.auth import KeyRing, Scope
-from hivemem.http.errors import error_for
 from hivemem.http.limits import DEFAULT_MAX_BODY, BodySizeLimit
+from hivemem.http.statuses import error_for
 from hivemem.service.admission import Admission
 from hivemem.service.metrics import ServiceMetrics
 

@@ -17,8 +17,8 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from hivemem.http.auth import UNAUTHORIZED, KeyRing
-from hivemem.mcp.server import SCOPE_KEY, Target, build_server
 from hivemem.mcp.tools import Caller
+from hivemem.mcp.toolserver import SCOPE_KEY, Target, build_server
 from hivemem.memory.records import ENTITIES
 
 

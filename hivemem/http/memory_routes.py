@@ -19,7 +19,6 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
 from hivemem.http.auth import Scope
-from hivemem.http.errors import error_for
 from hivemem.http.memory_models import (
     AddRequest,
     AddResponse,
@@ -33,6 +32,7 @@ from hivemem.http.memory_models import (
     SearchRequest,
     UpdateRequest,
 )
+from hivemem.http.statuses import error_for
 from hivemem.memory.records import REMOTE_MAX_LIST
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -67,7 +67,7 @@ _ADDED: dict[int | str, dict[str, Any]] = {
 
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a blocking ``Memory`` call in a thread; its refusals become 4xx/5xx by their type
-    (``hivemem.http.errors``: QueueFull 429, MemoryNotFound 404, LimitExceeded 422 with ``code``
+    (``hivemem.http.statuses``: QueueFull 429, MemoryNotFound 404, LimitExceeded 422 with ``code``
     "limit_exceeded" and ``param`` the field, other ValueError, TypeError and NotImplementedError
     422, LLMError 502, DiskFull 507)."""
     try:
@@ -101,7 +101,7 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
     router = APIRouter(prefix="/v1/memories", tags=["memories"], responses=_ERRORS)
 
     async def owned(memory_id: str, scope: Scope) -> dict[str, Any]:
-        record = await _call(memory.get, memory_id)
+        record: dict[str, Any] | None = await _call(memory.get, memory_id)
         if record is None:
             raise HTTPException(404, f"Memory with id {memory_id} not found")
         if not scope.admin and record.get("user_id") != scope.user_id:

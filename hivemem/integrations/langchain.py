@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -72,7 +71,7 @@ class HivememEmbeddings(Embeddings):
             raise TypeError(f"embedder must be a hivemem.EmbedderLike, got {type(embedder).__name__}")
         self.local = local
         # as hivemem.connect() resolves it: the argument, else $HIVEMEM_SOCKET, else the runtime dir
-        self.socket_path = socket_path or (None if local else os.environ.get("HIVEMEM_SOCKET"))
+        self.socket_path = socket_path or (None if local else hivemem.Settings.from_env().socket)
         self._embedder: hivemem.EmbedderLike | None = embedder
         self._owned = embedder is None
 

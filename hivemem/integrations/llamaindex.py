@@ -17,7 +17,6 @@ itself, and larger calls let its engine sort texts by length and pad less.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -44,7 +43,7 @@ class HivememEmbedding(BaseEmbedding):
             raise ValueError("pass either embedder=, or local=True, or socket_path=, not several")
         if embedder is not None and not isinstance(embedder, hivemem.EmbedderLike):
             raise TypeError(f"embedder must be a hivemem.EmbedderLike, got {type(embedder).__name__}")
-        socket_path = socket_path or (None if local else os.environ.get("HIVEMEM_SOCKET"))
+        socket_path = socket_path or (None if local else hivemem.Settings.from_env().socket)
         super().__init__(local=local, socket_path=socket_path, **kwargs)
         self._embedder = embedder
         self._owned = embedder is None

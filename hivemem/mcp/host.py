@@ -5,7 +5,7 @@ One process per machine speaks MCP, so the SDK (~48 MB) and the stores are paid 
 memory stores embed with the service's own engine, in process (no socket round trip). Each relay
 connection sends a hello line ``{"hivemem_mcp": 1, "scope": {...}, "store": ...}``, answered
 ``{"ok": true}`` or ``{"error": …}``; then it carries newline-delimited JSON-RPC, served by the one
-SDK server of ``hivemem.mcp.server`` with the connection's ``Target`` attached to every message.
+SDK server of ``hivemem.mcp.toolserver`` with the connection's ``Target`` attached to every message.
 The SDK is imported on the first connection, so a service nobody reaches over MCP never loads it.
 
 Limits: a message (line) is at most ``relay.MAX_MESSAGE`` bytes (a longer one closes the
@@ -152,7 +152,7 @@ class McpHost:
             if self._server is None:
 
                 def build() -> Any:
-                    from hivemem.mcp.server import build_server
+                    from hivemem.mcp.toolserver import build_server
 
                     return build_server()
 
@@ -176,7 +176,7 @@ class McpHost:
             writer.close()
 
     async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-        from hivemem.mcp.server import Target
+        from hivemem.mcp.toolserver import Target
 
         try:
             line = await reader.readline()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from hivemem.errors import HivememError, ServiceUnavailable
+from hivemem.infra.settings import Settings
 from hivemem.service import paths
 from hivemem.service.peer import check_peer, trusted_uids
 
@@ -49,7 +50,7 @@ def hello(scope: dict[str, str], store: str | None) -> bytes:
 def _store(arg: str | None) -> str | None:
     """``--store`` or ``$HIVEMEM_MEMORY_URL`` as ``Memory()`` here would read it: a relative path is
     made absolute (the service runs elsewhere); None: the service's default store."""
-    value = arg or os.environ.get("HIVEMEM_MEMORY_URL", "").strip() or None
+    value = arg or Settings.from_env().memory_url
     if value is None or "://" in value:
         return value
     return str(Path(value).expanduser().absolute())
@@ -277,9 +278,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description="MCP server over stdio for one agent: the memory tools of the machine's shared "
         "hivemem service, in the scope given here (docs/mcp.md).",
     )
+    settings = Settings.from_env()
     for name, env in ENTITY_ENV.items():
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, default=os.environ.get(env), help=f"Scope (default: ${env}).")
+        parser.add_argument(
+            flag, dest=name, default=getattr(settings, name), help=f"Scope (default: ${env})."
+        )
     parser.add_argument(
         "--store",
         default=None,

@@ -265,12 +265,7 @@ def _check(name: str, arguments: Any, entities: bool) -> dict[str, Any]:
         if kind == "array":
             _ids(key, value, schema)
         if kind == "string" and "maxLength" in schema and len(value) > schema["maxLength"]:
-            raise LimitExceeded(
-                f"{key} has {len(value)} characters; the limit is {schema['maxLength']} (MAX_ID_CHARS)",
-                limit_name="MAX_ID_CHARS",
-                limit=schema["maxLength"],
-                field=key,
-            )
+            raise LimitExceeded.count(key, len(value), "characters", schema["maxLength"], "MAX_ID_CHARS", key)
         out[key] = value
     return out
 
@@ -295,21 +290,13 @@ def _ids(key: str, value: list[Any], schema: dict[str, Any]) -> None:
     if not value:
         raise ValueError(f"{key} must name at least one id")
     if len(value) > schema["maxItems"]:
-        raise LimitExceeded(
-            f"{key} has {len(value)} ids; the limit is {schema['maxItems']} (REMOTE_MAX_BATCH)",
-            limit_name="REMOTE_MAX_BATCH",
-            limit=schema["maxItems"],
-            field=key,
-        )
+        raise LimitExceeded.count(key, len(value), "ids", schema["maxItems"], "REMOTE_MAX_BATCH", key)
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item:
             raise TypeError(f"{key}[{i}] must be a non-empty string, got {item!r:.80}")
         if len(item) > MAX_ID_CHARS:
-            raise LimitExceeded(
-                f"{key}[{i}] has {len(item)} characters; the limit is {MAX_ID_CHARS} (MAX_ID_CHARS)",
-                limit_name="MAX_ID_CHARS",
-                limit=MAX_ID_CHARS,
-                field=key,
+            raise LimitExceeded.count(
+                f"{key}[{i}]", len(item), "characters", MAX_ID_CHARS, "MAX_ID_CHARS", key
             )
 
 
@@ -324,7 +311,7 @@ def _owned(memory: Any, memory_id: str, scope: dict[str, str]) -> dict[str, Any]
     """The record, or MemoryNotFound for an unknown id and for one outside the scope alike."""
     from hivemem.errors import MemoryNotFound
 
-    record = memory.get(memory_id)
+    record: dict[str, Any] | None = memory.get(memory_id)
     if not _in_scope(record, scope):
         raise MemoryNotFound(f"Memory with id {memory_id} not found")
     assert record is not None
@@ -333,15 +320,22 @@ def _owned(memory: Any, memory_id: str, scope: dict[str, str]) -> dict[str, Any]
 
 
 def _add(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    return memory.add(a["text"], metadata=a.get("metadata"), infer=a.get("infer", False), **scope)
+    out: dict[str, Any] = memory.add(
+        a["text"], metadata=a.get("metadata"), infer=a.get("infer", False), **scope
+    )
+    return out
 
 
 def _search(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    return memory.search(a["query"], filters=a.get("filters"), top_k=a.get("top_k", 10), **scope)
+    out: dict[str, Any] = memory.search(
+        a["query"], filters=a.get("filters"), top_k=a.get("top_k", 10), **scope
+    )
+    return out
 
 
 def _list(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    return memory.get_all(filters=a.get("filters"), top_k=a.get("top_k", 100), **scope)
+    out: dict[str, Any] = memory.get_all(filters=a.get("filters"), top_k=a.get("top_k", 100), **scope)
+    return out
 
 
 def _get(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +367,8 @@ def _delete(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, 
 
 
 def _delete_all(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    return memory.delete_all(**scope)
+    out: dict[str, Any] = memory.delete_all(**scope)
+    return out
 
 
 def _history(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,24 +37,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hivemem.errors import LLMError
+from hivemem.memory.llm import ChatClient, Final, Retry, client_args
 from hivemem.memory.records import NewMemory, prepare
 
 MAX_CONVERSATION_CHARS = 200_000  # the messages of one conversation, sent to the LLM
-MAX_ANSWER_CHARS = 1_000_000  # an answer longer than this is refused, not parsed
 MAX_FACTS = 200  # facts from one conversation
 MAX_FACT_CHARS = 4_000  # one fact
 CONTEXT_MEMORIES = 10  # existing memories shown to the LLM, as Mem0
 MAX_CONCURRENCY = 64
-
-# provider -> (config key of its base URL, default URL); all speak OpenAI's chat-completions API
-PROVIDERS = {
-    "openai": ("openai_base_url", "https://api.openai.com/v1"),
-    "ollama": ("ollama_base_url", "http://localhost:11434"),
-    "vllm": ("vllm_base_url", "http://localhost:8000/v1"),
-    "lmstudio": ("lmstudio_base_url", "http://localhost:1234/v1"),
-}
-_OPTIONS = {"model", "api_key", "temperature", "max_tokens", "top_p", "timeout", "json_mode"}
-_IGNORED = {"top_k", "enable_vision", "vision_details", "http_client_proxies", "reasoning_effort"}
 
 SYSTEM_PROMPT = """You extract long-term memories from a conversation for a personal memory store.
 
@@ -84,59 +73,30 @@ class Fact:
     attributed_to: str = "user"
 
 
-def _number(value: Any, name: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise ValueError(f"llm config {name} must be a number in [{lo}, {hi}], got {value!r}")
-    return float(value)
-
-
-class FactExtractor:
-    """Asks an OpenAI-compatible chat endpoint for the facts in conversations (thread-safe).
-
-    ``url``: the API base (``…/v1``; ``/chat/completions`` is appended). ``custom_instructions`` are
-    added to every request; ``custom_prompt`` replaces the system prompt (it must ask for one of
-    the JSON shapes of the module docstring). ``json_mode`` sends ``response_format: json_object``
-    (supported by OpenAI, vLLM, Ollama and llama.cpp's server; turn it off for servers that refuse it).
-    """
+class FactExtractor(ChatClient):
+    """Asks an OpenAI-compatible chat endpoint (``llm.ChatClient``) for the facts in conversations
+    (thread-safe). ``custom_instructions`` are added to every request; ``custom_prompt`` replaces the
+    system prompt (it must ask for one of the JSON shapes of the module docstring)."""
 
     def __init__(
         self,
         url: str,
         model: str,
         *,
-        api_key: str | None = None,
-        temperature: float = 0.1,
-        max_tokens: int = 2000,
-        top_p: float | None = None,
-        timeout: float = 120.0,
-        json_mode: bool = True,
         custom_instructions: str | None = None,
         custom_prompt: str | None = None,
         concurrency: int = 8,
+        **options: Any,
     ) -> None:
-        if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+", url):
-            raise ValueError(f"llm url must be an http(s) URL, got {url!r}")
-        if not isinstance(model, str) or not model.strip():
-            raise ValueError("llm config needs a model name (any name for servers that serve one model)")
         for name, text in (("custom_instructions", custom_instructions), ("custom_prompt", custom_prompt)):
             if text is not None and (not isinstance(text, str) or not text.strip()):
                 raise ValueError(f"{name} must be a non-empty string")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
             raise ValueError(f"concurrency must be an integer in [1, {MAX_CONCURRENCY}], got {concurrency!r}")
-        self.url = url.rstrip("/")
-        self.model = model
-        self.temperature = _number(temperature, "temperature", 0, 2)
-        self.max_tokens = int(_number(max_tokens, "max_tokens", 1, 1_000_000))
-        self.top_p = None if top_p is None else _number(top_p, "top_p", 0, 1)
-        self.timeout = _number(timeout, "timeout", 0.001, 3600)
-        self.json_mode = bool(json_mode)
+        super().__init__(url, model, **options)
         self.custom_instructions = custom_instructions
         self.system_prompt = custom_prompt or SYSTEM_PROMPT
         self.concurrency = concurrency
-        import httpx  # here, not at the top: ``import hivemem.Memory`` should not pay for it
-
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(headers=headers, timeout=self.timeout)
 
     @classmethod
     def from_config(
@@ -151,35 +111,11 @@ class FactExtractor:
             "custom_instructions": custom_instructions,
             "custom_prompt": custom_fact_extraction_prompt,
         }
-        if llm is None:
-            env_url = os.environ.get("HIVEMEM_LLM_URL")
-            if not env_url:
-                return None
-            model = os.environ.get("HIVEMEM_LLM_MODEL", "default")
-            return cls(env_url, model, api_key=os.environ.get("HIVEMEM_LLM_API_KEY"), **prompts)
-        if not isinstance(llm, dict):
-            raise TypeError(f"llm config must be a dict, got {type(llm).__name__}")
-        provider = llm.get("provider", "openai")
-        if provider not in PROVIDERS:
-            raise ValueError(
-                f"llm provider {provider!r} is not supported; use one of {sorted(PROVIDERS)} "
-                "(any OpenAI-compatible server works as 'openai' with openai_base_url)"
-            )
-        options = dict(llm.get("config") or {})
-        url_key, default_url = PROVIDERS[provider]
-        url: str = options.pop(url_key, None) or os.environ.get("HIVEMEM_LLM_URL") or default_url
-        if provider == "ollama" and not url.rstrip("/").endswith("/v1"):
-            url = url.rstrip("/") + "/v1"  # Ollama's OpenAI-compatible API
-        unknown = set(options) - _OPTIONS - _IGNORED - {k for k, _ in PROVIDERS.values()}
-        if unknown:
-            raise ValueError(
-                f"unknown llm config keys {sorted(unknown)}; known: {sorted(_OPTIONS | {url_key})}"
-            )
-        kwargs = {k: options[k] for k in _OPTIONS if options.get(k) is not None}
-        model = str(kwargs.pop("model", None) or os.environ.get("HIVEMEM_LLM_MODEL") or "")
-        if provider == "openai" and url == default_url:
-            kwargs.setdefault("api_key", os.environ.get("OPENAI_API_KEY"))
-        return cls(url, model, **kwargs, **prompts)
+        args = client_args(llm)
+        if args is None:
+            return None
+        url, model, options = args
+        return cls(url, model, **options, **prompts)
 
     # -- one conversation ----------------------------------------------------------------------
 
@@ -214,64 +150,20 @@ class FactExtractor:
             raise ValueError(
                 f"the conversation has {size} characters; infer=True takes at most {MAX_CONVERSATION_CHARS}"
             )
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": self.request(messages, existing, instructions),
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        if self.top_p is not None:
-            body["top_p"] = self.top_p
-        if self.json_mode:
-            body["response_format"] = {"type": "json_object"}
+        body = self.body(self.request(messages, existing, instructions))
         problem = ""
         for _attempt in (1, 2):
             try:
-                return parse_facts(self._post(body))
-            except _Final as exc:
+                return parse_facts(self.post(body))
+            except Final as exc:
                 raise LLMError(
                     f"the LLM at {self.url} (model {self.model!r}) refused the request: {exc}"
                 ) from None
-            except (_Retry, ValueError) as exc:
+            except (Retry, ValueError) as exc:
                 problem = str(exc)
         raise LLMError(
             f"the LLM at {self.url} (model {self.model!r}) failed twice: {problem}; nothing was written"
         )
-
-    def _post(self, body: dict[str, Any]) -> str:
-        import httpx
-
-        try:
-            resp = self._http.post(f"{self.url}/chat/completions", json=body)
-        except httpx.TimeoutException:
-            raise _Retry(f"no answer within {self.timeout:g} s") from None
-        except httpx.HTTPError as exc:
-            raise _Retry(f"cannot reach it ({type(exc).__name__}: {exc})") from None
-        if resp.status_code >= 400:
-            detail = resp.text[:300]
-            if resp.status_code == 429 or resp.status_code >= 500:
-                raise _Retry(f"HTTP {resp.status_code}: {detail}")
-            raise _Final(f"HTTP {resp.status_code}: {detail}")
-        if len(resp.content) > MAX_ANSWER_CHARS:
-            raise ValueError(f"the answer has {len(resp.content)} bytes (limit {MAX_ANSWER_CHARS})")
-        try:
-            content = resp.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise ValueError(f"not a chat-completions response: {resp.text[:200]!r}") from None
-        if not isinstance(content, str):
-            raise ValueError(f"the answer's content is {type(content).__name__}, not text")
-        return content
-
-    def close(self) -> None:
-        self._http.close()
-
-
-class _Retry(Exception):
-    """Worth one more attempt (unreachable, timeout, 429, 5xx)."""
-
-
-class _Final(Exception):
-    """Another attempt would get the same answer (4xx)."""
 
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)

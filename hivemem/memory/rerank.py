@@ -1,8 +1,10 @@
-"""The optional reranker of ``Memory.search(..., rerank=True)``: an interface, no model shipped.
+"""The reranker of ``Memory.search(..., rerank=True)``: the interface, and which one a store uses.
 
 A reranker (a cross-encoder, an LLM judge, a rule) sees the query and the fused candidates and
 returns them in its own order, as Mem0's rerankers do (``rerank(query, memories, top_k)``).
-hivemem downloads no model, so none is built in: pass your own to ``Memory(reranker=...)``.
+hivemem downloads no model: the one built in asks an LLM (``llm_rerank``, Mem0's ``llm``
+provider); pass any object with this method for a cross-encoder you run yourself
+(docs/memory.md#rerankers).
 
     >>> class Shortest:                       # any object with this method is a Reranker
     ...     def rerank(self, query, memories, top_k):
@@ -23,6 +25,27 @@ class Reranker(Protocol):
     def rerank(self, query: str, memories: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
         """``memories`` (search results, best first) reordered; at most ``top_k`` of them."""
         ...
+
+
+def resolve(reranker: Reranker | dict[str, Any] | None) -> tuple[Reranker | None, bool]:
+    """``(reranker, built here)`` from ``Memory(reranker=...)``: an object with ``rerank``, or
+    Mem0's ``{"provider": "llm", "config": {...}}``; None: none until a search asks for one."""
+    if reranker is None or isinstance(reranker, Reranker):
+        return reranker, False
+    if not isinstance(reranker, dict):
+        raise TypeError(
+            f"reranker must have a rerank(query, memories, top_k) method or be Mem0's config dict, "
+            f"got {type(reranker).__name__}"
+        )
+    provider = reranker.get("provider", "llm")
+    if provider != "llm":
+        raise ValueError(
+            f"reranker provider {provider!r} is not built in: use 'llm' (any OpenAI-compatible endpoint) "
+            "or pass an object with rerank(query, memories, top_k) (a cross-encoder you run)"
+        )
+    from hivemem.memory.llm_rerank import LLMReranker
+
+    return LLMReranker.from_config(dict(reranker.get("config") or {})), True
 
 
 def apply(reranker: Reranker, query: str, hits: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from hivemem.compose import resolve_embedder
 from hivemem.embed.protocol import EmbedderLike
 from hivemem.errors import LimitExceeded, MemoryNotFound
 from hivemem.memory import filters as flt
 from hivemem.memory import hybrid
 from hivemem.memory import rerank as rr
 from hivemem.memory.combine import Combiner, Release
+from hivemem.memory.embedders import resolve_embedder
 from hivemem.memory.infer import FactExtractor, infer_memories
 from hivemem.memory.records import (
     ENTITIES,
@@ -46,7 +46,7 @@ from hivemem.memory.records import (
 from hivemem.memory.storage.backends import open_storage
 from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, resolve
 
-_CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "history_db_path", "version"}
+_CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "reranker", "history_db_path", "version"}
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
 
 
@@ -132,7 +132,7 @@ class Memory:
 
     ``path``: where the memories live (``hivemem.memory.storage.locate``): a file path (SQLite),
     a ``postgresql://user@host/db?schema=…`` URL (PostgreSQL + pgvector), or ``None`` for
-    ``$HIVEMEM_MEMORY_URL`` or else ``hivemem.config.home()/memory.sqlite``. ``embedder``: any
+    ``$HIVEMEM_MEMORY_URL`` or else ``hivemem.infra.config.home()/memory.sqlite``. ``embedder``: any
     ``hivemem.EmbedderLike``; by default the hivemem service if one is running, else an
     in-process engine, created on first use (listing, deleting and keyword search never load a
     model). ``reranker``: an optional ``hivemem.Reranker``, used by ``search(..., rerank=True)``.
@@ -147,14 +147,11 @@ class Memory:
         embedder: EmbedderLike | None = None,
         *,
         embedder_config: dict[str, Any] | None = None,
-        reranker: rr.Reranker | None = None,
+        reranker: rr.Reranker | dict[str, Any] | None = None,
         llm: dict[str, Any] | FactExtractor | None = None,
     ) -> None:
-        if reranker is not None and not isinstance(reranker, rr.Reranker):
-            raise TypeError(
-                f"reranker must have a rerank(query, memories, top_k) method, got {type(reranker).__name__}"
-            )
-        self._reranker = reranker
+        # a Reranker object, or Mem0's {"provider": "llm", "config": …} (ours to close)
+        self._reranker, self._owns_reranker = rr.resolve(reranker)
         where = resolve(path)
         self.location = str(where)  # for messages; a PostgreSQL password is never shown
         self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
@@ -203,7 +200,12 @@ class Memory:
                 raise ValueError(
                     f"vector_store provider {provider!r} is not available; use 'sqlite' or 'pgvector'"
                 )
-        memory = cls(path=path, embedder_config=config_dict.get("embedder"), llm=config_dict.get("llm"))
+        memory = cls(
+            path=path,
+            embedder_config=config_dict.get("embedder"),
+            llm=config_dict.get("llm"),
+            reranker=config_dict.get("reranker"),
+        )
         memory._prompts = {
             k: config_dict.get(k) for k in ("custom_instructions", "custom_fact_extraction_prompt")
         }
@@ -465,16 +467,15 @@ class Memory:
             raise ValueError(f"{self.location} has no keyword index yet: use mode='vector' or 'hybrid'")
         if not isinstance(rerank, bool):
             raise TypeError(f"rerank must be True or False, got {rerank!r}")
-        if rerank and self._reranker is None:
-            raise ValueError("rerank=True needs a reranker: Memory(..., reranker=<a hivemem.Reranker>)")
+        reranker = self._reranker_for_search() if rerank else None
         terms = hybrid.query_terms(query) if mode != "vector" else []
         vector = None
         if mode != "keyword":
             vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
         depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
         hits = hybrid.search(self._storage, mode, vector, terms, where, depth, threshold)
-        if rerank and self._reranker is not None:
-            hits = rr.apply(self._reranker, query, hits, k)
+        if reranker is not None:
+            hits = rr.apply(reranker, query, hits, k)
         return {"results": hits}
 
     def history(
@@ -499,8 +500,29 @@ class Memory:
     def count(self) -> int:
         return self._storage.count()
 
+    def _reranker_for_search(self) -> rr.Reranker:
+        """The reranker given to ``Memory``, else the LLM one ``HIVEMEM_LLM_URL`` names (built once)."""
+        if self._reranker is None:
+            with self._embedder_lock:
+                if self._reranker is None:
+                    from hivemem.memory.llm_rerank import LLMReranker
+
+                    built = LLMReranker.from_config(None)
+                    if built is None:
+                        raise ValueError(
+                            "rerank=True needs a reranker: Memory(..., reranker=<a hivemem.Reranker> or "
+                            "{'provider': 'llm', 'config': {...}}), or HIVEMEM_LLM_URL for the LLM reranker"
+                        )
+                    self._reranker, self._owns_reranker = built, True
+        return self._reranker
+
     def close(self) -> None:
         self._storage.close()
+        if self._owns_reranker and self._reranker is not None:
+            close_reranker = getattr(self._reranker, "close", None)
+            if close_reranker is not None:
+                close_reranker()
+            self._reranker, self._owns_reranker = None, False
         if self._owns_llm and self._llm is not None:
             self._llm.close()  # built here from a config or the environment, so ours to close
             self._llm, self._owns_llm = None, False

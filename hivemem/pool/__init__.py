@@ -2,7 +2,7 @@
 (:class:`WorkerPool`), and a resumable parallel runner on top (:func:`run_parallel`).
 """
 
-from hivemem.pool.errors import (
+from hivemem.errors import (
     CallTimeout,
     PoolClosed,
     PoolError,

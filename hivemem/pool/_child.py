@@ -18,7 +18,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from hivemem.pool.errors import RemoteError, WorkerInitError, user_traceback, worker_exited
+from hivemem.errors import RemoteError, WorkerInitError
+from hivemem.pool.failures import user_traceback, worker_exited
 
 
 def _exc_blob(exc: BaseException) -> bytes:
@@ -46,7 +47,7 @@ def _cancel_requested(conn: Connection, call_id: int) -> bool:
 def call_fn(
     fn: Callable[..., Any],
     obj: Any,
-    args: tuple,
+    args: tuple[Any, ...],
     *,
     streaming: bool,
     emit: Callable[[Any], None],

@@ -64,8 +64,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hivemem.pool.errors import (
-    RunSetupError,
+from hivemem.errors import RunSetupError
+from hivemem.pool.failures import (
     callable_name,
     setup_stopped,
     user_traceback,
@@ -176,6 +176,11 @@ class _SetupFailed(Exception):
         super().__init__(what)
         self.what = what
         self.tb = user_traceback(exc)
+
+
+# Dask's API is untyped: its two entry points used here, as the checker sees them.
+_Client: Any = distributed.Client
+_as_completed: Any = distributed.as_completed
 
 
 class RunPlugin(distributed.WorkerPlugin):
@@ -300,7 +305,7 @@ def connect_cluster(cluster: Any) -> tuple[Any, bool]:
         )
     _check_reachable(target)
     try:
-        client = distributed.Client(target, timeout=_CONNECT_TIMEOUT_S, set_as_default=False)
+        client = _Client(target, timeout=_CONNECT_TIMEOUT_S, set_as_default=False)
     except OSError as exc:
         raise RuntimeError(f"cannot reach the Dask scheduler at {target}: {exc}") from None
     return client, True
@@ -323,7 +328,8 @@ def _check_reachable(address: str) -> None:
 def _window(client: Any) -> int:
     """Items in flight: enough that a worker finds its next item queued when one ends, although
     the driver learns of the end one scheduler round trip later."""
-    return WINDOW_PER_THREAD * max(1, sum(client.nthreads().values()))
+    threads: dict[str, int] = client.nthreads()
+    return WINDOW_PER_THREAD * max(1, sum(threads.values()))
 
 
 def run_on_cluster(
@@ -349,7 +355,8 @@ def run_on_cluster(
 
 def _ship(what: str, fn: Callable[..., Any]) -> bytes:
     try:
-        return cloudpickle.dumps(fn)
+        blob: bytes = cloudpickle.dumps(fn)
+        return blob
     except Exception as exc:
         raise TypeError(
             f"{what} {callable_name(fn)} cannot be sent to the cluster ({type(exc).__name__}: {exc}); "
@@ -395,7 +402,7 @@ def _run(
         registered = True
         items = iter(todo)
         window, refreshed = _window(client), time.monotonic()
-        done = distributed.as_completed(loop=client.loop)
+        done: Any = _as_completed(loop=client.loop)
 
         def submit_more() -> None:
             while len(pending) < window:

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Literal
 
+from hivemem.errors import PoolClosed
 from hivemem.pool.calls import AsyncStream, Call, Stream
-from hivemem.pool.errors import PoolClosed
 from hivemem.pool.workers import STOP, ProcessSlot, Slot, ThreadSlot, refuse_while_bootstrapping
 
 Kind = Literal["process", "thread"]

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from hivemem.locks import FileLock
-from hivemem.pool.errors import user_traceback
+from hivemem.infra.locks import FileLock
+from hivemem.pool.failures import user_traceback
 
 Key = str | int
 
@@ -144,7 +144,7 @@ def read_results(path: str | os.PathLike[str]) -> dict[Key, dict[str, Any]]:
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
     """The error part of a record (also built on cluster workers, where the exception happened);
-    the traceback starts at the user's code (:func:`hivemem.pool.errors.user_traceback`)."""
+    the traceback starts at the user's code (:func:`hivemem.pool.failures.user_traceback`)."""
     return {
         "ok": False,
         "error": f"{type(exc).__name__}: {exc}",

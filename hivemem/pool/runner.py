@@ -26,14 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hivemem.pool.errors import (
-    RemoteTraceback,
-    RunSetupError,
-    WorkerInitError,
-    callable_name,
-    setup_stopped,
-    user_traceback,
-)
+from hivemem.errors import RunSetupError, WorkerInitError
+from hivemem.pool.failures import RemoteTraceback, callable_name, setup_stopped, user_traceback
 from hivemem.pool.pool import Kind, WorkerPool
 from hivemem.pool.results import Key, ResultsFile, error_fields
 

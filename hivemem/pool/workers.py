@@ -26,16 +26,10 @@ from multiprocessing.context import BaseContext
 from types import FrameType
 from typing import Any
 
+from hivemem.errors import CallTimeout, PoolClosed, WorkerCrashed, WorkerInitError
 from hivemem.pool import _child
 from hivemem.pool.calls import Call
-from hivemem.pool.errors import (
-    CallTimeout,
-    PoolClosed,
-    RemoteTraceback,
-    WorkerCrashed,
-    WorkerInitError,
-    worker_exited,
-)
+from hivemem.pool.failures import RemoteTraceback, worker_exited
 
 STOP = object()  # queue marker: one per slot, put behind pending calls by close()
 # Exit status of a process that was asked to start a pool while importing the main module as a
@@ -163,7 +157,7 @@ class Slot:
 
     kind = ""
 
-    def __init__(self, index: int, calls: queue.SimpleQueue[Any]) -> None:
+    def __init__(self, index: int, calls: queue.SimpleQueue[Call | object]) -> None:
         self.index = index
         self._calls = calls
         self.pid: int | None = None
@@ -196,7 +190,7 @@ class Slot:
         """Block for the next runnable call; None means stop."""
         while True:
             call = self._calls.get()
-            if call is STOP:
+            if not isinstance(call, Call):  # STOP
                 return None
             if call.future.set_running_or_notify_cancel():
                 return call

@@ -19,7 +19,6 @@ module only does the blocking socket I/O.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -32,6 +31,7 @@ import numpy as np
 
 from hivemem.embed.validate import check_text, check_texts
 from hivemem.errors import ServiceError
+from hivemem.infra.settings import Settings
 from hivemem.service import spawn, wire
 from hivemem.service.core import (
     DEFAULT_START_TIMEOUT,
@@ -281,7 +281,7 @@ def remote_url(socket_path: str | Path | None, url: str | Sequence[str] | None) 
     """The HTTP embedders to use instead of the socket: ``url``, else ``$HIVEMEM_EMBEDDER_URL``
     when no ``socket_path`` is given (shared by ``connect`` and ``aconnect``)."""
     if url is None and socket_path is None:
-        return os.environ.get("HIVEMEM_EMBEDDER_URL") or None
+        return Settings.from_env().embedder_url
     return url
 
 

@@ -6,10 +6,10 @@ second service for another model) has its own lock and log and never collides wi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from hivemem import config
+from hivemem.infra import config
+from hivemem.infra.settings import Settings
 
 SOCKET_NAME = "embed.sock"
 
@@ -18,7 +18,7 @@ def socket_path(path: str | Path | None = None) -> Path:
     """``path``, else ``$HIVEMEM_SOCKET``, else ``embed.sock`` in the per-user runtime dir (0700)."""
     if path is not None:
         return Path(path)
-    env = os.environ.get("HIVEMEM_SOCKET")
+    env = Settings.from_env().socket
     if env:
         return Path(env).expanduser()
     return config.runtime_dir() / SOCKET_NAME

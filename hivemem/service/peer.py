@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hivemem.errors import UntrustedService
+from hivemem.infra.settings import Settings
 
 _PEERCRED = struct.Struct("3i")  # Linux struct ucred: pid, uid, gid
 
@@ -19,10 +20,7 @@ _PEERCRED = struct.Struct("3i")  # Linux struct ucred: pid, uid, gid
 def trusted_uids(extra: Iterable[int] | None = None) -> frozenset[int]:
     """Our own uid, plus ``extra`` and ``HIVEMEM_TRUST_UIDS`` (comma-separated): whose service we use."""
     uids = {os.getuid()}
-    for part in os.environ.get("HIVEMEM_TRUST_UIDS", "").replace(",", " ").split():
-        if not part.isdigit():
-            raise ValueError(f"HIVEMEM_TRUST_UIDS must list numeric uids, got {part!r}")
-        uids.add(int(part))
+    uids.update(Settings.from_env().trust_uids)
     for uid in extra or ():
         if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
             raise ValueError(f"trust_uids must be numeric uids, got {uid!r}")

@@ -17,7 +17,7 @@ SIGTERM/SIGINT (or a SHUTDOWN frame) stop accepting, finish in-flight requests, 
 then remove the socket.
 
 Companions: servers that share the engine from the same process — ``hivemem serve --http`` runs the
-HTTP application (``hivemem.http.server.HttpServer``) as one. The service knows them only through
+HTTP application (``hivemem.http.companion.HttpServer``) as one. The service knows them only through
 the small ``Companion`` protocol below: it hands them a ``Serving`` (engine, metrics, status), runs
 them beside the socket, stops them first and closes them before the engine. It builds no memory
 store, no worker pool and no web app itself.
@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hivemem import config as hm_config
 from hivemem.embed.onnx_backend import default_threads
 from hivemem.errors import AlreadyRunning, FrameTooLarge, ProtocolError, QueueFull, ServiceBusy
-from hivemem.locks import FileLock
+from hivemem.infra import config as hm_config
+from hivemem.infra.locks import FileLock
 from hivemem.service import paths, wire
 from hivemem.service.admission import Admission
 from hivemem.service.metrics import ServiceMetrics

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemem.errors import ServiceUnavailable
-from hivemem.locks import locked
+from hivemem.infra.locks import locked
 from hivemem.service import paths
 
 # The machine's service is what ``hivemem serve`` runs (the service with the companions the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import zlib
+from collections.abc import Callable
 from typing import Any, Literal
 
 Compression = Literal["none", "zlib", "zstd"]
@@ -22,7 +23,7 @@ COMPRESS_MIN = 512
 
 
 @functools.cache
-def _orjson_dumps() -> Any:
+def _orjson_dumps() -> Callable[[Any], bytes] | None:
     try:  # optional speed-up for the writer; the JSON is equivalent either way
         import orjson
     except ImportError:  # pragma: no cover - exercised only where orjson is absent

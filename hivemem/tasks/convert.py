@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hivemem.errors import TaskLibraryError, TaskSourceError
-from hivemem.sqlite import disk_full
+from hivemem.infra.sqlitedb import disk_full
 from hivemem.tasks import codec, schema
 from hivemem.tasks.source import DEFAULT_MAX_DEPTH, BigIntegerError, check_max_depth, iter_source
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemem.errors import TaskLibraryError, TaskNotFoundError, UnknownTaskTypeError
-from hivemem.sqlite import Connections, in_chunks
+from hivemem.infra.sqlitedb import Connections, in_chunks
 from hivemem.tasks import codec, schema
 from hivemem.tasks.allocation import plan_allocation
 
@@ -183,7 +183,7 @@ class TaskLibrary:
             self._check_type(task_type)
             return self._types[task_type] if task_type is not None else sum(self._types.values())
         clause, params = self._where(task_type, where)
-        return self._rows(f"SELECT COUNT(*) FROM tasks{clause}", params)[0][0]
+        return int(self._rows(f"SELECT COUNT(*) FROM tasks{clause}", params)[0][0])
 
     def __len__(self) -> int:
         return self.count()
@@ -203,9 +203,11 @@ class TaskLibrary:
         column = schema.extra_column(self.index_fields.index(field))
         return dict(self._rows(f"SELECT {column}, COUNT(*) FROM tasks GROUP BY {column} ORDER BY 2 DESC", ()))
 
-    def _fetch(self, rowids: Sequence[int], fields: Iterable[str] | str | None) -> dict[int, list[tuple]]:
+    def _fetch(
+        self, rowids: Sequence[int], fields: Iterable[str] | str | None
+    ) -> dict[int, list[tuple[str, int, bytes]]]:
         name_clause, names = self._field_filter(fields)
-        rows: dict[int, list[tuple]] = {rowid: [] for rowid in rowids}
+        rows: dict[int, list[tuple[str, int, bytes]]] = {rowid: [] for rowid in rowids}
         unique = list(rows)
         for marks, part in in_chunks(unique):
             sql = (
@@ -216,7 +218,7 @@ class TaskLibrary:
                 rows[task].append((name, codec_id, value))
         return rows
 
-    def _build(self, raw: list[tuple]) -> Task:
+    def _build(self, raw: list[tuple[str, int, bytes]]) -> Task:
         return {name: self._decode(codec_id, value, name) for name, codec_id, value in raw}
 
     def _rowids(self, task_ids: Sequence[Any]) -> list[int]:

@@ -321,7 +321,7 @@ def _iter_groups(reader: _Reader, path: Path, parser: Any, max_depth: int) -> It
     for event, key in events:
         if event == "end_map":
             break
-        event, value = next(events)
+        event, _ = next(events)
         if event != "start_array":
             raise TaskSourceError(
                 f"{path}: the value under top-level key {key!r} is {_KIND.get(event, 'null')}, not a list "
@@ -329,18 +329,32 @@ def _iter_groups(reader: _Reader, path: Path, parser: Any, max_depth: int) -> It
                 "(pass fmt='jsonl' / --format jsonl for one task per line)",
                 position=f"[{key!r}]",
             )
-        for index in itertools.count():
-            event, value = next(events)
-            if event == "end_array":
-                break
-            position = f"[{key!r}][{index}]"
-            try:
-                task = _build(event, value, events, max_depth - 2)  # inside the dict and its list
-            except _TooDeep:
-                raise _too_deep(path, max_depth, reader, position) from None
-            yield position, key, task
+        # a task sits inside the dict and its list: two levels of the depth limit used already
+        yield from _iter_list(events, f"[{key!r}]", key, reader, path, max_depth, max_depth - 2)
     for _ in events:  # raises on trailing garbage
         pass
+
+
+def _iter_list(
+    events: Iterator[tuple[str, Any]],
+    prefix: str,
+    group: str | None,
+    reader: _Reader,
+    path: Path,
+    max_depth: int,
+    depth_left: int,
+) -> Iterator[SourceItem]:
+    """The tasks of one JSON array whose ``start_array`` was read, up to its ``end_array``."""
+    for index in itertools.count():
+        event, value = next(events)
+        if event == "end_array":
+            return
+        position = f"{prefix}[{index}]"
+        try:
+            task = _build(event, value, events, depth_left)
+        except _TooDeep:
+            raise _too_deep(path, max_depth, reader, position) from None
+        yield position, group, task
 
 
 def _reject_constant(name: str) -> Any:
@@ -473,16 +487,7 @@ def _iter_json(reader: _Reader, path: Path, parser: Any, max_depth: int) -> Iter
         # Not ijson's items(): it keeps a path prefix per level, O(depth²) memory before any check.
         events = parser.basic_parse(reader, use_float=True)
         next(events)  # start_array: peeked above
-        for index in itertools.count():
-            event, value = next(events)
-            if event == "end_array":
-                break
-            position = f"[{index}]"
-            try:
-                task = _build(event, value, events, max_depth - 1)  # inside the list
-            except _TooDeep:
-                raise _too_deep(path, max_depth, reader, position) from None
-            yield position, None, task
+        yield from _iter_list(events, "", None, reader, path, max_depth, max_depth - 1)  # inside the list
         for _ in events:  # raises on trailing garbage
             pass
     elif first == b"{":

@@ -124,7 +124,7 @@ def test_cli_driver_killed_then_rerun_finishes_the_job(dask_cluster: DaskCluster
     items.write_text("".join(json.dumps({"id": f"item-{i}", "x": i, "sleep": 0.03}) + "\n" for i in range(n)))
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
-    cmd = [sys.executable, "-m", "hivemem.cli", "run", "cluster_agents:work", "--items", str(items)]
+    cmd = [sys.executable, "-m", "hivemem.app.cli", "run", "cluster_agents:work", "--items", str(items)]
     cmd += ["--results", str(out), "--factory", "cluster_agents:make_agent_from_env"]
     cmd += ["--cluster", dask_cluster.address, "--no-progress"]
     driver = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -104,7 +104,7 @@ def test_the_user_module_travels_and_a_broken_factory_stops_the_run(
     project = _project(tmp_path, flag)
     assert _importable_on_workers(outside.address, "clusterjob") == {False}  # only the driver has it
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # hivemem only; the CLI adds its cwd, the project
-    cmd = [sys.executable, "-m", "hivemem.cli", "run", "clusterjob:work", "--factory", "clusterjob:make"]
+    cmd = [sys.executable, "-m", "hivemem.app.cli", "run", "clusterjob:work", "--factory", "clusterjob:make"]
     cmd += ["--items", "items.jsonl", "--results", "out.jsonl", "--cluster", outside.address, "--no-progress"]
 
     broken = subprocess.run(cmd, env=env, cwd=project, capture_output=True, text=True, timeout=300)

@@ -7,7 +7,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from hivemem.cli import app
+from hivemem.app.cli import app
 
 runner = CliRunner()
 

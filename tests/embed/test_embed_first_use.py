@@ -96,7 +96,7 @@ def test_a_fresh_home_prepares_once_in_a_child_and_serves_without_torch(tmp_path
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         subprocess.run(
-            [sys.executable, "-m", "hivemem.cli", "serve", "--stop", "--socket", str(sock)],
+            [sys.executable, "-m", "hivemem.app.cli", "serve", "--stop", "--socket", str(sock)],
             env=env,
             capture_output=True,
             timeout=120,

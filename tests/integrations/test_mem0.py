@@ -96,7 +96,7 @@ def test_mem0_processes_share_hivemems_model(mem0_runs: dict, local_engine) -> N
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "hivemem.cli", "memory", "import", *args]
+    cmd = [sys.executable, "-m", "hivemem.app.cli", "memory", "import", *args]
     return subprocess.run(
         cmd, env={**env, "MEM0_TELEMETRY": "False"}, capture_output=True, text=True, timeout=240
     )

@@ -32,7 +32,7 @@ def mcp_env(hivemem_home: Path) -> Iterator[dict[str, str]]:
     }
     env.pop("HIVEMEM_USER_ID", None)
     yield env
-    stop = [sys.executable, "-m", "hivemem.cli", "serve", "--stop"]
+    stop = [sys.executable, "-m", "hivemem.app.cli", "serve", "--stop"]
     subprocess.run(stop, env=env, capture_output=True, timeout=90)
     pid_file = directory / "s.sock.pid"
     if pid_file.exists() and pid_file.read_text().strip().isdigit():  # still held: never leave one behind

@@ -151,7 +151,7 @@ def test_the_relay_process_imports_no_sdk_no_numpy_no_web_stack(mcp_env: dict[st
         "'hivemem.embed.onnx_backend', 'hivemem.embed.cache', 'hivemem.embed.queue')\n"
         "atexit.register(lambda: sys.stderr.write('LOADED %r\\n' % [m for m in heavy if m in sys.modules]))\n"
         "sys.argv = ['hivemem', 'mcp', '--user-id', 'light']\n"
-        "from hivemem.cli import main\n"
+        "from hivemem.app.cli import main\n"
         "main()\n"
     )
     requests = [

@@ -10,7 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from hivemem import Embedder, Memory
-from hivemem.cli import app
+from hivemem.app.cli import app
 
 
 def test_cli_round_trip(location: str, tmp_path: Path, hm_home: Path) -> None:

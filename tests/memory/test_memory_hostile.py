@@ -19,7 +19,7 @@ from conftest import HashEmbedder
 from typer.testing import CliRunner
 
 from hivemem import Memory
-from hivemem.cli import app
+from hivemem.app.cli import app
 from hivemem.http.keys import load_keys
 
 

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import numpy as np
 import psycopg
 import pytest
+from pgtemp import _alive, sweep_stale
 from psycopg.conninfo import conninfo_to_dict
 
 from hivemem import Memory
@@ -28,7 +29,6 @@ from hivemem.memory.records import prepare
 from hivemem.memory.storage.locate import PostgresLocation, resolve
 from hivemem.memory.storage.postgres import PgVectorMissing, PostgresStorage
 from hivemem.memory.storage.sqlite import SQLiteStorage
-from hivemem.pgtemp import _alive, sweep_stale
 
 DIM = 384
 
@@ -257,7 +257,7 @@ def test_without_pgvector_the_error_says_what_to_ask_a_dba(pg_dsn: str) -> None:
 
 _OWNER = """
 import sys, time
-from hivemem.pgtemp import TempPostgres
+from pgtemp import TempPostgres
 server = TempPostgres()
 server.start()
 print(server.proc.pid, server.root, flush=True)
@@ -379,7 +379,7 @@ def test_local_index_follows_every_writer(pg_url: Callable[[], str], monkeypatch
 def test_a_copied_install_still_finds_its_libraries(tmp_path: Path) -> None:
     """As root, with the virtual environment where ``nobody`` cannot read it (e.g. under /root),
     the throwaway server runs from a copy of the binaries: they must still load their libraries."""
-    from hivemem.pgtemp import _copy_install, find_bin_dir
+    from pgtemp import _copy_install, find_bin_dir
 
     bin_dir = _copy_install(find_bin_dir(), tmp_path / "pg")
     for tool in ("initdb", "postgres"):

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hivemem.errors import WorkerExited
 from hivemem.pool import PoolError, WorkerInitError, WorkerPool
-from hivemem.pool.errors import WorkerExited
 
 pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 

@@ -131,7 +131,7 @@ def test_two_runs_cannot_write_one_results_file(tmp_path):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hivemem.pool.cli", *args]
+    return [sys.executable, "-m", "hivemem.app.cli_run", *args]
 
 
 def test_kill_9_the_runner_then_restart_loses_and_duplicates_nothing(tmp_path):

@@ -54,7 +54,7 @@ def _project(tmp_path: Path, flag: Path) -> Path:
 def _hivemem_run(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`hivemem run` from the project folder, with only hivemem (this checkout) on PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "hivemem.cli", "run", *args, "--items", "items.jsonl"]
+    cmd = [sys.executable, "-m", "hivemem.app.cli", "run", *args, "--items", "items.jsonl"]
     cmd += ["--results", "out.jsonl", "--workers", "2", "--no-progress"]
     return subprocess.run(cmd, env=env, cwd=project, capture_output=True, text=True, timeout=300)
 

@@ -15,7 +15,7 @@ import pool_agents
 import pytest
 
 from hivemem.pool import CallTimeout, PoolClosed, RemoteError, WorkerCrashed, WorkerInitError, WorkerPool
-from hivemem.pool.errors import RemoteTraceback
+from hivemem.pool.failures import RemoteTraceback
 
 pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from http_helpers import ALICE, http_service
 
+from hivemem.app.serve import _agent
 from hivemem.pool.pool import WorkerPool
-from hivemem.serve import _agent
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,7 @@ def test_status_cli_and_a_second_service_refused(shared_service, tmp_path) -> No
             m.add_batch([{"messages": "one", "user_id": "u"}, {"messages": "two", "user_id": "u"}])
 
     def status(*args: str) -> subprocess.CompletedProcess:
-        cmd = [PY, "-m", "hivemem.cli", "status", *args]
+        cmd = [PY, "-m", "hivemem.app.cli", "status", *args]
         return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
     out = status("--json", "--memory", str(store))
@@ -232,7 +232,7 @@ def test_stop_drains_and_removes_the_socket(service_env) -> None:
     worker = threading.Thread(target=burst)
     worker.start()
     out = subprocess.run(
-        [PY, "-m", "hivemem.cli", "serve", "--stop"],
+        [PY, "-m", "hivemem.app.cli", "serve", "--stop"],
         env=service_env,
         cwd=ROOT,
         capture_output=True,

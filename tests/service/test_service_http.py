@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from hivemem.http.app import check_binding, create_app
-from hivemem.http.server import parse_bind
+from hivemem.http.companion import parse_bind
 
 
 def test_api_key_required_off_loopback(local_embedder) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hivemem.tasks.cli import app
+from hivemem.app.cli_tasks import app
 
 pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 

@@ -35,7 +35,7 @@ def test_cli_convert_onto_a_full_disk_is_one_line(tmp_path: Path, small_tmpfs: C
     dest, before = _library(tmp_path, disk)
     src = _big_source(tmp_path)
     out = subprocess.run(
-        [PYTHON, "-m", "hivemem.cli", "tasks", "convert", str(src), str(dest), "--no-progress"],
+        [PYTHON, "-m", "hivemem.app.cli", "tasks", "convert", str(src), str(dest), "--no-progress"],
         capture_output=True, text=True, env=child_env(), timeout=300,
     )  # fmt: skip
     assert out.returncode == 1, out

@@ -181,7 +181,7 @@ def sqlite_file(path: Path) -> Path:
 def test_cli_unwritable_destination_is_one_line(tmp_path: Path, dest: str) -> None:
     src = write_json(tmp_path / "src.json", SMALL)
     out = subprocess.run(
-        [PYTHON, "-m", "hivemem.cli", "tasks", "convert", str(src), dest],
+        [PYTHON, "-m", "hivemem.app.cli", "tasks", "convert", str(src), dest],
         capture_output=True,
         text=True,
         env=child_env(),

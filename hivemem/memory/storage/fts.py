@@ -45,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from hivemem.infra.sqlitedb import int_array
 from hivemem.memory.filters import Cond, Logic, Node
-from hivemem.sqlite import int_array
 
 TOKENIZER = "porter unicode61 remove_diacritics 2"
 LAYOUT = f"2 {TOKENIZER}"  # bump the number when the table or its triggers change

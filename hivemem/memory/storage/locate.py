@@ -11,7 +11,7 @@
   ``ef_search`` (HNSW), ``minconn``/``maxconn`` (connection pool); the rest (``sslmode``,
   ``connect_timeout``, …) go to libpq unchanged;
 * ``sqlite:///absolute/path``: the SQLite file (so that ``HIVEMEM_MEMORY_URL`` can name either);
-* ``None``: ``$HIVEMEM_MEMORY_URL`` when set, else ``hivemem.config.home()/memory.sqlite``.
+* ``None``: ``$HIVEMEM_MEMORY_URL`` when set, else ``hivemem.infra.config.home()/memory.sqlite``.
 
 Anything else that looks like a URL (``scheme://…``) is refused, never taken as a file name: a
 typo such as ``postgresq://`` would otherwise silently create a local directory.
@@ -22,14 +22,14 @@ Mem0's config, or ``PostgresStorage``'s keyword arguments), with the names users
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from hivemem import config as hm_config
+from hivemem.infra import config as hm_config
+from hivemem.infra.settings import Settings
 
 ENV = "HIVEMEM_MEMORY_URL"
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -140,7 +140,7 @@ def parse_url(url: str) -> PostgresLocation:
 def resolve(location: str | Path | PostgresLocation | None) -> Location:
     """Where ``Memory(location)`` keeps its memories (see the module docstring)."""
     if location is None:
-        env = os.environ.get(ENV, "").strip()
+        env = Settings.from_env().memory_url
         return resolve(env) if env else default_path()
     if isinstance(location, PostgresLocation):
         return location

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks, retry_locked
 from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
@@ -45,7 +46,6 @@ from hivemem.memory.storage import fts, rows, sqlwrite, vectorindex
 from hivemem.memory.storage.base import Capabilities, Storage, T, WriteTx
 from hivemem.memory.storage.sqlcompile import SQLITE, compile_where
 from hivemem.memory.storage.vectorindex import SharedIndex, StaleIndex, read_state
-from hivemem.sqlite import Connections, disk_full, enable_wal, in_chunks, retry_locked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (

@@ -79,9 +79,9 @@ from typing import Any, cast
 import numkong
 import numpy as np
 
-from hivemem.locks import locked
+from hivemem.infra.locks import locked
+from hivemem.infra.sqlitedb import Connections, int_array
 from hivemem.memory.storage.int8 import RESCORE, quantise
-from hivemem.sqlite import Connections, int_array
 
 FORMAT = 2  # 2: G.check, the check value of every row
 CATCH_UP = 256  # tail + changed rows at which a writer or reader brings the files up to date

@@ -15,11 +15,10 @@ so that a fleet of processes shares one model, queue and cache; else an in-proce
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from hivemem.embed.protocol import EmbedderLike
-from hivemem.embed.remote import ENV_URL
+from hivemem.infra.settings import Settings
 
 # Mem0 config providers that mean "the local MiniLM model", mapped to hivemem's own engine.
 _IN_PROCESS = {"hivemem", "onnx", "sentence-transformers", "huggingface", "openai"}
@@ -45,12 +44,12 @@ def resolve_embedder(embedder: Any = None, config: dict[str, Any] | None = None)
     config = dict(config or {})
     provider = config.get("provider", "hivemem")
     options = dict(config.get("config") or {})
-    if provider == "remote" or (provider == "hivemem" and not options and os.environ.get(ENV_URL)):
+    if provider == "remote" or (provider == "hivemem" and not options and Settings.from_env().embedder_url):
         from hivemem.embed.remote import connect_url
 
         return connect_url(**options), True
     if provider == "service" or (
-        provider == "hivemem" and not options and (os.environ.get("HIVEMEM_SOCKET") or _service_running())
+        provider == "hivemem" and not options and (Settings.from_env().socket or _service_running())
     ):
         from hivemem.service.client import connect
 

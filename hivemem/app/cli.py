@@ -22,13 +22,13 @@ def main() -> None:
 def _build() -> Any:
     import typer
 
-    from hivemem.demo import demo
-    from hivemem.embed.cli import cache_app, model_app
-    from hivemem.memory.cli import memory_app
-    from hivemem.pool.cli import run as run_command
-    from hivemem.serve import serve
-    from hivemem.status import status
-    from hivemem.tasks.cli import app as tasks_app
+    from hivemem.app.cli_memory import memory_app
+    from hivemem.app.cli_model import cache_app, model_app
+    from hivemem.app.cli_run import run as run_command
+    from hivemem.app.cli_tasks import app as tasks_app
+    from hivemem.app.demo import demo
+    from hivemem.app.serve import serve
+    from hivemem.app.status import status
 
     app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
     app.add_typer(model_app, name="model")
@@ -54,9 +54,9 @@ def _build() -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "app":  # ``from hivemem.cli import app``: the typer application (tests, old scripts)
+    if name == "app":  # ``from hivemem.app.cli import app``: the typer application (tests, old scripts)
         return _build()
-    raise AttributeError(f"module 'hivemem.cli' has no attribute {name!r}")
+    raise AttributeError(f"module 'hivemem.app.cli' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

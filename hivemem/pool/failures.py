@@ -13,31 +13,11 @@ import sysconfig
 import traceback
 
 from hivemem.errors import (
-    CallTimeout,
-    PoolClosed,
-    PoolError,
-    RemoteError,
     RunSetupError,
-    WorkerCrashed,
     WorkerExited,
-    WorkerInitError,
 )
 
-__all__ = [
-    "CallTimeout",
-    "PoolClosed",
-    "PoolError",
-    "RemoteError",
-    "RemoteTraceback",
-    "RunSetupError",
-    "WorkerCrashed",
-    "WorkerExited",
-    "WorkerInitError",
-    "callable_name",
-    "setup_stopped",
-    "user_traceback",
-    "worker_exited",
-]
+__all__ = ["RemoteTraceback", "callable_name", "setup_stopped", "user_traceback", "worker_exited"]
 
 
 def worker_exited(exc: BaseException, fn_name: str, worker: str) -> WorkerExited:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ import typer
 
 memory_app = typer.Typer(no_args_is_help=True, help="The Mem0-compatible memory store.")
 
+UserOpt = typer.Option(None, "--user-id")
+AgentOpt = typer.Option(None, "--agent-id")
+RunOpt = typer.Option(None, "--run-id")
 PathOpt = typer.Option(
     None,
     "--path",
@@ -56,6 +60,12 @@ def _json_opt(text: str | None, what: str) -> Any:
         raise typer.BadParameter(f"{what} is not valid JSON: {exc}") from None
 
 
+def _answer(path: str | None, call: Callable[[Any], Any]) -> None:
+    """Open the store, run ``call(memory)``, print its JSON; refused input exits 2, failed work 1."""
+    with _open(path) as m:
+        _echo(_run(lambda: call(m)))
+
+
 def _run(fn: Any) -> Any:
     from hivemem.errors import DiskFull, LLMError
 
@@ -72,9 +82,9 @@ def _run(fn: Any) -> Any:
 @memory_app.command("add")
 def add(
     text: str = typer.Argument(..., help="The memory text."),
-    user_id: str | None = typer.Option(None, "--user-id"),
-    agent_id: str | None = typer.Option(None, "--agent-id"),
-    run_id: str | None = typer.Option(None, "--run-id"),
+    user_id: str | None = UserOpt,
+    agent_id: str | None = AgentOpt,
+    run_id: str | None = RunOpt,
     metadata: str | None = typer.Option(None, "--metadata", help="A JSON object."),
     infer: bool = typer.Option(
         False, "--infer", help="Store the facts an LLM finds in the text (needs HIVEMEM_LLM_URL)."
@@ -83,22 +93,16 @@ def add(
 ) -> None:
     """Add one memory (event NONE with the existing id if the text is already in the scope)."""
     meta = _json_opt(metadata, "--metadata")
-    with _open(path) as m:
-        _echo(
-            _run(
-                lambda: m.add(
-                    text, user_id=user_id, agent_id=agent_id, run_id=run_id, metadata=meta, infer=infer
-                )
-            )
-        )
+    scope = {"user_id": user_id, "agent_id": agent_id, "run_id": run_id}
+    _answer(path, lambda m: m.add(text, **scope, metadata=meta, infer=infer))
 
 
 @memory_app.command("search")
 def search(
     query: str = typer.Argument(...),
-    user_id: str | None = typer.Option(None, "--user-id"),
-    agent_id: str | None = typer.Option(None, "--agent-id"),
-    run_id: str | None = typer.Option(None, "--run-id"),
+    user_id: str | None = UserOpt,
+    agent_id: str | None = AgentOpt,
+    run_id: str | None = RunOpt,
     filters: str | None = typer.Option(
         None, "--filters", help='Mem0 filters as JSON, e.g. {"k": {"gte": 2}}'
     ),
@@ -109,46 +113,31 @@ def search(
 ) -> None:
     """Search within the given scope and filters (hybrid by default)."""
     f = _json_opt(filters, "--filters")
-    with _open(path) as m:
-        _echo(
-            _run(
-                lambda: m.search(
-                    query,
-                    user_id=user_id,
-                    agent_id=agent_id,
-                    run_id=run_id,
-                    filters=f,
-                    top_k=top_k,
-                    threshold=threshold,
-                    mode=mode,
-                )
-            )
-        )
+    scope = {"user_id": user_id, "agent_id": agent_id, "run_id": run_id}
+    _answer(path, lambda m: m.search(query, **scope, filters=f, top_k=top_k, threshold=threshold, mode=mode))
 
 
 @memory_app.command("list")
 def list_(
-    user_id: str | None = typer.Option(None, "--user-id"),
-    agent_id: str | None = typer.Option(None, "--agent-id"),
-    run_id: str | None = typer.Option(None, "--run-id"),
+    user_id: str | None = UserOpt,
+    agent_id: str | None = AgentOpt,
+    run_id: str | None = RunOpt,
     filters: str | None = typer.Option(None, "--filters"),
     top_k: int = typer.Option(100, "--top-k"),
     path: str | None = PathOpt,
 ) -> None:
     """List memories (oldest first)."""
     f = _json_opt(filters, "--filters")
-    with _open(path) as m:
-        _echo(
-            _run(lambda: m.get_all(user_id=user_id, agent_id=agent_id, run_id=run_id, filters=f, top_k=top_k))
-        )
+    scope = {"user_id": user_id, "agent_id": agent_id, "run_id": run_id}
+    _answer(path, lambda m: m.get_all(**scope, filters=f, top_k=top_k))
 
 
 @memory_app.command("delete")
 def delete(
     memory_id: str | None = typer.Argument(None, help="One memory id; or use --user-id/--agent-id/--run-id."),
-    user_id: str | None = typer.Option(None, "--user-id"),
-    agent_id: str | None = typer.Option(None, "--agent-id"),
-    run_id: str | None = typer.Option(None, "--run-id"),
+    user_id: str | None = UserOpt,
+    agent_id: str | None = AgentOpt,
+    run_id: str | None = RunOpt,
     path: str | None = PathOpt,
 ) -> None:
     """Delete one memory by id, or every memory of a scope."""

@@ -20,7 +20,7 @@ where they are (e.g. a virtual environment under ``/root``). Measured here: init
 
 Use::
 
-    from hivemem.pgtemp import TempPostgres
+    from pgtemp import TempPostgres  # tests/ is on sys.path (conftest.py; benchmarks add it)
 
     with TempPostgres() as pg:
         print(pg.dsn)  # postgresql://postgres@/postgres?host=/tmp/hivemem-pg-…

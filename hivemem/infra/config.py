@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hivemem.infra.settings import Settings
+
 
 def home() -> Path:
     """The root of hivemem's persistent files (created on first use)."""
-    env = os.environ.get("HIVEMEM_HOME")
-    if env:
-        path = Path(env).expanduser()
+    settings = Settings.from_env()
+    if settings.home:
+        path = Path(settings.home).expanduser()
     else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
+        xdg = settings.xdg_cache_home
         path = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "hivemem"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -33,7 +35,7 @@ def models_dir() -> Path:
 
 def cache_path() -> Path:
     """The machine-wide embedding cache (one SQLite file)."""
-    return Path(os.environ.get("HIVEMEM_CACHE") or home() / "embeddings.sqlite")
+    return Path(Settings.from_env().cache or home() / "embeddings.sqlite")
 
 
 def runtime_dir() -> Path:
@@ -43,7 +45,7 @@ def runtime_dir() -> Path:
     uid in the temp dir. Refuses a directory owned by somebody else: another user could otherwise
     plant a socket there and receive our texts.
     """
-    base = os.environ.get("XDG_RUNTIME_DIR")
+    base = Settings.from_env().xdg_runtime_dir
     if base:
         path = Path(base) / "hivemem"
     else:  # imported here: tempfile (shutil, random…) costs each `hivemem mcp` relay ~0.5 MB

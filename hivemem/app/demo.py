@@ -140,7 +140,7 @@ def pss_mb(pid: int) -> float:
 
 
 def _spawn(function: str, spec: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
-    code = f"from hivemem.demo import {function}; import sys; {function}(sys.argv[1])"
+    code = f"from hivemem.app.demo import {function}; import sys; {function}(sys.argv[1])"
     return subprocess.Popen(
         [sys.executable, "-c", code, json.dumps(spec)],
         stdin=subprocess.PIPE,

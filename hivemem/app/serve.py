@@ -3,7 +3,7 @@ application in the same process, and (unless ``--no-mcp``) the MCP host of ``hiv
 
 This is where they are composed, and the only place that knows them all: the service
 (``hivemem.service``) gets its own options and a list of companions; the HTTP application
-(``hivemem.http.server.HttpServer``) gets the HTTP, memory and agent options; the MCP host
+(``hivemem.http.companion.HttpServer``) gets the HTTP, memory and agent options; the MCP host
 (``hivemem.mcp.host.McpHost``) gets the socket it listens beside. Auto-started services
 run this too (``python -m hivemem serve``; ``python -m hivemem.service`` is the bare service alone).
 """
@@ -82,7 +82,7 @@ def serve(
             raise typer.BadParameter(str(exc), param_hint="--keys") from None
     companions: list[Any] = []
     if http:
-        from hivemem.http.server import HttpConfig, HttpServer
+        from hivemem.http.companion import HttpConfig, HttpServer
 
         try:  # before the model loads: a bad address or a missing key fails at once
             companions.append(
@@ -135,10 +135,11 @@ def _replay(ctx: typer.Context) -> dict[str, Any]:
     command line or through the environment; the API key travels in the environment, never argv."""
     import sys
 
+    from hivemem.infra.settings import recorded
     from hivemem.service.spawn import RECORDED_ENV
 
     args: list[str] = []
-    env = {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}
+    env = recorded(RECORDED_ENV)
     for param in ctx.command.params:
         name = param.name or ""
         source = ctx.get_parameter_source(name)
@@ -167,7 +168,7 @@ def _agent(agent: str | None, agent_fn: str | None) -> tuple[Any, Any]:
         return functools.partial(make_echo_agent, 0.5), echo_stream
     if agent is None or agent_fn is None:
         raise typer.BadParameter("--agent module:factory and --agent-fn module:function go together")
-    from hivemem.pool.cli import _resolve
+    from hivemem.app.cli_run import _resolve
 
     return _resolve(agent, "--agent"), _resolve(agent_fn, "--agent-fn")
 
@@ -194,7 +195,7 @@ def _stop(sock: Path, wait: float = 60.0) -> int:
 
 def _wait_released(pid_file: Path, wait: float) -> bool:
     """True once nobody holds the service's pid lock (it exited, whoever its parent is)."""
-    from hivemem.locks import locked
+    from hivemem.infra.locks import locked
 
     with locked(pid_file, exclusive=False, timeout=wait) as released:
         return released

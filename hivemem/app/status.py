@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from hivemem import config
+from hivemem.infra import config
 
 
 def process_memory(pid: int) -> dict[str, float] | None:
