@@ -145,7 +145,7 @@ class SQLiteTx:
         log_changes(self.db, rids, self.logged)
 
     def present(self, ids: builtins.list[str]) -> set[str]:
-        from hivemem.sqlite import in_chunks
+        from hivemem.infra.sqlitedb import in_chunks
 
         return {
             str(r[0])
