@@ -64,6 +64,22 @@ from hivemem.memory.storage.sqlcompile import Compiled, Dialect, compile_filter
 T = TypeVar("T")
 # a deleted row: id, memory, actor_id, role, rid, scope
 Removed = tuple[str, str, str | None, str | None, int, str]
+# a row locked for an update: memory, scope, actor_id, role, rid
+Locked = tuple[str, str, str | None, str | None, int]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One memory's update: a new text (with its ``vector`` and ``hash``) and/or metadata JSON;
+    ``expires``: set ``expires_at`` (a ``records.expiry`` instant, or None: never expires)."""
+
+    memory_id: str
+    text: str | None = None
+    vector: np.ndarray | None = None
+    hash: str | None = None
+    metadata: str | None = None
+    expires: bool = False
+    expires_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,8 +93,9 @@ class Capabilities:
 class WriteTx(Protocol):
     """The steps of one write transaction in a backend's SQL (``Storage._transact`` opens it)."""
 
-    def locked(self, memory_id: str) -> tuple[str, str, str | None, str | None, int] | None:
-        """The memory's text, scope, actor_id, role and rid, locked for the transaction; None: unknown."""
+    def locked(self, ids: builtins.list[str]) -> dict[str, Locked]:
+        """Each stored memory of ``ids`` → its text, scope, actor_id, role and rid, locked for the
+        transaction (unknown ids are left out)."""
         ...
 
     def holder(self, scope: str, hash_: str, memory_id: str) -> str | None:
@@ -89,8 +106,11 @@ class WriteTx(Protocol):
 
     def set_metadata(self, memory_id: str, metadata: str, stamp: str) -> None: ...
 
-    def changed(self, rid: int, vector: bool) -> None:
-        """Row ``rid`` was updated (``vector``: its vector too): tell whatever derives from it."""
+    def set_expiry(self, memory_id: str, expires_at: str | None, stamp: str) -> None: ...
+
+    def changed(self, rids: builtins.list[int], vector: bool) -> None:
+        """Rows ``rids`` were updated (``vector``: their vectors too; else ``rids`` may be empty):
+        tell whatever derives from them."""
         ...
 
     def remove(self, where: Compiled) -> builtins.list[Removed]:
@@ -214,14 +234,16 @@ class Storage(abc.ABC):
 
     def get(self, memory_id: str) -> dict[str, Any] | None:
         found = self._fetch(
-            f"SELECT {rows.FIELDS} FROM {self._memories} WHERE id = {self.dialect.mark}", [memory_id]
+            f"SELECT {rows.FIELDS}, expires_at FROM {self._memories} WHERE id = {self.dialect.mark}",
+            [memory_id],
         )
-        return rows.record(found[0], with_score=True) if found else None
+        return rows.with_expiry(rows.record(found[0], with_score=True), found[0]) if found else None
 
     def list(self, where: Node | None, limit: int) -> builtins.list[dict[str, Any]]:
         c, mark = self.compile(where), self.dialect.mark
-        sql = f"SELECT {rows.FIELDS} FROM {self._memories} WHERE {c.sql} ORDER BY rid LIMIT {mark}"
-        return [rows.record(r) for r in self._fetch(sql, [*c.params, limit])]
+        sql = f"SELECT {rows.FIELDS}, expires_at FROM {self._memories} WHERE {c.sql}"
+        sql += f" ORDER BY rid LIMIT {mark}"
+        return [rows.with_expiry(rows.record(r), r) for r in self._fetch(sql, [*c.params, limit])]
 
     def count(self) -> int:
         return int(self._fetch(f"SELECT count(*) FROM {self._memories}", [])[0][0])
@@ -247,6 +269,13 @@ class Storage(abc.ABC):
         store it); here only their shape."""
         return rows.checked_vectors(memories, vectors, None)
 
+    def unknown(self, ids: builtins.list[str]) -> builtins.list[str]:
+        """Those of ``ids`` that no memory has, in order (a read: the write re-checks under lock)."""
+        params: builtins.list[Any] = []
+        sql = f"SELECT id FROM {self._memories} WHERE {self.dialect.column_in('id', ids, params)}"
+        here = {r[0] for r in self._fetch(sql, params)}
+        return [i for i in ids if i not in here]
+
     def update(
         self,
         memory_id: str,
@@ -256,39 +285,85 @@ class Storage(abc.ABC):
         hash_: str | None = None,
     ) -> None:
         """Change text (with its vector and hash) and/or metadata; KeyError if the id is unknown."""
-        self._check_update(text, metadata)
+        self.update_many([Change(memory_id, text, vector, hash_, metadata)])
+
+    def update_many(self, changes: builtins.list[Change]) -> None:
+        """Apply every change in ONE transaction, or none: KeyError naming the first unknown id,
+        ValueError for a text another memory of the scope holds (also one earlier in the batch).
+        One UPDATE event per memory; the rows with a new vector are told to the index at once."""
+        for c in changes:
+            self._check_update(c.text, c.metadata)
         stamp = now()
 
         def steps(tx: WriteTx) -> None:
-            row = tx.locked(memory_id)
-            if row is None:
-                raise KeyError(memory_id)
-            old, scope, actor, role, rid = row
-            if text is not None:
-                assert vector is not None and hash_ is not None
-                clash = tx.holder(scope, hash_, memory_id)
-                if clash:
-                    raise ValueError(f"memory {clash} in the same scope already has this text")
-                tx.set_text(memory_id, text, hash_, np.asarray(vector, dtype=np.float32), stamp)
-            if metadata is not None:
-                tx.set_metadata(memory_id, metadata, stamp)
-            new = text if text is not None else old
-            tx.add_history([rows.event(memory_id, old, new, "UPDATE", stamp, actor, role, scope)])
-            tx.changed(rid, vector=text is not None)
+            found = tx.locked([c.memory_id for c in changes])
+            events: builtins.list[Event] = []
+            moved: builtins.list[int] = []
+            for c in changes:
+                row = found.get(c.memory_id)
+                if row is None:
+                    raise KeyError(c.memory_id)
+                old, scope, actor, role, rid = row
+                if c.text is not None:
+                    assert c.vector is not None and c.hash is not None
+                    clash = tx.holder(scope, c.hash, c.memory_id)
+                    if clash:
+                        raise ValueError(
+                            f"memory {c.memory_id}: memory {clash} in the same scope already has this text"
+                        )
+                    tx.set_text(c.memory_id, c.text, c.hash, np.asarray(c.vector, dtype=np.float32), stamp)
+                    moved.append(rid)
+                    found[c.memory_id] = (c.text, scope, actor, role, rid)  # a later change sees it
+                if c.metadata is not None:
+                    tx.set_metadata(c.memory_id, c.metadata, stamp)
+                if c.expires:
+                    tx.set_expiry(c.memory_id, c.expires_at, stamp)
+                new = c.text if c.text is not None else old
+                events.append(rows.event(c.memory_id, old, new, "UPDATE", stamp, actor, role, scope))
+            tx.add_history(events)
+            if moved:
+                tx.changed(moved, vector=True)
+            if len(moved) < len(changes):
+                tx.changed([], vector=False)
 
         self._transact(steps)
 
     def delete(self, memory_id: str) -> bool:
         return self._remove(Compiled(f"id = {self.dialect.mark}", [memory_id])) == 1
 
+    def delete_many(self, ids: builtins.list[str]) -> None:
+        """Delete all of ``ids`` (distinct) in ONE transaction, or none: KeyError naming the first
+        unknown one."""
+        params: builtins.list[Any] = []
+        where = Compiled(self.dialect.column_in("id", ids, params), params)
+
+        def check(gone: builtins.list[Removed]) -> None:
+            if len(gone) < len(ids):
+                here = {r[0] for r in gone}
+                raise KeyError(next(i for i in ids if i not in here))  # rolls the deletes back
+
+        self._remove(where, check)
+
     def delete_where(self, where: Node) -> int:
         return self._remove(self.compile(where))
 
-    def _remove(self, where: Compiled) -> int:
+    def purge_expired(self, moment: str) -> int:
+        """Delete the memories expired at ``moment`` (a ``records.instant``), with DELETE events."""
+        return self._remove(Compiled(f"expires_at <= {self.dialect.mark}", [moment]))
+
+    def any_expired(self, moment: str) -> bool:
+        """Whether some memory is expired at ``moment`` (one index seek on ``expires_at``): when
+        none is, a search needs no expiry test at all."""
+        sql = f"SELECT 1 FROM {self._memories} WHERE expires_at <= {self.dialect.mark} LIMIT 1"
+        return bool(self._fetch(sql, [moment]))
+
+    def _remove(self, where: Compiled, check: Callable[[builtins.list[Removed]], None] | None = None) -> int:
         stamp = now()
 
         def steps(tx: WriteTx) -> int:
             gone = tx.remove(where)
+            if check is not None:
+                check(gone)
             if gone:
                 tx.removed([r[4] for r in gone])
             tx.add_history([rows.event(i, m, None, "DELETE", stamp, a, r, s) for i, m, a, r, _, s in gone])

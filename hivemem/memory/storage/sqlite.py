@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS memories (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     vec BLOB NOT NULL,
+    expires_at TEXT,  -- records.expiry: the UTC instant it expires; NULL: never
     UNIQUE (scope, hash)
 );
 CREATE INDEX IF NOT EXISTS memories_user ON memories(user_id);
@@ -174,6 +175,9 @@ class SQLiteStorage(Storage):
                 if "scope" not in {r[1] for r in db.execute("PRAGMA table_info(history)")}:
                     db.execute("ALTER TABLE history ADD COLUMN scope TEXT")
                     db.execute(records.BACKFILL_SCOPES.format(history="history", memories="memories"))
+                if "expires_at" not in {r[1] for r in db.execute("PRAGMA table_info(memories)")}:
+                    db.execute("ALTER TABLE memories ADD COLUMN expires_at TEXT")  # a file made before
+                db.execute(sqlwrite.EXPIRY_INDEX)
                 fts.ensure_schema(db)
                 db.execute("COMMIT")
             except BaseException:

@@ -16,13 +16,16 @@ import numpy as np
 from hivemem.memory import records
 from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import rows
-from hivemem.memory.storage.base import Removed
+from hivemem.memory.storage.base import Locked, Removed
 from hivemem.memory.storage.rows import Event
 from hivemem.memory.storage.sqlcompile import Compiled
 
 # Row ids of deleted/updated rows, for the shared vector index. Trimmed to this many;
 # an index that fell further behind is rebuilt (meta 'pruned' says how far the log was cut).
 CHANGES_KEPT = 100_000
+# ``expires_at`` ordered: ``purge --expired`` and the "anything expired?" probe of a search are one
+# index seek, at any size
+EXPIRY_INDEX = "CREATE INDEX IF NOT EXISTS memories_expires ON memories(expires_at)"
 _ADD_EVENTS = (
     "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at, updated_at,"
     " is_deleted, actor_id, role, scope) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -64,11 +67,11 @@ def insert_rows(
         try:
             cur = db.execute(
                 "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (scope, hash) DO NOTHING",
+                " role, metadata, created_at, updated_at, vec, expires_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (scope, hash) DO NOTHING",
                 (
                     m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
-                    m.role, m.metadata, m.created_at, updated, vec.tobytes(),
+                    m.role, m.metadata, m.created_at, updated, vec.tobytes(), m.expires_at,
                 ),
             )  # fmt: skip
         except sqlite3.IntegrityError:  # UNIQUE(id): a caller-chosen id that names another memory
@@ -105,11 +108,16 @@ class SQLiteTx:
         self.db = db
         self.logged = logged  # see log_changes
 
-    def locked(self, memory_id: str) -> tuple[str, str, str | None, str | None, int] | None:
-        row = self.db.execute(  # BEGIN IMMEDIATE: the whole file is locked already
-            "SELECT memory, scope, actor_id, role, rid FROM memories WHERE id = ?", (memory_id,)
-        ).fetchone()
-        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+    def locked(self, ids: builtins.list[str]) -> dict[str, Locked]:
+        from hivemem.infra.sqlitedb import in_chunks
+
+        return {  # BEGIN IMMEDIATE: the whole file is locked already
+            r[0]: (r[1], r[2], r[3], r[4], r[5])
+            for marks, chunk in in_chunks(ids)
+            for r in self.db.execute(
+                f"SELECT id, memory, scope, actor_id, role, rid FROM memories WHERE id IN ({marks})", chunk
+            )
+        }
 
     def holder(self, scope: str, hash_: str, memory_id: str) -> str | None:
         row = self.db.execute(
@@ -128,9 +136,14 @@ class SQLiteTx:
             "UPDATE memories SET metadata = ?, updated_at = ? WHERE id = ?", (metadata, stamp, memory_id)
         )
 
-    def changed(self, rid: int, vector: bool) -> None:
+    def set_expiry(self, memory_id: str, expires_at: str | None, stamp: str) -> None:
+        self.db.execute(
+            "UPDATE memories SET expires_at = ?, updated_at = ? WHERE id = ?", (expires_at, stamp, memory_id)
+        )
+
+    def changed(self, rids: builtins.list[int], vector: bool) -> None:
         if vector:
-            log_changes(self.db, [rid], self.logged)
+            log_changes(self.db, rids, self.logged)
         else:
             bump(self.db, rewrite=False)  # metadata only: the vectors are unchanged
 
