@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -98,15 +99,22 @@ class WriteTx(Protocol):
         transaction (unknown ids are left out)."""
         ...
 
-    def holder(self, scope: str, hash_: str, memory_id: str) -> str | None:
-        """The id of another memory of ``scope`` with this hash, if any."""
+    def holders(self, keys: builtins.list[tuple[str, str, str]]) -> dict[str, str]:
+        """For each ``(scope, hash, memory_id)``: the id of ANOTHER memory of ``scope`` with this
+        hash, if any (``memory_id`` → that id)."""
         ...
 
-    def set_text(self, memory_id: str, text: str, hash_: str, vector: np.ndarray, stamp: str) -> None: ...
+    def set_texts(self, texts: builtins.list[tuple[str, str, str]], vectors: np.ndarray, stamp: str) -> None:
+        """Each ``(memory_id, text, hash)`` with its row of ``vectors``."""
+        ...
 
-    def set_metadata(self, memory_id: str, metadata: str, stamp: str) -> None: ...
+    def set_metadata(self, values: builtins.list[tuple[str, str]], stamp: str) -> None:
+        """Each ``(memory_id, metadata JSON)``."""
+        ...
 
-    def set_expiry(self, memory_id: str, expires_at: str | None, stamp: str) -> None: ...
+    def set_expiry(self, values: builtins.list[tuple[str, str | None]], stamp: str) -> None:
+        """Each ``(memory_id, expires_at)``."""
+        ...
 
     def changed(self, rids: builtins.list[int], vector: bool) -> None:
         """Rows ``rids`` were updated (``vector``: their vectors too; else ``rids`` may be empty):
@@ -289,41 +297,47 @@ class Storage(abc.ABC):
 
     def update_many(self, changes: builtins.list[Change]) -> None:
         """Apply every change in ONE transaction, or none: KeyError naming the first unknown id,
-        ValueError for a text another memory of the scope holds (also one earlier in the batch).
-        One UPDATE event per memory; the rows with a new vector are told to the index at once."""
+        ValueError for a new text that another memory of the scope holds before the batch, or that
+        two changes of the batch give in one scope. Each step is one statement for the whole batch
+        (PostgreSQL) or one ``executemany`` (SQLite); one UPDATE event per memory; the rows with a
+        new vector are told to the index at once."""
         for c in changes:
             self._check_update(c.text, c.metadata)
         stamp = now()
 
+        texts = [c for c in changes if c.text is not None]
+        vectors = np.asarray([c.vector for c in texts], dtype=np.float32)
+
         def steps(tx: WriteTx) -> None:
             found = tx.locked([c.memory_id for c in changes])
-            events: builtins.list[Event] = []
-            moved: builtins.list[int] = []
             for c in changes:
-                row = found.get(c.memory_id)
-                if row is None:
+                if c.memory_id not in found:
                     raise KeyError(c.memory_id)
-                old, scope, actor, role, rid = row
-                if c.text is not None:
-                    assert c.vector is not None and c.hash is not None
-                    clash = tx.holder(scope, c.hash, c.memory_id)
-                    if clash:
-                        raise ValueError(
-                            f"memory {c.memory_id}: memory {clash} in the same scope already has this text"
-                        )
-                    tx.set_text(c.memory_id, c.text, c.hash, np.asarray(c.vector, dtype=np.float32), stamp)
-                    moved.append(rid)
-                    found[c.memory_id] = (c.text, scope, actor, role, rid)  # a later change sees it
-                if c.metadata is not None:
-                    tx.set_metadata(c.memory_id, c.metadata, stamp)
-                if c.expires:
-                    tx.set_expiry(c.memory_id, c.expires_at, stamp)
+            keys = [(found[c.memory_id][1], str(c.hash), c.memory_id) for c in texts]
+            seen = Counter(k[:2] for k in keys)
+            clash = tx.holders(keys) if texts else {}
+            for scope, hash_, memory_id in keys:
+                other = clash.get(memory_id)
+                if other or seen[(scope, hash_)] > 1:
+                    holder = f"memory {other}" if other else "another memory of this batch"
+                    raise ValueError(f"memory {memory_id}: {holder} in the same scope already has this text")
+            if texts:
+                tx.set_texts([(c.memory_id, str(c.text), str(c.hash)) for c in texts], vectors, stamp)
+            meta = [(c.memory_id, c.metadata) for c in changes if c.metadata is not None]
+            if meta:
+                tx.set_metadata(meta, stamp)
+            expiring = [(c.memory_id, c.expires_at) for c in changes if c.expires]
+            if expiring:
+                tx.set_expiry(expiring, stamp)
+            events = []
+            for c in changes:
+                old, scope, actor, role, _ = found[c.memory_id]
                 new = c.text if c.text is not None else old
                 events.append(rows.event(c.memory_id, old, new, "UPDATE", stamp, actor, role, scope))
             tx.add_history(events)
-            if moved:
-                tx.changed(moved, vector=True)
-            if len(moved) < len(changes):
+            if texts:
+                tx.changed([found[c.memory_id][4] for c in texts], vector=True)
+            if len(texts) < len(changes):
                 tx.changed([], vector=False)
 
         self._transact(steps)

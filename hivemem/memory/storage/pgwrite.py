@@ -135,31 +135,37 @@ class PgTx:
         ).fetchall()
         return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in found}
 
-    def holder(self, scope: str, hash_: str, memory_id: str) -> str | None:
-        row = self.conn.execute(
-            f"SELECT id FROM {self.ns}.memories WHERE scope = %s AND hash = %s AND id <> %s",
-            (scope, hash_, memory_id),
-        ).fetchone()
-        return None if row is None else str(row[0])
+    def holders(self, keys: builtins.list[tuple[str, str, str]]) -> dict[str, str]:
+        found = self.conn.execute(
+            f"SELECT k.mid, m.id FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(scope, hash, mid)"
+            f" JOIN {self.ns}.memories m ON m.scope = k.scope AND m.hash = k.hash AND m.id <> k.mid",
+            [list(col) for col in zip(*keys, strict=True)],
+        ).fetchall()
+        return {str(r[0]): str(r[1]) for r in found}
 
-    def set_text(self, memory_id: str, text: str, hash_: str, vector: np.ndarray, stamp: str) -> None:
-        codes, scales = int8.quantise(vector[None, :])
+    def set_texts(self, texts: builtins.list[tuple[str, str, str]], vectors: np.ndarray, stamp: str) -> None:
+        codes, scales = int8.quantise(vectors)
+        ids, memories, hashes = [list(col) for col in zip(*texts, strict=True)]
         self.conn.execute(
-            f"UPDATE {self.ns}.memories SET memory = %s, hash = %s, vec = %b, code = %b, scale = %s,"
-            " tx = pg_current_xact_id(), updated_at = %s WHERE id = %s",
-            (text, hash_, vector, codes[0].tobytes(), float(scales[0]), stamp, memory_id),
+            f"UPDATE {self.ns}.memories m SET memory = u.memory, hash = u.hash, vec = u.vec, code = u.code,"
+            " scale = u.scale, tx = pg_current_xact_id(), updated_at = %s FROM unnest(%s::text[],"
+            " %s::text[], %s::text[], %b, %b, %b) AS u(id, memory, hash, vec, code, scale) WHERE m.id = u.id",
+            [stamp, ids, memories, hashes, pgarrays.Vectors(vectors), pgarrays.Bytes(codes),
+             pgarrays.Reals(scales)],
+        )  # fmt: skip
+
+    def set_metadata(self, values: builtins.list[tuple[str, str]], stamp: str) -> None:
+        self.conn.execute(
+            f"UPDATE {self.ns}.memories m SET metadata = u.metadata, updated_at = %s"
+            " FROM unnest(%s::text[], %s::text[]) AS u(id, metadata) WHERE m.id = u.id",
+            [stamp, [i for i, _ in values], [v for _, v in values]],
         )
 
-    def set_metadata(self, memory_id: str, metadata: str, stamp: str) -> None:
+    def set_expiry(self, values: builtins.list[tuple[str, str | None]], stamp: str) -> None:
         self.conn.execute(
-            f"UPDATE {self.ns}.memories SET metadata = %s, updated_at = %s WHERE id = %s",
-            (metadata, stamp, memory_id),
-        )
-
-    def set_expiry(self, memory_id: str, expires_at: str | None, stamp: str) -> None:
-        self.conn.execute(
-            f"UPDATE {self.ns}.memories SET expires_at = %s, updated_at = %s WHERE id = %s",
-            (expires_at, stamp, memory_id),
+            f"UPDATE {self.ns}.memories m SET expires_at = u.expires_at, updated_at = %s"
+            " FROM unnest(%s::text[], %s::text[]) AS u(id, expires_at) WHERE m.id = u.id",
+            [stamp, [i for i, _ in values], [v for _, v in values]],
         )
 
     def changed(self, rids: builtins.list[int], vector: bool) -> None:

@@ -119,26 +119,32 @@ class SQLiteTx:
             )
         }
 
-    def holder(self, scope: str, hash_: str, memory_id: str) -> str | None:
-        row = self.db.execute(
-            "SELECT id FROM memories WHERE scope = ? AND hash = ? AND id != ?", (scope, hash_, memory_id)
-        ).fetchone()
-        return None if row is None else str(row[0])
+    def holders(self, keys: builtins.list[tuple[str, str, str]]) -> dict[str, str]:
+        out = {}
+        for scope, hash_, memory_id in keys:  # one index probe each, in process: no round trips
+            row = self.db.execute(
+                "SELECT id FROM memories WHERE scope = ? AND hash = ? AND id != ?", (scope, hash_, memory_id)
+            ).fetchone()
+            if row is not None:
+                out[memory_id] = str(row[0])
+        return out
 
-    def set_text(self, memory_id: str, text: str, hash_: str, vector: np.ndarray, stamp: str) -> None:
-        self.db.execute(
+    def set_texts(self, texts: builtins.list[tuple[str, str, str]], vectors: np.ndarray, stamp: str) -> None:
+        self.db.executemany(
             "UPDATE memories SET memory = ?, hash = ?, vec = ?, updated_at = ? WHERE id = ?",
-            (text, hash_, vector.tobytes(), stamp, memory_id),
+            [(t, h, v.tobytes(), stamp, i) for (i, t, h), v in zip(texts, vectors, strict=True)],
         )
 
-    def set_metadata(self, memory_id: str, metadata: str, stamp: str) -> None:
-        self.db.execute(
-            "UPDATE memories SET metadata = ?, updated_at = ? WHERE id = ?", (metadata, stamp, memory_id)
+    def set_metadata(self, values: builtins.list[tuple[str, str]], stamp: str) -> None:
+        self.db.executemany(
+            "UPDATE memories SET metadata = ?, updated_at = ? WHERE id = ?",
+            [(m, stamp, i) for i, m in values],
         )
 
-    def set_expiry(self, memory_id: str, expires_at: str | None, stamp: str) -> None:
-        self.db.execute(
-            "UPDATE memories SET expires_at = ?, updated_at = ? WHERE id = ?", (expires_at, stamp, memory_id)
+    def set_expiry(self, values: builtins.list[tuple[str, str | None]], stamp: str) -> None:
+        self.db.executemany(
+            "UPDATE memories SET expires_at = ?, updated_at = ? WHERE id = ?",
+            [(e, stamp, i) for i, e in values],
         )
 
     def changed(self, rids: builtins.list[int], vector: bool) -> None:
