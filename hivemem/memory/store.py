@@ -449,15 +449,15 @@ class Memory:
         return flt.and_(flt.literal(scope), flt.parse(filters))  # scope: literal equality
 
     def _live(self, where: flt.Node | None, show_expired: Any) -> flt.Node | None:
-        """``where`` and "not expired now", unless ``show_expired`` or nothing is expired now (one
-        index seek: a store where nothing has expired is searched exactly as before). Call it in
-        the ``snapshot`` of the read it serves."""
+        """``where`` and "not expired now", unless ``show_expired`` or nothing is expired now (index
+        seeks: a store where nothing has expired is searched exactly as before). Call it in the
+        ``snapshot`` of the read it serves."""
         if _check_flag(show_expired, "show_expired"):
             return where
-        moment = instant(datetime.now(UTC))
-        if not self._storage.any_expired(moment):
+        expired, bound = self._storage.expiry_cut(instant(datetime.now(UTC)))
+        if not expired:
             return where
-        live = unexpired(moment)
+        live = unexpired(bound)
         if isinstance(where, flt.Logic) and where.kind == "AND":  # kept flat: the scope stays on top
             return flt.Logic("AND", (*where.items, live))
         return flt.and_(where, live)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -153,6 +154,19 @@ def test_expired_memories_are_left_out_before_ranking(m: Memory, mode: str) -> N
     record = m.get(old)
     assert record is not None and record["expiration_date"] == "2000-01-02T00:00:00.000000+00:00"
     assert "expiration_date" not in (m.get(never) or {})
+
+
+def test_a_memory_drops_out_when_its_moment_passes(m: Memory) -> None:
+    """The search filter bounds ``expires_at`` by the next expiry after now (a value that stays
+    the same between searches): once that moment passes, the bound moves on."""
+    _add(m, "expired long ago", expiration_date=PAST)  # something is expired: the filter is on
+    soon = _add(m, "expires in a moment", expiration_date=datetime.now(UTC) + timedelta(seconds=1.5))
+    never = _add(m, "never expires")
+    assert _ids(m.get_all(user_id="u")) == {soon, never}
+    assert _ids(m.search("expires in a moment", user_id="u", mode="keyword")) == {soon, never}
+    time.sleep(2.0)
+    assert _ids(m.get_all(user_id="u")) == {never}
+    assert _ids(m.search("expires in a moment", user_id="u", mode="keyword")) == {never}
 
 
 def test_show_expired_must_be_a_bool(m: Memory) -> None:

@@ -365,11 +365,18 @@ class Storage(abc.ABC):
         """Delete the memories expired at ``moment`` (a ``records.instant``), with DELETE events."""
         return self._remove(Compiled(f"expires_at <= {self.dialect.mark}", [moment]))
 
-    def any_expired(self, moment: str) -> bool:
-        """Whether some memory is expired at ``moment`` (one index seek on ``expires_at``): when
-        none is, a search needs no expiry test at all."""
-        sql = f"SELECT 1 FROM {self._memories} WHERE expires_at <= {self.dialect.mark} LIMIT 1"
-        return bool(self._fetch(sql, [moment]))
+    def expiry_cut(self, moment: str) -> tuple[bool, str | None]:
+        """Whether some memory is expired at ``moment``, and the earliest expiry after it (None:
+        none): two index seeks on ``expires_at``. "Not expired at ``moment``" is then the same set
+        as "``expires_at`` NULL or ≥ that next expiry", a bound that stays the same from one search
+        to the next (``sqlcompile.unexpired``), unlike the clock."""
+        mark, table = self.dialect.mark, self._memories
+        found = self._fetch(
+            f"SELECT (SELECT 1 FROM {table} WHERE expires_at <= {mark} LIMIT 1),"
+            f" (SELECT min(expires_at) FROM {table} WHERE expires_at > {mark})",
+            [moment, moment],
+        )
+        return found[0][0] is not None, found[0][1]
 
     def _remove(self, where: Compiled, check: Callable[[builtins.list[Removed]], None] | None = None) -> int:
         stamp = now()

@@ -8,8 +8,9 @@ The compiler (``compile_filter``) walks the tree and owns the semantics shared b
 * equality on a column at the top level of the tree is emitted bare (``user_id = ?``) so the
   column's index can serve it (NULL simply does not match there);
 * no filter (or an empty AND) compiles to ``Compiled.always``: a flag, never SQL text to compare;
-* ``unexpired(now)`` (never a user's filter: ``Memory`` adds it) keeps the memories whose
-  ``expires_at`` is NULL or after ``now`` (``records.expiry``'s fixed-width UTC text).
+* ``unexpired(bound)`` (never a user's filter: ``Memory`` adds it) keeps the memories whose
+  ``expires_at`` (``records.expiry``'s fixed-width UTC text) is NULL or ≥ ``bound`` (None: NULL
+  only); ``Storage.expiry_cut`` gives the bound.
 
 A ``Dialect`` writes the SQL of each atom: ``SQLITE`` here (metadata read with
 ``json_extract``/``json_type``, the JSON path bound as a parameter), PostgreSQL's in ``pgcompile``.
@@ -32,9 +33,9 @@ CMP = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _UNEXPIRED = "unexpired"  # the operator of ``unexpired``; ``filters.parse`` never makes it
 
 
-def unexpired(now: str) -> Cond:
-    """The test "not expired at ``now``" (an ``expires_at`` instant), as a node of a filter tree."""
-    return Cond("expires_at", _UNEXPIRED, now)
+def unexpired(bound: str | None) -> Cond:
+    """The test "``expires_at`` NULL or ≥ ``bound``" (None: NULL only), as a node of a filter tree."""
+    return Cond("expires_at", _UNEXPIRED, bound)
 
 
 def is_num(v: Any) -> bool:
@@ -149,8 +150,10 @@ class _Walk:
         value: Any = c.value if isinstance(c.value, tuple) else d.check(c.value)
         column = name in COLUMNS
         if op == _UNEXPIRED:
+            if value is None:
+                return "(expires_at IS NULL)"
             params.append(value)
-            return f"(expires_at IS NULL OR expires_at > {d.mark})"
+            return f"(expires_at IS NULL OR expires_at >= {d.mark})"
         if op == "exists":
             return f"({name} IS NOT NULL)" if column else d.sure(d.meta_exists(name, params))
         if op in ("eq", "ne"):
