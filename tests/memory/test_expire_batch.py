@@ -27,6 +27,7 @@ from hivemem.app.cli import app
 from hivemem.memory.batch import MAX_BATCH_CHANGES
 from hivemem.memory.records import MAX_DATE_CHARS, expiry
 from hivemem.memory.storage.locate import resolve
+from hivemem.memory.transfer import export_lines, import_lines
 
 pytestmark = pytest.mark.fast  # no model or torch; PostgreSQL only where `location` is postgres
 
@@ -207,6 +208,17 @@ def test_purge_expired_deletes_them_with_history(m: Memory, location: str) -> No
     assert _ids(m.get_all(user_id="u", show_expired=True)) == set(kept)
     assert _events(m, gone) == [["ADD", "DELETE"]] * 3
     assert m.purge_expired() == 0
+
+
+def test_export_and_import_keep_the_expiration(m: Memory, tmp_path: Path) -> None:
+    old = _add(m, "expired before the move", expiration_date=PAST)
+    later = _add(m, "expires after the move", expiration_date="2999-12-31T12:00:00-05:00")
+    dump = list(export_lines(m))  # what `hivemem memory export | … import -` moves
+    with Memory(tmp_path / "moved.sqlite", embedder=m.embedder) as moved:
+        import_lines(moved, dump)
+        for mid in (old, later):
+            assert (moved.get(mid) or {})["expiration_date"] == (m.get(mid) or {})["expiration_date"]
+        assert _ids(moved.get_all(user_id="u")) == {later}
 
 
 def test_a_store_made_before_expiration_is_migrated_on_open(location: str, emb: CountingEmbedder) -> None:
