@@ -367,16 +367,19 @@ class Storage(abc.ABC):
 
     def expiry_cut(self, moment: str) -> tuple[bool, str | None]:
         """Whether some memory is expired at ``moment``, and the earliest expiry after it (None:
-        none): two index seeks on ``expires_at``. "Not expired at ``moment``" is then the same set
-        as "``expires_at`` NULL or ≥ that next expiry", a bound that stays the same from one search
-        to the next (``sqlcompile.unexpired``), unlike the clock."""
+        none): two ``min`` over the ``expires_at`` index, each one seek. "Not expired at
+        ``moment``" is then the same set as "``expires_at`` NULL or ≥ that next expiry", a bound
+        that stays the same from one search to the next (``sqlcompile.unexpired``), unlike the
+        clock. (Not ``WHERE expires_at <= now LIMIT 1``: on a PostgreSQL table not yet analysed,
+        the planner chose a sequential scan for it, 70 ms at 100k memories when nothing matched.)"""
         mark, table = self.dialect.mark, self._memories
         found = self._fetch(
-            f"SELECT (SELECT 1 FROM {table} WHERE expires_at <= {mark} LIMIT 1),"
+            f"SELECT (SELECT min(expires_at) FROM {table}),"
             f" (SELECT min(expires_at) FROM {table} WHERE expires_at > {mark})",
-            [moment, moment],
+            [moment],
         )
-        return found[0][0] is not None, found[0][1]
+        first, bound = found[0]
+        return first is not None and first <= moment, bound
 
     def _remove(self, where: Compiled, check: Callable[[builtins.list[Removed]], None] | None = None) -> int:
         stamp = now()
