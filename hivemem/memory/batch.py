@@ -37,7 +37,7 @@ class Update:
         self.expires = expiration is not KEEP
         self.expires_at = expiry(expiration, where) if self.expires else None
         if text is None and meta is None and not self.expires:
-            raise ValueError(f"{where}give text, metadata and/or expiration_date to change")
+            raise ValueError(f"{where}update needs text and/or metadata (or expiration_date)")
 
 
 def _items(items: Any, what: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:

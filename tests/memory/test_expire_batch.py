@@ -343,7 +343,7 @@ def test_batch_delete_removes_all_with_history(m: Memory) -> None:
         ([], ValueError, "at least one"),
         ({"memory_id": "a"}, TypeError, "list"),
         ([{"memory_id": "a", "text": "x"}, {"memory_id": "a", "text": "y"}], ValueError, "named twice"),
-        ([{"memory_id": "a"}], ValueError, "give text"),
+        ([{"memory_id": "a"}], ValueError, "needs text and/or metadata"),
         ([{"memory_id": "a", "text": "x", "user_id": "v"}], ValueError, "unknown keys"),
         ([{"memory_id": 5, "text": "x"}], TypeError, "memory_id"),
         ([{"memory_id": "a", "text": "   "}], ValueError, r"items\[0\]: text"),
