@@ -402,3 +402,22 @@ def test_purge_uses_the_expiry_index(tmp_path: Path, hash_embedder: HashEmbedder
         scans = [p for p in plan if p.startswith(("SCAN", "SEARCH")) and p != "SCAN CONSTANT ROW"]
         assert scans and all("INDEX memories_expires" in p for p in scans), plan
     db.close()
+
+
+def test_async_memory_has_the_batch_and_expiry_calls(location: str, emb: CountingEmbedder) -> None:
+    import asyncio
+
+    from hivemem import AsyncMemory
+
+    async def run() -> None:
+        async with AsyncMemory(location, embedder=emb) as am:
+            out = await am.add_batch([{"messages": f"async note {i}", "user_id": "u"} for i in range(3)])
+            ids = [r["id"] for r in out["results"]]
+            await am.update(ids[0], expiration_date=PAST)
+            await am.batch_update([{"memory_id": ids[1], "text": "async note, changed"}])
+            assert _ids(await am.get_all(user_id="u")) == set(ids[1:])
+            assert await am.purge_expired() == 1
+            await am.batch_delete([{"memory_id": ids[1]}])
+            assert _ids(await am.get_all(user_id="u", show_expired=True)) == {ids[2]}
+
+    asyncio.run(run())
