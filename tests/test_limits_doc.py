@@ -39,6 +39,8 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("hivemem.memory.records", "REMOTE_MAX_LIST"),
     ],
     "`REMOTE_MAX_BATCH`": [("hivemem.memory.records", "REMOTE_MAX_BATCH")],
+    "`MAX_BATCH_CHANGES`": [("hivemem.memory.batch", "MAX_BATCH_CHANGES")],
+    "`MAX_DATE_CHARS`": [("hivemem.memory.records", "MAX_DATE_CHARS")],
     "MCP message (`MAX_MESSAGE`)": [("hivemem.mcp.relay", "MAX_MESSAGE")],
     "MCP stores (`MAX_STORES`)": [("hivemem.mcp.host", "MAX_STORES")],
     "socket frame read": [("hivemem.service.server", "ServiceConfig.read_timeout")],

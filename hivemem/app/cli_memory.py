@@ -22,6 +22,7 @@ memory_app = typer.Typer(no_args_is_help=True, help="The Mem0-compatible memory 
 UserOpt = typer.Option(None, "--user-id")
 AgentOpt = typer.Option(None, "--agent-id")
 RunOpt = typer.Option(None, "--run-id")
+ExpiredOpt = typer.Option(False, "--show-expired", help="Include memories past their expiration date.")
 PathOpt = typer.Option(
     None,
     "--path",
@@ -89,12 +90,15 @@ def add(
     infer: bool = typer.Option(
         False, "--infer", help="Store the facts an LLM finds in the text (needs HIVEMEM_LLM_URL)."
     ),
+    expiration_date: str | None = typer.Option(
+        None, "--expiration-date", help="ISO date (the end of that day, UTC) or datetime (naive: UTC)."
+    ),
     path: str | None = PathOpt,
 ) -> None:
     """Add one memory (event NONE with the existing id if the text is already in the scope)."""
     meta = _json_opt(metadata, "--metadata")
     scope = {"user_id": user_id, "agent_id": agent_id, "run_id": run_id}
-    _answer(path, lambda m: m.add(text, **scope, metadata=meta, infer=infer))
+    _answer(path, lambda m: m.add(text, **scope, metadata=meta, infer=infer, expiration_date=expiration_date))
 
 
 @memory_app.command("search")
@@ -109,12 +113,20 @@ def search(
     top_k: int = typer.Option(10, "--top-k"),
     threshold: float | None = typer.Option(None, "--threshold"),
     mode: str = typer.Option("hybrid", "--mode", help="hybrid (BM25 + vector), vector or keyword"),
+    show_expired: bool = ExpiredOpt,
     path: str | None = PathOpt,
 ) -> None:
     """Search within the given scope and filters (hybrid by default)."""
     f = _json_opt(filters, "--filters")
     scope = {"user_id": user_id, "agent_id": agent_id, "run_id": run_id}
-    _answer(path, lambda m: m.search(query, **scope, filters=f, top_k=top_k, threshold=threshold, mode=mode))
+    options = {
+        "filters": f,
+        "top_k": top_k,
+        "threshold": threshold,
+        "mode": mode,
+        "show_expired": show_expired,
+    }
+    _answer(path, lambda m: m.search(query, **scope, **options))
 
 
 @memory_app.command("list")
@@ -124,12 +136,13 @@ def list_(
     run_id: str | None = RunOpt,
     filters: str | None = typer.Option(None, "--filters"),
     top_k: int = typer.Option(100, "--top-k"),
+    show_expired: bool = ExpiredOpt,
     path: str | None = PathOpt,
 ) -> None:
     """List memories (oldest first)."""
     f = _json_opt(filters, "--filters")
     scope = {"user_id": user_id, "agent_id": agent_id, "run_id": run_id}
-    _answer(path, lambda m: m.get_all(**scope, filters=f, top_k=top_k))
+    _answer(path, lambda m: m.get_all(**scope, filters=f, top_k=top_k, show_expired=show_expired))
 
 
 @memory_app.command("delete")
@@ -146,6 +159,19 @@ def delete(
             _echo(_run(lambda: m.delete(memory_id)))
         else:
             _echo(_run(lambda: m.delete_all(user_id=user_id, agent_id=agent_id, run_id=run_id)))
+
+
+@memory_app.command("purge")
+def purge(
+    expired: bool = typer.Option(
+        False, "--expired", help="Delete the memories whose expiration date has passed (required)."
+    ),
+    path: str | None = PathOpt,
+) -> None:
+    """Delete expired memories, each with a DELETE event in its history; prints {"deleted": N}."""
+    if not expired:
+        raise typer.BadParameter("say what to purge: --expired")
+    _answer(path, lambda m: {"deleted": m.purge_expired()})
 
 
 @memory_app.command("export")

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hivemem.memory.batch import MAX_BATCH_CHANGES
 from hivemem.memory.records import REMOTE_MAX_BATCH as MAX_BATCH
 from hivemem.memory.records import REMOTE_MAX_LIST as MAX_LIST
 from hivemem.memory.records import REMOTE_MAX_SEARCH as MAX_TOP_K
@@ -32,11 +33,19 @@ class Entities(BaseModel):
     run_id: str | None = None
 
 
+_EXPIRES = (
+    "ISO 8601 date or datetime after which search and list leave the memory out: a date means the "
+    "end of that day in UTC, a datetime without offset is UTC."
+)
+_SHOW_EXPIRED = "Include memories whose expiration_date has passed."
+
+
 class AddRequest(Entities):
     """``Memory.add``: one text, or a conversation (one memory per non-system turn)."""
 
     messages: str | list[Message]
     metadata: dict[str, Any] | None = None
+    expiration_date: str | None = Field(None, description=_EXPIRES)
     infer: bool = Field(
         False,
         description="LLM fact extraction: store the facts an LLM finds instead of the messages (needs an "
@@ -62,11 +71,13 @@ class SearchRequest(Entities):
     mode: Literal["hybrid", "vector", "keyword"] = Field(
         "hybrid", description="hybrid: BM25 fused with vector similarity; vector: cosine only; keyword: BM25."
     )
+    show_expired: bool = Field(False, description=_SHOW_EXPIRED)
 
 
 class ListRequest(Entities):
     filters: dict[str, Any] | None = Field(None, description="Mem0 filter syntax (docs/memory.md).")
     top_k: int = Field(100, ge=1, le=MAX_LIST)
+    show_expired: bool = Field(False, description=_SHOW_EXPIRED)
 
 
 class UpdateRequest(BaseModel):
@@ -74,6 +85,35 @@ class UpdateRequest(BaseModel):
 
     text: str | None = Field(None, description="New text (re-embedded).")
     metadata: dict[str, Any] | None = Field(None, description="Replaces the metadata.")
+    expiration_date: str | None = Field(
+        None, description=_EXPIRES + " null: never expires; left out: unchanged."
+    )
+
+
+class BatchUpdateItem(UpdateRequest):
+    memory_id: str
+
+
+class BatchUpdateRequest(BaseModel):
+    """``Memory.batch_update`` (Mem0's platform ``PUT /v1/batch/``): all or nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memories: list[BatchUpdateItem] = Field(min_length=1, max_length=MAX_BATCH_CHANGES)
+
+
+class BatchDeleteItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    memory_id: str
+
+
+class BatchDeleteRequest(BaseModel):
+    """``Memory.batch_delete`` (Mem0's platform ``DELETE /v1/batch/``): all or nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_ids: list[BatchDeleteItem] = Field(min_length=1, max_length=MAX_BATCH_CHANGES)
 
 
 class AddResult(BaseModel):
@@ -103,6 +143,7 @@ class MemoryRecord(BaseModel):
     run_id: str | None = None
     actor_id: str | None = None
     role: str | None = None
+    expiration_date: str | None = Field(None, description="When it expires (UTC); absent: never.")
 
 
 class RecordsResponse(BaseModel):

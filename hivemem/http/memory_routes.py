@@ -7,7 +7,8 @@ event loop.
 
 Scoping (``hivemem.http.auth.Scope``): a key limited to a ``user_id`` has every add forced into
 that user (naming another user → 403), that user ANDed into every search/list/delete-all filter,
-and each by-id route checks the record's owner (another user's id → 403).
+and each by-id route checks the record's owner (another user's id → 403); the batch update and
+delete check every id before anything changes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from hivemem.http.memory_models import (
     AddRequest,
     AddResponse,
     BatchAddRequest,
+    BatchDeleteRequest,
+    BatchUpdateRequest,
     ErrorResponse,
     HistoryEntry,
     ListRequest,
@@ -119,6 +122,33 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
         items = [_scoped_add(scope, item) for item in body.items]
         return await _call(memory.add_batch, items)
 
+    async def owned_all(ids: list[str], scope: Scope) -> None:
+        """Every id is one of the key's user's memories (403 for another user's, 404 unknown)."""
+        if scope.admin:
+            return
+        flt = {"id": {"in": ids}}
+        mine = await _call(
+            memory.get_all, filters=flt, user_id=scope.user_id, top_k=len(ids), show_expired=True
+        )
+        have = {r["id"] for r in mine["results"]}
+        for memory_id in ids:
+            if memory_id not in have:
+                await owned(memory_id, scope)  # raises: 404 unknown, 403 another user's
+
+    @router.put("/batch", response_model=MessageResponse, responses=_BY_ID_ERRORS,
+                summary="Update many, all or nothing (Memory.batch_update)")  # fmt: skip
+    async def batch_update(body: BatchUpdateRequest, scope: Scope = Depends(authorise)) -> Any:
+        items = [item.model_dump(exclude_unset=True) for item in body.memories]
+        await owned_all([i["memory_id"] for i in items], scope)
+        return await _call(memory.batch_update, items)
+
+    @router.delete("/batch", response_model=MessageResponse, responses=_BY_ID_ERRORS,
+                   summary="Delete many, all or nothing (Memory.batch_delete)")  # fmt: skip
+    async def batch_delete(body: BatchDeleteRequest, scope: Scope = Depends(authorise)) -> Any:
+        items = [item.model_dump() for item in body.memory_ids]
+        await owned_all([i["memory_id"] for i in items], scope)
+        return await _call(memory.batch_delete, items)
+
     @router.post("/search", response_model=RecordsResponse, response_model_exclude_unset=True,
                  summary="Semantic search with filters (Memory.search)")  # fmt: skip
     async def search(body: SearchRequest, scope: Scope = Depends(authorise)) -> Any:
@@ -140,10 +170,12 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
         agent_id: str | None = None,
         run_id: str | None = None,
         top_k: int = Query(100, ge=1, le=REMOTE_MAX_LIST),
+        show_expired: bool = False,
         scope: Scope = Depends(authorise),
     ) -> Any:
         user = _own_user(scope, user_id)
-        return await _call(memory.get_all, user_id=user, agent_id=agent_id, run_id=run_id, top_k=top_k)
+        scoped = {"user_id": user, "agent_id": agent_id, "run_id": run_id}
+        return await _call(memory.get_all, **scoped, top_k=top_k, show_expired=show_expired)
 
     @router.delete(
         "", response_model=MessageResponse, summary="Delete all of a user/agent/run (Memory.delete_all)"
@@ -168,7 +200,7 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
                 summary="Replace text and/or metadata (Memory.update)")  # fmt: skip
     async def update(memory_id: str, body: UpdateRequest, scope: Scope = Depends(authorise)) -> Any:
         await owned(memory_id, scope)
-        return await _call(memory.update, memory_id, body.text, body.metadata)
+        return await _call(memory.update, memory_id, **body.model_dump(exclude_unset=True))
 
     @router.delete("/{memory_id}", response_model=MessageResponse, responses=_BY_ID_ERRORS,
                    summary="Delete one memory (Memory.delete)")  # fmt: skip

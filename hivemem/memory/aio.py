@@ -52,9 +52,18 @@ class AsyncMemory:
         return await asyncio.to_thread(self.sync.get_all, **kwargs)
 
     async def update(
-        self, memory_id: str, text: str | None = None, metadata: dict[str, Any] | None = None
+        self, memory_id: str, text: str | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any
     ) -> dict[str, str]:
-        return await asyncio.to_thread(self.sync.update, memory_id, text, metadata)
+        return await asyncio.to_thread(self.sync.update, memory_id, text, metadata, **kwargs)
+
+    async def batch_update(self, memories: list[dict[str, Any]]) -> dict[str, str]:
+        return await asyncio.to_thread(self.sync.batch_update, memories)
+
+    async def batch_delete(self, memories: list[dict[str, Any]]) -> dict[str, str]:
+        return await asyncio.to_thread(self.sync.batch_delete, memories)
+
+    async def purge_expired(self) -> int:
+        return await asyncio.to_thread(self.sync.purge_expired)
 
     async def delete(self, memory_id: str) -> dict[str, str]:
         return await asyncio.to_thread(self.sync.delete, memory_id)

@@ -264,7 +264,13 @@ def infer_memories(memory: Any, items: list[dict[str, Any]], wheres: list[str]) 
             [
                 dataclasses.replace(m, role=f.attributed_to)
                 for f in facts
-                for m in prepare(f.text, metadata=item.get("metadata"), where=where, **scope)
+                for m in prepare(
+                    f.text,
+                    metadata=item.get("metadata"),
+                    expiration_date=item.get("expiration_date"),
+                    where=where,
+                    **scope,
+                )
             ]
         )
     return out

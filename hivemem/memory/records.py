@@ -11,7 +11,7 @@ import json
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from hivemem.embed.validate import check_length, check_unicode
@@ -60,6 +60,7 @@ class NewMemory:
     metadata: str  # JSON text
     created_at: str
     given_id: bool = False  # the caller chose ``id``: it must not silently become another one
+    expires_at: str | None = None  # ``expiration_date`` as ``expiry`` stores it; None: never
 
 
 # Ids are never reused across scopes: a caller-chosen id that any history event (kept after the
@@ -95,6 +96,52 @@ def in_scope(scope: str | None, entities: dict[str, str]) -> bool:
 def now() -> str:
     """Timestamps are ISO 8601 in UTC, so that they sort and compare as strings."""
     return datetime.now(UTC).isoformat()
+
+
+# ``expiration_date``: an ISO 8601 date or datetime string (or a ``date``/``datetime``), at most this
+# many characters. Stored (column ``expires_at``) as the UTC instant the memory expires, in one fixed
+# format so that instants compare as strings on both backends: a date means the END of that day in
+# UTC (``"2026-12-31"`` expires at ``2027-01-01T00:00:00.000000+00:00``), a naive datetime is UTC, an
+# aware one is converted to UTC. A memory is expired once that instant is not in the future.
+MAX_DATE_CHARS = 64
+
+
+def instant(moment: datetime) -> str:
+    """``moment`` (aware) as the fixed-width UTC text ``expires_at`` holds and compares."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def expiry(value: Any, where: str = "") -> str | None:
+    """``expiration_date`` (None: never expires) → the instant it expires (``MAX_DATE_CHARS``);
+    ValueError/TypeError naming the field for anything else."""
+    name = f"{where}expiration_date"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if len(value) > MAX_DATE_CHARS:
+            raise LimitExceeded(
+                f"{name} has {len(value)} characters; the limit is {MAX_DATE_CHARS} (MAX_DATE_CHARS)",
+                limit_name="MAX_DATE_CHARS",
+                limit=MAX_DATE_CHARS,
+                field="expiration_date",
+            )
+        text = value.strip()
+        try:
+            timed = any(c in text for c in "T :")  # else a date, also in the basic form 20261231
+            value = datetime.fromisoformat(text) if timed else date.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"{name} {value[:MAX_DATE_CHARS]!r} is not an ISO 8601 date (2026-12-31) or datetime "
+                "(2026-12-31T18:00:00Z, 2026-12-31T18:00:00+02:00)"
+            ) from None
+    try:
+        if isinstance(value, datetime):
+            return instant(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+        if isinstance(value, date):
+            return instant(datetime(value.year, value.month, value.day, tzinfo=UTC) + timedelta(days=1))
+    except OverflowError:  # 9999-12-31 (its end), or an offset that moves it past year 9999 or 1
+        raise ValueError(f"{name} {value.isoformat()} is out of range (years 1 to 9999 in UTC)") from None
+    raise TypeError(f"{name} must be an ISO 8601 string, a date or a datetime, got {type(value).__name__}")
 
 
 def content_hash(text: str) -> str:
@@ -256,6 +303,7 @@ def prepare(
     run_id: Any = None,
     metadata: Any = None,
     id: Any = None,  # the key of an add_batch item
+    expiration_date: Any = None,
     where: str = "",
 ) -> list[NewMemory]:
     """Validate one ``add`` call's arguments and turn them into memories (one per non-system turn).
@@ -269,6 +317,7 @@ def prepare(
     if not any(ids.values()):
         raise ValueError(f"{where}at least one of user_id, agent_id or run_id is required")
     meta = check_metadata(metadata, where)
+    expires = expiry(expiration_date, where)
     scope = scope_key(ids["user_id"], ids["agent_id"], ids["run_id"])
     stamp = now()
     turns = normalize_messages(messages, where, embedded=True)
@@ -292,6 +341,7 @@ def prepare(
             metadata=meta,
             created_at=stamp,
             given_id=id is not None,
+            expires_at=expires,
         )
         for content, role, actor in turns
     ]

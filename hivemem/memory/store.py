@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from hivemem.embed.protocol import EmbedderLike
 from hivemem.embed.validate import check_unicode
 from hivemem.errors import LimitExceeded, MemoryNotFound
 from hivemem.infra.grouping import Combiner, Release, each_alone
+from hivemem.memory import batch as bt
 from hivemem.memory import filters as flt
 from hivemem.memory import hybrid
 from hivemem.memory import rerank as rr
@@ -41,11 +43,12 @@ from hivemem.memory.records import (
     check_entity,
     check_metadata,
     check_text,
-    content_hash,
+    instant,
     prepare,
 )
 from hivemem.memory.storage.backends import open_storage
 from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, resolve
+from hivemem.memory.storage.sqlcompile import unexpired
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "reranker", "history_db_path", "version"}
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
@@ -85,6 +88,12 @@ def _check_id(memory_id: Any) -> str:
     if not isinstance(memory_id, str) or not memory_id:
         raise TypeError(f"memory_id must be a non-empty string, got {memory_id!r}")
     return check_unicode(memory_id, "memory_id")
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _check_given_ids(new: list[NewMemory], found: dict[tuple[str, str], str]) -> None:
@@ -261,14 +270,17 @@ class Memory:
         metadata: dict[str, Any] | None = None,
         infer: bool = False,
         prompt: str | None = None,
+        expiration_date: Any = None,
     ) -> dict[str, list[dict[str, Any]]]:
         """Store ``messages`` (a string, or ``[{"role", "content"}]``; system turns are skipped).
 
         ``infer=True``: store the facts an LLM finds in them instead (``prompt``: extra instructions
-        for this call); see ``hivemem.memory.infer``.
+        for this call); see ``hivemem.memory.infer``. ``expiration_date``: an ISO date or datetime
+        after which ``search``/``get_all`` leave the memory out (``records.expiry``: a date means
+        the end of that day in UTC, a naive datetime is UTC).
         """
         item = {"messages": messages, "user_id": user_id, "agent_id": agent_id, "run_id": run_id}
-        item.update(metadata=metadata, infer=infer, prompt=prompt)
+        item.update(metadata=metadata, infer=infer, prompt=prompt, expiration_date=expiration_date)
         return {"results": self._store(self._memories([item], [""], False))}
 
     def add_batch(self, items: list[dict[str, Any]], infer: bool = False) -> dict[str, list[dict[str, Any]]]:
@@ -276,14 +288,14 @@ class Memory:
 
         Each item: ``{"messages": …, "user_id"/"agent_id"/"run_id": …, "metadata": …}``, and
         optionally ``"id"``: the caller's id for an item of one message (LangChain document ids, ids
-        imported from Mem0; otherwise a uuid4 is generated). Results are flat, in item order (one per
-        non-system message). ``infer=True`` (or an item's ``"infer"``, with its ``"prompt"``): the
-        LLM's facts instead, all conversations asked concurrently, then still one embed call and
-        one transaction for everything.
+        imported from Mem0; otherwise a uuid4 is generated), and ``"expiration_date"``. Results are
+        flat, in item order (one per non-system message). ``infer=True`` (or an item's ``"infer"``,
+        with its ``"prompt"``): the LLM's facts instead, all conversations asked concurrently, then
+        still one embed call and one transaction for everything.
         """
         if not isinstance(items, list | tuple):
             raise TypeError(f"add_batch takes a list of dicts, got {type(items).__name__}")
-        allowed = {"messages", *ENTITIES, "metadata", "infer", "prompt", "id"}
+        allowed = {"messages", *ENTITIES, "metadata", "infer", "prompt", "id", "expiration_date"}
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise TypeError(f"items[{i}] must be a dict, got {type(item).__name__}")
@@ -370,24 +382,44 @@ class Memory:
         return outcomes
 
     def update(
-        self, memory_id: str, text: str | None = None, metadata: dict[str, Any] | None = None
+        self,
+        memory_id: str,
+        text: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        expiration_date: Any = bt.KEEP,
     ) -> dict[str, str]:
-        """Replace the text (re-embedded) and/or the metadata of one memory."""
+        """Replace the text (re-embedded), the metadata and/or the ``expiration_date`` (None: never
+        expires; left out: unchanged) of one memory."""
         memory_id = _check_id(memory_id)
-        if text is None and metadata is None:
-            raise ValueError("update needs text and/or metadata")
-        meta = check_metadata(metadata) if metadata is not None else None
-        vector = hash_ = None
         if text is not None:
             text = check_text(text, "text", embedded=True)
-            if self._storage.get(memory_id) is None:
-                raise MemoryNotFound(f"Memory with id {memory_id} not found")
-            vector, hash_ = self.embedder.embed([text])[0], content_hash(text)
-        try:
-            self._storage.update(memory_id, text, vector, meta, hash_)
-        except KeyError:
-            raise MemoryNotFound(f"Memory with id {memory_id} not found") from None
+        meta = check_metadata(metadata) if metadata is not None else None
+        change = bt.Update(memory_id, text, meta, expiration_date)
+        bt.apply(self._storage, lambda: self.embedder, [change])
         return {"message": "Memory updated successfully!"}
+
+    def batch_update(self, memories: list[dict[str, Any]]) -> dict[str, str]:
+        """Update many memories, all or nothing (Mem0's platform ``batch_update``): each item
+        ``{"memory_id", "text"?, "metadata"?, "expiration_date"?}``; the new texts embedded in ONE
+        call, then one transaction with one UPDATE event per memory. An unknown id changes nothing
+        (``MemoryNotFound`` names it); at most ``batch.MAX_BATCH_CHANGES`` items."""
+        changes = bt.updates(memories)
+        bt.apply(self._storage, lambda: self.embedder, changes)
+        return {"message": f"Successfully updated {len(changes)} memories"}
+
+    def batch_delete(self, memories: list[dict[str, Any]]) -> dict[str, str]:
+        """Delete many memories (items ``{"memory_id"}``) in one transaction, all or nothing: an
+        unknown id deletes nothing (``MemoryNotFound`` names it). One DELETE event per memory."""
+        ids = bt.deletions(memories)
+        try:
+            self._storage.delete_many(ids)
+        except KeyError as exc:
+            raise MemoryNotFound(f"Memory with id {exc.args[0]} not found; nothing was deleted") from None
+        return {"message": f"Successfully deleted {len(ids)} memories"}
+
+    def purge_expired(self) -> int:
+        """Delete every memory whose ``expiration_date`` has passed (with DELETE events) → how many."""
+        return self._storage.purge_expired(instant(datetime.now(UTC)))
 
     def delete(self, memory_id: str) -> dict[str, str]:
         if not self._storage.delete(_check_id(memory_id)):
@@ -425,6 +457,20 @@ class Memory:
                 scope[n] = checked
         return flt.and_(flt.literal(scope), flt.parse(filters))  # scope: literal equality
 
+    def _live(self, where: flt.Node | None, show_expired: Any) -> flt.Node | None:
+        """``where`` and "not expired now", unless ``show_expired`` or nothing is expired now (index
+        seeks: a store where nothing has expired is searched exactly as before). Call it in the
+        ``snapshot`` of the read it serves."""
+        if _check_flag(show_expired, "show_expired"):
+            return where
+        expired, bound = self._storage.expiry_cut(instant(datetime.now(UTC)))
+        if not expired:
+            return where
+        live = unexpired(bound)
+        if isinstance(where, flt.Logic) and where.kind == "AND":  # kept flat: the scope stays on top
+            return flt.Logic("AND", (*where.items, live))
+        return flt.and_(where, live)
+
     def get(self, memory_id: str) -> dict[str, Any] | None:
         """The memory, or ``None`` for an unknown id (as Mem0)."""
         return self._storage.get(_check_id(memory_id))
@@ -437,9 +483,14 @@ class Memory:
         user_id: str | None = None,
         agent_id: str | None = None,
         run_id: str | None = None,
+        show_expired: bool = False,
     ) -> dict[str, list[dict[str, Any]]]:
+        """Memories passing the scope and ``filters``, oldest first; expired ones only with
+        ``show_expired=True``."""
         where = self._where(filters, user_id, agent_id, run_id)
-        return {"results": self._storage.list(where, _check_top_k(top_k))}
+        k = _check_top_k(top_k)
+        with self._storage.snapshot():
+            return {"results": self._storage.list(self._live(where, show_expired), k)}
 
     def search(
         self,
@@ -453,6 +504,7 @@ class Memory:
         run_id: str | None = None,
         mode: str = "hybrid",
         rerank: bool = False,
+        show_expired: bool = False,
     ) -> dict[str, list[dict[str, Any]]]:
         """The ``top_k`` memories that best answer ``query`` among those that pass ``filters``.
 
@@ -462,7 +514,8 @@ class Memory:
         relevance. ``threshold`` (Mem0's meaning) drops memories whose *cosine* is below it, in
         hybrid and vector mode. ``rerank=True`` hands the best ``4 × top_k`` (at least 20) to the
         ``reranker`` given to ``Memory`` and returns its top ``top_k``. Both backends (SQLite and
-        PostgreSQL) have all three modes and rank alike (docs/postgres.md).
+        PostgreSQL) have all three modes and rank alike (docs/postgres.md). Expired memories are
+        left out of both sides before ranking unless ``show_expired=True``.
         """
         query = check_text(query, "query", embedded=True)
         where = self._where(filters, user_id, agent_id, run_id)
@@ -474,15 +527,17 @@ class Memory:
             raise ValueError("threshold is a cosine cut-off; keyword mode computes no cosine (omit it)")
         if mode == "keyword" and not self._storage.capabilities.keywords:
             raise ValueError(f"{self.location} has no keyword index yet: use mode='vector' or 'hybrid'")
-        if not isinstance(rerank, bool):
-            raise TypeError(f"rerank must be True or False, got {rerank!r}")
+        _check_flag(rerank, "rerank")
         reranker = self._reranker_for_search() if rerank else None
         terms = hybrid.query_terms(query) if mode != "vector" else []
         vector = None
         if mode != "keyword":
             vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
         depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
-        hits = hybrid.search(self._storage, mode, vector, terms, where, depth, threshold)
+        _check_flag(show_expired, "show_expired")
+        with self._storage.snapshot():
+            where = self._live(where, show_expired)
+            hits = hybrid.search(self._storage, mode, vector, terms, where, depth, threshold)
         if reranker is not None:
             hits = rr.apply(reranker, query, hits, k)
         return {"results": hits}

@@ -4,7 +4,8 @@
 SQLite and PostgreSQL. One JSON object per line:
 
 * a memory: ``{"id", "memory", "metadata", "created_at", "updated_at", "user_id"/"agent_id"/
-  "run_id", "actor_id", "role", "history": [event, …]}`` (absent fields are left out);
+  "run_id", "actor_id", "role", "expiration_date", "history": [event, …]}`` (absent fields are
+  left out);
 * the history of a deleted memory: ``{"id", "deleted": true, "history": [event, …]}``.
 
 An event is a row of ``Memory.history`` (``id, memory_id, old_memory, new_memory, event,
@@ -36,13 +37,24 @@ from hivemem.memory.records import (
     check_metadata,
     check_text,
     content_hash,
+    expiry,
     now,
     scope_key,
 )
 
 EVENT_KEYS = ("id", "memory_id", "old_memory", "new_memory", "event", "created_at", "updated_at",
               "is_deleted", "actor_id", "role")  # fmt: skip
-_MEMORY_KEYS = ("id", "memory", "metadata", "created_at", "updated_at", *ENTITIES, "actor_id", "role")
+_MEMORY_KEYS = (
+    "id",
+    "memory",
+    "metadata",
+    "created_at",
+    "updated_at",
+    *ENTITIES,
+    "actor_id",
+    "role",
+    "expiration_date",
+)
 MAX_ID = 256  # characters of an event id, actor or role (memory ids: records.MAX_ID_CHARS)
 MAX_STAMP = 64  # characters of a timestamp
 MAX_EVENTS = 10_000  # history events of one memory
@@ -165,6 +177,7 @@ def parse_line(
         metadata=check_metadata(rec.get("metadata"), f"{where}: "),
         created_at=created,
         given_id=True,
+        expires_at=expiry(rec.get("expiration_date"), f"{where}: "),
     )
     return memory, updated, _history(rec, memory_id, where)  # no events: import_rows writes an ADD
 

@@ -252,3 +252,61 @@ def test_sigkill_amid_threads_of_adds_leaves_whole_calls(
         assert all(n == 3 for n in counts.values()), counts
         history = _query(location, "SELECT count(*) FROM history", "SELECT count(*) FROM {ns}.history")[0][0]
         assert history == sum(counts.values())
+
+
+_UPDATER = r"""
+import itertools, sys
+sys.path.insert(0, sys.argv[3])
+from conftest import HashEmbedder  # NOT a model: this test measures storage atomicity
+from hivemem import Memory
+path, ids, start = sys.argv[1], sys.argv[2].split(","), int(sys.argv[4])
+m = Memory(path, embedder=HashEmbedder())
+print("ready", flush=True)
+for r in itertools.count(start):  # every round rewrites every memory: text, vector, metadata, history
+    m.batch_update([{"memory_id": i, "text": f"update kill note {n} round {r}", "metadata": {"round": r}}
+                    for n, i in enumerate(ids)])
+"""
+
+
+def test_sigkill_mid_batch_update_leaves_all_or_nothing(location: str, tmp_path: Path) -> None:
+    """A child rewrites 300 memories per ``batch_update`` without pause (the rounds go on across
+    the three kills) and is killed with SIGKILL:
+    every memory then holds the same round (text, metadata), and the history holds whole rounds.
+    The child embeds with ``HashEmbedder`` (not a model): what is measured is the storage."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import HashEmbedder
+
+    n = 300
+    with Memory(location, embedder=HashEmbedder()) as m:
+        out = m.add_batch([{"messages": f"update kill note {i} round 0", "user_id": "k"} for i in range(n)])
+        ids = [r["id"] for r in out["results"]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    last, here = 0, str(Path(__file__).parent)
+    for delay in (0.2, 0.5, 0.9):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _UPDATER, location, ",".join(ids), here, str(last + 1)],
+            env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        rows = _query(
+            location,
+            "SELECT memory, json_extract(metadata, '$.round'), (SELECT count(*) FROM history"
+            " WHERE event = 'UPDATE') FROM memories",
+            "SELECT memory, (meta ->> 'round')::int, (SELECT count(*) FROM {ns}.history"
+            " WHERE event = 'UPDATE') FROM {ns}.memories",
+        )
+        rounds = {r[1] for r in rows}
+        assert len(rows) == n
+        assert len(rounds) == 1, f"memories of different rounds after SIGKILL: {sorted(rounds, key=str)[:5]}"
+        (r,) = rounds
+        last = r or last
+        assert all(text.endswith(f" round {last}") for text, _, _ in rows)
+        assert rows[0][2] % n == 0  # UPDATE events: one per memory of each whole round
+        with Memory(location, embedder=HashEmbedder()) as m:  # vectors follow the texts
+            text = f"update kill note 7 round {last}"
+            hit = m.search(text, user_id="k", top_k=1, mode="vector")["results"][0]
+            assert hit["memory"] == text and hit["score"] == pytest.approx(1.0, abs=1e-4)

@@ -310,3 +310,75 @@ def test_history_route_shows_only_the_keys_user(model_home: Path, local_embedder
         everything = c.get("/v1/memories/doc/history", headers=ADMIN).json()
         assert [h["event"] for h in everything] == ["ADD", "DELETE", "ADD"]
         assert c.get("/v1/memories/doc/history", headers=ALICE).status_code == 403
+
+
+def test_batch_update_and_delete_are_scoped_and_all_or_nothing(api: httpx.Client) -> None:
+    """``PUT``/``DELETE /v1/memories/batch`` (Mem0's platform batch routes, under hivemem's prefix):
+    another user's id or an unknown id changes nothing; over the limit is a 422."""
+    mine = [_add(api, ALICE, messages=f"Alice batch note {i}") for i in range(3)]
+    theirs = _add(api, BOB, messages="Bob's private batch note")
+
+    def texts(headers: dict, ids: list[str]) -> list[str]:
+        return [api.get(f"/v1/memories/{i}", headers=headers).json()["memory"] for i in ids]
+
+    before = texts(ALICE, mine)
+    for other, status in ((theirs, 403), ("no-such-memory-id", 404)):
+        body = {"memories": [{"memory_id": i, "text": f"changed {i}"} for i in [*mine, other]]}
+        assert api.put("/v1/memories/batch", json=body, headers=ALICE).status_code == status
+        gone = {"memory_ids": [{"memory_id": i} for i in [*mine, other]]}
+        assert api.request("DELETE", "/v1/memories/batch", json=gone, headers=ALICE).status_code == status
+        assert texts(ALICE, mine) == before
+    assert texts(BOB, [theirs]) == ["Bob's private batch note"]
+    # an admin naming an unknown id: 404 from Memory itself, still nothing changed
+    body = {
+        "memories": [{"memory_id": mine[0], "text": "x"}, {"memory_id": "no-such-memory-id", "text": "y"}]
+    }
+    assert api.put("/v1/memories/batch", json=body, headers=ADMIN).status_code == 404
+    assert texts(ALICE, mine) == before
+
+    over = {"memories": [{"memory_id": f"m{i}", "metadata": {"n": i}} for i in range(1001)]}
+    assert api.put("/v1/memories/batch", json=over, headers=ALICE).status_code == 422
+
+    body = {
+        "memories": [
+            {"memory_id": mine[0], "text": "Alice batch note zero, rewritten"},
+            {"memory_id": mine[1], "metadata": {"kept": True}, "expiration_date": "2000-01-01"},
+        ]
+    }
+    r = api.put("/v1/memories/batch", json=body, headers=ALICE)
+    assert r.status_code == 200 and r.json() == {"message": "Successfully updated 2 memories"}
+    assert texts(ALICE, mine)[0] == "Alice batch note zero, rewritten"
+    hits = api.post("/v1/memories/search", json={"query": "batch note zero rewritten", "top_k": 1},
+                    headers=ALICE).json()["results"]  # fmt: skip
+    assert hits[0]["id"] == mine[0]
+    listed = {x["id"] for x in api.get("/v1/memories", headers=ALICE).json()["results"]}
+    assert mine[1] not in listed and mine[0] in listed  # expired: left out
+    shown = api.get("/v1/memories", params={"show_expired": "true"}, headers=ALICE).json()["results"]
+    assert {x["id"]: x.get("expiration_date") for x in shown}[mine[1]] == "2000-01-02T00:00:00.000000+00:00"
+    events = [h["event"] for h in api.get(f"/v1/memories/{mine[1]}/history", headers=ALICE).json()]
+    assert events == ["ADD", "UPDATE"]
+
+    gone = {"memory_ids": [{"memory_id": i} for i in mine]}
+    r = api.request("DELETE", "/v1/memories/batch", json=gone, headers=ALICE)
+    assert r.status_code == 200 and r.json() == {"message": "Successfully deleted 3 memories"}
+    assert all(api.get(f"/v1/memories/{i}", headers=ALICE).status_code == 404 for i in mine)
+    assert texts(BOB, [theirs]) == ["Bob's private batch note"]
+
+
+def test_expiration_over_rest(api: httpx.Client) -> None:
+    old = _add(
+        api, ALICE, messages="Alice's expired coupon code", expiration_date="2000-01-01T10:00:00+02:00"
+    )
+    bad = api.post("/v1/memories", json={"messages": "x", "expiration_date": "next week"}, headers=ALICE)
+    assert bad.status_code == 422 and "expiration_date" in bad.text
+    query = {"query": "expired coupon code", "top_k": 5}
+    hits = api.post("/v1/memories/search", json=query, headers=ALICE).json()["results"]
+    assert old not in {h["id"] for h in hits}
+    hits = api.post("/v1/memories/search", json={**query, "show_expired": True}, headers=ALICE).json()[
+        "results"
+    ]
+    assert hits[0]["id"] == old
+    listed = api.post("/v1/memories/list", json={"show_expired": True}, headers=ALICE).json()["results"]
+    assert {x["id"]: x.get("expiration_date") for x in listed}[old] == "2000-01-01T08:00:00.000000+00:00"
+    assert api.put(f"/v1/memories/{old}", json={"expiration_date": None}, headers=ALICE).status_code == 200
+    assert old in {x["id"] for x in api.get("/v1/memories", headers=ALICE).json()["results"]}

@@ -20,9 +20,10 @@ from hivemem.memory.storage.locate import redact
 
 LOCK_KEY = 0x68766D  # "hvm": first half of the advisory-lock key for schema changes
 _PLAIN_MAX_DIM = 1000  # vectors up to this width stay in the row (never TOASTed): faster scans
-LAYOUT = "2"  # the version of the tables below; a store of another layout is refused
-# Older layouts this code brings up to date in place (1 → 2: history events keep their scope).
-_UPGRADES = ("1",)
+LAYOUT = "3"  # the version of the tables below; a store of another layout is refused
+# Older layouts this code brings up to date in place (1 → 2: history events keep their scope;
+# 2 → 3: memories have ``expires_at``).
+_UPGRADES = ("1", "2")
 _TABLES = """
 CREATE SCHEMA IF NOT EXISTS {ns};
 CREATE TABLE IF NOT EXISTS {ns}.memories (
@@ -39,8 +40,11 @@ CREATE TABLE IF NOT EXISTS {ns}.memories (
     updated_at text COLLATE "C" NOT NULL,
     tx xid8 NOT NULL DEFAULT pg_current_xact_id(),  -- the transaction that last wrote the vector
     code bytea, scale real,  -- int8 copy of the vector for pgindex (written with it)
+    expires_at text COLLATE "C",  -- records.expiry: the UTC instant it expires; NULL: never
     UNIQUE (scope, hash)
 );
+ALTER TABLE {ns}.memories ADD COLUMN IF NOT EXISTS expires_at text COLLATE "C";
+CREATE INDEX IF NOT EXISTS memories_expires ON {ns}.memories (expires_at);
 CREATE INDEX IF NOT EXISTS memories_tx ON {ns}.memories (tx);
 CREATE INDEX IF NOT EXISTS memories_user ON {ns}.memories (user_id);
 CREATE INDEX IF NOT EXISTS memories_agent ON {ns}.memories (agent_id);
@@ -131,7 +135,7 @@ class PgSchema:
         with conn.transaction():
             conn.execute(_TABLES.format(ns=self._ns))
             layout = conn.execute(f"SELECT value FROM {self._ns}.meta WHERE key = 'layout'").fetchone()
-            if layout is not None and layout[0] in _UPGRADES:
+            if layout is not None and layout[0] == "1":
                 ns = self._ns
                 conn.execute(
                     records.BACKFILL_SCOPES.format(history=f"{ns}.history", memories=f"{ns}.memories")

@@ -15,7 +15,7 @@ import numpy as np
 from hivemem.memory import records
 from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import int8, pgarrays
-from hivemem.memory.storage.base import Removed
+from hivemem.memory.storage.base import Locked, Removed
 from hivemem.memory.storage.rows import HISTORY, Event
 from hivemem.memory.storage.sqlcompile import Compiled
 
@@ -69,7 +69,7 @@ def insert_rows(
     added: set[str] = set()
     found: dict[tuple[str, str], str] = {}
     for _ in range(RETRIES):
-        cols: list[list[Any]] = [[] for _ in range(13)]
+        cols: list[list[Any]] = [[] for _ in range(14)]
         batch = np.stack([vectors[i] for i in todo])
         codes, scales = int8.quantise(batch)
         for i in todo:
@@ -77,19 +77,20 @@ def insert_rows(
             updated = m.created_at if updated_at is None else updated_at[i]
             for col, value in zip(cols, (i, m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id,
                                          m.run_id, m.actor_id, m.role, m.metadata, m.created_at,
-                                         updated), strict=True):  # fmt: skip
+                                         updated, m.expires_at), strict=True):  # fmt: skip
                 col.append(value)
         inserted = conn.execute(
             "WITH r AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence(%s, 'rid')) AS rid"
             " FROM generate_series(1, %s)), o AS (SELECT rid, row_number() OVER (ORDER BY rid) - 1 AS pos"
             " FROM r), u AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
             " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::text[], %b, %b, %b) WITH ORDINALITY AS u(pos, id, scope, hash, memory,"
-            " user_id, agent_id, run_id, actor_id, role, metadata, created_at, updated_at, vec, code,"
-            f" scale, ord)), ins AS (INSERT INTO {ns}.memories (rid, id, scope, hash, memory, user_id,"
-            " agent_id, run_id, actor_id, role, metadata, created_at, updated_at, vec, code, scale)"
-            " SELECT o.rid, id, scope, hash, memory, user_id, agent_id, run_id, actor_id, role, metadata,"
-            " created_at, updated_at, vec, code, scale FROM u JOIN o ON o.pos = u.pos ORDER BY u.ord"
+            " %s::text[], %s::text[], %s::text[], %b, %b, %b) WITH ORDINALITY AS u(pos, id, scope, hash,"
+            " memory, user_id, agent_id, run_id, actor_id, role, metadata, created_at, updated_at,"
+            f" expires_at, vec, code, scale, ord)), ins AS (INSERT INTO {ns}.memories (rid, id, scope,"
+            " hash, memory, user_id, agent_id, run_id, actor_id, role, metadata, created_at,"
+            " updated_at, expires_at, vec, code, scale) SELECT o.rid, id, scope, hash, memory, user_id,"
+            " agent_id, run_id, actor_id, role, metadata, created_at, updated_at, expires_at, vec, code,"
+            " scale FROM u JOIN o ON o.pos = u.pos ORDER BY u.ord"
             f" ON CONFLICT {conflict} DO NOTHING RETURNING id, memory, created_at, actor_id, role, scope)"
             f"{history} SELECT id FROM ins",
             [f"{ns}.memories", len(memories), *cols, pgarrays.Vectors(batch), pgarrays.Bytes(codes),
@@ -126,35 +127,48 @@ class PgTx:
         self.ns = ns
         self._removed = removed
 
-    def locked(self, memory_id: str) -> tuple[str, str, str | None, str | None, int] | None:
-        row = self.conn.execute(
-            f"SELECT memory, scope, actor_id, role, rid FROM {self.ns}.memories WHERE id = %s FOR UPDATE",
-            (memory_id,),
-        ).fetchone()
-        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+    def locked(self, ids: builtins.list[str]) -> dict[str, Locked]:
+        found = self.conn.execute(  # in id order: concurrent batches lock alike, never deadlock
+            f"SELECT id, memory, scope, actor_id, role, rid FROM {self.ns}.memories WHERE id = ANY(%s)"
+            " ORDER BY id FOR UPDATE",
+            (ids,),
+        ).fetchall()
+        return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in found}
 
-    def holder(self, scope: str, hash_: str, memory_id: str) -> str | None:
-        row = self.conn.execute(
-            f"SELECT id FROM {self.ns}.memories WHERE scope = %s AND hash = %s AND id <> %s",
-            (scope, hash_, memory_id),
-        ).fetchone()
-        return None if row is None else str(row[0])
+    def holders(self, keys: builtins.list[tuple[str, str, str]]) -> dict[str, str]:
+        found = self.conn.execute(
+            f"SELECT k.mid, m.id FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(scope, hash, mid)"
+            f" JOIN {self.ns}.memories m ON m.scope = k.scope AND m.hash = k.hash AND m.id <> k.mid",
+            [list(col) for col in zip(*keys, strict=True)],
+        ).fetchall()
+        return {str(r[0]): str(r[1]) for r in found}
 
-    def set_text(self, memory_id: str, text: str, hash_: str, vector: np.ndarray, stamp: str) -> None:
-        codes, scales = int8.quantise(vector[None, :])
+    def set_texts(self, texts: builtins.list[tuple[str, str, str]], vectors: np.ndarray, stamp: str) -> None:
+        codes, scales = int8.quantise(vectors)
+        ids, memories, hashes = [list(col) for col in zip(*texts, strict=True)]
         self.conn.execute(
-            f"UPDATE {self.ns}.memories SET memory = %s, hash = %s, vec = %b, code = %b, scale = %s,"
-            " tx = pg_current_xact_id(), updated_at = %s WHERE id = %s",
-            (text, hash_, vector, codes[0].tobytes(), float(scales[0]), stamp, memory_id),
+            f"UPDATE {self.ns}.memories m SET memory = u.memory, hash = u.hash, vec = u.vec, code = u.code,"
+            " scale = u.scale, tx = pg_current_xact_id(), updated_at = %s FROM unnest(%s::text[],"
+            " %s::text[], %s::text[], %b, %b, %b) AS u(id, memory, hash, vec, code, scale) WHERE m.id = u.id",
+            [stamp, ids, memories, hashes, pgarrays.Vectors(vectors), pgarrays.Bytes(codes),
+             pgarrays.Reals(scales)],
+        )  # fmt: skip
+
+    def set_metadata(self, values: builtins.list[tuple[str, str]], stamp: str) -> None:
+        self.conn.execute(
+            f"UPDATE {self.ns}.memories m SET metadata = u.metadata, updated_at = %s"
+            " FROM unnest(%s::text[], %s::text[]) AS u(id, metadata) WHERE m.id = u.id",
+            [stamp, [i for i, _ in values], [v for _, v in values]],
         )
 
-    def set_metadata(self, memory_id: str, metadata: str, stamp: str) -> None:
+    def set_expiry(self, values: builtins.list[tuple[str, str | None]], stamp: str) -> None:
         self.conn.execute(
-            f"UPDATE {self.ns}.memories SET metadata = %s, updated_at = %s WHERE id = %s",
-            (metadata, stamp, memory_id),
+            f"UPDATE {self.ns}.memories m SET expires_at = u.expires_at, updated_at = %s"
+            " FROM unnest(%s::text[], %s::text[]) AS u(id, expires_at) WHERE m.id = u.id",
+            [stamp, [i for i, _ in values], [v for _, v in values]],
         )
 
-    def changed(self, rid: int, vector: bool) -> None:
+    def changed(self, rids: builtins.list[int], vector: bool) -> None:
         """Nothing to do: ``set_text`` stamps the row's ``tx``, which the int8 copies follow."""
 
     def remove(self, where: Compiled) -> builtins.list[Removed]:

@@ -339,9 +339,9 @@ class PostgresStorage(Storage):
         with self._read() as conn, conn.transaction():
             cur = conn.cursor(name=f"hm_export_{uuid.uuid4().hex}")
             cur.itersize = 1000
-            cur.execute(f"SELECT {_FIELDS} FROM {self._ns}.memories ORDER BY rid")
+            cur.execute(f"SELECT {_FIELDS}, expires_at FROM {self._ns}.memories ORDER BY rid")
             for row in cur:
-                yield _record(row)
+                yield rows.with_expiry(_record(row), row)
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None

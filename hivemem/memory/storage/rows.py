@@ -17,6 +17,7 @@ import numpy as np
 from hivemem.memory.records import NewMemory
 
 FIELDS = "rid, id, memory, hash, metadata, created_at, updated_at, user_id, agent_id, run_id, actor_id, role"
+_WIDTH = FIELDS.count(",") + 1
 PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
 HISTORY = "id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted, actor_id, role"
 HISTORY_KEYS = tuple(HISTORY.split(", "))
@@ -40,6 +41,14 @@ def record(row: tuple[Any, ...], score: float | None = None, *, with_score: bool
     for key, value in zip(PROMOTED, row[7:12], strict=True):
         if value is not None:
             out[key] = value
+    return out
+
+
+def with_expiry(out: dict[str, Any], row: tuple[Any, ...]) -> dict[str, Any]:
+    """``out`` (a record of ``row``: ``FIELDS`` then ``expires_at``) with Mem0's ``expiration_date``
+    when the memory expires (the key is left out when it never does)."""
+    if row[_WIDTH] is not None:
+        out["expiration_date"] = row[_WIDTH]
     return out
 
 

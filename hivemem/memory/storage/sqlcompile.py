@@ -7,7 +7,10 @@ The compiler (``compile_filter``) walks the tree and owns the semantics shared b
 * the columns of ``records.COLUMNS`` hold only text: a non-string value never matches them;
 * equality on a column at the top level of the tree is emitted bare (``user_id = ?``) so the
   column's index can serve it (NULL simply does not match there);
-* no filter (or an empty AND) compiles to ``Compiled.always``: a flag, never SQL text to compare.
+* no filter (or an empty AND) compiles to ``Compiled.always``: a flag, never SQL text to compare;
+* ``unexpired(bound)`` (never a user's filter: ``Memory`` adds it) keeps the memories whose
+  ``expires_at`` (``records.expiry``'s fixed-width UTC text) is NULL or ≥ ``bound`` (None: NULL
+  only); ``Storage.expiry_cut`` gives the bound.
 
 A ``Dialect`` writes the SQL of each atom: ``SQLITE`` here (metadata read with
 ``json_extract``/``json_type``, the JSON path bound as a parameter), PostgreSQL's in ``pgcompile``.
@@ -27,6 +30,12 @@ from hivemem.memory.filters import Cond, Logic, Node
 from hivemem.memory.records import COLUMNS
 
 CMP = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_UNEXPIRED = "unexpired"  # the operator of ``unexpired``; ``filters.parse`` never makes it
+
+
+def unexpired(bound: str | None) -> Cond:
+    """The test "``expires_at`` NULL or ≥ ``bound``" (None: NULL only), as a node of a filter tree."""
+    return Cond("expires_at", _UNEXPIRED, bound)
 
 
 def is_num(v: Any) -> bool:
@@ -140,6 +149,11 @@ class _Walk:
         d, name, op, params = self.d, c.field, c.op, self.params
         value: Any = c.value if isinstance(c.value, tuple) else d.check(c.value)
         column = name in COLUMNS
+        if op == _UNEXPIRED:
+            if value is None:
+                return "(expires_at IS NULL)"
+            params.append(value)
+            return f"(expires_at IS NULL OR expires_at >= {d.mark})"
         if op == "exists":
             return f"({name} IS NOT NULL)" if column else d.sure(d.meta_exists(name, params))
         if op in ("eq", "ne"):

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS memories (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     vec BLOB NOT NULL,
+    expires_at TEXT,  -- records.expiry: the UTC instant it expires; NULL: never
     UNIQUE (scope, hash)
 );
 CREATE INDEX IF NOT EXISTS memories_user ON memories(user_id);
@@ -164,6 +165,9 @@ class SQLiteStorage(Storage):
                 if "scope" not in {r[1] for r in db.execute("PRAGMA table_info(history)")}:
                     db.execute("ALTER TABLE history ADD COLUMN scope TEXT")
                     db.execute(records.BACKFILL_SCOPES.format(history="history", memories="memories"))
+                if "expires_at" not in {r[1] for r in db.execute("PRAGMA table_info(memories)")}:
+                    db.execute("ALTER TABLE memories ADD COLUMN expires_at TEXT")  # a file made before
+                db.execute(sqlwrite.EXPIRY_INDEX)
                 fts.ensure_schema(db)
                 db.execute("COMMIT")
             except BaseException:
@@ -338,8 +342,8 @@ class SQLiteStorage(Storage):
 
     def export_rows(self) -> Iterator[dict[str, Any]]:
         """Every memory with its scope fields and metadata, in insertion order (for JSONL export)."""
-        for row in self._db().execute(f"SELECT {_FIELDS} FROM memories ORDER BY rid"):
-            yield _record(row)
+        for row in self._db().execute(f"SELECT {_FIELDS}, expires_at FROM memories ORDER BY rid"):
+            yield rows.with_expiry(_record(row), row)
 
     def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""

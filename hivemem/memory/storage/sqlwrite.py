@@ -16,13 +16,16 @@ import numpy as np
 from hivemem.memory import records
 from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import rows
-from hivemem.memory.storage.base import Removed
+from hivemem.memory.storage.base import Locked, Removed
 from hivemem.memory.storage.rows import Event
 from hivemem.memory.storage.sqlcompile import Compiled
 
 # Row ids of deleted/updated rows, for the shared vector index. Trimmed to this many;
 # an index that fell further behind is rebuilt (meta 'pruned' says how far the log was cut).
 CHANGES_KEPT = 100_000
+# ``expires_at`` ordered: ``purge --expired`` and the "anything expired?" probe of a search are one
+# index seek, at any size
+EXPIRY_INDEX = "CREATE INDEX IF NOT EXISTS memories_expires ON memories(expires_at)"
 _ADD_EVENTS = (
     "INSERT INTO history (id, memory_id, old_memory, new_memory, event, created_at, updated_at,"
     " is_deleted, actor_id, role, scope) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -64,11 +67,11 @@ def insert_rows(
         try:
             cur = db.execute(
                 "INSERT INTO memories (id, scope, hash, memory, user_id, agent_id, run_id, actor_id,"
-                " role, metadata, created_at, updated_at, vec) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (scope, hash) DO NOTHING",
+                " role, metadata, created_at, updated_at, vec, expires_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (scope, hash) DO NOTHING",
                 (
                     m.id, m.scope, m.hash, m.memory, m.user_id, m.agent_id, m.run_id, m.actor_id,
-                    m.role, m.metadata, m.created_at, updated, vec.tobytes(),
+                    m.role, m.metadata, m.created_at, updated, vec.tobytes(), m.expires_at,
                 ),
             )  # fmt: skip
         except sqlite3.IntegrityError:  # UNIQUE(id): a caller-chosen id that names another memory
@@ -105,32 +108,48 @@ class SQLiteTx:
         self.db = db
         self.logged = logged  # see log_changes
 
-    def locked(self, memory_id: str) -> tuple[str, str, str | None, str | None, int] | None:
-        row = self.db.execute(  # BEGIN IMMEDIATE: the whole file is locked already
-            "SELECT memory, scope, actor_id, role, rid FROM memories WHERE id = ?", (memory_id,)
-        ).fetchone()
-        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+    def locked(self, ids: builtins.list[str]) -> dict[str, Locked]:
+        from hivemem.infra.sqlitedb import in_chunks
 
-    def holder(self, scope: str, hash_: str, memory_id: str) -> str | None:
-        row = self.db.execute(
-            "SELECT id FROM memories WHERE scope = ? AND hash = ? AND id != ?", (scope, hash_, memory_id)
-        ).fetchone()
-        return None if row is None else str(row[0])
+        return {  # BEGIN IMMEDIATE: the whole file is locked already
+            r[0]: (r[1], r[2], r[3], r[4], r[5])
+            for marks, chunk in in_chunks(ids)
+            for r in self.db.execute(
+                f"SELECT id, memory, scope, actor_id, role, rid FROM memories WHERE id IN ({marks})", chunk
+            )
+        }
 
-    def set_text(self, memory_id: str, text: str, hash_: str, vector: np.ndarray, stamp: str) -> None:
-        self.db.execute(
+    def holders(self, keys: builtins.list[tuple[str, str, str]]) -> dict[str, str]:
+        out = {}
+        for scope, hash_, memory_id in keys:  # one index probe each, in process: no round trips
+            row = self.db.execute(
+                "SELECT id FROM memories WHERE scope = ? AND hash = ? AND id != ?", (scope, hash_, memory_id)
+            ).fetchone()
+            if row is not None:
+                out[memory_id] = str(row[0])
+        return out
+
+    def set_texts(self, texts: builtins.list[tuple[str, str, str]], vectors: np.ndarray, stamp: str) -> None:
+        self.db.executemany(
             "UPDATE memories SET memory = ?, hash = ?, vec = ?, updated_at = ? WHERE id = ?",
-            (text, hash_, vector.tobytes(), stamp, memory_id),
+            [(t, h, v.tobytes(), stamp, i) for (i, t, h), v in zip(texts, vectors, strict=True)],
         )
 
-    def set_metadata(self, memory_id: str, metadata: str, stamp: str) -> None:
-        self.db.execute(
-            "UPDATE memories SET metadata = ?, updated_at = ? WHERE id = ?", (metadata, stamp, memory_id)
+    def set_metadata(self, values: builtins.list[tuple[str, str]], stamp: str) -> None:
+        self.db.executemany(
+            "UPDATE memories SET metadata = ?, updated_at = ? WHERE id = ?",
+            [(m, stamp, i) for i, m in values],
         )
 
-    def changed(self, rid: int, vector: bool) -> None:
+    def set_expiry(self, values: builtins.list[tuple[str, str | None]], stamp: str) -> None:
+        self.db.executemany(
+            "UPDATE memories SET expires_at = ?, updated_at = ? WHERE id = ?",
+            [(e, stamp, i) for i, e in values],
+        )
+
+    def changed(self, rids: builtins.list[int], vector: bool) -> None:
         if vector:
-            log_changes(self.db, [rid], self.logged)
+            log_changes(self.db, rids, self.logged)
         else:
             bump(self.db, rewrite=False)  # metadata only: the vectors are unchanged
 
