@@ -70,6 +70,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each version, alternating")
     parser.add_argument("--script-from", choices=("after", "each"), default="after")
     parser.add_argument("--keep", default="", help="comma-separated substrings: compare only these keys")
+    parser.add_argument("--label", default="", help="the plot's name (default: the script's)")
     parser.add_argument("--plot-dir", default=str(ROOT / "docs" / "img"))
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("bench", nargs=argparse.REMAINDER, help="-- script.py [its options]")
@@ -108,7 +109,7 @@ def main() -> int:
     for r in rows:
         ratio = "—" if r["ratio"] is None else f"{r['ratio']:.3f}"
         print(f"{r['key']:<{width}}  {r['before']:>12.4g}  {r['after']:>12.4g}  {ratio:>12}")
-    name = Path(bench[0]).stem
+    name = args.label or Path(bench[0]).stem
     if not args.no_plots and rows:
         plot(rows, name, Path(args.plot_dir) / f"before_after_{name}.png", args.before)
     print(json.dumps({"bench": " ".join(bench), "before": args.before, "rounds": args.rounds, "rows": rows}))
