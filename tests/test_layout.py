@@ -36,7 +36,7 @@ PACKAGE = ROOT / "hivemem"
 # SQLite) and ``hivemem.app`` (the command line, ``serve``, ``status``, the demo) are layers whose
 # modules are parts of their own: the infrastructure below every part, the application above them all.
 LAYERS = {"infra", "app"}
-INFRA = {"settings", "config", "errors", "grouping", "locks", "sqlitedb"}
+INFRA = {"settings", "config", "errors", "grouping", "locks", "sqlitedb", "registry"}
 ALLOWED: dict[str, set[str]] = {
     "settings": set(),  # every environment variable, read in one place
     "config": {"settings"},
@@ -44,6 +44,7 @@ ALLOWED: dict[str, set[str]] = {
     "locks": set(),
     "grouping": set(),  # leader/follower groups: the engine's queue, grouped adds, the group commit
     "sqlitedb": {"errors"},  # disk_full(): SQLite's full disk as the DiskFull of the error tree
+    "registry": {"config"},  # the machine's run / task-library registries, in the runtime directory
     "embed": INFRA,  # the engine: no transport, no memory, no pool
     "service": INFRA | {"embed"},  # the machine's embedding daemon and its clients
     # receives an EmbedderLike; memory.embedders resolves Mem0's embedder config, which may name the

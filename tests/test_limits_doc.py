@@ -82,6 +82,15 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("hivemem.http.ui.sessions", "SESSION_IDLE_S"),
         ("hivemem.http.ui.sessions", "SESSION_MAX_S"),
     ],
+    "dashboard runs (`MAX_READ_BYTES`)": [
+        ("hivemem.http.ui.jobs", "MAX_READ_BYTES"),
+        ("hivemem.http.ui.jobs", "MAX_RUNS_SHOWN"),
+        ("hivemem.http.ui.jobs", "MAX_LIBRARIES_SHOWN"),
+    ],
+    "machine registries (`MAX_ENTRIES`)": [
+        ("hivemem.infra.registry", "MAX_ENTRIES"),
+        ("hivemem.infra.registry", "MAX_ENTRY_BYTES"),
+    ],
     "`MAX_TERMS` / `MAX_TERM_CHARS`": [
         ("hivemem.memory.hybrid", "MAX_TERMS"),
         ("hivemem.memory.hybrid", "MAX_TERM_CHARS"),
@@ -95,6 +104,7 @@ INTERNAL: dict[str, str] = {
     "hivemem.memory.storage.pgkeyword.MAX_CACHED": "a cache size of the keyword index",
     "hivemem.memory.storage.pgkeyword.MAX_CHANGES": "when the keyword cache starts afresh",
     "hivemem.mcp.relay.MAX_SENDS": "how often a relay resends one request after a reconnect",
+    "hivemem.tasks.convert.MAX_REGISTERED_TYPES": "how many task types a library's registry entry names",
 }
 
 

@@ -13,6 +13,7 @@ it, so a plain rerun after the fix processes every item (docs/pool.md says why t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemem.errors import RunSetupError, WorkerInitError
+from hivemem.infra import registry
 from hivemem.pool.failures import RemoteTraceback, callable_name, setup_stopped, user_traceback
 from hivemem.pool.pool import Kind, WorkerPool
 from hivemem.pool.results import Key, ResultsFile, error_fields
@@ -204,6 +206,7 @@ def run_parallel(
             done = {k for k in store.records if k in wanted}
         todo = [(k, item) for k, item in zip(keys, items, strict=True) if k not in done]
         summary.skipped = len(items) - len(todo)
+        entry = _register(store, summary) if todo else None
         if todo:
             record = Recorder(store, summary, progress)
             try:
@@ -213,13 +216,50 @@ def run_parallel(
                     run_on_cluster(cluster, todo, fn, factory, record, plugin_name=_plugin_name(store))
                 else:
                     _run(todo, fn, workers, factory, kind, timeout, record)
+            except BaseException as exc:
+                _finish(entry, "failed", type(exc).__name__)
+                raise
             finally:
                 record.close()
+            _finish(entry, "finished", None)
     finally:
         if store is not None:
             store.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+RUNS = "runs"  # the registry kind (hivemem.infra.registry) the fleet page lists
+
+
+def _register(store: ResultsFile | None, summary: RunSummary) -> dict[str, Any] | None:
+    """Record the run in the machine's run registry (runs with a results file only: the fleet page
+    counts their progress there). Best effort: a registry that cannot be written never stops a run."""
+    if store is None:
+        return None
+    entry: dict[str, Any] = {
+        **registry.here(),
+        "results": str(store.path.resolve()),
+        "total": summary.total,
+        "skipped": summary.skipped,
+        "started": time.time(),
+        "state": "running",
+    }
+    try:
+        entry["_path"] = str(registry.put(RUNS, f"{entry['pid']}-{uuid.uuid4().hex[:8]}", entry))
+    except (OSError, ValueError):
+        return None
+    return entry
+
+
+def _finish(entry: dict[str, Any] | None, state: str, error: str | None) -> None:
+    """Mark the registered run finished (or failed, naming the exception) in place."""
+    if entry is None:
+        return
+    path = Path(entry.pop("_path"))
+    entry.update(state=state, ended=time.time(), error=error)
+    with contextlib.suppress(OSError, ValueError):
+        registry.put(RUNS, path.stem, entry)
 
 
 def _plugin_name(store: ResultsFile | None) -> str:

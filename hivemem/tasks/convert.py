@@ -11,6 +11,7 @@ removed and the destination untouched.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -350,7 +351,7 @@ def _convert(
             if isinstance(exc, sqlite3.Error):  # an I/O error, a damaged temp file: one line, no traceback
                 raise TaskLibraryError(f"cannot write the task library {dest_path}: {exc}") from None
         raise
-    return {
+    summary = {
         "path": str(dest_path),
         "count": count,
         "types": types,
@@ -361,3 +362,34 @@ def _convert(
         "source_sha256": info.sha256,
         "seconds": round(time.perf_counter() - started, 3),
     }
+    _register(dest_path, summary)
+    return summary
+
+
+LIBRARIES = "libraries"  # the registry kind (hivemem.infra.registry) the fleet page lists
+MAX_REGISTERED_TYPES = 20  # task types named in a library's registry entry (the count covers all)
+
+
+def _register(dest: Path, summary: dict[str, Any]) -> None:
+    """Record the new library in the machine's library registry, keyed by its path (a reconversion
+    replaces the entry). The library is immutable once renamed into place, so its counts are taken
+    now and the fleet page reads only this entry. Best effort: it never fails a conversion."""
+    import hashlib
+
+    from hivemem.infra import registry
+
+    where = str(dest.resolve())
+    ranked = sorted(summary["types"].items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_REGISTERED_TYPES]
+    types = {str(k)[:100]: v for k, v in ranked}  # keeps the entry small whatever the names
+    entry = {
+        **registry.here(),
+        "path": where,
+        "tasks": summary["count"],
+        "types": types,
+        "type_count": len(summary["types"]),
+        "bytes": summary["bytes"],
+        "converted": time.time(),
+    }
+    name = hashlib.blake2b(where.encode(), digest_size=8).hexdigest()
+    with contextlib.suppress(OSError, ValueError):
+        registry.put(LIBRARIES, name, entry)

@@ -38,15 +38,18 @@ def model_home(hivemem_home: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(model_home: Path) -> Iterator[dict[str, Any]]:
     """``hivemem serve --http`` on a loopback port with the keys above and a fresh memory store;
-    yields ``url``, ``log`` (the path of its output) and ``dir``. Skips first where no browser can run."""
+    yields ``url``, ``log`` (the path of its output), ``dir`` and ``env`` (its environment, with a
+    private ``XDG_RUNTIME_DIR``). Skips first where no browser can run."""
     why = why_no_browser()
     if why:
         pytest.skip(f"browser tests skipped: {why}")
     directory = Path(tempfile.mkdtemp(prefix="hmui", dir="/tmp"))
     (directory / "keys.json").write_text(json.dumps(KEYS))
+    (directory / "xdg").mkdir(mode=0o700)  # a private runtime dir: the runs and libraries it lists
     port = free_port()
     env = {
         **os.environ,
+        "XDG_RUNTIME_DIR": str(directory / "xdg"),
         "HIVEMEM_HOME": str(model_home),
         "HIVEMEM_SOCKET": str(directory / "s.sock"),
         "HIVEMEM_CACHE": str(directory / "cache.sqlite"),
@@ -71,7 +74,7 @@ def server(model_home: Path) -> Iterator[dict[str, Any]]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"service did not start: {log.read_text()}") from None
                 time.sleep(0.1)
-        yield {"url": url, "log": log, "dir": directory, "proc": proc}
+        yield {"url": url, "log": log, "dir": directory, "proc": proc, "env": env}
     finally:
         stop_pid(proc.pid)
         proc.wait(30)

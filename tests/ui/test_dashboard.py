@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -297,8 +299,27 @@ def test_the_key_is_in_no_url_cookie_page_or_log(server: dict, context: Any) -> 
     assert not [k for k in KEYS if k in log]
 
 
+def _a_run_and_a_library(server: dict) -> Path:
+    """A real `hivemem run` (one item of three fails) and `hivemem tasks convert` in the server's
+    runtime directory, for the fleet page to list; the run's results file."""
+    project = server["dir"] / "project"
+    project.mkdir(exist_ok=True)
+    (project / "job.py").write_text("def work(item):\n    return 1 / item['x']\n")
+    (project / "items.jsonl").write_text("".join(f'{{"id": {i}, "x": {i}}}\n' for i in range(3)))
+    (project / "tasks.json").write_text('{"math": [{"id": "m1"}, {"id": "m2"}], "code": [{"id": "c1"}]}')
+    cli = [sys.executable, "-m", "hivemem.app.cli"]
+    run = [*cli, "run", "job:work", "--items", "items.jsonl", "--results", "out.jsonl", "--no-progress"]
+    for cmd, rc in ((run, 1), ([*cli, "tasks", "convert", "tasks.json", "tasks.db"], 0)):
+        done = subprocess.run(
+            cmd, env=server["env"], cwd=project, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == rc, (cmd, done.stdout, done.stderr)
+    return project / "out.jsonl"
+
+
 def test_the_fleet_page_shows_the_service_and_a_live_chart(server: dict, context: Any) -> None:
     url = server["url"]
+    results = _a_run_and_a_library(server)
     ctx, recorder = context
     page = ctx.new_page()
     recorder.watch(page)
@@ -309,6 +330,14 @@ def test_the_fleet_page_shows_the_service_and_a_live_chart(server: dict, context
     expect(service.get_by_role("row", name=re.compile("^cache hit rate"))).to_be_visible()
     stores = page.get_by_role("region", name="Memory stores").get_by_role("table")
     expect(stores.get_by_role("row", name=re.compile("served over HTTP"))).to_contain_text("memory.sqlite")
+    runs = page.get_by_role("region", name="Runs").get_by_role("table")
+    row = runs.get_by_role("row", name=str(results.resolve()))
+    expect(row).to_contain_text("finished")
+    expect(row.get_by_role("cell")).to_have_text(
+        [re.compile("out.jsonl"), "finished", "2", "1", "3", "-", re.compile("."), re.compile(" on ")]
+    )
+    libraries = page.get_by_role("region", name="Task libraries").get_by_role("table")
+    expect(libraries.get_by_role("row", name=re.compile("tasks.db"))).to_contain_text("math: 2, code: 1")
     for i in range(8):  # texts embedded while the page polls: the chart has something to show
         add(url, ALICE_KEY, f"fleet chart sample {i}")
     expect(page.locator("#chart canvas")).to_have_count(1, timeout=15000)

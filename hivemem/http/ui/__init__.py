@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hivemem.http.auth import KeyRing
 from hivemem.http.ui.fleet import Sampler
+from hivemem.http.ui.jobs import Jobs
 from hivemem.http.ui.memories import add_memory_pages
 from hivemem.http.ui.web import COOKIE, HEADERS, HERE, PRE_COOKIE, Ui, UiError, first, read_form, redirect
 from hivemem.service.metrics import ServiceMetrics
@@ -152,21 +153,29 @@ def add_ui_routes(
         return JSONResponse(sampler.series(), headers=HEADERS)
 
     stores_cache: dict[str, Any] = {"at": -STORES_TTL_S, "stores": []}
+    jobs = Jobs()
 
     async def _fleet_view(admin: bool) -> dict[str, Any]:
-        """The service's rows for every key; memory stores (their counts span tenants) for admins.
+        """The service's rows for every key; memory stores (their counts span tenants), `hivemem run`
+        jobs and task libraries (the machine's, whoever started them) for admins only.
 
         The stores are counted at most every ``STORES_TTL_S``: counting a store reads all of its
         rows (300 ms at 100k memories), and the panel refreshes every 10 s."""
         from hivemem.service.report import collect, process_memory, service_rows
 
         info = status() if status is not None else None
+        machine: dict[str, Any] = {"runs": None, "libraries": None}
+        if admin:
+            machine = {
+                "runs": await run_in_threadpool(jobs.runs),
+                "libraries": await run_in_threadpool(jobs.libraries),
+            }
         if info is None:
-            return {"service": [("model", str(embedder.model_id))], "stores": None}
+            return {"service": [("model", str(embedder.model_id))], "stores": None, **machine}
         view = {**info, "running": True, "process_memory": process_memory(int(info["pid"]))}
         rows = [(k, v) for k, v in service_rows(view) if k != "HTTP"]
         if not admin:
-            return {"service": rows, "stores": None}
+            return {"service": rows, "stores": None, **machine}
         if time.monotonic() - stores_cache["at"] >= STORES_TTL_S:
             found = await run_in_threadpool(collect, Path(str(info.get("socket", ""))), info, [])
             stores = [s for s in found["stores"] if s.get("exists")]
@@ -175,7 +184,7 @@ def add_ui_routes(
                 count = await run_in_threadpool(memory.count)
                 stores.insert(0, {"role": "served over HTTP", "path": served, "memories": count})
             stores_cache.update(at=time.monotonic(), stores=stores)
-        return {"service": rows, "stores": stores_cache["stores"]}
+        return {"service": rows, "stores": stores_cache["stores"], **machine}
 
     if memory is not None:
         add_memory_pages(router, ui, guarded)
