@@ -16,9 +16,12 @@ with neither.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +32,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The suite starts its own servers: never embed on, or cache into, the ones a developer configured.
 for _var in ("HIVEMEM_EMBEDDER_URL", "HIVEMEM_CACHE_URL", "HIVEMEM_CACHE_TTL"):
     os.environ.pop(_var, None)
+# Services, runs and task conversions put their sockets and registry entries in the per-user runtime
+# directory (the dashboard's fleet page lists runs and libraries from there): the suite's go to a
+# private one, removed at the end, never the developer's.
+_RUNTIME = tempfile.mkdtemp(prefix="hivemem-test-rt-")
+os.environ["XDG_RUNTIME_DIR"] = _RUNTIME
+atexit.register(shutil.rmtree, _RUNTIME, ignore_errors=True)
 
 
 def _prepared_models_dir() -> Path:
