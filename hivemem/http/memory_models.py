@@ -72,6 +72,7 @@ class SearchRequest(Entities):
         "hybrid", description="hybrid: BM25 fused with vector similarity; vector: cosine only; keyword: BM25."
     )
     show_expired: bool = Field(False, description=_SHOW_EXPIRED)
+    explain: bool = Field(False, description="Give each result its score_details (why it ranked there).")
 
 
 class ListRequest(Entities):
@@ -128,6 +129,23 @@ class AddResponse(BaseModel):
     results: list[AddResult]
 
 
+class ScoreDetails(BaseModel):
+    """Why a search result ranked where it did (``explain``; docs/memory.md#explain). Ranks are
+    1-based positions in that side's candidate list; null: not a candidate on that side. Each mode
+    gives the parts it has; hybrid: fused == (cosine + keyword_weight × keyword_normalized) /
+    (1 + keyword_weight)."""
+
+    cosine: float | None = Field(None, description="Cosine similarity to the query.")
+    vector_rank: int | None = None
+    keyword_score: float | None = Field(None, description="Raw BM25 relevance (higher is better).")
+    keyword_normalized: float | None = Field(None, description="keyword_score / the query's best.")
+    keyword_rank: int | None = None
+    keyword_weight: float | None = Field(None, description="0 when no memory matched a query word.")
+    fused: float | None = Field(None, description="The hybrid score.")
+    rerank_score: float | None = None
+    rank_before_rerank: int | None = None
+
+
 class MemoryRecord(BaseModel):
     id: str
     memory: str
@@ -144,6 +162,7 @@ class MemoryRecord(BaseModel):
     actor_id: str | None = None
     role: str | None = None
     expiration_date: str | None = Field(None, description="When it expires (UTC); absent: never.")
+    score_details: ScoreDetails | None = Field(None, description="Search with explain=true only.")
 
 
 class RecordsResponse(BaseModel):

@@ -132,6 +132,12 @@ _SPECS: dict[str, dict[str, Any]] = {
             "query": {"type": "string", "minLength": 1, "description": "The question or topic."},
             "top_k": _top_k(10, REMOTE_MAX_SEARCH),
             "filters": _FILTERS,
+            "explain": {
+                "type": "boolean",
+                "default": False,
+                "description": "Also return each result's score_details: cosine, keyword score, ranks, "
+                "fused score (why it ranked there).",
+            },
         },
         "required": ["query"],
         "annotations": {"readOnlyHint": True},
@@ -328,7 +334,11 @@ def _add(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any
 
 def _search(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = memory.search(
-        a["query"], filters=a.get("filters"), top_k=a.get("top_k", 10), **scope
+        a["query"],
+        filters=a.get("filters"),
+        top_k=a.get("top_k", 10),
+        explain=a.get("explain", False),
+        **scope,
     )
     return out
 

@@ -28,6 +28,9 @@ all figures in docs/memory.md#hybrid-retrieval-the-shared-index-scale-2026-11-26
   did better; reciprocal rank fusion is as good only with a small k, and its score is a rank, not a
   similarity (so ``score`` and ``threshold`` would lose their meaning).
 
+``explain=True`` gives each hit the parts of its score (``score_details``, see ``explain``); it is
+computed only when asked, from the lists the fusion already holds.
+
 The storage primitives this needs are the search contract of ``storage.base.Storage``.
 """
 
@@ -81,12 +84,14 @@ def fuse(
     top_k: int,
     threshold: float | None,
     weight: float = KEYWORD_WEIGHT,
+    explain: bool = False,
 ) -> list[dict[str, Any]]:
     """The fusion rule of the module docstring, as a pure function.
 
     ``vector_hits`` carry their exact cosine as ``score``; ``keyword_hits`` their keyword score
     (> 0, higher is better, any scale); ``cosines`` holds the exact cosine of every keyword hit
-    that is not a vector hit. Returns at most ``top_k`` records (copies) with the fused ``score``.
+    that is not a vector hit. Returns at most ``top_k`` records (copies) with the fused ``score``
+    (and ``score_details`` when ``explain``).
     """
     cos: dict[str, float] = {h["id"]: float(h["score"]) for h in vector_hits}
     records: dict[str, dict[str, Any]] = {h["id"]: h for h in vector_hits}
@@ -104,7 +109,46 @@ def fuse(
             continue
         scored.append(((c + weight * kw.get(mid, 0.0)) / divisor, c, mid))
     scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
-    return [{**records[mid], "score": s} for s, _, mid in scored[:top_k]]
+    out = [{**records[mid], "score": s} for s, _, mid in scored[:top_k]]
+    if explain:
+        vector_rank, keyword_rank = _ranks(vector_hits), _ranks(keyword_hits)
+        raw = {h["id"]: float(h["score"]) for h in keyword_hits}
+        for r in out:
+            mid = r["id"]
+            r["score_details"] = {
+                "cosine": cos[mid],
+                "vector_rank": vector_rank.get(mid),
+                "keyword_score": raw.get(mid),
+                "keyword_normalized": kw.get(mid, 0.0),
+                "keyword_rank": keyword_rank.get(mid),
+                "keyword_weight": weight if kw else 0.0,  # the weight this query's fusion applied
+                "fused": r["score"],
+            }
+    return out
+
+
+def _ranks(hits: list[dict[str, Any]]) -> dict[str, int]:
+    """1-based position of each id in one side's list (best first)."""
+    return {h["id"]: i for i, h in enumerate(hits, 1)}
+
+
+def explain(hits: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """``score_details`` for the hits of one side alone (``mode`` vector or keyword), as copies.
+
+    vector: the cosine and its rank; keyword: the raw keyword score, normalised by this query's
+    best, and its rank. Hybrid hits get theirs from ``fuse`` (the module
+    docstring; every key, ranks None where the memory was not a candidate on that side)."""
+    out = []
+    best = max((float(h["score"]) for h in hits), default=0.0)
+    for rank, h in enumerate(hits, 1):
+        score = float(h["score"])
+        if mode == "vector":
+            details: dict[str, Any] = {"cosine": score, "vector_rank": rank}
+        else:
+            normalized = score / best if best > 0 else 0.0
+            details = {"keyword_score": score, "keyword_normalized": normalized, "keyword_rank": rank}
+        out.append({**h, "score_details": details})
+    return out
 
 
 def has_keywords(storage: Any) -> bool:
@@ -120,17 +164,21 @@ def search(
     where: Node | None,
     top_k: int,
     threshold: float | None,
+    explain_scores: bool = False,
 ) -> list[dict[str, Any]]:
     """One search through the storage primitives; every backend gets the same semantics.
 
-    A backend without the keyword side is searched in vector mode when ``mode`` is hybrid."""
+    A backend without the keyword side is searched in vector mode when ``mode`` is hybrid.
+    ``explain_scores``: each hit also gets its ``score_details`` (``fuse``, ``explain``)."""
     if mode == "hybrid" and not has_keywords(storage):
         mode = "vector"
-    if mode == "vector":
-        assert vector is not None
-        return storage.search(vector, where, top_k, threshold)
-    if mode == "keyword":
-        return storage.keyword_search(terms, where, top_k) if terms else []
+    if mode != "hybrid":
+        if mode == "vector":
+            assert vector is not None
+            hits = storage.search(vector, where, top_k, threshold)
+        else:
+            hits = storage.keyword_search(terms, where, top_k) if terms else []
+        return explain(hits, mode) if explain_scores else hits
     assert vector is not None
     depth = candidates(top_k)
     with storage.snapshot():
@@ -139,4 +187,4 @@ def search(
         seen = {h["id"] for h in vector_hits}
         missing = [h["id"] for h in keyword_hits if h["id"] not in seen]
         cosines = storage.cosines(missing, vector) if missing else {}
-    return fuse(vector_hits, keyword_hits, cosines, top_k, threshold)
+    return fuse(vector_hits, keyword_hits, cosines, top_k, threshold, explain=explain_scores)

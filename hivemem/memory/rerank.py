@@ -48,8 +48,15 @@ def resolve(reranker: Reranker | dict[str, Any] | None) -> tuple[Reranker | None
     return LLMReranker.from_config(dict(reranker.get("config") or {})), True
 
 
-def apply(reranker: Reranker, query: str, hits: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
-    """Run ``reranker`` and check what it returns: results only from ``hits``, each at most once."""
+def apply(
+    reranker: Reranker, query: str, hits: list[dict[str, Any]], top_k: int, explain: bool = False
+) -> list[dict[str, Any]]:
+    """Run ``reranker`` and check what it returns: results only from ``hits``, each at most once.
+
+    ``explain``: ``hits`` carry ``score_details``; each result gets its own back (whatever the
+    reranker did to that key) with the reranker's ``rerank_score`` (None when it gave none, e.g.
+    the LLM reranker's fallback) and ``rank_before_rerank``."""
+    before = {h["id"]: (rank, dict(h["score_details"])) for rank, h in enumerate(hits, 1)} if explain else {}
     out = reranker.rerank(query, [dict(h) for h in hits], top_k)
     if not isinstance(out, list) or not all(isinstance(r, dict) for r in out):
         raise TypeError(f"{type(reranker).__name__}.rerank must return a list of dicts, got {out!r:.200}")
@@ -59,4 +66,9 @@ def apply(reranker: Reranker, query: str, hits: list[dict[str, Any]], top_k: int
         raise ValueError(
             f"{type(reranker).__name__}.rerank must return memories it was given, each at most once"
         )
+    if explain:
+        for r in out:
+            rank, details = before[r["id"]]
+            extra = {"rerank_score": r.get("rerank_score"), "rank_before_rerank": rank}
+            r["score_details"] = {**details, **extra}
     return out[:top_k]

@@ -505,17 +505,18 @@ class Memory:
         mode: str = "hybrid",
         rerank: bool = False,
         show_expired: bool = False,
+        explain: bool = False,
     ) -> dict[str, list[dict[str, Any]]]:
         """The ``top_k`` memories that best answer ``query`` among those that pass ``filters``.
 
-        ``mode``: ``"hybrid"`` (default: keyword BM25 fused with vector similarity, see
-        ``hivemem.memory.hybrid``), ``"vector"`` (cosine only) or ``"keyword"`` (BM25 only; no
-        model is loaded). ``score`` is higher-is-better: the fused score, the cosine, or the BM25
-        relevance. ``threshold`` (Mem0's meaning) drops memories whose *cosine* is below it, in
-        hybrid and vector mode. ``rerank=True`` hands the best ``4 × top_k`` (at least 20) to the
-        ``reranker`` given to ``Memory`` and returns its top ``top_k``. Both backends (SQLite and
-        PostgreSQL) have all three modes and rank alike (docs/postgres.md). Expired memories are
-        left out of both sides before ranking unless ``show_expired=True``.
+        ``mode``: ``"hybrid"`` (default: keyword BM25 fused with vector similarity, see ``hybrid``),
+        ``"vector"`` (cosine only) or ``"keyword"`` (BM25 only; no model is loaded). ``score`` is
+        higher-is-better: the fused score, the cosine, or the BM25 relevance. ``threshold`` (Mem0's
+        meaning) drops memories whose *cosine* is below it, in hybrid and vector mode. ``rerank=True``
+        hands the best ``4 × top_k`` (at least 20) to the ``reranker`` given to ``Memory`` and returns
+        its top ``top_k``. Both backends have all three modes and rank alike (docs/postgres.md).
+        Expired memories are left out of both sides before ranking unless ``show_expired=True``.
+        ``explain=True`` adds each hit's ``score_details`` (``hybrid.fuse``, ``rerank.apply``).
         """
         query = check_text(query, "query", embedded=True)
         where = self._where(filters, user_id, agent_id, run_id)
@@ -527,19 +528,17 @@ class Memory:
             raise ValueError("threshold is a cosine cut-off; keyword mode computes no cosine (omit it)")
         if mode == "keyword" and not self._storage.capabilities.keywords:
             raise ValueError(f"{self.location} has no keyword index yet: use mode='vector' or 'hybrid'")
-        _check_flag(rerank, "rerank")
+        for flag, name in ((rerank, "rerank"), (show_expired, "show_expired"), (explain, "explain")):
+            _check_flag(flag, name)
         reranker = self._reranker_for_search() if rerank else None
         terms = hybrid.query_terms(query) if mode != "vector" else []
-        vector = None
-        if mode != "keyword":
-            vector = np.asarray(self.embedder.embed_one(query), dtype=np.float32)
+        vector = None if mode == "keyword" else np.asarray(self.embedder.embed_one(query), dtype=np.float32)
         depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
-        _check_flag(show_expired, "show_expired")
         with self._storage.snapshot():
             where = self._live(where, show_expired)
-            hits = hybrid.search(self._storage, mode, vector, terms, where, depth, threshold)
+            hits = hybrid.search(self._storage, mode, vector, terms, where, depth, threshold, explain)
         if reranker is not None:
-            hits = rr.apply(reranker, query, hits, k)
+            hits = rr.apply(reranker, query, hits, k, explain)
         return {"results": hits}
 
     def history(

@@ -49,6 +49,13 @@ async def test_the_eight_tools_end_to_end(mcp_env: dict[str, str]) -> None:
         hits = await ok(client, "search_memory", {"query": "what does alice drink?", "top_k": 1})
         assert [h["memory"] for h in hits["results"]] == ["I like green tea"]
         assert hits["results"][0]["user_id"] == "alice" and hits["results"][0]["agent_id"] == "coder"
+        assert (
+            "score_details" not in hits["results"][0] and search["properties"]["explain"]["type"] == "boolean"
+        )
+        why = await ok(
+            client, "search_memory", {"query": "what does alice drink?", "top_k": 1, "explain": True}
+        )
+        assert why["results"][0]["score_details"]["fused"] == why["results"][0]["score"]
         filtered = await ok(client, "search_memory", {"query": "anything", "filters": {"topic": "pets"}})
         assert [h["memory"] for h in filtered["results"]] == ["My cat is called Miso"]
         listed = await ok(client, "list_memories", {"top_k": 10})
@@ -82,6 +89,7 @@ async def test_hostile_arguments_are_tool_errors_and_the_session_goes_on(mcp_env
         ("search_memory", {"query": "x", "top_k": "ten"}, ["top_k", "integer"]),
         ("search_memory", {"query": "x", "filters": nested}, ["MAX_FILTER_DEPTH"]),
         ("search_memory", {}, ["query", "required"]),
+        ("search_memory", {"query": "x", "explain": "yes"}, ["explain", "boolean"]),
         ("add_memories", {"text": "x", "metadata": deep}, ["metadata", "MAX_METADATA_DEPTH"]),
         ("add_memories", {"text": "   "}, ["empty"]),
         ("add_memories", {"text": "x", "user_id": "bob"}, ["user_id"]),  # not an argument on stdio

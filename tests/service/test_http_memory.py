@@ -382,3 +382,34 @@ def test_expiration_over_rest(api: httpx.Client) -> None:
     assert {x["id"]: x.get("expiration_date") for x in listed}[old] == "2000-01-01T08:00:00.000000+00:00"
     assert api.put(f"/v1/memories/{old}", json={"expiration_date": None}, headers=ALICE).status_code == 200
     assert old in {x["id"] for x in api.get("/v1/memories", headers=ALICE).json()["results"]}
+
+
+def test_explain_over_rest_only_when_asked_and_only_the_keys_user(api: httpx.Client) -> None:
+    assert api.delete("/v1/memories", headers=ALICE).status_code == 200
+    texts = [
+        "Alice's kite is called Zephyr",
+        "Zephyr flew over the dunes",
+        "Alice bakes sourdough on Sundays",
+    ]
+    mine = [_add(api, ALICE, messages=t) for t in texts]
+    bobs = _add(api, BOB, messages="Zephyr, Zephyr: Bob's kite is called Zephyr too", user_id="bob")
+    query = {"query": "kite called Zephyr", "top_k": 10}
+    plain = api.post("/v1/memories/search", json=query, headers=ALICE).json()["results"]
+    assert len(plain) == 3 and all("score_details" not in h for h in plain)  # the default is unchanged
+    hits = api.post("/v1/memories/search", json={**query, "explain": True}, headers=ALICE).json()["results"]
+    assert [h["id"] for h in hits] == [h["id"] for h in plain] and set(mine) == {h["id"] for h in hits}
+    details = [h["score_details"] for h in hits]
+    # the ranks are among alice's memories only: bob's (the best keyword match) took none of them
+    assert sorted(d["vector_rank"] for d in details) == [1, 2, 3]
+    assert sorted(d["keyword_rank"] for d in details if d["keyword_rank"] is not None) == [1, 2]
+    for h, d in zip(hits, details, strict=True):
+        w = d["keyword_weight"]
+        assert (
+            d["fused"] == h["score"] == pytest.approx((d["cosine"] + w * d["keyword_normalized"]) / (1 + w))
+        )
+    everyone = {**query, "explain": True, "filters": {"memory": {"contains": "Zephyr"}}}
+    admin = api.post("/v1/memories/search", json=everyone, headers=ADMIN).json()["results"]
+    assert bobs in {h["id"] for h in admin} and all("score_details" in h for h in admin)
+    assert (
+        api.post("/v1/memories/search", json={**query, "explain": "maybe"}, headers=ALICE).status_code == 422
+    )
