@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import new_location
+from memory_helpers import new_location
 
 from hivemem import AsyncMemory, Embedder, Memory
 from hivemem.memory import hybrid

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import HashEmbedder
+from memory_helpers import HashEmbedder
 
 from hivemem import Memory
 from hivemem.memory.records import prepare

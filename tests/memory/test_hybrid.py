@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, new_location
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from memory_helpers import BACKENDS, new_location
 
 from hivemem import Embedder, Memory
 from hivemem.memory import hybrid

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import HashEmbedder
+from memory_helpers import HashEmbedder
 from typer.testing import CliRunner
 
 from hivemem import Memory

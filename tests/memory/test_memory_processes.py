@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from memory_helpers import HashEmbedder
 
 from hivemem import Embedder, Memory
 from hivemem.embed.corpus import sentences
@@ -257,7 +258,7 @@ def test_sigkill_amid_threads_of_adds_leaves_whole_calls(
 _UPDATER = r"""
 import itertools, sys
 sys.path.insert(0, sys.argv[3])
-from conftest import HashEmbedder  # NOT a model: this test measures storage atomicity
+from memory_helpers import HashEmbedder  # NOT a model: this test measures storage atomicity
 from hivemem import Memory
 path, ids, start = sys.argv[1], sys.argv[2].split(","), int(sys.argv[4])
 m = Memory(path, embedder=HashEmbedder())
@@ -273,9 +274,6 @@ def test_sigkill_mid_batch_update_leaves_all_or_nothing(location: str, tmp_path:
     the three kills) and is killed with SIGKILL:
     every memory then holds the same round (text, metadata), and the history holds whole rounds.
     The child embeds with ``HashEmbedder`` (not a model): what is measured is the storage."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import HashEmbedder
-
     n = 300
     with Memory(location, embedder=HashEmbedder()) as m:
         out = m.add_batch([{"messages": f"update kill note {i} round 0", "user_id": "k"} for i in range(n)])
