@@ -4,12 +4,11 @@ conftest.py pytest imported last, which differs between a full run and a chosen 
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
+from hash_embedder import HashEmbedder  # tests/hash_embedder.py
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -22,23 +21,4 @@ def new_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
     return pg_url()
 
 
-class HashEmbedder:
-    """NOT a model: unit vectors derived from a hash of the text. For tests of filters and
-    storage logic, where semantic quality is irrelevant and the real model would only add time."""
-
-    model_id = "test/hash-embedder"
-    dim = 16
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out[i] = v / np.linalg.norm(v)
-        return out
-
-    def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
-
-    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
-        return self.embed(texts)
+__all__ = ["BACKENDS", "HashEmbedder", "new_location"]

@@ -257,7 +257,7 @@ def test_sigkill_amid_threads_of_adds_leaves_whole_calls(
 
 _UPDATER = r"""
 import itertools, sys
-sys.path.insert(0, sys.argv[3])
+sys.path[:0] = [sys.argv[3], sys.argv[3] + "/.."]  # tests/memory and tests/
 from memory_helpers import HashEmbedder  # NOT a model: this test measures storage atomicity
 from hivemem import Memory
 path, ids, start = sys.argv[1], sys.argv[2].split(","), int(sys.argv[4])

@@ -4,15 +4,14 @@ loopback Host rule, headers. Storage only: the memories are embedded by a hash o
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hash_embedder import HashEmbedder  # NOT a model: these tests measure limits and pages
 
 from hivemem import Memory
 from hivemem.http.app import create_app
@@ -25,27 +24,6 @@ from hivemem.memory.records import REMOTE_MAX_BATCH
 pytestmark = pytest.mark.fast
 
 BASE = "http://127.0.0.1:8080"
-
-
-class HashEmbedder:
-    """NOT a model: unit vectors from a hash of the text (storage-only tests)."""
-
-    model_id = "test/hash-embedder"
-    dim = 8
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out[i] = v / np.linalg.norm(v)
-        return out
-
-    def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
-
-    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
-        return self.embed(texts)
 
 
 @pytest.fixture
