@@ -62,6 +62,7 @@ import numpy as np
 from hivemem.memory.filters import Cond, Logic, Node
 from hivemem.memory.storage import pglower
 from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, rarest_words
+from hivemem.memory.storage.sqlcompile import is_unexpired
 
 VERSION = "1"  # of the function, configuration, column and index below; kept in meta 'keywords'
 MAX_INDEXED_CHARS = 100_000
@@ -182,7 +183,8 @@ def install(conn: Any, ns: str, schema: str, lower: str) -> None:
 
 class Scope:
     """The user/agent/run equalities at the top of a filter (every match must hold them): as
-    SQL on the columns (``sql``, ``params``) and as scope lexemes (``query``, a ``tsquery``)."""
+    SQL on the columns (``sql``, ``params``) and as scope lexemes (``query``, a ``tsquery``).
+    ``expiry``/``bound``: the filter has ``Memory``'s "not expired" test at its top, its bound."""
 
     def __init__(self, where: Node | None) -> None:
         top = where.items if isinstance(where, Logic) and where.kind == "AND" else (where,)
@@ -191,10 +193,14 @@ class Scope:
             for c in top
             if isinstance(c, Cond) and c.op == "eq" and c.field in _SCOPE_FIELDS and isinstance(c.value, str)
         ]
+        cuts = [c for c in top if is_unexpired(c)]
+        self.expiry = len(cuts) == 1
+        self.bound: str | None = cuts[0].value if self.expiry and isinstance(cuts[0], Cond) else None
         self.sql = " AND ".join(f"{f} = %s" for f, _ in conds) or "true"
         self.params = [v for _, v in conds]
         self.pairs = tuple(conds)
-        self.only = len(conds) == len(top) or where is None  # the filter is these equalities
+        # the filter is these equalities (and the expiry test, applied to the cached lists apart)
+        self.only = (len(conds) + len(cuts) == len(top) and len(cuts) <= 1) or where is None
         prefix = dict(zip(_SCOPE_FIELDS, _PREFIX, strict=True))
         # hex digits and the prefix only: nothing in it is tsquery syntax
         self.query = " & ".join(f"'{prefix[f]}{v.encode('utf-8').hex()}'" for f, v in conds)
@@ -250,7 +256,9 @@ class Postings:
     ``reset`` (``epoch``), trimmed tombstones (``pruned``) or more than ``MAX_CHANGES`` changes
     empty it. Only searches whose filter is nothing but user/agent/run equalities use it: those
     columns never change, so a row's place in a scope never does either (a metadata change
-    writes no ``tx``).
+    writes no ``tx``). ``Memory``'s "not expired" test may join them: an expiry change writes
+    no ``tx`` either, so the lists stay the scope's and the rows it leaves out are read apart
+    (one range of the ``expires_at`` index) and taken out of them at each search.
     """
 
     def __init__(self, ns: str) -> None:
@@ -449,15 +457,21 @@ class KeywordSearch:
                 self._remember(scope_key, rows, size, at_least=rows > SCOPE_ROWS_MAX)
         cache = self.postings if scope.only else None
         generation = 0
+        expired: np.ndarray | None = None
         if cache is not None:  # brought up to date before it is read (and its size is current)
             size, generation = cache.refresh(conn)
             self._size = size
+            if scope.expiry:  # the rows the expiry test leaves out (an expiry change writes no tx)
+                expired = self._expired(conn, scope.bound)
         scoped = bool(scope.query)
         if rows > SCOPE_ROWS_MAX:  # the scope's lexeme list would be walked for every word
             scoped, rows = False, max(size, 1)
 
         def lists(words: list[str]) -> dict[str, tuple[int, np.ndarray]]:
-            return self._lists(conn, words, scoped, scope, sql, params, cache, generation, size)
+            found = self._lists(conn, words, scoped, scope, sql, params, cache, generation, size)
+            if expired is None or not len(expired):
+                return found
+            return {t: (df, rids[~np.isin(rids, expired)]) for t, (df, rids) in found.items()}
 
         kept = terms
         found: dict[str, tuple[int, np.ndarray]] = {}
@@ -490,9 +504,10 @@ class KeywordSearch:
     ) -> dict[str, tuple[int, np.ndarray]]:
         """Per word: its rows in the scope (``scoped``) or the store (``df``), and the row ids
         among them that pass the filter; from ``cache`` where it has them, else read in one
-        statement (and kept in ``cache``)."""  # fmt: skip
+        statement (and kept in ``cache``; the filter read is then the scope's, as a list's)."""  # fmt: skip
         found: dict[str, tuple[int, np.ndarray]] = {}
         if cache is not None:
+            sql, params = scope.sql, scope.params
             for t in words:
                 lexeme = cache.lexemes.get(t)
                 entry = cache.get((scoped, scope.pairs, lexeme)) if lexeme else None
@@ -526,6 +541,15 @@ class KeywordSearch:
                     ok = None if scoped else np.isin(rids, found[word][1])
                     cache.put((scoped, scope.pairs, lexeme), _Entry(rids, ok), generation)
         return found
+
+    def _expired(self, conn: Any, bound: str | None) -> np.ndarray:
+        """The row ids that fail ``unexpired(bound)``: a two-sided range, which the planner of a
+        table not yet analysed gives the ``expires_at`` index (``IS NOT NULL`` got a 28 ms scan at
+        30k rows). ``records.instant`` texts start with a digit: all sort below ``'A'``."""
+        sql = f"SELECT string_agg(int8send(rid), ''::bytea) FROM {self.ns}.memories WHERE expires_at >= ''"
+        return _int8s(
+            conn.execute(sql + " AND expires_at < %s", ["A" if bound is None else bound]).fetchone()[0]
+        )
 
     def _plan(
         self,

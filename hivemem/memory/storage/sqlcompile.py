@@ -38,6 +38,11 @@ def unexpired(bound: str | None) -> Cond:
     return Cond("expires_at", _UNEXPIRED, bound)
 
 
+def is_unexpired(node: Node | None) -> bool:
+    """Whether ``node`` is an ``unexpired`` test (its bound is ``node.value``)."""
+    return isinstance(node, Cond) and node.op == _UNEXPIRED
+
+
 def is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
