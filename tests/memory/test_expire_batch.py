@@ -157,6 +157,26 @@ def test_expired_memories_are_left_out_before_ranking(m: Memory, mode: str) -> N
     assert "expiration_date" not in (m.get(never) or {})
 
 
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
+def test_search_results_carry_the_expiration_date(m: Memory, mode: str) -> None:
+    """As ``get``/``get_all``: ``expiration_date`` on a hit that expires, absent on one that never does."""
+    later = _add(m, "the parking code is 9000", expiration_date=FUTURE)
+    never = _add(m, "the parking garage code closes at midnight")
+    gone = _add(m, "the parking code was 4711", expiration_date=PAST)
+    hits = {
+        r["id"]: r for r in m.search("parking code", user_id="u", mode=mode, show_expired=True)["results"]
+    }
+    assert set(hits) == {later, never, gone}
+    for mid in (later, gone):
+        assert hits[mid]["expiration_date"] == (m.get(mid) or {})["expiration_date"]
+    assert "expiration_date" not in hits[never]
+    explained = m.search("parking code", user_id="u", mode=mode, explain=True)["results"]
+    assert {r["id"]: r.get("expiration_date") for r in explained} == {
+        later: hits[later]["expiration_date"],
+        never: None,
+    }
+
+
 def test_a_memory_drops_out_when_its_moment_passes(m: Memory) -> None:
     """The search filter bounds ``expires_at`` by the next expiry after now (a value that stays
     the same between searches): once that moment passes, the bound moves on."""

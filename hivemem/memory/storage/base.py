@@ -242,16 +242,16 @@ class Storage(abc.ABC):
 
     def get(self, memory_id: str) -> dict[str, Any] | None:
         found = self._fetch(
-            f"SELECT {rows.FIELDS}, expires_at FROM {self._memories} WHERE id = {self.dialect.mark}",
+            f"SELECT {rows.FIELDS} FROM {self._memories} WHERE id = {self.dialect.mark}",
             [memory_id],
         )
-        return rows.with_expiry(rows.record(found[0], with_score=True), found[0]) if found else None
+        return rows.record(found[0], with_score=True) if found else None
 
     def list(self, where: Node | None, limit: int) -> builtins.list[dict[str, Any]]:
         c, mark = self.compile(where), self.dialect.mark
-        sql = f"SELECT {rows.FIELDS}, expires_at FROM {self._memories} WHERE {c.sql}"
+        sql = f"SELECT {rows.FIELDS} FROM {self._memories} WHERE {c.sql}"
         sql += f" ORDER BY rid LIMIT {mark}"
-        return [rows.with_expiry(rows.record(r), r) for r in self._fetch(sql, [*c.params, limit])]
+        return [rows.record(r) for r in self._fetch(sql, [*c.params, limit])]
 
     def count(self) -> int:
         return int(self._fetch(f"SELECT count(*) FROM {self._memories}", [])[0][0])

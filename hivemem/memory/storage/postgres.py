@@ -339,9 +339,9 @@ class PostgresStorage(Storage):
         with self._read() as conn, conn.transaction():
             cur = conn.cursor(name=f"hm_export_{uuid.uuid4().hex}")
             cur.itersize = 1000
-            cur.execute(f"SELECT {_FIELDS}, expires_at FROM {self._ns}.memories ORDER BY rid")
+            cur.execute(f"SELECT {_FIELDS} FROM {self._ns}.memories ORDER BY rid")
             for row in cur:
-                yield rows.with_expiry(_record(row), row)
+                yield _record(row)
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
@@ -365,7 +365,7 @@ class PostgresStorage(Storage):
                     f" ORDER BY {order} LIMIT %s",
                     [q, *params, q, k],
                 ).fetchall()
-        out = [_record(r, -float(r[12]), with_score=True) for r in rows]
+        out = [_record(r, -float(r[13]), with_score=True) for r in rows]
         # the best k, then the cut: the same rows as the best k of those at or above the threshold
         return out if threshold is None else [r for r in out if r["score"] >= threshold]
 
@@ -391,7 +391,7 @@ class PostgresStorage(Storage):
                 " WHERE rid IN (SELECT rid FROM c) ORDER BY vec <#> %b, rid LIMIT %s",
                 [*params, INDEX_MIN, q, q, k],
             ).fetchall()
-            if not rows or rows[0][13] < INDEX_MIN:
+            if not rows or rows[0][14] < INDEX_MIN:
                 return rows
             with self._large_lock:
                 self._large[key] = now_ + LARGE_TTL

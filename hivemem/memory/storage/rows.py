@@ -17,7 +17,7 @@ import numpy as np
 from hivemem.memory.records import NewMemory
 
 FIELDS = "rid, id, memory, hash, metadata, created_at, updated_at, user_id, agent_id, run_id, actor_id, role"
-_WIDTH = FIELDS.count(",") + 1
+FIELDS += ", expires_at"  # last: ``record`` reads it as ``expiration_date``; score columns follow
 PROMOTED = ("user_id", "agent_id", "run_id", "actor_id", "role")
 HISTORY = "id, memory_id, old_memory, new_memory, event, created_at, updated_at, is_deleted, actor_id, role"
 HISTORY_KEYS = tuple(HISTORY.split(", "))
@@ -32,7 +32,7 @@ _TEXT_FIELDS = ("memory", "id", "user_id", "agent_id", "run_id", "actor_id", "ro
 
 def record(row: tuple[Any, ...], score: float | None = None, *, with_score: bool = False) -> dict[str, Any]:
     """A ``FIELDS`` row (score columns may follow) in Mem0's record shape: promoted keys only when
-    set, metadata None when empty."""
+    set, metadata None when empty, ``expiration_date`` only when the memory expires (as Mem0)."""
     meta = json.loads(row[4]) if row[4] and row[4] != "{}" else None
     out: dict[str, Any] = {"id": row[1], "memory": row[2], "hash": row[3], "metadata": meta}
     if with_score:
@@ -41,14 +41,8 @@ def record(row: tuple[Any, ...], score: float | None = None, *, with_score: bool
     for key, value in zip(PROMOTED, row[7:12], strict=True):
         if value is not None:
             out[key] = value
-    return out
-
-
-def with_expiry(out: dict[str, Any], row: tuple[Any, ...]) -> dict[str, Any]:
-    """``out`` (a record of ``row``: ``FIELDS`` then ``expires_at``) with Mem0's ``expiration_date``
-    when the memory expires (the key is left out when it never does)."""
-    if row[_WIDTH] is not None:
-        out["expiration_date"] = row[_WIDTH]
+    if row[12] is not None:
+        out["expiration_date"] = row[12]
     return out
 
 

@@ -342,8 +342,8 @@ class SQLiteStorage(Storage):
 
     def export_rows(self) -> Iterator[dict[str, Any]]:
         """Every memory with its scope fields and metadata, in insertion order (for JSONL export)."""
-        for row in self._db().execute(f"SELECT {_FIELDS}, expires_at FROM memories ORDER BY rid"):
-            yield rows.with_expiry(_record(row), row)
+        for row in self._db().execute(f"SELECT {_FIELDS} FROM memories ORDER BY rid"):
+            yield _record(row)
 
     def histories(self, ids: builtins.list[str]) -> dict[str, builtins.list[dict[str, Any]]]:
         """The history of each of ``ids`` (oldest first); ids without history are left out."""
