@@ -21,6 +21,7 @@ from typing import Any
 from hivemem.errors import LimitExceeded
 from hivemem.memory.records import (
     ENTITIES,
+    MAX_DATE_CHARS,
     MAX_ID_CHARS,
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
@@ -28,6 +29,7 @@ from hivemem.memory.records import (
     REMOTE_MAX_LIST,
     REMOTE_MAX_SEARCH,
     check_entity,
+    expiry,
 )
 
 NAMES = (
@@ -93,6 +95,21 @@ _FILTERS = {
 }
 
 
+_EXPIRES: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_DATE_CHARS,
+    "description": "ISO 8601 date or datetime after which search and list leave the memory out "
+    "(a date: the end of that day in UTC; a datetime without offset: UTC).",
+}
+_SHOW_EXPIRED = {
+    "type": "boolean",
+    "default": False,
+    "description": "Also return memories whose expiration_date has passed.",
+}
+_LENGTH_NAMES = {"expiration_date": "MAX_DATE_CHARS"}  # other strings: ids (MAX_ID_CHARS)
+
+
 def _top_k(default: int, cap: int) -> dict[str, Any]:
     return {"type": "integer", "minimum": 1, "maximum": cap, "default": default}
 
@@ -112,6 +129,7 @@ _SPECS: dict[str, dict[str, Any]] = {
         "properties": {
             "text": {"type": "string", "minLength": 1, "description": "What to remember, in plain words."},
             "metadata": _METADATA,
+            "expiration_date": _EXPIRES,
             "infer": {
                 "type": "boolean",
                 "default": False,
@@ -138,6 +156,7 @@ _SPECS: dict[str, dict[str, Any]] = {
                 "description": "Also return each result's score_details: cosine, keyword score, ranks, "
                 "fused score (why it ranked there).",
             },
+            "show_expired": _SHOW_EXPIRED,
         },
         "required": ["query"],
         "annotations": {"readOnlyHint": True},
@@ -148,7 +167,11 @@ _SPECS: dict[str, dict[str, Any]] = {
             "remembered; top_k caps how many). "
             "Returns {results: [{id, memory, metadata, created_at, …}]}."
         ),
-        "properties": {"top_k": _top_k(100, REMOTE_MAX_LIST), "filters": _FILTERS},
+        "properties": {
+            "top_k": _top_k(100, REMOTE_MAX_LIST),
+            "filters": _FILTERS,
+            "show_expired": _SHOW_EXPIRED,
+        },
         "required": [],
         "annotations": {"readOnlyHint": True},
     },
@@ -160,13 +183,18 @@ _SPECS: dict[str, dict[str, Any]] = {
     },
     "update_memory": {
         "description": (
-            "Correct a memory that is no longer true: replace its text (re-indexed) and/or its "
-            "metadata. Returns {message}. The old text stays in memory_history."
+            "Correct a memory that is no longer true: replace its text (re-indexed), its metadata "
+            "and/or its expiration_date. Returns {message}. The old text stays in memory_history."
         ),
         "properties": {
             "memory_id": {**_ID, "description": "The id of the memory to change."},
             "text": {"type": "string", "minLength": 1, "description": "The new text."},
             "metadata": {**_METADATA, "description": "Replaces the metadata. " + _METADATA["description"]},
+            "expiration_date": {
+                **_EXPIRES,
+                "type": ["string", "null"],
+                "description": _EXPIRES["description"] + " null: never expires; left out: unchanged.",
+            },
         },
         "required": ["memory_id"],
         "annotations": {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": True},
@@ -259,10 +287,15 @@ def _check(name: str, arguments: Any, entities: bool) -> dict[str, Any]:
             raise ValueError(f"{required} is required")
     out: dict[str, Any] = {}
     for key, value in arguments.items():
-        if value is None:
-            continue  # JSON null: the default, as an omitted argument
         schema = props[key]
         kind = schema["type"]
+        if isinstance(kind, list):  # ["string", "null"]: null is a value (update's "never expires")
+            kind = kind[0]
+            if value is None:
+                out[key] = None
+                continue
+        if value is None:
+            continue  # JSON null: the default, as an omitted argument
         ok = isinstance(value, _PY_TYPES[kind]) and not (kind == "integer" and isinstance(value, bool))
         if not ok:
             raise TypeError(f"{key} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value!r:.80}")
@@ -271,7 +304,8 @@ def _check(name: str, arguments: Any, entities: bool) -> dict[str, Any]:
         if kind == "array":
             _ids(key, value, schema)
         if kind == "string" and "maxLength" in schema and len(value) > schema["maxLength"]:
-            raise LimitExceeded.count(key, len(value), "characters", schema["maxLength"], "MAX_ID_CHARS", key)
+            name = _LENGTH_NAMES.get(key, "MAX_ID_CHARS")
+            raise LimitExceeded.count(key, len(value), "characters", schema["maxLength"], name, key)
         out[key] = value
     return out
 
@@ -327,7 +361,11 @@ def _owned(memory: Any, memory_id: str, scope: dict[str, str]) -> dict[str, Any]
 
 def _add(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = memory.add(
-        a["text"], metadata=a.get("metadata"), infer=a.get("infer", False), **scope
+        a["text"],
+        metadata=a.get("metadata"),
+        infer=a.get("infer", False),
+        expiration_date=a.get("expiration_date"),
+        **scope,
     )
     return out
 
@@ -338,13 +376,19 @@ def _search(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, 
         filters=a.get("filters"),
         top_k=a.get("top_k", 10),
         explain=a.get("explain", False),
+        show_expired=a.get("show_expired", False),
         **scope,
     )
     return out
 
 
 def _list(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = memory.get_all(filters=a.get("filters"), top_k=a.get("top_k", 100), **scope)
+    out: dict[str, Any] = memory.get_all(
+        filters=a.get("filters"),
+        top_k=a.get("top_k", 100),
+        show_expired=a.get("show_expired", False),
+        **scope,
+    )
     return out
 
 
@@ -353,10 +397,13 @@ def _get(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any
 
 
 def _update(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any]:
-    if a.get("text") is None and a.get("metadata") is None:
-        raise ValueError("update_memory needs text, metadata or both")
+    if a.get("text") is None and a.get("metadata") is None and "expiration_date" not in a:
+        raise ValueError("update_memory needs text, metadata, expiration_date or some of them")
+    expires = {"expiration_date": a["expiration_date"]} if "expiration_date" in a else {}
+    if expires:
+        expiry(expires["expiration_date"])  # a malformed date is refused before the id is looked up
     _owned(memory, a["memory_id"], scope)
-    out = memory.update(a["memory_id"], a.get("text"), a.get("metadata"))
+    out = memory.update(a["memory_id"], a.get("text"), a.get("metadata"), **expires)
     return {**out, "id": a["memory_id"]}
 
 

@@ -10,7 +10,13 @@ import sys
 from mcp_helpers import agent, ok, refused
 
 from hivemem.memory.filters import MAX_FILTER_DEPTH
-from hivemem.memory.records import MAX_ID_CHARS, MAX_METADATA_DEPTH, REMOTE_MAX_BATCH, REMOTE_MAX_SEARCH
+from hivemem.memory.records import (
+    MAX_DATE_CHARS,
+    MAX_ID_CHARS,
+    MAX_METADATA_DEPTH,
+    REMOTE_MAX_BATCH,
+    REMOTE_MAX_SEARCH,
+)
 from hivemem.memory.store import Memory
 
 EXPECTED = [
@@ -74,6 +80,38 @@ async def test_the_eight_tools_end_to_end(mcp_env: dict[str, str]) -> None:
         assert (await ok(client, "list_memories"))["results"] == []
 
 
+async def test_expiration_through_the_tools(mcp_env: dict[str, str]) -> None:
+    """``add_memories``/``update_memory`` take ``expiration_date`` (update: null clears it),
+    ``search_memory``/``list_memories`` take ``show_expired``."""
+    async with agent(mcp_env, "--user-id", "erin") as client:
+        tools = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+        assert tools["add_memories"]["properties"]["expiration_date"]["maxLength"] == MAX_DATE_CHARS
+        assert tools["list_memories"]["properties"]["show_expired"]["type"] == "boolean"
+        old = await ok(
+            client, "add_memories", {"text": "the gate code is 1234", "expiration_date": "2000-01-01"}
+        )
+        (gone,) = old["results"]
+        await ok(client, "add_memories", {"text": "the gate code is 5678", "expiration_date": "2999-12-31"})
+
+        def codes(found: dict) -> list[str]:
+            return sorted(r["memory"] for r in found["results"])
+
+        hits = await ok(client, "search_memory", {"query": "gate code"})
+        assert codes(hits) == ["the gate code is 5678"]
+        assert (
+            hits["results"][0]["expiration_date"] == "3000-01-01T00:00:00.000000+00:00"
+        )  # the end of that day
+        both = await ok(client, "search_memory", {"query": "gate code", "show_expired": True})
+        assert codes(both) == ["the gate code is 1234", "the gate code is 5678"]
+        assert codes(await ok(client, "list_memories")) == ["the gate code is 5678"]
+        assert len((await ok(client, "list_memories", {"show_expired": True}))["results"]) == 2
+        await ok(client, "update_memory", {"memory_id": gone["id"], "expiration_date": None})  # never expires
+        assert "expiration_date" not in await ok(client, "get_memory", {"memory_id": gone["id"]})
+        assert len((await ok(client, "list_memories"))["results"]) == 2
+        await ok(client, "update_memory", {"memory_id": gone["id"], "expiration_date": "2001-01-01"})
+        assert codes(await ok(client, "list_memories")) == ["the gate code is 5678"]
+
+
 async def test_hostile_arguments_are_tool_errors_and_the_session_goes_on(mcp_env: dict[str, str]) -> None:
     deep: dict = {}
     node = deep
@@ -90,6 +128,16 @@ async def test_hostile_arguments_are_tool_errors_and_the_session_goes_on(mcp_env
         ("search_memory", {"query": "x", "filters": nested}, ["MAX_FILTER_DEPTH"]),
         ("search_memory", {}, ["query", "required"]),
         ("search_memory", {"query": "x", "explain": "yes"}, ["explain", "boolean"]),
+        ("search_memory", {"query": "x", "show_expired": 1}, ["show_expired", "boolean"]),
+        ("list_memories", {"show_expired": "yes"}, ["show_expired", "boolean"]),
+        ("add_memories", {"text": "x", "expiration_date": "soon"}, ["expiration_date"]),
+        ("add_memories", {"text": "x", "expiration_date": 20300101}, ["expiration_date", "string"]),
+        (
+            "add_memories",
+            {"text": "x", "expiration_date": "2" * (MAX_DATE_CHARS + 1)},
+            ["expiration_date", "MAX_DATE_CHARS"],
+        ),
+        ("update_memory", {"memory_id": "abc", "expiration_date": "31/12/2030"}, ["expiration_date"]),
         ("add_memories", {"text": "x", "metadata": deep}, ["metadata", "MAX_METADATA_DEPTH"]),
         ("add_memories", {"text": "   "}, ["empty"]),
         ("add_memories", {"text": "x", "user_id": "bob"}, ["user_id"]),  # not an argument on stdio
