@@ -73,6 +73,11 @@ class SearchRequest(Entities):
     )
     show_expired: bool = Field(False, description=_SHOW_EXPIRED)
     explain: bool = Field(False, description="Give each result its score_details (why it ranked there).")
+    rerank: bool = Field(
+        False,
+        description="Reorder the best 4 x top_k with the service's reranker (the LLM one HIVEMEM_LLM_URL "
+        "names; 422 when none is configured; the fused order, with a warning, when it fails).",
+    )
 
 
 class ListRequest(Entities):

@@ -413,3 +413,40 @@ def test_explain_over_rest_only_when_asked_and_only_the_keys_user(api: httpx.Cli
     assert (
         api.post("/v1/memories/search", json={**query, "explain": "maybe"}, headers=ALICE).status_code == 422
     )
+
+
+def test_rerank_over_rest_without_a_reranker_is_a_clear_422(api: httpx.Client) -> None:
+    r = api.post("/v1/memories/search", json={"query": "kite", "rerank": True}, headers=ALICE)
+    assert r.status_code == 422 and "HIVEMEM_LLM_URL" in r.text, r.text
+    assert (
+        api.post("/v1/memories/search", json={"query": "kite", "rerank": "yes"}, headers=ALICE).status_code
+        == 422
+    )
+
+
+def test_rerank_over_rest_with_a_scripted_llm(model_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's LLM reranker (``HIVEMEM_LLM_URL``: a scripted OpenAI-compatible server on
+    loopback whose answers the test writes) reorders the REST search when ``rerank`` is true only."""
+    sys.path.insert(0, str(ROOT / "tests" / "memory"))
+    from scripted_llm import scripted_llm
+
+    def sourdough_first(body: dict) -> tuple[int, str]:
+        return 200, "0.9" if "sourdough" in body["messages"][-1]["content"] else "0.1"
+
+    with scripted_llm(sourdough_first) as llm:
+        monkeypatch.setenv("HIVEMEM_LLM_URL", llm.url)
+        monkeypatch.setenv("HIVEMEM_LLM_MODEL", "scripted")
+        with http_service(model_home) as svc, httpx.Client(base_url=svc["url"], timeout=60) as c:
+            for text in (
+                "Alice's kite is called Zephyr",
+                "Zephyr flew over the dunes",
+                "Alice bakes sourdough",
+            ):
+                _add(c, ALICE, messages=text)
+            query = {"query": "kite called Zephyr", "top_k": 3}
+            plain = c.post("/v1/memories/search", json=query, headers=ALICE).json()["results"]
+            assert plain[0]["memory"] != "Alice bakes sourdough" and not llm.requests
+            hits = c.post("/v1/memories/search", json={**query, "rerank": True}, headers=ALICE)
+            assert hits.status_code == 200, hits.text
+            assert hits.json()["results"][0]["memory"] == "Alice bakes sourdough"
+            assert len(llm.requests) == 3  # one scoring request per candidate
