@@ -26,13 +26,14 @@ import warnings
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
-from hivemem.memory.llm import PROVIDERS, ChatClient, client_args, number
+from hivemem.memory.llm import PROVIDERS, ChatClient, Retry, client_args, number
 
 log = logging.getLogger(__name__)
 
 MAX_RERANK_CANDIDATES = 200  # requests one search may send
 MAX_DOCUMENT_CHARS = 2_000  # of a memory's text, in its scoring prompt
 MAX_WORKERS = 16
+_SLACK_S = 0.05  # a request that failed this close to the deadline is reported as the deadline
 
 DEFAULT_PROMPT = """Score how relevant the document is to the query, from 0.0 to 1.0:
 1.0 answers the query directly, 0.7 is useful, 0.4 is related, 0.0 has nothing to do with it.
@@ -160,7 +161,8 @@ class LLMReranker:
                     if error is not None:
                         raise error
                 raise TimeoutError(
-                    f"{len(pending)} of {len(futures)} scores were missing after {self.deadline:g} s"
+                    f"its {self.deadline:g} s deadline passed "
+                    f"with {len(pending)} of {len(futures)} scores missing"
                 )
             return [f.result() for f in futures]
         finally:
@@ -169,9 +171,15 @@ class LLMReranker:
     def _score(self, query: str, document: str, ends: float) -> float:
         left = ends - time.monotonic()
         if left <= 0:
-            raise TimeoutError("the deadline passed before this candidate's turn")
+            raise TimeoutError(f"its {self.deadline:g} s deadline passed before this candidate's turn")
         prompt = self.prompt.format(query=query, document=document[:MAX_DOCUMENT_CHARS])
-        answer = self.client.post(self.client.body([{"role": "user", "content": prompt}]), timeout=left)
+        body = self.client.body([{"role": "user", "content": prompt}])
+        try:
+            answer = self.client.post(body, timeout=left)
+        except Retry:
+            if time.monotonic() >= ends - _SLACK_S:  # it waited out the rerank's deadline: say so
+                raise TimeoutError(f"its {self.deadline:g} s deadline passed") from None
+            raise
         return parse_score(answer)
 
     def close(self) -> None:
