@@ -112,6 +112,19 @@ def test_a_finished_run_and_a_converted_library_show_for_an_admin_only(runtime: 
     assert "Service" in user
 
 
+def _kill_left_over(project: Path) -> None:
+    """KNOWN GAP (see docs/pool.md): a worker hung in user code outlives a driver killed with -9, and
+    so does its forkserver (own sessions). Until the pool ties them to the driver, this test kills
+    what its run left (processes whose command line names the project) so nothing outlives it."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(project).encode() in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+
 def test_a_killed_run_shows_as_died_with_what_it_recorded(runtime: Path, tmp_path: Path) -> None:
     project = _project(tmp_path, hang=True)
     proc = subprocess.Popen(
@@ -135,6 +148,7 @@ def test_a_killed_run_shows_as_died_with_what_it_recorded(runtime: Path, tmp_pat
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
+        _kill_left_over(project)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", died, flags=re.S)
     assert cells[1:5] == ["died", "3", "1", "6"], cells
 
