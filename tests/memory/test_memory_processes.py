@@ -121,15 +121,7 @@ def test_sigkill_mid_batch_leaves_whole_batches(
     env = {**os.environ, "HIVEMEM_HOME": str(hm_home), "PYTHONPATH": str(ROOT)}
     path = location
     for delay in (0.1, 0.3, 0.6):
-        child = subprocess.Popen(
-            [sys.executable, "-c", _BATCHER, str(path), str(tmp_path / "texts.txt"), str(size), str(delay)],
-            env=env, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        _kill_when_busy([_BATCHER, str(path), str(tmp_path / "texts.txt"), str(size), str(delay)], env, delay)
         # one statement, one snapshot: a PostgreSQL server may still commit the batch whose commit
         # the killed child had sent (whole, as it must), between two separate reads
         rows = _query(
@@ -255,6 +247,17 @@ def test_sigkill_amid_threads_of_adds_leaves_whole_calls(
         assert history == sum(counts.values())
 
 
+def _kill_when_busy(code_and_args: list[str], env: dict[str, str], delay: float) -> None:
+    """Run ``python -c code args…``, wait for its "ready", let it work ``delay`` s, then SIGKILL it."""
+    cmd = [sys.executable, "-c", *code_and_args]
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+
 _UPDATER = r"""
 import itertools, sys
 sys.path[:0] = [sys.argv[3], sys.argv[3] + "/.."]  # tests/memory and tests/
@@ -281,15 +284,7 @@ def test_sigkill_mid_batch_update_leaves_all_or_nothing(location: str, tmp_path:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     last, here = 0, str(Path(__file__).parent)
     for delay in (0.2, 0.5, 0.9):
-        child = subprocess.Popen(
-            [sys.executable, "-c", _UPDATER, location, ",".join(ids), here, str(last + 1)],
-            env=env, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        _kill_when_busy([_UPDATER, location, ",".join(ids), here, str(last + 1)], env, delay)
         rows = _query(
             location,
             "SELECT memory, json_extract(metadata, '$.round'), (SELECT count(*) FROM history"

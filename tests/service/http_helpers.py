@@ -6,13 +6,11 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-from service_helpers import ROOT, free_port, start_service, stop_pid
+from service_helpers import ROOT, free_port, start_service, stop_pid, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 KEYS = {
@@ -44,15 +42,7 @@ def http_service(model_home: Path, *args: str, memory: str | None = None) -> Ite
     proc = start_service(env, *options, *args)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the socket accepts a moment before uvicorn does
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
+        wait_healthy(url, proc)
         yield {"proc": proc, "url": url, "dir": directory}
     finally:
         stop_pid(proc.pid)

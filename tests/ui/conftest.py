@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "service"))
-from service_helpers import PY, free_port, stop_pid  # noqa: E402
+from service_helpers import PY, free_port, stop_pid, wait_healthy  # noqa: E402
 from ui_helpers import CHROMIUM, KEYS, why_no_browser  # noqa: E402
 
 
@@ -65,15 +64,10 @@ def server(model_home: Path) -> Iterator[dict[str, Any]]:
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"service did not start: {log.read_text()}") from None
-                time.sleep(0.1)
+        try:
+            wait_healthy(url, proc, timeout=120)
+        except httpx.TransportError:
+            raise RuntimeError(f"service did not start: {log.read_text()}") from None
         yield {"url": url, "log": log, "dir": directory, "proc": proc, "env": env}
     finally:
         stop_pid(proc.pid)
