@@ -9,13 +9,15 @@ instead of desynchronising the pipe.
 from __future__ import annotations
 
 import inspect
+import multiprocessing
 import os
 import pickle
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from hivemem.errors import RemoteError, WorkerInitError
@@ -128,6 +130,30 @@ def _run(conn: Connection, obj: Any, call_id: int, streaming: bool, payload: tup
     return True
 
 
+def die_with_parent() -> bool:
+    """Kill this worker's process group (the worker and whatever its user code started) when the
+    process that started it dies, even by ``kill -9`` while a call hangs in user code → whether
+    it is watched. A daemon thread waits on ``multiprocessing``'s parent sentinel (a pipe whose
+    write end only the parent holds, under ``forkserver`` and ``spawn``; EOF when it dies).
+
+    Not ``PR_SET_PDEATHSIG``: the worker's parent is the forkserver, which lives on while any
+    worker holds its "alive" pipe, and the signal would follow the death of the parent's
+    *thread*. Once its workers are gone, the forkserver exits by itself (that pipe reads EOF).
+    Limit: user code holding the GIL without a break (a C call that never releases it) keeps
+    the thread from running until it does. No sentinel (a context without one): not watched."""
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is None:
+        return False
+
+    def watch() -> None:
+        wait([sentinel])
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="hivemem-parent-watch", daemon=True).start()
+    return True
+
+
 def main(conn: Connection, factory_blob: bytes) -> None:
     """Entry point of a worker process (started with the forkserver or spawn context)."""
     # Its own session and process group, whose id is this pid: whatever the user's code starts
@@ -135,6 +161,7 @@ def main(conn: Connection, factory_blob: bytes) -> None:
     # call timeout, a crash, or close() (``workers.kill_group``). A new session, not only a group:
     # no controlling terminal, so a worker writing to one is never stopped by job control.
     os.setsid()
+    die_with_parent()  # outside the driver's process group: a kill -9 of it would not reach us
     # Ctrl-C reaches the terminal's process group; the parent decides what stops, not each worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     started = time.perf_counter()

@@ -195,3 +195,17 @@ def fork_then(_obj: Any, pid_file: str, then: str) -> int:
     elif then == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     return child
+
+
+def note_then_hang(_obj: Any, path: str) -> None:
+    """User code that forks a child which hangs, writes ``"worker parent child"`` pids to ``path``
+    (whole, by a rename), then hangs itself for ten minutes."""
+    child = os.fork()
+    if child == 0:
+        try:
+            time.sleep(600)
+        finally:
+            os._exit(0)
+    Path(path + ".tmp").write_text(f"{os.getpid()} {os.getppid()} {child}")
+    os.replace(path + ".tmp", path)
+    time.sleep(600)
