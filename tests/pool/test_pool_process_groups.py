@@ -73,37 +73,41 @@ import pool_agents
 from hivemem.pool import WorkerPool
 
 if __name__ == "__main__":
-    pool = WorkerPool(pool_agents.make_agent, size=1, kind="process")
+    pool = WorkerPool(pool_agents.make_agent, size=1, kind="process", start_method=sys.argv[2])
     pool.call(pool_agents.note_then_hang, sys.argv[1], timeout=600)
 """
 
 
-def test_a_driver_killed_with_sigkill_takes_its_hung_worker_and_forkserver_along(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_a_driver_killed_with_sigkill_takes_its_hung_worker_and_forkserver_along(
+    tmp_path: Path, method: str
+) -> None:
     """The driver (the process that owns the pool) dies by ``kill -9`` while its worker hangs in
     user code: the worker, the child the user's code forked and the forkserver the worker came
-    from all exit (they run outside the driver's process group, so the kill does not reach them).
-    Before the fix all three lived on, under pid 1."""
+    from (``spawn``: none) all exit (they run outside the driver's process group, so the kill
+    does not reach them). Before the fix they all lived on, under pid 1."""
     driver, pids = tmp_path / "driver.py", tmp_path / "pids"
     driver.write_text(_DRIVER)
     here = str(Path(__file__).parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, str(driver), str(pids)], env=env, cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, str(driver), str(pids), method], env=env, cwd=tmp_path)
     left: list[int] = []
     try:
         deadline = time.monotonic() + 120
         while not pids.exists():
             assert proc.poll() is None and time.monotonic() < deadline, "the worker never started its call"
             time.sleep(0.05)
-        worker, forkserver, child = (int(p) for p in pids.read_text().split())
-        left = [worker, forkserver, child]
-        assert forkserver != proc.pid and all(_alive(p) for p in left)
+        worker, parent, child = (int(p) for p in pids.read_text().split())
+        assert (parent == proc.pid) == (method == "spawn")  # else the parent is the forkserver
+        left = [worker, child] + ([parent] if method == "forkserver" else [])
+        assert all(_alive(p) for p in left)
         proc.kill()
         proc.wait(30)
         deadline = time.monotonic() + 60  # generous: no speed is asserted
         while any(_alive(p) for p in left) and time.monotonic() < deadline:
             time.sleep(0.05)
         alive = [p for p in left if _alive(p)]
-        assert not alive, f"outlived the driver: {alive} (worker, forkserver, user's child: {left})"
+        assert not alive, f"outlived the driver: {alive} (worker, user's child, forkserver: {left})"
     finally:
         if proc.poll() is None:
             proc.kill()
