@@ -205,6 +205,18 @@ class Scope:
         self.query = " & ".join(f"'{prefix[f]}{v.encode('utf-8').hex()}'" for f, v in conds)
 
 
+def _alive(expired: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``rids`` → which of them are not in ``expired`` (None: nothing is), by a lookup table over
+    the expired row ids: one pass per list, where ``np.isin`` sorted both arrays for each one
+    (docs/memory.md, "Batch update and expiration")."""
+    if expired is None or not len(expired):
+        return None
+    top = int(expired.max())
+    dead = np.zeros(top + 1, dtype=bool)
+    dead[expired] = True
+    return lambda rids: (rids > top) | ~dead[np.minimum(rids, top)]
+
+
 def _rank(words: list[tuple[int, np.ndarray]], rows: float, k: int) -> list[tuple[int, float]]:
     """The best ``k`` ``(rid, score)``: ``words`` holds, per word, the rows of the scope holding it
     (``df``) and the row ids among them that pass the filter. Computed as
@@ -323,11 +335,13 @@ class KeywordSearch:
         if rows > SCOPE_ROWS_MAX:  # the scope's lexeme list would be walked for every word
             scoped, rows = False, max(size, 1)
 
+        alive = _alive(expired)
+
         def lists(words: list[str]) -> dict[str, tuple[int, np.ndarray]]:
             found = self._lists(conn, words, scoped, scope, sql, params, cache, generation, size)
-            if expired is None or not len(expired):
+            if alive is None:
                 return found
-            return {t: (df, rids[~np.isin(rids, expired)]) for t, (df, rids) in found.items()}
+            return {t: (df, rids[alive(rids)]) for t, (df, rids) in found.items()}
 
         kept = terms
         found: dict[str, tuple[int, np.ndarray]] = {}
