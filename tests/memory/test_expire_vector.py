@@ -97,7 +97,7 @@ def test_postgres_rescore_fetches_candidates_by_rid(pg_url: Any, monkeypatch: py
     """The statement that re-scores the int8 copy's candidates reads ``memories`` only through
     its primary key, whatever the filter: with the "not expired" test in the filter, the planner
     of a table not yet analysed read every row the filter's indexes matched and hash-joined the
-    candidates to them (200 ms per search at 30k memories instead of 2)."""
+    candidates to them (16 ms per statement at 30k memories instead of 1.4, pg_rescore.py)."""
     _small_thresholds(monkeypatch)
     monkeypatch.setattr(_Clock, "at", datetime(2029, 12, 31, tzinfo=UTC))
     seen: list[tuple[str, Any]] = []
