@@ -44,7 +44,7 @@ from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import fts, rows, sqlwrite
-from hivemem.memory.storage.base import Capabilities, Storage, T, WriteTx
+from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx
 from hivemem.memory.storage.sqlcompile import SQLITE
 from hivemem.memory.storage.vectorindex import SharedIndex, read_state
 
@@ -101,7 +101,7 @@ _Batch = tuple[list[NewMemory], np.ndarray]
 class SQLiteStorage(Storage):
     """See the module docstring. ``path`` is created with its parent directories."""
 
-    capabilities = Capabilities(keywords=True, group_commit=True)
+    capabilities = Capabilities(keywords=True, group_commit=True, keyword_context=True)
     dialect = SQLITE
     _memories = "memories"
     _history = "history"
@@ -169,10 +169,19 @@ class SQLiteStorage(Storage):
                     db.execute("ALTER TABLE memories ADD COLUMN expires_at TEXT")  # a file made before
                 db.execute(sqlwrite.EXPIRY_INDEX)
                 fts.ensure_schema(db)
+                pending = fts.ensure_context(db)
                 db.execute("COMMIT")
             except BaseException:
                 self._rollback(db)
                 raise
+            while pending:  # rows stored before the context index: one step per transaction
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    pending = fts.backfill_context(db)
+                    db.execute("COMMIT")
+                except BaseException:
+                    self._rollback(db)
+                    raise
             sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'memories'").fetchone()[0]
             # Files made before row ids were AUTOINCREMENT may reuse the id of a deleted last
             # row, which an incremental index cannot tell apart: there, deletes rebuild it.
@@ -331,6 +340,7 @@ class SQLiteStorage(Storage):
             fts.drop(db)
             db.execute("DELETE FROM memories")
             fts.ensure_schema(db)
+            fts.ensure_context(db)
             db.execute("DELETE FROM history")
             db.execute("DELETE FROM changes")
             db.execute("UPDATE meta SET value = 0 WHERE key = 'pruned'")  # the log starts again
@@ -394,7 +404,10 @@ class SQLiteStorage(Storage):
             self._after_write()
 
     def _records(
-        self, db: sqlite3.Connection, hits: builtins.list[tuple[int, float]]
+        self,
+        db: sqlite3.Connection,
+        hits: builtins.list[tuple[int, float]],
+        parts: dict[int, tuple[float, float]] | None = None,
     ) -> builtins.list[dict[str, Any]]:
         if not hits:
             return []
@@ -403,7 +416,11 @@ class SQLiteStorage(Storage):
             (json.dumps([rid for rid, _ in hits]),),
         ).fetchall()
         by_rid = {r[0]: r for r in rows}
-        return [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
+        out = [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
+        if parts:  # keyword_search with context: each hit's raw (body, context) scores
+            for r, rid in zip(out, (rid for rid, _ in hits if rid in by_rid), strict=True):
+                r[KEYWORD_PARTS] = parts[rid]
+        return out
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
@@ -424,7 +441,8 @@ class SQLiteStorage(Storage):
         with self.snapshot():
             state = read_state(db)
             kept, scope, rows = self._keywords.plan(db, state.uid, state.high, terms, fts.scope_tokens(where))
-            return self._records(db, self._keywords.search(db, kept, scope, rows, sql, params, k))
+            hits, parts = self._keywords.search(db, kept, scope, rows, sql, params, k, self.context)
+            return self._records(db, hits, parts)
 
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         if not ids:
