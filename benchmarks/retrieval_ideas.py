@@ -229,22 +229,6 @@ def evaluate(lab: Lab, rank: Ranker) -> tuple[dict[str, dict[str, float]], np.nd
     return scores.table(), np.array(scores.rows["all"])[:, :2]
 
 
-def paired(base: np.ndarray, new: np.ndarray, rounds: int = 2000) -> dict[str, float]:
-    """recall@10 change against the baseline: a 95% paired bootstrap interval over questions, and
-    how many questions gained or lost (a change inside the interval's noise is not a lift)."""
-    d = new[:, 1] - base[:, 1]
-    rng = np.random.default_rng(0)
-    means = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(rounds)]
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {
-        "delta": float(d.mean()),
-        "lo": float(lo),
-        "hi": float(hi),
-        "up": int((d > 0).sum()),
-        "down": int((d < 0).sum()),
-    }
-
-
 # -- the rankers ---------------------------------------------------------------------------------
 
 
@@ -589,7 +573,7 @@ def main() -> None:
         t, rows = evaluate(lab, rank)
         results[name] = t
         base_rows = rows if base_rows is None else base_rows
-        c = change[name] = paired(base_rows, rows)
+        c = change[name] = R.paired(base_rows, rows)
         cells = " | ".join(f"{t[k]['recall@5']:.3f} / {t[k]['recall@10']:.3f}" for k in keys)
         print(
             f"| {name} | {cells} | {c['delta']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}],"

@@ -1,0 +1,124 @@
+"""What the keyword context (issue 23, ``storage/fts.py``'s ``memories_ctx``) costs: writes and search.
+
+    python benchmarks/keyword_context.py                         # 100,000 memories, 100 queries
+    python benchmarks/before_after.py --before REV -- keyword_context.py   # against an older tree
+
+Every SQLite store keeps the context index (triggers in each write transaction), whether or not
+``keyword_context`` is on, so writes pay for it always; searches pay only with the option on.
+Rows (each a median over ``--rounds`` interleaved rounds):
+
+* ``add_batch``: ``Memory.add_batch`` of ``--batch`` fresh texts (real model, an empty embedding
+  cache each round, so the figure includes embedding, as users see it).
+* ``insert``: the storage layer alone (random unit vectors, no model) writing ``--size``
+  memories in batches of 10,000: the write cost with nothing to hide it.
+* ``search p50``: ``Memory.search`` over one scope of ``--size`` memories, ``top_k=10``, new
+  queries (the query embedding included), hybrid and keyword mode, with the option off (the
+  default) and, where this tree has it, on.
+
+With ``before_after.py`` the same script runs on both trees; rows the old tree lacks (the option
+on) are left out of its JSON. Prints a table, one JSON line and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from memory import build  # the sibling script: bulk insert through the storage layer
+from plots import add_plot_options, bars
+
+from hivemem import Embedder, EmbeddingCache, Memory
+from hivemem.embed.corpus import sentences
+from hivemem.memory import hybrid
+
+HAS_CONTEXT = hasattr(hybrid, "configure_context")
+
+
+def add_rate(tmp: Path, texts: list[str], r: int) -> float:
+    """memories/s of one ``add_batch`` of ``texts`` into a fresh store, fresh cache."""
+    with Embedder(cache=EmbeddingCache(tmp / f"add-{r}-cache.sqlite")) as emb:
+        emb.embed(["warm the engine up"])
+        m = Memory(tmp / f"add-{r}.sqlite", embedder=emb)
+        t0 = time.perf_counter()
+        m.add_batch([{"messages": t, "user_id": "bench"} for t in texts])
+        dt = time.perf_counter() - t0
+        m.close()
+    return len(texts) / dt
+
+
+def search_p50(m: Memory, queries: list[str], mode: str) -> float:
+    lat = []
+    for q in queries:
+        t0 = time.perf_counter()
+        m.search(q, user_id="one", top_k=10, mode=mode)
+        lat.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(lat)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=100_000, help="memories in the searched store")
+    ap.add_argument("--batch", type=int, default=1000, help="texts per add_batch round")
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    add_plot_options(ap)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="hivemem-context-"))
+    pool = sentences(args.rounds * args.batch + args.rounds * args.queries * 4 + 10, seed=2323)
+    rates: dict[str, list[float]] = {}
+    with Embedder(cache=EmbeddingCache(tmp / "search-cache.sqlite")) as emb:
+        m = Memory(tmp / "search.sqlite", embedder=emb)
+        m.search("warm up", user_id="one")
+        rates.setdefault("insert_ops_s", []).append(args.size / build(m._storage, args.size))
+        mc = Memory(tmp / "search.sqlite", embedder=emb, keyword_context=True) if HAS_CONTEXT else None  # type: ignore[call-arg]
+        at = args.rounds * args.batch
+        for r in range(args.rounds):
+            rates.setdefault("add_batch_ops_s", []).append(
+                add_rate(tmp, pool[r * args.batch : (r + 1) * args.batch], r)
+            )
+            for mode in ("hybrid", "keyword"):
+                for name, store in (("off", m), ("on", mc)):
+                    if store is None:
+                        continue
+                    queries = pool[at : at + args.queries]
+                    at += args.queries
+                    rates.setdefault(f"{mode}_p50_ms_context_{name}", []).append(
+                        search_p50(store, queries, mode)
+                    )
+            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
+        m.close()
+        if mc is not None:
+            mc.close()
+    out: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
+    out.update(
+        size=args.size, batch=args.batch, queries=args.queries, rounds=args.rounds, context=HAS_CONTEXT
+    )
+    print("\n| measurement | median | rounds |\n|---|---|---|")
+    for k, v in rates.items():
+        print(f"| {k} | {statistics.median(v):,.2f} | {', '.join(f'{x:,.1f}' for x in v)} |")
+    searches = [k for k in out if k.endswith(("_off", "_on"))]
+    bars(
+        args,
+        "keyword_context_cost",
+        f"Search p50 at {args.size:,} memories, keyword context off / on",
+        searches,
+        {"p50 ms": [out[k] for k in searches]},
+        ylabel="ms",
+        fmt="{:.1f}",
+        note=f"one run on a shared box; median of {args.rounds} interleaved rounds",
+    )
+    print(json.dumps(out))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
