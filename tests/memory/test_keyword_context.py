@@ -24,6 +24,7 @@ import pytest
 from hash_embedder import HashEmbedder
 
 from hivemem import Memory
+from hivemem.errors import DiskFull
 from hivemem.memory.storage import fts
 
 pytestmark = pytest.mark.fast
@@ -180,7 +181,7 @@ def test_an_old_store_is_backfilled_in_steps_and_resumes(
     steps = []
     real = fts.backfill_context
 
-    def one_step_then_die(db: sqlite3.Connection, batch: int = 7) -> bool:
+    def one_step_then_die(db: sqlite3.Connection, batch: int | None = None) -> bool:
         steps.append(batch)
         if len(steps) == 3:
             raise KeyboardInterrupt  # as a process killed mid-backfill: two steps are committed
@@ -197,6 +198,37 @@ def test_an_old_store_is_backfilled_in_steps_and_resumes(
         assert words(m, "turn", user_id="b")[:1] == ["b turn 0"]
         m.add("a turn 25", user_id="a")
     assert stored(path) == expected(path)
+
+
+def test_a_backfill_on_a_full_disk_is_disk_full_and_resumes(
+    small_tmpfs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills during the backfill of an old store: a DiskFull naming the file, the steps
+    committed before it kept, and the next open with room finishes the job."""
+    disk = small_tmpfs(24 << 20)
+    path = disk / "old.sqlite"
+    with Memory(path, embedder=HashEmbedder()) as m:
+        for b in range(6):
+            m.add_batch(
+                [{"messages": f"turn {b}.{i}: " + "words of a turn " * 6, "user_id": "u"} for i in range(500)]
+            )
+    _make_old(path)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("VACUUM")
+    db.close()
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler.write_bytes(b"x" * max(0, free - (1200 << 10)))  # room for a few steps, not for all
+    monkeypatch.setattr(fts, "CONTEXT_BATCH", 200)
+    with pytest.raises(DiskFull) as caught:
+        Memory(path, embedder=HashEmbedder())
+    assert str(path) in str(caught.value) and "disk full" in str(caught.value)
+    done = stored(path)
+    assert 0 < len(done) < 3000 and all(done[r] == c for r, c in expected(path).items() if r in done)
+    filler.unlink()
+    with Memory(path, embedder=HashEmbedder(), keyword_context=True):
+        assert stored(path) == expected(path)
 
 
 _BATCHER = r"""

@@ -182,7 +182,7 @@ def context_pending(db: sqlite3.Connection) -> bool:
     return done is not None and int(done[0]) >= 0
 
 
-def backfill_context(db: sqlite3.Connection, batch: int = CONTEXT_BATCH) -> bool:
+def backfill_context(db: sqlite3.Connection, batch: int | None = None) -> bool:
     """Index the windows of the next ``batch`` rows stored before the context table existed; the
     caller holds a write transaction (one per step, so a killed or full-disk backfill keeps its
     progress and the next open resumes). → whether more is left. A write meanwhile may already
@@ -191,7 +191,7 @@ def backfill_context(db: sqlite3.Connection, batch: int = CONTEXT_BATCH) -> bool
     high = int(db.execute("SELECT value FROM meta WHERE key = 'fts_ctx_high'").fetchone()[0])
     if done < 0:
         return False
-    upto = min(done + batch, high)
+    upto = min(done + (batch or CONTEXT_BATCH), high)
     rows = f"SELECT rid FROM memories WHERE rid > {done} AND rid <= {upto}"
     for sql in _reindex(rows).split(";")[:-1]:
         db.execute(sql)
