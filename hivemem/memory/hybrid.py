@@ -194,6 +194,8 @@ def configure_context(option: bool | None, storage: Storage, location: str) -> N
                 f"keyword_context is not available on {location} yet (SQLite stores have it): "
                 "leave it off (keyword_context=False, HIVEMEM_KEYWORD_CONTEXT=0)"
             )
+        if option:
+            storage.enable_context()
     except BaseException:
         storage.close()
         raise

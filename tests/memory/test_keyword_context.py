@@ -157,16 +157,11 @@ def test_the_option_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert m._storage.context == 0.5
 
 
-def _make_old(path: Path) -> None:
-    """Turn ``path`` into a store made before the context index existed."""
+def _has_context(path: Path) -> bool:
     db = sqlite3.connect(path)
-    for name in ("memories_ctx_insert", "memories_ctx_delete", "memories_ctx_update"):
-        db.execute(f"DROP TRIGGER {name}")
-    db.execute("DROP TABLE memories_ctx")
-    db.execute("DROP INDEX memories_scope_rid")
-    db.execute("DELETE FROM meta WHERE key LIKE 'fts_ctx%'")
-    db.commit()
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_ctx'").fetchone()
     db.close()
+    return found is not None
 
 
 def test_an_old_store_is_backfilled_in_steps_and_resumes(
@@ -176,7 +171,7 @@ def test_an_old_store_is_backfilled_in_steps_and_resumes(
     with Memory(path, embedder=HashEmbedder()) as m:
         for user in ("a", "b"):
             m.add_batch([{"messages": f"{user} turn {i}", "user_id": user} for i in range(25)])
-    _make_old(path)
+    assert not _has_context(path)  # a store never opened with the option: its writes pay nothing
     monkeypatch.setattr(fts, "CONTEXT_BATCH", 7)
     steps = []
     real = fts.backfill_context
@@ -189,11 +184,11 @@ def test_an_old_store_is_backfilled_in_steps_and_resumes(
 
     monkeypatch.setattr(fts, "backfill_context", one_step_then_die)
     with pytest.raises(KeyboardInterrupt):
-        Memory(path, embedder=HashEmbedder())
+        Memory(path, embedder=HashEmbedder(), keyword_context=True)
     done = stored(path)
     assert len(done) == 14 and all(done[r] == c for r, c in expected(path).items() if r in done)
     monkeypatch.setattr(fts, "backfill_context", real)
-    with Memory(path, embedder=HashEmbedder(), keyword_context=True) as m:  # resumes where it stopped
+    with Memory(path, embedder=HashEmbedder()) as m:  # option off: the backfill still resumes
         assert stored(path) == expected(path)
         assert words(m, "turn", user_id="b")[:1] == ["b turn 0"]
         m.add("a turn 25", user_id="a")
@@ -212,7 +207,6 @@ def test_a_backfill_on_a_full_disk_is_disk_full_and_resumes(
             m.add_batch(
                 [{"messages": f"turn {b}.{i}: " + "words of a turn " * 6, "user_id": "u"} for i in range(500)]
             )
-    _make_old(path)
     db = sqlite3.connect(path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.execute("VACUUM")
@@ -222,12 +216,12 @@ def test_a_backfill_on_a_full_disk_is_disk_full_and_resumes(
     filler.write_bytes(b"x" * max(0, free - (1200 << 10)))  # room for a few steps, not for all
     monkeypatch.setattr(fts, "CONTEXT_BATCH", 200)
     with pytest.raises(DiskFull) as caught:
-        Memory(path, embedder=HashEmbedder())
+        Memory(path, embedder=HashEmbedder(), keyword_context=True)
     assert str(path) in str(caught.value) and "disk full" in str(caught.value)
     done = stored(path)
     assert 0 < len(done) < 3000 and all(done[r] == c for r, c in expected(path).items() if r in done)
     filler.unlink()
-    with Memory(path, embedder=HashEmbedder(), keyword_context=True):
+    with Memory(path, embedder=HashEmbedder()):
         assert stored(path) == expected(path)
 
 
@@ -248,7 +242,7 @@ for r in itertools.count():  # batches of 200 in two scopes, updates and deletes
 
 def test_sigkill_during_writes_leaves_a_consistent_context(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite"
-    Memory(path, embedder=HashEmbedder()).close()
+    Memory(path, embedder=HashEmbedder(), keyword_context=True).close()  # the child writes without it
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for delay in (0.2, 0.5, 0.9):
         child = subprocess.Popen(

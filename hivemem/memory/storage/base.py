@@ -158,6 +158,11 @@ class Storage(abc.ABC):
     _history: str
     context: float = 0.0  # keyword_search's share for each memory's window (hybrid.configure_context)
 
+    def enable_context(self) -> None:
+        """Make (and fill) the keyword context index where the backend has one
+        (``capabilities.keyword_context``); nothing elsewhere."""
+        return None
+
     # -- the backend's own ---------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -33,7 +33,9 @@
   share of the store) stay within ``RANK_BUDGET``; the common words left out carry little idf. As
   long as the rows of all the query's words in the scope stay within the budget (LoCoMo: ~550
   turns per conversation), no word is left out and the score is exact.
-* **Context** (``memories_ctx``, issue 23): each memory is also indexed with the text of the
+* **Context** (``memories_ctx``, issue 23; made the first time a ``Memory`` with
+  ``keyword_context=True`` opens the store, so stores that never use it pay nothing): each
+  memory is also indexed with the text of the
   ``CONTEXT_BEFORE`` memories before it in its scope (the same user/agent/run, in insertion
   order) — derived data, never part of the memory's text, hash or history. A conversation's turn
   rarely names everything a question asks about; its neighbours often do. Triggers keep it in
@@ -151,15 +153,17 @@ def drop(db: sqlite3.Connection) -> None:
     whose markers would slow keyword searches until FTS5 merges them:
     docs/memory.md#measurements-behind-the-design)."""
     for sql in (*_DROP, *_DROP_CONTEXT):
-        db.execute(sql)
-    db.execute("DELETE FROM meta WHERE key IN ('fts_ctx', 'fts_ctx_done')")
+        db.execute(sql)  # the context's meta key stays: ``ensure_context`` re-creates it
 
 
-def ensure_context(db: sqlite3.Connection) -> bool:
-    """Create (or re-create, for another layout) the context table and its triggers; the caller
-    holds a write transaction. The triggers index every write from now on; the rows already
-    stored are indexed by ``backfill_context`` (in steps). → whether a backfill is due."""
+def ensure_context(db: sqlite3.Connection, create: bool) -> bool:
+    """Create (``create``, or when the store has had it: re-create for another layout or after
+    ``drop``) the context table and its triggers; the caller holds a write transaction. The
+    triggers index every write from then on; the rows already stored are indexed by
+    ``backfill_context`` (in steps). → whether a backfill is due."""
     have = db.execute("SELECT value FROM meta WHERE key = 'fts_ctx'").fetchone()
+    if have is None and not create:
+        return False  # never asked for here: writes do not pay for it
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_ctx'").fetchone()
     if not (exists and have and have[0] == CONTEXT_LAYOUT):
         for sql in _DROP_CONTEXT:

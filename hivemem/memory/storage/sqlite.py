@@ -169,31 +169,49 @@ class SQLiteStorage(Storage):
                     db.execute("ALTER TABLE memories ADD COLUMN expires_at TEXT")  # a file made before
                 db.execute(sqlwrite.EXPIRY_INDEX)
                 fts.ensure_schema(db)
-                pending = fts.ensure_context(db)
                 db.execute("COMMIT")
             except BaseException:
                 self._rollback(db)
                 raise
-            while pending:  # rows stored before the context index: one step per transaction
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    pending = fts.backfill_context(db)
-                    db.execute("COMMIT")
-                except BaseException:
-                    self._rollback(db)
-                    raise
             sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'memories'").fetchone()[0]
             # Files made before row ids were AUTOINCREMENT may reuse the id of a deleted last
             # row, which an incremental index cannot tell apart: there, deletes rebuild it.
             self._logged = "AUTOINCREMENT" in sql.upper()
 
+        self._opening(create)
+        self.enable_context(create=False)
+
+    def _opening(self, step: Callable[[], None]) -> None:
+        """Run a schema step of opening: retried while another opener holds the file; a full
+        disk is ``DiskFull`` naming the file."""
         try:
-            retry_locked(create, _BUSY_MS / 1000)
+            retry_locked(step, _BUSY_MS / 1000)
         except sqlite3.Error as exc:
             full = disk_full(exc, f"memory database {self.path}")
             if full is None:
                 raise
             raise full from exc
+
+    def enable_context(self, create: bool = True) -> None:
+        """Bring the keyword context index (``fts.py``) up to date: create it if this store has
+        none (``create``; else only a store that has one is upgraded), then index the rows stored
+        before it in steps, one transaction each (resumed by the next open if interrupted)."""
+
+        pending = [False]
+
+        def step(work: Callable[[sqlite3.Connection], bool]) -> None:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                pending[0] = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback(db)
+                raise
+
+        self._opening(lambda: step(lambda db: fts.ensure_context(db, create)))
+        while pending[0]:
+            self._opening(lambda: step(fts.backfill_context))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -340,7 +358,7 @@ class SQLiteStorage(Storage):
             fts.drop(db)
             db.execute("DELETE FROM memories")
             fts.ensure_schema(db)
-            fts.ensure_context(db)
+            fts.ensure_context(db, create=False)  # re-created empty if the store had it
             db.execute("DELETE FROM history")
             db.execute("DELETE FROM changes")
             db.execute("UPDATE meta SET value = 0 WHERE key = 'pruned'")  # the log starts again
