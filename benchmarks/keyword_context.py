@@ -3,14 +3,15 @@
     python benchmarks/keyword_context.py                         # 100,000 memories, 100 queries
     python benchmarks/before_after.py --before REV -- keyword_context.py   # against an older tree
 
-Every SQLite store keeps the context index (triggers in each write transaction), whether or not
-``keyword_context`` is on, so writes pay for it always; searches pay only with the option on.
-Rows (each a median over ``--rounds`` interleaved rounds):
+A store gets the context index the first time a ``Memory`` with ``keyword_context=True`` opens
+it; from then on every write keeps it (triggers in the write transaction), so only such stores
+pay for it. Rows (each a median over ``--rounds`` interleaved rounds; ``_context_on``: a store
+that has the index and, for searches, the option on):
 
 * ``add_batch``: ``Memory.add_batch`` of ``--batch`` fresh texts (real model, an empty embedding
   cache each round, so the figure includes embedding, as users see it).
 * ``insert``: the storage layer alone (random unit vectors, no model) writing ``--size``
-  memories in batches of 10,000: the write cost with nothing to hide it.
+  memories in batches of 10,000 (once, before the rounds): the write cost with nothing to hide it.
 * ``search p50``: ``Memory.search`` over one scope of ``--size`` memories, ``top_k=10``, new
   queries (the query embedding included), hybrid and keyword mode, with the option off (the
   default) and, where this tree has it, on.
@@ -43,11 +44,15 @@ from hivemem.memory import hybrid
 HAS_CONTEXT = hasattr(hybrid, "configure_context")
 
 
-def add_rate(tmp: Path, texts: list[str], r: int) -> float:
+def store(path: Path, emb: Embedder, context: bool) -> Memory:
+    return Memory(path, embedder=emb, keyword_context=True) if context else Memory(path, embedder=emb)  # type: ignore[call-arg]
+
+
+def add_rate(tmp: Path, texts: list[str], name: str, context: bool) -> float:
     """memories/s of one ``add_batch`` of ``texts`` into a fresh store, fresh cache."""
-    with Embedder(cache=EmbeddingCache(tmp / f"add-{r}-cache.sqlite")) as emb:
+    with Embedder(cache=EmbeddingCache(tmp / f"add-{name}-cache.sqlite")) as emb:
         emb.embed(["warm the engine up"])
-        m = Memory(tmp / f"add-{r}.sqlite", embedder=emb)
+        m = store(tmp / f"add-{name}.sqlite", emb, context)
         t0 = time.perf_counter()
         m.add_batch([{"messages": t, "user_id": "bench"} for t in texts])
         dt = time.perf_counter() - t0
@@ -73,31 +78,34 @@ def main() -> None:
     add_plot_options(ap)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-context-"))
-    pool = sentences(args.rounds * args.batch + args.rounds * args.queries * 4 + 10, seed=2323)
+    variants = ("off", "on") if HAS_CONTEXT else ("off",)
+    pool = sentences(2 * args.rounds * args.batch + args.rounds * args.queries * 4 + 10, seed=2323)
     rates: dict[str, list[float]] = {}
     with Embedder(cache=EmbeddingCache(tmp / "search-cache.sqlite")) as emb:
-        m = Memory(tmp / "search.sqlite", embedder=emb)
-        m.search("warm up", user_id="one")
-        rates.setdefault("insert_ops_s", []).append(args.size / build(m._storage, args.size))
-        mc = Memory(tmp / "search.sqlite", embedder=emb, keyword_context=True) if HAS_CONTEXT else None  # type: ignore[call-arg]
-        at = args.rounds * args.batch
+        stores = {v: store(tmp / f"search-{v}.sqlite", emb, v == "on") for v in variants}
+        for v, m in stores.items():
+            m.search("warm up", user_id="one")
+            key = "insert_ops_s" + ("_context_on" if v == "on" else "")
+            rates[key] = [args.size / build(m._storage, args.size)]
+        m, mc = stores["off"], stores.get("on")
+        at = 2 * args.rounds * args.batch
         for r in range(args.rounds):
-            rates.setdefault("add_batch_ops_s", []).append(
-                add_rate(tmp, pool[r * args.batch : (r + 1) * args.batch], r)
-            )
+            for v in variants:
+                texts = pool[(2 * r + (v == "on")) * args.batch : (2 * r + (v == "on") + 1) * args.batch]
+                key = "add_batch_ops_s" + ("_context_on" if v == "on" else "")
+                rates.setdefault(key, []).append(add_rate(tmp, texts, f"{r}-{v}", v == "on"))
             for mode in ("hybrid", "keyword"):
-                for name, store in (("off", m), ("on", mc)):
-                    if store is None:
+                for name, target in (("off", m), ("on", mc)):
+                    if target is None:
                         continue
                     queries = pool[at : at + args.queries]
                     at += args.queries
                     rates.setdefault(f"{mode}_p50_ms_context_{name}", []).append(
-                        search_p50(store, queries, mode)
+                        search_p50(target, queries, mode)
                     )
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
-        m.close()
-        if mc is not None:
-            mc.close()
+        for m in stores.values():
+            m.close()
     out: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
     out.update(
         size=args.size, batch=args.batch, queries=args.queries, rounds=args.rounds, context=HAS_CONTEXT
