@@ -1,7 +1,8 @@
 """What the keyword context (issue 23, ``storage/fts.py``'s ``memories_ctx``) costs: writes and search.
 
     python benchmarks/keyword_context.py                         # 100,000 memories, 100 queries
-    python benchmarks/before_after.py --before REV -- keyword_context.py   # against an older tree
+    python benchmarks/keyword_context.py --users 1000            # 1,000 scopes of 100
+    python benchmarks/before_after.py --before REV -- keyword_context.py --context off  # the default path
 
 A store gets the context index the first time a ``Memory`` with ``keyword_context=True`` opens
 it; from then on every write keeps it (triggers in the write transaction), so only such stores
@@ -12,7 +13,8 @@ that has the index and, for searches, the option on):
   cache each round, so the figure includes embedding, as users see it).
 * ``insert``: the storage layer alone (random unit vectors, no model) writing ``--size``
   memories in batches of 10,000 (once, before the rounds): the write cost with nothing to hide it.
-* ``search p50``: ``Memory.search`` over one scope of ``--size`` memories, ``top_k=10``, new
+* ``search p50``: ``Memory.search`` over a store of ``--size`` memories in one scope (or
+  ``--users`` scopes, each search in one of them), ``top_k=10``, new
   queries (the query embedding included), hybrid and keyword mode, with the option off (the
   default) and, where this tree has it, on.
 
@@ -60,11 +62,11 @@ def add_rate(tmp: Path, texts: list[str], name: str, context: bool) -> float:
     return len(texts) / dt
 
 
-def search_p50(m: Memory, queries: list[str], mode: str) -> float:
+def search_p50(m: Memory, queries: list[str], mode: str, users: int) -> float:
     lat = []
-    for q in queries:
+    for i, q in enumerate(queries):
         t0 = time.perf_counter()
-        m.search(q, user_id="one", top_k=10, mode=mode)
+        m.search(q, user_id="one" if users == 1 else f"user{(i * 37) % users}", top_k=10, mode=mode)
         lat.append(time.perf_counter() - t0)
     return 1000 * statistics.median(lat)
 
@@ -75,10 +77,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000, help="texts per add_batch round")
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--users", type=int, default=1, help="scopes the searched store is spread over")
+    ap.add_argument(
+        "--context",
+        choices=["both", "off"],
+        default="both",
+        help="off: only the default rows (the same work on every tree, for before_after.py)",
+    )
     add_plot_options(ap)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-context-"))
-    variants = ("off", "on") if HAS_CONTEXT else ("off",)
+    variants = ("off", "on") if HAS_CONTEXT and args.context == "both" else ("off",)
     pool = sentences(2 * args.rounds * args.batch + args.rounds * args.queries * 4 + 10, seed=2323)
     rates: dict[str, list[float]] = {}
     with Embedder(cache=EmbeddingCache(tmp / "search-cache.sqlite")) as emb:
@@ -86,7 +95,7 @@ def main() -> None:
         for v, m in stores.items():
             m.search("warm up", user_id="one")
             key = "insert_ops_s" + ("_context_on" if v == "on" else "")
-            rates[key] = [args.size / build(m._storage, args.size)]
+            rates[key] = [args.size / build(m._storage, args.size, args.users)]
         m, mc = stores["off"], stores.get("on")
         at = 2 * args.rounds * args.batch
         for r in range(args.rounds):
@@ -101,14 +110,19 @@ def main() -> None:
                     queries = pool[at : at + args.queries]
                     at += args.queries
                     rates.setdefault(f"{mode}_p50_ms_context_{name}", []).append(
-                        search_p50(target, queries, mode)
+                        search_p50(target, queries, mode, args.users)
                     )
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
         for m in stores.values():
             m.close()
     out: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
     out.update(
-        size=args.size, batch=args.batch, queries=args.queries, rounds=args.rounds, context=HAS_CONTEXT
+        size=args.size,
+        users=args.users,
+        batch=args.batch,
+        queries=args.queries,
+        rounds=args.rounds,
+        context=HAS_CONTEXT,
     )
     print("\n| measurement | median | rounds |\n|---|---|---|")
     for k, v in rates.items():
