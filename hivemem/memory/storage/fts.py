@@ -275,7 +275,7 @@ class KeywordIndex:
         with ``context`` > 0 (the window's share, module docstring) each one's raw ``(body,
         context)`` scores (for ``explain``)."""
         rids, score = self._match(db, "memories_fts", "body", terms, scope_query, rows)
-        parts: dict[int, tuple[float, float]] = {}
+        body = ctx = np.zeros(0)
         if context > 0:
             crids, cscore = self._match(db, "memories_ctx", "context", terms, scope_query, rows)
             both = np.union1d(rids, crids)
@@ -284,13 +284,24 @@ class KeywordIndex:
             ctx[np.searchsorted(both, crids)] = cscore
             rids = both
             score = body / (body.max(initial=0) or 1) + context * ctx / (ctx.max(initial=0) or 1)
-            parts = dict(zip(both.tolist(), zip(body.tolist(), ctx.tolist(), strict=True), strict=True))
+        by_rid = rids  # ascending: where each hit's parts are
+
+        def found(
+            out: list[tuple[int, float]],
+        ) -> tuple[list[tuple[int, float]], dict[int, tuple[float, float]]]:
+            if not context > 0 or not out:
+                return out, {}
+            at = np.searchsorted(by_rid, [r for r, _ in out])  # the parts of the hits only
+            return out, {
+                r: (float(body[i]), float(ctx[i])) for (r, _), i in zip(out, at.tolist(), strict=True)
+            }
+
         if not len(rids):
-            return [], parts
+            return found([])
         order = np.lexsort((rids, -score))  # best first; ties to the older memory
         rids, score = rids[order], score[order]
         if sql == "1":
-            return list(zip(rids[:k].tolist(), score[:k].tolist(), strict=True)), parts
+            return found(list(zip(rids[:k].tolist(), score[:k].tolist(), strict=True)))
         out: list[tuple[int, float]] = []
         for lo, hi in ((0, 4 * k), (4 * k, len(rids))):  # the best first; all of them if too few pass
             if lo >= len(rids):
@@ -305,7 +316,7 @@ class KeywordIndex:
             out += [(r, float(s)) for r, s in zip(part, score[lo:hi].tolist(), strict=True) if r in passing]
             if len(out) >= k:
                 break
-        return out[:k], parts
+        return found(out[:k])
 
     @staticmethod
     def _match(
