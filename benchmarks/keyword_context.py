@@ -17,6 +17,9 @@ that has the index and, for searches, the option on):
   ``--users`` scopes, each search in one of them), ``top_k=10``, new
   queries (the query embedding included), hybrid and keyword mode, with the option off (the
   default) and, where this tree has it, on.
+* Then, once per store: its file size (``file_mb``), ``batch_delete`` of up to 1,000 memories of
+  one scope (``batch_delete_ms``) and ``delete_all`` of every scope (``delete_all_s``): a delete
+  re-indexes the 2 windows after it.
 
 With ``before_after.py`` the same script runs on both trees; rows the old tree lacks (the option
 on) are left out of its JSON. Prints a table, one JSON line and a plot.
@@ -113,7 +116,21 @@ def main() -> None:
                         search_p50(target, queries, mode, args.users)
                     )
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
-        for m in stores.values():
+        for v, m in stores.items():  # once, at the end: the file, then deletes (which empty it)
+            tail = "_context_on" if v == "on" else ""
+            m._storage._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            rates["file_mb" + tail] = [os.path.getsize(tmp / f"search-{v}.sqlite") / 1e6]
+            ids = [
+                h["id"]
+                for h in m.get_all(user_id="one" if args.users == 1 else "user0", top_k=1000)["results"]
+            ]
+            t0 = time.perf_counter()
+            m.batch_delete([{"memory_id": i} for i in ids])
+            rates["batch_delete_ms" + tail] = [1000 * (time.perf_counter() - t0)]
+            t0 = time.perf_counter()
+            for u in ["one"] if args.users == 1 else [f"user{i}" for i in range(args.users)]:
+                m.delete_all(user_id=u)
+            rates["delete_all_s" + tail] = [time.perf_counter() - t0]
             m.close()
     out: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
     out.update(
