@@ -58,13 +58,14 @@ def words(m: Memory, query: str, **scope: str) -> list[str]:
     return [h["memory"] for h in m.search(query, mode="keyword", **scope)["results"]]
 
 
-def test_random_writes_keep_the_context_equal_to_a_rebuild(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed", [23, 24, 25])
+def test_random_writes_keep_the_context_equal_to_a_rebuild(tmp_path: Path, seed: int) -> None:
     """Adds, batches, updates, deletes, batch updates and deletes and delete_all in three scopes,
     in random order: after every step the table equals a rebuild from scratch."""
     path = tmp_path / "m.sqlite"
     m = Memory(path, embedder=HashEmbedder(), keyword_context=True)
     scopes: list[dict[str, str]] = [{"user_id": "a"}, {"user_id": "b"}, {"user_id": "a", "run_id": "r1"}]
-    rng = random.Random(23)
+    rng = random.Random(seed)
     ids: dict[int, list[str]] = {0: [], 1: [], 2: []}
     n = 0
     for step in range(120):

@@ -33,21 +33,20 @@
   share of the store) stay within ``RANK_BUDGET``; the common words left out carry little idf. As
   long as the rows of all the query's words in the scope stay within the budget (LoCoMo: ~550
   turns per conversation), no word is left out and the score is exact.
-* **Context** (``memories_ctx``, issue 23; made the first time a ``Memory`` with
-  ``keyword_context=True`` opens the store, so stores that never use it pay nothing): each
-  memory is also indexed with the text of the
+* **Context** (``memories_ctx``, issue 23): each memory's *window*, its text and that of the
   ``CONTEXT_BEFORE`` memories before it in its scope (the same user/agent/run, in insertion
-  order) — derived data, never part of the memory's text, hash or history. A conversation's turn
-  rarely names everything a question asks about; its neighbours often do. Triggers keep it in
-  the transaction of every write, as ``memories_fts``: an insert indexes the new row's window
-  (a backward window never changes older rows'), an update or delete re-indexes the row's own
-  window and those of the ``CONTEXT_BEFORE`` rows after it, so the table always equals a rebuild
-  from scratch. A window never crosses scopes. It is an FTS5 table *with* content: a row's old
-  window cannot be recomputed once a neighbour has changed, and SQLite 3.40 has no
-  ``contentless_delete``. ``search(..., context=share)`` scores a row
-  ``body / best body + share × context / best context`` (both BM25 as above, the scope's
-  statistics), which ``hybrid.fuse`` divides by its best as any keyword score
-  (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
+  order), is indexed too: derived data, never part of the memory's text, hash or history. A
+  conversation's turn rarely names everything a question asks about; its neighbours often do.
+  The table is made the first time a ``Memory`` with ``keyword_context=True`` opens the store
+  (stores that never use it pay nothing), then triggers keep it in the transaction of every
+  write, as ``memories_fts``: an insert indexes the new row's window (a backward window never
+  changes older rows'), an update or delete re-indexes the row's own window and those of the
+  ``CONTEXT_BEFORE`` rows after it, so the table always equals a rebuild from scratch. A window
+  never crosses scopes. It is an FTS5 table *with* content: a row's old window cannot be
+  recomputed once a neighbour has changed, and SQLite 3.40 has no ``contentless_delete``.
+  ``KeywordIndex.search(..., context=share)`` scores a row ``body / best body + share × window /
+  best window`` (both BM25 as above, the scope's statistics), which ``hybrid.fuse`` divides by
+  its best as any keyword score (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
 """
 
 from __future__ import annotations
