@@ -13,8 +13,11 @@ ones, averaged over questions; hit@10 = at least one evidence turn in the top 10
 that name no turn are dropped ("D8:6; D9:17" is split), a question left without any is skipped.
 
 Rows: ``vector``, ``keyword`` and ``hybrid`` (the default of ``Memory.search``) through hivemem
-(its own int8 ONNX model), and the exact fp32 sentence-transformers reference (brute force,
-torch). ``--sweep`` evaluates the alternatives the defaults were chosen from (tokenizers, stop
+(its own int8 ONNX model), ``keyword + context`` and ``hybrid + context`` (SQLite: the same store
+with ``keyword_context=True``, with its paired bootstrap against hybrid and the keep rule: no
+category worse at 5 or 10, interval above 0), and the exact fp32 sentence-transformers reference
+(brute force, torch). On the held-out half: ``--data DIR`` with its conversations.
+``--sweep`` evaluates the alternatives the defaults were chosen from (tokenizers, stop
 words, fusion rules and weights, candidate depths), on this development data only (SQLite).
 ``--backend postgres|both`` runs the same rows on PostgreSQL (a throwaway server from
 ``tests/pgtemp.py`` unless ``--url`` names one; the rows are labelled ``(postgres)``) and, with
@@ -284,6 +287,55 @@ def run_modes(
     return results, timing, tops
 
 
+def paired(base: np.ndarray, new: np.ndarray, rounds: int = 2000) -> dict[str, float]:
+    """recall@10 change of ``new`` against ``base`` (per-question ``(recall@5, recall@10)`` rows):
+    a 95% paired bootstrap interval over questions, and how many questions gained or lost (a
+    change inside the interval's noise is not a lift)."""
+    d = new[:, 1] - base[:, 1]
+    rng = np.random.default_rng(0)
+    means = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(rounds)]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {
+        "delta": float(d.mean()),
+        "lo": float(lo),
+        "hi": float(hi),
+        "up": int((d > 0).sum()),
+        "down": int((d < 0).sum()),
+    }
+
+
+def with_context(
+    location: str, emb: Embedder, questions: list[Question], dia: dict[str, list[str]]
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float], dict[str, Any]]:
+    """The same store searched with ``keyword_context=True`` (each memory's window: the turn and
+    the two before it in its scope, here the conversation) → score tables, ms per search, and the
+    rule for keeping it: no category worse at 5 or 10 than plain hybrid, and the paired interval
+    of the recall@10 change above 0."""
+    rows: dict[str, Scores] = {}
+    timing: dict[str, float] = {}
+    for name, context in (("hybrid", False), ("keyword + context", True), ("hybrid + context", True)):
+        with Memory(location, embedder=emb, keyword_context=context) as mc:
+            mode = name.split(" ")[0]
+
+            def rank(conv: str, q: str, i: int, mc: Memory = mc, mode: str = mode) -> list[str]:
+                return [h["id"] for h in mc.search(q, user_id=conv, top_k=K, mode=mode)["results"]]
+
+            t0 = time.perf_counter()
+            rows[name] = evaluate(questions, rank, dia)
+            timing[name] = 1000 * (time.perf_counter() - t0) / len(questions)
+    base, new = rows["hybrid"].table(), rows["hybrid + context"].table()
+    change = paired(
+        np.array(rows["hybrid"].rows["all"])[:, :2], np.array(rows["hybrid + context"].rows["all"])[:, :2]
+    )
+    worse = [f"{k} {m}" for k in base for m in ("recall@5", "recall@10") if new[k][m] < base[k][m] - 1e-12]
+    rule = {"change_recall@10": change, "categories_worse": worse, "kept": not worse and change["lo"] > 0}
+    return (
+        {n: r.table() for n, r in rows.items() if n != "hybrid"},
+        {n: t for n, t in timing.items() if n != "hybrid"},
+        rule,
+    )
+
+
 def agreement(a: list[list[str]], b: list[list[str]]) -> dict[str, float]:
     """Share of questions with the same top 10 (same order), and the mean overlap of the sets."""
     same = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
@@ -338,6 +390,10 @@ def main() -> None:
         label = "" if backend == backends[0] else f" ({backend})"
         for mode in res:
             results[mode + label], timing[mode + label] = res[mode], tim[mode]
+        if backend == "sqlite":  # the keyword context option (issue 23; SQLite only so far)
+            res, tim, context_rule = with_context(location, emb, questions, dia)
+            results.update(res)
+            timing.update(tim)
     m, dia = stores[backends[0]], dias[backends[0]]
     if not args.no_reference:
         ref = reference(turns, questions)
@@ -367,6 +423,14 @@ def main() -> None:
         "results": results,
         "ms_per_search": timing,
     }
+    if "sqlite" in backends:
+        out["keyword_context"] = context_rule
+        c = context_rule["change_recall@10"]
+        print(
+            f"\nhybrid + context against hybrid: recall@10 {c['delta']:+.3f} [95% CI {c['lo']:+.3f},"
+            f" {c['hi']:+.3f}], questions up/down {c['up']}/{c['down']}; categories worse:"
+            f" {', '.join(context_rule['categories_worse']) or 'none'}; kept: {context_rule['kept']}"
+        )
     if len(backends) == 2:
         out["agreement"] = {
             mode: agreement(tops["sqlite"][mode], tops["postgres"][mode]) for mode in tops["sqlite"]

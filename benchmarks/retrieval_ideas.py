@@ -78,9 +78,11 @@ def raw_turns(data: Path) -> dict[str, list[Turn]]:
     return out
 
 
-def window(turns: list[Turn], i: int, before: int, after: int) -> list[Turn]:
+def window(turns: list[Turn], i: int, before: int, after: int, session: bool = True) -> list[Turn]:
+    """Turn ``i`` with its neighbours: in its session, or (``session=False``) anywhere in the
+    conversation (the benchmark's scope, ``user_id`` = the conversation, without ``run_id``)."""
     s = turns[i].session
-    return [t for t in turns[max(0, i - before) : i + after + 1] if t.session == s]
+    return [t for t in turns[max(0, i - before) : i + after + 1] if t.session == s or not session]
 
 
 def said(t: Turn) -> str:
@@ -97,6 +99,8 @@ VARIANTS: dict[str, Callable[[list[Turn], int], str]] = {
     "context -1": lambda ts, i: "\n".join(said(t) for t in window(ts, i, 1, 0)),
     "context ±2": lambda ts, i: "\n".join(said(t) for t in window(ts, i, 2, 2)),
     "context -2": lambda ts, i: "\n".join(said(t) for t in window(ts, i, 2, 0)),
+    "context ±2 (scope)": lambda ts, i: "\n".join(said(t) for t in window(ts, i, 2, 2, False)),
+    "context -2 (scope)": lambda ts, i: "\n".join(said(t) for t in window(ts, i, 2, 0, False)),
 }
 
 
@@ -223,22 +227,6 @@ def evaluate(lab: Lab, rank: Ranker) -> tuple[dict[str, dict[str, float]], np.nd
 
     scores = R.evaluate(lab.questions, ids, lab.dia)
     return scores.table(), np.array(scores.rows["all"])[:, :2]
-
-
-def paired(base: np.ndarray, new: np.ndarray, rounds: int = 2000) -> dict[str, float]:
-    """recall@10 change against the baseline: a 95% paired bootstrap interval over questions, and
-    how many questions gained or lost (a change inside the interval's noise is not a lift)."""
-    d = new[:, 1] - base[:, 1]
-    rng = np.random.default_rng(0)
-    means = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(rounds)]
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {
-        "delta": float(d.mean()),
-        "lo": float(lo),
-        "hi": float(hi),
-        "up": int((d > 0).sum()),
-        "down": int((d < 0).sum()),
-    }
 
 
 # -- the rankers ---------------------------------------------------------------------------------
@@ -396,6 +384,37 @@ def combined(
     return rank
 
 
+def mean_context(
+    lab: Lab, before: int, after: int, session: bool, kw: dict[str, float], w: float = 1.0
+) -> Ranker:
+    """A context vector that costs no model call: the normalised mean of the *stored* vectors of
+    the turn's window; cosine = (cos(q, turn) + w · cos(q, context)) / (1 + w); keyword as
+    ``combined``."""
+    ctx: dict[str, np.ndarray] = {}
+    for conv, ts in lab.raw.items():
+        p, vecs = lab.pos[conv], lab.side("base").vecs[conv]
+        first: dict[int, int] = {}
+        for i, t in enumerate(ts):
+            first.setdefault(p[lab.by_dia[conv, t.dia]], i)
+        rows = []
+        for u in range(len(lab.ids[conv])):
+            units = sorted({p[lab.by_dia[conv, t.dia]] for t in window(ts, first[u], before, after, session)})
+            m = vecs[units].mean(axis=0)
+            rows.append(m / np.linalg.norm(m))
+        ctx[conv] = np.stack(rows)
+
+    def rank(conv: str, q: str, i: int) -> list[int]:
+        terms = hybrid.query_terms(q)
+        k = sum(
+            share * (x / (x.max() or 1))
+            for share, x in ((s, lab.keyword(n, conv, terms)) for n, s in kw.items())
+        )
+        cos = (lab.side("base").vecs[conv] @ lab.qv[i] + w * (ctx[conv] @ lab.qv[i])) / (1 + w)
+        return top(fuse(cos, k), cos)
+
+    return rank
+
+
 def diverse(lab: Lab, penalty: float) -> Ranker:
     """Maximal marginal relevance by words: each next hit is the best fused score minus
     ``penalty`` × its largest word overlap (Jaccard) with the hits already taken."""
@@ -498,6 +517,23 @@ def ideas(lab: Lab) -> dict[str, Ranker]:
         out[text] = combined(lab, vec, kw)
         out[text + "; smoothing 0.2"] = combined(lab, vec, kw, g=0.2)
         out[text + "; PRF 0.3"] = combined(lab, vec, kw, beta=0.3)
+    for scope in ("", " (scope)"):  # issue 23 step 1: K bounded by the session or by the scope
+        for ctx in ("context -2", "context ±2"):
+            out[f"index: kw = turn + 0.5·{ctx}{scope}, cos turn"] = two_keywords(
+                lab, "base", ctx + scope, 0.5
+            )
+    for session in (True, False):
+        bound = "session" if session else "scope"
+        for before, after in ((2, 0), (2, 2), (1, 1)):
+            win = f"{before}..{after}" if after else f"-{before}"
+            for kname, kw in (
+                ("turn", {"base": 1.0}),
+                ("K", {"base": 1.0, f"context -2{'' if session else ' (scope)'}": 0.5}),
+            ):
+                for w in (0.5, 1.0):
+                    out[f"mean-vector context {win} ({bound}), w {w}; kw {kname}"] = mean_context(
+                        lab, before, after, session, kw, w
+                    )
     for penalty in (0.05, 0.1, 0.2):
         out[f"diversity: MMR by word overlap, penalty {penalty}"] = diverse(lab, penalty)
     for share in (0.3, 0.6):
@@ -537,7 +573,7 @@ def main() -> None:
         t, rows = evaluate(lab, rank)
         results[name] = t
         base_rows = rows if base_rows is None else base_rows
-        c = change[name] = paired(base_rows, rows)
+        c = change[name] = R.paired(base_rows, rows)
         cells = " | ".join(f"{t[k]['recall@5']:.3f} / {t[k]['recall@10']:.3f}" for k in keys)
         print(
             f"| {name} | {cells} | {c['delta']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}],"

@@ -41,6 +41,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HIVEMEM_LLM_URL", "llm_url", "An OpenAI-compatible chat endpoint for `add(infer=True)`."),
     Variable("HIVEMEM_LLM_MODEL", "llm_model", "The model name sent to that endpoint."),
     Variable("HIVEMEM_LLM_API_KEY", "llm_api_key", "The API key sent to that endpoint."),
+    Variable(
+        "HIVEMEM_KEYWORD_CONTEXT",
+        "keyword_context",
+        "`1`: `Memory` searches also match each memory's neighbours (`keyword_context`; default `0`).",
+    ),
     Variable("OPENAI_API_KEY", "openai_api_key", "Used by the `openai` LLM provider at OpenAI's own URL."),
 )
 
@@ -66,6 +71,7 @@ class Settings:
     llm_url: str | None
     llm_model: str | None
     llm_api_key: str | None
+    keyword_context: str | None
     openai_api_key: str | None
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:

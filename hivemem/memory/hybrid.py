@@ -28,6 +28,12 @@ all figures in docs/memory.md#hybrid-retrieval-the-shared-index-scale-2026-11-26
   did better; reciprocal rank fusion is as good only with a small k, and its score is a rank, not a
   similarity (so ``score`` and ``threshold`` would lose their meaning).
 
+**Context** (``Storage.context``, the ``keyword_context`` option of ``Memory``; issue 23): the keyword
+side also counts each memory's window, the memories just before it in its scope, with the share
+``CONTEXT_SHARE`` (``storage/fts.py``): ``kw = body / best + 0.5 × window / best`` before the fusion
+divides by its best. On the LoCoMo development half it lifts every question category
+(docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
+
 ``explain=True`` gives each hit the parts of its score (``score_details``, see ``explain``); it is
 computed only when asked, from the lists the fusion already holds.
 
@@ -41,12 +47,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hivemem.infra.settings import Settings
+from hivemem.memory.storage.base import KEYWORD_PARTS
+
 if TYPE_CHECKING:
     from hivemem.memory.filters import Node
     from hivemem.memory.storage.base import Storage
 
 MODES = ("hybrid", "vector", "keyword")
 KEYWORD_WEIGHT = 0.4
+CONTEXT_SHARE = 0.5  # the window's share of the keyword score when context is on (docs/memory.md)
 MAX_TERMS = 32  # words of a query used for the keyword side (bounds the cost of a hostile query)
 MAX_TERM_CHARS = 64  # longer "words" are not words: skipped
 
@@ -110,9 +120,13 @@ def fuse(
         scored.append(((c + weight * kw.get(mid, 0.0)) / divisor, c, mid))
     scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
     out = [{**records[mid], "score": s} for s, _, mid in scored[:top_k]]
+    for r in out:
+        r.pop(KEYWORD_PARTS, None)  # only explain shows them
     if explain:
         vector_rank, keyword_rank = _ranks(vector_hits), _ranks(keyword_hits)
         raw = {h["id"]: float(h["score"]) for h in keyword_hits}
+        parts = {h["id"]: h[KEYWORD_PARTS] for h in keyword_hits if KEYWORD_PARTS in h}
+        context = bool(parts)
         for r in out:
             mid = r["id"]
             r["score_details"] = {
@@ -124,7 +138,15 @@ def fuse(
                 "keyword_weight": weight if kw else 0.0,  # the weight this query's fusion applied
                 "fused": r["score"],
             }
+            if context:
+                r["score_details"].update(_context_details(parts.get(mid)))
     return out
+
+
+def _context_details(parts: tuple[float, float] | None) -> dict[str, float | None]:
+    """With context: the raw BM25 of the memory's own text and of its window (None: no keyword hit)."""
+    body, window = parts if parts is not None else (None, None)
+    return {"keyword_body": body, "keyword_context": window}
 
 
 def _ranks(hits: list[dict[str, Any]]) -> dict[str, int]:
@@ -147,8 +169,37 @@ def explain(hits: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
         else:
             normalized = score / best if best > 0 else 0.0
             details = {"keyword_score": score, "keyword_normalized": normalized, "keyword_rank": rank}
-        out.append({**h, "score_details": details})
+        hit = dict(h)
+        if KEYWORD_PARTS in hit:
+            details.update(_context_details(hit.pop(KEYWORD_PARTS)))
+        out.append({**hit, "score_details": details})
     return out
+
+
+def configure_context(option: bool | None, storage: Storage, location: str) -> None:
+    """Set ``storage.context``, the keyword context's share, for a ``Memory``: ``option``
+    (``keyword_context=``), or else ``$HIVEMEM_KEYWORD_CONTEXT`` (``1``/``0``), default off: it
+    lifted the development half of LoCoMo, and stays off until it has held on the held-out half
+    (docs/memory.md). A refused value closes ``storage`` (``Memory()`` fails whole)."""
+    try:
+        if option is None:
+            text = (Settings.from_env().keyword_context or "0").lower()
+            if text not in ("0", "1", "true", "false", "on", "off", "yes", "no"):
+                raise ValueError(f"HIVEMEM_KEYWORD_CONTEXT must be 1 or 0, got {text[:40]!r}")
+            option = text in ("1", "true", "on", "yes")
+        if not isinstance(option, bool):
+            raise TypeError(f"keyword_context must be True or False, got {type(option).__name__}")
+        if option and not storage.capabilities.keyword_context:
+            raise ValueError(
+                f"keyword_context is not available on {location} yet (SQLite stores have it): "
+                "leave it off (keyword_context=False, HIVEMEM_KEYWORD_CONTEXT=0)"
+            )
+        if option:
+            storage.enable_context()
+    except BaseException:
+        storage.close()
+        raise
+    storage.context = CONTEXT_SHARE if option else 0.0
 
 
 def has_keywords(storage: Any) -> bool:
@@ -178,6 +229,8 @@ def search(
             hits = storage.search(vector, where, top_k, threshold)
         else:
             hits = storage.keyword_search(terms, where, top_k) if terms else []
+            if not explain_scores:
+                return [_strip(h) for h in hits]
         return explain(hits, mode) if explain_scores else hits
     assert vector is not None
     depth = candidates(top_k)
@@ -188,3 +241,9 @@ def search(
         missing = [h["id"] for h in keyword_hits if h["id"] not in seen]
         cosines = storage.cosines(missing, vector) if missing else {}
     return fuse(vector_hits, keyword_hits, cosines, top_k, threshold, explain=explain_scores)
+
+
+def _strip(hit: dict[str, Any]) -> dict[str, Any]:
+    """A keyword hit without the parts only ``explain`` shows."""
+    hit.pop(KEYWORD_PARTS, None)
+    return hit

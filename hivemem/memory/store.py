@@ -51,7 +51,7 @@ from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, 
 from hivemem.memory.storage.sqlcompile import unexpired
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "reranker", "history_db_path", "version"}
-_CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt"}  # infer=True prompts
+_CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt", "keyword_context"}
 
 
 # Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
@@ -156,6 +156,7 @@ class Memory:
         embedder_config: dict[str, Any] | None = None,
         reranker: rr.Reranker | dict[str, Any] | None = None,
         llm: dict[str, Any] | FactExtractor | None = None,
+        keyword_context: bool | None = None,
     ) -> None:
         # a Reranker object, or Mem0's {"provider": "llm", "config": …} (ours to close)
         self._reranker, self._owns_reranker = rr.resolve(reranker)
@@ -163,6 +164,7 @@ class Memory:
         self.location = str(where)  # for messages; a PostgreSQL password is never shown
         self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
         self._storage = open_storage(where)
+        hybrid.configure_context(keyword_context, self._storage, self.location)
         # Concurrent adds joined into groups (grouping.Combiner) where the storage commits groups as one
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
         grouped = self._storage.capabilities.group_commit
@@ -214,6 +216,7 @@ class Memory:
             embedder_config=config_dict.get("embedder"),
             llm=config_dict.get("llm"),
             reranker=config_dict.get("reranker"),
+            keyword_context=config_dict.get("keyword_context"),
         )
         memory._prompts = {
             k: config_dict.get(k) for k in ("custom_instructions", "custom_fact_extraction_prompt")

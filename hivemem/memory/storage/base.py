@@ -83,12 +83,17 @@ class Change:
     expires_at: str | None = None
 
 
+# A keyword hit's raw (body, context) scores with keyword_search(..., context > 0); hybrid pops it
+KEYWORD_PARTS = "_keyword_parts"
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can do beyond the core, said once instead of probed with ``hasattr``."""
 
     keywords: bool  # keyword_search, cosines, snapshot: modes "hybrid" and "keyword"
     group_commit: bool  # insert_many stores several batches in ONE transaction (worth combining adds)
+    keyword_context: bool = False  # keyword_search honours ``Storage.context`` (each memory's window)
 
 
 class WriteTx(Protocol):
@@ -151,6 +156,12 @@ class Storage(abc.ABC):
     dialect: Dialect  # how filters compile for this backend (``sqlcompile``)
     _memories: str  # the tables, as the backend's SQL names them
     _history: str
+    context: float = 0.0  # keyword_search's share for each memory's window (hybrid.configure_context)
+
+    def enable_context(self) -> None:
+        """Make (and fill) the keyword context index where the backend has one
+        (``capabilities.keyword_context``); nothing elsewhere."""
+        return None
 
     # -- the backend's own ---------------------------------------------------------------------
 
@@ -190,7 +201,9 @@ class Storage(abc.ABC):
     def keyword_search(
         self, terms: builtins.list[str], where: Node | None, k: int
     ) -> builtins.list[dict[str, Any]]:
-        """The keyword side of the search contract (module docstring)."""
+        """The keyword side of the search contract (module docstring). With ``self.context`` > 0
+        (only where ``capabilities.keyword_context``), each memory's window counts too, with this
+        share, and each hit carries its raw parts under ``KEYWORD_PARTS`` (``storage/fts.py``)."""
 
     @abc.abstractmethod
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:

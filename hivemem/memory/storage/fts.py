@@ -33,6 +33,20 @@
   share of the store) stay within ``RANK_BUDGET``; the common words left out carry little idf. As
   long as the rows of all the query's words in the scope stay within the budget (LoCoMo: ~550
   turns per conversation), no word is left out and the score is exact.
+* **Context** (``memories_ctx``, issue 23): each memory's *window*, its text and that of the
+  ``CONTEXT_BEFORE`` memories before it in its scope (the same user/agent/run, in insertion
+  order), is indexed too: derived data, never part of the memory's text, hash or history. A
+  conversation's turn rarely names everything a question asks about; its neighbours often do.
+  The table is made the first time a ``Memory`` with ``keyword_context=True`` opens the store
+  (stores that never use it pay nothing), then triggers keep it in the transaction of every
+  write, as ``memories_fts``: an insert indexes the new row's window (a backward window never
+  changes older rows'), an update or delete re-indexes the row's own window and those of the
+  ``CONTEXT_BEFORE`` rows after it, so the table always equals a rebuild from scratch. A window
+  never crosses scopes. It is an FTS5 table *with* content: a row's old window cannot be
+  recomputed once a neighbour has changed, and SQLite 3.40 has no ``contentless_delete``.
+  ``KeywordIndex.search(..., context=share)`` scores a row ``body / best body + share × window /
+  best window`` (both BM25 as above, the scope's statistics), which ``hybrid.fuse`` divides by
+  its best as any keyword score (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
 """
 
 from __future__ import annotations
@@ -73,6 +87,46 @@ SCHEMA = (
     f"INSERT INTO memories_fts (rowid, body, scope) SELECT rid, memory, {_SCOPE.format(p='memories')}"
     " FROM memories",
 )
+CONTEXT_BEFORE = 2  # memories before a memory in its window (backward: an add changes no older window)
+CONTEXT_LAYOUT = f"1 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
+CONTEXT_BATCH = 5_000  # rows a backfill step indexes per transaction (an old store, on open)
+_WINDOW = (
+    "(SELECT group_concat(memory, char(10)) FROM (SELECT w.memory FROM memories w"
+    f" WHERE w.scope = {{p}}.scope AND w.rid <= {{p}}.rid ORDER BY w.rid DESC LIMIT {CONTEXT_BEFORE + 1}))"
+)
+_FOLLOWING = "SELECT rid FROM memories WHERE scope = {p}.scope AND rid {op} {p}.rid ORDER BY rid LIMIT {n}"
+
+
+def _reindex(rows: str) -> str:
+    """Statements re-indexing the windows of the memory rows ``rows`` (a SELECT of rids) from the
+    table as it is now (used in triggers, so ``rows`` may name ``new``/``old``)."""
+    return (
+        f" DELETE FROM memories_ctx WHERE rowid IN ({rows});"
+        " INSERT INTO memories_ctx (rowid, context, scope)"
+        f" SELECT m.rid, {_WINDOW.format(p='m')}, {_SCOPE.format(p='m')} FROM memories m"
+        f" WHERE m.rid IN ({rows});"
+    )
+
+
+_AFTER_OLD = _FOLLOWING.format(p="old", op=">", n=CONTEXT_BEFORE)
+CONTEXT_SCHEMA = (
+    "CREATE VIRTUAL TABLE memories_ctx USING fts5(context, scope, tokenize='{tokenizer}')",
+    "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)",
+    "CREATE TRIGGER memories_ctx_insert AFTER INSERT ON memories BEGIN"
+    " INSERT INTO memories_ctx (rowid, context, scope)"
+    f" VALUES (new.rid, {_WINDOW.format(p='new')}, {_SCOPE.format(p='new')}); END",
+    "CREATE TRIGGER memories_ctx_delete AFTER DELETE ON memories BEGIN"
+    f" DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_OLD)} END",
+    "CREATE TRIGGER memories_ctx_update AFTER UPDATE OF memory, scope, user_id, agent_id, run_id ON memories"
+    f" BEGIN DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_OLD)}"
+    f"{_reindex(_FOLLOWING.format(p='new', op='>=', n=CONTEXT_BEFORE + 1))} END",
+)
+_DROP_CONTEXT = (
+    "DROP TRIGGER IF EXISTS memories_ctx_insert",
+    "DROP TRIGGER IF EXISTS memories_ctx_delete",
+    "DROP TRIGGER IF EXISTS memories_ctx_update",
+    "DROP TABLE IF EXISTS memories_ctx",
+)
 _DROP = (
     "DROP TRIGGER IF EXISTS memories_fts_insert",
     "DROP TRIGGER IF EXISTS memories_fts_delete",
@@ -94,11 +148,59 @@ def ensure_schema(db: sqlite3.Connection) -> None:
 
 
 def drop(db: sqlite3.Connection) -> None:
-    """Remove the index and its triggers (``reset`` deletes every row without 100k FTS deletes,
+    """Remove the indexes and their triggers (``reset`` deletes every row without 100k FTS deletes,
     whose markers would slow keyword searches until FTS5 merges them:
     docs/memory.md#measurements-behind-the-design)."""
-    for sql in _DROP:
+    for sql in (*_DROP, *_DROP_CONTEXT):
+        db.execute(sql)  # the context's meta key stays: ``ensure_context`` re-creates it
+
+
+def ensure_context(db: sqlite3.Connection, create: bool) -> bool:
+    """Create (``create``, or when the store has had it: re-create for another layout or after
+    ``drop``) the context table and its triggers; the caller holds a write transaction. The
+    triggers index every write from then on; the rows already stored are indexed by
+    ``backfill_context`` (in steps). → whether a backfill is due."""
+    have = db.execute("SELECT value FROM meta WHERE key = 'fts_ctx'").fetchone()
+    if have is None and not create:
+        return False  # never asked for here: writes do not pay for it
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_ctx'").fetchone()
+    if not (exists and have and have[0] == CONTEXT_LAYOUT):
+        for sql in _DROP_CONTEXT:
+            db.execute(sql)
+        for sql in CONTEXT_SCHEMA:
+            db.execute(sql.format(tokenizer=TOKENIZER))
+        # the rows stored now (rid <= this) are the backfill's; later ones the triggers'
+        high = db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx', ?), ('fts_ctx_done', ?)",
+            (CONTEXT_LAYOUT, 0 if high else -1),
+        )
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_high', ?)", (high,))
+    return context_pending(db)
+
+
+def context_pending(db: sqlite3.Connection) -> bool:
+    """Whether rows stored before the context table existed still wait for ``backfill_context``."""
+    done = db.execute("SELECT value FROM meta WHERE key = 'fts_ctx_done'").fetchone()
+    return done is not None and int(done[0]) >= 0
+
+
+def backfill_context(db: sqlite3.Connection, batch: int | None = None) -> bool:
+    """Index the windows of the next ``batch`` rows stored before the context table existed; the
+    caller holds a write transaction (one per step, so a killed or full-disk backfill keeps its
+    progress and the next open resumes). → whether more is left. A write meanwhile may already
+    have indexed some of them (its triggers): re-indexing gives the same window."""
+    done = int(db.execute("SELECT value FROM meta WHERE key = 'fts_ctx_done'").fetchone()[0])
+    high = int(db.execute("SELECT value FROM meta WHERE key = 'fts_ctx_high'").fetchone()[0])
+    if done < 0:
+        return False
+    upto = min(done + (batch or CONTEXT_BATCH), high)
+    rows = f"SELECT rid FROM memories WHERE rid > {done} AND rid <= {upto}"
+    for sql in _reindex(rows).split(";")[:-1]:
         db.execute(sql)
+    left = upto < high
+    db.execute("UPDATE meta SET value = ? WHERE key = 'fts_ctx_done'", (upto if left else -1,))
+    return left
 
 
 def quote(term: str) -> str:
@@ -166,28 +268,39 @@ class KeywordIndex:
         sql: str,
         params: list[Any],
         k: int,
-    ) -> list[tuple[int, float]]:
-        """``(rid, relevance > 0)`` of the best ``k`` rows passing ``sql`` that hold a term."""
-        found: list[np.ndarray] = []
-        weights: list[float] = []
-        for term in terms:
-            fts_query = f"{scope_query} AND {body_match([term])}" if scope_query else body_match([term])
-            hits = int_array(
-                db.execute(
-                    "SELECT group_concat(rowid) FROM memories_fts WHERE memories_fts MATCH ?", (fts_query,)
-                ).fetchone()[0]
-            )
-            if len(hits):  # BM25's idf as Lucene has it: positive, so every row holding a word counts
-                found.append(hits)
-                weights.append(math.log(1 + (max(rows, len(hits)) - len(hits) + 0.5) / (len(hits) + 0.5)))
-        if not found:
-            return []
-        rids, at = np.unique(np.concatenate(found), return_inverse=True)
-        score = np.bincount(at, weights=np.repeat(weights, [len(f) for f in found]))
+        context: float = 0.0,
+    ) -> tuple[list[tuple[int, float]], dict[int, tuple[float, float]]]:
+        """``(rid, relevance > 0)`` of the best ``k`` rows passing ``sql`` that hold a term, and
+        with ``context`` > 0 (the window's share, module docstring) each one's raw ``(body,
+        context)`` scores (for ``explain``)."""
+        rids, score = self._match(db, "memories_fts", "body", terms, scope_query, rows)
+        body = ctx = np.zeros(0)
+        if context > 0:
+            crids, cscore = self._match(db, "memories_ctx", "context", terms, scope_query, rows)
+            both = np.union1d(rids, crids)
+            body, ctx = np.zeros(len(both)), np.zeros(len(both))
+            body[np.searchsorted(both, rids)] = score
+            ctx[np.searchsorted(both, crids)] = cscore
+            rids = both
+            score = body / (body.max(initial=0) or 1) + context * ctx / (ctx.max(initial=0) or 1)
+        by_rid = rids  # ascending: where each hit's parts are
+
+        def found(
+            out: list[tuple[int, float]],
+        ) -> tuple[list[tuple[int, float]], dict[int, tuple[float, float]]]:
+            if not context > 0 or not out:
+                return out, {}
+            at = np.searchsorted(by_rid, [r for r, _ in out])  # the parts of the hits only
+            return out, {
+                r: (float(body[i]), float(ctx[i])) for (r, _), i in zip(out, at.tolist(), strict=True)
+            }
+
+        if not len(rids):
+            return found([])
         order = np.lexsort((rids, -score))  # best first; ties to the older memory
         rids, score = rids[order], score[order]
         if sql == "1":
-            return list(zip(rids[:k].tolist(), score[:k].tolist(), strict=True))
+            return found(list(zip(rids[:k].tolist(), score[:k].tolist(), strict=True)))
         out: list[tuple[int, float]] = []
         for lo, hi in ((0, 4 * k), (4 * k, len(rids))):  # the best first; all of them if too few pass
             if lo >= len(rids):
@@ -202,7 +315,30 @@ class KeywordIndex:
             out += [(r, float(s)) for r, s in zip(part, score[lo:hi].tolist(), strict=True) if r in passing]
             if len(out) >= k:
                 break
-        return out[:k]
+        return found(out[:k])
+
+    @staticmethod
+    def _match(
+        db: sqlite3.Connection, table: str, column: str, terms: list[str], scope_query: str, rows: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(rids ascending, BM25 score)`` of the rows of ``table`` whose ``column`` holds a term."""
+        found: list[np.ndarray] = []
+        weights: list[float] = []
+        for term in terms:
+            match = f"{column} : ({quote(term)})"
+            fts_query = f"{scope_query} AND {match}" if scope_query else match
+            hits = int_array(
+                db.execute(
+                    f"SELECT group_concat(rowid) FROM {table} WHERE {table} MATCH ?", (fts_query,)
+                ).fetchone()[0]
+            )
+            if len(hits):  # BM25's idf as Lucene has it: positive, so every row holding a word counts
+                found.append(hits)
+                weights.append(math.log(1 + (max(rows, len(hits)) - len(hits) + 0.5) / (len(hits) + 0.5)))
+        if not found:
+            return np.zeros(0, np.int64), np.zeros(0)
+        rids, at = np.unique(np.concatenate(found), return_inverse=True)
+        return rids, np.bincount(at, weights=np.repeat(weights, [len(f) for f in found]))
 
 
 def rarest_words(counts: list[tuple[int, str]], share: float) -> list[str]:

@@ -44,7 +44,7 @@ from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import fts, rows, sqlwrite
-from hivemem.memory.storage.base import Capabilities, Storage, T, WriteTx
+from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx
 from hivemem.memory.storage.sqlcompile import SQLITE
 from hivemem.memory.storage.vectorindex import SharedIndex, read_state
 
@@ -101,7 +101,7 @@ _Batch = tuple[list[NewMemory], np.ndarray]
 class SQLiteStorage(Storage):
     """See the module docstring. ``path`` is created with its parent directories."""
 
-    capabilities = Capabilities(keywords=True, group_commit=True)
+    capabilities = Capabilities(keywords=True, group_commit=True, keyword_context=True)
     dialect = SQLITE
     _memories = "memories"
     _history = "history"
@@ -178,13 +178,40 @@ class SQLiteStorage(Storage):
             # row, which an incremental index cannot tell apart: there, deletes rebuild it.
             self._logged = "AUTOINCREMENT" in sql.upper()
 
+        self._opening(create)
+        self.enable_context(create=False)
+
+    def _opening(self, step: Callable[[], None]) -> None:
+        """Run a schema step of opening: retried while another opener holds the file; a full
+        disk is ``DiskFull`` naming the file."""
         try:
-            retry_locked(create, _BUSY_MS / 1000)
+            retry_locked(step, _BUSY_MS / 1000)
         except sqlite3.Error as exc:
             full = disk_full(exc, f"memory database {self.path}")
             if full is None:
                 raise
             raise full from exc
+
+    def enable_context(self, create: bool = True) -> None:
+        """Bring the keyword context index (``fts.py``) up to date: create it if this store has
+        none (``create``; else only a store that has one is upgraded), then index the rows stored
+        before it in steps, one transaction each (resumed by the next open if interrupted)."""
+
+        pending = [False]
+
+        def step(work: Callable[[sqlite3.Connection], bool]) -> None:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                pending[0] = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback(db)
+                raise
+
+        self._opening(lambda: step(lambda db: fts.ensure_context(db, create)))
+        while pending[0]:
+            self._opening(lambda: step(fts.backfill_context))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -331,6 +358,7 @@ class SQLiteStorage(Storage):
             fts.drop(db)
             db.execute("DELETE FROM memories")
             fts.ensure_schema(db)
+            fts.ensure_context(db, create=False)  # re-created empty if the store had it
             db.execute("DELETE FROM history")
             db.execute("DELETE FROM changes")
             db.execute("UPDATE meta SET value = 0 WHERE key = 'pruned'")  # the log starts again
@@ -394,7 +422,10 @@ class SQLiteStorage(Storage):
             self._after_write()
 
     def _records(
-        self, db: sqlite3.Connection, hits: builtins.list[tuple[int, float]]
+        self,
+        db: sqlite3.Connection,
+        hits: builtins.list[tuple[int, float]],
+        parts: dict[int, tuple[float, float]] | None = None,
     ) -> builtins.list[dict[str, Any]]:
         if not hits:
             return []
@@ -403,7 +434,11 @@ class SQLiteStorage(Storage):
             (json.dumps([rid for rid, _ in hits]),),
         ).fetchall()
         by_rid = {r[0]: r for r in rows}
-        return [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
+        out = [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
+        if parts:  # keyword_search with context: each hit's raw (body, context) scores
+            for r, rid in zip(out, (rid for rid, _ in hits if rid in by_rid), strict=True):
+                r[KEYWORD_PARTS] = parts[rid]
+        return out
 
     def search(
         self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
@@ -424,7 +459,8 @@ class SQLiteStorage(Storage):
         with self.snapshot():
             state = read_state(db)
             kept, scope, rows = self._keywords.plan(db, state.uid, state.high, terms, fts.scope_tokens(where))
-            return self._records(db, self._keywords.search(db, kept, scope, rows, sql, params, k))
+            hits, parts = self._keywords.search(db, kept, scope, rows, sql, params, k, self.context)
+            return self._records(db, hits, parts)
 
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         if not ids:

@@ -1,0 +1,163 @@
+"""What the keyword context (issue 23, ``storage/fts.py``'s ``memories_ctx``) costs: writes and search.
+
+    python benchmarks/keyword_context.py                         # 100,000 memories, 100 queries
+    python benchmarks/keyword_context.py --users 1000            # 1,000 scopes of 100
+    python benchmarks/before_after.py --before REV -- keyword_context.py --context off  # the default path
+
+A store gets the context index the first time a ``Memory`` with ``keyword_context=True`` opens
+it; from then on every write keeps it (triggers in the write transaction), so only such stores
+pay for it. Rows (each a median over ``--rounds`` interleaved rounds; ``_context_on``: a store
+that has the index and, for searches, the option on):
+
+* ``add_batch``: ``Memory.add_batch`` of ``--batch`` fresh texts (real model, an empty embedding
+  cache each round, so the figure includes embedding, as users see it).
+* ``insert``: the storage layer alone (random unit vectors, no model) writing ``--size``
+  memories in batches of 10,000 (once, before the rounds): the write cost with nothing to hide it.
+* ``search p50``: ``Memory.search`` over a store of ``--size`` memories in one scope (or
+  ``--users`` scopes, each search in one of them), ``top_k=10``, new
+  queries (the query embedding included), hybrid and keyword mode, with the option off (the
+  default) and, where this tree has it, on.
+* Then, once per store: its file size (``file_mb``), ``batch_delete`` of up to 1,000 memories of
+  one scope (``batch_delete_ms``) and ``delete_all`` of every scope (``delete_all_s``): a delete
+  re-indexes the 2 windows after it.
+
+With ``before_after.py`` the same script runs on both trees; rows the old tree lacks (the option
+on) are left out of its JSON. Prints a table, one JSON line and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from memory import build  # the sibling script: bulk insert through the storage layer
+from plots import add_plot_options, bars
+
+from hivemem import Embedder, EmbeddingCache, Memory
+from hivemem.embed.corpus import sentences
+from hivemem.memory import hybrid
+
+HAS_CONTEXT = hasattr(hybrid, "configure_context")
+
+
+def store(path: Path, emb: Embedder, context: bool) -> Memory:
+    return Memory(path, embedder=emb, keyword_context=True) if context else Memory(path, embedder=emb)  # type: ignore[call-arg]
+
+
+def add_rate(tmp: Path, texts: list[str], name: str, context: bool) -> float:
+    """memories/s of one ``add_batch`` of ``texts`` into a fresh store, fresh cache."""
+    with Embedder(cache=EmbeddingCache(tmp / f"add-{name}-cache.sqlite")) as emb:
+        emb.embed(["warm the engine up"])
+        m = store(tmp / f"add-{name}.sqlite", emb, context)
+        t0 = time.perf_counter()
+        m.add_batch([{"messages": t, "user_id": "bench"} for t in texts])
+        dt = time.perf_counter() - t0
+        m.close()
+    return len(texts) / dt
+
+
+def search_p50(m: Memory, queries: list[str], mode: str, users: int) -> float:
+    lat = []
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        m.search(q, user_id="one" if users == 1 else f"user{(i * 37) % users}", top_k=10, mode=mode)
+        lat.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(lat)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=100_000, help="memories in the searched store")
+    ap.add_argument("--batch", type=int, default=1000, help="texts per add_batch round")
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--users", type=int, default=1, help="scopes the searched store is spread over")
+    ap.add_argument(
+        "--context",
+        choices=["both", "off"],
+        default="both",
+        help="off: only the default rows (the same work on every tree, for before_after.py)",
+    )
+    add_plot_options(ap)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="hivemem-context-"))
+    variants = ("off", "on") if HAS_CONTEXT and args.context == "both" else ("off",)
+    pool = sentences(2 * args.rounds * args.batch + args.rounds * args.queries * 4 + 10, seed=2323)
+    rates: dict[str, list[float]] = {}
+    with Embedder(cache=EmbeddingCache(tmp / "search-cache.sqlite")) as emb:
+        stores = {v: store(tmp / f"search-{v}.sqlite", emb, v == "on") for v in variants}
+        for v, m in stores.items():
+            m.search("warm up", user_id="one")
+            key = "insert_ops_s" + ("_context_on" if v == "on" else "")
+            rates[key] = [args.size / build(m._storage, args.size, args.users)]
+        m, mc = stores["off"], stores.get("on")
+        at = 2 * args.rounds * args.batch
+        for r in range(args.rounds):
+            for v in variants:
+                texts = pool[(2 * r + (v == "on")) * args.batch : (2 * r + (v == "on") + 1) * args.batch]
+                key = "add_batch_ops_s" + ("_context_on" if v == "on" else "")
+                rates.setdefault(key, []).append(add_rate(tmp, texts, f"{r}-{v}", v == "on"))
+            for mode in ("hybrid", "keyword"):
+                for name, target in (("off", m), ("on", mc)):
+                    if target is None:
+                        continue
+                    queries = pool[at : at + args.queries]
+                    at += args.queries
+                    rates.setdefault(f"{mode}_p50_ms_context_{name}", []).append(
+                        search_p50(target, queries, mode, args.users)
+                    )
+            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
+        for v, m in stores.items():  # once, at the end: the file, then deletes (which empty it)
+            tail = "_context_on" if v == "on" else ""
+            m._storage._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            rates["file_mb" + tail] = [os.path.getsize(tmp / f"search-{v}.sqlite") / 1e6]
+            ids = [
+                h["id"]
+                for h in m.get_all(user_id="one" if args.users == 1 else "user0", top_k=1000)["results"]
+            ]
+            t0 = time.perf_counter()
+            m.batch_delete([{"memory_id": i} for i in ids])
+            rates["batch_delete_ms" + tail] = [1000 * (time.perf_counter() - t0)]
+            t0 = time.perf_counter()
+            for u in ["one"] if args.users == 1 else [f"user{i}" for i in range(args.users)]:
+                m.delete_all(user_id=u)
+            rates["delete_all_s" + tail] = [time.perf_counter() - t0]
+            m.close()
+    out: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
+    out.update(
+        size=args.size,
+        users=args.users,
+        batch=args.batch,
+        queries=args.queries,
+        rounds=args.rounds,
+        context=HAS_CONTEXT,
+    )
+    print("\n| measurement | median | rounds |\n|---|---|---|")
+    for k, v in rates.items():
+        print(f"| {k} | {statistics.median(v):,.2f} | {', '.join(f'{x:,.1f}' for x in v)} |")
+    searches = [k for k in out if k.endswith(("_off", "_on"))]
+    bars(
+        args,
+        "keyword_context_cost",
+        f"Search p50 at {args.size:,} memories, keyword context off / on",
+        searches,
+        {"p50 ms": [out[k] for k in searches]},
+        ylabel="ms",
+        fmt="{:.1f}",
+        note=f"one run on a shared box; median of {args.rounds} interleaved rounds",
+    )
+    print(json.dumps(out))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
