@@ -190,22 +190,19 @@ class MicroBatcher:
 
     @staticmethod
     def _rows(
-        member: Member[_Request],
-        vectors: np.ndarray,
-        tokens: np.ndarray | None,
-        index: dict[str, int] | None = None,
+        member: Member[_Request], vectors: np.ndarray, tokens: np.ndarray | None, index: dict[str, int]
     ) -> Any:
-        """``member``'s outcome from a batch's ``vectors`` (``index``: text → row; None: its own
-        texts were the batch, deduplicated)."""
-        texts = member.item.texts
-        if index is None:
-            index = {}
-            for text in texts:
-                index.setdefault(text, len(index))
-        rows = [index[t] for t in texts]
+        """``member``'s outcome from a batch's ``vectors`` (``index``: text → row)."""
+        rows = [index[t] for t in member.item.texts]
         if member.item.counted:
             return vectors[rows], int(tokens[rows].sum()) if tokens is not None else 0
         return vectors[rows]
+
+    def _alone(self, member: Member[_Request]) -> Any:
+        """``member``'s texts as a batch of their own (after the batch it was in failed)."""
+        unique = list(dict.fromkeys(member.item.texts))
+        vectors, tokens = _split(self._encode(unique))
+        return self._rows(member, vectors, tokens, {t: i for i, t in enumerate(unique)})
 
     def _process(self, batch: list[Member[_Request]]) -> None:
         live = [m for m in batch if m.item.future is None or m.item.future.set_running_or_notify_cancel()]
@@ -226,7 +223,7 @@ class MicroBatcher:
                     _hand(member, exc)
                 return
             # each call by itself, so that the error lands on the call that caused it
-            outcomes = each_alone(lambda m: self._rows(m, *_split(self._encode(m.item.texts))), live)
+            outcomes = each_alone(self._alone, live)
             for member, outcome in zip(live, outcomes, strict=True):
                 _hand(member, outcome)
             return

@@ -76,6 +76,22 @@ def test_failing_batch_fails_only_its_callers_and_queue_survives():
     q.close()
 
 
+def test_a_failed_batch_is_rerun_call_by_call_and_each_gets_its_own_rows():
+    calls: list[list[str]] = []
+    gate = threading.Event()
+    encode = _fake_encode(calls, fail_on="boom")
+    q = MicroBatcher(lambda t: (gate.wait(30), encode(t))[1], max_wait_ms=0)
+    held = q.submit(["first"])  # a batch (with or without the next two) the gate holds back
+    bad, good = q.submit(["boom"]), q.submit(["aa", "aa", "b", "aa"])
+    gate.set()
+    held.result(5)
+    with pytest.raises(RuntimeError, match="boom"):
+        bad.result(5)
+    assert good.result(5)[:, 0].tolist() == [2.0, 2.0, 1.0, 2.0]  # duplicates included
+    q.close()
+    assert any("boom" in c and "aa" in c for c in calls) and ["aa", "b"] in calls  # together, then alone
+
+
 def test_large_request_is_split_and_reassembled_in_order():
     calls: list[list[str]] = []
     q = MicroBatcher(_fake_encode(calls), max_batch=8, max_wait_ms=0)
