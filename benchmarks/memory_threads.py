@@ -1,4 +1,5 @@
-"""Concurrent single adds against one batch, before/after: the figures of issue 15's memory part.
+"""Concurrent single calls against one batch, before/after: issue 15's memory part and issue 25's
+two in-process paths (16 threads × ``embed_one``, 20 threads × ``Memory.add``).
 
     python benchmarks/memory_threads.py                          # this tree only
     python benchmarks/memory_threads.py --before /tmp/main-ref   # and an older checkout, interleaved
@@ -6,9 +7,11 @@
 Each round runs one fresh process per code tree (``PYTHONPATH``), the trees taking turns (A B,
 B A, …) so that the load of a shared machine falls on both alike. A process measures, on texts
 no other measurement of the round used (the same texts for both trees), with a fresh store and
-embedding cache each: the engine's raw ``embed(N)`` (no cache), ``add_batch(N)``, 20 threads
-calling ``embed([text])`` on the engine directly, and 20 threads of single ``add`` — plus how
-many adds shared a transaction and, where the code has it, a group (``hivemem.infra.grouping.Combiner``).
+embedding cache each: the engine's raw ``embed(N)`` (no cache) and, on the same texts, 16 threads
+calling ``embed_one`` (the two in either order, by round), ``add_batch(N)``, 20 threads calling
+``embed([text])`` on the engine directly, and 20 threads of single ``add`` — plus how many adds
+shared a transaction and, where the code has it, a group (``hivemem.infra.grouping.Combiner``),
+and the p50 of one thread's single ``embed_one`` calls (latency: must not get worse).
 Ratios are taken within a process (same moment), then the median over rounds is reported.
 Prints a table, then one JSON line.
 """
@@ -26,10 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from plots import add_plot_options, bars
 from threads import in_threads
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("engine", "add_batch", "threads_embed", "threads_add")
+KEYS = ("engine", "threads16_embed_one", "add_batch", "threads_embed", "threads_add")
 
 
 def _threads(fn: Any, texts: list[str], threads: int) -> float:
@@ -47,10 +51,24 @@ def child(seed: int, batch: int, adds: int, threads: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-threads-"))
     out: dict[str, Any] = {}
     with Embedder(cache=False) as raw:
-        raw.embed(["warm up"])
-        t0 = time.perf_counter()
-        raw.embed(parts[0])
-        out["engine"] = batch / (time.perf_counter() - t0)
+        raw.embed(sentences(64, seed=99))
+
+        def engine() -> None:
+            t0 = time.perf_counter()
+            raw.embed(parts[0])
+            out["engine"] = batch / (time.perf_counter() - t0)
+
+        def singles() -> None:  # the same texts (no cache): issue 25's 16 threads × embed_one
+            out["threads16_embed_one"] = _threads(raw.embed_one, parts[0], 16)
+
+        for step in (engine, singles) if seed % 2 == 0 else (singles, engine):
+            step()
+        latencies = []
+        for text in texts[-100:]:
+            t0 = time.perf_counter()
+            raw.embed_one(text)
+            latencies.append(time.perf_counter() - t0)
+        out["single_p50_ms"] = 1000 * statistics.median(latencies)
 
     def fresh(name: str) -> tuple[Any, Any]:
         emb = Embedder(cache=EmbeddingCache(tmp / f"{name}-cache.sqlite"))
@@ -89,6 +107,7 @@ def main() -> None:
     ap.add_argument("--adds", type=int, default=600, help="single adds (and embed calls) per thread run")
     ap.add_argument("--threads", type=int, default=20)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: one round in this process
+    add_plot_options(ap)
     args = ap.parse_args()
     if args.child is not None:
         print(json.dumps(child(args.child, args.batch, args.adds, args.threads)))
@@ -118,6 +137,11 @@ def main() -> None:
     print("|---|" + "---|" * len(trees))
     rows = [  # (label, JSON key, figure of one round)
         (f"engine embed({args.batch}), texts/s", "engine", lambda x: x["engine"]),
+        ("16 threads × embed_one, same texts, texts/s", "threads16_embed_one",
+         lambda x: x["threads16_embed_one"]),
+        ("**16 threads × embed_one / engine batch**", "threads16_vs_engine",
+         lambda x: x["threads16_embed_one"] / x["engine"]),
+        ("single embed_one p50, ms (one thread)", "single_p50_ms", lambda x: x["single_p50_ms"]),
         (f"add_batch({args.batch}), memories/s", "add_batch", lambda x: x["add_batch"]),
         (f"{n} threads × engine embed([text]), texts/s", "threads_embed", lambda x: x["threads_embed"]),
         (f"{n} threads × add(text), memories/s", "threads_add", lambda x: x["threads_add"]),
@@ -141,6 +165,17 @@ def main() -> None:
             cells.append(f"{value:,.2f}" if value < 100 else f"{value:,.0f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     result["runs"] = runs
+    keys = [("threads16_vs_engine", "16 threads × embed_one\n/ engine batch (target ≥ 0.85)"),
+            ("threads_add_vs_add_batch", f"{n} threads × add\n/ add_batch (target ≥ 0.8)")]  # fmt: skip
+    bars(
+        args,
+        "memory_threads",
+        f"Threads of single calls vs one batch (median of {args.rounds} rounds)",
+        [label for _, label in keys],
+        {tree: [result[tree][k] for k, _ in keys] for tree, _ in trees},
+        ylabel="ratio (same process, same moment)",
+        fmt="{:.2f}",
+    )
     print(json.dumps(result))
 
 

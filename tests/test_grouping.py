@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hivemem.infra.grouping import Combiner, Line, Member, each_alone
+from hivemem.infra.grouping import Combiner, Line, Member, Wake, each_alone
 
 pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
@@ -67,14 +67,14 @@ def test_an_interrupted_waiting_call_leaves_the_line(monkeypatch: pytest.MonkeyP
     class Interrupted(BaseException):
         pass
 
-    real_wait = threading.Event.wait
+    real_wait = Wake.wait
 
-    def wait(self: threading.Event, timeout: float | None = None) -> bool:
+    def wait(self: Wake, timeout: float | None = None) -> bool:
         if threading.current_thread().name == "interrupted":
             raise Interrupted()  # as a KeyboardInterrupt would, while this call waits in line
         return real_wait(self, timeout)
 
-    monkeypatch.setattr(threading.Event, "wait", wait)
+    monkeypatch.setattr(Wake, "wait", wait)
     seen: list[list[str]] = []
     gate = threading.Event()
     c = Combiner(_runner(seen, gate))

@@ -174,8 +174,16 @@ class Embedder:
         items = check_texts(texts)
         if self._queue is None:
             return self._embed_direct(items)[0]
-        vectors: np.ndarray = self._fill(items, *self._lookup(items)).result()
-        return vectors
+        if self.cache is None:
+            vectors: np.ndarray = self._queue.call(items)
+            return vectors
+        out, todo = self._lookup(items)
+        if len(todo) == len(items):
+            vectors = self._queue.call(items)
+            return vectors
+        if todo:  # the misses wait on the queue (its ``call``: this thread blocks anyway)
+            out[todo] = self._queue.call([items[i] for i in todo])
+        return out
 
     def embed_one(self, text: str) -> np.ndarray:
         vector: np.ndarray = self.embed([check_text(text)])[0]

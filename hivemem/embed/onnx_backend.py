@@ -265,8 +265,11 @@ def plan_parallel(sorted_lengths: list[int], workers: int, max_batch: int) -> li
 
 
 def _mean_pool_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    m = mask[:, :, None].astype(np.float32)
-    pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    unit: np.ndarray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-    return unit
+    """Mean over each row's real tokens, L2-normalised. One batched matmul (mask row × hidden
+    states) instead of a masked copy of the states: 2–3× less time holding the GIL, which the
+    parallel runs' threads take turns on (docs/embed.md, "Concurrent singles, issue 25")."""
+    m = mask.astype(np.float32)
+    pooled: np.ndarray = np.matmul(m[:, None, :], hidden.astype(np.float32, copy=False))[:, 0, :]
+    pooled /= np.maximum(m.sum(axis=1, keepdims=True), 1e-9)
+    pooled /= np.maximum(np.sqrt(np.einsum("ij,ij->i", pooled, pooled))[:, None], 1e-12)
+    return pooled

@@ -149,7 +149,11 @@ class RemoteEmbedder:
             raise
         self._pool: ThreadPoolExecutor | None = None
         self._queue = MicroBatcher(
-            self._post_spread, max_batch=max_batch, max_wait_ms=max_wait_ms, name="hivemem-remote-batcher"
+            self._post_spread,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            alone_on_failure=False,  # a host's failure is not an input's: ask once, not once per call
+            name="hivemem-remote-batcher",
         )
 
     # ---- EmbedderLike ------------------------------------------------------------------------
@@ -173,7 +177,7 @@ class RemoteEmbedder:
         if not items:
             return np.empty((0, self.dim), dtype=np.float32)
         if len(items) <= self.max_batch:
-            vectors: np.ndarray = self._queue.submit(items).result()
+            vectors: np.ndarray = self._queue.call(items)
             return vectors
         return self._embed_large(items)
 

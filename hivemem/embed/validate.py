@@ -25,6 +25,11 @@ MAX_TEXT_CHARS = 65_536
 # take ~1,100); a prefix that holds too few tokens is grown 4x until it holds enough, or is whole.
 PREFIX_CHARS = 2_048
 _GROWTH = 4
+# Calls of at most this many texts are tokenized in the calling thread, text by text, instead of by
+# ``encode_batch``'s thread pool: for the ~16 short texts of a batch of concurrent single calls the
+# pool's fork/join costs as much as it saves on a quiet machine, and on a loaded one a descheduled
+# pool thread stalls the whole batch (docs/embed.md, "Concurrent singles"). Same tokens either way.
+SERIAL_TOKENIZE_TEXTS = 32
 
 
 def check_texts(texts: object) -> list[str]:
@@ -133,7 +138,10 @@ def model_input(tokenizer: Any, texts: list[str]) -> list[Any]:
     size = PREFIX_CHARS
     while todo:
         inputs = [_prefix(texts[i], size) for i in todo]
-        batch = tokenizer.encode_batch(inputs, add_special_tokens=True)
+        if len(inputs) > SERIAL_TOKENIZE_TEXTS:
+            batch = tokenizer.encode_batch(inputs, add_special_tokens=True)
+        else:
+            batch = [tokenizer.encode(text, add_special_tokens=True) for text in inputs]
         left = []
         for i, text, enc in zip(todo, inputs, batch, strict=True):
             if len(text) == len(texts[i]) or enc.overflowing:

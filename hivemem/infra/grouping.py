@@ -10,34 +10,73 @@ every caller its own outcome:
   The engine's queue, whose callers may be event loops that must not block, drives a ``Line``
   from its own worker thread instead (``hivemem.embed.queue``).
 * ``each_alone``: after a group failed, its members one at a time, so an error lands on its cause.
+* ``Wake``: what a waiting caller blocks on (one raw lock: waking it is one release).
 
 docs/memory.md ("Concurrent adds") has the measurements behind the waiting rule.
 """
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
+class Wake:
+    """What a waiting caller blocks on: one raw lock, held while nothing is to be seen.
+
+    ``threading.Event`` wraps a ``Condition``: every wait allocates a lock and, once woken, the
+    waiter must take the condition's lock again, while the waker holds it; a batch's 16 callers woke
+    in lock-step on it. Here waiting is one ``acquire`` in C (the GIL released, the thread asleep in
+    the kernel) and waking is one ``release``: one futex wake, nothing else (docs/embed.md,
+    "Concurrent singles"). One waiter per ``Wake``; ``set`` may come from any thread.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:  # noqa: SIM105 (contextlib.suppress costs a context manager on every wake-up)
+            self._lock.release()
+        except RuntimeError:  # set already
+            pass
+
+    def clear(self) -> None:
+        self._lock.acquire(False)
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set (it stays set) or ``timeout`` seconds passed; True if set."""
+        if self._lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
+            self._lock.release()
+            return True
+        return False
+
+
 class Member(Generic[T]):
-    """One call's item in a ``Line``: ``size`` units of a group, its outcome in ``future``."""
+    """One call's item in a ``Line``: ``size`` units of a group; its ``outcome`` (a result, or the
+    exception its caller raises) once ``done``, and its caller's ``wake`` set then."""
 
-    __slots__ = ("arrived", "future", "item", "size", "wake")
+    __slots__ = ("arrived", "done", "item", "outcome", "size", "wake")
 
-    def __init__(self, item: T, size: int = 1, wake: threading.Event | None = None) -> None:
+    def __init__(self, item: T, size: int = 1, wake: Wake | None = None) -> None:
         self.item = item
         self.size = size
         self.arrived = time.monotonic()
-        self.future: Future[Any] = Future()
-        self.wake = wake  # set when this member's caller should look again (Combiner)
+        self.done = False
+        self.outcome: Any = None
+        self.wake = wake  # set when this member's caller should look again
 
 
 class Line(Generic[T]):
@@ -106,18 +145,13 @@ class Line(Generic[T]):
 Release = Callable[[], None]
 
 
-def _outcome(future: Future[Any]) -> Any:
-    """A settled member's result, or its exception (returned, not raised)."""
-    exc = future.exception()
-    return future.result() if exc is None else exc
-
-
 def settle(member: Member[Any], outcome: Any) -> None:
-    """Hand ``member`` its outcome: a result, or the exception its caller will raise."""
-    if isinstance(outcome, BaseException):
-        member.future.set_exception(outcome)
-    else:
-        member.future.set_result(outcome)
+    """Hand ``member`` its outcome (a result, or the exception its caller will raise) and wake its
+    caller."""
+    member.outcome = outcome
+    member.done = True
+    if member.wake is not None:
+        member.wake.set()
 
 
 class Combiner(Generic[T, R]):
@@ -166,14 +200,14 @@ class Combiner(Generic[T, R]):
     def submit_many(self, items: list[tuple[T, int]]) -> list[R | BaseException]:
         """Several ``(item, size)`` queued at once (so one group takes them together, size
         permitting); → each one's outcome, exceptions returned rather than raised."""
-        wake = threading.Event()
+        wake = Wake()
         mine = [Member(item, size, wake) for item, size in items]
         with self._lock:
             self._line.put(mine)
             if self._line.wait_for() <= 0:
                 self._nudge()  # the head may have been waiting for company
         try:
-            while not all(m.future.done() for m in mine):
+            while not all(m.done for m in mine):
                 if self._wait_turn(mine, wake):
                     self._lead()
         except BaseException:  # interrupted: leave the line without blocking it
@@ -182,7 +216,7 @@ class Combiner(Generic[T, R]):
                     self._line.remove(m)
                 self._nudge()
             raise
-        return [_outcome(m.future) for m in mine]
+        return [m.outcome for m in mine]
 
     def _nudge(self) -> None:
         """Wake the head's caller: it may lead now (lock held)."""
@@ -191,10 +225,10 @@ class Combiner(Generic[T, R]):
             if wake is not None:
                 wake.set()
 
-    def _wait_turn(self, mine: list[Member[T]], wake: threading.Event) -> bool:
+    def _wait_turn(self, mine: list[Member[T]], wake: Wake) -> bool:
         """Block until one of ``mine`` is done (→ False) or this caller is to lead (→ True)."""
         with self._lock:
-            if all(m.future.done() for m in mine):
+            if all(m.done for m in mine):
                 return False
             timeout = None
             if not self._busy and self._line.members and self._line.members[0].wake is wake:
@@ -250,8 +284,6 @@ class Combiner(Generic[T, R]):
             release()
             for member, outcome in zip(group, outcomes or [None] * len(group), strict=True):
                 settle(member, outcome)
-                if member.wake is not None:
-                    member.wake.set()
         if self._then is not None:
             self._then()
 

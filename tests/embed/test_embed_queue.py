@@ -76,6 +76,22 @@ def test_failing_batch_fails_only_its_callers_and_queue_survives():
     q.close()
 
 
+def test_a_failed_batch_is_rerun_call_by_call_and_each_gets_its_own_rows():
+    calls: list[list[str]] = []
+    gate = threading.Event()
+    encode = _fake_encode(calls, fail_on="boom")
+    q = MicroBatcher(lambda t: (gate.wait(30), encode(t))[1], max_wait_ms=0)
+    held = q.submit(["first"])  # a batch (with or without the next two) the gate holds back
+    bad, good = q.submit(["boom"]), q.submit(["aa", "aa", "b", "aa"])
+    gate.set()
+    held.result(5)
+    with pytest.raises(RuntimeError, match="boom"):
+        bad.result(5)
+    assert good.result(5)[:, 0].tolist() == [2.0, 2.0, 1.0, 2.0]  # duplicates included
+    q.close()
+    assert any("boom" in c and "aa" in c for c in calls) and ["aa", "b"] in calls  # together, then alone
+
+
 def test_large_request_is_split_and_reassembled_in_order():
     calls: list[list[str]] = []
     q = MicroBatcher(_fake_encode(calls), max_batch=8, max_wait_ms=0)
@@ -147,3 +163,74 @@ def test_callers_back_before_the_cache_write_are_counted_once():
         list(pool.map(lambda i: [q.submit([f"{i}-{r}"]).result(60) for r in range(rounds)], range(n)))
     q.close()
     assert len(expected) >= rounds and max(expected) <= n, expected
+
+
+def test_threads_calling_get_their_own_rows_and_one_bad_input_fails_only_its_call():
+    """``call`` (the blocking path ``Embedder.embed`` takes): 16 threads in lock-step share batches;
+    a batch that fails because of one call's text is run call by call, so only that call raises."""
+    calls: list[list[str]] = []
+    q = MicroBatcher(_fake_encode(calls, fail_on="boom"), max_wait_ms=50)
+    start = threading.Barrier(16)
+
+    def worker(k: int) -> list[object]:
+        start.wait()
+        out: list[object] = []
+        for r in range(5):
+            text = "boom" if (k, r) == (3, 2) else "t" * (k + 1) + f"-{r}"
+            try:
+                out.append(q.call([text])[0, 0])
+            except RuntimeError as exc:
+                out.append(exc)
+        return out
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(worker, range(16)))
+    q.close()
+    for k, row in enumerate(results):
+        for r, got in enumerate(row):
+            if (k, r) == (3, 2):
+                assert isinstance(got, RuntimeError) and "boom" in str(got)
+            else:
+                assert got == float(k + 3), (k, r, got)  # len("t" * (k + 1) + "-r")
+    assert max(len(c) for c in calls) > 1  # calls really were batched together
+
+
+def test_an_interrupted_caller_leaves_the_line_and_does_not_stall_the_worker(monkeypatch):
+    """A ``call`` interrupted while it waits (as a KeyboardInterrupt would) takes its request out;
+    the worker, waiting for company for it, must then find the line empty without failing, and
+    serve the next caller."""
+    from hivemem.infra.grouping import Wake
+
+    class Interrupted(BaseException):
+        pass
+
+    real_wait = Wake.wait
+
+    def wait(self: Wake, timeout: float | None = None) -> bool:
+        if threading.current_thread().name == "interrupted":
+            time.sleep(0.05)  # the worker is in its timed wait for company by now
+            raise Interrupted()
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(Wake, "wait", wait)
+    calls: list[list[str]] = []
+    q = MicroBatcher(_fake_encode(calls), max_wait_ms=300)
+    with q._cv:
+        q._line._expect = 5  # as after a batch of five callers: a lone arrival waits for company
+    out: dict[str, object] = {}
+
+    def interrupted() -> None:
+        try:
+            q.call(["gone"])
+        except Interrupted as exc:
+            out["gone"] = exc
+
+    t = threading.Thread(target=interrupted, name="interrupted")
+    t.start()
+    t.join(30)
+    assert isinstance(out["gone"], Interrupted) and q.depth == 0  # it left the line
+    time.sleep(0.4)  # past the wait the worker had set for it
+    assert q._thread.is_alive()
+    assert q.call(["next"])[0, 0] == 4.0
+    q.close()
+    assert calls == [["next"]]

@@ -26,6 +26,10 @@ class CountingTokenizer:
         self.texts_tokenized += len(texts)
         return self.inner.encode_batch(texts, **kwargs)  # type: ignore[attr-defined]
 
+    def encode(self, text: str, **kwargs: object) -> object:  # small calls: text by text
+        self.texts_tokenized += 1
+        return self.inner.encode(text, **kwargs)  # type: ignore[attr-defined]
+
 
 def test_every_text_is_tokenized_once_and_its_tokens_reach_metrics_and_usage(tmp_path) -> None:
     backend = make_backend("onnx")

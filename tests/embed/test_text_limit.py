@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hivemem import Embedder, LimitExceeded
-from hivemem.embed.validate import MAX_TEXT_CHARS, PREFIX_CHARS, _is_cut, model_input
+from hivemem.embed.validate import MAX_TEXT_CHARS, PREFIX_CHARS, SERIAL_TOKENIZE_TEXTS, _is_cut, model_input
 
 PIECES = [
     "word ", "the cat sat. ", "[MASK]", "[CLS] ", "]", "[", "e\u0301", "\u0301", "\u0327\u0301", "ΣΑΣ ", "σς",
@@ -50,6 +50,20 @@ def test_the_prefix_gives_the_whole_texts_tokens(engine: Embedder, texts: list[s
     for a, b in zip(whole, bounded, strict=True):
         assert a.ids == b.ids
         assert bool(a.overflowing) == bool(b.overflowing)
+
+
+def test_small_calls_tokenized_text_by_text_get_the_pools_tokens(engine: Embedder) -> None:
+    """Calls of up to ``SERIAL_TOKENIZE_TEXTS`` texts skip ``encode_batch``'s pool: same tokens and
+    overflow flags as the pool gives, whichever path a text takes."""
+    tokenizer = engine.backend.tokenizer  # type: ignore[attr-defined]
+    texts = [f"sentence {i} about tea, cats and the weather" for i in range(40)]
+    texts += ["naïve café ✓ 東京 text", "word " * 400]  # not ASCII; overflowing the window
+    pool = tokenizer.encode_batch(texts, add_special_tokens=True)
+    for call in (texts, texts[-SERIAL_TOKENIZE_TEXTS:], texts[-2:]):
+        got = model_input(tokenizer, call)
+        want = pool[len(texts) - len(call) :]
+        assert [e.ids for e in got] == [e.ids for e in want]
+        assert [bool(e.overflowing) for e in got] == [bool(e.overflowing) for e in want]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -107,6 +121,10 @@ class _Counting:
     def encode_batch(self, texts: list[str], **kwargs: Any) -> Any:
         self.chars += sum(map(len, texts))
         return self.inner.encode_batch(texts, **kwargs)
+
+    def encode(self, text: str, **kwargs: Any) -> Any:  # small calls: text by text
+        self.chars += len(text)
+        return self.inner.encode(text, **kwargs)
 
 
 def test_a_long_allowed_text_is_tokenized_from_a_prefix_only(engine: Embedder) -> None:
