@@ -17,7 +17,6 @@ calls, each call still stored whole or not at all and answered with its own resu
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ from hivemem.memory.records import (
     instant,
     prepare,
 )
+from hivemem.memory.searchargs import check_threshold, check_vector
 from hivemem.memory.storage.backends import open_storage
 from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, resolve
 from hivemem.memory.storage.sqlcompile import unexpired
@@ -70,18 +70,6 @@ def _check_top_k(top_k: Any) -> int:
             field="top_k",
         )
     return top_k
-
-
-def _check_threshold(threshold: Any) -> float | None:
-    if threshold is None:
-        return None
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
-    if not math.isfinite(threshold):  # NaN compares false with every score: it silently found nothing
-        raise ValueError(
-            f"threshold must be a finite number (a cosine, usually in [-1, 1]), got {threshold!r}"
-        )
-    return float(threshold)
 
 
 def _check_id(memory_id: Any) -> str:
@@ -506,6 +494,7 @@ class Memory:
         rerank: bool = False,
         show_expired: bool = False,
         explain: bool = False,
+        vector: Any = None,
     ) -> dict[str, list[dict[str, Any]]]:
         """The ``top_k`` memories that best answer ``query`` among those that pass ``filters``.
 
@@ -517,11 +506,13 @@ class Memory:
         its top ``top_k``. Both backends have all three modes and rank alike (docs/postgres.md).
         Expired memories are left out of both sides before ranking unless ``show_expired=True``.
         ``explain=True`` adds each hit's ``score_details`` (``hybrid.fuse``, ``rerank.apply``).
+        ``vector``: the query's embedding by this store's embedder, when the caller has it already
+        (the HTTP route embeds on its event loop: docs/http.md); else the query is embedded here.
         """
         query = check_text(query, "query", embedded=True)
         where = self._where(filters, user_id, agent_id, run_id)
         k = _check_top_k(top_k)
-        threshold = _check_threshold(threshold)
+        threshold = check_threshold(threshold)
         if mode not in hybrid.MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, hybrid.MODES))}, got {mode!r}")
         if mode == "keyword" and threshold is not None:
@@ -532,7 +523,9 @@ class Memory:
             _check_flag(flag, name)
         reranker = self._reranker_for_search() if rerank else None
         terms = hybrid.query_terms(query) if mode != "vector" else []
-        vector = None if mode == "keyword" else np.asarray(self.embedder.embed_one(query), dtype=np.float32)
+        if mode != "keyword" and vector is None:
+            vector = self.embedder.embed_one(query)
+        vector = None if mode == "keyword" else check_vector(vector, self.embedder.dim)
         depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
         with self._storage.snapshot():
             where = self._live(where, show_expired)
