@@ -3,8 +3,7 @@
 ``add_memory_routes(app, memory, authorise)`` mounts the routes on an existing app (the embedding
 service's, so the memory store embeds with the service's own engine and queue). Every ``Memory``
 call runs in a worker thread: SQLite waits and embedding never block the event loop. A search's
-query is embedded on the loop first (the engine's ``aembed``), then searched in one of at most
-``SEARCH_THREADS`` threads.
+query is embedded on the loop first (the engine's ``aembed``), then searched in a thread.
 
 Scoping (``hivemem.http.auth.Scope``): a key limited to a ``user_id`` has every add forced into
 that user (naming another user → 403), that user ANDed into every search/list/delete-all filter,
@@ -14,12 +13,9 @@ delete check every id before anything changes.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio.to_thread
-from anyio import CapacityLimiter
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
@@ -72,15 +68,6 @@ _ADDED: dict[int | str, dict[str, Any]] = {
 }
 
 
-# Searches of one app run in at most this many threads at once. A search is mostly Python (the
-# GIL) with short SQLite steps between which it lets go of the GIL; 32 threads searching at once
-# handed the GIL back and forth at every step and served fewer searches than a few threads do,
-# and the event loop waited for the GIL behind them (docs/http.md#concurrent-searches). The query
-# is embedded before, on the event loop, so that the engine's queue still sees every waiting
-# query at once.
-SEARCH_THREADS = 4
-
-
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a blocking ``Memory`` call in a thread of the shared pool (errors: ``_mapped``)."""
     return await _mapped(run_in_threadpool(fn, *args, **kwargs))
@@ -120,7 +107,6 @@ def _scoped_add(scope: Scope, item: AddRequest) -> dict[str, Any]:
 def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]) -> APIRouter:
     """Mount the ``/v1/memories`` routes for ``memory`` (a ``hivemem.Memory``) on ``app``."""
     router = APIRouter(prefix="/v1/memories", tags=["memories"], responses=_ERRORS)
-    searches: list[CapacityLimiter] = []  # SEARCH_THREADS
 
     async def owned(memory_id: str, scope: Scope) -> dict[str, Any]:
         record: dict[str, Any] | None = await _call(memory.get, memory_id)
@@ -173,12 +159,11 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
     async def search(body: SearchRequest, scope: Scope = Depends(authorise)) -> Any:
         kwargs = body.model_dump(exclude={"query"})
         kwargs["user_id"] = _own_user(scope, body.user_id)
-        if body.mode != "keyword":  # embedded on the loop: one engine batch for concurrent queries
+        if body.mode != "keyword":
+            # embedded here, on the event loop: the engine's queue batches the queries of all
+            # waiting requests, and no thread waits for the engine (docs/http.md)
             kwargs["vector"] = (await _mapped(memory.embedder.aembed([body.query])))[0]
-        if not searches:
-            searches.append(CapacityLimiter(SEARCH_THREADS))  # made on the app's event loop
-        run = functools.partial(memory.search, body.query, **kwargs)
-        return await _mapped(anyio.to_thread.run_sync(run, limiter=searches[0]))
+        return await _call(memory.search, body.query, **kwargs)
 
     @router.post("/list", response_model=RecordsResponse, response_model_exclude_unset=True,
                  summary="List with a JSON filter (Memory.get_all)")  # fmt: skip
