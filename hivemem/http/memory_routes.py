@@ -36,7 +36,7 @@ from hivemem.http.memory_models import (
     UpdateRequest,
 )
 from hivemem.http.statuses import error_for
-from hivemem.memory.records import REMOTE_MAX_LIST
+from hivemem.memory.records import REMOTE_MAX_LIST, check_text
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -71,6 +71,10 @@ _ADDED: dict[int | str, dict[str, Any]] = {
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a blocking ``Memory`` call in a thread of the shared pool (errors: ``_mapped``)."""
     return await _mapped(run_in_threadpool(fn, *args, **kwargs))
+
+
+async def _checked_query(query: str) -> str:
+    return check_text(query, "query", embedded=True)
 
 
 async def _mapped(call: Awaitable[Any]) -> Any:
@@ -161,8 +165,10 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
         kwargs["user_id"] = _own_user(scope, body.user_id)
         if body.mode != "keyword":
             # embedded here, on the event loop: the engine's queue batches the queries of all
-            # waiting requests, and no thread waits for the engine (docs/http.md)
-            kwargs["vector"] = (await _mapped(memory.embedder.aembed([body.query])))[0]
+            # waiting requests, and no thread waits for the engine (docs/http.md); the query
+            # checked first as Memory.search checks it (the same refusal, named "query")
+            query = await _mapped(_checked_query(body.query))
+            kwargs["vector"] = (await _mapped(memory.embedder.aembed([query])))[0]
         return await _call(memory.search, body.query, **kwargs)
 
     @router.post("/list", response_model=RecordsResponse, response_model_exclude_unset=True,

@@ -201,12 +201,12 @@ class KeywordIndex:
             if lo >= len(rids):
                 break
             part = rids[lo:hi].tolist()
-            passing = {
-                r for (r,) in db.execute(
-                    f"SELECT rid FROM memories WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
-                    [json.dumps(part), *params],
-                )
-            }  # fmt: skip
+            listed = db.execute(  # one result row (see the first statement above)
+                "SELECT group_concat(rid) FROM memories"
+                f" WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
+                [json.dumps(part), *params],
+            ).fetchone()[0]
+            passing = set(int_array(listed).tolist())
             out += [(r, float(s)) for r, s in zip(part, score[lo:hi].tolist(), strict=True) if r in passing]
             if len(out) >= k:
                 break
