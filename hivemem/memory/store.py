@@ -45,7 +45,7 @@ from hivemem.memory.records import (
     instant,
     prepare,
 )
-from hivemem.memory.searchargs import check_threshold, check_vector
+from hivemem.memory.searching import SearchGroups, check_threshold, check_vector
 from hivemem.memory.storage.backends import open_storage
 from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, resolve
 from hivemem.memory.storage.sqlcompile import unexpired
@@ -157,6 +157,7 @@ class Memory:
         self._combiner: Combiner[list[NewMemory], list[dict[str, Any]]] | None = (
             Combiner(self._store_group, max_size=COMBINE_GROUP_MAX) if grouped else None
         )
+        self._searches = SearchGroups(self._storage, grouped)  # concurrent searches too (SQLite)
         self._embedder: EmbedderLike | None = None
         self._owns_embedder = False
         self._embedder_config = embedder_config
@@ -527,9 +528,12 @@ class Memory:
             vector = self.embedder.embed_one(query)
         vector = None if mode == "keyword" else check_vector(vector, self.embedder.dim)
         depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
-        with self._storage.snapshot():
-            where = self._live(where, show_expired)
-            hits = hybrid.search(self._storage, mode, vector, terms, where, depth, threshold, explain)
+
+        def search() -> list[dict[str, Any]]:  # in a read snapshot, of a group on SQLite (searching.py)
+            live = self._live(where, show_expired)
+            return hybrid.search(self._storage, mode, vector, terms, live, depth, threshold, explain)
+
+        hits = self._searches.run(search)
         if reranker is not None:
             hits = rr.apply(reranker, query, hits, k, explain)
         return {"results": hits}
