@@ -24,7 +24,7 @@ from hivemem.infra.grouping import Combiner, Release
 from hivemem.memory.storage.base import Storage
 
 Hits = list[dict[str, Any]]
-MAX_GROUP = 64  # searches one thread runs for the others at most, before another thread leads
+GROUP_SEARCHES = 64  # searches one thread runs for the others at most, before another thread leads
 
 
 class SearchGroups:
@@ -35,7 +35,7 @@ class SearchGroups:
         work is the server's, and its connections search in parallel)."""
         self._storage = storage
         self._combiner: Combiner[Callable[[], Hits], Hits] | None = (
-            Combiner(self._run, max_wait_ms=0, max_size=MAX_GROUP) if grouped else None
+            Combiner(self._run, max_wait_ms=0, max_size=GROUP_SEARCHES) if grouped else None
         )
 
     def run(self, search: Callable[[], Hits]) -> Hits:

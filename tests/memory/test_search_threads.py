@@ -126,3 +126,53 @@ def test_search_with_the_callers_vector(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="vector must be"):
             m.search(query, user_id="w", vector=bad)
     m.close()
+
+
+def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one thread runs a search, the searches of seven others queue and are then run by one
+    of them, in one group; each caller gets its own answer, and the one whose search fails gets
+    its error, the others their answers."""
+    emb = HashEmbedder()
+    m = Memory(tmp_path / "m.sqlite", embedder=emb)
+    m.add_batch(_items(sentences(60, seed=8), "w"))
+    queries = sentences(8, seed=9)
+    want = [m.search(q, user_id="w")["results"] for q in queries]
+    poison = emb.embed_one(queries[5])
+    real, first, go = hybrid.search, threading.Event(), threading.Event()
+
+    def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
+        if not first.is_set():  # the first search holds its group until the others have queued
+            first.set()
+            assert go.wait(60)
+        if vector is not None and np.array_equal(vector, poison):
+            raise RuntimeError("this search fails")
+        return real(storage, mode, vector, *args)
+
+    monkeypatch.setattr(hybrid, "search", search)
+    combiner = m._searches._combiner
+    assert combiner is not None
+    groups, calls = combiner.groups, combiner.calls
+    got: list[Any] = [None] * len(queries)
+
+    def run(i: int) -> None:
+        try:
+            got[i] = m.search(queries[i], user_id="w")["results"]
+        except RuntimeError as exc:
+            got[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(queries))]
+    threads[0].start()
+    assert first.wait(60)
+    for t in threads[1:]:
+        t.start()
+    while len(combiner) < len(queries) - 1:  # the other seven are in the line
+        threading.Event().wait(0.01)
+    go.set()
+    for t in threads:
+        t.join()
+    assert (combiner.groups - groups, combiner.calls - calls) == (2, len(queries))
+    assert isinstance(got[5], RuntimeError) and "fails" in str(got[5])
+    assert [g for i, g in enumerate(got) if i != 5] == [w for i, w in enumerate(want) if i != 5]
+    m.close()
