@@ -2,8 +2,8 @@
 
 ``add_memory_routes(app, memory, authorise)`` mounts the routes on an existing app (the embedding
 service's, so the memory store embeds with the service's own engine and queue). Every ``Memory``
-call runs in a worker thread: SQLite waits and embedding never block the event loop. A search's
-query is embedded on the loop first (the engine's ``aembed``), then searched in a thread.
+call runs in a worker thread (``run_in_threadpool``): SQLite waits and embedding never block the
+event loop.
 
 Scoping (``hivemem.http.auth.Scope``): a key limited to a ``user_id`` has every add forced into
 that user (naming another user → 403), that user ANDed into every search/list/delete-all filter,
@@ -13,7 +13,7 @@ delete check every id before anything changes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
@@ -36,7 +36,7 @@ from hivemem.http.memory_models import (
     UpdateRequest,
 )
 from hivemem.http.statuses import error_for
-from hivemem.memory.records import REMOTE_MAX_LIST, check_text
+from hivemem.memory.records import REMOTE_MAX_LIST
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -69,21 +69,12 @@ _ADDED: dict[int | str, dict[str, Any]] = {
 
 
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a blocking ``Memory`` call in a thread of the shared pool (errors: ``_mapped``)."""
-    return await _mapped(run_in_threadpool(fn, *args, **kwargs))
-
-
-async def _checked_query(query: str) -> str:
-    return check_text(query, "query", embedded=True)
-
-
-async def _mapped(call: Awaitable[Any]) -> Any:
-    """``await call``; its refusals become 4xx/5xx by their type (``hivemem.http.statuses``:
-    QueueFull 429, MemoryNotFound 404, LimitExceeded 422 with ``code`` "limit_exceeded" and
-    ``param`` the field, other ValueError, TypeError and NotImplementedError 422, LLMError 502,
-    DiskFull 507)."""
+    """Run a blocking ``Memory`` call in a thread; its refusals become 4xx/5xx by their type
+    (``hivemem.http.statuses``: QueueFull 429, MemoryNotFound 404, LimitExceeded 422 with ``code``
+    "limit_exceeded" and ``param`` the field, other ValueError, TypeError and NotImplementedError
+    422, LLMError 502, DiskFull 507)."""
     try:
-        return await call
+        return await run_in_threadpool(fn, *args, **kwargs)
     except Exception as exc:
         error = error_for(exc)
         if error is None:
@@ -163,12 +154,6 @@ def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]
     async def search(body: SearchRequest, scope: Scope = Depends(authorise)) -> Any:
         kwargs = body.model_dump(exclude={"query"})
         kwargs["user_id"] = _own_user(scope, body.user_id)
-        if body.mode != "keyword":
-            # embedded here, on the event loop: the engine's queue batches the queries of all
-            # waiting requests, and no thread waits for the engine (docs/http.md); the query
-            # checked first as Memory.search checks it (the same refusal, named "query")
-            query = await _mapped(_checked_query(body.query))
-            kwargs["vector"] = (await _mapped(memory.embedder.aembed([query])))[0]
         return await _call(memory.search, body.query, **kwargs)
 
     @router.post("/list", response_model=RecordsResponse, response_model_exclude_unset=True,

@@ -1,4 +1,4 @@
-"""What ``Memory.search`` needs besides the ranking (``hybrid``): its argument checks, and the
+"""What ``Memory.search`` needs besides the ranking (``hybrid``): the threshold check, and the
 groups in which concurrent searches of one SQLite store run.
 
 **Grouped searches** (``SearchGroups``): threads that search one SQLite store at once hand their
@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from hivemem.infra.grouping import Combiner, Release
 from hivemem.memory.storage.base import Storage
@@ -69,14 +67,3 @@ def check_threshold(threshold: Any) -> float | None:
             f"threshold must be a finite number (a cosine, usually in [-1, 1]), got {threshold!r}"
         )
     return float(threshold)
-
-
-def check_vector(vector: Any, dim: int) -> np.ndarray:
-    """``vector`` as ``dim`` finite float32 numbers (ValueError else): a query's embedding."""
-    try:
-        out = np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ValueError(f"vector must be {dim} numbers (the query's embedding)") from None
-    if out.shape != (dim,) or not np.isfinite(out).all():
-        raise ValueError(f"vector must be {dim} finite numbers (the query embedding), got shape {out.shape}")
-    return out

@@ -45,7 +45,7 @@ from hivemem.memory.records import (
     instant,
     prepare,
 )
-from hivemem.memory.searching import SearchGroups, check_threshold, check_vector
+from hivemem.memory.searching import SearchGroups, check_threshold
 from hivemem.memory.storage.backends import open_storage
 from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, resolve
 from hivemem.memory.storage.sqlcompile import unexpired
@@ -495,7 +495,6 @@ class Memory:
         rerank: bool = False,
         show_expired: bool = False,
         explain: bool = False,
-        vector: Any = None,
     ) -> dict[str, list[dict[str, Any]]]:
         """The ``top_k`` memories that best answer ``query`` among those that pass ``filters``.
 
@@ -507,8 +506,6 @@ class Memory:
         its top ``top_k``. Both backends have all three modes and rank alike (docs/postgres.md).
         Expired memories are left out of both sides before ranking unless ``show_expired=True``.
         ``explain=True`` adds each hit's ``score_details`` (``hybrid.fuse``, ``rerank.apply``).
-        ``vector``: the query's embedding by this store's embedder, when the caller has it already
-        (the HTTP route embeds on its event loop: docs/http.md); else the query is embedded here.
         """
         query = check_text(query, "query", embedded=True)
         where = self._where(filters, user_id, agent_id, run_id)
@@ -524,9 +521,7 @@ class Memory:
             _check_flag(flag, name)
         reranker = self._reranker_for_search() if rerank else None
         terms = hybrid.query_terms(query) if mode != "vector" else []
-        if mode != "keyword" and vector is None:
-            vector = self.embedder.embed_one(query)
-        vector = None if mode == "keyword" else check_vector(vector, self.embedder.dim)
+        vector = None if mode == "keyword" else np.asarray(self.embedder.embed_one(query), dtype=np.float32)
         depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
 
         def search() -> list[dict[str, Any]]:  # in a read snapshot, of a group on SQLite (searching.py)

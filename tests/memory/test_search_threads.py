@@ -1,7 +1,8 @@
 """Many threads searching one store at once, while another adds: each search sees one snapshot
 (every batch committed before it began, none half), and its results are those of a search of
-that snapshot alone. Also: the cost of a search in statements does not grow with its words, and
-a caller's own query vector. Storage only: the hash embedder, no model (tests/hash_embedder.py)."""
+that snapshot alone; searches queued meanwhile run as one group. Also: the cost of a search in
+statements does not grow with its words. Storage only: the hash embedder, no model
+(tests/hash_embedder.py)."""
 
 from __future__ import annotations
 
@@ -106,25 +107,6 @@ def test_a_search_costs_the_same_statements_whatever_its_words(tmp_path: Path) -
         assert hits
         counts.append(len(seen))
     assert counts[0] == counts[1] == counts[2], counts
-    m.close()
-
-
-def test_search_with_the_callers_vector(tmp_path: Path) -> None:
-    emb = HashEmbedder()
-    m = Memory(tmp_path / "m.sqlite", embedder=emb)
-    m.add_batch(_items(sentences(50, seed=6), "w"))
-    query = "who likes green tea"
-    for mode in ("hybrid", "vector"):
-        want = m.search(query, user_id="w", mode=mode)
-        assert m.search(query, user_id="w", mode=mode, vector=emb.embed_one(query)) == want
-        assert m.search(query, user_id="w", mode=mode, vector=emb.embed_one(query).tolist()) == want
-    other = m.search(query, user_id="w", mode="vector", vector=emb.embed_one("something else"))
-    assert other != m.search(query, user_id="w", mode="vector")  # the vector given is the one used
-    keyword = m.search(query, user_id="w", mode="keyword")
-    assert m.search(query, user_id="w", mode="keyword", vector=[1.0]) == keyword  # no vector there
-    for bad in ([1.0, 2.0], np.full(emb.dim, np.nan), "abc", np.zeros((2, emb.dim))):
-        with pytest.raises(ValueError, match="vector must be"):
-            m.search(query, user_id="w", vector=bad)
     m.close()
 
 

@@ -453,8 +453,8 @@ def test_rerank_over_rest_with_a_scripted_llm(model_home: Path, monkeypatch: pyt
 
 
 def test_concurrent_searches_answer_as_each_alone(api: httpx.Client) -> None:
-    """24 searches at once (their queries embedded together on the service's loop, then searched
-    in threads) answer exactly as the same searches one at a time (then from the embedding cache)."""
+    """24 searches at once (their queries embedded in shared engine batches, the searches run in
+    groups) answer exactly as the same searches one at a time (then from the embedding cache)."""
     from hivemem.embed.corpus import sentences
 
     texts = sentences(84, seed=2512)
