@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -87,7 +88,8 @@ def main() -> None:
     from hivemem.memory.records import prepare
 
     emb = TableEmbedder()
-    memory = Memory(Path(tempfile.mkdtemp(prefix="hivemem-search-threads-")) / "m.sqlite", embedder=emb)
+    tmp = Path(tempfile.mkdtemp(prefix="hivemem-search-threads-"))
+    memory = Memory(tmp / "m.sqlite", embedder=emb)
     texts = sentences(args.memories, seed=1)
     new = [m for i, t in enumerate(texts) for m in prepare(t, user_id=f"user{i % args.users}")]
     memory._storage.insert(new, emb.learn(texts, seed=1))
@@ -110,6 +112,7 @@ def main() -> None:
         print(f"  round {r}: 1 thread {one['rate']:.0f}/s, {args.threads} threads {many['rate']:.0f}/s,"
               f" ratio {runs[-1]['ratio']:.2f}", flush=True)  # fmt: skip
     memory.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
     def med(get: Any) -> float:
         return statistics.median(get(x) for x in runs)
