@@ -17,7 +17,6 @@ calls, each call still stored whole or not at all and answered with its own resu
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ from hivemem.memory.records import (
     instant,
     prepare,
 )
+from hivemem.memory.searching import SearchGroups, check_threshold
 from hivemem.memory.storage.backends import open_storage
 from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, resolve
 from hivemem.memory.storage.sqlcompile import unexpired
@@ -70,18 +70,6 @@ def _check_top_k(top_k: Any) -> int:
             field="top_k",
         )
     return top_k
-
-
-def _check_threshold(threshold: Any) -> float | None:
-    if threshold is None:
-        return None
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
-    if not math.isfinite(threshold):  # NaN compares false with every score: it silently found nothing
-        raise ValueError(
-            f"threshold must be a finite number (a cosine, usually in [-1, 1]), got {threshold!r}"
-        )
-    return float(threshold)
 
 
 def _check_id(memory_id: Any) -> str:
@@ -171,6 +159,7 @@ class Memory:
         self._combiner: Combiner[list[NewMemory], list[dict[str, Any]]] | None = (
             Combiner(self._store_group, max_size=COMBINE_GROUP_MAX) if grouped else None
         )
+        self._searches = SearchGroups(self._storage, grouped)  # concurrent searches too (SQLite)
         self._embedder: EmbedderLike | None = None
         self._owns_embedder = False
         self._embedder_config = embedder_config
@@ -524,7 +513,7 @@ class Memory:
         query = check_text(query, "query", embedded=True)
         where = self._where(filters, user_id, agent_id, run_id)
         k = _check_top_k(top_k)
-        threshold = _check_threshold(threshold)
+        threshold = check_threshold(threshold)
         if mode not in hybrid.MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, hybrid.MODES))}, got {mode!r}")
         if mode == "keyword" and threshold is not None:
@@ -537,9 +526,12 @@ class Memory:
         terms = hybrid.query_terms(query) if mode != "vector" else []
         vector = None if mode == "keyword" else np.asarray(self.embedder.embed_one(query), dtype=np.float32)
         depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
-        with self._storage.snapshot():
-            where = self._live(where, show_expired)
-            hits = hybrid.search(self._storage, mode, vector, terms, where, depth, threshold, explain)
+
+        def search() -> list[dict[str, Any]]:  # in a read snapshot, of a group on SQLite (searching.py)
+            live = self._live(where, show_expired)
+            return hybrid.search(self._storage, mode, vector, terms, live, depth, threshold, explain)
+
+        hits = self._searches.run(search)
         if reranker is not None:
             hits = rr.apply(reranker, query, hits, k, explain)
         return {"results": hits}

@@ -450,3 +450,27 @@ def test_rerank_over_rest_with_a_scripted_llm(model_home: Path, monkeypatch: pyt
             assert hits.status_code == 200, hits.text
             assert hits.json()["results"][0]["memory"] == "Alice bakes sourdough"
             assert len(llm.requests) == 3  # one scoring request per candidate
+
+
+def test_concurrent_searches_answer_as_each_alone(api: httpx.Client) -> None:
+    """24 searches at once (their queries embedded in shared engine batches, the searches run in
+    groups) answer exactly as the same searches one at a time (then from the embedding cache)."""
+    from hivemem.embed.corpus import sentences
+
+    texts = sentences(84, seed=2512)
+    items = [{"messages": t, "user_id": "erin"} for t in texts[:60]]
+    assert api.post("/v1/memories/batch", json={"items": items}, headers=ADMIN).status_code == 200
+    bodies = [{"query": q, "user_id": "erin", "top_k": 5} for q in texts[60:]]
+
+    async def all_at_once() -> list[dict]:
+        async with httpx.AsyncClient(base_url=str(api.base_url), timeout=60) as c:
+            replies = await asyncio.gather(
+                *(c.post("/v1/memories/search", json=b, headers=ADMIN) for b in bodies)
+            )
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+        return [r.json()["results"] for r in replies]
+
+    together = asyncio.run(all_at_once())
+    alone = [api.post("/v1/memories/search", json=b, headers=ADMIN).json()["results"] for b in bodies]
+    assert together == alone and all(len(r) == 5 for r in alone)
+    assert api.delete("/v1/memories", params={"user_id": "erin"}, headers=ADMIN).status_code == 200

@@ -62,6 +62,7 @@ import numpy as np
 
 from hivemem.infra.sqlitedb import int_array
 from hivemem.memory.filters import Cond, Logic, Node
+from hivemem.memory.storage.indexheader import StoreState
 
 TOKENIZER = "porter unicode61 remove_diacritics 2"
 LAYOUT = f"2 {TOKENIZER}"  # bump the number when the table or its triggers change
@@ -223,40 +224,45 @@ def scope_tokens(where: Node | None) -> list[str]:
 
 
 class KeywordIndex:
-    """Per-process helper: row counts (cached while the store keeps its size) and the scoring."""
+    """Per-process helper: row counts (cached while the store keeps its size, or, for exact
+    counts, its version) and the scoring."""
 
     def __init__(self) -> None:
-        self._counts: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        # (store, FTS query) → (count, store size, store version when counted)
+        self._counts: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _count(self, db: sqlite3.Connection, store: str, size: int, fts_query: str, exact: bool) -> int:
-        key = (store, fts_query)
+    def _count(self, db: sqlite3.Connection, state: StoreState, fts_query: str, exact: bool) -> int:
+        key, size = (state.uid, fts_query), state.high
         with self._lock:
             hit = self._counts.get(key)
-        if hit is not None and abs(hit[1] - size) * 10 <= hit[1]:
-            return hit[0]  # counted while the store was within 10% of its size now
+        if hit is not None:
+            if hit[2] == state.version:  # counted in this very version (every write bumps it)
+                return hit[0]
+            if (not exact or hit[0] > RANK_BUDGET) and abs(hit[1] - size) * 10 <= hit[1]:
+                return hit[0]  # a count not used exactly, while the store was within 10% of its size
         rows = db.execute("SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (fts_query,))
         count = int(rows.fetchone()[0])
-        if count > RANK_BUDGET or not exact:  # a small count used as an idf input: counted each time
-            with self._lock:
-                self._counts[key] = (count, size)
-                self._counts.move_to_end(key)
-                while len(self._counts) > 4096:
-                    self._counts.popitem(last=False)
+        with self._lock:
+            self._counts[key] = (count, size, state.version)
+            self._counts.move_to_end(key)
+            while len(self._counts) > 4096:
+                self._counts.popitem(last=False)
         return count
 
     def plan(
-        self, db: sqlite3.Connection, store: str, size: int, terms: list[str], scope: list[str]
+        self, db: sqlite3.Connection, state: StoreState, terms: list[str], scope: list[str]
     ) -> tuple[list[str], str, int]:
         """``(terms kept, scope part of the FTS query, rows in the scope)`` (module docstring)."""
+        size = state.high
         scope_query = " AND ".join(f"scope : {quote(t)}" for t in scope)
-        rows = self._count(db, store, size, scope_query, exact=True) if scope_query else size
+        rows = self._count(db, state, scope_query, exact=True) if scope_query else size
         if rows > SCOPE_ROWS_MAX:  # FTS5 walks the scope's whole row list for every word
             scope_query, rows = "", size
         if rows * len(terms) <= RANK_BUDGET:
             return terms, scope_query, rows
         share = rows / max(size, 1)
-        counted = [(self._count(db, store, size, body_match([t]), exact=False), t) for t in terms]
+        counted = [(self._count(db, state, body_match([t]), exact=False), t) for t in terms]
         return rarest_words(counted, share), scope_query, rows
 
     def search(
@@ -306,12 +312,12 @@ class KeywordIndex:
             if lo >= len(rids):
                 break
             part = rids[lo:hi].tolist()
-            passing = {
-                r for (r,) in db.execute(
-                    f"SELECT rid FROM memories WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
-                    [json.dumps(part), *params],
-                )
-            }  # fmt: skip
+            listed = db.execute(  # one result row (see the first statement above)
+                "SELECT group_concat(rid) FROM memories"
+                f" WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
+                [json.dumps(part), *params],
+            ).fetchone()[0]
+            passing = set(int_array(listed).tolist())
             out += [(r, float(s)) for r, s in zip(part, score[lo:hi].tolist(), strict=True) if r in passing]
             if len(out) >= k:
                 break
@@ -322,16 +328,18 @@ class KeywordIndex:
         db: sqlite3.Connection, table: str, column: str, terms: list[str], scope_query: str, rows: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(rids ascending, BM25 score)`` of the rows of ``table`` whose ``column`` holds a term."""
+        if not terms:
+            return np.zeros(0, np.int64), np.zeros(0)
+        # every word's rows in ONE statement (a column each): one step of sqlite3, not one per
+        # word (each lets other threads take the GIL; docs/memory.md#concurrent-searches)
+        lookup = f"(SELECT group_concat(rowid) FROM {table} WHERE {table} MATCH ?)"
+        matches = [f"{column} : ({quote(t)})" for t in terms]
+        queries = [f"{scope_query} AND {m}" if scope_query else m for m in matches]
+        per_term = db.execute("SELECT " + ", ".join([lookup] * len(terms)), queries).fetchone()
         found: list[np.ndarray] = []
         weights: list[float] = []
-        for term in terms:
-            match = f"{column} : ({quote(term)})"
-            fts_query = f"{scope_query} AND {match}" if scope_query else match
-            hits = int_array(
-                db.execute(
-                    f"SELECT group_concat(rowid) FROM {table} WHERE {table} MATCH ?", (fts_query,)
-                ).fetchone()[0]
-            )
+        for ids in per_term:
+            hits = int_array(ids)
             if len(hits):  # BM25's idf as Lucene has it: positive, so every row holding a word counts
                 found.append(hits)
                 weights.append(math.log(1 + (max(rows, len(hits)) - len(hits) + 0.5) / (len(hits) + 0.5)))

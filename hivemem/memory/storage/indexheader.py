@@ -37,27 +37,32 @@ class StoreState:
     high: int  # highest row id ever given (AUTOINCREMENT's high-water mark)
 
 
+_STATE = (
+    "SELECT " + ", ".join(f"(SELECT value FROM meta WHERE key = '{k}')"
+                          for k in ("uid", "rewrites", "model_id", "dim", "version", "pruned"))
+    + ", (SELECT coalesce(max(seq), 0) FROM changes)"
+)  # fmt: skip
+_HIGH = "(SELECT seq FROM sqlite_sequence WHERE name = 'memories')"
+
+
 def read_state(db: sqlite3.Connection) -> StoreState:
-    meta = dict(
-        db.execute(
-            "SELECT key, value FROM meta WHERE key IN "
-            "('uid', 'rewrites', 'model_id', 'dim', 'version', 'pruned')"
-        ).fetchall()
-    )
-    seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+    """The store's state in the snapshot ``db`` is in, in one statement (a result row is a step
+    of ``sqlite3``, which lets other threads take the GIL: fewer is cheaper when many search)."""
     try:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'memories'").fetchone()
+        row = db.execute(f"{_STATE}, {_HIGH}").fetchone()
     except sqlite3.OperationalError:  # a store made before row ids were AUTOINCREMENT
-        row = None
-    high = row[0] if row else db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
+        row = (*db.execute(_STATE).fetchone(), None)
+    uid, epoch, model, dim, version, pruned, seq, high = row
+    if high is None:
+        high = db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
     return StoreState(
-        uid=str(meta.get("uid", "")),
-        epoch=int(meta.get("rewrites", 0)),
-        model=meta.get("model_id"),
-        dim=int(meta.get("dim", 0) or 0),
-        version=int(meta.get("version", 0)),
+        uid=str(uid if uid is not None else ""),
+        epoch=int(epoch or 0),
+        model=model,
+        dim=int(dim or 0),
+        version=int(version or 0),
         seq=int(seq),
-        pruned=int(meta.get("pruned", 0)),
+        pruned=int(pruned or 0),
         high=int(high),
     )
 

@@ -36,11 +36,12 @@ from hivemem.memory.storage.indexfiles import (
     positions,
     sorted_unique,
 )
-from hivemem.memory.storage.indexheader import StoreState
+from hivemem.memory.storage.indexheader import StaleIndex, StoreState
 from hivemem.memory.storage.indexverify import LiveLog
 from hivemem.memory.storage.sqlcompile import Compiled
 
-Rows = list[tuple[int, bytes]]  # (rid, float32 vector blob)
+Rows = tuple[Array, bytes]  # row ids, and their float32 vectors end to end (``fetch``)
+NO_ROWS: Rows = (np.empty(0, dtype=np.int64), b"")
 Hits = list[tuple[int, float]]  # (rid, exact score), best first
 
 
@@ -80,14 +81,37 @@ def _in(rids: Array) -> str:
     return json.dumps(rids.tolist())
 
 
-def rescore(rows: Rows, query: Array, dim: int, k: int, threshold: float | None) -> Hits:
+_FETCH = (
+    "SELECT group_concat(rid), CAST(group_concat(vec, '') AS BLOB)"
+    " FROM (SELECT rid, vec FROM memories WHERE {where})"
+)
+
+
+def fetch(db: sqlite3.Connection, where: str, params: list[Any], dim: int) -> Rows:
+    """Row ids and float32 vectors of the rows passing ``where``, read as ONE result row.
+
+    Why: reading n rows is n steps of ``sqlite3``, each of which lets go of the GIL and takes it
+    back; with threads searching at once, each of those is a hand-off between threads (8 threads
+    spent ~50-115 context switches per search, and their CPU per search rose ~1.6x; see
+    docs/memory.md#concurrent-searches). ``group_concat`` over a BLOB keeps its bytes (a UTF-8
+    store reads them back as they are; the cast makes them a BLOB again), in the order of the ids.
+    """
+    ids, vecs = db.execute(_FETCH.format(where=where), params).fetchone()
+    rids = int_array(ids)
+    vecs = vecs or b""
+    if len(vecs) != 4 * dim * len(rids):  # never taken on a UTF-8 store: never scored wrong
+        raise StaleIndex(f"{len(rids)} vectors read back as {len(vecs)} bytes (database encoding?)")
+    return rids, vecs
+
+
+def rescore(rows: list[Rows], query: Array, dim: int, k: int, threshold: float | None) -> Hits:
     """Stage 5: the best ``k`` of ``rows`` by exact score, ties to the older row."""
-    if not rows:
+    rids = np.concatenate([r for r, _ in rows]) if rows else NO_ROWS[0]
+    if not len(rids):
         return []
-    by_rid = dict(rows)  # a changed row can come twice (tail and changed): one copy
-    rids = np.fromiter(by_rid, dtype=np.int64, count=len(by_rid))
-    vecs = np.frombuffer(b"".join(by_rid.values()), dtype=np.float32).reshape(len(by_rid), dim)
-    scores = vecs @ query
+    vecs = np.frombuffer(b"".join(v for _, v in rows), dtype=np.float32).reshape(len(rids), dim)
+    rids, first = np.unique(rids, return_index=True)  # a changed row can come twice (tail and changed)
+    scores = vecs[first] @ query
     if threshold is not None:
         keep = scores >= threshold
         scores, rids = scores[keep], rids[keep]
@@ -113,9 +137,9 @@ class Ranker:
         sql, params, filtered = where.sql, where.params, not where.always
         cond = f" AND ({sql})" if filtered else ""
         changed, masked = self.mask(db, view)
-        exact = self.fresh_rows(db, view, changed, cond, params)
-        exact += self.candidates(db, state, view, query, sql, params, masked, k, filtered, plan)
-        exact += self.late_rows(db, state, cond, params, log)
+        exact = self.fresh_rows(db, view, changed, cond, params, state.dim)
+        exact.append(self.candidates(db, state, view, query, sql, params, masked, k, filtered, plan))
+        exact.append(self.late_rows(db, state, cond, params, log))
         lag = (state.high - view.header.last_rid) + len(changed)
         return rescore(exact, query, state.dim, k, threshold), lag
 
@@ -134,17 +158,14 @@ class Ranker:
         return changed, masked
 
     @staticmethod
-    def fresh_rows(db: sqlite3.Connection, view: View, changed: Array, cond: str, params: list[Any]) -> Rows:
+    def fresh_rows(db: sqlite3.Connection, view: View, changed: Array, cond: str, params: list[Any],
+                   dim: int) -> list[Rows]:  # fmt: skip
         """Stage 2: the rows passing the filter that the files do not hold as this snapshot has
         them: the tail past the header, and the changed rows."""
-        exact: Rows = db.execute(
-            f"SELECT rid, vec FROM memories WHERE rid > ?{cond}", [view.header.last_rid, *params]
-        ).fetchall()
+        exact = [fetch(db, f"rid > ?{cond}", [view.header.last_rid, *params], dim)]
         if len(changed):
-            exact += db.execute(
-                f"SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?)){cond}",
-                [_in(changed), *params],
-            ).fetchall()
+            where = f"rid IN (SELECT value FROM json_each(?)){cond}"
+            exact.append(fetch(db, where, [_in(changed), *params], dim))
         return exact
 
     def candidates(self, db: sqlite3.Connection, state: StoreState, view: View, query: Array, sql: str,
@@ -152,7 +173,7 @@ class Ranker:
         """Stage 3: the rows to re-score among those the files hold (known to pass the filter)."""
         n, want = view.header.n, int8.rescore_count(k, plan.rescore)
         if n == 0:
-            return []
+            return NO_ROWS
         q8 = int8.quantise_query(query)
         chosen: Array  # row ids to re-score exactly (known to pass the filter)
         if not filtered:
@@ -167,18 +188,15 @@ class Ranker:
                     return passing
                 subset = self.subset(db, state, view, sql, params, plan.prefilter_max)
                 if subset is None:
-                    return self.post_filter(db, view, q8, masked, want, sql, params, once=False) or []
+                    return self.post_filter(db, view, q8, masked, want, sql, params, once=False) or NO_ROWS
             pos = positions(view.rids, subset)
             if len(pos) <= want:
                 chosen = view.rids[pos[~isin(pos, masked)]]
             else:
                 chosen = view.rids[self.rank(view, q8, pos, masked, want)]
         if not len(chosen):
-            return []
-        rows: Rows = db.execute(
-            "SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?))", (_in(chosen),)
-        ).fetchall()
-        return rows
+            return NO_ROWS
+        return fetch(db, "rid IN (SELECT value FROM json_each(?))", [_in(chosen)], state.dim)
 
     @staticmethod
     def late_rows(
@@ -190,15 +208,10 @@ class Ranker:
         read here as this snapshot has them. Runs after every read of the files."""
         late = log.changed_after(db, state.seq)
         if late is None:  # the log was trimmed past this snapshot meanwhile: every row, exactly
-            rows: Rows = db.execute(f"SELECT rid, vec FROM memories WHERE rid > 0{cond}", params).fetchall()
-            return rows
+            return fetch(db, f"rid > 0{cond}", params, state.dim)
         if not len(late):
-            return []
-        rows = db.execute(
-            f"SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?)){cond}",
-            [_in(late), *params],
-        ).fetchall()
-        return rows
+            return NO_ROWS
+        return fetch(db, f"rid IN (SELECT value FROM json_each(?)){cond}", [_in(late), *params], state.dim)
 
     def rank(self, view: View, q8: Array, pos: Array | None, masked: Array, count: int) -> Array:
         """Positions of the ``count`` best rows by int8 score (among ``pos`` if given), best first."""
@@ -282,14 +295,12 @@ class Ranker:
         ``once``: one try only, None when too few pass.
         """
         live = view.header.n - len(masked)
-        rows: Rows = []
+        rows = NO_ROWS
         for count in int8.widening(want + want // 4, live, 4):
             top = view.rids[self.rank(view, q8, None, masked, count)]
-            rows = db.execute(
-                f"SELECT rid, vec FROM memories WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
-                [_in(top), *params],
-            ).fetchall()
-            if len(rows) >= want or count >= live:
+            where = f"rid IN (SELECT value FROM json_each(?)) AND ({sql})"
+            rows = fetch(db, where, [_in(top), *params], view.files.dim)
+            if len(rows[0]) >= want or count >= live:
                 return rows
             if once:
                 return None  # too few pass: the caller lists the subset instead

@@ -46,7 +46,7 @@ from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import fts, rows, sqlwrite
 from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx
 from hivemem.memory.storage.sqlcompile import SQLITE
-from hivemem.memory.storage.vectorindex import SharedIndex, read_state
+from hivemem.memory.storage.vectorindex import SharedIndex, StoreState, read_state
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories (
@@ -86,6 +86,17 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('uid', lower(hex(randomblob(16))
 """
 _FIELDS = rows.FIELDS  # the names the search methods below use
 _record = rows.record
+# Reads of search results as ONE result row each (JSON; vectors end to end, as in
+# ``indexrank.fetch``): a result row is a step of sqlite3, which lets other threads take the GIL,
+# and with threads searching at once each of those is a hand-off (docs/memory.md#concurrent-searches).
+_RECORDS = (
+    f"SELECT json_group_array(json_array({_FIELDS})) FROM memories"
+    " WHERE rid IN (SELECT value FROM json_each(?))"
+)
+_COSINES = (
+    "SELECT json_group_array(id), CAST(group_concat(vec, '') AS BLOB) FROM"
+    " (SELECT id, vec FROM memories WHERE id IN (SELECT value FROM json_each(?)))"
+)
 _BUSY_MS = 60_000
 _log = logging.getLogger("hivemem.memory")
 
@@ -412,14 +423,25 @@ class SQLiteStorage(Storage):
         db = self._db()
         self.index.begin()  # the index header is read before the snapshot: see vectorindex.py
         db.execute("BEGIN")
-        local.depth = 1
+        local.depth, local.state = 1, None
         try:
             yield
         finally:
-            local.depth = 0
+            local.depth, local.state = 0, None
             db.execute("COMMIT")
         if self.index.lagging():  # the files lag behind: bring them up to date, if nobody is
             self._after_write()
+
+    def _state(self, db: sqlite3.Connection) -> StoreState:
+        """The store's state in this thread's snapshot: read once per snapshot (both sides of a
+        hybrid search use it)."""
+        local = self._local
+        if not getattr(local, "depth", 0):
+            return read_state(db)
+        if local.state is None:
+            local.state = read_state(db)
+        state: StoreState = local.state
+        return state
 
     def _records(
         self,
@@ -429,11 +451,8 @@ class SQLiteStorage(Storage):
     ) -> builtins.list[dict[str, Any]]:
         if not hits:
             return []
-        rows = db.execute(
-            f"SELECT {_FIELDS} FROM memories WHERE rid IN (SELECT value FROM json_each(?))",
-            (json.dumps([rid for rid, _ in hits]),),
-        ).fetchall()
-        by_rid = {r[0]: r for r in rows}
+        found = db.execute(_RECORDS, (json.dumps([rid for rid, _ in hits]),)).fetchone()[0]
+        by_rid = {r[0]: r for r in json.loads(found)}
         out = [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
         if parts:  # keyword_search with context: each hit's raw (body, context) scores
             for r, rid in zip(out, (rid for rid, _ in hits if rid in by_rid), strict=True):
@@ -448,7 +467,7 @@ class SQLiteStorage(Storage):
         where_ = self.compile(where)
         db = self._db()
         with self.snapshot():
-            return self._records(db, self.index.nearest(db, vector, where_, k, threshold))
+            return self._records(db, self.index.nearest(db, vector, where_, k, threshold, self._state(db)))
 
     def keyword_search(
         self, terms: builtins.list[str], where: Node | None, k: int
@@ -457,27 +476,21 @@ class SQLiteStorage(Storage):
         sql, params = compiled.sql, compiled.params
         db = self._db()
         with self.snapshot():
-            state = read_state(db)
-            kept, scope, rows = self._keywords.plan(db, state.uid, state.high, terms, fts.scope_tokens(where))
+            state = self._state(db)
+            kept, scope, rows = self._keywords.plan(db, state, terms, fts.scope_tokens(where))
             hits, parts = self._keywords.search(db, kept, scope, rows, sql, params, k, self.context)
             return self._records(db, hits, parts)
 
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         if not ids:
             return {}
-        rows = (
-            self._db()
-            .execute(
-                "SELECT id, vec FROM memories WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps(ids),),
-            )
-            .fetchall()
-        )
-        if not rows:
+        found, blob = self._db().execute(_COSINES, (json.dumps(ids),)).fetchone()
+        names: builtins.list[str] = json.loads(found)
+        if not names:
             return {}
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(names), -1)
         scores = vecs @ np.asarray(vector, dtype=np.float32)
-        return {r[0]: float(s) for r, s in zip(rows, scores, strict=True)}
+        return dict(zip(names, scores.tolist(), strict=True))
 
     def close(self) -> None:
         self._conns.close()

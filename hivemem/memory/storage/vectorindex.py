@@ -329,10 +329,11 @@ class SharedIndex:
         return self._session.lag >= CATCH_UP
 
     def nearest(self, db: sqlite3.Connection, query: Array, where: Compiled, k: int,
-                threshold: float | None) -> Hits:  # fmt: skip
+                threshold: float | None, state: StoreState | None = None) -> Hits:  # fmt: skip
         """The best ``k`` rows passing ``sql`` in the open snapshot of ``db`` (after ``begin``):
-        through the index, rebuilt first if damaged; every row exactly if it cannot be used."""
-        state = read_state(db)
+        through the index, rebuilt first if damaged; every row exactly if it cannot be used.
+        ``state``: ``read_state`` of that snapshot, if the caller has it already."""
+        state = read_state(db) if state is None else state
         view = self._usable(db, state)
         hits, lag = None, 0
         if view is not None:

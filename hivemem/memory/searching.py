@@ -1,0 +1,69 @@
+"""What ``Memory.search`` needs besides the ranking (``hybrid``): the threshold check, and the
+groups in which concurrent searches of one SQLite store run.
+
+**Grouped searches** (``SearchGroups``): threads that search one SQLite store at once hand their
+searches to whichever of them is free (``hivemem.infra.grouping.Combiner``, no waiting: a lone
+caller runs its own search at once), and that thread runs everything queued, one search after the
+other, in ONE read snapshot, while the others sleep until their answer is there. Why: a search is
+mostly Python with short SQLite steps, and ``sqlite3`` lets go of the GIL around each step; with
+eight threads searching side by side every step became a hand-off of the GIL, and eight threads
+served fewer searches than one (docs/memory.md#concurrent-searches). Each search still gets
+exactly its own answer or its own error, and sees every write committed before it was called
+(its group's snapshot begins after it joined the line).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from hivemem.infra.grouping import Combiner, Release
+from hivemem.memory.storage.base import Storage
+
+Hits = list[dict[str, Any]]
+GROUP_SEARCHES = 64  # searches one thread runs for the others at most, before another thread leads
+
+
+class SearchGroups:
+    """Runs concurrent searches of one store in groups, each group in one snapshot (see above)."""
+
+    def __init__(self, storage: Storage, grouped: bool) -> None:
+        """``grouped``: False runs each search by itself in its caller's thread (PostgreSQL: the
+        work is the server's, and its connections search in parallel)."""
+        self._storage = storage
+        self._combiner: Combiner[Callable[[], Hits], Hits] | None = (
+            Combiner(self._run, max_wait_ms=0, max_size=GROUP_SEARCHES) if grouped else None
+        )
+
+    def run(self, search: Callable[[], Hits]) -> Hits:
+        """``search()`` (a search through the storage primitives) inside a read snapshot."""
+        if self._combiner is None:
+            with self._storage.snapshot():
+                return search()
+        return self._combiner.submit(search)
+
+    def _run(self, searches: list[Callable[[], Hits]], release: Release) -> list[Hits | BaseException]:
+        out: list[Hits | BaseException] = []
+        try:
+            with self._storage.snapshot():
+                for search in searches:
+                    try:
+                        out.append(search())
+                    except Exception as exc:  # to its own caller
+                        out.append(exc)
+        except Exception as exc:  # the snapshot itself failed: every search not yet answered
+            out += [exc] * (len(searches) - len(out))
+        return out
+
+
+def check_threshold(threshold: Any) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    if not math.isfinite(threshold):  # NaN compares false with every score: it silently found nothing
+        raise ValueError(
+            f"threshold must be a finite number (a cosine, usually in [-1, 1]), got {threshold!r}"
+        )
+    return float(threshold)

@@ -1,0 +1,160 @@
+"""Many threads searching one store at once, while another adds: each search sees one snapshot
+(every batch committed before it began, none half), and its results are those of a search of
+that snapshot alone; searches queued meanwhile run as one group. Also: the cost of a search in
+statements does not grow with its words. Storage only: the hash embedder, no model
+(tests/hash_embedder.py)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from memory_helpers import HashEmbedder
+
+from hivemem import Memory
+from hivemem.embed.corpus import sentences
+from hivemem.memory import hybrid
+
+pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
+
+BATCHES, PER_BATCH, THREADS = 6, 25, 8
+
+
+def _items(texts: list[str], user: str) -> list[dict[str, Any]]:
+    return [{"messages": t, "user_id": user} for t in texts]
+
+
+def _answer(m: Memory, query: str) -> list[tuple[str, float]]:
+    return [(h["memory"], h["score"]) for h in m.search(query, user_id="w", top_k=5)["results"]]
+
+
+def _same(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> bool:
+    return [t for t, _ in got] == [t for t, _ in want] and all(
+        abs(a - b) <= 1e-6 for (_, a), (_, b) in zip(got, want, strict=True)
+    )
+
+
+def test_threads_searching_while_another_adds_each_see_one_snapshot(tmp_path: Path) -> None:
+    texts = sentences(300 + BATCHES * PER_BATCH + 12, seed=77)
+    base, new, queries = texts[:300], texts[300:-12], texts[-12:]
+    batches = [new[i * PER_BATCH : (i + 1) * PER_BATCH] for i in range(BATCHES)]
+    # the answers of every snapshot the searches may see, one thread, a store of its own
+    with Memory(tmp_path / "ref.sqlite", embedder=HashEmbedder()) as ref:
+        ref.add_batch(_items(base[:150], "w") + _items(base[150:], "x"))
+        expected = [[_answer(ref, q) for q in queries]]
+        for batch in batches:
+            ref.add_batch(_items(batch, "w"))
+            expected.append([_answer(ref, q) for q in queries])
+    assert all(expected[j] != expected[j + 1] for j in range(BATCHES)), "each batch must change an answer"
+
+    m = Memory(tmp_path / "m.sqlite", embedder=HashEmbedder())
+    m.add_batch(_items(base[:150], "w") + _items(base[150:], "x"))
+    started = done = 0  # batches whose add_batch began / returned
+    wrong: list[str] = []
+    seen: set[int] = set()
+
+    def writer() -> None:
+        nonlocal started, done
+        for batch in batches:
+            started += 1
+            m.add_batch(_items(batch, "w"))
+            done += 1
+
+    def searcher(k: int) -> None:
+        rounds = 0
+        while done < BATCHES or rounds < 3:
+            rounds += 1
+            for i in range(k, len(queries), 2):
+                low = done  # committed before this search began: it must see them
+                got = _answer(m, queries[i])
+                high = started  # begun before it ended: it may see them
+                fits = [j for j in range(low, high + 1) if _same(got, expected[j][i])]
+                if not fits:
+                    wrong.append(f"query {i} between batches {low} and {high}: {got}")
+                seen.update(fits)
+
+    threads = [threading.Thread(target=searcher, args=(k % 2,)) for k in range(THREADS)]
+    threads.append(threading.Thread(target=writer))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    m.close()
+    assert not wrong, wrong[:3]
+    assert BATCHES in seen  # the last snapshot was seen (read-your-writes after the writer ended)
+
+
+def test_a_search_costs_the_same_statements_whatever_its_words(tmp_path: Path) -> None:
+    """Each statement (and each result row) lets the GIL go, a hand-off when threads search at
+    once: the keyword side looks all words up in one statement, not one per word."""
+    m = Memory(tmp_path / "m.sqlite", embedder=HashEmbedder())
+    texts = sentences(200, seed=5)
+    m.add_batch(_items(texts, "w"))
+    words = hybrid.query_terms(" ".join(texts[:6]))[:12]  # words the store holds
+    assert len(words) == 12
+    one_word, many_words = words[0], " ".join(words)
+    db = m._storage._db()
+    counts = []
+    for query in (one_word, many_words, one_word):
+        m.search(query, user_id="w")  # warm: the scope's row count is then known for this version
+        seen: list[str] = []
+        db.set_trace_callback(lambda sql, seen=seen: seen.append(sql) if not sql.startswith("--") else None)
+        hits = m.search(query, user_id="w")["results"]
+        db.set_trace_callback(None)
+        assert hits
+        counts.append(len(seen))
+    assert counts[0] == counts[1] == counts[2], counts
+    m.close()
+
+
+def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one thread runs a search, the searches of seven others queue and are then run by one
+    of them, in one group; each caller gets its own answer, and the one whose search fails gets
+    its error, the others their answers."""
+    emb = HashEmbedder()
+    m = Memory(tmp_path / "m.sqlite", embedder=emb)
+    m.add_batch(_items(sentences(60, seed=8), "w"))
+    queries = sentences(8, seed=9)
+    want = [m.search(q, user_id="w")["results"] for q in queries]
+    poison = emb.embed_one(queries[5])
+    real, first, go = hybrid.search, threading.Event(), threading.Event()
+
+    def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
+        if not first.is_set():  # the first search holds its group until the others have queued
+            first.set()
+            assert go.wait(60)
+        if vector is not None and np.array_equal(vector, poison):
+            raise RuntimeError("this search fails")
+        return real(storage, mode, vector, *args)
+
+    monkeypatch.setattr(hybrid, "search", search)
+    combiner = m._searches._combiner
+    assert combiner is not None
+    groups, calls = combiner.groups, combiner.calls
+    got: list[Any] = [None] * len(queries)
+
+    def run(i: int) -> None:
+        try:
+            got[i] = m.search(queries[i], user_id="w")["results"]
+        except RuntimeError as exc:
+            got[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(queries))]
+    threads[0].start()
+    assert first.wait(60)
+    for t in threads[1:]:
+        t.start()
+    while len(combiner) < len(queries) - 1:  # the other seven are in the line
+        threading.Event().wait(0.01)
+    go.set()
+    for t in threads:
+        t.join()
+    assert (combiner.groups - groups, combiner.calls - calls) == (2, len(queries))
+    assert isinstance(got[5], RuntimeError) and "fails" in str(got[5])
+    assert [g for i, g in enumerate(got) if i != 5] == [w for i, w in enumerate(want) if i != 5]
+    m.close()
