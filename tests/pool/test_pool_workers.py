@@ -38,10 +38,13 @@ def _pid_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    # a zombie still answers kill(0); read its state
+    # a zombie still answers kill(0); read its state. A killed process with threads (a worker
+    # runs its parent-watch thread) shows its first thread as a zombie while the others are still
+    # exiting, and its files (the pipe to the pool) close only when the last one has: wait for that.
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
+            zombie = f.read().split(")")[-1].split()[0] == "Z"
+        return zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1
     except OSError:
         return True
 
