@@ -49,7 +49,6 @@ calls it only when the store's ``meta`` says the keyword layout is missing or ol
 from __future__ import annotations
 
 import functools
-import math
 import sys
 import threading
 import unicodedata
@@ -61,7 +60,7 @@ import numpy as np
 
 from hivemem.memory.filters import Cond, Logic, Node
 from hivemem.memory.storage import pglower
-from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, rarest_words
+from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, bm25, rarest_words
 from hivemem.memory.storage.pgpostings import Entry, Postings, int8s
 from hivemem.memory.storage.sqlcompile import is_unexpired
 
@@ -219,17 +218,8 @@ def _alive(expired: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray] | N
 
 def _rank(words: list[tuple[int, np.ndarray]], rows: float, k: int) -> list[tuple[int, float]]:
     """The best ``k`` ``(rid, score)``: ``words`` holds, per word, the rows of the scope holding it
-    (``df``) and the row ids among them that pass the filter. Computed as
-    ``fts.KeywordIndex.search`` does, so equal inputs give equal scores."""
-    found, weights = [], []
-    for df, rids in words:
-        if df:  # BM25's idf as Lucene has it: positive, so every row holding a word counts
-            found.append(rids)
-            weights.append(math.log(1 + (max(rows, df) - df + 0.5) / (df + 0.5)))
-    if not found or not sum(len(f) for f in found):
-        return []
-    rids, at = np.unique(np.concatenate(found), return_inverse=True)
-    score = np.bincount(at, weights=np.repeat(weights, [len(f) for f in found]))
+    (``df``) and the row ids among them that pass the filter; scored by ``fts.bm25``."""
+    rids, score = bm25(words, rows)
     order = np.lexsort((rids, -score))[:k]  # best first; ties to the older memory
     return list(zip(rids[order].tolist(), score[order].tolist(), strict=True))
 
