@@ -176,7 +176,7 @@ def explain(hits: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return out
 
 
-def configure_context(option: bool | None, storage: Storage, location: str) -> None:
+def configure_context(option: bool | None, storage: Storage) -> None:
     """Set ``storage.context``, the keyword context's share, for a ``Memory``: ``option``
     (``keyword_context=``), or else ``$HIVEMEM_KEYWORD_CONTEXT`` (``1``/``0``), default off: it
     lifted the development half of LoCoMo, and stays off until it has held on the held-out half
@@ -189,11 +189,6 @@ def configure_context(option: bool | None, storage: Storage, location: str) -> N
             option = text in ("1", "true", "on", "yes")
         if not isinstance(option, bool):
             raise TypeError(f"keyword_context must be True or False, got {type(option).__name__}")
-        if option and not storage.capabilities.keyword_context:
-            raise ValueError(
-                f"keyword_context is not available on {location} yet (SQLite stores have it): "
-                "leave it off (keyword_context=False, HIVEMEM_KEYWORD_CONTEXT=0)"
-            )
         if option:
             storage.enable_context()
     except BaseException:
