@@ -30,8 +30,8 @@ all figures in docs/memory.md#hybrid-retrieval-the-shared-index-scale-2026-11-26
 
 **Context** (``Storage.context``, the ``keyword_context`` option of ``Memory``; issue 23): the keyword
 side also counts each memory's window, the memories just before it in its scope, with the share
-``CONTEXT_SHARE`` (``storage/fts.py``): ``kw = body / best + 0.5 × window / best`` before the fusion
-divides by its best. On the LoCoMo development half it lifts every question category
+``CONTEXT_SHARE`` (``storage/fts.py``, ``storage/pgcontext.py``): ``kw = body / best + 0.5 × window /
+best`` before the fusion divides by its best. On the LoCoMo development half it lifts every question category
 (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
 
 ``explain=True`` gives each hit the parts of its score (``score_details``, see ``explain``); it is

@@ -391,3 +391,23 @@ def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callab
         assert hybrid[0] == hybrid[1], args
     for m in stores:
         m.close()
+
+
+def test_an_import_and_expired_purges_keep_the_context(location: str, tmp_path: Path) -> None:
+    """``hivemem memory import`` (``transfer.import_lines``, kept ids and history) into a store
+    with the option, then a purge of expired memories: the windows equal a rebuild after each."""
+    from hivemem.memory.transfer import export_lines, import_lines
+
+    source = Memory(tmp_path / "source.sqlite", embedder=HashEmbedder())
+    source.add_batch([{"messages": f"imported turn {i}", "user_id": f"u{i % 2}"} for i in range(30)])
+    source.add_batch([{"messages": f"short lived {i}", "user_id": "u0", "expiration_date": "2001-01-01"}
+                      for i in range(5)])  # fmt: skip
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        m.add("already here", user_id="u0")
+        import_lines(m, list(export_lines(source)), batch=7)
+        now, rebuilt = windows(m)
+        assert now == rebuilt and len(rebuilt) == 36
+        assert m.purge_expired() == 5
+        now, rebuilt = windows(m)
+        assert now == rebuilt and len(rebuilt) == 31
+    source.close()
