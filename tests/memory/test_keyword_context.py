@@ -27,7 +27,7 @@ from hash_embedder import HashEmbedder
 
 from hivemem import Memory
 from hivemem.errors import DiskFull
-from hivemem.memory.storage import fts
+from hivemem.memory.storage import fts, pgkeyword
 from hivemem.memory.storage.postgres import PostgresStorage
 
 pytestmark = pytest.mark.fast
@@ -346,10 +346,18 @@ def test_concurrent_writers_in_one_scope_end_with_exact_windows(pg_url: Callable
     assert now == rebuilt and len(rebuilt) > 60
 
 
-def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callable[[], str]) -> None:
+@pytest.mark.parametrize("limits", ["default", "small"])
+def test_both_backends_rank_alike_with_the_option(
+    tmp_path: Path, pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch, limits: str
+) -> None:
     """The same rows on SQLite and PostgreSQL, searched with the option on: the same memories in
     the same order, with the same scores and the same ``keyword_body``/``keyword_context`` parts
-    (words both stemmers stem alike; a filter beyond the scope; a search without scope)."""
+    (words both stemmers stem alike; a filter beyond the scope; a search without scope). With
+    ``small`` limits, scopes are "large" (statistics of the store) and the rarest words are kept."""
+    if limits == "small":
+        for module in (fts, pgkeyword):
+            monkeypatch.setattr(module, "RANK_BUDGET", 8)
+            monkeypatch.setattr(module, "SCOPE_ROWS_MAX", 4)
     talk = [
         ("u", "r1", "Melanie painted a sunrise over the lake"),
         ("u", "r1", "Caroline asked where she painted it"),
@@ -411,3 +419,43 @@ def test_an_import_and_expired_purges_keep_the_context(location: str, tmp_path: 
         now, rebuilt = windows(m)
         assert now == rebuilt and len(rebuilt) == 31
     source.close()
+
+
+def test_postgres_makes_the_index_in_one_transaction(
+    pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL fills the windows of an old store in the transaction that makes the table and
+    its triggers: interrupted at its very end (as a killed process), it leaves no table, no
+    trigger and no meta key; writes go on without it and the next open with the option makes it whole."""
+    from hivemem.memory.storage import pgcontext
+
+    location = pg_url()
+    with Memory(location, embedder=HashEmbedder()) as m:
+        m.add_batch([{"messages": f"old turn {i}", "user_id": f"u{i % 3}"} for i in range(40)])
+    real = pgcontext.install
+
+    def interrupted(conn: Any, ns: str, schema: str) -> None:
+        real(conn, ns, schema)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pgcontext, "install", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    monkeypatch.setattr(pgcontext, "install", real)
+    with Memory(location, embedder=HashEmbedder()) as m:
+        storage = m._storage
+        assert isinstance(storage, PostgresStorage)
+        with storage._pool.connection() as conn:
+            ns = f'"{storage.schema}"'
+            assert not pgcontext.exists(conn, ns) and not pgcontext.ready(conn, ns)
+            triggers = conn.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass"
+                " AND tgname LIKE 'memories_ctx_%%'",
+                (f"{ns}.memories",),
+            )
+            assert triggers.fetchone()[0] == 0
+        m.add("old turn 40", user_id="u1")
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        now, rebuilt = windows(m)
+        assert now == rebuilt and len(rebuilt) == 41
+        assert words(m, "turn", user_id="u2")[:1] == ["old turn 2"]
