@@ -35,8 +35,11 @@ from typing import Any
 
 from hivemem.memory.storage.fts import CONTEXT_BEFORE
 from hivemem.memory.storage.pgkeyword import PENDING_KB
+from hivemem.memory.storage.pgkeyword import VERSION as WORDS_VERSION
 
-VERSION = f"1 {CONTEXT_BEFORE}"  # of the table, functions and triggers below; meta 'keyword_ctx'
+# of the table, functions and triggers below, and of the ``words`` its windows are made of (a new
+# keyword layout rebuilds them at the next open with the option); kept in meta 'keyword_ctx'
+VERSION = f"1 {CONTEXT_BEFORE} {WORDS_VERSION}"
 
 
 def ready(conn: Any, ns: str) -> bool:
