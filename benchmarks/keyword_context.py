@@ -2,6 +2,7 @@
 
     python benchmarks/keyword_context.py                         # 100,000 memories, 100 queries
     python benchmarks/keyword_context.py --users 1000            # 1,000 scopes of 100
+    python benchmarks/keyword_context.py --backend postgres      # PostgreSQL (pgcontext.py)
     python benchmarks/before_after.py --before REV -- keyword_context.py --context off  # the default path
 
 A store gets the context index the first time a ``Memory`` with ``keyword_context=True`` opens
@@ -17,12 +18,15 @@ that has the index and, for searches, the option on):
   ``--users`` scopes, each search in one of them), ``top_k=10``, new
   queries (the query embedding included), hybrid and keyword mode, with the option off (the
   default) and, where this tree has it, on.
-* Then, once per store: its file size (``file_mb``), ``batch_delete`` of up to 1,000 memories of
+* Then, once per store: its file size (``file_mb``; PostgreSQL: its schema's tables with their
+  indexes), ``batch_delete`` of up to 1,000 memories of
   one scope (``batch_delete_ms``) and ``delete_all`` of every scope (``delete_all_s``): a delete
   re-indexes the 2 windows after it.
 
 With ``before_after.py`` the same script runs on both trees; rows the old tree lacks (the option
-on) are left out of its JSON. Prints a table, one JSON line and a plot.
+on) are left out of its JSON. ``--backend postgres`` runs the same on a throwaway server
+(``tests/pgtemp.py``), or on ``$HIVEMEM_BENCH_PG_DSN``, one schema per store. Prints a table, one
+JSON line and a plot.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,17 +52,43 @@ from hivemem.embed.corpus import sentences
 from hivemem.memory import hybrid
 
 HAS_CONTEXT = hasattr(hybrid, "configure_context")
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def store(path: Path, emb: Embedder, context: bool) -> Memory:
-    return Memory(path, embedder=emb, keyword_context=True) if context else Memory(path, embedder=emb)  # type: ignore[call-arg]
+class Places:
+    """Where each store lives: a file under ``tmp`` (SQLite) or a schema of ``dsn`` (PostgreSQL)."""
+
+    def __init__(self, tmp: Path, dsn: str | None) -> None:
+        self.tmp, self.dsn = tmp, dsn
+
+    def __call__(self, name: str) -> str:
+        if self.dsn is None:
+            return str(self.tmp / f"{name}.sqlite")
+        schema = "kc_" + name.replace("-", "_")
+        return f"{self.dsn}{'&' if '?' in self.dsn else '?'}schema={schema}"
+
+    def size_mb(self, m: Memory, name: str) -> float:
+        if self.dsn is None:
+            m._storage._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
+            return os.path.getsize(self(name)) / 1e6
+        with m._storage._pool.connection() as conn:  # type: ignore[attr-defined]
+            found = conn.execute(
+                "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                ("kc_" + name.replace("-", "_"),),
+            ).fetchone()[0]
+        return float(found) / 1e6
 
 
-def add_rate(tmp: Path, texts: list[str], name: str, context: bool) -> float:
+def store(place: str, emb: Embedder, context: bool) -> Memory:
+    return Memory(place, embedder=emb, keyword_context=True) if context else Memory(place, embedder=emb)  # type: ignore[call-arg]
+
+
+def add_rate(tmp: Path, places: Places, texts: list[str], name: str, context: bool) -> float:
     """memories/s of one ``add_batch`` of ``texts`` into a fresh store, fresh cache."""
     with Embedder(cache=EmbeddingCache(tmp / f"add-{name}-cache.sqlite")) as emb:
         emb.embed(["warm the engine up"])
-        m = store(tmp / f"add-{name}.sqlite", emb, context)
+        m = store(places(f"add-{name}"), emb, context)
         t0 = time.perf_counter()
         m.add_batch([{"messages": t, "user_id": "bench"} for t in texts])
         dt = time.perf_counter() - t0
@@ -87,14 +118,31 @@ def main() -> None:
         default="both",
         help="off: only the default rows (the same work on every tree, for before_after.py)",
     )
+    ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     add_plot_options(ap)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-context-"))
+    server, dsn = None, os.environ.get("HIVEMEM_BENCH_PG_DSN", "").strip() or None
+    if args.backend == "postgres" and dsn is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from pgtemp import TempPostgres
+
+        server = TempPostgres({"shared_buffers": "1GB"})
+        dsn = server.start()
+    try:
+        run(args, tmp, Places(tmp, dsn if args.backend == "postgres" else None))
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
     variants = ("off", "on") if HAS_CONTEXT and args.context == "both" else ("off",)
     pool = sentences(2 * args.rounds * args.batch + args.rounds * args.queries * 4 + 10, seed=2323)
     rates: dict[str, list[float]] = {}
     with Embedder(cache=EmbeddingCache(tmp / "search-cache.sqlite")) as emb:
-        stores = {v: store(tmp / f"search-{v}.sqlite", emb, v == "on") for v in variants}
+        stores = {v: store(places(f"search-{v}"), emb, v == "on") for v in variants}
         for v, m in stores.items():
             m.search("warm up", user_id="one")
             key = "insert_ops_s" + ("_context_on" if v == "on" else "")
@@ -105,7 +153,7 @@ def main() -> None:
             for v in variants:
                 texts = pool[(2 * r + (v == "on")) * args.batch : (2 * r + (v == "on") + 1) * args.batch]
                 key = "add_batch_ops_s" + ("_context_on" if v == "on" else "")
-                rates.setdefault(key, []).append(add_rate(tmp, texts, f"{r}-{v}", v == "on"))
+                rates.setdefault(key, []).append(add_rate(tmp, places, texts, f"{r}-{v}", v == "on"))
             for mode in ("hybrid", "keyword"):
                 for name, target in (("off", m), ("on", mc)):
                     if target is None:
@@ -118,8 +166,7 @@ def main() -> None:
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
         for v, m in stores.items():  # once, at the end: the file, then deletes (which empty it)
             tail = "_context_on" if v == "on" else ""
-            m._storage._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            rates["file_mb" + tail] = [os.path.getsize(tmp / f"search-{v}.sqlite") / 1e6]
+            rates["file_mb" + tail] = [places.size_mb(m, f"search-{v}")]
             ids = [
                 h["id"]
                 for h in m.get_all(user_id="one" if args.users == 1 else "user0", top_k=1000)["results"]
@@ -140,6 +187,7 @@ def main() -> None:
         queries=args.queries,
         rounds=args.rounds,
         context=HAS_CONTEXT,
+        backend=args.backend,
     )
     print("\n| measurement | median | rounds |\n|---|---|---|")
     for k, v in rates.items():
@@ -147,8 +195,8 @@ def main() -> None:
     searches = [k for k in out if k.endswith(("_off", "_on"))]
     bars(
         args,
-        "keyword_context_cost",
-        f"Search p50 at {args.size:,} memories, keyword context off / on",
+        "keyword_context_cost" + ("_pg" if args.backend == "postgres" else ""),
+        f"Search p50 at {args.size:,} memories ({args.backend}), keyword context off / on",
         searches,
         {"p50 ms": [out[k] for k in searches]},
         ylabel="ms",
@@ -156,7 +204,6 @@ def main() -> None:
         note=f"one run on a shared box; median of {args.rounds} interleaved rounds",
     )
     print(json.dumps(out))
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

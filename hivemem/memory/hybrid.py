@@ -30,8 +30,8 @@ all figures in docs/memory.md#hybrid-retrieval-the-shared-index-scale-2026-11-26
 
 **Context** (``Storage.context``, the ``keyword_context`` option of ``Memory``; issue 23): the keyword
 side also counts each memory's window, the memories just before it in its scope, with the share
-``CONTEXT_SHARE`` (``storage/fts.py``): ``kw = body / best + 0.5 × window / best`` before the fusion
-divides by its best. On the LoCoMo development half it lifts every question category
+``CONTEXT_SHARE`` (``storage/fts.py``, ``storage/pgcontext.py``): ``kw = body / best + 0.5 × window /
+best`` before the fusion divides by its best. On the LoCoMo development half it lifts every question category
 (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
 
 ``explain=True`` gives each hit the parts of its score (``score_details``, see ``explain``); it is
@@ -176,7 +176,7 @@ def explain(hits: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return out
 
 
-def configure_context(option: bool | None, storage: Storage, location: str) -> None:
+def configure_context(option: bool | None, storage: Storage) -> None:
     """Set ``storage.context``, the keyword context's share, for a ``Memory``: ``option``
     (``keyword_context=``), or else ``$HIVEMEM_KEYWORD_CONTEXT`` (``1``/``0``), default off: it
     lifted the development half of LoCoMo, and stays off until it has held on the held-out half
@@ -189,11 +189,6 @@ def configure_context(option: bool | None, storage: Storage, location: str) -> N
             option = text in ("1", "true", "on", "yes")
         if not isinstance(option, bool):
             raise TypeError(f"keyword_context must be True or False, got {type(option).__name__}")
-        if option and not storage.capabilities.keyword_context:
-            raise ValueError(
-                f"keyword_context is not available on {location} yet (SQLite stores have it): "
-                "leave it off (keyword_context=False, HIVEMEM_KEYWORD_CONTEXT=0)"
-            )
         if option:
             storage.enable_context()
     except BaseException:

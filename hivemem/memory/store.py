@@ -152,7 +152,7 @@ class Memory:
         self.location = str(where)  # for messages; a PostgreSQL password is never shown
         self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
         self._storage = open_storage(where)
-        hybrid.configure_context(keyword_context, self._storage, self.location)
+        hybrid.configure_context(keyword_context, self._storage)
         # Concurrent adds joined into groups (grouping.Combiner) where the storage commits groups as one
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
         grouped = self._storage.capabilities.group_commit

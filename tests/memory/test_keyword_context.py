@@ -16,16 +16,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder
 
 from hivemem import Memory
 from hivemem.errors import DiskFull
-from hivemem.memory.storage import fts
+from hivemem.memory.storage import fts, pgkeyword
+from hivemem.memory.storage.postgres import PostgresStorage
 
 pytestmark = pytest.mark.fast
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,16 +57,41 @@ def stored(path: Path | str) -> dict[int, str]:
     return out
 
 
+def pg_windows(m: Memory) -> tuple[dict[int, frozenset[str]], dict[int, frozenset[str]]]:
+    """PostgreSQL: ``(stored, rebuilt)``, each row's window as its set of lexemes: the table as it
+    is, and one rebuilt in Python from the ``words`` of each row and the ``CONTEXT_BEFORE`` rows
+    before it in its scope (the lexemes only: positions are PostgreSQL's own concatenation)."""
+    storage = m._storage
+    assert isinstance(storage, PostgresStorage)
+    ns = f'"{storage.schema}"'
+    with storage._pool.connection() as conn:
+        rows = conn.execute(f"SELECT rid, scope, tsvector_to_array(words) FROM {ns}.memories ORDER BY rid")
+        ctx = conn.execute(f"SELECT rid, tsvector_to_array(words) FROM {ns}.memories_ctx").fetchall()
+        by_scope: dict[str, list[frozenset[str]]] = {}
+        rebuilt = {}
+        for rid, scope, lexemes in rows.fetchall():
+            mine = by_scope.setdefault(scope, [])
+            mine.append(frozenset(lexemes))
+            rebuilt[rid] = frozenset().union(*mine[-(fts.CONTEXT_BEFORE + 1) :])
+    return {rid: frozenset(lexemes) for rid, lexemes in ctx}, rebuilt
+
+
+def windows(m: Memory) -> tuple[dict[int, Any], dict[int, Any]]:
+    """``(stored, rebuilt)`` on either backend."""
+    if isinstance(m._storage, PostgresStorage):
+        return pg_windows(m)
+    return stored(m.location), expected(m.location)
+
+
 def words(m: Memory, query: str, **scope: str) -> list[str]:
     return [h["memory"] for h in m.search(query, mode="keyword", **scope)["results"]]
 
 
 @pytest.mark.parametrize("seed", [23, 24, 25])
-def test_random_writes_keep_the_context_equal_to_a_rebuild(tmp_path: Path, seed: int) -> None:
+def test_random_writes_keep_the_context_equal_to_a_rebuild(location: str, seed: int) -> None:
     """Adds, batches, updates, deletes, batch updates and deletes and delete_all in three scopes,
-    in random order: after every step the table equals a rebuild from scratch."""
-    path = tmp_path / "m.sqlite"
-    m = Memory(path, embedder=HashEmbedder(), keyword_context=True)
+    in random order: after every step the table equals a rebuild from scratch (both backends)."""
+    m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
     scopes: list[dict[str, str]] = [{"user_id": "a"}, {"user_id": "b"}, {"user_id": "a", "run_id": "r1"}]
     rng = random.Random(seed)
     ids: dict[int, list[str]] = {0: [], 1: [], 2: []}
@@ -97,35 +125,40 @@ def test_random_writes_keep_the_context_equal_to_a_rebuild(tmp_path: Path, seed:
             ids[s] = []
             if s == 0:  # user a without run_id also holds the run's memories
                 ids[2] = []
-        assert stored(path) == expected(path), f"step {step}: {op} in scope {scopes[s]}"
-    assert len(expected(path)) > 20  # the sequence left a store to compare
+        now, rebuilt = windows(m)
+        assert now == rebuilt, f"step {step}: {op} in scope {scopes[s]}"
+    assert len(rebuilt) > 20  # the sequence left a store to compare
     m.close()
 
 
-def test_a_window_never_crosses_scopes(tmp_path: Path) -> None:
+def test_a_window_never_crosses_scopes(location: str) -> None:
     """Two users and two runs of one user, interleaved: a memory's window holds only its own
     scope's memories, and another scope's words never bring it into a search."""
-    path = tmp_path / "m.sqlite"
-    m = Memory(path, embedder=HashEmbedder(), keyword_context=True)
+    m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
     for i in range(4):
         m.add(f"alice note {i}", user_id="alice")
         m.add(f"bob secret zanzibar {i}", user_id="bob")
         m.add(f"alice run one {i}", user_id="alice", run_id="r1")
         m.add(f"alice run two quokka {i}", user_id="alice", run_id="r2")
-    assert stored(path) == expected(path)
-    for context in stored(path).values():
-        lines = context.split("\n")
-        assert len({line.split(" ")[0] + line.split(" ")[1] for line in lines}) == 1, context
+    now, rebuilt = windows(m)
+    assert now == rebuilt and len(now) == 16
+    for context in now.values():
+        if isinstance(context, str):  # SQLite: the window's texts, one a line
+            lines = context.split("\n")
+            assert len({line.split(" ")[0] + line.split(" ")[1] for line in lines}) == 1, context
+        else:  # PostgreSQL: the scope lexemes of one scope only (_u… and maybe one _r…)
+            assert len({w for w in context if w.startswith("_")}) <= 2, context
+            assert not {"zanzibar", "alic"} <= context and not {"one", "quokka"} <= context, context
     assert words(m, "zanzibar", user_id="alice") == []
     assert words(m, "quokka", user_id="alice", run_id="r1") == []
     assert len(words(m, "quokka", user_id="alice", run_id="r2")) == 4
     m.close()
 
 
-def test_a_neighbour_word_finds_the_memory_only_with_the_option(tmp_path: Path) -> None:
+def test_a_neighbour_word_finds_the_memory_only_with_the_option(location: str) -> None:
     """What the option is for: "who went with her?" is answered by the turn after the one that
     names the place; with context the later turn holds the place's word in its window."""
-    path = tmp_path / "m.sqlite"
+    path = location
     turns = ["Jane: I hiked Yosemite last week", "Tom: who went with you?", "Jane: my sister Ann"]
     with Memory(path, embedder=HashEmbedder()) as m:
         m.add_batch([{"messages": t, "user_id": "u"} for t in turns])
@@ -262,17 +295,167 @@ def test_sigkill_during_writes_leaves_a_consistent_context(tmp_path: Path) -> No
     assert len(expected(path)) > 200  # the child got to write
 
 
-def test_reset_keeps_the_context_index(tmp_path: Path) -> None:
-    path = tmp_path / "m.sqlite"
-    with Memory(path, embedder=HashEmbedder(), keyword_context=True) as m:
+def test_reset_keeps_the_context_index(location: str) -> None:
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
         m.add_batch([{"messages": f"t {i}", "user_id": "u"} for i in range(5)])
         m.reset()
-        assert stored(path) == {}
+        assert windows(m)[0] == {}
         m.add_batch([{"messages": f"again {i}", "user_id": "u"} for i in range(3)])
-        assert stored(path) == expected(path) and len(expected(path)) == 3
+        now, rebuilt = windows(m)
+        assert now == rebuilt and len(rebuilt) == 3
 
 
-def test_postgres_refuses_the_option_clearly(pg_url: Callable[[], str]) -> None:
-    """Until PostgreSQL has the context index, the option is refused there with what to do."""
-    with pytest.raises(ValueError, match="keyword_context is not available on"):
-        Memory(pg_url(), embedder=HashEmbedder(), keyword_context=True)
+def test_concurrent_writers_in_one_scope_end_with_exact_windows(pg_url: Callable[[], str]) -> None:
+    """PostgreSQL: four writers (each its own ``Memory``, so its own connections) add, batch,
+    update and delete in ONE scope at once. A window computed by one transaction cannot see the
+    rows another has not committed; the per-scope lock and the re-indexing of the following rows
+    (``pgcontext``) must still leave every window equal to a rebuild."""
+    location = pg_url()
+    Memory(location, embedder=HashEmbedder(), keyword_context=True).close()
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def writer(w: int) -> None:
+        rng = random.Random(w)
+        try:
+            with Memory(location, embedder=HashEmbedder()) as m:  # the option off: writes keep it anyway
+                mine: list[str] = []
+                start.wait()
+                for step in range(25):
+                    op = rng.choice(["add", "batch", "batch", "update", "delete"])
+                    if op == "add" or not mine:
+                        mine.append(m.add(f"w{w} add {step}", user_id="u")["results"][0]["id"])
+                    elif op == "batch":
+                        batch = [{"messages": f"w{w} batch {step} {i}", "user_id": "u"} for i in range(4)]
+                        mine += [r["id"] for r in m.add_batch(batch)["results"]]
+                    elif op == "update":
+                        m.update(rng.choice(mine), f"w{w} rewrite {step}")
+                    else:
+                        m.delete(mine.pop(rng.randrange(len(mine))))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with Memory(location, embedder=HashEmbedder()) as m:
+        now, rebuilt = windows(m)
+    assert now == rebuilt and len(rebuilt) > 60
+
+
+@pytest.mark.parametrize("limits", ["default", "small"])
+def test_both_backends_rank_alike_with_the_option(
+    tmp_path: Path, pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch, limits: str
+) -> None:
+    """The same rows on SQLite and PostgreSQL, searched with the option on: the same memories in
+    the same order, with the same scores and the same ``keyword_body``/``keyword_context`` parts
+    (words both stemmers stem alike; a filter beyond the scope; a search without scope). With
+    ``small`` limits, scopes are "large" (statistics of the store) and the rarest words are kept."""
+    if limits == "small":
+        for module in (fts, pgkeyword):
+            monkeypatch.setattr(module, "RANK_BUDGET", 8)
+            monkeypatch.setattr(module, "SCOPE_ROWS_MAX", 4)
+    talk = [
+        ("u", "r1", "Melanie painted a sunrise over the lake"),
+        ("u", "r1", "Caroline asked where she painted it"),
+        ("u", "r1", "Melanie said at the lake near her home"),
+        ("u", "r1", "They talked about the pottery class"),
+        ("u", "r2", "Caroline went hiking in the mountains"),
+        ("u", "r2", "Melanie asked about the weather there"),
+        ("u", "r2", "It rained the whole weekend"),
+        ("v", "r1", "Another user painted the lake too"),
+        ("u", "r1", "Caroline joined the pottery class later"),
+        ("u", "r1", "The class meets every Tuesday at the lake house"),
+    ]
+    places = [str(tmp_path / "m.sqlite"), pg_url()]
+    stores = [Memory(place, embedder=HashEmbedder()) for place in places]
+    for m in stores:  # rows first, then the option: the backfill indexes them, later adds the triggers
+        m.add_batch([{"messages": t, "user_id": u, "run_id": r, "metadata": {"n": i}}
+                     for i, (u, r, t) in enumerate(talk[:6])])  # fmt: skip
+        m.close()
+    stores = [Memory(place, embedder=HashEmbedder(), keyword_context=True) for place in places]
+    for m in stores:
+        for i, (u, r, t) in enumerate(talk[6:], start=6):
+            m.add(t, user_id=u, run_id=r, metadata={"n": i})
+        m.update(m.get_all(user_id="u", run_id="r2")["results"][0]["id"], "Caroline went hiking by the lake")
+    searches: list[dict[str, Any]] = [
+        {"query": "lake", "user_id": "u", "run_id": "r1"},
+        {"query": "lake pottery", "user_id": "u"},
+        {"query": "painted lake", "user_id": "u", "filters": {"n": {"gte": 2}}},
+        {"query": "weather weekend", "user_id": "u", "run_id": "r2"},
+        {"query": "lake"},
+    ]
+    for args in searches:
+        found = []
+        for m in stores:
+            hits = m.search(**args, mode="keyword", explain=True)["results"]
+            found.append([(h["memory"], round(h["score"], 9), round(h["score_details"]["keyword_body"], 9),
+                           round(h["score_details"]["keyword_context"], 9)) for h in hits])  # fmt: skip
+        assert found[0] == found[1] and len(found[0]) >= 2, args
+        hybrid = [[h["memory"] for h in m.search(**args, explain=True)["results"]] for m in stores]
+        assert hybrid[0] == hybrid[1], args
+    for m in stores:
+        m.close()
+
+
+def test_an_import_and_expired_purges_keep_the_context(location: str, tmp_path: Path) -> None:
+    """``hivemem memory import`` (``transfer.import_lines``, kept ids and history) into a store
+    with the option, then a purge of expired memories: the windows equal a rebuild after each."""
+    from hivemem.memory.transfer import export_lines, import_lines
+
+    source = Memory(tmp_path / "source.sqlite", embedder=HashEmbedder())
+    source.add_batch([{"messages": f"imported turn {i}", "user_id": f"u{i % 2}"} for i in range(30)])
+    source.add_batch([{"messages": f"short lived {i}", "user_id": "u0", "expiration_date": "2001-01-01"}
+                      for i in range(5)])  # fmt: skip
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        m.add("already here", user_id="u0")
+        import_lines(m, list(export_lines(source)), batch=7)
+        now, rebuilt = windows(m)
+        assert now == rebuilt and len(rebuilt) == 36
+        assert m.purge_expired() == 5
+        now, rebuilt = windows(m)
+        assert now == rebuilt and len(rebuilt) == 31
+    source.close()
+
+
+def test_postgres_makes_the_index_in_one_transaction(
+    pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL fills the windows of an old store in the transaction that makes the table and
+    its triggers: interrupted at its very end (as a killed process), it leaves no table, no
+    trigger and no meta key; writes go on without it and the next open with the option makes it whole."""
+    from hivemem.memory.storage import pgcontext
+
+    location = pg_url()
+    with Memory(location, embedder=HashEmbedder()) as m:
+        m.add_batch([{"messages": f"old turn {i}", "user_id": f"u{i % 3}"} for i in range(40)])
+    real = pgcontext.install
+
+    def interrupted(conn: Any, ns: str, schema: str) -> None:
+        real(conn, ns, schema)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pgcontext, "install", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    monkeypatch.setattr(pgcontext, "install", real)
+    with Memory(location, embedder=HashEmbedder()) as m:
+        storage = m._storage
+        assert isinstance(storage, PostgresStorage)
+        with storage._pool.connection() as conn:
+            ns = f'"{storage.schema}"'
+            assert not pgcontext.exists(conn, ns) and not pgcontext.ready(conn, ns)
+            triggers = conn.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass"
+                " AND tgname LIKE 'memories_ctx_%%'",
+                (f"{ns}.memories",),
+            )
+            assert triggers.fetchone()[0] == 0
+        m.add("old turn 40", user_id="u1")
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        now, rebuilt = windows(m)
+        assert now == rebuilt and len(rebuilt) == 41
+        assert words(m, "turn", user_id="u2")[:1] == ["old turn 2"]

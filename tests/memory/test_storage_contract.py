@@ -43,7 +43,7 @@ def test_each_backend_implements_the_whole_contract(cls: type[Storage]) -> None:
 
 
 def test_capabilities_are_said_not_probed() -> None:
-    assert SQLiteStorage.capabilities == Capabilities(keywords=True, group_commit=True, keyword_context=True)
+    assert SQLiteStorage.capabilities == Capabilities(keywords=True, group_commit=True)
     assert PostgresStorage.capabilities == Capabilities(keywords=True, group_commit=False)
 
 

@@ -93,7 +93,6 @@ class Capabilities:
 
     keywords: bool  # keyword_search, cosines, snapshot: modes "hybrid" and "keyword"
     group_commit: bool  # insert_many stores several batches in ONE transaction (worth combining adds)
-    keyword_context: bool = False  # keyword_search honours ``Storage.context`` (each memory's window)
 
 
 class WriteTx(Protocol):
@@ -158,12 +157,12 @@ class Storage(abc.ABC):
     _history: str
     context: float = 0.0  # keyword_search's share for each memory's window (hybrid.configure_context)
 
-    def enable_context(self) -> None:
-        """Make (and fill) the keyword context index where the backend has one
-        (``capabilities.keyword_context``); nothing elsewhere."""
-        return None
-
     # -- the backend's own ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def enable_context(self) -> None:
+        """Make (and fill) the keyword context index (SQLite ``fts.py``, PostgreSQL ``pgcontext.py``)
+        if the store has none: from then on every write keeps it."""
 
     @abc.abstractmethod
     def _transact(self, body: Callable[[WriteTx], T]) -> T:
@@ -202,7 +201,7 @@ class Storage(abc.ABC):
         self, terms: builtins.list[str], where: Node | None, k: int
     ) -> builtins.list[dict[str, Any]]:
         """The keyword side of the search contract (module docstring). With ``self.context`` > 0
-        (only where ``capabilities.keyword_context``), each memory's window counts too, with this
+        each memory's window counts too, with this
         share, and each hit carries its raw parts under ``KEYWORD_PARTS`` (``storage/fts.py``)."""
 
     @abc.abstractmethod

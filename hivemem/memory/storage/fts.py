@@ -56,6 +56,7 @@ import math
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -279,49 +280,18 @@ class KeywordIndex:
         """``(rid, relevance > 0)`` of the best ``k`` rows passing ``sql`` that hold a term, and
         with ``context`` > 0 (the window's share, module docstring) each one's raw ``(body,
         context)`` scores (for ``explain``)."""
-        rids, score = self._match(db, "memories_fts", "body", terms, scope_query, rows)
-        body = ctx = np.zeros(0)
-        if context > 0:
-            crids, cscore = self._match(db, "memories_ctx", "context", terms, scope_query, rows)
-            both = np.union1d(rids, crids)
-            body, ctx = np.zeros(len(both)), np.zeros(len(both))
-            body[np.searchsorted(both, rids)] = score
-            ctx[np.searchsorted(both, crids)] = cscore
-            rids = both
-            score = body / (body.max(initial=0) or 1) + context * ctx / (ctx.max(initial=0) or 1)
-        by_rid = rids  # ascending: where each hit's parts are
+        body = self._match(db, "memories_fts", "body", terms, scope_query, rows)
+        ctx = self._match(db, "memories_ctx", "context", terms, scope_query, rows) if context > 0 else None
 
-        def found(
-            out: list[tuple[int, float]],
-        ) -> tuple[list[tuple[int, float]], dict[int, tuple[float, float]]]:
-            if not context > 0 or not out:
-                return out, {}
-            at = np.searchsorted(by_rid, [r for r, _ in out])  # the parts of the hits only
-            return out, {
-                r: (float(body[i]), float(ctx[i])) for (r, _), i in zip(out, at.tolist(), strict=True)
-            }
-
-        if not len(rids):
-            return found([])
-        order = np.lexsort((rids, -score))  # best first; ties to the older memory
-        rids, score = rids[order], score[order]
-        if sql == "1":
-            return found(list(zip(rids[:k].tolist(), score[:k].tolist(), strict=True)))
-        out: list[tuple[int, float]] = []
-        for lo, hi in ((0, 4 * k), (4 * k, len(rids))):  # the best first; all of them if too few pass
-            if lo >= len(rids):
-                break
-            part = rids[lo:hi].tolist()
+        def passing(part: list[int]) -> set[int]:
             listed = db.execute(  # one result row (see the first statement above)
                 "SELECT group_concat(rid) FROM memories"
                 f" WHERE rid IN (SELECT value FROM json_each(?)) AND ({sql})",
                 [json.dumps(part), *params],
             ).fetchone()[0]
-            passing = set(int_array(listed).tolist())
-            out += [(r, float(s)) for r, s in zip(part, score[lo:hi].tolist(), strict=True) if r in passing]
-            if len(out) >= k:
-                break
-        return found(out[:k])
+            return set(int_array(listed).tolist())
+
+        return rank(body, ctx, context, k, None if sql == "1" else passing)
 
     @staticmethod
     def _match(
@@ -336,17 +306,77 @@ class KeywordIndex:
         matches = [f"{column} : ({quote(t)})" for t in terms]
         queries = [f"{scope_query} AND {m}" if scope_query else m for m in matches]
         per_term = db.execute("SELECT " + ", ".join([lookup] * len(terms)), queries).fetchone()
-        found: list[np.ndarray] = []
-        weights: list[float] = []
-        for ids in per_term:
-            hits = int_array(ids)
-            if len(hits):  # BM25's idf as Lucene has it: positive, so every row holding a word counts
-                found.append(hits)
-                weights.append(math.log(1 + (max(rows, len(hits)) - len(hits) + 0.5) / (len(hits) + 0.5)))
-        if not found:
-            return np.zeros(0, np.int64), np.zeros(0)
-        rids, at = np.unique(np.concatenate(found), return_inverse=True)
-        return rids, np.bincount(at, weights=np.repeat(weights, [len(f) for f in found]))
+        return bm25([(len(hits), hits) for hits in map(int_array, per_term)], rows)
+
+
+def bm25(words: list[tuple[int, np.ndarray]], rows: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(rids ascending, score)``: ``words`` holds, per query word, the rows of the scope holding
+    it (``df``) and the row ids to score among them; ``rows``: the scope's row count. A row scores
+    the idf (BM25's, as Lucene has it: positive, so every row holding a word counts) of each word
+    it holds. Both backends score with it, so equal inputs give equal scores."""
+    found, weights = [], []
+    for df, rids in words:
+        if df and len(rids):
+            found.append(rids)
+            weights.append(math.log(1 + (max(rows, df) - df + 0.5) / (df + 0.5)))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0)
+    rids, at = np.unique(np.concatenate(found), return_inverse=True)
+    return rids, np.bincount(at, weights=np.repeat(weights, [len(f) for f in found]))
+
+
+Parts = dict[int, tuple[float, float]]  # rid → raw (body, context) scores, for ``explain``
+
+
+def rank(
+    body: tuple[np.ndarray, np.ndarray],
+    ctx: tuple[np.ndarray, np.ndarray] | None,
+    share: float,
+    k: int,
+    passing: Callable[[list[int]], set[int]] | None,
+) -> tuple[list[tuple[int, float]], Parts]:
+    """The best ``k`` ``(rid, relevance)`` of the scored rows ``body`` (``bm25``), with ``ctx``
+    (the windows' scores; ``share`` > 0) each row scoring ``body / best body + share × window /
+    best window``, best first, ties to the older memory, and each hit's raw parts. ``passing``
+    (None: no filter) → which of some rids pass the filter: asked for the best ``4 × k`` first,
+    then, if too few pass, for all the others. Both backends rank with it (module docstring)."""
+    rids, score = body
+    parts_body = parts_ctx = np.zeros(0)
+    if ctx is not None and share > 0:
+        both = np.union1d(rids, ctx[0])
+        parts_body, parts_ctx = np.zeros(len(both)), np.zeros(len(both))
+        parts_body[np.searchsorted(both, rids)] = score
+        parts_ctx[np.searchsorted(both, ctx[0])] = ctx[1]
+        rids = both
+        score = parts_body / (parts_body.max(initial=0) or 1) + share * parts_ctx / (
+            parts_ctx.max(initial=0) or 1
+        )
+    by_rid = rids  # ascending: where each hit's parts are
+
+    def found(out: list[tuple[int, float]]) -> tuple[list[tuple[int, float]], Parts]:
+        if not len(parts_body) or not out:
+            return out, {}
+        at = np.searchsorted(by_rid, [r for r, _ in out])  # the parts of the hits only
+        return out, {
+            r: (float(parts_body[i]), float(parts_ctx[i])) for (r, _), i in zip(out, at.tolist(), strict=True)
+        }
+
+    if not len(rids):
+        return found([])
+    order = np.lexsort((rids, -score))  # best first; ties to the older memory
+    rids, score = rids[order], score[order]
+    if passing is None:
+        return found(list(zip(rids[:k].tolist(), score[:k].tolist(), strict=True)))
+    out: list[tuple[int, float]] = []
+    for lo, hi in ((0, 4 * k), (4 * k, len(rids))):  # the best first; all of them if too few pass
+        if lo >= len(rids):
+            break
+        part = rids[lo:hi].tolist()
+        ok = passing(part)
+        out += [(r, float(s)) for r, s in zip(part, score[lo:hi].tolist(), strict=True) if r in ok]
+        if len(out) >= k:
+            break
+    return found(out[:k])
 
 
 def rarest_words(counts: list[tuple[int, str]], share: float) -> list[str]:

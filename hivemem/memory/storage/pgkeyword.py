@@ -49,7 +49,6 @@ calls it only when the store's ``meta`` says the keyword layout is missing or ol
 from __future__ import annotations
 
 import functools
-import math
 import sys
 import threading
 import unicodedata
@@ -61,7 +60,7 @@ import numpy as np
 
 from hivemem.memory.filters import Cond, Logic, Node
 from hivemem.memory.storage import pglower
-from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, rarest_words
+from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, Parts, bm25, rank, rarest_words
 from hivemem.memory.storage.pgpostings import Entry, Postings, int8s
 from hivemem.memory.storage.sqlcompile import is_unexpired
 
@@ -219,17 +218,8 @@ def _alive(expired: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray] | N
 
 def _rank(words: list[tuple[int, np.ndarray]], rows: float, k: int) -> list[tuple[int, float]]:
     """The best ``k`` ``(rid, score)``: ``words`` holds, per word, the rows of the scope holding it
-    (``df``) and the row ids among them that pass the filter. Computed as
-    ``fts.KeywordIndex.search`` does, so equal inputs give equal scores."""
-    found, weights = [], []
-    for df, rids in words:
-        if df:  # BM25's idf as Lucene has it: positive, so every row holding a word counts
-            found.append(rids)
-            weights.append(math.log(1 + (max(rows, df) - df + 0.5) / (df + 0.5)))
-    if not found or not sum(len(f) for f in found):
-        return []
-    rids, at = np.unique(np.concatenate(found), return_inverse=True)
-    score = np.bincount(at, weights=np.repeat(weights, [len(f) for f in found]))
+    (``df``) and the row ids among them that pass the filter; scored by ``fts.bm25``."""
+    rids, score = bm25(words, rows)
     order = np.lexsort((rids, -score))[:k]  # best first; ties to the older memory
     return list(zip(rids[order].tolist(), score[order].tolist(), strict=True))
 
@@ -359,6 +349,65 @@ class KeywordSearch:
         ).fetchall()
         by_rid = {r[0]: r for r in records}
         return [(by_rid[r], score) for r, score in best if r in by_rid][:k]
+
+    def search_context(
+        self, conn: Any, terms: list[str], where: Node | None, sql: str, params: list[Any], k: int,
+        share: float, always: bool,
+    ) -> tuple[list[tuple[tuple[Any, ...], float]], Parts]:  # fmt: skip
+        """As ``search``, each memory's window (``pgcontext``) scored too, with ``share``, by
+        SQLite's code (``fts.bm25``, ``fts.rank``): the body's and the windows' BM25 over the rows
+        of the scope (of the store for a scope of more than ``SCOPE_ROWS_MAX``), each divided by
+        its best, then the filter (``always``: none) on the best first. → the rows with their
+        relevance, and each one's raw ``(body, window)`` scores by rid."""
+        ns, scope = self.ns, Scope(where)
+        scope_key = ("scope", scope.sql, tuple(scope.params))
+        size = int(conn.execute(f"SELECT coalesce(max(rid), 0) FROM {ns}.memories").fetchone()[0])
+        self._size = size
+        hit = self._cached(scope_key, size) if scope.query else None
+        rows = size
+        if hit is not None:
+            rows = hit[0]
+        elif scope.query:
+            rows = int(conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {ns}.memories WHERE {scope.sql} LIMIT %s) x",
+                [*scope.params, SCOPE_ROWS_MAX + 1],
+            ).fetchone()[0])  # fmt: skip
+            if rows > RANK_BUDGET:  # small counts change with every write
+                self._remember(scope_key, rows, size, at_least=rows > SCOPE_ROWS_MAX)
+        scoped = bool(scope.query) and rows <= SCOPE_ROWS_MAX
+        if not scoped:  # no scope, or one whose lexeme list would be walked for every word
+            rows = size
+        kept = terms
+        if rows * len(terms) > RANK_BUDGET:
+            kept, _ = self._plan(conn, terms, rows / max(size, rows, 1), size)
+        if not kept:
+            return [], {}
+        within = "(%s::tsquery && t.q)" if scoped else "t.q"
+        lists = "(SELECT string_agg(int8send(rid), ''::bytea) FROM {table} WHERE words @@ " + within + ")"
+        got = conn.execute(
+            f"WITH t AS MATERIALIZED (SELECT i, phraseto_tsquery({self._cfg}, {ns}.hm_words(w)) AS q"
+            " FROM unnest(%s::text[]) WITH ORDINALITY AS t(w, i))"
+            f" SELECT {lists.format(table=f'{ns}.memories')}, {lists.format(table=f'{ns}.memories_ctx')}"
+            " FROM t ORDER BY t.i",
+            [kept, *([scope.query] * 2 if scoped else [])],
+        ).fetchall()
+        body = bm25([(len(r), r) for r in (int8s(b) for b, _ in got)], rows)
+        ctx = bm25([(len(r), r) for r in (int8s(c) for _, c in got)], rows)
+
+        def passing(part: list[int]) -> set[int]:
+            found = conn.execute(
+                f"SELECT rid FROM {ns}.memories WHERE rid = ANY(%s::bigint[]) AND ({sql})", [part, *params]
+            ).fetchall()
+            return {int(r[0]) for r in found}
+
+        best, parts = rank(body, ctx, share, k, None if always else passing)
+        if not best:
+            return [], {}
+        records = conn.execute(
+            f"SELECT {self.fields} FROM {ns}.memories WHERE rid = ANY(%s::bigint[])", ([r for r, _ in best],)
+        ).fetchall()
+        by_rid = {r[0]: r for r in records}  # outside a snapshot a row may be gone: left out
+        return [(by_rid[r], score) for r, score in best if r in by_rid], parts
 
     def _lists(
         self,

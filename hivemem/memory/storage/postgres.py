@@ -48,11 +48,11 @@ import numpy as np
 from hivemem.errors import PgVectorMissing
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
-from hivemem.memory.storage import pgarrays, pgindex, pgkeyword, pgwrite, rows
-from hivemem.memory.storage.base import Capabilities, Storage, T, WriteTx
+from hivemem.memory.storage import pgarrays, pgcontext, pgindex, pgkeyword, pgwrite, rows
+from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx
 from hivemem.memory.storage.locate import SEARCH_MODES, PostgresLocation, redact
 from hivemem.memory.storage.pgcompile import PgDialect
-from hivemem.memory.storage.pgschema import LAYOUT, LOCK_KEY, PgSchema
+from hivemem.memory.storage.pgschema import LAYOUT, LOCK_KEY, PgSchema, session_lock
 from hivemem.memory.storage.sqlcompile import Compiled
 
 __all__ = ["LAYOUT", "SEARCH_MODES", "PgVectorMissing", "PostgresStorage", "redact"]
@@ -196,6 +196,15 @@ class PostgresStorage(Storage):
                 time.sleep(0.005 * 2**attempt)
         raise AssertionError("unreachable")
 
+    def enable_context(self) -> None:
+        """Make the keyword context index (``pgcontext``) if this store has none at its version:
+        under the schema's lock, in one transaction that also fills it (writers wait meanwhile)."""
+        with self._pool.connection() as conn:
+            if pgcontext.ready(conn, self._ns):
+                return  # no DDL: a read of meta
+            with session_lock(conn, self.schema), conn.transaction():
+                pgcontext.install(conn, self._ns, self.schema)
+
     # -- model ---------------------------------------------------------------------------------
 
     def bind_model(self, model_id: str, dim: int) -> None:
@@ -305,7 +314,8 @@ class PostgresStorage(Storage):
 
         def clear(conn: Any) -> None:
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_KEY, self.schema))
-            conn.execute(f"TRUNCATE {ns}.memories, {ns}.history, {ns}.tombstones")
+            ctx = f", {ns}.memories_ctx" if pgcontext.exists(conn, ns) else ""  # its triggers stay
+            conn.execute(f"TRUNCATE {ns}.memories, {ns}.history, {ns}.tombstones{ctx}")
             conn.execute(f"UPDATE {ns}.meta SET value = (value::bigint + 1)::text WHERE key = 'epoch'")
             conn.execute(f"DELETE FROM {ns}.meta WHERE key IN ('model_id', 'dim')")
             conn.execute(f"ALTER TABLE {ns}.memories DROP COLUMN IF EXISTS vec")
@@ -410,13 +420,25 @@ class PostgresStorage(Storage):
         self, terms: builtins.list[str], where: Node | None, k: int
     ) -> builtins.list[dict[str, Any]]:
         """The best ``k`` rows passing ``where`` that hold one of ``terms``, by SQLite's BM25
-        (``pgkeyword``); ``score`` > 0, higher is better."""
+        (``pgkeyword``); ``score`` > 0, higher is better. With ``self.context``, each memory's
+        window counts too (``pgcontext``) and each hit carries its raw parts (``KEYWORD_PARTS``)."""
         if not terms:
             return []
         compiled = self.compile(where)
+        sql, params = compiled.sql, compiled.params
         with self._read() as conn:
-            hits = self._keywords.search(conn, terms, where, compiled.sql, compiled.params, k)
-        return [_record(row, score, with_score=True) for row, score in hits]
+            if not self.context > 0:
+                hits = self._keywords.search(conn, terms, where, sql, params, k)
+                return [_record(row, score, with_score=True) for row, score in hits]
+            found, parts = self._keywords.search_context(
+                conn, terms, where, sql, params, k, self.context, compiled.always
+            )
+        out = []
+        for row, score in found:
+            record = _record(row, score, with_score=True)
+            record[KEYWORD_PARTS] = parts[row[0]]
+            out.append(record)
+        return out
 
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         """pgvector's inner product (the vectors are unit length: cosine) of these memories."""

@@ -112,7 +112,7 @@ _Batch = tuple[list[NewMemory], np.ndarray]
 class SQLiteStorage(Storage):
     """See the module docstring. ``path`` is created with its parent directories."""
 
-    capabilities = Capabilities(keywords=True, group_commit=True, keyword_context=True)
+    capabilities = Capabilities(keywords=True, group_commit=True)
     dialect = SQLITE
     _memories = "memories"
     _history = "history"

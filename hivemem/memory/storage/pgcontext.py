@@ -1,0 +1,132 @@
+"""The keyword context on PostgreSQL (issue 23; SQLite's is ``fts.py``'s ``memories_ctx``).
+
+Each memory's *window* (its text and that of the ``fts.CONTEXT_BEFORE`` memories stored just
+before it in its scope: the same ``scope`` column, so the same user/agent/run ids) is indexed in
+``memories_ctx (rid, words)``: the ``words`` of the window's rows (``pgkeyword``'s generated
+column: the same lexemes, the scope's lexemes included) concatenated newest first, as SQLite
+joins their texts, under a GIN index. ``hm_window(scope, rid)`` computes one window; the
+backfill and the triggers both call it.
+
+* **Made on demand**: ``install`` runs the first time a ``Memory`` with ``keyword_context=True``
+  opens the store (``meta`` key ``keyword_ctx``), in ONE transaction that also fills the table
+  from the rows already stored (it takes the table lock that ``CREATE TRIGGER`` needs, so
+  writers wait for it; an interrupted one leaves nothing and the next open redoes it). Stores
+  that never use the option have no table and no trigger: their writes pay nothing.
+* **Same transaction, any writer**: three statement-level triggers (``AFTER INSERT``,
+  ``DELETE``, ``UPDATE`` on ``memories``, with transition tables) call ``hm_ctx_sync`` in the
+  transaction of every write, whichever client made it: an insert indexes the new rows' windows,
+  a delete drops the rows' own; an insert, delete or change of text (or scope) also re-indexes
+  the windows of the ``CONTEXT_BEFORE`` rows that follow each changed row in its scope. A
+  change of metadata or expiry touches nothing.
+* **Concurrent writers in one scope**: a window read by one transaction cannot see rows another
+  has not committed yet, so ``hm_ctx_sync`` first takes a transaction advisory lock per scope it
+  changed (``pg_advisory_xact_lock`` on a 64-bit hash of schema and scope, in key order: no
+  deadlock between two syncs), held to the commit, and only then reads the windows (a new
+  statement at READ COMMITTED: every earlier holder's rows are committed and seen). Row ids are
+  drawn before the lock, so a transaction may commit a row older than rows committed before
+  it: that is why an insert re-indexes the windows of the rows that follow it too. After any
+  interleaving the table equals a rebuild (``tests/memory/test_keyword_context.py``: threads
+  writing one scope at once). Two scopes with the same hash only wait for each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hivemem.memory.storage.fts import CONTEXT_BEFORE
+from hivemem.memory.storage.pgkeyword import PENDING_KB
+from hivemem.memory.storage.pgkeyword import VERSION as WORDS_VERSION
+
+# of the table, functions and triggers below, and of the ``words`` its windows are made of (a new
+# keyword layout rebuilds them at the next open with the option); kept in meta 'keyword_ctx'
+VERSION = f"1 {CONTEXT_BEFORE} {WORDS_VERSION}"
+
+
+def ready(conn: Any, ns: str) -> bool:
+    """Whether the store's context index exists at ``VERSION`` (a read of ``meta``: no DDL)."""
+    found = conn.execute(f"SELECT value FROM {ns}.meta WHERE key = 'keyword_ctx'").fetchone()
+    return found is not None and found[0] == VERSION
+
+
+def exists(conn: Any, ns: str) -> bool:
+    """Whether the store has a context table (of any version), e.g. for ``reset`` to empty it."""
+    return conn.execute("SELECT to_regclass(%s)", (f"{ns}.memories_ctx",)).fetchone()[0] is not None
+
+
+def install(conn: Any, ns: str, schema: str) -> None:
+    """Create (or bring to ``VERSION``) the context index of the store in ``ns`` and fill it, in
+    the caller's transaction, which holds the schema's advisory lock (module docstring)."""
+    if ready(conn, ns):
+        return  # made by another process while this one waited for the lock
+    conn.execute(f"LOCK TABLE {ns}.memories IN SHARE ROW EXCLUSIVE MODE")  # writers wait; readers not
+    for event in ("insert", "delete", "update"):
+        conn.execute(f"DROP TRIGGER IF EXISTS memories_ctx_{event} ON {ns}.memories")
+    conn.execute(f"DROP TABLE IF EXISTS {ns}.memories_ctx")
+    conn.execute(f"CREATE TABLE {ns}.memories_ctx (rid bigint PRIMARY KEY, words tsvector NOT NULL)")
+    conn.execute(
+        f"CREATE INDEX memories_ctx_words ON {ns}.memories_ctx USING gin (words)"
+        f" WITH (gin_pending_list_limit = {PENDING_KB})"
+    )
+    conn.execute(f"CREATE INDEX IF NOT EXISTS memories_scope_rid ON {ns}.memories (scope, rid)")
+    members = " || ".join(f"coalesce(a[{i}], ''::tsvector)" for i in range(1, CONTEXT_BEFORE + 2))
+    conn.execute(
+        f"CREATE OR REPLACE FUNCTION {ns}.hm_window(s text, r bigint) RETURNS tsvector"
+        f" LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT {members} FROM (SELECT array_agg(words"
+        f" ORDER BY rid DESC) AS a FROM (SELECT rid, words FROM {ns}.memories WHERE scope = s"
+        f" AND rid <= r ORDER BY rid DESC LIMIT {CONTEXT_BEFORE + 1}) w) x $$"
+    )
+    # schema and scope hashed together: another store's scopes never share a lock with this one's
+    key = f"hashtextextended({_literal(schema)} || chr(10) || s, 0)"
+    conn.execute(
+        f"CREATE OR REPLACE FUNCTION {ns}.hm_ctx_sync(scopes text[], rids bigint[], gone bigint[])"
+        " RETURNS void LANGUAGE plpgsql VOLATILE AS $f$ BEGIN"
+        " IF cardinality(scopes) = 0 AND cardinality(gone) = 0 THEN RETURN; END IF;"
+        f" PERFORM pg_advisory_xact_lock(k) FROM (SELECT DISTINCT {key} AS k"
+        " FROM unnest(scopes) AS s ORDER BY 1) l;"
+        f" DELETE FROM {ns}.memories_ctx WHERE rid = ANY(gone);"
+        f" INSERT INTO {ns}.memories_ctx (rid, words) SELECT m.rid, {ns}.hm_window(m.scope, m.rid)"
+        f" FROM {ns}.memories m WHERE m.rid IN (SELECT unnest(rids) UNION SELECT f.rid"
+        " FROM unnest(scopes, rids) AS c(s, r) CROSS JOIN LATERAL (SELECT rid FROM"
+        f" {ns}.memories WHERE scope = c.s AND rid > c.r ORDER BY rid LIMIT {CONTEXT_BEFORE}) f)"
+        " ON CONFLICT (rid) DO UPDATE SET words = excluded.words;"
+        " END $f$"
+    )
+    changes = {
+        "insert": ("NEW TABLE AS n", "ARRAY(SELECT scope FROM n)", "ARRAY(SELECT rid FROM n)", "'{}'"),
+        "delete": ("OLD TABLE AS o", "ARRAY(SELECT scope FROM o)", "ARRAY(SELECT rid FROM o)",
+                   "ARRAY(SELECT rid FROM o)"),
+        # a text or scope changed: the row's new place (its window and its followers), and its old one
+        "update": ("OLD TABLE AS o NEW TABLE AS n", "ARRAY(SELECT s FROM c)", "ARRAY(SELECT r FROM c)",
+                   "'{}'"),
+    }  # fmt: skip
+    for event, (tables, scopes, rids, gone) in changes.items():
+        moved = (
+            "WITH c AS (SELECT n.scope AS s, n.rid AS r FROM n JOIN o USING (rid) WHERE n.memory"
+            " IS DISTINCT FROM o.memory OR n.scope IS DISTINCT FROM o.scope UNION SELECT o.scope,"
+            " o.rid FROM n JOIN o USING (rid) WHERE n.scope IS DISTINCT FROM o.scope) "
+            if event == "update"
+            else ""
+        )
+        conn.execute(
+            f"CREATE OR REPLACE FUNCTION {ns}.hm_ctx_{event}() RETURNS trigger LANGUAGE plpgsql AS $f$"
+            f" BEGIN PERFORM {ns}.hm_ctx_sync(x.s, x.r, x.g) FROM ({moved}SELECT {scopes} AS s,"
+            f" {rids} AS r, {gone}::bigint[] AS g) x; RETURN NULL; END $f$"
+        )
+        conn.execute(
+            f"CREATE TRIGGER memories_ctx_{event} AFTER {event.upper()} ON {ns}.memories"
+            f" REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {ns}.hm_ctx_{event}()"
+        )
+    conn.execute(
+        f"INSERT INTO {ns}.memories_ctx (rid, words) SELECT rid, {ns}.hm_window(scope, rid)"
+        f" FROM {ns}.memories"
+    )
+    conn.execute(
+        f"INSERT INTO {ns}.meta (key, value) VALUES ('keyword_ctx', %s)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (VERSION,),
+    )
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal (a schema name, checked by ``locate``; quotes doubled)."""
+    return "'" + text.replace("'", "''") + "'"
