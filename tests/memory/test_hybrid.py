@@ -413,6 +413,50 @@ def test_postgres_keyword_scores_equal_sqlite(tmp_path: Path, pg_url: Any) -> No
     pg.close()
 
 
+def test_postgres_small_scope_scores_are_bm25_bit_for_bit(pg_url: Any) -> None:
+    """The one-statement path of a small scope scores each row as ``fts.bm25`` does, to the last
+    bit: its idfs summed in the order of the query's words, whatever plan the statistics give
+    (before and after ``ANALYZE``). Regression: ``sum(w.idf)`` added them in the order the plan's
+    hash join and aggregate produced, so a new plan for the same search (an ``ANALYZE``; psycopg
+    preparing the statement after its 5th run on a connection) changed a row holding 4 of its
+    words from 10.21831840692182 to 10.218318406921819, and its fused score with it (the flaky
+    ``test_concurrent_searches_answer_as_each_alone[postgres]``)."""
+    from hivemem.embed.corpus import sentences
+    from hivemem.memory import filters as flt
+
+    texts = sentences(84, seed=2512)  # that test's: memories holding 3 or 4 of a query's words
+    pg = _pg(pg_url())
+    pg.bind_model("test/rand", 8)
+    vecs = np.random.default_rng(3).standard_normal((60, 8)).astype(np.float32)  # unused: keywords only
+    pg.insert([m for t in texts[:60] for m in prepare(t, user_id="u0")], vecs)
+    where = flt.parse({"user_id": "u0"})
+    compiled = pg.compile(where)
+    ns, cfg = pg._ns, pgkeyword.config(pg._ns)
+    summed = 0  # rows scored from 3 words or more (where the order of the sum can matter)
+    with pg._pool.connection() as conn:
+        for analysed in (False, True):
+            if analysed:
+                conn.execute(f"ANALYZE {ns}.memories")
+            for query in texts[60:]:
+                terms = hybrid.query_terms(query)
+                got = pg._keywords.search(conn, terms, where, compiled.sql, compiled.params, 20)
+                lists = []
+                for t in terms:  # each word's rows in the scope, as PostgreSQL's index finds them
+                    rids = conn.execute(
+                        f"SELECT rid FROM {ns}.memories WHERE user_id = 'u0' AND words @@"
+                        f" phraseto_tsquery({cfg}, {ns}.hm_words(%s)) ORDER BY rid",
+                        [t],
+                    ).fetchall()
+                    lists.append(np.array([r[0] for r in rids], dtype=np.int64))
+                rids, scores = fts.bm25([(len(r), r) for r in lists], 60.0)
+                best = np.lexsort((rids, -scores))[:20]
+                expected = list(zip(rids[best].tolist(), scores[best].tolist(), strict=True))
+                assert [(row[0], score) for row, score in got] == expected, (analysed, query)
+                summed += int((np.bincount(np.concatenate(lists)) >= 3).sum())
+    assert summed  # the corpus has rows where the order of the sum can matter
+    pg.close()
+
+
 @pytest.mark.parametrize("scope_rows_max", [10_000, 40])
 def test_postgres_budget_path_equals_sqlite(
     tmp_path: Path, pg_url: Any, monkeypatch: pytest.MonkeyPatch, scope_rows_max: int

@@ -258,7 +258,11 @@ class KeywordSearch:
         """CTEs: ``t`` the words as ``tsquery`` (``guard``: a condition that skips the rest),
         ``h`` the rows holding each (with the scope's lexemes when ``scoped``: GIN intersects
         the two lists, as FTS5 does SQLite's) and whether they pass the filter, ``w`` each
-        word's idf (``n``: the rows of the scope), ``s`` the best ``k`` rows that pass."""
+        word's idf (``n``: the rows of the scope), ``s`` the best ``k`` rows that pass. A row's
+        idfs are summed in the query's word order (``ORDER BY i``), as ``fts.bm25`` sums them:
+        float addition is not associative, and the order a plan's hash join and aggregate gave
+        changed with the plan (a prepared statement's, or after ``ANALYZE``), so the same search
+        on the same rows scored, and tied, differently from one run to the next."""
         within = "(%s::tsquery && t.q)" if scoped else "t.q"
         return (
             f"t AS MATERIALIZED (SELECT i, phraseto_tsquery({self._cfg}, {self.ns}.hm_words(w)) AS q"
@@ -268,7 +272,7 @@ class KeywordSearch:
             f" WHERE words @@ {within}) m),"
             f" w AS MATERIALIZED (SELECT h.i, ln(1 + (greatest({n}, count(*)) - count(*) + 0.5::float8)"
             " / (count(*) + 0.5::float8)) AS idf FROM h GROUP BY h.i),"
-            " s AS (SELECT h.rid, sum(w.idf) AS score FROM h JOIN w USING (i)"
+            " s AS (SELECT h.rid, sum(w.idf ORDER BY i) AS score FROM h JOIN w USING (i)"
             " WHERE h.ok GROUP BY h.rid ORDER BY score DESC, h.rid LIMIT %s)"
         )
 
