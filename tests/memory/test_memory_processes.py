@@ -36,7 +36,17 @@ def _query(location: str, sqlite_sql: str, pg_sql: str) -> list[tuple[Any, ...]]
             db.close()
     import psycopg
 
-    with psycopg.connect(where.conninfo) as conn:
+    with psycopg.connect(where.conninfo, autocommit=True) as conn:
+        # A client killed with SIGKILL may have sent its COMMIT already: the server finishes that
+        # transaction after the kill. Wait until no other session is inside a transaction, so the
+        # rows read below (and those a second query reads) are the final state, not a moment of it.
+        deadline = time.monotonic() + 60
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state <> 'idle'"
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "a killed client's session never ended"
+            time.sleep(0.02)
         return conn.execute(pg_sql.format(ns=f'"{where.schema}"')).fetchall()
 
 
