@@ -441,3 +441,33 @@ def test_async_memory_has_the_batch_and_expiry_calls(location: str, emb: Countin
             assert _ids(await am.get_all(user_id="u", show_expired=True)) == {ids[2]}
 
     asyncio.run(run())
+
+
+def test_the_expired_rows_filter_stays_small_at_huge_row_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pgkeyword._alive`` (PostgreSQL's keyword search with expired rows): a lookup table up to
+    the highest expired row id took 100 MB a search at row id 10⁸; far above the number of
+    expired ids it searches them instead, with the same mask as the table (storage only: no
+    embedder, no server)."""
+    import tracemalloc
+
+    from hivemem.memory.storage import pgkeyword
+
+    rng = np.random.default_rng(7)
+    rids = np.unique(rng.integers(1, 10**8, 20_000)).astype(np.int64)
+    expired = np.concatenate([rng.choice(rids, 500, replace=False), [10**8, 10**8 + 7]])
+    rids = np.concatenate([rids, [10**8, 10**8 + 1, 10**8 + 7, 10**8 + 8, 0]])  # at, between, above the top
+    tracemalloc.start()
+    try:
+        alive = pgkeyword._alive(expired)
+        assert alive is not None
+        mask = alive(rids)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak:,} bytes traced for {len(rids):,} row ids"
+    assert np.array_equal(mask, ~np.isin(rids, expired)) and mask.sum() == len(rids) - 502
+    monkeypatch.setattr(pgkeyword, "_TABLE_BYTES", 2**40)  # the lookup table, whatever the ids
+    table = pgkeyword._alive(expired)
+    assert table is not None and np.array_equal(table(rids), mask)
+    small = pgkeyword._alive(expired % 1000)  # a few ids under a small top: the table, as before
+    assert small is not None and np.array_equal(small(rids % 1000), ~np.isin(rids % 1000, expired % 1000))

@@ -305,11 +305,15 @@ def test_reset_keeps_the_context_index(location: str) -> None:
         assert now == rebuilt and len(rebuilt) == 3
 
 
-def test_concurrent_writers_in_one_scope_end_with_exact_windows(pg_url: Callable[[], str]) -> None:
+@pytest.mark.parametrize("wide", [False, True])
+def test_concurrent_writers_in_one_scope_end_with_exact_windows(
+    pg_url: Callable[[], str], wide: bool
+) -> None:
     """PostgreSQL: four writers (each its own ``Memory``, so its own connections) add, batch,
     update and delete in ONE scope at once. A window computed by one transaction cannot see the
-    rows another has not committed; the per-scope lock and the re-indexing of the following rows
-    (``pgcontext``) must still leave every window equal to a rebuild."""
+    rows another has not committed; the scope's lock and the re-indexing of the following rows
+    (``pgcontext``) must still leave every window equal to a rebuild. ``wide``: each batch also
+    writes to 100 other users, so it takes the store's lock instead of the scopes' buckets."""
     location = pg_url()
     Memory(location, embedder=HashEmbedder(), keyword_context=True).close()
     errors: list[BaseException] = []
@@ -327,7 +331,8 @@ def test_concurrent_writers_in_one_scope_end_with_exact_windows(pg_url: Callable
                         mine.append(m.add(f"w{w} add {step}", user_id="u")["results"][0]["id"])
                     elif op == "batch":
                         batch = [{"messages": f"w{w} batch {step} {i}", "user_id": "u"} for i in range(4)]
-                        mine += [r["id"] for r in m.add_batch(batch)["results"]]
+                        others = [{"messages": f"w{w} other {step}", "user_id": f"o{i}"} for i in range(100)]
+                        mine += [r["id"] for r in m.add_batch(batch + others * wide)["results"][:4]]
                     elif op == "update":
                         m.update(rng.choice(mine), f"w{w} rewrite {step}")
                     else:
@@ -459,3 +464,28 @@ def test_postgres_makes_the_index_in_one_transaction(
         now, rebuilt = windows(m)
         assert now == rebuilt and len(rebuilt) == 41
         assert words(m, "turn", user_id="u2")[:1] == ["old turn 2"]
+
+
+def test_one_statement_over_more_scopes_than_the_lock_table_holds() -> None:
+    """PostgreSQL: one ``add_batch`` and one ``purge_expired`` across 3,000 users, on a server
+    whose lock table holds about 10 × (20 + 22 background) = 420 locks (plus the shared memory's
+    slack). A lock per scope ran out of it ("out of shared memory … max_locks_per_transaction");
+    ``pgcontext`` takes at most ``LOCK_BUCKETS_MAX`` bucket locks or the store's one, and the
+    windows still equal a rebuild."""
+    from pgtemp import TempPostgres
+
+    users = 3000
+    with TempPostgres({"max_connections": "20", "max_locks_per_transaction": "10"}) as pg:
+        location = f"{pg.dsn}&schema=t_locks&maxconn=2"
+        with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+            for first in range(0, users, 250):  # small batches: few scopes per statement
+                m.add_batch([{"messages": f"{word} {i}", "user_id": f"u{i}", "expiration_date": date}
+                             for i in range(first, first + 250)
+                             for word, date in (("short lived", "2001-01-01"), ("kept", None))])  # fmt: skip
+            assert m.purge_expired() == users  # one DELETE across every scope
+            now, rebuilt = windows(m)
+            assert now == rebuilt and len(rebuilt) == users
+            batch = [{"messages": f"later {i}", "user_id": f"u{i % users}"} for i in range(2 * users)]
+            assert len(m.add_batch(batch)["results"]) == 2 * users  # one INSERT across every scope
+            now, rebuilt = windows(m)
+            assert now == rebuilt and len(rebuilt) == 3 * users

@@ -19,14 +19,23 @@ backfill and the triggers both call it.
   the windows of the ``CONTEXT_BEFORE`` rows that follow each changed row in its scope. A
   change of metadata or expiry touches nothing.
 * **Concurrent writers in one scope**: a window read by one transaction cannot see rows another
-  has not committed yet, so ``hm_ctx_sync`` first takes a transaction advisory lock per scope it
-  changed (``pg_advisory_xact_lock`` on a 64-bit hash of schema and scope, in key order: no
-  deadlock between two syncs), held to the commit, and only then reads the windows (a new
-  statement at READ COMMITTED: every earlier holder's rows are committed and seen). Row ids are
-  drawn before the lock, so a transaction may commit a row older than rows committed before
-  it: that is why an insert re-indexes the windows of the rows that follow it too. After any
+  has not committed yet, so ``hm_ctx_sync`` first takes transaction advisory locks that cover
+  the scopes it changed, held to the commit, and only then reads the windows (a new statement
+  at READ COMMITTED: every earlier holder's rows are committed and seen). Row ids are drawn
+  before the lock, so a transaction may commit a row older than rows committed before it: that
+  is why an insert re-indexes the windows of the rows that follow it too. After any
   interleaving the table equals a rebuild (``tests/memory/test_keyword_context.py``: threads
-  writing one scope at once). Two scopes with the same hash only wait for each other.
+  writing one scope at once).
+* **Bounded locks**: advisory locks share PostgreSQL's lock table (``max_locks_per_transaction``
+  × connections entries), so one lock per scope made a purge or a batch across thousands of
+  users fail with "out of shared memory". A scope's lock is one of ``LOCK_BUCKETS`` buckets
+  (``pg_advisory_xact_lock(<store key>, hashtext(scope) % LOCK_BUCKETS)``, taken in bucket
+  order: no deadlock between two syncs), under the store's lock (bucket -1) taken shared; a
+  statement that touches more than ``LOCK_BUCKETS_MAX`` buckets takes the store's lock
+  exclusive instead (one lock; it waits for, and holds off, every other writer of the store).
+  (A transaction holding the shared lock from an earlier statement that then asks for it
+  exclusive can deadlock with another such: PostgreSQL aborts one, and ``_write`` retries it.)
+  Two scopes in one bucket, or two stores whose keys collide, only wait for each other.
 """
 
 from __future__ import annotations
@@ -39,7 +48,9 @@ from hivemem.memory.storage.pgkeyword import VERSION as WORDS_VERSION
 
 # of the table, functions and triggers below, and of the ``words`` its windows are made of (a new
 # keyword layout rebuilds them at the next open with the option); kept in meta 'keyword_ctx'
-VERSION = f"1 {CONTEXT_BEFORE} {WORDS_VERSION}"
+VERSION = f"2 {CONTEXT_BEFORE} {WORDS_VERSION}"
+LOCK_BUCKETS = 1024  # advisory locks a store's scopes are spread over (a power of two)
+LOCK_BUCKETS_MAX = 64  # a statement touching more buckets takes the store's lock instead
 
 
 def ready(conn: Any, ns: str) -> bool:
@@ -75,14 +86,18 @@ def install(conn: Any, ns: str, schema: str) -> None:
         f" ORDER BY rid DESC) AS a FROM (SELECT rid, words FROM {ns}.memories WHERE scope = s"
         f" AND rid <= r ORDER BY rid DESC LIMIT {CONTEXT_BEFORE + 1}) w) x $$"
     )
-    # schema and scope hashed together: another store's scopes never share a lock with this one's
-    key = f"hashtextextended({_literal(schema)} || chr(10) || s, 0)"
+    # the store's key: the schema hashed (this module's locks never share a key with another store's)
+    store = f"hashtext({_literal(schema)} || chr(10) || 'ctx')"
     conn.execute(
         f"CREATE OR REPLACE FUNCTION {ns}.hm_ctx_sync(scopes text[], rids bigint[], gone bigint[])"
-        " RETURNS void LANGUAGE plpgsql VOLATILE AS $f$ BEGIN"
+        " RETURNS void LANGUAGE plpgsql VOLATILE AS $f$ DECLARE buckets int[]; b int; BEGIN"
         " IF cardinality(scopes) = 0 AND cardinality(gone) = 0 THEN RETURN; END IF;"
-        f" PERFORM pg_advisory_xact_lock(k) FROM (SELECT DISTINCT {key} AS k"
-        " FROM unnest(scopes) AS s ORDER BY 1) l;"
+        f" buckets := ARRAY(SELECT DISTINCT hashtext(s) & {LOCK_BUCKETS - 1} FROM unnest(scopes) AS s"
+        " ORDER BY 1);"
+        f" IF cardinality(buckets) > {LOCK_BUCKETS_MAX} THEN PERFORM pg_advisory_xact_lock({store}, -1);"
+        f" ELSE PERFORM pg_advisory_xact_lock_shared({store}, -1);"
+        f" FOREACH b IN ARRAY buckets LOOP PERFORM pg_advisory_xact_lock({store}, b); END LOOP;"
+        " END IF;"
         f" DELETE FROM {ns}.memories_ctx WHERE rid = ANY(gone);"
         f" INSERT INTO {ns}.memories_ctx (rid, words) SELECT m.rid, {ns}.hm_window(m.scope, m.rid)"
         f" FROM {ns}.memories m WHERE m.rid IN (SELECT unnest(rids) UNION SELECT f.rid"

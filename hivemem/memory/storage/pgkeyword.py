@@ -75,6 +75,7 @@ SAMPLE_FROM = 20_000  # rows above which word counts are estimated from a sample
 SAMPLE_ROWS = 1_000
 TOAST_TARGET = 8160  # PostgreSQL's largest; its default (2 kB) moved the code and words of rows
 # with 384-dim vectors out of line, one TOAST lookup each when read
+_TABLE_BYTES = 1 << 20  # ``_alive``: a lookup table of up to this many bytes (+16 per expired id)
 _SCOPE_FIELDS = ("user_id", "agent_id", "run_id")
 _PREFIX = ("_u", "_a", "_r")  # scope lexemes: text never yields one (hm_words keeps no "_")
 _WORD_TYPES = "asciiword, asciihword, hword_asciipart, word, hword, hword_part"
@@ -207,13 +208,19 @@ class Scope:
 def _alive(expired: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray] | None:
     """``rids`` → which of them are not in ``expired`` (None: nothing is), by a lookup table over
     the expired row ids: one pass per list, where ``np.isin`` sorted both arrays for each one
-    (docs/memory.md, "Batch update and expiration")."""
+    (docs/memory.md, "Batch update and expiration"). The table takes a byte per row id up to the
+    highest expired one: where that is far more than the expired ids (a few expired rows in a
+    store of 10⁸ row ids: 100 MB a search), a binary search in them instead."""
     if expired is None or not len(expired):
         return None
     top = int(expired.max())
-    dead = np.zeros(top + 1, dtype=bool)
-    dead[expired] = True
-    return lambda rids: (rids > top) | ~dead[np.minimum(rids, top)]
+    if top >= _TABLE_BYTES + 16 * len(expired):
+        dead = np.unique(expired)  # sorted
+        last = len(dead) - 1
+        return lambda rids: dead[np.minimum(np.searchsorted(dead, rids), last)] != rids
+    table = np.zeros(top + 1, dtype=bool)
+    table[expired] = True
+    return lambda rids: (rids > top) | ~table[np.minimum(rids, top)]
 
 
 def _rank(words: list[tuple[int, np.ndarray]], rows: float, k: int) -> list[tuple[int, float]]:
