@@ -59,7 +59,7 @@ class Wake:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until set (it stays set) or ``timeout`` seconds passed; True if set."""
         if self._lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
-            self._lock.release()
+            self.set()  # not a bare release: a set() from another thread may have released it already
             return True
         return False
 
@@ -228,6 +228,9 @@ class Combiner(Generic[T, R]):
     def _wait_turn(self, mine: list[Member[T]], wake: Wake) -> bool:
         """Block until one of ``mine`` is done (→ False) or this caller is to lead (→ True)."""
         with self._lock:
+            # clear before looking: ``settle`` marks done and wakes without this lock, so a wake-up
+            # landing after the look is kept, not wiped
+            wake.clear()
             if all(m.done for m in mine):
                 return False
             timeout = None
@@ -236,7 +239,6 @@ class Combiner(Generic[T, R]):
                 if timeout <= 0:
                     self._busy = True
                     return True
-            wake.clear()
         wake.wait(timeout)
         return False
 
