@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "PgVectorMissing": "hivemem.errors",
     "NoPostgres": "hivemem.errors",
     "DiskFull": "hivemem.errors",
+    "GroupLeaderFailed": "hivemem.errors",
     "PoolError": "hivemem.errors",
     "WorkerCrashed": "hivemem.errors",
     "WorkerExited": "hivemem.errors",
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.errors import DiskFull as DiskFull
     from hivemem.errors import EmbedderUnavailable as EmbedderUnavailable
     from hivemem.errors import FrameTooLarge as FrameTooLarge
+    from hivemem.errors import GroupLeaderFailed as GroupLeaderFailed
     from hivemem.errors import HivememError as HivememError
     from hivemem.errors import LimitExceeded as LimitExceeded
     from hivemem.errors import LLMError as LLMError

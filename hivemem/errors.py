@@ -22,6 +22,7 @@ can be read in one place, and every one is importable from ``hivemem``::
     ├── LLMError                 (RuntimeError)     infer=True: the LLM gave no usable answer
     ├── PgVectorMissing          (RuntimeError)     the PostgreSQL database has no pgvector
     ├── DiskFull                 (OSError)          a write found no space left (the message names the file)
+    ├── GroupLeaderFailed        (RuntimeError)     the thread running a group with this call in it failed
     ├── NoPostgres               (RuntimeError)     no PostgreSQL could be found or started
     ├── PoolError                (RuntimeError)     the worker pool's own failures
     │   ├── WorkerCrashed / WorkerExited / WorkerInitError / PoolClosed / RemoteError
@@ -166,6 +167,16 @@ class DiskFull(HivememError, OSError):
 
     def __reduce__(self) -> Any:  # keep the message when the error crosses a process boundary
         return (DiskFull, (str(self),))
+
+
+# ---- calls run in groups (hivemem.infra.grouping) ------------------------------------------------
+
+
+class GroupLeaderFailed(HivememError, RuntimeError):
+    """This call ran in a group led by another thread, and that thread failed (interrupted, or a
+    bug) before it could report this call's outcome. A write may or may not have taken effect; a
+    read can simply be retried (grouped searches retry on their own, alone). The leader's own call
+    gets the original exception."""
 
 
 # ---- warm workers (hivemem.pool) -------------------------------------------------------------------

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from hivemem.infra.grouping import Combiner, Line, Member, Wake, each_alone
+from hivemem.errors import GroupLeaderFailed, HivememError
+from hivemem.infra.grouping import Combiner, Line, Member, Wake, each_alone, settle
 
 pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
@@ -159,7 +160,135 @@ def test_a_failing_leader_fails_its_own_call_and_tells_the_others_their_fate_is_
         t.join(30)
     errors = [out[k] for k in "abc"]
     assert sum(isinstance(e, OSError) for e in errors) == 1  # the leader's own
-    assert sum(isinstance(e, RuntimeError) and "may or may not" in str(e) for e in errors) == 2
+    lost = [e for e in errors if isinstance(e, GroupLeaderFailed)]
+    assert len(lost) == 2 and all(isinstance(e, HivememError) for e in lost)
+    assert "OSError" in str(lost[0]) and "may or may not" in str(lost[0])
+
+
+class Interrupted(BaseException):
+    """Stands in for a KeyboardInterrupt landing at one exact step of a caller."""
+
+
+def _daemon(c: Combiner, item: str, out: dict, name: str | None = None) -> threading.Thread:
+    """A call in a daemon thread: on the old code it hung for ever, and must not hang pytest."""
+    t = threading.Thread(target=lambda: out.update({item: _call(c, item)}), name=name, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_caller_interrupted_just_after_winning_the_turn_hands_it_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The window between ``_wait_turn`` setting ``_busy`` and ``_lead`` taking a group: the turn
+    must pass on, or no caller ever leads again (every later call hung)."""
+    real_lead = Combiner._lead
+
+    def lead(self: Combiner, *args: object) -> None:
+        if threading.current_thread().name == "interrupted":
+            raise Interrupted()
+        real_lead(self, *args)
+
+    monkeypatch.setattr(Combiner, "_lead", lead)
+    seen: list[list[str]] = []
+    gate = threading.Event()
+    gate.set()
+    c = Combiner(_runner(seen, gate))
+    out: dict = {}
+    _daemon(c, "interrupted", out, name="interrupted").join(30)
+    assert isinstance(out["interrupted"], Interrupted)
+    later = [_daemon(c, i, out) for i in ("a", "b")]
+    for t in later:
+        t.join(30)
+    assert out["a"] == "A" and out["b"] == "B", out
+
+
+def test_a_leader_interrupted_as_it_takes_its_group_settles_every_member(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An interrupt right after the group left the line, before it runs: the leader gets it, the
+    members it took get ``GroupLeaderFailed`` (a ``HivememError``), and later calls still run."""
+    real_take = Line.take
+
+    def take(self: Line, *args: object) -> list:  # type: ignore[type-arg]
+        group = real_take(self, *args)  # type: ignore[arg-type]
+        if threading.current_thread().name == "leader":
+            raise Interrupted()
+        return group
+
+    monkeypatch.setattr(Line, "take", take)
+    seen: list[list[str]] = []
+    gate = threading.Event()
+    c = Combiner(_runner(seen, gate))
+    out: dict = {}
+    first = _daemon(c, "first", out)
+    _wait_for(lambda: seen, "the first call never ran")
+    threads = [_daemon(c, "leader", out, name="leader")]
+    _wait_for(lambda: len(c) == 1, "the leader never queued")  # the head of the next group
+    threads += [_daemon(c, i, out) for i in ("a", "b")]
+    _wait_for(lambda: len(c) == 3, "the calls never queued")
+    gate.set()
+    for t in [first, *threads]:
+        t.join(30)
+    assert isinstance(out["leader"], Interrupted), out
+    assert all(isinstance(out[i], GroupLeaderFailed) for i in "ab"), out
+    _daemon(c, "later", out).join(30)
+    assert out["later"] == "LATER", out
+
+
+def test_a_set_landing_while_wait_returns_does_not_break_the_wake() -> None:
+    """``Wake.wait`` acquires, then releases to stay set; a ``set`` from another thread in between
+    already released it: a bare release raised "release unlocked lock"."""
+    wake = Wake()
+    real = wake._lock
+
+    class SetInBetween:  # the lock, with another thread's set() right after each acquire
+        def acquire(self, *args: object) -> bool:
+            got = real.acquire(*args)
+            if got:
+                real.release()
+            return got
+
+        def release(self) -> None:
+            real.release()
+
+        def locked(self) -> bool:
+            return real.locked()
+
+    wake._lock = SetInBetween()  # type: ignore[assignment]
+    wake.set()
+    assert wake.wait(0) is True and wake.is_set()
+
+
+def test_a_settle_landing_before_the_wake_is_cleared_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``settle`` marks a member done and wakes its caller without the combiner's lock; a caller
+    that looked at ``done`` and then cleared its wake lost that wake-up and slept for ever."""
+    seen: list[list[str]] = []
+    gate = threading.Event()
+    c = Combiner(_runner(seen, gate))
+    real_clear = Wake.clear
+    settled: list[str] = []
+
+    def clear(self: Wake) -> None:
+        if threading.current_thread().name == "follower" and not settled:
+            for m in list(c._line.members):  # as a group taking it and settling it right now
+                if m.wake is self:
+                    c._line.remove(m)
+                    settle(m, "SETTLED")
+                    settled.append(m.item)
+        real_clear(self)
+
+    monkeypatch.setattr(Wake, "clear", clear)
+    out: dict = {}
+    first = _daemon(c, "first", out)
+    _wait_for(lambda: seen, "the first call never ran")
+    follower = _daemon(c, "follower", out, name="follower")
+    follower.join(30)  # the first group still holds the line: only the settle can wake it
+    assert out.get("follower") == "SETTLED", out
+    gate.set()
+    first.join(30)
+    assert out["first"] == "FIRST"
 
 
 def test_the_line_waits_for_everyone_around_last_time_and_no_longer_than_max_wait() -> None:

@@ -42,7 +42,8 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"settings"},
     "errors": set(),
     "locks": set(),
-    "grouping": set(),  # leader/follower groups: the engine's queue, grouped adds, the group commit
+    # leader/follower groups: the engine's queue, grouped adds, the group commit; GroupLeaderFailed
+    "grouping": {"errors"},
     "sqlitedb": {"errors"},  # disk_full(): SQLite's full disk as the DiskFull of the error tree
     "registry": {"config"},  # the machine's run / task-library registries, in the runtime directory
     "embed": INFRA,  # the engine: no transport, no memory, no pool

@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from hivemem.errors import GroupLeaderFailed
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -59,7 +61,7 @@ class Wake:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until set (it stays set) or ``timeout`` seconds passed; True if set."""
         if self._lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
-            self._lock.release()
+            self.set()  # not a bare release: a set() from another thread may have released it already
             return True
         return False
 
@@ -121,14 +123,18 @@ class Line(Generic[T]):
             return 0.0
         return max(self.members[0].arrived, self._free_since) + self.max_wait - time.monotonic()
 
-    def take(self) -> list[Member[T]]:
-        """The head and the members behind it, up to ``max_size`` units (a larger head goes alone)."""
-        head = self.members.popleft()
-        group, units = [head], head.size
-        while self.members and units + self.members[0].size <= self.max_size:
-            units += self.members[0].size
-            group.append(self.members.popleft())
-        self.units -= units
+    def take(self, into: list[Member[T]] | None = None) -> list[Member[T]]:
+        """The head and the members behind it, up to ``max_size`` units (a larger head goes alone).
+        ``into``: the list to fill, member by member, so that a caller interrupted meanwhile still
+        knows every member it took out of the line."""
+        group: list[Member[T]] = [] if into is None else into
+        head = self.members[0]  # IndexError on an empty line, as before
+        units = 0
+        while self.members and (self.members[0] is head or units + self.members[0].size <= self.max_size):
+            member = self.members.popleft()
+            self.units -= member.size
+            units += member.size
+            group.append(member)
         return group
 
     def served(self, n: int) -> None:
@@ -164,8 +170,9 @@ class Combiner(Generic[T, R]):
     takes everything queued meanwhile); released with ``release``. ``then``: run by a leader after
     its members have their outcomes (work none of them waits for).
 
-    A waiting caller that is interrupted leaves the line; a leader that dies hands its members an
-    error saying so; nobody is left waiting.
+    A waiting caller that is interrupted leaves the line (and hands the turn on if it was about to
+    lead); a leader that dies gets its exception and hands the other members of its group
+    ``GroupLeaderFailed``; nobody is left waiting.
     """
 
     def __init__(
@@ -183,6 +190,7 @@ class Combiner(Generic[T, R]):
         self._line: Line[T] = Line(max_wait_ms=max_wait_ms, max_size=max_size)
         self._lock = threading.Lock()
         self._busy = False  # a group is being taken or has not released yet
+        self._taker: Wake | None = None  # the caller that set _busy and has not taken its group yet
         self.groups = 0  # groups run (calls / groups = mean group size)
         self.calls = 0
 
@@ -214,6 +222,9 @@ class Combiner(Generic[T, R]):
             with self._lock:
                 for m in mine:
                     self._line.remove(m)
+                if self._taker is wake:  # about to lead, no group taken yet: hand the turn on
+                    self._taker = None
+                    self._busy = False
                 self._nudge()
             raise
         return [m.outcome for m in mine]
@@ -228,6 +239,9 @@ class Combiner(Generic[T, R]):
     def _wait_turn(self, mine: list[Member[T]], wake: Wake) -> bool:
         """Block until one of ``mine`` is done (→ False) or this caller is to lead (→ True)."""
         with self._lock:
+            # clear before looking: ``settle`` marks done and wakes without this lock, so a wake-up
+            # landing after the look is kept, not wiped
+            wake.clear()
             if all(m.done for m in mine):
                 return False
             timeout = None
@@ -235,24 +249,16 @@ class Combiner(Generic[T, R]):
                 timeout = self._line.wait_for()
                 if timeout <= 0:
                     self._busy = True
+                    self._taker = wake
                     return True
-            wake.clear()
         wake.wait(timeout)
         return False
 
     def _lead(self) -> None:
-        """Take a group (this caller's member at its head) and run it; ``_busy`` is set."""
-        try:
-            if self._resource is not None:
-                self._resource.acquire()
-        except BaseException:
-            with self._lock:
-                self._busy = False
-            raise
-        with self._lock:
-            group = self._line.take()
-            self.groups += 1
-            self.calls += len(group)
+        """Take a group (this caller's member at its head) and run it; ``_busy`` is set. Interrupted
+        before it took its group, it leaves ``_busy`` to ``submit_many``'s handler (``_taker``)."""
+        group: list[Member[T]] = []
+        held = False  # the resource, before a group owns it
         released = False
 
         def release() -> None:
@@ -270,20 +276,34 @@ class Combiner(Generic[T, R]):
 
         outcomes: list[Any] = []
         try:
+            if self._resource is not None:
+                self._resource.acquire()
+                held = True
+            with self._lock:
+                self._line.take(group)
+                self._taker = None  # _busy is the group's now: release() clears it
+                self.groups += 1
+                self.calls += len(group)
             outcomes = self._run([m.item for m in group], release)
             if len(outcomes) != len(group):
                 raise RuntimeError(f"{len(outcomes)} outcomes for a group of {len(group)}")
         except BaseException as exc:  # a bug or an interrupt in the leader: its own calls get it
-            lost = RuntimeError(
-                "the thread that ran this group of calls failed before it could report; "
-                "this call may or may not have taken effect"
+            if not group:
+                raise  # nothing taken: submit_many's handler hands the turn on
+            lost = GroupLeaderFailed(
+                f"the thread that ran this call in a group with its own failed ({type(exc).__name__}) "
+                "before it could report this call's outcome: a write may or may not have taken "
+                "effect; a read can be retried"
             )
             leader = group[0].wake
             outcomes = [exc if m.wake is leader else lost for m in group]
         finally:
-            release()
-            for member, outcome in zip(group, outcomes or [None] * len(group), strict=True):
-                settle(member, outcome)
+            if group:
+                release()
+                for member, outcome in zip(group, outcomes or [None] * len(group), strict=True):
+                    settle(member, outcome)
+            elif held and self._resource is not None:
+                self._resource.release()
         if self._then is not None:
             self._then()
 

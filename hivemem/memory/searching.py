@@ -9,7 +9,9 @@ mostly Python with short SQLite steps, and ``sqlite3`` lets go of the GIL around
 eight threads searching side by side every step became a hand-off of the GIL, and eight threads
 served fewer searches than one (docs/memory.md#concurrent-searches). Each search still gets
 exactly its own answer or its own error, and sees every write committed before it was called
-(its group's snapshot begins after it joined the line).
+(its group's snapshot begins after it joined the line). If the thread running a group is interrupted
+(Ctrl-C in a main thread), the other searches of that group run again, each alone in its own
+snapshot: a search only reads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from hivemem.errors import GroupLeaderFailed
 from hivemem.infra.grouping import Combiner, Release
 from hivemem.memory.storage.base import Storage
 
@@ -41,7 +44,11 @@ class SearchGroups:
         if self._combiner is None:
             with self._storage.snapshot():
                 return search()
-        return self._combiner.submit(search)
+        try:
+            return self._combiner.submit(search)
+        except GroupLeaderFailed:  # the thread running our group was interrupted: a read, so rerun
+            with self._storage.snapshot():
+                return search()
 
     def _run(self, searches: list[Callable[[], Hits]], release: Release) -> list[Hits | BaseException]:
         out: list[Hits | BaseException] = []

@@ -158,3 +158,63 @@ def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
     assert isinstance(got[5], RuntimeError) and "fails" in str(got[5])
     assert [g for i, g in enumerate(got) if i != 5] == [w for i, w in enumerate(want) if i != 5]
     m.close()
+
+
+def test_searches_of_an_interrupted_group_run_again_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread running a group of searches is interrupted (as by Ctrl-C) at its first search:
+    it gets the interrupt, and every other search of its group is run again, alone, and answers
+    (it only reads), instead of failing with an error about a call that "may or may not have
+    taken effect"."""
+
+    class Interrupted(BaseException):
+        pass
+
+    emb = HashEmbedder()
+    m = Memory(tmp_path / "m.sqlite", embedder=emb)
+    m.add_batch(_items(sentences(60, seed=8), "w"))
+    queries = sentences(8, seed=9)
+    want = [m.search(q, user_id="w")["results"] for q in queries]
+    real, first, go = hybrid.search, threading.Event(), threading.Event()
+    count, count_lock = [0], threading.Lock()
+
+    def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
+        with count_lock:
+            count[0] += 1
+            n = count[0]
+        if n == 1:  # the first search holds its group until the others have queued
+            first.set()
+            assert go.wait(60)
+        if n == 2:  # the first search of the next group: its leader's own, interrupted
+            raise Interrupted()
+        return real(storage, mode, vector, *args)
+
+    monkeypatch.setattr(hybrid, "search", search)
+    combiner = m._searches._combiner
+    assert combiner is not None
+    got: list[Any] = [None] * len(queries)
+
+    def run(i: int) -> None:
+        try:
+            got[i] = m.search(queries[i], user_id="w")["results"]
+        except BaseException as exc:  # returned to the test
+            got[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(queries))]
+    threads[0].start()
+    assert first.wait(60)
+    for t in threads[1:]:
+        t.start()
+    while len(combiner) < len(queries) - 1:  # the other seven are in the line
+        threading.Event().wait(0.01)
+    go.set()
+    for t in threads:
+        t.join(60)
+    interrupted = [i for i, g in enumerate(got) if isinstance(g, Interrupted)]
+    assert len(interrupted) == 1, got
+    assert [g for i, g in enumerate(got) if i not in interrupted] == [
+        w for i, w in enumerate(want) if i not in interrupted
+    ]
+    assert m.search(queries[0], user_id="w")["results"] == want[0]  # and searches go on grouped
+    m.close()
