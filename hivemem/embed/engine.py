@@ -170,8 +170,15 @@ class Embedder:
         """How many inputs so far were longer than the model's limit and were cut."""
         return self.backend.truncated
 
+    def _none(self) -> np.ndarray:
+        """The answer to no texts, at once: an empty call never reaches the queue (no batch
+        counted, no ``max_wait_ms`` wait)."""
+        return np.zeros((0, self.dim), dtype=np.float32)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         items = check_texts(texts)
+        if not items:
+            return self._none()
         if self._queue is None:
             return self._embed_direct(items)[0]
         if self.cache is None:
@@ -191,6 +198,8 @@ class Embedder:
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         items = check_texts(texts)
+        if not items:
+            return self._none()
         if self._queue is None:
             return (await asyncio.to_thread(self._embed_direct, items))[0]
         vectors: np.ndarray = await asyncio.wrap_future(self._fill(items, *await self._alookup(items)))
@@ -205,6 +214,8 @@ class Embedder:
         the texts the model computes are counted by the backend as it tokenizes them; cache hits,
         which are never tokenized otherwise, are counted off the event loop."""
         items = check_texts(texts)
+        if not items:
+            return self._none(), 0
         if self._queue is None:
             return await asyncio.to_thread(self._embed_direct, items, True)
         out, todo = await self._alookup(items)

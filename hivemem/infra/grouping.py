@@ -1,8 +1,9 @@
 """Leader/follower grouping: many small concurrent calls run as fewer, larger groups.
 
-Three places run this way: the engine's queue (embed calls → one model batch), ``Memory.add``
-(adds → one lookup, one embed call, one write) and SQLite's group commit (inserts → one
-transaction). They share this module, so that they share one waiting rule and one way of handing
+Four places run this way: the engine's queue (embed calls → one model batch), ``Memory.add``
+(adds → one lookup, one embed call, one write), SQLite's group commit (inserts → one
+transaction) and SQLite's grouped searches (searches → one snapshot, ``memory/searching.py``).
+They share this module, so that they share one waiting rule and one way of handing
 every caller its own outcome:
 
 * ``Line``: the calls waiting, in order, and when to take the next group from it.

@@ -59,7 +59,13 @@ def test_vectors_are_normalised_in_input_order(emb):
 
 
 def test_empty_list_gives_zero_rows(emb):
-    assert emb.embed([]).shape == (0, 384)
+    """At once, without a batch: no texts never reach the queue (its counters stay as they are)."""
+    emb.embed(["a batch before, so that its counts could be counted again"])
+    before = emb.stats()["queue"]
+    for empty in (emb.embed([]), asyncio.run(emb.aembed([])), asyncio.run(emb.aembed_counted([]))[0]):
+        assert empty.shape == (0, 384) and empty.dtype == np.float32
+    assert asyncio.run(emb.aembed_counted([]))[1] == 0
+    assert emb.stats()["queue"] == before
 
 
 def test_matches_sentence_transformers():

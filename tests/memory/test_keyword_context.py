@@ -489,3 +489,46 @@ def test_one_statement_over_more_scopes_than_the_lock_table_holds() -> None:
             assert len(m.add_batch(batch)["results"]) == 2 * users  # one INSERT across every scope
             now, rebuilt = windows(m)
             assert now == rebuilt and len(rebuilt) == 3 * users
+
+
+@pytest.mark.parametrize("other", ["another_user", "expired", "metadata"])
+def test_rows_the_filter_drops_never_change_the_order(
+    location: str, monkeypatch: pytest.MonkeyPatch, other: str
+) -> None:
+    """The best body and window a score is divided by are those of the rows that pass the filter
+    (``fts.rank``): a row that fails it, with a body above every passing row's, must not change
+    the order (reviewer's A/B/C). Passing, A ("mango peach", body 2 words, window 2) comes before
+    B ("lemon", body 1, window 5: 2/2 + 0.5 × 2/5 = 1.2 against 1/2 + 0.5 = 1.0); C (5 words,
+    window 5) would make them 2/5 + 0.2 = 0.6 and 1/5 + 0.5 = 0.7. C is another user's row (with
+    the statistics of the store, as for a scope of more than ``SCOPE_ROWS_MAX`` rows: there FTS5
+    reads every user's rows), the user's own expired row, or one a metadata filter leaves out.
+    Each fails on the old code (the order A/B flips)."""
+    if other == "another_user":
+        for module in (fts, pgkeyword):
+            monkeypatch.setattr(module, "SCOPE_ROWS_MAX", 0)
+    talk = ["note one", "note two", "mango peach", "note three", "note four", "apple banana", "cherry grape",
+            "lemon", "note five", "note six", "note seven", "note eight", "note nine"]  # fmt: skip
+    c_text = "kiwi melon olive pepper radish"
+    m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    rows: list[dict[str, Any]] = [{"messages": t, "user_id": "u", "metadata": {"kind": "talk"}} for t in talk]
+    if other == "another_user":
+        rows += [{"messages": t, "user_id": "v"} for t in ["note ten", "note eleven", c_text, "note twelve"]]
+    elif other == "expired":  # C's window: its own words only (as B's, 5 words)
+        rows.insert(12, {**rows[0], "messages": c_text, "expiration_date": "2001-01-01"})
+    else:
+        rows.insert(12, {**rows[0], "messages": c_text, "metadata": {"kind": "draft"}})
+    m.add_batch(rows)
+    query = "apple banana cherry grape lemon mango peach " + c_text
+    filters = {"kind": "talk"} if other == "metadata" else None
+    hits = m.search(query, user_id="u", filters=filters, mode="keyword", explain=True, top_k=50)["results"]
+    found = [h["memory"] for h in hits]
+    assert c_text not in found
+    assert found[:4] == ["cherry grape", "mango peach", "apple banana", "lemon"], found
+    best_body = max(h["score_details"]["keyword_body"] for h in hits)
+    best_window = max(h["score_details"]["keyword_context"] for h in hits)
+    for h in hits:  # every passing match is a hit (top_k): the bests are theirs
+        d = h["score_details"]
+        assert h["score"] == pytest.approx(
+            d["keyword_body"] / best_body + 0.5 * d["keyword_context"] / best_window
+        )
+    m.close()

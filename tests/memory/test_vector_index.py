@@ -221,6 +221,21 @@ def test_search_matches_brute_force_across_process_changes(
     storage.close()
 
 
+def test_a_read_past_sqlites_length_limit_gives_the_same_answer(tmp_path: Path) -> None:
+    """``indexrank.fetch`` reads rows as one ``group_concat`` value; past the connection's
+    ``SQLITE_LIMIT_LENGTH`` (1e9 bytes by default) SQLite refuses it ("string or blob too big"):
+    the rows are then read a chunk at a time, same answer. Here the limit is lowered to 100 kB
+    (65 vectors) and another process leaves a tail of 600 rows (920 kB) the files do not hold."""
+    path = tmp_path / "s.sqlite"
+    storage, _ = _fill(path, 2000)
+    queries = _unit(np.random.default_rng(11), 3)
+    _check(storage, queries)
+    _run(path, {"seed": 6, "insert": 600})
+    storage._db().setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100_000)  # this thread's connection
+    _check(storage, queries)
+    storage.close()
+
+
 def _damage(index: vectorindex.SharedIndex, how: str, path: Path) -> None:
     header = index.read_header()
     assert header is not None

@@ -28,9 +28,10 @@
   sample).
 * **Bounded cost.** Reading a row of a word has a cost, so a common word in one scope of a million
   rows would cost tens of milliseconds (docs/memory.md#measurements-behind-the-design). Each
-  word's row count in the store is counted once per process (cached while the store keeps its
-  size), and the search keeps the rarest words while the rows they bring (their rows × the scope's
-  share of the store) stay within ``RANK_BUDGET``; the common words left out carry little idf. As
+  word's row count in the store is counted once per process (cached: a count used exactly holds
+  for the store's version it was counted in, others while the store is within 10% of its size),
+  and the search keeps the rarest words while the rows they bring (their rows × the scope's share
+  of the store) stay within ``RANK_BUDGET``; the common words left out carry little idf. As
   long as the rows of all the query's words in the scope stay within the budget (LoCoMo: ~550
   turns per conversation), no word is left out and the score is exact.
 * **Context** (``memories_ctx``, issue 23): each memory's *window*, its text and that of the
@@ -45,7 +46,8 @@
   never crosses scopes. It is an FTS5 table *with* content: a row's old window cannot be
   recomputed once a neighbour has changed, and SQLite 3.40 has no ``contentless_delete``.
   ``KeywordIndex.search(..., context=share)`` scores a row ``body / best body + share × window /
-  best window`` (both BM25 as above, the scope's statistics), which ``hybrid.fuse`` divides by
+  best window`` (both BM25 as above, the scope's statistics; the bests among the rows that pass
+  the filter, so that no other row changes the order), which ``hybrid.fuse`` divides by
   its best as any keyword score (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
 """
 
@@ -68,6 +70,7 @@ from hivemem.memory.storage.indexheader import StoreState
 TOKENIZER = "porter unicode61 remove_diacritics 2"
 LAYOUT = f"2 {TOKENIZER}"  # bump the number when the table or its triggers change
 RANK_BUDGET = 10_000  # rows (term occurrences) a keyword search may read
+FILTER_CHUNK = 3 * RANK_BUDGET  # row ids the filter is checked on in one statement (context ranking)
 SCOPE_ROWS_MAX = 40_000  # larger scopes: no scope token in the query, statistics of the store
 _SCOPE = "coalesce('u' || hex({p}.user_id), '') || ' ' || coalesce('a' || hex({p}.agent_id), '')" \
     " || ' ' || coalesce('r' || hex({p}.run_id), '')"  # fmt: skip
@@ -339,7 +342,9 @@ def rank(
     (the windows' scores; ``share`` > 0) each row scoring ``body / best body + share × window /
     best window``, best first, ties to the older memory, and each hit's raw parts. ``passing``
     (None: no filter) → which of some rids pass the filter: asked for the best ``4 × k`` first,
-    then, if too few pass, for all the others. Both backends rank with it (module docstring)."""
+    then, if too few pass, for all the others; with ``ctx``, for every scored row first, so that
+    the best body and window are those of rows that pass (a filtered-out row, another user's or
+    an expired one, must not change the order). Both backends rank with it (module docstring)."""
     rids, score = body
     parts_body = parts_ctx = np.zeros(0)
     if ctx is not None and share > 0:
@@ -347,6 +352,13 @@ def rank(
         parts_body, parts_ctx = np.zeros(len(both)), np.zeros(len(both))
         parts_body[np.searchsorted(both, rids)] = score
         parts_ctx[np.searchsorted(both, ctx[0])] = ctx[1]
+        if passing is not None:  # the best body and window among the rows that pass, never others'
+            ok: set[int] = set()
+            for lo in range(0, len(both), FILTER_CHUNK):
+                ok |= passing(both[lo : lo + FILTER_CHUNK].tolist())
+            keep = np.isin(both, np.fromiter(ok, np.int64, len(ok)))
+            both, parts_body, parts_ctx = both[keep], parts_body[keep], parts_ctx[keep]
+            passing = None
         rids = both
         score = parts_body / (parts_body.max(initial=0) or 1) + share * parts_ctx / (
             parts_ctx.max(initial=0) or 1

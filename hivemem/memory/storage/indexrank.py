@@ -95,13 +95,29 @@ def fetch(db: sqlite3.Connection, where: str, params: list[Any], dim: int) -> Ro
     spent ~50-115 context switches per search, and their CPU per search rose ~1.6x; see
     docs/memory.md#concurrent-searches). ``group_concat`` over a BLOB keeps its bytes (a UTF-8
     store reads them back as they are; the cast makes them a BLOB again), in the order of the ids.
+    A result past the connection's ``SQLITE_LIMIT_LENGTH`` (1e9 bytes by default) is read
+    ``CHUNK`` rows at a time instead: the same rows.
     """
-    ids, vecs = db.execute(_FETCH.format(where=where), params).fetchone()
-    rids = int_array(ids)
+    try:
+        ids, vecs = db.execute(_FETCH.format(where=where), params).fetchone()
+        rids = int_array(ids)
+    except sqlite3.DataError:  # "string or blob too big"
+        rids, vecs = _fetch_rows(db, where, params)
     vecs = vecs or b""
     if len(vecs) != 4 * dim * len(rids):  # never taken on a UTF-8 store: never scored wrong
         raise StaleIndex(f"{len(rids)} vectors read back as {len(vecs)} bytes (database encoding?)")
     return rids, vecs
+
+
+def _fetch_rows(db: sqlite3.Connection, where: str, params: list[Any]) -> tuple[Array, bytes]:
+    """``fetch`` for a result too big for one value: ``CHUNK`` rows a step."""
+    ids: list[int] = []
+    vecs: list[bytes] = []
+    cur = db.execute(f"SELECT rid, vec FROM memories WHERE {where}", params)
+    while rows := cur.fetchmany(CHUNK):
+        ids += [r[0] for r in rows]
+        vecs += [bytes(r[1] or b"") for r in rows]  # a NULL: as group_concat, a length check fails
+    return np.array(ids, dtype=np.int64), b"".join(vecs)
 
 
 def rescore(rows: list[Rows], query: Array, dim: int, k: int, threshold: float | None) -> Hits:
