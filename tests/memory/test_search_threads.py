@@ -110,6 +110,33 @@ def test_a_search_costs_the_same_statements_whatever_its_words(tmp_path: Path) -
     m.close()
 
 
+def _search_while_held(
+    m: Memory, queries: list[str], got: list[Any], first: threading.Event, go: threading.Event
+) -> None:
+    """One thread per query: the first one's search starts (and sets ``first``, then waits for
+    ``go``: the patched ``hybrid.search`` holds it), the others queue behind it; once all are in
+    the line, ``go`` releases them. Each thread's answer, or what it raised, lands in ``got``."""
+    combiner = m._searches._combiner
+    assert combiner is not None
+
+    def run(i: int) -> None:
+        try:
+            got[i] = m.search(queries[i], user_id="w")["results"]
+        except BaseException as exc:  # returned to the test
+            got[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(queries))]
+    threads[0].start()
+    assert first.wait(60)
+    for t in threads[1:]:
+        t.start()
+    while len(combiner) < len(queries) - 1:  # the others are in the line
+        threading.Event().wait(0.01)
+    go.set()
+    for t in threads:
+        t.join(60)
+
+
 def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -138,22 +165,7 @@ def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
     groups, calls = combiner.groups, combiner.calls
     got: list[Any] = [None] * len(queries)
 
-    def run(i: int) -> None:
-        try:
-            got[i] = m.search(queries[i], user_id="w")["results"]
-        except RuntimeError as exc:
-            got[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(queries))]
-    threads[0].start()
-    assert first.wait(60)
-    for t in threads[1:]:
-        t.start()
-    while len(combiner) < len(queries) - 1:  # the other seven are in the line
-        threading.Event().wait(0.01)
-    go.set()
-    for t in threads:
-        t.join()
+    _search_while_held(m, queries, got, first, go)
     assert (combiner.groups - groups, combiner.calls - calls) == (2, len(queries))
     assert isinstance(got[5], RuntimeError) and "fails" in str(got[5])
     assert [g for i, g in enumerate(got) if i != 5] == [w for i, w in enumerate(want) if i != 5]
@@ -195,22 +207,7 @@ def test_searches_of_an_interrupted_group_run_again_alone(
     assert combiner is not None
     got: list[Any] = [None] * len(queries)
 
-    def run(i: int) -> None:
-        try:
-            got[i] = m.search(queries[i], user_id="w")["results"]
-        except BaseException as exc:  # returned to the test
-            got[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(queries))]
-    threads[0].start()
-    assert first.wait(60)
-    for t in threads[1:]:
-        t.start()
-    while len(combiner) < len(queries) - 1:  # the other seven are in the line
-        threading.Event().wait(0.01)
-    go.set()
-    for t in threads:
-        t.join(60)
+    _search_while_held(m, queries, got, first, go)
     interrupted = [i for i, g in enumerate(got) if isinstance(g, Interrupted)]
     assert len(interrupted) == 1, got
     assert [g for i, g in enumerate(got) if i not in interrupted] == [
