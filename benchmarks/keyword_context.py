@@ -1,4 +1,5 @@
-"""What the keyword context (issue 23, ``storage/fts.py``'s ``memories_ctx``) costs: writes and search.
+"""What the contexts (issue 23) cost, writes and search: the keyword context (``storage/fts.py``'s
+``memories_ctx``) and the vector context (``vector_context``: the window's mean stored vector).
 
     python benchmarks/keyword_context.py                         # 100,000 memories, 100 queries
     python benchmarks/keyword_context.py --users 1000            # 1,000 scopes of 100
@@ -8,7 +9,9 @@
 A store gets the context index the first time a ``Memory`` with ``keyword_context=True`` opens
 it; from then on every write keeps it (triggers in the write transaction), so only such stores
 pay for it. Rows (each a median over ``--rounds`` interleaved rounds; ``_context_on``: a store
-that has the index and, for searches, the option on):
+that has the index and, for searches, the option on; ``_context_full``: also ``vector_context=True``,
+which stores nothing more, only the (scope, rid) index the keyword context already has, and reads
+the fusion's candidates' windows at search time; hybrid mode only):
 
 * ``add_batch``: ``Memory.add_batch`` of ``--batch`` fresh texts (real model, an empty embedding
   cache each round, so the figure includes embedding, as users see it).
@@ -52,6 +55,8 @@ from hivemem.embed.corpus import sentences
 from hivemem.memory import hybrid
 
 HAS_CONTEXT = hasattr(hybrid, "configure_context")
+HAS_VECTOR = hasattr(hybrid, "VECTOR_CONTEXT_SHARE")
+TAIL = {"off": "", "on": "_context_on", "full": "_context_full"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -80,11 +85,15 @@ class Places:
         return float(found) / 1e6
 
 
-def store(place: str, emb: Embedder, context: bool) -> Memory:
-    return Memory(place, embedder=emb, keyword_context=True) if context else Memory(place, embedder=emb)  # type: ignore[call-arg]
+def store(place: str, emb: Embedder, variant: str) -> Memory:
+    if variant == "off":
+        return Memory(place, embedder=emb)
+    if variant == "on":
+        return Memory(place, embedder=emb, keyword_context=True)  # type: ignore[call-arg,unused-ignore]
+    return Memory(place, embedder=emb, keyword_context=True, vector_context=True)  # type: ignore[call-arg,unused-ignore]
 
 
-def add_rate(tmp: Path, places: Places, texts: list[str], name: str, context: bool) -> float:
+def add_rate(tmp: Path, places: Places, texts: list[str], name: str, context: str) -> float:
     """memories/s of one ``add_batch`` of ``texts`` into a fresh store, fresh cache."""
     with Embedder(cache=EmbeddingCache(tmp / f"add-{name}-cache.sqlite")) as emb:
         emb.embed(["warm the engine up"])
@@ -138,26 +147,28 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
-    variants = ("off", "on") if HAS_CONTEXT and args.context == "both" else ("off",)
-    pool = sentences(2 * args.rounds * args.batch + args.rounds * args.queries * 4 + 10, seed=2323)
+    variants: tuple[str, ...] = ("off",)
+    if HAS_CONTEXT and args.context == "both":
+        variants = ("off", "on", "full") if HAS_VECTOR else ("off", "on")
+    n = len(variants)
+    pool = sentences(n * args.rounds * args.batch + args.rounds * args.queries * 5 + 10, seed=2323)
     rates: dict[str, list[float]] = {}
     with Embedder(cache=EmbeddingCache(tmp / "search-cache.sqlite")) as emb:
-        stores = {v: store(places(f"search-{v}"), emb, v == "on") for v in variants}
+        stores = {v: store(places(f"search-{v}"), emb, v) for v in variants}
         for v, m in stores.items():
             m.search("warm up", user_id="one")
-            key = "insert_ops_s" + ("_context_on" if v == "on" else "")
-            rates[key] = [args.size / build(m._storage, args.size, args.users)]
-        m, mc = stores["off"], stores.get("on")
-        at = 2 * args.rounds * args.batch
+            rates["insert_ops_s" + TAIL[v]] = [args.size / build(m._storage, args.size, args.users)]
+        at = n * args.rounds * args.batch
         for r in range(args.rounds):
-            for v in variants:
-                texts = pool[(2 * r + (v == "on")) * args.batch : (2 * r + (v == "on") + 1) * args.batch]
-                key = "add_batch_ops_s" + ("_context_on" if v == "on" else "")
-                rates.setdefault(key, []).append(add_rate(tmp, places, texts, f"{r}-{v}", v == "on"))
+            for i, v in enumerate(variants):
+                texts = pool[(n * r + i) * args.batch : (n * r + i + 1) * args.batch]
+                rates.setdefault("add_batch_ops_s" + TAIL[v], []).append(
+                    add_rate(tmp, places, texts, f"{r}-{v}", v)
+                )
             for mode in ("hybrid", "keyword"):
-                for name, target in (("off", m), ("on", mc)):
-                    if target is None:
-                        continue
+                for name, target in stores.items():
+                    if name == "full" and mode == "keyword":
+                        continue  # the vector context is hybrid's only
                     queries = pool[at : at + args.queries]
                     at += args.queries
                     rates.setdefault(f"{mode}_p50_ms_context_{name}", []).append(
@@ -165,7 +176,7 @@ def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
                     )
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
         for v, m in stores.items():  # once, at the end: the file, then deletes (which empty it)
-            tail = "_context_on" if v == "on" else ""
+            tail = TAIL[v]
             rates["file_mb" + tail] = [places.size_mb(m, f"search-{v}")]
             ids = [
                 h["id"]
@@ -192,11 +203,11 @@ def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
     print("\n| measurement | median | rounds |\n|---|---|---|")
     for k, v in rates.items():
         print(f"| {k} | {statistics.median(v):,.2f} | {', '.join(f'{x:,.1f}' for x in v)} |")
-    searches = [k for k in out if k.endswith(("_off", "_on"))]
+    searches = [k for k in out if "_p50_ms_" in k]
     bars(
         args,
         "keyword_context_cost" + ("_pg" if args.backend == "postgres" else ""),
-        f"Search p50 at {args.size:,} memories ({args.backend}), keyword context off / on",
+        f"Search p50 at {args.size:,} memories ({args.backend}), contexts off / keyword (on) / both (full)",
         searches,
         {"p50 ms": [out[k] for k in searches]},
         ylabel="ms",
