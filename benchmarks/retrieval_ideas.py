@@ -400,12 +400,15 @@ def mean_context(
     kw: dict[str, float],
     w: float = 1.0,
     pool: int | None = None,
+    g: float = 0.0,
 ) -> Ranker:
     """A context vector that costs no model call: the normalised mean of the *stored* vectors of
     the turn's window; cosine = (cos(q, turn) + w · cos(q, context)) / (1 + w); keyword as
     ``combined``. ``pool``: the vector side's candidates are the best ``DEPTH`` by that cosine
     among the best ``pool`` by the turn's own cosine (the existing index, no second one; the
-    keyword side's candidates get theirs too); None: among every turn (a second index)."""
+    keyword side's candidates get theirs too); None: among every turn (a second index). ``g``:
+    neighbour smoothing on top (``smoothed``: + g × the best fused score of the turn's two
+    session neighbours)."""
     ctx: dict[str, np.ndarray] = {}
     for conv, ts in lab.raw.items():
         p, vecs = lab.pos[conv], lab.side("base").vecs[conv]
@@ -432,7 +435,12 @@ def mean_context(
         pick = np.full(len(cos), -np.inf)
         first = np.lexsort((np.arange(len(own)), -own))[:pool]
         pick[first] = cos[first]
-        return top(fuse(cos, k, pick=pick), cos)
+        fused = fuse(cos, k, pick=pick)
+        if g:
+            every = fuse(cos, k, depth=len(cos))
+            near = np.array([max((every[j] for j in n), default=0.0) for n in lab.neigh[conv]])
+            fused = np.where(np.isfinite(fused), fused + g * near, -np.inf)
+        return top(fused, cos)
 
     return rank
 
@@ -564,6 +572,17 @@ def ideas(lab: Lab) -> dict[str, Ranker]:
                 out[f"mean-vector context -2 ({bound}), w {w}; kw K; pool {pool}"] = mean_context(
                     lab, 2, 0, session, k_, w, pool
                 )
+    k_ = {"base": 1.0, "context -2": 0.5}
+    for g in (0.1, 0.2):  # issue 23 step 2: anything cheap on top of the session mean vector
+        out[f"mean-vector context -2 (session), w 0.5; kw K; pool 20; smoothing {g}"] = mean_context(
+            lab, 2, 0, True, k_, 0.5, 20, g
+        )
+    out["mean-vector context -2 (session), w 0.5; kw K with the session date; pool 20"] = mean_context(
+        lab, 2, 0, True, {"date": 1.0, "context -2": 0.5}, 0.5, 20
+    )
+    out["mean-vector context -2 (session), w 0.5; kw K + 0.3·date; pool 20"] = mean_context(
+        lab, 2, 0, True, {**k_, "date": 0.3}, 0.5, 20
+    )
     for penalty in (0.05, 0.1, 0.2):
         out[f"diversity: MMR by word overlap, penalty {penalty}"] = diverse(lab, penalty)
     for share in (0.3, 0.6):

@@ -237,3 +237,16 @@ def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callab
         assert found[0] == found[1] and len(found[0]) >= 2, args
     for m in stores:
         m.close()
+
+
+def test_reset_then_writes_keep_the_windows(location: str) -> None:
+    """``reset`` (SQLite: rows deleted; PostgreSQL: tables truncated, the vector column dropped and
+    made again) keeps the (scope, rid) index the windows are read by: later searches still work
+    and still equal the rebuild."""
+    with Memory(location, embedder=EMB, vector_context=True) as m:
+        m.add_batch([{"messages": f"before {i}", "user_id": "u"} for i in range(5)])
+        m.reset()
+        m.add_batch([{"messages": f"after {i}", "user_id": "u"} for i in range(5)])
+        query = EMB.embed_one("after 2")
+        assert same(read(m, query), rebuilt(m, query)) and len(rebuilt(m, query)) == 5
+        assert m.search("after 2", user_id="u", top_k=1)["results"][0]["memory"] == "after 2"
