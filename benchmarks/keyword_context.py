@@ -10,8 +10,9 @@ A store gets the context index the first time a ``Memory`` with ``keyword_contex
 it; from then on every write keeps it (triggers in the write transaction), so only such stores
 pay for it. Rows (each a median over ``--rounds`` interleaved rounds; ``_context_on``: a store
 that has the index and, for searches, the option on; ``_context_full``: also ``vector_context=True``,
-which stores nothing more, only the (scope, rid) index the keyword context already has, and reads
-the fusion's candidates' windows at search time; hybrid mode only):
+which stores nothing more (only the (scope, rid) index the keyword context already has) and reads
+the fusion's candidates' windows at search time: its searches run on the ``_context_on`` store
+itself, hybrid mode only, and its ``add_batch`` on a fresh store as the others):
 
 * ``add_batch``: ``Memory.add_batch`` of ``--batch`` fresh texts (real model, an empty embedding
   cache each round, so the figure includes embedding, as users see it).
@@ -154,10 +155,12 @@ def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
     pool = sentences(n * args.rounds * args.batch + args.rounds * args.queries * 5 + 10, seed=2323)
     rates: dict[str, list[float]] = {}
     with Embedder(cache=EmbeddingCache(tmp / "search-cache.sqlite")) as emb:
-        stores = {v: store(places(f"search-{v}"), emb, v) for v in variants}
+        stores = {v: store(places(f"search-{v}"), emb, v) for v in variants if v != "full"}
         for v, m in stores.items():
             m.search("warm up", user_id="one")
             rates["insert_ops_s" + TAIL[v]] = [args.size / build(m._storage, args.size, args.users)]
+        if "full" in variants:  # it writes nothing more: the keyword context's very store, searched
+            stores["full"] = store(places("search-on"), emb, "full")
         at = n * args.rounds * args.batch
         for r in range(args.rounds):
             for i, v in enumerate(variants):
@@ -175,6 +178,8 @@ def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
                         search_p50(target, queries, mode, args.users)
                     )
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
+        if "full" in stores:
+            stores.pop("full").close()
         for v, m in stores.items():  # once, at the end: the file, then deletes (which empty it)
             tail = TAIL[v]
             rates["file_mb" + tail] = [places.size_mb(m, f"search-{v}")]
