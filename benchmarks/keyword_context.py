@@ -22,6 +22,10 @@ itself, hybrid mode only, and its ``add_batch`` on a fresh store as the others):
   ``--users`` scopes, each search in one of them), ``top_k=10``, new
   queries (the query embedding included), hybrid and keyword mode, with the option off (the
   default) and, where this tree has it, on.
+* ``window_read_ms_40`` / ``cosines_ms_40`` (with the vector context): p50 of reading the windows
+  of 40 memories of the searched scope (a hybrid search's candidates at ``top_k=10``) against
+  reading their cosines, alternated, on the store of ``--size`` memories: the vector context's own
+  cost per search, without the noise of whole searches.
 * Then, once per store: its file size (``file_mb``; PostgreSQL: its schema's tables with their
   indexes), ``batch_delete`` of up to 1,000 memories of
   one scope (``batch_delete_ms``) and ``delete_all`` of every scope (``delete_all_s``): a delete
@@ -115,6 +119,28 @@ def search_p50(m: Memory, queries: list[str], mode: str, users: int) -> float:
     return 1000 * statistics.median(lat)
 
 
+def window_read(m: Memory, users: int, reads: int = 200) -> dict[str, list[float]]:
+    """p50 ms of ``window_scores`` for 40 memories of one scope (a hybrid search's candidates at
+    ``top_k=10``), and of ``cosines`` for the same 40 (what a search already reads for the keyword
+    side's candidates), alternated; closes ``m``."""
+    import numpy as np
+
+    ids = [h["id"] for h in m.get_all(user_id="one" if users == 1 else "user0", top_k=1000)["results"]]
+    rng = np.random.default_rng(23)
+    storage, lat = m._storage, {"window_read_ms_40": [], "cosines_ms_40": []}
+    for _ in range(reads):
+        pick = [ids[i] for i in rng.choice(len(ids), size=min(40, len(ids)), replace=False)]
+        q = rng.standard_normal(storage._model[1] if storage._model else 384).astype(np.float32)  # type: ignore[attr-defined]
+        q /= np.linalg.norm(q)
+        for name, read in (("window_read_ms_40", storage.window_scores), ("cosines_ms_40", storage.cosines)):
+            with storage.snapshot():
+                t0 = time.perf_counter()
+                read(pick, q)  # type: ignore[operator]
+                lat[name].append(time.perf_counter() - t0)
+    m.close()
+    return {k: [1000 * statistics.median(v)] for k, v in lat.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=100_000, help="memories in the searched store")
@@ -178,8 +204,8 @@ def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
                         search_p50(target, queries, mode, args.users)
                     )
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
-        if "full" in stores:
-            stores.pop("full").close()
+        if "full" in stores:  # the vector context's own read, alone: the windows of 40 candidates
+            rates.update(window_read(stores.pop("full"), args.users))
         for v, m in stores.items():  # once, at the end: the file, then deletes (which empty it)
             tail = TAIL[v]
             rates["file_mb" + tail] = [places.size_mb(m, f"search-{v}")]
