@@ -1,4 +1,5 @@
-"""What the keyword context (issue 23, ``storage/fts.py``'s ``memories_ctx``) costs: writes and search.
+"""What the contexts (issue 23) cost, writes and search: the keyword context (``storage/fts.py``'s
+``memories_ctx``) and the vector context (``vector_context``: the window's mean stored vector).
 
     python benchmarks/keyword_context.py                         # 100,000 memories, 100 queries
     python benchmarks/keyword_context.py --users 1000            # 1,000 scopes of 100
@@ -8,7 +9,10 @@
 A store gets the context index the first time a ``Memory`` with ``keyword_context=True`` opens
 it; from then on every write keeps it (triggers in the write transaction), so only such stores
 pay for it. Rows (each a median over ``--rounds`` interleaved rounds; ``_context_on``: a store
-that has the index and, for searches, the option on):
+that has the index and, for searches, the option on; ``_context_full``: also ``vector_context=True``,
+which stores nothing more (only the (scope, rid) index the keyword context already has) and reads
+the fusion's candidates' windows at search time: its searches run on the ``_context_on`` store
+itself, hybrid mode only, and its ``add_batch`` on a fresh store as the others):
 
 * ``add_batch``: ``Memory.add_batch`` of ``--batch`` fresh texts (real model, an empty embedding
   cache each round, so the figure includes embedding, as users see it).
@@ -18,6 +22,10 @@ that has the index and, for searches, the option on):
   ``--users`` scopes, each search in one of them), ``top_k=10``, new
   queries (the query embedding included), hybrid and keyword mode, with the option off (the
   default) and, where this tree has it, on.
+* ``window_read_ms_40`` / ``cosines_ms_40`` (with the vector context): p50 of reading the windows
+  of 40 memories of the searched scope (a hybrid search's candidates at ``top_k=10``) against
+  reading their cosines, alternated, on the store of ``--size`` memories: the vector context's own
+  cost per search, without the noise of whole searches.
 * Then, once per store: its file size (``file_mb``; PostgreSQL: its schema's tables with their
   indexes), ``batch_delete`` of up to 1,000 memories of
   one scope (``batch_delete_ms``) and ``delete_all`` of every scope (``delete_all_s``): a delete
@@ -52,6 +60,8 @@ from hivemem.embed.corpus import sentences
 from hivemem.memory import hybrid
 
 HAS_CONTEXT = hasattr(hybrid, "configure_context")
+HAS_VECTOR = hasattr(hybrid, "VECTOR_CONTEXT_SHARE")
+TAIL = {"off": "", "on": "_context_on", "full": "_context_full"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -80,11 +90,15 @@ class Places:
         return float(found) / 1e6
 
 
-def store(place: str, emb: Embedder, context: bool) -> Memory:
-    return Memory(place, embedder=emb, keyword_context=True) if context else Memory(place, embedder=emb)  # type: ignore[call-arg]
+def store(place: str, emb: Embedder, variant: str) -> Memory:
+    if variant == "off":
+        return Memory(place, embedder=emb)
+    if variant == "on":
+        return Memory(place, embedder=emb, keyword_context=True)  # type: ignore[call-arg,unused-ignore]
+    return Memory(place, embedder=emb, keyword_context=True, vector_context=True)  # type: ignore[call-arg,unused-ignore]
 
 
-def add_rate(tmp: Path, places: Places, texts: list[str], name: str, context: bool) -> float:
+def add_rate(tmp: Path, places: Places, texts: list[str], name: str, context: str) -> float:
     """memories/s of one ``add_batch`` of ``texts`` into a fresh store, fresh cache."""
     with Embedder(cache=EmbeddingCache(tmp / f"add-{name}-cache.sqlite")) as emb:
         emb.embed(["warm the engine up"])
@@ -103,6 +117,28 @@ def search_p50(m: Memory, queries: list[str], mode: str, users: int) -> float:
         m.search(q, user_id="one" if users == 1 else f"user{(i * 37) % users}", top_k=10, mode=mode)
         lat.append(time.perf_counter() - t0)
     return 1000 * statistics.median(lat)
+
+
+def window_read(m: Memory, users: int, reads: int = 200) -> dict[str, list[float]]:
+    """p50 ms of ``window_scores`` for 40 memories of one scope (a hybrid search's candidates at
+    ``top_k=10``), and of ``cosines`` for the same 40 (what a search already reads for the keyword
+    side's candidates), alternated; closes ``m``."""
+    import numpy as np
+
+    ids = [h["id"] for h in m.get_all(user_id="one" if users == 1 else "user0", top_k=1000)["results"]]
+    rng = np.random.default_rng(23)
+    storage, lat = m._storage, {"window_read_ms_40": [], "cosines_ms_40": []}
+    for _ in range(reads):
+        pick = [ids[i] for i in rng.choice(len(ids), size=min(40, len(ids)), replace=False)]
+        q = rng.standard_normal(storage._model[1] if storage._model else 384).astype(np.float32)  # type: ignore[attr-defined]
+        q /= np.linalg.norm(q)
+        for name, read in (("window_read_ms_40", storage.window_scores), ("cosines_ms_40", storage.cosines)):
+            with storage.snapshot():
+                t0 = time.perf_counter()
+                read(pick, q)  # type: ignore[operator]
+                lat[name].append(time.perf_counter() - t0)
+    m.close()
+    return {k: [1000 * statistics.median(v)] for k, v in lat.items()}
 
 
 def main() -> None:
@@ -138,34 +174,40 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
-    variants = ("off", "on") if HAS_CONTEXT and args.context == "both" else ("off",)
-    pool = sentences(2 * args.rounds * args.batch + args.rounds * args.queries * 4 + 10, seed=2323)
+    variants: tuple[str, ...] = ("off",)
+    if HAS_CONTEXT and args.context == "both":
+        variants = ("off", "on", "full") if HAS_VECTOR else ("off", "on")
+    n = len(variants)
+    pool = sentences(n * args.rounds * args.batch + args.rounds * args.queries * 5 + 10, seed=2323)
     rates: dict[str, list[float]] = {}
     with Embedder(cache=EmbeddingCache(tmp / "search-cache.sqlite")) as emb:
-        stores = {v: store(places(f"search-{v}"), emb, v == "on") for v in variants}
+        stores = {v: store(places(f"search-{v}"), emb, v) for v in variants if v != "full"}
         for v, m in stores.items():
             m.search("warm up", user_id="one")
-            key = "insert_ops_s" + ("_context_on" if v == "on" else "")
-            rates[key] = [args.size / build(m._storage, args.size, args.users)]
-        m, mc = stores["off"], stores.get("on")
-        at = 2 * args.rounds * args.batch
+            rates["insert_ops_s" + TAIL[v]] = [args.size / build(m._storage, args.size, args.users)]
+        if "full" in variants:  # it writes nothing more: the keyword context's very store, searched
+            stores["full"] = store(places("search-on"), emb, "full")
+        at = n * args.rounds * args.batch
         for r in range(args.rounds):
-            for v in variants:
-                texts = pool[(2 * r + (v == "on")) * args.batch : (2 * r + (v == "on") + 1) * args.batch]
-                key = "add_batch_ops_s" + ("_context_on" if v == "on" else "")
-                rates.setdefault(key, []).append(add_rate(tmp, places, texts, f"{r}-{v}", v == "on"))
+            for i, v in enumerate(variants):
+                texts = pool[(n * r + i) * args.batch : (n * r + i + 1) * args.batch]
+                rates.setdefault("add_batch_ops_s" + TAIL[v], []).append(
+                    add_rate(tmp, places, texts, f"{r}-{v}", v)
+                )
             for mode in ("hybrid", "keyword"):
-                for name, target in (("off", m), ("on", mc)):
-                    if target is None:
-                        continue
+                for name, target in stores.items():
+                    if name == "full" and mode == "keyword":
+                        continue  # the vector context is hybrid's only
                     queries = pool[at : at + args.queries]
                     at += args.queries
                     rates.setdefault(f"{mode}_p50_ms_context_{name}", []).append(
                         search_p50(target, queries, mode, args.users)
                     )
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
+        if "full" in stores:  # the vector context's own read, alone: the windows of 40 candidates
+            rates.update(window_read(stores.pop("full"), args.users))
         for v, m in stores.items():  # once, at the end: the file, then deletes (which empty it)
-            tail = "_context_on" if v == "on" else ""
+            tail = TAIL[v]
             rates["file_mb" + tail] = [places.size_mb(m, f"search-{v}")]
             ids = [
                 h["id"]
@@ -192,11 +234,11 @@ def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
     print("\n| measurement | median | rounds |\n|---|---|---|")
     for k, v in rates.items():
         print(f"| {k} | {statistics.median(v):,.2f} | {', '.join(f'{x:,.1f}' for x in v)} |")
-    searches = [k for k in out if k.endswith(("_off", "_on"))]
+    searches = [k for k in out if "_p50_ms_" in k]
     bars(
         args,
         "keyword_context_cost" + ("_pg" if args.backend == "postgres" else ""),
-        f"Search p50 at {args.size:,} memories ({args.backend}), keyword context off / on",
+        f"Search p50 at {args.size:,} memories ({args.backend}), contexts off / keyword (on) / both (full)",
         searches,
         {"p50 ms": [out[k] for k in searches]},
         ylabel="ms",

@@ -14,9 +14,11 @@ that name no turn are dropped ("D8:6; D9:17" is split), a question left without 
 
 Rows: ``vector``, ``keyword`` and ``hybrid`` (the default of ``Memory.search``) through hivemem
 (its own int8 ONNX model), ``keyword + context`` and ``hybrid + context`` (SQLite: the same store
-with ``keyword_context=True``, with its paired bootstrap against hybrid and the keep rule: no
-category worse at 5 or 10, interval above 0), and the exact fp32 sentence-transformers reference
-(brute force, torch). On the held-out half: ``--data DIR`` with its conversations.
+with ``keyword_context=True``), ``hybrid + both contexts`` (also ``vector_context=True``), each
+context row with its paired bootstrap against hybrid and the keep rule (no category worse at 5 or
+10, interval above 0), and the exact fp32 sentence-transformers reference
+(brute force, torch). ``--runs`` adds each session with its own ``run_id`` (what Mem0 users do),
+so that a window stays within its session. On the held-out half: ``--data DIR`` with its conversations.
 ``--sweep`` evaluates the alternatives the defaults were chosen from (tokenizers, stop
 words, fusion rules and weights, candidate depths), on this development data only (SQLite).
 ``--backend postgres|both`` runs the same rows on PostgreSQL (a throwaway server from
@@ -113,11 +115,18 @@ class Scores:
         return out
 
 
-def fill(m: Memory, turns: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
-    """Store every turn; → memory id → the dia_ids it stands for (a repeated text is one memory)."""
+def fill(m: Memory, turns: dict[str, list[tuple[str, str]]], runs: bool = False) -> dict[str, list[str]]:
+    """Store every turn; → memory id → the dia_ids it stands for (a repeated text is one memory
+    per scope). ``runs``: each session with its own ``run_id`` (``D3:7`` → ``D3``), as Mem0 users
+    add conversations; the searches still name only the ``user_id``."""
     dia: dict[str, list[str]] = defaultdict(list)
     for conv, mine in turns.items():
-        items = [{"messages": text, "user_id": conv, "metadata": {"dia_id": d}} for d, text in mine]
+        items: list[dict[str, Any]] = [
+            {"messages": text, "user_id": conv, "metadata": {"dia_id": d}} for d, text in mine
+        ]
+        if runs:
+            for item, (d, _) in zip(items, mine, strict=True):
+                item["run_id"] = d.split(":")[0]
         for (d, _), res in zip(mine, m.add_batch(items)["results"], strict=True):
             dia[res["id"]].append(d)
     return dia
@@ -306,15 +315,21 @@ def paired(base: np.ndarray, new: np.ndarray, rounds: int = 2000) -> dict[str, f
 
 def with_context(
     location: str, emb: Embedder, questions: list[Question], dia: dict[str, list[str]]
-) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float], dict[str, Any]]:
-    """The same store searched with ``keyword_context=True`` (each memory's window: the turn and
-    the two before it in its scope, here the conversation) → score tables, ms per search, and the
-    rule for keeping it: no category worse at 5 or 10 than plain hybrid, and the paired interval
-    of the recall@10 change above 0."""
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float], dict[str, Any], dict[str, Any]]:
+    """The same store searched with ``keyword_context=True`` and with both ``keyword_context``
+    and ``vector_context`` (each memory's window: the turn and the two before it in its scope,
+    the conversation, or with ``--runs`` its session) → score tables, ms per search, and for each
+    the rule for keeping it: no category worse at 5 or 10 than plain hybrid, and the paired
+    interval of the recall@10 change above 0."""
     rows: dict[str, Scores] = {}
     timing: dict[str, float] = {}
-    for name, context in (("hybrid", False), ("keyword + context", True), ("hybrid + context", True)):
-        with Memory(location, embedder=emb, keyword_context=context) as mc:
+    for name, context, vector in (
+        ("hybrid", False, False),
+        ("keyword + context", True, False),
+        ("hybrid + context", True, False),
+        ("hybrid + both contexts", True, True),
+    ):
+        with Memory(location, embedder=emb, keyword_context=context, vector_context=vector) as mc:
             mode = name.split(" ")[0]
 
             def rank(conv: str, q: str, i: int, mc: Memory = mc, mode: str = mode) -> list[str]:
@@ -323,17 +338,20 @@ def with_context(
             t0 = time.perf_counter()
             rows[name] = evaluate(questions, rank, dia)
             timing[name] = 1000 * (time.perf_counter() - t0) / len(questions)
-    base, new = rows["hybrid"].table(), rows["hybrid + context"].table()
-    change = paired(
-        np.array(rows["hybrid"].rows["all"])[:, :2], np.array(rows["hybrid + context"].rows["all"])[:, :2]
-    )
-    worse = [f"{k} {m}" for k in base for m in ("recall@5", "recall@10") if new[k][m] < base[k][m] - 1e-12]
-    rule = {"change_recall@10": change, "categories_worse": worse, "kept": not worse and change["lo"] > 0}
     return (
         {n: r.table() for n, r in rows.items() if n != "hybrid"},
         {n: t for n, t in timing.items() if n != "hybrid"},
-        rule,
+        keep_rule(rows["hybrid"], rows["hybrid + context"]),
+        keep_rule(rows["hybrid"], rows["hybrid + both contexts"]),
     )
+
+
+def keep_rule(before: Scores, after: Scores) -> dict[str, Any]:
+    """No category worse at 5 or 10, and the paired interval of the recall@10 change above 0."""
+    base, new = before.table(), after.table()
+    change = paired(np.array(before.rows["all"])[:, :2], np.array(after.rows["all"])[:, :2])
+    worse = [f"{k} {m}" for k in base for m in ("recall@5", "recall@10") if new[k][m] < base[k][m] - 1e-12]
+    return {"change_recall@10": change, "categories_worse": worse, "kept": not worse and change["lo"] > 0}
 
 
 def agreement(a: list[list[str]], b: list[list[str]]) -> dict[str, float]:
@@ -352,6 +370,7 @@ def main() -> None:
     ap.add_argument("--url", help="postgresql://… of a server with pgvector (default: a throwaway one)")
     ap.add_argument("--sweep", action="store_true", help="also evaluate the alternatives to the defaults")
     ap.add_argument("--no-reference", action="store_true", help="skip the sentence-transformers reference")
+    ap.add_argument("--runs", action="store_true", help="add each session with its own run_id")
     add_plot_options(ap)
     args = ap.parse_args()
     turns, questions, skipped = load(args.data)
@@ -382,7 +401,7 @@ def main() -> None:
             location = f"{args.url}{'&' if '?' in args.url else '?'}schema={schema}"
         m = stores[backend] = Memory(location, embedder=emb)
         t0 = time.perf_counter()
-        dia = dias[backend] = fill(m, turns)
+        dia = dias[backend] = fill(m, turns, args.runs)
         print(f"{backend}: stored in {time.perf_counter() - t0:.1f} s (embedding included)", flush=True)
         if backend == backends[0]:
             qvecs = emb.embed([q for _, q, _, _ in questions])  # cached: searches embed nothing new
@@ -391,7 +410,7 @@ def main() -> None:
         for mode in res:
             results[mode + label], timing[mode + label] = res[mode], tim[mode]
         if backend == "sqlite":  # the keyword context option (issue 23; SQLite only so far)
-            res, tim, context_rule = with_context(location, emb, questions, dia)
+            res, tim, context_rule, vector_rule = with_context(location, emb, questions, dia)
             results.update(res)
             timing.update(tim)
     m, dia = stores[backends[0]], dias[backends[0]]
@@ -424,13 +443,14 @@ def main() -> None:
         "ms_per_search": timing,
     }
     if "sqlite" in backends:
-        out["keyword_context"] = context_rule
-        c = context_rule["change_recall@10"]
-        print(
-            f"\nhybrid + context against hybrid: recall@10 {c['delta']:+.3f} [95% CI {c['lo']:+.3f},"
-            f" {c['hi']:+.3f}], questions up/down {c['up']}/{c['down']}; categories worse:"
-            f" {', '.join(context_rule['categories_worse']) or 'none'}; kept: {context_rule['kept']}"
-        )
+        out["keyword_context"], out["vector_context"] = context_rule, vector_rule
+        for name, rule in (("hybrid + context", context_rule), ("hybrid + both contexts", vector_rule)):
+            c = rule["change_recall@10"]
+            print(
+                f"\n{name} against hybrid: recall@10 {c['delta']:+.3f} [95% CI {c['lo']:+.3f},"
+                f" {c['hi']:+.3f}], questions up/down {c['up']}/{c['down']}; categories worse:"
+                f" {', '.join(rule['categories_worse']) or 'none'}; kept: {rule['kept']}"
+            )
     if len(backends) == 2:
         out["agreement"] = {
             mode: agreement(tops["sqlite"][mode], tops["postgres"][mode]) for mode in tops["sqlite"]

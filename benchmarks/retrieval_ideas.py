@@ -197,11 +197,19 @@ class Lab:
         return s.kw_cache[key]
 
 
-def fuse(cos: np.ndarray, kw: np.ndarray, w: float = hybrid.KEYWORD_WEIGHT, depth: int = DEPTH) -> np.ndarray:
+def fuse(
+    cos: np.ndarray,
+    kw: np.ndarray,
+    w: float = hybrid.KEYWORD_WEIGHT,
+    depth: int = DEPTH,
+    pick: np.ndarray | None = None,
+) -> np.ndarray:
     """``hybrid.fuse`` over the candidates it would see (a vector candidate outside the keyword
-    side's ``depth`` gets no keyword score, as there); the others score -inf."""
+    side's ``depth`` gets no keyword score, as there); the others score -inf. ``pick``: the
+    vector side's candidates are the best ``depth`` by it (-inf: never), not by ``cos``."""
     cand = np.zeros(len(cos), bool)
-    cand[np.lexsort((np.arange(len(cos)), -cos))[:depth]] = True
+    order = np.lexsort((np.arange(len(cos)), -(cos if pick is None else pick)))[:depth]
+    cand[order if pick is None else order[np.isfinite(pick[order])]] = True
     hit = np.flatnonzero(kw > 0)
     kw_cand = hit[np.lexsort((hit, -kw[hit]))[:depth]]
     cand[kw_cand] = True
@@ -385,11 +393,22 @@ def combined(
 
 
 def mean_context(
-    lab: Lab, before: int, after: int, session: bool, kw: dict[str, float], w: float = 1.0
+    lab: Lab,
+    before: int,
+    after: int,
+    session: bool,
+    kw: dict[str, float],
+    w: float = 1.0,
+    pool: int | None = None,
+    g: float = 0.0,
 ) -> Ranker:
     """A context vector that costs no model call: the normalised mean of the *stored* vectors of
     the turn's window; cosine = (cos(q, turn) + w · cos(q, context)) / (1 + w); keyword as
-    ``combined``."""
+    ``combined``. ``pool``: the vector side's candidates are the best ``DEPTH`` by that cosine
+    among the best ``pool`` by the turn's own cosine (the existing index, no second one; the
+    keyword side's candidates get theirs too); None: among every turn (a second index). ``g``:
+    neighbour smoothing on top (``smoothed``: + g × the best fused score of the turn's two
+    session neighbours)."""
     ctx: dict[str, np.ndarray] = {}
     for conv, ts in lab.raw.items():
         p, vecs = lab.pos[conv], lab.side("base").vecs[conv]
@@ -409,8 +428,19 @@ def mean_context(
             share * (x / (x.max() or 1))
             for share, x in ((s, lab.keyword(n, conv, terms)) for n, s in kw.items())
         )
-        cos = (lab.side("base").vecs[conv] @ lab.qv[i] + w * (ctx[conv] @ lab.qv[i])) / (1 + w)
-        return top(fuse(cos, k), cos)
+        own = lab.side("base").vecs[conv] @ lab.qv[i]
+        cos = (own + w * (ctx[conv] @ lab.qv[i])) / (1 + w)
+        if pool is None:
+            return top(fuse(cos, k), cos)
+        pick = np.full(len(cos), -np.inf)
+        first = np.lexsort((np.arange(len(own)), -own))[:pool]
+        pick[first] = cos[first]
+        fused = fuse(cos, k, pick=pick)
+        if g:
+            every = fuse(cos, k, depth=len(cos))
+            near = np.array([max((every[j] for j in n), default=0.0) for n in lab.neigh[conv]])
+            fused = np.where(np.isfinite(fused), fused + g * near, -np.inf)
+        return top(fused, cos)
 
     return rank
 
@@ -534,6 +564,25 @@ def ideas(lab: Lab) -> dict[str, Ranker]:
                     out[f"mean-vector context {win} ({bound}), w {w}; kw {kname}"] = mean_context(
                         lab, before, after, session, kw, w
                     )
+    for session in (True, False):  # issue 23 step 2: candidates from the existing index only
+        bound = "session" if session else "scope"
+        k_ = {"base": 1.0, f"context -2{'' if session else ' (scope)'}": 0.5}
+        for pool in (20, 64, 256):
+            for w in (0.5,) if pool != 256 else (0.3, 0.5, 0.7):
+                out[f"mean-vector context -2 ({bound}), w {w}; kw K; pool {pool}"] = mean_context(
+                    lab, 2, 0, session, k_, w, pool
+                )
+    k_ = {"base": 1.0, "context -2": 0.5}
+    for g in (0.1, 0.2):  # issue 23 step 2: anything cheap on top of the session mean vector
+        out[f"mean-vector context -2 (session), w 0.5; kw K; pool 20; smoothing {g}"] = mean_context(
+            lab, 2, 0, True, k_, 0.5, 20, g
+        )
+    out["mean-vector context -2 (session), w 0.5; kw K with the session date; pool 20"] = mean_context(
+        lab, 2, 0, True, {"date": 1.0, "context -2": 0.5}, 0.5, 20
+    )
+    out["mean-vector context -2 (session), w 0.5; kw K + 0.3·date; pool 20"] = mean_context(
+        lab, 2, 0, True, {**k_, "date": 0.3}, 0.5, 20
+    )
     for penalty in (0.05, 0.1, 0.2):
         out[f"diversity: MMR by word overlap, penalty {penalty}"] = diverse(lab, penalty)
     for share in (0.3, 0.6):

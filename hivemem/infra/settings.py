@@ -46,6 +46,12 @@ VARIABLES: tuple[Variable, ...] = (
         "keyword_context",
         "`1`: `Memory` searches also match each memory's neighbours (`keyword_context`; default `0`).",
     ),
+    Variable(
+        "HIVEMEM_VECTOR_CONTEXT",
+        "vector_context",
+        "`1`: hybrid searches also weigh the mean vector of each memory's neighbours (`vector_context`;"
+        " default `0`).",
+    ),
     Variable("OPENAI_API_KEY", "openai_api_key", "Used by the `openai` LLM provider at OpenAI's own URL."),
 )
 
@@ -72,6 +78,7 @@ class Settings:
     llm_model: str | None
     llm_api_key: str | None
     keyword_context: str | None
+    vector_context: str | None
     openai_api_key: str | None
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:

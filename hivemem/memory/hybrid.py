@@ -34,6 +34,18 @@ side also counts each memory's window, the memories just before it in its scope,
 best`` before the fusion divides by its best. On the LoCoMo development half it lifts every question category
 (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
 
+**Vector context** (``Storage.vector_context``, the ``vector_context`` option; issue 23): in hybrid
+mode each candidate's cosine is fused with that of its window's *mean vector*, the normalised mean
+of the stored vectors of the memory and the ``CONTEXT_BEFORE`` memories before it in its scope
+(the keyword context's window), costing no model call and nothing stored::
+
+    cos' = (cos + VECTOR_CONTEXT_SHARE × cos(q, mean)) / (1 + VECTOR_CONTEXT_SHARE)
+
+which then takes ``cos``'s place in the fusion (and in the tie-break); ``threshold`` still cuts on
+the memory's own cosine. Only the fusion's candidates get it (``Storage.window_scores``): on the
+LoCoMo development half that finds exactly what a second index over every mean would
+(benchmarks/retrieval_ideas.py, docs/memory.md).
+
 ``explain=True`` gives each hit the parts of its score (``score_details``, see ``explain``); it is
 computed only when asked, from the lists the fusion already holds.
 
@@ -57,6 +69,7 @@ if TYPE_CHECKING:
 MODES = ("hybrid", "vector", "keyword")
 KEYWORD_WEIGHT = 0.4
 CONTEXT_SHARE = 0.5  # the window's share of the keyword score when context is on (docs/memory.md)
+VECTOR_CONTEXT_SHARE = 0.5  # the window mean's share of the cosine with vector_context (docs/memory.md)
 MAX_TERMS = 32  # words of a query used for the keyword side (bounds the cost of a hostile query)
 MAX_TERM_CHARS = 64  # longer "words" are not words: skipped
 
@@ -95,13 +108,16 @@ def fuse(
     threshold: float | None,
     weight: float = KEYWORD_WEIGHT,
     explain: bool = False,
+    context: dict[str, float] | None = None,
+    context_weight: float = VECTOR_CONTEXT_SHARE,
 ) -> list[dict[str, Any]]:
     """The fusion rule of the module docstring, as a pure function.
 
     ``vector_hits`` carry their exact cosine as ``score``; ``keyword_hits`` their keyword score
     (> 0, higher is better, any scale); ``cosines`` holds the exact cosine of every keyword hit
-    that is not a vector hit. Returns at most ``top_k`` records (copies) with the fused ``score``
-    (and ``score_details`` when ``explain``).
+    that is not a vector hit; ``context`` (vector context on) the cosine of each candidate's
+    window mean, weighed by ``context_weight``. Returns at most ``top_k`` records (copies) with the
+    fused ``score`` (and ``score_details`` when ``explain``).
     """
     cos: dict[str, float] = {h["id"]: float(h["score"]) for h in vector_hits}
     records: dict[str, dict[str, Any]] = {h["id"]: h for h in vector_hits}
@@ -114,10 +130,14 @@ def fuse(
             cos[h["id"]] = float(cosines[h["id"]])
     divisor = 1 + weight if kw else 1.0  # no keyword hit at all: the score is the cosine (as Mem0)
     scored = []
+    vec: dict[str, float] = {}  # the vector side's part: the cosine, with context the mix
     for mid, c in cos.items():  # a keyword hit without a cosine (deleted meanwhile) drops out
         if threshold is not None and c < threshold:
             continue
-        scored.append(((c + weight * kw.get(mid, 0.0)) / divisor, c, mid))
+        v = vec[mid] = (
+            c if context is None else (c + context_weight * context.get(mid, c)) / (1 + context_weight)
+        )
+        scored.append(((v + weight * kw.get(mid, 0.0)) / divisor, v, mid))
     scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
     out = [{**records[mid], "score": s} for s, _, mid in scored[:top_k]]
     for r in out:
@@ -126,7 +146,7 @@ def fuse(
         vector_rank, keyword_rank = _ranks(vector_hits), _ranks(keyword_hits)
         raw = {h["id"]: float(h["score"]) for h in keyword_hits}
         parts = {h["id"]: h[KEYWORD_PARTS] for h in keyword_hits if KEYWORD_PARTS in h}
-        context = bool(parts)
+        windows = bool(parts)
         for r in out:
             mid = r["id"]
             r["score_details"] = {
@@ -138,8 +158,11 @@ def fuse(
                 "keyword_weight": weight if kw else 0.0,  # the weight this query's fusion applied
                 "fused": r["score"],
             }
-            if context:
+            if windows:
                 r["score_details"].update(_context_details(parts.get(mid)))
+            if context is not None:
+                r["score_details"]["context_cosine"] = context.get(mid)
+                r["score_details"]["vector_score"] = vec[mid]
     return out
 
 
@@ -176,25 +199,38 @@ def explain(hits: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return out
 
 
-def configure_context(option: bool | None, storage: Storage) -> None:
-    """Set ``storage.context``, the keyword context's share, for a ``Memory``: ``option``
-    (``keyword_context=``), or else ``$HIVEMEM_KEYWORD_CONTEXT`` (``1``/``0``), default off: it
-    lifted the development half of LoCoMo, and stays off until it has held on the held-out half
-    (docs/memory.md). A refused value closes ``storage`` (``Memory()`` fails whole)."""
+def configure_context(keyword: bool | None, vector: bool | None, storage: Storage) -> None:
+    """Set ``storage.context`` and ``storage.vector_context``, the shares of the keyword and the
+    vector context, for a ``Memory``: ``keyword`` / ``vector`` (``keyword_context=``,
+    ``vector_context=``), or else ``$HIVEMEM_KEYWORD_CONTEXT`` / ``$HIVEMEM_VECTOR_CONTEXT``
+    (``1``/``0``), default off: together they lifted the development half of LoCoMo, and stay off
+    until they have held on the held-out half (docs/memory.md). A refused value closes
+    ``storage`` (``Memory()`` fails whole)."""
     try:
-        if option is None:
-            text = (Settings.from_env().keyword_context or "0").lower()
-            if text not in ("0", "1", "true", "false", "on", "off", "yes", "no"):
-                raise ValueError(f"HIVEMEM_KEYWORD_CONTEXT must be 1 or 0, got {text[:40]!r}")
-            option = text in ("1", "true", "on", "yes")
-        if not isinstance(option, bool):
-            raise TypeError(f"keyword_context must be True or False, got {type(option).__name__}")
-        if option:
+        settings = Settings.from_env()
+        keyword = _option("keyword_context", keyword, settings.keyword_context)
+        vector = _option("vector_context", vector, settings.vector_context)
+        if keyword:
             storage.enable_context()
+        if vector:
+            storage.enable_vector_context()
     except BaseException:
         storage.close()
         raise
-    storage.context = CONTEXT_SHARE if option else 0.0
+    storage.context = CONTEXT_SHARE if keyword else 0.0
+    storage.vector_context = VECTOR_CONTEXT_SHARE if vector else 0.0
+
+
+def _option(name: str, option: bool | None, env: str | None) -> bool:
+    """A context option: given, or else from its environment variable (``HIVEMEM_`` + upper name)."""
+    if option is None:
+        text = (env or "0").lower()
+        if text not in ("0", "1", "true", "false", "on", "off", "yes", "no"):
+            raise ValueError(f"HIVEMEM_{name.upper()} must be 1 or 0, got {text[:40]!r}")
+        option = text in ("1", "true", "on", "yes")
+    if not isinstance(option, bool):
+        raise TypeError(f"{name} must be True or False, got {type(option).__name__}")
+    return option
 
 
 def has_keywords(storage: Any) -> bool:
@@ -235,7 +271,25 @@ def search(
         seen = {h["id"] for h in vector_hits}
         missing = [h["id"] for h in keyword_hits if h["id"] not in seen]
         cosines = storage.cosines(missing, vector) if missing else {}
-    return fuse(vector_hits, keyword_hits, cosines, top_k, threshold, explain=explain_scores)
+        context = None
+        if storage.vector_context:  # the candidates' window means (module docstring)
+            context = context_cosines(storage.window_scores([*seen, *missing], vector))
+    return fuse(
+        vector_hits,
+        keyword_hits,
+        cosines,
+        top_k,
+        threshold,
+        explain=explain_scores,
+        context=context,
+        context_weight=storage.vector_context,
+    )
+
+
+def context_cosines(windows: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """cos(q, normalised mean of the window's vectors) = Σ q·v / ‖Σ v‖ (``Storage.window_scores``);
+    0 for a window whose vectors sum to nothing."""
+    return {mid: dot / norm if norm > 0 else 0.0 for mid, (dot, norm) in windows.items()}
 
 
 def _strip(hit: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, 
 from hivemem.memory.storage.sqlcompile import unexpired
 
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "reranker", "history_db_path", "version"}
-_CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt", "keyword_context"}
+_CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt", "keyword_context", "vector_context"}
 
 
 # Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
@@ -145,6 +145,7 @@ class Memory:
         reranker: rr.Reranker | dict[str, Any] | None = None,
         llm: dict[str, Any] | FactExtractor | None = None,
         keyword_context: bool | None = None,
+        vector_context: bool | None = None,
     ) -> None:
         # a Reranker object, or Mem0's {"provider": "llm", "config": …} (ours to close)
         self._reranker, self._owns_reranker = rr.resolve(reranker)
@@ -152,7 +153,7 @@ class Memory:
         self.location = str(where)  # for messages; a PostgreSQL password is never shown
         self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
         self._storage = open_storage(where)
-        hybrid.configure_context(keyword_context, self._storage)
+        hybrid.configure_context(keyword_context, vector_context, self._storage)
         # Concurrent adds joined into groups (grouping.Combiner) where the storage commits groups as one
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
         grouped = self._storage.capabilities.group_commit
@@ -206,6 +207,7 @@ class Memory:
             llm=config_dict.get("llm"),
             reranker=config_dict.get("reranker"),
             keyword_context=config_dict.get("keyword_context"),
+            vector_context=config_dict.get("vector_context"),
         )
         memory._prompts = {
             k: config_dict.get(k) for k in ("custom_instructions", "custom_fact_extraction_prompt")

@@ -25,6 +25,10 @@ re-implemented by a backend):
   the backend stems them as it stems the text, and treats each one as a literal (quoted) word,
   never as query syntax. The keyword index is updated in the same transaction as the row.
 * ``cosines(ids, vector)`` — the exact cosine of the given memories (unknown ids are left out).
+* ``window_scores(ids, vector)`` — for the vector context (``hybrid.context_cosines``): per memory,
+  over its window (it and the ``fts.CONTEXT_BEFORE`` memories stored just before it in its exact
+  scope), the sum of the inner products of ``vector`` with their stored vectors and the norm of
+  their sum, read from the rows as they are (nothing derived is stored).
 * ``snapshot()`` — a context manager under which the calls above see one committed state
   (SQLite: one read transaction; PostgreSQL: one REPEATABLE READ transaction). Re-entrant.
 
@@ -81,6 +85,25 @@ class Change:
     metadata: str | None = None
     expires: bool = False
     expires_at: str | None = None
+
+
+def window_sums(
+    names: builtins.list[str], vecs: np.ndarray, vector: np.ndarray
+) -> dict[str, tuple[float, float]]:
+    """``window_scores`` from the window members' vectors, one row each, grouped by memory (each
+    memory's rows consecutive, itself first, then the older ones: the same order on every backend)."""
+    dots = vecs @ np.asarray(vector, dtype=np.float32)
+    out: dict[str, tuple[float, float]] = {}
+    start = 0
+    for end in range(1, len(names) + 1):
+        if end == len(names) or names[end] != names[start]:
+            total = vecs[start:end].astype(np.float64).sum(axis=0)
+            out[names[start]] = (
+                float(dots[start:end].astype(np.float64).sum()),
+                float(np.linalg.norm(total)),
+            )
+            start = end
+    return out
 
 
 # A keyword hit's raw (body, context) scores with keyword_search(..., context > 0); hybrid pops it
@@ -156,6 +179,7 @@ class Storage(abc.ABC):
     _memories: str  # the tables, as the backend's SQL names them
     _history: str
     context: float = 0.0  # keyword_search's share for each memory's window (hybrid.configure_context)
+    vector_context: float = 0.0  # hybrid's share for each window's mean vector (hybrid.configure_context)
 
     # -- the backend's own ---------------------------------------------------------------------
 
@@ -163,6 +187,15 @@ class Storage(abc.ABC):
     def enable_context(self) -> None:
         """Make (and fill) the keyword context index (SQLite ``fts.py``, PostgreSQL ``pgcontext.py``)
         if the store has none: from then on every write keeps it."""
+
+    @abc.abstractmethod
+    def enable_vector_context(self) -> None:
+        """Make the ``(scope, rid)`` index ``window_scores`` reads windows by, if the store has none."""
+
+    @abc.abstractmethod
+    def window_scores(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, tuple[float, float]]:
+        """Per memory of ``ids`` (unknown ids left out): ``(Σ vector·v, ‖Σ v‖)`` over the stored
+        vectors ``v`` of its window (module docstring; ``window_sums``)."""
 
     @abc.abstractmethod
     def _transact(self, body: Callable[[WriteTx], T]) -> T:

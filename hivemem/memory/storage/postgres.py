@@ -49,7 +49,8 @@ from hivemem.errors import PgVectorMissing
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import pgarrays, pgcontext, pgindex, pgkeyword, pgwrite, rows
-from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx
+from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx, window_sums
+from hivemem.memory.storage.fts import CONTEXT_BEFORE
 from hivemem.memory.storage.locate import SEARCH_MODES, PostgresLocation, redact
 from hivemem.memory.storage.pgcompile import PgDialect
 from hivemem.memory.storage.pgschema import LAYOUT, LOCK_KEY, PgSchema, session_lock
@@ -204,6 +205,16 @@ class PostgresStorage(Storage):
                 return  # no DDL: a read of meta
             with session_lock(conn, self.schema), conn.transaction():
                 pgcontext.install(conn, self._ns, self.schema)
+
+    def enable_vector_context(self) -> None:
+        """The ``(scope, rid)`` index windows are read by (as ``pgcontext``'s), under the schema's lock."""
+        with self._pool.connection() as conn:
+            if conn.execute("SELECT to_regclass(%s)", [f"{self._ns}.memories_scope_rid"]).fetchone()[0]:
+                return  # a read: no lock at each open
+            with session_lock(conn, self.schema), conn.transaction():
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS memories_scope_rid ON {self._ns}.memories (scope, rid)"
+                )
 
     # -- model ---------------------------------------------------------------------------------
 
@@ -450,6 +461,25 @@ class PostgresStorage(Storage):
                 f"SELECT id, (vec <#> %b) FROM {self._ns}.memories WHERE id = ANY(%s::text[])", [q, ids]
             ).fetchall()
         return {mid: -float(score) for mid, score in rows}
+
+    def window_scores(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, tuple[float, float]]:
+        """The window members' vectors (binary, pgvector's ``Vector``), scored by the same code as
+        SQLite's (``window_sums``)."""
+        if not ids or self._model is None:
+            return {}
+        with self._read() as conn:
+            found = conn.execute(
+                f"SELECT m.id, w.vec FROM {self._ns}.memories m CROSS JOIN LATERAL (SELECT x.rid, x.vec"
+                f" FROM {self._ns}.memories x WHERE x.scope = m.scope AND x.rid <= m.rid"
+                f" ORDER BY x.rid DESC LIMIT {CONTEXT_BEFORE + 1}) w"
+                " WHERE m.id = ANY(%s::text[]) ORDER BY m.rid, w.rid DESC",
+                [ids],
+                binary=True,
+            ).fetchall()
+        if not found:
+            return {}
+        vecs = np.stack([v.to_numpy() for _, v in found]).astype(np.float32, copy=False)
+        return window_sums([r[0] for r in found], vecs, vector)
 
     def close(self) -> None:
         self._pool.close()

@@ -44,7 +44,7 @@ from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import fts, rows, sqlwrite
-from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx
+from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx, window_sums
 from hivemem.memory.storage.sqlcompile import SQLITE
 from hivemem.memory.storage.vectorindex import SharedIndex, StoreState, read_state
 
@@ -97,6 +97,17 @@ _COSINES = (
     "SELECT json_group_array(id), CAST(group_concat(vec, '') AS BLOB) FROM"
     " (SELECT id, vec FROM memories WHERE id IN (SELECT value FROM json_each(?)))"
 )
+# Each memory's window (it and the fts.CONTEXT_BEFORE rows before it in its scope), one row per
+# member, as ONE result row (see _RECORDS), by the (scope, rid) index ``enable_vector_context`` makes
+# (named: the planner preferred UNIQUE (scope, hash) and sorted the whole scope for each memory)
+_WINDOWS = (
+    "SELECT json_group_array(id), CAST(group_concat(vec, '') AS BLOB) FROM"
+    " (SELECT m.id AS id, w.vec AS vec FROM memories m JOIN memories w ON w.rid IN"
+    " (SELECT x.rid FROM memories x INDEXED BY memories_scope_rid WHERE x.scope = m.scope AND x.rid <= m.rid"
+    f" ORDER BY x.rid DESC LIMIT {fts.CONTEXT_BEFORE + 1})"
+    " WHERE m.id IN (SELECT value FROM json_each(?)) ORDER BY m.rid, w.rid DESC)"
+)
+SCOPE_RID_INDEX = "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)"  # as fts's
 _BUSY_MS = 60_000
 _log = logging.getLogger("hivemem.memory")
 
@@ -223,6 +234,22 @@ class SQLiteStorage(Storage):
         self._opening(lambda: step(lambda db: fts.ensure_context(db, create)))
         while pending[0]:
             self._opening(lambda: step(fts.backfill_context))
+
+    def enable_vector_context(self) -> None:
+        db = self._db()
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_scope_rid'").fetchone():
+            return  # a read: no write at each open
+
+        def create() -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(SCOPE_RID_INDEX)
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback(db)
+                raise
+
+        self._opening(create)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -491,6 +518,15 @@ class SQLiteStorage(Storage):
         vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(names), -1)
         scores = vecs @ np.asarray(vector, dtype=np.float32)
         return dict(zip(names, scores.tolist(), strict=True))
+
+    def window_scores(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, tuple[float, float]]:
+        if not ids:
+            return {}
+        found, blob = self._db().execute(_WINDOWS, (json.dumps(ids),)).fetchone()
+        names: builtins.list[str] = json.loads(found)
+        if not names:
+            return {}
+        return window_sums(names, np.frombuffer(blob, dtype=np.float32).reshape(len(names), -1), vector)
 
     def close(self) -> None:
         self._conns.close()

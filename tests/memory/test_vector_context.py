@@ -1,0 +1,252 @@
+"""Vector context (issue 23): in hybrid search each candidate's cosine is fused with that of the
+normalised mean of the stored vectors of its window (it and the ``CONTEXT_BEFORE`` memories just
+before it in its exact scope; ``hybrid.context_cosines``, ``Storage.window_scores``). These tests
+measure storage and the fusion's arithmetic, not ranking quality, so they use the hash embedder
+(NOT a model; ``tests/hash_embedder.py``) and run in the fast set; the recall it buys is measured
+by ``benchmarks/retrieval.py`` on LoCoMo with the real model.
+
+Nothing derived is stored: each window is read from the rows as they are at search time. So the
+tests check that what a search reads equals a rebuild from scratch computed here in Python (from
+each memory's text, its scope and its insertion order) after any sequence of writes, that a
+window never crosses scopes, and that both backends rank alike.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hash_embedder import HashEmbedder
+
+from hivemem import Memory
+from hivemem.memory import hybrid
+from hivemem.memory.storage import fts
+
+pytestmark = pytest.mark.fast
+EMB = HashEmbedder()
+
+
+def rebuilt(m: Memory, query: np.ndarray) -> dict[str, float]:
+    """cos(query, normalised mean of the window) of every memory, from scratch: the memory and the
+    ``CONTEXT_BEFORE`` memories before it in its (user, agent, run) scope, in insertion order;
+    each vector is the hash embedder's of the stored text."""
+    by_scope: dict[tuple[Any, ...], list[np.ndarray]] = {}
+    out = {}
+    for r in m._storage.list(None, 100_000):  # in insertion order (rid)
+        mine = by_scope.setdefault((r.get("user_id"), r.get("agent_id"), r.get("run_id")), [])
+        mine.append(EMB.embed_one(r["memory"]).astype(np.float64))
+        mean = np.sum(mine[-(fts.CONTEXT_BEFORE + 1) :], axis=0)
+        out[r["id"]] = float(mean @ query / np.linalg.norm(mean))
+    return out
+
+
+def read(m: Memory, query: np.ndarray) -> dict[str, float]:
+    """What a search reads: ``window_scores`` of every memory, as ``hybrid.context_cosines``."""
+    ids = [r["id"] for r in m._storage.list(None, 100_000)]
+    with m._storage.snapshot():
+        return hybrid.context_cosines(m._storage.window_scores(ids, query))
+
+
+def same(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+
+@pytest.mark.parametrize("seed", [23, 24])
+def test_random_writes_give_windows_equal_to_a_rebuild(location: str, seed: int, tmp_path: Path) -> None:
+    """Adds, batches, updates, deletes, batch updates and deletes, delete_all, an import and a purge
+    of expired memories, in three scopes (user a, user b, user a's run r1) in random order: after
+    every step each memory's window cosine equals the rebuild's (both backends)."""
+    from hivemem.memory.transfer import export_lines, import_lines
+
+    m = Memory(location, embedder=EMB, vector_context=True)
+    scopes: list[dict[str, str]] = [{"user_id": "a"}, {"user_id": "b"}, {"user_id": "a", "run_id": "r1"}]
+    rng = random.Random(seed)
+    query = EMB.embed_one("the query")
+    ids: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    n = 0
+    for step in range(80):
+        s = rng.randrange(3)
+        op = rng.choice(["add", "batch", "batch", "update", "delete", "batch_update", "batch_delete", "all"])
+        mine = ids[s]
+        if op == "add" or (not mine and op != "batch"):
+            n += 1
+            mine.append(m.add(f"note {n}", **scopes[s])["results"][0]["id"])
+        elif op == "batch":
+            texts = [f"note {n + i} batch {step}" for i in range(1, rng.randint(2, 6))]
+            n += len(texts)
+            mine += [r["id"] for r in m.add_batch([{"messages": t, **scopes[s]} for t in texts])["results"]]
+        elif op == "update":
+            n += 1
+            m.update(rng.choice(mine), f"rewritten {n}")
+        elif op == "delete":
+            m.delete(mine.pop(rng.randrange(len(mine))))
+        elif op == "batch_update":
+            chosen = rng.sample(mine, min(len(mine), 3))
+            m.batch_update([{"memory_id": i, "text": f"batch rewrite {n} {j}"} for j, i in enumerate(chosen)])
+            n += 1
+        elif op == "batch_delete":
+            chosen = rng.sample(mine, min(len(mine), 2))
+            m.batch_delete([{"memory_id": i} for i in chosen])
+            ids[s] = [i for i in mine if i not in chosen]
+        elif rng.random() < 0.3:
+            m.delete_all(**scopes[s])
+            ids[s] = []
+            if s == 0:  # user a without run_id also holds the run's memories
+                ids[2] = []
+        assert same(read(m, query), rebuilt(m, query)), f"step {step}: {op} in scope {scopes[s]}"
+    source = Memory(tmp_path / "source.sqlite", embedder=EMB)
+    source.add_batch([{"messages": f"imported {i}", "user_id": "a" if i % 2 else "b"} for i in range(12)])
+    source.add_batch([{"messages": f"short lived {i}", "user_id": "a", "expiration_date": "2001-01-01"}
+                      for i in range(4)])  # fmt: skip
+    import_lines(m, list(export_lines(source)), batch=5)
+    assert same(read(m, query), rebuilt(m, query))
+    assert m.purge_expired() == 4
+    final = rebuilt(m, query)
+    assert same(read(m, query), final) and len(final) > 20
+    source.close()
+    m.close()
+
+
+def test_a_window_never_crosses_scopes(location: str) -> None:
+    """Two users and a run of one of them, interleaved: the query is exactly bob's text, and the
+    memory stored right after it is alice's (or alice's run's). Its window holds only its own
+    scope's memories, so bob's vector never lifts it: its context cosine is the rebuild's, and
+    far from the ~0.6 that bob's vector in its window would give."""
+    m = Memory(location, embedder=EMB, vector_context=True)
+    for i in range(4):
+        m.add(f"alice note {i}", user_id="alice")
+        m.add(f"bob secret {i}", user_id="bob")
+        m.add(f"alice run note {i}", user_id="alice", run_id="r")
+    query = EMB.embed_one("bob secret 2")
+    got, want = read(m, query), rebuilt(m, query)
+    assert same(got, want)
+    after = next(r["id"] for r in m._storage.list(None, 100) if r["memory"] == "alice run note 2")
+    assert abs(got[after]) < 0.45  # the hash vectors of other texts are nearly orthogonal to bob's
+    bob_next = next(r["id"] for r in m._storage.list(None, 100) if r["memory"] == "bob secret 3")
+    assert got[bob_next] > 0.45  # in bob's own scope the window does hold it
+    m.close()
+
+
+def test_the_memory_after_a_match_ranks_up_and_explain_shows_why(location: str) -> None:
+    """The query is the text of memory P; Q is stored right after P in the scope. With the option,
+    Q's cosine is mixed with its window's (P's vector in it), so Q ranks higher than without, and
+    every hit's ``score_details`` gives ``context_cosine`` (the rebuild's) and ``vector_score`` =
+    (cosine + 0.5 × context) / 1.5, from which ``fused`` is computed and the order follows.
+    Without the option: no such keys. (Fails on the old code: no ``vector_context``.)"""
+    texts = (
+        [f"filler {i}" for i in range(8)] + ["zebra lamp", "quiet harbor"] + [f"tail {i}" for i in range(8)]
+    )
+    everything = len(texts)
+    with Memory(location, embedder=EMB) as m:
+        m.add_batch([{"messages": t, "user_id": "u"} for t in texts])
+        plain = m.search("zebra lamp", user_id="u", top_k=everything, explain=True)["results"]
+        assert "context_cosine" not in plain[0]["score_details"]
+    with Memory(location, embedder=EMB, vector_context=True) as m:
+        hits = m.search("zebra lamp", user_id="u", top_k=everything, explain=True)["results"]
+        order = [h["memory"] for h in hits]
+        assert order[0] == "zebra lamp"
+        assert order.index("quiet harbor") < [h["memory"] for h in plain].index("quiet harbor")
+        want = rebuilt(m, EMB.embed_one("zebra lamp"))
+        for h in hits:
+            d = h["score_details"]
+            assert d["context_cosine"] == pytest.approx(want[h["id"]], abs=1e-5)
+            assert d["vector_score"] == pytest.approx((d["cosine"] + 0.5 * d["context_cosine"]) / 1.5)
+            w = d["keyword_weight"]
+            assert h["score"] == pytest.approx((d["vector_score"] + w * d["keyword_normalized"]) / (1 + w))
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+        q = next(h for h in hits if h["memory"] == "quiet harbor")["score_details"]
+        assert q["keyword_normalized"] == 0 and q["context_cosine"] > q["cosine"] + 0.3
+        # threshold keeps its meaning: a cut on the memory's own cosine, not on the mix
+        cut = m.search("zebra lamp", user_id="u", top_k=5, threshold=0.9)["results"]
+        assert [h["memory"] for h in cut] == ["zebra lamp"]
+        vector_mode = m.search("zebra lamp", user_id="u", top_k=2, mode="vector", explain=True)["results"]
+        assert "context_cosine" not in vector_mode[0]["score_details"]  # hybrid only
+
+
+def test_the_option_and_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.sqlite"
+    monkeypatch.setenv("HIVEMEM_VECTOR_CONTEXT", "1")
+    with Memory(path, embedder=EMB) as m:
+        assert m._storage.vector_context == hybrid.VECTOR_CONTEXT_SHARE
+    with Memory(path, embedder=EMB, vector_context=False) as m:
+        assert m._storage.vector_context == 0
+    monkeypatch.setenv("HIVEMEM_VECTOR_CONTEXT", "maybe")
+    with pytest.raises(ValueError, match="HIVEMEM_VECTOR_CONTEXT must be 1 or 0"):
+        Memory(path, embedder=EMB)
+    monkeypatch.delenv("HIVEMEM_VECTOR_CONTEXT")
+    with pytest.raises(TypeError, match="vector_context must be True or False"):
+        Memory(path, embedder=EMB, vector_context="yes")  # type: ignore[arg-type]
+    with Memory.from_config({"path": str(path), "vector_context": True}) as m:
+        assert m._storage.vector_context == hybrid.VECTOR_CONTEXT_SHARE
+
+
+def test_sqlite_reads_windows_by_the_scope_index(tmp_path: Path) -> None:
+    """The option makes the (scope, rid) index once, and the window read seeks it: its cost does
+    not grow with the scope (a read of the whole scope per candidate would)."""
+    from hivemem.memory.storage import sqlite as sqlite_storage
+
+    path = tmp_path / "m.sqlite"
+    Memory(path, embedder=EMB).close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_scope_rid'").fetchone() is None
+    Memory(path, embedder=EMB, vector_context=True).close()
+    plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN " + sqlite_storage._WINDOWS, ("[]",)))
+    assert "memories_scope_rid" in plan, plan
+    db.close()
+
+
+def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callable[[], str]) -> None:
+    """The same rows on SQLite and PostgreSQL, searched with both contexts on: the same memories in
+    the same order, with the same scores and context cosines (words both stemmers stem alike)."""
+    talk = [
+        ("u", "r1", "Melanie painted a sunrise over the lake"),
+        ("u", "r1", "Caroline asked where she painted it"),
+        ("u", "r1", "Melanie said at the lake near her home"),
+        ("u", "r1", "They talked about the pottery class"),
+        ("u", "r2", "Caroline went hiking in the mountains"),
+        ("u", "r2", "Melanie asked about the weather there"),
+        ("u", "r2", "It rained the whole weekend"),
+        ("v", "r1", "Another user painted the lake too"),
+        ("u", "r1", "Caroline joined the pottery class later"),
+        ("u", "r1", "The class meets every Tuesday at the lake house"),
+    ]
+    places = [str(tmp_path / "m.sqlite"), pg_url()]
+    stores = [Memory(place, embedder=EMB, keyword_context=True, vector_context=True) for place in places]
+    for m in stores:
+        m.add_batch([{"messages": t, "user_id": u, "run_id": r, "metadata": {"n": i}}
+                     for i, (u, r, t) in enumerate(talk)])  # fmt: skip
+        m.update(m.get_all(user_id="u", run_id="r2")["results"][0]["id"], "Caroline went hiking by the lake")
+    searches: list[dict[str, Any]] = [
+        {"query": "lake", "user_id": "u", "run_id": "r1"},
+        {"query": "lake pottery", "user_id": "u"},
+        {"query": "painted lake", "user_id": "u", "filters": {"n": {"gte": 2}}},
+        {"query": "weather weekend", "user_id": "u", "run_id": "r2"},
+        {"query": "Tuesday sunrise"},
+    ]
+    for args in searches:
+        found = []
+        for m in stores:
+            hits = m.search(**args, explain=True)["results"]
+            found.append([(h["memory"], round(h["score"], 5), round(h["score_details"]["context_cosine"], 5))
+                          for h in hits])  # fmt: skip
+        assert found[0] == found[1] and len(found[0]) >= 2, args
+    for m in stores:
+        m.close()
+
+
+def test_reset_then_writes_keep_the_windows(location: str) -> None:
+    """``reset`` (SQLite: rows deleted; PostgreSQL: tables truncated, the vector column dropped and
+    made again) keeps the (scope, rid) index the windows are read by: later searches still work
+    and still equal the rebuild."""
+    with Memory(location, embedder=EMB, vector_context=True) as m:
+        m.add_batch([{"messages": f"before {i}", "user_id": "u"} for i in range(5)])
+        m.reset()
+        m.add_batch([{"messages": f"after {i}", "user_id": "u"} for i in range(5)])
+        query = EMB.embed_one("after 2")
+        assert same(read(m, query), rebuilt(m, query)) and len(rebuilt(m, query)) == 5
+        assert m.search("after 2", user_id="u", top_k=1)["results"][0]["memory"] == "after 2"
