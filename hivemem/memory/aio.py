@@ -27,8 +27,18 @@ class AsyncMemory:
         embedder_config: dict[str, Any] | None = None,
         reranker: Reranker | None = None,
         llm: Any = None,
+        keyword_context: bool | None = None,
+        vector_context: bool | None = None,
     ) -> None:
-        self.sync = Memory(path, embedder, embedder_config=embedder_config, reranker=reranker, llm=llm)
+        self.sync = Memory(
+            path,
+            embedder,
+            embedder_config=embedder_config,
+            reranker=reranker,
+            llm=llm,
+            keyword_context=keyword_context,
+            vector_context=vector_context,
+        )
 
     @classmethod
     def from_config(cls, config_dict: dict[str, Any]) -> AsyncMemory:

@@ -250,3 +250,18 @@ def test_reset_then_writes_keep_the_windows(location: str) -> None:
         query = EMB.embed_one("after 2")
         assert same(read(m, query), rebuilt(m, query)) and len(rebuilt(m, query)) == 5
         assert m.search("after 2", user_id="u", top_k=1)["results"][0]["memory"] == "after 2"
+
+
+def test_async_memory_takes_both_context_options(tmp_path: Path) -> None:
+    """``AsyncMemory`` has ``Memory``'s arguments: both context options reach the storage. (Failed
+    before: ``AsyncMemory`` took neither and raised TypeError.)"""
+    import asyncio
+
+    from hivemem import AsyncMemory
+
+    async def main() -> tuple[float, float]:
+        async with AsyncMemory(tmp_path / "a.sqlite", EMB, keyword_context=True, vector_context=True) as am:
+            return am.sync._storage.vector_context, am.sync._storage.context
+
+    share, keyword = asyncio.run(main())
+    assert share == hybrid.VECTOR_CONTEXT_SHARE and keyword == hybrid.CONTEXT_SHARE
