@@ -16,6 +16,7 @@ queue's worker hands a batch's results back to each event loop with one wake-up,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import Sequence
@@ -452,7 +453,7 @@ class _Inboxes:
             self._wake(loop)
 
     def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody awaits there
             loop.call_soon_threadsafe(self._drain, loop)
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:

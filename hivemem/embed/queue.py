@@ -257,7 +257,10 @@ class MicroBatcher:
 
     def _handed(self) -> None:
         if self._on_handed is not None:
-            self._on_handed()
+            try:
+                self._on_handed()
+            except Exception:  # the worker must survive it: every later caller depends on it
+                log.exception("hivemem: on_handed failed after a batch (its callers have their outcomes)")
 
     @property
     def thread(self) -> threading.Thread:

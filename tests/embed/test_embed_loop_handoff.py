@@ -108,3 +108,19 @@ def test_an_error_reaches_the_awaiting_call() -> None:
 
     with Embedder(Failing(), cache=False) as emb, pytest.raises(RuntimeError, match="the backend broke"):
         asyncio.run(emb.aembed(["x"]))
+
+
+def test_a_result_for_a_closed_loop_leaves_the_queue_working() -> None:
+    """Waking a loop that closed meanwhile raises in ``call_soon_threadsafe``; on the worker
+    thread that would have ended the queue for every later caller."""
+    backend = _GatedHash()
+    with Embedder(backend, cache=False) as emb:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(emb.aembed(["orphan"]))
+        loop.run_until_complete(asyncio.sleep(0.05))  # the call is in the worker's hands
+        assert backend.started.wait(30)
+        loop.close()  # with the call still pending
+        backend.release.set()
+        assert emb.embed(["after"]).shape == (1, HashEmbedder.dim)
+        assert emb._queue is not None and emb._queue.thread.is_alive()
+    del task
