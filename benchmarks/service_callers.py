@@ -8,7 +8,9 @@ one at a time through ``hivemem.connect()`` (distinct texts, fresh cache: the se
 every one), all released at once from a barrier; then the tree's in-process ``embed`` of the same
 number of texts in one call (the engine's batch rate, the issue-25 ratio's denominator). Besides
 texts/s it reads the service's CPU time (``/proc/PID/stat``) over the run: CPU per text is much
-less sensitive to a shared machine's load than wall time. And a lone client's latency: 200
+less sensitive to a shared machine's load than wall time; the same for the W workers together (a
+worker's own CPU per call competes with the model for the cores). The service's PSS right after
+the last reply (busy) and after the workers exited. And a lone client's latency: 200
 single texts one after another, p50. ``--cached``: every text is in the cache file before the
 service starts (its in-process LRU is empty), so no model runs and the figures are the service's
 own cost per request: framing, the event loop, the cache lookup. Prints a table (medians over
@@ -101,12 +103,15 @@ def one_round(
             for p in procs:
                 assert p.stdout is not None and p.stdout.readline().strip() == "ready"
             cpu0, start = cpu_s(service.pid), time.time()
+            client_cpu0 = sum(cpu_s(p.pid) for p in procs)
             for p in procs:
                 assert p.stdin is not None
                 p.stdin.write("go\n")
                 p.stdin.flush()
             done = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
             out["service_cpu_ms_per_text"] = (cpu_s(service.pid) - cpu0) * 1000 / (w * n)
+            out["client_cpu_ms_per_text"] = (sum(cpu_s(p.pid) for p in procs) - client_cpu0) * 1000 / (w * n)
+            out["service_pss_busy_mb"] = _pss_mb(service.pid)  # right after the last reply
             out["texts_per_s"] = w * n / (max(d["end"] for d in done) - start)
             out["p50_ms"] = statistics.median(t for d in done for t in d["times"]) * 1000
             for p in procs:
@@ -154,8 +159,8 @@ _BATCH = (
     "t = sentences({total}, seed={seed})\ne = hivemem.Embedder(cache=False)\ne.embed(t[:64])\n"
     "s = time.perf_counter()\ne.embed(t)\nprint(len(t) / (time.perf_counter() - s))\n"
 )
-KEYS = ("texts_per_s", "batch_texts_per_s", "ratio", "service_cpu_ms_per_text", "p50_ms", "lone_p50_ms",
-        "service_pss_mb")  # fmt: skip
+KEYS = ("texts_per_s", "batch_texts_per_s", "ratio", "service_cpu_ms_per_text", "client_cpu_ms_per_text",
+        "p50_ms", "lone_p50_ms", "service_pss_busy_mb", "service_pss_mb")  # fmt: skip
 
 
 def main() -> None:

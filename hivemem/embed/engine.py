@@ -9,13 +9,16 @@ Path of a call: validate → cache (in-process LRU, then the machine-wide SQLite
 micro-batching queue for the misses → backend. Results are stored in the cache by the queue's
 worker after the callers have them. ``aembed`` never blocks its event loop: it checks the
 in-process LRU on the loop (no I/O) and reads the SQLite file (and the shared tier) in a thread,
-one thread hop and one query for all the requests that missed in the same turn of the loop.
+one thread hop and one query for all the requests that missed in the same turn of the loop; the
+queue's worker hands a batch's results back to each event loop with one wake-up, not one per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -146,6 +149,7 @@ class Embedder:
         self._queue: MicroBatcher | None = None
         self._lock: threading.Lock | None = None
         self._disk = _DiskLookups(self)
+        self._inbox = _Inboxes()
         if batching:
             self._queue = MicroBatcher(
                 self._encode_batch,
@@ -153,7 +157,9 @@ class Embedder:
                 max_wait_ms=max_wait_ms,
                 max_pending=max_pending,
                 on_batch=self._store if self.cache is not None else None,
+                on_handed=self._inbox.flush,
             )
+            self._inbox.worker = self._queue.thread
         else:
             self._lock = threading.Lock()
 
@@ -202,7 +208,7 @@ class Embedder:
             return self._none()
         if self._queue is None:
             return (await asyncio.to_thread(self._embed_direct, items))[0]
-        vectors: np.ndarray = await asyncio.wrap_future(self._fill(items, *await self._alookup(items)))
+        vectors: np.ndarray = await self._inbox.wait(self._fill(items, *await self._alookup(items)))
         return vectors
 
     async def aembed_one(self, text: str) -> np.ndarray:
@@ -223,7 +229,7 @@ class Embedder:
         missed = set(todo)
         hits = [t for i, t in enumerate(items) if i not in missed]
         tokens = await asyncio.to_thread(self.count_tokens, hits) if hits else 0
-        vectors, counted = await asyncio.wrap_future(computed)
+        vectors, counted = await self._inbox.wait(computed)
         if counted is None:  # a backend that does not count: count its texts here
             counted = await asyncio.to_thread(self.count_tokens, [items[i] for i in todo])
         return vectors, tokens + counted
@@ -393,6 +399,75 @@ class _DiskLookups:
                     done.set_result(None)
 
         work.add_done_callback(settle)
+
+
+class _Inboxes:
+    """``aembed``'s results on their way from the queue's worker thread to the event loops.
+
+    ``asyncio.wrap_future`` costs one ``call_soon_threadsafe`` per call — a wake-up of the loop
+    (a write to its self-pipe) from the worker, and the loop, woken, takes the GIL from the
+    worker between two calls' hand-outs: 25 per batch when 25 service clients share it. Here the
+    worker's results wait until the batch is handed out (the queue's ``on_handed``: ``flush``),
+    then each loop is woken once for all of them. A result completed on any other thread wakes its
+    loop at once. Cancelling the awaiting task cancels the call's ``Future`` (a call not yet in a
+    batch is never computed), as with ``wrap_future``.
+    """
+
+    def __init__(self) -> None:
+        self.worker: threading.Thread | None = None  # whose results wait for ``flush``
+        self._lock = threading.Lock()
+        self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._waiting: list[asyncio.AbstractEventLoop] = []  # loops with results, not yet woken
+
+    async def wait(self, source: Future[Any]) -> Any:
+        """``await asyncio.wrap_future(source)``, woken as described above."""
+        if source.done():
+            return source.result()
+        loop = asyncio.get_running_loop()
+        target: asyncio.Future[Any] = loop.create_future()
+        source.add_done_callback(lambda f: self._post(loop, target, f))
+        target.add_done_callback(lambda t: source.cancel() if t.cancelled() else None)
+        return await target
+
+    def _post(
+        self, loop: asyncio.AbstractEventLoop, target: asyncio.Future[Any], source: Future[Any]
+    ) -> None:
+        with self._lock:
+            inbox = self._inboxes.setdefault(loop, [])
+            first = not inbox
+            inbox.append((target, source))
+            if not first:
+                return  # a wake-up for this loop is on its way (or waits for ``flush``)
+            if threading.current_thread() is self.worker:
+                self._waiting.append(loop)
+                return
+        self._wake(loop)
+
+    def flush(self) -> None:
+        """Wake every loop that has results from the batch just handed out (worker thread)."""
+        with self._lock:
+            loops, self._waiting = self._waiting, []
+        for loop in loops:
+            self._wake(loop)
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody awaits there
+            loop.call_soon_threadsafe(self._drain, loop)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            inbox = self._inboxes.pop(loop, [])
+        for target, source in inbox:
+            if target.done():  # its task was cancelled meanwhile
+                continue
+            if source.cancelled():
+                target.cancel()
+            elif (error := source.exception()) is not None:
+                target.set_exception(error)
+            else:
+                target.set_result(source.result())
 
 
 def _counters(source: object, *names: str) -> dict[str, Any]:

@@ -65,6 +65,8 @@ class MicroBatcher:
 
     ``on_batch(texts, vectors)`` runs on the worker thread after callers have their results
     (the engine uses it to fill the cache without adding to anyone's latency).
+    ``on_handed()`` runs on the worker thread once a batch's callers have their outcomes, before
+    ``on_batch`` (the engine wakes each event loop once per batch then, not once per call).
     ``alone_on_failure``: when a batch of several calls fails, run each call by itself
     (``grouping.each_alone``), so that one bad input fails its own call only; off where a failure
     is not the inputs' (a remote host that is down would be asked once per call).
@@ -78,6 +80,7 @@ class MicroBatcher:
         max_wait_ms: float = 5.0,
         max_pending: int | None = None,
         on_batch: Callable[[list[str], np.ndarray], None] | None = None,
+        on_handed: Callable[[], None] | None = None,
         alone_on_failure: bool = True,
         name: str = "hivemem-batcher",
     ) -> None:
@@ -85,6 +88,7 @@ class MicroBatcher:
             raise ValueError("max_batch must be at least 1")
         self._encode = encode
         self._on_batch = on_batch
+        self._on_handed = on_handed
         self._alone_on_failure = alone_on_failure
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -221,16 +225,19 @@ class MicroBatcher:
             if len(live) == 1 or not self._alone_on_failure:
                 for member in live:
                     _hand(member, exc)
+                self._handed()
                 return
             # each call by itself, so that the error lands on the call that caused it
             outcomes = each_alone(self._alone, live)
             for member, outcome in zip(live, outcomes, strict=True):
                 _hand(member, outcome)
+            self._handed()
             return
         except BaseException as exc:  # not an error of the inputs: every caller gets it, the queue goes on
             self._served(batch)
             for member in live:
                 _hand(member, exc)
+            self._handed()
             return
         vectors, tokens = _split(encoded)
         self.batches += 1
@@ -241,11 +248,24 @@ class MicroBatcher:
         self._served(batch)  # before the callers have their rows: those back at once count once
         for member in live:
             _hand(member, self._rows(member, vectors, tokens, index))
+        self._handed()
         if self._on_batch is not None:
             try:
                 self._on_batch(unique, vectors)
             except Exception:
                 log.exception("hivemem: storing a batch in the cache failed (vectors were still returned)")
+
+    def _handed(self) -> None:
+        if self._on_handed is not None:
+            try:
+                self._on_handed()
+            except Exception:  # the worker must survive it: every later caller depends on it
+                log.exception("hivemem: on_handed failed after a batch (its callers have their outcomes)")
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The worker thread (it computes every batch and hands out every outcome)."""
+        return self._thread
 
 
 def _split(encoded: Encoded) -> tuple[np.ndarray, np.ndarray | None]:

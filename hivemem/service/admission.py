@@ -8,7 +8,8 @@ with growing sleeps on ``QueueFull``: a waiting caller now wakes when room is ma
 not at its next poll, and cannot be overtaken by a newcomer that happened to poll first.
 
 A request larger than the capacity is admitted when nothing else is in flight, so it is slow
-rather than refused forever. Permits are counted on the event loop only: no locks.
+rather than refused forever. Permits are counted on the event loop only: no locks. ``on_idle`` is
+called each time the last texts in flight are answered (the service gives freed memory back then).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from hivemem.errors import ServiceBusy
 
@@ -24,11 +25,14 @@ from hivemem.errors import ServiceBusy
 class Admission:
     """Permits for ``capacity`` texts in flight (``None``: no limit); see the module docstring."""
 
-    def __init__(self, capacity: int | None, busy_timeout: float) -> None:
+    def __init__(
+        self, capacity: int | None, busy_timeout: float, on_idle: Callable[[], None] | None = None
+    ) -> None:
         if capacity is not None and capacity < 1:
             raise ValueError(f"capacity must be at least 1 text, got {capacity}")
         self.capacity = capacity
         self.busy_timeout = busy_timeout
+        self.on_idle = on_idle  # called when the last texts in flight are answered
         self.in_flight = 0  # texts admitted and not yet answered
         self.waiting = 0  # callers waiting for a permit
         self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
@@ -76,6 +80,8 @@ class Admission:
     def release(self, n: int) -> None:
         self.in_flight -= n
         self._wake()
+        if self.in_flight == 0 and self.on_idle is not None:
+            self.on_idle()
 
     def _wake(self) -> None:
         while self._queue:

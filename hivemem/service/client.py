@@ -19,6 +19,8 @@ module only does the blocking socket I/O.
 
 from __future__ import annotations
 
+import math
+import select
 import socket
 import threading
 import time
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemem.embed.validate import check_text, check_texts
-from hivemem.errors import ServiceError
+from hivemem.errors import ProtocolError, ServiceError
 from hivemem.infra.settings import Settings
 from hivemem.service import spawn, wire
 from hivemem.service.core import (
@@ -46,10 +48,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.protocol import EmbedderLike
 
 _POOL_MAX = 8
+_RECV_BUF = 64 << 10  # a connection's reply buffer: a reply of up to ~40 vectors fits whole
 
 
 class _Connection:
-    """One blocking socket to the service: sends a request's bytes, reads its reply."""
+    """One socket to the service: sends a request's bytes, reads its reply.
+
+    Non-blocking, waited on with ``poll`` against the call's deadline: a request is one ``send``,
+    one ``poll`` and, for a reply of a few vectors, one ``recv_into`` this connection's own buffer
+    (header and payload together) — against ~9 system calls before (a ``settimeout`` per read,
+    a ``poll`` before each of ``send`` and two ``recv``s). Under 25 worker processes on 2 cores a
+    caller's own CPU is a cost the model pays for (docs/service.md, "Many callers (issue 25)").
+    """
 
     def __init__(self, sock: Path, timeout: float) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -59,33 +69,73 @@ class _Connection:
         except OSError:
             self.sock.close()
             raise
+        self.sock.setblocking(False)
+        self._readable = select.poll()
+        self._readable.register(self.sock, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(self.sock, select.POLLOUT)
+        self._buf = bytearray(_RECV_BUF)
+        self._view = memoryview(self._buf)
 
     def call(self, data: bytes, deadline: float) -> tuple[int, int, bytearray]:
         """Send ``data`` and read one reply ``(type, request id, payload)`` before ``deadline``."""
         try:
-            self.sock.settimeout(ClientCore.remaining(deadline))
-            self.sock.sendall(data)
-            rtype, rrid, length = ClientCore.reply_header(bytes(self._read(wire.HEADER_SIZE, deadline)))
-            return rtype, rrid, self._read(length, deadline)
+            self._send(data, deadline)
+            view = self._view
+            got = self._recv(view, deadline, wait=True)
+            while got < wire.HEADER_SIZE:
+                got += self._recv(view[got:], deadline)
+            rtype, rrid, length = ClientCore.reply_header(bytes(view[: wire.HEADER_SIZE]))
+            end = wire.HEADER_SIZE + length
+            if got > end:  # one request in flight per connection: nothing may follow its reply
+                raise ProtocolError(f"{got - end} bytes after a reply of {length} bytes")
+            if end <= len(view):
+                while got < end:
+                    got += self._recv(view[got:end], deadline)
+                return rtype, rrid, bytearray(view[wire.HEADER_SIZE : end])
+            body = bytearray(length)  # a large reply: read straight into its own buffer
+            have = got - wire.HEADER_SIZE
+            body[:have] = view[wire.HEADER_SIZE : got]
+            rest = memoryview(body)
+            while have < length:
+                have += self._recv(rest[have:], deadline)
+            return rtype, rrid, body
         except TimeoutError:
             raise
         except (OSError, EOFError) as exc:
             raise Lost(str(exc) or type(exc).__name__) from None
 
-    def _read(self, n: int, deadline: float) -> bytearray:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            self.sock.settimeout(ClientCore.remaining(deadline))
-            k = self.sock.recv_into(view[got:])
+    def _send(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            try:
+                sent += self.sock.send(view[sent:])
+            except BlockingIOError:
+                _wait(self._writable, deadline)
+
+    def _recv(self, into: memoryview, deadline: float, wait: bool = False) -> int:
+        """Bytes read into ``into`` (at least one); ``wait``: poll first (a reply is not there yet)."""
+        while True:
+            if wait:
+                _wait(self._readable, deadline)
+            try:
+                k = self.sock.recv_into(into)
+            except BlockingIOError:
+                wait = True
+                continue
             if k == 0:
                 raise EOFError("the service closed the connection")
-            got += k
-        return buf
+            return k
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _wait(poller: select.poll, deadline: float) -> None:
+    """Until ``poller``'s socket is ready, or TimeoutError at ``deadline``."""
+    if not poller.poll(math.ceil(ClientCore.remaining(deadline) * 1000)):
+        raise TimeoutError("the service did not answer in time")
 
 
 class ServiceClient:
@@ -155,7 +205,10 @@ class ServiceClient:
         return self.core.vectors([self._request(wire.EMBED, p) for p in payloads], len(items))
 
     def embed_one(self, text: str) -> np.ndarray:
-        one: np.ndarray = self.embed([check_text(text)])[0]
+        """One text's vector: the same frame as ``embed([text])``, built without the list's
+        validation and chunking (the path every worker's single-text call takes)."""
+        body = self._request(wire.EMBED, wire.encode_one(check_text(text)))
+        one: np.ndarray = self.core.vectors([body], 1)[0]
         return one
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:

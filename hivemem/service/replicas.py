@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -103,12 +104,25 @@ def build_engine(
 
 
 def release_free_memory() -> None:
-    """Give memory freed after loading (the parsed ONNX protobuf) back to the OS (glibc only).
+    """Give freed memory back to the OS (glibc only): after loading (the parsed ONNX protobuf),
+    and each time the service goes idle (``server.TRIM_AFTER_S``).
 
     Less resident memory for the fp32 model (docs/service.md#measurements-behind-the-design); a
     no-op where the C library is not glibc.
     """
+    libc = _libc()
+    if libc is not None:
+        with contextlib.suppress(AttributeError):
+            libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once (``find_library`` runs ``ldconfig`` in a subprocess)."""
     name = ctypes.util.find_library("c")
-    if name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).malloc_trim(0)
+    if not name:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None

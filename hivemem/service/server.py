@@ -43,9 +43,14 @@ from hivemem.infra.locks import FileLock
 from hivemem.service import paths, wire
 from hivemem.service.admission import Admission
 from hivemem.service.metrics import ServiceMetrics
-from hivemem.service.replicas import build_engine
+from hivemem.service.replicas import build_engine, release_free_memory
 
 log = logging.getLogger("hivemem.service")
+
+# Seconds with no text in flight before the memory freed while serving goes back to the OS
+# (``malloc_trim``): long enough that a fleet in full swing (gaps of milliseconds between its
+# batches) never pays for it, short enough that a service between bursts stays small.
+TRIM_AFTER_S = 0.2
 
 
 @dataclass
@@ -134,7 +139,10 @@ class Service:
         self.config = config
         self.metrics = metrics
         self.companions = list(companions)
-        self.admission = Admission(config.max_pending, config.busy_timeout)
+        self.admission = Admission(config.max_pending, config.busy_timeout, on_idle=self._idle)
+        self.trims = 0  # times freed memory was given back after serving (``TRIM_AFTER_S``)
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self._trimming = False
         self.clients = 0
         self.closing = False
         self._inflight: set[asyncio.Task[None]] = set()
@@ -218,6 +226,28 @@ class Service:
                 self.stop()
                 return
 
+    def _idle(self) -> None:
+        """The last texts in flight were answered: give freed memory back unless others come
+        within ``TRIM_AFTER_S``."""
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        self._trim_timer = asyncio.get_running_loop().call_later(TRIM_AFTER_S, self._trim)
+
+    def _trim(self) -> None:
+        """``malloc_trim`` in a thread (it walks every arena): the activations, token arrays and
+        frames of the batches just served are free but would stay resident in glibc's arenas
+        (docs/service.md, "Many callers (issue 25)")."""
+        self._trim_timer = None
+        if self.admission.in_flight or self._trimming or self.closing:
+            return
+        self._trimming = True
+        self.trims += 1
+
+        def done(_: object) -> None:
+            self._trimming = False
+
+        asyncio.get_running_loop().run_in_executor(None, release_free_memory).add_done_callback(done)
+
     def status(self) -> dict[str, Any]:
         engine = self.engine.stats()
         out = {
@@ -234,6 +264,7 @@ class Service:
             "admission": self.admission.stats(),
             "cache": engine.get("cache"),
             "metrics": self.metrics.snapshot(),
+            "memory_trims": self.trims,
             # where this process keeps its files (``hivemem status`` shows them)
             "home": str(hm_config.home()),
             "cache_path": str(hm_config.cache_path()) if self.config.cache else None,
@@ -313,8 +344,11 @@ class Service:
     async def _embed(self, writer: asyncio.StreamWriter, rid: int, texts: list[str]) -> None:
         start = time.perf_counter()
         try:
-            async with self.admission.permit(len(texts)):
+            await self.admission.acquire(len(texts))  # (not ``permit``: no generator per request)
+            try:
                 vectors = await self.engine.aembed(texts)
+            finally:
+                self.admission.release(len(texts))
         except (ServiceBusy, QueueFull) as exc:
             self.metrics.error("busy")
             self._send_error(writer, rid, wire.E_BUSY, str(exc))

@@ -57,6 +57,7 @@ E_SHUTTING_DOWN = 6
 
 _U32 = struct.Struct("<I")
 _DIMS = struct.Struct("<II")
+_ONE = struct.Struct("<II")  # count 1, then its byte length
 _ERR = struct.Struct("<H")
 
 
@@ -83,6 +84,12 @@ def parse_header(data: bytes, max_length: int) -> tuple[int, int, int]:
 def encode_texts(texts: list[str]) -> bytes:
     blobs = [t.encode("utf-8") for t in texts]
     return b"".join([_U32.pack(len(blobs)), struct.pack(f"<{len(blobs)}I", *map(len, blobs)), *blobs])
+
+
+def encode_one(text: str) -> bytes:
+    """``encode_texts([text])``, without the list's machinery (a worker's single-text call)."""
+    blob = text.encode("utf-8")
+    return _ONE.pack(1, len(blob)) + blob
 
 
 def decode_texts(payload: bytes | memoryview) -> list[str]:

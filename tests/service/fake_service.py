@@ -1,6 +1,7 @@
 """A fake "service" speaking the wire protocol, for the trust tests: it answers every EMBED with
 vectors of the caller's choosing (zeros, wrong norms, unit vectors), optionally as another user;
-``busy`` answers every HELLO with an ERROR frame instead.
+``busy`` answers every HELLO with an ERROR frame instead; ``drip`` sends each reply in small pieces,
+``trailing`` sends bytes after it.
 
 Started in a forked child (``multiprocessing`` fork context) so that it can drop to another uid
 before it listens: ``SO_PEERCRED`` reports the credentials in effect at ``listen()``.
@@ -12,6 +13,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 from hivemem.service import wire
@@ -76,7 +78,15 @@ def _answer(conn: socket.socket, mode: str) -> None:
                 conn.sendall(wire.frame(wire.WELCOME, rid, wire.encode_json(info)))
             elif ftype == wire.EMBED:
                 (count,) = struct.unpack_from("<I", payload)
-                conn.sendall(wire.frame(wire.VECTORS, rid, _vectors(count, mode)))
+                reply = wire.frame(wire.VECTORS, rid, _vectors(count, mode))
+                if mode == "trailing":  # bytes after the reply: no request asked for them
+                    reply += b"junk"
+                if mode == "drip":  # the reply in pieces of 997 bytes, header included
+                    for i in range(0, len(reply), 997):
+                        conn.sendall(reply[i : i + 997])
+                        time.sleep(0.001)
+                else:
+                    conn.sendall(reply)
     except (EOFError, OSError):
         conn.close()
 
@@ -84,8 +94,6 @@ def _answer(conn: socket.socket, mode: str) -> None:
 def drop(path: str, seconds: float) -> None:
     """A dying listener: for ``seconds`` accept every connection and close it at once (what a
     service killed with SIGKILL can look like for a moment), then remove the socket and exit."""
-    import time
-
     Path(path).unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import fake_service
+import numpy as np
 import pytest
 
 import hivemem
@@ -122,3 +123,37 @@ def test_aconnect_starts_a_service_with_the_options_of_connect(monkeypatch, shor
         ["--idle-timeout", "5", "--variant", "fp32", "--threads", "1", "--replicas", "2"]
     ] * 2
     assert all(6 < left <= 7 for _, left in seen)  # start_timeout, not the 1 s call timeout
+
+
+def test_the_client_reassembles_a_reply_that_arrives_in_pieces(short_dir: Path) -> None:
+    """The receive path reads header and payload together into one buffer (issue 25): a reply cut
+    anywhere, header included, small or larger than that buffer, still comes back whole."""
+    sock = short_dir / "drip.sock"
+    fake = _fake(sock, "drip")
+    try:
+        with hivemem.connect(sock, autostart=False, timeout=30) as client:
+            assert client.embed_one("one").shape == (384,)
+            many = client.embed([f"text {i}" for i in range(100)])  # 150 KB: past the 64 KB buffer
+            assert many.shape == (100, 384)
+            assert np.allclose(many, 1 / 384**0.5)
+    finally:
+        fake.kill()
+
+
+def test_bytes_after_a_reply_are_a_protocol_error(short_dir: Path) -> None:
+    """One request in flight per connection: bytes past its reply answer nothing and must not
+    be taken for the next call's reply."""
+    sock = short_dir / "trailing.sock"
+    fake = _fake(sock, "trailing")
+    try:
+        client = hivemem.connect(sock, autostart=False, timeout=30)
+        with client, pytest.raises(hivemem.ProtocolError, match="after a reply"):
+            client.embed_one("one")
+    finally:
+        fake.kill()
+
+
+def test_embed_one_sends_the_frame_of_a_one_text_list() -> None:
+    for text in ("plain", "", "naïve café ☕ 𝄞"):
+        assert wire.encode_one(text) == wire.encode_texts([text])
+        assert wire.decode_texts(wire.encode_one(text)) == [text]

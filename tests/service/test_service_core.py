@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -308,3 +309,16 @@ def test_memory_uses_a_service_running_on_the_default_socket(service_env, short_
         mem.close()
     finally:
         stop_pid(proc.pid)
+
+
+def test_freed_memory_goes_back_after_serving(shared_service) -> None:
+    """Issue 25: the memory freed after the batches (activations, token arrays, frames) stayed in
+    glibc's arenas; the service now calls ``malloc_trim`` once nothing is in flight for
+    ``TRIM_AFTER_S`` (the count is in its status)."""
+    with connect(shared_service["socket"], autostart=False) as client:
+        before = client.stats()["memory_trims"]
+        client.embed(sentences(30, seed=99))
+        deadline = time.monotonic() + 30
+        while client.stats()["memory_trims"] == before:
+            assert time.monotonic() < deadline, "no trim after the service went idle"
+            time.sleep(0.05)
