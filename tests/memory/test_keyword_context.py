@@ -466,6 +466,7 @@ def test_postgres_makes_the_index_in_one_transaction(
         assert words(m, "turn", user_id="u2")[:1] == ["old turn 2"]
 
 
+@pytest.mark.pg  # starts its own server (no pg_dsn fixture): not in the fast loop
 def test_one_statement_over_more_scopes_than_the_lock_table_holds() -> None:
     """PostgreSQL: one ``add_batch`` and one ``purge_expired`` across 3,000 users, on a server
     whose lock table holds about 10 × (20 + 22 background) = 420 locks (plus the shared memory's
