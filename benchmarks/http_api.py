@@ -130,10 +130,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def model_counters(url: str) -> tuple[float, float, float]:
+    """(batches, texts, model seconds) the service's engine ran so far (``/metrics``)."""
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("hivemem_batch_size_count", "hivemem_batch_size_sum", "hivemem_batch_seconds_sum"):
+            values[name] = float(value)
+    return (
+        values["hivemem_batch_size_count"],
+        values["hivemem_batch_size_sum"],
+        values["hivemem_batch_seconds_sum"],
+    )
+
+
 def summary(
-    latencies: list[float], wall: float, server_cpu: float | None, client_cpu: float
+    latencies: list[float],
+    wall: float,
+    server_cpu: float | None,
+    client_cpu: float,
+    model: tuple[float, ...] | None = None,
 ) -> dict[str, float]:
-    """A row: requests, req/s, p50/p95 latency and (``server_cpu`` measured) CPU ms per request."""
+    """A row: requests, req/s, p50/p95 latency and (``server_cpu`` measured) CPU ms per request;
+    with ``model`` (the row's batches, texts and model seconds) the mean batch and the share of the
+    wall time the model was running."""
     latencies.sort()
     out = {
         "requests": len(latencies),
@@ -144,6 +164,9 @@ def summary(
     if server_cpu is not None:
         out["server_cpu_ms"] = 1000 * server_cpu / len(latencies)
         out["client_cpu_ms"] = 1000 * client_cpu / len(latencies)
+    if model is not None and model[0] > 0:
+        out["batch_mean"] = model[1] / model[0]
+        out["model_busy"] = model[2] / wall
     return out
 
 
@@ -169,15 +192,19 @@ async def load(
     cs = [httpx.AsyncClient(base_url=url, timeout=120) for _ in range(clients)]
     try:
         await asyncio.gather(*(c.get("/health") for c in cs))  # open the connections
+        model0 = model_counters(url) if server_pid else None
         server0 = cpu_seconds(server_pid) if server_pid else 0.0
         client0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(client(c) for c in cs))
         wall = time.perf_counter() - t0
         client_cpu = time.process_time() - client0
         server_cpu = cpu_seconds(server_pid) - server0 if server_pid else 0.0
+        model = None
+        if model0 is not None:
+            model = tuple(b - a for a, b in zip(model0, model_counters(url), strict=True))
     finally:
         await asyncio.gather(*(c.aclose() for c in cs))
-    return summary(latencies, wall, server_cpu if server_pid else None, client_cpu)
+    return summary(latencies, wall, server_cpu if server_pid else None, client_cpu, model)
 
 
 async def lean_load(
@@ -210,16 +237,20 @@ async def lean_load(
 
     conns = [await asyncio.open_connection(host, int(port)) for _ in range(clients)]
     try:
+        model0 = model_counters(url) if server_pid else None
         server0 = cpu_seconds(server_pid) if server_pid else 0.0
         client0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(client(r, w) for r, w in conns))
         wall = time.perf_counter() - t0
         client_cpu = time.process_time() - client0
         server_cpu = cpu_seconds(server_pid) - server0 if server_pid else 0.0
+        model = None
+        if model0 is not None:
+            model = tuple(b - a for a, b in zip(model0, model_counters(url), strict=True))
     finally:
         for _, w in conns:
             w.close()
-    return summary(latencies, wall, server_cpu if server_pid else None, client_cpu)
+    return summary(latencies, wall, server_cpu if server_pid else None, client_cpu, model)
 
 
 def main() -> None:
@@ -287,15 +318,19 @@ def main() -> None:
 
     print(f"\n{args.clients} concurrent clients, {args.memories:,} memories, top_k=20, loopback HTTP")
     print("(CPU ms: per request, the service process with its model threads / this process's clients)")
-    print("| row | requests | req/s | p50 ms | p95 ms | service CPU ms | client CPU ms |")
-    print("|---|---|---|---|---|---|---|")
+    print("(model: the mean texts per engine batch, and the share of the wall time the model ran)")
+    print(
+        "| row | requests | req/s | p50 ms | p95 ms | service CPU ms | client CPU ms | batch | model busy |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
+        model = f"{r['batch_mean']:.1f} | {r['model_busy']:.0%}" if "batch_mean" in r else " | "
         print(
             f"| {name} | {r['requests']} | {r['rps']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
-            f"| {r['server_cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} |"
+            f"| {r['server_cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} | {model} |"
         )
     engine_row = f"| engine alone, batches of 32 (texts/s) | {len(cold)} | {ceiling:,.0f} | | |"
-    print(f"{engine_row} {engine_cpu_ms:.2f} | |")
+    print(f"{engine_row} {engine_cpu_ms:.2f} | | 32 | |")
     cold_row = rows["search, new query each time"]
 
     def cpu_bound(row: str) -> float:

@@ -123,6 +123,8 @@ class HttpServer:
         # Everything built so far (modules, the app and its models, the model's session) lives as
         # long as the service: out of the collector's sight, so that the collections the requests
         # trigger do not walk it again and again (~10 % of the event loop's CPU: docs/http.md).
+        # The garbage of start-up first, or it would stay frozen for good.
+        gc.collect()
         gc.freeze()
         async with self._mcp.manager.run() if self._mcp is not None else contextlib.nullcontext():
             await self._server.serve()
