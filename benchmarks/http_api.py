@@ -124,9 +124,10 @@ def start_service(tmp: Path, memory: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.1)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far, all its threads (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds so far of process ``pid`` (all its threads) or of one ``thread``."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -144,30 +145,52 @@ def model_counters(url: str) -> tuple[float, float, float]:
     )
 
 
-def summary(
-    latencies: list[float],
-    wall: float,
-    server_cpu: float | None,
-    client_cpu: float,
-    model: tuple[float, ...] | None = None,
-) -> dict[str, float]:
-    """A row: requests, req/s, p50/p95 latency and (``server_cpu`` measured) CPU ms per request;
-    with ``model`` (the row's batches, texts and model seconds) the mean batch and the share of the
-    wall time the model was running."""
-    latencies.sort()
-    out = {
-        "requests": len(latencies),
-        "rps": len(latencies) / wall,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
-    }
-    if server_cpu is not None:
-        out["server_cpu_ms"] = 1000 * server_cpu / len(latencies)
-        out["client_cpu_ms"] = 1000 * client_cpu / len(latencies)
-    if model is not None and model[0] > 0:
-        out["batch_mean"] = model[1] / model[0]
-        out["model_busy"] = model[2] / wall
-    return out
+class Meter:
+    """What one row cost: the service's CPU (all its threads, and its event loop's: the main
+    thread), this process's CPU (the clients, on the same cores) and the engine's batches, texts
+    and model seconds (``/metrics``). ``server_pid`` None: latency and rate only."""
+
+    def __init__(self, url: str, server_pid: int | None) -> None:
+        self.url, self.pid = url, server_pid
+        self.start: tuple[float, ...] = ()
+        self.used: tuple[float, ...] = ()
+
+    def _cpu(self) -> tuple[float, ...]:
+        assert self.pid is not None
+        return cpu_seconds(self.pid), cpu_seconds(self.pid, self.pid), time.process_time()
+
+    def __enter__(self) -> Meter:
+        if self.pid:  # the /metrics scrapes stay out of the CPU counted: before it here, after it below
+            self.start = (*model_counters(self.url), *self._cpu())
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t0
+        if self.pid and exc[0] is None:
+            cpu = self._cpu()
+            end = (*model_counters(self.url), *cpu)
+            self.used = tuple(b - a for a, b in zip(self.start, end, strict=True))
+
+    def row(self, latencies: list[float]) -> dict[str, float]:
+        """Requests, req/s, p50/p95 latency; measured: CPU ms per request of the service, of its
+        event loop and of the clients, the mean engine batch and the share of the wall the model
+        ran."""
+        latencies.sort()
+        n = len(latencies)
+        out = {
+            "requests": n,
+            "rps": n / self.wall,
+            "p50_ms": 1000 * statistics.median(latencies),
+            "p95_ms": 1000 * latencies[int(0.95 * (n - 1))],
+        }
+        if self.used:
+            batches, texts, model_s, server, loop, client = self.used
+            out.update(server_cpu_ms=1000 * server / n, loop_cpu_ms=1000 * loop / n)
+            out["client_cpu_ms"] = 1000 * client / n
+            if batches > 0:
+                out.update(batch_mean=texts / batches, model_busy=model_s / self.wall)
+        return out
 
 
 async def load(
@@ -192,19 +215,11 @@ async def load(
     cs = [httpx.AsyncClient(base_url=url, timeout=120) for _ in range(clients)]
     try:
         await asyncio.gather(*(c.get("/health") for c in cs))  # open the connections
-        model0 = model_counters(url) if server_pid else None
-        server0 = cpu_seconds(server_pid) if server_pid else 0.0
-        client0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(client(c) for c in cs))
-        wall = time.perf_counter() - t0
-        client_cpu = time.process_time() - client0
-        server_cpu = cpu_seconds(server_pid) - server0 if server_pid else 0.0
-        model = None
-        if model0 is not None:
-            model = tuple(b - a for a, b in zip(model0, model_counters(url), strict=True))
+        with Meter(url, server_pid) as meter:
+            await asyncio.gather(*(client(c) for c in cs))
     finally:
         await asyncio.gather(*(c.aclose() for c in cs))
-    return summary(latencies, wall, server_cpu if server_pid else None, client_cpu, model)
+    return meter.row(latencies)
 
 
 async def lean_load(
@@ -237,20 +252,12 @@ async def lean_load(
 
     conns = [await asyncio.open_connection(host, int(port)) for _ in range(clients)]
     try:
-        model0 = model_counters(url) if server_pid else None
-        server0 = cpu_seconds(server_pid) if server_pid else 0.0
-        client0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(client(r, w) for r, w in conns))
-        wall = time.perf_counter() - t0
-        client_cpu = time.process_time() - client0
-        server_cpu = cpu_seconds(server_pid) - server0 if server_pid else 0.0
-        model = None
-        if model0 is not None:
-            model = tuple(b - a for a, b in zip(model0, model_counters(url), strict=True))
+        with Meter(url, server_pid) as meter:
+            await asyncio.gather(*(client(r, w) for r, w in conns))
     finally:
         for _, w in conns:
             w.close()
-    return summary(latencies, wall, server_cpu if server_pid else None, client_cpu, model)
+    return meter.row(latencies)
 
 
 def main() -> None:
@@ -317,20 +324,19 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\n{args.clients} concurrent clients, {args.memories:,} memories, top_k=20, loopback HTTP")
-    print("(CPU ms: per request, the service process with its model threads / this process's clients)")
+    print("(CPU ms per request: the service process with its model threads, its event loop thread,")
+    print(" this process's clients)")
     print("(model: the mean texts per engine batch, and the share of the wall time the model ran)")
-    print(
-        "| row | requests | req/s | p50 ms | p95 ms | service CPU ms | client CPU ms | batch | model busy |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| row | requests | req/s | p50 ms | p95 ms | service CPU ms | event loop | client CPU ms ", end="")
+    print("| batch | model busy |\n|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         model = f"{r['batch_mean']:.1f} | {r['model_busy']:.0%}" if "batch_mean" in r else " | "
         print(
             f"| {name} | {r['requests']} | {r['rps']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
-            f"| {r['server_cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} | {model} |"
+            f"| {r['server_cpu_ms']:.2f} | {r['loop_cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} | {model} |"
         )
     engine_row = f"| engine alone, batches of 32 (texts/s) | {len(cold)} | {ceiling:,.0f} | | |"
-    print(f"{engine_row} {engine_cpu_ms:.2f} | | 32 | |")
+    print(f"{engine_row} {engine_cpu_ms:.2f} | | | 32 | |")
     cold_row = rows["search, new query each time"]
 
     def cpu_bound(row: str) -> float:
