@@ -10,7 +10,6 @@ serves the app with uvicorn. ``HttpConfig`` holds its options (``hivemem serve``
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,12 +119,6 @@ class HttpServer:
 
     async def serve(self) -> None:
         log.info("hivemem service: HTTP on http://%s:%d", self.host, self.port)
-        # Everything built so far (modules, the app and its models, the model's session) lives as
-        # long as the service: out of the collector's sight, so that the collections the requests
-        # trigger do not walk it again and again (~10 % of the event loop's CPU: docs/http.md).
-        # The garbage of start-up first, or it would stay frozen for good.
-        gc.collect()
-        gc.freeze()
         async with self._mcp.manager.run() if self._mcp is not None else contextlib.nullcontext():
             await self._server.serve()
 
@@ -139,12 +132,7 @@ class HttpServer:
         self._closers.clear()
 
     def status(self) -> dict[str, Any]:
-        # gc_frozen: objects the collector no longer walks (serve's gc.freeze; 0 before it ran)
-        return {
-            "http": self.config.bind,
-            "memory_path": self._memory_path,
-            "gc_frozen": gc.get_freeze_count(),
-        }
+        return {"http": self.config.bind, "memory_path": self._memory_path}
 
     def connections(self) -> int:
         return 0  # HTTP clients hold no connection the idle timeout should wait for

@@ -474,19 +474,3 @@ def test_concurrent_searches_answer_as_each_alone(api: httpx.Client) -> None:
     alone = [api.post("/v1/memories/search", json=b, headers=ADMIN).json()["results"] for b in bodies]
     assert together == alone and all(len(r) == 5 for r in alone)
     assert api.delete("/v1/memories", params={"user_id": "erin"}, headers=ADMIN).status_code == 200
-
-
-def test_the_service_takes_its_startup_objects_out_of_the_collectors_walks(model_home: Path) -> None:
-    """``HttpServer.serve`` freezes what start-up built (modules, the app, the model's session), so
-    the collections that requests trigger stop walking it (docs/http.md#where-a-requests-cpu-goes)."""
-    from hivemem.service.client import ServiceClient
-
-    with http_service(model_home) as svc:
-        assert httpx.post(f"{svc['url']}/v1/memories/search", json={"query": "jazz", "user_id": "x"},
-                          headers=ADMIN, timeout=60).status_code == 200  # fmt: skip
-        client = ServiceClient(svc["dir"] / "s.sock", autostart=False, timeout=30)
-        try:
-            frozen = client.stats()["gc_frozen"]
-        finally:
-            client.close()
-    assert frozen > 50_000, frozen  # the interpreter, FastAPI, pydantic, numpy and ORT's objects
