@@ -13,11 +13,13 @@ embedding 10k texts would take minutes and the search cost does not depend on th
 values), spread over ``--users`` users. Every add and every "new query" search uses a text no other
 request used, so the model embeds each one; the "cached" search row repeats queries already in the
 service's embedding cache, which isolates HTTP + search from the model. ``/health`` is the HTTP
-floor; the engine row (the service stopped) is the embedding ceiling. Each row also gives the CPU
-milliseconds per request of the service process (all its threads) and of this process (the
-clients: they share the cores); the "lean client" rows repeat the new-text rows with a client of
+floor; the engine row (the service stopped) is the embedding ceiling. Each row also gives (``Meter``)
+the CPU milliseconds per request of the service process (all its threads), of its event loop (its
+main thread) and of this process (the clients: they share the cores), and the engine's mean batch
+and share of the wall time it ran (``/metrics``); ``*_cpu_bound`` is the ratio to the engine that
+both cores kept busy would give. The "lean client" rows repeat the new-text rows with a client of
 pre-encoded HTTP/1.1 requests (``lean_load``, ~0.1 ms of CPU a request instead of httpx's ~0.7).
-Prints a table and, last, one JSON line.
+Prints a table and, last, one JSON line (docs/http.md#where-a-requests-cpu-goes).
 """
 
 from __future__ import annotations
