@@ -26,7 +26,7 @@ import pytest
 from hash_embedder import HashEmbedder
 
 from hivemem import Memory
-from hivemem.errors import DiskFull
+from hivemem.errors import DiskFull, MemoryNotFound
 from hivemem.memory.storage import fts, pgkeyword
 from hivemem.memory.storage.postgres import PostgresStorage
 
@@ -531,4 +531,31 @@ def test_rows_the_filter_drops_never_change_the_order(
         assert h["score"] == pytest.approx(
             d["keyword_body"] / best_body + 0.5 * d["keyword_context"] / best_window
         )
+    m.close()
+
+
+def test_many_deletes_reindex_each_window_once_and_a_failed_batch_changes_nothing(location: str) -> None:
+    """SQLite deletes many rows with the windows' re-indexing deferred to the end of the statement
+    (``fts.delete_rows``): runs of neighbours, single rows and whole scopes at once keep the table
+    equal to a rebuild, and a ``batch_delete`` refused for an unknown id leaves neither rows nor the
+    deferral behind (a later single delete still re-indexes the windows after it)."""
+    m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    rows = [{"messages": f"note {i} word{i % 7}", "user_id": f"u{i % 3}"} for i in range(90)]
+    ids = [r["id"] for r in m.add_batch(rows)["results"]]
+    with pytest.raises(MemoryNotFound):
+        m.batch_delete([{"memory_id": i} for i in [*ids[:10], "no-such-id"]])
+    assert len(m.get_all(user_id="u0")["results"]) == 30
+    m.delete(ids[4])
+    now, rebuilt = windows(m)
+    assert now == rebuilt
+    if not isinstance(m._storage, PostgresStorage):
+        db = sqlite3.connect(m.location)
+        assert db.execute("SELECT count(*) FROM meta WHERE key = 'fts_ctx_defer'").fetchone()[0] == 0
+        db.close()
+    m.batch_delete([{"memory_id": i} for i in ids[20:50] + ids[60:90:4] if i != ids[4]])
+    now, rebuilt = windows(m)
+    assert now == rebuilt
+    m.delete_all(user_id="u1")
+    now, rebuilt = windows(m)
+    assert now == rebuilt and len(rebuilt) > 10
     m.close()

@@ -93,7 +93,7 @@ SCHEMA = (
     " FROM memories",
 )
 CONTEXT_BEFORE = 2  # memories before a memory in its window (backward: an add changes no older window)
-CONTEXT_LAYOUT = f"1 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
+CONTEXT_LAYOUT = f"2 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
 CONTEXT_BATCH = 5_000  # rows a backfill step indexes per transaction (an old store, on open)
 _WINDOW = (
     "(SELECT group_concat(memory, char(10)) FROM (SELECT w.memory FROM memories w"
@@ -114,6 +114,9 @@ def _reindex(rows: str) -> str:
 
 
 _AFTER_OLD = _FOLLOWING.format(p="old", op=">", n=CONTEXT_BEFORE)
+# set (in meta, never committed) while ``delete_rows`` deletes many rows: it re-indexes once, after
+_UNLESS_DEFERRED = "NOT EXISTS (SELECT 1 FROM meta WHERE key = 'fts_ctx_defer') AND "
+_AFTER_DELETED = _AFTER_OLD.replace("WHERE ", "WHERE " + _UNLESS_DEFERRED)
 CONTEXT_SCHEMA = (
     "CREATE VIRTUAL TABLE memories_ctx USING fts5(context, scope, tokenize='{tokenizer}')",
     "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)",
@@ -121,7 +124,7 @@ CONTEXT_SCHEMA = (
     " INSERT INTO memories_ctx (rowid, context, scope)"
     f" VALUES (new.rid, {_WINDOW.format(p='new')}, {_SCOPE.format(p='new')}); END",
     "CREATE TRIGGER memories_ctx_delete AFTER DELETE ON memories BEGIN"
-    f" DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_OLD)} END",
+    f" DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_DELETED)} END",
     "CREATE TRIGGER memories_ctx_update AFTER UPDATE OF memory, scope, user_id, agent_id, run_id ON memories"
     f" BEGIN DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_OLD)}"
     f"{_reindex(_FOLLOWING.format(p='new', op='>=', n=CONTEXT_BEFORE + 1))} END",
@@ -206,6 +209,36 @@ def backfill_context(db: sqlite3.Connection, batch: int | None = None) -> bool:
     left = upto < high
     db.execute("UPDATE meta SET value = ? WHERE key = 'fts_ctx_done'", (upto if left else -1,))
     return left
+
+
+def delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
+    """Delete the memory rows ``removed`` (``(scope, rid)``); the caller holds a write transaction.
+    With the context table and more than one row, each row's trigger drops only the row's own
+    window (``fts_ctx_defer`` in meta meanwhile, removed before the commit), then the windows of
+    the ``CONTEXT_BEFORE`` rows that now follow each removed row in its scope are re-indexed, each
+    once: the windows that held a removed row (row by row, a ``delete_all`` re-indexed every
+    window twice just before deleting it)."""
+    many = (
+        len(removed) > 1 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_ctx'").fetchone()
+    )
+    if many:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_defer', 1)")
+    db.executemany("DELETE FROM memories WHERE rid = ?", [(rid,) for _, rid in removed])
+    if not many:
+        return
+    db.execute("DELETE FROM meta WHERE key = 'fts_ctx_defer'")
+    nth = "(SELECT rid FROM memories WHERE scope = g.s AND rid > g.r ORDER BY rid LIMIT 1 OFFSET {n})"
+    gone = "(SELECT json_extract(value, '$[0]') AS s, json_extract(value, '$[1]') AS r FROM json_each(?))"
+    parts = " UNION ".join(f"SELECT {nth.format(n=n)} AS f FROM {gone} g" for n in range(CONTEXT_BEFORE))
+    found = db.execute(
+        f"SELECT json_group_array(f) FROM ({parts}) WHERE f IS NOT NULL",
+        [json.dumps(removed)] * CONTEXT_BEFORE,
+    ).fetchone()[0]
+    rids: list[int] = json.loads(found)
+    for lo in range(0, len(rids), CONTEXT_BATCH):
+        chunk = json.dumps(rids[lo : lo + CONTEXT_BATCH])  # integers only: a literal is safe
+        for sql in _reindex(f"SELECT value FROM json_each('{chunk}')").split(";")[:-1]:
+            db.execute(sql)
 
 
 def quote(term: str) -> str:
