@@ -107,7 +107,8 @@ def install(conn: Any, ns: str, schema: str) -> None:
         f" FROM {ns}.memories m WHERE m.rid IN (SELECT unnest(rids) UNION SELECT f.rid FROM (SELECT s, r,"
         " lead(r) OVER (PARTITION BY s ORDER BY r) AS nx FROM unnest(scopes, rids) AS c(s, r)) c"
         f" CROSS JOIN LATERAL (SELECT rid FROM {ns}.memories WHERE scope = c.s AND rid > c.r"
-        f" AND (c.nx IS NULL OR rid < c.nx) ORDER BY rid LIMIT {CONTEXT_BEFORE}) f)"
+        # a bound the index scan stops at (an OR would be a filter, and the scan would go on)
+        f" AND rid < coalesce(c.nx, {2**63 - 1}) ORDER BY rid LIMIT {CONTEXT_BEFORE}) f)"
         " ON CONFLICT (rid) DO UPDATE SET words = excluded.words;"
         " END $f$"
     )
