@@ -378,8 +378,8 @@ def rank(
     then, if too few pass, for all the others; with ``ctx``, the best body and window are those
     of rows that pass (a filtered-out row, another user's or an expired one, must not change the
     order): each is the first row that passes in the order of that part, so the filter is asked
-    about the best few rows, not all of them (each row at most once). Both backends rank with it
-    (module docstring)."""
+    about the best few rows, not all of them (each row at most once; in one statement when the
+    best rows pass). Both backends rank with it (module docstring)."""
     rids, score = body
     parts_body = parts_ctx = np.zeros(0)
     check = None if passing is None else _Checked(passing)
@@ -388,6 +388,12 @@ def rank(
         parts_body, parts_ctx = np.zeros(len(rids)), np.zeros(len(rids))
         parts_body[np.searchsorted(rids, body[0])] = score
         parts_ctx[np.searchsorted(rids, ctx[0])] = ctx[1]
+        if check is not None:  # one question for the likely answer: the best rows pass
+            top = parts_body / (parts_body.max(initial=0) or 1) + share * parts_ctx / (
+                parts_ctx.max(initial=0) or 1
+            )
+            first = (_best_first(parts_body, 64), _best_first(parts_ctx, 64), _best_first(top, 4 * k))
+            check(list(dict.fromkeys(rids[np.concatenate(first)].tolist())))
         best_body, best_ctx = _best(rids, parts_body, check), _best(rids, parts_ctx, check)
         score = parts_body / (best_body or 1) + share * parts_ctx / (best_ctx or 1)
     by_rid = rids  # ascending: where each hit's parts are
