@@ -93,7 +93,7 @@ SCHEMA = (
     " FROM memories",
 )
 CONTEXT_BEFORE = 2  # memories before a memory in its window (backward: an add changes no older window)
-CONTEXT_LAYOUT = f"2 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
+CONTEXT_LAYOUT = f"3 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
 CONTEXT_BATCH = 5_000  # rows a backfill step indexes per transaction (an old store, on open)
 _WINDOW = (
     "(SELECT group_concat(memory, char(10)) FROM (SELECT w.memory FROM memories w"
@@ -114,9 +114,14 @@ def _reindex(rows: str) -> str:
 
 
 _AFTER_OLD = _FOLLOWING.format(p="old", op=">", n=CONTEXT_BEFORE)
-# set (in meta, never committed) while ``delete_rows`` deletes many rows: it re-indexes once, after
-_UNLESS_DEFERRED = "NOT EXISTS (SELECT 1 FROM meta WHERE key = 'fts_ctx_defer') AND "
-_AFTER_DELETED = _AFTER_OLD.replace("WHERE ", "WHERE " + _UNLESS_DEFERRED)
+# none while ``delete_rows`` deletes many rows (a meta key, never committed: it re-indexes once,
+# after); a LIMIT, not a WHERE term, which would walk the rest of the scope finding nothing
+_AFTER_DELETED = _FOLLOWING.format(
+    p="old",
+    op=">",
+    n=f"(SELECT CASE WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'fts_ctx_defer') THEN 0"
+    f" ELSE {CONTEXT_BEFORE} END)",
+)
 CONTEXT_SCHEMA = (
     "CREATE VIRTUAL TABLE memories_ctx USING fts5(context, scope, tokenize='{tokenizer}')",
     "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)",

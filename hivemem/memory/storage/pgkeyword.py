@@ -369,7 +369,9 @@ class KeywordSearch:
         SQLite's code (``fts.bm25``, ``fts.rank``): the body's and the windows' BM25 over the rows
         of the scope (of the store for a scope of more than ``SCOPE_ROWS_MAX``), each divided by
         its best, then the filter (``always``: none) on the best first. → the rows with their
-        relevance, and each one's raw ``(body, window)`` scores by rid."""
+        relevance, and each one's raw ``(body, window)`` scores by rid. Each kept word's rows are
+        read from GIN (not ``Postings``), the body's once: unscoped, their number is the count
+        the plan needs (docs/memory.md#the-keyword-contexts-cost-2026-12-06)."""
         ns, scope = self.ns, Scope(where)
         scope_key = ("scope", scope.sql, tuple(scope.params))
         size = int(conn.execute(f"SELECT coalesce(max(rid), 0) FROM {ns}.memories").fetchone()[0])
