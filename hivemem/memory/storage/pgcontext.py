@@ -21,7 +21,9 @@ backfill and the triggers both call it.
   for only up to the next changed row of its scope (the rows after that one are its own
   followers): the rows a statement deleted stay in the index, invisible, until vacuumed, and
   each search past them walked every one: a ``delete_all`` of 100,000 rows in one scope ran
-  for minutes (quadratic; docs/memory.md#the-keyword-contexts-cost-2026-12-06).
+  for minutes (quadratic; docs/memory.md#the-keyword-contexts-cost-2026-12-06). ``hm_window``
+  reads the ``(scope, rid)`` index backwards (bitmap scans and sorts off in it): with the estimate
+  of a table not yet analysed, the planner read every row of the scope up to the row instead.
 * **Concurrent writers in one scope**: a window read by one transaction cannot see rows another
   has not committed yet, so ``hm_ctx_sync`` first takes transaction advisory locks that cover
   the scopes it changed, held to the commit, and only then reads the windows (a new statement
@@ -86,7 +88,10 @@ def install(conn: Any, ns: str, schema: str) -> None:
     members = " || ".join(f"coalesce(a[{i}], ''::tsvector)" for i in range(1, CONTEXT_BEFORE + 2))
     conn.execute(
         f"CREATE OR REPLACE FUNCTION {ns}.hm_window(s text, r bigint) RETURNS tsvector"
-        f" LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT {members} FROM (SELECT array_agg(words"
+        # the (scope, rid) index read backwards from the row, 3 entries: never a bitmap of the scope's
+        # rows up to it and a sort, which an unanalysed table's estimate (2 rows) chose: every row read
+        " LANGUAGE sql STABLE PARALLEL SAFE SET enable_bitmapscan = off SET enable_sort = off"
+        f" AS $$ SELECT {members} FROM (SELECT array_agg(words"
         f" ORDER BY rid DESC) AS a FROM (SELECT rid, words FROM {ns}.memories WHERE scope = s"
         f" AND rid <= r ORDER BY rid DESC LIMIT {CONTEXT_BEFORE + 1}) w) x $$"
     )
