@@ -26,7 +26,7 @@ import pytest
 from hash_embedder import HashEmbedder
 
 from hivemem import Memory
-from hivemem.errors import DiskFull
+from hivemem.errors import DiskFull, MemoryNotFound
 from hivemem.memory.storage import fts, pgkeyword
 from hivemem.memory.storage.postgres import PostgresStorage
 
@@ -532,4 +532,58 @@ def test_rows_the_filter_drops_never_change_the_order(
         assert h["score"] == pytest.approx(
             d["keyword_body"] / best_body + 0.5 * d["keyword_context"] / best_window
         )
+    m.close()
+
+
+def test_many_deletes_reindex_each_window_once_and_a_failed_batch_changes_nothing(location: str) -> None:
+    """SQLite deletes many rows with the windows' re-indexing deferred to the end of the statement
+    (``fts.delete_rows``): runs of neighbours, single rows and whole scopes at once keep the table
+    equal to a rebuild, and a ``batch_delete`` refused for an unknown id leaves neither rows nor the
+    deferral behind (a later single delete still re-indexes the windows after it)."""
+    m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    rows = [{"messages": f"note {i} word{i % 7}", "user_id": f"u{i % 3}"} for i in range(90)]
+    ids = [r["id"] for r in m.add_batch(rows)["results"]]
+    with pytest.raises(MemoryNotFound):
+        m.batch_delete([{"memory_id": i} for i in [*ids[:10], "no-such-id"]])
+    assert len(m.get_all(user_id="u0")["results"]) == 30
+    m.delete(ids[4])
+    now, rebuilt = windows(m)
+    assert now == rebuilt
+    if not isinstance(m._storage, PostgresStorage):
+        db = sqlite3.connect(m.location)
+        assert db.execute("SELECT count(*) FROM meta WHERE key = 'fts_ctx_defer'").fetchone()[0] == 0
+        db.close()
+    m.batch_delete([{"memory_id": i} for i in ids[20:50] + ids[60:90:4] if i != ids[4]])
+    now, rebuilt = windows(m)
+    assert now == rebuilt
+    m.delete_all(user_id="u1")
+    now, rebuilt = windows(m)
+    assert now == rebuilt and len(rebuilt) > 10
+    m.close()
+
+
+def test_postgres_deleting_a_scope_walks_its_deleted_rows_once(pg_url: Callable[[], str]) -> None:
+    """PostgreSQL: the rows a statement deletes stay in the ``(scope, rid)`` index, invisible,
+    until vacuumed; ``hm_ctx_sync`` looked for each deleted row's followers by walking that index
+    from the row on, past every later deleted row (a ``delete_all`` of 100,000 memories in one
+    scope ran for minutes), and ``hm_window``, planned for a table not yet analysed, read every
+    row of the scope up to the row. Counted in index entries read by the deleting transaction
+    (not timed): deleting 1,714 of 2,000 rows read ~2 million entries on the old code (fails
+    there), 286,000 with only the first fix, ~4,600 now."""
+    m = Memory(pg_url(), embedder=HashEmbedder(), keyword_context=True)
+    n = 2000
+    for first in range(0, n, 1000):
+        m.add_batch([{"messages": f"note {i}", "user_id": "u"} for i in range(first, first + 1000)])
+    m.add_batch([{"messages": f"kept {i}", "user_id": "v"} for i in range(5)])
+    storage = m._storage
+    assert isinstance(storage, PostgresStorage)
+    ns = f'"{storage.schema}"'
+    count = "SELECT pg_stat_get_xact_tuples_returned(%s::regclass)"
+    with storage._pool.connection() as conn, conn.transaction():
+        before = conn.execute(count, (f"{ns}.memories_scope_rid",)).fetchone()[0]
+        conn.execute(f"DELETE FROM {ns}.memories WHERE user_id = 'u' AND rid % 7 != 3")  # runs of 6
+        read = conn.execute(count, (f"{ns}.memories_scope_rid",)).fetchone()[0] - before
+    assert read < 20 * n, read
+    now, rebuilt = windows(m)
+    assert now == rebuilt and len(rebuilt) > n // 8
     m.close()

@@ -93,7 +93,7 @@ SCHEMA = (
     " FROM memories",
 )
 CONTEXT_BEFORE = 2  # memories before a memory in its window (backward: an add changes no older window)
-CONTEXT_LAYOUT = f"1 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
+CONTEXT_LAYOUT = f"3 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
 CONTEXT_BATCH = 5_000  # rows a backfill step indexes per transaction (an old store, on open)
 _WINDOW = (
     "(SELECT group_concat(memory, char(10)) FROM (SELECT w.memory FROM memories w"
@@ -114,6 +114,14 @@ def _reindex(rows: str) -> str:
 
 
 _AFTER_OLD = _FOLLOWING.format(p="old", op=">", n=CONTEXT_BEFORE)
+# none while ``delete_rows`` deletes many rows (a meta key, never committed: it re-indexes once,
+# after); a LIMIT, not a WHERE term, which would walk the rest of the scope finding nothing
+_AFTER_DELETED = _FOLLOWING.format(
+    p="old",
+    op=">",
+    n=f"(SELECT CASE WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'fts_ctx_defer') THEN 0"
+    f" ELSE {CONTEXT_BEFORE} END)",
+)
 CONTEXT_SCHEMA = (
     "CREATE VIRTUAL TABLE memories_ctx USING fts5(context, scope, tokenize='{tokenizer}')",
     "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)",
@@ -121,7 +129,7 @@ CONTEXT_SCHEMA = (
     " INSERT INTO memories_ctx (rowid, context, scope)"
     f" VALUES (new.rid, {_WINDOW.format(p='new')}, {_SCOPE.format(p='new')}); END",
     "CREATE TRIGGER memories_ctx_delete AFTER DELETE ON memories BEGIN"
-    f" DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_OLD)} END",
+    f" DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_DELETED)} END",
     "CREATE TRIGGER memories_ctx_update AFTER UPDATE OF memory, scope, user_id, agent_id, run_id ON memories"
     f" BEGIN DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_OLD)}"
     f"{_reindex(_FOLLOWING.format(p='new', op='>=', n=CONTEXT_BEFORE + 1))} END",
@@ -206,6 +214,36 @@ def backfill_context(db: sqlite3.Connection, batch: int | None = None) -> bool:
     left = upto < high
     db.execute("UPDATE meta SET value = ? WHERE key = 'fts_ctx_done'", (upto if left else -1,))
     return left
+
+
+def delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
+    """Delete the memory rows ``removed`` (``(scope, rid)``); the caller holds a write transaction.
+    With the context table and more than one row, each row's trigger drops only the row's own
+    window (``fts_ctx_defer`` in meta meanwhile, removed before the commit), then the windows of
+    the ``CONTEXT_BEFORE`` rows that now follow each removed row in its scope are re-indexed, each
+    once: the windows that held a removed row (row by row, a ``delete_all`` re-indexed every
+    window twice just before deleting it)."""
+    many = (
+        len(removed) > 1 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_ctx'").fetchone()
+    )
+    if many:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_defer', 1)")
+    db.executemany("DELETE FROM memories WHERE rid = ?", [(rid,) for _, rid in removed])
+    if not many:
+        return
+    db.execute("DELETE FROM meta WHERE key = 'fts_ctx_defer'")
+    nth = "(SELECT rid FROM memories WHERE scope = g.s AND rid > g.r ORDER BY rid LIMIT 1 OFFSET {n})"
+    gone = "(SELECT json_extract(value, '$[0]') AS s, json_extract(value, '$[1]') AS r FROM json_each(?))"
+    parts = " UNION ".join(f"SELECT {nth.format(n=n)} AS f FROM {gone} g" for n in range(CONTEXT_BEFORE))
+    found = db.execute(
+        f"SELECT json_group_array(f) FROM ({parts}) WHERE f IS NOT NULL",
+        [json.dumps(removed)] * CONTEXT_BEFORE,
+    ).fetchone()[0]
+    rids: list[int] = json.loads(found)
+    for lo in range(0, len(rids), CONTEXT_BATCH):
+        chunk = json.dumps(rids[lo : lo + CONTEXT_BATCH])  # integers only: a literal is safe
+        for sql in _reindex(f"SELECT value FROM json_each('{chunk}')").split(";")[:-1]:
+            db.execute(sql)
 
 
 def quote(term: str) -> str:
@@ -342,27 +380,27 @@ def rank(
     (the windows' scores; ``share`` > 0) each row scoring ``body / best body + share × window /
     best window``, best first, ties to the older memory, and each hit's raw parts. ``passing``
     (None: no filter) → which of some rids pass the filter: asked for the best ``4 × k`` first,
-    then, if too few pass, for all the others; with ``ctx``, for every scored row first, so that
-    the best body and window are those of rows that pass (a filtered-out row, another user's or
-    an expired one, must not change the order). Both backends rank with it (module docstring)."""
+    then, if too few pass, for all the others; with ``ctx``, the best body and window are those
+    of rows that pass (a filtered-out row, another user's or an expired one, must not change the
+    order): each is the first row that passes in the order of that part, so the filter is asked
+    about the best few rows, not all of them (each row at most once; in one statement when the
+    best rows pass). Both backends rank with it (module docstring)."""
     rids, score = body
     parts_body = parts_ctx = np.zeros(0)
+    check = None if passing is None else _Checked(passing)
     if ctx is not None and share > 0:
-        both = np.union1d(rids, ctx[0])
-        parts_body, parts_ctx = np.zeros(len(both)), np.zeros(len(both))
-        parts_body[np.searchsorted(both, rids)] = score
-        parts_ctx[np.searchsorted(both, ctx[0])] = ctx[1]
-        if passing is not None:  # the best body and window among the rows that pass, never others'
-            ok: set[int] = set()
-            for lo in range(0, len(both), FILTER_CHUNK):
-                ok |= passing(both[lo : lo + FILTER_CHUNK].tolist())
-            keep = np.isin(both, np.fromiter(ok, np.int64, len(ok)))
-            both, parts_body, parts_ctx = both[keep], parts_body[keep], parts_ctx[keep]
-            passing = None
-        rids = both
-        score = parts_body / (parts_body.max(initial=0) or 1) + share * parts_ctx / (
-            parts_ctx.max(initial=0) or 1
-        )
+        rids = _union(rids, ctx[0])
+        parts_body, parts_ctx = np.zeros(len(rids)), np.zeros(len(rids))
+        parts_body[np.searchsorted(rids, body[0])] = score
+        parts_ctx[np.searchsorted(rids, ctx[0])] = ctx[1]
+        if check is not None:  # one question for the likely answer: the best rows pass
+            top = parts_body / (parts_body.max(initial=0) or 1) + share * parts_ctx / (
+                parts_ctx.max(initial=0) or 1
+            )
+            first = (_best_first(parts_body, 64), _best_first(parts_ctx, 64), _best_first(top, 4 * k))
+            check(list(dict.fromkeys(rids[np.concatenate(first)].tolist())))
+        best_body, best_ctx = _best(rids, parts_body, check), _best(rids, parts_ctx, check)
+        score = parts_body / (best_body or 1) + share * parts_ctx / (best_ctx or 1)
     by_rid = rids  # ascending: where each hit's parts are
 
     def found(out: list[tuple[int, float]]) -> tuple[list[tuple[int, float]], Parts]:
@@ -375,20 +413,76 @@ def rank(
 
     if not len(rids):
         return found([])
-    order = np.lexsort((rids, -score))  # best first; ties to the older memory
-    rids, score = rids[order], score[order]
-    if passing is None:
-        return found(list(zip(rids[:k].tolist(), score[:k].tolist(), strict=True)))
+    if check is None:
+        top = _best_first(score, k)
+        return found(list(zip(rids[top].tolist(), score[top].tolist(), strict=True)))
     out: list[tuple[int, float]] = []
     for lo, hi in ((0, 4 * k), (4 * k, len(rids))):  # the best first; all of them if too few pass
         if lo >= len(rids):
             break
-        part = rids[lo:hi].tolist()
-        ok = passing(part)
-        out += [(r, float(s)) for r, s in zip(part, score[lo:hi].tolist(), strict=True) if r in ok]
+        at = _best_first(score, hi)[lo:]
+        part = rids[at].tolist()
+        ok = check(part)
+        out += [(r, float(s)) for r, s in zip(part, score[at].tolist(), strict=True) if r in ok]
         if len(out) >= k:
             break
     return found(out[:k])
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of two sorted arrays (``np.union1d`` hashes: ~40× slower at 20k
+    rows, docs/memory.md#the-keyword-contexts-cost-2026-12-06)."""
+    both = np.concatenate((a, b))
+    both.sort(kind="stable")  # two sorted runs: merged
+    keep = np.empty(len(both), bool)
+    keep[:1] = True
+    np.not_equal(both[1:], both[:-1], out=keep[1:])
+    return both[keep]
+
+
+def _best_first(score: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the best ``n`` of ``score`` (whose rows are in ascending rid order), best first,
+    ties to the lower position (the older memory): a partition picks the rows at or above the
+    ``n``-th score, and only those are sorted."""
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    if n < len(score):
+        nth = np.partition(score, len(score) - n)[len(score) - n]
+        at = np.flatnonzero(score >= nth)
+        return at[np.argsort(-score[at], kind="stable")][:n]
+    return np.argsort(-score, kind="stable")
+
+
+class _Checked:
+    """``passing`` asked about each rid at most once, ``FILTER_CHUNK`` rids per call."""
+
+    def __init__(self, passing: Callable[[list[int]], set[int]]) -> None:
+        self._passing, self._known = passing, dict[int, bool]()
+
+    def __call__(self, part: list[int]) -> set[int]:
+        new = [r for r in part if r not in self._known]
+        for lo in range(0, len(new), FILTER_CHUNK):
+            chunk = new[lo : lo + FILTER_CHUNK]
+            ok = self._passing(chunk)
+            self._known.update((r, r in ok) for r in chunk)
+        return {r for r in part if self._known[r]}
+
+
+def _best(rids: np.ndarray, values: np.ndarray, check: _Checked | None) -> float:
+    """The largest of ``values`` (≥ 0) among the rows that pass (``check``; None: all), 0 if none:
+    the first that passes, best first, asked in growing steps (64 rows, then 4× more each time)."""
+    if check is None:
+        return float(values.max(initial=0))
+    lo, step, scored = 0, 64, int(np.count_nonzero(values > 0))
+    while lo < scored:
+        hi = min(lo + step, scored)
+        part = _best_first(values, hi)[lo:]
+        ok = check(rids[part].tolist())
+        for i in part.tolist():
+            if int(rids[i]) in ok:
+                return float(values[i])
+        lo, step = hi, min(4 * step, FILTER_CHUNK)
+    return 0.0
 
 
 def rarest_words(counts: list[tuple[int, str]], share: float) -> list[str]:

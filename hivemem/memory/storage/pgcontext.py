@@ -17,7 +17,13 @@ backfill and the triggers both call it.
   transaction of every write, whichever client made it: an insert indexes the new rows' windows,
   a delete drops the rows' own; an insert, delete or change of text (or scope) also re-indexes
   the windows of the ``CONTEXT_BEFORE`` rows that follow each changed row in its scope. A
-  change of metadata or expiry touches nothing.
+  change of metadata or expiry touches nothing. The rows that follow a changed row are looked
+  for only up to the next changed row of its scope (the rows after that one are its own
+  followers): the rows a statement deleted stay in the index, invisible, until vacuumed, and
+  each search past them walked every one: a ``delete_all`` of 100,000 rows in one scope ran
+  for minutes (quadratic; docs/memory.md#the-keyword-contexts-cost-2026-12-06). ``hm_window``
+  reads the ``(scope, rid)`` index backwards (bitmap scans and sorts off in it): with the estimate
+  of a table not yet analysed, the planner read every row of the scope up to the row instead.
 * **Concurrent writers in one scope**: a window read by one transaction cannot see rows another
   has not committed yet, so ``hm_ctx_sync`` first takes transaction advisory locks that cover
   the scopes it changed, held to the commit, and only then reads the windows (a new statement
@@ -48,7 +54,7 @@ from hivemem.memory.storage.pgkeyword import VERSION as WORDS_VERSION
 
 # of the table, functions and triggers below, and of the ``words`` its windows are made of (a new
 # keyword layout rebuilds them at the next open with the option); kept in meta 'keyword_ctx'
-VERSION = f"2 {CONTEXT_BEFORE} {WORDS_VERSION}"
+VERSION = f"3 {CONTEXT_BEFORE} {WORDS_VERSION}"
 LOCK_BUCKETS = 1024  # advisory locks a store's scopes are spread over (a power of two)
 LOCK_BUCKETS_MAX = 64  # a statement touching more buckets takes the store's lock instead
 
@@ -82,7 +88,10 @@ def install(conn: Any, ns: str, schema: str) -> None:
     members = " || ".join(f"coalesce(a[{i}], ''::tsvector)" for i in range(1, CONTEXT_BEFORE + 2))
     conn.execute(
         f"CREATE OR REPLACE FUNCTION {ns}.hm_window(s text, r bigint) RETURNS tsvector"
-        f" LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT {members} FROM (SELECT array_agg(words"
+        # the (scope, rid) index read backwards from the row, 3 entries: never a bitmap of the scope's
+        # rows up to it and a sort, which an unanalysed table's estimate (2 rows) chose: every row read
+        " LANGUAGE sql STABLE PARALLEL SAFE SET enable_bitmapscan = off SET enable_sort = off"
+        f" AS $$ SELECT {members} FROM (SELECT array_agg(words"
         f" ORDER BY rid DESC) AS a FROM (SELECT rid, words FROM {ns}.memories WHERE scope = s"
         f" AND rid <= r ORDER BY rid DESC LIMIT {CONTEXT_BEFORE + 1}) w) x $$"
     )
@@ -100,9 +109,11 @@ def install(conn: Any, ns: str, schema: str) -> None:
         " END IF;"
         f" DELETE FROM {ns}.memories_ctx WHERE rid = ANY(gone);"
         f" INSERT INTO {ns}.memories_ctx (rid, words) SELECT m.rid, {ns}.hm_window(m.scope, m.rid)"
-        f" FROM {ns}.memories m WHERE m.rid IN (SELECT unnest(rids) UNION SELECT f.rid"
-        " FROM unnest(scopes, rids) AS c(s, r) CROSS JOIN LATERAL (SELECT rid FROM"
-        f" {ns}.memories WHERE scope = c.s AND rid > c.r ORDER BY rid LIMIT {CONTEXT_BEFORE}) f)"
+        f" FROM {ns}.memories m WHERE m.rid IN (SELECT unnest(rids) UNION SELECT f.rid FROM (SELECT s, r,"
+        " lead(r) OVER (PARTITION BY s ORDER BY r) AS nx FROM unnest(scopes, rids) AS c(s, r)) c"
+        f" CROSS JOIN LATERAL (SELECT rid FROM {ns}.memories WHERE scope = c.s AND rid > c.r"
+        # a bound the index scan stops at (an OR would be a filter, and the scan would go on)
+        f" AND rid < coalesce(c.nx, {2**63 - 1}) ORDER BY rid LIMIT {CONTEXT_BEFORE}) f)"
         " ON CONFLICT (rid) DO UPDATE SET words = excluded.words;"
         " END $f$"
     )

@@ -369,7 +369,9 @@ class KeywordSearch:
         SQLite's code (``fts.bm25``, ``fts.rank``): the body's and the windows' BM25 over the rows
         of the scope (of the store for a scope of more than ``SCOPE_ROWS_MAX``), each divided by
         its best, then the filter (``always``: none) on the best first. → the rows with their
-        relevance, and each one's raw ``(body, window)`` scores by rid."""
+        relevance, and each one's raw ``(body, window)`` scores by rid. Each kept word's rows are
+        read from GIN (not ``Postings``), the body's once: unscoped, their number is the count
+        the plan needs (docs/memory.md#the-keyword-contexts-cost-2026-12-06)."""
         ns, scope = self.ns, Scope(where)
         scope_key = ("scope", scope.sql, tuple(scope.params))
         size = int(conn.execute(f"SELECT coalesce(max(rid), 0) FROM {ns}.memories").fetchone()[0])
@@ -388,22 +390,39 @@ class KeywordSearch:
         scoped = bool(scope.query) and rows <= SCOPE_ROWS_MAX
         if not scoped:  # no scope, or one whose lexeme list would be walked for every word
             rows = size
+        read: dict[tuple[str, int], np.ndarray] = {}  # (word, 0 body / 1 window) → its rows
+
+        def lists(body: list[str], windows: list[str]) -> dict[str, tuple[int, np.ndarray]]:
+            """Read the body rows of ``body`` and the window rows of ``windows``, in one statement."""
+            words = list(dict.fromkeys(body + windows))
+            within = "(%s::tsquery && t.q)" if scoped else "t.q"
+            one = "CASE WHEN t.{c} THEN (SELECT string_agg(int8send(rid), ''::bytea) FROM {table} WHERE"
+            got = conn.execute(
+                f"WITH t AS MATERIALIZED (SELECT i, b, c, phraseto_tsquery({self._cfg}, {ns}.hm_words(w))"
+                " AS q FROM unnest(%s::text[], %s::bool[], %s::bool[]) WITH ORDINALITY AS t(w, b, c, i))"
+                f" SELECT {one.format(c='b', table=f'{ns}.memories')} words @@ {within}) END,"
+                f" {one.format(c='c', table=f'{ns}.memories_ctx')} words @@ {within}) END"
+                " FROM t ORDER BY t.i",
+                [words, [w in body for w in words], [w in windows for w in words],
+                 *([scope.query] * 2 if scoped else [])],
+            ).fetchall()  # fmt: skip
+            for w, (b, c) in zip(words, got, strict=True):
+                read.update({(w, 0): int8s(b)} if w in body else {})
+                read.update({(w, 1): int8s(c)} if w in windows else {})
+            if not scoped:  # the rows of the store holding the word: its exact count
+                for w in body:
+                    self._remember(("word", w), len(read[w, 0]), size)
+            return {w: (len(read[w, 0]), read[w, 0]) for w in body}
+
         kept = terms
-        if rows * len(terms) > RANK_BUDGET:
-            kept, _ = self._plan(conn, terms, rows / max(size, rows, 1), size)
+        if rows * len(terms) > RANK_BUDGET:  # unscoped, the words' counts are their body rows: read
+            plan = None if scoped else (lambda words: lists(words, []))
+            kept, _ = self._plan(conn, terms, rows / max(size, rows, 1), size, plan)
         if not kept:
             return [], {}
-        within = "(%s::tsquery && t.q)" if scoped else "t.q"
-        lists = "(SELECT string_agg(int8send(rid), ''::bytea) FROM {table} WHERE words @@ " + within + ")"
-        got = conn.execute(
-            f"WITH t AS MATERIALIZED (SELECT i, phraseto_tsquery({self._cfg}, {ns}.hm_words(w)) AS q"
-            " FROM unnest(%s::text[]) WITH ORDINALITY AS t(w, i))"
-            f" SELECT {lists.format(table=f'{ns}.memories')}, {lists.format(table=f'{ns}.memories_ctx')}"
-            " FROM t ORDER BY t.i",
-            [kept, *([scope.query] * 2 if scoped else [])],
-        ).fetchall()
-        body = bm25([(len(r), r) for r in (int8s(b) for b, _ in got)], rows)
-        ctx = bm25([(len(r), r) for r in (int8s(c) for _, c in got)], rows)
+        lists([t for t in kept if (t, 0) not in read], kept)
+        body = bm25([(len(read[t, 0]), read[t, 0]) for t in kept], rows)
+        ctx = bm25([(len(read[t, 1]), read[t, 1]) for t in kept], rows)
 
         def passing(part: list[int]) -> set[int]:
             found = conn.execute(
