@@ -169,9 +169,7 @@ class Combiner(Generic[T, R]):
     called when ``run`` returns), so the next group may start while this one finishes. ``lock``: a
     lock the leader acquires before it takes its group (SQLite's write lock: whoever writes next
     takes everything queued meanwhile); released with ``release``. ``then``: run by a leader after
-    its members have their outcomes (work none of them waits for). ``parallel``: how many groups
-    may run at once (each led by its own caller; the next one starts when a running one releases
-    or, below ``parallel``, as soon as the head of the line is free to lead).
+    its members have their outcomes (work none of them waits for).
 
     A waiting caller that is interrupted leaves the line (and hands the turn on if it was about to
     lead); a leader that dies gets its exception and hands the other members of its group
@@ -186,18 +184,14 @@ class Combiner(Generic[T, R]):
         max_size: int = 1024,
         lock: threading.Lock | None = None,
         then: Callable[[], None] | None = None,
-        parallel: int = 1,
     ) -> None:
-        if parallel < 1:
-            raise ValueError(f"parallel must be at least 1, got {parallel}")
         self._run = run
-        self._parallel = parallel
         self._resource = lock
         self._then = then
         self._line: Line[T] = Line(max_wait_ms=max_wait_ms, max_size=max_size)
         self._lock = threading.Lock()
-        self._running = 0  # groups being taken or not released yet (at most ``parallel``)
-        self._takers: set[Wake] = set()  # callers counted in _running that have not taken a group yet
+        self._busy = False  # a group is being taken or has not released yet
+        self._taker: Wake | None = None  # the caller that set _busy and has not taken its group yet
         self.groups = 0  # groups run (calls / groups = mean group size)
         self.calls = 0
 
@@ -224,21 +218,21 @@ class Combiner(Generic[T, R]):
         try:
             while not all(m.done for m in mine):
                 if self._wait_turn(mine, wake):
-                    self._lead(wake)
+                    self._lead()
         except BaseException:  # interrupted: leave the line without blocking it
             with self._lock:
                 for m in mine:
                     self._line.remove(m)
-                if wake in self._takers:  # about to lead, no group taken yet: hand the turn on
-                    self._takers.discard(wake)
-                    self._running -= 1
+                if self._taker is wake:  # about to lead, no group taken yet: hand the turn on
+                    self._taker = None
+                    self._busy = False
                 self._nudge()
             raise
         return [m.outcome for m in mine]
 
     def _nudge(self) -> None:
         """Wake the head's caller: it may lead now (lock held)."""
-        if self._line.members and self._running < self._parallel:
+        if self._line.members and not self._busy:
             wake = self._line.members[0].wake
             if wake is not None:
                 wake.set()
@@ -252,20 +246,18 @@ class Combiner(Generic[T, R]):
             if all(m.done for m in mine):
                 return False
             timeout = None
-            head = self._line.members[0].wake if self._line.members else None
-            if head is wake and self._running < self._parallel and wake not in self._takers:
+            if not self._busy and self._line.members and self._line.members[0].wake is wake:
                 timeout = self._line.wait_for()
                 if timeout <= 0:
-                    self._running += 1
-                    self._takers.add(wake)
+                    self._busy = True
+                    self._taker = wake
                     return True
         wake.wait(timeout)
         return False
 
-    def _lead(self, wake: Wake) -> None:
-        """Take a group (this caller's member at its head) and run it; it is counted in ``_running``.
-        Interrupted before it took its group, it leaves that to ``submit_many``'s handler
-        (``_takers``)."""
+    def _lead(self) -> None:
+        """Take a group (this caller's member at its head) and run it; ``_busy`` is set. Interrupted
+        before it took its group, it leaves ``_busy`` to ``submit_many``'s handler (``_taker``)."""
         group: list[Member[T]] = []
         held = False  # the resource, before a group owns it
         released = False
@@ -276,12 +268,11 @@ class Combiner(Generic[T, R]):
                 if released:
                     return
                 released = True
-                self._takers.discard(wake)  # if taking the group was interrupted
                 self._line.served(len(group))
             if self._resource is not None:
                 self._resource.release()
             with self._lock:
-                self._running -= 1
+                self._busy = False
                 self._nudge()
 
         outcomes: list[Any] = []
@@ -291,10 +282,9 @@ class Combiner(Generic[T, R]):
                 held = True
             with self._lock:
                 self._line.take(group)
-                self._takers.discard(wake)  # its place in _running is the group's: release() frees it
+                self._taker = None  # _busy is the group's now: release() clears it
                 self.groups += 1
                 self.calls += len(group)
-                self._nudge()  # the new head may lead another group at once (``parallel``)
             outcomes = self._run([m.item for m in group], release)
             if len(outcomes) != len(group):
                 raise RuntimeError(f"{len(outcomes)} outcomes for a group of {len(group)}")

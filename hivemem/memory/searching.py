@@ -7,12 +7,9 @@ caller runs its own search at once), and that thread runs everything queued, one
 other, in ONE read snapshot, while the others sleep until their answer is there. Why: a search is
 mostly Python with short SQLite steps, and ``sqlite3`` lets go of the GIL around each step; with
 eight threads searching side by side every step became a hand-off of the GIL, and eight threads
-served fewer searches than one (docs/memory.md#concurrent-searches). Up to ``SEARCH_PARALLEL``
-groups run at once, each in its leader's thread, connection and snapshot: about half of a
-search's time is spent with the GIL let go (SQLite's steps, numpy), so a second group uses the
-second core, while more would only hand the GIL around again. Each search still gets exactly
-its own answer or its own error, and sees every write committed before it was called (its
-group's snapshot begins after it joined the line). If the thread running a group is interrupted
+served fewer searches than one (docs/memory.md#concurrent-searches). Each search still gets
+exactly its own answer or its own error, and sees every write committed before it was called
+(its group's snapshot begins after it joined the line). If the thread running a group is interrupted
 (Ctrl-C in a main thread), the other searches of that group run again, each alone in its own
 snapshot: a search only reads.
 """
@@ -20,7 +17,6 @@ snapshot: a search only reads.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,11 +26,6 @@ from hivemem.memory.storage.base import Storage
 
 Hits = list[dict[str, Any]]
 GROUP_SEARCHES = 64  # searches one thread runs for the others at most, before another thread leads
-# Groups of searches running at once: two (about half of a search holds the GIL, so two keep it
-# busy), one where this process may use only one core.
-SEARCH_PARALLEL = min(
-    2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-)
 
 
 class SearchGroups:
@@ -45,9 +36,7 @@ class SearchGroups:
         work is the server's, and its connections search in parallel)."""
         self._storage = storage
         self._combiner: Combiner[Callable[[], Hits], Hits] | None = (
-            Combiner(self._run, max_wait_ms=0, max_size=GROUP_SEARCHES, parallel=SEARCH_PARALLEL)
-            if grouped
-            else None
+            Combiner(self._run, max_wait_ms=0, max_size=GROUP_SEARCHES) if grouped else None
         )
 
     def run(self, search: Callable[[], Hits]) -> Hits:

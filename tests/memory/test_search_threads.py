@@ -110,32 +110,14 @@ def test_a_search_costs_the_same_statements_whatever_its_words(tmp_path: Path) -
     m.close()
 
 
-class Held:
-    """Holds the first searches, one per group that may run at once (``SEARCH_PARALLEL``), until
-    ``go`` is set: the searches started after them must queue."""
-
-    def __init__(self, m: Memory) -> None:
-        combiner = m._searches._combiner
-        assert combiner is not None
-        self.combiner, self.parallel = combiner, combiner._parallel
-        self.count, self.lock, self.go = 0, threading.Lock(), threading.Event()
-        self.arrived = threading.Semaphore(0)
-
-    def enter(self) -> int:
-        """Called by each search: its number (1, 2, …); the first ``parallel`` wait for ``go``."""
-        with self.lock:
-            self.count += 1
-            n = self.count
-        if n <= self.parallel:
-            self.arrived.release()
-            assert self.go.wait(60)
-        return n
-
-
-def _search_while_held(m: Memory, queries: list[str], got: list[Any], held: Held) -> None:
-    """One thread per query: the first ``held.parallel`` searches start (each in a group of its
-    own, held by the patched ``hybrid.search``), the others queue behind them; once all are in
-    the line, ``held.go`` releases them. Each thread's answer, or what it raised, lands in ``got``."""
+def _search_while_held(
+    m: Memory, queries: list[str], got: list[Any], first: threading.Event, go: threading.Event
+) -> None:
+    """One thread per query: the first one's search starts (and sets ``first``, then waits for
+    ``go``: the patched ``hybrid.search`` holds it), the others queue behind it; once all are in
+    the line, ``go`` releases them. Each thread's answer, or what it raised, lands in ``got``."""
+    combiner = m._searches._combiner
+    assert combiner is not None
 
     def run(i: int) -> None:
         try:
@@ -144,14 +126,13 @@ def _search_while_held(m: Memory, queries: list[str], got: list[Any], held: Held
             got[i] = exc
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(queries))]
-    for t in threads[: held.parallel]:
+    threads[0].start()
+    assert first.wait(60)
+    for t in threads[1:]:
         t.start()
-        assert held.arrived.acquire(timeout=60)  # its search runs (and is held)
-    for t in threads[held.parallel :]:
-        t.start()
-    while len(held.combiner) < len(queries) - held.parallel:  # the others are in the line
+    while len(combiner) < len(queries) - 1:  # the others are in the line
         threading.Event().wait(0.01)
-    held.go.set()
+    go.set()
     for t in threads:
         t.join(60)
 
@@ -159,19 +140,21 @@ def _search_while_held(m: Memory, queries: list[str], got: list[Any], held: Held
 def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While the groups that may run at once run a search each, the searches of the other threads
-    queue and are then run by one of them, in one group; each caller gets its own answer, and the
-    one whose search fails gets its error, the others their answers."""
+    """While one thread runs a search, the searches of seven others queue and are then run by one
+    of them, in one group; each caller gets its own answer, and the one whose search fails gets
+    its error, the others their answers."""
     emb = HashEmbedder()
     m = Memory(tmp_path / "m.sqlite", embedder=emb)
     m.add_batch(_items(sentences(60, seed=8), "w"))
     queries = sentences(8, seed=9)
     want = [m.search(q, user_id="w")["results"] for q in queries]
     poison = emb.embed_one(queries[5])
-    real, held = hybrid.search, Held(m)
+    real, first, go = hybrid.search, threading.Event(), threading.Event()
 
     def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
-        held.enter()  # the first searches hold their groups until the others have queued
+        if not first.is_set():  # the first search holds its group until the others have queued
+            first.set()
+            assert go.wait(60)
         if vector is not None and np.array_equal(vector, poison):
             raise RuntimeError("this search fails")
         return real(storage, mode, vector, *args)
@@ -182,8 +165,8 @@ def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
     groups, calls = combiner.groups, combiner.calls
     got: list[Any] = [None] * len(queries)
 
-    _search_while_held(m, queries, got, held)
-    assert (combiner.groups - groups, combiner.calls - calls) == (held.parallel + 1, len(queries))
+    _search_while_held(m, queries, got, first, go)
+    assert (combiner.groups - groups, combiner.calls - calls) == (2, len(queries))
     assert isinstance(got[5], RuntimeError) and "fails" in str(got[5])
     assert [g for i, g in enumerate(got) if i != 5] == [w for i, w in enumerate(want) if i != 5]
     m.close()
@@ -205,11 +188,17 @@ def test_searches_of_an_interrupted_group_run_again_alone(
     m.add_batch(_items(sentences(60, seed=8), "w"))
     queries = sentences(8, seed=9)
     want = [m.search(q, user_id="w")["results"] for q in queries]
-    real, held = hybrid.search, Held(m)
+    real, first, go = hybrid.search, threading.Event(), threading.Event()
+    count, count_lock = [0], threading.Lock()
 
     def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
-        n = held.enter()  # the first searches hold their groups until the others have queued
-        if n == held.parallel + 1:  # the first search of the next group: its leader's own, interrupted
+        with count_lock:
+            count[0] += 1
+            n = count[0]
+        if n == 1:  # the first search holds its group until the others have queued
+            first.set()
+            assert go.wait(60)
+        if n == 2:  # the first search of the next group: its leader's own, interrupted
             raise Interrupted()
         return real(storage, mode, vector, *args)
 
@@ -218,7 +207,7 @@ def test_searches_of_an_interrupted_group_run_again_alone(
     assert combiner is not None
     got: list[Any] = [None] * len(queries)
 
-    _search_while_held(m, queries, got, held)
+    _search_while_held(m, queries, got, first, go)
     interrupted = [i for i, g in enumerate(got) if isinstance(g, Interrupted)]
     assert len(interrupted) == 1, got
     assert [g for i, g in enumerate(got) if i not in interrupted] == [
