@@ -157,9 +157,7 @@ class Memory:
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
         grouped = self._storage.capabilities.group_commit
         self._combiner: Combiner[list[NewMemory], list[dict[str, Any]]] | None = (
-            Combiner(self._store_group, max_size=COMBINE_GROUP_MAX, then=self._storage.upkeep)
-            if grouped
-            else None
+            Combiner(self._store_group, max_size=COMBINE_GROUP_MAX) if grouped else None
         )
         self._searches = SearchGroups(self._storage, grouped)  # concurrent searches too (SQLite)
         self._embedder: EmbedderLike | None = None
@@ -332,7 +330,6 @@ class Memory:
     def _store_alone(self, new: list[NewMemory], release: Release = lambda: None) -> list[dict[str, Any]]:
         """One call on its own: a group of one (no combiner, a large call, or a group that failed)."""
         (outcome,) = self._store_group([new], release)
-        self._storage.upkeep()  # the index's catch-up deferred by the group commit
         if isinstance(outcome, BaseException):
             raise outcome
         results: list[dict[str, Any]] = outcome
@@ -364,7 +361,7 @@ class Memory:
         jobs = [(i, todo) for i, todo in todos if todo]
         batches = [(todo, vectors[[row[m.memory] for m in todo]]) for _, todo in jobs]
         if self._combiner is not None:  # capabilities.group_commit: one transaction for all
-            stored = self._storage.insert_many(batches, defer_upkeep=True)  # upkeep: after the wake-ups
+            stored = self._storage.insert_many(batches)
         else:  # one call (no combiner): its one transaction
             stored = [self._storage.insert(todo, vecs) for todo, vecs in batches]
         done = dict(zip((i for i, _ in jobs), stored, strict=True))

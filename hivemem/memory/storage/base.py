@@ -234,17 +234,12 @@ class Storage(abc.ABC):
     # -- shared ----------------------------------------------------------------------------------
 
     def insert_many(
-        self,
-        batches: builtins.list[tuple[builtins.list[NewMemory], np.ndarray]],
-        *,
-        defer_upkeep: bool = False,
+        self, batches: builtins.list[tuple[builtins.list[NewMemory], np.ndarray]]
     ) -> builtins.list[builtins.list[tuple[str, str]] | BaseException]:
         """Several batches → per batch what ``insert`` returns, or the exception that refused it.
 
         Here each batch is its own transaction; a backend with ``capabilities.group_commit``
-        stores them in one. ``defer_upkeep``: work after the commit that no result depends on
-        (SQLite: the search index's catch-up) waits for this thread's ``upkeep()`` call, so that
-        a ``Memory`` group wakes its callers first."""
+        stores them in one."""
         out: builtins.list[builtins.list[tuple[str, str]] | BaseException] = []
         for memories, vectors in batches:
             try:
@@ -252,10 +247,6 @@ class Storage(abc.ABC):
             except Exception as exc:
                 out.append(exc)
         return out
-
-    def upkeep(self) -> None:
-        """What an ``insert_many(..., defer_upkeep=True)`` of this thread left to do (none here)."""
-        return None
 
     def compile(self, where: Node | None) -> Compiled:
         """``where`` as this backend's WHERE clause."""

@@ -308,14 +308,11 @@ class SQLiteStorage(Storage):
             raise outcome
         return outcome
 
-    def insert_many(
-        self, batches: list[_Batch], *, defer_upkeep: bool = False
-    ) -> list[list[tuple[str, str]] | BaseException]:
+    def insert_many(self, batches: list[_Batch]) -> list[list[tuple[str, str]] | BaseException]:
         """Several batches (one per ``add`` call of a ``Memory`` group) in one group commit.
 
         → per batch, what ``insert`` returns for it, or the exception that refused it: each batch
-        is stored whole or not at all, and the others do not depend on it. ``defer_upkeep``: if
-        this thread commits the group, the index's catch-up waits for its ``upkeep()``.
+        is stored whole or not at all, and the others do not depend on it.
         """
         out: list[list[tuple[str, str]] | BaseException] = []
         jobs: list[tuple[int, _Batch]] = []  # (where in out, the batch)
@@ -331,12 +328,7 @@ class SQLiteStorage(Storage):
             jobs.append((len(out), (memories, vectors)))
             out.append([])
         if jobs:  # queued together: one leader takes them all
-            self._local.defer = defer_upkeep
-            try:
-                outcomes = self._jobs.submit_many([(j, 1) for _, j in jobs])
-            finally:
-                self._local.defer = False
-            for (i, _), outcome in zip(jobs, outcomes, strict=True):
+            for (i, _), outcome in zip(jobs, self._jobs.submit_many([(j, 1) for _, j in jobs]), strict=True):
                 out[i] = outcome
         return out
 
@@ -414,19 +406,8 @@ class SQLiteStorage(Storage):
     # -- the shared vector index -----------------------------------------------------------------
 
     def _after_write(self) -> None:
-        """After a commit: the shared index catches up if it lags (``SharedIndex.after_write``),
-        now or, inside ``insert_many(..., defer_upkeep=True)``, at this thread's ``upkeep()``."""
-        local = self._local
-        if getattr(local, "defer", False):
-            local.owed = True
-            return
+        """After a commit: the shared index catches up if it lags (``SharedIndex.after_write``)."""
         self.index.after_write(self._db())
-
-    def upkeep(self) -> None:
-        local = self._local
-        if getattr(local, "owed", False):
-            local.owed = False
-            self._after_write()
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
