@@ -5,14 +5,14 @@ groups in which concurrent searches of one SQLite store run.
 searches to whichever of them is free (``hivemem.infra.grouping.Combiner``: a lone caller runs
 its own search at once; with others around, the next group waits up to ``SEARCH_WAIT_MS`` for
 the callers of the last one to come back), and that thread runs everything queued, one search
-after the other, in ONE read snapshot, while the others sleep until their answer is there. Why: a search is
-mostly Python with short SQLite steps, and ``sqlite3`` lets go of the GIL around each step; with
-eight threads searching side by side every step became a hand-off of the GIL, and eight threads
-served fewer searches than one (docs/memory.md#concurrent-searches). Each search still gets
-exactly its own answer or its own error, and sees every write committed before it was called
-(its group's snapshot begins after it joined the line). If the thread running a group is interrupted
-(Ctrl-C in a main thread), the other searches of that group run again, each alone in its own
-snapshot: a search only reads.
+after the other, in ONE read snapshot, while the others sleep until their answer is there. Why:
+a search is mostly Python with short SQLite steps, and ``sqlite3`` lets go of the GIL around
+each step; with eight threads searching side by side every step became a hand-off of the GIL,
+and eight threads served fewer searches than one (docs/memory.md#concurrent-searches). Each
+search still gets exactly its own answer or its own error, and sees every write committed
+before it was called (its group's snapshot begins after it joined the line). If the thread
+running a group is interrupted (Ctrl-C in a main thread), the other searches of that group run
+again, each alone in its own snapshot: a search only reads.
 """
 
 from __future__ import annotations
