@@ -30,7 +30,7 @@ GROUP_SEARCHES = 64  # searches one thread runs for the others at most, before a
 # How long the next group waits for the callers of the last one to come back (``grouping.Line``'s
 # rule: a lone caller never waits). Without it, the group left with whoever was back, and the
 # others' Python met its SQLite steps, a GIL hand-off each (docs/memory.md#concurrent-searches).
-SEARCH_WAIT_MS = 2.0
+SEARCH_WAIT_MS = 0.5
 
 
 class SearchGroups:
