@@ -29,7 +29,8 @@ Hits = list[dict[str, Any]]
 GROUP_SEARCHES = 64  # searches one thread runs for the others at most, before another thread leads
 # How long the next group waits for the callers of the last one to come back (``grouping.Line``'s
 # rule: a lone caller never waits). Without it, the group left with whoever was back, and the
-# others' Python met its SQLite steps, a GIL hand-off each (docs/memory.md#concurrent-searches).
+# others' Python met its SQLite steps, a GIL hand-off each; longer, a caller that does not come
+# back cost the others more (docs/memory.md#concurrent-searches, benchmarks/search_sporadic.py).
 SEARCH_WAIT_MS = 0.5
 
 
