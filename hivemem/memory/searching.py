@@ -2,16 +2,17 @@
 groups in which concurrent searches of one SQLite store run.
 
 **Grouped searches** (``SearchGroups``): threads that search one SQLite store at once hand their
-searches to whichever of them is free (``hivemem.infra.grouping.Combiner``, no waiting: a lone
-caller runs its own search at once), and that thread runs everything queued, one search after the
-other, in ONE read snapshot, while the others sleep until their answer is there. Why: a search is
-mostly Python with short SQLite steps, and ``sqlite3`` lets go of the GIL around each step; with
-eight threads searching side by side every step became a hand-off of the GIL, and eight threads
-served fewer searches than one (docs/memory.md#concurrent-searches). Each search still gets
-exactly its own answer or its own error, and sees every write committed before it was called
-(its group's snapshot begins after it joined the line). If the thread running a group is interrupted
-(Ctrl-C in a main thread), the other searches of that group run again, each alone in its own
-snapshot: a search only reads.
+searches to whichever of them is free (``hivemem.infra.grouping.Combiner``: a lone caller runs
+its own search at once; with others around, the next group waits up to ``SEARCH_WAIT_MS`` for
+the callers of the last one to come back), and that thread runs everything queued, one search
+after the other, in ONE read snapshot, while the others sleep until their answer is there. Why:
+a search is mostly Python with short SQLite steps, and ``sqlite3`` lets go of the GIL around
+each step; with eight threads searching side by side every step became a hand-off of the GIL,
+and eight threads served fewer searches than one (docs/memory.md#concurrent-searches). Each
+search still gets exactly its own answer or its own error, and sees every write committed
+before it was called (its group's snapshot begins after it joined the line). If the thread
+running a group is interrupted (Ctrl-C in a main thread), the other searches of that group run
+again, each alone in its own snapshot: a search only reads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from hivemem.memory.storage.base import Storage
 
 Hits = list[dict[str, Any]]
 GROUP_SEARCHES = 64  # searches one thread runs for the others at most, before another thread leads
+# How long the next group waits for the callers of the last one to come back (``grouping.Line``'s
+# rule: a lone caller never waits). Without it, the group left with whoever was back, and the
+# others' Python met its SQLite steps, a GIL hand-off each; longer, a caller that does not come
+# back cost the others more (docs/memory.md#concurrent-searches, benchmarks/search_sporadic.py).
+SEARCH_WAIT_MS = 0.5
 
 
 class SearchGroups:
@@ -36,7 +42,7 @@ class SearchGroups:
         work is the server's, and its connections search in parallel)."""
         self._storage = storage
         self._combiner: Combiner[Callable[[], Hits], Hits] | None = (
-            Combiner(self._run, max_wait_ms=0, max_size=GROUP_SEARCHES) if grouped else None
+            Combiner(self._run, max_wait_ms=SEARCH_WAIT_MS, max_size=GROUP_SEARCHES) if grouped else None
         )
 
     def run(self, search: Callable[[], Hits]) -> Hits:

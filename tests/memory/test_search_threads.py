@@ -1,8 +1,8 @@
 """Many threads searching one store at once, while another adds: each search sees one snapshot
 (every batch committed before it began, none half), and its results are those of a search of
-that snapshot alone; searches queued meanwhile run as one group. Also: the cost of a search in
-statements does not grow with its words. Storage only: the hash embedder, no model
-(tests/hash_embedder.py)."""
+that snapshot alone; searches queued meanwhile run as one group, and the next group waits for
+the callers of the last one. Also: the cost of a search in statements does not grow with its
+words. Storage only: the hash embedder, no model (tests/hash_embedder.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from memory_helpers import HashEmbedder
 
 from hivemem import Memory
 from hivemem.embed.corpus import sentences
+from hivemem.infra import grouping
+from hivemem.infra.grouping import Member
 from hivemem.memory import hybrid
+from hivemem.memory.searching import SEARCH_WAIT_MS
 
 pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
@@ -214,4 +217,51 @@ def test_searches_of_an_interrupted_group_run_again_alone(
         w for i, w in enumerate(want) if i not in interrupted
     ]
     assert m.search(queries[0], user_id="w")["results"] == want[0]  # and searches go on grouped
+    m.close()
+
+
+def test_the_next_group_waits_for_the_callers_of_the_last_one_and_a_lone_caller_never_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a group of several searches, the next group waits (up to ``SEARCH_WAIT_MS``) until as
+    many searches are queued as the last group served: its callers come back with their next
+    search, and their Python runs between groups instead of between the leader's SQLite steps. A
+    lone sequential caller's last group was of one: its next search never waits. (The clock is
+    frozen for the look at the line, so that no timing enters the test.)"""
+    emb = HashEmbedder()
+    m = Memory(tmp_path / "m.sqlite", embedder=emb)
+    m.add_batch(_items(sentences(60, seed=8), "w"))
+    combiner = m._searches._combiner
+    assert combiner is not None
+    line = combiner._line
+
+    def wait_for_one_more() -> float:
+        """Seconds a search queued now would wait, the clock stopped when the last group left."""
+        with monkeypatch.context() as frozen:
+            frozen.setattr(grouping.time, "monotonic", lambda: line._free_since)
+            probe: Member[Any] = Member("probe")
+            line.put([probe])
+            try:
+                return line.wait_for()
+            finally:
+                assert line.remove(probe)
+
+    queries = sentences(8, seed=9)
+    m.search(queries[0], user_id="w")  # a lone caller: a group of one
+    assert wait_for_one_more() <= 0
+    real, first, go = hybrid.search, threading.Event(), threading.Event()
+
+    def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
+        if not first.is_set():  # the first search holds its group until the others have queued
+            first.set()
+            assert go.wait(60)
+        return real(storage, mode, vector, *args)
+
+    monkeypatch.setattr(hybrid, "search", search)
+    got: list[Any] = [None] * len(queries)
+    _search_while_held(m, queries, got, first, go)  # a group of one, then one of seven
+    assert all(isinstance(g, list) for g in got), got
+    assert line._expect == len(queries) - 1
+    waits = wait_for_one_more()
+    assert waits > 0 and waits == pytest.approx(SEARCH_WAIT_MS / 1000)
     m.close()
