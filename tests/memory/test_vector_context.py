@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,25 @@ def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callab
         assert found[0] == found[1] and len(found[0]) >= 2, args
     for m in stores:
         m.close()
+
+
+def test_window_vectors_load_from_every_pgvector_version() -> None:
+    """pgvector-python's binary loader gives a ``Vector`` from 0.5 on and a float32 ``np.ndarray``
+    in 0.3/0.4 (pyproject allows >= 0.3): ``pgarrays.loaded_vectors`` (what ``window_scores`` reads
+    on PostgreSQL) takes both, in one query's rows, and gives the stored float32 values. (Failed
+    before: ``window_scores`` called ``.to_numpy()`` on each value, an AttributeError with 0.4.)"""
+    pytest.importorskip("psycopg")
+    from pgvector import Vector
+
+    from hivemem.memory.storage import pgarrays
+
+    want = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
+    wire = [struct.pack(">HH", 8, 0) + row.astype(">f4").tobytes() for row in want]  # vector's binary form
+    new = Vector.from_binary(wire[0])  # pgvector >= 0.5's loader
+    old = [np.frombuffer(w, dtype=">f4", offset=4).astype(np.float32) for w in wire[1:]]  # 0.3/0.4's
+    got = pgarrays.loaded_vectors([new, *old])
+    assert got.dtype == np.float32 and got.shape == (3, 8)
+    assert np.array_equal(got, want)
 
 
 def test_reset_then_writes_keep_the_windows(location: str) -> None:
