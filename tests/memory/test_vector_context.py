@@ -240,6 +240,32 @@ def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callab
         m.close()
 
 
+def test_an_expired_memory_counts_in_its_neighbours_windows_until_purged(location: str) -> None:
+    """As the keyword context's (materialised) windows, the vector context's hold the scope's
+    stored rows: an expired memory, never returned, still counts in the windows of the memories
+    after it until ``purge_expired`` deletes it (docs/memory.md, docs/security.md)."""
+    with Memory(location, embedder=EMB, vector_context=True) as m:
+        m.add("alpha turn", user_id="u", expiration_date="2001-01-01")
+        m.add_batch([{"messages": t, "user_id": "u"} for t in ("beta turn", "gamma turn")])
+        texts = ["alpha turn", "beta turn", "gamma turn"]
+        query = EMB.embed_one("alpha turn")
+
+        def gamma_window(members: list[str]) -> float:
+            mean = np.sum([EMB.embed_one(t).astype(np.float64) for t in members], axis=0)
+            return float(mean @ query / np.linalg.norm(mean))
+
+        def searched() -> dict[str, float]:
+            hits = m.search("alpha turn", user_id="u", explain=True)["results"]
+            return {h["memory"]: h["score_details"]["context_cosine"] for h in hits}
+
+        got = searched()
+        assert set(got) == {"beta turn", "gamma turn"}  # the expired memory is never returned
+        assert got["gamma turn"] == pytest.approx(gamma_window(texts), abs=1e-6)
+        assert m.purge_expired() == 1
+        assert searched()["gamma turn"] == pytest.approx(gamma_window(texts[1:]), abs=1e-6)
+        assert gamma_window(texts) - gamma_window(texts[1:]) > 0.05  # the two cases differ
+
+
 def test_window_vectors_load_from_every_pgvector_version() -> None:
     """pgvector-python's binary loader gives a ``Vector`` from 0.5 on and a float32 ``np.ndarray``
     in 0.3/0.4 (pyproject allows >= 0.3): ``pgarrays.loaded_vectors`` (what ``window_scores`` reads

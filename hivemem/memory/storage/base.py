@@ -28,7 +28,8 @@ re-implemented by a backend):
 * ``window_scores(ids, vector)`` — for the vector context (``hybrid.context_cosines``): per memory,
   over its window (it and the ``fts.CONTEXT_BEFORE`` memories stored just before it in its exact
   scope), the sum of the inner products of ``vector`` with their stored vectors and the norm of
-  their sum, read from the rows as they are (nothing derived is stored).
+  their sum, read from the rows as they are (nothing derived is stored); expired rows count until
+  purged, as in the keyword context's materialised windows (docs/memory.md).
 * ``snapshot()`` — a context manager under which the calls above see one committed state
   (SQLite: one read transaction; PostgreSQL: one REPEATABLE READ transaction). Re-entrant.
 
