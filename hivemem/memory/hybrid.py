@@ -288,8 +288,9 @@ def search(
 
 def context_cosines(windows: dict[str, tuple[float, float]]) -> dict[str, float]:
     """cos(q, normalised mean of the window's vectors) = Σ q·v / ‖Σ v‖ (``Storage.window_scores``);
-    0 for a window whose vectors sum to nothing."""
-    return {mid: dot / norm if norm > 0 else 0.0 for mid, (dot, norm) in windows.items()}
+    0 for a window whose vectors sum to nothing; clamped to [-1, 1] (rounding of a window of
+    equal vectors can land just past it, and a cosine is reported as one)."""
+    return {mid: min(1.0, max(-1.0, dot / norm)) if norm > 0 else 0.0 for mid, (dot, norm) in windows.items()}
 
 
 def _strip(hit: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,9 @@ window never crosses scopes, and that both backends rank alike.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -196,7 +198,10 @@ def test_sqlite_reads_windows_by_the_scope_index(tmp_path: Path) -> None:
     assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_scope_rid'").fetchone() is None
     Memory(path, embedder=EMB, vector_context=True).close()
     plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN " + sqlite_storage._WINDOWS, ("[]",)))
-    assert "memories_scope_rid" in plan, plan
+    # the members by rowid, the window's rids by a seek of the covering index, never a scan
+    assert "SEARCH w USING INTEGER PRIMARY KEY" in plan, plan
+    assert re.search(r"SEARCH x USING COVERING INDEX memories_scope_rid \(scope=\? AND rid<", plan), plan
+    assert "SCAN m" not in plan and "SCAN w" not in plan and "SCAN x" not in plan, plan
     db.close()
 
 
@@ -232,11 +237,88 @@ def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callab
         found = []
         for m in stores:
             hits = m.search(**args, explain=True)["results"]
-            found.append([(h["memory"], round(h["score"], 5), round(h["score_details"]["context_cosine"], 5))
-                          for h in hits])  # fmt: skip
-        assert found[0] == found[1] and len(found[0]) >= 2, args
+            found.append([(h["memory"], h["score"], h["score_details"]["context_cosine"]) for h in hits])
+        assert [h[0] for h in found[0]] == [h[0] for h in found[1]] and len(found[0]) >= 2, args
+        for a, b in zip(found[0], found[1], strict=True):
+            assert a[1:] == pytest.approx(b[1:], abs=1e-6), (args, a, b)
     for m in stores:
         m.close()
+
+
+def test_an_expired_memory_counts_in_its_neighbours_windows_until_purged(location: str) -> None:
+    """As the keyword context's (materialised) windows, the vector context's hold the scope's
+    stored rows: an expired memory, never returned, still counts in the windows of the memories
+    after it until ``purge_expired`` deletes it (docs/memory.md, docs/security.md)."""
+    with Memory(location, embedder=EMB, vector_context=True) as m:
+        m.add("alpha turn", user_id="u", expiration_date="2001-01-01")
+        m.add_batch([{"messages": t, "user_id": "u"} for t in ("beta turn", "gamma turn")])
+        texts = ["alpha turn", "beta turn", "gamma turn"]
+        query = EMB.embed_one("alpha turn")
+
+        def gamma_window(members: list[str]) -> float:
+            mean = np.sum([EMB.embed_one(t).astype(np.float64) for t in members], axis=0)
+            return float(mean @ query / np.linalg.norm(mean))
+
+        def searched() -> dict[str, float]:
+            hits = m.search("alpha turn", user_id="u", explain=True)["results"]
+            return {h["memory"]: h["score_details"]["context_cosine"] for h in hits}
+
+        got = searched()
+        assert set(got) == {"beta turn", "gamma turn"}  # the expired memory is never returned
+        assert got["gamma turn"] == pytest.approx(gamma_window(texts), abs=1e-6)
+        assert m.purge_expired() == 1
+        assert searched()["gamma turn"] == pytest.approx(gamma_window(texts[1:]), abs=1e-6)
+        assert gamma_window(texts) - gamma_window(texts[1:]) > 0.05  # the two cases differ
+
+
+def test_window_sums_do_not_depend_on_the_rows_order() -> None:
+    """``base.window_sums`` sums each memory's rows wherever they are in the read (SQLite keeping a
+    subquery's ORDER BY through ``group_concat`` is not guaranteed): rows shuffled give the sums of
+    rows grouped. (Failed before: it summed runs of equal names, so a memory whose rows were not
+    consecutive kept only its last run's sum.)"""
+    from hivemem.memory.storage.base import window_sums
+
+    rng = np.random.default_rng(5)
+    names = [f"m{i}" for i in range(6) for _ in range(3)]
+    vecs = rng.standard_normal((len(names), 16)).astype(np.float32)
+    query = rng.standard_normal(16).astype(np.float32)
+    want = {
+        name: (float(sum(float(v @ query) for v in vecs[3 * i : 3 * i + 3])),
+               float(np.linalg.norm(vecs[3 * i : 3 * i + 3].astype(np.float64).sum(axis=0))))
+        for i, name in enumerate(dict.fromkeys(names))
+    }  # fmt: skip
+    order = rng.permutation(len(names))
+    got = window_sums([names[k] for k in order], vecs[order], query)
+    assert got.keys() == want.keys()
+    for name, (dot, norm) in want.items():
+        assert got[name] == pytest.approx((dot, norm), abs=1e-5)
+    assert window_sums(names, vecs, query).keys() == want.keys()
+
+
+def test_context_cosines_stay_within_minus_one_and_one() -> None:
+    """A window of equal unit vectors: Σ q·v / ‖Σ v‖ can round just past 1; the cosine reported
+    (``hybrid.context_cosines``) is clamped. (Failed before: the raw quotient.)"""
+    got = hybrid.context_cosines({"a": (3.0000004, 3.0), "b": (-3.0000004, 3.0), "c": (0.3, 0.0)})
+    assert got == {"a": 1.0, "b": -1.0, "c": 0.0}
+
+
+def test_window_vectors_load_from_every_pgvector_version() -> None:
+    """pgvector-python's binary loader gives a ``Vector`` from 0.5 on and a float32 ``np.ndarray``
+    in 0.3/0.4 (pyproject allows >= 0.3): ``pgarrays.loaded_vectors`` (what ``window_scores`` reads
+    on PostgreSQL) takes both, in one query's rows, and gives the stored float32 values. (Failed
+    before: ``window_scores`` called ``.to_numpy()`` on each value, an AttributeError with 0.4.)"""
+    pytest.importorskip("psycopg")
+    from pgvector import Vector
+
+    from hivemem.memory.storage import pgarrays
+
+    want = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
+    wire = [struct.pack(">HH", 8, 0) + row.astype(">f4").tobytes() for row in want]  # vector's binary form
+    new = Vector.from_binary(wire[0])  # pgvector >= 0.5's loader
+    old = [np.frombuffer(w, dtype=">f4", offset=4).astype(np.float32) for w in wire[1:]]  # 0.3/0.4's
+    got = pgarrays.loaded_vectors([new, *old])
+    assert got.dtype == np.float32 and got.shape == (3, 8)
+    assert np.array_equal(got, want)
 
 
 def test_reset_then_writes_keep_the_windows(location: str) -> None:

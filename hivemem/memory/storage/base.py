@@ -28,7 +28,8 @@ re-implemented by a backend):
 * ``window_scores(ids, vector)`` — for the vector context (``hybrid.context_cosines``): per memory,
   over its window (it and the ``fts.CONTEXT_BEFORE`` memories stored just before it in its exact
   scope), the sum of the inner products of ``vector`` with their stored vectors and the norm of
-  their sum, read from the rows as they are (nothing derived is stored).
+  their sum, read from the rows as they are (nothing derived is stored); expired rows count until
+  purged, as in the keyword context's materialised windows (docs/memory.md).
 * ``snapshot()`` — a context manager under which the calls above see one committed state
   (SQLite: one read transaction; PostgreSQL: one REPEATABLE READ transaction). Re-entrant.
 
@@ -90,19 +91,18 @@ class Change:
 def window_sums(
     names: builtins.list[str], vecs: np.ndarray, vector: np.ndarray
 ) -> dict[str, tuple[float, float]]:
-    """``window_scores`` from the window members' vectors, one row each, grouped by memory (each
-    memory's rows consecutive, itself first, then the older ones: the same order on every backend)."""
+    """``window_scores`` from the window members' vectors, one row per (memory, member): summed per
+    memory whatever the rows' order (float64, in row order within a memory; both backends read
+    each window newest first, so their sums are identical)."""
     dots = vecs @ np.asarray(vector, dtype=np.float32)
+    rows: dict[str, builtins.list[int]] = {}
+    for i, name in enumerate(names):
+        rows.setdefault(name, []).append(i)
     out: dict[str, tuple[float, float]] = {}
-    start = 0
-    for end in range(1, len(names) + 1):
-        if end == len(names) or names[end] != names[start]:
-            total = vecs[start:end].astype(np.float64).sum(axis=0)
-            out[names[start]] = (
-                float(dots[start:end].astype(np.float64).sum()),
-                float(np.linalg.norm(total)),
-            )
-            start = end
+    for name, at in rows.items():
+        pick: slice | builtins.list[int] = slice(at[0], at[-1] + 1) if at[-1] - at[0] + 1 == len(at) else at
+        total = vecs[pick].astype(np.float64).sum(axis=0)
+        out[name] = (float(dots[pick].astype(np.float64).sum()), float(np.linalg.norm(total)))
     return out
 
 

@@ -40,6 +40,15 @@ class Reals:
         self.values = np.ascontiguousarray(values, dtype=np.float32)
 
 
+def loaded_vectors(values: list[Any]) -> np.ndarray:
+    """The ``vector`` values one query loaded, as a (rows, dim) float32 matrix. pgvector's loader
+    gives a ``Vector`` from 0.5 on and a float32 ``np.ndarray`` before (pyproject allows >= 0.3):
+    both are accepted, so a search does not depend on which one is installed."""
+    return np.stack(
+        [np.asarray(v if isinstance(v, np.ndarray) else v.to_numpy(), dtype=np.float32) for v in values]
+    )
+
+
 def _array(elem_oid: int, rows: int, body: np.ndarray) -> bytes:
     # ndim, has-nulls flag, element type, then (length, lower bound) of the one dimension
     return struct.pack(">iiIii", 1, 0, elem_oid, rows, 1) + body.tobytes()

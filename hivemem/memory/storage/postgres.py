@@ -463,7 +463,7 @@ class PostgresStorage(Storage):
         return {mid: -float(score) for mid, score in rows}
 
     def window_scores(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, tuple[float, float]]:
-        """The window members' vectors (binary, pgvector's ``Vector``), scored by the same code as
+        """The window members' vectors (binary, ``pgarrays.loaded_vectors``), scored by the same code as
         SQLite's (``window_sums``)."""
         if not ids or self._model is None:
             return {}
@@ -478,8 +478,7 @@ class PostgresStorage(Storage):
             ).fetchall()
         if not found:
             return {}
-        vecs = np.stack([v.to_numpy() for _, v in found]).astype(np.float32, copy=False)
-        return window_sums([r[0] for r in found], vecs, vector)
+        return window_sums([r[0] for r in found], pgarrays.loaded_vectors([v for _, v in found]), vector)
 
     def close(self) -> None:
         self._pool.close()
