@@ -4,11 +4,14 @@ conftest.py pytest imported last, which differs between a full run and a chosen 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hash_embedder import HashEmbedder  # tests/hash_embedder.py
+
+from hivemem import Memory
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -21,4 +24,46 @@ def new_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
     return pg_url()
 
 
-__all__ = ["BACKENDS", "HashEmbedder", "new_location"]
+SCOPES: list[dict[str, str]] = [{"user_id": "a"}, {"user_id": "b"}, {"user_id": "a", "run_id": "r1"}]
+
+
+def random_writes(m: Memory, seed: int, steps: int) -> Iterator[str]:
+    """Adds, batches, updates, deletes, batch updates and deletes and (now and then) delete_all in
+    three scopes (user a, user b, user a's run r1), in random order; yields after each step a label
+    of what it did, for the caller to check its derived state against a rebuild."""
+    rng = random.Random(seed)
+    ids: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    n = 0
+    for step in range(steps):
+        s = rng.randrange(3)
+        op = rng.choice(["add", "batch", "batch", "update", "delete", "batch_update", "batch_delete", "all"])
+        mine = ids[s]
+        if op == "add" or (not mine and op != "batch"):
+            n += 1
+            mine.append(m.add(f"note {n} word{n % 7}", **SCOPES[s])["results"][0]["id"])
+        elif op == "batch":
+            texts = [f"note {n + i} batch{step} word{(n + i) % 5}" for i in range(1, rng.randint(2, 6))]
+            n += len(texts)
+            mine += [r["id"] for r in m.add_batch([{"messages": t, **SCOPES[s]} for t in texts])["results"]]
+        elif op == "update":
+            n += 1
+            m.update(rng.choice(mine), f"rewritten {n} word{n % 3}")
+        elif op == "delete":
+            m.delete(mine.pop(rng.randrange(len(mine))))
+        elif op == "batch_update":
+            chosen = rng.sample(mine, min(len(mine), 3))
+            m.batch_update([{"memory_id": i, "text": f"batch rewrite {n} {j}"} for j, i in enumerate(chosen)])
+            n += 1
+        elif op == "batch_delete":
+            chosen = rng.sample(mine, min(len(mine), 2))
+            m.batch_delete([{"memory_id": i} for i in chosen])
+            ids[s] = [i for i in mine if i not in chosen]
+        elif rng.random() < 0.3:  # delete_all of one scope, now and then
+            m.delete_all(**SCOPES[s])
+            ids[s] = []
+            if s == 0:  # user a without run_id also holds the run's memories
+                ids[2] = []
+        yield f"step {step}: {op} in scope {SCOPES[s]}"
+
+
+__all__ = ["BACKENDS", "SCOPES", "HashEmbedder", "new_location", "random_writes"]

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder
+from memory_helpers import random_writes
 
 from hivemem import Memory
 from hivemem.errors import DiskFull, MemoryNotFound
@@ -92,41 +93,9 @@ def test_random_writes_keep_the_context_equal_to_a_rebuild(location: str, seed: 
     """Adds, batches, updates, deletes, batch updates and deletes and delete_all in three scopes,
     in random order: after every step the table equals a rebuild from scratch (both backends)."""
     m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
-    scopes: list[dict[str, str]] = [{"user_id": "a"}, {"user_id": "b"}, {"user_id": "a", "run_id": "r1"}]
-    rng = random.Random(seed)
-    ids: dict[int, list[str]] = {0: [], 1: [], 2: []}
-    n = 0
-    for step in range(120):
-        s = rng.randrange(3)
-        op = rng.choice(["add", "batch", "batch", "update", "delete", "batch_update", "batch_delete", "all"])
-        mine = ids[s]
-        if op == "add" or (not mine and op != "batch"):
-            n += 1
-            mine.append(m.add(f"note {n} word{n % 7}", **scopes[s])["results"][0]["id"])
-        elif op == "batch":
-            texts = [f"note {n + i} batch{step} word{(n + i) % 5}" for i in range(1, rng.randint(2, 6))]
-            n += len(texts)
-            mine += [r["id"] for r in m.add_batch([{"messages": t, **scopes[s]} for t in texts])["results"]]
-        elif op == "update":
-            n += 1
-            m.update(rng.choice(mine), f"rewritten {n} word{n % 3}")
-        elif op == "delete":
-            m.delete(mine.pop(rng.randrange(len(mine))))
-        elif op == "batch_update":
-            chosen = rng.sample(mine, min(len(mine), 3))
-            m.batch_update([{"memory_id": i, "text": f"batch rewrite {n} {j}"} for j, i in enumerate(chosen)])
-            n += 1
-        elif op == "batch_delete":
-            chosen = rng.sample(mine, min(len(mine), 2))
-            m.batch_delete([{"memory_id": i} for i in chosen])
-            ids[s] = [i for i in mine if i not in chosen]
-        elif rng.random() < 0.3:  # delete_all of one scope, now and then
-            m.delete_all(**scopes[s])
-            ids[s] = []
-            if s == 0:  # user a without run_id also holds the run's memories
-                ids[2] = []
+    for what in random_writes(m, seed, 120):
         now, rebuilt = windows(m)
-        assert now == rebuilt, f"step {step}: {op} in scope {scopes[s]}"
+        assert now == rebuilt, what
     assert len(rebuilt) > 20  # the sequence left a store to compare
     m.close()
 

@@ -13,7 +13,6 @@ window never crosses scopes, and that both backends rank alike.
 
 from __future__ import annotations
 
-import random
 import re
 import sqlite3
 import struct
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hash_embedder import HashEmbedder
+from memory_helpers import random_writes
 
 from hivemem import Memory
 from hivemem.memory import hybrid
@@ -66,41 +66,9 @@ def test_random_writes_give_windows_equal_to_a_rebuild(location: str, seed: int,
     from hivemem.memory.transfer import export_lines, import_lines
 
     m = Memory(location, embedder=EMB, vector_context=True)
-    scopes: list[dict[str, str]] = [{"user_id": "a"}, {"user_id": "b"}, {"user_id": "a", "run_id": "r1"}]
-    rng = random.Random(seed)
     query = EMB.embed_one("the query")
-    ids: dict[int, list[str]] = {0: [], 1: [], 2: []}
-    n = 0
-    for step in range(80):
-        s = rng.randrange(3)
-        op = rng.choice(["add", "batch", "batch", "update", "delete", "batch_update", "batch_delete", "all"])
-        mine = ids[s]
-        if op == "add" or (not mine and op != "batch"):
-            n += 1
-            mine.append(m.add(f"note {n}", **scopes[s])["results"][0]["id"])
-        elif op == "batch":
-            texts = [f"note {n + i} batch {step}" for i in range(1, rng.randint(2, 6))]
-            n += len(texts)
-            mine += [r["id"] for r in m.add_batch([{"messages": t, **scopes[s]} for t in texts])["results"]]
-        elif op == "update":
-            n += 1
-            m.update(rng.choice(mine), f"rewritten {n}")
-        elif op == "delete":
-            m.delete(mine.pop(rng.randrange(len(mine))))
-        elif op == "batch_update":
-            chosen = rng.sample(mine, min(len(mine), 3))
-            m.batch_update([{"memory_id": i, "text": f"batch rewrite {n} {j}"} for j, i in enumerate(chosen)])
-            n += 1
-        elif op == "batch_delete":
-            chosen = rng.sample(mine, min(len(mine), 2))
-            m.batch_delete([{"memory_id": i} for i in chosen])
-            ids[s] = [i for i in mine if i not in chosen]
-        elif rng.random() < 0.3:
-            m.delete_all(**scopes[s])
-            ids[s] = []
-            if s == 0:  # user a without run_id also holds the run's memories
-                ids[2] = []
-        assert same(read(m, query), rebuilt(m, query)), f"step {step}: {op} in scope {scopes[s]}"
+    for what in random_writes(m, seed, 80):
+        assert same(read(m, query), rebuilt(m, query)), what
     source = Memory(tmp_path / "source.sqlite", embedder=EMB)
     source.add_batch([{"messages": f"imported {i}", "user_id": "a" if i % 2 else "b"} for i in range(12)])
     source.add_batch([{"messages": f"short lived {i}", "user_id": "a", "expiration_date": "2001-01-01"}
