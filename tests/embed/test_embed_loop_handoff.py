@@ -205,3 +205,34 @@ def test_a_cancelled_partial_cache_hit_cancels_its_misses(caplog: pytest.LogCapt
         asyncio.run(main())
     assert backend.batches == [["first"], ["kept"]]  # "missing" never computed
     assert not [r for r in caplog.records if "InvalidStateError" in r.getMessage() + str(r.exc_info)]
+
+
+def test_a_backend_short_of_rows_fails_its_call_and_wakes_the_others() -> None:
+    """A backend that returned fewer rows than texts made the worker die while handing out the
+    batch (IndexError): the calls already handed waited for a wake-up that never came, and every
+    later call hung (review finding 5). Now the batch fails as a backend error: each call alone,
+    the short one fails, the others get their rows, the queue goes on."""
+
+    class Short(_GatedHash):
+        def encode(self, texts: list[str]) -> np.ndarray:
+            vectors = super().encode(texts)
+            return vectors[:-1] if "short" in texts else vectors
+
+    backend = Short()
+
+    async def main() -> None:
+        first = asyncio.create_task(emb.aembed(["first"]))
+        await asyncio.to_thread(backend.started.wait, 30)
+        ok = asyncio.create_task(emb.aembed(["ok"]))
+        short = asyncio.create_task(emb.aembed(["short"]))
+        await asyncio.sleep(0.05)  # one batch: ["ok", "short"]
+        backend.release.set()
+        await first
+        assert (await asyncio.wait_for(ok, 30)).shape == (1, HashEmbedder.dim)
+        with pytest.raises(RuntimeError, match="0 rows for 1 texts"):
+            await asyncio.wait_for(short, 30)
+        assert (await asyncio.wait_for(emb.aembed(["after"]), 30)).shape == (1, HashEmbedder.dim)
+
+    with Embedder(backend, cache=False) as emb:
+        asyncio.run(main())
+    assert backend.batches[1] == ["ok", "short"]
