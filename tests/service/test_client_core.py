@@ -160,7 +160,8 @@ def test_bytes_after_a_reply_are_a_protocol_error(short_dir: Path) -> None:
 def test_bytes_that_come_after_a_reply_never_reach_the_next_call(short_dir: Path) -> None:
     """Bytes that arrive after the reply was read (a later segment) stayed in the pooled
     connection, and the next, unrelated call failed with a ProtocolError that is not retried
-    (review finding 6): a pooled connection with anything to read is closed, not reused."""
+    (review finding 6): a pooled connection with anything to read is closed, not reused, in
+    both clients."""
     sock = short_dir / "late.sock"
     fake = _fake(sock, "late")
     try:
@@ -168,6 +169,17 @@ def test_bytes_that_come_after_a_reply_never_reach_the_next_call(short_dir: Path
             for _ in range(3):
                 assert client.embed_one("one").shape == (384,)
                 time.sleep(0.2)  # the junk is in the pooled connection now
+
+        async def calls() -> None:
+            client = await hivemem.aconnect(sock, autostart=False, timeout=30)
+            try:
+                for _ in range(3):
+                    assert (await client.aembed_one("one")).shape == (384,)
+                    await asyncio.sleep(0.2)  # read into the pooled stream's buffer meanwhile
+            finally:
+                await client.aclose()
+
+        asyncio.run(calls())
     finally:
         fake.kill()
 
