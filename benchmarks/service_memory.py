@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def service_round(tree: Path, seed: int) -> dict[str, float]:
     finally:
         service.terminate()
         service.wait(60)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def compare_services(args: argparse.Namespace) -> dict[str, dict[str, float]]:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,8 @@ from hivemem.embed.queue import MicroBatcher
 from hivemem.embed.validate import check_text, check_texts, model_input
 
 BackendName = Literal["onnx", "sentence-transformers", "openai"]
+
+log = logging.getLogger(__name__)
 
 
 def make_backend(
@@ -289,18 +292,25 @@ class Embedder:
         if len(todo) == len(items):
             return pending
         merged: Future[Any] = Future()
+        # a cancelled call (its task was cancelled) cancels its misses too; they are never
+        # computed if their batch has not started, and ``fill`` then has nothing to settle
+        merged.add_done_callback(lambda m: pending.cancel() if m.cancelled() else None)
 
         def fill(f: Future[Any]) -> None:
-            error = f.exception()
-            if error is not None:
-                merged.set_exception(error)
-            elif counted:
-                rows, tokens = f.result()
-                out[todo] = rows
-                merged.set_result((out, tokens))
-            else:
-                out[todo] = f.result()
-                merged.set_result(out)
+            if merged.done():  # cancelled: nobody waits for these rows
+                return
+            with contextlib.suppress(InvalidStateError):  # cancelled on its loop's thread just now
+                if f.cancelled():
+                    merged.cancel()
+                elif (error := f.exception()) is not None:
+                    merged.set_exception(error)
+                elif counted:
+                    rows, tokens = f.result()
+                    out[todo] = rows
+                    merged.set_result((out, tokens))
+                else:
+                    out[todo] = f.result()
+                    merged.set_result(out)
 
         pending.add_done_callback(fill)
         return merged
@@ -453,21 +463,38 @@ class _Inboxes:
             self._wake(loop)
 
     def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody awaits there
+        try:
             loop.call_soon_threadsafe(self._drain, loop)
+        except RuntimeError:  # the loop closed meanwhile: nobody awaits there
+            with self._lock:  # its results hold the loop (each target's ``_loop``): let both go
+                self._inboxes.pop(loop, None)
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             inbox = self._inboxes.pop(loop, [])
         for target, source in inbox:
-            if target.done():  # its task was cancelled meanwhile
-                continue
-            if source.cancelled():
-                target.cancel()
-            elif (error := source.exception()) is not None:
-                target.set_exception(error)
-            else:
-                target.set_result(source.result())
+            _settle(target, source)
+
+
+def _settle(target: asyncio.Future[Any], source: Future[Any]) -> None:
+    """Give ``target`` the outcome of ``source``; never raises, so that one call's odd outcome
+    cannot leave the calls settled after it waiting forever. An error an asyncio future refuses
+    (``StopIteration``: TypeError) reaches the caller as a RuntimeError raised from it."""
+    if target.done():  # its task was cancelled meanwhile
+        return
+    error = None if source.cancelled() else source.exception()
+    try:
+        if source.cancelled():
+            target.cancel()
+        elif error is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(source.result())
+    except Exception as exc:
+        log.warning("hivemem: could not hand an embedding call its outcome (%r): %r", error, exc)
+        failure = RuntimeError(f"the embedding call failed: {error!r}")
+        failure.__cause__ = error
+        target.set_exception(failure)
 
 
 def _counters(source: object, *names: str) -> dict[str, Any]:

@@ -205,7 +205,7 @@ class MicroBatcher:
     def _alone(self, member: Member[_Request]) -> Any:
         """``member``'s texts as a batch of their own (after the batch it was in failed)."""
         unique = list(dict.fromkeys(member.item.texts))
-        vectors, tokens = _split(self._encode(unique))
+        vectors, tokens = _split(self._encode(unique), len(unique))
         return self._rows(member, vectors, tokens, {t: i for i, t in enumerate(unique)})
 
     def _process(self, batch: list[Member[_Request]]) -> None:
@@ -219,7 +219,7 @@ class MicroBatcher:
                 index.setdefault(text, len(index))
         unique = list(index)
         try:
-            encoded = self._encode(unique)
+            vectors, tokens = _split(self._encode(unique), len(unique))
         except Exception as exc:
             self._served(batch)
             if len(live) == 1 or not self._alone_on_failure:
@@ -239,16 +239,17 @@ class MicroBatcher:
                 _hand(member, exc)
             self._handed()
             return
-        vectors, tokens = _split(encoded)
         self.batches += 1
         self.texts_computed += len(unique)
         self.texts_deduplicated += sum(m.size for m in live) - len(unique)
         if tokens is not None:
             self.tokens += int(tokens.sum())
         self._served(batch)  # before the callers have their rows: those back at once count once
-        for member in live:
-            _hand(member, self._rows(member, vectors, tokens, index))
-        self._handed()
+        try:
+            for member in live:
+                _hand(member, self._rows(member, vectors, tokens, index))
+        finally:  # even if handing out failed: the members handed already must be woken
+            self._handed()
         if self._on_batch is not None:
             try:
                 self._on_batch(unique, vectors)
@@ -268,8 +269,13 @@ class MicroBatcher:
         return self._thread
 
 
-def _split(encoded: Encoded) -> tuple[np.ndarray, np.ndarray | None]:
-    return encoded if isinstance(encoded, tuple) else (encoded, None)
+def _split(encoded: Encoded, texts: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(vectors, token counts or None)``; a backend that returns another number of rows than
+    texts fails the batch (as an error of the backend) instead of the worker thread."""
+    vectors, tokens = encoded if isinstance(encoded, tuple) else (encoded, None)
+    if len(vectors) != texts or (tokens is not None and len(tokens) != texts):
+        raise RuntimeError(f"the embedding backend returned {len(vectors)} rows for {texts} texts")
+    return vectors, tokens
 
 
 def _gather(futures: list[Future[Any]], counted: bool) -> Future[Any]:

@@ -159,7 +159,9 @@ class AsyncServiceClient:
             try:
                 if core.forked():  # the parent's streams are not ours to use
                     self._pool = []
-                conn = self._pool.pop() if self._pool else await self._open(deadline)
+                conn = self._take()
+                if conn is None:
+                    conn = await self._open(deadline)
                 rid, data = core.frame(ftype, payload)
                 body = core.reply(rid, *await _call(conn, data), expect)
             except Lost as exc:
@@ -178,6 +180,18 @@ class AsyncServiceClient:
                 conn[1].close()
             return body
         raise AssertionError("unreachable")
+
+    def _take(self) -> _Stream | None:
+        """A pooled stream with nothing to read, or None. Bytes that came after a reply (they
+        answer no request) or the service's end of stream: that stream is closed, not reused."""
+        while self._pool:
+            conn = self._pool.pop()
+            reader = conn[0]
+            # asyncio has no public "bytes buffered" on a StreamReader; _buffer is its bytearray
+            if not reader.at_eof() and not getattr(reader, "_buffer", None):
+                return conn
+            conn[1].close()
+        return None
 
     async def _open(self, deadline: float) -> _Stream:
         """A new connection that has said hello (see ``ServiceClient._open``)."""

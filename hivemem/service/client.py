@@ -88,6 +88,7 @@ class _Connection:
             rtype, rrid, length = ClientCore.reply_header(bytes(view[: wire.HEADER_SIZE]))
             end = wire.HEADER_SIZE + length
             if got > end:  # one request in flight per connection: nothing may follow its reply
+                # (bytes that come later are caught by ``idle`` before the connection's next call)
                 raise ProtocolError(f"{got - end} bytes after a reply of {length} bytes")
             if end <= len(view):
                 while got < end:
@@ -115,10 +116,13 @@ class _Connection:
                 _wait(self._writable, deadline)
 
     def _recv(self, into: memoryview, deadline: float, wait: bool = False) -> int:
-        """Bytes read into ``into`` (at least one); ``wait``: poll first (a reply is not there yet)."""
+        """Bytes read into ``into`` (at least one); ``wait``: poll first (a reply is not there yet).
+        The deadline is checked before every read: a reply that trickles in cannot outlast it."""
         while True:
             if wait:
                 _wait(self._readable, deadline)
+            elif time.monotonic() >= deadline:
+                raise TimeoutError("the service did not answer in time")
             try:
                 k = self.sock.recv_into(into)
             except BlockingIOError:
@@ -128,21 +132,31 @@ class _Connection:
                 raise EOFError("the service closed the connection")
             return k
 
+    def idle(self) -> bool:
+        """Nothing to read: no bytes that answer no request, no end of stream. A pooled
+        connection that is not idle is closed instead of being used for the next call."""
+        return not self._readable.poll(0)
+
     def close(self) -> None:
         self.sock.close()
 
 
+_POLL_MAX_MS = 2**31 - 1  # poll() takes a C int of milliseconds (~24.8 days)
+
+
 def _wait(poller: select.poll, deadline: float) -> None:
-    """Until ``poller``'s socket is ready, or TimeoutError at ``deadline``."""
-    if not poller.poll(math.ceil(ClientCore.remaining(deadline) * 1000)):
-        raise TimeoutError("the service did not answer in time")
+    """Until ``poller``'s socket is ready, or TimeoutError at ``deadline`` (any timeout, even one
+    past what a single ``poll`` can wait)."""
+    while not poller.poll(min(_POLL_MAX_MS, math.ceil(ClientCore.remaining(deadline) * 1000))):
+        if time.monotonic() >= deadline:
+            raise TimeoutError("the service did not answer in time")
 
 
 class ServiceClient:
     """An ``EmbedderLike`` whose model lives in the service process (see ``connect``).
 
-    Blocking sockets, a small pool of them so that threads can share the client; all the rules
-    live in ``hivemem.service.core.ClientCore``.
+    Non-blocking sockets waited on with ``poll`` (``_Connection``), a small pool of them so that
+    threads can share the client; all the rules live in ``hivemem.service.core.ClientCore``.
     """
 
     def __init__(
@@ -280,8 +294,11 @@ class ServiceClient:
         with self._lock:
             if self.core.forked():  # the parent's sockets are not ours to use
                 self._pool = []
-            if self._pool:
-                return self._pool.pop()
+            while self._pool:
+                conn = self._pool.pop()
+                if conn.idle():
+                    return conn
+                conn.close()  # late bytes answering nothing, or the service closed it: not reused
         return self._open(deadline)
 
     def _drop_pool(self) -> None:

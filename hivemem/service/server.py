@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -51,6 +52,9 @@ log = logging.getLogger("hivemem.service")
 # (``malloc_trim``): long enough that a fleet in full swing (gaps of milliseconds between its
 # batches) never pays for it, short enough that a service between bursts stays small.
 TRIM_AFTER_S = 0.2
+# At most one trim per this many seconds: a lone client calling every ~0.3 s would otherwise have
+# the service trim after every call (docs/service.md, "Trimming a lone client's service").
+TRIM_EVERY_S = 10.0
 
 
 @dataclass
@@ -143,6 +147,7 @@ class Service:
         self.trims = 0  # times freed memory was given back after serving (``TRIM_AFTER_S``)
         self._trim_timer: asyncio.TimerHandle | None = None
         self._trimming = False
+        self._last_trim = -math.inf
         self.clients = 0
         self.closing = False
         self._inflight: set[asyncio.Task[None]] = set()
@@ -240,6 +245,11 @@ class Service:
         self._trim_timer = None
         if self.admission.in_flight or self._trimming or self.closing:
             return
+        wait = self._last_trim + TRIM_EVERY_S - time.monotonic()
+        if wait > 0:  # trimmed a moment ago: once more when the interval is over, if still idle
+            self._trim_timer = asyncio.get_running_loop().call_later(wait, self._trim)
+            return
+        self._last_trim = time.monotonic()
         self._trimming = True
         self.trims += 1
 

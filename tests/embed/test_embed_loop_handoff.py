@@ -5,7 +5,10 @@ what is measured is the hand-off, not the vectors (tests/hash_embedder.py)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -124,3 +127,112 @@ def test_a_result_for_a_closed_loop_leaves_the_queue_working() -> None:
         assert emb.embed(["after"]).shape == (1, HashEmbedder.dim)
         assert emb._queue is not None and emb._queue.thread.is_alive()
     del task
+
+
+def test_a_stop_iteration_from_the_backend_fails_that_call_and_no_other() -> None:
+    """An asyncio future refuses StopIteration (TypeError): the hand-out loop stopped there and
+    every later call in the same inbox waited forever (review finding 2)."""
+
+    class Stopping(_GatedHash):
+        def encode(self, texts: list[str]) -> np.ndarray:
+            if "bad" in texts:
+                raise StopIteration
+            return super().encode(texts)
+
+    backend = Stopping()
+
+    async def main() -> None:
+        first = asyncio.create_task(emb.aembed(["first"]))
+        await asyncio.to_thread(backend.started.wait, 30)
+        bad = asyncio.create_task(emb.aembed(["bad"]))
+        good = asyncio.create_task(emb.aembed(["good"]))
+        await asyncio.sleep(0.05)  # both in the line, handed out by one wake-up (one inbox)
+        backend.release.set()
+        await first
+        with pytest.raises(RuntimeError, match="StopIteration") as failed:
+            await asyncio.wait_for(bad, 30)
+        assert isinstance(failed.value.__cause__, StopIteration)
+        assert (await asyncio.wait_for(good, 30)).shape == (1, HashEmbedder.dim)
+
+    with Embedder(backend, cache=False) as emb:
+        asyncio.run(main())
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_undelivered_results() -> None:
+    """A result for a loop that closed stayed in the inbox, whose entry holds the loop through
+    the result's future: one loop (and its vectors) kept per cancelled ``asyncio.run`` for the
+    engine's lifetime (review finding 4)."""
+    backend = _GatedHash()
+    with Embedder(backend, cache=False) as emb:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(emb.aembed(["orphan"]))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert backend.started.wait(30)
+        loop.close()
+        backend.release.set()
+        assert emb.embed(["after"]).shape == (1, HashEmbedder.dim)  # the orphan's batch is done
+        gone = weakref.ref(loop)
+        del task, loop
+        gc.collect()
+        assert gone() is None
+
+
+def test_a_cancelled_partial_cache_hit_cancels_its_misses(caplog: pytest.LogCaptureFixture) -> None:
+    """Cancelling a call whose texts were partly cached left its misses queued: they were
+    computed for nobody, and settling the cancelled call raised InvalidStateError in the worker
+    (logged by concurrent.futures) (review finding 9)."""
+    backend = _GatedHash()
+
+    async def main() -> None:
+        first = asyncio.create_task(emb.aembed(["first"]))
+        await asyncio.to_thread(backend.started.wait, 30)
+        doomed = asyncio.create_task(emb.aembed(["cached", "missing"]))
+        await asyncio.sleep(0.05)  # its miss is queued behind "first"
+        doomed.cancel()
+        await asyncio.sleep(0)
+        backend.release.set()
+        await first
+        assert (await emb.aembed(["kept"])).shape == (1, HashEmbedder.dim)
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+
+    with Embedder(backend, cache=True) as emb, caplog.at_level(logging.ERROR):
+        backend.release.set()
+        emb.embed(["cached"])
+        backend.release.clear()
+        backend.started.clear()
+        backend.batches.clear()
+        asyncio.run(main())
+    assert backend.batches == [["first"], ["kept"]]  # "missing" never computed
+    assert not [r for r in caplog.records if "InvalidStateError" in r.getMessage() + str(r.exc_info)]
+
+
+def test_a_backend_short_of_rows_fails_its_call_and_wakes_the_others() -> None:
+    """A backend that returned fewer rows than texts made the worker die while handing out the
+    batch (IndexError): the calls already handed waited for a wake-up that never came, and every
+    later call hung (review finding 5). Now the batch fails as a backend error: each call alone,
+    the short one fails, the others get their rows, the queue goes on."""
+
+    class Short(_GatedHash):
+        def encode(self, texts: list[str]) -> np.ndarray:
+            vectors = super().encode(texts)
+            return vectors[:-1] if "short" in texts else vectors
+
+    backend = Short()
+
+    async def main() -> None:
+        first = asyncio.create_task(emb.aembed(["first"]))
+        await asyncio.to_thread(backend.started.wait, 30)
+        ok = asyncio.create_task(emb.aembed(["ok"]))
+        short = asyncio.create_task(emb.aembed(["short"]))
+        await asyncio.sleep(0.05)  # one batch: ["ok", "short"]
+        backend.release.set()
+        await first
+        assert (await asyncio.wait_for(ok, 30)).shape == (1, HashEmbedder.dim)
+        with pytest.raises(RuntimeError, match="0 rows for 1 texts"):
+            await asyncio.wait_for(short, 30)
+        assert (await asyncio.wait_for(emb.aembed(["after"]), 30)).shape == (1, HashEmbedder.dim)
+
+    with Embedder(backend, cache=False) as emb:
+        asyncio.run(main())
+    assert backend.batches[1] == ["ok", "short"]

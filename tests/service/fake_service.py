@@ -1,7 +1,8 @@
 """A fake "service" speaking the wire protocol, for the trust tests: it answers every EMBED with
 vectors of the caller's choosing (zeros, wrong norms, unit vectors), optionally as another user;
-``busy`` answers every HELLO with an ERROR frame instead; ``drip`` sends each reply in small pieces,
-``trailing`` sends bytes after it.
+``busy`` answers every HELLO with an ERROR frame instead; ``drip`` sends each reply in pieces of
+997 bytes, ``drip7`` in pieces of 7 bytes for its first 700 bytes (the 20-byte header split too),
+``trailing`` sends bytes right after it, ``late`` sends bytes 50 ms after it.
 
 Started in a forked child (``multiprocessing`` fork context) so that it can drop to another uid
 before it listens: ``SO_PEERCRED`` reports the credentials in effect at ``listen()``.
@@ -81,12 +82,18 @@ def _answer(conn: socket.socket, mode: str) -> None:
                 reply = wire.frame(wire.VECTORS, rid, _vectors(count, mode))
                 if mode == "trailing":  # bytes after the reply: no request asked for them
                     reply += b"junk"
-                if mode == "drip":  # the reply in pieces of 997 bytes, header included
-                    for i in range(0, len(reply), 997):
-                        conn.sendall(reply[i : i + 997])
+                if mode in ("drip", "drip7"):  # the reply in pieces, header included
+                    small = 700 if mode == "drip7" else 0
+                    pieces = [reply[i : i + 7] for i in range(0, min(small, len(reply)), 7)]
+                    pieces += [reply[i : i + 997] for i in range(small, len(reply), 997)]
+                    for piece in pieces:
+                        conn.sendall(piece)
                         time.sleep(0.001)
                 else:
                     conn.sendall(reply)
+                if mode == "late":  # bytes in a later segment, once the client has its reply
+                    time.sleep(0.05)
+                    conn.sendall(b"late junk")
     except (EOFError, OSError):
         conn.close()
 

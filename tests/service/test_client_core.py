@@ -7,6 +7,8 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -125,11 +127,13 @@ def test_aconnect_starts_a_service_with_the_options_of_connect(monkeypatch, shor
     assert all(6 < left <= 7 for _, left in seen)  # start_timeout, not the 1 s call timeout
 
 
-def test_the_client_reassembles_a_reply_that_arrives_in_pieces(short_dir: Path) -> None:
+@pytest.mark.parametrize("mode", ["drip", "drip7"])
+def test_the_client_reassembles_a_reply_that_arrives_in_pieces(short_dir: Path, mode: str) -> None:
     """The receive path reads header and payload together into one buffer (issue 25): a reply cut
-    anywhere, header included, small or larger than that buffer, still comes back whole."""
-    sock = short_dir / "drip.sock"
-    fake = _fake(sock, "drip")
+    anywhere (pieces of 7 bytes split the 20-byte header), small or larger than that buffer, still
+    comes back whole."""
+    sock = short_dir / f"{mode}.sock"
+    fake = _fake(sock, mode)
     try:
         with hivemem.connect(sock, autostart=False, timeout=30) as client:
             assert client.embed_one("one").shape == (384,)
@@ -141,8 +145,8 @@ def test_the_client_reassembles_a_reply_that_arrives_in_pieces(short_dir: Path) 
 
 
 def test_bytes_after_a_reply_are_a_protocol_error(short_dir: Path) -> None:
-    """One request in flight per connection: bytes past its reply answer nothing and must not
-    be taken for the next call's reply."""
+    """One request in flight per connection: bytes that arrive with its reply answer nothing and
+    must not be taken for the next call's reply."""
     sock = short_dir / "trailing.sock"
     fake = _fake(sock, "trailing")
     try:
@@ -151,6 +155,78 @@ def test_bytes_after_a_reply_are_a_protocol_error(short_dir: Path) -> None:
             client.embed_one("one")
     finally:
         fake.kill()
+
+
+def test_bytes_that_come_after_a_reply_never_reach_the_next_call(short_dir: Path) -> None:
+    """Bytes that arrive after the reply was read (a later segment) stayed in the pooled
+    connection, and the next, unrelated call failed with a ProtocolError that is not retried
+    (review finding 6): a pooled connection with anything to read is closed, not reused, in
+    both clients."""
+    sock = short_dir / "late.sock"
+    fake = _fake(sock, "late")
+    try:
+        with hivemem.connect(sock, autostart=False, timeout=30) as client:
+            for _ in range(3):
+                assert client.embed_one("one").shape == (384,)
+                time.sleep(0.2)  # the junk is in the pooled connection now
+
+        async def calls() -> None:
+            client = await hivemem.aconnect(sock, autostart=False, timeout=30)
+            try:
+                for _ in range(3):
+                    assert (await client.aembed_one("one")).shape == (384,)
+                    await asyncio.sleep(0.2)  # read into the pooled stream's buffer meanwhile
+            finally:
+                await client.aclose()
+
+        asyncio.run(calls())
+    finally:
+        fake.kill()
+
+
+def test_a_timeout_past_what_poll_can_wait_works(short_dir: Path) -> None:
+    """poll() takes a C int of milliseconds: timeout=1e7 ("forever") raised a raw OverflowError
+    at the hello (review finding 3); the wait is now cut into polls of at most 2**31-1 ms."""
+    sock = short_dir / "forever.sock"
+    fake = _fake(sock, "unit")
+    try:
+        with hivemem.connect(sock, autostart=False, timeout=1e7) as client:
+            assert client.embed_one("one").shape == (384,)
+    finally:
+        fake.kill()
+
+
+def test_a_reply_still_arriving_at_the_deadline_times_out(short_dir: Path) -> None:
+    """The deadline was checked only when a read would block: a reply that keeps trickling in
+    could outlast the call's timeout. Here the reply (past the 64 KB buffer) is all there but the
+    deadline has passed after the first read: the call must raise TimeoutError."""
+    from hivemem.service.client import _Connection
+
+    path = short_dir / "late_reply.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    sent = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(wire.frame(wire.VECTORS, 1, b"x" * 100_000))  # before any request: ready at once
+        sent.set()
+        conn.recv(wire.HEADER_SIZE)
+        time.sleep(1)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    conn = _Connection(path, 5)
+    try:
+        assert sent.wait(10)
+        with pytest.raises(TimeoutError):
+            conn.call(wire.header(wire.EMBED, 1, 0), time.monotonic() - 1)
+    finally:
+        conn.close()
+        thread.join()
+        listener.close()
 
 
 def test_embed_one_sends_the_frame_of_a_one_text_list() -> None:

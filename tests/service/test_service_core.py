@@ -322,3 +322,25 @@ def test_freed_memory_goes_back_after_serving(shared_service) -> None:
         while client.stats()["memory_trims"] == before:
             assert time.monotonic() < deadline, "no trim after the service went idle"
             time.sleep(0.05)
+
+
+def test_a_lone_client_calling_every_half_second_is_not_trimmed_after_every_call(shared_service) -> None:
+    """With calls further apart than ``TRIM_AFTER_S`` the service trimmed after every one, and
+    the next call could meet the trim (arena locks, pages faulted back in): at most one trim per
+    ``server.TRIM_EVERY_S`` now (docs/service.md, benchmarks/service_trim.py)."""
+    from hivemem.service.server import TRIM_EVERY_S
+
+    with connect(shared_service["socket"], autostart=False) as client:
+        before = client.stats()["memory_trims"]
+        client.embed(sentences(5, seed=98))
+        deadline = time.monotonic() + TRIM_EVERY_S + 30
+        while client.stats()["memory_trims"] == before:  # a trim now: the interval starts here
+            assert time.monotonic() < deadline, "no trim after the service went idle"
+            time.sleep(0.05)
+        trimmed, started = client.stats()["memory_trims"], time.monotonic()
+        for text in sentences(4, seed=97):
+            time.sleep(0.5)  # idle for longer than TRIM_AFTER_S between calls
+            client.embed_one(text)
+        time.sleep(0.5)
+        if time.monotonic() - started < TRIM_EVERY_S:  # a box so slow that the interval passed proves nothing
+            assert client.stats()["memory_trims"] == trimmed
