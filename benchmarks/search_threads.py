@@ -5,7 +5,8 @@
 
 The store holds ``--memories`` sentences (``hivemem.embed.corpus``, so the keyword side has real
 words to match) spread over ``--users`` users; each search is a hybrid search of a new sentence in
-one user's scope. **No model**: the embedder is a table of random unit vectors (384 wide, as
+one user's scope (``--fill-batch``: the store filled that many rows per commit, timed as
+``fill_s``). **No model**: the embedder is a table of random unit vectors (384 wide, as
 MiniLM), computed before timing, so the figures are the store's and Python's, not the engine's
 (the search cost does not depend on the vectors' values). Each round times one thread over
 ``--searches`` queries and ``--threads`` threads over as many others, in alternating order (A B,
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--searches", type=int, default=600, help="searches per timing")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--mode", default="hybrid", choices=("hybrid", "vector", "keyword"))
+    ap.add_argument("--fill-batch", type=int, default=0, help="rows per insert (0: all in one, the default)")
     add_plot_options(ap)
     args = ap.parse_args()
 
@@ -92,7 +94,11 @@ def main() -> None:
     memory = Memory(tmp / "m.sqlite", embedder=emb)
     texts = sentences(args.memories, seed=1)
     new = [m for i, t in enumerate(texts) for m in prepare(t, user_id=f"user{i % args.users}")]
-    memory._storage.insert(new, emb.learn(texts, seed=1))
+    vecs, step = emb.learn(texts, seed=1), args.fill_batch or len(new)
+    took = time.perf_counter()
+    for i in range(0, len(new), step):  # one commit each (the keyword index's segments follow)
+        memory._storage.insert(new[i : i + step], vecs[i : i + step])
+    fill_s = time.perf_counter() - took
     queries = sentences(2 * args.searches * args.rounds + 1, seed=2)
     emb.learn(queries, seed=2)
     items = [(q, f"user{i % args.users}") for i, q in enumerate(queries)]
@@ -119,7 +125,8 @@ def main() -> None:
 
     result = {
         "memories": args.memories, "users": args.users, "threads": args.threads, "mode": args.mode,
-        "rounds": args.rounds, "one_rate": med(lambda x: x["one"]["rate"]),
+        "rounds": args.rounds, "fill_batch": args.fill_batch, "fill_s": fill_s,
+        "one_rate": med(lambda x: x["one"]["rate"]),
         "many_rate": med(lambda x: x["many"]["rate"]), "ratio": med(lambda x: x["ratio"]),
         "one_cpu_ms": med(lambda x: x["one"]["cpu_ms"]), "many_cpu_ms": med(lambda x: x["many"]["cpu_ms"]),
         "one_switches": med(lambda x: x["one"]["switches"]),

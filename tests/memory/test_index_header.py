@@ -35,6 +35,18 @@ def test_a_format_2_header_reads_and_writes_back_the_same_bytes() -> None:
     assert parse(FORMAT_2.replace(b'"n": 3', b'"n": 4')) is None  # the check covers every field
 
 
+def test_the_same_bytes_are_decoded_once_and_other_bytes_again() -> None:
+    """Every search reads header.json: unchanged bytes give the header already decoded (fails on
+    the code that decoded them each time), and any change of the bytes is decoded afresh."""
+    first = parse(FORMAT_2)
+    assert first is not None and parse(bytes(FORMAT_2)) is first
+    other = Header.from_mapping({**first, "n": 2, "last_rid": 2}).to_json().encode()
+    second = parse(other)
+    assert second is not None and second.n == 2 and parse(other) is second
+    assert parse(other[:-5]) is None and parse(other[:-5]) is None  # torn: None, each time
+    assert parse(FORMAT_2) == first
+
+
 def _store(path: Path) -> tuple[SQLiteStorage, np.ndarray]:
     storage = SQLiteStorage(path)
     storage.bind_model("test/rand", DIM)

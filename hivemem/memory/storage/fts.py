@@ -26,6 +26,12 @@
   docs/memory.md#measurements-behind-the-design), so a scope of more than ``SCOPE_ROWS_MAX`` rows
   is searched without it, with the statistics of the whole store (of which it is then a large
   sample).
+* **Few segments.** FTS5 keeps an index as segments, merged in the background of writes; every
+  word a search looks up costs a lookup in each segment (~30 µs a word with ~9 segments of a
+  10,000-memory store, ~25 % of a hybrid search). Both tables merge as soon as two segments
+  share a level (``AUTOMERGE``; FTS5's default waits for 4): half the segments or fewer, the same
+  rows, so the same results (docs/memory.md#concurrent-searches). Set on every open (a store made
+  before gets it for its merges from then on).
 * **Bounded cost.** Reading a row of a word has a cost, so a common word in one scope of a million
   rows would cost tens of milliseconds (docs/memory.md#measurements-behind-the-design). Each
   word's row count in the store is counted once per process (cached: a count used exactly holds
@@ -72,6 +78,7 @@ LAYOUT = f"2 {TOKENIZER}"  # bump the number when the table or its triggers chan
 RANK_BUDGET = 10_000  # rows (term occurrences) a keyword search may read
 FILTER_CHUNK = 3 * RANK_BUDGET  # row ids the filter is checked on in one statement (context ranking)
 SCOPE_ROWS_MAX = 40_000  # larger scopes: no scope token in the query, statistics of the store
+AUTOMERGE = 2  # FTS5 merges segments once this many share a level (its default: 4; module docstring)
 _SCOPE = "coalesce('u' || hex({p}.user_id), '') || ' ' || coalesce('a' || hex({p}.agent_id), '')" \
     " || ' ' || coalesce('r' || hex({p}.run_id), '')"  # fmt: skip
 _PREFIX = {"user_id": "u", "agent_id": "a", "run_id": "r"}
@@ -153,11 +160,22 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     have = db.execute("SELECT value FROM meta WHERE key = 'fts'").fetchone()
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_fts'").fetchone()
     if exists and have and have[0] == LAYOUT:
+        merge_eagerly(db, "memories_fts")
         return
     drop(db)
-    for sql in SCHEMA:
+    for sql in SCHEMA[:-1]:
         db.execute(sql.format(tokenizer=TOKENIZER))
+    merge_eagerly(db, "memories_fts")  # before the rows are indexed: their segments merge too
+    db.execute(SCHEMA[-1])
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts', ?)", (LAYOUT,))
+
+
+def merge_eagerly(db: sqlite3.Connection, table: str) -> None:
+    """Set ``table``'s FTS5 ``automerge`` to ``AUTOMERGE`` unless it has it (fewer segments for
+    searches to look words up in: module docstring); the caller holds a write transaction."""
+    have = db.execute(f"SELECT v FROM {table}_config WHERE k = 'automerge'").fetchone()
+    if have is None or have[0] != AUTOMERGE:
+        db.execute(f"INSERT INTO {table} ({table}, rank) VALUES ('automerge', ?)", (AUTOMERGE,))
 
 
 def drop(db: sqlite3.Connection) -> None:
@@ -189,6 +207,7 @@ def ensure_context(db: sqlite3.Connection, create: bool) -> bool:
             (CONTEXT_LAYOUT, 0 if high else -1),
         )
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_high', ?)", (high,))
+    merge_eagerly(db, "memories_ctx")
     return context_pending(db)
 
 

@@ -128,8 +128,26 @@ def checksum(body: Mapping[str, Any]) -> int:
     return zlib.crc32(json.dumps({k: v for k, v in body.items() if k != "check"}, sort_keys=True).encode())
 
 
+# the last bytes parsed and their header: every search reads the file, nearly always unchanged
+_last: tuple[bytes, Header | None] = (b"", None)
+
+
 def parse(raw: bytes) -> Header | None:
-    """The header in ``raw``, or None when it is unreadable, incomplete or its check is wrong."""
+    """The header in ``raw``, or None when it is unreadable, incomplete or its check is wrong.
+
+    The same bytes as the last call's give the same (immutable) header without decoding them
+    again (a JSON read, a JSON write and a CRC a search); the bytes are those just read, so
+    nothing can go stale."""
+    global _last
+    last = _last  # one read: another thread may replace it meanwhile
+    if raw == last[0]:
+        return last[1]
+    header = _decode(raw)
+    _last = (raw, header)
+    return header
+
+
+def _decode(raw: bytes) -> Header | None:
     try:
         data = json.loads(raw)
     except ValueError:
