@@ -31,16 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-TICK = os.sysconf("SC_CLK_TCK")
 
 from plots import add_plot_options, bars  # noqa: E402
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its threads so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+from procstat import cpu_s, pss_mb, wait_for_socket  # noqa: E402
 
 
 def worker(seed: int, index: int, n: int, total: int) -> None:
@@ -80,11 +73,7 @@ def one_round(
     )
     out: dict = {}
     try:
-        deadline = time.monotonic() + 120
-        while not sock.exists():
-            if service.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the service of {tree} did not start")
-            time.sleep(0.05)
+        wait_for_socket(service, sock, f"the service of {tree}")
         lone = subprocess.run(
             [PY, "-c", _LONE.format(seed=seed + 7)], env=env, capture_output=True, text=True, check=True
         )
@@ -111,7 +100,7 @@ def one_round(
             done = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
             out["service_cpu_ms_per_text"] = (cpu_s(service.pid) - cpu0) * 1000 / (w * n)
             out["client_cpu_ms_per_text"] = (sum(cpu_s(p.pid) for p in procs) - client_cpu0) * 1000 / (w * n)
-            out["service_pss_busy_mb"] = _pss_mb(service.pid)  # right after the last reply
+            out["service_pss_busy_mb"] = pss_mb(service.pid)  # right after the last reply
             out["texts_per_s"] = w * n / (max(d["end"] for d in done) - start)
             out["p50_ms"] = statistics.median(t for d in done for t in d["times"]) * 1000
             for p in procs:
@@ -120,7 +109,7 @@ def one_round(
             for p in procs:
                 if p.poll() is None:
                     p.kill()
-        out["service_pss_mb"] = _pss_mb(service.pid)
+        out["service_pss_mb"] = pss_mb(service.pid)
     finally:
         service.terminate()
         service.wait(60)
@@ -134,14 +123,6 @@ def one_round(
     out["batch_texts_per_s"] = float(batch.stdout.strip())
     out["ratio"] = out["texts_per_s"] / out["batch_texts_per_s"]
     return out
-
-
-def _pss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 _LONE = (

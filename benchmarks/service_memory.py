@@ -29,16 +29,9 @@ import time
 from pathlib import Path
 
 from plots import add_plot_options, bars
+from procstat import pss_mb, wait_for_socket
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pss_mb(pid: int | str = "self") -> float:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def largest_anon_mb() -> float:
@@ -67,11 +60,7 @@ def service_round(tree: Path, seed: int) -> dict[str, float]:
            "HIVEMEM_CACHE": str(work / "c.sqlite"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
     service = subprocess.Popen([sys.executable, "-m", "hivemem", "serve"], env=env, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not sock.exists():
-            if service.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the service of {tree} did not start")
-            time.sleep(0.05)
+        wait_for_socket(service, sock, f"the service of {tree}")
         time.sleep(0.5)
         out = {"listening": pss_mb(service.pid)}
         subprocess.run([sys.executable, "-c", _CALL.format(seed=seed)], env=env, check=True)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from plots import add_plot_options, bars
+from procstat import cpu_s, pss_mb, wait_for_socket
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,21 +37,6 @@ _SERVICE = (
     "s.TRIM_AFTER_S = float(sys.argv[1]); s.TRIM_EVERY_S = float(sys.argv[2])\n"
     "sys.argv = ['hivemem.service']\nrunpy.run_module('hivemem.service', run_name='__main__')\n"
 )
-
-
-def pss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its threads so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_run(after: float, every: float, calls: int, gap: float, seed: int) -> dict[str, float]:
@@ -66,11 +52,7 @@ def one_run(after: float, every: float, calls: int, gap: float, seed: int) -> di
         [sys.executable, "-c", _SERVICE, str(after), str(every)], env=env, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 120
-        while not sock.exists():
-            if service.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the service did not start")
-            time.sleep(0.05)
+        wait_for_socket(service, sock, "the service")
         texts = sentences(calls + 5, seed=seed)
         with hivemem.connect(sock, autostart=False, timeout=60) as client:
             for text in texts[calls:]:  # warm-up: the first runs of the model

@@ -24,6 +24,20 @@ def new_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
     return pg_url()
 
 
+# A short talk of two runs of user u and one line of user v: (user_id, run_id, text); words that
+# SQLite's and PostgreSQL's stemmers stem alike, for the cross-backend ranking tests
+TALK = [
+    ("u", "r1", "Melanie painted a sunrise over the lake"),
+    ("u", "r1", "Caroline asked where she painted it"),
+    ("u", "r1", "Melanie said at the lake near her home"),
+    ("u", "r1", "They talked about the pottery class"),
+    ("u", "r2", "Caroline went hiking in the mountains"),
+    ("u", "r2", "Melanie asked about the weather there"),
+    ("u", "r2", "It rained the whole weekend"),
+    ("v", "r1", "Another user painted the lake too"),
+    ("u", "r1", "Caroline joined the pottery class later"),
+    ("u", "r1", "The class meets every Tuesday at the lake house"),
+]
 SCOPES: list[dict[str, str]] = [{"user_id": "a"}, {"user_id": "b"}, {"user_id": "a", "run_id": "r1"}]
 
 
@@ -66,4 +80,4 @@ def random_writes(m: Memory, seed: int, steps: int) -> Iterator[str]:
         yield f"step {step}: {op} in scope {SCOPES[s]}"
 
 
-__all__ = ["BACKENDS", "SCOPES", "HashEmbedder", "new_location", "random_writes"]
+__all__ = ["BACKENDS", "SCOPES", "TALK", "HashEmbedder", "new_location", "random_writes"]

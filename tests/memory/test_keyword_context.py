@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder
-from memory_helpers import random_writes
+from memory_helpers import TALK, random_writes
 
 from hivemem import Memory
 from hivemem.errors import DiskFull, MemoryNotFound
@@ -332,27 +332,15 @@ def test_both_backends_rank_alike_with_the_option(
         for module in (fts, pgkeyword):
             monkeypatch.setattr(module, "RANK_BUDGET", 8)
             monkeypatch.setattr(module, "SCOPE_ROWS_MAX", 4)
-    talk = [
-        ("u", "r1", "Melanie painted a sunrise over the lake"),
-        ("u", "r1", "Caroline asked where she painted it"),
-        ("u", "r1", "Melanie said at the lake near her home"),
-        ("u", "r1", "They talked about the pottery class"),
-        ("u", "r2", "Caroline went hiking in the mountains"),
-        ("u", "r2", "Melanie asked about the weather there"),
-        ("u", "r2", "It rained the whole weekend"),
-        ("v", "r1", "Another user painted the lake too"),
-        ("u", "r1", "Caroline joined the pottery class later"),
-        ("u", "r1", "The class meets every Tuesday at the lake house"),
-    ]
     places = [str(tmp_path / "m.sqlite"), pg_url()]
     stores = [Memory(place, embedder=HashEmbedder()) for place in places]
     for m in stores:  # rows first, then the option: the backfill indexes them, later adds the triggers
         m.add_batch([{"messages": t, "user_id": u, "run_id": r, "metadata": {"n": i}}
-                     for i, (u, r, t) in enumerate(talk[:6])])  # fmt: skip
+                     for i, (u, r, t) in enumerate(TALK[:6])])  # fmt: skip
         m.close()
     stores = [Memory(place, embedder=HashEmbedder(), keyword_context=True) for place in places]
     for m in stores:
-        for i, (u, r, t) in enumerate(talk[6:], start=6):
+        for i, (u, r, t) in enumerate(TALK[6:], start=6):
             m.add(t, user_id=u, run_id=r, metadata={"n": i})
         m.update(m.get_all(user_id="u", run_id="r2")["results"][0]["id"], "Caroline went hiking by the lake")
     searches: list[dict[str, Any]] = [

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hash_embedder import HashEmbedder
-from memory_helpers import random_writes
+from memory_helpers import TALK, random_writes
 
 from hivemem import Memory
 from hivemem.memory import hybrid
@@ -176,23 +176,11 @@ def test_sqlite_reads_windows_by_the_scope_index(tmp_path: Path) -> None:
 def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callable[[], str]) -> None:
     """The same rows on SQLite and PostgreSQL, searched with both contexts on: the same memories in
     the same order, with the same scores and context cosines (words both stemmers stem alike)."""
-    talk = [
-        ("u", "r1", "Melanie painted a sunrise over the lake"),
-        ("u", "r1", "Caroline asked where she painted it"),
-        ("u", "r1", "Melanie said at the lake near her home"),
-        ("u", "r1", "They talked about the pottery class"),
-        ("u", "r2", "Caroline went hiking in the mountains"),
-        ("u", "r2", "Melanie asked about the weather there"),
-        ("u", "r2", "It rained the whole weekend"),
-        ("v", "r1", "Another user painted the lake too"),
-        ("u", "r1", "Caroline joined the pottery class later"),
-        ("u", "r1", "The class meets every Tuesday at the lake house"),
-    ]
     places = [str(tmp_path / "m.sqlite"), pg_url()]
     stores = [Memory(place, embedder=EMB, keyword_context=True, vector_context=True) for place in places]
     for m in stores:
         m.add_batch([{"messages": t, "user_id": u, "run_id": r, "metadata": {"n": i}}
-                     for i, (u, r, t) in enumerate(talk)])  # fmt: skip
+                     for i, (u, r, t) in enumerate(TALK)])  # fmt: skip
         m.update(m.get_all(user_id="u", run_id="r2")["results"][0]["id"], "Caroline went hiking by the lake")
     searches: list[dict[str, Any]] = [
         {"query": "lake", "user_id": "u", "run_id": "r1"},
