@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plots import add_plot_options, bars
-from search_threads import TableEmbedder
+from search_threads import TableEmbedder, filled_store
 
 
 def main() -> None:
@@ -44,16 +44,11 @@ def main() -> None:
     add_plot_options(ap)
     args = ap.parse_args()
 
-    from hivemem import Memory
     from hivemem.embed.corpus import sentences
-    from hivemem.memory.records import prepare
 
     emb = TableEmbedder()
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-search-sporadic-"))
-    memory = Memory(tmp / "m.sqlite", embedder=emb)
-    texts = sentences(args.memories, seed=1)
-    new = [m for i, t in enumerate(texts) for m in prepare(t, user_id=f"user{i % args.users}")]
-    memory._storage.insert(new, emb.learn(texts, seed=1))
+    memory, _ = filled_store(tmp, emb, args.memories, args.users)
     queries = sentences(4000, seed=2)
     emb.learn(queries, seed=2)
     memory.search(queries[0], user_id="user0")  # the index is built here

@@ -64,6 +64,26 @@ class TableEmbedder:
         return self.embed(texts)
 
 
+def filled_store(
+    tmp: Path, emb: TableEmbedder, memories: int, users: int, fill_batch: int = 0
+) -> tuple[Any, float]:
+    """A SQLite ``Memory`` in ``tmp`` holding ``memories`` corpus sentences over ``users`` users,
+    written through the storage layer ``fill_batch`` rows per commit (0: one commit), and the
+    seconds the fill took."""
+    from hivemem import Memory
+    from hivemem.embed.corpus import sentences
+    from hivemem.memory.records import prepare
+
+    memory = Memory(tmp / "m.sqlite", embedder=emb)
+    texts = sentences(memories, seed=1)
+    new = [m for i, t in enumerate(texts) for m in prepare(t, user_id=f"user{i % users}")]
+    vecs, step = emb.learn(texts, seed=1), fill_batch or len(new)
+    took = time.perf_counter()
+    for i in range(0, len(new), step):  # one commit each (the keyword index's segments follow)
+        memory._storage.insert(new[i : i + step], vecs[i : i + step])
+    return memory, time.perf_counter() - took
+
+
 def timed(fn: Any, items: list[Any], threads: int) -> dict[str, float]:
     """Searches/s of ``threads`` threads over ``items``, CPU ms and voluntary switches per search."""
     r0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
@@ -85,20 +105,11 @@ def main() -> None:
     add_plot_options(ap)
     args = ap.parse_args()
 
-    from hivemem import Memory
     from hivemem.embed.corpus import sentences
-    from hivemem.memory.records import prepare
 
     emb = TableEmbedder()
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-search-threads-"))
-    memory = Memory(tmp / "m.sqlite", embedder=emb)
-    texts = sentences(args.memories, seed=1)
-    new = [m for i, t in enumerate(texts) for m in prepare(t, user_id=f"user{i % args.users}")]
-    vecs, step = emb.learn(texts, seed=1), args.fill_batch or len(new)
-    took = time.perf_counter()
-    for i in range(0, len(new), step):  # one commit each (the keyword index's segments follow)
-        memory._storage.insert(new[i : i + step], vecs[i : i + step])
-    fill_s = time.perf_counter() - took
+    memory, fill_s = filled_store(tmp, emb, args.memories, args.users, args.fill_batch)
     queries = sentences(2 * args.searches * args.rounds + 1, seed=2)
     emb.learn(queries, seed=2)
     items = [(q, f"user{i % args.users}") for i, q in enumerate(queries)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder  # tests/hash_embedder.py
@@ -38,6 +39,20 @@ TALK = [
     ("u", "r1", "Caroline joined the pottery class later"),
     ("u", "r1", "The class meets every Tuesday at the lake house"),
 ]
+# searches over TALK: scoped to a run, to the user, with a metadata filter, to the other run
+TALK_SEARCHES: list[dict[str, Any]] = [
+    {"query": "lake", "user_id": "u", "run_id": "r1"},
+    {"query": "lake pottery", "user_id": "u"},
+    {"query": "painted lake", "user_id": "u", "filters": {"n": {"gte": 2}}},
+    {"query": "weather weekend", "user_id": "u", "run_id": "r2"},
+]
+
+
+def talk_rewrite(m: Memory) -> None:
+    """Rewrite the first memory of TALK's run r2 (a change of text inside a window)."""
+    m.update(m.get_all(user_id="u", run_id="r2")["results"][0]["id"], "Caroline went hiking by the lake")
+
+
 SCOPES: list[dict[str, str]] = [{"user_id": "a"}, {"user_id": "b"}, {"user_id": "a", "run_id": "r1"}]
 
 
@@ -80,4 +95,13 @@ def random_writes(m: Memory, seed: int, steps: int) -> Iterator[str]:
         yield f"step {step}: {op} in scope {SCOPES[s]}"
 
 
-__all__ = ["BACKENDS", "SCOPES", "TALK", "HashEmbedder", "new_location", "random_writes"]
+__all__ = [
+    "BACKENDS",
+    "SCOPES",
+    "TALK",
+    "TALK_SEARCHES",
+    "HashEmbedder",
+    "new_location",
+    "random_writes",
+    "talk_rewrite",
+]

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder
-from memory_helpers import TALK, random_writes
+from memory_helpers import TALK, TALK_SEARCHES, random_writes, talk_rewrite
 
 from hivemem import Memory
 from hivemem.errors import DiskFull, MemoryNotFound
@@ -342,14 +342,8 @@ def test_both_backends_rank_alike_with_the_option(
     for m in stores:
         for i, (u, r, t) in enumerate(TALK[6:], start=6):
             m.add(t, user_id=u, run_id=r, metadata={"n": i})
-        m.update(m.get_all(user_id="u", run_id="r2")["results"][0]["id"], "Caroline went hiking by the lake")
-    searches: list[dict[str, Any]] = [
-        {"query": "lake", "user_id": "u", "run_id": "r1"},
-        {"query": "lake pottery", "user_id": "u"},
-        {"query": "painted lake", "user_id": "u", "filters": {"n": {"gte": 2}}},
-        {"query": "weather weekend", "user_id": "u", "run_id": "r2"},
-        {"query": "lake"},
-    ]
+        talk_rewrite(m)
+    searches: list[dict[str, Any]] = [*TALK_SEARCHES, {"query": "lake"}]
     for args in searches:
         found = []
         for m in stores:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hash_embedder import HashEmbedder
-from memory_helpers import TALK, random_writes
+from memory_helpers import TALK, TALK_SEARCHES, random_writes, talk_rewrite
 
 from hivemem import Memory
 from hivemem.memory import hybrid
@@ -181,14 +181,8 @@ def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callab
     for m in stores:
         m.add_batch([{"messages": t, "user_id": u, "run_id": r, "metadata": {"n": i}}
                      for i, (u, r, t) in enumerate(TALK)])  # fmt: skip
-        m.update(m.get_all(user_id="u", run_id="r2")["results"][0]["id"], "Caroline went hiking by the lake")
-    searches: list[dict[str, Any]] = [
-        {"query": "lake", "user_id": "u", "run_id": "r1"},
-        {"query": "lake pottery", "user_id": "u"},
-        {"query": "painted lake", "user_id": "u", "filters": {"n": {"gte": 2}}},
-        {"query": "weather weekend", "user_id": "u", "run_id": "r2"},
-        {"query": "Tuesday sunrise"},
-    ]
+        talk_rewrite(m)
+    searches: list[dict[str, Any]] = [*TALK_SEARCHES, {"query": "Tuesday sunrise"}]
     for args in searches:
         found = []
         for m in stores:
