@@ -124,15 +124,14 @@ class Line(Generic[T]):
             return 0.0
         return max(self.members[0].arrived, self._free_since) + self.max_wait - time.monotonic()
 
-    def take(self, into: list[Member[T]] | None = None, limit: int | None = None) -> list[Member[T]]:
-        """The head and the members behind it, up to ``max_size`` units, or ``limit`` if smaller (a
-        larger head goes alone). ``into``: the list to fill, member by member, so that a caller
-        interrupted meanwhile still knows every member it took out of the line."""
+    def take(self, into: list[Member[T]] | None = None) -> list[Member[T]]:
+        """The head and the members behind it, up to ``max_size`` units (a larger head goes alone).
+        ``into``: the list to fill, member by member, so that a caller interrupted meanwhile still
+        knows every member it took out of the line."""
         group: list[Member[T]] = [] if into is None else into
         head = self.members[0]  # IndexError on an empty line, as before
-        most = self.max_size if limit is None else min(limit, self.max_size)
         units = 0
-        while self.members and (self.members[0] is head or units + self.members[0].size <= most):
+        while self.members and (self.members[0] is head or units + self.members[0].size <= self.max_size):
             member = self.members.popleft()
             self.units -= member.size
             units += member.size
@@ -185,11 +184,8 @@ class Combiner(Generic[T, R]):
         max_size: int = 1024,
         lock: threading.Lock | None = None,
         then: Callable[[], None] | None = None,
-        halves: bool = False,
     ) -> None:
         self._run = run
-        self._halves = halves
-        self._inside = 0  # units submitted whose callers have not returned (for ``halves``)
         self._resource = lock
         self._then = then
         self._line: Line[T] = Line(max_wait_ms=max_wait_ms, max_size=max_size)
@@ -215,11 +211,9 @@ class Combiner(Generic[T, R]):
         permitting); → each one's outcome, exceptions returned rather than raised."""
         wake = Wake()
         mine = [Member(item, size, wake) for item, size in items]
-        units = sum(size for _, size in items)
         with self._lock:
-            self._inside += units
             self._line.put(mine)
-            if self._wait_for() <= 0:
+            if self._line.wait_for() <= 0:
                 self._nudge()  # the head may have been waiting for company
         try:
             while not all(m.done for m in mine):
@@ -234,22 +228,7 @@ class Combiner(Generic[T, R]):
                     self._busy = False
                 self._nudge()
             raise
-        finally:
-            with self._lock:
-                self._inside -= units
         return [m.outcome for m in mine]
-
-    def _half(self) -> int | None:
-        """With ``halves``, the most units a group takes: half of those inside ``submit`` (lock held)."""
-        return max(1, (self._inside + 1) // 2) if self._halves else None
-
-    def _wait_for(self) -> float:
-        """Seconds until the head should lead (lock held): the line's rule, or at once when half
-        of the callers inside wait (``halves``)."""
-        half = self._half()
-        if half is not None and self._line.units >= half:
-            return 0.0
-        return self._line.wait_for()
 
     def _nudge(self) -> None:
         """Wake the head's caller: it may lead now (lock held)."""
@@ -268,7 +247,7 @@ class Combiner(Generic[T, R]):
                 return False
             timeout = None
             if not self._busy and self._line.members and self._line.members[0].wake is wake:
-                timeout = self._wait_for()
+                timeout = self._line.wait_for()
                 if timeout <= 0:
                     self._busy = True
                     self._taker = wake
@@ -302,7 +281,7 @@ class Combiner(Generic[T, R]):
                 self._resource.acquire()
                 held = True
             with self._lock:
-                self._line.take(group, self._half())
+                self._line.take(group)
                 self._taker = None  # _busy is the group's now: release() clears it
                 self.groups += 1
                 self.calls += len(group)

@@ -158,7 +158,7 @@ class Memory:
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
         grouped = self._storage.capabilities.group_commit
         self._combiner: Combiner[list[NewMemory], list[dict[str, Any]]] | None = (
-            Combiner(self._store_group, max_size=COMBINE_GROUP_MAX, halves=True) if grouped else None
+            Combiner(self._store_group, max_size=COMBINE_GROUP_MAX) if grouped else None
         )
         self._searches = SearchGroups(self._storage, grouped)  # concurrent searches too (SQLite)
         self._embedder: EmbedderLike | None = None
