@@ -11,7 +11,9 @@ embedding cache each: the engine's raw ``embed(N)`` (no cache) and, on the same 
 calling ``embed_one`` (the two in either order, by round), ``add_batch(N)``, 20 threads calling
 ``embed([text])`` on the engine directly, and 20 threads of single ``add`` — plus how many adds
 shared a transaction and, where the code has it, a group (``hivemem.infra.grouping.Combiner``),
-and the p50 of one thread's single ``embed_one`` calls (latency: must not get worse).
+the p50 of one thread's single ``embed_one`` calls (latency: must not get worse), and for
+``add_batch`` and the two 20-thread runs the process's CPU per item and the cores it kept busy
+(a ratio's gap is either more CPU per item or a core left idle).
 Ratios are taken within a process (same moment), then the median over rounds is reported.
 Prints a table, then one JSON line.
 """
@@ -39,6 +41,17 @@ KEYS = ("engine", "threads16_embed_one", "add_batch", "threads_embed", "threads_
 def _threads(fn: Any, texts: list[str], threads: int) -> float:
     """Calls per second of ``fn(text)`` over ``texts`` from ``threads`` threads."""
     return len(texts) / in_threads(lambda part: [fn(t) for t in part], texts, threads)
+
+
+def _cpu(out: dict[str, Any], key: str, n: int, run: Any) -> None:
+    """``out[key]`` = ``run()`` (a rate over ``n`` items); with the process's CPU ms per item
+    (``key_cpu_ms``, all threads) and the cores it kept busy meanwhile (``key_cores``): where a
+    ratio's gap goes — more CPU per item, or cores left idle."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out[key] = run()
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    out[f"{key}_cpu_ms"] = 1e3 * cpu / n
+    out[f"{key}_cores"] = cpu / wall
 
 
 def child(seed: int, batch: int, adds: int, threads: int) -> dict[str, Any]:
@@ -77,15 +90,19 @@ def child(seed: int, batch: int, adds: int, threads: int) -> dict[str, Any]:
         return m, emb
 
     m, emb = fresh("batch")
-    t0 = time.perf_counter()
-    m.add_batch([{"messages": t, "user_id": "bench"} for t in parts[1]])
-    out["add_batch"] = batch / (time.perf_counter() - t0)
+
+    def one_batch() -> float:
+        t0 = time.perf_counter()
+        m.add_batch([{"messages": t, "user_id": "bench"} for t in parts[1]])
+        return batch / (time.perf_counter() - t0)
+
+    _cpu(out, "add_batch", batch, one_batch)
     m.close()
     emb.close()
     m, emb = fresh("threads")
-    out["threads_embed"] = _threads(lambda t: emb.embed([t]), parts[2], threads)
+    _cpu(out, "threads_embed", adds, lambda: _threads(lambda t: emb.embed([t]), parts[2], threads))
     batches = emb._queue.batches
-    out["threads_add"] = _threads(lambda t: m.add(t, user_id="bench"), parts[3], threads)
+    _cpu(out, "threads_add", adds, lambda: _threads(lambda t: m.add(t, user_id="bench"), parts[3], threads))
     out["engine_batch_texts"] = adds / max(emb._queue.batches - batches, 1)
     storage = m._storage
     out["adds_per_transaction"] = getattr(storage, "inserts", 0) / max(getattr(storage, "commits", 0), 1)
@@ -152,6 +169,14 @@ def main() -> None:
         (f"{n} threads × engine embed / add_batch", "threads_embed_vs_add_batch",
          lambda x: x["threads_embed"] / x["add_batch"]),
         ("add_batch / engine", "add_batch_vs_engine", lambda x: x["add_batch"] / x["engine"]),
+        (f"CPU per memory, {n} threads × add / add_batch", "add_cpu_ratio",
+         lambda x: x["threads_add_cpu_ms"] / x["add_batch_cpu_ms"]),
+        (f"CPU per item, {n} threads × engine embed / add_batch", "embed_cpu_ratio",
+         lambda x: x["threads_embed_cpu_ms"] / x["add_batch_cpu_ms"]),
+        ("cores busy: add_batch", "add_batch_cores", lambda x: x["add_batch_cores"]),
+        (f"cores busy: {n} threads × engine embed", "threads_embed_cores",
+         lambda x: x["threads_embed_cores"]),
+        (f"cores busy: {n} threads × add", "threads_add_cores", lambda x: x["threads_add_cores"]),
         (f"adds per transaction ({n} threads of add)", "adds_per_transaction",
          lambda x: x["adds_per_transaction"]),
         (f"engine batch, texts ({n} threads of add)", "engine_batch_texts",
