@@ -70,6 +70,9 @@ def _register() -> None:
             I.VARIANTS[f"context -{n} date {r}"] = lambda ts, i, r=r, n=n: "\n".join(
                 dated(r, t) for t in I.window(ts, i, n, 0)
             )
+    I.VARIANTS["context -2 (scope) date 8 May 2023"] = lambda ts, i: "\n".join(
+        dated("8 May 2023", t) for t in I.window(ts, i, 2, 0, False)
+    )
     I.VARIANTS["context -3"] = lambda ts, i: "\n".join(I.said(t) for t in I.window(ts, i, 3, 0))
     I.VARIANTS["date 8 May 2023 + caption"] = lambda ts, i: (
         dated("8 May 2023", ts[i]) + (f" [shares a photo: {ts[i].caption}]" if ts[i].caption else "")
@@ -199,6 +202,12 @@ def rows(lab: I.Lab) -> dict[str, I.Ranker]:
     for share, w in ((0.3, 0.7), (0.7, 0.7), (1.0, 0.7), (0.5, 0.6), (0.5, 0.8)):  # its neighbourhood
         qd_ = question_dates(lab, share, 0)
         out[f"(around the best) {top} + question dates × {share} + vector context w {w}"] = on(boost=qd_, w=w)
+    # without run_id: the windows run over the whole scope (the conversation), across sessions
+    scope = {f"date {d}": 1.0, f"context -2 (scope) date {d}": 0.5}
+    out["(scope) D, windows in the conversation"] = I.mean_context(lab, 2, 0, False, scope, 0.5, 20)
+    out["(scope) D + question dates × 0.5 + vector context w 0.7"] = I.mean_context(
+        lab, 2, 0, False, scope, 0.7, 20, boost=qd
+    )
     out["built + question dates × 0.5 (no date words in the text)"] = I.mean_context(
         lab, 2, 0, True, {"base": 1.0, "context -2": 0.5}, 0.5, 20, boost=qd
     )
