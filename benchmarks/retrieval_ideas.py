@@ -401,6 +401,10 @@ def mean_context(
     w: float = 1.0,
     pool: int | None = None,
     g: float = 0.0,
+    fw: float = hybrid.KEYWORD_WEIGHT,
+    depth: int = DEPTH,
+    boost: Callable[[str, int], np.ndarray] | None = None,
+    scale: Callable[[str, str], np.ndarray] | None = None,
 ) -> Ranker:
     """A context vector that costs no model call: the normalised mean of the *stored* vectors of
     the turn's window; cosine = (cos(q, turn) + w · cos(q, context)) / (1 + w); keyword as
@@ -408,7 +412,10 @@ def mean_context(
     among the best ``pool`` by the turn's own cosine (the existing index, no second one; the
     keyword side's candidates get theirs too); None: among every turn (a second index). ``g``:
     neighbour smoothing on top (``smoothed``: + g × the best fused score of the turn's two
-    session neighbours)."""
+    session neighbours). ``fw``: the fusion's keyword weight; ``depth``: each side's candidates;
+    ``boost`` (conversation, question index) → a score per turn added to the keyword side's
+    (before it is divided by its best: ``retrieval_dates.py``); ``scale`` (store, conversation) →
+    a factor per turn for that store's keyword scores (length normalisation)."""
     ctx: dict[str, np.ndarray] = {}
     for conv, ts in lab.raw.items():
         p, vecs = lab.pos[conv], lab.side("base").vecs[conv]
@@ -426,18 +433,23 @@ def mean_context(
         terms = hybrid.query_terms(q)
         k = sum(
             share * (x / (x.max() or 1))
-            for share, x in ((s, lab.keyword(n, conv, terms)) for n, s in kw.items())
+            for share, x in (
+                (s, lab.keyword(n, conv, terms) * (1.0 if scale is None else scale(n, conv)))
+                for n, s in kw.items()
+            )
         )
+        if boost is not None:
+            k = k + boost(conv, i)
         own = lab.side("base").vecs[conv] @ lab.qv[i]
         cos = (own + w * (ctx[conv] @ lab.qv[i])) / (1 + w)
         if pool is None:
-            return top(fuse(cos, k), cos)
+            return top(fuse(cos, k, fw, depth), cos)
         pick = np.full(len(cos), -np.inf)
         first = np.lexsort((np.arange(len(own)), -own))[:pool]
         pick[first] = cos[first]
-        fused = fuse(cos, k, pick=pick)
+        fused = fuse(cos, k, fw, depth, pick=pick)
         if g:
-            every = fuse(cos, k, depth=len(cos))
+            every = fuse(cos, k, fw, depth=len(cos))
             near = np.array([max((every[j] for j in n), default=0.0) for n in lab.neigh[conv]])
             fused = np.where(np.isfinite(fused), fused + g * near, -np.inf)
         return top(fused, cos)
@@ -598,8 +610,17 @@ def ideas(lab: Lab) -> dict[str, Ranker]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+TARGET = {"recall@5": 0.68, "recall@10": 0.76}  # issue 23's target over all questions
+
+
+def main(
+    make: Callable[[Lab], dict[str, Ranker]] = ideas,
+    plot: str = "retrieval_ideas",
+    title: str = "LoCoMo (development half): the best ideas, all questions",
+    doc: str = __doc__,
+) -> None:
+    """Evaluate the rankers of ``make`` (``retrieval_dates.py`` passes its own) and print them."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--data", type=Path, default=R.DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, help="embedding cache file (default: a temporary one)")
     ap.add_argument("--only", help="a regular expression: evaluate only the ideas whose name matches")
@@ -616,7 +637,7 @@ def main() -> None:
     head = " | ".join(f"{'all' if k == 'all' else R.CATEGORIES[int(k)]} r@5 / r@10" for k in keys)
     print(f"\n| idea | {head} | Δ r@10 [95% CI], questions up/down |\n|---|" + "---|" * (len(keys) + 1))
     base_rows = None
-    for name, rank in ideas(lab).items():
+    for name, rank in make(lab).items():
         if args.only and not re.search(args.only, name) and not name.startswith("baseline"):
             continue
         t, rows = evaluate(lab, rank)
@@ -639,11 +660,14 @@ def main() -> None:
     print(
         f"\nlift the whole development half (no category worse at 5 or 10, 95% CI above 0): {lifts or 'none'}"
     )
+    reach = [n for n in lifts if all(results[n]["all"][m] >= v for m, v in TARGET.items())]
+    print(f"of those, reach the target (recall@5 >= 0.68 and recall@10 >= 0.76): {reach or 'none'}")
     out: dict[str, Any] = {
         "questions": len(lab.questions),
         "results": results,
         "change": change,
         "lifts": lifts,
+        "reach_target": reach,
     }
     shown = list(
         dict.fromkeys(
@@ -655,14 +679,14 @@ def main() -> None:
     )
     bars(
         args,
-        "retrieval_ideas",
-        "LoCoMo (development half): the best ideas, all questions",
+        plot,
+        title,
         shown,
         {m: [results[n]["all"][m] for n in shown] for m in ("recall@5", "recall@10")},
         ylabel="recall over the 760 questions",
         fmt="{:.3f}",
         horizontal=True,
-        note="int8 MiniLM + SQLite BM25; index-side ideas: other stores (benchmarks/retrieval_ideas.py)",
+        note=f"int8 MiniLM + SQLite BM25; index-side ideas: other stores (benchmarks/{plot}.py)",
     )
     for side in lab.sides.values():
         if side.memory is not lab.base:
