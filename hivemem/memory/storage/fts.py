@@ -71,6 +71,7 @@ import numpy as np
 
 from hivemem.infra.sqlitedb import int_array
 from hivemem.memory.filters import Cond, Logic, Node
+from hivemem.memory.storage import datewords
 from hivemem.memory.storage.indexheader import StoreState
 
 TOKENIZER = "porter unicode61 remove_diacritics 2"
@@ -83,22 +84,36 @@ _SCOPE = "coalesce('u' || hex({p}.user_id), '') || ' ' || coalesce('a' || hex({p
     " || ' ' || coalesce('r' || hex({p}.run_id), '')"  # fmt: skip
 _PREFIX = {"user_id": "u", "agent_id": "a", "run_id": "r"}
 
-SCHEMA = (
-    "CREATE VIRTUAL TABLE memories_fts USING fts5(body, scope, content='', tokenize='{tokenizer}')",
-    "CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN"
-    f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, new.memory, {_SCOPE.format(p='new')});"
-    " END",
-    "CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN"
-    " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
-    f" VALUES ('delete', old.rid, old.memory, {_SCOPE.format(p='old')}); END",
-    "CREATE TRIGGER memories_fts_update AFTER UPDATE OF memory, user_id, agent_id, run_id ON memories BEGIN"
-    " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
-    f" VALUES ('delete', old.rid, old.memory, {_SCOPE.format(p='old')});"
-    f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, new.memory, {_SCOPE.format(p='new')});"
-    " END",
-    f"INSERT INTO memories_fts (rowid, body, scope) SELECT rid, memory, {_SCOPE.format(p='memories')}"
-    " FROM memories",
-)
+LAYOUT_DATED = f"{LAYOUT} dates {datewords.VERSION}"  # the same table, each body with its date words
+
+
+def schema(dates: bool) -> tuple[str, ...]:
+    """The statements that make ``memories_fts``, its triggers and fill it (the last one);
+    ``dates``: each row's ``body`` is its text and its date words (``datewords``; module docstring)."""
+    body = "{p}.memory"
+    if dates:
+        body += f" || coalesce(char(10) || ({datewords.sql('{p}.created_at', 'sqlite')}), '')"
+    new, old = body.format(p="new"), body.format(p="old")
+    columns = f"memory, {'created_at, ' if dates else ''}user_id, agent_id, run_id"
+    return (
+        "CREATE VIRTUAL TABLE memories_fts USING fts5(body, scope, content='', tokenize='{tokenizer}')",
+        "CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN"
+        f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, {new}, {_SCOPE.format(p='new')});"
+        " END",
+        "CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN"
+        " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
+        f" VALUES ('delete', old.rid, {old}, {_SCOPE.format(p='old')}); END",
+        f"CREATE TRIGGER memories_fts_update AFTER UPDATE OF {columns} ON memories BEGIN"
+        " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
+        f" VALUES ('delete', old.rid, {old}, {_SCOPE.format(p='old')});"
+        f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, {new}, {_SCOPE.format(p='new')});"
+        " END",
+        f"INSERT INTO memories_fts (rowid, body, scope) SELECT rid, {body.format(p='memories')},"
+        f" {_SCOPE.format(p='memories')} FROM memories",
+    )
+
+
+SCHEMA = schema(dates=False)
 CONTEXT_BEFORE = 2  # memories before a memory in its window (backward: an add changes no older window)
 CONTEXT_LAYOUT = f"3 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
 CONTEXT_BATCH = 5_000  # rows a backfill step indexes per transaction (an old store, on open)
@@ -155,19 +170,34 @@ _DROP = (
 )
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create (or re-create, for another layout) the index; the caller holds a write transaction."""
+def ensure_schema(db: sqlite3.Connection, dates: bool | None = None) -> bool:
+    """Create (or re-create, for another layout) the index; the caller holds a write transaction.
+    ``dates``: with the date words (``LAYOUT_DATED``) or without; None: as the store has it. A
+    re-index is one transaction (contentless FTS5 cannot tell which rows a partial one holds): an
+    interrupted one leaves the old index and its mark, and the next open redoes it. → whether the
+    index was (re)built."""
     have = db.execute("SELECT value FROM meta WHERE key = 'fts'").fetchone()
+    dated = have is not None and have[0].startswith(f"{LAYOUT} dates ")
+    want = LAYOUT_DATED if (dated if dates is None else dates) else LAYOUT
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_fts'").fetchone()
-    if exists and have and have[0] == LAYOUT:
+    if exists and have and have[0] == want:
         merge_eagerly(db, "memories_fts")
-        return
-    drop(db)
-    for sql in SCHEMA[:-1]:
+        return False
+    for sql in _DROP:  # the context table (``memories_ctx``) holds no date words: it stays
+        db.execute(sql)
+    statements = schema(want == LAYOUT_DATED)
+    for sql in statements[:-1]:
         db.execute(sql.format(tokenizer=TOKENIZER))
     merge_eagerly(db, "memories_fts")  # before the rows are indexed: their segments merge too
-    db.execute(SCHEMA[-1])
-    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts', ?)", (LAYOUT,))
+    db.execute(statements[-1])
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts', ?)", (want,))
+    return True
+
+
+def dated(db: sqlite3.Connection) -> bool:
+    """Whether the store's keyword text holds the date words (its ``fts`` mark)."""
+    have = db.execute("SELECT value FROM meta WHERE key = 'fts'").fetchone()
+    return have is not None and have[0] == LAYOUT_DATED
 
 
 def merge_eagerly(db: sqlite3.Connection, table: str) -> None:
