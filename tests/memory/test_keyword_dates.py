@@ -327,3 +327,104 @@ def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callab
             assert hybrid[0] == hybrid[1], args
         for m in stores:
             m.close()
+
+
+# -- timestamp (Mem0's: when the memory was created) ----------------------------------------------
+
+
+def test_timestamp_shapes_set_created_at(location: str) -> None:
+    """Unix seconds (int, float), ISO dates (their start, UTC) and datetimes (naive: UTC; aware:
+    converted), ``date``/``datetime`` objects: each becomes created_at and updated_at, and the ADD
+    event's time; the row order (insertion order) is unchanged by it."""
+    from datetime import date, timezone
+
+    shapes = [
+        (1683554160, "2023-05-08T13:56:00.000000+00:00"),
+        (1683554160.25, "2023-05-08T13:56:00.250000+00:00"),
+        (0, "1970-01-01T00:00:00.000000+00:00"),
+        ("2023-05-08", "2023-05-08T00:00:00.000000+00:00"),
+        ("20230508", "2023-05-08T00:00:00.000000+00:00"),
+        ("2023-05-08 13:56", "2023-05-08T13:56:00.000000+00:00"),
+        ("2023-05-08T15:56:00+02:00", "2023-05-08T13:56:00.000000+00:00"),
+        ("2023-05-08T13:56:00Z", "2023-05-08T13:56:00.000000+00:00"),
+        (date(1999, 12, 31), "1999-12-31T00:00:00.000000+00:00"),
+        (datetime(2023, 5, 8, 13, 56), "2023-05-08T13:56:00.000000+00:00"),
+        (
+            datetime(2023, 5, 8, 8, 56, tzinfo=timezone(timedelta(hours=-5))),
+            "2023-05-08T13:56:00.000000+00:00",
+        ),
+    ]
+    with Memory(location, embedder=HashEmbedder()) as m:
+        ids = [
+            m.add(f"turn {i}", user_id="u", timestamp=s)["results"][0]["id"]
+            for i, (s, _) in enumerate(shapes)
+        ]
+        batch = m.add_batch(
+            [{"messages": "batched", "user_id": "u", "timestamp": 1e9}, {"messages": "now", "user_id": "u"}]
+        )
+        listed = m.get_all(user_id="u")["results"]
+        assert [r["id"] for r in listed] == [*ids, *(r["id"] for r in batch["results"])]  # insertion order
+        for memory_id, (_, created) in zip(ids, shapes, strict=True):
+            record = m.get(memory_id)
+            assert record is not None and record["created_at"] == record["updated_at"] == created
+            assert [e["created_at"] for e in m.history(memory_id)] == [created]
+        assert listed[-2]["created_at"] == "2001-09-09T01:46:40.000000+00:00"
+        assert listed[-1]["created_at"] > "2026"  # no timestamp: now
+        m.update(ids[0], "turn 0, rewritten")
+        record = m.get(ids[0])
+        assert record is not None and record["created_at"] == shapes[0][1] < record["updated_at"]
+
+
+def test_malformed_timestamps_are_refused_before_anything_happens(tmp_path: Path) -> None:
+    """A malformed ``timestamp`` anywhere in a call is refused naming the field (and the item),
+    before anything is embedded or stored."""
+    from hivemem.errors import LimitExceeded
+
+    calls: list[int] = []
+
+    class Counting(HashEmbedder):
+        def embed(self, texts: Any) -> Any:
+            calls.append(len(texts))
+            return super().embed(texts)
+
+    bad: list[tuple[Any, type[Exception], str]] = [
+        ("last spring", ValueError, "is not an ISO 8601 date"),
+        ("2023-02-30", ValueError, "is not an ISO 8601 date"),
+        ("x" * (records.MAX_DATE_CHARS + 1), LimitExceeded, "MAX_DATE_CHARS"),
+        (1e20, ValueError, "out of range"),
+        (float("nan"), ValueError, "out of range"),
+        (-1e12, ValueError, "out of range"),
+        ("9999-12-31T23:00:00-05:00", ValueError, "out of range"),
+        (True, TypeError, "must be an ISO 8601 string"),
+        ([2023], TypeError, "must be an ISO 8601 string"),
+    ]
+    with Memory(tmp_path / "m.sqlite", embedder=Counting()) as m:
+        for value, error, message in bad:
+            with pytest.raises(error, match=message) as caught:
+                m.add("never stored", user_id="u", timestamp=value)
+            assert "timestamp" in str(caught.value)
+            with pytest.raises(error, match=message) as caught:
+                m.add_batch(
+                    [
+                        {"messages": "fine", "user_id": "u"},
+                        {"messages": "x", "user_id": "u", "timestamp": value},
+                    ]
+                )
+            assert str(caught.value).startswith("items[1]: timestamp")
+        assert m.count() == 0 and calls == []
+
+
+def test_async_memory_takes_timestamp_and_keyword_dates(tmp_path: Path) -> None:
+    import asyncio
+
+    from hivemem import AsyncMemory
+
+    async def main() -> list[dict[str, Any]]:
+        am = AsyncMemory(tmp_path / "m.sqlite", embedder=HashEmbedder(), keyword_dates=True)
+        await am.add("a picnic", user_id="u", timestamp="2023-05-08")
+        await am.add_batch([{"messages": "a concert", "user_id": "u", "timestamp": 1686000000}])
+        found = (await am.search("May 2023", user_id="u", mode="keyword"))["results"]
+        am.sync.close()
+        return found
+
+    assert [h["memory"] for h in asyncio.run(main())] == ["a picnic", "a concert"]
