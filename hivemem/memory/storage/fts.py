@@ -55,6 +55,10 @@
   best window`` (both BM25 as above, the scope's statistics; the bests among the rows that pass
   the filter, so that no other row changes the order), which ``hybrid.fuse`` divides by
   its best as any keyword score (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
+* **Date words** (``keyword_dates``, issue 23): with the store's mark ``LAYOUT_DATED``, each row's
+  ``body`` is its text and its date words (``datewords``), computed by the triggers from
+  ``created_at``, which never changes, so a delete still gives FTS5 the exact text it indexed. The
+  option re-indexes the table in one transaction (``ensure_schema``); the window table holds none.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ same rows, so that hybrid search ranks alike on both backends:
   one statement (it counts the scope and skips the matching when that is too large) and scores
   in SQL; a large one reads each kept word's rows (``Postings``: kept per process) and scores
   them in numpy exactly as ``fts.py`` does, so equal inputs give equal scores.
+* **Date words** (``keyword_dates``): the store's ``dated`` column (``pgdates``) is searched in
+  place of ``words`` (``KeywordSearch.column``) when the store has it.
 * **Text limit**: the first ``MAX_INDEXED_CHARS`` characters of ``hm_words(memory)`` are indexed
   (a ``tsvector`` holds at most 1 MB); SQLite indexes all of it.
 
