@@ -297,34 +297,50 @@ def test_sigkill_during_the_reindex_leaves_a_whole_index(tmp_path: Path) -> None
 # -- both backends rank alike ---------------------------------------------------------------------
 
 
-def test_both_backends_rank_alike_with_the_option(tmp_path: Path, pg_url: Callable[[], str]) -> None:
+@pytest.mark.parametrize("limits", ["default", "small"])
+def test_both_backends_rank_alike_with_the_option(
+    tmp_path: Path, pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch, limits: str
+) -> None:
     """The same rows (each with its own timestamp) on SQLite and PostgreSQL, the option on (also
     with the keyword context): date words and text words in the query give the same memories in the
-    same order with the same scores, in keyword and hybrid mode; explain's keyword_score covers them."""
+    same order with the same scores, in keyword and hybrid mode, before and after more writes;
+    explain's keyword_score covers them. With ``small`` limits, scopes are "large" (statistics of
+    the store, PostgreSQL's kept row lists of the ``dated`` column) and the rarest words are kept."""
+    from hivemem.memory.storage import pgkeyword
+
+    if limits == "small":
+        for module in (fts, pgkeyword):
+            monkeypatch.setattr(module, "RANK_BUDGET", 8)
+            monkeypatch.setattr(module, "SCOPE_ROWS_MAX", 4)
     places = [str(tmp_path / "m.sqlite"), pg_url()]
+    stamp = [f"2023-{1 + i % 12:02d}-{1 + i:02d}" for i in range(len(TALK))]
     for place in places:
         with Memory(place, embedder=HashEmbedder()) as m:
-            stamp = [f"2023-{1 + i % 12:02d}-{1 + i:02d}" for i in range(len(TALK))]
             m.add_batch([{"messages": t, "user_id": u, "run_id": r, "timestamp": stamp[i]}
                          for i, (u, r, t) in enumerate(TALK)])  # fmt: skip
+    searches: list[dict[str, str]] = [
+        {"query": "lake May"},
+        {"query": "painted 2023", "user_id": "u"},
+        {"query": "class in October", "user_id": "u", "run_id": "r1"},
+        {"query": "March 3"},
+        {"query": "2023 lake", "user_id": "u"},
+    ]
     for context in (False, True):
         stores = [
             Memory(p, embedder=HashEmbedder(), keyword_dates=True, keyword_context=context) for p in places
         ]
-        searches: list[dict[str, str]] = [
-            {"query": "lake May"},
-            {"query": "painted 2023", "user_id": "u"},
-            {"query": "class in October", "user_id": "u", "run_id": "r1"},
-            {"query": "March 3"},
-        ]
-        for args in searches:
-            found = []
-            for m in stores:
-                hits = m.search(**args, mode="keyword", explain=True)["results"]
-                found.append([(h["memory"], round(h["score_details"]["keyword_score"], 9)) for h in hits])
-            assert found[0] == found[1] and found[0], args
-            hybrid = [[h["memory"] for h in m.search(**args)["results"]] for m in stores]
-            assert hybrid[0] == hybrid[1], args
+        for step in range(2):
+            for args in searches:
+                found = []
+                for m in stores:
+                    hits = m.search(**args, mode="keyword", explain=True)["results"]
+                    found.append([(h["memory"], round(h["score_details"]["keyword_score"], 9)) for h in hits])
+                assert found[0] == found[1] and found[0], (args, step, context)
+                hybrid = [[h["memory"] for h in m.search(**args)["results"]] for m in stores]
+                assert hybrid[0] == hybrid[1], (args, step, context)
+            for m in stores:  # more rows between the rounds, dated as the queries: the kept lists follow
+                day = f"2023-05-0{3 + step}"
+                m.add(f"Melanie swam {step} {context}", user_id="u", run_id="r1", timestamp=day)
         for m in stores:
             m.close()
 

@@ -254,7 +254,7 @@ class KeywordSearch:
     def column(self, name: str) -> None:
         """Search ``name`` (``words`` or ``dated``) from now on; the lists kept of the other go."""
         if name != self._column:
-            self._column = self.postings.column = name
+            self._column = name
             self.postings = Postings(self.ns)
             self.postings.column = name
             with self._lock:
