@@ -146,6 +146,58 @@ def pg_index(m: Memory) -> tuple[dict[int, frozenset[str]], dict[int, frozenset[
     return stored, rebuilt
 
 
+def has_context(m: Memory) -> bool:
+    """Whether the store has the keyword context's table (made by a ``keyword_context=True`` open)."""
+    storage = m._storage
+    if isinstance(storage, PostgresStorage):
+        from hivemem.memory.storage import pgcontext
+
+        with storage._pool.connection() as conn:
+            return pgcontext.exists(conn, f'"{storage.schema}"')
+    db = sqlite3.connect(m.location)
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_ctx'").fetchone()
+    db.close()
+    return found is not None
+
+
+def windows(m: Memory) -> tuple[dict[int, Any], dict[int, Any]]:
+    """The keyword context's windows ``(stored, rebuilt)``: each memory and the ``CONTEXT_BEFORE``
+    before it in its scope, each member with its date words when the store has them (SQLite: the
+    window's text after FTS5's integrity check; PostgreSQL: lexeme sets, from the column searched)."""
+    storage = m._storage
+    by_scope: dict[str, list[Any]] = {}
+    rebuilt: dict[int, Any] = {}
+    if isinstance(storage, PostgresStorage):
+        ns = f'"{storage.schema}"'
+        with storage._pool.connection() as conn:
+            column = "dated" if pgdates.dates_ready(conn, ns) else "words"
+            rows = conn.execute(
+                f"SELECT rid, scope, tsvector_to_array({column}) FROM {ns}.memories ORDER BY rid"
+            ).fetchall()
+            stored = {
+                r: frozenset(x)
+                for r, x in conn.execute(f"SELECT rid, tsvector_to_array(words) FROM {ns}.memories_ctx")
+            }
+        for rid, scope, lexemes in rows:
+            mine = by_scope.setdefault(scope, [])
+            mine.append(frozenset(lexemes))
+            rebuilt[rid] = frozenset().union(*mine[-(fts.CONTEXT_BEFORE + 1) :])
+        return stored, rebuilt
+    db = sqlite3.connect(m.location)
+    db.execute("INSERT INTO memories_ctx (memories_ctx) VALUES ('integrity-check')")
+    stored = dict(db.execute("SELECT rowid, context FROM memories_ctx"))
+    dated = fts.dated(db)
+    for rid, scope, text, created in db.execute(
+        "SELECT rid, scope, memory, created_at FROM memories ORDER BY rid"
+    ):
+        words = datewords.date_words(created) if dated else ""
+        mine = by_scope.setdefault(scope, [])
+        mine.append(text + ("\n" + words if words else ""))
+        rebuilt[rid] = "\n".join(reversed(mine[-(fts.CONTEXT_BEFORE + 1) :]))
+    db.close()
+    return stored, rebuilt
+
+
 def index(m: Memory) -> tuple[Any, Any]:
     if isinstance(m._storage, PostgresStorage):
         return pg_index(m)
@@ -176,6 +228,21 @@ def test_random_writes_keep_the_dated_index_equal_to_a_rebuild(
     m.close()
 
 
+@pytest.mark.parametrize("seed", [33])
+def test_random_writes_keep_the_dated_windows_equal_to_a_rebuild(
+    location: str, seed: int, dated_now: None
+) -> None:
+    """The same with the keyword context: each window holds its members' date words (as the ideas
+    measurements placed them: body and window), equal to a rebuild after every step."""
+    m = Memory(location, embedder=HashEmbedder(), keyword_dates=True, keyword_context=True)
+    for what in random_writes(m, seed, 60):
+        assert index(m)[0] == index(m)[1], what
+        now, rebuilt = windows(m)
+        assert now == rebuilt, what
+    assert len(rebuilt) > 10
+    m.close()
+
+
 def search_words(m: Memory, query: str) -> list[str]:
     return [h["memory"] for h in m.search(query, mode="keyword", user_id="u", top_k=100)["results"]]
 
@@ -191,10 +258,13 @@ def test_turning_the_option_on_and_off_reindexes_an_old_store(location: str) -> 
         m.add_batch(items)
         assert search_words(m, "May") == [] and index(m)[0] == index(m)[1]
         before = m.get_all(user_id="u")["results"]
-    for option, found in ((True, 1), (None, 1), (False, 0), (None, 0), (True, 1)):
-        with Memory(location, embedder=HashEmbedder(), keyword_dates=option) as m:
+    for option, found in ((True, 1), (None, 3), (False, 0), (None, 0), (True, 1), (False, 0)):
+        context = option is None  # its windows (May: the turn and the 2 after it) follow each change
+        with Memory(location, embedder=HashEmbedder(), keyword_dates=option, keyword_context=context) as m:
             now, rebuilt = index(m)
             assert now == rebuilt, option
+            if has_context(m):
+                assert windows(m)[0] == windows(m)[1], option
             may = search_words(m, "May")
             assert len(may) == found, option
             assert set(may) <= {t for _, _, t in TALK}
@@ -202,10 +272,10 @@ def test_turning_the_option_on_and_off_reindexes_an_old_store(location: str) -> 
             for r in before:
                 assert [e["new_memory"] for e in m.history(r["id"])] == [r["memory"]]
                 assert r["hash"] == records.content_hash(r["memory"])
-    with Memory(location, embedder=HashEmbedder()) as m:  # a write after: still exact
+    with Memory(location, embedder=HashEmbedder(), keyword_dates=True) as m:  # a write after: still exact
         m.add("Melanie ran a charity race", user_id="u", timestamp=datetime(2023, 5, 20, tzinfo=UTC))
         assert search_words(m, "May 20")[:1] == ["Melanie ran a charity race"]
-        assert index(m)[0] == index(m)[1]
+        assert index(m)[0] == index(m)[1] and windows(m)[0] == windows(m)[1]
 
 
 def test_the_option_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

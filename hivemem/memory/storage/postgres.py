@@ -222,6 +222,8 @@ class PostgresStorage(Storage):
                 with session_lock(conn, self.schema), conn.transaction():
                     if pgdates.dates_ready(conn, self._ns) != on:  # not made meanwhile by another
                         pgdates.install_dates(conn, self._ns, on)
+                        if pgcontext.exists(conn, self._ns):  # its windows are made of the column
+                            pgcontext.install(conn, self._ns, self.schema)
         self._keywords.column = "dated" if on else "words"
 
     def enable_vector_context(self) -> None:

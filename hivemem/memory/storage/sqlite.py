@@ -237,7 +237,9 @@ class SQLiteStorage(Storage):
 
     def keyword_dates(self, on: bool) -> None:
         """Index each memory's date words with its text (``on``) or not (``datewords``): when the
-        store has the other layout, ``memories_fts`` is re-indexed in one transaction (``fts``)."""
+        store has the other layout, ``memories_fts`` is re-indexed in one transaction (``fts``),
+        and the keyword context's windows, if the store has them, are re-made in that transaction
+        and re-filled in steps (``enable_context``)."""
         if fts.dated(self._db()) == on:
             return  # a read: no write at each open
 
@@ -246,12 +248,14 @@ class SQLiteStorage(Storage):
             db.execute("BEGIN IMMEDIATE")
             try:
                 fts.ensure_schema(db, on)
+                fts.ensure_context(db, create=False)
                 db.execute("COMMIT")
             except BaseException:
                 self._rollback(db)
                 raise
 
         self._opening(rebuild)
+        self.enable_context(create=False)
 
     def enable_vector_context(self) -> None:
         db = self._db()
