@@ -58,7 +58,9 @@
 * **Date words** (``keyword_dates``, issue 23): with the store's mark ``LAYOUT_DATED``, each row's
   ``body`` is its text and its date words (``datewords``), computed by the triggers from
   ``created_at``, which never changes, so a delete still gives FTS5 the exact text it indexed. The
-  option re-indexes the table in one transaction (``ensure_schema``); the window table holds none.
+  option re-indexes the table in one transaction (``ensure_schema``). The context's windows then
+  hold each member's date words too (``CONTEXT_LAYOUT_DATED``: re-made in that transaction, then
+  refilled in steps as an old store's: ``SQLiteStorage.keyword_dates``).
 """
 
 from __future__ import annotations

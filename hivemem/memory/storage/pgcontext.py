@@ -3,9 +3,9 @@
 Each memory's *window* (its text and that of the ``fts.CONTEXT_BEFORE`` memories stored just
 before it in its scope: the same ``scope`` column, so the same user/agent/run ids) is indexed in
 ``memories_ctx (rid, words)``: the ``words`` of the window's rows (``pgkeyword``'s generated
-column: the same lexemes, the scope's lexemes included) concatenated newest first, as SQLite
-joins their texts, under a GIN index. ``hm_window(scope, rid)`` computes one window; the
-backfill and the triggers both call it.
+column: the same lexemes, the scope's lexemes included; ``dated`` instead in a store with
+``keyword_dates``, ``pgdates``) concatenated newest first, as SQLite joins their texts, under a
+GIN index. ``hm_window(scope, rid)`` computes one window; the backfill and the triggers both call it.
 
 * **Made on demand**: ``install`` runs the first time a ``Memory`` with ``keyword_context=True``
   opens the store (``meta`` key ``keyword_ctx``), in ONE transaction that also fills the table

@@ -4,12 +4,13 @@
 ``dated`` is a ``STORED`` generated column of ``memories``: the lexemes ``words`` has (the text and
 the scope's) plus those of the row's date words (``datewords.sql``, as the IMMUTABLE function
 ``hm_dates``; its own ``to_tsvector``, so ``pgkeyword.MAX_INDEXED_CHARS`` never cuts them), with
-its own GIN index. A second column rather than a new expression for ``words``: the keyword
-context's windows (``pgcontext``) are made of ``words`` and must hold no date words, as SQLite's
-windows hold none; and turning the option off is a ``DROP COLUMN`` (instant). Turning it on
-rewrites the table once, in one transaction under the schema's advisory lock: an interrupted one
-leaves nothing, and the next open with the option redoes it. The server computes the column in
-the statement that writes a row, whichever client wrote it; ``created_at`` never changes.
+its own GIN index. The keyword context's windows (``pgcontext``) are then made of ``dated`` (each
+member with its date words, as SQLite's), and re-made in the transaction that adds or drops it
+(``PostgresStorage.keyword_dates``). A second column rather than a new expression for ``words``:
+turning the option off is a ``DROP COLUMN`` (no rewrite), and a writer of any version keeps
+both. Turning it on rewrites the table once, in one transaction under the schema's advisory
+lock: an interrupted one leaves nothing, and the next open with the option redoes it. The server
+computes the column in the statement that writes a row; ``created_at`` never changes.
 """
 
 from __future__ import annotations
