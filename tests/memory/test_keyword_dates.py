@@ -325,6 +325,41 @@ def test_an_interrupted_reindex_leaves_the_old_index_and_the_next_open_redoes_it
         assert len(search_words(m, "may")) == 25  # 8 May + 24 days of May, and turn 40 on 9 May
 
 
+def test_the_windows_refill_after_a_toggle_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite, a store with the keyword context: turning the dates on re-makes the window table in
+    the re-index's transaction and refills it in steps; killed after two steps, the windows filled
+    are exact, and the next open (with or without the option) finishes the refill."""
+    path = tmp_path / "m.sqlite"
+    with Memory(path, embedder=HashEmbedder(), keyword_context=True) as m:
+        for user in ("a", "b"):
+            days = [1683554160 + 86400 * i for i in range(25)]
+            m.add_batch([{"messages": f"{user} turn {i}", "user_id": user, "timestamp": day}
+                         for i, day in enumerate(days)])  # fmt: skip
+    monkeypatch.setattr(fts, "CONTEXT_BATCH", 7)
+    steps: list[int | None] = []
+    real = fts.backfill_context
+
+    def one_step_then_die(db: sqlite3.Connection, batch: int | None = None) -> bool:
+        steps.append(batch)
+        if len(steps) == 3:
+            raise KeyboardInterrupt  # as a process killed mid-refill: two steps are committed
+        return real(db, batch)
+
+    monkeypatch.setattr(fts, "backfill_context", one_step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        Memory(path, embedder=HashEmbedder(), keyword_dates=True)
+    monkeypatch.setattr(fts, "backfill_context", real)
+    db = sqlite3.connect(path)
+    done = dict(db.execute("SELECT rowid, context FROM memories_ctx"))
+    assert fts.dated(db) and fts.context_pending(db)
+    db.close()
+    with Memory(path, embedder=HashEmbedder()) as m:  # no option: the store stays dated, the refill ends
+        now, rebuilt = windows(m)
+        assert len(done) == 14 and all(rebuilt[r] == c for r, c in done.items())
+        assert now == rebuilt and "May 2023" in now[1]
+        assert index(m)[0] == index(m)[1]
+
+
 _OPENER = r"""
 import sys
 sys.path[:0] = [sys.argv[2]]
