@@ -5,6 +5,7 @@
     python benchmarks/keyword_context.py --users 1000            # 1,000 scopes of 100
     python benchmarks/keyword_context.py --backend postgres      # PostgreSQL (pgcontext.py)
     python benchmarks/before_after.py --before REV -- keyword_context.py --context off  # the default path
+    python benchmarks/keyword_context.py --context dates --size 20000   # keyword_dates off / on
 
 A store gets the context index the first time a ``Memory`` with ``keyword_context=True`` opens
 it; from then on every write keeps it (triggers in the write transaction), so only such stores
@@ -26,6 +27,8 @@ itself, hybrid mode only, and its ``add_batch`` on a fresh store as the others):
   of 40 memories of the searched scope (a hybrid search's candidates at ``top_k=10``) against
   reading their cosines, alternated, on the store of ``--size`` memories: the vector context's own
   cost per search, without the noise of whole searches.
+* ``_dates`` (``--context dates``): the same rows for a store with ``keyword_dates=True`` (each
+  memory's date words indexed with its text; no context), against the default store.
 * Then, once per store: its file size (``file_mb``; PostgreSQL: its schema's tables with their
   indexes), ``batch_delete`` of up to 1,000 memories of
   one scope (``batch_delete_ms``) and ``delete_all`` of every scope (``delete_all_s``): a delete
@@ -61,7 +64,8 @@ from hivemem.memory import hybrid
 
 HAS_CONTEXT = hasattr(hybrid, "configure_context")
 HAS_VECTOR = hasattr(hybrid, "VECTOR_CONTEXT_SHARE")
-TAIL = {"off": "", "on": "_context_on", "full": "_context_full"}
+HAS_DATES = "keyword_dates" in Memory.__init__.__kwdefaults__  # type: ignore[operator]
+TAIL = {"off": "", "on": "_context_on", "full": "_context_full", "dates": "_dates"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -93,6 +97,8 @@ class Places:
 def store(place: str, emb: Embedder, variant: str) -> Memory:
     if variant == "off":
         return Memory(place, embedder=emb)
+    if variant == "dates":
+        return Memory(place, embedder=emb, keyword_dates=True)  # type: ignore[call-arg,unused-ignore]
     if variant == "on":
         return Memory(place, embedder=emb, keyword_context=True)  # type: ignore[call-arg,unused-ignore]
     return Memory(place, embedder=emb, keyword_context=True, vector_context=True)  # type: ignore[call-arg,unused-ignore]
@@ -150,9 +156,10 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1, help="scopes the searched store is spread over")
     ap.add_argument(
         "--context",
-        choices=["both", "off"],
+        choices=["both", "off", "dates"],
         default="both",
-        help="off: only the default rows (the same work on every tree, for before_after.py)",
+        help="off: only the default rows (the same work on every tree, for before_after.py); dates: the "
+        "default rows and keyword_dates=True (each memory's date words indexed with its text)",
     )
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     add_plot_options(ap)
@@ -177,6 +184,10 @@ def run(args: argparse.Namespace, tmp: Path, places: Places) -> None:
     variants: tuple[str, ...] = ("off",)
     if HAS_CONTEXT and args.context == "both":
         variants = ("off", "on", "full") if HAS_VECTOR else ("off", "on")
+    if args.context == "dates":
+        if not HAS_DATES:
+            raise SystemExit("this tree has no keyword_dates option")
+        variants = ("off", "dates")
     n = len(variants)
     pool = sentences(n * args.rounds * args.batch + args.rounds * args.queries * 5 + 10, seed=2323)
     rates: dict[str, list[float]] = {}

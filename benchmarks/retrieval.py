@@ -19,6 +19,10 @@ context row with its paired bootstrap against hybrid and the keep rule (no categ
 10, interval above 0), and the exact fp32 sentence-transformers reference
 (brute force, torch). ``--runs`` adds each session with its own ``run_id`` (what Mem0 users do),
 so that a window stays within its session. On the held-out half: ``--data DIR`` with its conversations.
+``--dates`` adds each turn with its session's time as ``timestamp`` (LoCoMo's "1:56 pm on 8 May,
+2023", read as UTC) and the rows ``hybrid + dates``, ``hybrid + context + dates`` and ``hybrid +
+both contexts + dates`` (``keyword_dates=True``), each with its keep rule against hybrid and
+against the same row without the date words.
 ``--sweep`` evaluates the alternatives the defaults were chosen from (tokenizers, stop
 words, fusion rules and weights, candidate depths), on this development data only (SQLite).
 ``--backend postgres|both`` runs the same rows on PostgreSQL (a throwaway server from
@@ -39,6 +43,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,18 +120,42 @@ class Scores:
         return out
 
 
-def fill(m: Memory, turns: dict[str, list[tuple[str, str]]], runs: bool = False) -> dict[str, list[str]]:
+def session_times(data: Path) -> dict[str, dict[str, float]]:
+    """Per conversation, each session's time (``D3`` → Unix seconds): LoCoMo's
+    ``session_3_date_time`` ("1:56 pm on 8 May, 2023"), read as UTC."""
+    out: dict[str, dict[str, float]] = {}
+    for f in sorted(data.glob("*.json")):
+        conv = json.loads(f.read_text())
+        out[f.stem] = {
+            f"D{k.split('_')[1]}": datetime.strptime(v, "%I:%M %p on %d %B, %Y")
+            .replace(tzinfo=UTC)
+            .timestamp()
+            for k, v in conv.items()
+            if re.fullmatch(r"session_\d+_date_time", k)
+        }
+    return out
+
+
+def fill(
+    m: Memory,
+    turns: dict[str, list[tuple[str, str]]],
+    runs: bool = False,
+    times: dict[str, dict[str, float]] | None = None,
+) -> dict[str, list[str]]:
     """Store every turn; → memory id → the dia_ids it stands for (a repeated text is one memory
     per scope). ``runs``: each session with its own ``run_id`` (``D3:7`` → ``D3``), as Mem0 users
-    add conversations; the searches still name only the ``user_id``."""
+    add conversations; the searches still name only the ``user_id``. ``times``
+    (``session_times``): each turn added with its session's ``timestamp``."""
     dia: dict[str, list[str]] = defaultdict(list)
     for conv, mine in turns.items():
         items: list[dict[str, Any]] = [
             {"messages": text, "user_id": conv, "metadata": {"dia_id": d}} for d, text in mine
         ]
-        if runs:
-            for item, (d, _) in zip(items, mine, strict=True):
+        for item, (d, _) in zip(items, mine, strict=True):
+            if runs:
                 item["run_id"] = d.split(":")[0]
+            if times is not None:
+                item["timestamp"] = times[conv][d.split(":")[0]]
         for (d, _), res in zip(mine, m.add_batch(items)["results"], strict=True):
             dia[res["id"]].append(d)
     return dia
@@ -313,23 +342,32 @@ def paired(base: np.ndarray, new: np.ndarray, rounds: int = 2000) -> dict[str, f
     }
 
 
+DATED = ("hybrid + dates", "hybrid + context + dates", "hybrid + both contexts + dates")
+
+
 def with_context(
-    location: str, emb: Embedder, questions: list[Question], dia: dict[str, list[str]]
+    location: str, emb: Embedder, questions: list[Question], dia: dict[str, list[str]], dates: bool = False
 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float], dict[str, Any], dict[str, Any]]:
     """The same store searched with ``keyword_context=True`` and with both ``keyword_context``
     and ``vector_context`` (each memory's window: the turn and the two before it in its scope,
     the conversation, or with ``--runs`` its session) → score tables, ms per search, and for each
     the rule for keeping it: no category worse at 5 or 10 than plain hybrid, and the paired
-    interval of the recall@10 change above 0."""
+    interval of the recall@10 change above 0. ``dates`` (``--dates``): also each of the hybrid
+    rows with ``keyword_dates=True`` (the store re-indexed once), each with its rule (in
+    ``rules``, the fourth item then being a dict of all the rules by row)."""
     rows: dict[str, Scores] = {}
     timing: dict[str, float] = {}
-    for name, context, vector in (
-        ("hybrid", False, False),
-        ("keyword + context", True, False),
-        ("hybrid + context", True, False),
-        ("hybrid + both contexts", True, True),
-    ):
-        with Memory(location, embedder=emb, keyword_context=context, vector_context=vector) as mc:
+    plan = [
+        ("hybrid", False, False, False),
+        ("keyword + context", True, False, False),
+        ("hybrid + context", True, False, False),
+        ("hybrid + both contexts", True, True, False),
+    ]
+    if dates:
+        plan += [(name, "context" in name, "both" in name, True) for name in DATED]
+    for name, context, vector, dated in plan:
+        options = {"keyword_context": context, "vector_context": vector, "keyword_dates": dated}
+        with Memory(location, embedder=emb, **options) as mc:
             mode = name.split(" ")[0]
 
             def rank(conv: str, q: str, i: int, mc: Memory = mc, mode: str = mode) -> list[str]:
@@ -338,11 +376,17 @@ def with_context(
             t0 = time.perf_counter()
             rows[name] = evaluate(questions, rank, dia)
             timing[name] = 1000 * (time.perf_counter() - t0) / len(questions)
+    rules: dict[str, Any] = {}
+    for name in DATED if dates else ():
+        rules[name] = keep_rule(rows["hybrid"], rows[name])
+        undated = name.removesuffix(" + dates")
+        if undated != "hybrid":  # and on top of the same row without the date words
+            rules[f"{name} vs {undated}"] = keep_rule(rows[undated], rows[name])
     return (
         {n: r.table() for n, r in rows.items() if n != "hybrid"},
         {n: t for n, t in timing.items() if n != "hybrid"},
         keep_rule(rows["hybrid"], rows["hybrid + context"]),
-        keep_rule(rows["hybrid"], rows["hybrid + both contexts"]),
+        {"hybrid + both contexts": keep_rule(rows["hybrid"], rows["hybrid + both contexts"]), **rules},
     )
 
 
@@ -371,6 +415,9 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="also evaluate the alternatives to the defaults")
     ap.add_argument("--no-reference", action="store_true", help="skip the sentence-transformers reference")
     ap.add_argument("--runs", action="store_true", help="add each session with its own run_id")
+    ap.add_argument(
+        "--dates", action="store_true", help="add turns with their session's timestamp; keyword_dates rows"
+    )
     add_plot_options(ap)
     args = ap.parse_args()
     turns, questions, skipped = load(args.data)
@@ -401,7 +448,7 @@ def main() -> None:
             location = f"{args.url}{'&' if '?' in args.url else '?'}schema={schema}"
         m = stores[backend] = Memory(location, embedder=emb)
         t0 = time.perf_counter()
-        dia = dias[backend] = fill(m, turns, args.runs)
+        dia = dias[backend] = fill(m, turns, args.runs, session_times(args.data) if args.dates else None)
         print(f"{backend}: stored in {time.perf_counter() - t0:.1f} s (embedding included)", flush=True)
         if backend == backends[0]:
             qvecs = emb.embed([q for _, q, _, _ in questions])  # cached: searches embed nothing new
@@ -410,7 +457,10 @@ def main() -> None:
         for mode in res:
             results[mode + label], timing[mode + label] = res[mode], tim[mode]
         if backend == "sqlite":  # the keyword context option (issue 23; SQLite only so far)
-            res, tim, context_rule, vector_rule = with_context(location, emb, questions, dia)
+            m.close()  # the rows with options reopen it (a re-index with --dates)
+            res, tim, context_rule, rules = with_context(location, emb, questions, dia, args.dates)
+            vector_rule = rules.pop("hybrid + both contexts")
+            m = stores[backend] = Memory(location, embedder=emb)
             results.update(res)
             timing.update(tim)
     m, dia = stores[backends[0]], dias[backends[0]]
@@ -444,10 +494,14 @@ def main() -> None:
     }
     if "sqlite" in backends:
         out["keyword_context"], out["vector_context"] = context_rule, vector_rule
-        for name, rule in (("hybrid + context", context_rule), ("hybrid + both contexts", vector_rule)):
+        if args.dates:
+            out["keyword_dates"] = rules
+        for name, rule in (("hybrid + context", context_rule), ("hybrid + both contexts", vector_rule),
+                           *rules.items()):  # fmt: skip
             c = rule["change_recall@10"]
+            against = name.replace(" vs ", " against ") if " vs " in name else f"{name} against hybrid"
             print(
-                f"\n{name} against hybrid: recall@10 {c['delta']:+.3f} [95% CI {c['lo']:+.3f},"
+                f"\n{against}: recall@10 {c['delta']:+.3f} [95% CI {c['lo']:+.3f},"
                 f" {c['hi']:+.3f}], questions up/down {c['up']}/{c['down']}; categories worse:"
                 f" {', '.join(rule['categories_worse']) or 'none'}; kept: {rule['kept']}"
             )

@@ -10,6 +10,7 @@ memories already there.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -93,12 +94,21 @@ def add(
     expiration_date: str | None = typer.Option(
         None, "--expiration-date", help="ISO date (the end of that day, UTC) or datetime (naive: UTC)."
     ),
+    timestamp: str | None = typer.Option(
+        None,
+        "--timestamp",
+        help="When it was created: Unix seconds, or an ISO date (its start, UTC) or datetime.",
+    ),
     path: str | None = PathOpt,
 ) -> None:
     """Add one memory (event NONE with the existing id if the text is already in the scope)."""
     meta = _json_opt(metadata, "--metadata")
     scope = {"user_id": user_id, "agent_id": agent_id, "run_id": run_id}
-    _answer(path, lambda m: m.add(text, **scope, metadata=meta, infer=infer, expiration_date=expiration_date))
+    stamp: str | float | None = timestamp
+    if timestamp is not None and re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", timestamp.strip()):
+        stamp = float(timestamp)  # Unix seconds
+    dates = {"expiration_date": expiration_date, "timestamp": stamp}
+    _answer(path, lambda m: m.add(text, **scope, metadata=meta, infer=infer, **dates))
 
 
 @memory_app.command("search")

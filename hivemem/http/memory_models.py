@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from hivemem.memory.batch import MAX_BATCH_CHANGES
 from hivemem.memory.records import REMOTE_MAX_BATCH as MAX_BATCH
@@ -37,6 +37,10 @@ _EXPIRES = (
     "ISO 8601 date or datetime after which search and list leave the memory out: a date means the "
     "end of that day in UTC, a datetime without offset is UTC."
 )
+_STAMP = (
+    "When the memory was created, instead of now (Mem0's timestamp): Unix seconds, or an ISO 8601 "
+    "date (its start, UTC) or datetime (without offset: UTC); it becomes created_at."
+)
 _SHOW_EXPIRED = "Include memories whose expiration_date has passed."
 
 
@@ -46,6 +50,7 @@ class AddRequest(Entities):
     messages: str | list[Message]
     metadata: dict[str, Any] | None = None
     expiration_date: str | None = Field(None, description=_EXPIRES)
+    timestamp: StrictInt | StrictFloat | str | None = Field(None, description=_STAMP)
     infer: bool = Field(
         False,
         description="LLM fact extraction: store the facts an LLM finds instead of the messages (needs an "

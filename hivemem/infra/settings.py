@@ -47,6 +47,12 @@ VARIABLES: tuple[Variable, ...] = (
         "`1`: `Memory` searches also match each memory's neighbours (`keyword_context`; default `0`).",
     ),
     Variable(
+        "HIVEMEM_KEYWORD_DATES",
+        "keyword_dates",
+        '`1`/`0`: index, or not, each memory\'s date ("8 May 2023") with its keyword text (`keyword_dates`;'
+        " unset: as the store has it, off for a new one).",
+    ),
+    Variable(
         "HIVEMEM_VECTOR_CONTEXT",
         "vector_context",
         "`1`: hybrid searches also weigh the mean vector of each memory's neighbours (`vector_context`;"
@@ -78,6 +84,7 @@ class Settings:
     llm_model: str | None
     llm_api_key: str | None
     keyword_context: str | None
+    keyword_dates: str | None
     vector_context: str | None
     openai_api_key: str | None
 

@@ -107,7 +107,14 @@ _SHOW_EXPIRED = {
     "default": False,
     "description": "Also return memories whose expiration_date has passed.",
 }
-_LENGTH_NAMES = {"expiration_date": "MAX_DATE_CHARS"}  # other strings: ids (MAX_ID_CHARS)
+_STAMP: dict[str, Any] = {
+    "type": ["number", "string"],
+    "maxLength": MAX_DATE_CHARS,
+    "description": "When the memory was created, instead of now (Mem0's timestamp): Unix seconds, or an "
+    "ISO 8601 date (its start, UTC) or datetime (without offset: UTC); it becomes created_at.",
+}
+# other strings: ids (MAX_ID_CHARS)
+_LENGTH_NAMES = {"expiration_date": "MAX_DATE_CHARS", "timestamp": "MAX_DATE_CHARS"}
 
 
 def _top_k(default: int, cap: int) -> dict[str, Any]:
@@ -130,6 +137,7 @@ _SPECS: dict[str, dict[str, Any]] = {
             "text": {"type": "string", "minLength": 1, "description": "What to remember, in plain words."},
             "metadata": _METADATA,
             "expiration_date": _EXPIRES,
+            "timestamp": _STAMP,
             "infer": {
                 "type": "boolean",
                 "default": False,
@@ -265,6 +273,7 @@ def specs(entities: bool) -> list[dict[str, Any]]:
 _PY_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
+    "number": (int, float),
     "boolean": (bool,),
     "object": (dict,),
     "array": (list,),
@@ -288,17 +297,15 @@ def _check(name: str, arguments: Any, entities: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in arguments.items():
         schema = props[key]
-        kind = schema["type"]
-        if isinstance(kind, list):  # ["string", "null"]: null is a value (update's "never expires")
-            kind = kind[0]
-            if value is None:
+        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if value is None:  # JSON null: the default, as an omitted argument, unless null is a value
+            if "null" in kinds:  # ["string", "null"]: update's "never expires"
                 out[key] = None
-                continue
-        if value is None:
-            continue  # JSON null: the default, as an omitted argument
-        ok = isinstance(value, _PY_TYPES[kind]) and not (kind == "integer" and isinstance(value, bool))
-        if not ok:
-            raise TypeError(f"{key} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value!r:.80}")
+            continue
+        kind = next((k for k in kinds if k != "null" and _is(value, k)), None)
+        if kind is None:
+            shapes = " or ".join(f"{'an' if k[0] in 'aeiou' else 'a'} {k}" for k in kinds if k != "null")
+            raise TypeError(f"{key} must be {shapes}, got {value!r:.80}")
         if kind == "integer":
             _bounded(key, value, schema)
         if kind == "array":
@@ -311,6 +318,12 @@ def _check(name: str, arguments: Any, entities: bool) -> dict[str, Any]:
 
 
 _CAP_NAMES = {REMOTE_MAX_SEARCH: "REMOTE_MAX_SEARCH", REMOTE_MAX_LIST: "REMOTE_MAX_LIST"}
+
+
+def _is(value: Any, kind: str) -> bool:
+    """Whether ``value`` (decoded JSON) is of JSON Schema type ``kind`` (true/false is no number)."""
+    boolean = isinstance(value, bool) and kind in ("integer", "number")
+    return isinstance(value, _PY_TYPES[kind]) and not boolean
 
 
 def _bounded(key: str, value: int, schema: dict[str, Any]) -> None:
@@ -365,6 +378,7 @@ def _add(memory: Any, scope: dict[str, str], a: dict[str, Any]) -> dict[str, Any
         metadata=a.get("metadata"),
         infer=a.get("infer", False),
         expiration_date=a.get("expiration_date"),
+        timestamp=a.get("timestamp"),
         **scope,
     )
     return out

@@ -29,6 +29,7 @@ class AsyncMemory:
         llm: Any = None,
         keyword_context: bool | None = None,
         vector_context: bool | None = None,
+        keyword_dates: bool | None = None,
     ) -> None:
         self.sync = Memory(
             path,
@@ -38,6 +39,7 @@ class AsyncMemory:
             llm=llm,
             keyword_context=keyword_context,
             vector_context=vector_context,
+            keyword_dates=keyword_dates,
         )
 
     @classmethod

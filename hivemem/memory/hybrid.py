@@ -199,17 +199,24 @@ def explain(hits: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return out
 
 
-def configure_context(keyword: bool | None, vector: bool | None, storage: Storage) -> None:
+def configure_context(
+    keyword: bool | None, vector: bool | None, storage: Storage, dates: bool | None = None
+) -> None:
     """Set ``storage.context`` and ``storage.vector_context``, the shares of the keyword and the
     vector context, for a ``Memory``: ``keyword`` / ``vector`` (``keyword_context=``,
     ``vector_context=``), or else ``$HIVEMEM_KEYWORD_CONTEXT`` / ``$HIVEMEM_VECTOR_CONTEXT``
     (``1``/``0``), default off: together they lifted the development half of LoCoMo, and stay off
-    until they have held on the held-out half (docs/memory.md). A refused value closes
-    ``storage`` (``Memory()`` fails whole)."""
+    until they have held on the held-out half (docs/memory.md). ``dates`` (``keyword_dates=``, else
+    ``$HIVEMEM_KEYWORD_DATES``): the store's keyword text holds each memory's date words, or not
+    (``Storage.keyword_dates``: a re-index when it changes); neither given: as the store has it
+    (new stores: off), so that a process opened without the option never undoes it. A refused
+    value closes ``storage`` (``Memory()`` fails whole)."""
     try:
         settings = Settings.from_env()
         keyword = _option("keyword_context", keyword, settings.keyword_context)
         vector = _option("vector_context", vector, settings.vector_context)
+        if dates is not None or settings.keyword_dates is not None:
+            storage.keyword_dates(_option("keyword_dates", dates, settings.keyword_dates))
         if keyword:
             storage.enable_context()
         if vector:

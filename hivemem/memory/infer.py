@@ -268,6 +268,7 @@ def infer_memories(memory: Any, items: list[dict[str, Any]], wheres: list[str]) 
                     f.text,
                     metadata=item.get("metadata"),
                     expiration_date=item.get("expiration_date"),
+                    timestamp=item.get("timestamp"),
                     where=where,
                     **scope,
                 )

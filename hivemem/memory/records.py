@@ -98,11 +98,13 @@ def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-# ``expiration_date``: an ISO 8601 date or datetime string (or a ``date``/``datetime``), at most this
-# many characters. Stored (column ``expires_at``) as the UTC instant the memory expires, in one fixed
-# format so that instants compare as strings on both backends: a date means the END of that day in
-# UTC (``"2026-12-31"`` expires at ``2027-01-01T00:00:00.000000+00:00``), a naive datetime is UTC, an
-# aware one is converted to UTC. A memory is expired once that instant is not in the future.
+# ``expiration_date`` and ``timestamp``: an ISO 8601 date or datetime string (or a ``date``/
+# ``datetime``), at most this many characters; ``timestamp`` also Unix seconds (Mem0's shape). Stored
+# (columns ``expires_at``, ``created_at``) as a UTC instant, in one fixed format so that instants
+# compare as strings on both backends: a naive datetime is UTC, an aware one is converted to UTC; a
+# date means the END of that day in UTC for ``expiration_date`` (``"2026-12-31"`` expires at
+# ``2027-01-01T00:00:00.000000+00:00``) and its START for ``timestamp``. Years 1 to 9999 in UTC. A
+# memory is expired once its instant is not in the future.
 MAX_DATE_CHARS = 64
 
 
@@ -111,19 +113,18 @@ def instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def expiry(value: Any, where: str = "") -> str | None:
-    """``expiration_date`` (None: never expires) → the instant it expires (``MAX_DATE_CHARS``);
-    ValueError/TypeError naming the field for anything else."""
-    name = f"{where}expiration_date"
-    if value is None:
-        return None
+def moment(value: Any, name: str, *, end_of_day: bool = False, seconds: bool = False) -> str:
+    """A date/datetime argument (``name`` in messages; the module comment above) → its UTC
+    ``instant``; ``end_of_day``: a date means its end (else its start); ``seconds``: Unix seconds
+    (int or float) are accepted too. ValueError/TypeError naming the field for anything else."""
+    field = name.rpartition(" ")[2]
     if isinstance(value, str):
         if len(value) > MAX_DATE_CHARS:
             raise LimitExceeded(
                 f"{name} has {len(value)} characters; the limit is {MAX_DATE_CHARS} (MAX_DATE_CHARS)",
                 limit_name="MAX_DATE_CHARS",
                 limit=MAX_DATE_CHARS,
-                field="expiration_date",
+                field=field,
             )
         text = value.strip()
         try:
@@ -133,15 +134,36 @@ def expiry(value: Any, where: str = "") -> str | None:
             raise ValueError(
                 f"{name} {value[:MAX_DATE_CHARS]!r} is not an ISO 8601 date (2026-12-31) or datetime "
                 "(2026-12-31T18:00:00Z, 2026-12-31T18:00:00+02:00)"
+                + (", or Unix seconds as a number" if seconds else "")
             ) from None
+    elif seconds and isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            if not math.isfinite(value):
+                raise OverflowError
+            value = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"{name} {value!r} is out of range (years 1 to 9999 in UTC)") from None
     try:
         if isinstance(value, datetime):
             return instant(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
         if isinstance(value, date):
-            return instant(datetime(value.year, value.month, value.day, tzinfo=UTC) + timedelta(days=1))
+            start = datetime(value.year, value.month, value.day, tzinfo=UTC)
+            return instant(start + timedelta(days=1) if end_of_day else start)
     except OverflowError:  # 9999-12-31 (its end), or an offset that moves it past year 9999 or 1
         raise ValueError(f"{name} {value.isoformat()} is out of range (years 1 to 9999 in UTC)") from None
-    raise TypeError(f"{name} must be an ISO 8601 string, a date or a datetime, got {type(value).__name__}")
+    shapes = "a date, a datetime or Unix seconds" if seconds else "a date or a datetime"
+    raise TypeError(f"{name} must be an ISO 8601 string, {shapes}, got {type(value).__name__}")
+
+
+def expiry(value: Any, where: str = "") -> str | None:
+    """``expiration_date`` (None: never expires) → the instant it expires (``moment``)."""
+    return None if value is None else moment(value, f"{where}expiration_date", end_of_day=True)
+
+
+def created(value: Any, where: str = "") -> str:
+    """``timestamp`` (Mem0's: when the memory was created, used instead of now; None: now) → the
+    ``created_at`` instant (``moment``: Unix seconds, or a date: its start, or a datetime)."""
+    return now() if value is None else moment(value, f"{where}timestamp", seconds=True)
 
 
 def content_hash(text: str) -> str:
@@ -304,11 +326,14 @@ def prepare(
     metadata: Any = None,
     id: Any = None,  # the key of an add_batch item
     expiration_date: Any = None,
+    timestamp: Any = None,
     where: str = "",
 ) -> list[NewMemory]:
     """Validate one ``add`` call's arguments and turn them into memories (one per non-system turn).
 
     ``id``: the caller's id for the memory; then ``messages`` must hold exactly one non-system turn.
+    ``timestamp``: ``created``; it sets ``created_at`` only (the row id, the insertion order, is
+    unchanged: windows and ``get_all`` follow insertion order).
     """
     ids = {
         name: check_entity(name, value, where)
@@ -319,7 +344,7 @@ def prepare(
     meta = check_metadata(metadata, where)
     expires = expiry(expiration_date, where)
     scope = scope_key(ids["user_id"], ids["agent_id"], ids["run_id"])
-    stamp = now()
+    stamp = created(timestamp, where)
     turns = normalize_messages(messages, where, embedded=True)
     if id is not None:
         id = check_memory_id(id, where)

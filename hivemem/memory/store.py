@@ -50,8 +50,9 @@ from hivemem.memory.storage.backends import open_storage
 from hivemem.memory.storage.locate import PostgresLocation, from_mem0_pgvector, resolve
 from hivemem.memory.storage.sqlcompile import unexpired
 
+_OPTIONS = ("keyword_context", "vector_context", "keyword_dates")  # of Memory(); hybrid.configure_context
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "reranker", "history_db_path", "version"}
-_CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt", "keyword_context", "vector_context"}
+_CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt", *_OPTIONS}
 
 
 # Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
@@ -146,6 +147,7 @@ class Memory:
         llm: dict[str, Any] | FactExtractor | None = None,
         keyword_context: bool | None = None,
         vector_context: bool | None = None,
+        keyword_dates: bool | None = None,
     ) -> None:
         # a Reranker object, or Mem0's {"provider": "llm", "config": …} (ours to close)
         self._reranker, self._owns_reranker = rr.resolve(reranker)
@@ -153,7 +155,7 @@ class Memory:
         self.location = str(where)  # for messages; a PostgreSQL password is never shown
         self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
         self._storage = open_storage(where)
-        hybrid.configure_context(keyword_context, vector_context, self._storage)
+        hybrid.configure_context(keyword_context, vector_context, self._storage, keyword_dates)
         # Concurrent adds joined into groups (grouping.Combiner) where the storage commits groups as one
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.
         grouped = self._storage.capabilities.group_commit
@@ -206,8 +208,7 @@ class Memory:
             embedder_config=config_dict.get("embedder"),
             llm=config_dict.get("llm"),
             reranker=config_dict.get("reranker"),
-            keyword_context=config_dict.get("keyword_context"),
-            vector_context=config_dict.get("vector_context"),
+            **{name: config_dict.get(name) for name in _OPTIONS},
         )
         memory._prompts = {
             k: config_dict.get(k) for k in ("custom_instructions", "custom_fact_extraction_prompt")
@@ -265,16 +266,19 @@ class Memory:
         infer: bool = False,
         prompt: str | None = None,
         expiration_date: Any = None,
+        timestamp: Any = None,
     ) -> dict[str, list[dict[str, Any]]]:
         """Store ``messages`` (a string, or ``[{"role", "content"}]``; system turns are skipped).
 
         ``infer=True``: store the facts an LLM finds in them instead (``prompt``: extra instructions
         for this call); see ``hivemem.memory.infer``. ``expiration_date``: an ISO date or datetime
         after which ``search``/``get_all`` leave the memory out (``records.expiry``: a date means
-        the end of that day in UTC, a naive datetime is UTC).
+        the end of that day in UTC, a naive datetime is UTC). ``timestamp`` (Mem0's): when it was
+        created, instead of now (``records.created``: Unix seconds, ISO date or datetime).
         """
         item = {"messages": messages, "user_id": user_id, "agent_id": agent_id, "run_id": run_id}
-        item.update(metadata=metadata, infer=infer, prompt=prompt, expiration_date=expiration_date)
+        item |= {"metadata": metadata, "infer": infer, "prompt": prompt, "timestamp": timestamp}
+        item["expiration_date"] = expiration_date
         return {"results": self._store(self._memories([item], [""], False))}
 
     def add_batch(self, items: list[dict[str, Any]], infer: bool = False) -> dict[str, list[dict[str, Any]]]:
@@ -282,14 +286,14 @@ class Memory:
 
         Each item: ``{"messages": …, "user_id"/"agent_id"/"run_id": …, "metadata": …}``, and
         optionally ``"id"``: the caller's id for an item of one message (LangChain document ids, ids
-        imported from Mem0; otherwise a uuid4 is generated), and ``"expiration_date"``. Results are
-        flat, in item order (one per non-system message). ``infer=True`` (or an item's ``"infer"``,
-        with its ``"prompt"``): the LLM's facts instead, all conversations asked concurrently, then
-        still one embed call and one transaction for everything.
+        imported from Mem0; otherwise a uuid4 is generated), ``"expiration_date"``, ``"timestamp"``.
+        Results are flat, in item order (one per non-system message). ``infer=True`` (or an item's
+        ``"infer"``, with its ``"prompt"``): the LLM's facts instead, all conversations asked
+        concurrently, then still one embed call and one transaction for everything.
         """
         if not isinstance(items, list | tuple):
             raise TypeError(f"add_batch takes a list of dicts, got {type(items).__name__}")
-        allowed = {"messages", *ENTITIES, "metadata", "infer", "prompt", "id", "expiration_date"}
+        allowed = {"messages", *ENTITIES, "metadata", "infer", "prompt", "id", "expiration_date", "timestamp"}
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise TypeError(f"items[{i}] must be a dict, got {type(item).__name__}")
@@ -479,8 +483,8 @@ class Memory:
         run_id: str | None = None,
         show_expired: bool = False,
     ) -> dict[str, list[dict[str, Any]]]:
-        """Memories passing the scope and ``filters``, oldest first; expired ones only with
-        ``show_expired=True``."""
+        """Memories passing the scope and ``filters``, in insertion order (not by ``timestamp``);
+        expired ones only with ``show_expired=True``."""
         where = self._where(filters, user_id, agent_id, run_id)
         k = _check_top_k(top_k)
         with self._storage.snapshot():

@@ -112,6 +112,29 @@ async def test_expiration_through_the_tools(mcp_env: dict[str, str]) -> None:
         assert codes(await ok(client, "list_memories")) == ["the gate code is 5678"]
 
 
+async def test_timestamp_through_the_tool(mcp_env: dict[str, str]) -> None:
+    """``add_memories`` takes Mem0's ``timestamp`` (Unix seconds, or an ISO date/datetime): it is
+    the memory's created_at; a malformed one is a tool error naming it, and nothing is stored."""
+    async with agent(mcp_env, "--user-id", "tess") as client:
+        tools = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+        assert tools["add_memories"]["properties"]["timestamp"]["type"] == ["number", "string"]
+        for stamp, created in (
+            (1683554160, "2023-05-08T13:56:00.000000+00:00"),
+            (1683554160.5, "2023-05-08T13:56:00.500000+00:00"),
+            ("2023-05-08", "2023-05-08T00:00:00.000000+00:00"),
+            ("2023-05-08T15:56:00+02:00", "2023-05-08T13:56:00.000000+00:00"),
+        ):
+            (got,) = (await ok(client, "add_memories", {"text": f"went out at {stamp}", "timestamp": stamp}))[
+                "results"
+            ]
+            assert (await ok(client, "get_memory", {"memory_id": got["id"]}))["created_at"] == created
+        for bad in ("last spring", True, "x" * (MAX_DATE_CHARS + 1), 1e300, [1]):
+            assert "timestamp" in await refused(
+                client, "add_memories", {"text": "never stored", "timestamp": bad}
+            )
+        assert len((await ok(client, "list_memories"))["results"]) == 4
+
+
 async def test_hostile_arguments_are_tool_errors_and_the_session_goes_on(mcp_env: dict[str, str]) -> None:
     deep: dict = {}
     node = deep

@@ -36,6 +36,25 @@ def test_cli_round_trip(location: str, tmp_path: Path, hm_home: Path) -> None:
     assert json.loads(run.invoke(app, ["memory", "list", "--path", db]).output)["results"] == []
 
 
+def test_cli_add_takes_a_timestamp(tmp_path: Path, hm_home: Path) -> None:
+    """``memory add --timestamp``: Unix seconds or an ISO date/datetime become created_at; a
+    malformed one is refused naming it (exit 2, one line, nothing stored)."""
+    run, db = CliRunner(), str(tmp_path / "t.sqlite")
+    want = {
+        "1683554160": "2023-05-08T13:56:00.000000+00:00",
+        "2023-05-08": "2023-05-08T00:00:00.000000+00:00",
+    }
+    for stamp in want:
+        args = ["memory", "add", f"went out {stamp}", "--user-id", "al", "--timestamp", stamp, "--path", db]
+        out = run.invoke(app, args)
+        assert out.exit_code == 0, out.output
+    listed = json.loads(run.invoke(app, ["memory", "list", "--path", db]).output)["results"]
+    assert [r["created_at"] for r in listed] == list(want.values())
+    bad = run.invoke(app, ["memory", "add", "never", "--user-id", "al", "--timestamp", "soon", "--path", db])
+    assert bad.exit_code != 0 and "timestamp" in bad.output and "Traceback" not in bad.output
+    assert len(json.loads(run.invoke(app, ["memory", "list", "--path", db]).output)["results"]) == 2
+
+
 def test_export_import_moves_a_store_between_backends(
     tmp_path: Path, pg_url: Callable[[], str], embedder: Embedder
 ) -> None:

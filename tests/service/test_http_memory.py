@@ -384,6 +384,34 @@ def test_expiration_over_rest(api: httpx.Client) -> None:
     assert old in {x["id"] for x in api.get("/v1/memories", headers=ALICE).json()["results"]}
 
 
+def test_timestamp_over_rest(api: httpx.Client) -> None:
+    """Mem0's ``timestamp`` on the add and batch add endpoints: Unix seconds or an ISO date or
+    datetime become created_at (and updated_at, and the ADD event's time); a malformed one is 422
+    naming the field, and nothing of the call is stored."""
+    one = _add(api, ALICE, messages="Alice moved to Lisbon", timestamp=1683554160)
+    items = [{"messages": "Alice adopted a cat", "timestamp": "2023-06-01"},
+             {"messages": "Alice ran a marathon", "timestamp": "2023-07-02T09:00-03:00"}]  # fmt: skip
+    batch = {"items": items}
+    r = api.post("/v1/memories/batch", json=batch, headers=ALICE)
+    assert r.status_code == 200, r.text
+    two, three = (x["id"] for x in r.json()["results"])
+    want = {one: "2023-05-08T13:56:00.000000+00:00", two: "2023-06-01T00:00:00.000000+00:00",
+            three: "2023-07-02T12:00:00.000000+00:00"}  # fmt: skip
+    for memory_id, created in want.items():
+        record = api.get(f"/v1/memories/{memory_id}", headers=ALICE).json()
+        assert record["created_at"] == record["updated_at"] == created
+        (event,) = api.get(f"/v1/memories/{memory_id}/history", headers=ALICE).json()
+        assert event["created_at"] == created
+    before = len(api.get("/v1/memories", headers=ALICE).json()["results"])
+    for bad in ("next week", True, "9" * 80, 1e300):
+        r = api.post("/v1/memories", json={"messages": "never stored", "timestamp": bad}, headers=ALICE)
+        assert r.status_code in (413, 422) and "timestamp" in r.text, (bad, r.text)
+        items = {"items": [{"messages": "never stored either"}, {"messages": "nor this", "timestamp": bad}]}
+        r = api.post("/v1/memories/batch", json=items, headers=ALICE)
+        assert r.status_code in (413, 422) and "timestamp" in r.text, (bad, r.text)
+    assert len(api.get("/v1/memories", headers=ALICE).json()["results"]) == before
+
+
 def test_explain_over_rest_only_when_asked_and_only_the_keys_user(api: httpx.Client) -> None:
     assert api.delete("/v1/memories", headers=ALICE).status_code == 200
     texts = [

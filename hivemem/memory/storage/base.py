@@ -189,6 +189,11 @@ class Storage(abc.ABC):
         if the store has none: from then on every write keeps it."""
 
     @abc.abstractmethod
+    def keyword_dates(self, on: bool) -> None:
+        """Index each memory's date words (``datewords``) with its text, ``on``, or not: the store's
+        keyword layout, re-indexed when it differs (SQLite ``fts.py``, PostgreSQL ``pgkeyword.py``)."""
+
+    @abc.abstractmethod
     def enable_vector_context(self) -> None:
         """Make the ``(scope, rid)`` index ``window_scores`` reads windows by, if the store has none."""
 

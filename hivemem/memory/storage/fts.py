@@ -55,6 +55,12 @@
   best window`` (both BM25 as above, the scope's statistics; the bests among the rows that pass
   the filter, so that no other row changes the order), which ``hybrid.fuse`` divides by
   its best as any keyword score (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
+* **Date words** (``keyword_dates``, issue 23): with the store's mark ``LAYOUT_DATED``, each row's
+  ``body`` is its text and its date words (``datewords``), computed by the triggers from
+  ``created_at``, which never changes, so a delete still gives FTS5 the exact text it indexed. The
+  option re-indexes the table in one transaction (``ensure_schema``). The context's windows then
+  hold each member's date words too (``CONTEXT_LAYOUT_DATED``: re-made in that transaction, then
+  refilled in steps as an old store's: ``SQLiteStorage.keyword_dates``).
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ import numpy as np
 
 from hivemem.infra.sqlitedb import int_array
 from hivemem.memory.filters import Cond, Logic, Node
+from hivemem.memory.storage import datewords
 from hivemem.memory.storage.indexheader import StoreState
 
 TOKENIZER = "porter unicode61 remove_diacritics 2"
@@ -83,39 +90,60 @@ _SCOPE = "coalesce('u' || hex({p}.user_id), '') || ' ' || coalesce('a' || hex({p
     " || ' ' || coalesce('r' || hex({p}.run_id), '')"  # fmt: skip
 _PREFIX = {"user_id": "u", "agent_id": "a", "run_id": "r"}
 
-SCHEMA = (
-    "CREATE VIRTUAL TABLE memories_fts USING fts5(body, scope, content='', tokenize='{tokenizer}')",
-    "CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN"
-    f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, new.memory, {_SCOPE.format(p='new')});"
-    " END",
-    "CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN"
-    " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
-    f" VALUES ('delete', old.rid, old.memory, {_SCOPE.format(p='old')}); END",
-    "CREATE TRIGGER memories_fts_update AFTER UPDATE OF memory, user_id, agent_id, run_id ON memories BEGIN"
-    " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
-    f" VALUES ('delete', old.rid, old.memory, {_SCOPE.format(p='old')});"
-    f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, new.memory, {_SCOPE.format(p='new')});"
-    " END",
-    f"INSERT INTO memories_fts (rowid, body, scope) SELECT rid, memory, {_SCOPE.format(p='memories')}"
-    " FROM memories",
-)
+LAYOUT_DATED = f"{LAYOUT} dates {datewords.VERSION}"  # the same table, each body with its date words
+
+
+def schema(dates: bool) -> tuple[str, ...]:
+    """The statements that make ``memories_fts``, its triggers and fill it (the last one);
+    ``dates``: each row's ``body`` is its text and its date words (``datewords``; module docstring)."""
+    body = "{p}.memory"
+    if dates:
+        body += f" || coalesce(char(10) || ({datewords.sql('{p}.created_at', 'sqlite')}), '')"
+    new, old = body.format(p="new"), body.format(p="old")
+    columns = f"memory, {'created_at, ' if dates else ''}user_id, agent_id, run_id"
+    return (
+        "CREATE VIRTUAL TABLE memories_fts USING fts5(body, scope, content='', tokenize='{tokenizer}')",
+        "CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN"
+        f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, {new}, {_SCOPE.format(p='new')});"
+        " END",
+        "CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN"
+        " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
+        f" VALUES ('delete', old.rid, {old}, {_SCOPE.format(p='old')}); END",
+        f"CREATE TRIGGER memories_fts_update AFTER UPDATE OF {columns} ON memories BEGIN"
+        " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
+        f" VALUES ('delete', old.rid, {old}, {_SCOPE.format(p='old')});"
+        f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, {new}, {_SCOPE.format(p='new')});"
+        " END",
+        f"INSERT INTO memories_fts (rowid, body, scope) SELECT rid, {body.format(p='memories')},"
+        f" {_SCOPE.format(p='memories')} FROM memories",
+    )
+
+
 CONTEXT_BEFORE = 2  # memories before a memory in its window (backward: an add changes no older window)
 CONTEXT_LAYOUT = f"3 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
+CONTEXT_LAYOUT_DATED = f"{CONTEXT_LAYOUT} dates {datewords.VERSION}"  # each member with its date words
 CONTEXT_BATCH = 5_000  # rows a backfill step indexes per transaction (an old store, on open)
 _WINDOW = (
     "(SELECT group_concat(memory, char(10)) FROM (SELECT w.memory FROM memories w"
     f" WHERE w.scope = {{p}}.scope AND w.rid <= {{p}}.rid ORDER BY w.rid DESC LIMIT {CONTEXT_BEFORE + 1}))"
 )
+_WINDOW_DATED = (
+    "(SELECT group_concat(t, char(10)) FROM (SELECT w.memory"
+    f" || coalesce(char(10) || ({datewords.sql('w.created_at', 'sqlite')}), '') AS t FROM memories w"
+    f" WHERE w.scope = {{p}}.scope AND w.rid <= {{p}}.rid ORDER BY w.rid DESC LIMIT {CONTEXT_BEFORE + 1}))"
+)
 _FOLLOWING = "SELECT rid FROM memories WHERE scope = {p}.scope AND rid {op} {p}.rid ORDER BY rid LIMIT {n}"
 
 
-def _reindex(rows: str) -> str:
+def _reindex(rows: str, dates: bool) -> str:
     """Statements re-indexing the windows of the memory rows ``rows`` (a SELECT of rids) from the
-    table as it is now (used in triggers, so ``rows`` may name ``new``/``old``)."""
+    table as it is now (used in triggers, so ``rows`` may name ``new``/``old``); ``dates``: each
+    member of a window with its date words (the store's ``fts`` mark is ``LAYOUT_DATED``)."""
+    window = _WINDOW_DATED if dates else _WINDOW
     return (
         f" DELETE FROM memories_ctx WHERE rowid IN ({rows});"
         " INSERT INTO memories_ctx (rowid, context, scope)"
-        f" SELECT m.rid, {_WINDOW.format(p='m')}, {_SCOPE.format(p='m')} FROM memories m"
+        f" SELECT m.rid, {window.format(p='m')}, {_SCOPE.format(p='m')} FROM memories m"
         f" WHERE m.rid IN ({rows});"
     )
 
@@ -129,18 +157,26 @@ _AFTER_DELETED = _FOLLOWING.format(
     n=f"(SELECT CASE WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'fts_ctx_defer') THEN 0"
     f" ELSE {CONTEXT_BEFORE} END)",
 )
-CONTEXT_SCHEMA = (
-    "CREATE VIRTUAL TABLE memories_ctx USING fts5(context, scope, tokenize='{tokenizer}')",
-    "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)",
-    "CREATE TRIGGER memories_ctx_insert AFTER INSERT ON memories BEGIN"
-    " INSERT INTO memories_ctx (rowid, context, scope)"
-    f" VALUES (new.rid, {_WINDOW.format(p='new')}, {_SCOPE.format(p='new')}); END",
-    "CREATE TRIGGER memories_ctx_delete AFTER DELETE ON memories BEGIN"
-    f" DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_DELETED)} END",
-    "CREATE TRIGGER memories_ctx_update AFTER UPDATE OF memory, scope, user_id, agent_id, run_id ON memories"
-    f" BEGIN DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_OLD)}"
-    f"{_reindex(_FOLLOWING.format(p='new', op='>=', n=CONTEXT_BEFORE + 1))} END",
-)
+
+
+def context_schema(dates: bool) -> tuple[str, ...]:
+    """The statements that make ``memories_ctx`` and its triggers (``dates``: see ``_reindex``)."""
+    window = (_WINDOW_DATED if dates else _WINDOW).format(p="new")
+    columns = f"memory, {'created_at, ' if dates else ''}scope, user_id, agent_id, run_id"
+    return (
+        "CREATE VIRTUAL TABLE memories_ctx USING fts5(context, scope, tokenize='{tokenizer}')",
+        "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)",
+        "CREATE TRIGGER memories_ctx_insert AFTER INSERT ON memories BEGIN"
+        " INSERT INTO memories_ctx (rowid, context, scope)"
+        f" VALUES (new.rid, {window}, {_SCOPE.format(p='new')}); END",
+        "CREATE TRIGGER memories_ctx_delete AFTER DELETE ON memories BEGIN"
+        f" DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_DELETED, dates)} END",
+        f"CREATE TRIGGER memories_ctx_update AFTER UPDATE OF {columns} ON memories"
+        f" BEGIN DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_OLD, dates)}"
+        f"{_reindex(_FOLLOWING.format(p='new', op='>=', n=CONTEXT_BEFORE + 1), dates)} END",
+    )
+
+
 _DROP_CONTEXT = (
     "DROP TRIGGER IF EXISTS memories_ctx_insert",
     "DROP TRIGGER IF EXISTS memories_ctx_delete",
@@ -155,19 +191,34 @@ _DROP = (
 )
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create (or re-create, for another layout) the index; the caller holds a write transaction."""
+def ensure_schema(db: sqlite3.Connection, dates: bool | None = None) -> bool:
+    """Create (or re-create, for another layout) the index; the caller holds a write transaction.
+    ``dates``: with the date words (``LAYOUT_DATED``) or without; None: as the store has it. A
+    re-index is one transaction (contentless FTS5 cannot tell which rows a partial one holds): an
+    interrupted one leaves the old index and its mark, and the next open redoes it. → whether the
+    index was (re)built."""
     have = db.execute("SELECT value FROM meta WHERE key = 'fts'").fetchone()
+    dated = have is not None and have[0].startswith(f"{LAYOUT} dates ")
+    want = LAYOUT_DATED if (dated if dates is None else dates) else LAYOUT
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_fts'").fetchone()
-    if exists and have and have[0] == LAYOUT:
+    if exists and have and have[0] == want:
         merge_eagerly(db, "memories_fts")
-        return
-    drop(db)
-    for sql in SCHEMA[:-1]:
+        return False
+    for sql in _DROP:  # the context table (``memories_ctx``) holds no date words: it stays
+        db.execute(sql)
+    statements = schema(want == LAYOUT_DATED)
+    for sql in statements[:-1]:
         db.execute(sql.format(tokenizer=TOKENIZER))
     merge_eagerly(db, "memories_fts")  # before the rows are indexed: their segments merge too
-    db.execute(SCHEMA[-1])
-    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts', ?)", (LAYOUT,))
+    db.execute(statements[-1])
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts', ?)", (want,))
+    return True
+
+
+def dated(db: sqlite3.Connection) -> bool:
+    """Whether the store's keyword text holds the date words (its ``fts`` mark)."""
+    have = db.execute("SELECT value FROM meta WHERE key = 'fts'").fetchone()
+    return have is not None and have[0] == LAYOUT_DATED
 
 
 def merge_eagerly(db: sqlite3.Connection, table: str) -> None:
@@ -195,16 +246,17 @@ def ensure_context(db: sqlite3.Connection, create: bool) -> bool:
     if have is None and not create:
         return False  # never asked for here: writes do not pay for it
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_ctx'").fetchone()
-    if not (exists and have and have[0] == CONTEXT_LAYOUT):
+    layout = CONTEXT_LAYOUT_DATED if dated(db) else CONTEXT_LAYOUT  # the body's date words, also here
+    if not (exists and have and have[0] == layout):
         for sql in _DROP_CONTEXT:
             db.execute(sql)
-        for sql in CONTEXT_SCHEMA:
+        for sql in context_schema(layout == CONTEXT_LAYOUT_DATED):
             db.execute(sql.format(tokenizer=TOKENIZER))
         # the rows stored now (rid <= this) are the backfill's; later ones the triggers'
         high = db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
         db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx', ?), ('fts_ctx_done', ?)",
-            (CONTEXT_LAYOUT, 0 if high else -1),
+            (layout, 0 if high else -1),
         )
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_high', ?)", (high,))
     merge_eagerly(db, "memories_ctx")
@@ -228,7 +280,7 @@ def backfill_context(db: sqlite3.Connection, batch: int | None = None) -> bool:
         return False
     upto = min(done + (batch or CONTEXT_BATCH), high)
     rows = f"SELECT rid FROM memories WHERE rid > {done} AND rid <= {upto}"
-    for sql in _reindex(rows).split(";")[:-1]:
+    for sql in _reindex(rows, dated(db)).split(";")[:-1]:
         db.execute(sql)
     left = upto < high
     db.execute("UPDATE meta SET value = ? WHERE key = 'fts_ctx_done'", (upto if left else -1,))
@@ -259,9 +311,10 @@ def delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
         [json.dumps(removed)] * CONTEXT_BEFORE,
     ).fetchone()[0]
     rids: list[int] = json.loads(found)
+    dates = dated(db)
     for lo in range(0, len(rids), CONTEXT_BATCH):
         chunk = json.dumps(rids[lo : lo + CONTEXT_BATCH])  # integers only: a literal is safe
-        for sql in _reindex(f"SELECT value FROM json_each('{chunk}')").split(";")[:-1]:
+        for sql in _reindex(f"SELECT value FROM json_each('{chunk}')", dates).split(";")[:-1]:
             db.execute(sql)
 
 

@@ -3,9 +3,9 @@
 Each memory's *window* (its text and that of the ``fts.CONTEXT_BEFORE`` memories stored just
 before it in its scope: the same ``scope`` column, so the same user/agent/run ids) is indexed in
 ``memories_ctx (rid, words)``: the ``words`` of the window's rows (``pgkeyword``'s generated
-column: the same lexemes, the scope's lexemes included) concatenated newest first, as SQLite
-joins their texts, under a GIN index. ``hm_window(scope, rid)`` computes one window; the
-backfill and the triggers both call it.
+column: the same lexemes, the scope's lexemes included; ``dated`` instead in a store with
+``keyword_dates``, ``pgdates``) concatenated newest first, as SQLite joins their texts, under a
+GIN index. ``hm_window(scope, rid)`` computes one window; the backfill and the triggers both call it.
 
 * **Made on demand**: ``install`` runs the first time a ``Memory`` with ``keyword_context=True``
   opens the store (``meta`` key ``keyword_ctx``), in ONE transaction that also fills the table
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hivemem.memory.storage import pgdates
 from hivemem.memory.storage.fts import CONTEXT_BEFORE
 from hivemem.memory.storage.pgkeyword import PENDING_KB
 from hivemem.memory.storage.pgkeyword import VERSION as WORDS_VERSION
@@ -59,10 +60,15 @@ LOCK_BUCKETS = 1024  # advisory locks a store's scopes are spread over (a power 
 LOCK_BUCKETS_MAX = 64  # a statement touching more buckets takes the store's lock instead
 
 
+def version(dated: bool) -> str:
+    """``VERSION``, for a store whose windows are made of ``dated`` (``pgdates``) if ``dated``."""
+    return f"{VERSION} dates {pgdates.VERSION}" if dated else VERSION
+
+
 def ready(conn: Any, ns: str) -> bool:
-    """Whether the store's context index exists at ``VERSION`` (a read of ``meta``: no DDL)."""
+    """Whether the store's context index exists at its ``version`` (a read of ``meta``: no DDL)."""
     found = conn.execute(f"SELECT value FROM {ns}.meta WHERE key = 'keyword_ctx'").fetchone()
-    return found is not None and found[0] == VERSION
+    return found is not None and found[0] == version(pgdates.dates_ready(conn, ns))
 
 
 def exists(conn: Any, ns: str) -> bool:
@@ -75,6 +81,8 @@ def install(conn: Any, ns: str, schema: str) -> None:
     the caller's transaction, which holds the schema's advisory lock (module docstring)."""
     if ready(conn, ns):
         return  # made by another process while this one waited for the lock
+    dated = pgdates.dates_ready(conn, ns)  # the windows of a store with date words hold them too
+    column = "dated" if dated else "words"
     conn.execute(f"LOCK TABLE {ns}.memories IN SHARE ROW EXCLUSIVE MODE")  # writers wait; readers not
     for event in ("insert", "delete", "update"):
         conn.execute(f"DROP TRIGGER IF EXISTS memories_ctx_{event} ON {ns}.memories")
@@ -91,8 +99,8 @@ def install(conn: Any, ns: str, schema: str) -> None:
         # the (scope, rid) index read backwards from the row, 3 entries: never a bitmap of the scope's
         # rows up to it and a sort, which an unanalysed table's estimate (2 rows) chose: every row read
         " LANGUAGE sql STABLE PARALLEL SAFE SET enable_bitmapscan = off SET enable_sort = off"
-        f" AS $$ SELECT {members} FROM (SELECT array_agg(words"
-        f" ORDER BY rid DESC) AS a FROM (SELECT rid, words FROM {ns}.memories WHERE scope = s"
+        f" AS $$ SELECT {members} FROM (SELECT array_agg(w"
+        f" ORDER BY rid DESC) AS a FROM (SELECT rid, {column} AS w FROM {ns}.memories WHERE scope = s"
         f" AND rid <= r ORDER BY rid DESC LIMIT {CONTEXT_BEFORE + 1}) w) x $$"
     )
     # the store's key: the schema hashed (this module's locks never share a key with another store's)
@@ -149,7 +157,7 @@ def install(conn: Any, ns: str, schema: str) -> None:
     conn.execute(
         f"INSERT INTO {ns}.meta (key, value) VALUES ('keyword_ctx', %s)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (VERSION,),
+        (version(dated),),
     )
 
 

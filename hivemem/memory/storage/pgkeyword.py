@@ -38,6 +38,8 @@ same rows, so that hybrid search ranks alike on both backends:
   one statement (it counts the scope and skips the matching when that is too large) and scores
   in SQL; a large one reads each kept word's rows (``Postings``: kept per process) and scores
   them in numpy exactly as ``fts.py`` does, so equal inputs give equal scores.
+* **Date words** (``keyword_dates``): the store's ``dated`` column (``pgdates``) is searched in
+  place of ``words`` (``KeywordSearch.column``) when the store has it.
 * **Text limit**: the first ``MAX_INDEXED_CHARS`` characters of ``hm_words(memory)`` are indexed
   (a ``tsvector`` holds at most 1 MB); SQLite indexes all of it.
 
@@ -236,12 +238,27 @@ class KeywordSearch:
 
     def __init__(self, ns: str, fields: str) -> None:
         self.ns = ns
+        self._column = "words"  # the body's lexemes: ``words``, or ``dated`` (``pgdates``)
         self.fields = fields
         self._cfg = config(ns)
         self._counts: OrderedDict[tuple[Any, ...], tuple[int, int, bool]] = OrderedDict()
         self._lock = threading.Lock()
         self._size = 0  # the store's highest row id when last seen
         self.postings = Postings(ns)
+
+    @property
+    def column(self) -> str:
+        return self._column
+
+    @column.setter
+    def column(self, name: str) -> None:
+        """Search ``name`` (``words`` or ``dated``) from now on; the lists kept of the other go."""
+        if name != self._column:
+            self._column = name
+            self.postings = Postings(self.ns)
+            self.postings.column = name
+            with self._lock:
+                self._counts.clear()
 
     # -- counts ----------------------------------------------------------------------------------
 
@@ -276,7 +293,7 @@ class KeywordSearch:
             f" FROM unnest(%s::text[]) WITH ORDINALITY AS t(w, i){guard}),"
             " h AS MATERIALIZED (SELECT t.i, m.rid, m.ok FROM t CROSS JOIN LATERAL"
             f" (SELECT rid, coalesce({filter_sql}, false) AS ok FROM {self.ns}.memories"
-            f" WHERE words @@ {within}) m),"
+            f" WHERE {self.column} @@ {within}) m),"
             f" w AS MATERIALIZED (SELECT h.i, ln(1 + (greatest({n}, count(*)) - count(*) + 0.5::float8)"
             " / (count(*) + 0.5::float8)) AS idf FROM h GROUP BY h.i),"
             " s AS (SELECT h.rid, sum(w.idf ORDER BY i) AS score FROM h JOIN w USING (i)"
@@ -400,7 +417,7 @@ class KeywordSearch:
             got = conn.execute(
                 f"WITH t AS MATERIALIZED (SELECT i, b, c, phraseto_tsquery({self._cfg}, {ns}.hm_words(w))"
                 " AS q FROM unnest(%s::text[], %s::bool[], %s::bool[]) WITH ORDINALITY AS t(w, b, c, i))"
-                f" SELECT {one.format(c='b', table=f'{ns}.memories')} words @@ {within}) END,"
+                f" SELECT {one.format(c='b', table=f'{ns}.memories')} {self.column} @@ {within}) END,"
                 f" {one.format(c='c', table=f'{ns}.memories_ctx')} words @@ {within}) END"
                 " FROM t ORDER BY t.i",
                 [words, [w in body for w in words], [w in windows for w in words],
@@ -475,7 +492,7 @@ class KeywordSearch:
             f" (SELECT count(*) AS df, {every} AS rids,"
             " string_agg(int8send(rid), ''::bytea) FILTER (WHERE ok) AS passing"
             f" FROM (SELECT rid, coalesce({sql}, false) AS ok FROM {ns}.memories"
-            f" WHERE words @@ {within}) m) a",
+            f" WHERE {self.column} @@ {within}) m) a",
             [todo, *params, *([scope.query] if scoped else [])],
         ).fetchall()
         for word, query, df, every, passing in got:
@@ -534,7 +551,7 @@ class KeywordSearch:
         if todo and size > SAMPLE_FROM:
             got = conn.execute(
                 f"WITH t AS MATERIALIZED (SELECT w, phraseto_tsquery({self._cfg}, {self.ns}.hm_words(w)) AS q"
-                " FROM unnest(%s::text[]) AS t(w)), s AS MATERIALIZED (SELECT words FROM"
+                f" FROM unnest(%s::text[]) AS t(w)), s AS MATERIALIZED (SELECT {self.column} AS words FROM"
                 f" {self.ns}.memories TABLESAMPLE SYSTEM (%s) REPEATABLE (0))"
                 " SELECT t.w, (SELECT count(*) FROM s), (SELECT count(*) FROM s WHERE s.words @@ t.q) FROM t",
                 (todo, min(100.0, 100 * SAMPLE_ROWS / size)),
@@ -555,7 +572,7 @@ class KeywordSearch:
             with conn.pipeline():
                 curs = [
                     conn.execute(
-                        f"SELECT count(*) FROM (SELECT 1 FROM {self.ns}.memories WHERE words @@"
+                        f"SELECT count(*) FROM (SELECT 1 FROM {self.ns}.memories WHERE {self.column} @@"
                         f" phraseto_tsquery({self._cfg}, {self.ns}.hm_words(%s)) LIMIT %s) x",
                         (t, cap),
                     )

@@ -53,6 +53,7 @@ class Postings:
 
     def __init__(self, ns: str) -> None:
         self.ns = ns
+        self.column = "words"  # the lexemes kept lists are made of (``KeywordSearch.column``)
         self._lock = threading.Lock()
         self._snap: str | None = None
         self._xmin = 0
@@ -86,7 +87,8 @@ class Postings:
                 )
                 if prev is not None and self._entries:
                     rows = conn.execute(
-                        f"SELECT rid, user_id, agent_id, run_id, tsvector_to_array(words) FROM {ns}.memories"
+                        f"SELECT rid, user_id, agent_id, run_id, tsvector_to_array({self.column})"
+                        f" FROM {ns}.memories"
                         " WHERE tx >= %s::text::xid8 AND NOT pg_visible_in_snapshot(tx, %s::pg_snapshot)"
                         " ORDER BY tx LIMIT %s",  # ORDER BY: the tx index, whatever the statistics say
                         (xmin, prev, MAX_CHANGES + 1),

@@ -48,7 +48,7 @@ import numpy as np
 from hivemem.errors import PgVectorMissing
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
-from hivemem.memory.storage import pgarrays, pgcontext, pgindex, pgkeyword, pgwrite, rows
+from hivemem.memory.storage import pgarrays, pgcontext, pgdates, pgindex, pgkeyword, pgwrite, rows
 from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx, window_sums
 from hivemem.memory.storage.fts import CONTEXT_BEFORE
 from hivemem.memory.storage.locate import SEARCH_MODES, PostgresLocation, redact
@@ -152,6 +152,14 @@ class PostgresStorage(Storage):
         except psycopg_pool.PoolTimeout as exc:
             self._pool.close()
             raise ConnectionError(f"cannot open connections to {self.location}: {exc}") from None
+        try:
+            with self._pool.connection() as conn:
+                dated = pgdates.stored(conn, self._ns) is not None
+            if dated:  # the store's keyword layout holds the date words (of this rendering: made so)
+                self.keyword_dates(True)
+        except BaseException:
+            self._pool.close()
+            raise
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -205,6 +213,18 @@ class PostgresStorage(Storage):
                 return  # no DDL: a read of meta
             with session_lock(conn, self.schema), conn.transaction():
                 pgcontext.install(conn, self._ns, self.schema)
+
+    def keyword_dates(self, on: bool) -> None:
+        """Search the ``dated`` column (``on``: made if the store has none) or ``words`` (``off``:
+        ``dated`` dropped if the store has it): ``pgdates``, under the schema's lock."""
+        with self._pool.connection() as conn:
+            if pgdates.dates_ready(conn, self._ns) != on:
+                with session_lock(conn, self.schema), conn.transaction():
+                    if pgdates.dates_ready(conn, self._ns) != on:  # not made meanwhile by another
+                        pgdates.install_dates(conn, self._ns, on)
+                        if pgcontext.exists(conn, self._ns):  # its windows are made of the column
+                            pgcontext.install(conn, self._ns, self.schema)
+        self._keywords.column = "dated" if on else "words"
 
     def enable_vector_context(self) -> None:
         """The ``(scope, rid)`` index windows are read by (as ``pgcontext``'s), under the schema's lock."""

@@ -235,6 +235,28 @@ class SQLiteStorage(Storage):
         while pending[0]:
             self._opening(lambda: step(fts.backfill_context))
 
+    def keyword_dates(self, on: bool) -> None:
+        """Index each memory's date words with its text (``on``) or not (``datewords``): when the
+        store has the other layout, ``memories_fts`` is re-indexed in one transaction (``fts``),
+        and the keyword context's windows, if the store has them, are re-made in that transaction
+        and re-filled in steps (``enable_context``)."""
+        if fts.dated(self._db()) == on:
+            return  # a read: no write at each open
+
+        def rebuild() -> None:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                fts.ensure_schema(db, on)
+                fts.ensure_context(db, create=False)
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback(db)
+                raise
+
+        self._opening(rebuild)
+        self.enable_context(create=False)
+
     def enable_vector_context(self) -> None:
         db = self._db()
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_scope_rid'").fetchone():
