@@ -19,9 +19,7 @@ module only does the blocking socket I/O.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import select
 import socket
 import threading
@@ -45,7 +43,6 @@ from hivemem.service.core import (
     service_args,
 )
 from hivemem.service.peer import check_peer
-from hivemem.service.slot import SLOT_BYTES, ClientSlot
 
 if TYPE_CHECKING:  # pragma: no cover
     from hivemem.embed.protocol import EmbedderLike
@@ -79,94 +76,35 @@ class _Connection:
         self._writable.register(self.sock, select.POLLOUT)
         self._buf = bytearray(_RECV_BUF)
         self._view = memoryview(self._buf)
-        self.slot: ClientSlot | None = None  # the shared-memory reply slot, if the service gave one
-
-    def hello(self, data: bytes, deadline: float) -> tuple[int, int, bytearray, list[int]]:
-        """``call`` for the HELLO: also returns the descriptors that came with the WELCOME (a
-        reply slot, ``hivemem.service.slot``; an older service sends none)."""
-        try:
-            self._send(data, deadline)
-            _wait(self._readable, deadline)
-            msg, fds, _flags, _addr = socket.recv_fds(self.sock, len(self._buf), 2)
-        except TimeoutError:
-            raise
-        except (OSError, EOFError) as exc:
-            raise Lost(str(exc) or type(exc).__name__) from None
-        if not msg:
-            for fd in fds:
-                os.close(fd)
-            raise Lost("the service closed the connection")
-        self._view[: len(msg)] = msg
-        try:
-            return (*self._finish(len(msg), deadline), fds)
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-
-    def attach(self, fds: list[int]) -> None:
-        """Map the reply slot the service sent (closing the descriptors if they are not one)."""
-        try:
-            self.slot = ClientSlot(fds)
-        except (OSError, ValueError):
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            return
-        self._either = select.poll()  # the reply through the slot, or anything on the socket
-        self._either.register(self.sock, select.POLLIN)
-        self._either.register(self.slot.efd, select.POLLIN)
-
-    def call_slot(self, data: bytes, rid: int, deadline: float) -> tuple[int, int, bytearray]:
-        """``call`` for an EMBED flagged ``F_SLOT``: the vectors come through the slot, an error
-        (or the end of the stream) on the socket; one ``poll`` waits for either."""
-        slot = self.slot
-        assert slot is not None
-        try:
-            self._send(data, deadline)
-            for fd, _ in _wait(self._either, deadline):
-                if fd == slot.efd:
-                    body = slot.take(rid)
-                    if body is None:
-                        raise ProtocolError("the reply slot holds another request's reply")
-                    return wire.VECTORS, rid, body
-            return self._finish(self._recv(self._view, deadline), deadline)
-        except TimeoutError:
-            raise
-        except (OSError, EOFError) as exc:
-            raise Lost(str(exc) or type(exc).__name__) from None
 
     def call(self, data: bytes, deadline: float) -> tuple[int, int, bytearray]:
         """Send ``data`` and read one reply ``(type, request id, payload)`` before ``deadline``."""
         try:
             self._send(data, deadline)
-            return self._finish(self._recv(self._view, deadline, wait=True), deadline)
+            view = self._view
+            got = self._recv(view, deadline, wait=True)
+            while got < wire.HEADER_SIZE:
+                got += self._recv(view[got:], deadline)
+            rtype, rrid, length = ClientCore.reply_header(bytes(view[: wire.HEADER_SIZE]))
+            end = wire.HEADER_SIZE + length
+            if got > end:  # one request in flight per connection: nothing may follow its reply
+                # (bytes that come later are caught by ``idle`` before the connection's next call)
+                raise ProtocolError(f"{got - end} bytes after a reply of {length} bytes")
+            if end <= len(view):
+                while got < end:
+                    got += self._recv(view[got:end], deadline)
+                return rtype, rrid, bytearray(view[wire.HEADER_SIZE : end])
+            body = bytearray(length)  # a large reply: read straight into its own buffer
+            have = got - wire.HEADER_SIZE
+            body[:have] = view[wire.HEADER_SIZE : got]
+            rest = memoryview(body)
+            while have < length:
+                have += self._recv(rest[have:], deadline)
+            return rtype, rrid, body
         except TimeoutError:
             raise
         except (OSError, EOFError) as exc:
             raise Lost(str(exc) or type(exc).__name__) from None
-
-    def _finish(self, got: int, deadline: float) -> tuple[int, int, bytearray]:
-        """The reply whose first ``got`` bytes are in the buffer: read the rest."""
-        view = self._view
-        while got < wire.HEADER_SIZE:
-            got += self._recv(view[got:], deadline)
-        rtype, rrid, length = ClientCore.reply_header(bytes(view[: wire.HEADER_SIZE]))
-        end = wire.HEADER_SIZE + length
-        if got > end:  # one request in flight per connection: nothing may follow its reply
-            # (bytes that come later are caught by ``idle`` before the connection's next call)
-            raise ProtocolError(f"{got - end} bytes after a reply of {length} bytes")
-        if end <= len(view):
-            while got < end:
-                got += self._recv(view[got:end], deadline)
-            return rtype, rrid, bytearray(view[wire.HEADER_SIZE : end])
-        body = bytearray(length)  # a large reply: read straight into its own buffer
-        have = got - wire.HEADER_SIZE
-        body[:have] = view[wire.HEADER_SIZE : got]
-        rest = memoryview(body)
-        while have < length:
-            have += self._recv(rest[have:], deadline)
-        return rtype, rrid, body
 
     def _send(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
@@ -197,25 +135,21 @@ class _Connection:
     def idle(self) -> bool:
         """Nothing to read: no bytes that answer no request, no end of stream. A pooled
         connection that is not idle is closed instead of being used for the next call."""
-        return not (self._readable if self.slot is None else self._either).poll(0)
+        return not self._readable.poll(0)
 
     def close(self) -> None:
         self.sock.close()
-        if self.slot is not None:
-            self.slot.close()
-            self.slot = None
 
 
 _POLL_MAX_MS = 2**31 - 1  # poll() takes a C int of milliseconds (~24.8 days)
 
 
-def _wait(poller: select.poll, deadline: float) -> list[tuple[int, int]]:
-    """Until ``poller``'s descriptors are ready (returns which), or TimeoutError at ``deadline``
-    (any timeout, even one past what a single ``poll`` can wait)."""
-    while not (events := poller.poll(min(_POLL_MAX_MS, math.ceil(ClientCore.remaining(deadline) * 1000)))):
+def _wait(poller: select.poll, deadline: float) -> None:
+    """Until ``poller``'s socket is ready, or TimeoutError at ``deadline`` (any timeout, even one
+    past what a single ``poll`` can wait)."""
+    while not poller.poll(min(_POLL_MAX_MS, math.ceil(ClientCore.remaining(deadline) * 1000))):
         if time.monotonic() >= deadline:
             raise TimeoutError("the service did not answer in time")
-    return events
 
 
 class ServiceClient:
@@ -234,9 +168,7 @@ class ServiceClient:
         start_timeout: float = DEFAULT_START_TIMEOUT,
         service_args: Sequence[str] = (),
         trust_uids: Iterable[int] | None = None,
-        slots: bool = True,
     ) -> None:
-        self.slots = slots  # ask for shared-memory reply slots (False: frames only, as older clients)
         self.core = ClientCore(
             socket_path,
             timeout=timeout,
@@ -284,14 +216,12 @@ class ServiceClient:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         items, payloads = self.core.embed_frames(texts)
-        return self.core.vectors(
-            [self._request(wire.EMBED, p, rows=int.from_bytes(p[:4], "little")) for p in payloads], len(items)
-        )
+        return self.core.vectors([self._request(wire.EMBED, p) for p in payloads], len(items))
 
     def embed_one(self, text: str) -> np.ndarray:
         """One text's vector: the same frame as ``embed([text])``, built without the list's
         validation and chunking (the path every worker's single-text call takes)."""
-        body = self._request(wire.EMBED, wire.encode_one(check_text(text)), rows=1)
+        body = self._request(wire.EMBED, wire.encode_one(check_text(text)))
         one: np.ndarray = self.core.vectors([body], 1)[0]
         return one
 
@@ -330,11 +260,8 @@ class ServiceClient:
     # ---- I/O -------------------------------------------------------------------------------------
 
     def _request(
-        self, ftype: int, payload: bytes, *, expect: int = wire.VECTORS, retry: bool = True, rows: int = 0
+        self, ftype: int, payload: bytes, *, expect: int = wire.VECTORS, retry: bool = True
     ) -> bytearray:
-        """One request's reply payload; ``rows``: the vectors an EMBED asks for (a reply that fits
-        the connection's slot comes through it)."""
-        slotted = rows > 0 and 8 + rows * 4 * self.core.dim <= SLOT_BYTES - 64
         if self._closed:
             raise ServiceError("this client is closed")
         core = self.core
@@ -343,12 +270,8 @@ class ServiceClient:
             conn: _Connection | None = None
             try:
                 conn = self._checkout(deadline)
-                if slotted and conn.slot is not None:
-                    rid, data = core.frame(ftype, payload, wire.F_SLOT)
-                    body = core.reply(rid, *conn.call_slot(data, rid, deadline), expect)
-                else:
-                    rid, data = core.frame(ftype, payload)
-                    body = core.reply(rid, *conn.call(data, deadline), expect)
+                rid, data = core.frame(ftype, payload)
+                body = core.reply(rid, *conn.call(data, deadline), expect)
             except Lost as exc:
                 if conn is not None:
                     conn.close()
@@ -408,11 +331,8 @@ class ServiceClient:
                 continue
             try:
                 check_peer(conn.sock, core.socket_path, core.trusted)
-                rid, data = core.frame(wire.HELLO, b"", wire.F_SLOT if self.slots else 0)
-                rtype, rrid, body, fds = conn.hello(data, deadline)
-                core.welcome(rid, rtype, rrid, body)
-                if fds:
-                    conn.attach(fds)
+                rid, data = core.frame(wire.HELLO)
+                core.welcome(rid, *conn.call(data, deadline))
             except Lost as exc:  # a listener that is dying (or shutting down): try again shortly
                 conn.close()
                 wait, pause = pause, core.dying(exc, pause, deadline)

@@ -154,10 +154,10 @@ class ClientCore:
 
     # ---- frames --------------------------------------------------------------------------------
 
-    def frame(self, ftype: int, payload: bytes = b"", flags: int = 0) -> tuple[int, bytes]:
+    def frame(self, ftype: int, payload: bytes = b"") -> tuple[int, bytes]:
         """``(request id, bytes to send)`` for one request."""
         rid = next(self._ids)
-        return rid, wire.header(ftype, rid, len(payload), flags) + payload
+        return rid, wire.header(ftype, rid, len(payload)) + payload
 
     @staticmethod
     def reply_header(head: bytes) -> tuple[int, int, int]:

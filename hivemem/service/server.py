@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ from hivemem.service import paths, wire
 from hivemem.service.admission import Admission
 from hivemem.service.metrics import ServiceMetrics
 from hivemem.service.replicas import build_engine, release_free_memory
-from hivemem.service.slot import ServiceSlot
 
 log = logging.getLogger("hivemem.service")
 
@@ -75,7 +73,6 @@ class ServiceConfig:
     read_timeout: float = 30.0  # seconds from a frame's header to its last payload byte
     max_conn_texts: int | None = None  # texts one connection may have in flight; None: max_pending // 4
     cache: bool = True
-    slots: bool = True  # offer shared-memory reply slots to clients that ask (hivemem.service.slot)
     # How this service was started (``spawn.start_command``): recorded next to the socket while it
     # runs, so that a replacement after kill -9 comes back with the same options. None: not recorded.
     replay: dict[str, Any] | None = None
@@ -303,17 +300,6 @@ class Service:
             writer.close()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        slot: list[ServiceSlot] = []  # the shared-memory reply slot, once the client took one
-        try:
-            await self._read_frames(reader, writer, slot)
-        finally:
-            if slot:
-                writer.close()  # first: a reply still computing sees is_closing() and skips the slot
-                slot[0].close()
-
-    async def _read_frames(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: list[ServiceSlot]
-    ) -> None:
         cap = self.config.max_conn_texts or max(1, self.config.max_pending // 4)
         flight = _InFlight(cap)
         while True:
@@ -351,13 +337,13 @@ class Service:
                     self._send_error(writer, rid, wire.E_SHUTTING_DOWN, "the service is shutting down")
                     continue
                 await flight.room(len(texts))  # not reading meanwhile: the client waits on itself
-                to_slot = slot[0] if slot and wire.header_flags(head) & wire.F_SLOT else None
-                task = asyncio.create_task(self._embed(writer, rid, texts, to_slot))
+                task = asyncio.create_task(self._embed(writer, rid, texts))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
                 task.add_done_callback(flight.done(len(texts)))
             elif ftype == wire.HELLO:
-                self._welcome(writer, rid, slot if wire.header_flags(head) & wire.F_SLOT else None)
+                info = {"pid": os.getpid(), "model_id": self.engine.model_id, "dim": self.engine.dim}
+                writer.write(wire.frame(wire.WELCOME, rid, wire.encode_json(info)))
             elif ftype == wire.STATS:
                 writer.write(wire.frame(wire.STATS_REPLY, rid, wire.encode_json(self.status())))
             elif ftype == wire.SHUTDOWN:
@@ -365,39 +351,7 @@ class Service:
                 await writer.drain()
                 self.stop()
 
-    def _welcome(self, writer: asyncio.StreamWriter, rid: int, slot: list[ServiceSlot] | None) -> None:
-        """Answer a HELLO; with ``slot`` (the client asked for one) and none given yet, the reply
-        carries a new slot's descriptors (``SCM_RIGHTS``), sent straight on the socket: nothing
-        else is waiting in the transport's buffer then, so the order of replies is kept."""
-        info: dict[str, Any] = {"pid": os.getpid(), "model_id": self.engine.model_id, "dim": self.engine.dim}
-        if slot is None or slot or not self.config.slots or writer.transport.get_write_buffer_size():
-            writer.write(wire.frame(wire.WELCOME, rid, wire.encode_json(info)))
-            return
-        try:
-            new = ServiceSlot()
-        except OSError as exc:  # no memfd/eventfd here (or out of descriptors): frames it is
-            log.warning("hivemem service: no reply slot for a client: %s", exc)
-            writer.write(wire.frame(wire.WELCOME, rid, wire.encode_json(info)))
-            return
-        data = wire.frame(wire.WELCOME, rid, wire.encode_json({**info, "slot": True}))
-        raw = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
-        try:
-            sent = socket.send_fds(raw, [data], new.fds())
-        except OSError:
-            sent = 0
-        finally:
-            raw.close()
-        if sent == 0:  # nothing went out (a full socket buffer, the client gone): frames it is
-            new.close()
-            writer.write(wire.frame(wire.WELCOME, rid, wire.encode_json(info)))
-            return
-        slot.append(new)
-        if sent < len(data):  # the descriptors went with the first bytes; the rest as usual
-            writer.write(data[sent:])
-
-    async def _embed(
-        self, writer: asyncio.StreamWriter, rid: int, texts: list[str], slot: ServiceSlot | None = None
-    ) -> None:
+    async def _embed(self, writer: asyncio.StreamWriter, rid: int, texts: list[str]) -> None:
         start = time.perf_counter()
         try:
             await self.admission.acquire(len(texts))  # (not ``permit``: no generator per request)
@@ -423,8 +377,6 @@ class Service:
         if writer.is_closing():
             return
         payload = wire.encode_vectors(vectors)
-        if slot is not None and slot.put(rid, payload):
-            return  # in the client's slot, the client woken through its eventfd
         writer.write(wire.header(wire.VECTORS, rid, len(payload)) + payload)
         transport = writer.transport
         if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:

@@ -5,8 +5,7 @@ Every frame is a 20-byte little-endian header followed by ``length`` payload byt
     magic  4s  b"HVMM"
     version B  1
     type   B  see the constants below
-    flags  H  0, or ``F_SLOT`` (HELLO: the client takes a shared-memory reply slot; EMBED: answer
-              in that slot; see ``hivemem.service.slot``)
+    flags  H  reserved, 0
     id     Q  request id, echoed in the reply (0 for connection-level errors)
     length I  payload bytes
 
@@ -46,8 +45,6 @@ STATS_REPLY = 19
 OK = 20
 ERROR = 31
 
-F_SLOT = 1  # header flag: reply through the connection's shared-memory slot (hivemem.service.slot)
-
 REQUEST_TYPES = frozenset({HELLO, EMBED, STATS, SHUTDOWN})
 
 # error codes
@@ -64,14 +61,8 @@ _ONE = struct.Struct("<II")  # count 1, then its byte length
 _ERR = struct.Struct("<H")
 
 
-def header(ftype: int, request_id: int, length: int, flags: int = 0) -> bytes:
-    return HEADER.pack(MAGIC, VERSION, ftype, flags, request_id, length)
-
-
-def header_flags(data: bytes) -> int:
-    """The flags of a header that ``parse_header`` accepted (an older side sends 0)."""
-    flags: int = HEADER.unpack(data)[3]
-    return flags
+def header(ftype: int, request_id: int, length: int) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, ftype, 0, request_id, length)
 
 
 def frame(ftype: int, request_id: int, payload: bytes = b"") -> bytes:
