@@ -143,7 +143,7 @@ def join_vectors(parts: list[np.ndarray], n: int, dim: int) -> np.ndarray:
     """The replies to one call's chunks as one ``n × dim`` array of unit vectors, or ProtocolError.
 
     The check runs in every worker on every call: one row (``embed_one``) is one dot product,
-    ~1 µs, where ``np.linalg.norm`` and its comparisons took ~7 µs of a call's ~36 µs of CPU
+    ~1 µs, where ``np.linalg.norm`` and its comparisons took ~6–7 µs of a call's ~36 µs of CPU
     (docs/service.md, "Round 3"); many rows are one ``einsum``."""
     out = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if out.shape != (n, dim):
