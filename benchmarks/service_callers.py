@@ -183,17 +183,23 @@ def main() -> None:
         print(f"| {key} | " + " | ".join(cells) + " |")
     result["runs"] = runs
     print(json.dumps(result))
-    # --cached: no model runs, so the ratio to the batch means nothing; the service's own CPU does
-    key, what = ("ratio", "ratio")
+    # --cached: no model runs, so the ratio to the batch means nothing; the service's own CPU and
+    # the workers' (per request) do
+    series = {"ratio": [result[label]["ratio"] for label, _ in trees]}
+    what = "ratio"
     if args.cached:
-        key, what = "service_cpu_ms_per_text", "service CPU per request, ms"
+        what = "CPU per request, ms"
+        series = {
+            who: [result[label][key] for label, _ in trees]
+            for who, key in (("service", "service_cpu_ms_per_text"), ("workers", "client_cpu_ms_per_text"))
+        }
     bars(
         args,
         "service_callers_cached" if args.cached else "service_callers",
         f"{args.workers} processes × single texts through the service"
-        + (" (cached: the service's own cost)" if args.cached else " / the in-process batch"),
+        + (" (cached: the protocol's cost)" if args.cached else " / the in-process batch"),
         [label for label, _ in trees],
-        {what: [result[label][key] for label, _ in trees]},
+        series,
         ylabel=what,
         fmt="{:.3f}" if args.cached else "{:.2f}",
         note=f"benchmarks/service_callers.py, median of {args.rounds} interleaved rounds; load {load:.1f}",

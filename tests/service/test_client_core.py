@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import hivemem
-from hivemem.errors import ServiceBusy
+from hivemem.errors import ProtocolError, ServiceBusy
 from hivemem.service import wire
 from hivemem.service.core import CHUNK_BYTES, CHUNK_TEXTS, ClientCore, chunks
 
@@ -233,3 +233,21 @@ def test_embed_one_sends_the_frame_of_a_one_text_list() -> None:
     for text in ("plain", "", "naïve café ☕ 𝄞"):
         assert wire.encode_one(text) == wire.encode_texts([text])
         assert wire.decode_texts(wire.encode_one(text)) == [text]
+
+
+@pytest.mark.parametrize("rows", [1, 3])  # one row has its own path (a dot product): same verdicts
+@pytest.mark.parametrize(
+    ("norm", "ok"),
+    [(1.0, True), (1.0009, True), (0.9991, True), (1.0015, False), (0.9985, False), (2.0, False),
+     (0.0, False), (float("nan"), False), (float("inf"), False)],
+)  # fmt: skip
+def test_join_vectors_accepts_only_unit_vectors(rows: int, norm: float, ok: bool) -> None:
+    vectors = np.full((rows, 384), 1 / 384**0.5, dtype="<f4")
+    vectors[-1] *= np.float32(norm) if np.isfinite(norm) else 1
+    if not np.isfinite(norm):
+        vectors[-1, 0] = norm
+    if ok:
+        assert wire.join_vectors([vectors], rows, 384) is vectors
+    else:
+        with pytest.raises(ProtocolError, match=rf"for text {rows - 1} \(1 of {rows} not unit length\)"):
+            wire.join_vectors([vectors], rows, 384)
