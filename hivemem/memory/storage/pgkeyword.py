@@ -61,7 +61,7 @@ import numpy as np
 from hivemem.memory.filters import Cond, Logic, Node
 from hivemem.memory.storage import pglower
 from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, Parts, bm25, rank, rarest_words
-from hivemem.memory.storage.pgpostings import Entry, Postings, int8s
+from hivemem.memory.storage.pgpostings import Entry, Postings, int8s, lexeme_of
 from hivemem.memory.storage.sqlcompile import is_unexpired
 
 VERSION = "1"  # of the function, configuration, column and index below; kept in meta 'keywords'
@@ -330,7 +330,9 @@ class KeywordSearch:
         if cache is not None:  # brought up to date before it is read (and its size is current)
             size, generation = cache.refresh(conn)
             self._size = size
-            if scope.expiry:  # the rows the expiry test leaves out (an expiry change writes no tx)
+            if not generation:  # an older snapshot than the lists' (``Postings.refresh``): from GIN
+                cache = None
+            elif scope.expiry:  # the rows the expiry test leaves out (an expiry change writes no tx)
                 expired = self._expired(conn, scope.bound)
         scoped = bool(scope.query)
         if rows > SCOPE_ROWS_MAX:  # the scope's lexeme list would be walked for every word
@@ -369,12 +371,14 @@ class KeywordSearch:
         SQLite's code (``fts.bm25``, ``fts.rank``): the body's and the windows' BM25 over the rows
         of the scope (of the store for a scope of more than ``SCOPE_ROWS_MAX``), each divided by
         its best, then the filter (``always``: none) on the best first. → the rows with their
-        relevance, and each one's raw ``(body, window)`` scores by rid. Each kept word's rows are
-        read from GIN (not ``Postings``), the body's once: unscoped, their number is the count
-        the plan needs (docs/memory.md#the-keyword-contexts-cost-2026-12-06)."""
+        relevance, and each one's raw ``(body, window)`` scores by rid. A large search takes each
+        kept word's body and window rows from ``Postings`` (kept per process, the windows followed
+        by ``memories_ctx.tx``), the others from GIN in one statement: reading ~15,000 window rows
+        through GIN, a heap visit each, made such a search ~13× one without the option
+        (docs/memory.md#the-keyword-contexts-cost-2026-12-06)."""
         ns, scope = self.ns, Scope(where)
         scope_key = ("scope", scope.sql, tuple(scope.params))
-        size = int(conn.execute(f"SELECT coalesce(max(rid), 0) FROM {ns}.memories").fetchone()[0])
+        size, generation = self.postings.refresh(conn)  # (the store's size, in the same round trip)
         self._size = size
         hit = self._cached(scope_key, size) if scope.query else None
         rows = size
@@ -387,28 +391,54 @@ class KeywordSearch:
             ).fetchone()[0])  # fmt: skip
             if rows > RANK_BUDGET:  # small counts change with every write
                 self._remember(scope_key, rows, size, at_least=rows > SCOPE_ROWS_MAX)
+        large = rows > SCOPE_ROWS_MAX or rows * len(terms) > RANK_BUDGET  # as ``search``'s lists path
+        cache = self.postings if large and generation else None  # generation 0: an older snapshot
         scoped = bool(scope.query) and rows <= SCOPE_ROWS_MAX
         if not scoped:  # no scope, or one whose lexeme list would be walked for every word
             rows = size
+        pairs = scope.pairs if scoped else ()  # a list's key: of the scope, or of the whole store
         read: dict[tuple[str, int], np.ndarray] = {}  # (word, 0 body / 1 window) → its rows
 
         def lists(body: list[str], windows: list[str]) -> dict[str, tuple[int, np.ndarray]]:
-            """Read the body rows of ``body`` and the window rows of ``windows``, in one statement."""
-            words = list(dict.fromkeys(body + windows))
-            within = "(%s::tsquery && t.q)" if scoped else "t.q"
-            one = "CASE WHEN t.{c} THEN (SELECT string_agg(int8send(rid), ''::bytea) FROM {table} WHERE"
-            got = conn.execute(
-                f"WITH t AS MATERIALIZED (SELECT i, b, c, phraseto_tsquery({self._cfg}, {ns}.hm_words(w))"
-                " AS q FROM unnest(%s::text[], %s::bool[], %s::bool[]) WITH ORDINALITY AS t(w, b, c, i))"
-                f" SELECT {one.format(c='b', table=f'{ns}.memories')} words @@ {within}) END,"
-                f" {one.format(c='c', table=f'{ns}.memories_ctx')} words @@ {within}) END"
-                " FROM t ORDER BY t.i",
-                [words, [w in body for w in words], [w in windows for w in words],
-                 *([scope.query] * 2 if scoped else [])],
-            ).fetchall()  # fmt: skip
-            for w, (b, c) in zip(words, got, strict=True):
-                read.update({(w, 0): int8s(b)} if w in body else {})
-                read.update({(w, 1): int8s(c)} if w in windows else {})
+            """Read the body rows of ``body`` and the window rows of ``windows``: from ``cache``
+            where it has them, the others in one statement (and kept in ``cache``)."""
+            todo: dict[str, list[bool]] = {}  # word → whether its (body, window) rows are to be read
+            for w in dict.fromkeys(body + windows):
+                lexeme = cache.lexemes.get(w) if cache is not None else None
+                for part, words in enumerate((body, windows)):
+                    hit = (
+                        cache.get((scoped, pairs, lexeme), bool(part))
+                        if cache and lexeme and w in words
+                        else None
+                    )
+                    if hit is not None:
+                        read[w, part] = hit.rids
+                    elif w in words:
+                        todo.setdefault(w, [False, False])[part] = True
+            if todo:
+                within = "(%s::tsquery && t.q)" if scoped else "t.q"
+                one = "CASE WHEN t.{c} THEN (SELECT string_agg(int8send(rid), ''::bytea) FROM {table} WHERE"
+                got = conn.execute(
+                    f"WITH t AS MATERIALIZED (SELECT i, b, c, phraseto_tsquery({self._cfg}, {ns}.hm_words(w))"
+                    " AS q FROM unnest(%s::text[], %s::bool[], %s::bool[]) WITH ORDINALITY AS t(w, b, c, i))"
+                    f" SELECT t.q::text, {one.format(c='b', table=f'{ns}.memories')} words @@ {within}) END,"
+                    f" {one.format(c='c', table=f'{ns}.memories_ctx')} words @@ {within}) END"
+                    " FROM t ORDER BY t.i",
+                    [list(todo), [b for b, _ in todo.values()], [c for _, c in todo.values()],
+                     *([scope.query] * 2 if scoped else [])],
+                ).fetchall()  # fmt: skip
+                for (w, want), (query, *packed) in zip(todo.items(), got, strict=True):
+                    lexeme = lexeme_of(query)
+                    for part, rids in enumerate(packed):
+                        if not want[part]:
+                            continue
+                        read[w, part] = int8s(rids)
+                        if cache is not None and lexeme:
+                            cache.put(
+                                (scoped, pairs, lexeme), Entry(read[w, part], None), generation, bool(part)
+                            )
+                    if cache is not None:
+                        cache.lexemes[w] = lexeme
             if not scoped:  # the rows of the store holding the word: its exact count
                 for w in body:
                     self._remember(("word", w), len(read[w, 0]), size)
@@ -483,7 +513,7 @@ class KeywordSearch:
             if not scoped:  # the rows of the store holding the word: its exact count
                 self._remember(("word", word), int(df), size)
             if cache is not None:
-                lexeme = query[1:-1] if query.count("'") == 2 and query[0] == query[-1] == "'" else None
+                lexeme = lexeme_of(query)
                 cache.lexemes[word] = lexeme
                 if lexeme:
                     rids = int8s(every)
