@@ -455,8 +455,12 @@ class KeywordSearch:
         ctx = bm25([(len(read[t, 1]), read[t, 1]) for t in kept], rows)
 
         def passing(part: list[int]) -> set[int]:
+            """Each row fetched by ``rid``, then the filter: as ``postgres.rescore_sql`` (a plain
+            ``rid = ANY(…) AND filter`` read the user's whole index entry: 5.6 ms at 100,000)."""
             found = conn.execute(
-                f"SELECT rid FROM {ns}.memories WHERE rid = ANY(%s::bigint[]) AND ({sql})", [part, *params]
+                f"SELECT m.rid FROM unnest(%s::bigint[]) AS c(r), LATERAL (SELECT * FROM {ns}.memories"
+                f" WHERE rid = c.r OFFSET 0) m WHERE ({sql})",
+                [part, *params],
             ).fetchall()
             return {int(r[0]) for r in found}
 
