@@ -99,9 +99,10 @@ class Postings:
     column cannot be indexed: each refresh would read the whole table). A ``reset``
     (``epoch``), trimmed tombstones (``pruned``) or more than ``MAX_CHANGES`` changes empty it.
     A list is used only at a snapshot that sees all the previous one saw (``refresh``'s
-    generation 0 otherwise: inside an older ``snapshot()`` transaction). Only searches whose
-    filter is nothing but user/agent/run equalities use ``ok``: those columns never change, so a
-    row's place in a scope never does either (a metadata change writes no ``tx``). ``Memory``'s
+    generation 0 otherwise: inside an older ``snapshot()`` transaction). A search without the
+    keyword context uses the lists only when its filter is nothing but user/agent/run equalities
+    (one with it checks any filter on its best rows apart, ``fts.rank``): those columns never
+    change, so a row's place in a scope never does either (a metadata change writes no ``tx``). ``Memory``'s
     "not expired" test may join them: an expiry change writes no ``tx`` either, so the lists
     stay the scope's and the rows it leaves out are read apart (one range of the ``expires_at``
     index) and taken out of them at each search.
