@@ -100,7 +100,7 @@ ROWS: dict[str, list[tuple[str, str]]] = {
 INTERNAL: dict[str, str] = {
     "hivemem.embed.w8a8.MAX_CALIBRATION_ROWS": "model preparation: rows used to calibrate int8",
     "hivemem.memory.mem0_import.MAX_MEMORIES": "a read bound on the user's own Mem0 store",
-    "hivemem.memory.storage.pgkeyword.MAX_INDEXED_CHARS": "how much of a memory the keyword index covers",
+    "hivemem.memory.storage.pgwords.MAX_INDEXED_CHARS": "how much of a memory the keyword index covers",
     "hivemem.memory.storage.pgpostings.MAX_CACHED": "a cache size of the keyword index",
     "hivemem.memory.storage.pgpostings.MAX_CHANGES": "when the keyword cache starts afresh",
     "hivemem.mcp.relay.MAX_SENDS": "how often a relay resends one request after a reconnect",

@@ -23,7 +23,7 @@ from hivemem import Embedder, Memory
 from hivemem.memory import hybrid
 from hivemem.memory.records import prepare
 from hivemem.memory.rerank import Reranker
-from hivemem.memory.storage import fts, pgkeyword
+from hivemem.memory.storage import fts, pgkeyword, pgwords
 from hivemem.memory.storage.postgres import PostgresStorage
 from hivemem.memory.storage.sqlite import SQLiteStorage
 
@@ -431,7 +431,7 @@ def test_postgres_small_scope_scores_are_bm25_bit_for_bit(pg_url: Any) -> None:
     pg.insert([m for t in texts[:60] for m in prepare(t, user_id="u0")], vecs)
     where = flt.parse({"user_id": "u0"})
     compiled = pg.compile(where)
-    ns, cfg = pg._ns, pgkeyword.config(pg._ns)
+    ns, cfg = pg._ns, pgwords.config(pg._ns)
     summed = 0  # rows scored from 3 words or more (where the order of the sum can matter)
     with pg._pool.connection() as conn:
         for analysed in (False, True):

@@ -538,3 +538,123 @@ def test_postgres_deleting_a_scope_walks_its_deleted_rows_once(pg_url: Callable[
     now, rebuilt = windows(m)
     assert now == rebuilt and len(rebuilt) > n // 8
     m.close()
+
+
+_OTHER_PROCESS = r"""
+import sys
+from hash_embedder import HashEmbedder
+from hivemem import Memory
+with Memory(sys.argv[1], embedder=HashEmbedder()) as m:
+    rows = [{"messages": f"other note {i} word{i % 4}", "user_id": "a"} for i in range(6)]
+    ids = [r["id"] for r in m.add_batch(rows)["results"]]
+    m.add("other note word1", user_id="b")
+    m.update(ids[0], "other rewritten word2")
+    m.delete(ids[2])
+"""
+
+
+@pytest.mark.parametrize("scope_rows_max", [10_000, 8])
+def test_postgres_context_row_lists_equal_the_old_statement(
+    pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch, scope_rows_max: int
+) -> None:
+    """PostgreSQL keeps each word's body rows and window rows per process (``Postings``), the
+    windows followed by ``memories_ctx.tx``: a window changes when a neighbour is added, changed
+    or deleted, in another transaction than the row's own. After each of a random sequence of
+    writes by another ``Memory``, after four writers at once in one scope and after another
+    process's writes, every search equals the one statement that reads every list from GIN (a
+    fresh ``KeywordSearch``, which keeps nothing: the old path), parts and scores to the bit, and
+    every kept list equals the rows holding its word now. Inside an older ``snapshot()`` the
+    lists (brought past it by another thread) are not used: the search sees the snapshot's rows.
+    With a small budget the searches are "large" (row lists), per scope or (``scope_rows_max``
+    8) over the whole store."""
+    from hivemem.memory import filters as flt
+
+    monkeypatch.setattr(pgkeyword, "RANK_BUDGET", 30)
+    monkeypatch.setattr(pgkeyword, "SCOPE_ROWS_MAX", scope_rows_max)
+    location = pg_url()
+    reader, writer = (Memory(location, embedder=HashEmbedder(), keyword_context=c) for c in (True, False))
+    storage = reader._storage
+    assert isinstance(storage, PostgresStorage)
+    ns = f'"{storage.schema}"'
+    wheres = [
+        None,
+        *(flt.parse(s) for s in ({"user_id": "a"}, {"user_id": "b"}, {"user_id": "a", "run_id": "r1"})),
+    ]
+    queries = [
+        ["note", "word1"],
+        ["batch3", "word2", "note"],
+        ["rewritten", "word0", "batch"],
+        ["foo_bar", "note"],
+    ]
+
+    def searches() -> list[Any]:
+        storage._keywords._counts.clear()  # word and scope counts: kept within 10% of the size
+        return [storage.keyword_search(q, w, 10) for w in wheres for q in queries]
+
+    def check(label: str) -> None:
+        new = searches()
+        kept = storage._keywords
+        storage._keywords = pgkeyword.KeywordSearch(kept.ns, kept.fields)  # nothing kept: all from GIN
+        try:
+            old = searches()
+        finally:
+            storage._keywords = kept
+        assert new == old, label
+        postings = kept.postings
+        with storage._pool.connection() as conn:
+            postings.refresh(conn)  # as the next search does first
+            for table, lists in (("memories", postings._entries), ("memories_ctx", postings._windows)):
+                for (_, pairs, lexeme), entry in lists.items():
+                    inside = "".join(f" AND m.{f} = %s" for f, _ in pairs)
+                    truth = conn.execute(
+                        f"SELECT x.rid FROM {ns}.{table} x JOIN {ns}.memories m USING (rid)"
+                        f" WHERE x.words @@ %s::tsquery{inside}",
+                        [f"'{lexeme}'", *(v for _, v in pairs)],
+                    ).fetchall()
+                    assert sorted(entry.rids.tolist()) == sorted(r[0] for r in truth), (label, table, lexeme)
+
+    for label in random_writes(writer, seed=31, steps=40):
+        check(label)
+    postings = storage._keywords.postings
+    assert postings._windows and postings._entries  # the searches were served by kept lists
+
+    def burst(w: int) -> None:
+        rng = random.Random(w)
+        with Memory(location, embedder=HashEmbedder()) as m:
+            mine = [m.add(f"burst {w} note word{w}", user_id="a")["results"][0]["id"]]
+            for step in range(8):
+                op = rng.choice(["add", "batch", "update", "delete"])
+                if op == "add" or not mine:
+                    mine.append(m.add(f"burst {w} {step} note", user_id="a")["results"][0]["id"])
+                elif op == "batch":
+                    rows = [{"messages": f"burst {w} {step} {i} word1", "user_id": "a"} for i in range(3)]
+                    mine += [r["id"] for r in m.add_batch(rows)["results"]]
+                elif op == "update":
+                    m.update(rng.choice(mine), f"burst {w} rewritten {step} word2")
+                else:
+                    m.delete(mine.pop(rng.randrange(len(mine))))
+
+    threads = [threading.Thread(target=burst, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check("four writers in one scope")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, location], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    check("another process")
+    assert postings.dropped == 0  # followed, never thrown away
+
+    with storage.snapshot():
+        before = searches()
+        writer.add_batch([{"messages": f"late note word1 word2 {i}", "user_id": "a"} for i in range(12)])
+        other = threading.Thread(target=searches)  # its own connection: the lists pass the snapshot
+        other.start()
+        other.join()
+        assert searches() == before
+    check("after the snapshot")
+    reader.close()
+    writer.close()

@@ -2,10 +2,12 @@
 
 Each memory's *window* (its text and that of the ``fts.CONTEXT_BEFORE`` memories stored just
 before it in its scope: the same ``scope`` column, so the same user/agent/run ids) is indexed in
-``memories_ctx (rid, words)``: the ``words`` of the window's rows (``pgkeyword``'s generated
+``memories_ctx (rid, words, tx)``: the ``words`` of the window's rows (``pgkeyword``'s generated
 column: the same lexemes, the scope's lexemes included; ``dated`` instead in a store with
 ``keyword_dates``, ``pgdates``) concatenated newest first, as SQLite joins their texts, under a
-GIN index. ``hm_window(scope, rid)`` computes one window; the backfill and the triggers both call it.
+GIN index; ``tx``: the transaction that last wrote the window (indexed: ``pgpostings`` keeps
+window row lists per process and follows them by it). ``hm_window(scope, rid)`` computes one
+window; the backfill and the triggers both call it.
 
 * **Made on demand**: ``install`` runs the first time a ``Memory`` with ``keyword_context=True``
   opens the store (``meta`` key ``keyword_ctx``), in ONE transaction that also fills the table
@@ -50,12 +52,12 @@ from typing import Any
 
 from hivemem.memory.storage import pgdates
 from hivemem.memory.storage.fts import CONTEXT_BEFORE
-from hivemem.memory.storage.pgkeyword import PENDING_KB
-from hivemem.memory.storage.pgkeyword import VERSION as WORDS_VERSION
+from hivemem.memory.storage.pgwords import PENDING_KB
+from hivemem.memory.storage.pgwords import VERSION as WORDS_VERSION
 
 # of the table, functions and triggers below, and of the ``words`` its windows are made of (a new
 # keyword layout rebuilds them at the next open with the option); kept in meta 'keyword_ctx'
-VERSION = f"3 {CONTEXT_BEFORE} {WORDS_VERSION}"
+VERSION = f"4 {CONTEXT_BEFORE} {WORDS_VERSION}"
 LOCK_BUCKETS = 1024  # advisory locks a store's scopes are spread over (a power of two)
 LOCK_BUCKETS_MAX = 64  # a statement touching more buckets takes the store's lock instead
 
@@ -87,7 +89,12 @@ def install(conn: Any, ns: str, schema: str) -> None:
     for event in ("insert", "delete", "update"):
         conn.execute(f"DROP TRIGGER IF EXISTS memories_ctx_{event} ON {ns}.memories")
     conn.execute(f"DROP TABLE IF EXISTS {ns}.memories_ctx")
-    conn.execute(f"CREATE TABLE {ns}.memories_ctx (rid bigint PRIMARY KEY, words tsvector NOT NULL)")
+    # tx: the transaction that last wrote the window (``pgpostings`` follows the windows by it)
+    conn.execute(
+        f"CREATE TABLE {ns}.memories_ctx (rid bigint PRIMARY KEY, words tsvector NOT NULL,"
+        " tx xid8 NOT NULL DEFAULT pg_current_xact_id())"
+    )
+    conn.execute(f"CREATE INDEX memories_ctx_tx ON {ns}.memories_ctx (tx)")
     conn.execute(
         f"CREATE INDEX memories_ctx_words ON {ns}.memories_ctx USING gin (words)"
         f" WITH (gin_pending_list_limit = {PENDING_KB})"
@@ -122,7 +129,7 @@ def install(conn: Any, ns: str, schema: str) -> None:
         f" CROSS JOIN LATERAL (SELECT rid FROM {ns}.memories WHERE scope = c.s AND rid > c.r"
         # a bound the index scan stops at (an OR would be a filter, and the scan would go on)
         f" AND rid < coalesce(c.nx, {2**63 - 1}) ORDER BY rid LIMIT {CONTEXT_BEFORE}) f)"
-        " ON CONFLICT (rid) DO UPDATE SET words = excluded.words;"
+        " ON CONFLICT (rid) DO UPDATE SET words = excluded.words, tx = excluded.tx;"
         " END $f$"
     )
     changes = {

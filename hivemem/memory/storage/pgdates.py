@@ -3,7 +3,7 @@
 
 ``dated`` is a ``STORED`` generated column of ``memories``: the lexemes ``words`` has (the text and
 the scope's) plus those of the row's date words (``datewords.sql``, as the IMMUTABLE function
-``hm_dates``; its own ``to_tsvector``, so ``pgkeyword.MAX_INDEXED_CHARS`` never cuts them), with
+``hm_dates``; its own ``to_tsvector``, so ``pgwords.MAX_INDEXED_CHARS`` never cuts them), with
 its own GIN index. The keyword context's windows (``pgcontext``) are then made of ``dated`` (each
 member with its date words, as SQLite's), and re-made in the transaction that adds or drops it
 (``PostgresStorage.keyword_dates``). A second column rather than a new expression for ``words``:
@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from hivemem.memory.storage import datewords
-from hivemem.memory.storage.pgkeyword import MAX_INDEXED_CHARS, PENDING_KB, config
-from hivemem.memory.storage.pgkeyword import VERSION as WORDS_VERSION
+from hivemem.memory.storage.pgwords import MAX_INDEXED_CHARS, PENDING_KB, config
+from hivemem.memory.storage.pgwords import VERSION as WORDS_VERSION
 
 VERSION = f"{WORDS_VERSION} {datewords.VERSION}"  # of the ``dated`` column; meta 'keyword_dates'
 

@@ -43,17 +43,13 @@ same rows, so that hybrid search ranks alike on both backends:
 * **Text limit**: the first ``MAX_INDEXED_CHARS`` characters of ``hm_words(memory)`` are indexed
   (a ``tsvector`` holds at most 1 MB); SQLite indexes all of it.
 
-``install`` creates all of this in a schema, and on a store made before it existed adds the
-column (a table rewrite, once) and the index, under the schema's advisory lock; ``postgres.py``
-calls it only when the store's ``meta`` says the keyword layout is missing or older.
+``pgwords`` creates the function, configuration, column and index; ``postgres.py`` calls it only
+when the store's ``meta`` says the keyword layout is missing or older.
 """
 
 from __future__ import annotations
 
-import functools
-import sys
 import threading
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -61,125 +57,14 @@ from typing import Any
 import numpy as np
 
 from hivemem.memory.filters import Cond, Logic, Node
-from hivemem.memory.storage import pglower
 from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, Parts, bm25, rank, rarest_words
-from hivemem.memory.storage.pgpostings import Entry, Postings, int8s
+from hivemem.memory.storage.pgpostings import Entry, Postings, int8s, lexeme_of
+from hivemem.memory.storage.pgwords import PREFIX, SCOPE_FIELDS, config
 from hivemem.memory.storage.sqlcompile import is_unexpired
 
-VERSION = "1"  # of the function, configuration, column and index below; kept in meta 'keywords'
-MAX_INDEXED_CHARS = 100_000
-# GIN keeps new entries in a pending list that every search scans linearly, until it passes this
-# size (kB) and the writer that passed it merges it into the index. PostgreSQL's default made word
-# lookups much slower after many new rows; the least allowed still lets a large insert merge in
-# bulk (docs/postgres.md#hybrid-search).
-PENDING_KB = 64
 SAMPLE_FROM = 20_000  # rows above which word counts are estimated from a sample (``_plan``)
 SAMPLE_ROWS = 1_000
-TOAST_TARGET = 8160  # PostgreSQL's largest; its default (2 kB) moved the code and words of rows
-# with 384-dim vectors out of line, one TOAST lookup each when read
 _TABLE_BYTES = 1 << 20  # ``_alive``: a lookup table of up to this many bytes (+16 per expired id)
-_SCOPE_FIELDS = ("user_id", "agent_id", "run_id")
-_PREFIX = ("_u", "_a", "_r")  # scope lexemes: text never yields one (hm_words keeps no "_")
-_WORD_TYPES = "asciiword, asciihword, hword_asciipart, word, hword, hword_part"
-
-
-@functools.cache
-def _ranges(kind: str) -> str:
-    """A regex bracket of the code points that are letters/digits (``alnum``) or marks."""
-    if kind == "alnum":
-        keep = [cp for cp in range(1, sys.maxunicode + 1) if chr(cp).isalnum()]
-    else:
-        keep = [cp for cp in range(1, sys.maxunicode + 1) if unicodedata.category(chr(cp)).startswith("M")]
-    return pglower.ranges(keep)
-
-
-def _words_sql(ns: str, lower: str) -> tuple[str, str]:
-    """``(hm_words, hm_words_unicode)`` bodies (module docstring); ``lower``: the store's
-    ``hm_lower``. Non-ASCII text goes to a PL/pgSQL function: an SQL function is inlined into every
-    query that calls it, and planning its regular expressions cost time in every statement (the
-    PL/pgSQL one is planned once per connection: docs/postgres.md#measurements-behind-the-design)."""
-    marks, alnum = _ranges("marks"), _ranges("alnum")
-    unicode = (
-        f"regexp_replace(regexp_replace(normalize({lower}(t), NFD), '[{marks}]+', '', 'g'),"
-        f" '[^{alnum}]+', ' ', 'g')"
-    )
-    ascii_path = "regexp_replace(lower(t COLLATE \"C\"), '[^a-z0-9]+', ' ', 'g')"
-    words = f"CASE WHEN t ~ '^[\\x01-\\x7F]*$' THEN {ascii_path} ELSE {ns}.hm_words_unicode(t) END"
-    return words, unicode
-
-
-def config(ns: str) -> str:
-    """The ``regconfig`` literal of the store's text search configuration."""
-    return f"'{ns}.hm_english'::regconfig"
-
-
-def install(conn: Any, ns: str, schema: str, lower: str) -> None:
-    """Create (or bring to ``VERSION``) the keyword index of the store in ``ns``, in the caller's
-    transaction, which holds the schema's advisory lock. Each object is looked up first."""
-
-    def exists(catalog: str, prefix: str, name: str) -> bool:
-        return bool(
-            conn.execute(
-                f"SELECT 1 FROM pg_catalog.{catalog} c JOIN pg_catalog.pg_namespace n"
-                f" ON n.oid = c.{prefix}namespace WHERE n.nspname = %s AND c.{prefix}name = %s",
-                (schema, name),
-            ).fetchone()
-        )
-
-    if not exists("pg_ts_dict", "dict", "hm_stem"):
-        conn.execute(
-            f"CREATE TEXT SEARCH DICTIONARY {ns}.hm_stem (TEMPLATE = pg_catalog.snowball, Language = english)"
-        )
-    if not exists("pg_ts_config", "cfg", "hm_english"):
-        conn.execute(f"CREATE TEXT SEARCH CONFIGURATION {ns}.hm_english (COPY = pg_catalog.simple)")
-        conn.execute(
-            f"ALTER TEXT SEARCH CONFIGURATION {ns}.hm_english ALTER MAPPING FOR {_WORD_TYPES}"
-            f" WITH {ns}.hm_stem"
-        )
-    column = conn.execute(
-        "SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass AND attname = 'words'"
-        " AND NOT attisdropped",
-        (f"{ns}.memories",),
-    ).fetchone()
-    stored = conn.execute(f"SELECT value FROM {ns}.meta WHERE key = 'keywords'").fetchone()
-    if column and (stored is None or stored[0] != VERSION):
-        conn.execute(f"ALTER TABLE {ns}.memories DROP COLUMN words")  # made by another version
-        column = None
-    words, unicode = _words_sql(ns, lower)
-    conn.execute(
-        f"CREATE OR REPLACE FUNCTION {ns}.hm_words_unicode(t text) RETURNS text"
-        f" LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$ BEGIN RETURN {unicode}; END $$"
-    )
-    conn.execute(
-        f"CREATE OR REPLACE FUNCTION {ns}.hm_words(t text) RETURNS text"
-        f" LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE RETURN {words}"
-    )
-    tokens = ", ".join(
-        f"'{p}' || encode(convert_to({f}, 'UTF8'), 'hex')"
-        for f, p in zip(_SCOPE_FIELDS, _PREFIX, strict=True)
-    )  # convert_to is STABLE only because of the database encoding, which never changes
-    conn.execute(
-        f"CREATE OR REPLACE FUNCTION {ns}.hm_scope(user_id text, agent_id text, run_id text)"
-        " RETURNS tsvector LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE"
-        f" AS $$ BEGIN RETURN array_to_tsvector(array_remove(ARRAY[{tokens}], NULL)); END $$"
-    )
-    # rows of up to 8 kB stay whole: the int8 code and the words are read on every search
-    conn.execute(f"ALTER TABLE {ns}.memories SET (toast_tuple_target = {TOAST_TARGET})")
-    if not column:
-        conn.execute(
-            f"ALTER TABLE {ns}.memories ADD COLUMN words tsvector GENERATED ALWAYS AS"
-            f" (to_tsvector({config(ns)}, left({ns}.hm_words(memory), {MAX_INDEXED_CHARS}))"
-            f" || {ns}.hm_scope(user_id, agent_id, run_id)) STORED"
-        )
-    conn.execute(
-        f"CREATE INDEX IF NOT EXISTS memories_words ON {ns}.memories USING gin (words)"
-        f" WITH (gin_pending_list_limit = {PENDING_KB})"
-    )
-    conn.execute(
-        f"INSERT INTO {ns}.meta (key, value) VALUES ('keywords', %s)"
-        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (VERSION,),
-    )
 
 
 class Scope:
@@ -192,7 +77,7 @@ class Scope:
         conds = [
             (c.field, c.value)
             for c in top
-            if isinstance(c, Cond) and c.op == "eq" and c.field in _SCOPE_FIELDS and isinstance(c.value, str)
+            if isinstance(c, Cond) and c.op == "eq" and c.field in SCOPE_FIELDS and isinstance(c.value, str)
         ]
         cuts = [c for c in top if is_unexpired(c)]
         self.expiry = len(cuts) == 1
@@ -202,7 +87,7 @@ class Scope:
         self.pairs = tuple(conds)
         # the filter is these equalities (and the expiry test, applied to the cached lists apart)
         self.only = (len(conds) + len(cuts) == len(top) and len(cuts) <= 1) or where is None
-        prefix = dict(zip(_SCOPE_FIELDS, _PREFIX, strict=True))
+        prefix = dict(zip(SCOPE_FIELDS, PREFIX, strict=True))
         # hex digits and the prefix only: nothing in it is tsquery syntax
         self.query = " & ".join(f"'{prefix[f]}{v.encode('utf-8').hex()}'" for f, v in conds)
 
@@ -347,7 +232,9 @@ class KeywordSearch:
         if cache is not None:  # brought up to date before it is read (and its size is current)
             size, generation = cache.refresh(conn)
             self._size = size
-            if scope.expiry:  # the rows the expiry test leaves out (an expiry change writes no tx)
+            if not generation:  # an older snapshot than the lists' (``Postings.refresh``): from GIN
+                cache = None
+            elif scope.expiry:  # the rows the expiry test leaves out (an expiry change writes no tx)
                 expired = self._expired(conn, scope.bound)
         scoped = bool(scope.query)
         if rows > SCOPE_ROWS_MAX:  # the scope's lexeme list would be walked for every word
@@ -386,12 +273,14 @@ class KeywordSearch:
         SQLite's code (``fts.bm25``, ``fts.rank``): the body's and the windows' BM25 over the rows
         of the scope (of the store for a scope of more than ``SCOPE_ROWS_MAX``), each divided by
         its best, then the filter (``always``: none) on the best first. → the rows with their
-        relevance, and each one's raw ``(body, window)`` scores by rid. Each kept word's rows are
-        read from GIN (not ``Postings``), the body's once: unscoped, their number is the count
-        the plan needs (docs/memory.md#the-keyword-contexts-cost-2026-12-06)."""
+        relevance, and each one's raw ``(body, window)`` scores by rid. A large search takes each
+        kept word's body and window rows from ``Postings`` (kept per process, the windows followed
+        by ``memories_ctx.tx``), the others from GIN in one statement: reading ~15,000 window rows
+        through GIN, a heap visit each, made such a search ~13× one without the option
+        (docs/memory.md#the-keyword-contexts-cost-2026-12-06)."""
         ns, scope = self.ns, Scope(where)
         scope_key = ("scope", scope.sql, tuple(scope.params))
-        size = int(conn.execute(f"SELECT coalesce(max(rid), 0) FROM {ns}.memories").fetchone()[0])
+        size, generation = self.postings.refresh(conn)  # (the store's size, in the same round trip)
         self._size = size
         hit = self._cached(scope_key, size) if scope.query else None
         rows = size
@@ -404,28 +293,55 @@ class KeywordSearch:
             ).fetchone()[0])  # fmt: skip
             if rows > RANK_BUDGET:  # small counts change with every write
                 self._remember(scope_key, rows, size, at_least=rows > SCOPE_ROWS_MAX)
+        large = rows > SCOPE_ROWS_MAX or rows * len(terms) > RANK_BUDGET  # as ``search``'s lists path
+        cache = self.postings if large and generation else None  # generation 0: an older snapshot
         scoped = bool(scope.query) and rows <= SCOPE_ROWS_MAX
         if not scoped:  # no scope, or one whose lexeme list would be walked for every word
             rows = size
+        pairs = scope.pairs if scoped else ()  # a list's key: of the scope, or of the whole store
         read: dict[tuple[str, int], np.ndarray] = {}  # (word, 0 body / 1 window) → its rows
 
         def lists(body: list[str], windows: list[str]) -> dict[str, tuple[int, np.ndarray]]:
-            """Read the body rows of ``body`` and the window rows of ``windows``, in one statement."""
-            words = list(dict.fromkeys(body + windows))
-            within = "(%s::tsquery && t.q)" if scoped else "t.q"
-            one = "CASE WHEN t.{c} THEN (SELECT string_agg(int8send(rid), ''::bytea) FROM {table} WHERE"
-            got = conn.execute(
-                f"WITH t AS MATERIALIZED (SELECT i, b, c, phraseto_tsquery({self._cfg}, {ns}.hm_words(w))"
-                " AS q FROM unnest(%s::text[], %s::bool[], %s::bool[]) WITH ORDINALITY AS t(w, b, c, i))"
-                f" SELECT {one.format(c='b', table=f'{ns}.memories')} {self.column} @@ {within}) END,"
-                f" {one.format(c='c', table=f'{ns}.memories_ctx')} words @@ {within}) END"
-                " FROM t ORDER BY t.i",
-                [words, [w in body for w in words], [w in windows for w in words],
-                 *([scope.query] * 2 if scoped else [])],
-            ).fetchall()  # fmt: skip
-            for w, (b, c) in zip(words, got, strict=True):
-                read.update({(w, 0): int8s(b)} if w in body else {})
-                read.update({(w, 1): int8s(c)} if w in windows else {})
+            """Read the body rows of ``body`` and the window rows of ``windows``: from ``cache``
+            where it has them, the others in one statement (and kept in ``cache``)."""
+            todo: dict[str, list[bool]] = {}  # word → whether its (body, window) rows are to be read
+            for w in dict.fromkeys(body + windows):
+                lexeme = cache.lexemes.get(w) if cache is not None else None
+                for part, words in enumerate((body, windows)):
+                    hit = (
+                        cache.get((scoped, pairs, lexeme), bool(part))
+                        if cache and lexeme and w in words
+                        else None
+                    )
+                    if hit is not None:
+                        read[w, part] = hit.rids
+                    elif w in words:
+                        todo.setdefault(w, [False, False])[part] = True
+            if todo:
+                within = "(%s::tsquery && t.q)" if scoped else "t.q"
+                one = "CASE WHEN t.{c} THEN (SELECT string_agg(int8send(rid), ''::bytea) FROM {table} WHERE"
+                got = conn.execute(
+                    f"WITH t AS MATERIALIZED (SELECT i, b, c, phraseto_tsquery({self._cfg}, {ns}.hm_words(w))"
+                    " AS q FROM unnest(%s::text[], %s::bool[], %s::bool[]) WITH ORDINALITY AS t(w, b, c, i))"
+                    f" SELECT t.q::text, {one.format(c='b', table=f'{ns}.memories')} {self.column}"
+                    f" @@ {within}) END,"
+                    f" {one.format(c='c', table=f'{ns}.memories_ctx')} words @@ {within}) END"
+                    " FROM t ORDER BY t.i",
+                    [list(todo), [b for b, _ in todo.values()], [c for _, c in todo.values()],
+                     *([scope.query] * 2 if scoped else [])],
+                ).fetchall()  # fmt: skip
+                for (w, want), (query, *packed) in zip(todo.items(), got, strict=True):
+                    lexeme = lexeme_of(query)
+                    for part, rids in enumerate(packed):
+                        if not want[part]:
+                            continue
+                        read[w, part] = int8s(rids)
+                        if cache is not None and lexeme:
+                            cache.put(
+                                (scoped, pairs, lexeme), Entry(read[w, part], None), generation, bool(part)
+                            )
+                    if cache is not None:
+                        cache.lexemes[w] = lexeme
             if not scoped:  # the rows of the store holding the word: its exact count
                 for w in body:
                     self._remember(("word", w), len(read[w, 0]), size)
@@ -442,8 +358,12 @@ class KeywordSearch:
         ctx = bm25([(len(read[t, 1]), read[t, 1]) for t in kept], rows)
 
         def passing(part: list[int]) -> set[int]:
+            """Each row fetched by ``rid``, then the filter: as ``postgres.rescore_sql`` (a plain
+            ``rid = ANY(…) AND filter`` read the user's whole index entry: 5.6 ms at 100,000)."""
             found = conn.execute(
-                f"SELECT rid FROM {ns}.memories WHERE rid = ANY(%s::bigint[]) AND ({sql})", [part, *params]
+                f"SELECT m.rid FROM unnest(%s::bigint[]) AS c(r), LATERAL (SELECT * FROM {ns}.memories"
+                f" WHERE rid = c.r OFFSET 0) m WHERE ({sql})",
+                [part, *params],
             ).fetchall()
             return {int(r[0]) for r in found}
 
@@ -500,7 +420,7 @@ class KeywordSearch:
             if not scoped:  # the rows of the store holding the word: its exact count
                 self._remember(("word", word), int(df), size)
             if cache is not None:
-                lexeme = query[1:-1] if query.count("'") == 2 and query[0] == query[-1] == "'" else None
+                lexeme = lexeme_of(query)
                 cache.lexemes[word] = lexeme
                 if lexeme:
                     rids = int8s(every)

@@ -15,7 +15,7 @@ from typing import Any
 
 from hivemem.errors import PgVectorMissing
 from hivemem.memory import records
-from hivemem.memory.storage import pgkeyword, pglower
+from hivemem.memory.storage import pglower, pgwords
 from hivemem.memory.storage.locate import redact
 
 LOCK_KEY = 0x68766D  # "hvm": first half of the advisory-lock key for schema changes
@@ -154,8 +154,8 @@ class PgSchema:
                     (pglower.VERSION, how),
                 )
             stored = conn.execute(f"SELECT value FROM {self._ns}.meta WHERE key = 'keywords'").fetchone()
-            if stored is None or stored[0] != pgkeyword.VERSION:  # new, or made before the index
-                pgkeyword.install(conn, self._ns, self.schema, self._lower)
+            if stored is None or stored[0] != pgwords.VERSION:  # new, or made before the index
+                pgwords.install(conn, self._ns, self.schema, self._lower)
 
     def _ready(self, conn: Any) -> bool:
         """This schema's tables, ``hm_lower`` and the keyword index exist, made by this version of
@@ -180,7 +180,7 @@ class PgSchema:
         return (
             rows.get("layout") == LAYOUT
             and rows.get("lower_fn") == pglower.VERSION
-            and rows.get("keywords") == pgkeyword.VERSION
+            and rows.get("keywords") == pgwords.VERSION
         )
 
     def _ensure_vector(self, conn: Any) -> str:
