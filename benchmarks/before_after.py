@@ -57,7 +57,9 @@ def run(
 ) -> tuple[dict[str, float], float]:
     started = time.perf_counter()
     cmd = [sys.executable, str(script_root / "benchmarks" / bench[0]), *bench[1:]]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+    # cwd=tree: a ``python -m hivemem …`` or ``python -c`` the script starts puts its working directory
+    # before PYTHONPATH on sys.path; from ROOT, the "before" run's children imported this tree
+    proc = subprocess.run(cmd, cwd=tree, env={**env, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"{bench[0]} failed on {tree} (exit {proc.returncode})")
