@@ -3,9 +3,10 @@
 Everything the service does between the model runs happens on one loop: the socket's frames and,
 with ``hivemem serve --http``, uvicorn's HTTP and every route's request and response. uvloop
 (libuv under asyncio's API) does the loop's own share of that work — polling, socket reads and
-writes, callbacks, timers — in C (docs/http.md, "uvloop"). ``HIVEMEM_EVENT_LOOP`` chooses:
-``auto`` (the default: uvloop if it imports), ``uvloop`` (an error where it is missing) or
-``asyncio`` (the standard library's loop, e.g. to rule uvloop out when chasing a bug).
+writes, callbacks, timers — in C (figures: docs/http.md, "CPU per request, round 2", and
+docs/service.md, "Round 3"). ``HIVEMEM_EVENT_LOOP`` chooses: ``auto`` (the default: uvloop if it
+imports), ``uvloop`` (an error where it is missing) or ``asyncio`` (the standard library's loop,
+e.g. to rule uvloop out when chasing a bug).
 """
 
 from __future__ import annotations
