@@ -9,6 +9,12 @@ tree's own copy, for a script that imports internal modules which moved in betwe
 
     python benchmarks/before_after.py --before 964e1c4 --rounds 2 -- memory.py --quick --no-mem0
 
+``--env-before``/``--env-after NAME=VALUE``: a setting for one side only; with ``--before HEAD`` the
+same code under two settings, e.g. the service's event loop::
+
+    python benchmarks/before_after.py --before HEAD --env-before HIVEMEM_EVENT_LOOP=asyncio \
+        --script-from each -- http_api.py
+
 Prints a table, a final JSON line, and a plot (docs/img/before_after_<bench>.png).
 """
 
@@ -57,7 +63,9 @@ def run(
 ) -> tuple[dict[str, float], float]:
     started = time.perf_counter()
     cmd = [sys.executable, str(script_root / "benchmarks" / bench[0]), *bench[1:]]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+    # cwd=tree: a ``python -m hivemem …`` or ``python -c`` the script starts puts its working directory
+    # before PYTHONPATH on sys.path; from ROOT, the "before" run's children imported this tree
+    proc = subprocess.run(cmd, cwd=tree, env={**env, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"{bench[0]} failed on {tree} (exit {proc.returncode})")
@@ -73,6 +81,12 @@ def main() -> int:
     parser.add_argument("--label", default="", help="the plot's name (default: the script's)")
     parser.add_argument("--plot-dir", default=str(ROOT / "docs" / "img"))
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--env-before", action="append", default=[], metavar="NAME=VALUE",
+        help="an environment variable for the before runs only (repeatable); with --before HEAD: "
+        "one tree, two settings (e.g. --env-before HIVEMEM_EVENT_LOOP=asyncio)",
+    )  # fmt: skip
+    parser.add_argument("--env-after", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("bench", nargs=argparse.REMAINDER, help="-- script.py [its options]")
     args = parser.parse_args()
     bench = [b for b in args.bench if b != "--"]
@@ -89,7 +103,8 @@ def main() -> int:
             for r in range(args.rounds):
                 for label, tree in (("before", old), ("after", ROOT)):
                     script_root = ROOT if args.script_from == "after" else tree
-                    numbers, took = run(tree, bench, env, script_root)
+                    extra = dict(v.split("=", 1) for v in getattr(args, f"env_{label}"))
+                    numbers, took = run(tree, bench, {**env, **extra}, script_root)
                     runs[label].append(numbers)
                     print(f"round {r + 1}/{args.rounds} {label}: {took:.0f} s", file=sys.stderr)
         finally:
@@ -112,7 +127,8 @@ def main() -> int:
     name = args.label or Path(bench[0]).stem
     if not args.no_plots and rows:
         plot(rows, name, Path(args.plot_dir) / f"before_after_{name}.png", args.before)
-    print(json.dumps({"bench": " ".join(bench), "before": args.before, "rounds": args.rounds, "rows": rows}))
+    head = {"bench": " ".join(bench), "before": args.before, "rounds": args.rounds}
+    print(json.dumps({**head, "env_before": args.env_before, "env_after": args.env_after, "rows": rows}))
     return 0
 
 

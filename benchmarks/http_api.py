@@ -112,7 +112,9 @@ def start_service(tmp: Path, memory: Path) -> tuple[subprocess.Popen, str]:
         "--memory-path",
         str(memory),
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # cwd=ROOT: ``python -m`` puts the working directory first on sys.path, so the service is this
+    # script's tree whatever directory it was started from (before_after.py runs one per tree)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

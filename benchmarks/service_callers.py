@@ -67,15 +67,22 @@ def one_round(
     }
     if cached:  # the workers' texts on disk before the service starts: its LRU is empty, no model runs
         code = _FILL.format(total=w * n, seed=seed, lone=seed + 7)
-        subprocess.run([PY, "-c", code], env=env, check=True)
+        subprocess.run([PY, "-c", code], env=env, cwd=tree, check=True)
+    # cwd=tree: ``python -m``/``-c`` put the working directory before PYTHONPATH on sys.path (run
+    # from this checkout, the old tree's service and batch were this tree's)
     service = subprocess.Popen(
-        [PY, "-m", "hivemem", "serve", *service_args], env=env, stderr=subprocess.DEVNULL
+        [PY, "-m", "hivemem", "serve", *service_args], env=env, cwd=tree, stderr=subprocess.DEVNULL
     )
     out: dict = {}
     try:
         wait_for_socket(service, sock, f"the service of {tree}")
         lone = subprocess.run(
-            [PY, "-c", _LONE.format(seed=seed + 7)], env=env, capture_output=True, text=True, check=True
+            [PY, "-c", _LONE.format(seed=seed + 7)],
+            env=env,
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         out["lone_p50_ms"] = float(lone.stdout.strip())
         procs = [
@@ -116,6 +123,7 @@ def one_round(
     batch = subprocess.run(
         [PY, "-c", _BATCH.format(total=w * n, seed=seed + 3)],
         env=env,
+        cwd=tree,
         capture_output=True,
         text=True,
         check=True,

@@ -58,12 +58,15 @@ def service_round(tree: Path, seed: int) -> dict[str, float]:
     sock = work / "s.sock"
     env = {**os.environ, "PYTHONPATH": str(tree), "HIVEMEM_SOCKET": str(sock),
            "HIVEMEM_CACHE": str(work / "c.sqlite"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
-    service = subprocess.Popen([sys.executable, "-m", "hivemem", "serve"], env=env, stderr=subprocess.DEVNULL)
+    # cwd=tree: ``python -m``/``-c`` put the working directory before PYTHONPATH on sys.path
+    service = subprocess.Popen(
+        [sys.executable, "-m", "hivemem", "serve"], env=env, cwd=tree, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_socket(service, sock, f"the service of {tree}")
         time.sleep(0.5)
         out = {"listening": pss_mb(service.pid)}
-        subprocess.run([sys.executable, "-c", _CALL.format(seed=seed)], env=env, check=True)
+        subprocess.run([sys.executable, "-c", _CALL.format(seed=seed)], env=env, cwd=tree, check=True)
         out["after 1,000 texts"] = pss_mb(service.pid)
         time.sleep(1.0)
         out["1 s later"] = pss_mb(service.pid)

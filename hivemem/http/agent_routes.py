@@ -10,7 +10,7 @@ disconnects closes the stream, which stops the worker's generator at its next it
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -34,7 +34,7 @@ def add_agent_routes(
     app: FastAPI,
     pool: Any,
     fn: Callable[..., Any],
-    authorise: Callable[..., Scope],
+    authorise: Callable[..., Awaitable[Scope]],
     *,
     timeout: float | None = None,
 ) -> APIRouter:

@@ -48,7 +48,9 @@ class KeyRing:
     def required(self) -> bool:
         return bool(self._by_digest)
 
-    def __call__(self, credentials: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> Scope:
+    async def __call__(self, credentials: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> Scope:
+        # async (it never blocks: one SHA-256 and a dict lookup): FastAPI runs a sync dependency in a
+        # worker thread, a thread hop per request (docs/http.md, "CPU per request, round 2")
         scope = self.lookup(credentials.credentials if credentials else None)
         if scope is None:
             raise HTTPException(401, UNAUTHORIZED)

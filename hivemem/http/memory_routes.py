@@ -13,7 +13,7 @@ delete check every id before anything changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
@@ -99,7 +99,7 @@ def _scoped_add(scope: Scope, item: AddRequest) -> dict[str, Any]:
     return kwargs
 
 
-def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Scope]) -> APIRouter:
+def add_memory_routes(app: FastAPI, memory: Any, authorise: Callable[..., Awaitable[Scope]]) -> APIRouter:
     """Mount the ``/v1/memories`` routes for ``memory`` (a ``hivemem.Memory``) on ``app``."""
     router = APIRouter(prefix="/v1/memories", tags=["memories"], responses=_ERRORS)
 

@@ -58,6 +58,11 @@ VARIABLES: tuple[Variable, ...] = (
         "`1`: hybrid searches also weigh the mean vector of each memory's neighbours (`vector_context`;"
         " default `0`).",
     ),
+    Variable(
+        "HIVEMEM_EVENT_LOOP",
+        "event_loop",
+        "The service's event loop: `auto` (uvloop where installed, the default), `uvloop` or `asyncio`.",
+    ),
     Variable("OPENAI_API_KEY", "openai_api_key", "Used by the `openai` LLM provider at OpenAI's own URL."),
 )
 
@@ -86,6 +91,7 @@ class Settings:
     keyword_context: str | None
     keyword_dates: str | None
     vector_context: str | None
+    event_loop: str | None
     openai_api_key: str | None
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:

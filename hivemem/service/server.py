@@ -41,7 +41,7 @@ from hivemem.embed.onnx_backend import default_threads
 from hivemem.errors import AlreadyRunning, FrameTooLarge, ProtocolError, QueueFull, ServiceBusy
 from hivemem.infra import config as hm_config
 from hivemem.infra.locks import FileLock
-from hivemem.service import paths, wire
+from hivemem.service import eventloop, paths, wire
 from hivemem.service.admission import Admission
 from hivemem.service.metrics import ServiceMetrics
 from hivemem.service.replicas import build_engine, release_free_memory
@@ -154,6 +154,7 @@ class Service:
         self._writers: set[asyncio.StreamWriter] = set()
         self._stop = asyncio.Event()
         self._idle_since = time.monotonic()
+        self.event_loop = ""  # the kind of loop ``run`` runs on (eventloop.running)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class Service:
         self._stop.set()
 
     async def run(self) -> None:
+        self.event_loop = eventloop.running()
         sock = self.config.socket
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()  # we hold the pid lock, so any socket file here is stale
@@ -275,6 +277,7 @@ class Service:
             "cache": engine.get("cache"),
             "metrics": self.metrics.snapshot(),
             "memory_trims": self.trims,
+            "event_loop": self.event_loop,  # uvloop or asyncio (HIVEMEM_EVENT_LOOP)
             # where this process keeps its files (``hivemem status`` shows them)
             "home": str(hm_config.home()),
             "cache_path": str(hm_config.cache_path()) if self.config.cache else None,
@@ -428,6 +431,7 @@ def serve(config: ServiceConfig, companions: Sequence[Companion] = ()) -> None:
     config.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = PidLock(config.socket)  # before loading the model: a second service fails in milliseconds
     try:
+        loop = eventloop.choose()  # a bad HIVEMEM_EVENT_LOOP fails here too, before the model loads
         if config.replay is not None:
             from hivemem.service.spawn import write_options
 
@@ -444,7 +448,7 @@ def serve(config: ServiceConfig, companions: Sequence[Companion] = ()) -> None:
             max_pending=None,  # admission by permits bounds the texts in flight (Service.admission)
             cache=config.cache,
         )
-        asyncio.run(Service(engine, config, metrics, companions).run())
+        eventloop.run(Service(engine, config, metrics, companions).run(), loop)
         with contextlib.suppress(FileNotFoundError):  # stopped cleanly: nothing to bring back
             paths.options_path(config.socket).unlink()
     finally:

@@ -39,7 +39,7 @@ SERVICE_COMMAND = ("-m", "hivemem", "serve")
 EXIT_ALREADY_RUNNING = 3  # mirrors server.EXIT_ALREADY_RUNNING without importing the server side
 AUTO_IDLE_TIMEOUT = 600.0  # seconds without a client before an auto-started service exits
 # The environment variables a service reads, recorded so that its replacement sees the same ones.
-RECORDED_ENV = ("HIVEMEM_API_KEY", "HIVEMEM_HOME", "HIVEMEM_CACHE", "PYTHONPATH")
+RECORDED_ENV = ("HIVEMEM_API_KEY", "HIVEMEM_HOME", "HIVEMEM_CACHE", "HIVEMEM_EVENT_LOOP", "PYTHONPATH")
 
 
 def can_connect(sock: Path) -> bool:
