@@ -202,6 +202,12 @@ def rows(lab: I.Lab) -> dict[str, I.Ranker]:
     for share, w in ((0.3, 0.7), (0.7, 0.7), (1.0, 0.7), (0.5, 0.6), (0.5, 0.8)):  # its neighbourhood
         qd_ = question_dates(lab, share, 0)
         out[f"(around the best) {top} + question dates × {share} + vector context w {w}"] = on(boost=qd_, w=w)
+    # the library's choices (qdates, step 1): which memories the question dates may lift
+    for mode in ("all newest", "all cosine", "candidates"):
+        out[f"(library) {top} + question dates × 0.5 ({mode}) + vector context w 0.7"] = on(
+            boost=qd, w=0.7, boost_mode=mode
+        )
+        out[f"(library) {top} + question dates × 0.5 ({mode})"] = on(boost=qd, boost_mode=mode)
     # without run_id: the windows run over the whole scope (the conversation), across sessions
     scope = {f"date {d}": 1.0, f"context -2 (scope) date {d}": 0.5}
     out["(scope) D, windows in the conversation"] = I.mean_context(lab, 2, 0, False, scope, 0.5, 20)
