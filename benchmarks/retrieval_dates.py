@@ -17,7 +17,10 @@ context of the turn and the 2 before it in its session, w 0.5, pool 20; keyword 
   the vector context's weight and length, the candidate depth, neighbour smoothing, BM25 length
   normalisation (``lengths``), LoCoMo's image caption, and a date named in the question matched
   to the memory's date (``span``, ``question_dates``); then a few combinations of the rows that
-  passed, and the neighbourhood of the best one (is it a plateau or a spike?).
+  passed, and the neighbourhood of the best one (is it a plateau or a spike?);
+* rows "(library)": the question dates as a library can build them (``boost_mode`` of
+  ``mean_context``): every dated memory a keyword candidate with ties to the newest or the most
+  similar, or the boost on the fusion's own candidates only (what ``hybrid.fuse`` does).
 
 Only the keyword side sees the dates (the vectors are the turns', as a store that indexes date
 words would have). The figures and the decision are in docs/memory.md (Step 3: session dates).
