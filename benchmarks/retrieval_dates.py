@@ -17,7 +17,10 @@ context of the turn and the 2 before it in its session, w 0.5, pool 20; keyword 
   the vector context's weight and length, the candidate depth, neighbour smoothing, BM25 length
   normalisation (``lengths``), LoCoMo's image caption, and a date named in the question matched
   to the memory's date (``span``, ``question_dates``); then a few combinations of the rows that
-  passed, and the neighbourhood of the best one (is it a plateau or a spike?).
+  passed, and the neighbourhood of the best one (is it a plateau or a spike?);
+* rows "(library)": the question dates as a library can build them (``boost_mode`` of
+  ``mean_context``): every dated memory a keyword candidate with ties to the newest or the most
+  similar, or the boost on the fusion's own candidates only (what ``hybrid.fuse`` does).
 
 Only the keyword side sees the dates (the vectors are the turns', as a store that indexes date
 words would have). The figures and the decision are in docs/memory.md (Step 3: session dates).
@@ -202,6 +205,12 @@ def rows(lab: I.Lab) -> dict[str, I.Ranker]:
     for share, w in ((0.3, 0.7), (0.7, 0.7), (1.0, 0.7), (0.5, 0.6), (0.5, 0.8)):  # its neighbourhood
         qd_ = question_dates(lab, share, 0)
         out[f"(around the best) {top} + question dates × {share} + vector context w {w}"] = on(boost=qd_, w=w)
+    # the library's choices (qdates, step 1): which memories the question dates may lift
+    for mode in ("all newest", "all cosine", "candidates"):
+        out[f"(library) {top} + question dates × 0.5 ({mode}) + vector context w 0.7"] = on(
+            boost=qd, w=0.7, boost_mode=mode
+        )
+        out[f"(library) {top} + question dates × 0.5 ({mode})"] = on(boost=qd, boost_mode=mode)
     # without run_id: the windows run over the whole scope (the conversation), across sessions
     scope = {f"date {d}": 1.0, f"context -2 (scope) date {d}": 0.5}
     out["(scope) D, windows in the conversation"] = I.mean_context(lab, 2, 0, False, scope, 0.5, 20)

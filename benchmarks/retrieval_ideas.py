@@ -203,17 +203,25 @@ def fuse(
     w: float = hybrid.KEYWORD_WEIGHT,
     depth: int = DEPTH,
     pick: np.ndarray | None = None,
+    boost: np.ndarray | None = None,
+    tie: np.ndarray | None = None,
 ) -> np.ndarray:
     """``hybrid.fuse`` over the candidates it would see (a vector candidate outside the keyword
     side's ``depth`` gets no keyword score, as there); the others score -inf. ``pick``: the
-    vector side's candidates are the best ``depth`` by it (-inf: never), not by ``cos``."""
+    vector side's candidates are the best ``depth`` by it (-inf: never), not by ``cos``.
+    ``boost`` (question dates, ``retrieval_dates.py``): added to the keyword score of the fusion's
+    own candidates only (no new candidate); ``tie``: the keyword side's ties go to the higher
+    ``tie`` (else to the older turn)."""
     cand = np.zeros(len(cos), bool)
     order = np.lexsort((np.arange(len(cos)), -(cos if pick is None else pick)))[:depth]
     cand[order if pick is None else order[np.isfinite(pick[order])]] = True
     hit = np.flatnonzero(kw > 0)
-    kw_cand = hit[np.lexsort((hit, -kw[hit]))[:depth]]
+    second = hit if tie is None else -tie[hit]
+    kw_cand = hit[np.lexsort((hit, second, -kw[hit]))[:depth]]
     cand[kw_cand] = True
     kw = np.where(np.isin(np.arange(len(kw)), kw_cand), kw, 0.0)  # fuse knows only its keyword hits
+    if boost is not None:
+        kw = kw + np.where(cand, boost, 0.0)
     best = kw.max() if len(kw) else 0.0
     score = (cos + w * (kw / best if best > 0 else 0)) / ((1 + w) if best > 0 else 1)
     return np.where(cand, score, -np.inf)
@@ -405,6 +413,7 @@ def mean_context(
     depth: int = DEPTH,
     boost: Callable[[str, int], np.ndarray] | None = None,
     scale: Callable[[str, str], np.ndarray] | None = None,
+    boost_mode: str = "all",
 ) -> Ranker:
     """A context vector that costs no model call: the normalised mean of the *stored* vectors of
     the turn's window; cosine = (cos(q, turn) + w · cos(q, context)) / (1 + w); keyword as
@@ -415,7 +424,10 @@ def mean_context(
     session neighbours). ``fw``: the fusion's keyword weight; ``depth``: each side's candidates;
     ``boost`` (conversation, question index) → a score per turn added to the keyword side's
     (before it is divided by its best: ``retrieval_dates.py``); ``scale`` (store, conversation) →
-    a factor per turn for that store's keyword scores (length normalisation)."""
+    a factor per turn for that store's keyword scores (length normalisation). ``boost_mode``: "all"
+    (every boosted turn may become a keyword candidate, ties to the older turn), "all newest" /
+    "all cosine" (ties to the newer turn / the higher cosine), "candidates" (only the fusion's
+    own candidates get it)."""
     ctx: dict[str, np.ndarray] = {}
     for conv, ts in lab.raw.items():
         p, vecs = lab.pos[conv], lab.side("base").vecs[conv]
@@ -438,16 +450,20 @@ def mean_context(
                 for n, s in kw.items()
             )
         )
-        if boost is not None:
-            k = k + boost(conv, i)
         own = lab.side("base").vecs[conv] @ lab.qv[i]
+        extra, tie = None, None
+        if boost is not None and boost_mode == "candidates":
+            extra = boost(conv, i)
+        elif boost is not None:
+            k = k + boost(conv, i)
+            tie = {"all": None, "all newest": np.arange(len(own), dtype=float), "all cosine": own}[boost_mode]
         cos = (own + w * (ctx[conv] @ lab.qv[i])) / (1 + w)
         if pool is None:
-            return top(fuse(cos, k, fw, depth), cos)
+            return top(fuse(cos, k, fw, depth, boost=extra, tie=tie), cos)
         pick = np.full(len(cos), -np.inf)
         first = np.lexsort((np.arange(len(own)), -own))[:pool]
         pick[first] = cos[first]
-        fused = fuse(cos, k, fw, depth, pick=pick)
+        fused = fuse(cos, k, fw, depth, pick=pick, boost=extra, tie=tie)
         if g:
             every = fuse(cos, k, fw, depth=len(cos))
             near = np.array([max((every[j] for j in n), default=0.0) for n in lab.neigh[conv]])

@@ -152,6 +152,16 @@ class ScoreDetails(BaseModel):
     keyword_rank: int | None = None
     keyword_weight: float | None = Field(None, description="0 when no memory matched a query word.")
     fused: float | None = Field(None, description="The hybrid score.")
+    keyword_body: float | None = Field(None, description="keyword_context: the memory's own BM25.")
+    keyword_context: float | None = Field(None, description="keyword_context: its window's BM25.")
+    context_cosine: float | None = Field(None, description="vector_context: cosine of its window's mean.")
+    vector_score: float | None = Field(None, description="vector_context: the cosine part of the fusion.")
+    date_boost: float | None = Field(
+        None, description="keyword_dates: added to the keyword score (created on the query's date), or 0."
+    )
+    date_span: list[str] | None = Field(
+        None, description="keyword_dates: the first and last UTC day of the date the query names."
+    )
     rerank_score: float | None = None
     rank_before_rerank: int | None = None
 

@@ -49,8 +49,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "HIVEMEM_KEYWORD_DATES",
         "keyword_dates",
-        '`1`/`0`: index, or not, each memory\'s date ("8 May 2023") with its keyword text (`keyword_dates`;'
-        " unset: as the store has it, off for a new one).",
+        '`1`/`0`: index, or not, each memory\'s date ("8 May 2023") with its keyword text, and boost the'
+        " memories created on a date a hybrid query names (`keyword_dates`; unset: as the store has it,"
+        " off for a new one).",
     ),
     Variable(
         "HIVEMEM_VECTOR_CONTEXT",

@@ -46,6 +46,17 @@ the memory's own cosine. Only the fusion's candidates get it (``Storage.window_s
 LoCoMo development half that finds exactly what a second index over every mean would
 (benchmarks/retrieval_ideas.py, docs/memory.md).
 
+**Dates named in the query** (part of ``keyword_dates``, the store's ``Storage.dates``; issue 23):
+when the query names a date with a year (``datewords.query_span``: "May 3, 2023" is that UTC day,
+"in December 2023" that month), each of the fusion's candidates (either side's) whose
+``created_at`` falls in it gets ``DATE_SHARE`` added to its keyword score in the normalised-parts
+space (``kw = body / best + 0.5 × window / best + 0.5 × [in span]``; without the keyword context
+``body / best + 0.5 × [in span]``) before the fusion divides by the best, so a candidate created
+that day counts as a keyword match of it. Only candidates: no memory is added, no query is made
+(adding the day's other memories as candidates, newest or most similar first, lowered
+multi-hop recall@5 on the LoCoMo development half: docs/memory.md). A query without a date is
+fused exactly as before.
+
 ``explain=True`` gives each hit the parts of its score (``score_details``, see ``explain``); it is
 computed only when asked, from the lists the fusion already holds.
 
@@ -60,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hivemem.infra.settings import Settings
+from hivemem.memory.storage import datewords
 from hivemem.memory.storage.base import KEYWORD_PARTS
 
 if TYPE_CHECKING:
@@ -70,6 +82,7 @@ MODES = ("hybrid", "vector", "keyword")
 KEYWORD_WEIGHT = 0.4
 CONTEXT_SHARE = 0.5  # the window's share of the keyword score when context is on (docs/memory.md)
 VECTOR_CONTEXT_SHARE = 0.5  # the window mean's share of the cosine with vector_context (docs/memory.md)
+DATE_SHARE = 0.5  # added to the normalised keyword score of a candidate created on the query's date
 MAX_TERMS = 32  # words of a query used for the keyword side (bounds the cost of a hostile query)
 MAX_TERM_CHARS = 64  # longer "words" are not words: skipped
 
@@ -110,14 +123,21 @@ def fuse(
     explain: bool = False,
     context: dict[str, float] | None = None,
     context_weight: float = VECTOR_CONTEXT_SHARE,
+    span: tuple[str, str] | None = None,
+    summed: bool = False,
+    dates: bool = False,
 ) -> list[dict[str, Any]]:
     """The fusion rule of the module docstring, as a pure function.
 
     ``vector_hits`` carry their exact cosine as ``score``; ``keyword_hits`` their keyword score
     (> 0, higher is better, any scale); ``cosines`` holds the exact cosine of every keyword hit
     that is not a vector hit; ``context`` (vector context on) the cosine of each candidate's
-    window mean, weighed by ``context_weight``. Returns at most ``top_k`` records (copies) with the
-    fused ``score`` (and ``score_details`` when ``explain``).
+    window mean, weighed by ``context_weight``. ``span``: the query's date (``query_dates``); the
+    candidates created then get ``DATE_SHARE`` (module docstring), added to the keyword score as
+    is when it is ``summed`` (the keyword context's sum of normalised parts), else to score / best;
+    ``dates``: the store boosts dates (``explain`` then shows ``date_boost`` and ``date_span``).
+    Returns at most ``top_k`` records (copies) with the fused ``score`` (and ``score_details``
+    when ``explain``).
     """
     cos: dict[str, float] = {h["id"]: float(h["score"]) for h in vector_hits}
     records: dict[str, dict[str, Any]] = {h["id"]: h for h in vector_hits}
@@ -128,6 +148,13 @@ def fuse(
         records.setdefault(h["id"], h)
         if h["id"] not in cos and h["id"] in cosines:
             cos[h["id"]] = float(cosines[h["id"]])
+    dated = _dated(records, cos, span)
+    if dated:  # the query's date (module docstring): in the normalised-parts space, then / its best
+        base = {h["id"]: float(h["score"]) if summed else float(h["score"]) / best for h in keyword_hits}
+        for mid in dated:
+            base[mid] = base.get(mid, 0.0) + DATE_SHARE
+        top = max(base.values())
+        kw = {mid: value / top for mid, value in base.items()}
     divisor = 1 + weight if kw else 1.0  # no keyword hit at all: the score is the cosine (as Mem0)
     scored = []
     vec: dict[str, float] = {}  # the vector side's part: the cosine, with context the mix
@@ -163,7 +190,25 @@ def fuse(
             if context is not None:
                 r["score_details"]["context_cosine"] = context.get(mid)
                 r["score_details"]["vector_score"] = vec[mid]
+            if dates:
+                r["score_details"]["date_boost"] = DATE_SHARE if mid in dated else 0.0
+                r["score_details"]["date_span"] = list(span) if span is not None else None
     return out
+
+
+def _dated(
+    records: dict[str, dict[str, Any]], cos: dict[str, float], span: tuple[str, str] | None
+) -> set[str]:
+    """The candidates (those with a cosine) created on a day of ``span`` (none without a span)."""
+    if span is None:
+        return set()
+    return {mid for mid in cos if datewords.in_span(str(records[mid].get("created_at") or ""), span)}
+
+
+def query_dates(storage: Storage, query: str) -> tuple[str, str] | None:
+    """The days of the date ``query`` names (``datewords.query_span``) when ``storage`` boosts dates
+    (``Storage.dates``: ``keyword_dates``), else None without reading the query."""
+    return datewords.query_span(query) if storage.dates else None
 
 
 def _context_details(parts: tuple[float, float] | None) -> dict[str, float | None]:
@@ -224,6 +269,7 @@ def configure_context(
     except BaseException:
         storage.close()
         raise
+    storage.dates = storage.has_dates()
     storage.context = CONTEXT_SHARE if keyword else 0.0
     storage.vector_context = VECTOR_CONTEXT_SHARE if vector else 0.0
 
@@ -254,11 +300,13 @@ def search(
     top_k: int,
     threshold: float | None,
     explain_scores: bool = False,
+    span: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One search through the storage primitives; every backend gets the same semantics.
 
     A backend without the keyword side is searched in vector mode when ``mode`` is hybrid.
-    ``explain_scores``: each hit also gets its ``score_details`` (``fuse``, ``explain``)."""
+    ``explain_scores``: each hit also gets its ``score_details`` (``fuse``, ``explain``);
+    ``span``: the days of the date the query names (``query_dates``; hybrid mode)."""
     if mode == "hybrid" and not has_keywords(storage):
         mode = "vector"
     if mode != "hybrid":
@@ -290,6 +338,9 @@ def search(
         explain=explain_scores,
         context=context,
         context_weight=storage.vector_context,
+        span=span,
+        summed=storage.context > 0,
+        dates=storage.dates,
     )
 
 

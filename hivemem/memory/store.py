@@ -54,7 +54,6 @@ _OPTIONS = ("keyword_context", "vector_context", "keyword_dates")  # of Memory()
 _CONFIG_KEYS = {"path", "vector_store", "embedder", "llm", "reranker", "history_db_path", "version"}
 _CONFIG_KEYS |= {"custom_instructions", "custom_fact_extraction_prompt", *_OPTIONS}
 
-
 # Results one get_all/search may ask for (Python; HTTP has lower caps). SQLite's LIMIT is a 64-bit
 # integer: 10**20 was an OverflowError from the driver.
 MAX_TOP_K = 1_000_000_000
@@ -532,10 +531,11 @@ class Memory:
         terms = hybrid.query_terms(query) if mode != "vector" else []
         vector = None if mode == "keyword" else np.asarray(self.embedder.embed_one(query), dtype=np.float32)
         depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
+        dates = hybrid.query_dates(self._storage, query)  # the days it names: hybrid mode boosts them
 
         def search() -> list[dict[str, Any]]:  # in a read snapshot, of a group on SQLite (searching.py)
             live = self._live(where, show_expired)
-            return hybrid.search(self._storage, mode, vector, terms, live, depth, threshold, explain)
+            return hybrid.search(self._storage, mode, vector, terms, live, depth, threshold, explain, dates)
 
         hits = self._searches.run(search)
         if reranker is not None:

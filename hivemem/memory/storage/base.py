@@ -180,6 +180,9 @@ class Storage(abc.ABC):
     _history: str
     context: float = 0.0  # keyword_search's share for each memory's window (hybrid.configure_context)
     vector_context: float = 0.0  # hybrid's share for each window's mean vector (hybrid.configure_context)
+    dates: bool = (
+        False  # the keyword text holds date words, dates in queries boost (hybrid.configure_context)
+    )
 
     # -- the backend's own ---------------------------------------------------------------------
 
@@ -192,6 +195,10 @@ class Storage(abc.ABC):
     def keyword_dates(self, on: bool) -> None:
         """Index each memory's date words (``datewords``) with its text, ``on``, or not: the store's
         keyword layout, re-indexed when it differs (SQLite ``fts.py``, PostgreSQL ``pgkeyword.py``)."""
+
+    @abc.abstractmethod
+    def has_dates(self) -> bool:
+        """Whether the store's keyword text holds the date words now (``keyword_dates``)."""
 
     @abc.abstractmethod
     def enable_vector_context(self) -> None:

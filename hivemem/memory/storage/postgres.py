@@ -214,6 +214,9 @@ class PostgresStorage(Storage):
             with session_lock(conn, self.schema), conn.transaction():
                 pgcontext.install(conn, self._ns, self.schema)
 
+    def has_dates(self) -> bool:
+        return self._keywords.column == "dated"
+
     def keyword_dates(self, on: bool) -> None:
         """Search the ``dated`` column (``on``: made if the store has none) or ``words`` (``off``:
         ``dated`` dropped if the store has it): ``pgdates``, under the schema's lock."""

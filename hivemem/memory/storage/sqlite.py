@@ -235,6 +235,9 @@ class SQLiteStorage(Storage):
         while pending[0]:
             self._opening(lambda: step(fts.backfill_context))
 
+    def has_dates(self) -> bool:
+        return fts.dated(self._db())
+
     def keyword_dates(self, on: bool) -> None:
         """Index each memory's date words with its text (``on``) or not (``datewords``): when the
         store has the other layout, ``memories_fts`` is re-indexed in one transaction (``fts``),
