@@ -215,8 +215,9 @@ class PostgresStorage(Storage):
                 pgcontext.install(conn, self._ns, self.schema)
 
     def keyword_dates(self, on: bool) -> None:
-        """Search the ``dated`` column (``on``: made if the store has none) or ``words`` (``off``:
-        ``dated`` dropped if the store has it): ``pgdates``, under the schema's lock."""
+        """Turn the store's ``keyword_dates`` on (the ``dated`` column made if the store has none
+        at this rendering) or off (the column kept): ``pgdates``, under the schema's lock. Every
+        open process follows at its next search (``pgkeyword.KeywordSearch.follow``)."""
         with self._pool.connection() as conn:
             if pgdates.dates_ready(conn, self._ns) != on:
                 with session_lock(conn, self.schema), conn.transaction():
