@@ -10,7 +10,6 @@ memories already there.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -97,17 +96,15 @@ def add(
     timestamp: str | None = typer.Option(
         None,
         "--timestamp",
-        help="When it was created: Unix seconds, or an ISO date (its start, UTC) or datetime.",
+        help="When it was created: an ISO date (its start, UTC; 8 digits: YYYYMMDD) or datetime,"
+        " or Unix seconds (other digits).",
     ),
     path: str | None = PathOpt,
 ) -> None:
     """Add one memory (event NONE with the existing id if the text is already in the scope)."""
     meta = _json_opt(metadata, "--metadata")
     scope = {"user_id": user_id, "agent_id": agent_id, "run_id": run_id}
-    stamp: str | float | None = timestamp
-    if timestamp is not None and re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", timestamp.strip()):
-        stamp = float(timestamp)  # Unix seconds
-    dates = {"expiration_date": expiration_date, "timestamp": stamp}
+    dates = {"expiration_date": expiration_date, "timestamp": timestamp}  # read as the library reads them
     _answer(path, lambda m: m.add(text, **scope, metadata=meta, infer=infer, **dates))
 
 

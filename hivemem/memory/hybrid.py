@@ -269,7 +269,6 @@ def configure_context(
     except BaseException:
         storage.close()
         raise
-    storage.dates = storage.has_dates()
     storage.context = CONTEXT_SHARE if keyword else 0.0
     storage.vector_context = VECTOR_CONTEXT_SHARE if vector else 0.0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -105,7 +106,12 @@ def now() -> str:
 # date means the END of that day in UTC for ``expiration_date`` (``"2026-12-31"`` expires at
 # ``2027-01-01T00:00:00.000000+00:00``) and its START for ``timestamp``. Years 1 to 9999 in UTC. A
 # memory is expired once its instant is not in the future.
+# A ``timestamp`` string of digits is Unix seconds (with an optional sign and fraction), as the CLI
+# and HTTP take it, except exactly 8 digits: the ISO basic date YYYYMMDD (``"20230508"``), as for
+# ``expiration_date`` (seconds of 8 digits, 1973 to 1976, are written with a fraction: ``"99999999.0"``).
 MAX_DATE_CHARS = 64
+_SECONDS = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+_BASIC_DATE = re.compile(r"[0-9]{8}")
 
 
 def instant(moment: datetime) -> str:
@@ -127,16 +133,19 @@ def moment(value: Any, name: str, *, end_of_day: bool = False, seconds: bool = F
                 field=field,
             )
         text = value.strip()
-        try:
-            timed = any(c in text for c in "T :")  # else a date, also in the basic form 20261231
-            value = datetime.fromisoformat(text) if timed else date.fromisoformat(text)
-        except ValueError:
-            raise ValueError(
-                f"{name} {value[:MAX_DATE_CHARS]!r} is not an ISO 8601 date (2026-12-31) or datetime "
-                "(2026-12-31T18:00:00Z, 2026-12-31T18:00:00+02:00)"
-                + (", or Unix seconds as a number" if seconds else "")
-            ) from None
-    elif seconds and isinstance(value, int | float) and not isinstance(value, bool):
+        if seconds and _SECONDS.fullmatch(text) and not _BASIC_DATE.fullmatch(text):
+            value = float(text) if "." in text else int(text)  # Unix seconds (the comment above)
+        else:
+            try:
+                timed = any(c in text for c in "T :")  # else a date, also in the basic form 20261231
+                value = datetime.fromisoformat(text) if timed else date.fromisoformat(text)
+            except ValueError:
+                raise ValueError(
+                    f"{name} {value[:MAX_DATE_CHARS]!r} is not an ISO 8601 date (2026-12-31, 20261231)"
+                    " or datetime (2026-12-31T18:00:00Z, 2026-12-31T18:00:00+02:00)"
+                    + (", or Unix seconds (8 digits: write 12345678.0)" if seconds else "")
+                ) from None
+    if seconds and isinstance(value, int | float) and not isinstance(value, bool):
         try:
             if not math.isfinite(value):
                 raise OverflowError
@@ -158,6 +167,18 @@ def moment(value: Any, name: str, *, end_of_day: bool = False, seconds: bool = F
 def expiry(value: Any, where: str = "") -> str | None:
     """``expiration_date`` (None: never expires) → the instant it expires (``moment``)."""
     return None if value is None else moment(value, f"{where}expiration_date", end_of_day=True)
+
+
+def imported(text: str, name: str) -> str:
+    """An imported time (``created_at``, ``updated_at``) as hivemem stores times: UTC, so that date
+    words (``keyword_dates``), filters and sorting see the UTC instant. A UTC datetime as
+    ``now``/``moment`` write them (``…T…+00:00``) is kept as written (an export imports unchanged);
+    another ISO date or datetime is converted (``moment``); other text is kept as given."""
+    try:
+        found = moment(text, name)
+    except ValueError:
+        return text
+    return text if len(text) > 19 and text[10] == "T" and text.endswith("+00:00") else found
 
 
 def created(value: Any, where: str = "") -> str:

@@ -38,6 +38,7 @@ from hivemem.memory.records import (
     check_text,
     content_hash,
     expiry,
+    imported,
     now,
     scope_key,
 )
@@ -118,12 +119,19 @@ def _event(raw: Any, memory_id: str, where: str) -> dict[str, Any]:
         "old_memory": raw.get("old_memory"),
         "new_memory": raw.get("new_memory"),
         "event": raw["event"],
-        "created_at": _opt_str(raw.get("created_at"), f"{where}: created_at", MAX_STAMP),
-        "updated_at": _opt_str(raw.get("updated_at"), f"{where}: updated_at", MAX_STAMP),
+        "created_at": _stamp(raw.get("created_at"), f"{where}: created_at"),
+        "updated_at": _stamp(raw.get("updated_at"), f"{where}: updated_at"),
         "is_deleted": bool(raw.get("is_deleted", False)),
         "actor_id": _opt_str(raw.get("actor_id"), f"{where}: actor_id", MAX_ID),
         "role": _opt_str(raw.get("role"), f"{where}: role", MAX_ID),
     }
+
+
+def _stamp(value: Any, what: str) -> str | None:
+    """A time of the file (at most ``MAX_STAMP`` characters), in UTC as hivemem stores times
+    (``records.imported``: the date words of ``keyword_dates`` are the UTC date's)."""
+    text = _opt_str(value, what, MAX_STAMP)
+    return None if text is None else imported(text, what)
 
 
 def _history(rec: dict[str, Any], memory_id: str, where: str) -> list[dict[str, Any]]:
@@ -160,8 +168,8 @@ def parse_line(
     if not any(ids.values()):
         raise ValueError(f"{where}: at least one of user_id, agent_id or run_id is required")
     memory_id = check_memory_id(rec["id"], f"{where}: ") if rec.get("id") is not None else str(uuid.uuid4())
-    created = _opt_str(rec.get("created_at"), f"{where}: created_at", MAX_STAMP) or now()
-    updated = _opt_str(rec.get("updated_at"), f"{where}: updated_at", MAX_STAMP) or created
+    created = _stamp(rec.get("created_at"), f"{where}: created_at") or now()
+    updated = _stamp(rec.get("updated_at"), f"{where}: updated_at") or created
     role = _opt_str(rec.get("role"), f"{where}: role", MAX_ID) or "user"
     actor = _opt_str(rec.get("actor_id"), f"{where}: actor_id", MAX_ID)
     memory = NewMemory(

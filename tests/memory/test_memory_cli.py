@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from hivemem import Embedder, Memory
 from hivemem.app.cli import app
+from hivemem.memory import records
 
 
 def test_cli_round_trip(location: str, tmp_path: Path, hm_home: Path) -> None:
@@ -37,13 +38,17 @@ def test_cli_round_trip(location: str, tmp_path: Path, hm_home: Path) -> None:
 
 
 def test_cli_add_takes_a_timestamp(tmp_path: Path, hm_home: Path) -> None:
-    """``memory add --timestamp``: Unix seconds or an ISO date/datetime become created_at; a
-    malformed one is refused naming it (exit 2, one line, nothing stored)."""
+    """``memory add --timestamp``: Unix seconds or an ISO date/datetime become created_at, as the
+    library reads the same text (8 digits: the basic date, not seconds in 1970); a malformed one is
+    refused naming it (exit 2, one line, nothing stored)."""
     run, db = CliRunner(), str(tmp_path / "t.sqlite")
     want = {
         "1683554160": "2023-05-08T13:56:00.000000+00:00",
         "2023-05-08": "2023-05-08T00:00:00.000000+00:00",
+        "20230508": "2023-05-08T00:00:00.000000+00:00",
+        "99999999.5": "1973-03-03T09:46:39.500000+00:00",
     }
+    assert all(records.created(stamp) == at for stamp, at in want.items())
     for stamp in want:
         args = ["memory", "add", f"went out {stamp}", "--user-id", "al", "--timestamp", stamp, "--path", db]
         out = run.invoke(app, args)
@@ -52,7 +57,7 @@ def test_cli_add_takes_a_timestamp(tmp_path: Path, hm_home: Path) -> None:
     assert [r["created_at"] for r in listed] == list(want.values())
     bad = run.invoke(app, ["memory", "add", "never", "--user-id", "al", "--timestamp", "soon", "--path", db])
     assert bad.exit_code != 0 and "timestamp" in bad.output and "Traceback" not in bad.output
-    assert len(json.loads(run.invoke(app, ["memory", "list", "--path", db]).output)["results"]) == 2
+    assert len(json.loads(run.invoke(app, ["memory", "list", "--path", db]).output)["results"]) == len(want)
 
 
 def test_export_import_moves_a_store_between_backends(

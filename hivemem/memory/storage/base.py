@@ -180,9 +180,12 @@ class Storage(abc.ABC):
     _history: str
     context: float = 0.0  # keyword_search's share for each memory's window (hybrid.configure_context)
     vector_context: float = 0.0  # hybrid's share for each window's mean vector (hybrid.configure_context)
-    dates: bool = (
-        False  # the keyword text holds date words, dates in queries boost (hybrid.configure_context)
-    )
+
+    @property
+    def dates(self) -> bool:
+        """Whether dates named in a query boost (``keyword_dates``): the store's state now, so a
+        process follows another's toggle (PostgreSQL: as of this process's last keyword search)."""
+        return self.has_dates()
 
     # -- the backend's own ---------------------------------------------------------------------
 

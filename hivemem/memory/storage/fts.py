@@ -193,7 +193,9 @@ _DROP = (
 
 def ensure_schema(db: sqlite3.Connection, dates: bool | None = None) -> bool:
     """Create (or re-create, for another layout) the index; the caller holds a write transaction.
-    ``dates``: with the date words (``LAYOUT_DATED``) or without; None: as the store has it. A
+    ``dates``: with the date words (``LAYOUT_DATED``) or without; None: as the store has it (a
+    caller that changes it re-makes the context in the same transaction, ``ensure_context``: its
+    windows hold the date words too, ``CONTEXT_LAYOUT_DATED``). A
     re-index is one transaction (contentless FTS5 cannot tell which rows a partial one holds): an
     interrupted one leaves the old index and its mark, and the next open redoes it. → whether the
     index was (re)built."""
@@ -204,7 +206,7 @@ def ensure_schema(db: sqlite3.Connection, dates: bool | None = None) -> bool:
     if exists and have and have[0] == want:
         merge_eagerly(db, "memories_fts")
         return False
-    for sql in _DROP:  # the context table (``memories_ctx``) holds no date words: it stays
+    for sql in _DROP:  # not the context table: a caller changing ``dates`` re-makes it (``ensure_context``)
         db.execute(sql)
     statements = schema(want == LAYOUT_DATED)
     for sql in statements[:-1]:
@@ -342,12 +344,13 @@ class KeywordIndex:
     counts, its version) and the scoring."""
 
     def __init__(self) -> None:
-        # (store, FTS query) → (count, store size, store version when counted)
-        self._counts: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
+        # (store, its rewrites, its keyword layout, FTS query) → (count, store size, store version
+        # when counted); the layout: another process's re-index (``keyword_dates``) bumps no version
+        self._counts: OrderedDict[tuple[str, int, str, str], tuple[int, int, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _count(self, db: sqlite3.Connection, state: StoreState, fts_query: str, exact: bool) -> int:
-        key, size = (state.uid, fts_query), state.high
+        key, size = (state.uid, state.epoch, state.keywords, fts_query), state.high
         with self._lock:
             hit = self._counts.get(key)
         if hit is not None:

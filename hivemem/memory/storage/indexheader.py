@@ -35,11 +35,12 @@ class StoreState:
     seq: int  # last entry of the changes log
     pruned: int  # the changes log was trimmed up to here
     high: int  # highest row id ever given (AUTOINCREMENT's high-water mark)
+    keywords: str = ""  # meta 'fts': the keyword index's layout mark (``fts.LAYOUT`` or ``LAYOUT_DATED``)
 
 
 _STATE = (
     "SELECT " + ", ".join(f"(SELECT value FROM meta WHERE key = '{k}')"
-                          for k in ("uid", "rewrites", "model_id", "dim", "version", "pruned"))
+                          for k in ("uid", "rewrites", "model_id", "dim", "version", "pruned", "fts"))
     + ", (SELECT coalesce(max(seq), 0) FROM changes)"
 )  # fmt: skip
 _HIGH = "(SELECT seq FROM sqlite_sequence WHERE name = 'memories')"
@@ -52,7 +53,7 @@ def read_state(db: sqlite3.Connection) -> StoreState:
         row = db.execute(f"{_STATE}, {_HIGH}").fetchone()
     except sqlite3.OperationalError:  # a store made before row ids were AUTOINCREMENT
         row = (*db.execute(_STATE).fetchone(), None)
-    uid, epoch, model, dim, version, pruned, seq, high = row
+    uid, epoch, model, dim, version, pruned, keywords, seq, high = row
     if high is None:
         high = db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
     return StoreState(
@@ -64,6 +65,7 @@ def read_state(db: sqlite3.Connection) -> StoreState:
         seq=int(seq),
         pruned=int(pruned or 0),
         high=int(high),
+        keywords=str(keywords or ""),
     )
 
 

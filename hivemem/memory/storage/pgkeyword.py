@@ -39,7 +39,10 @@ same rows, so that hybrid search ranks alike on both backends:
   in SQL; a large one reads each kept word's rows (``Postings``: kept per process) and scores
   them in numpy exactly as ``fts.py`` does, so equal inputs give equal scores.
 * **Date words** (``keyword_dates``): the store's ``dated`` column (``pgdates``) is searched in
-  place of ``words`` (``KeywordSearch.column``) when the store has it.
+  place of ``words`` (``KeywordSearch.column``) while the option is on. Each search reads the
+  option in a statement it makes anyway (the first one, or ``Postings.refresh``); when it changed
+  (another process turned it on or off), the column follows, the kept lists and counts are
+  dropped, and the search starts again: every open process searches as a fresh one would.
 * **Text limit**: the first ``MAX_INDEXED_CHARS`` characters of ``hm_words(memory)`` are indexed
   (a ``tsvector`` holds at most 1 MB); SQLite indexes all of it.
 
@@ -57,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from hivemem.memory.filters import Cond, Logic, Node
+from hivemem.memory.storage import pgdates
 from hivemem.memory.storage.fts import RANK_BUDGET, SCOPE_ROWS_MAX, Parts, bm25, rank, rarest_words
 from hivemem.memory.storage.pgpostings import Entry, Postings, int8s, lexeme_of
 from hivemem.memory.storage.pgwords import PREFIX, SCOPE_FIELDS, config
@@ -137,13 +141,28 @@ class KeywordSearch:
 
     @column.setter
     def column(self, name: str) -> None:
-        """Search ``name`` (``words`` or ``dated``) from now on; the lists kept of the other go."""
-        if name != self._column:
-            self._column = name
-            self.postings = Postings(self.ns)
-            self.postings.column = name
-            with self._lock:
+        """Search ``name`` (``words`` or ``dated``) from now on; the lists and counts kept of the
+        other go."""
+        with self._lock:
+            if name != self._column:
+                postings = Postings(self.ns)
+                postings.column = name
+                self._column, self.postings = name, postings
                 self._counts.clear()
+
+    def follow(self, dates: str | None) -> bool:
+        """Search the column the store's ``keyword_dates`` state names (``pgdates.state``, read by
+        the caller's statement) → whether it changed (the caller's search starts again)."""
+        name = pgdates.column(dates)
+        if name == self._column:
+            return False
+        self.column = name
+        return True
+
+    def _state(self, conn: Any) -> None:
+        """Follow the store's ``keyword_dates`` state, read alone (a large search that made no
+        statement reading it yet: one round trip among its several)."""
+        self.follow(conn.execute(f"SELECT {pgdates.state(self.ns)}").fetchone()[0])
 
     # -- counts ----------------------------------------------------------------------------------
 
@@ -196,9 +215,11 @@ class KeywordSearch:
     # -- search ----------------------------------------------------------------------------------
 
     def search(
-        self, conn: Any, terms: list[str], where: Node | None, sql: str, params: list[Any], k: int
-    ) -> list[tuple[tuple[Any, ...], float]]:
-        """``(row, relevance > 0)`` of the best ``k`` rows passing ``sql`` that hold a term."""
+        self, conn: Any, terms: list[str], where: Node | None, sql: str, params: list[Any], k: int,
+        again: bool = True,
+    ) -> list[tuple[tuple[Any, ...], float]]:  # fmt: skip
+        """``(row, relevance > 0)`` of the best ``k`` rows passing ``sql`` that hold a term
+        (``again``: start again once if the store's ``keyword_dates`` state changed)."""
         ns, scope = self.ns, Scope(where)
         size = self._size
         scope_key = ("scope", scope.sql, tuple(scope.params))
@@ -216,26 +237,34 @@ class KeywordSearch:
             )  # fmt: skip
             got = conn.execute(
                 f"WITH n AS MATERIALIZED (SELECT (SELECT coalesce(max(rid), 0) FROM {ns}.memories) AS size,"
-                f" {count} AS rows), {match} SELECT n.size, n.rows, r.* FROM n{self._result()}",
+                f" {count} AS rows, {pgdates.state(ns)} AS dates), {match}"
+                f" SELECT n.size, n.rows, n.dates, r.* FROM n{self._result()}",
                 [*first, terms, SCOPE_ROWS_MAX, len(terms), RANK_BUDGET, *params,
                  *([scope.query] if scope.query else []), k],
             ).fetchall()  # fmt: skip
             size, rows = int(got[0][0]), int(got[0][1])
             self._size = size
+            if self.follow(got[0][2]) and again:  # searched the other column: the state changed
+                return self.search(conn, terms, where, sql, params, k, False)
             if rows <= SCOPE_ROWS_MAX and rows * len(terms) <= RANK_BUDGET:
-                return [(r[2:-1], float(r[-1])) for r in got if r[2] is not None]
+                return [(r[3:-1], float(r[-1])) for r in got if r[3] is not None]
             if scope.query and rows > RANK_BUDGET:  # small counts change with every write
                 self._remember(scope_key, rows, size, at_least=rows > SCOPE_ROWS_MAX)
         cache = self.postings if scope.only else None
         generation = 0
         expired: np.ndarray | None = None
         if cache is not None:  # brought up to date before it is read (and its size is current)
-            size, generation = cache.refresh(conn)
+            size, generation, dates = cache.refresh(conn)
             self._size = size
-            if not generation:  # an older snapshot than the lists' (``Postings.refresh``): from GIN
+            if self.follow(dates) and again:  # the lists are of the other column: start again
+                return self.search(conn, terms, where, sql, params, k, False)
+            # an older snapshot than the lists' (``Postings.refresh``), or the state changed again: from GIN
+            if not generation or cache is not self.postings:
                 cache = None
             elif scope.expiry:  # the rows the expiry test leaves out (an expiry change writes no tx)
                 expired = self._expired(conn, scope.bound)
+        elif hit is not None:  # no statement read the keyword_dates state yet
+            self._state(conn)
         scoped = bool(scope.query)
         if rows > SCOPE_ROWS_MAX:  # the scope's lexeme list would be walked for every word
             scoped, rows = False, max(size, 1)
@@ -267,7 +296,7 @@ class KeywordSearch:
 
     def search_context(
         self, conn: Any, terms: list[str], where: Node | None, sql: str, params: list[Any], k: int,
-        share: float, always: bool,
+        share: float, always: bool, again: bool = True,
     ) -> tuple[list[tuple[tuple[Any, ...], float]], Parts]:  # fmt: skip
         """As ``search``, each memory's window (``pgcontext``) scored too, with ``share``, by
         SQLite's code (``fts.bm25``, ``fts.rank``): the body's and the windows' BM25 over the rows
@@ -277,24 +306,42 @@ class KeywordSearch:
         kept word's body and window rows from ``Postings`` (kept per process, the windows followed
         by ``memories_ctx.tx``), the others from GIN in one statement: reading ~15,000 window rows
         through GIN, a heap visit each, made such a search ~13× one without the option
-        (docs/memory.md#the-keyword-contexts-cost-2026-12-06)."""
+        (docs/memory.md#the-keyword-contexts-cost-2026-12-06). A small one never touches the
+        lists (``Postings.refresh`` holds a per-process lock across its round trip): one
+        statement reads the store's size, the scope's count and the ``keyword_dates`` state."""
         ns, scope = self.ns, Scope(where)
         scope_key = ("scope", scope.sql, tuple(scope.params))
-        size, generation = self.postings.refresh(conn)  # (the store's size, in the same round trip)
-        self._size = size
-        hit = self._cached(scope_key, size) if scope.query else None
-        rows = size
-        if hit is not None:
-            rows = hit[0]
-        elif scope.query:
-            rows = int(conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {ns}.memories WHERE {scope.sql} LIMIT %s) x",
-                [*scope.params, SCOPE_ROWS_MAX + 1],
-            ).fetchone()[0])  # fmt: skip
-            if rows > RANK_BUDGET:  # small counts change with every write
+
+        def large(rows: int) -> bool:  # as ``search``'s lists path
+            return rows > SCOPE_ROWS_MAX or rows * len(terms) > RANK_BUDGET
+
+        hit = self._cached(scope_key, self._size) if scope.query else None
+        postings, generation = self.postings, -1  # -1: the lists not brought up to date
+        if hit is not None or (not scope.query and large(self._size)):  # the lists will be read
+            size, generation, dates = postings.refresh(conn)  # (the size, the state: same round trip)
+            rows = size if hit is None else hit[0]
+        else:
+            count = "NULL"
+            if scope.query:
+                count = f"(SELECT count(*) FROM (SELECT 1 FROM {ns}.memories WHERE {scope.sql} LIMIT %s) x)"
+            got = conn.execute(
+                f"SELECT (SELECT coalesce(max(rid), 0) FROM {ns}.memories), {pgdates.state(ns)}, {count}",
+                [*scope.params, SCOPE_ROWS_MAX + 1] if scope.query else [],
+            ).fetchone()
+            size, dates = int(got[0]), got[1]
+            rows = size if got[2] is None else int(got[2])
+            if scope.query and rows > RANK_BUDGET:  # small counts change with every write
                 self._remember(scope_key, rows, size, at_least=rows > SCOPE_ROWS_MAX)
-        large = rows > SCOPE_ROWS_MAX or rows * len(terms) > RANK_BUDGET  # as ``search``'s lists path
-        cache = self.postings if large and generation else None  # generation 0: an older snapshot
+        self._size = size
+        if self.follow(dates) and again:  # the store's keyword_dates state changed: start again
+            return self.search_context(conn, terms, where, sql, params, k, share, always, False)
+        if large(rows) and generation < 0:
+            size, generation, dates = postings.refresh(conn)
+            self._size = size
+            if self.follow(dates) and again:
+                return self.search_context(conn, terms, where, sql, params, k, share, always, False)
+        # generation 0: an older snapshot; another object: the state changed again meanwhile
+        cache = postings if large(rows) and generation > 0 and postings is self.postings else None
         scoped = bool(scope.query) and rows <= SCOPE_ROWS_MAX
         if not scoped:  # no scope, or one whose lexeme list would be walked for every word
             rows = size

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from hivemem.memory.storage import pgdates
+
 MAX_CACHED = 2_000_000  # row ids a process keeps in ``Postings`` (16 MB), both kinds of list together
 MAX_CHANGES = 5_000  # rows changed since the last search above which ``Postings`` starts afresh
 
@@ -128,11 +130,12 @@ class Postings:
                 self.dropped += 1
             part.clear()
 
-    def refresh(self, conn: Any) -> tuple[int, int]:
+    def refresh(self, conn: Any) -> tuple[int, int, str | None]:
         """Bring the cache up to the current snapshot of ``conn`` → ``(the store's highest row
-        id, generation)``; lists read after this, for ``put``, carry the generation. Generation
-        0: the snapshot misses something the cache's saw (an older ``snapshot()`` transaction):
-        nothing is changed, and the lists must not be used."""
+        id, generation, the keyword_dates state: pgdates.state)``; lists read after this, for
+        ``put``, carry the generation. Generation 0: the snapshot misses something the cache's
+        saw (an older ``snapshot()`` transaction): nothing is changed, and the lists must not be
+        used. (A state that names another column than ``column``: the caller drops this cache.)"""
         ns = self.ns
         body, windows = self._parts
         with self._lock:
@@ -143,7 +146,7 @@ class Postings:
                     "SELECT pg_current_snapshot()::text, pg_snapshot_xmin(pg_current_snapshot())::text,"
                     f" (SELECT value FROM {ns}.meta WHERE key = 'epoch'),"
                     f" (SELECT value FROM {ns}.meta WHERE key = 'pruned'),"
-                    f" (SELECT coalesce(max(rid), 0) FROM {ns}.memories),"
+                    f" (SELECT coalesce(max(rid), 0) FROM {ns}.memories), {pgdates.state(ns)},"
                     # behind: a transaction the previous snapshot saw is not seen by this one
                     " %s::pg_snapshot IS NOT NULL AND (pg_snapshot_xmax(pg_current_snapshot())"
                     " < pg_snapshot_xmax(%s::pg_snapshot) OR EXISTS (SELECT 1 FROM pg_snapshot_xip("
@@ -171,9 +174,9 @@ class Postings:
                         f" WHERE {since.format('c.')} ORDER BY c.tx LIMIT %s",
                         (xmin, prev, MAX_CHANGES + 1),
                     )
-                snap, new_xmin, epoch, pruned, size, behind = state.fetchone()
+                snap, new_xmin, epoch, pruned, size, dates, behind = state.fetchone()
             if behind:
-                return int(size), 0
+                return int(size), 0, dates
             if prev is None or epoch != self._epoch or int(pruned) >= self._xmin:
                 self._clear()
             elif gone is not None:
@@ -186,7 +189,7 @@ class Postings:
                         part.apply(new, dead)
             self._snap, self._xmin, self._epoch = snap, int(new_xmin), epoch
             self.generation += 1
-            return int(size), self.generation
+            return int(size), self.generation, dates
 
     def get(self, key: tuple[Any, ...], window: bool = False) -> Entry | None:
         with self._lock:

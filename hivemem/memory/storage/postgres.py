@@ -218,12 +218,18 @@ class PostgresStorage(Storage):
         return self._keywords.column == "dated"
 
     def keyword_dates(self, on: bool) -> None:
-        """Search the ``dated`` column (``on``: made if the store has none) or ``words`` (``off``:
-        ``dated`` dropped if the store has it): ``pgdates``, under the schema's lock."""
+        """Turn the store's ``keyword_dates`` on (the ``dated`` column made if the store has none
+        at this rendering) or off (the column kept): ``pgdates``, under the schema's lock. Every
+        open process follows at its next search (``pgkeyword.KeywordSearch.follow``)."""
+
+        def due(conn: Any) -> bool:  # on: not on at this rendering; off: on at any
+            have = pgdates.stored(conn, self._ns)
+            return have != pgdates.VERSION if on else have is not None
+
         with self._pool.connection() as conn:
-            if pgdates.dates_ready(conn, self._ns) != on:
+            if due(conn):
                 with session_lock(conn, self.schema), conn.transaction():
-                    if pgdates.dates_ready(conn, self._ns) != on:  # not made meanwhile by another
+                    if due(conn):  # not done meanwhile by another
                         pgdates.install_dates(conn, self._ns, on)
                         if pgcontext.exists(conn, self._ns):  # its windows are made of the column
                             pgcontext.install(conn, self._ns, self.schema)
