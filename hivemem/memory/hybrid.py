@@ -328,6 +328,7 @@ def search(
         context = None
         if storage.vector_context:  # the candidates' window means (module docstring)
             context = context_cosines(storage.window_scores([*seen, *missing], vector))
+        dates = storage.dates  # in the snapshot: its state (SQLite reads no more for it)
     return fuse(
         vector_hits,
         keyword_hits,
@@ -337,9 +338,9 @@ def search(
         explain=explain_scores,
         context=context,
         context_weight=storage.vector_context,
-        span=span,
+        span=span if dates else None,
         summed=storage.context > 0,
-        dates=storage.dates,
+        dates=dates,
     )
 
 

@@ -214,5 +214,5 @@ def test_the_query_date_boost_follows_the_option_too(location: str) -> None:
         assert boost(old) is None  # the store does not boost dates yet
         for on in (True, False, True):
             Memory(location, embedder=HashEmbedder(), keyword_dates=on).close()  # another process
-            old.search("warm up", user_id="u", mode="keyword")  # PostgreSQL follows at a keyword search
+            old.search("warm up", user_id="u")  # a process follows from its next search
             assert boost(old) == (0.5 if on else None), on

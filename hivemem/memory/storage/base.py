@@ -184,7 +184,7 @@ class Storage(abc.ABC):
     @property
     def dates(self) -> bool:
         """Whether dates named in a query boost (``keyword_dates``): the store's state now, so a
-        process follows another's toggle (PostgreSQL: as of this process's last keyword search)."""
+        process follows another's toggle from its next search (outside a search: as its last one saw it)."""
         return self.has_dates()
 
     # -- the backend's own ---------------------------------------------------------------------

@@ -142,6 +142,7 @@ class SQLiteStorage(Storage):
                 exc.errno, f"cannot create the directory of memory database {self.path}: {exc.strerror}"
             ) from None
         self._local = threading.local()  # per thread: the index header seen last, the lag measured
+        self._dated: bool | None = None  # the keyword layout's date words, as last seen (has_dates)
         self._conns = Connections(self._connect)  # one connection per thread and process
         self._write_lock = threading.Lock()
         # Group commit: whoever takes the write lock next commits every insert queued meanwhile.
@@ -236,13 +237,20 @@ class SQLiteStorage(Storage):
             self._opening(lambda: step(fts.backfill_context))
 
     def has_dates(self) -> bool:
-        return fts.dated(self._db())
+        """In a snapshot: its state (read once per snapshot, no statement of its own); outside one:
+        as the last snapshot saw it (a search follows another process's toggle from its next one)."""
+        if getattr(self._local, "depth", 0):
+            self._dated = self._state(self._db()).keywords == fts.LAYOUT_DATED
+        elif self._dated is None:
+            self._dated = fts.dated(self._db())
+        return self._dated
 
     def keyword_dates(self, on: bool) -> None:
         """Index each memory's date words with its text (``on``) or not (``datewords``): when the
         store has the other layout, ``memories_fts`` is re-indexed in one transaction (``fts``),
         and the keyword context's windows, if the store has them, are re-made in that transaction
         and re-filled in steps (``enable_context``)."""
+        self._dated = None  # read again by the next has_dates
         if fts.dated(self._db()) == on:
             return  # a read: no write at each open
 
