@@ -5,6 +5,9 @@ conftest.py pytest imported last, which differs between a full run and a chosen 
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,53 @@ TALK_SEARCHES: list[dict[str, Any]] = [
     {"query": "painted lake", "user_id": "u", "filters": {"n": {"gte": 2}}},
     {"query": "weather weekend", "user_id": "u", "run_id": "r2"},
 ]
+
+
+def writes_keep_equal(m: Memory, seed: int, steps: int, *states: Callable[[Memory], Any]) -> int:
+    """``random_writes`` on ``m``; after every step each of ``states`` (``m`` → ``(now, rebuilt)``:
+    derived data as stored and as rebuilt from scratch) must agree. Returns the last rebuilt size
+    (a test checks the sequence left a store to compare)."""
+    size = 0
+    for what in random_writes(m, seed, steps):
+        for state in states:
+            now, rebuilt = state(m)
+            assert now == rebuilt, what
+            size = len(rebuilt)
+    m.close()
+    return size
+
+
+def kill_after(child: subprocess.Popen[str], seconds: float) -> None:
+    """SIGKILL ``child`` ``seconds`` after it prints ``ready`` (and in any case: never left behind)."""
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        time.sleep(seconds)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+
+def add_dated_talk(m: Memory) -> None:
+    """``TALK``, each message with its own day of 2023 as ``timestamp`` (the date words' tests)."""
+    m.add_batch([{"messages": t, "user_id": u, "run_id": r, "timestamp": f"2023-{1 + i % 12:02d}-{1 + i:02d}"}
+                 for i, (u, r, t) in enumerate(TALK)])  # fmt: skip
+
+
+def die_after_steps(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, steps: int) -> list[Any]:
+    """Make ``module.name`` (a step function: ``fts.backfill_context``) raise ``KeyboardInterrupt``,
+    as a process killed there, at its ``steps``-th call: the steps before it ran (and committed).
+    Returns the list of the calls' batch arguments; ``monkeypatch.undo`` or a re-set restores it."""
+    calls: list[Any] = []
+    real = getattr(module, name)
+
+    def step_then_die(db: Any, batch: int | None = None) -> Any:
+        calls.append(batch)
+        if len(calls) == steps:
+            raise KeyboardInterrupt
+        return real(db, batch)
+
+    monkeypatch.setattr(module, name, step_then_die)
+    return calls
 
 
 def talk_rewrite(m: Memory) -> None:

@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder
-from memory_helpers import TALK, TALK_SEARCHES, random_writes, talk_rewrite
+from memory_helpers import (
+    TALK,
+    TALK_SEARCHES,
+    die_after_steps,
+    kill_after,
+    random_writes,
+    talk_rewrite,
+    writes_keep_equal,
+)
 
 from hivemem import Memory
 from hivemem.errors import DiskFull, MemoryNotFound
@@ -93,11 +99,7 @@ def test_random_writes_keep_the_context_equal_to_a_rebuild(location: str, seed: 
     """Adds, batches, updates, deletes, batch updates and deletes and delete_all in three scopes,
     in random order: after every step the table equals a rebuild from scratch (both backends)."""
     m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
-    for what in random_writes(m, seed, 120):
-        now, rebuilt = windows(m)
-        assert now == rebuilt, what
-    assert len(rebuilt) > 20  # the sequence left a store to compare
-    m.close()
+    assert writes_keep_equal(m, seed, 120, windows) > 20  # the sequence left a store to compare
 
 
 def test_a_window_never_crosses_scopes(location: str) -> None:
@@ -176,16 +178,9 @@ def test_an_old_store_is_backfilled_in_steps_and_resumes(
             m.add_batch([{"messages": f"{user} turn {i}", "user_id": user} for i in range(25)])
     assert not _has_context(path)  # a store never opened with the option: its writes pay nothing
     monkeypatch.setattr(fts, "CONTEXT_BATCH", 7)
-    steps = []
     real = fts.backfill_context
-
-    def one_step_then_die(db: sqlite3.Connection, batch: int | None = None) -> bool:
-        steps.append(batch)
-        if len(steps) == 3:
-            raise KeyboardInterrupt  # as a process killed mid-backfill: two steps are committed
-        return real(db, batch)
-
-    monkeypatch.setattr(fts, "backfill_context", one_step_then_die)
+    # killed mid-backfill at the third step: the two before it are committed
+    die_after_steps(monkeypatch, fts, "backfill_context", 3)
     with pytest.raises(KeyboardInterrupt):
         Memory(path, embedder=HashEmbedder(), keyword_context=True)
     done = stored(path)
@@ -254,12 +249,7 @@ def test_sigkill_during_writes_leaves_a_consistent_context(tmp_path: Path) -> No
             stdout=subprocess.PIPE,
             text=True,
         )
-        try:
-            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-            time.sleep(delay)
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
+        kill_after(child, delay)
         assert stored(path) == expected(path)
     assert len(expected(path)) > 200  # the child got to write
 

@@ -14,11 +14,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder
-from memory_helpers import TALK, random_writes
+from memory_helpers import TALK, add_dated_talk, die_after_steps, kill_after, writes_keep_equal
 
 from hivemem import Memory
 from hivemem.memory import records
@@ -221,11 +219,7 @@ def test_random_writes_keep_the_dated_index_equal_to_a_rebuild(
     delete_all in three scopes with the option on: after every step the keyword index equals a
     rebuild from scratch with the Python rendering (both backends)."""
     m = Memory(location, embedder=HashEmbedder(), keyword_dates=True)
-    for what in random_writes(m, seed, 80):
-        now, rebuilt = index(m)
-        assert now == rebuilt, what
-    assert len(rebuilt) > 10  # the sequence left a store to compare
-    m.close()
+    assert writes_keep_equal(m, seed, 80, index) > 10  # the sequence left a store to compare
 
 
 @pytest.mark.parametrize("seed", [33])
@@ -235,12 +229,7 @@ def test_random_writes_keep_the_dated_windows_equal_to_a_rebuild(
     """The same with the keyword context: each window holds its members' date words (as the ideas
     measurements placed them: body and window), equal to a rebuild after every step."""
     m = Memory(location, embedder=HashEmbedder(), keyword_dates=True, keyword_context=True)
-    for what in random_writes(m, seed, 60):
-        assert index(m)[0] == index(m)[1], what
-        now, rebuilt = windows(m)
-        assert now == rebuilt, what
-    assert len(rebuilt) > 10
-    m.close()
+    assert writes_keep_equal(m, seed, 60, index, windows) > 10
 
 
 def search_words(m: Memory, query: str) -> list[str]:
@@ -336,16 +325,9 @@ def test_the_windows_refill_after_a_toggle_resumes(tmp_path: Path, monkeypatch: 
             m.add_batch([{"messages": f"{user} turn {i}", "user_id": user, "timestamp": day}
                          for i, day in enumerate(days)])  # fmt: skip
     monkeypatch.setattr(fts, "CONTEXT_BATCH", 7)
-    steps: list[int | None] = []
     real = fts.backfill_context
-
-    def one_step_then_die(db: sqlite3.Connection, batch: int | None = None) -> bool:
-        steps.append(batch)
-        if len(steps) == 3:
-            raise KeyboardInterrupt  # as a process killed mid-refill: two steps are committed
-        return real(db, batch)
-
-    monkeypatch.setattr(fts, "backfill_context", one_step_then_die)
+    # killed mid-refill at the third step: the two before it are committed
+    die_after_steps(monkeypatch, fts, "backfill_context", 3)
     with pytest.raises(KeyboardInterrupt):
         Memory(path, embedder=HashEmbedder(), keyword_dates=True)
     monkeypatch.setattr(fts, "backfill_context", real)
@@ -385,12 +367,7 @@ def test_sigkill_during_the_reindex_leaves_a_whole_index(tmp_path: Path) -> None
             [sys.executable, "-c", _OPENER, str(path), str(ROOT / "tests"), on],
             env=env, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        try:
-            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-            time.sleep(delay)
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
+        kill_after(child, delay)
         stored, rebuilt = sqlite_index(str(path))
         assert stored == rebuilt
     with Memory(path, embedder=HashEmbedder(), keyword_dates=True) as m:
@@ -418,11 +395,9 @@ def test_both_backends_rank_alike_with_the_option(
             monkeypatch.setattr(module, "RANK_BUDGET", 8)
             monkeypatch.setattr(module, "SCOPE_ROWS_MAX", 4)
     places = [str(tmp_path / "m.sqlite"), pg_url()]
-    stamp = [f"2023-{1 + i % 12:02d}-{1 + i:02d}" for i in range(len(TALK))]
     for place in places:
         with Memory(place, embedder=HashEmbedder()) as m:
-            m.add_batch([{"messages": t, "user_id": u, "run_id": r, "timestamp": stamp[i]}
-                         for i, (u, r, t) in enumerate(TALK)])  # fmt: skip
+            add_dated_talk(m)
     searches: list[dict[str, str]] = [
         {"query": "lake May"},
         {"query": "painted 2023", "user_id": "u"},

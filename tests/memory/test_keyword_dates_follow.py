@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder
-from memory_helpers import TALK
+from memory_helpers import add_dated_talk
 
 from hivemem import Memory
 from hivemem.memory import records
@@ -44,10 +44,8 @@ def results(m: Memory) -> list[Any]:
 
 
 def fill(place: str) -> None:
-    stamp = [f"2023-{1 + i % 12:02d}-{1 + i:02d}" for i in range(len(TALK))]
     with Memory(place, embedder=HashEmbedder()) as m:
-        m.add_batch([{"messages": t, "user_id": u, "run_id": r, "timestamp": stamp[i]}
-                     for i, (u, r, t) in enumerate(TALK)])  # fmt: skip
+        add_dated_talk(m)
         m.add("Caroline went to the support group", user_id="u", timestamp="2023-05-08")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder
-from memory_helpers import TALK, TALK_SEARCHES
+from memory_helpers import TALK, TALK_SEARCHES, add_dated_talk
 
 from hivemem import Memory
 from hivemem.embed.validate import MAX_TEXT_CHARS
@@ -204,11 +204,9 @@ def test_both_backends_rank_alike_with_dates_in_the_query(tmp_path: Path, pg_url
     (to 1e-6: the backends' cosines differ in the last float32 bits)
     and the same boosts, before and after more writes dated on the named day."""
     places = [str(tmp_path / "m.sqlite"), pg_url()]
-    stamp = [f"2023-{1 + i % 12:02d}-{1 + i:02d}" for i in range(len(TALK))]
     for place in places:
         with Memory(place, embedder=HashEmbedder()) as m:
-            m.add_batch([{"messages": t, "user_id": u, "run_id": r, "timestamp": stamp[i]}
-                         for i, (u, r, t) in enumerate(TALK)])  # fmt: skip
+            add_dated_talk(m)
             fill(m)
     searches: list[dict[str, str]] = [
         {"query": "what happened at the lake on 3 March, 2023?", "user_id": "u"},

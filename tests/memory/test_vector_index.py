@@ -14,12 +14,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from memory_helpers import kill_after
 
 from hivemem.memory import filters as flt
 from hivemem.memory.records import prepare
@@ -139,16 +139,6 @@ def _child(path: Path, ops: dict[str, Any], **popen: Any) -> subprocess.Popen[st
     return subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(path), json.dumps(ops)], env=env, text=True, **popen
     )
-
-
-def _kill_after(child: subprocess.Popen[str], seconds: float) -> None:
-    """SIGKILL ``child`` ``seconds`` after it says it is ready (and in any case: never left behind)."""
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        time.sleep(seconds)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
 
 
 def _run(path: Path, ops: dict[str, Any]) -> None:
@@ -298,16 +288,16 @@ def test_sigkill_of_writers_and_searchers_leaves_a_correct_index(tmp_path: Path)
     constants = {"CATCH_UP": 1, "COMPACT_MIN": 64}  # every write touches the files
     for delay in (0.4, 0.9, 1.5):
         ops = {"seed": int(delay * 10), "insert": 40, "loop": "write", "constants": constants}
-        _kill_after(_child(path, ops, stdout=subprocess.PIPE), delay)
+        kill_after(_child(path, ops, stdout=subprocess.PIPE), delay)
         _check(storage, queries)
     # a searcher killed while it rebuilds a missing index, then one killed while catching up
     for p in storage.index.dir.iterdir():
         p.unlink()
-    _kill_after(
+    kill_after(
         _child(path, {"seed": 1, "loop": "search", "constants": constants}, stdout=subprocess.PIPE), 0.05
     )
     _run(path, {"seed": 7, "insert": 400})  # a tail for the next searcher to append
-    _kill_after(
+    kill_after(
         _child(path, {"seed": 2, "loop": "search", "constants": constants}, stdout=subprocess.PIPE), 0.3
     )
     fresh = SQLiteStorage(path)
