@@ -15,7 +15,12 @@
   rows of that scope holding the word. A memory scores the sum of the BM25 idf (as Lucene has it:
   ``ln(1 + (N - df + 0.5) / (df + 0.5))``, always positive) of the query words it holds, where
   ``N`` and ``df`` count rows *of the scope*: BM25 with ``b = 0`` and term frequency 1, which is
-  what short memories have. Why not FTS5's own ``bm25()``: it ranks with the statistics of the
+  what short memories have. With no scope (or a scope of more than ``SCOPE_ROWS_MAX``) ``N`` is
+  the highest row id present (``max(rid)``, read with the store's state: a count would walk the
+  table), as PostgreSQL's: the rows, plus the ids spent without a row left below it (deleted rows,
+  duplicates refused inside a batch); never the AUTOINCREMENT high-water mark, which also counts
+  a deleted newest row and which PostgreSQL's ``max(rid)`` does not (docs/memory.md, "Keyword side").
+  Why not FTS5's own ``bm25()``: it ranks with the statistics of the
   whole store, where a speaker's name, in half of that speaker's conversation, looks rare across
   many conversations; on LoCoMo (recall@10) it reached 0.61 alone and 0.65 fused against 0.64
   and 0.68 here, and length normalisation (``b`` 0.25–0.75) lowered both.
@@ -350,7 +355,7 @@ class KeywordIndex:
         self._lock = threading.Lock()
 
     def _count(self, db: sqlite3.Connection, state: StoreState, fts_query: str, exact: bool) -> int:
-        key, size = (state.uid, state.epoch, state.keywords, fts_query), state.high
+        key, size = (state.uid, state.epoch, state.keywords, fts_query), state.top
         with self._lock:
             hit = self._counts.get(key)
         if hit is not None:
@@ -371,7 +376,7 @@ class KeywordIndex:
         self, db: sqlite3.Connection, state: StoreState, terms: list[str], scope: list[str]
     ) -> tuple[list[str], str, int]:
         """``(terms kept, scope part of the FTS query, rows in the scope)`` (module docstring)."""
-        size = state.high
+        size = state.top
         scope_query = " AND ".join(f"scope : {quote(t)}" for t in scope)
         rows = self._count(db, state, scope_query, exact=True) if scope_query else size
         if rows > SCOPE_ROWS_MAX:  # FTS5 walks the scope's whole row list for every word

@@ -36,12 +36,13 @@ class StoreState:
     pruned: int  # the changes log was trimmed up to here
     high: int  # highest row id ever given (AUTOINCREMENT's high-water mark)
     keywords: str = ""  # meta 'fts': the keyword index's layout mark (``fts.LAYOUT`` or ``LAYOUT_DATED``)
+    top: int = 0  # highest row id present (``max(rid)``): the keyword side's N for the whole store (``fts``)
 
 
 _STATE = (
     "SELECT " + ", ".join(f"(SELECT value FROM meta WHERE key = '{k}')"
                           for k in ("uid", "rewrites", "model_id", "dim", "version", "pruned", "fts"))
-    + ", (SELECT coalesce(max(seq), 0) FROM changes)"
+    + ", (SELECT coalesce(max(seq), 0) FROM changes), (SELECT coalesce(max(rid), 0) FROM memories)"
 )  # fmt: skip
 _HIGH = "(SELECT seq FROM sqlite_sequence WHERE name = 'memories')"
 
@@ -53,9 +54,9 @@ def read_state(db: sqlite3.Connection) -> StoreState:
         row = db.execute(f"{_STATE}, {_HIGH}").fetchone()
     except sqlite3.OperationalError:  # a store made before row ids were AUTOINCREMENT
         row = (*db.execute(_STATE).fetchone(), None)
-    uid, epoch, model, dim, version, pruned, keywords, seq, high = row
+    uid, epoch, model, dim, version, pruned, keywords, seq, top, high = row
     if high is None:
-        high = db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
+        high = top
     return StoreState(
         uid=str(uid if uid is not None else ""),
         epoch=int(epoch or 0),
@@ -66,6 +67,7 @@ def read_state(db: sqlite3.Connection) -> StoreState:
         pruned=int(pruned or 0),
         high=int(high),
         keywords=str(keywords or ""),
+        top=int(top),
     )
 
 

@@ -32,9 +32,10 @@ same rows, so that hybrid search ranks alike on both backends:
   intersecting two lists, as FTS5 does. The filter is evaluated on each row found (the heap tuple
   is at hand), so the best ``k`` are the best that pass.
 * **The same cost budget as SQLite** (``fts.RANK_BUDGET``, ``fts.SCOPE_ROWS_MAX``): a scope of
-  more than ``SCOPE_ROWS_MAX`` rows is searched with the statistics of the whole store (``N`` =
-  the highest row id, as SQLite's), and when the words' rows would exceed the budget, the rarest
-  words are kept while their rows fit (``KeywordSearch._plan``). A search in a small scope is
+  more than ``SCOPE_ROWS_MAX`` rows (or none) is searched with the statistics of the whole store
+  (``N`` = the highest row id present, ``max(rid)``, as SQLite's: ``fts``), and when the words'
+  rows would exceed the budget, the rarest words are kept while their rows fit
+  (``KeywordSearch._plan``). A search in a small scope is
   one statement (it counts the scope and skips the matching when that is too large) and scores
   in SQL; a large one reads each kept word's rows (``Postings``: kept per process) and scores
   them in numpy exactly as ``fts.py`` does, so equal inputs give equal scores.
