@@ -31,6 +31,7 @@ from hivemem.memory import hybrid
 from hivemem.memory.storage import datewords
 
 HOSTILE = ["1 " * 4, "May ", "May 3,", "12 May ", "May 1 ", " " * 9, "mayday ", "May 12023 "]
+HOSTILE += ["in ", "on the ", "12th of ", "in Jun's ", "in 20233 ", "Sept. 3rd ", "in the 3rd of "]
 
 
 def per_call(fn: Callable[[], Any], repeat: int) -> float:
