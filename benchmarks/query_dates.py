@@ -85,7 +85,7 @@ def main() -> None:
         )
     med = {k: statistics.median(v) for k, v in rounds.items()}
     ratio = statistics.median(d / p for d, p in zip(rounds["fuse_dated_us"], rounds["fuse_us"], strict=True))
-    print(f"{len(texts)} LoCoMo questions, {named} name a date with a year\n")
+    print(f"{len(texts)} LoCoMo questions, {named} name a date (datewords.query_span)\n")
     print("| measurement | median | rounds |\n|---|---|---|")
     for k, v in rounds.items():
         print(f"| {k} | {med[k]:.2f} | {', '.join(f'{x:.2f}' for x in v)} |")
