@@ -20,7 +20,11 @@ context of the turn and the 2 before it in its session, w 0.5, pool 20; keyword 
   passed, and the neighbourhood of the best one (is it a plateau or a spike?);
 * rows "(library)": the question dates as a library can build them (``boost_mode`` of
   ``mean_context``): every dated memory a keyword candidate with ties to the newest or the most
-  similar, or the boost on the fusion's own candidates only (what ``hybrid.fuse`` does).
+  similar, or the boost on the fusion's own candidates only (what ``hybrid.fuse`` does);
+* rows "(parser)": on top of that last row, a wider reader of the question's date (``_reader``,
+  ``read``: abbreviated months, ordinal days, a day or month without a year after a preposition,
+  of any year or the latest, a year alone), written after seeing which shapes ``span`` missed.
+  ``--against check`` adds each row's paired change against the library's reader.
 
 Only the keyword side sees the dates (the vectors are the turns', as a store that indexes date
 words would have). The figures and the decision are in docs/memory.md (Step 3: session dates).
@@ -118,6 +122,9 @@ _PREP = r"(?:in|on|of|during|since|until|by|before|after|from|around)"
 def _reader(
     abbrev: bool, ordinal: bool, yearless: bool, year_alone: bool, prep: bool = True
 ) -> re.Pattern[str]:
+    """The wider reader with its options (rows "(parser)"; ``read`` reads its groups): all off
+    reads what ``datewords.query_span`` read before; ``prep=False`` reads a month without a year
+    even without a preposition before it (the "may" the verb risk)."""
     month = "|".join([*_MONTHS, *(sorted(_ABBR, key=len, reverse=True) if abbrev else [])])
     day = r"[0-9]{1,2}" + (r"(?:st|nd|rd|th)?" if ordinal else "")
 
