@@ -31,6 +31,7 @@ from hivemem.memory import hybrid
 from hivemem.memory.storage import datewords
 
 HOSTILE = ["1 " * 4, "May ", "May 3,", "12 May ", "May 1 ", " " * 9, "mayday ", "May 12023 "]
+HOSTILE += ["in ", "on the ", "12th of ", "in Jun's ", "in 20233 ", "Sept. 3rd ", "in the 3rd of "]
 
 
 def per_call(fn: Callable[[], Any], repeat: int) -> float:
@@ -84,7 +85,7 @@ def main() -> None:
         )
     med = {k: statistics.median(v) for k, v in rounds.items()}
     ratio = statistics.median(d / p for d, p in zip(rounds["fuse_dated_us"], rounds["fuse_us"], strict=True))
-    print(f"{len(texts)} LoCoMo questions, {named} name a date with a year\n")
+    print(f"{len(texts)} LoCoMo questions, {named} name a date (datewords.query_span)\n")
     print("| measurement | median | rounds |\n|---|---|---|")
     for k, v in rounds.items():
         print(f"| {k} | {med[k]:.2f} | {', '.join(f'{x:.2f}' for x in v)} |")

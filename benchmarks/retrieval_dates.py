@@ -20,7 +20,11 @@ context of the turn and the 2 before it in its session, w 0.5, pool 20; keyword 
   passed, and the neighbourhood of the best one (is it a plateau or a spike?);
 * rows "(library)": the question dates as a library can build them (``boost_mode`` of
   ``mean_context``): every dated memory a keyword candidate with ties to the newest or the most
-  similar, or the boost on the fusion's own candidates only (what ``hybrid.fuse`` does).
+  similar, or the boost on the fusion's own candidates only (what ``hybrid.fuse`` does);
+* rows "(parser)": on top of that last row, a wider reader of the question's date (``_reader``,
+  ``read``: abbreviated months, ordinal days, a day or month without a year after a preposition,
+  of any year or the latest, a year alone), written after seeing which shapes ``span`` missed.
+  ``--against check`` adds each row's paired change against the library's reader.
 
 Only the keyword side sees the dates (the vectors are the turns', as a store that indexes date
 words would have). The figures and the decision are in docs/memory.md (Step 3: session dates).
@@ -105,6 +109,82 @@ def span(question: str, days: int = 0) -> tuple[float, float] | None:
         return at - days * 86400, at + (days + 1) * 86400
     end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC).timestamp()
     return datetime(year, month, 1, tzinfo=UTC).timestamp(), end
+
+
+# A wider reader (issue 23, "query dates a real parser reads"; rows "(parser)"): abbreviated
+# months, ordinal days, a month (and day) without a year after a preposition, a year alone after
+# one. Added after seeing which question shapes ``span`` missed: an overfitting risk (docs).
+_ABBR = {"jan": 1, "feb": 2, "mar": 3, "apr": 4, "jun": 6, "jul": 7, "aug": 8, "sep": 9, "sept": 9,
+         "oct": 10, "nov": 11, "dec": 12}  # fmt: skip
+_PREP = r"(?:in|on|of|during|since|until|by|before|after|from|around)"
+
+
+def _reader(
+    abbrev: bool, ordinal: bool, yearless: bool, year_alone: bool, prep: bool = True
+) -> re.Pattern[str]:
+    """The wider reader with its options (rows "(parser)"; ``read`` reads its groups): all off
+    reads what ``datewords.query_span`` read before; ``prep=False`` reads a month without a year
+    even without a preposition before it (the "may" the verb risk)."""
+    month = "|".join([*_MONTHS, *(sorted(_ABBR, key=len, reverse=True) if abbrev else [])])
+    day = r"[0-9]{1,2}" + (r"(?:st|nd|rd|th)?" if ordinal else "")
+
+    def m(p: str) -> str:  # day, month, day: groups p+"b", p+"m", p+"a"
+        before = rf"(?:(?P<{p}b>{day})\s{{1,4}}(?:of\s{{1,4}})?)?"
+        return before + rf"(?P<{p}m>{month})\b(?!['’])\.?(?:\s{{1,4}}(?P<{p}a>{day})\b)?"
+
+    branches = [rf"(?:{_PREP}\s{{1,4}})?{m('y')},?\s{{0,4}}(?P<year>[0-9]{{4}})\b"]  # with a year
+    if yearless:
+        branches.append((rf"{_PREP}\s{{1,4}}(?:the\s{{1,4}})?" if prep else "") + m("n"))
+    if year_alone:
+        branches.append(rf"{_PREP}\s{{1,4}}(?P<alone>[0-9]{{4}})\b")
+    return re.compile(r"\b(?:" + "|".join(f"(?:{b})" for b in branches) + ")", re.IGNORECASE | re.ASCII)
+
+
+Named = tuple[int | None, int | None, int | None]  # (year, month, day): a field None = not named
+
+
+def read(question: str, reader: re.Pattern[str]) -> Named | None:
+    """The first date ``reader`` finds in ``question`` as (year, month, day), None where not named."""
+    found = reader.search(question)
+    if not found:
+        return None
+    g = found.groupdict()
+    if g.get("alone"):
+        return (int(g["alone"]), None, None)
+    p = "y" if g["year"] else "n"
+    month = _MONTHS.get(g[p + "m"].lower()) or _ABBR[g[p + "m"].lower()]
+    d = g[p + "b"] or g[p + "a"]
+    return (int(g["year"]) if g["year"] else None, month, int(d.rstrip("stndrh")) if d else None)
+
+
+def parsed_dates(
+    lab: I.Lab, share: float, reader: re.Pattern[str], which: str
+) -> Callable[[str, int], np.ndarray]:
+    """``question_dates`` with ``read``: a month (and day) without a year matches that month (and
+    day) of any year (``which="any"``), or of the latest year whose such day is not after the
+    conversation's newest memory (``"latest"``); a year alone, that year."""
+    at = {
+        conv: [when(ts[lab_first(lab, conv, u)].date) for u in range(len(lab.ids[conv]))]
+        for conv, ts in lab.raw.items()
+    }
+    ymd = {conv: np.array([(d.year, d.month, d.day) for d in ds]) for conv, ds in at.items()}
+    named = [read(q, reader) for _, q, _, _ in lab.questions]
+
+    def boost(conv: str, i: int) -> np.ndarray:
+        got, a = named[i], ymd[conv]
+        if got is None:
+            return np.zeros(len(a))
+        year, month, day = got
+        if year is None and which == "latest":
+            newest = max(at[conv])
+            year = newest.year - ((month, day or 1) > (newest.month, newest.day))
+        keep = np.ones(len(a), bool)
+        for col, want in enumerate((year, month, day)):
+            if want is not None:
+                keep &= a[:, col] == want
+        return share * keep.astype(float)
+
+    return boost
 
 
 def question_dates(lab: I.Lab, share: float, days: int) -> Callable[[str, int], np.ndarray]:
@@ -211,6 +291,28 @@ def rows(lab: I.Lab) -> dict[str, I.Ranker]:
             boost=qd, w=0.7, boost_mode=mode
         )
         out[f"(library) {top} + question dates × 0.5 ({mode})"] = on(boost=qd, boost_mode=mode)
+    # a wider reader (rows "(parser)"), each on top of the library's row: (b), the fusion's own candidates
+    for label, reader, which in (
+        ("the library's reader (check: = (b))", _reader(False, False, False, False), "any"),
+        ("+ abbreviated months, ordinal days", _reader(True, True, False, False), "any"),
+        ("+ a year alone ('in 2023')", _reader(False, False, False, True), "any"),
+        ("+ month without a year after a preposition, any year", _reader(False, False, True, False), "any"),
+        ("+ month without a year after a preposition, latest", _reader(False, False, True, False), "latest"),
+        (
+            "+ month without a year, no preposition needed, any year",
+            _reader(False, False, True, False, False),
+            "any",
+        ),
+        (
+            "+ all: abbreviations, ordinals, month without a year (any), year alone",
+            _reader(True, True, True, True),
+            "any",
+        ),
+        ("+ all, month without a year: latest", _reader(True, True, True, True), "latest"),
+    ):
+        out[f"(parser) {top} + question dates × 0.5 (candidates) {label}"] = on(
+            boost=parsed_dates(lab, 0.5, reader, which), boost_mode="candidates"
+        )
     # without run_id: the windows run over the whole scope (the conversation), across sessions
     scope = {f"date {d}": 1.0, f"context -2 (scope) date {d}": 0.5}
     out["(scope) D, windows in the conversation"] = I.mean_context(lab, 2, 0, False, scope, 0.5, 20)

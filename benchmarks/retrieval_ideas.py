@@ -640,6 +640,9 @@ def main(
     ap.add_argument("--data", type=Path, default=R.DEFAULT_DATA)
     ap.add_argument("--cache", type=Path, help="embedding cache file (default: a temporary one)")
     ap.add_argument("--only", help="a regular expression: evaluate only the ideas whose name matches")
+    ap.add_argument(
+        "--against", help="a regular expression: also compare each row with the first row it matches"
+    )
     add_plot_options(ap)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-ideas-"))
@@ -653,11 +656,13 @@ def main(
     head = " | ".join(f"{'all' if k == 'all' else R.CATEGORIES[int(k)]} r@5 / r@10" for k in keys)
     print(f"\n| idea | {head} | Δ r@10 [95% CI], questions up/down |\n|---|" + "---|" * (len(keys) + 1))
     base_rows = None
+    per_q: dict[str, np.ndarray] = {}
     for name, rank in make(lab).items():
         if args.only and not re.search(args.only, name) and not name.startswith("baseline"):
             continue
         t, rows = evaluate(lab, rank)
         results[name] = t
+        per_q[name] = rows
         base_rows = rows if base_rows is None else base_rows
         c = change[name] = R.paired(base_rows, rows)
         cells = " | ".join(f"{t[k]['recall@5']:.3f} / {t[k]['recall@10']:.3f}" for k in keys)
@@ -676,6 +681,12 @@ def main(
     print(
         f"\nlift the whole development half (no category worse at 5 or 10, 95% CI above 0): {lifts or 'none'}"
     )
+    ref = next((n for n in per_q if args.against and re.search(args.against, n)), None)
+    if ref is not None:
+        print(f"\nΔ r@10 [95% CI], up/down against '{ref}':")
+        for n, rows in per_q.items():
+            c = R.paired(per_q[ref], rows)
+            print(f"  {n}: {c['delta']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}], {c['up']}/{c['down']}")
     reach = [n for n in lifts if all(results[n]["all"][m] >= v for m, v in TARGET.items())]
     print(f"of those, reach the target (recall@5 >= 0.68 and recall@10 >= 0.76): {reach or 'none'}")
     out: dict[str, Any] = {

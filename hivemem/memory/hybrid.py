@@ -47,8 +47,8 @@ LoCoMo development half that finds exactly what a second index over every mean w
 (benchmarks/retrieval_ideas.py, docs/memory.md).
 
 **Dates named in the query** (part of ``keyword_dates``, the store's ``Storage.dates``; issue 23):
-when the query names a date with a year (``datewords.query_span``: "May 3, 2023" is that UTC day,
-"in December 2023" that month), each of the fusion's candidates (either side's) whose
+when the query names a date (``datewords.query_span``: "May 3, 2023" is that UTC day, "in December
+2023" that month, "in June" that month of every year), each of the fusion's candidates (either side's) whose
 ``created_at`` falls in it gets ``DATE_SHARE`` added to its keyword score in the normalised-parts
 space (``kw = body / best + 0.5 × window / best + 0.5 × [in span]``; without the keyword context
 ``body / best + 0.5 × [in span]``) before the fusion divides by the best, so a candidate created

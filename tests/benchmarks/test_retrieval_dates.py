@@ -59,3 +59,48 @@ def test_question_spans(question: str, expected: tuple[float, float] | None) -> 
 
 def test_a_day_span_widens_by_whole_days() -> None:
     assert dates.span("on 3 June, 2023", days=2) == (_utc(2023, 6, 1), _utc(2023, 6, 6))
+
+
+READ = {  # the rows "(parser)": what the wider reader reads, with the options that were built
+    "When did Melanie go camping in June?": (None, 6, None),
+    "What did John's teammates give him when they met on Aug 15th?": (None, 8, 15),
+    "Which country was Tim visiting in the second week of November?": (None, 11, None),
+    "What book did Tim just finish reading on 8th December, 2023?": (2023, 12, 8),
+    "Where was the forest picture shared by John on December 1,2023 taken?": (2023, 12, 1),
+    "what may she do": None,
+    "in June's car": None,
+}
+
+
+@pytest.mark.parametrize(("question", "expected"), READ.items())
+def test_the_wider_reader_reads_and_the_library_reads_the_same(
+    question: str, expected: tuple[int | None, int | None, int | None] | None
+) -> None:
+    """The prototype's reader with the options that were built (``_reader``: all but a year alone)
+    and the library's ``datewords.query_span`` read the same date."""
+    from hivemem.memory.storage import datewords
+
+    got = dates.read(question, dates._reader(True, True, True, False))
+    assert got == expected
+    span = datewords.query_span(question)
+    if expected is None:
+        assert span is None
+    else:
+        year, month, day = expected
+        assert span is not None
+        assert span[0].startswith("--" if year is None else str(year))
+        assert month is None or span[0][-5:-3] == f"{month:02d}"
+        assert day is None or span[0][-2:] == span[1][-2:] == f"{day:02d}"
+
+
+def test_the_wider_reader_without_options_reads_as_span() -> None:
+    """With every option off, the rows' reader finds a date in the same questions as ``span``."""
+    plain = dates._reader(False, False, False, False)
+    for q in ["in June", "in 2023", "on Aug 15th", "May 3, 2023", "in December 2023", "3 June, 2023"]:
+        assert (dates.read(q, plain) is None) == (dates.span(q) is None), q
+
+
+def test_a_year_alone_is_read_by_the_rows_only() -> None:
+    q = "How many times has Melanie gone to the beach in 2023?"
+    assert dates.read(q, dates._reader(True, True, True, True)) == (2023, None, None)
+    assert dates.read(q, dates._reader(True, True, True, False)) is None

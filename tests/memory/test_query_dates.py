@@ -38,14 +38,31 @@ DAY = {
     "December 31, 9999": "9999-12-31",
     "on 3 May 2023 and on 4 June 2024": "2023-05-03",  # the first date
     "3 June 3 2023": "2023-06-03",  # a day on both sides: the first one
+    "3rd June, 2023": "2023-06-03",  # ordinals, abbreviations
+    "the 12th of May 2023": "2023-05-12",
+    "Sept 3, 2023": "2023-09-03",
+    "sep. 21st 2023": "2023-09-21",
+    "on Aug 15th, 2022": "2022-08-15",
+    "DEC 1 2023": "2023-12-01",
 }
 MONTH = {
     "what did Caroline do in December 2023?": ("2023-12-01", "2023-12-31"),
     "February 2024": ("2024-02-01", "2024-02-29"),
     "february 2023": ("2023-02-01", "2023-02-28"),
     "February 1900": ("1900-02-01", "1900-02-28"),  # a century, not a leap year
-    "the 12th of May 2023": ("2023-05-01", "2023-05-31"),  # ordinals are not read: the month
     "April, 2023": ("2023-04-01", "2023-04-30"),
+    "in Feb 2023": ("2023-02-01", "2023-02-28"),
+    "in June 2023 and in 2022": ("2023-06-01", "2023-06-30"),  # the first date
+}
+ANY_YEAR = {  # after a preposition, a day or month without a year: those days of every year
+    "When did Melanie go camping in June?": ("--06-01", "--06-30"),
+    "what did they give him when they met on Aug 15th?": ("--08-15", "--08-15"),
+    "on the 3rd of May": ("--05-03", "--05-03"),
+    "in the second week of November": ("--11-01", "--11-30"),
+    "since may": ("--05-01", "--05-31"),
+    "during february": ("--02-01", "--02-29"),  # the 29th is in some years
+    "on Feb 29th": ("--02-29", "--02-29"),
+    "in June, then on 4 May 2023": ("--06-01", "--06-30"),  # the first date
 }
 NONE = [
     "31 February 2023",  # no such day: no date at all
@@ -62,12 +79,24 @@ NONE = [
     "Mayo 2023",
     "mayday 2023",
     "may I ask about 2023",
+    "what may she do in the morning",  # "may" the verb: no year, no preposition before it
+    "she said she may come in",
     "2023-05-03",  # ISO and numeric dates are not read
     "05/03/2023",
-    "May 3",  # no year
-    "Sept 3, 2023",  # abbreviations are not read
+    "May 3",  # no year and no preposition
+    "June 2",
+    "in June's car",  # a name, not a month
+    "on Jan’s birthday",
+    "in Mayo",
+    "in mayday",
+    "on June 31st",  # no such day in any year
+    "on Feb 30",
+    "How many times has Melanie gone to the beach in 2023?",  # a year alone is not read
+    "since 1999",
+    "Sept3, 2023",
     "",
     "３ May ２０２３",  # only ASCII digits
+    "in ２０２３",
 ]
 
 
@@ -79,6 +108,16 @@ def test_a_day_is_that_utc_day(query: str, day: str) -> None:
 @pytest.mark.parametrize(("query", "span"), MONTH.items())
 def test_a_month_alone_is_that_calendar_month(query: str, span: tuple[str, str]) -> None:
     assert datewords.query_span(query) == span
+
+
+@pytest.mark.parametrize(("query", "span"), ANY_YEAR.items())
+def test_a_day_or_month_without_a_year_is_those_days_of_every_year(query: str, span: tuple[str, str]) -> None:
+    assert datewords.query_span(query) == span
+
+
+def test_a_year_alone_is_not_read_and_the_next_date_is() -> None:
+    """A year alone ("in 2023") lowered multi-hop recall@5 on LoCoMo (docs/memory.md): not read."""
+    assert datewords.query_span("in 2024, on May 3, 2023") == ("2023-05-03", "2023-05-03")
 
 
 @pytest.mark.parametrize("query", NONE)
@@ -93,6 +132,18 @@ def test_in_span_reads_created_at_as_date_words_does() -> None:
     assert not datewords.in_span("2023-06-01T00:00:00.000000+00:00", span)
     assert not datewords.in_span("2023-04-30T23:59:59.999999+00:00", span)
     assert not datewords.in_span("", span) and not datewords.in_span("May 2023", span)
+    every = datewords.query_span("in May")
+    assert every == ("--05-01", "--05-31")
+    for day in ("2023-05-01", "2022-05-31T23:59:59+00:00", "1999-05-15", "2024-05-08T00:00:00.000000+00:00"):
+        assert datewords.in_span(day, every), day
+    for day in ("2023-04-30", "2023-06-01T00:00:00+00:00", "", "May 2023", "--05-03", "2023-5-3"):
+        assert not datewords.in_span(day, every), day
+    leap = datewords.query_span("on Feb 29th")
+    assert (
+        leap is not None
+        and datewords.in_span("2024-02-29", leap)
+        and not datewords.in_span("2023-03-01", leap)
+    )
 
 
 def test_the_pattern_has_no_unbounded_repetition_and_hostile_queries_are_read() -> None:
@@ -102,6 +153,7 @@ def test_the_pattern_has_no_unbounded_repetition_and_hostile_queries_are_read() 
     pattern = datewords._QUERY_DATE.pattern
     assert not re.search(r"(?<!\\)[+*]|\{\d*,\}", pattern), pattern
     pieces = ["1 " * 4, "May ", "May 3,", "12 May ", "May 1 " * 3, " " * 9, "mayday ", "May 12023 "]
+    pieces += ["in ", "on the ", "12th of ", "in Jun's ", "in 20233 ", "Sept. 3rd ", "in the 3rd of "]
     for piece in pieces:
         hostile = (piece * (MAX_TEXT_CHARS // len(piece) + 1))[: MAX_TEXT_CHARS - 16]
         got = datewords.query_span(hostile)
@@ -153,6 +205,27 @@ def test_candidates_created_on_the_named_day_get_the_boost(location: str, contex
         # over REST the same fields come back (the response model keeps them)
         record = MemoryRecord(**hits[0]).model_dump(exclude_unset=True)
         assert {"date_boost", "date_span"} <= set(record["score_details"])
+
+
+@pytest.mark.parametrize(
+    ("query", "span", "days"),
+    [
+        ("bicycle on May 3rd", ("--05-03", "--05-03"), ("2023-05-03", "2022-05-03")),  # every year
+        ("bicycle on 3rd May, 2023", ("2023-05-03", "2023-05-03"), ("2023-05-03",)),
+    ],
+)
+def test_a_day_without_a_year_boosts_that_day_of_every_year(
+    location: str, query: str, span: tuple[str, str], days: tuple[str, ...]
+) -> None:
+    """A day without a year boosts the candidates created on that day of any year; explain's
+    ``date_span`` is the span as read (``--MM-DD`` for every year)."""
+    with Memory(location, embedder=HashEmbedder(), keyword_dates=True) as m:
+        fill(m)
+        hits = m.search(query, user_id="u", explain=True)["results"]
+        assert len(hits) == len(ROWS)
+        boost = {h["memory"]: h["score_details"]["date_boost"] for h in hits}
+        assert boost == {t: 0.5 if s.startswith(days) else 0.0 for t, s in ROWS}
+        assert {tuple(h["score_details"]["date_span"]) for h in hits} == {span}
 
 
 def test_the_boost_needs_the_option_and_only_hybrid_mode_has_it(location: str) -> None:
@@ -213,6 +286,7 @@ def test_both_backends_rank_alike_with_dates_in_the_query(tmp_path: Path, pg_url
         {"query": "bicycle on May 3, 2023", "user_id": "u"},
         {"query": "pottery class in April 2023", "user_id": "u", "run_id": "r1"},
         {"query": "weather May 5, 2023", "user_id": "u"},
+        {"query": "bicycle on May 3rd", "user_id": "u"},  # every year
     ]
     for context in (False, True):
         stores = [

@@ -49,38 +49,59 @@ def sql(column: str, dialect: str) -> str:
     )
 
 
-# A date with a year named in a query (``query_span``): "May 3, 2023", "3 June, 2023", "December
-# 1,2023", "in December 2023". Whitespace runs are bounded (``\s{1,4}``) and every branch is
-# fixed-length apart from them, so a match attempt costs O(1) steps at each position: linear on
-# the longest query (``MAX_QUERY_CHARS``; tests/memory/test_query_dates.py times a hostile one).
+# A date named in a query (``query_span``), the first by position, one pattern of two branches:
+# (1) a day or month with a year, "May 3, 2023", "3rd June, 2023", "Sept. 5th 2023", "December
+# 1,2023", "in December 2023"; (2) after a preposition, a day or month without one, "in June",
+# "on Aug 15th", "on the 3rd of May". A month is its English name in full or its abbreviation
+# (``_ABBREVIATIONS``), any case; a day may carry an ordinal suffix. The preposition keeps "may"
+# the verb ("what may she do") from reading as May. A year alone ("in 2023") is not read: it
+# lowered multi-hop recall@5 on LoCoMo (docs/memory.md, "A wider reader of query dates").
+# Whitespace runs are bounded (``\s{1,4}``) and every branch is fixed-length apart from them, so a
+# match attempt costs O(1) steps at each position: linear on the longest query (``MAX_QUERY_CHARS``;
+# tests/memory/test_query_dates.py checks the pattern and reads hostile queries).
+_ABBREVIATIONS = {"jan": 1, "feb": 2, "mar": 3, "apr": 4, "jun": 6, "jul": 7, "aug": 8, "sep": 9,
+                  "sept": 9, "oct": 10, "nov": 11, "dec": 12}  # fmt: skip
+_MONTH_NUMBER = {name.lower(): n for n, name in enumerate(MONTHS, 1)} | _ABBREVIATIONS
+_MONTH = "|".join(sorted(_MONTH_NUMBER, key=len, reverse=True))
+_DAY = r"[0-9]{1,2}(?:st|nd|rd|th)?"
+_PREP = r"(?:in|on|of|during|since|until|by|before|after|from|around)"
+_MONTH_DAY = rf"(?:({_DAY})\s{{1,4}}(?:of\s{{1,4}})?)?({_MONTH})\b(?!['’])\.?(?:\s{{1,4}}({_DAY})\b)?"
 _QUERY_DATE = re.compile(
-    r"\b(?:([0-9]{1,2})\s{1,4})?(" + "|".join(MONTHS) + r")\b(?:\s{1,4}([0-9]{1,2})\b)?,?\s{0,4}([0-9]{4})\b",
+    rf"\b(?:(?:{_PREP}\s{{1,4}})?{_MONTH_DAY},?\s{{0,4}}([0-9]{{4}})\b"  # groups 1-4: with a year
+    rf"|{_PREP}\s{{1,4}}(?:the\s{{1,4}})?{_MONTH_DAY})",  # groups 5-7: without a year
     re.IGNORECASE | re.ASCII,
 )
 _DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February's 29 checked against the year
+ANY_YEAR = "-"  # a span's year part when the query names none: "--05-01" (ISO 8601's "--MM-DD")
 
 
 def query_span(query: str) -> tuple[str, str] | None:
-    """The UTC days ``(first, last)`` (``"YYYY-MM-DD"``, both included) of the first date with a
-    year that ``query`` names: a day ("May 3, 2023", "3 June, 2023", "December 1,2023") is that
-    day, a month alone ("in December 2023") that calendar month; English month names in full, any
-    case, a 4-digit year 0001-9999. None when it names none, or when the first one is no day of the
-    calendar ("31 February 2023", "May 2023" with year 0000): the query then gets no date boost.
-    Memories whose ``created_at`` falls on those days are the ones the search boosts (``hybrid``:
-    ``in_span``; the same date as ``date_words`` reads)."""
+    """The UTC days ``(first, last)`` (both included) of the first date ``query`` names
+    (``_QUERY_DATE``): a day with a year ("May 3, 2023", "3rd June, 2023") is ``("2023-05-03",
+    "2023-05-03")``, a month with a year ("in December 2023") that calendar month; a day or month
+    without a year ("on Aug 15th", "in June") the same days of every year, written ``"--MM-DD"``
+    (``ANY_YEAR``). Years 0001-9999. None when it names none,
+    or when the first one is no day of the calendar ("31 February 2023", "on June 31st"): the query
+    then gets no date boost. Memories whose ``created_at`` falls on those days are the ones the
+    search boosts (``hybrid``: ``in_span``; the same date as ``date_words`` reads)."""
     found = _QUERY_DATE.search(query)
     if found is None:
         return None
-    before, name, after, year_text = found.groups()
-    year, month = int(year_text), [m.lower() for m in MONTHS].index(name.lower()) + 1
-    if year == 0:
-        return None
-    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-    last = _DAYS[month - 1] - (month == 2 and not leap)
-    month_text = f"{year:04d}-{month:02d}"
+    g = found.groups()
+    before, name, after, year_text = g[0:4] if g[1] is not None else (*g[4:7], None)
+    month = _MONTH_NUMBER[str(name).lower()]  # a month branch matched: its name is there
+    if year_text is None:
+        year_part, last = ANY_YEAR, _DAYS[month - 1]  # February: its 29th is in some year
+    else:
+        year = int(year_text)
+        if year == 0:
+            return None
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        year_part, last = f"{year:04d}", _DAYS[month - 1] - (month == 2 and not leap)
+    month_text = f"{year_part}-{month:02d}"
     if before is None and after is None:
         return f"{month_text}-01", f"{month_text}-{last:02d}"
-    day = int(before if before is not None else after)
+    day = int(str(before if before is not None else after).rstrip("stndrh"))
     if not 1 <= day <= last:
         return None
     return f"{month_text}-{day:02d}", f"{month_text}-{day:02d}"
@@ -90,4 +111,6 @@ def in_span(created_at: str, span: tuple[str, str]) -> bool:
     """Whether ``created_at``'s date (its first ten characters, as ``date_words`` reads them) is
     one of the days of ``span`` (``query_span``)."""
     day = created_at[:10]
+    if span[0].startswith(ANY_YEAR * 2):  # "--MM-DD": the same days of every year
+        return span[0][1:] <= day[4:] <= span[1][1:] and _DATE.fullmatch(day) is not None
     return span[0] <= day <= span[1] and _DATE.fullmatch(day) is not None  # compared first: cheaper
