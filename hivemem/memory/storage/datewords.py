@@ -1,6 +1,6 @@
 """The date words of a memory (``keyword_dates``, issue 23): its ``created_at`` as words the keyword
-side indexes with its text, so that "when did Caroline go to the LGBTQ support group?" and a turn
-of 7 May 2023 share "May" and "2023". Derived data: the memory's text, hash, history and search
+side indexes with its text, so that "what did Caroline do on 7 May, 2023?" and a turn of that
+day share "7", "May" and "2023". Derived data: the memory's text, hash, history and search
 results never hold them.
 
 The rendering lives here only, once in Python (``date_words``) and once as SQL (``sql``, the same
