@@ -276,8 +276,8 @@ class Memory:
         created, instead of now (``records.created``: Unix seconds, ISO date or datetime).
         """
         item = {"messages": messages, "user_id": user_id, "agent_id": agent_id, "run_id": run_id}
-        item |= {"metadata": metadata, "infer": infer, "prompt": prompt, "timestamp": timestamp}
-        item["expiration_date"] = expiration_date
+        item |= {"metadata": metadata, "infer": infer, "prompt": prompt}
+        item |= {"timestamp": timestamp, "expiration_date": expiration_date}
         return {"results": self._store(self._memories([item], [""], False))}
 
     def add_batch(self, items: list[dict[str, Any]], infer: bool = False) -> dict[str, list[dict[str, Any]]]:
@@ -531,7 +531,7 @@ class Memory:
         terms = hybrid.query_terms(query) if mode != "vector" else []
         vector = None if mode == "keyword" else np.asarray(self.embedder.embed_one(query), dtype=np.float32)
         depth = max(rr.RERANK_DEPTH * k, 20) if rerank else k
-        dates = hybrid.query_dates(self._storage, query)  # the days it names: hybrid mode boosts them
+        dates = hybrid.query_dates(self._storage, query) if mode == "hybrid" else None  # days it names
 
         def search() -> list[dict[str, Any]]:  # in a read snapshot, of a group on SQLite (searching.py)
             live = self._live(where, show_expired)
