@@ -30,11 +30,11 @@ from typing import Any
 from hivemem.errors import ModelDamaged
 from hivemem.infra.locks import locked
 
-# Initializers at least this big, read only by row lookups (Gather, EmbedLayerNormalization), go to
-# the data file. In MiniLM that is the word-embedding table alone; the weights of the matrix
-# products are repacked (copied) by ORT anyway, so mapping them saves nothing (measured).
+# Initializers at least this big, read only by row lookups, go to the data file. In MiniLM that is
+# the word-embedding table alone (fp32; int8 in the ``int8-fast`` variant); the weights of the
+# matrix products are repacked (copied) by ORT anyway, so mapping them saves nothing (measured).
 MAP_MIN_BYTES = 1 << 20
-LOOKUP_OPS = frozenset({"Gather", "EmbedLayerNormalization"})
+LOOKUP_OPS = frozenset({"Gather", "EmbedLayerNormalization", "QEmbedLayerNormalization"})
 ALIGN = 1 << 16  # ORT maps external data whose offset is a multiple of the allocation granularity
 
 # protobuf field numbers (onnx.proto3)
@@ -173,7 +173,9 @@ def split(graph: Path, *, min_bytes: int = MAP_MIN_BYTES) -> bool:
     new_graph = _length_field(_MODEL_GRAPH, b"".join(graph_parts))
     model = bytes(buf[:gt]) + new_graph + bytes(buf[g1:])
     mode = graph.stat().st_mode & 0o777
-    _write_atomically(data_path(graph), data, mode)
+    # read-only, so a `cp` over it fails instead of truncating what processes map (a fault past the
+    # new end would be SIGBUS); on Windows a read-only file would stop the next prepare's rmtree
+    _write_atomically(data_path(graph), data, mode & 0o555 if os.name == "posix" else mode)
     _write_atomically(graph, [model], mode)
     return True
 
@@ -197,10 +199,18 @@ def _write_atomically(path: Path, chunks: list[bytes], mode: int) -> None:
 
 
 def _sha256(path: Path) -> str:
+    """The file's SHA-256; its pages then leave the page cache (those no process maps).
+
+    Why: Linux (6.x) maps a page cache *folio* whole on a fault, and a file just written or read
+    through sits in large folios (up to 2 MiB), so a process touching 400 rows of the table would map
+    42 MiB of it. Pages faulted in one at a time (``advise_random``) stay 4 KiB (docs/service.md,
+    "Round 5")."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     return digest.hexdigest()
 
 
