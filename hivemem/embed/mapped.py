@@ -176,7 +176,11 @@ def split(graph: Path, *, min_bytes: int = MAP_MIN_BYTES) -> bool:
     # read-only, so a `cp` over it fails instead of truncating what processes map (a fault past the
     # new end would be SIGBUS); on Windows a read-only file would stop the next prepare's rmtree
     _write_atomically(data_path(graph), data, mode & 0o555 if os.name == "posix" else mode)
-    _write_atomically(graph, [model], mode)
+    try:
+        _write_atomically(graph, [model], mode)
+    except BaseException:
+        data_path(graph).unlink(missing_ok=True)  # no graph names it: the old one-file graph stays
+        raise
     return True
 
 
@@ -250,22 +254,39 @@ _REPAIR = "run `hivemem model prepare --force` to prepare the model again"
 
 def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Path) -> dict[str, Any]:
     """The manifest after variant ``name`` has the mapped layout (converted now, once, if it was
-    prepared by an older version), and its files were checked (``check``)."""
-    report = manifest["variants"][name]
-    if report.get("files") is None:
-        with locked(lock, mode=0o644):
-            path = directory / "manifest.json"
-            manifest = json.loads(path.read_text())
-            report = manifest["variants"][name]
-            if report.get("files") is None:  # nobody converted it while we waited
-                graph = directory / report["file"]
-                try:
-                    split(graph)
-                except (ValueError, IndexError) as exc:
-                    raise ModelDamaged(f"{graph} is not a readable ONNX model ({exc}): {_REPAIR}") from None
-                report["files"] = record(graph)
-                _write_atomically(path, [json.dumps(manifest, indent=2).encode()], 0o644)
-    check(directory, report["files"])
+    prepared by an older version), and its files were checked (``check``).
+
+    A home that cannot be written (read-only, full) keeps working in the old layout, the table
+    copied into the process as before, with one line on stderr saying why.
+    """
+    if manifest["variants"][name].get("files") is None:
+        try:
+            manifest = _convert(directory, name, lock)
+        except OSError as exc:
+            print(
+                f"hivemem: {directory} stays in its old layout, the model's table copied into each "
+                f"process ({exc.strerror or exc}); `hivemem model prepare --force` there maps it",
+                file=sys.stderr,
+                flush=True,
+            )
+            return manifest
+    check(directory, manifest["variants"][name]["files"])
+    return manifest
+
+
+def _convert(directory: Path, name: str, lock: Path) -> dict[str, Any]:
+    with locked(lock, mode=0o644):
+        path = directory / "manifest.json"
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        report = manifest["variants"][name]
+        if report.get("files") is None:  # nobody converted it while we waited
+            graph = directory / report["file"]
+            try:
+                split(graph)
+            except (ValueError, IndexError) as exc:
+                raise ModelDamaged(f"{graph} is not a readable ONNX model ({exc}): {_REPAIR}") from None
+            report["files"] = record(graph)
+            _write_atomically(path, [json.dumps(manifest, indent=2).encode()], 0o644)
     return manifest
 
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -192,6 +193,35 @@ def test_an_older_home_is_converted_at_its_next_start(
     assert files == mapped.record(graph)
     assert not [p for p in directory.iterdir() if p.name.startswith(".")]  # no temporary left
     assert np.array_equal(_engine_vectors(tmp_path / "old-home", monkeypatch), old)  # once only
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("trouble", ["read-only", "full"])
+def test_a_home_that_cannot_be_converted_keeps_working_in_the_old_layout(
+    tmp_path: Path,
+    hivemem_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    small_tmpfs: Any,
+    capfd: pytest.CaptureFixture[str],
+    trouble: str,
+) -> None:
+    legacy = _legacy_home(tmp_path, hivemem_home)
+    old = _old_vectors(legacy)
+    need = sum(f.stat().st_size for f in legacy.iterdir())
+    # full: room for the old files, not for the converted ones next to them
+    disk = small_tmpfs(need + (200 << 20 if trouble == "read-only" else 8 << 20))
+    shutil.copytree(legacy.parent.parent, disk / "home", dirs_exist_ok=True)
+    (disk / "home" / "models" / f".{MODEL}.lock").touch()
+    if trouble == "read-only":
+        done = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {done.stderr.strip()}")
+    before = sorted(p.name for p in (disk / "home" / "models" / MODEL).iterdir())
+
+    assert np.array_equal(_engine_vectors(disk / "home", monkeypatch), old)
+
+    assert "stays in its old layout" in capfd.readouterr().err
+    assert sorted(p.name for p in (disk / "home" / "models" / MODEL).iterdir()) == before  # nothing left
 
 
 def _copied_home(tmp_path: Path, hivemem_home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
