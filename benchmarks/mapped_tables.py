@@ -261,7 +261,7 @@ def main() -> None:
         args,
         "mapped_tables_resident",
         "The word-embedding table resident in one process after 1,000 texts",
-        [f"{r['vocabulary']}, {r['cache']}" for r in rows if r["advice"] == "random"],
+        [f"{r['vocabulary']},\n{r['cache']}" for r in rows if r["advice"] == "random"],
         {f"advice {a}": [r["data_rss_mb"] for r in rows if r["advice"] == a] for a in ("random", "none")},
         ylabel="MB (of 44.7)",
         fmt="{:.1f}",

@@ -52,7 +52,7 @@ def data_path(graph: Path) -> Path:
 # -- protobuf wire format ---------------------------------------------------------------------------
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
@@ -77,7 +77,7 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """(field, wire type, start of the field's tag, start of its value, end) of each field."""
     pos = start
     while pos < end:
@@ -105,11 +105,11 @@ def _length_field(field: int, payload: bytes) -> bytes:
     return _encode_varint(field << 3 | 2) + _encode_varint(len(payload)) + payload
 
 
-def _string(buf: bytes, value_at: int, end: int) -> str:
+def _string(buf: memoryview, value_at: int, end: int) -> str:
     return bytes(buf[value_at:end]).decode("utf-8", "replace")
 
 
-def _lookup_tables(buf: bytes, g0: int, g1: int) -> set[str]:
+def _lookup_tables(buf: memoryview, g0: int, g1: int) -> set[str]:
     """Names of the tensors that only lookup ops (``LOOKUP_OPS``) read in the graph ``buf[g0:g1]``."""
     lookups: set[str] = set()
     others: set[str] = set()
@@ -130,18 +130,18 @@ def split(graph: Path, *, min_bytes: int = MAP_MIN_BYTES) -> bool:
     """Move the big lookup tables of ``graph`` into ``data_path(graph)``; False when there is none
     (or the graph is split already). Both files are written under temporary names and renamed: a
     reader sees the old graph, or the new graph with its data file in place."""
-    buf = graph.read_bytes()
+    buf = memoryview(graph.read_bytes())  # slices of it are views: the table is not copied
     top = [f for f in _fields(buf, 0, len(buf)) if f[0] == _MODEL_GRAPH and f[1] == 2]
     if len(top) != 1:
         raise ValueError(f"{graph}: not an ONNX model with one graph")
     _, _, gt, g0, g1 = top[0]
     tables = _lookup_tables(buf, g0, g1)
     location = data_path(graph).name
-    graph_parts: list[bytes] = []
-    data: list[bytes] = []
+    graph_parts: list[bytes | memoryview] = []
+    data: list[bytes | memoryview] = []
     offset = 0
     for field, wire, t0, v0, v1 in _fields(buf, g0, g1):
-        chunk = bytes(buf[t0:v1])
+        chunk: bytes | memoryview = buf[t0:v1]
         if field == _GRAPH_INITIALIZER and wire == 2:
             name, raw, external = "", (0, 0), False
             for f, w, _, n0, n1 in _fields(buf, v0, v1):
@@ -156,11 +156,9 @@ def split(graph: Path, *, min_bytes: int = MAP_MIN_BYTES) -> bool:
                 return False  # split already (by us, or by whoever made the file)
             if name in tables and length >= min_bytes:
                 pad = -offset % ALIGN
-                data += [b"\0" * pad, bytes(buf[raw[0] : raw[1]])]
+                data += [b"\0" * pad, buf[raw[0] : raw[1]]]
                 offset += pad
-                body = b"".join(
-                    bytes(buf[a:b]) for f, _, a, _, b in _fields(buf, v0, v1) if f != _TENSOR_RAW_DATA
-                )
+                body = b"".join(buf[a:b] for f, _, a, _, b in _fields(buf, v0, v1) if f != _TENSOR_RAW_DATA)
                 for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
                     entry = _length_field(1, key.encode()) + _length_field(2, value.encode())
                     body += _length_field(_TENSOR_EXTERNAL_DATA, entry)
@@ -171,20 +169,20 @@ def split(graph: Path, *, min_bytes: int = MAP_MIN_BYTES) -> bool:
     if not data:
         return False
     new_graph = _length_field(_MODEL_GRAPH, b"".join(graph_parts))
-    model = bytes(buf[:gt]) + new_graph + bytes(buf[g1:])
+    model: list[bytes | memoryview] = [buf[:gt], new_graph, buf[g1:]]
     mode = graph.stat().st_mode & 0o777
     # read-only, so a `cp` over it fails instead of truncating what processes map (a fault past the
     # new end would be SIGBUS); on Windows a read-only file would stop the next prepare's rmtree
     _write_atomically(data_path(graph), data, mode & 0o555 if os.name == "posix" else mode)
     try:
-        _write_atomically(graph, [model], mode)
+        _write_atomically(graph, model, mode)
     except BaseException:
         data_path(graph).unlink(missing_ok=True)  # no graph names it: the old one-file graph stays
         raise
     return True
 
 
-def _write_atomically(path: Path, chunks: list[bytes], mode: int) -> None:
+def _write_atomically(path: Path, chunks: list[bytes | memoryview], mode: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
