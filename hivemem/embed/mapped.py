@@ -17,6 +17,7 @@ mtime no longer match, e.g. in a copied home).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -226,12 +227,14 @@ def record(graph: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def check(directory: Path, files: dict[str, dict[str, Any]]) -> None:
+def check(directory: Path, files: dict[str, dict[str, Any]]) -> dict[str, int]:
     """Raise ``ModelDamaged`` unless every file in ``files`` (a ``record``) is there as prepared.
 
     Size first (a truncated file would crash the process that maps it), then mtime; when the
-    mtime differs (a copied home) the SHA-256 decides.
+    mtime differs (a copied home) the SHA-256 decides. Returns the new mtimes of the files whose
+    content the SHA-256 confirmed (``ensure_mapped`` records them: the next start skips the hash).
     """
+    confirmed = {}
     for name, want in files.items():
         path = directory / name
         try:
@@ -243,8 +246,11 @@ def check(directory: Path, files: dict[str, dict[str, Any]]) -> None:
                 f"{path} has {st.st_size} bytes, but {want['bytes']} were prepared (truncated or changed): "
                 f"{_REPAIR}"
             )
-        if st.st_mtime_ns != want["mtime_ns"] and _sha256(path) != want["sha256"]:
-            raise ModelDamaged(f"{path} changed since it was prepared (its SHA-256 differs): {_REPAIR}")
+        if st.st_mtime_ns != want["mtime_ns"]:
+            if _sha256(path) != want["sha256"]:
+                raise ModelDamaged(f"{path} changed since it was prepared (its SHA-256 differs): {_REPAIR}")
+            confirmed[name] = st.st_mtime_ns
+    return confirmed
 
 
 _REPAIR = "run `hivemem model prepare --force` to prepare the model again"
@@ -268,8 +274,24 @@ def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Pa
                 flush=True,
             )
             return manifest
-    check(directory, manifest["variants"][name]["files"])
+    files = manifest["variants"][name]["files"]
+    confirmed = check(directory, files)
+    if confirmed:
+        with contextlib.suppress(OSError):  # a read-only copy is hashed at every start instead
+            _record_mtimes(directory, name, {k: (files[k]["sha256"], v) for k, v in confirmed.items()}, lock)
     return manifest
+
+
+def _record_mtimes(directory: Path, name: str, confirmed: dict[str, tuple[str, int]], lock: Path) -> None:
+    """Record the mtimes of files whose SHA-256 ``check`` confirmed (unless the record changed)."""
+    with locked(lock, mode=0o644):
+        path = directory / "manifest.json"
+        manifest = json.loads(path.read_text())
+        files = manifest["variants"][name].get("files") or {}
+        for file, (sha256, mtime_ns) in confirmed.items():
+            if files.get(file, {}).get("sha256") == sha256:
+                files[file]["mtime_ns"] = mtime_ns
+        _write_atomically(path, [json.dumps(manifest, indent=2).encode()], 0o644)
 
 
 def _convert(directory: Path, name: str, lock: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ older version converted at its next start, and a damaged file refused with ``Mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -266,6 +267,44 @@ def test_a_copied_home_is_checked_by_content_and_accepted(
     home, graph = _copied_home(tmp_path, hivemem_home, monkeypatch)
     os.utime(mapped.data_path(graph), ns=(1, 1))  # another mtime, the same bytes
     assert np.array_equal(_engine_vectors(home, monkeypatch), _engine_vectors(hivemem_home, monkeypatch))
+    manifest = json.loads((graph.parent / "manifest.json").read_text())
+    files = manifest["variants"][manifest["default"]]["files"]
+    assert files[mapped.data_path(graph).name]["mtime_ns"] == 1  # confirmed once: no hash next time
+    assert mapped.check(graph.parent, files) == {}
+
+
+CONVERT = """
+import hashlib, sys
+from hivemem.embed.engine import make_backend
+b = make_backend("onnx")
+print(hashlib.sha256(b.encode(sys.argv[1:]).tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_processes_starting_together_convert_an_older_home(tmp_path: Path, hivemem_home: Path) -> None:
+    directory = _legacy_home(tmp_path, hivemem_home)
+    digest = hashlib.sha256(_old_vectors(directory).tobytes()).hexdigest()
+    env = {**os.environ, "HIVEMEM_HOME": str(tmp_path / "old-home")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONVERT, *TEXTS],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert {out.strip() for out, _ in outs} == {digest}
+    assert all("stays in its old layout" not in err for _, err in outs)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    graph = directory / manifest["variants"][manifest["default"]]["file"]
+    assert manifest["variants"][manifest["default"]]["files"] == mapped.record(graph)
+    assert not [p.name for p in directory.iterdir() if p.name.startswith(".")]
 
 
 MAPS = """
