@@ -13,8 +13,8 @@ worker's own CPU per call competes with the model for the cores). The service's 
 the last reply (busy) and after the workers exited. And a lone client's latency: 200
 single texts one after another, p50. ``--cached``: every text is in the cache file before the
 service starts (its in-process LRU is empty), so no model runs and the figures are the service's
-own cost per request: framing, the event loop, the cache lookup. Prints a table (medians over
-rounds) and one JSON line.
+own cost per request: framing, the event loop, the cache lookup. Each tree runs in a home of its
+own (``model_homes.py``). Prints a table (medians over rounds), one JSON line and bar charts.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
+from model_homes import tree_home  # noqa: E402
 from plots import add_plot_options, bars  # noqa: E402
 from procstat import cpu_s, pss_mb, wait_for_socket  # noqa: E402
 
@@ -55,11 +57,12 @@ def worker(seed: int, index: int, n: int, total: int) -> None:
 
 
 def one_round(
-    tree: Path, work: Path, w: int, n: int, seed: int, service_args: list[str], cached: bool = False
+    tree: Path, work: Path, w: int, n: int, seed: int, service_args: list[str], cached: bool, home: Path
 ) -> dict:
     sock = work / f"s{seed}.sock"
     env = {
         **os.environ,
+        "HIVEMEM_HOME": str(home),  # the tree's own (model_homes.py)
         "PYTHONPATH": f"{tree}:{ROOT / 'benchmarks'}",
         "HIVEMEM_SOCKET": str(sock),
         "HIVEMEM_CACHE": str(work / f"c{seed}.sqlite"),
@@ -169,13 +172,18 @@ def main() -> None:
     trees = [("after", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
     runs: dict[str, list[dict]] = {label: [] for label, _ in trees}
     work = Path(tempfile.mkdtemp(prefix="hmsc", dir="/tmp"))
-    seed = int(time.time()) % 100_000
-    for r in range(args.rounds):
-        for label, tree in trees if r % 2 == 0 else trees[::-1]:
-            seed += 100
-            row = one_round(tree, work, args.workers, args.n, seed, args.service_args.split(), args.cached)
-            runs[label].append(row)
-            print(f"  round {r} {label:6} " + "  ".join(f"{k} {row[k]:.3g}" for k in KEYS), flush=True)
+    try:
+        homes = {label: tree_home(work, label, tree) for label, tree in trees}
+        seed = int(time.time()) % 100_000
+        for r in range(args.rounds):
+            for label, tree in trees if r % 2 == 0 else trees[::-1]:
+                seed += 100
+                extra = args.service_args.split()
+                row = one_round(tree, work, args.workers, args.n, seed, extra, args.cached, homes[label])
+                runs[label].append(row)
+                print(f"  round {r} {label:6} " + "  ".join(f"{k} {row[k]:.3g}" for k in KEYS), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0]
     print(f"\n| {args.workers} processes × {args.n} single texts (median of {args.rounds}) | "
           + " | ".join(label for label, _ in trees) + " |")  # fmt: skip
@@ -210,6 +218,16 @@ def main() -> None:
         series,
         ylabel=what,
         fmt="{:.3f}" if args.cached else "{:.2f}",
+        note=f"benchmarks/service_callers.py, median of {args.rounds} interleaved rounds; load {load:.1f}",
+    )
+    bars(
+        args,
+        "service_callers_pss_cached" if args.cached else "service_callers_pss",
+        f"The service's PSS, {args.workers} processes × {args.n} single texts",
+        ["right after the last reply", "after the workers exited"],
+        {label: [result[label][k] for k in ("service_pss_busy_mb", "service_pss_mb")] for label, _ in trees},
+        ylabel="PSS, MB",
+        fmt="{:.0f}",
         note=f"benchmarks/service_callers.py, median of {args.rounds} interleaved rounds; load {load:.1f}",
     )
 

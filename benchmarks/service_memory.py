@@ -7,8 +7,10 @@ engine as ``hivemem serve`` builds it (``replicas.build_engine``, cache off: no 
 ``--calls`` calls of ``--size`` new texts (what 25 single-text workers hand the queue), then
 ``malloc_trim`` (what the service does once nothing is in flight, ``server.TRIM_AFTER_S``), then
 one call of 1,000 texts and ``malloc_trim`` again. Also the largest anonymous mapping (the fp32
-word-embedding table of the model) and the CPU per text of the calls: run it with glibc's
-``MALLOC_*`` variables to weigh an allocator setting (docs/service.md, "Round 2").
+word-embedding table of the model when it is copied), the table's file mapping (size, resident)
+and the CPU per text of the calls: run it with glibc's ``MALLOC_*`` variables to weigh an
+allocator setting (docs/service.md, "Round 2"). Each tree runs in a home of its own
+(``model_homes.py``).
 ``--before TREE``: also a real service of this tree and of TREE, in turn, ``--rounds`` times:
 PSS when it listens, right after one call of 1,000 new texts through the socket, and 1 s later
 (where the service trims once idle). Prints tables, one JSON line and bar charts.
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -28,22 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from model_homes import table_mapping, tree_home
 from plots import add_plot_options, bars
 from procstat import pss_mb, wait_for_socket
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def largest_anon_mb() -> float:
-    """PSS of the largest anonymous mapping (no file, not the heap)."""
-    best, anon = 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                anon = len(line.split()) == 5
-            elif anon and line.startswith("Pss:"):
-                best = max(best, int(line.split()[1]))
-    return best / 1024
 
 
 _CALL = (
@@ -52,11 +42,11 @@ _CALL = (
 )
 
 
-def service_round(tree: Path, seed: int) -> dict[str, float]:
+def service_round(tree: Path, seed: int, home: Path) -> dict[str, float]:
     """PSS of a fresh service of ``tree``: listening, right after one 1,000-text call, 1 s later."""
     work = Path(tempfile.mkdtemp(prefix="hmsm", dir="/tmp"))
     sock = work / "s.sock"
-    env = {**os.environ, "PYTHONPATH": str(tree), "HIVEMEM_SOCKET": str(sock),
+    env = {**os.environ, "PYTHONPATH": str(tree), "HIVEMEM_SOCKET": str(sock), "HIVEMEM_HOME": str(home),
            "HIVEMEM_CACHE": str(work / "c.sqlite"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
     # cwd=tree: ``python -m``/``-c`` put the working directory before PYTHONPATH on sys.path
     service = subprocess.Popen(
@@ -77,14 +67,15 @@ def service_round(tree: Path, seed: int) -> dict[str, float]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def compare_services(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def compare_services(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
     trees = [("after", ROOT), ("before", args.before.resolve())]
+    homes = {label: tree_home(work, label, tree) for label, tree in trees}
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _ in trees}
     seed = int(time.time()) % 100_000
     for r in range(args.rounds):
         for label, tree in trees if r % 2 == 0 else trees[::-1]:
             seed += 1
-            runs[label].append(service_round(tree, seed))
+            runs[label].append(service_round(tree, seed, homes[label]))
             print(f"  round {r} {label:6} " + "  ".join(f"{k} {v:.1f}" for k, v in runs[label][-1].items()))
     medians = {}
     for label, rows in runs.items():
@@ -114,6 +105,15 @@ def main() -> None:
     add_plot_options(ap)
     args = ap.parse_args()
     stages: dict[str, float] = {"interpreter": pss_mb()}
+    work = Path(tempfile.mkdtemp(prefix="hmsm-homes", dir="/tmp"))
+    try:
+        run(args, work, stages)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path, stages: dict[str, float]) -> None:
+    os.environ["HIVEMEM_HOME"] = str(tree_home(work, "in-process", ROOT))  # never the developer's home
     import numpy  # noqa: F401
     import onnxruntime  # noqa: F401
     import tokenizers  # noqa: F401
@@ -126,7 +126,6 @@ def main() -> None:
     stages["runtime"] = pss_mb()
     engine = build_engine(metrics=ServiceMetrics(), cache=False)
     stages["engine"] = pss_mb()
-    table_mb = largest_anon_mb()
     texts = sentences(args.calls * args.size + 1000, seed=5)
     engine.embed(texts[-1050:-1000])  # warm-up
     cpu0 = time.process_time()
@@ -140,20 +139,23 @@ def main() -> None:
     stages["1,000-text call"] = pss_mb()
     release_free_memory()
     stages["trimmed again"] = pss_mb()
+    table = table_mapping()
     engine.close()
     print("| stage | PSS MB |\n|---|---|")
     for stage, mb in stages.items():
         print(f"| {stage} | {mb:.1f} |")
-    print(f"| (largest anonymous mapping: the word-embedding table) | {table_mb:.1f} |")
+    print(f"| (largest anonymous mapping: the table, before round 5) | {table['largest_anon_mb']:.1f} |")
+    print(f"| (the table's file mapping: size / resident at the end) | {table['data_size_mb']:.1f} / "
+          f"{table['data_rss_mb']:.1f} |")  # fmt: skip
     print(f"| (CPU per text of the {args.calls} calls, ms) | {cpu_ms:.3f} |")
-    result = {"stages_pss_mb": stages, "largest_anon_mb": table_mb, "cpu_ms_per_text": cpu_ms}
+    result = {"stages_pss_mb": stages, **table, "cpu_ms_per_text": cpu_ms}
     result |= {
         "calls": args.calls,
         "size": args.size,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }
     if args.before:
-        result["services_pss_mb"] = compare_services(args)
+        result["services_pss_mb"] = compare_services(args, work)
     print(json.dumps(result))
     bars(
         args,

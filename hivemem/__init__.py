@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     # the one error tree (hivemem.errors)
     "HivememError": "hivemem.errors",
     "ModelNotPrepared": "hivemem.errors",
+    "ModelDamaged": "hivemem.errors",
     "QueueFull": "hivemem.errors",
     "QueueClosed": "hivemem.errors",
     "EmbedderUnavailable": "hivemem.errors",
@@ -89,6 +90,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hivemem.errors import LimitExceeded as LimitExceeded
     from hivemem.errors import LLMError as LLMError
     from hivemem.errors import MemoryNotFound as MemoryNotFound
+    from hivemem.errors import ModelDamaged as ModelDamaged
     from hivemem.errors import ModelNotPrepared as ModelNotPrepared
     from hivemem.errors import NoPostgres as NoPostgres
     from hivemem.errors import PgVectorMissing as PgVectorMissing

@@ -7,6 +7,7 @@ can be read in one place, and every one is importable from ``hivemem``::
 
     HivememError
     ├── ModelNotPrepared         (RuntimeError)     the ONNX export is missing and cannot be made here
+    │   └── ModelDamaged                            a prepared model file is missing, truncated or changed
     ├── QueueFull                (RuntimeError)     the engine's queue holds max_pending texts
     ├── QueueClosed              (RuntimeError)     the engine was closed
     ├── EmbedderUnavailable      (ConnectionError)  no remote embedding host answered in time
@@ -55,6 +56,11 @@ class HivememError(Exception):
 
 class ModelNotPrepared(HivememError, RuntimeError):
     """The ONNX export is missing and cannot be made here (torch is not installed)."""
+
+
+class ModelDamaged(ModelNotPrepared):
+    """A prepared model file is missing, truncated or changed since ``prepare`` wrote it (checked
+    against the manifest before ONNX Runtime maps it); the message says how to prepare it again."""
 
 
 class QueueFull(HivememError, RuntimeError):

@@ -2,7 +2,7 @@
 
 The model is exported once into the real ``HIVEMEM_HOME`` (CI points that at a fresh temp dir, so
 the first run exercises ``hivemem model prepare`` end to end); the tests then run in a private home
-whose ``models`` links to it, so no test ever touches the user's cache or database.
+whose ``models`` holds hard links to it, so no test ever touches the user's cache or database.
 
 PostgreSQL tests get a server from ``pg_dsn`` and a private schema of it from ``pg_url``.
 
@@ -50,6 +50,22 @@ def _prepared_models_dir() -> Path:
     return config.models_dir()
 
 
+def _link_models(models: Path, to: Path) -> None:
+    """A private copy of the prepared models made of hard links (a copy where links fail): the
+    engine may rewrite a model's files in place (``hivemem.embed.mapped`` converts an older layout),
+    and it must do so in the test home, never in the developer's cache."""
+    for src in models.iterdir():
+        if src.name.startswith(".") or not src.is_dir():
+            continue  # locks, half-written exports
+        (to / src.name).mkdir(parents=True)
+        for f in src.iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                try:
+                    os.link(f, to / src.name / f.name)
+                except OSError:
+                    shutil.copy2(f, to / src.name / f.name)
+
+
 # Fixtures whose use means "this test embeds with the real model" / "this test needs PostgreSQL"
 # (``item.fixturenames`` is the whole closure: ``mem`` counts through ``embedder``).
 MODEL_FIXTURES = {"embedder", "model_home", "local_embedder", "local_engine", "hm_service"}
@@ -78,7 +94,7 @@ def hivemem_home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     models = _prepared_models_dir() if _needs_model(request.session.items) else None
     home = tmp_path_factory.mktemp("hivemem-home")
     if models is not None:
-        (home / "models").symlink_to(models, target_is_directory=True)
+        _link_models(models, home / "models")
     os.environ["HIVEMEM_HOME"] = str(home)  # inherited by every subprocess a test starts
     return home
 

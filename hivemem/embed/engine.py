@@ -56,7 +56,8 @@ def make_backend(
     if backend == "onnx":
         import onnxruntime as ort
 
-        from hivemem.embed.model import model_dir, prepared_manifest
+        from hivemem.embed.mapped import ensure_mapped
+        from hivemem.embed.model import lock_path, model_dir, prepared_manifest
         from hivemem.embed.onnx_backend import OnnxBackend, providers_for
 
         providers_for(device, ort.get_available_providers())  # a bad device fails before any export
@@ -64,6 +65,9 @@ def make_backend(
         manifest = prepared_manifest()
         name = resolve_variant(manifest, variant, device)
         directory = model_dir()
+        # the tables in their own file, mapped (a home of an older version is converted once, here);
+        # a damaged file raises ModelDamaged before ONNX Runtime maps it
+        manifest = ensure_mapped(directory, name, manifest, lock_path())
         report = manifest["variants"][name]
         return OnnxBackend(
             directory / report["file"],

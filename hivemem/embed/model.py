@@ -52,6 +52,11 @@ def model_dir(model: str = DEFAULT_MODEL) -> Path:
     return config.models_dir() / model
 
 
+def lock_path(model: str = DEFAULT_MODEL) -> Path:
+    """The lock held while the model's directory is written (``prepare``, ``mapped.ensure_mapped``)."""
+    return config.models_dir() / f".{model}.lock"
+
+
 def read_manifest(model: str = DEFAULT_MODEL) -> dict[str, Any] | None:
     """The manifest of a prepared model, or None when it has not been prepared."""
     path = model_dir(model) / "manifest.json"

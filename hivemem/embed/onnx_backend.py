@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+from hivemem.embed.mapped import advise_random, data_path
 from hivemem.embed.model import DIM, MAX_TOKENS
 from hivemem.embed.validate import model_input
 
@@ -98,6 +99,8 @@ class OnnxBackend:
         providers = providers_for(device, ort.get_available_providers())
         opts.log_severity_level = 3  # ORT's warnings (e.g. unused initializers) are not the user's business
         self.session = ort.InferenceSession(str(model_path), opts, providers=providers)
+        if data_path(model_path).exists():  # the tables ORT mapped from their file (embed.mapped)
+            advise_random(data_path(model_path))
         self._inputs = {i.name for i in self.session.get_inputs()}
         self.tokenizer = load_tokenizer(tokenizer_path)
         self._pool: ThreadPoolExecutor | None = None

@@ -37,6 +37,7 @@ from hivemem.embed.model import (
     MIN_TOP5_OVERLAP,
     RECIPE,
     is_current,
+    lock_path,
     model_dir,
     read_manifest,
     source_dir,
@@ -67,6 +68,7 @@ class VariantReport:
     top5_by_corpus: dict[str, float] | None = None  # top5_overlap is the lowest of these
     batch_size: int = 32  # texts per model run that gave texts_per_s (the backend's default)
     error: str | None = None  # why the variant could not be built or run on this machine
+    files: dict[str, dict[str, Any]] | None = None  # size, mtime, SHA-256 of each file (embed.mapped)
 
 
 def ensure_prepared(model: str = DEFAULT_MODEL) -> dict[str, Any]:
@@ -120,7 +122,7 @@ def prepare_model(
     manifest = read_manifest(model)
     if not force and manifest is not None and is_current(manifest):
         return manifest
-    with _exclusive(config.models_dir() / f".{model}.lock"):
+    with _exclusive(lock_path(model)):
         manifest = read_manifest(model)
         if not force and manifest is not None and is_current(manifest):
             print(f"hivemem: {model} was prepared by another process meanwhile", file=sys.stderr, flush=True)
@@ -146,6 +148,7 @@ def prepare_model(
 
 def _build(work: Path, *, threads: int | None) -> dict[str, Any]:
     from hivemem.embed.corpus import sentences, templated
+    from hivemem.embed.mapped import record, split
     from hivemem.embed.quantize import quantize_int8
     from hivemem.embed.w8a8 import int8_pairs_saturate
 
@@ -168,11 +171,17 @@ def _build(work: Path, *, threads: int | None) -> dict[str, Any]:
             )
         except Exception as exc:  # one recipe failing on this machine must not cost the others
             errors[name] = f"{type(exc).__name__}: {exc}"
+    for name in VARIANTS:  # the lookup tables to their own file, which ORT maps (hivemem.embed.mapped)
+        if (work / f"model-{name}.onnx").exists():
+            split(work / f"model-{name}.onnx")
     # Held-out verification texts: seeds different from calibration and from the benchmarks. The
     # templated corpus is where quantization moves neighbours first (near-ties everywhere).
     corpora = {"varied": sentences(1200, seed=1001), "templated": templated(400, seed=1002)}
     reference = _reference_vectors(src, corpora)
     reports = _verify_all(work, corpora, reference, errors, threads)
+    for r in reports:
+        if (work / r.file).exists():
+            r.files = record(work / r.file)
     accepted = [r for r in reports if r.accepted]
     if not accepted:
         raise RuntimeError(f"no exported variant matched the reference: {reports}")
