@@ -3,19 +3,20 @@
 Runs a benchmark script of this tree (this tree first on ``PYTHONPATH``) once per interpreter and
 round, the interpreters taking turns (A B C, C B A, …) so that the load of a shared machine falls
 on all alike, and compares the numbers of the scripts' final JSON lines named by ``--keys`` (the
-median over rounds, and each one's ratio to the first interpreter). An interpreter is
-``LABEL=[NAME=VALUE …] PATH``: the assignments are its environment, e.g. the GIL turned back on
-in a free-threaded build (docs/embed.md, "A free-threaded interpreter")::
+median over rounds, and each one's ratio to the first interpreter; a script's own per-round
+lists are left out). An interpreter is ``LABEL=[NAME=VALUE …] PATH`` (no ``=`` in the label):
+the assignments are its environment, e.g. the GIL turned back on in a free-threaded build
+(docs/memory.md, "A free-threaded interpreter")::
 
     python benchmarks/interpreters.py --rounds 3 \\
-        --python "3.13t=/opt/py313t-venv/bin/python" \\
-        --python "3.13t GIL=PYTHON_GIL=1 /opt/py313t-venv/bin/python" \\
+        --python "3.13t GIL off=/opt/py313t-venv/bin/python" \\
+        --python "3.13t GIL on=PYTHON_GIL=1 /opt/py313t-venv/bin/python" \\
         --python "3.11=/work/main/.venv/bin/python" \\
         --keys ratio,one_rate,many_rate --plot-keys ratio -- search_threads.py --rounds 2
 
 The script's ``gil`` key (``sys._is_gil_enabled()`` in the child, after every import) is shown per
 interpreter: an extension module not marked free-threading-safe turns the GIL back on.
-Prints a table, a final JSON line, and a plot (docs/img/interpreters_<script>.png).
+Prints a table, a final JSON line, and a plot (docs/img/interpreters_<label or script>.png).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def main() -> int:
     ap.add_argument("--python", action="append", required=True, help="LABEL=[NAME=VALUE ...] PATH")
     ap.add_argument("--rounds", type=int, default=3, help="runs of the script per interpreter")
     ap.add_argument("--keys", default="", help="comma-separated substrings: the numbers shown (all)")
-    ap.add_argument("--plot-keys", default="", help="substrings of the keys plotted (default: --keys)")
+    ap.add_argument("--plot-keys", default="", help="the keys plotted (default: --keys)")
+    ap.add_argument("--label", default="", help="the plot's name (default: the script's)")
     add_plot_options(ap)
     ap.add_argument("bench", nargs=argparse.REMAINDER, help="-- script.py [its options]")
     args = ap.parse_args()
@@ -79,6 +81,7 @@ def main() -> int:
             gil[label].add(bool(raw.get("gil", True)))
             print(f"round {r + 1}/{args.rounds} {label}: {took:.0f} s", file=sys.stderr, flush=True)
     keys = sorted(set.intersection(*(set(n) for rs in runs.values() for n in rs)))
+    keys = [k for k in keys if not any(part.isdigit() for part in k.split("."))]  # not per-round lists
     wanted = [s for s in args.keys.split(",") if s]
     keys = [k for k in keys if not wanted or any(s in k.split(".")[-1] for s in wanted)]
     labels = [label for label, _, _ in pythons]
@@ -100,7 +103,7 @@ def main() -> int:
         print(f"| {k} | " + " | ".join(cells) + " |")
     plotted = [s for s in (args.plot_keys or args.keys).split(",") if s]
     shown = [k for k in keys if not plotted or any(s == k.split(".")[-1] for s in plotted)]
-    name = Path(bench[0]).stem
+    name = args.label or Path(bench[0]).stem
     if shown:
         bars(
             args, f"interpreters_{name}", f"{name}: {', '.join(shown)} per interpreter",
