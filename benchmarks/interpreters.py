@@ -58,6 +58,15 @@ def run(python: str, env: dict[str, str], bench: list[str]) -> tuple[dict[str, A
     return last_json(proc.stdout), time.perf_counter() - started
 
 
+def draw(args: Any, name: str, keys: list[str], series: dict[str, dict[str, float]], note: str) -> None:
+    """The plot: one bar per interpreter (``series``: label → medians) for each of ``keys``."""
+    bars(
+        args, f"interpreters_{name}", f"{name}, per interpreter",
+        [k.split(".")[-1] for k in keys], {label: [med[k] for k in keys] for label, med in series.items()},
+        ylabel="median over rounds", fmt="{:.2f}", note=note, horizontal=True,
+    )  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--python", action="append", required=True, help="LABEL=[NAME=VALUE ...] PATH")
@@ -105,12 +114,8 @@ def main() -> int:
     shown = [k for k in keys if not plotted or any(s == k.split(".")[-1] for s in plotted)]
     name = args.label or Path(bench[0]).stem
     if shown:
-        bars(
-            args, f"interpreters_{name}", f"{name}: {', '.join(shown)} per interpreter",
-            shown, {f"{label} (GIL {gil_on[label]})": [med[label][k] for k in shown] for label in labels},
-            ylabel="median over rounds", fmt="{:.2f}",
-            note=f"{args.rounds} runs per interpreter, alternated; {' '.join(bench)}",
-        )  # fmt: skip
+        note = f"{args.rounds} runs per interpreter, alternated; {' '.join(bench)}"
+        draw(args, name, shown, {f"{label} (GIL {gil_on[label]})": med[label] for label in labels}, note)
     head = {"bench": " ".join(bench), "rounds": args.rounds}
     pys = {label: {"python": python, "env": env, "gil": gil_on[label]} for label, python, env in pythons}
     print(json.dumps({**head, "pythons": pys, "median": med, "runs": runs}))
