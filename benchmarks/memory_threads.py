@@ -15,6 +15,11 @@ the p50 of one thread's single ``embed_one`` calls (latency: must not get worse)
 ``add_batch`` and the two 20-thread runs the process's CPU per item and the cores it kept busy
 (a ratio's gap is either more CPU per item or a core left idle).
 Ratios are taken within a process (same moment), then the median over rounds is reported.
+``--no-model``: the same ``Embedder`` (queue, cache) and ``Memory`` over a table of random vectors
+made before timing (``search_threads.TableEmbedder``) instead of the model, so the figures are
+Python's and the store's alone (what an interpreter changes; it needs no tokenizer or ONNX Runtime).
+The JSON line says whether the GIL was on in the children (``gil``: ``sys._is_gil_enabled()``
+after every import; always true before CPython 3.13).
 Prints a table, then one JSON line.
 """
 
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from plots import add_plot_options, bars
+from search_threads import TableEmbedder
 from threads import in_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,17 +60,23 @@ def _cpu(out: dict[str, Any], key: str, n: int, run: Any) -> None:
     out[f"{key}_cores"] = cpu / wall
 
 
-def child(seed: int, batch: int, adds: int, threads: int) -> dict[str, Any]:
-    """One process, one tree: every figure of a round (texts/s, and the grouping counters)."""
+def child(seed: int, batch: int, adds: int, threads: int, model: bool = True) -> dict[str, Any]:
+    """One process, one tree: every figure of a round (texts/s, and the grouping counters);
+    ``model=False``: over a ``TableEmbedder`` backend (``--no-model``)."""
     from hivemem import Embedder, EmbeddingCache, Memory
     from hivemem.embed.corpus import sentences
 
     texts = sentences(2 * batch + 2 * adds, seed=1000 + seed)
     parts = [texts[:batch], texts[batch : 2 * batch], texts[2 * batch : 2 * batch + adds], texts[-adds:]]
+    warm = sentences(64, seed=99)
+    table = None if model else TableEmbedder()
+    if table is not None:
+        table.learn([*texts, *warm, "warm up"], seed=seed)
+    backend: Any = "onnx" if table is None else table
     tmp = Path(tempfile.mkdtemp(prefix="hivemem-threads-"))
     out: dict[str, Any] = {}
-    with Embedder(cache=False) as raw:
-        raw.embed(sentences(64, seed=99))
+    with Embedder(backend, cache=False) as raw:
+        raw.embed(warm)
 
         def engine() -> None:
             t0 = time.perf_counter()
@@ -84,7 +96,7 @@ def child(seed: int, batch: int, adds: int, threads: int) -> dict[str, Any]:
         out["single_p50_ms"] = 1000 * statistics.median(latencies)
 
     def fresh(name: str) -> tuple[Any, Any]:
-        emb = Embedder(cache=EmbeddingCache(tmp / f"{name}-cache.sqlite"))
+        emb = Embedder(backend, cache=EmbeddingCache(tmp / f"{name}-cache.sqlite"))
         m = Memory(tmp / f"{name}.sqlite", embedder=emb)
         m.add("warm up", user_id="warm")
         return m, emb
@@ -111,6 +123,7 @@ def child(seed: int, batch: int, adds: int, threads: int) -> dict[str, Any]:
     assert m.count() == adds + 1, "an add was lost"
     m.close()
     emb.close()
+    out["gil"] = getattr(sys, "_is_gil_enabled", lambda: True)()  # after every import
     return out
 
 
@@ -123,11 +136,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000, help="texts of the engine call and of add_batch")
     ap.add_argument("--adds", type=int, default=600, help="single adds (and embed calls) per thread run")
     ap.add_argument("--threads", type=int, default=20)
+    ap.add_argument("--no-model", action="store_true", help="random vectors instead of the model (docstring)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: one round in this process
     add_plot_options(ap)
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.batch, args.adds, args.threads)))
+        print(json.dumps(child(args.child, args.batch, args.adds, args.threads, not args.no_model)))
         return
     trees = [("after", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in trees}
@@ -136,6 +150,7 @@ def main() -> None:
             env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
             cmd = [sys.executable, __file__, "--child", str(r), "--batch", str(args.batch),
                    "--adds", str(args.adds), "--threads", str(args.threads)]  # fmt: skip
+            cmd += ["--no-model"] if args.no_model else []
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{label} round {r} failed:\n{done.stderr[-3000:]}")
@@ -144,7 +159,9 @@ def main() -> None:
                 f"  round {r} {label:6} " + "  ".join(f"{k} {runs[label][-1][k]:7.0f}/s" for k in KEYS),
                 flush=True,
             )
-    result: dict[str, Any] = {"rounds": args.rounds, "threads": args.threads, "batch": args.batch}
+    result: dict[str, Any] = {"rounds": args.rounds, "threads": args.threads, "batch": args.batch,
+                              "model": not args.no_model,
+                              "gil": any(x["gil"] for label in runs for x in runs[label])}  # fmt: skip
     n = args.threads
     print(
         f"\n| figure (median of {args.rounds} rounds; ratios within a round) | "
@@ -194,8 +211,9 @@ def main() -> None:
             ("threads_add_vs_add_batch", f"{n} threads × add\n/ add_batch (target ≥ 0.8)")]  # fmt: skip
     bars(
         args,
-        "memory_threads",
-        f"Threads of single calls vs one batch (median of {args.rounds} rounds)",
+        "memory_threads_no_model" if args.no_model else "memory_threads",
+        f"Threads of single calls vs one batch{', no model' if args.no_model else ''}"
+        f" (median of {args.rounds} rounds)",
         [label for _, label in keys],
         {tree: [result[tree][k] for k, _ in keys] for tree, _ in trees},
         ylabel="ratio (same process, same moment)",

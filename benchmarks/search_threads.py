@@ -13,7 +13,8 @@ MiniLM), computed before timing, so the figures are the store's and Python's, no
 B A, …) so that the load of a shared machine falls on both; the ratio is taken within a round and
 the median over rounds reported, with the CPU time and voluntary context switches per search
 (the GIL hand-offs: a search that lets go of the GIL often makes many when threads wait for it).
-Prints a table, one JSON line, and a plot (docs/img/search_threads.png).
+Prints a table, one JSON line (``gil``: whether the GIL was on, ``sys._is_gil_enabled()``), and a
+plot (docs/img/search_threads.png).
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ DIM = 384
 
 
 class TableEmbedder:
-    """NOT a model: a random unit vector per text, all made before timing (see the docstring)."""
+    """NOT a model: a random unit vector per text, all made before timing (see the docstring).
+    Also a ``hivemem.embed.protocol.Backend`` (``encode``), so that ``hivemem.Embedder`` can run
+    its queue and cache over it without a model (``memory_threads.py --no-model``)."""
 
     model_id = "bench/random-table-384"
     dim = DIM
+    truncated = 0
 
     def __init__(self) -> None:
         self.table: dict[str, np.ndarray] = {}
@@ -62,6 +66,12 @@ class TableEmbedder:
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed(texts)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.embed(texts)
+
+    def close(self) -> None:
+        pass
 
 
 def filled_store(
@@ -144,6 +154,7 @@ def main() -> None:
         "many_switches": med(lambda x: x["many"]["switches"]),
         # steadier than the rates on a crowded box (where N runnable threads draw more CPU than one)
         "cpu_ratio": med(lambda x: x["many"]["cpu_ms"] / x["one"]["cpu_ms"]),
+        "gil": getattr(sys, "_is_gil_enabled", lambda: True)(),  # after every import (3.13t: may be off)
     }  # fmt: skip
     t = args.threads
     print(f"\n| {args.mode} search, {args.memories:,} memories / {args.users} users, no model"

@@ -12,6 +12,8 @@ every caller its own outcome:
   from its own worker thread instead (``hivemem.embed.queue``).
 * ``each_alone``: after a group failed, its members one at a time, so an error lands on its cause.
 * ``Wake``: what a waiting caller blocks on (one raw lock: waking it is one release).
+* ``gil_enabled``: whether the interpreter has a GIL now (grouping that only saves GIL
+  hand-offs, the searches', is left out without one).
 
 docs/memory.md ("Concurrent adds") has the measurements behind the waiting rule.
 """
@@ -19,6 +21,7 @@ docs/memory.md ("Concurrent adds") has the measurements behind the waiting rule.
 from __future__ import annotations
 
 import _thread
+import sys
 import threading
 import time
 from collections import deque
@@ -29,6 +32,15 @@ from hivemem.errors import GroupLeaderFailed
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+_GIL_PROBE: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)  # CPython 3.13+
+
+
+def gil_enabled() -> bool:
+    """Whether this interpreter runs with a GIL now: always before CPython 3.13; a free-threaded
+    build (3.13t) runs without one unless ``PYTHON_GIL=1`` or the import of an extension module
+    not marked free-threading-safe turned it on (docs/memory.md, "A free-threaded interpreter")."""
+    return True if _GIL_PROBE is None else _GIL_PROBE()
 
 
 class Wake:

@@ -13,6 +13,11 @@ search still gets exactly its own answer or its own error, and sees every write 
 before it was called (its group's snapshot begins after it joined the line). If the thread
 running a group is interrupted (Ctrl-C in a main thread), the other searches of that group run
 again, each alone in its own snapshot: a search only reads.
+
+**Without a GIL** (a free-threaded CPython 3.13t, ``grouping.gil_enabled()`` false at the call)
+there is no hand-off to save, and one thread running everyone's searches would leave the other
+cores idle: each search runs in its caller's thread, in its own snapshot, side by side with the
+others (as on PostgreSQL). Measured: docs/memory.md, "A free-threaded interpreter".
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hivemem.errors import GroupLeaderFailed
-from hivemem.infra.grouping import Combiner, Release
+from hivemem.infra.grouping import Combiner, Release, gil_enabled
 from hivemem.memory.storage.base import Storage
 
 Hits = list[dict[str, Any]]
@@ -39,7 +44,8 @@ class SearchGroups:
 
     def __init__(self, storage: Storage, grouped: bool) -> None:
         """``grouped``: False runs each search by itself in its caller's thread (PostgreSQL: the
-        work is the server's, and its connections search in parallel)."""
+        work is the server's, and its connections search in parallel); so does a call made
+        without a GIL."""
         self._storage = storage
         self._combiner: Combiner[Callable[[], Hits], Hits] | None = (
             Combiner(self._run, max_wait_ms=SEARCH_WAIT_MS, max_size=GROUP_SEARCHES) if grouped else None
@@ -47,7 +53,7 @@ class SearchGroups:
 
     def run(self, search: Callable[[], Hits]) -> Hits:
         """``search()`` (a search through the storage primitives) inside a read snapshot."""
-        if self._combiner is None:
+        if self._combiner is None or not gil_enabled():
             with self._storage.snapshot():
                 return search()
         try:

@@ -57,13 +57,23 @@ def _fake_encode(calls: list[list[str]], fail_on: str | None = None):
 
 
 def test_identical_inflight_texts_are_computed_once():
+    """20 calls queued while the worker is busy form one batch, which computes each text once.
+    (The worker is held in a first batch: without the GIL it took the first call at once, alone,
+    while the others were still being queued — a lone caller never waits.)"""
     calls: list[list[str]] = []
-    q = MicroBatcher(_fake_encode(calls), max_wait_ms=50)
+    gate = threading.Event()
+    encode = _fake_encode(calls)
+    q = MicroBatcher(lambda t: (gate.wait(30), encode(t))[1], max_wait_ms=50)
+    held = q.submit(["first"])
+    while q.depth:  # until the worker took it: the 20 below queue behind it
+        time.sleep(0.001)
     futures = [q.submit(["same", "other"]) for _ in range(20)]
+    gate.set()
+    held.result(5)
     results = [f.result(5) for f in futures]
     q.close()
     assert all(np.array_equal(r, results[0]) for r in results)
-    assert sum(len(c) for c in calls) == 2
+    assert calls == [["first"], ["same", "other"]]
 
 
 def test_failing_batch_fails_only_its_callers_and_queue_survives():

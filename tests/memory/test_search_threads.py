@@ -1,8 +1,10 @@
 """Many threads searching one store at once, while another adds: each search sees one snapshot
 (every batch committed before it began, none half), and its results are those of a search of
 that snapshot alone; searches queued meanwhile run as one group, and the next group waits for
-the callers of the last one. Also: the cost of a search in statements does not grow with its
-words. Storage only: the hash embedder, no model (tests/hash_embedder.py)."""
+the callers of the last one — under a GIL; without one (a free-threaded 3.13t, here simulated
+by patching ``searching.gil_enabled`` so that both paths run on every interpreter) they run side
+by side. Also: the cost of a search in statements does not grow with its words. Storage only:
+the hash embedder, no model (tests/hash_embedder.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +20,18 @@ from hivemem import Memory
 from hivemem.embed.corpus import sentences
 from hivemem.infra import grouping
 from hivemem.infra.grouping import Member
-from hivemem.memory import hybrid
+from hivemem.memory import hybrid, searching
 from hivemem.memory.searching import SEARCH_WAIT_MS
 
 pytestmark = pytest.mark.fast  # no model, torch or PostgreSQL (tests/conftest.py)
 
 BATCHES, PER_BATCH, THREADS = 6, 25, 8
+
+
+@pytest.fixture
+def with_gil(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The searches' path under a GIL (grouped), whatever this interpreter is."""
+    monkeypatch.setattr(searching, "gil_enabled", lambda: True, raising=False)  # (absent before)
 
 
 def _items(texts: list[str], user: str) -> list[dict[str, Any]]:
@@ -40,7 +48,11 @@ def _same(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> bool:
     )
 
 
-def test_threads_searching_while_another_adds_each_see_one_snapshot(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gil", [True, False], ids=["gil", "no-gil"])
+def test_threads_searching_while_another_adds_each_see_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gil: bool
+) -> None:
+    monkeypatch.setattr(searching, "gil_enabled", lambda: gil, raising=False)
     texts = sentences(300 + BATCHES * PER_BATCH + 12, seed=77)
     base, new, queries = texts[:300], texts[300:-12], texts[-12:]
     batches = [new[i * PER_BATCH : (i + 1) * PER_BATCH] for i in range(BATCHES)]
@@ -140,6 +152,7 @@ def _search_while_held(
         t.join(60)
 
 
+@pytest.mark.usefixtures("with_gil")
 def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,6 +188,7 @@ def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
     m.close()
 
 
+@pytest.mark.usefixtures("with_gil")
 def test_searches_of_an_interrupted_group_run_again_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,6 +234,7 @@ def test_searches_of_an_interrupted_group_run_again_alone(
     m.close()
 
 
+@pytest.mark.usefixtures("with_gil")
 def test_the_next_group_waits_for_the_callers_of_the_last_one_and_a_lone_caller_never_waits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -265,3 +280,46 @@ def test_the_next_group_waits_for_the_callers_of_the_last_one_and_a_lone_caller_
     waits = wait_for_one_more()
     assert waits > 0 and waits == pytest.approx(SEARCH_WAIT_MS / 1000)
     m.close()
+
+
+def test_without_a_gil_searches_run_side_by_side_in_their_callers_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a GIL there is no hand-off to save: eight threads' searches are all inside the
+    ranking at once (a barrier of eight in it is passed; grouped, one thread ran them one after
+    the other and the barrier broke), each in its caller's thread, and each gets the answer it
+    gets alone. No group is formed."""
+    monkeypatch.setattr(searching, "gil_enabled", lambda: False, raising=False)
+    m = Memory(tmp_path / "m.sqlite", embedder=HashEmbedder())
+    m.add_batch(_items(sentences(60, seed=8), "w"))
+    queries = sentences(THREADS, seed=9)
+    want = [m.search(q, user_id="w")["results"] for q in queries]
+    real, inside = hybrid.search, threading.Barrier(THREADS, timeout=30)
+    ran_in: dict[int, int] = {}
+
+    def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
+        inside.wait()  # all eight searches are running now
+        ran_in[threading.get_ident()] = ran_in.get(threading.get_ident(), 0) + 1
+        return real(storage, mode, vector, *args)
+
+    monkeypatch.setattr(hybrid, "search", search)
+    combiner = m._searches._combiner
+    assert combiner is not None
+    groups = combiner.groups
+    got: list[Any] = [None] * THREADS
+
+    def run(i: int) -> None:
+        try:
+            got[i] = m.search(queries[i], user_id="w")["results"]
+        except BaseException as exc:  # returned to the test
+            got[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    m.close()
+    assert got == want
+    assert sorted(ran_in.values()) == [1] * THREADS  # each search in its own caller's thread
+    assert combiner.groups == groups
