@@ -8,9 +8,9 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hash_embedder import HashEmbedder  # tests/hash_embedder.py
@@ -18,6 +18,7 @@ from hash_embedder import HashEmbedder  # tests/hash_embedder.py
 from hivemem import Memory
 
 BACKENDS = ["sqlite", "postgres"]
+T = TypeVar("T")
 
 
 def new_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
@@ -49,6 +50,20 @@ TALK_SEARCHES: list[dict[str, Any]] = [
     {"query": "painted lake", "user_id": "u", "filters": {"n": {"gte": 2}}},
     {"query": "weather weekend", "user_id": "u", "run_id": "r2"},
 ]
+
+
+def around_windows(rows: Iterable[tuple[int, str, T]]) -> dict[int, list[T]]:
+    """The keyword context's windows, rebuilt in Python (no SQL of the library): for ``rows``
+    ``(rid, scope, member)`` in rid order, each rid's window is the members of the 2 rows before
+    it, it, and the 2 after it in its scope, in rid order (``ftscontext``, docs/memory.md)."""
+    by_scope: dict[str, list[tuple[int, T]]] = {}
+    for rid, scope, member in rows:
+        by_scope.setdefault(scope, []).append((rid, member))
+    out: dict[int, list[T]] = {}
+    for mine in by_scope.values():
+        for i, (rid, _) in enumerate(mine):
+            out[rid] = [member for _, member in mine[max(0, i - 2) : i + 3]]
+    return out
 
 
 def writes_keep_equal(m: Memory, seed: int, steps: int, *states: Callable[[Memory], Any]) -> int:

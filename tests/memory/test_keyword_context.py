@@ -25,6 +25,7 @@ from hash_embedder import HashEmbedder
 from memory_helpers import (
     TALK,
     TALK_SEARCHES,
+    around_windows,
     die_after_steps,
     kill_after,
     random_writes,
@@ -34,7 +35,7 @@ from memory_helpers import (
 
 from hivemem import Memory
 from hivemem.errors import DiskFull, MemoryNotFound
-from hivemem.memory.storage import fts, pgkeyword
+from hivemem.memory.storage import fts, ftscontext, pgkeyword
 from hivemem.memory.storage.postgres import PostgresStorage
 
 pytestmark = pytest.mark.fast
@@ -42,17 +43,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def expected(path: Path | str) -> dict[int, str]:
-    """The context of every row, computed from scratch: the memory and the ``CONTEXT_BEFORE``
-    memories before it in its scope (newest first, one per line)."""
+    """The context of every row, computed from scratch in Python (``around_windows``): the memory,
+    the 2 before it and the 2 after it in its scope, in insertion order, one per line."""
     db = sqlite3.connect(path)
-    by_scope: dict[str, list[str]] = {}
-    out = {}
-    for rid, scope, text in db.execute("SELECT rid, scope, memory FROM memories ORDER BY rid"):
-        mine = by_scope.setdefault(scope, [])
-        mine.append(text)
-        out[rid] = "\n".join(reversed(mine[-(fts.CONTEXT_BEFORE + 1) :]))
+    rows = db.execute("SELECT rid, scope, memory FROM memories ORDER BY rid").fetchall()
     db.close()
-    return out
+    return {rid: "\n".join(texts) for rid, texts in around_windows(rows).items()}
 
 
 def stored(path: Path | str) -> dict[int, str]:
@@ -66,20 +62,16 @@ def stored(path: Path | str) -> dict[int, str]:
 
 def pg_windows(m: Memory) -> tuple[dict[int, frozenset[str]], dict[int, frozenset[str]]]:
     """PostgreSQL: ``(stored, rebuilt)``, each row's window as its set of lexemes: the table as it
-    is, and one rebuilt in Python from the ``words`` of each row and the ``CONTEXT_BEFORE`` rows
-    before it in its scope (the lexemes only: positions are PostgreSQL's own concatenation)."""
+    is, and one rebuilt in Python (``around_windows``) from the ``words`` of each row and its
+    neighbours in its scope (the lexemes only: positions are PostgreSQL's own concatenation)."""
     storage = m._storage
     assert isinstance(storage, PostgresStorage)
     ns = f'"{storage.schema}"'
     with storage._pool.connection() as conn:
         rows = conn.execute(f"SELECT rid, scope, tsvector_to_array(words) FROM {ns}.memories ORDER BY rid")
         ctx = conn.execute(f"SELECT rid, tsvector_to_array(words) FROM {ns}.memories_ctx").fetchall()
-        by_scope: dict[str, list[frozenset[str]]] = {}
-        rebuilt = {}
-        for rid, scope, lexemes in rows.fetchall():
-            mine = by_scope.setdefault(scope, [])
-            mine.append(frozenset(lexemes))
-            rebuilt[rid] = frozenset().union(*mine[-(fts.CONTEXT_BEFORE + 1) :])
+        members = [(rid, scope, frozenset(lexemes)) for rid, scope, lexemes in rows.fetchall()]
+    rebuilt = {rid: frozenset().union(*sets) for rid, sets in around_windows(members).items()}
     return {rid: frozenset(lexemes) for rid, lexemes in ctx}, rebuilt
 
 
@@ -177,15 +169,15 @@ def test_an_old_store_is_backfilled_in_steps_and_resumes(
         for user in ("a", "b"):
             m.add_batch([{"messages": f"{user} turn {i}", "user_id": user} for i in range(25)])
     assert not _has_context(path)  # a store never opened with the option: its writes pay nothing
-    monkeypatch.setattr(fts, "CONTEXT_BATCH", 7)
-    real = fts.backfill_context
+    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 7)
+    real = ftscontext.backfill_context
     # killed mid-backfill at the third step: the two before it are committed
-    die_after_steps(monkeypatch, fts, "backfill_context", 3)
+    die_after_steps(monkeypatch, ftscontext, "backfill_context", 3)
     with pytest.raises(KeyboardInterrupt):
         Memory(path, embedder=HashEmbedder(), keyword_context=True)
     done = stored(path)
     assert len(done) == 14 and all(done[r] == c for r, c in expected(path).items() if r in done)
-    monkeypatch.setattr(fts, "backfill_context", real)
+    monkeypatch.setattr(ftscontext, "backfill_context", real)
     with Memory(path, embedder=HashEmbedder()) as m:  # option off: the backfill still resumes
         assert stored(path) == expected(path)
         assert words(m, "turn", user_id="b")[:1] == ["b turn 0"]
@@ -212,7 +204,7 @@ def test_a_backfill_on_a_full_disk_is_disk_full_and_resumes(
     filler = disk / "filler"
     free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
     filler.write_bytes(b"x" * max(0, free - (1200 << 10)))  # room for a few steps, not for all
-    monkeypatch.setattr(fts, "CONTEXT_BATCH", 200)
+    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 200)
     with pytest.raises(DiskFull) as caught:
         Memory(path, embedder=HashEmbedder(), keyword_context=True)
     assert str(path) in str(caught.value) and "disk full" in str(caught.value)
@@ -439,17 +431,20 @@ def test_rows_the_filter_drops_never_change_the_order(
 ) -> None:
     """The best body and window a score is divided by are those of the rows that pass the filter
     (``fts.rank``): a row that fails it, with a body above every passing row's, must not change
-    the order (reviewer's A/B/C). Passing, A ("mango peach", body 2 words, window 2) comes before
-    B ("lemon", body 1, window 5: 2/2 + 0.5 × 2/5 = 1.2 against 1/2 + 0.5 = 1.0); C (5 words,
-    window 5) would make them 2/5 + 0.2 = 0.6 and 1/5 + 0.5 = 0.7. C is another user's row (with
-    the statistics of the store, as for a scope of more than ``SCOPE_ROWS_MAX`` rows: there FTS5
-    reads every user's rows), the user's own expired row, or one a metadata filter leaves out.
-    Each fails on the old code (the order A/B flips)."""
+    the order (reviewer's A/B/C). Passing, A ("mango peach", body 2 words, window 2: notes around
+    it) comes before B ("lemon", body 1, window 5, between "apple banana" and "cherry grape"):
+    2/2 + 0.5 × 2/5 = 1.2 against 1/2 + 0.5 = 1.0 (B's neighbours, body 2 and window 5: 1.5,
+    first); C (5 words, window 5) would make A and B 2/5 + 0.2 = 0.6 and 1/5 + 0.5 = 0.7. C is
+    another user's row (with the statistics of the store, as for a scope of more than
+    ``SCOPE_ROWS_MAX`` rows: there FTS5 reads every user's rows), the user's own expired row, or
+    one a metadata filter leaves out. Each fails on the code before ``rank`` took the bests of the
+    passing rows (the order A/B flips). Every content word is in 5 windows: equal idf."""
     if other == "another_user":
         for module in (fts, pgkeyword):
             monkeypatch.setattr(module, "SCOPE_ROWS_MAX", 0)
-    talk = ["note one", "note two", "mango peach", "note three", "note four", "apple banana", "cherry grape",
-            "lemon", "note five", "note six", "note seven", "note eight", "note nine"]  # fmt: skip
+    talk = ["note one", "note two", "mango peach", "note three", "note four", "note five",
+            "apple banana", "lemon", "cherry grape", "note six", "note seven", "note eight", "note nine",
+            "note ten"]  # fmt: skip
     c_text = "kiwi melon olive pepper radish"
     m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
     rows: list[dict[str, Any]] = [{"messages": t, "user_id": "u", "metadata": {"kind": "talk"}} for t in talk]
@@ -465,7 +460,7 @@ def test_rows_the_filter_drops_never_change_the_order(
     hits = m.search(query, user_id="u", filters=filters, mode="keyword", explain=True, top_k=50)["results"]
     found = [h["memory"] for h in hits]
     assert c_text not in found
-    assert found[:4] == ["cherry grape", "mango peach", "apple banana", "lemon"], found
+    assert found[:4] == ["apple banana", "cherry grape", "mango peach", "lemon"], found
     best_body = max(h["score_details"]["keyword_body"] for h in hits)
     best_window = max(h["score_details"]["keyword_context"] for h in hits)
     for h in hits:  # every passing match is a hit (top_k): the bests are theirs

@@ -15,7 +15,7 @@ import numpy as np
 
 from hivemem.memory import records
 from hivemem.memory.records import NewMemory
-from hivemem.memory.storage import fts, rows
+from hivemem.memory.storage import ftscontext, rows
 from hivemem.memory.storage.base import Locked, Removed
 from hivemem.memory.storage.rows import Event
 from hivemem.memory.storage.sqlcompile import Compiled
@@ -157,7 +157,7 @@ class SQLiteTx:
         found = self.db.execute(
             f"SELECT id, memory, actor_id, role, rid, scope FROM memories WHERE {where.sql}", where.params
         ).fetchall()
-        fts.delete_rows(self.db, [(r[5], r[4]) for r in found])
+        ftscontext.delete_rows(self.db, [(r[5], r[4]) for r in found])
         return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in found]
 
     def removed(self, rids: builtins.list[int]) -> None:
