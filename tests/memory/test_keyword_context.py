@@ -643,3 +643,246 @@ def test_postgres_context_row_lists_equal_the_old_statement(
     check("after the snapshot")
     reader.close()
     writer.close()
+
+
+# -- the symmetric window: by hand, and an old (backward) store migrated --------------------------
+
+HAND = ["kilo", "lima", "mike", "oscar", "papa", "tango", "zulu"]  # one word a memory, stemmed alike
+
+
+def by_hand(m: Memory) -> dict[str, list[str]]:
+    """Each memory's window as stored, by its text: SQLite's lines in order; PostgreSQL's lexemes
+    (sorted, the scope's ``_…`` lexemes left out)."""
+    storage = m._storage
+    if isinstance(storage, PostgresStorage):
+        ns = f'"{storage.schema}"'
+        with storage._pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT m.memory, tsvector_to_array(c.words) FROM {ns}.memories m"
+                f" JOIN {ns}.memories_ctx c USING (rid)"
+            ).fetchall()
+        return {text: sorted(w for w in lexemes if not w.startswith("_")) for text, lexemes in rows}
+    db = sqlite3.connect(m.location)
+    rows = db.execute("SELECT m.memory, c.context FROM memories m JOIN memories_ctx c ON c.rowid = m.rid")
+    out = {text: context.split("\n") for text, context in rows}
+    db.close()
+    return out
+
+
+def test_windows_by_hand_hold_two_memories_on_each_side(location: str) -> None:
+    """The windows written out by hand, not rebuilt by any code (``around_windows`` is itself
+    code): each memory, the 2 before it and the 2 after it in its scope, in insertion order; after
+    a delete and a change of text in the middle, the same by hand. On PostgreSQL the lexemes
+    (sorted: the words here sort in insertion order). Fails on the backward window."""
+    m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    added = m.add_batch([{"messages": w, "user_id": "u"} for w in HAND])["results"]
+    m.add("victor", user_id="v")  # another scope: in no window of u's
+    assert by_hand(m) == {
+        "kilo": ["kilo", "lima", "mike"],
+        "lima": ["kilo", "lima", "mike", "oscar"],
+        "mike": ["kilo", "lima", "mike", "oscar", "papa"],
+        "oscar": ["lima", "mike", "oscar", "papa", "tango"],
+        "papa": ["mike", "oscar", "papa", "tango", "zulu"],
+        "tango": ["oscar", "papa", "tango", "zulu"],
+        "zulu": ["papa", "tango", "zulu"],
+        "victor": ["victor"],
+    }
+    # a word two memories later finds the memory (keyword mode: the body's and the window's scores)
+    assert sorted(words(m, "zulu", user_id="u")) == ["papa", "tango", "zulu"]
+    assert sorted(words(m, "kilo", user_id="u")) == ["kilo", "lima", "mike"]
+    m.delete(added[3]["id"])  # oscar
+    m.update(added[1]["id"], "quebec")  # lima
+    after = {  # in insertion order; PostgreSQL's lexemes are compared sorted
+        "kilo": ["kilo", "quebec", "mike"],
+        "quebec": ["kilo", "quebec", "mike", "papa"],
+        "mike": ["kilo", "quebec", "mike", "papa", "tango"],
+        "papa": ["quebec", "mike", "papa", "tango", "zulu"],
+        "tango": ["mike", "papa", "tango", "zulu"],
+        "zulu": ["papa", "tango", "zulu"],
+        "victor": ["victor"],
+    }
+    pg = isinstance(m._storage, PostgresStorage)
+    assert by_hand(m) == {text: sorted(window) if pg else window for text, window in after.items()}
+    m.close()
+
+
+# The code before the symmetric window (73744e7, ``fts.context_schema(False)``), written out: its
+# layout mark, its table, triggers and fill, to make a store of the old layout (``old_store``).
+_OLD_LAYOUT = f"3 {fts.TOKENIZER} 2"
+_OLD_SCOPE = "coalesce('u' || hex({p}.user_id), '') || ' ' || coalesce('a' || hex({p}.agent_id), '') || ' '" \
+    " || coalesce('r' || hex({p}.run_id), '')"  # fmt: skip
+_OLD_WINDOW = "(SELECT group_concat(memory, char(10)) FROM (SELECT w.memory FROM memories w" \
+    " WHERE w.scope = {p}.scope AND w.rid <= {p}.rid ORDER BY w.rid DESC LIMIT 3))"  # fmt: skip
+_OLD_AFTER = "SELECT rid FROM memories WHERE scope = {p}.scope AND rid {op} {p}.rid ORDER BY rid LIMIT {n}"
+_OLD_DEFER = "(SELECT CASE WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'fts_ctx_defer') THEN 0 ELSE 2 END)"
+
+
+def _old_reindex(rows: str) -> str:
+    return (
+        f" DELETE FROM memories_ctx WHERE rowid IN ({rows}); INSERT INTO memories_ctx (rowid, context, scope)"
+        f" SELECT m.rid, {_OLD_WINDOW.format(p='m')}, {_OLD_SCOPE.format(p='m')} FROM memories m"
+        f" WHERE m.rid IN ({rows});"
+    )
+
+
+_OLD_SCHEMA = (
+    f"CREATE VIRTUAL TABLE memories_ctx USING fts5(context, scope, tokenize='{fts.TOKENIZER}')",
+    "CREATE TRIGGER memories_ctx_insert AFTER INSERT ON memories BEGIN INSERT INTO memories_ctx"
+    f" (rowid, context, scope) VALUES (new.rid, {_OLD_WINDOW.format(p='new')}, {_OLD_SCOPE.format(p='new')});"
+    " END",
+    "CREATE TRIGGER memories_ctx_delete AFTER DELETE ON memories BEGIN DELETE FROM memories_ctx WHERE"
+    f" rowid = old.rid;{_old_reindex(_OLD_AFTER.format(p='old', op='>', n=_OLD_DEFER))} END",
+    "CREATE TRIGGER memories_ctx_update AFTER UPDATE OF memory, scope, user_id, agent_id, run_id ON memories"
+    " BEGIN DELETE FROM memories_ctx WHERE rowid = old.rid;"
+    f"{_old_reindex(_OLD_AFTER.format(p='old', op='>', n=2))}"
+    f"{_old_reindex(_OLD_AFTER.format(p='new', op='>=', n=3))} END",
+)
+
+
+def old_store(path: Path) -> None:
+    """Give the store at ``path`` the keyword context as the code before the symmetric window
+    made it: its backward windows (the memory and the 2 before it, newest first), its triggers,
+    its mark."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    for sql in ("insert", "delete", "update"):
+        db.execute(f"DROP TRIGGER IF EXISTS memories_ctx_{sql}")
+    db.execute("DROP TABLE IF EXISTS memories_ctx")
+    for sql in _OLD_SCHEMA:
+        db.execute(sql)
+    db.execute(_old_reindex("SELECT rid FROM memories").split(";")[1])
+    high = db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
+    db.executemany(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+        [("fts_ctx", _OLD_LAYOUT), ("fts_ctx_done", -1), ("fts_ctx_high", high)],
+    )
+    db.execute("COMMIT")
+    db.close()
+
+
+def backward(path: Path) -> dict[int, str]:
+    """The old layout's windows rebuilt in Python: the memory and the 2 before it, newest first."""
+    db = sqlite3.connect(path)
+    by_scope: dict[str, list[str]] = {}
+    out = {}
+    for rid, scope, text in db.execute("SELECT rid, scope, memory FROM memories ORDER BY rid"):
+        mine = by_scope.setdefault(scope, [])
+        mine.append(text)
+        out[rid] = "\n".join(reversed(mine[-3:]))
+    db.close()
+    return out
+
+
+def test_an_old_stores_backward_windows_become_symmetric_in_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite, a store whose windows the old code made (backward): the next open with the option
+    fills ± 2 windows beside them in steps and swaps them in at the last one. Killed after two
+    steps: the old windows are whole (and still what searches read: a process that has the store
+    open meanwhile gets the results it got before, and its writes keep both tables exact), the new
+    ones filled are exact, and the next open, without the option, finishes the job."""
+    path = tmp_path / "old.sqlite"
+    reader = Memory(path, embedder=HashEmbedder(), keyword_context=True)  # open all along
+    for user in ("a", "b"):
+        reader.add_batch([{"messages": f"{user} turn {i} w{i}", "user_id": user} for i in range(25)])
+    old_store(path)
+    assert stored(path) == backward(path) != expected(path)
+
+    def searches() -> list[Any]:
+        return [[(h["memory"], h["score"]) for h in reader.search(q, user_id="b", mode="keyword")["results"]]
+                for q in ("w3", "w7 w20", "turn w11")]  # fmt: skip
+
+    before = searches()
+    assert [h for h, _ in before[0]] == ["b turn 3 w3", "b turn 4 w4", "b turn 5 w5"]  # backward windows
+    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 7)
+    real = ftscontext.backfill_context
+    die_after_steps(monkeypatch, ftscontext, "backfill_context", 3)
+    with pytest.raises(KeyboardInterrupt):
+        Memory(path, embedder=HashEmbedder(), keyword_context=True)
+    monkeypatch.setattr(ftscontext, "backfill_context", real)
+    assert stored(path) == backward(path)  # whole
+    assert searches() == before
+    reader.add("a turn 25 w25", user_id="a")
+    reader.delete(reader.get_all(user_id="b", top_k=100)["results"][0]["id"])
+    assert stored(path) == backward(path)
+    db = sqlite3.connect(path)
+    filled = dict(db.execute(f"SELECT rowid, context FROM {ftscontext.NEXT_TABLE}"))
+    assert db.execute("SELECT value FROM meta WHERE key = 'fts_ctx'").fetchone()[0] == _OLD_LAYOUT
+    db.close()
+    now = expected(path)
+    assert len(filled) >= 14 and all(now[r] == c for r, c in filled.items())
+    assert max(filled) == max(now)  # the add meanwhile: its window and those before it, by its triggers
+    with Memory(path, embedder=HashEmbedder()):  # without the option: resumes, then swaps
+        assert stored(path) == expected(path)
+    db = sqlite3.connect(path)
+    assert (
+        db.execute("SELECT value FROM meta WHERE key = 'fts_ctx'").fetchone()[0] == ftscontext.CONTEXT_LAYOUT
+    )
+    assert db.execute("SELECT 1 FROM sqlite_master WHERE name LIKE 'memories_ctx_next%'").fetchone() is None
+    db.close()
+    # the process open all along now searches the ± 2 windows: a word 2 memories later finds it
+    assert words(reader, "w5", user_id="b")[:3] == ["b turn 5 w5", "b turn 3 w3", "b turn 4 w4"]
+    reader.add("b turn 25 w25", user_id="b")
+    assert stored(path) == expected(path)
+    reader.close()
+
+
+def test_postgres_backward_windows_become_symmetric_at_the_next_open(
+    pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, a store whose windows are of the old version (backward: made here by this
+    code with ``CONTEXT_AFTER`` 0, the old code's windows and re-indexing, under the old
+    ``VERSION``): opened without the option it keeps them (exact, by their triggers); opened
+    with it, they become ± 2 windows in one transaction (interrupted: the old ones whole), and
+    a process open all along searches the new ones."""
+    from hivemem.memory.storage import pgcontext
+
+    location = pg_url()
+    monkeypatch.setattr(pgcontext, "CONTEXT_AFTER", 0)
+    monkeypatch.setattr(pgcontext, "VERSION", f"4 2 {pgcontext.WORDS_VERSION}")
+    reader = Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    reader.add_batch([{"messages": f"turn {i} w{i}", "user_id": f"u{i % 2}"} for i in range(30)])
+    monkeypatch.undo()
+
+    def backward_sets() -> tuple[dict[int, frozenset[str]], dict[int, frozenset[str]]]:
+        now, _ = pg_windows(reader)
+        storage = reader._storage
+        assert isinstance(storage, PostgresStorage)
+        with storage._pool.connection() as conn:
+            rows = conn.execute(
+                f'SELECT rid, scope, tsvector_to_array(words) FROM "{storage.schema}".memories ORDER BY rid'
+            ).fetchall()
+        by_scope: dict[str, list[frozenset[str]]] = {}
+        old = {}
+        for rid, scope, lexemes in rows:
+            mine = by_scope.setdefault(scope, [])
+            mine.append(frozenset(lexemes))
+            old[rid] = frozenset().union(*mine[-3:])
+        return now, old
+
+    now, old = backward_sets()
+    assert now == old and now != pg_windows(reader)[1]
+    before = words(reader, "w5", user_id="u1")
+    with Memory(location, embedder=HashEmbedder()) as m:  # without the option: kept, and exact
+        m.add("turn 30 w30", user_id="u0")
+    now, old = backward_sets()
+    assert now == old
+    real = pgcontext.install
+
+    def interrupted(conn: Any, ns: str, schema: str) -> None:
+        real(conn, ns, schema)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pgcontext, "install", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    monkeypatch.setattr(pgcontext, "install", real)
+    now, old = backward_sets()
+    assert now == old and words(reader, "w5", user_id="u1") == before
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        now, rebuilt = pg_windows(m)
+        assert now == rebuilt and len(now) == 31
+        fresh = words(m, "w5", user_id="u1")
+    assert words(reader, "w5", user_id="u1") == fresh != before
+    assert fresh[:3] == ["turn 5 w5", "turn 1 w1", "turn 3 w3"]
+    reader.close()

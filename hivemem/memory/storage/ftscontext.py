@@ -59,10 +59,10 @@ def _window(p: str, dates: bool) -> str:
 
 def _around(p: str, itself: bool, defer: bool = False) -> str:
     """A SELECT of the rids whose windows hold row ``p``'s place in ``p.scope``: the
-    ``CONTEXT_BEFORE`` rows before it and the ``CONTEXT_AFTER`` after it (``itself``: and it);
-    ``defer``: none while ``fts_ctx_defer`` is set (``delete_rows``)."""
-    before = _DEFERRED.format(n=CONTEXT_BEFORE) if defer else CONTEXT_BEFORE
-    after = _DEFERRED.format(n=CONTEXT_AFTER) if defer else CONTEXT_AFTER
+    ``CONTEXT_AFTER`` rows before it and the ``CONTEXT_BEFORE`` after it (their windows reach it;
+    ``itself``: and it); ``defer``: none while ``fts_ctx_defer`` is set (``delete_rows``)."""
+    before = _DEFERRED.format(n=CONTEXT_AFTER) if defer else CONTEXT_AFTER
+    after = _DEFERRED.format(n=CONTEXT_BEFORE) if defer else CONTEXT_BEFORE
     parts = [
         f"SELECT rid FROM (SELECT rid FROM memories WHERE scope = {p}.scope AND rid < {p}.rid"
         f" ORDER BY rid DESC LIMIT {before})",
@@ -225,7 +225,7 @@ def delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
     """Delete the memory rows ``removed`` (``(scope, rid)``); the caller holds a write transaction.
     With the context table and more than one row, each row's trigger drops only the row's own
     window (``fts_ctx_defer`` in meta meanwhile, removed before the commit), then the windows of
-    the ``CONTEXT_BEFORE`` rows that now precede and the ``CONTEXT_AFTER`` that now follow each
+    the ``CONTEXT_AFTER`` rows that now precede and the ``CONTEXT_BEFORE`` that now follow each
     removed row in its scope are re-indexed, each once: the windows that held a removed row (row
     by row, a ``delete_all`` re-indexed every window several times just before deleting it).
     During a migration (``NEXT_TABLE``) the triggers do it all, row by row."""
@@ -238,8 +238,8 @@ def delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
     db.execute("DELETE FROM meta WHERE key = 'fts_ctx_defer'")
     nth = "(SELECT rid FROM memories WHERE scope = g.s AND rid {op} g.r ORDER BY rid{o} LIMIT 1 OFFSET {n})"
     gone = "(SELECT json_extract(value, '$[0]') AS s, json_extract(value, '$[1]') AS r FROM json_each(?))"
-    nths = [nth.format(op=">", o="", n=n) for n in range(CONTEXT_AFTER)]
-    nths += [nth.format(op="<", o=" DESC", n=n) for n in range(CONTEXT_BEFORE)]
+    nths = [nth.format(op=">", o="", n=n) for n in range(CONTEXT_BEFORE)]  # their windows reach back
+    nths += [nth.format(op="<", o=" DESC", n=n) for n in range(CONTEXT_AFTER)]
     parts = " UNION ".join(f"SELECT {one} AS f FROM {gone} g" for one in nths)
     found = db.execute(
         f"SELECT json_group_array(f) FROM ({parts}) WHERE f IS NOT NULL", [json.dumps(removed)] * len(nths)

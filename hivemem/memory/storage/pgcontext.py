@@ -22,8 +22,8 @@ window; the backfill and the triggers both call it.
   ``DELETE``, ``UPDATE`` on ``memories``, with transition tables) call ``hm_ctx_sync`` in the
   transaction of every write, whichever client made it: an insert indexes the new rows' windows,
   a delete drops the rows' own; an insert, delete or change of text (or scope) also re-indexes
-  the windows of the ``CONTEXT_BEFORE`` rows before and the ``CONTEXT_AFTER`` rows after each
-  changed row in its scope (a row's old scope too, when it moved). A change of metadata or
+  the windows that reach each changed row (the ``CONTEXT_AFTER`` rows before it and the
+  ``CONTEXT_BEFORE`` after it) in its scope (a row's old scope too, when it moved). A change of metadata or
   expiry touches nothing. The rows around a changed row are looked for only up to the next (and
   back to the previous) changed row of its scope (the rows past that one are its own
   neighbours): the rows a statement deleted stay in the index, invisible, until vacuumed, and
@@ -138,9 +138,9 @@ def install(conn: Any, ns: str, schema: str) -> None:
         " WINDOW w AS (PARTITION BY s ORDER BY r)) c"
         f" CROSS JOIN LATERAL ((SELECT rid FROM {ns}.memories WHERE scope = c.s AND rid > c.r"
         # bounds the index scans stop at (an OR would be a filter, and the scan would go on)
-        f" AND rid < coalesce(c.nx, {2**63 - 1}) ORDER BY rid LIMIT {CONTEXT_AFTER}) UNION ALL"
+        f" AND rid < coalesce(c.nx, {2**63 - 1}) ORDER BY rid LIMIT {CONTEXT_BEFORE}) UNION ALL"
         f" (SELECT rid FROM {ns}.memories WHERE scope = c.s AND rid < c.r AND rid > coalesce(c.pv, 0)"
-        f" ORDER BY rid DESC LIMIT {CONTEXT_BEFORE})) f)"
+        f" ORDER BY rid DESC LIMIT {CONTEXT_AFTER})) f)"
         " ON CONFLICT (rid) DO UPDATE SET words = excluded.words, tx = excluded.tx;"
         " END $f$"
     )
