@@ -886,3 +886,37 @@ def test_postgres_backward_windows_become_symmetric_at_the_next_open(
     assert words(reader, "w5", user_id="u1") == fresh != before
     assert fresh[:3] == ["turn 5 w5", "turn 1 w1", "turn 3 w3"]
     reader.close()
+
+
+def test_an_old_stores_migration_on_a_full_disk_keeps_the_old_windows(
+    small_tmpfs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while an old store's backward windows are re-made ± 2: a DiskFull naming the
+    file, the old windows whole (what searches read), and the next open with room finishes."""
+    disk = small_tmpfs(24 << 20)
+    path = disk / "old.sqlite"
+    with Memory(path, embedder=HashEmbedder()) as m:
+        for b in range(6):
+            m.add_batch(
+                [{"messages": f"turn {b}.{i}: " + "words of a turn " * 6, "user_id": "u"} for i in range(500)]
+            )
+    old_store(path)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("VACUUM")
+    db.close()
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler.write_bytes(b"x" * max(0, free - (1200 << 10)))  # room for a few steps, not for all
+    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 200)
+    with pytest.raises(DiskFull) as caught:
+        Memory(path, embedder=HashEmbedder(), keyword_context=True)
+    assert str(path) in str(caught.value) and "disk full" in str(caught.value)
+    assert stored(path) == backward(path)
+    db = sqlite3.connect(path)
+    filled = dict(db.execute(f"SELECT rowid, context FROM {ftscontext.NEXT_TABLE}"))
+    db.close()
+    assert 0 < len(filled) < 3000 and all(expected(path)[r] == c for r, c in filled.items())
+    filler.unlink()
+    with Memory(path, embedder=HashEmbedder()):
+        assert stored(path) == expected(path)
