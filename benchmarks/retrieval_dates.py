@@ -26,11 +26,12 @@ context of the turn and the 2 before it in its session, w 0.5, pool 20; keyword 
   of any year or the latest, a year alone), written after seeing which shapes ``span`` missed.
   ``--against check`` adds each row's paired change against the library's reader;
 * rows "(window)" (round 6): the built stack run by the library itself (a store with the three
-  options, each session its own ``run_id``, each turn with its session's time: ``library``), its
-  replay here (the run prints how many of the 760 top 10s differ: ``_checked``), and the replay
-  with the keyword window *symmetric*, the turn and 1 or 2 on each side in its session, instead
-  of the built backward one (the turn and the 2 before it). ``--against '(window) the library'``
-  adds each row's paired change and the categories worse against the built row.
+  options, each session its own ``run_id``, each turn with its session's time: ``library``; its
+  keyword window is *symmetric* since round 6, the turn and the 2 on each side in its session),
+  its replay here (the run prints how many of the 760 top 10s differ: ``_checked``), the replay
+  with the backward window built before (the turn and the 2 before it) and with ± 1.
+  ``--against '(window) before'`` adds each row's paired change and the categories worse
+  against the backward row.
 
 Only the keyword side sees the dates (the vectors are the turns', as a store that indexes date
 words would have). The figures and the decision are in docs/memory.md (Step 3: session dates).
@@ -323,17 +324,17 @@ def rows(lab: I.Lab) -> dict[str, I.Ranker]:
         out[f"(parser) {top} + question dates × 0.5 (candidates) {label}"] = on(
             boost=parsed_dates(lab, 0.5, reader, which), boost_mode="candidates"
         )
-    # round 6 (rows "(window)"): the built stack as the library runs it, its replay here, and the
-    # replay with the keyword window symmetric (the memory and N on each side, in the session)
+    # round 6 (rows "(window)"): the built stack as the library runs it (its keyword window ± 2
+    # since round 6), its replay here, the backward window built before, and ± 1
     built = parsed_dates(lab, 0.5, _reader(True, True, True, False), "any")  # the reader as built
     out["(window) the library: Memory.search with the three options, --runs --dates"] = library(lab)
-    out["(window) replayed: D + question dates (candidates), the library's reader"] = _checked(
-        lab, on(boost=built, boost_mode="candidates")
+    out["(window) replayed: the library's, keyword window ±2"] = _checked(
+        lab, on(kw={f"date {d}": 1.0, f"context ±2 date {d}": 0.5}, boost=built, boost_mode="candidates")
     )
-    for n in (1, 2):
-        out[f"(window) the same, keyword window ±{n} instead of -2"] = on(
-            kw={f"date {d}": 1.0, f"context ±{n} date {d}": 0.5}, boost=built, boost_mode="candidates"
-        )
+    out["(window) before round 6: keyword window -2 (backward)"] = on(boost=built, boost_mode="candidates")
+    out["(window) keyword window ±1"] = on(
+        kw={f"date {d}": 1.0, f"context ±1 date {d}": 0.5}, boost=built, boost_mode="candidates"
+    )
     # without run_id: the windows run over the whole scope (the conversation), across sessions
     scope = {f"date {d}": 1.0, f"context -2 (scope) date {d}": 0.5}
     out["(scope) D, windows in the conversation"] = I.mean_context(lab, 2, 0, False, scope, 0.5, 20)
