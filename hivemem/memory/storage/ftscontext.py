@@ -151,6 +151,9 @@ def _make(db: sqlite3.Connection, table: str, layout: str, key: str) -> None:
 
 
 def _forget_next(db: sqlite3.Connection) -> None:
+    """Drop a migration's ``NEXT_TABLE``, its triggers and meta keys, if any (reads otherwise)."""
+    if _meta(db, "fts_ctx_next") is None and not _table_exists(db, NEXT_TABLE):
+        return
     for sql in _drop_context(NEXT_TABLE):
         db.execute(sql)
     db.execute("DELETE FROM meta WHERE key IN ('fts_ctx_next', 'fts_ctx_next_done', 'fts_ctx_next_high')")
