@@ -920,3 +920,32 @@ def test_an_old_stores_migration_on_a_full_disk_keeps_the_old_windows(
     filler.unlink()
     with Memory(path, embedder=HashEmbedder()):
         assert stored(path) == expected(path)
+
+
+def test_a_batch_of_adds_indexes_each_window_once_and_a_refused_one_changes_nothing(location: str) -> None:
+    """SQLite defers the windows of an ``add_batch`` to the end of its insert (``ftscontext.defer``:
+    each window written once, not 3 times): batches interleaving scopes, appended to scopes that
+    already have rows, keep the table equal to a rebuild (both backends, for the same writes); a
+    batch refused for an id another memory holds leaves neither rows nor the deferral behind, and
+    a later single add still re-indexes the windows before it."""
+    m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    m.add_batch([{"messages": f"first {i} w{i}", "user_id": f"u{i % 2}"} for i in range(9)])
+    holder = {"messages": "taken id holder", "user_id": "u9", "id": "taken-1"}
+    taken = m.add_batch([holder])["results"][0]["id"]
+    before = windows(m)[0]
+    with pytest.raises(ValueError, match="taken"):
+        m.add_batch([{"messages": f"lost {i}", "user_id": "u0"} for i in range(5)]
+                    + [{"messages": "clash", "user_id": "u9", "id": taken}])  # fmt: skip
+    assert windows(m)[0] == before
+    if not isinstance(m._storage, PostgresStorage):
+        db = sqlite3.connect(m.location)
+        assert db.execute("SELECT count(*) FROM meta WHERE key = 'fts_ctx_defer'").fetchone()[0] == 0
+        db.close()
+    m.add("single after w99", user_id="u0")
+    now, rebuilt = windows(m)
+    assert now == rebuilt
+    m.add_batch([{"messages": f"second {i} x{i}", "user_id": f"u{i % 3}", "run_id": "r" if i % 4 else None}
+                 for i in range(40)])  # fmt: skip
+    now, rebuilt = windows(m)
+    assert now == rebuilt and len(rebuilt) == 9 + 1 + 1 + 40
+    m.close()

@@ -69,7 +69,8 @@ def _around(p: str, itself: bool, defer: bool = False) -> str:
         f"SELECT rid FROM (SELECT rid FROM memories WHERE scope = {p}.scope AND rid > {p}.rid"
         f" ORDER BY rid LIMIT {after})",
     ]
-    return " UNION ALL ".join([f"SELECT {p}.rid", *parts] if itself else parts)
+    own = f"SELECT {p}.rid" + (f" WHERE {_DEFERRED.format(n=1)} = 1" if defer else "")
+    return " UNION ALL ".join([own, *parts] if itself else parts)
 
 
 def _reindex(rows: str, dates: bool, table: str = CONTEXT_TABLE) -> str:
@@ -95,7 +96,7 @@ def _triggers(dates: bool, table: str) -> tuple[str, ...]:
     moved = f"SELECT rid FROM ({_around('old', False)}) WHERE old.scope IS NOT new.scope"
     return (
         f"CREATE TRIGGER {table}_insert AFTER INSERT ON memories BEGIN"
-        f"{_reindex(_around('new', True), dates, table)} END",
+        f"{_reindex(_around('new', True, defer), dates, table)} END",
         f"CREATE TRIGGER {table}_delete AFTER DELETE ON memories BEGIN"
         f" DELETE FROM {table} WHERE rowid = old.rid;"
         f"{_reindex(_around('old', False, defer), dates, table)} END",
@@ -224,28 +225,33 @@ def backfill_context(db: sqlite3.Connection, batch: int | None = None) -> bool:
     return False
 
 
-def delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
-    """Delete the memory rows ``removed`` (``(scope, rid)``); the caller holds a write transaction.
-    With the context table and more than one row, each row's trigger drops only the row's own
-    window (``fts_ctx_defer`` in meta meanwhile, removed before the commit), then the windows of
-    the ``CONTEXT_AFTER`` rows that now precede and the ``CONTEXT_BEFORE`` that now follow each
-    removed row in its scope are re-indexed, each once: the windows that held a removed row (row
-    by row, a ``delete_all`` re-indexed every window several times just before deleting it).
-    During a migration (``NEXT_TABLE``) the triggers do it all, row by row."""
-    many = len(removed) > 1 and _table_exists(db, CONTEXT_TABLE) and not _table_exists(db, NEXT_TABLE)
+def defer(db: sqlite3.Connection, rows: int) -> bool:
+    """Before hivemem writes ``rows`` memory rows in one transaction (``delete_rows``,
+    ``sqlwrite.insert_rows``): with the context table, no migration and more than one row, set
+    ``fts_ctx_defer`` so that the main table's triggers re-index no neighbour (an insert: not even
+    its own window); ``reindex_around`` then does each affected window once. → whether it did. Row
+    by row, an ``add_batch`` of one scope wrote every window 3 times (the new row's, then the next
+    two inserts' re-index), a ``delete_all`` several times. The meta key is never committed: a
+    kill rolls it back with the rows. During a migration (``NEXT_TABLE``) the triggers do it all."""
+    many = rows > 1 and _table_exists(db, CONTEXT_TABLE) and not _table_exists(db, NEXT_TABLE)
     if many:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_defer', 1)")
-    db.executemany("DELETE FROM memories WHERE rid = ?", [(rid,) for _, rid in removed])
-    if not many:
-        return
+    return many
+
+
+def reindex_around(db: sqlite3.Connection, changed: list[tuple[str, int]], itself: bool) -> None:
+    """Remove ``fts_ctx_defer`` and re-index, each once, the windows that reach each of the rows
+    ``changed`` (``(scope, rid)``): the ``CONTEXT_AFTER`` rows before it and the ``CONTEXT_BEFORE``
+    after it in its scope, as the table is now, and (``itself``: inserted rows) its own."""
     db.execute("DELETE FROM meta WHERE key = 'fts_ctx_defer'")
     nth = "(SELECT rid FROM memories WHERE scope = g.s AND rid {op} g.r ORDER BY rid{o} LIMIT 1 OFFSET {n})"
     gone = "(SELECT json_extract(value, '$[0]') AS s, json_extract(value, '$[1]') AS r FROM json_each(?))"
     nths = [nth.format(op=">", o="", n=n) for n in range(CONTEXT_BEFORE)]  # their windows reach back
     nths += [nth.format(op="<", o=" DESC", n=n) for n in range(CONTEXT_AFTER)]
+    nths += ["g.r"] if itself else []
     parts = " UNION ".join(f"SELECT {one} AS f FROM {gone} g" for one in nths)
     found = db.execute(
-        f"SELECT json_group_array(f) FROM ({parts}) WHERE f IS NOT NULL", [json.dumps(removed)] * len(nths)
+        f"SELECT json_group_array(f) FROM ({parts}) WHERE f IS NOT NULL", [json.dumps(changed)] * len(nths)
     ).fetchone()[0]
     rids: list[int] = json.loads(found)
     dates = dated(db)
@@ -253,3 +259,13 @@ def delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
         chunk = json.dumps(rids[lo : lo + CONTEXT_BATCH])  # integers only: a literal is safe
         for sql in _reindex(f"SELECT value FROM json_each('{chunk}')", dates).split(";")[:-1]:
             db.execute(sql)
+
+
+def delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
+    """Delete the memory rows ``removed`` (``(scope, rid)``); the caller holds a write transaction.
+    With the context table and more than one row, each row's trigger drops only the row's own
+    window, then the windows that held a removed row are re-indexed, each once (``defer``)."""
+    many = defer(db, len(removed))
+    db.executemany("DELETE FROM memories WHERE rid = ?", [(rid,) for _, rid in removed])
+    if many:
+        reindex_around(db, removed, itself=False)
