@@ -9,8 +9,9 @@ The table is made the first time a ``Memory`` with ``keyword_context=True`` open
 (stores that never use it pay nothing), then triggers keep it in the transaction of every
 write, as ``memories_fts``: an insert indexes the new row's window and re-indexes those of the
 rows around it (the 2 before it; after it, none unless it was given an older rid); an update
-or a delete re-indexes the windows around the row's place (``delete_rows``: each once for a
-statement deleting many), so the table always equals a rebuild from scratch. A window
+or a delete re-indexes the windows around the row's place (hivemem's own batches, of inserts or
+deletes, write each affected window once, at the end: ``defer``), so the table always equals a
+rebuild from scratch. A window
 never crosses scopes. It is an FTS5 table *with* content: a row's old window cannot be
 recomputed once a neighbour has changed, and SQLite 3.40 has no ``contentless_delete``.
 Windows of another layout (the backward window before 2026-12-06 round 6, the other
