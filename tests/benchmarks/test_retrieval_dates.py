@@ -121,5 +121,5 @@ def test_the_symmetric_windows_of_the_window_rows() -> None:
     assert members("context ±2 date 8 May 2023", 3) == ["t1", "t2", "t3"]  # the session ends there
     assert members("context ±1 date 8 May 2023", 2) == ["t1", "t2", "t3"]
     assert members("context ±2 date 8 May 2023", 4) == ["u0"]
-    assert members("context -2 date 8 May 2023", 3) == ["t1", "t2", "t3"]  # the backward one, built before round 6
+    assert members("context -2 date 8 May 2023", 3) == ["t1", "t2", "t3"]  # backward (before round 6)
     assert dates.I.VARIANTS["context ±1 date 8 May 2023"](ts, 4) == "[9 May 2023] B: u0"
