@@ -97,7 +97,7 @@ def add_dated_talk(m: Memory) -> None:
 
 
 def die_after_steps(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, steps: int) -> list[Any]:
-    """Make ``module.name`` (a step function: ``fts.backfill_context``) raise ``KeyboardInterrupt``,
+    """Make ``module.name`` (a step function: ``ftscontext.backfill_context``) raise ``KeyboardInterrupt``,
     as a process killed there, at its ``steps``-th call: the steps before it ran (and committed).
     Returns the list of the calls' batch arguments; ``monkeypatch.undo`` or a re-set restores it."""
     calls: list[Any] = []

@@ -473,7 +473,7 @@ def test_rows_the_filter_drops_never_change_the_order(
 
 def test_many_deletes_reindex_each_window_once_and_a_failed_batch_changes_nothing(location: str) -> None:
     """SQLite deletes many rows with the windows' re-indexing deferred to the end of the statement
-    (``fts.delete_rows``): runs of neighbours, single rows and whole scopes at once keep the table
+    (``ftscontext.delete_rows``): runs of neighbours, single rows and whole scopes at once keep the table
     equal to a rebuild, and a ``batch_delete`` refused for an unknown id leaves neither rows nor the
     deferral behind (a later single delete still re-indexes the windows after it)."""
     m = Memory(location, embedder=HashEmbedder(), keyword_context=True)

@@ -110,7 +110,7 @@ def sqlite_index(path: str) -> tuple[set[Any], set[Any]]:
         body = memory + (
             "\n" + datewords.date_words(created) if dated and datewords.date_words(created) else ""
         )
-        # as fts._SCOPE: SQLite's hex(NULL) is '', so a missing id leaves its prefix alone
+        # as fts.SCOPE: SQLite's hex(NULL) is '', so a missing id leaves its prefix alone
         scope = " ".join(p + (i.encode().hex().upper() if i else "") for p, i in zip("uar", ids, strict=True))
         db.execute("INSERT INTO rebuilt_src VALUES (?, ?, ?)", (rid, body, scope))
     db.execute(
