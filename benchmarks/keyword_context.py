@@ -1,4 +1,4 @@
-"""What the contexts (issue 23) cost, writes and search: the keyword context (``storage/fts.py``'s
+"""What the contexts (issue 23) cost, writes and search: the keyword context (``storage/ftscontext.py``'s
 ``memories_ctx``) and the vector context (``vector_context``: the window's mean stored vector).
 
     python benchmarks/keyword_context.py                         # 100,000 memories, 100 queries
@@ -32,7 +32,7 @@ itself, hybrid mode only, and its ``add_batch`` on a fresh store as the others):
 * Then, once per store: its file size (``file_mb``; PostgreSQL: its schema's tables with their
   indexes), ``batch_delete`` of up to 1,000 memories of
   one scope (``batch_delete_ms``) and ``delete_all`` of every scope (``delete_all_s``): a delete
-  re-indexes the 2 windows after it.
+  re-indexes the windows around it (the 2 before and the 2 after; an add: its own and the 2 before).
 
 With ``before_after.py`` the same script runs on both trees; rows the old tree lacks (the option
 on) are left out of its JSON. ``--backend postgres`` runs the same on a throwaway server

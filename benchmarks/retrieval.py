@@ -357,8 +357,9 @@ def with_context(
     tops: dict[str, list[list[str]]] | None = None,
 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float], dict[str, Any], dict[str, Any]]:
     """The same store searched with ``keyword_context=True`` and with both ``keyword_context``
-    and ``vector_context`` (each memory's window: the turn and the two before it in its scope,
-    the conversation, or with ``--runs`` its session) → score tables, ms per search, and for each
+    and ``vector_context`` (each memory's window: the turn and the two before it, and for the
+    keyword context the two after it too, in its scope: the conversation, or with ``--runs`` its
+    session) → score tables, ms per search, and for each
     the rule for keeping it: no category worse at 5 or 10 than plain hybrid, and the paired
     interval of the recall@10 change above 0. ``dates`` (``--dates``): also each of the hybrid
     rows with ``keyword_dates=True`` (the store re-indexed once; dates named in the questions boost

@@ -24,7 +24,14 @@ context of the turn and the 2 before it in its session, w 0.5, pool 20; keyword 
 * rows "(parser)": on top of that last row, a wider reader of the question's date (``_reader``,
   ``read``: abbreviated months, ordinal days, a day or month without a year after a preposition,
   of any year or the latest, a year alone), written after seeing which shapes ``span`` missed.
-  ``--against check`` adds each row's paired change against the library's reader.
+  ``--against check`` adds each row's paired change against the library's reader;
+* rows "(window)" (round 6): the built stack run by the library itself (a store with the three
+  options, each session its own ``run_id``, each turn with its session's time: ``library``; its
+  keyword window is *symmetric* since round 6, the turn and the 2 on each side in its session),
+  its replay here (the run prints how many of the 760 top 10s differ: ``_checked``), the replay
+  with the backward window built before (the turn and the 2 before it) and with ± 1.
+  ``--against '(window) before'`` adds each row's paired change and the categories worse
+  against the backward row.
 
 Only the keyword side sees the dates (the vectors are the turns', as a store that indexes date
 words would have). The figures and the decision are in docs/memory.md (Step 3: session dates).
@@ -80,6 +87,10 @@ def _register() -> None:
     I.VARIANTS["context -2 (scope) date 8 May 2023"] = lambda ts, i: "\n".join(
         dated("8 May 2023", t) for t in I.window(ts, i, 2, 0, False)
     )
+    for n in (1, 2):  # round 6: the keyword window symmetric (rows "(window)")
+        I.VARIANTS[f"context ±{n} date 8 May 2023"] = lambda ts, i, n=n: "\n".join(
+            dated("8 May 2023", t) for t in I.window(ts, i, n, n)
+        )
     I.VARIANTS["context -3"] = lambda ts, i: "\n".join(I.said(t) for t in I.window(ts, i, 3, 0))
     I.VARIANTS["date 8 May 2023 + caption"] = lambda ts, i: (
         dated("8 May 2023", ts[i]) + (f" [shares a photo: {ts[i].caption}]" if ts[i].caption else "")
@@ -313,6 +324,17 @@ def rows(lab: I.Lab) -> dict[str, I.Ranker]:
         out[f"(parser) {top} + question dates × 0.5 (candidates) {label}"] = on(
             boost=parsed_dates(lab, 0.5, reader, which), boost_mode="candidates"
         )
+    # round 6 (rows "(window)"): the built stack as the library runs it (its keyword window ± 2
+    # since round 6), its replay here, the backward window built before, and ± 1
+    built = parsed_dates(lab, 0.5, _reader(True, True, True, False), "any")  # the reader as built
+    out["(window) the library: Memory.search with the three options, --runs --dates"] = library(lab)
+    out["(window) replayed: the library's, keyword window ±2"] = _checked(
+        lab, on(kw={f"date {d}": 1.0, f"context ±2 date {d}": 0.5}, boost=built, boost_mode="candidates")
+    )
+    out["(window) before round 6: keyword window -2 (backward)"] = on(boost=built, boost_mode="candidates")
+    out["(window) keyword window ±1"] = on(
+        kw={f"date {d}": 1.0, f"context ±1 date {d}": 0.5}, boost=built, boost_mode="candidates"
+    )
     # without run_id: the windows run over the whole scope (the conversation), across sessions
     scope = {f"date {d}": 1.0, f"context -2 (scope) date {d}": 0.5}
     out["(scope) D, windows in the conversation"] = I.mean_context(lab, 2, 0, False, scope, 0.5, 20)
@@ -323,6 +345,59 @@ def rows(lab: I.Lab) -> dict[str, I.Ranker]:
         lab, 2, 0, True, {"base": 1.0, "context -2": 0.5}, 0.5, 20, boost=qd
     )
     return out
+
+
+_LIBRARY: dict[int, list[int]] = {}  # question index -> the library's ranking (rows "(window)")
+
+
+def library(lab: I.Lab) -> I.Ranker:
+    """The built stack itself: a store with ``keyword_context``, ``vector_context`` and
+    ``keyword_dates``, each session its own ``run_id``, each turn added with its session's time
+    (``retrieval.py --no-reference --runs --dates``'s built row); its hits as baseline units."""
+    store: list[I.Memory] = []  # made at the first search (other rows never pay for it)
+    unit: dict[str, int] = {}  # memory id -> baseline unit
+
+    def rank(conv: str, q: str, i: int) -> list[int]:
+        if not store:
+            store.append(
+                I.Memory(
+                    str(lab.tmp / "library.sqlite"),
+                    embedder=lab.emb,
+                    keyword_context=True,
+                    vector_context=True,
+                    keyword_dates=True,
+                )
+            )
+            times = {c: {f"D{t.session}": when(t.date).timestamp() for t in ts} for c, ts in lab.raw.items()}
+            for c, mine in lab.turns.items():
+                for mid, dias in I.R.fill(store[0], {c: mine}, True, times).items():
+                    unit[mid] = lab.pos[c][lab.by_dia[c, dias[0]]]
+        got = [unit[h["id"]] for h in store[0].search(q, user_id=conv, top_k=I.R.K)["results"]]
+        _LIBRARY[i] = got
+        if i == len(lab.questions) - 1:
+            store.pop().close()
+        return got
+
+    return rank
+
+
+def _checked(lab: I.Lab, replay: I.Ranker) -> I.Ranker:
+    """``replay``, counting the questions whose top 10 differs from the library's (run before it);
+    prints the count after the last question."""
+    differ: list[int] = []
+
+    def rank(conv: str, q: str, i: int) -> list[int]:
+        got = replay(conv, q, i)
+        if _LIBRARY and _LIBRARY.get(i) != got:
+            differ.append(i)
+        if i == len(lab.questions) - 1 and _LIBRARY:
+            print(
+                f"  replay against the library: {len(differ)} of {len(lab.questions)} top 10s differ",
+                flush=True,
+            )
+        return got
+
+    return rank
 
 
 def lengths(lab: I.Lab, k1: float, b: float) -> Callable[[str, str], np.ndarray]:

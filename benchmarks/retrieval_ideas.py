@@ -686,7 +686,17 @@ def main(
         print(f"\nΔ r@10 [95% CI], up/down against '{ref}':")
         for n, rows in per_q.items():
             c = R.paired(per_q[ref], rows)
-            print(f"  {n}: {c['delta']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}], {c['up']}/{c['down']}")
+            worse = [  # the keep rule's other half, against that row
+                f"{'all' if k == 'all' else R.CATEGORIES[int(k)]} {m}"
+                f" {results[n][k][m]:.4f} < {results[ref][k][m]:.4f}"
+                for k in keys
+                for m in ("recall@5", "recall@10")
+                if results[n][k][m] < results[ref][k][m] - 1e-12
+            ]
+            print(
+                f"  {n}: {c['delta']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}], {c['up']}/{c['down']};"
+                f" worse: {', '.join(worse) or 'none'}"
+            )
     reach = [n for n in lifts if all(results[n]["all"][m] >= v for m, v in TARGET.items())]
     print(f"of those, reach the target (recall@5 >= 0.68 and recall@10 >= 0.76): {reach or 'none'}")
     out: dict[str, Any] = {

@@ -28,16 +28,16 @@ all figures in docs/memory.md#hybrid-retrieval-the-shared-index-scale-2026-11-26
   did better; reciprocal rank fusion is as good only with a small k, and its score is a rank, not a
   similarity (so ``score`` and ``threshold`` would lose their meaning).
 
-**Context** (``Storage.context``, the ``keyword_context`` option of ``Memory``; issue 23): the keyword
-side also counts each memory's window, the memories just before it in its scope, with the share
-``CONTEXT_SHARE`` (``storage/fts.py``, ``storage/pgcontext.py``): ``kw = body / best + 0.5 × window /
-best`` before the fusion divides by its best. On the LoCoMo development half it lifts every question category
-(docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
+**Context** (``Storage.context``, the ``keyword_context`` option of ``Memory``; issue 23): the
+keyword side also counts each memory's window, it, the 2 memories before it and the 2 after it in
+its scope, with the share ``CONTEXT_SHARE`` (``storage/ftscontext.py``, ``storage/pgcontext.py``):
+``kw = body / best + 0.5 × window / best`` before the fusion divides by its best. On the LoCoMo
+development half it lifts recall (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
 
 **Vector context** (``Storage.vector_context``, the ``vector_context`` option; issue 23): in hybrid
 mode each candidate's cosine is fused with that of its window's *mean vector*, the normalised mean
 of the stored vectors of the memory and the ``CONTEXT_BEFORE`` memories before it in its scope
-(the keyword context's window), costing no model call and nothing stored::
+(backward: the keyword context's window also reaches 2 after), costing no model call and nothing stored::
 
     cos' = (cos + VECTOR_CONTEXT_SHARE × cos(q, mean)) / (1 + VECTOR_CONTEXT_SHARE)
 

@@ -104,3 +104,22 @@ def test_a_year_alone_is_read_by_the_rows_only() -> None:
     q = "How many times has Melanie gone to the beach in 2023?"
     assert dates.read(q, dates._reader(True, True, True, True)) == (2023, None, None)
     assert dates.read(q, dates._reader(True, True, True, False)) is None
+
+
+def test_the_symmetric_windows_of_the_window_rows() -> None:
+    """Rows "(window)": the keyword window ±N holds the turn and N turns on each side of it in its
+    session (each with its date), where the built window (``context -2``) holds the 2 before it."""
+    from retrieval_ideas import Turn
+
+    s1, s2 = "1:56 pm on 8 May, 2023", "10:00 am on 9 May, 2023"
+    ts = [Turn(f"D1:{i}", "A", f"t{i}", s1, 1) for i in range(4)] + [Turn("D2:0", "B", "u0", s2, 2)]
+
+    def members(name: str, i: int) -> list[str]:
+        return [line.split(": ")[1] for line in dates.I.VARIANTS[name](ts, i).split("\n")]
+
+    assert members("context ±2 date 8 May 2023", 1) == ["t0", "t1", "t2", "t3"]
+    assert members("context ±2 date 8 May 2023", 3) == ["t1", "t2", "t3"]  # the session ends there
+    assert members("context ±1 date 8 May 2023", 2) == ["t1", "t2", "t3"]
+    assert members("context ±2 date 8 May 2023", 4) == ["u0"]
+    assert members("context -2 date 8 May 2023", 3) == ["t1", "t2", "t3"]  # backward (before round 6)
+    assert dates.I.VARIANTS["context ±1 date 8 May 2023"](ts, 4) == "[9 May 2023] B: u0"

@@ -8,9 +8,9 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hash_embedder import HashEmbedder  # tests/hash_embedder.py
@@ -18,6 +18,7 @@ from hash_embedder import HashEmbedder  # tests/hash_embedder.py
 from hivemem import Memory
 
 BACKENDS = ["sqlite", "postgres"]
+T = TypeVar("T")
 
 
 def new_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
@@ -51,6 +52,20 @@ TALK_SEARCHES: list[dict[str, Any]] = [
 ]
 
 
+def around_windows(rows: Iterable[tuple[int, str, T]]) -> dict[int, list[T]]:
+    """The keyword context's windows, rebuilt in Python (no SQL of the library): for ``rows``
+    ``(rid, scope, member)`` in rid order, each rid's window is the members of the 2 rows before
+    it, it, and the 2 after it in its scope, in rid order (``ftscontext``, docs/memory.md)."""
+    by_scope: dict[str, list[tuple[int, T]]] = {}
+    for rid, scope, member in rows:
+        by_scope.setdefault(scope, []).append((rid, member))
+    out: dict[int, list[T]] = {}
+    for mine in by_scope.values():
+        for i, (rid, _) in enumerate(mine):
+            out[rid] = [member for _, member in mine[max(0, i - 2) : i + 3]]
+    return out
+
+
 def writes_keep_equal(m: Memory, seed: int, steps: int, *states: Callable[[Memory], Any]) -> int:
     """``random_writes`` on ``m``; after every step each of ``states`` (``m`` → ``(now, rebuilt)``:
     derived data as stored and as rebuilt from scratch) must agree. Returns the last rebuilt size
@@ -82,7 +97,7 @@ def add_dated_talk(m: Memory) -> None:
 
 
 def die_after_steps(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, steps: int) -> list[Any]:
-    """Make ``module.name`` (a step function: ``fts.backfill_context``) raise ``KeyboardInterrupt``,
+    """Make ``module.name`` (a step function: ``ftscontext.backfill_context``) raise ``KeyboardInterrupt``,
     as a process killed there, at its ``steps``-th call: the steps before it ran (and committed).
     Returns the list of the calls' batch arguments; ``monkeypatch.undo`` or a re-set restores it."""
     calls: list[Any] = []

@@ -25,6 +25,7 @@ from hash_embedder import HashEmbedder
 from memory_helpers import (
     TALK,
     TALK_SEARCHES,
+    around_windows,
     die_after_steps,
     kill_after,
     random_writes,
@@ -34,7 +35,7 @@ from memory_helpers import (
 
 from hivemem import Memory
 from hivemem.errors import DiskFull, MemoryNotFound
-from hivemem.memory.storage import fts, pgkeyword
+from hivemem.memory.storage import fts, ftscontext, pgkeyword
 from hivemem.memory.storage.postgres import PostgresStorage
 
 pytestmark = pytest.mark.fast
@@ -42,17 +43,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def expected(path: Path | str) -> dict[int, str]:
-    """The context of every row, computed from scratch: the memory and the ``CONTEXT_BEFORE``
-    memories before it in its scope (newest first, one per line)."""
+    """The context of every row, computed from scratch in Python (``around_windows``): the memory,
+    the 2 before it and the 2 after it in its scope, in insertion order, one per line."""
     db = sqlite3.connect(path)
-    by_scope: dict[str, list[str]] = {}
-    out = {}
-    for rid, scope, text in db.execute("SELECT rid, scope, memory FROM memories ORDER BY rid"):
-        mine = by_scope.setdefault(scope, [])
-        mine.append(text)
-        out[rid] = "\n".join(reversed(mine[-(fts.CONTEXT_BEFORE + 1) :]))
+    rows = db.execute("SELECT rid, scope, memory FROM memories ORDER BY rid").fetchall()
     db.close()
-    return out
+    return {rid: "\n".join(texts) for rid, texts in around_windows(rows).items()}
 
 
 def stored(path: Path | str) -> dict[int, str]:
@@ -66,20 +62,16 @@ def stored(path: Path | str) -> dict[int, str]:
 
 def pg_windows(m: Memory) -> tuple[dict[int, frozenset[str]], dict[int, frozenset[str]]]:
     """PostgreSQL: ``(stored, rebuilt)``, each row's window as its set of lexemes: the table as it
-    is, and one rebuilt in Python from the ``words`` of each row and the ``CONTEXT_BEFORE`` rows
-    before it in its scope (the lexemes only: positions are PostgreSQL's own concatenation)."""
+    is, and one rebuilt in Python (``around_windows``) from the ``words`` of each row and its
+    neighbours in its scope (the lexemes only: positions are PostgreSQL's own concatenation)."""
     storage = m._storage
     assert isinstance(storage, PostgresStorage)
     ns = f'"{storage.schema}"'
     with storage._pool.connection() as conn:
         rows = conn.execute(f"SELECT rid, scope, tsvector_to_array(words) FROM {ns}.memories ORDER BY rid")
         ctx = conn.execute(f"SELECT rid, tsvector_to_array(words) FROM {ns}.memories_ctx").fetchall()
-        by_scope: dict[str, list[frozenset[str]]] = {}
-        rebuilt = {}
-        for rid, scope, lexemes in rows.fetchall():
-            mine = by_scope.setdefault(scope, [])
-            mine.append(frozenset(lexemes))
-            rebuilt[rid] = frozenset().union(*mine[-(fts.CONTEXT_BEFORE + 1) :])
+        members = [(rid, scope, frozenset(lexemes)) for rid, scope, lexemes in rows.fetchall()]
+    rebuilt = {rid: frozenset().union(*sets) for rid, sets in around_windows(members).items()}
     return {rid: frozenset(lexemes) for rid, lexemes in ctx}, rebuilt
 
 
@@ -177,15 +169,15 @@ def test_an_old_store_is_backfilled_in_steps_and_resumes(
         for user in ("a", "b"):
             m.add_batch([{"messages": f"{user} turn {i}", "user_id": user} for i in range(25)])
     assert not _has_context(path)  # a store never opened with the option: its writes pay nothing
-    monkeypatch.setattr(fts, "CONTEXT_BATCH", 7)
-    real = fts.backfill_context
+    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 7)
+    real = ftscontext.backfill_context
     # killed mid-backfill at the third step: the two before it are committed
-    die_after_steps(monkeypatch, fts, "backfill_context", 3)
+    die_after_steps(monkeypatch, ftscontext, "backfill_context", 3)
     with pytest.raises(KeyboardInterrupt):
         Memory(path, embedder=HashEmbedder(), keyword_context=True)
     done = stored(path)
     assert len(done) == 14 and all(done[r] == c for r, c in expected(path).items() if r in done)
-    monkeypatch.setattr(fts, "backfill_context", real)
+    monkeypatch.setattr(ftscontext, "backfill_context", real)
     with Memory(path, embedder=HashEmbedder()) as m:  # option off: the backfill still resumes
         assert stored(path) == expected(path)
         assert words(m, "turn", user_id="b")[:1] == ["b turn 0"]
@@ -212,7 +204,7 @@ def test_a_backfill_on_a_full_disk_is_disk_full_and_resumes(
     filler = disk / "filler"
     free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
     filler.write_bytes(b"x" * max(0, free - (1200 << 10)))  # room for a few steps, not for all
-    monkeypatch.setattr(fts, "CONTEXT_BATCH", 200)
+    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 200)
     with pytest.raises(DiskFull) as caught:
         Memory(path, embedder=HashEmbedder(), keyword_context=True)
     assert str(path) in str(caught.value) and "disk full" in str(caught.value)
@@ -439,17 +431,20 @@ def test_rows_the_filter_drops_never_change_the_order(
 ) -> None:
     """The best body and window a score is divided by are those of the rows that pass the filter
     (``fts.rank``): a row that fails it, with a body above every passing row's, must not change
-    the order (reviewer's A/B/C). Passing, A ("mango peach", body 2 words, window 2) comes before
-    B ("lemon", body 1, window 5: 2/2 + 0.5 × 2/5 = 1.2 against 1/2 + 0.5 = 1.0); C (5 words,
-    window 5) would make them 2/5 + 0.2 = 0.6 and 1/5 + 0.5 = 0.7. C is another user's row (with
-    the statistics of the store, as for a scope of more than ``SCOPE_ROWS_MAX`` rows: there FTS5
-    reads every user's rows), the user's own expired row, or one a metadata filter leaves out.
-    Each fails on the old code (the order A/B flips)."""
+    the order (reviewer's A/B/C). Passing, A ("mango peach", body 2 words, window 2: notes around
+    it) comes before B ("lemon", body 1, window 5, between "apple banana" and "cherry grape"):
+    2/2 + 0.5 × 2/5 = 1.2 against 1/2 + 0.5 = 1.0 (B's neighbours, body 2 and window 5: 1.5,
+    first); C (5 words, window 5) would make A and B 2/5 + 0.2 = 0.6 and 1/5 + 0.5 = 0.7. C is
+    another user's row (with the statistics of the store, as for a scope of more than
+    ``SCOPE_ROWS_MAX`` rows: there FTS5 reads every user's rows), the user's own expired row, or
+    one a metadata filter leaves out. Each fails on the code before ``rank`` took the bests of the
+    passing rows (the order A/B flips). Every content word is in 5 windows: equal idf."""
     if other == "another_user":
         for module in (fts, pgkeyword):
             monkeypatch.setattr(module, "SCOPE_ROWS_MAX", 0)
-    talk = ["note one", "note two", "mango peach", "note three", "note four", "apple banana", "cherry grape",
-            "lemon", "note five", "note six", "note seven", "note eight", "note nine"]  # fmt: skip
+    talk = ["note one", "note two", "mango peach", "note three", "note four", "note five",
+            "apple banana", "lemon", "cherry grape", "note six", "note seven", "note eight", "note nine",
+            "note ten"]  # fmt: skip
     c_text = "kiwi melon olive pepper radish"
     m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
     rows: list[dict[str, Any]] = [{"messages": t, "user_id": "u", "metadata": {"kind": "talk"}} for t in talk]
@@ -465,7 +460,7 @@ def test_rows_the_filter_drops_never_change_the_order(
     hits = m.search(query, user_id="u", filters=filters, mode="keyword", explain=True, top_k=50)["results"]
     found = [h["memory"] for h in hits]
     assert c_text not in found
-    assert found[:4] == ["cherry grape", "mango peach", "apple banana", "lemon"], found
+    assert found[:4] == ["apple banana", "cherry grape", "mango peach", "lemon"], found
     best_body = max(h["score_details"]["keyword_body"] for h in hits)
     best_window = max(h["score_details"]["keyword_context"] for h in hits)
     for h in hits:  # every passing match is a hit (top_k): the bests are theirs
@@ -478,7 +473,7 @@ def test_rows_the_filter_drops_never_change_the_order(
 
 def test_many_deletes_reindex_each_window_once_and_a_failed_batch_changes_nothing(location: str) -> None:
     """SQLite deletes many rows with the windows' re-indexing deferred to the end of the statement
-    (``fts.delete_rows``): runs of neighbours, single rows and whole scopes at once keep the table
+    (``ftscontext.delete_rows``): runs of neighbours, single rows and whole scopes at once keep the table
     equal to a rebuild, and a ``batch_delete`` refused for an unknown id leaves neither rows nor the
     deferral behind (a later single delete still re-indexes the windows after it)."""
     m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
@@ -648,3 +643,309 @@ def test_postgres_context_row_lists_equal_the_old_statement(
     check("after the snapshot")
     reader.close()
     writer.close()
+
+
+# -- the symmetric window: by hand, and an old (backward) store migrated --------------------------
+
+HAND = ["kilo", "lima", "mike", "oscar", "papa", "tango", "zulu"]  # one word a memory, stemmed alike
+
+
+def by_hand(m: Memory) -> dict[str, list[str]]:
+    """Each memory's window as stored, by its text: SQLite's lines in order; PostgreSQL's lexemes
+    (sorted, the scope's ``_…`` lexemes left out)."""
+    storage = m._storage
+    if isinstance(storage, PostgresStorage):
+        ns = f'"{storage.schema}"'
+        with storage._pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT m.memory, tsvector_to_array(c.words) FROM {ns}.memories m"
+                f" JOIN {ns}.memories_ctx c USING (rid)"
+            ).fetchall()
+        return {text: sorted(w for w in lexemes if not w.startswith("_")) for text, lexemes in rows}
+    db = sqlite3.connect(m.location)
+    rows = db.execute("SELECT m.memory, c.context FROM memories m JOIN memories_ctx c ON c.rowid = m.rid")
+    out = {text: context.split("\n") for text, context in rows}
+    db.close()
+    return out
+
+
+def test_windows_by_hand_hold_two_memories_on_each_side(location: str) -> None:
+    """The windows written out by hand, not rebuilt by any code (``around_windows`` is itself
+    code): each memory, the 2 before it and the 2 after it in its scope, in insertion order; after
+    a delete and a change of text in the middle, the same by hand. On PostgreSQL the lexemes
+    (sorted: the words here sort in insertion order). Fails on the backward window."""
+    m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    added = m.add_batch([{"messages": w, "user_id": "u"} for w in HAND])["results"]
+    m.add("victor", user_id="v")  # another scope: in no window of u's
+    assert by_hand(m) == {
+        "kilo": ["kilo", "lima", "mike"],
+        "lima": ["kilo", "lima", "mike", "oscar"],
+        "mike": ["kilo", "lima", "mike", "oscar", "papa"],
+        "oscar": ["lima", "mike", "oscar", "papa", "tango"],
+        "papa": ["mike", "oscar", "papa", "tango", "zulu"],
+        "tango": ["oscar", "papa", "tango", "zulu"],
+        "zulu": ["papa", "tango", "zulu"],
+        "victor": ["victor"],
+    }
+    # a word two memories later finds the memory (keyword mode: the body's and the window's scores)
+    assert sorted(words(m, "zulu", user_id="u")) == ["papa", "tango", "zulu"]
+    assert sorted(words(m, "kilo", user_id="u")) == ["kilo", "lima", "mike"]
+    m.delete(added[3]["id"])  # oscar
+    m.update(added[1]["id"], "quebec")  # lima
+    after = {  # in insertion order; PostgreSQL's lexemes are compared sorted
+        "kilo": ["kilo", "quebec", "mike"],
+        "quebec": ["kilo", "quebec", "mike", "papa"],
+        "mike": ["kilo", "quebec", "mike", "papa", "tango"],
+        "papa": ["quebec", "mike", "papa", "tango", "zulu"],
+        "tango": ["mike", "papa", "tango", "zulu"],
+        "zulu": ["papa", "tango", "zulu"],
+        "victor": ["victor"],
+    }
+    pg = isinstance(m._storage, PostgresStorage)
+    assert by_hand(m) == {text: sorted(window) if pg else window for text, window in after.items()}
+    m.close()
+
+
+# The code before the symmetric window (73744e7, ``fts.context_schema(False)``), written out: its
+# layout mark, its table, triggers and fill, to make a store of the old layout (``old_store``).
+_OLD_LAYOUT = f"3 {fts.TOKENIZER} 2"
+_OLD_SCOPE = "coalesce('u' || hex({p}.user_id), '') || ' ' || coalesce('a' || hex({p}.agent_id), '') || ' '" \
+    " || coalesce('r' || hex({p}.run_id), '')"  # fmt: skip
+_OLD_WINDOW = "(SELECT group_concat(memory, char(10)) FROM (SELECT w.memory FROM memories w" \
+    " WHERE w.scope = {p}.scope AND w.rid <= {p}.rid ORDER BY w.rid DESC LIMIT 3))"  # fmt: skip
+_OLD_AFTER = "SELECT rid FROM memories WHERE scope = {p}.scope AND rid {op} {p}.rid ORDER BY rid LIMIT {n}"
+_OLD_DEFER = "(SELECT CASE WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'fts_ctx_defer') THEN 0 ELSE 2 END)"
+
+
+def _old_reindex(rows: str) -> str:
+    return (
+        f" DELETE FROM memories_ctx WHERE rowid IN ({rows}); INSERT INTO memories_ctx (rowid, context, scope)"
+        f" SELECT m.rid, {_OLD_WINDOW.format(p='m')}, {_OLD_SCOPE.format(p='m')} FROM memories m"
+        f" WHERE m.rid IN ({rows});"
+    )
+
+
+_OLD_SCHEMA = (
+    f"CREATE VIRTUAL TABLE memories_ctx USING fts5(context, scope, tokenize='{fts.TOKENIZER}')",
+    "CREATE TRIGGER memories_ctx_insert AFTER INSERT ON memories BEGIN INSERT INTO memories_ctx"
+    f" (rowid, context, scope) VALUES (new.rid, {_OLD_WINDOW.format(p='new')}, {_OLD_SCOPE.format(p='new')});"
+    " END",
+    "CREATE TRIGGER memories_ctx_delete AFTER DELETE ON memories BEGIN DELETE FROM memories_ctx WHERE"
+    f" rowid = old.rid;{_old_reindex(_OLD_AFTER.format(p='old', op='>', n=_OLD_DEFER))} END",
+    "CREATE TRIGGER memories_ctx_update AFTER UPDATE OF memory, scope, user_id, agent_id, run_id ON memories"
+    " BEGIN DELETE FROM memories_ctx WHERE rowid = old.rid;"
+    f"{_old_reindex(_OLD_AFTER.format(p='old', op='>', n=2))}"
+    f"{_old_reindex(_OLD_AFTER.format(p='new', op='>=', n=3))} END",
+)
+
+
+def old_store(path: Path) -> None:
+    """Give the store at ``path`` the keyword context as the code before the symmetric window
+    made it: its backward windows (the memory and the 2 before it, newest first), its triggers,
+    its mark."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    for sql in ("insert", "delete", "update"):
+        db.execute(f"DROP TRIGGER IF EXISTS memories_ctx_{sql}")
+    db.execute("DROP TABLE IF EXISTS memories_ctx")
+    for sql in _OLD_SCHEMA:
+        db.execute(sql)
+    db.execute(_old_reindex("SELECT rid FROM memories").split(";")[1])
+    high = db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
+    db.executemany(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+        [("fts_ctx", _OLD_LAYOUT), ("fts_ctx_done", -1), ("fts_ctx_high", high)],
+    )
+    db.execute("COMMIT")
+    db.close()
+
+
+def backward(path: Path) -> dict[int, str]:
+    """The old layout's windows rebuilt in Python: the memory and the 2 before it, newest first."""
+    db = sqlite3.connect(path)
+    by_scope: dict[str, list[str]] = {}
+    out = {}
+    for rid, scope, text in db.execute("SELECT rid, scope, memory FROM memories ORDER BY rid"):
+        mine = by_scope.setdefault(scope, [])
+        mine.append(text)
+        out[rid] = "\n".join(reversed(mine[-3:]))
+    db.close()
+    return out
+
+
+def test_an_old_stores_backward_windows_become_symmetric_in_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite, a store whose windows the old code made (backward): the next open with the option
+    fills ± 2 windows beside them in steps and swaps them in at the last one. Killed after two
+    steps: the old windows are whole (and still what searches read: a process that has the store
+    open meanwhile gets the results it got before, and its writes keep both tables exact), the new
+    ones filled are exact, and the next open, without the option, finishes the job."""
+    path = tmp_path / "old.sqlite"
+    reader = Memory(path, embedder=HashEmbedder(), keyword_context=True)  # open all along
+    for user in ("a", "b"):
+        reader.add_batch([{"messages": f"{user} turn {i} w{i}", "user_id": user} for i in range(25)])
+    old_store(path)
+    assert stored(path) == backward(path) != expected(path)
+
+    def searches() -> list[Any]:
+        return [[(h["memory"], h["score"]) for h in reader.search(q, user_id="b", mode="keyword")["results"]]
+                for q in ("w3", "w7 w20", "turn w11")]  # fmt: skip
+
+    before = searches()
+    assert [h for h, _ in before[0]] == ["b turn 3 w3", "b turn 4 w4", "b turn 5 w5"]  # backward windows
+    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 7)
+    real = ftscontext.backfill_context
+    die_after_steps(monkeypatch, ftscontext, "backfill_context", 3)
+    with pytest.raises(KeyboardInterrupt):
+        Memory(path, embedder=HashEmbedder(), keyword_context=True)
+    monkeypatch.setattr(ftscontext, "backfill_context", real)
+    assert stored(path) == backward(path)  # whole
+    assert searches() == before
+    reader.add("a turn 25 w25", user_id="a")
+    reader.delete(reader.get_all(user_id="b", top_k=100)["results"][0]["id"])
+    assert stored(path) == backward(path)
+    db = sqlite3.connect(path)
+    filled = dict(db.execute(f"SELECT rowid, context FROM {ftscontext.NEXT_TABLE}"))
+    assert db.execute("SELECT value FROM meta WHERE key = 'fts_ctx'").fetchone()[0] == _OLD_LAYOUT
+    db.close()
+    now = expected(path)
+    assert len(filled) >= 14 and all(now[r] == c for r, c in filled.items())
+    assert max(filled) == max(now)  # the add meanwhile: its window and those before it, by its triggers
+    with Memory(path, embedder=HashEmbedder()):  # without the option: resumes, then swaps
+        assert stored(path) == expected(path)
+    db = sqlite3.connect(path)
+    assert (
+        db.execute("SELECT value FROM meta WHERE key = 'fts_ctx'").fetchone()[0] == ftscontext.CONTEXT_LAYOUT
+    )
+    assert db.execute("SELECT 1 FROM sqlite_master WHERE name LIKE 'memories_ctx_next%'").fetchone() is None
+    db.close()
+    # the process open all along now searches the ± 2 windows: a word 2 memories later finds it
+    assert words(reader, "w5", user_id="b")[:3] == ["b turn 5 w5", "b turn 3 w3", "b turn 4 w4"]
+    reader.add("b turn 25 w25", user_id="b")
+    assert stored(path) == expected(path)
+    reader.close()
+
+
+def test_postgres_backward_windows_become_symmetric_at_the_next_open(
+    pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, a store whose windows are of the old version (backward: made here by this
+    code with ``CONTEXT_AFTER`` 0, the old code's windows and re-indexing, under the old
+    ``VERSION``): opened without the option it keeps them (exact, by their triggers); opened
+    with it, they become ± 2 windows in one transaction (interrupted: the old ones whole), and
+    a process open all along searches the new ones."""
+    from hivemem.memory.storage import pgcontext
+
+    location = pg_url()
+    monkeypatch.setattr(pgcontext, "CONTEXT_AFTER", 0)
+    monkeypatch.setattr(pgcontext, "VERSION", f"4 2 {pgcontext.WORDS_VERSION}")
+    reader = Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    reader.add_batch([{"messages": f"turn {i} w{i}", "user_id": f"u{i % 2}"} for i in range(30)])
+    monkeypatch.undo()
+
+    def backward_sets() -> tuple[dict[int, frozenset[str]], dict[int, frozenset[str]]]:
+        now, _ = pg_windows(reader)
+        storage = reader._storage
+        assert isinstance(storage, PostgresStorage)
+        with storage._pool.connection() as conn:
+            rows = conn.execute(
+                f'SELECT rid, scope, tsvector_to_array(words) FROM "{storage.schema}".memories ORDER BY rid'
+            ).fetchall()
+        by_scope: dict[str, list[frozenset[str]]] = {}
+        old = {}
+        for rid, scope, lexemes in rows:
+            mine = by_scope.setdefault(scope, [])
+            mine.append(frozenset(lexemes))
+            old[rid] = frozenset().union(*mine[-3:])
+        return now, old
+
+    now, old = backward_sets()
+    assert now == old and now != pg_windows(reader)[1]
+    before = words(reader, "w5", user_id="u1")
+    with Memory(location, embedder=HashEmbedder()) as m:  # without the option: kept, and exact
+        m.add("turn 30 w30", user_id="u0")
+    now, old = backward_sets()
+    assert now == old
+    real = pgcontext.install
+
+    def interrupted(conn: Any, ns: str, schema: str) -> None:
+        real(conn, ns, schema)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pgcontext, "install", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    monkeypatch.setattr(pgcontext, "install", real)
+    now, old = backward_sets()
+    assert now == old and words(reader, "w5", user_id="u1") == before
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        now, rebuilt = pg_windows(m)
+        assert now == rebuilt and len(now) == 31
+        fresh = words(m, "w5", user_id="u1")
+    assert words(reader, "w5", user_id="u1") == fresh != before
+    assert fresh[:3] == ["turn 5 w5", "turn 1 w1", "turn 3 w3"]
+    reader.close()
+
+
+def test_an_old_stores_migration_on_a_full_disk_keeps_the_old_windows(
+    small_tmpfs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while an old store's backward windows are re-made ± 2: a DiskFull naming the
+    file, the old windows whole (what searches read), and the next open with room finishes."""
+    disk = small_tmpfs(24 << 20)
+    path = disk / "old.sqlite"
+    with Memory(path, embedder=HashEmbedder()) as m:
+        for b in range(6):
+            m.add_batch(
+                [{"messages": f"turn {b}.{i}: " + "words of a turn " * 6, "user_id": "u"} for i in range(500)]
+            )
+    old_store(path)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("VACUUM")
+    db.close()
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler.write_bytes(b"x" * max(0, free - (1200 << 10)))  # room for a few steps, not for all
+    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 200)
+    with pytest.raises(DiskFull) as caught:
+        Memory(path, embedder=HashEmbedder(), keyword_context=True)
+    assert str(path) in str(caught.value) and "disk full" in str(caught.value)
+    assert stored(path) == backward(path)
+    db = sqlite3.connect(path)
+    filled = dict(db.execute(f"SELECT rowid, context FROM {ftscontext.NEXT_TABLE}"))
+    db.close()
+    assert 0 < len(filled) < 3000 and all(expected(path)[r] == c for r, c in filled.items())
+    filler.unlink()
+    with Memory(path, embedder=HashEmbedder()):
+        assert stored(path) == expected(path)
+
+
+def test_a_batch_of_adds_indexes_each_window_once_and_a_refused_one_changes_nothing(location: str) -> None:
+    """SQLite defers the windows of an ``add_batch`` to the end of its insert (``ftscontext.defer``:
+    each window written once, not 3 times): batches interleaving scopes, appended to scopes that
+    already have rows, keep the table equal to a rebuild (both backends, for the same writes); a
+    batch refused for an id another memory holds leaves neither rows nor the deferral behind, and
+    a later single add still re-indexes the windows before it."""
+    m = Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    m.add_batch([{"messages": f"first {i} w{i}", "user_id": f"u{i % 2}"} for i in range(9)])
+    holder = {"messages": "taken id holder", "user_id": "u9", "id": "taken-1"}
+    taken = m.add_batch([holder])["results"][0]["id"]
+    before = windows(m)[0]
+    with pytest.raises(ValueError, match="taken"):
+        m.add_batch([{"messages": f"lost {i}", "user_id": "u0"} for i in range(5)]
+                    + [{"messages": "clash", "user_id": "u9", "id": taken}])  # fmt: skip
+    assert windows(m)[0] == before
+    if not isinstance(m._storage, PostgresStorage):
+        db = sqlite3.connect(m.location)
+        assert db.execute("SELECT count(*) FROM meta WHERE key = 'fts_ctx_defer'").fetchone()[0] == 0
+        db.close()
+    m.add("single after w99", user_id="u0")
+    now, rebuilt = windows(m)
+    assert now == rebuilt
+    m.add_batch([{"messages": f"second {i} x{i}", "user_id": f"u{i % 3}", "run_id": "r" if i % 4 else None}
+                 for i in range(40)])  # fmt: skip
+    now, rebuilt = windows(m)
+    assert now == rebuilt and len(rebuilt) == 9 + 1 + 1 + 40
+    m.close()

@@ -24,11 +24,18 @@ from typing import Any
 
 import pytest
 from hash_embedder import HashEmbedder
-from memory_helpers import TALK, add_dated_talk, die_after_steps, kill_after, writes_keep_equal
+from memory_helpers import (
+    TALK,
+    add_dated_talk,
+    around_windows,
+    die_after_steps,
+    kill_after,
+    writes_keep_equal,
+)
 
 from hivemem import Memory
 from hivemem.memory import records
-from hivemem.memory.storage import datewords, fts, pgdates
+from hivemem.memory.storage import datewords, fts, ftscontext, pgdates
 from hivemem.memory.storage.postgres import PostgresStorage
 
 pytestmark = pytest.mark.fast
@@ -103,7 +110,7 @@ def sqlite_index(path: str) -> tuple[set[Any], set[Any]]:
         body = memory + (
             "\n" + datewords.date_words(created) if dated and datewords.date_words(created) else ""
         )
-        # as fts._SCOPE: SQLite's hex(NULL) is '', so a missing id leaves its prefix alone
+        # as fts.SCOPE: SQLite's hex(NULL) is '', so a missing id leaves its prefix alone
         scope = " ".join(p + (i.encode().hex().upper() if i else "") for p, i in zip("uar", ids, strict=True))
         db.execute("INSERT INTO rebuilt_src VALUES (?, ?, ?)", (rid, body, scope))
     db.execute(
@@ -159,12 +166,11 @@ def has_context(m: Memory) -> bool:
 
 
 def windows(m: Memory) -> tuple[dict[int, Any], dict[int, Any]]:
-    """The keyword context's windows ``(stored, rebuilt)``: each memory and the ``CONTEXT_BEFORE``
-    before it in its scope, each member with its date words when the store has them (SQLite: the
-    window's text after FTS5's integrity check; PostgreSQL: lexeme sets, from the column searched)."""
+    """The keyword context's windows ``(stored, rebuilt)``: each memory, the 2 before it and the 2
+    after it in its scope (``around_windows``), each member with its date words when the store has
+    them (SQLite: the window's text after FTS5's integrity check; PostgreSQL: lexeme sets, from the
+    column searched)."""
     storage = m._storage
-    by_scope: dict[str, list[Any]] = {}
-    rebuilt: dict[int, Any] = {}
     if isinstance(storage, PostgresStorage):
         ns = f'"{storage.schema}"'
         with storage._pool.connection() as conn:
@@ -176,24 +182,20 @@ def windows(m: Memory) -> tuple[dict[int, Any], dict[int, Any]]:
                 r: frozenset(x)
                 for r, x in conn.execute(f"SELECT rid, tsvector_to_array(words) FROM {ns}.memories_ctx")
             }
-        for rid, scope, lexemes in rows:
-            mine = by_scope.setdefault(scope, [])
-            mine.append(frozenset(lexemes))
-            rebuilt[rid] = frozenset().union(*mine[-(fts.CONTEXT_BEFORE + 1) :])
-        return stored, rebuilt
+        members = [(rid, scope, frozenset(lexemes)) for rid, scope, lexemes in rows]
+        return stored, {rid: frozenset().union(*sets) for rid, sets in around_windows(members).items()}
     db = sqlite3.connect(m.location)
     db.execute("INSERT INTO memories_ctx (memories_ctx) VALUES ('integrity-check')")
     stored = dict(db.execute("SELECT rowid, context FROM memories_ctx"))
     dated = fts.dated(db)
+    texts = []
     for rid, scope, text, created in db.execute(
         "SELECT rid, scope, memory, created_at FROM memories ORDER BY rid"
     ):
         words = datewords.date_words(created) if dated else ""
-        mine = by_scope.setdefault(scope, [])
-        mine.append(text + ("\n" + words if words else ""))
-        rebuilt[rid] = "\n".join(reversed(mine[-(fts.CONTEXT_BEFORE + 1) :]))
+        texts.append((rid, scope, text + ("\n" + words if words else "")))
     db.close()
-    return stored, rebuilt
+    return stored, {rid: "\n".join(window) for rid, window in around_windows(texts).items()}
 
 
 def index(m: Memory) -> tuple[Any, Any]:
@@ -247,8 +249,8 @@ def test_turning_the_option_on_and_off_reindexes_an_old_store(location: str) -> 
         m.add_batch(items)
         assert search_words(m, "May") == [] and index(m)[0] == index(m)[1]
         before = m.get_all(user_id="u")["results"]
-    for option, found in ((True, 1), (None, 3), (False, 0), (None, 0), (True, 1), (False, 0)):
-        context = option is None  # its windows (May: the turn and the 2 after it) follow each change
+    for option, found in ((True, 1), (None, 5), (False, 0), (None, 0), (True, 1), (False, 0)):
+        context = option is None  # its windows (May: the turn and 2 on each side) follow each change
         with Memory(location, embedder=HashEmbedder(), keyword_dates=option, keyword_context=context) as m:
             now, rebuilt = index(m)
             assert now == rebuilt, option
@@ -315,31 +317,38 @@ def test_an_interrupted_reindex_leaves_the_old_index_and_the_next_open_redoes_it
 
 
 def test_the_windows_refill_after_a_toggle_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite, a store with the keyword context: turning the dates on re-makes the window table in
-    the re-index's transaction and refills it in steps; killed after two steps, the windows filled
-    are exact, and the next open (with or without the option) finishes the refill."""
+    """SQLite, a store with the keyword context: turning the dates on re-indexes the body in one
+    transaction and fills the new (dated) windows in steps beside the old ones, which stay whole
+    and searched; killed after two steps, the old windows are whole, the new ones filled are
+    exact, and the next open (with or without the option) finishes and swaps them in."""
     path = tmp_path / "m.sqlite"
     with Memory(path, embedder=HashEmbedder(), keyword_context=True) as m:
         for user in ("a", "b"):
             days = [1683554160 + 86400 * i for i in range(25)]
             m.add_batch([{"messages": f"{user} turn {i}", "user_id": user, "timestamp": day}
                          for i, day in enumerate(days)])  # fmt: skip
-    monkeypatch.setattr(fts, "CONTEXT_BATCH", 7)
-    real = fts.backfill_context
+        old = windows(m)[0]
+    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 7)
+    real = ftscontext.backfill_context
     # killed mid-refill at the third step: the two before it are committed
-    die_after_steps(monkeypatch, fts, "backfill_context", 3)
+    die_after_steps(monkeypatch, ftscontext, "backfill_context", 3)
     with pytest.raises(KeyboardInterrupt):
         Memory(path, embedder=HashEmbedder(), keyword_dates=True)
-    monkeypatch.setattr(fts, "backfill_context", real)
+    monkeypatch.setattr(ftscontext, "backfill_context", real)
     db = sqlite3.connect(path)
-    done = dict(db.execute("SELECT rowid, context FROM memories_ctx"))
-    assert fts.dated(db) and fts.context_pending(db)
+    assert dict(db.execute("SELECT rowid, context FROM memories_ctx")) == old  # whole, undated
+    done = dict(db.execute(f"SELECT rowid, context FROM {ftscontext.NEXT_TABLE}"))
+    assert fts.dated(db) and ftscontext.context_pending(db)
     db.close()
     with Memory(path, embedder=HashEmbedder()) as m:  # no option: the store stays dated, the refill ends
         now, rebuilt = windows(m)
         assert len(done) == 14 and all(rebuilt[r] == c for r, c in done.items())
         assert now == rebuilt and "May 2023" in now[1]
         assert index(m)[0] == index(m)[1]
+    db = sqlite3.connect(path)
+    assert not ftscontext.context_pending(db)
+    assert db.execute("SELECT 1 FROM sqlite_master WHERE name LIKE 'memories_ctx_next%'").fetchone() is None
+    db.close()
 
 
 _OPENER = r"""

@@ -45,27 +45,14 @@
   of the store) stay within ``RANK_BUDGET``; the common words left out carry little idf. As
   long as the rows of all the query's words in the scope stay within the budget (LoCoMo: ~550
   turns per conversation), no word is left out and the score is exact.
-* **Context** (``memories_ctx``, issue 23): each memory's *window*, its text and that of the
-  ``CONTEXT_BEFORE`` memories before it in its scope (the same user/agent/run, in insertion
-  order), is indexed too: derived data, never part of the memory's text, hash or history. A
-  conversation's turn rarely names everything a question asks about; its neighbours often do.
-  The table is made the first time a ``Memory`` with ``keyword_context=True`` opens the store
-  (stores that never use it pay nothing), then triggers keep it in the transaction of every
-  write, as ``memories_fts``: an insert indexes the new row's window (a backward window never
-  changes older rows'), an update or delete re-indexes the row's own window and those of the
-  ``CONTEXT_BEFORE`` rows after it, so the table always equals a rebuild from scratch. A window
-  never crosses scopes. It is an FTS5 table *with* content: a row's old window cannot be
-  recomputed once a neighbour has changed, and SQLite 3.40 has no ``contentless_delete``.
-  ``KeywordIndex.search(..., context=share)`` scores a row ``body / best body + share × window /
-  best window`` (both BM25 as above, the scope's statistics; the bests among the rows that pass
-  the filter, so that no other row changes the order), which ``hybrid.fuse`` divides by
-  its best as any keyword score (docs/memory.md#finding-more-on-locomo-what-was-tried-2026-12-06-issue-23).
+* **Context** (``memories_ctx``, issue 23): each memory's window of neighbours, indexed too:
+  ``ftscontext``.
 * **Date words** (``keyword_dates``, issue 23): with the store's mark ``LAYOUT_DATED``, each row's
   ``body`` is its text and its date words (``datewords``), computed by the triggers from
   ``created_at``, which never changes, so a delete still gives FTS5 the exact text it indexed. The
   option re-indexes the table in one transaction (``ensure_schema``). The context's windows then
-  hold each member's date words too (``CONTEXT_LAYOUT_DATED``: re-made in that transaction, then
-  refilled in steps as an old store's: ``SQLiteStorage.keyword_dates``).
+  hold each member's date words too (``CONTEXT_LAYOUT_DATED``: another layout, so re-made in
+  steps beside the old ones as above: ``SQLiteStorage.keyword_dates``).
 """
 
 from __future__ import annotations
@@ -91,7 +78,7 @@ RANK_BUDGET = 10_000  # rows (term occurrences) a keyword search may read
 FILTER_CHUNK = 3 * RANK_BUDGET  # row ids the filter is checked on in one statement (context ranking)
 SCOPE_ROWS_MAX = 40_000  # larger scopes: no scope token in the query, statistics of the store
 AUTOMERGE = 2  # FTS5 merges segments once this many share a level (its default: 4; module docstring)
-_SCOPE = "coalesce('u' || hex({p}.user_id), '') || ' ' || coalesce('a' || hex({p}.agent_id), '')" \
+SCOPE = "coalesce('u' || hex({p}.user_id), '') || ' ' || coalesce('a' || hex({p}.agent_id), '')" \
     " || ' ' || coalesce('r' || hex({p}.run_id), '')"  # fmt: skip
 _PREFIX = {"user_id": "u", "agent_id": "a", "run_id": "r"}
 
@@ -109,85 +96,24 @@ def schema(dates: bool) -> tuple[str, ...]:
     return (
         "CREATE VIRTUAL TABLE memories_fts USING fts5(body, scope, content='', tokenize='{tokenizer}')",
         "CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN"
-        f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, {new}, {_SCOPE.format(p='new')});"
+        f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, {new}, {SCOPE.format(p='new')});"
         " END",
         "CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN"
         " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
-        f" VALUES ('delete', old.rid, {old}, {_SCOPE.format(p='old')}); END",
+        f" VALUES ('delete', old.rid, {old}, {SCOPE.format(p='old')}); END",
         f"CREATE TRIGGER memories_fts_update AFTER UPDATE OF {columns} ON memories BEGIN"
         " INSERT INTO memories_fts (memories_fts, rowid, body, scope)"
-        f" VALUES ('delete', old.rid, {old}, {_SCOPE.format(p='old')});"
-        f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, {new}, {_SCOPE.format(p='new')});"
+        f" VALUES ('delete', old.rid, {old}, {SCOPE.format(p='old')});"
+        f" INSERT INTO memories_fts (rowid, body, scope) VALUES (new.rid, {new}, {SCOPE.format(p='new')});"
         " END",
         f"INSERT INTO memories_fts (rowid, body, scope) SELECT rid, {body.format(p='memories')},"
-        f" {_SCOPE.format(p='memories')} FROM memories",
+        f" {SCOPE.format(p='memories')} FROM memories",
     )
 
 
-CONTEXT_BEFORE = 2  # memories before a memory in its window (backward: an add changes no older window)
-CONTEXT_LAYOUT = f"3 {TOKENIZER} {CONTEXT_BEFORE}"  # bump when the table or its triggers change
-CONTEXT_LAYOUT_DATED = f"{CONTEXT_LAYOUT} dates {datewords.VERSION}"  # each member with its date words
-CONTEXT_BATCH = 5_000  # rows a backfill step indexes per transaction (an old store, on open)
-_WINDOW = (
-    "(SELECT group_concat(memory, char(10)) FROM (SELECT w.memory FROM memories w"
-    f" WHERE w.scope = {{p}}.scope AND w.rid <= {{p}}.rid ORDER BY w.rid DESC LIMIT {CONTEXT_BEFORE + 1}))"
-)
-_WINDOW_DATED = (
-    "(SELECT group_concat(t, char(10)) FROM (SELECT w.memory"
-    f" || coalesce(char(10) || ({datewords.sql('w.created_at', 'sqlite')}), '') AS t FROM memories w"
-    f" WHERE w.scope = {{p}}.scope AND w.rid <= {{p}}.rid ORDER BY w.rid DESC LIMIT {CONTEXT_BEFORE + 1}))"
-)
-_FOLLOWING = "SELECT rid FROM memories WHERE scope = {p}.scope AND rid {op} {p}.rid ORDER BY rid LIMIT {n}"
+CONTEXT_BEFORE = 2  # memories before a memory in its windows (keyword: ``ftscontext``; the vector context's)
 
 
-def _reindex(rows: str, dates: bool) -> str:
-    """Statements re-indexing the windows of the memory rows ``rows`` (a SELECT of rids) from the
-    table as it is now (used in triggers, so ``rows`` may name ``new``/``old``); ``dates``: each
-    member of a window with its date words (the store's ``fts`` mark is ``LAYOUT_DATED``)."""
-    window = _WINDOW_DATED if dates else _WINDOW
-    return (
-        f" DELETE FROM memories_ctx WHERE rowid IN ({rows});"
-        " INSERT INTO memories_ctx (rowid, context, scope)"
-        f" SELECT m.rid, {window.format(p='m')}, {_SCOPE.format(p='m')} FROM memories m"
-        f" WHERE m.rid IN ({rows});"
-    )
-
-
-_AFTER_OLD = _FOLLOWING.format(p="old", op=">", n=CONTEXT_BEFORE)
-# none while ``delete_rows`` deletes many rows (a meta key, never committed: it re-indexes once,
-# after); a LIMIT, not a WHERE term, which would walk the rest of the scope finding nothing
-_AFTER_DELETED = _FOLLOWING.format(
-    p="old",
-    op=">",
-    n=f"(SELECT CASE WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'fts_ctx_defer') THEN 0"
-    f" ELSE {CONTEXT_BEFORE} END)",
-)
-
-
-def context_schema(dates: bool) -> tuple[str, ...]:
-    """The statements that make ``memories_ctx`` and its triggers (``dates``: see ``_reindex``)."""
-    window = (_WINDOW_DATED if dates else _WINDOW).format(p="new")
-    columns = f"memory, {'created_at, ' if dates else ''}scope, user_id, agent_id, run_id"
-    return (
-        "CREATE VIRTUAL TABLE memories_ctx USING fts5(context, scope, tokenize='{tokenizer}')",
-        "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)",
-        "CREATE TRIGGER memories_ctx_insert AFTER INSERT ON memories BEGIN"
-        " INSERT INTO memories_ctx (rowid, context, scope)"
-        f" VALUES (new.rid, {window}, {_SCOPE.format(p='new')}); END",
-        "CREATE TRIGGER memories_ctx_delete AFTER DELETE ON memories BEGIN"
-        f" DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_DELETED, dates)} END",
-        f"CREATE TRIGGER memories_ctx_update AFTER UPDATE OF {columns} ON memories"
-        f" BEGIN DELETE FROM memories_ctx WHERE rowid = old.rid;{_reindex(_AFTER_OLD, dates)}"
-        f"{_reindex(_FOLLOWING.format(p='new', op='>=', n=CONTEXT_BEFORE + 1), dates)} END",
-    )
-
-
-_DROP_CONTEXT = (
-    "DROP TRIGGER IF EXISTS memories_ctx_insert",
-    "DROP TRIGGER IF EXISTS memories_ctx_delete",
-    "DROP TRIGGER IF EXISTS memories_ctx_update",
-    "DROP TABLE IF EXISTS memories_ctx",
-)
 _DROP = (
     "DROP TRIGGER IF EXISTS memories_fts_insert",
     "DROP TRIGGER IF EXISTS memories_fts_delete",
@@ -240,89 +166,8 @@ def drop(db: sqlite3.Connection) -> None:
     """Remove the indexes and their triggers (``reset`` deletes every row without 100k FTS deletes,
     whose markers would slow keyword searches until FTS5 merges them:
     docs/memory.md#measurements-behind-the-design)."""
-    for sql in (*_DROP, *_DROP_CONTEXT):
-        db.execute(sql)  # the context's meta key stays: ``ensure_context`` re-creates it
-
-
-def ensure_context(db: sqlite3.Connection, create: bool) -> bool:
-    """Create (``create``, or when the store has had it: re-create for another layout or after
-    ``drop``) the context table and its triggers; the caller holds a write transaction. The
-    triggers index every write from then on; the rows already stored are indexed by
-    ``backfill_context`` (in steps). → whether a backfill is due."""
-    have = db.execute("SELECT value FROM meta WHERE key = 'fts_ctx'").fetchone()
-    if have is None and not create:
-        return False  # never asked for here: writes do not pay for it
-    exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_ctx'").fetchone()
-    layout = CONTEXT_LAYOUT_DATED if dated(db) else CONTEXT_LAYOUT  # the body's date words, also here
-    if not (exists and have and have[0] == layout):
-        for sql in _DROP_CONTEXT:
-            db.execute(sql)
-        for sql in context_schema(layout == CONTEXT_LAYOUT_DATED):
-            db.execute(sql.format(tokenizer=TOKENIZER))
-        # the rows stored now (rid <= this) are the backfill's; later ones the triggers'
-        high = db.execute("SELECT coalesce(max(rid), 0) FROM memories").fetchone()[0]
-        db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx', ?), ('fts_ctx_done', ?)",
-            (layout, 0 if high else -1),
-        )
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_high', ?)", (high,))
-    merge_eagerly(db, "memories_ctx")
-    return context_pending(db)
-
-
-def context_pending(db: sqlite3.Connection) -> bool:
-    """Whether rows stored before the context table existed still wait for ``backfill_context``."""
-    done = db.execute("SELECT value FROM meta WHERE key = 'fts_ctx_done'").fetchone()
-    return done is not None and int(done[0]) >= 0
-
-
-def backfill_context(db: sqlite3.Connection, batch: int | None = None) -> bool:
-    """Index the windows of the next ``batch`` rows stored before the context table existed; the
-    caller holds a write transaction (one per step, so a killed or full-disk backfill keeps its
-    progress and the next open resumes). → whether more is left. A write meanwhile may already
-    have indexed some of them (its triggers): re-indexing gives the same window."""
-    done = int(db.execute("SELECT value FROM meta WHERE key = 'fts_ctx_done'").fetchone()[0])
-    high = int(db.execute("SELECT value FROM meta WHERE key = 'fts_ctx_high'").fetchone()[0])
-    if done < 0:
-        return False
-    upto = min(done + (batch or CONTEXT_BATCH), high)
-    rows = f"SELECT rid FROM memories WHERE rid > {done} AND rid <= {upto}"
-    for sql in _reindex(rows, dated(db)).split(";")[:-1]:
+    for sql in _DROP:  # the context's: ``ftscontext.drop``
         db.execute(sql)
-    left = upto < high
-    db.execute("UPDATE meta SET value = ? WHERE key = 'fts_ctx_done'", (upto if left else -1,))
-    return left
-
-
-def delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
-    """Delete the memory rows ``removed`` (``(scope, rid)``); the caller holds a write transaction.
-    With the context table and more than one row, each row's trigger drops only the row's own
-    window (``fts_ctx_defer`` in meta meanwhile, removed before the commit), then the windows of
-    the ``CONTEXT_BEFORE`` rows that now follow each removed row in its scope are re-indexed, each
-    once: the windows that held a removed row (row by row, a ``delete_all`` re-indexed every
-    window twice just before deleting it)."""
-    many = (
-        len(removed) > 1 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_ctx'").fetchone()
-    )
-    if many:
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_defer', 1)")
-    db.executemany("DELETE FROM memories WHERE rid = ?", [(rid,) for _, rid in removed])
-    if not many:
-        return
-    db.execute("DELETE FROM meta WHERE key = 'fts_ctx_defer'")
-    nth = "(SELECT rid FROM memories WHERE scope = g.s AND rid > g.r ORDER BY rid LIMIT 1 OFFSET {n})"
-    gone = "(SELECT json_extract(value, '$[0]') AS s, json_extract(value, '$[1]') AS r FROM json_each(?))"
-    parts = " UNION ".join(f"SELECT {nth.format(n=n)} AS f FROM {gone} g" for n in range(CONTEXT_BEFORE))
-    found = db.execute(
-        f"SELECT json_group_array(f) FROM ({parts}) WHERE f IS NOT NULL",
-        [json.dumps(removed)] * CONTEXT_BEFORE,
-    ).fetchone()[0]
-    rids: list[int] = json.loads(found)
-    dates = dated(db)
-    for lo in range(0, len(rids), CONTEXT_BATCH):
-        chunk = json.dumps(rids[lo : lo + CONTEXT_BATCH])  # integers only: a literal is safe
-        for sql in _reindex(f"SELECT value FROM json_each('{chunk}')", dates).split(";")[:-1]:
-            db.execute(sql)
 
 
 def quote(term: str) -> str:

@@ -1,37 +1,43 @@
-"""The keyword context on PostgreSQL (issue 23; SQLite's is ``fts.py``'s ``memories_ctx``).
+"""The keyword context on PostgreSQL (issue 23; SQLite's is ``ftscontext``'s ``memories_ctx``).
 
 Each memory's *window* (its text and that of the ``fts.CONTEXT_BEFORE`` memories stored just
-before it in its scope: the same ``scope`` column, so the same user/agent/run ids) is indexed in
-``memories_ctx (rid, words, tx)``: the ``words`` of the window's rows (``pgkeyword``'s generated
-column: the same lexemes, the scope's lexemes included; ``dated`` instead in a store with
-``keyword_dates``, ``pgdates``) concatenated newest first, as SQLite joins their texts, under a
-GIN index; ``tx``: the transaction that last wrote the window (indexed: ``pgpostings`` keeps
+before it and the ``ftscontext.CONTEXT_AFTER`` stored just after it in its scope: the same
+``scope`` column, so the same user/agent/run ids) is indexed in ``memories_ctx (rid, words,
+tx)``: the ``words`` of the window's rows (``pgkeyword``'s generated column: the same lexemes,
+the scope's lexemes included; ``dated`` instead in a store with ``keyword_dates``, ``pgdates``)
+concatenated in ``rid`` order, as SQLite joins their texts, under a GIN index; ``tx``: the
+transaction that last wrote the window (indexed: ``pgpostings`` keeps
 window row lists per process and follows them by it). ``hm_window(scope, rid)`` computes one
 window; the backfill and the triggers both call it.
 
 * **Made on demand**: ``install`` runs the first time a ``Memory`` with ``keyword_context=True``
   opens the store (``meta`` key ``keyword_ctx``), in ONE transaction that also fills the table
   from the rows already stored (it takes the table lock that ``CREATE TRIGGER`` needs, so
-  writers wait for it; an interrupted one leaves nothing and the next open redoes it). Stores
+  writers wait for it; an interrupted one leaves nothing and the next open redoes it). A store
+  whose windows are of another ``VERSION`` (the backward window before 2026-12-06 round 6) is
+  re-made so at the next open with the option: searches read the old windows until it
+  commits, and an interrupted one leaves them whole. Stores
   that never use the option have no table and no trigger: their writes pay nothing.
 * **Same transaction, any writer**: three statement-level triggers (``AFTER INSERT``,
   ``DELETE``, ``UPDATE`` on ``memories``, with transition tables) call ``hm_ctx_sync`` in the
   transaction of every write, whichever client made it: an insert indexes the new rows' windows,
   a delete drops the rows' own; an insert, delete or change of text (or scope) also re-indexes
-  the windows of the ``CONTEXT_BEFORE`` rows that follow each changed row in its scope. A
-  change of metadata or expiry touches nothing. The rows that follow a changed row are looked
-  for only up to the next changed row of its scope (the rows after that one are its own
-  followers): the rows a statement deleted stay in the index, invisible, until vacuumed, and
+  the windows that reach each changed row (the ``CONTEXT_AFTER`` rows before it and the
+  ``CONTEXT_BEFORE`` after it) in its scope (a row's old scope too, when it moved). A change of metadata or
+  expiry touches nothing. The rows around a changed row are looked for only up to the next (and
+  back to the previous) changed row of its scope (the rows past that one are its own
+  neighbours): the rows a statement deleted stay in the index, invisible, until vacuumed, and
   each search past them walked every one: a ``delete_all`` of 100,000 rows in one scope ran
   for minutes (quadratic; docs/memory.md#the-keyword-contexts-cost-2026-12-06). ``hm_window``
-  reads the ``(scope, rid)`` index backwards (bitmap scans and sorts off in it): with the estimate
-  of a table not yet analysed, the planner read every row of the scope up to the row instead.
+  reads the ``(scope, rid)`` index from the row, backwards and forwards (bitmap scans and sorts
+  off in it): with the estimate of a table not yet analysed, the planner read every row of the
+  scope up to the row instead.
 * **Concurrent writers in one scope**: a window read by one transaction cannot see rows another
   has not committed yet, so ``hm_ctx_sync`` first takes transaction advisory locks that cover
   the scopes it changed, held to the commit, and only then reads the windows (a new statement
   at READ COMMITTED: every earlier holder's rows are committed and seen). Row ids are drawn
   before the lock, so a transaction may commit a row older than rows committed before it: that
-  is why an insert re-indexes the windows of the rows that follow it too. After any
+  is why an insert re-indexes the windows of the rows that follow it as well as those before it. After any
   interleaving the table equals a rebuild (``tests/memory/test_keyword_context.py``: threads
   writing one scope at once).
 * **Bounded locks**: advisory locks share PostgreSQL's lock table (``max_locks_per_transaction``
@@ -52,12 +58,13 @@ from typing import Any
 
 from hivemem.memory.storage import pgdates
 from hivemem.memory.storage.fts import CONTEXT_BEFORE
+from hivemem.memory.storage.ftscontext import CONTEXT_AFTER
 from hivemem.memory.storage.pgwords import PENDING_KB
 from hivemem.memory.storage.pgwords import VERSION as WORDS_VERSION
 
 # of the table, functions and triggers below, and of the ``words`` its windows are made of (a new
 # keyword layout rebuilds them at the next open with the option); kept in meta 'keyword_ctx'
-VERSION = f"4 {CONTEXT_BEFORE} {WORDS_VERSION}"
+VERSION = f"5 -{CONTEXT_BEFORE}+{CONTEXT_AFTER} {WORDS_VERSION}"  # 5: the symmetric window
 LOCK_BUCKETS = 1024  # advisory locks a store's scopes are spread over (a power of two)
 LOCK_BUCKETS_MAX = 64  # a statement touching more buckets takes the store's lock instead
 
@@ -100,15 +107,17 @@ def install(conn: Any, ns: str, schema: str) -> None:
         f" WITH (gin_pending_list_limit = {PENDING_KB})"
     )
     conn.execute(f"CREATE INDEX IF NOT EXISTS memories_scope_rid ON {ns}.memories (scope, rid)")
-    members = " || ".join(f"coalesce(a[{i}], ''::tsvector)" for i in range(1, CONTEXT_BEFORE + 2))
+    size = CONTEXT_BEFORE + 1 + CONTEXT_AFTER
+    members = " || ".join(f"coalesce(a[{i}], ''::tsvector)" for i in range(1, size + 1))
     conn.execute(
         f"CREATE OR REPLACE FUNCTION {ns}.hm_window(s text, r bigint) RETURNS tsvector"
-        # the (scope, rid) index read backwards from the row, 3 entries: never a bitmap of the scope's
-        # rows up to it and a sort, which an unanalysed table's estimate (2 rows) chose: every row read
+        # the (scope, rid) index read from the row, backwards then forwards, a few entries: never a
+        # bitmap of the scope's rows and a sort, which an unanalysed table's estimate (2 rows) chose
         " LANGUAGE sql STABLE PARALLEL SAFE SET enable_bitmapscan = off SET enable_sort = off"
-        f" AS $$ SELECT {members} FROM (SELECT array_agg(w"
-        f" ORDER BY rid DESC) AS a FROM (SELECT rid, {column} AS w FROM {ns}.memories WHERE scope = s"
-        f" AND rid <= r ORDER BY rid DESC LIMIT {CONTEXT_BEFORE + 1}) w) x $$"
+        f" AS $$ SELECT {members} FROM (SELECT array_agg(w ORDER BY rid) AS a FROM ((SELECT rid,"
+        f" {column} AS w FROM {ns}.memories WHERE scope = s AND rid <= r ORDER BY rid DESC"
+        f" LIMIT {CONTEXT_BEFORE + 1}) UNION ALL (SELECT rid, {column} FROM {ns}.memories"
+        f" WHERE scope = s AND rid > r ORDER BY rid LIMIT {CONTEXT_AFTER})) w) x $$"
     )
     # the store's key: the schema hashed (this module's locks never share a key with another store's)
     store = f"hashtext({_literal(schema)} || chr(10) || 'ctx')"
@@ -125,10 +134,13 @@ def install(conn: Any, ns: str, schema: str) -> None:
         f" DELETE FROM {ns}.memories_ctx WHERE rid = ANY(gone);"
         f" INSERT INTO {ns}.memories_ctx (rid, words) SELECT m.rid, {ns}.hm_window(m.scope, m.rid)"
         f" FROM {ns}.memories m WHERE m.rid IN (SELECT unnest(rids) UNION SELECT f.rid FROM (SELECT s, r,"
-        " lead(r) OVER (PARTITION BY s ORDER BY r) AS nx FROM unnest(scopes, rids) AS c(s, r)) c"
-        f" CROSS JOIN LATERAL (SELECT rid FROM {ns}.memories WHERE scope = c.s AND rid > c.r"
-        # a bound the index scan stops at (an OR would be a filter, and the scan would go on)
-        f" AND rid < coalesce(c.nx, {2**63 - 1}) ORDER BY rid LIMIT {CONTEXT_BEFORE}) f)"
+        " lead(r) OVER w AS nx, lag(r) OVER w AS pv FROM unnest(scopes, rids) AS c(s, r)"
+        " WINDOW w AS (PARTITION BY s ORDER BY r)) c"
+        f" CROSS JOIN LATERAL ((SELECT rid FROM {ns}.memories WHERE scope = c.s AND rid > c.r"
+        # bounds the index scans stop at (an OR would be a filter, and the scan would go on)
+        f" AND rid < coalesce(c.nx, {2**63 - 1}) ORDER BY rid LIMIT {CONTEXT_BEFORE}) UNION ALL"
+        f" (SELECT rid FROM {ns}.memories WHERE scope = c.s AND rid < c.r AND rid > coalesce(c.pv, 0)"
+        f" ORDER BY rid DESC LIMIT {CONTEXT_AFTER})) f)"
         " ON CONFLICT (rid) DO UPDATE SET words = excluded.words, tx = excluded.tx;"
         " END $f$"
     )

@@ -19,7 +19,7 @@ Why it is safe across threads and processes:
 Search: the vector side ranks an int8 index shared by every process of the machine (memory-mapped
 files next to the store, derived from it: see ``vectorindex.py``) and re-scores the best rows
 exactly from the float32 blobs here; the keyword side is an FTS5 index kept by triggers in the
-same transactions (``fts.py``). Both apply the compiled filter before ranking. Hybrid fusion is
+same transactions (``ftscontext.py``). Both apply the compiled filter before ranking. Hybrid fusion is
 not here but in ``hivemem.memory.hybrid``, the same for every backend.
 """
 
@@ -43,7 +43,7 @@ from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks
 from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
-from hivemem.memory.storage import fts, rows, sqlwrite
+from hivemem.memory.storage import fts, ftscontext, rows, sqlwrite
 from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx, window_sums
 from hivemem.memory.storage.sqlcompile import SQLITE
 from hivemem.memory.storage.vectorindex import SharedIndex, StoreState, read_state
@@ -216,7 +216,7 @@ class SQLiteStorage(Storage):
             raise full from exc
 
     def enable_context(self, create: bool = True) -> None:
-        """Bring the keyword context index (``fts.py``) up to date: create it if this store has
+        """Bring the keyword context index (``ftscontext.py``) up to date: create it if this store has
         none (``create``; else only a store that has one is upgraded), then index the rows stored
         before it in steps, one transaction each (resumed by the next open if interrupted)."""
 
@@ -232,9 +232,9 @@ class SQLiteStorage(Storage):
                 self._rollback(db)
                 raise
 
-        self._opening(lambda: step(lambda db: fts.ensure_context(db, create)))
+        self._opening(lambda: step(lambda db: ftscontext.ensure_context(db, create)))
         while pending[0]:
-            self._opening(lambda: step(fts.backfill_context))
+            self._opening(lambda: step(ftscontext.backfill_context))
 
     def has_dates(self) -> bool:
         """In a snapshot: its state (read once per snapshot, no statement of its own); outside one:
@@ -259,7 +259,7 @@ class SQLiteStorage(Storage):
             db.execute("BEGIN IMMEDIATE")
             try:
                 fts.ensure_schema(db, on)
-                fts.ensure_context(db, create=False)
+                ftscontext.ensure_context(db, create=False)
                 db.execute("COMMIT")
             except BaseException:
                 self._rollback(db)
@@ -427,9 +427,10 @@ class SQLiteStorage(Storage):
     def reset(self) -> None:
         with self._write() as db:
             fts.drop(db)
+            ftscontext.drop(db)
             db.execute("DELETE FROM memories")
             fts.ensure_schema(db)
-            fts.ensure_context(db, create=False)  # re-created empty if the store had it
+            ftscontext.ensure_context(db, create=False)  # re-created empty if the store had it
             db.execute("DELETE FROM history")
             db.execute("DELETE FROM changes")
             db.execute("UPDATE meta SET value = 0 WHERE key = 'pruned'")  # the log starts again

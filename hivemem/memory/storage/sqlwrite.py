@@ -15,7 +15,7 @@ import numpy as np
 
 from hivemem.memory import records
 from hivemem.memory.records import NewMemory
-from hivemem.memory.storage import fts, rows
+from hivemem.memory.storage import ftscontext, rows
 from hivemem.memory.storage.base import Locked, Removed
 from hivemem.memory.storage.rows import Event
 from hivemem.memory.storage.sqlcompile import Compiled
@@ -62,6 +62,8 @@ def insert_rows(
     the source store, and no ADD events written (the importer writes the history)."""
     results: list[tuple[str, str]] = []
     history: list[Event] = []
+    deferred = ftscontext.defer(db, len(memories))  # the keyword context's windows: each once, after
+    added: list[tuple[str, int]] = []
     for n, (m, vec) in enumerate(zip(memories, vectors, strict=True)):
         updated = m.created_at if updated_at is None else updated_at[n]
         try:
@@ -79,6 +81,7 @@ def insert_rows(
                 f"memory id {m.id!r} is already taken by another memory; update or delete that one"
             ) from None
         if cur.rowcount == 1:
+            added.append((m.scope, int(cur.lastrowid or 0)))
             if (
                 m.given_id
                 and db.execute(  # an id another scope used: never again (records)
@@ -95,6 +98,8 @@ def insert_rows(
                 "SELECT id FROM memories WHERE scope = ? AND hash = ?", (m.scope, m.hash)
             ).fetchone()
             results.append((row[0], "NONE"))
+    if deferred:
+        ftscontext.reindex_around(db, added, itself=True)
     db.executemany(_ADD_EVENTS, history)
     if any(event == "ADD" for _, event in results):
         bump(db, rewrite=False)
@@ -157,7 +162,7 @@ class SQLiteTx:
         found = self.db.execute(
             f"SELECT id, memory, actor_id, role, rid, scope FROM memories WHERE {where.sql}", where.params
         ).fetchall()
-        fts.delete_rows(self.db, [(r[5], r[4]) for r in found])
+        ftscontext.delete_rows(self.db, [(r[5], r[4]) for r in found])
         return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in found]
 
     def removed(self, rids: builtins.list[int]) -> None:
