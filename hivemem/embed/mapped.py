@@ -240,20 +240,20 @@ def check(directory: Path, files: dict[str, dict[str, Any]]) -> dict[str, int]:
         try:
             st = path.stat()
         except OSError as exc:
-            raise ModelDamaged(f"{path} is missing ({exc.strerror}): {_REPAIR}") from None
+            raise ModelDamaged(f"{path} is missing ({exc.strerror}): {REPAIR}") from None
         if st.st_size != want["bytes"]:
             raise ModelDamaged(
                 f"{path} has {st.st_size} bytes, but {want['bytes']} were prepared (truncated or changed): "
-                f"{_REPAIR}"
+                f"{REPAIR}"
             )
         if st.st_mtime_ns != want["mtime_ns"]:
             if _sha256(path) != want["sha256"]:
-                raise ModelDamaged(f"{path} changed since it was prepared (its SHA-256 differs): {_REPAIR}")
+                raise ModelDamaged(f"{path} changed since it was prepared (its SHA-256 differs): {REPAIR}")
             confirmed[name] = st.st_mtime_ns
     return confirmed
 
 
-_REPAIR = "run `hivemem model prepare --force` to prepare the model again"
+REPAIR = "run `hivemem model prepare --force` to prepare the model again"
 
 
 def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Path) -> dict[str, Any]:
@@ -304,7 +304,7 @@ def _convert(directory: Path, name: str, lock: Path) -> dict[str, Any]:
             try:
                 split(graph)
             except (ValueError, IndexError) as exc:
-                raise ModelDamaged(f"{graph} is not a readable ONNX model ({exc}): {_REPAIR}") from None
+                raise ModelDamaged(f"{graph} is not a readable ONNX model ({exc}): {REPAIR}") from None
             report["files"] = record(graph)
             _write_atomically(path, [json.dumps(manifest, indent=2).encode()], 0o644)
     return manifest

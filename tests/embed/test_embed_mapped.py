@@ -273,6 +273,27 @@ def test_a_copied_home_is_checked_by_content_and_accepted(
     assert mapped.check(graph.parent, files) == {}
 
 
+@pytest.mark.model
+@pytest.mark.parametrize("gone", ["data", "graph"])
+def test_a_file_replaced_after_the_check_is_refused_with_a_clear_error(
+    tmp_path: Path, hivemem_home: Path, monkeypatch: pytest.MonkeyPatch, gone: str
+) -> None:
+    """`prepare --force` removes the directory, then renames the new one in: a start between the
+    check and ONNX Runtime opening the files got ORT's raw error before."""
+    home, graph = _copied_home(tmp_path, hivemem_home, monkeypatch)
+    ensure_mapped = mapped.ensure_mapped
+
+    def then_removed(*args: Any) -> dict[str, Any]:
+        manifest = ensure_mapped(*args)
+        (mapped.data_path(graph) if gone == "data" else graph).unlink()
+        return manifest
+
+    monkeypatch.setattr(mapped, "ensure_mapped", then_removed)
+    with pytest.raises(hivemem.ModelDamaged, match="model prepare --force") as info:
+        _engine_vectors(home, monkeypatch)
+    assert str(graph) in str(info.value)
+
+
 CONVERT = """
 import hashlib, sys
 from hivemem.embed.engine import make_backend
