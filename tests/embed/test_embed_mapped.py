@@ -80,7 +80,8 @@ def test_split_moves_only_the_lookup_tables_and_runs_bit_identically(tmp_path: P
     tensors = _tiny_model(graph)
     before, size = _run(graph), graph.stat().st_size
     graph.chmod(0o600)
-    assert mapped.split(graph) is True
+    written = mapped.split(graph)
+    assert written is not None and written == mapped.record(graph)  # hashed as written, = read back
     assert graph.stat().st_mode & 0o777 == 0o600
     assert mapped.data_path(graph).stat().st_mode & 0o777 == (0o400 if os.name == "posix" else 0o600)
     assert graph.stat().st_size < size - tensors["table"].nbytes + 4096  # the table left the graph
@@ -97,7 +98,7 @@ def test_split_moves_only_the_lookup_tables_and_runs_bit_identically(tmp_path: P
     loaded = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(graph)).graph.initializer}
     assert all(np.array_equal(loaded[k], v) for k, v in tensors.items())
     assert np.array_equal(_run(graph), before)
-    assert mapped.split(graph) is False  # split already: left as it is
+    assert mapped.split(graph) is None  # split already: left as it is
 
 
 @pytest.mark.fast
@@ -271,6 +272,79 @@ def test_a_copied_home_is_checked_by_content_and_accepted(
     files = manifest["variants"][manifest["default"]]["files"]
     assert files[mapped.data_path(graph).name]["mtime_ns"] == 1  # confirmed once: no hash next time
     assert mapped.check(graph.parent, files) == {}
+
+
+def _recorded(directory: Path) -> dict[str, Any] | None:
+    """The manifest's record (``files``) of the default variant in ``directory``."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    files: dict[str, Any] | None = manifest["variants"][manifest["default"]].get("files")
+    return files
+
+
+@pytest.mark.fast
+def test_a_graph_found_split_is_checked_against_its_data_file(tmp_path: Path) -> None:
+    graph = tmp_path / "tiny.onnx"
+    _tiny_model(graph)
+    mapped._check_split(graph)  # not split: nothing to check
+    assert mapped.split(graph) is not None
+    mapped._check_split(graph)
+    data = mapped.data_path(graph)
+    data.chmod(0o600)
+    with open(data, "ab") as f:
+        f.write(b"\0")  # longer than split wrote it
+    with pytest.raises(hivemem.ModelDamaged, match="needs 2097152"):
+        mapped._check_split(graph)
+    os.truncate(data, 1000)
+    with pytest.raises(hivemem.ModelDamaged, match="1000 bytes"):
+        mapped._check_split(graph)
+    data.unlink()
+    with pytest.raises(hivemem.ModelDamaged, match="missing"):
+        mapped._check_split(graph)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("then", ["intact", "truncated"])
+def test_a_conversion_stopped_before_its_record_is_checked_at_the_next_start(
+    tmp_path: Path,
+    hivemem_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    then: str,
+) -> None:
+    """The files renamed into place, then the manifest's write fails (ENOSPC, raised by a wrapper:
+    a disk that fills exactly there is not reproducible). Before: the start said the home "stays in
+    its old layout" (it was mapped), and the next one recorded whatever was on disk as good."""
+    import errno
+
+    directory = _legacy_home(tmp_path, hivemem_home)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    graph = directory / manifest["variants"][manifest["default"]]["file"]
+    data = mapped.data_path(graph)
+    old = _old_vectors(directory)
+    write = mapped._write_atomically
+
+    def manifest_full(path: Path, *args: Any) -> Any:
+        if path.name == "manifest.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(path, *args)
+
+    monkeypatch.setattr(mapped, "_write_atomically", manifest_full)
+    assert np.array_equal(_engine_vectors(tmp_path / "old-home", monkeypatch), old)
+    err = capfd.readouterr().err
+    assert "stays in its old layout" not in err and "could not record it" in err
+    assert data.exists() and _recorded(directory) is None  # mapped, not recorded
+    monkeypatch.setattr(mapped, "_write_atomically", write)
+    if then == "truncated":
+        data.chmod(0o600)
+        os.truncate(data, 1000)
+        with pytest.raises(hivemem.ModelDamaged, match=r"1000 bytes.*model prepare --force"):
+            _engine_vectors(tmp_path / "old-home", monkeypatch)
+    else:
+        assert np.array_equal(_engine_vectors(tmp_path / "old-home", monkeypatch), old)
+        files = json.loads((directory / "manifest.json").read_text())["variants"][manifest["default"]][
+            "files"
+        ]
+        assert files == mapped.record(graph)
 
 
 @pytest.mark.model
