@@ -263,6 +263,15 @@ def _write_atomically(path: Path, chunks: list[bytes | memoryview], mode: int) -
     return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
 
 
+def _remove_temporaries(directory: Path, file: str) -> None:
+    """Files a killed conversion left (``.model-x.onnx.XXXX``, ``.model-x.onnx.data.XXXX``, a
+    manifest's): called under the lock, so nobody is writing them."""
+    for pattern in (f".{file}.*", ".manifest.json.*"):
+        for path in directory.glob(pattern):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 # -- integrity --------------------------------------------------------------------------------------
 
 
@@ -375,6 +384,7 @@ def _convert(directory: Path, name: str, lock: Path) -> dict[str, Any]:
         report = manifest["variants"][name]
         if report.get("files") is None:  # nobody converted it while we waited
             graph = directory / report["file"]
+            _remove_temporaries(directory, report["file"])
             try:
                 files = split(graph)
                 if files is None:  # no table, or split by a conversion stopped before its record
