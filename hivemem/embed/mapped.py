@@ -366,8 +366,11 @@ def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Pa
 
 
 def _record_mtimes(directory: Path, name: str, confirmed: dict[str, tuple[str, int]], lock: Path) -> None:
-    """Record the mtimes of files whose SHA-256 ``check`` confirmed (unless the record changed)."""
-    with locked(lock, mode=0o644):
+    """Record the mtimes of files whose SHA-256 ``check`` confirmed (unless the record changed).
+    Only saves the next start a hash: skipped when someone holds the lock (a ``prepare --force``)."""
+    with locked(lock, timeout=0, mode=0o644) as held:
+        if not held:
+            return
         path = directory / "manifest.json"
         manifest = json.loads(path.read_text())
         files = manifest["variants"][name].get("files") or {}

@@ -350,6 +350,48 @@ def test_a_conversion_stopped_before_its_record_is_checked_at_the_next_start(
 
 
 @pytest.mark.model
+def test_recording_a_confirmed_mtime_does_not_wait_for_the_lock(
+    tmp_path: Path, hivemem_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the start waited for the lock (a `prepare --force` holds it for minutes) only to
+    save the next start a hash."""
+    import threading
+
+    from hivemem.embed.engine import make_backend
+    from hivemem.embed.model import lock_path
+    from hivemem.infra.locks import locked
+
+    home, graph = _copied_home(tmp_path, hivemem_home, monkeypatch)
+    data = mapped.data_path(graph)
+    os.utime(data, ns=(1, 1))  # a copied home: the SHA-256 decides, then the mtime is recorded
+    monkeypatch.setenv("HIVEMEM_HOME", str(home))
+    started = threading.Event()
+
+    def start() -> None:
+        make_backend("onnx").close()  # type: ignore[attr-defined]
+        started.set()
+
+    with locked(lock_path(), mode=0o644):  # a `prepare --force` at work
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        # a deadlock detector, not a timing threshold: the old code waited here until the release
+        started_while_locked = started.wait(timeout=120)
+    thread.join()
+    assert started_while_locked
+    manifest_path = graph.parent / "manifest.json"
+    assert json.loads(manifest_path.read_text())["variants"]
+    files = json.loads(manifest_path.read_text())["variants"][
+        json.loads(manifest_path.read_text())["default"]
+    ]
+    assert files["files"][data.name]["mtime_ns"] != 1  # skipped while busy
+    make_backend("onnx").close()  # type: ignore[attr-defined]
+    files = json.loads(manifest_path.read_text())["variants"][
+        json.loads(manifest_path.read_text())["default"]
+    ]
+    assert files["files"][data.name]["mtime_ns"] == 1  # recorded once the lock was free
+
+
+@pytest.mark.model
 @pytest.mark.parametrize("gone", ["data", "graph"])
 def test_a_file_replaced_after_the_check_is_refused_with_a_clear_error(
     tmp_path: Path, hivemem_home: Path, monkeypatch: pytest.MonkeyPatch, gone: str
