@@ -335,7 +335,7 @@ def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Pa
     prepared by an older version), and its files were checked (``check``).
 
     A home that cannot be written (read-only, full) keeps working in the old layout, the table
-    copied into the process as before, with one line on stderr saying why.
+    copied into the process as before, with one line on stderr (once per process) saying why.
     """
     if manifest["variants"][name].get("files") is None:
         try:
@@ -343,18 +343,14 @@ def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Pa
         except OSError as exc:
             why = exc.strerror or str(exc)
             if _is_split(directory / manifest["variants"][name]["file"]):  # renamed, not recorded
-                print(
+                _warn_once(
                     f"hivemem: {directory}: the model's table is mapped from its own file, but the "
-                    f"manifest could not record it ({why}); it is checked and recorded at the next start",
-                    file=sys.stderr,
-                    flush=True,
+                    f"manifest could not record it ({why}); it is checked and recorded at the next start"
                 )
             else:
-                print(
+                _warn_once(
                     f"hivemem: {directory} stays in its old layout, the model's table copied into each "
-                    f"process ({why}); `hivemem model prepare --force` there maps it",
-                    file=sys.stderr,
-                    flush=True,
+                    f"process ({why}); `hivemem model prepare --force` there maps it"
                 )
             return manifest
     files = manifest["variants"][name]["files"]
@@ -363,6 +359,16 @@ def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Pa
         with contextlib.suppress(OSError):  # a read-only copy is hashed at every start instead
             _record_mtimes(directory, name, {k: (files[k]["sha256"], v) for k, v in confirmed.items()}, lock)
     return manifest
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    """``line`` on stderr, once per process: every engine start of a worker would repeat it."""
+    if line not in _warned:
+        _warned.add(line)
+        print(line, file=sys.stderr, flush=True)
 
 
 def _record_mtimes(directory: Path, name: str, confirmed: dict[str, tuple[str, int]], lock: Path) -> None:
