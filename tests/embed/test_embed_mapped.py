@@ -230,12 +230,17 @@ def test_a_home_that_cannot_be_converted_keeps_working_in_the_old_layout(
 
 
 def _copied_home(tmp_path: Path, hivemem_home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    """A private, converted copy of the test home (real copies: a test damages them)."""
+    """A private, converted copy of the test home's default variant (real copies: a test damages
+    them; the other variants are not copied, nothing here loads them)."""
     _engine_vectors(hivemem_home, monkeypatch)  # the test home converted, if it was not yet
-    home = tmp_path / "copy"
-    shutil.copytree(hivemem_home / "models" / MODEL, home / "models" / MODEL)
-    manifest = json.loads((home / "models" / MODEL / "manifest.json").read_text())
-    return home, home / "models" / MODEL / manifest["variants"][manifest["default"]]["file"]
+    src = hivemem_home / "models" / MODEL
+    manifest = json.loads((src / "manifest.json").read_text())
+    graph = manifest["variants"][manifest["default"]]["file"]
+    dst = tmp_path / "copy" / "models" / MODEL
+    dst.mkdir(parents=True)
+    for name in ("manifest.json", "tokenizer.json", graph, mapped.data_path(Path(graph)).name):
+        shutil.copy2(src / name, dst / name)
+    return tmp_path / "copy", dst / graph
 
 
 @pytest.mark.model
