@@ -420,7 +420,13 @@ def test_a_file_replaced_after_the_check_is_refused_with_a_clear_error(
 
 CONVERT = """
 import hashlib, sys
+from hivemem.embed import mapped
 from hivemem.embed.engine import make_backend
+split = mapped.split
+def counted(*args, **kwargs):
+    print("hivemem-test: split", file=sys.stderr, flush=True)
+    return split(*args, **kwargs)
+mapped.split = counted
 b = make_backend("onnx")
 print(hashlib.sha256(b.encode(sys.argv[1:]).tobytes()).hexdigest())
 """
@@ -446,6 +452,7 @@ def test_processes_starting_together_convert_an_older_home(tmp_path: Path, hivem
     assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
     assert {out.strip() for out, _ in outs} == {digest}
     assert all("stays in its old layout" not in err for _, err in outs)
+    assert sum(err.count("hivemem-test: split") for _, err in outs) == 1  # the others waited, then read
     manifest = json.loads((directory / "manifest.json").read_text())
     graph = directory / manifest["variants"][manifest["default"]]["file"]
     assert manifest["variants"][manifest["default"]]["files"] == mapped.record(graph)
