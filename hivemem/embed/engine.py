@@ -55,10 +55,17 @@ def make_backend(
     """
     if backend == "onnx":
         import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import (
+            Fail,
+            InvalidGraph,
+            InvalidProtobuf,
+            NoSuchFile,
+        )
 
-        from hivemem.embed.mapped import ensure_mapped
+        from hivemem.embed.mapped import REPAIR, ensure_mapped
         from hivemem.embed.model import lock_path, model_dir, prepared_manifest
         from hivemem.embed.onnx_backend import OnnxBackend, providers_for
+        from hivemem.errors import ModelDamaged
 
         providers_for(device, ort.get_available_providers())  # a bad device fails before any export
         # first use, or an older recipe: prepared now, once, in a child process (torch never loads here)
@@ -69,15 +76,21 @@ def make_backend(
         # a damaged file raises ModelDamaged before ONNX Runtime maps it
         manifest = ensure_mapped(directory, name, manifest, lock_path())
         report = manifest["variants"][name]
-        return OnnxBackend(
-            directory / report["file"],
-            directory / "tokenizer.json",
-            threads=threads,
-            # prepare measured the batch size on this CPU; a GPU gets the usual 32 unless told
-            batch_size=batch_size or (report.get("batch_size", 32) if device == "cpu" else 32),
-            device=device,
-            model_id=f"{manifest['model']}/onnx-{name}",
-        )
+        try:
+            return OnnxBackend(
+                directory / report["file"],
+                directory / "tokenizer.json",
+                threads=threads,
+                # prepare measured the batch size on this CPU; a GPU gets the usual 32 unless told
+                batch_size=batch_size or (report.get("batch_size", 32) if device == "cpu" else 32),
+                device=device,
+                model_id=f"{manifest['model']}/onnx-{name}",
+            )
+        except (Fail, NoSuchFile, InvalidProtobuf, InvalidGraph) as e:
+            # a file it cannot open or read: checked a moment ago, then changed (`prepare --force`)
+            raise ModelDamaged(
+                f"{directory / report['file']} could not be loaded ({str(e).strip()}): {REPAIR}"
+            ) from None
     if backend == "sentence-transformers":
         from hivemem.embed.st_backend import SentenceTransformersBackend
 

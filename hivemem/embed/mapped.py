@@ -127,15 +127,38 @@ def _lookup_tables(buf: memoryview, g0: int, g1: int) -> set[str]:
     return lookups - others
 
 
-def split(graph: Path, *, min_bytes: int = MAP_MIN_BYTES) -> bool:
-    """Move the big lookup tables of ``graph`` into ``data_path(graph)``; False when there is none
-    (or the graph is split already). Both files are written under temporary names and renamed: a
-    reader sees the old graph, or the new graph with its data file in place."""
-    buf = memoryview(graph.read_bytes())  # slices of it are views: the table is not copied
+def _graph_span(graph: Path, buf: memoryview) -> tuple[int, int, int]:
+    """(start of the graph field's tag, start of the graph message, its end) in a model file."""
     top = [f for f in _fields(buf, 0, len(buf)) if f[0] == _MODEL_GRAPH and f[1] == 2]
     if len(top) != 1:
         raise ValueError(f"{graph}: not an ONNX model with one graph")
     _, _, gt, g0, g1 = top[0]
+    return gt, g0, g1
+
+
+def _tensor(buf: memoryview, v0: int, v1: int) -> tuple[str, tuple[int, int], dict[str, str] | None]:
+    """(name, span of the raw data, external-data entries or None) of the tensor ``buf[v0:v1]``."""
+    name, raw, external = "", (0, 0), None
+    for f, w, _, n0, n1 in _fields(buf, v0, v1):
+        if f == _TENSOR_NAME and w == 2:
+            name = _string(buf, n0, n1)
+        elif f == _TENSOR_RAW_DATA and w == 2:
+            raw = (n0, n1)
+        elif f == _TENSOR_EXTERNAL_DATA:
+            external = external if external is not None else {}
+            if w == 2:  # a key/value entry: key is field 1, value field 2
+                entry = {k: _string(buf, a, b) for k, kw, _, a, b in _fields(buf, n0, n1) if kw == 2}
+                external[entry.get(1, "")] = entry.get(2, "")
+    return name, raw, external
+
+
+def split(graph: Path, *, min_bytes: int = MAP_MIN_BYTES) -> dict[str, dict[str, Any]] | None:
+    """Move the big lookup tables of ``graph`` into ``data_path(graph)``; returns the ``record`` of
+    both files, hashed from the bytes written (nothing read back from disk is trusted), or None when
+    there is no table (or the graph is split already). Both files are written under temporary
+    names and renamed: a reader sees the old graph, or the new graph with its data file in place."""
+    buf = memoryview(graph.read_bytes())  # slices of it are views: the table is not copied
+    gt, g0, g1 = _graph_span(graph, buf)
     tables = _lookup_tables(buf, g0, g1)
     location = data_path(graph).name
     graph_parts: list[bytes | memoryview] = []
@@ -144,17 +167,10 @@ def split(graph: Path, *, min_bytes: int = MAP_MIN_BYTES) -> bool:
     for field, wire, t0, v0, v1 in _fields(buf, g0, g1):
         chunk: bytes | memoryview = buf[t0:v1]
         if field == _GRAPH_INITIALIZER and wire == 2:
-            name, raw, external = "", (0, 0), False
-            for f, w, _, n0, n1 in _fields(buf, v0, v1):
-                if f == _TENSOR_NAME and w == 2:
-                    name = _string(buf, n0, n1)
-                elif f == _TENSOR_RAW_DATA and w == 2:
-                    raw = (n0, n1)
-                elif f == _TENSOR_EXTERNAL_DATA:
-                    external = True
+            name, raw, external = _tensor(buf, v0, v1)
             length = raw[1] - raw[0]
-            if external:
-                return False  # split already (by us, or by whoever made the file)
+            if external is not None:
+                return None  # split already (by us, or by whoever made the file)
             if name in tables and length >= min_bytes:
                 pad = -offset % ALIGN
                 data += [b"\0" * pad, buf[raw[0] : raw[1]]]
@@ -168,34 +184,92 @@ def split(graph: Path, *, min_bytes: int = MAP_MIN_BYTES) -> bool:
                 offset += length
         graph_parts.append(chunk)
     if not data:
-        return False
+        return None
     new_graph = _length_field(_MODEL_GRAPH, b"".join(graph_parts))
     model: list[bytes | memoryview] = [buf[:gt], new_graph, buf[g1:]]
     mode = graph.stat().st_mode & 0o777
     # read-only, so a `cp` over it fails instead of truncating what processes map (a fault past the
     # new end would be SIGBUS); on Windows a read-only file would stop the next prepare's rmtree
-    _write_atomically(data_path(graph), data, mode & 0o555 if os.name == "posix" else mode)
+    data_mode = mode & 0o555 if os.name == "posix" else mode
+    written = {location: _write_atomically(data_path(graph), data, data_mode)}
     try:
-        _write_atomically(graph, model, mode)
+        written[graph.name] = _write_atomically(graph, model, mode)
     except BaseException:
         data_path(graph).unlink(missing_ok=True)  # no graph names it: the old one-file graph stays
         raise
-    return True
+    return {graph.name: written[graph.name], location: written[location]}
 
 
-def _write_atomically(path: Path, chunks: list[bytes | memoryview], mode: int) -> None:
+def _check_split(graph: Path) -> None:
+    """Raise ``ModelDamaged`` unless the tables that ``graph`` keeps outside lie in its data file
+    exactly as ``split`` wrote them (that file, ending where the last table ends). For a graph found
+    split with no record: a conversion that stopped between its rename and the manifest."""
+    buf = memoryview(graph.read_bytes())
+    _, g0, g1 = _graph_span(graph, buf)
+    data, end = data_path(graph), 0
+    for field, wire, _, v0, v1 in _fields(buf, g0, g1):
+        if field == _GRAPH_INITIALIZER and wire == 2:
+            name, _, external = _tensor(buf, v0, v1)
+            if external is None:
+                continue
+            if external.get("location") != data.name:
+                raise ModelDamaged(f"{graph}: table {name!r} is stored outside {data.name}: {REPAIR}")
+            end = max(end, int(external.get("offset", "0")) + int(external.get("length", "-1")))
+    if end:
+        try:
+            size = data.stat().st_size
+        except OSError as exc:
+            raise ModelDamaged(f"{data} is missing ({exc.strerror}): {REPAIR}") from None
+        if size != end:
+            raise ModelDamaged(
+                f"{data} has {size} bytes, but its graph needs {end} (truncated or changed): {REPAIR}"
+            )
+
+
+def _is_split(graph: Path) -> bool:
+    """Whether ``graph`` keeps a table outside (False when it cannot be read)."""
+    try:
+        buf = memoryview(graph.read_bytes())
+        _, g0, g1 = _graph_span(graph, buf)
+        return any(
+            _tensor(buf, v0, v1)[2] is not None
+            for f, w, _, v0, v1 in _fields(buf, g0, g1)
+            if f == _GRAPH_INITIALIZER and w == 2
+        )
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _write_atomically(path: Path, chunks: list[bytes | memoryview], mode: int) -> dict[str, Any]:
+    """Write ``path`` under a temporary name, then rename; its ``record`` entry, hashed in memory.
+    Its pages leave the page cache (see ``_sha256``: written pages sit in large folios)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
+                digest.update(chunk)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            os.chmod(tmp, mode)
+            st = os.fstat(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def _remove_temporaries(directory: Path, file: str) -> None:
+    """Files a killed conversion left (``.model-x.onnx.XXXX``, ``.model-x.onnx.data.XXXX``, a
+    manifest's): called under the lock, so nobody is writing them."""
+    for pattern in (f".{file}.*", ".manifest.json.*"):
+        for path in directory.glob(pattern):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 # -- integrity --------------------------------------------------------------------------------------
@@ -240,20 +314,20 @@ def check(directory: Path, files: dict[str, dict[str, Any]]) -> dict[str, int]:
         try:
             st = path.stat()
         except OSError as exc:
-            raise ModelDamaged(f"{path} is missing ({exc.strerror}): {_REPAIR}") from None
+            raise ModelDamaged(f"{path} is missing ({exc.strerror}): {REPAIR}") from None
         if st.st_size != want["bytes"]:
             raise ModelDamaged(
                 f"{path} has {st.st_size} bytes, but {want['bytes']} were prepared (truncated or changed): "
-                f"{_REPAIR}"
+                f"{REPAIR}"
             )
         if st.st_mtime_ns != want["mtime_ns"]:
             if _sha256(path) != want["sha256"]:
-                raise ModelDamaged(f"{path} changed since it was prepared (its SHA-256 differs): {_REPAIR}")
+                raise ModelDamaged(f"{path} changed since it was prepared (its SHA-256 differs): {REPAIR}")
             confirmed[name] = st.st_mtime_ns
     return confirmed
 
 
-_REPAIR = "run `hivemem model prepare --force` to prepare the model again"
+REPAIR = "run `hivemem model prepare --force` to prepare the model again"
 
 
 def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Path) -> dict[str, Any]:
@@ -261,18 +335,23 @@ def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Pa
     prepared by an older version), and its files were checked (``check``).
 
     A home that cannot be written (read-only, full) keeps working in the old layout, the table
-    copied into the process as before, with one line on stderr saying why.
+    copied into the process as before, with one line on stderr (once per process) saying why.
     """
     if manifest["variants"][name].get("files") is None:
         try:
             manifest = _convert(directory, name, lock)
         except OSError as exc:
-            print(
-                f"hivemem: {directory} stays in its old layout, the model's table copied into each "
-                f"process ({exc.strerror or exc}); `hivemem model prepare --force` there maps it",
-                file=sys.stderr,
-                flush=True,
-            )
+            why = exc.strerror or str(exc)
+            if _is_split(directory / manifest["variants"][name]["file"]):  # renamed, not recorded
+                _warn_once(
+                    f"hivemem: {directory}: the model's table is mapped from its own file, but the "
+                    f"manifest could not record it ({why}); it is checked and recorded at the next start"
+                )
+            else:
+                _warn_once(
+                    f"hivemem: {directory} stays in its old layout, the model's table copied into each "
+                    f"process ({why}); `hivemem model prepare --force` there maps it"
+                )
             return manifest
     files = manifest["variants"][name]["files"]
     confirmed = check(directory, files)
@@ -282,9 +361,22 @@ def ensure_mapped(directory: Path, name: str, manifest: dict[str, Any], lock: Pa
     return manifest
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    """``line`` on stderr, once per process: every engine start of a worker would repeat it."""
+    if line not in _warned:
+        _warned.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
 def _record_mtimes(directory: Path, name: str, confirmed: dict[str, tuple[str, int]], lock: Path) -> None:
-    """Record the mtimes of files whose SHA-256 ``check`` confirmed (unless the record changed)."""
-    with locked(lock, mode=0o644):
+    """Record the mtimes of files whose SHA-256 ``check`` confirmed (unless the record changed).
+    Only saves the next start a hash: skipped when someone holds the lock (a ``prepare --force``)."""
+    with locked(lock, timeout=0, mode=0o644) as held:
+        if not held:
+            return
         path = directory / "manifest.json"
         manifest = json.loads(path.read_text())
         files = manifest["variants"][name].get("files") or {}
@@ -301,11 +393,15 @@ def _convert(directory: Path, name: str, lock: Path) -> dict[str, Any]:
         report = manifest["variants"][name]
         if report.get("files") is None:  # nobody converted it while we waited
             graph = directory / report["file"]
+            _remove_temporaries(directory, report["file"])
             try:
-                split(graph)
+                files = split(graph)
+                if files is None:  # no table, or split by a conversion stopped before its record
+                    _check_split(graph)
+                    files = record(graph)
             except (ValueError, IndexError) as exc:
-                raise ModelDamaged(f"{graph} is not a readable ONNX model ({exc}): {_REPAIR}") from None
-            report["files"] = record(graph)
+                raise ModelDamaged(f"{graph} is not a readable ONNX model ({exc}): {REPAIR}") from None
+            report["files"] = files
             _write_atomically(path, [json.dumps(manifest, indent=2).encode()], 0o644)
     return manifest
 

@@ -80,7 +80,8 @@ def test_split_moves_only_the_lookup_tables_and_runs_bit_identically(tmp_path: P
     tensors = _tiny_model(graph)
     before, size = _run(graph), graph.stat().st_size
     graph.chmod(0o600)
-    assert mapped.split(graph) is True
+    written = mapped.split(graph)
+    assert written is not None and written == mapped.record(graph)  # hashed as written, = read back
     assert graph.stat().st_mode & 0o777 == 0o600
     assert mapped.data_path(graph).stat().st_mode & 0o777 == (0o400 if os.name == "posix" else 0o600)
     assert graph.stat().st_size < size - tensors["table"].nbytes + 4096  # the table left the graph
@@ -97,7 +98,7 @@ def test_split_moves_only_the_lookup_tables_and_runs_bit_identically(tmp_path: P
     loaded = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(graph)).graph.initializer}
     assert all(np.array_equal(loaded[k], v) for k, v in tensors.items())
     assert np.array_equal(_run(graph), before)
-    assert mapped.split(graph) is False  # split already: left as it is
+    assert mapped.split(graph) is None  # split already: left as it is
 
 
 @pytest.mark.fast
@@ -183,6 +184,8 @@ def test_an_older_home_is_converted_at_its_next_start(
     graph = directory / manifest["variants"][manifest["default"]]["file"]
     old = _old_vectors(directory)
     assert not mapped.data_path(graph).exists()
+    for name in (graph.name, mapped.data_path(graph).name, "manifest.json"):  # left by a killed try
+        (directory / f".{name}.x9k2qz").write_bytes(b"\0" * 4096)
 
     new = _engine_vectors(tmp_path / "old-home", monkeypatch)
 
@@ -220,18 +223,24 @@ def test_a_home_that_cannot_be_converted_keeps_working_in_the_old_layout(
     before = sorted(p.name for p in (disk / "home" / "models" / MODEL).iterdir())
 
     assert np.array_equal(_engine_vectors(disk / "home", monkeypatch), old)
+    assert np.array_equal(_engine_vectors(disk / "home", monkeypatch), old)  # a worker's next engine
 
-    assert "stays in its old layout" in capfd.readouterr().err
+    assert capfd.readouterr().err.count("stays in its old layout") == 1  # once per process
     assert sorted(p.name for p in (disk / "home" / "models" / MODEL).iterdir()) == before  # nothing left
 
 
 def _copied_home(tmp_path: Path, hivemem_home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    """A private, converted copy of the test home (real copies: a test damages them)."""
+    """A private, converted copy of the test home's default variant (real copies: a test damages
+    them; the other variants are not copied, nothing here loads them)."""
     _engine_vectors(hivemem_home, monkeypatch)  # the test home converted, if it was not yet
-    home = tmp_path / "copy"
-    shutil.copytree(hivemem_home / "models" / MODEL, home / "models" / MODEL)
-    manifest = json.loads((home / "models" / MODEL / "manifest.json").read_text())
-    return home, home / "models" / MODEL / manifest["variants"][manifest["default"]]["file"]
+    src = hivemem_home / "models" / MODEL
+    manifest = json.loads((src / "manifest.json").read_text())
+    graph = manifest["variants"][manifest["default"]]["file"]
+    dst = tmp_path / "copy" / "models" / MODEL
+    dst.mkdir(parents=True)
+    for name in ("manifest.json", "tokenizer.json", graph, mapped.data_path(Path(graph)).name):
+        shutil.copy2(src / name, dst / name)
+    return tmp_path / "copy", dst / graph
 
 
 @pytest.mark.model
@@ -273,9 +282,151 @@ def test_a_copied_home_is_checked_by_content_and_accepted(
     assert mapped.check(graph.parent, files) == {}
 
 
+def _recorded(directory: Path) -> dict[str, Any] | None:
+    """The manifest's record (``files``) of the default variant in ``directory``."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    files: dict[str, Any] | None = manifest["variants"][manifest["default"]].get("files")
+    return files
+
+
+@pytest.mark.fast
+def test_a_graph_found_split_is_checked_against_its_data_file(tmp_path: Path) -> None:
+    graph = tmp_path / "tiny.onnx"
+    _tiny_model(graph)
+    mapped._check_split(graph)  # not split: nothing to check
+    assert mapped.split(graph) is not None
+    mapped._check_split(graph)
+    data = mapped.data_path(graph)
+    data.chmod(0o600)
+    with open(data, "ab") as f:
+        f.write(b"\0")  # longer than split wrote it
+    with pytest.raises(hivemem.ModelDamaged, match="needs 2097152"):
+        mapped._check_split(graph)
+    os.truncate(data, 1000)
+    with pytest.raises(hivemem.ModelDamaged, match="1000 bytes"):
+        mapped._check_split(graph)
+    data.unlink()
+    with pytest.raises(hivemem.ModelDamaged, match="missing"):
+        mapped._check_split(graph)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("then", ["intact", "truncated"])
+def test_a_conversion_stopped_before_its_record_is_checked_at_the_next_start(
+    tmp_path: Path,
+    hivemem_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    then: str,
+) -> None:
+    """The files renamed into place, then the manifest's write fails (ENOSPC, raised by a wrapper:
+    a disk that fills exactly there is not reproducible). Before: the start said the home "stays in
+    its old layout" (it was mapped), and the next one recorded whatever was on disk as good."""
+    import errno
+
+    directory = _legacy_home(tmp_path, hivemem_home)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    graph = directory / manifest["variants"][manifest["default"]]["file"]
+    data = mapped.data_path(graph)
+    old = _old_vectors(directory)
+    write = mapped._write_atomically
+
+    def manifest_full(path: Path, *args: Any) -> Any:
+        if path.name == "manifest.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(path, *args)
+
+    monkeypatch.setattr(mapped, "_write_atomically", manifest_full)
+    assert np.array_equal(_engine_vectors(tmp_path / "old-home", monkeypatch), old)
+    err = capfd.readouterr().err
+    assert "stays in its old layout" not in err and "could not record it" in err
+    assert data.exists() and _recorded(directory) is None  # mapped, not recorded
+    monkeypatch.setattr(mapped, "_write_atomically", write)
+    if then == "truncated":
+        data.chmod(0o600)
+        os.truncate(data, 1000)
+        with pytest.raises(hivemem.ModelDamaged, match=r"1000 bytes.*model prepare --force"):
+            _engine_vectors(tmp_path / "old-home", monkeypatch)
+    else:
+        assert np.array_equal(_engine_vectors(tmp_path / "old-home", monkeypatch), old)
+        files = json.loads((directory / "manifest.json").read_text())["variants"][manifest["default"]][
+            "files"
+        ]
+        assert files == mapped.record(graph)
+
+
+@pytest.mark.model
+def test_recording_a_confirmed_mtime_does_not_wait_for_the_lock(
+    tmp_path: Path, hivemem_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the start waited for the lock (a `prepare --force` holds it for minutes) only to
+    save the next start a hash."""
+    import threading
+
+    from hivemem.embed.engine import make_backend
+    from hivemem.embed.model import lock_path
+    from hivemem.infra.locks import locked
+
+    home, graph = _copied_home(tmp_path, hivemem_home, monkeypatch)
+    data = mapped.data_path(graph)
+    os.utime(data, ns=(1, 1))  # a copied home: the SHA-256 decides, then the mtime is recorded
+    monkeypatch.setenv("HIVEMEM_HOME", str(home))
+    started = threading.Event()
+
+    def start() -> None:
+        make_backend("onnx").close()  # type: ignore[attr-defined]
+        started.set()
+
+    with locked(lock_path(), mode=0o644):  # a `prepare --force` at work
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        # a deadlock detector, not a timing threshold: the old code waited here until the release
+        started_while_locked = started.wait(timeout=120)
+    thread.join()
+    assert started_while_locked
+    manifest_path = graph.parent / "manifest.json"
+    assert json.loads(manifest_path.read_text())["variants"]
+    files = json.loads(manifest_path.read_text())["variants"][
+        json.loads(manifest_path.read_text())["default"]
+    ]
+    assert files["files"][data.name]["mtime_ns"] != 1  # skipped while busy
+    make_backend("onnx").close()  # type: ignore[attr-defined]
+    files = json.loads(manifest_path.read_text())["variants"][
+        json.loads(manifest_path.read_text())["default"]
+    ]
+    assert files["files"][data.name]["mtime_ns"] == 1  # recorded once the lock was free
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("gone", ["data", "graph"])
+def test_a_file_replaced_after_the_check_is_refused_with_a_clear_error(
+    tmp_path: Path, hivemem_home: Path, monkeypatch: pytest.MonkeyPatch, gone: str
+) -> None:
+    """`prepare --force` removes the directory, then renames the new one in: a start between the
+    check and ONNX Runtime opening the files got ORT's raw error before."""
+    home, graph = _copied_home(tmp_path, hivemem_home, monkeypatch)
+    ensure_mapped = mapped.ensure_mapped
+
+    def then_removed(*args: Any) -> dict[str, Any]:
+        manifest = ensure_mapped(*args)
+        (mapped.data_path(graph) if gone == "data" else graph).unlink()
+        return manifest
+
+    monkeypatch.setattr(mapped, "ensure_mapped", then_removed)
+    with pytest.raises(hivemem.ModelDamaged, match="model prepare --force") as info:
+        _engine_vectors(home, monkeypatch)
+    assert str(graph) in str(info.value)
+
+
 CONVERT = """
 import hashlib, sys
+from hivemem.embed import mapped
 from hivemem.embed.engine import make_backend
+split = mapped.split
+def counted(*args, **kwargs):
+    print("hivemem-test: split", file=sys.stderr, flush=True)
+    return split(*args, **kwargs)
+mapped.split = counted
 b = make_backend("onnx")
 print(hashlib.sha256(b.encode(sys.argv[1:]).tobytes()).hexdigest())
 """
@@ -301,6 +452,7 @@ def test_processes_starting_together_convert_an_older_home(tmp_path: Path, hivem
     assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
     assert {out.strip() for out, _ in outs} == {digest}
     assert all("stays in its old layout" not in err for _, err in outs)
+    assert sum(err.count("hivemem-test: split") for _, err in outs) == 1  # the others waited, then read
     manifest = json.loads((directory / "manifest.json").read_text())
     graph = directory / manifest["variants"][manifest["default"]]["file"]
     assert manifest["variants"][manifest["default"]]["files"] == mapped.record(graph)
