@@ -959,6 +959,35 @@ def test_batches_keep_a_store_an_older_process_remade_in_its_layout(tmp_path: Pa
     m.close()
 
 
+def test_an_old_store_opened_with_dates_is_migrated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite, a store with the old (backward, undated) windows opened for the first time with
+    ``keyword_dates=True``: its windows are re-made once, straight to the dated layout (the dates
+    are applied while opening, before the context), not first to the undated one and then again."""
+    path = tmp_path / "old.sqlite"
+    with Memory(path, embedder=HashEmbedder()) as m:
+        m.add_batch([{"messages": f"turn {i}", "user_id": "u"} for i in range(20)])
+    old_store(path)
+    made: list[tuple[str, str]] = []
+    real = ftscontext._make
+
+    def counted(db: sqlite3.Connection, table: str, layout: str, key: str) -> None:
+        made.append((table, layout))
+        real(db, table, layout, key)
+
+    monkeypatch.setattr(ftscontext, "_make", counted)
+    with Memory(path, embedder=HashEmbedder(), keyword_context=True, keyword_dates=True):
+        pass
+    assert made == [(ftscontext.NEXT_TABLE, ftscontext.CONTEXT_LAYOUT_DATED)]
+    db = sqlite3.connect(path)
+    assert (
+        db.execute("SELECT value FROM meta WHERE key = 'fts_ctx'").fetchone()[0]
+        == ftscontext.CONTEXT_LAYOUT_DATED
+    )
+    db.close()
+
+
 def test_postgres_readers_search_the_old_windows_while_the_migration_runs(
     pg_dsn: str, pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
