@@ -16,7 +16,10 @@ never crosses scopes. It is an FTS5 table *with* content: a row's old window can
 recomputed once a neighbour has changed, and SQLite 3.40 has no ``contentless_delete``.
 Windows of another layout (the backward window before 2026-12-06 round 6, the other
 ``keyword_dates`` layout) stay whole and searched while the new ones fill ``NEXT_TABLE`` in
-resumable steps, swapped in by the last step's transaction (``ensure_context``).
+resumable steps, swapped in by the last step's transaction (``ensure_context``), at any open,
+with the option or without. A process of an older version must not write the store meanwhile
+(docs/memory.md: upgrade them together): the triggers refuse its batches (``OLD_DEFER_KEY``), and
+this code's batches defer only on a table of this layout (``_current``).
 ``KeywordIndex.search(..., context=share)`` scores a row ``body / best body + share × window /
 best window`` (both BM25 as above, the scope's statistics; the bests among the rows that pass
 the filter, so that no other row changes the order), which ``hybrid.fuse`` divides by
