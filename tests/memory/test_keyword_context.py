@@ -1035,6 +1035,38 @@ def test_postgres_readers_search_the_old_windows_while_the_migration_runs(
     reader.close()
 
 
+def test_postgres_a_context_table_of_another_shape_is_made_again(pg_url: Callable[[], str]) -> None:
+    """PostgreSQL: a context table without this version's columns (``pgcontext.COLUMNS``; here one
+    from before ``tx``) is not rewritten in place but dropped and made again at the next open with
+    the option: the columns are this version's and every window equals a rebuild."""
+    from hivemem.memory.storage import pgcontext
+
+    location = pg_url()
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        m.add_batch([{"messages": f"turn {i} w{i}", "user_id": f"u{i % 2}"} for i in range(12)])
+        storage = m._storage
+        assert isinstance(storage, PostgresStorage)
+        ns = f'"{storage.schema}"'
+        with storage._pool.connection() as conn:
+            conn.execute(f"ALTER TABLE {ns}.memories_ctx DROP COLUMN tx")
+            conn.execute(f"UPDATE {ns}.meta SET value = 'an older version' WHERE key = 'keyword_ctx'")
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        now, rebuilt = pg_windows(m)
+        assert now == rebuilt and len(now) == 12
+        fresh = m._storage
+        assert isinstance(fresh, PostgresStorage)
+        with fresh._pool.connection() as conn:
+            columns = conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0"
+                " AND NOT attisdropped ORDER BY attnum",
+                (f"{ns}.memories_ctx",),
+            ).fetchall()
+        assert [c for (c,) in columns] == [name for name, _ in pgcontext.COLUMNS]
+        m.add("turn 12 w12", user_id="u0")
+        now, rebuilt = pg_windows(m)
+        assert now == rebuilt
+
+
 def test_an_old_stores_migration_on_a_full_disk_keeps_the_old_windows(
     small_tmpfs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
