@@ -260,8 +260,9 @@ def configure_context(
         settings = Settings.from_env()
         keyword = _option("keyword_context", keyword, settings.keyword_context)
         vector = _option("vector_context", vector, settings.vector_context)
-        if dates is not None or settings.keyword_dates is not None:
-            storage.keyword_dates(_option("keyword_dates", dates, settings.keyword_dates))
+        wanted = dates_option(dates)
+        if wanted is not None:
+            storage.keyword_dates(wanted)
         if keyword:
             storage.enable_context()
         if vector:
@@ -271,6 +272,13 @@ def configure_context(
         raise
     storage.context = CONTEXT_SHARE if keyword else 0.0
     storage.vector_context = VECTOR_CONTEXT_SHARE if vector else 0.0
+
+
+def dates_option(dates: bool | None) -> bool | None:
+    """``keyword_dates=`` as given, else from ``$HIVEMEM_KEYWORD_DATES``; None: neither (as the store
+    has it). Also read before the store opens (``backends.open_storage``: SQLite applies it there)."""
+    env = Settings.from_env().keyword_dates
+    return None if dates is None and env is None else _option("keyword_dates", dates, env)
 
 
 def _option(name: str, option: bool | None, env: str | None) -> bool:

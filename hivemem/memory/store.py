@@ -153,7 +153,7 @@ class Memory:
         where = resolve(path)
         self.location = str(where)  # for messages; a PostgreSQL password is never shown
         self.path: Path | None = where if isinstance(where, Path) else None  # the SQLite file
-        self._storage = open_storage(where)
+        self._storage = open_storage(where, hybrid.dates_option(keyword_dates))
         hybrid.configure_context(keyword_context, vector_context, self._storage, keyword_dates)
         # Concurrent adds joined into groups (grouping.Combiner) where the storage commits groups as one
         # transaction (SQLite); PostgreSQL's writers run in parallel, one transaction each.

@@ -10,6 +10,7 @@ never crosses user/agent/run scopes: another scope's text must never help rank a
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -487,7 +488,9 @@ def test_many_deletes_reindex_each_window_once_and_a_failed_batch_changes_nothin
     assert now == rebuilt
     if not isinstance(m._storage, PostgresStorage):
         db = sqlite3.connect(m.location)
-        assert db.execute("SELECT count(*) FROM meta WHERE key = 'fts_ctx_defer'").fetchone()[0] == 0
+        assert (
+            db.execute("SELECT count(*) FROM meta WHERE key = ?", (ftscontext.DEFER_KEY,)).fetchone()[0] == 0
+        )
         db.close()
     m.batch_delete([{"memory_id": i} for i in ids[20:50] + ids[60:90:4] if i != ids[4]])
     now, rebuilt = windows(m)
@@ -888,6 +891,182 @@ def test_postgres_backward_windows_become_symmetric_at_the_next_open(
     reader.close()
 
 
+def old_delete_rows(db: sqlite3.Connection, removed: list[tuple[str, int]]) -> None:
+    """The old code's batch delete (``fts.delete_rows`` before the symmetric window), written out:
+    ``fts_ctx_defer`` set, the rows deleted, the key removed, then the backward windows of the 2
+    rows after each deleted one written by itself."""
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_defer', 1)")
+    db.executemany("DELETE FROM memories WHERE rid = ?", [(rid,) for _, rid in removed])
+    db.execute("DELETE FROM meta WHERE key = 'fts_ctx_defer'")
+    after = {r for s, rid in removed for (r,) in db.execute(_OLD_AFTER.format(p="g", op=">", n=2)
+             .replace("g.scope", "?").replace("g.rid", "?"), (s, rid))}  # fmt: skip
+    for sql in _old_reindex(f"SELECT value FROM json_each('{json.dumps(sorted(after))}')").split(";")[:-1]:
+        db.execute(sql)
+
+
+def test_an_older_process_cannot_write_its_windows_into_a_migrated_store(tmp_path: Path) -> None:
+    """SQLite, a process of the version before the symmetric window still running once a new one
+    has migrated the store: its batch delete (``old_delete_rows``) set ``fts_ctx_defer``, which
+    the new triggers followed (skipping the neighbours), then wrote backward windows itself:
+    windows wrong for good. The new layout's triggers refuse a write while that key is set (its
+    own batches use ``DEFER_KEY``): the old process's statement fails, naming the upgrade, its
+    transaction rolls back and the windows stay exact; so does a write of round 6's batch insert,
+    which set the same key."""
+    path = tmp_path / "m.sqlite"
+    with Memory(path, embedder=HashEmbedder(), keyword_context=True) as m:
+        m.add_batch([{"messages": f"t{i}", "user_id": "u"} for i in range(10)])
+    db = sqlite3.connect(path, isolation_level=None)
+    removed = db.execute("SELECT scope, rid FROM memories WHERE rid IN (4, 5)").fetchall()
+
+    def old_insert() -> None:  # round 6's batch insert: the key set, then its rows inserted
+        db.execute("INSERT INTO meta (key, value) VALUES ('fts_ctx_defer', 1)")
+        db.execute(
+            "INSERT INTO memories (id, scope, hash, memory, user_id, created_at, updated_at, vec)"
+            " SELECT 'x', scope, 'x', 'extra', user_id, created_at, updated_at, vec FROM memories"
+            " WHERE rid = 10"
+        )
+
+    refused: list[sqlite3.Error] = []
+    for write in (lambda: old_delete_rows(db, removed), old_insert):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            write()
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            refused.append(exc)
+            db.execute("ROLLBACK")
+    db.close()
+    assert stored(path) == expected(path) and len(expected(path)) == 10
+    assert len(refused) == 2 and all("upgrade every process" in str(e) for e in refused)
+
+
+def test_batches_keep_a_store_an_older_process_remade_in_its_layout(tmp_path: Path) -> None:
+    """SQLite: a process of an older version opened the store after it was migrated and re-made
+    its own (backward) windows, triggers and mark, while a process of this version has it open:
+    this one's batches (``defer``) leave the windows to those triggers, since the mark is not
+    this layout's, and write no ± 2 window into that table: it stays equal to the backward
+    rebuild; the next open of this version migrates it."""
+    path = tmp_path / "m.sqlite"
+    m = Memory(path, embedder=HashEmbedder(), keyword_context=True)
+    m.add_batch([{"messages": f"turn {i}", "user_id": f"u{i % 2}"} for i in range(12)])
+    old_store(path)
+    added = m.add_batch([{"messages": f"more {i}", "user_id": f"u{i % 2}"} for i in range(6)])["results"]
+    m.batch_delete([{"memory_id": r["id"]} for r in added[1:4]])
+    m.batch_delete([{"memory_id": h["id"]} for h in m.get_all(user_id="u0", top_k=100)["results"][2:5]])
+    assert stored(path) == backward(path)
+    with Memory(path, embedder=HashEmbedder()):
+        assert stored(path) == expected(path)
+    m.close()
+
+
+def test_an_old_store_opened_with_dates_is_migrated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite, a store with the old (backward, undated) windows opened for the first time with
+    ``keyword_dates=True``: its windows are re-made once, straight to the dated layout (the dates
+    are applied while opening, before the context), not first to the undated one and then again."""
+    path = tmp_path / "old.sqlite"
+    with Memory(path, embedder=HashEmbedder()) as m:
+        m.add_batch([{"messages": f"turn {i}", "user_id": "u"} for i in range(20)])
+    old_store(path)
+    made: list[tuple[str, str]] = []
+    real = ftscontext._make
+
+    def counted(db: sqlite3.Connection, table: str, layout: str, key: str) -> None:
+        made.append((table, layout))
+        real(db, table, layout, key)
+
+    monkeypatch.setattr(ftscontext, "_make", counted)
+    with Memory(path, embedder=HashEmbedder(), keyword_context=True, keyword_dates=True):
+        pass
+    assert made == [(ftscontext.NEXT_TABLE, ftscontext.CONTEXT_LAYOUT_DATED)]
+    db = sqlite3.connect(path)
+    assert (
+        db.execute("SELECT value FROM meta WHERE key = 'fts_ctx'").fetchone()[0]
+        == ftscontext.CONTEXT_LAYOUT_DATED
+    )
+    db.close()
+
+
+def test_postgres_readers_search_the_old_windows_while_the_migration_runs(
+    pg_dsn: str, pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, a store whose windows are of the old version (backward, ``VERSION`` 4: made by
+    this code with ``CONTEXT_AFTER`` 0): while another connection's migration (``install``) is
+    held open, uncommitted, it holds no lock that stops a reader; a process open all along
+    searches, unblocked, and gets the old windows' results, also in a snapshot that stays open
+    across the commit; after it, the new ones. The reader's connections give up on a lock after
+    ``lock_timeout`` (a guard, so that the old code's drop-and-recreate, which held every reader
+    off until the commit, fails here instead of hanging)."""
+    import psycopg
+
+    from hivemem.memory.storage import pgcontext
+
+    location = pg_url()
+    monkeypatch.setattr(pgcontext, "CONTEXT_AFTER", 0)
+    monkeypatch.setattr(pgcontext, "VERSION", f"4 2 {pgcontext.WORDS_VERSION}")
+    reader = Memory(f"{location}&options=-clock_timeout%3D20s", embedder=HashEmbedder(), keyword_context=True)
+    reader.add_batch([{"messages": f"turn {i} w{i}", "user_id": f"u{i % 2}"} for i in range(30)])
+    monkeypatch.undo()
+    before = words(reader, "w5", user_id="u1")
+    assert before == ["turn 5 w5", "turn 7 w7", "turn 9 w9"]  # backward windows: w5 in 7's and 9's
+    storage = reader._storage
+    assert isinstance(storage, PostgresStorage)
+    ns = f'"{storage.schema}"'
+    with psycopg.connect(pg_dsn, autocommit=True) as migration:
+        migration.execute("BEGIN")
+        pgcontext.install(migration, ns, storage.schema)  # not committed yet
+        held = migration.execute(
+            "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE l.pid = pg_backend_pid() AND c.relname IN ('memories', 'memories_ctx')"
+        ).fetchall()
+        assert held and all(mode != "AccessExclusiveLock" for _, mode in held), held
+        assert words(reader, "w5", user_id="u1") == before
+        with storage.snapshot():
+            assert words(reader, "w5", user_id="u1") == before
+            migration.execute("COMMIT")
+            assert words(reader, "w5", user_id="u1") == before  # the snapshot's: the old windows
+    after = words(reader, "w5", user_id="u1")
+    assert after[:3] == ["turn 5 w5", "turn 1 w1", "turn 3 w3"]  # ± 2: w5 in 1's and 3's too
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        assert words(m, "w5", user_id="u1") == after
+        with storage._pool.connection() as conn:
+            assert pgcontext.ready(conn, ns)
+    reader.close()
+
+
+def test_postgres_a_context_table_of_another_shape_is_made_again(pg_url: Callable[[], str]) -> None:
+    """PostgreSQL: a context table without this version's columns (``pgcontext.COLUMNS``; here one
+    from before ``tx``) is not rewritten in place but dropped and made again at the next open with
+    the option: the columns are this version's and every window equals a rebuild."""
+    from hivemem.memory.storage import pgcontext
+
+    location = pg_url()
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        m.add_batch([{"messages": f"turn {i} w{i}", "user_id": f"u{i % 2}"} for i in range(12)])
+        storage = m._storage
+        assert isinstance(storage, PostgresStorage)
+        ns = f'"{storage.schema}"'
+        with storage._pool.connection() as conn:
+            conn.execute(f"ALTER TABLE {ns}.memories_ctx DROP COLUMN tx")
+            conn.execute(f"UPDATE {ns}.meta SET value = 'an older version' WHERE key = 'keyword_ctx'")
+    with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:
+        now, rebuilt = pg_windows(m)
+        assert now == rebuilt and len(now) == 12
+        fresh = m._storage
+        assert isinstance(fresh, PostgresStorage)
+        with fresh._pool.connection() as conn:
+            columns = conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0"
+                " AND NOT attisdropped ORDER BY attnum",
+                (f"{ns}.memories_ctx",),
+            ).fetchall()
+        assert [c for (c,) in columns] == [name for name, _ in pgcontext.COLUMNS]
+        m.add("turn 12 w12", user_id="u0")
+        now, rebuilt = pg_windows(m)
+        assert now == rebuilt
+
+
 def test_an_old_stores_migration_on_a_full_disk_keeps_the_old_windows(
     small_tmpfs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -939,7 +1118,9 @@ def test_a_batch_of_adds_indexes_each_window_once_and_a_refused_one_changes_noth
     assert windows(m)[0] == before
     if not isinstance(m._storage, PostgresStorage):
         db = sqlite3.connect(m.location)
-        assert db.execute("SELECT count(*) FROM meta WHERE key = 'fts_ctx_defer'").fetchone()[0] == 0
+        assert (
+            db.execute("SELECT count(*) FROM meta WHERE key = ?", (ftscontext.DEFER_KEY,)).fetchone()[0] == 0
+        )
         db.close()
     m.add("single after w99", user_id="u0")
     now, rebuilt = windows(m)

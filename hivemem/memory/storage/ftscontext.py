@@ -16,7 +16,10 @@ never crosses scopes. It is an FTS5 table *with* content: a row's old window can
 recomputed once a neighbour has changed, and SQLite 3.40 has no ``contentless_delete``.
 Windows of another layout (the backward window before 2026-12-06 round 6, the other
 ``keyword_dates`` layout) stay whole and searched while the new ones fill ``NEXT_TABLE`` in
-resumable steps, swapped in by the last step's transaction (``ensure_context``).
+resumable steps, swapped in by the last step's transaction (``ensure_context``), at any open,
+with the option or without. A process of an older version must not write the store meanwhile
+(docs/memory.md: upgrade them together): the triggers refuse its batches (``OLD_DEFER_KEY``), and
+this code's batches defer only on a table of this layout (``_current``).
 ``KeywordIndex.search(..., context=share)`` scores a row ``body / best body + share × window /
 best window`` (both BM25 as above, the scope's statistics; the bests among the rows that pass
 the filter, so that no other row changes the order), which ``hybrid.fuse`` divides by
@@ -32,8 +35,9 @@ from hivemem.memory.storage import datewords
 from hivemem.memory.storage.fts import CONTEXT_BEFORE, SCOPE, TOKENIZER, dated, merge_eagerly
 
 CONTEXT_AFTER = 2  # memories after it in its keyword window (symmetric: docs/memory.md, round 6)
-# bump when the table or its triggers change (4: the symmetric window; an older store migrates)
-CONTEXT_LAYOUT = f"4 {TOKENIZER} -{CONTEXT_BEFORE}+{CONTEXT_AFTER}"
+# bump when the table or its triggers change (4: the symmetric window; 5: ``DEFER_KEY`` and the
+# guard against ``OLD_DEFER_KEY``; an older store migrates)
+CONTEXT_LAYOUT = f"5 {TOKENIZER} -{CONTEXT_BEFORE}+{CONTEXT_AFTER}"
 CONTEXT_LAYOUT_DATED = f"{CONTEXT_LAYOUT} dates {datewords.VERSION}"  # each member with its date words
 CONTEXT_BATCH = 5_000  # rows a backfill step indexes per transaction (an old store, on open)
 CONTEXT_TABLE = "memories_ctx"
@@ -48,9 +52,18 @@ _WINDOW = (
     " UNION ALL SELECT rid, t FROM (SELECT w.rid, {member} AS t FROM memories w"
     f" WHERE w.scope = {{p}}.scope AND w.rid > {{p}}.rid ORDER BY w.rid LIMIT {CONTEXT_AFTER}) ORDER BY rid))"
 )
-# none while ``delete_rows`` deletes many rows (a meta key, never committed: it re-indexes once,
-# after); a LIMIT, not a WHERE term, which would walk the rest of the scope finding nothing
-_DEFERRED = "(SELECT CASE WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'fts_ctx_defer') THEN 0 ELSE {n} END)"
+# meta keys of hivemem's own batches (``defer``): set in their transaction, never committed. The
+# code before layout 5 set ``OLD_DEFER_KEY``, then wrote backward windows itself: the triggers
+# refuse a write while it is set (``_GUARD``), so such a process fails instead of corrupting them
+DEFER_KEY = "fts_ctx_batch"
+OLD_DEFER_KEY = "fts_ctx_defer"
+# none while ``defer`` holds: a LIMIT, not a WHERE term, which would walk the rest of the scope
+_DEFERRED = f"(SELECT CASE WHEN EXISTS (SELECT 1 FROM meta WHERE key = '{DEFER_KEY}') THEN 0 ELSE {{n}} END)"
+_GUARD = (
+    f" SELECT RAISE(ABORT, 'hivemem: this store''s keyword context was migrated by a newer hivemem;"
+    f" upgrade every process that writes it (docs/memory.md)') WHERE EXISTS (SELECT 1 FROM meta"
+    f" WHERE key = '{OLD_DEFER_KEY}');"
+)
 
 
 def _window(p: str, dates: bool) -> str:
@@ -61,7 +74,7 @@ def _window(p: str, dates: bool) -> str:
 def _around(p: str, itself: bool, defer: bool = False) -> str:
     """A SELECT of the rids whose windows hold row ``p``'s place in ``p.scope``: the
     ``CONTEXT_AFTER`` rows before it and the ``CONTEXT_BEFORE`` after it (their windows reach it;
-    ``itself``: and it); ``defer``: none while ``fts_ctx_defer`` is set (``delete_rows``)."""
+    ``itself``: and it); ``defer``: none while ``DEFER_KEY`` is set (``delete_rows``)."""
     before = _DEFERRED.format(n=CONTEXT_AFTER) if defer else CONTEXT_AFTER
     after = _DEFERRED.format(n=CONTEXT_BEFORE) if defer else CONTEXT_BEFORE
     parts = [
@@ -89,16 +102,18 @@ def _reindex(rows: str, dates: bool, table: str = CONTEXT_TABLE) -> str:
 def _triggers(dates: bool, table: str) -> tuple[str, ...]:
     """The triggers keeping ``table``'s windows: a write re-indexes every window that holds the
     written row's place, before and after it (an insert: its own too; a delete: drops its own).
-    Only ``CONTEXT_TABLE``'s follow ``fts_ctx_defer``: a migration's ``NEXT_TABLE`` is kept row
-    by row whoever deletes (``delete_rows`` re-indexes the main table only)."""
+    Only ``CONTEXT_TABLE``'s follow ``DEFER_KEY`` and refuse ``OLD_DEFER_KEY`` (``_GUARD``): a
+    migration's ``NEXT_TABLE`` is kept row by row whoever deletes (``delete_rows`` re-indexes the
+    main table only), and an older process's own writes go to the old table, its own layout."""
     defer = table == CONTEXT_TABLE
+    guard = _GUARD if defer else ""
     columns = f"memory, {'created_at, ' if dates else ''}scope, user_id, agent_id, run_id"
     # an update: the row's new place (it and its neighbours), and its old place if it moved scope
     moved = f"SELECT rid FROM ({_around('old', False)}) WHERE old.scope IS NOT new.scope"
     return (
-        f"CREATE TRIGGER {table}_insert AFTER INSERT ON memories BEGIN"
+        f"CREATE TRIGGER {table}_insert AFTER INSERT ON memories BEGIN{guard}"
         f"{_reindex(_around('new', True, defer), dates, table)} END",
-        f"CREATE TRIGGER {table}_delete AFTER DELETE ON memories BEGIN"
+        f"CREATE TRIGGER {table}_delete AFTER DELETE ON memories BEGIN{guard}"
         f" DELETE FROM {table} WHERE rowid = old.rid;"
         f"{_reindex(_around('old', False, defer), dates, table)} END",
         f"CREATE TRIGGER {table}_update AFTER UPDATE OF {columns} ON memories"
@@ -226,25 +241,37 @@ def backfill_context(db: sqlite3.Connection, batch: int | None = None) -> bool:
     return False
 
 
+def _current(db: sqlite3.Connection) -> bool:
+    """Whether ``CONTEXT_TABLE`` holds this code's windows (its mark is this code's layout, no
+    migration under way): its triggers are then this module's, which ``defer`` relies on."""
+    layout = CONTEXT_LAYOUT_DATED if dated(db) else CONTEXT_LAYOUT
+    current = _meta(db, "fts_ctx") == layout and _table_exists(db, CONTEXT_TABLE)
+    return current and not _table_exists(db, NEXT_TABLE)
+
+
 def defer(db: sqlite3.Connection, rows: int) -> bool:
     """Before hivemem writes ``rows`` memory rows in one transaction (``delete_rows``,
-    ``sqlwrite.insert_rows``): with the context table, no migration and more than one row, set
-    ``fts_ctx_defer`` so that the main table's triggers re-index no neighbour (an insert: not even
-    its own window); ``reindex_around`` then does each affected window once. → whether it did. Row
-    by row, an ``add_batch`` of one scope wrote every window 3 times (the new row's, then the next
-    two inserts' re-index), a ``delete_all`` several times. The meta key is never committed: a
-    kill rolls it back with the rows. During a migration (``NEXT_TABLE``) the triggers do it all."""
-    many = rows > 1 and _table_exists(db, CONTEXT_TABLE) and not _table_exists(db, NEXT_TABLE)
+    ``sqlwrite.insert_rows``): with the context table of this layout (``_current``) and more than
+    one row, set ``DEFER_KEY`` so that the main table's triggers re-index no neighbour (an insert:
+    not even its own window); ``reindex_around`` then does each affected window once. → whether it
+    did. Row by row, an ``add_batch`` of one scope wrote every window 3 times (the new row's, then
+    the next two inserts' re-index), a ``delete_all`` several times. The meta key is never
+    committed: a kill rolls it back with the rows. During a migration (``NEXT_TABLE``), or with
+    another layout's table (a process of an older version re-made it), the triggers do it all."""
+    many = rows > 1 and _current(db)
     if many:
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fts_ctx_defer', 1)")
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, 1)", (DEFER_KEY,))
     return many
 
 
 def reindex_around(db: sqlite3.Connection, changed: list[tuple[str, int]], itself: bool) -> None:
-    """Remove ``fts_ctx_defer`` and re-index, each once, the windows that reach each of the rows
+    """Remove ``DEFER_KEY`` and re-index, each once, the windows that reach each of the rows
     ``changed`` (``(scope, rid)``): the ``CONTEXT_AFTER`` rows before it and the ``CONTEXT_BEFORE``
-    after it in its scope, as the table is now, and (``itself``: inserted rows) its own."""
-    db.execute("DELETE FROM meta WHERE key = 'fts_ctx_defer'")
+    after it in its scope, as the table is now, and (``itself``: inserted rows) its own; nothing
+    unless the table is of this layout (``_current``: never this layout's windows in another's)."""
+    db.execute("DELETE FROM meta WHERE key = ?", (DEFER_KEY,))
+    if not _current(db):
+        return
     nth = "(SELECT rid FROM memories WHERE scope = g.s AND rid {op} g.r ORDER BY rid{o} LIMIT 1 OFFSET {n})"
     gone = "(SELECT json_extract(value, '$[0]') AS s, json_extract(value, '$[1]') AS r FROM json_each(?))"
     nths = [nth.format(op=">", o="", n=n) for n in range(CONTEXT_BEFORE)]  # their windows reach back

@@ -13,11 +13,19 @@ window; the backfill and the triggers both call it.
 * **Made on demand**: ``install`` runs the first time a ``Memory`` with ``keyword_context=True``
   opens the store (``meta`` key ``keyword_ctx``), in ONE transaction that also fills the table
   from the rows already stored (it takes the table lock that ``CREATE TRIGGER`` needs, so
-  writers wait for it; an interrupted one leaves nothing and the next open redoes it). A store
-  whose windows are of another ``VERSION`` (the backward window before 2026-12-06 round 6) is
-  re-made so at the next open with the option: searches read the old windows until it
-  commits, and an interrupted one leaves them whole. Stores
-  that never use the option have no table and no trigger: their writes pay nothing.
+  writers wait for it, readers do not; an interrupted one leaves nothing and the next open
+  redoes it). A store whose windows are of another ``VERSION`` (the backward window before
+  2026-12-06 round 6) or made of the other ``keyword_dates`` column is brought to this one by
+  the next open with the option (or the toggle) in one transaction too. When its table has this
+  one's columns (``COLUMNS``: every version since ``tx``), nothing is dropped: the functions are
+  replaced (the triggers call ``hm_ctx_<event>()`` by name) and every window rewritten in place,
+  so a search, even one whose snapshot began before, reads the old windows, never blocked,
+  until the commit, and an interrupted one leaves them whole. A table of another shape is
+  dropped and re-made: that holds every reader of the store off (``ACCESS EXCLUSIVE``) until
+  the commit. Processes of an older version must not keep using the store meanwhile: its
+  ``ready`` differs, so the next one opened with the option re-installs its own version
+  (docs/postgres.md). Stores that never use the option have no table and no trigger: their
+  writes pay nothing.
 * **Same transaction, any writer**: three statement-level triggers (``AFTER INSERT``,
   ``DELETE``, ``UPDATE`` on ``memories``, with transition tables) call ``hm_ctx_sync`` in the
   transaction of every write, whichever client made it: an insert indexes the new rows' windows,
@@ -65,6 +73,7 @@ from hivemem.memory.storage.pgwords import VERSION as WORDS_VERSION
 # of the table, functions and triggers below, and of the ``words`` its windows are made of (a new
 # keyword layout rebuilds them at the next open with the option); kept in meta 'keyword_ctx'
 VERSION = f"5 -{CONTEXT_BEFORE}+{CONTEXT_AFTER} {WORDS_VERSION}"  # 5: the symmetric window
+COLUMNS = [("rid", "bigint"), ("words", "tsvector"), ("tx", "xid8")]  # memories_ctx's, in order
 LOCK_BUCKETS = 1024  # advisory locks a store's scopes are spread over (a power of two)
 LOCK_BUCKETS_MAX = 64  # a statement touching more buckets takes the store's lock instead
 
@@ -93,17 +102,32 @@ def install(conn: Any, ns: str, schema: str) -> None:
     dated = pgdates.dates_ready(conn, ns)  # the windows of a store with date words hold them too
     column = "dated" if dated else "words"
     conn.execute(f"LOCK TABLE {ns}.memories IN SHARE ROW EXCLUSIVE MODE")  # writers wait; readers not
-    for event in ("insert", "delete", "update"):
-        conn.execute(f"DROP TRIGGER IF EXISTS memories_ctx_{event} ON {ns}.memories")
-    conn.execute(f"DROP TABLE IF EXISTS {ns}.memories_ctx")
-    # tx: the transaction that last wrote the window (``pgpostings`` follows the windows by it)
+    table = f"{ns}.memories_ctx"
+    shape = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid ="
+        " to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (table,),
+    ).fetchall()
+    triggers = {  # those the table has: kept (a DROP TRIGGER would lock readers out too)
+        name
+        for (name,) in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal",
+            (f"{ns}.memories",),
+        ).fetchall()
+    }
+    if [tuple(column) for column in shape] != COLUMNS:  # none yet, or of another shape: re-made
+        for event in ("insert", "delete", "update"):
+            conn.execute(f"DROP TRIGGER IF EXISTS memories_ctx_{event} ON {ns}.memories")
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        triggers = set()
+        # tx: the transaction that last wrote the window (``pgpostings`` follows the windows by it)
+        conn.execute(
+            f"CREATE TABLE {table} (rid bigint PRIMARY KEY, words tsvector NOT NULL,"
+            " tx xid8 NOT NULL DEFAULT pg_current_xact_id())"
+        )
+    conn.execute(f"CREATE INDEX IF NOT EXISTS memories_ctx_tx ON {table} (tx)")
     conn.execute(
-        f"CREATE TABLE {ns}.memories_ctx (rid bigint PRIMARY KEY, words tsvector NOT NULL,"
-        " tx xid8 NOT NULL DEFAULT pg_current_xact_id())"
-    )
-    conn.execute(f"CREATE INDEX memories_ctx_tx ON {ns}.memories_ctx (tx)")
-    conn.execute(
-        f"CREATE INDEX memories_ctx_words ON {ns}.memories_ctx USING gin (words)"
+        f"CREATE INDEX IF NOT EXISTS memories_ctx_words ON {table} USING gin (words)"
         f" WITH (gin_pending_list_limit = {PENDING_KB})"
     )
     conn.execute(f"CREATE INDEX IF NOT EXISTS memories_scope_rid ON {ns}.memories (scope, rid)")
@@ -165,13 +189,16 @@ def install(conn: Any, ns: str, schema: str) -> None:
             f" BEGIN PERFORM {ns}.hm_ctx_sync(x.s, x.r, x.g) FROM ({moved}SELECT {scopes} AS s,"
             f" {rids} AS r, {gone}::bigint[] AS g) x; RETURN NULL; END $f$"
         )
-        conn.execute(
-            f"CREATE TRIGGER memories_ctx_{event} AFTER {event.upper()} ON {ns}.memories"
-            f" REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {ns}.hm_ctx_{event}()"
-        )
+        if f"memories_ctx_{event}" not in triggers:
+            conn.execute(
+                f"CREATE TRIGGER memories_ctx_{event} AFTER {event.upper()} ON {ns}.memories"
+                f" REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {ns}.hm_ctx_{event}()"
+            )
+    # every window (re)written: a kept table's rows in place (readers see the old ones until the
+    # commit), with a new tx (``pgpostings`` then drops the lists it kept of them)
     conn.execute(
-        f"INSERT INTO {ns}.memories_ctx (rid, words) SELECT rid, {ns}.hm_window(scope, rid)"
-        f" FROM {ns}.memories"
+        f"INSERT INTO {table} (rid, words) SELECT rid, {ns}.hm_window(scope, rid) FROM {ns}.memories"
+        " ON CONFLICT (rid) DO UPDATE SET words = excluded.words, tx = excluded.tx"
     )
     conn.execute(
         f"INSERT INTO {ns}.meta (key, value) VALUES ('keyword_ctx', %s)"

@@ -128,7 +128,9 @@ class SQLiteStorage(Storage):
     _memories = "memories"
     _history = "history"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, dates: bool | None = None) -> None:
+        """``dates``: the ``keyword_dates`` wanted (``backends.open_storage``), applied in the
+        opening transaction, before the keyword context is brought up to date; None: as the store has it."""
         self.path = Path(path)
         if self.path.is_dir():
             raise IsADirectoryError(
@@ -158,7 +160,7 @@ class SQLiteStorage(Storage):
         self._model: tuple[str, int] | None = None
         self.index = SharedIndex(Path(f"{self.path}-index"))
         self._keywords = fts.KeywordIndex()
-        self._init_schema()
+        self._init_schema(dates)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -177,7 +179,7 @@ class SQLiteStorage(Storage):
     def _db(self) -> sqlite3.Connection:
         return self._conns.get()
 
-    def _init_schema(self) -> None:
+    def _init_schema(self, dates: bool | None) -> None:
         def create() -> None:
             db = self._db()
             enable_wal(db)
@@ -191,7 +193,7 @@ class SQLiteStorage(Storage):
                 if "expires_at" not in {r[1] for r in db.execute("PRAGMA table_info(memories)")}:
                     db.execute("ALTER TABLE memories ADD COLUMN expires_at TEXT")  # a file made before
                 db.execute(sqlwrite.EXPIRY_INDEX)
-                fts.ensure_schema(db)
+                fts.ensure_schema(db, dates)  # before the context (below): its windows made once
                 db.execute("COMMIT")
             except BaseException:
                 self._rollback(db)
