@@ -186,11 +186,15 @@ def test_an_old_store_is_backfilled_in_steps_and_resumes(
     assert stored(path) == expected(path)
 
 
-def test_a_backfill_on_a_full_disk_is_disk_full_and_resumes(
-    small_tmpfs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The disk fills during the backfill of an old store: a DiskFull naming the file, the steps
-    committed before it kept, and the next open with room finishes the job."""
+def _open_with_the_disk_filling(
+    small_tmpfs: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    before: Callable[[Path], object] | None = None,
+) -> tuple[Path, Path]:
+    """3,000 memories in one scope on a small disk (``before(path)`` run on the store, then
+    compacted), the disk filled to leave room for a few steps of window work, not for all, and an
+    open with ``keyword_context`` that must fail with a DiskFull naming the file. Returns the store's
+    path and the filler file (unlink it to make room)."""
     disk = small_tmpfs(24 << 20)
     path = disk / "old.sqlite"
     with Memory(path, embedder=HashEmbedder()) as m:
@@ -198,17 +202,28 @@ def test_a_backfill_on_a_full_disk_is_disk_full_and_resumes(
             m.add_batch(
                 [{"messages": f"turn {b}.{i}: " + "words of a turn " * 6, "user_id": "u"} for i in range(500)]
             )
+    if before is not None:
+        before(path)
     db = sqlite3.connect(path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.execute("VACUUM")
     db.close()
     filler = disk / "filler"
     free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    filler.write_bytes(b"x" * max(0, free - (1200 << 10)))  # room for a few steps, not for all
+    filler.write_bytes(b"x" * max(0, free - (1200 << 10)))
     monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 200)
     with pytest.raises(DiskFull) as caught:
         Memory(path, embedder=HashEmbedder(), keyword_context=True)
     assert str(path) in str(caught.value) and "disk full" in str(caught.value)
+    return path, filler
+
+
+def test_a_backfill_on_a_full_disk_is_disk_full_and_resumes(
+    small_tmpfs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills during the backfill of an old store: a DiskFull naming the file, the steps
+    committed before it kept, and the next open with room finishes the job."""
+    path, filler = _open_with_the_disk_filling(small_tmpfs, monkeypatch)
     done = stored(path)
     assert 0 < len(done) < 3000 and all(done[r] == c for r, c in expected(path).items() if r in done)
     filler.unlink()
@@ -1072,25 +1087,7 @@ def test_an_old_stores_migration_on_a_full_disk_keeps_the_old_windows(
 ) -> None:
     """The disk fills while an old store's backward windows are re-made ± 2: a DiskFull naming the
     file, the old windows whole (what searches read), and the next open with room finishes."""
-    disk = small_tmpfs(24 << 20)
-    path = disk / "old.sqlite"
-    with Memory(path, embedder=HashEmbedder()) as m:
-        for b in range(6):
-            m.add_batch(
-                [{"messages": f"turn {b}.{i}: " + "words of a turn " * 6, "user_id": "u"} for i in range(500)]
-            )
-    old_store(path)
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.execute("VACUUM")
-    db.close()
-    filler = disk / "filler"
-    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    filler.write_bytes(b"x" * max(0, free - (1200 << 10)))  # room for a few steps, not for all
-    monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 200)
-    with pytest.raises(DiskFull) as caught:
-        Memory(path, embedder=HashEmbedder(), keyword_context=True)
-    assert str(path) in str(caught.value) and "disk full" in str(caught.value)
+    path, filler = _open_with_the_disk_filling(small_tmpfs, monkeypatch, before=old_store)
     assert stored(path) == backward(path)
     db = sqlite3.connect(path)
     filled = dict(db.execute(f"SELECT rowid, context FROM {ftscontext.NEXT_TABLE}"))
