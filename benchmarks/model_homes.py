@@ -43,9 +43,16 @@ def legacy_models(to: Path) -> Path:
         if f.name.startswith(".") or f.name.endswith(".onnx.data") or f.name == "manifest.json":
             continue
         if f.name.endswith(".onnx") and (src / f"{f.name}.data").exists():
+            import tempfile
+
             import onnx
 
-            onnx.save(onnx.load(str(f)), str(dst / f.name))  # loads the external data, saves one file
+            # onnx refuses external data with several hard links (test homes link the prepared
+            # files), so it reads a private copy; it loads the data and saves one file
+            with tempfile.TemporaryDirectory(dir=to) as tmp:
+                for part in (f, src / f"{f.name}.data"):
+                    shutil.copyfile(part, Path(tmp) / part.name)
+                onnx.save(onnx.load(str(Path(tmp) / f.name)), str(dst / f.name))
             continue
         try:
             os.link(f, dst / f.name)
