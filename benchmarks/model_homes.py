@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -28,6 +29,19 @@ def _prepared() -> Path:
 
     prepared_manifest()
     return model_dir()
+
+
+def load_onnx(graph: Path) -> Any:
+    """``onnx.load`` of a prepared graph and its data file (if split) from a private copy: onnx
+    refuses external data with several hard links, and test homes hard-link the prepared files."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in graph.parent.glob(graph.name + "*"):
+            shutil.copyfile(part, Path(tmp) / part.name)
+        return onnx.load(str(Path(tmp) / graph.name))
 
 
 def legacy_models(to: Path) -> Path:
@@ -43,16 +57,9 @@ def legacy_models(to: Path) -> Path:
         if f.name.startswith(".") or f.name.endswith(".onnx.data") or f.name == "manifest.json":
             continue
         if f.name.endswith(".onnx") and (src / f"{f.name}.data").exists():
-            import tempfile
-
             import onnx
 
-            # onnx refuses external data with several hard links (test homes link the prepared
-            # files), so it reads a private copy; it loads the data and saves one file
-            with tempfile.TemporaryDirectory(dir=to) as tmp:
-                for part in (f, src / f"{f.name}.data"):
-                    shutil.copyfile(part, Path(tmp) / part.name)
-                onnx.save(onnx.load(str(Path(tmp) / f.name)), str(dst / f.name))
+            onnx.save(load_onnx(f), str(dst / f.name))  # loads the external data, saves one file
             continue
         try:
             os.link(f, dst / f.name)

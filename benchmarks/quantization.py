@@ -29,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+from model_homes import load_onnx
 from plots import add_plot_options, bars
 
 from hivemem.embed import w8a8
@@ -80,7 +81,7 @@ def build_recipes(fp32: Path, tmp: Path) -> dict[str, Path]:
 
     directory = model_dir()
     tokenizer = directory / "tokenizer.json"
-    base = onnx.load(str(fp32))
+    base = load_onnx(fp32)
     acts = w8a8.calibration_activations(base, _feeds(sentences(256, seed=7), tokenizer))
     init = {i.name: i for i in base.graph.initializer}
     weights = {k: numpy_helper.to_array(init[w]) for k, (_, w) in w8a8.layer_inputs(base).items()}
@@ -115,7 +116,7 @@ def build_recipes(fp32: Path, tmp: Path) -> dict[str, Path]:
         bert, paths["fp32, SkipLayerNorm fused (old export)"], num_heads=12, hidden_size=DIM, unfuse=False
     )
     for i, (name, kwargs) in enumerate(recipes.items()):
-        model = onnx.load(str(fp32))
+        model = load_onnx(fp32)
         w8a8.rewrite(model, **kwargs)
         paths[name] = tmp / f"recipe-{i}.onnx"
         onnx.save(model, str(paths[name]))
