@@ -96,10 +96,13 @@ def add_dated_talk(m: Memory) -> None:
                  for i, (u, r, t) in enumerate(TALK)])  # fmt: skip
 
 
-def die_after_steps(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, steps: int) -> list[Any]:
-    """Make ``module.name`` (a step function: ``ftscontext.backfill_context``) raise ``KeyboardInterrupt``,
-    as a process killed there, at its ``steps``-th call: the steps before it ran (and committed).
-    Returns the list of the calls' batch arguments; ``monkeypatch.undo`` or a re-set restores it."""
+def open_killed_at_step(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, steps: int, opening: Callable[[], object]
+) -> list[Any]:
+    """Run ``opening()`` with ``module.name`` (a step function: ``ftscontext.backfill_context``)
+    raising ``KeyboardInterrupt`` at its ``steps``-th call, as a process killed there (the steps
+    before it ran and committed); the open must end in that interrupt. ``module.name`` is then
+    restored. Returns the list of the calls' batch arguments."""
     calls: list[Any] = []
     real = getattr(module, name)
 
@@ -110,6 +113,9 @@ def die_after_steps(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, ste
         return real(db, batch)
 
     monkeypatch.setattr(module, name, step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        opening()
+    monkeypatch.setattr(module, name, real)
     return calls
 
 

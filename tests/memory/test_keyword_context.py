@@ -10,6 +10,7 @@ never crosses user/agent/run scopes: another scope's text must never help rank a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -27,8 +28,8 @@ from memory_helpers import (
     TALK,
     TALK_SEARCHES,
     around_windows,
-    die_after_steps,
     kill_after,
+    open_killed_at_step,
     random_writes,
     talk_rewrite,
     writes_keep_equal,
@@ -85,6 +86,23 @@ def windows(m: Memory) -> tuple[dict[int, Any], dict[int, Any]]:
 
 def words(m: Memory, query: str, **scope: str) -> list[str]:
     return [h["memory"] for h in m.search(query, mode="keyword", **scope)["results"]]
+
+
+def _open_killed_after_install(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open with the option on PostgreSQL interrupted at the very end of ``pgcontext.install``
+    (its work done, not committed), as a killed process; ``install`` restored after."""
+    from hivemem.memory.storage import pgcontext
+
+    real = pgcontext.install
+
+    def interrupted(conn: Any, ns: str, schema: str) -> None:
+        real(conn, ns, schema)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pgcontext, "install", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Memory(location, embedder=HashEmbedder(), keyword_context=True)
+    monkeypatch.setattr(pgcontext, "install", real)
 
 
 @pytest.mark.parametrize("seed", [23, 24, 25])
@@ -171,14 +189,11 @@ def test_an_old_store_is_backfilled_in_steps_and_resumes(
             m.add_batch([{"messages": f"{user} turn {i}", "user_id": user} for i in range(25)])
     assert not _has_context(path)  # a store never opened with the option: its writes pay nothing
     monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 7)
-    real = ftscontext.backfill_context
     # killed mid-backfill at the third step: the two before it are committed
-    die_after_steps(monkeypatch, ftscontext, "backfill_context", 3)
-    with pytest.raises(KeyboardInterrupt):
-        Memory(path, embedder=HashEmbedder(), keyword_context=True)
+    opening = functools.partial(Memory, path, embedder=HashEmbedder(), keyword_context=True)
+    open_killed_at_step(monkeypatch, ftscontext, "backfill_context", 3, opening)
     done = stored(path)
     assert len(done) == 14 and all(done[r] == c for r, c in expected(path).items() if r in done)
-    monkeypatch.setattr(ftscontext, "backfill_context", real)
     with Memory(path, embedder=HashEmbedder()) as m:  # option off: the backfill still resumes
         assert stored(path) == expected(path)
         assert words(m, "turn", user_id="b")[:1] == ["b turn 0"]
@@ -386,16 +401,7 @@ def test_postgres_makes_the_index_in_one_transaction(
     location = pg_url()
     with Memory(location, embedder=HashEmbedder()) as m:
         m.add_batch([{"messages": f"old turn {i}", "user_id": f"u{i % 3}"} for i in range(40)])
-    real = pgcontext.install
-
-    def interrupted(conn: Any, ns: str, schema: str) -> None:
-        real(conn, ns, schema)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pgcontext, "install", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        Memory(location, embedder=HashEmbedder(), keyword_context=True)
-    monkeypatch.setattr(pgcontext, "install", real)
+    _open_killed_after_install(location, monkeypatch)
     with Memory(location, embedder=HashEmbedder()) as m:
         storage = m._storage
         assert isinstance(storage, PostgresStorage)
@@ -813,11 +819,8 @@ def test_an_old_stores_backward_windows_become_symmetric_in_steps(
     before = searches()
     assert [h for h, _ in before[0]] == ["b turn 3 w3", "b turn 4 w4", "b turn 5 w5"]  # backward windows
     monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 7)
-    real = ftscontext.backfill_context
-    die_after_steps(monkeypatch, ftscontext, "backfill_context", 3)
-    with pytest.raises(KeyboardInterrupt):
-        Memory(path, embedder=HashEmbedder(), keyword_context=True)
-    monkeypatch.setattr(ftscontext, "backfill_context", real)
+    opening = functools.partial(Memory, path, embedder=HashEmbedder(), keyword_context=True)
+    open_killed_at_step(monkeypatch, ftscontext, "backfill_context", 3, opening)
     assert stored(path) == backward(path)  # whole
     assert searches() == before
     reader.add("a turn 25 w25", user_id="a")
@@ -885,16 +888,7 @@ def test_postgres_backward_windows_become_symmetric_at_the_next_open(
         m.add("turn 30 w30", user_id="u0")
     now, old = backward_sets()
     assert now == old
-    real = pgcontext.install
-
-    def interrupted(conn: Any, ns: str, schema: str) -> None:
-        real(conn, ns, schema)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pgcontext, "install", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        Memory(location, embedder=HashEmbedder(), keyword_context=True)
-    monkeypatch.setattr(pgcontext, "install", real)
+    _open_killed_after_install(location, monkeypatch)
     now, old = backward_sets()
     assert now == old and words(reader, "w5", user_id="u1") == before
     with Memory(location, embedder=HashEmbedder(), keyword_context=True) as m:

@@ -11,6 +11,7 @@ search results never hold the date words.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -28,8 +29,8 @@ from memory_helpers import (
     TALK,
     add_dated_talk,
     around_windows,
-    die_after_steps,
     kill_after,
+    open_killed_at_step,
     writes_keep_equal,
 )
 
@@ -329,12 +330,9 @@ def test_the_windows_refill_after_a_toggle_resumes(tmp_path: Path, monkeypatch: 
                          for i, day in enumerate(days)])  # fmt: skip
         old = windows(m)[0]
     monkeypatch.setattr(ftscontext, "CONTEXT_BATCH", 7)
-    real = ftscontext.backfill_context
     # killed mid-refill at the third step: the two before it are committed
-    die_after_steps(monkeypatch, ftscontext, "backfill_context", 3)
-    with pytest.raises(KeyboardInterrupt):
-        Memory(path, embedder=HashEmbedder(), keyword_dates=True)
-    monkeypatch.setattr(ftscontext, "backfill_context", real)
+    opening = functools.partial(Memory, path, embedder=HashEmbedder(), keyword_dates=True)
+    open_killed_at_step(monkeypatch, ftscontext, "backfill_context", 3, opening)
     db = sqlite3.connect(path)
     assert dict(db.execute("SELECT rowid, context FROM memories_ctx")) == old  # whole, undated
     done = dict(db.execute(f"SELECT rowid, context FROM {ftscontext.NEXT_TABLE}"))
