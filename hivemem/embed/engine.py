@@ -171,18 +171,15 @@ class Embedder:
         self._disk = _DiskLookups(self)
         self._inbox = _Inboxes()
         if batching:
-            lanes = getattr(self.backend, "lanes", 1)
             self._queue = MicroBatcher(
                 self._encode_batch,
-                lanes=lanes,
-                encode_lane=getattr(self.backend, "encode_lane", None) if lanes > 1 else None,
                 max_batch=max_batch,
                 max_wait_ms=max_wait_ms,
                 max_pending=max_pending,
                 on_batch=self._store if self.cache is not None else None,
                 on_handed=self._inbox.flush,
             )
-            self._inbox.workers = set(self._queue.threads)
+            self._inbox.worker = self._queue.thread
         else:
             self._lock = threading.Lock()
 
@@ -444,7 +441,7 @@ class _Inboxes:
     """
 
     def __init__(self) -> None:
-        self.workers: set[threading.Thread] = set()  # whose results wait for ``flush``
+        self.worker: threading.Thread | None = None  # whose results wait for ``flush``
         self._lock = threading.Lock()
         self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
             weakref.WeakKeyDictionary()
@@ -470,7 +467,7 @@ class _Inboxes:
             inbox.append((target, source))
             if not first:
                 return  # a wake-up for this loop is on its way (or waits for ``flush``)
-            if threading.current_thread() in self.workers:
+            if threading.current_thread() is self.worker:
                 self._waiting.append(loop)
                 return
         self._wake(loop)

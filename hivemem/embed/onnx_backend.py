@@ -82,7 +82,6 @@ class OnnxBackend:
         self.dim = DIM
         self.batch_size = batch_size
         self.truncated = 0
-        self._count_lock = threading.Lock()  # ``truncated`` is counted by several lanes
         self.last_tokens: np.ndarray | None = None  # tokens per text of the last encode (see Backend)
         self.threads = threads or default_threads()
         # CPU: parallel runs, one thread each (see the module docs). A GPU gets one run at a time.
@@ -107,33 +106,19 @@ class OnnxBackend:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
 
-    @property
-    def lanes(self) -> int:
-        """How many single-threaded runs may go at once (the engine's queue runs that many lanes)."""
-        return self._parallel_runs
-
     def encode(self, texts: list[str]) -> np.ndarray:
         """Vectors for ``texts`` in input order; longer texts are truncated and counted (each is
         tokenized from a prefix that covers the model's window: ``validate.model_input``)."""
-        vectors, self.last_tokens = self.encode_lane(texts, self._parallel_runs)
-        return vectors
-
-    def encode_lane(self, texts: list[str], width: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(vectors, tokens per text)`` for ``texts`` on at most ``width`` parallel runs. Safe to
-        call from several threads at once (the queue's lanes), as long as their widths together
-        stay within ``lanes``."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out, np.zeros(0, dtype=np.int64)
+            return out
         encodings = model_input(self.tokenizer, texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        cut = sum(1 for e in encodings if e.overflowing)
-        if cut:
-            with self._count_lock:
-                self.truncated += cut
+        self.truncated += sum(1 for e in encodings if e.overflowing)
+        self.last_tokens = lengths
         order = np.argsort(lengths, kind="stable")
         sorted_lengths = lengths[order].tolist()
-        workers = min(width, self._parallel_runs)
+        workers = self._parallel_runs
         if workers > 1 and len(texts) <= workers * self.batch_size:
             # A small call (16 threads × embed_one hand over ~16 texts): the cores must finish
             # together, which plain batch planning does not ensure
@@ -142,10 +127,10 @@ class OnnxBackend:
         else:
             spans = plan_batches(sorted_lengths, self.batch_size)
         runs = [order[a:b] for a, b in spans]
-        if workers == 1 or len(runs) == 1:
+        if self._parallel_runs == 1 or len(runs) == 1:
             for idx in runs:
                 self._run(idx, encodings, lengths, out)
-            return out, lengths
+            return out
         # Largest first, each worker taking the next run when free: a simple, balanced schedule.
         runs.sort(key=lambda idx: -len(idx) * int(lengths[idx[-1]]))
         pending = iter(runs)
@@ -159,13 +144,13 @@ class OnnxBackend:
                     return
                 self._run(idx, encodings, lengths, out)
 
-        helpers = [self._executor().submit(work) for _ in range(min(workers, len(runs)) - 1)]
+        helpers = [self._executor().submit(work) for _ in range(min(self._parallel_runs, len(runs)) - 1)]
         try:
             work()
         finally:
             for helper in helpers:
                 helper.result()  # re-raises a helper's error, after every run has finished
-        return out, lengths
+        return out
 
     def _run(self, idx: np.ndarray, encodings: list[Encoding], lengths: np.ndarray, out: np.ndarray) -> None:
         """One model run over the texts ``idx``, padded to the longest; rows go to ``out[idx]``."""

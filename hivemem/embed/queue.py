@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -39,15 +38,6 @@ log = logging.getLogger(__name__)
 
 # What ``encode`` returns: the vectors, or the vectors and each text's token count (None: not counted).
 Encoded = np.ndarray | tuple[np.ndarray, np.ndarray | None]
-
-
-class _Lane:
-    """One lane's waiting rule: how many members to wait for, and since when it is free."""
-
-    __slots__ = ("free_since",)
-
-    def __init__(self) -> None:
-        self.free_since = 0.0
 
 
 class _Request:
@@ -93,16 +83,10 @@ class MicroBatcher:
         on_handed: Callable[[], None] | None = None,
         alone_on_failure: bool = True,
         name: str = "hivemem-batcher",
-        lanes: int = 1,
-        encode_lane: Callable[[list[str], int], Encoded] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        if lanes > 1 and encode_lane is None:
-            raise ValueError("several lanes need encode_lane")
         self._encode = encode
-        self._encode_lane = encode_lane
-        self.lanes = lanes
         self._on_batch = on_batch
         self._on_handed = on_handed
         self._alone_on_failure = alone_on_failure
@@ -116,21 +100,8 @@ class MicroBatcher:
         self.texts_computed = 0
         self.texts_deduplicated = 0
         self.tokens = 0  # tokens run through the model, as the backend counted them
-        self._free = 0  # lanes waiting in _take
-        self._lent = 0  # of those, lanes lent to another lane's wide batch
-        self._due = False  # the line's rest is due at once (a lane took its share of a crowd)
-        self._inflight = 0  # members in batches being computed
-        self._inflight_units = 0
-        self._cohort = 1  # members around (waiting or computed) when a batch last left
-        self._states = [_Lane() for _ in range(lanes)]
-        self._threads = [
-            threading.Thread(
-                target=self._run, args=(st,), name=name if lanes == 1 else f"{name}-{i}", daemon=True
-            )
-            for i, st in enumerate(self._states)
-        ]
-        for t in self._threads:
-            t.start()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     @property
     def depth(self) -> int:
@@ -186,86 +157,40 @@ class MicroBatcher:
             # The worker sleeps untimed on an empty line, else until the head's deadline: it needs
             # waking only when the line starts or a batch is ready, not on every arrival (each
             # wake-up is a GIL hand-off taken from the callers coming back).
-            if was_empty or len(self._line) >= self._share() or self._line.units >= self.max_batch:
-                self._cv.notify_all()
+            if was_empty or self._line.wait_for() <= 0:
+                self._cv.notify()
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop taking requests, finish the queued ones, stop the worker."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        for t in self._threads:
-            if threading.current_thread() is not t:
-                t.join(timeout)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
-    def _share(self) -> int:
-        """Members a lane waits for: its part of everyone around when a batch last left."""
-        return -(-self._cohort // self.lanes)
-
-    def _take(self, lane: _Lane) -> tuple[list[Member[_Request]], int] | None:
-        """The next batch for ``lane`` and its width, or None once closed and drained."""
+    def _take(self) -> list[Member[_Request]] | None:
+        """The next batch (``grouping.Line``'s rule: a lone sequential caller never waits), or None
+        once closed and drained."""
         with self._cv:
-            self._free += 1
-            try:
-                while True:
-                    line = self._line
-                    if not line:
-                        if self._closed:
-                            return None
-                        self._cv.wait()
-                        continue
-                    if self._free - self._lent <= 0:  # this lane is lent
-                        self._cv.wait()
-                        continue
-                    if not (
-                        self._closed
-                        or self._due
-                        or len(line) >= self._share()
-                        or line.units >= self.max_batch
-                    ):
-                        wait = (
-                            max(line.members[0].arrived, lane.free_since) + self.max_wait - time.monotonic()
-                        )
-                        if wait > 0:
-                            self._cv.wait(wait)
-                            continue
-                    others = self._free - self._lent - 1
-                    # this lane's part of all the work around (waiting or being computed)
-                    limit = max(1, -(-(line.units + self._inflight_units) // self.lanes))
-                    batch = line.take(limit=limit)
-                    self._inflight += len(batch)
-                    units = sum(m.size for m in batch)
-                    self._inflight_units += units
-                    width = 1
-                    if line:
-                        self._due = others > 0
-                        if self._due:
-                            self._cv.notify_all()
-                    else:
-                        self._due = False
-                        if others > 0 and units > 1:
-                            width = 1 + others
-                            self._lent += others
-                    return batch, width
-            finally:
-                self._free -= 1
+            while True:
+                if not self._line:  # (empty again when an interrupted caller left it)
+                    if self._closed:
+                        return None
+                    self._cv.wait()
+                elif self._closed or (wait := self._line.wait_for()) <= 0:
+                    return self._line.take()
+                else:
+                    self._cv.wait(wait)
 
-    def _run(self, lane: _Lane) -> None:
-        while (taken := self._take(lane)) is not None:
-            batch, width = taken
-            self._process(batch, width, lane)
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            self._process(batch)
             with self._cv:
-                lane.free_since = time.monotonic()  # the cache is written too: the next wait starts now
-                if width > 1:
-                    self._lent -= width - 1
-                    self._cv.notify_all()
+                self._line.free()  # the cache is written too: the next batch's wait starts now
 
-    def _served(self, batch: list[Member[_Request]], lane: _Lane) -> None:
+    def _served(self, batch: list[Member[_Request]]) -> None:
         with self._cv:
-            self._cohort = len(self._line) + self._inflight
-            self._inflight -= len(batch)
-            self._inflight_units -= sum(m.size for m in batch)
-            lane.free_since = time.monotonic()
+            self._line.served(len(batch))
 
     @staticmethod
     def _rows(
@@ -280,13 +205,13 @@ class MicroBatcher:
     def _alone(self, member: Member[_Request]) -> Any:
         """``member``'s texts as a batch of their own (after the batch it was in failed)."""
         unique = list(dict.fromkeys(member.item.texts))
-        vectors, tokens = _split(self._run_encode(unique, 1), len(unique))
+        vectors, tokens = _split(self._encode(unique), len(unique))
         return self._rows(member, vectors, tokens, {t: i for i, t in enumerate(unique)})
 
-    def _process(self, batch: list[Member[_Request]], width: int, lane: _Lane) -> None:
+    def _process(self, batch: list[Member[_Request]]) -> None:
         live = [m for m in batch if m.item.future is None or m.item.future.set_running_or_notify_cancel()]
         if not live:
-            self._served(batch, lane)
+            self._served(batch)
             return
         index: dict[str, int] = {}
         for member in live:
@@ -294,9 +219,9 @@ class MicroBatcher:
                 index.setdefault(text, len(index))
         unique = list(index)
         try:
-            vectors, tokens = _split(self._run_encode(unique, width), len(unique))
+            vectors, tokens = _split(self._encode(unique), len(unique))
         except Exception as exc:
-            self._served(batch, lane)
+            self._served(batch)
             if len(live) == 1 or not self._alone_on_failure:
                 for member in live:
                     _hand(member, exc)
@@ -309,18 +234,17 @@ class MicroBatcher:
             self._handed()
             return
         except BaseException as exc:  # not an error of the inputs: every caller gets it, the queue goes on
-            self._served(batch, lane)
+            self._served(batch)
             for member in live:
                 _hand(member, exc)
             self._handed()
             return
-        with self._cv:
-            self.batches += 1
-            self.texts_computed += len(unique)
-            self.texts_deduplicated += sum(m.size for m in live) - len(unique)
-            if tokens is not None:
-                self.tokens += int(tokens.sum())
-        self._served(batch, lane)  # before the callers have their rows: those back at once count once
+        self.batches += 1
+        self.texts_computed += len(unique)
+        self.texts_deduplicated += sum(m.size for m in live) - len(unique)
+        if tokens is not None:
+            self.tokens += int(tokens.sum())
+        self._served(batch)  # before the callers have their rows: those back at once count once
         try:
             for member in live:
                 _hand(member, self._rows(member, vectors, tokens, index))
@@ -339,15 +263,10 @@ class MicroBatcher:
             except Exception:  # the worker must survive it: every later caller depends on it
                 log.exception("hivemem: on_handed failed after a batch (its callers have their outcomes)")
 
-    def _run_encode(self, texts: list[str], width: int) -> Encoded:
-        if self._encode_lane is None:
-            return self._encode(texts)
-        return self._encode_lane(texts, width)
-
     @property
-    def threads(self) -> list[threading.Thread]:
-        """The lane threads (they compute every batch and hand out every outcome)."""
-        return list(self._threads)
+    def thread(self) -> threading.Thread:
+        """The worker thread (it computes every batch and hands out every outcome)."""
+        return self._thread
 
 
 def _split(encoded: Encoded, texts: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -136,15 +136,14 @@ class Line(Generic[T]):
             return 0.0
         return max(self.members[0].arrived, self._free_since) + self.max_wait - time.monotonic()
 
-    def take(self, into: list[Member[T]] | None = None, limit: int | None = None) -> list[Member[T]]:
+    def take(self, into: list[Member[T]] | None = None) -> list[Member[T]]:
         """The head and the members behind it, up to ``max_size`` units (a larger head goes alone).
         ``into``: the list to fill, member by member, so that a caller interrupted meanwhile still
         knows every member it took out of the line."""
         group: list[Member[T]] = [] if into is None else into
         head = self.members[0]  # IndexError on an empty line, as before
         units = 0
-        cap = self.max_size if limit is None else min(limit, self.max_size)
-        while self.members and (self.members[0] is head or units + self.members[0].size <= cap):
+        while self.members and (self.members[0] is head or units + self.members[0].size <= self.max_size):
             member = self.members.popleft()
             self.units -= member.size
             units += member.size

@@ -105,18 +105,10 @@ class MeteredBackend:
         self.dim = backend.dim
         self.tokenizer = getattr(backend, "tokenizer", None)  # for Embedder.count_tokens
         self.last_tokens: np.ndarray | None = None
-        self.lanes: int = getattr(backend, "lanes", 1)
 
     @property
     def truncated(self) -> int:
         return self.inner.truncated
-
-    def encode_lane(self, texts: list[str], width: int) -> tuple[np.ndarray, np.ndarray | None]:
-        start = time.perf_counter()
-        vectors, counts = self.inner.encode_lane(texts, width)  # type: ignore[attr-defined]
-        tokens = int(counts.sum()) if counts is not None else 0
-        self.metrics.batch(len(texts), tokens, time.perf_counter() - start)
-        return vectors, counts
 
     def encode(self, texts: list[str]) -> np.ndarray:
         start = time.perf_counter()
