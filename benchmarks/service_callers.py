@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -119,7 +120,7 @@ def one_round(
             out["p50_ms"] = statistics.median(t for d in done for t in d["times"]) * 1000
             wall = max(d["end"] for d in done) - start
             count, texts, seconds = (b - a for a, b in zip(batches0, _batches(env, tree), strict=True))
-            out["batch_texts_mean"] = texts / count if count else 0.0
+            out["batch_texts_mean"] = texts / count if count else math.nan
             out["batch_s_per_s"] = seconds / wall
             for p in procs:
                 p.communicate("exit\n", timeout=60)
@@ -145,8 +146,11 @@ def one_round(
 
 
 def _batches(env: dict[str, str], tree: Path) -> tuple[float, float, float]:
-    """The service's model batches so far (its metrics): how many, their texts, their seconds."""
-    got = subprocess.run([PY, "-c", _STATS], env=env, cwd=tree, capture_output=True, text=True, check=True)
+    """The service's model batches so far (its metrics): how many, their texts, their seconds; NaN
+    for a tree whose service does not report them."""
+    got = subprocess.run([PY, "-c", _STATS], env=env, cwd=tree, capture_output=True, text=True)
+    if got.returncode != 0:
+        return math.nan, math.nan, math.nan
     count, texts, seconds = got.stdout.split()
     return float(count), float(texts), float(seconds)
 
