@@ -13,14 +13,18 @@ worker's own CPU per call competes with the model for the cores). The service's 
 the last reply (busy) and after the workers exited. And a lone client's latency: 200
 single texts one after another, p50. ``--cached``: every text is in the cache file before the
 service starts (its in-process LRU is empty), so no model runs and the figures are the service's
-own cost per request: framing, the event loop, the cache lookup. Each tree runs in a home of its
-own (``model_homes.py``). Prints a table (medians over rounds), one JSON line and bar charts.
+own cost per request: framing, the event loop, the cache lookup. From the service's metrics over
+the workers' run: texts per model batch (``batch_texts_mean``) and seconds of model batches per
+second of the run (``batch_s_per_s``: the share of the run with a batch in flight, when one batch
+at a time uses every core). Each tree runs in a home of its own (``model_homes.py``). Prints a
+table (medians over rounds), one JSON line and bar charts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -101,6 +105,7 @@ def one_round(
         try:
             for p in procs:
                 assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            batches0 = _batches(env, tree)
             cpu0, start = cpu_s(service.pid), time.time()
             client_cpu0 = sum(cpu_s(p.pid) for p in procs)
             for p in procs:
@@ -113,6 +118,10 @@ def one_round(
             out["service_pss_busy_mb"] = pss_mb(service.pid)  # right after the last reply
             out["texts_per_s"] = w * n / (max(d["end"] for d in done) - start)
             out["p50_ms"] = statistics.median(t for d in done for t in d["times"]) * 1000
+            wall = max(d["end"] for d in done) - start
+            count, texts, seconds = (b - a for a, b in zip(batches0, _batches(env, tree), strict=True))
+            out["batch_texts_mean"] = texts / count if count else math.nan
+            out["batch_s_per_s"] = seconds / wall
             for p in procs:
                 p.communicate("exit\n", timeout=60)
         finally:
@@ -136,6 +145,20 @@ def one_round(
     return out
 
 
+def _batches(env: dict[str, str], tree: Path) -> tuple[float, float, float]:
+    """The service's model batches so far (its metrics): how many, their texts, their seconds; NaN
+    for a tree whose service does not report them."""
+    got = subprocess.run([PY, "-c", _STATS], env=env, cwd=tree, capture_output=True, text=True)
+    if got.returncode != 0:
+        return math.nan, math.nan, math.nan
+    count, texts, seconds = got.stdout.split()
+    return float(count), float(texts), float(seconds)
+
+
+_STATS = (
+    "import hivemem\nm = hivemem.connect(autostart=False).stats()['metrics']\n"
+    "print(m['batch_size']['count'], m['batch_size']['sum'], m['batch_seconds']['sum'])\n"
+)
 _LONE = (
     "import time, statistics, hivemem\nfrom hivemem.embed.corpus import sentences\n"
     "e = hivemem.connect(autostart=False)\nt = sentences(201, seed={seed})\ne.embed_one(t[0])\nd = []\n"
@@ -152,7 +175,8 @@ _BATCH = (
     "s = time.perf_counter()\ne.embed(t)\nprint(len(t) / (time.perf_counter() - s))\n"
 )
 KEYS = ("texts_per_s", "batch_texts_per_s", "ratio", "service_cpu_ms_per_text", "client_cpu_ms_per_text",
-        "p50_ms", "lone_p50_ms", "service_pss_busy_mb", "service_pss_mb")  # fmt: skip
+        "p50_ms", "lone_p50_ms", "service_pss_busy_mb", "service_pss_mb", "batch_texts_mean",
+        "batch_s_per_s")  # fmt: skip
 
 
 def main() -> None:
