@@ -10,7 +10,9 @@ a search is mostly Python with short SQLite steps, and ``sqlite3`` lets go of th
 each step; with eight threads searching side by side every step became a hand-off of the GIL,
 and eight threads served fewer searches than one (docs/memory.md#concurrent-searches). Each
 search still gets exactly its own answer or its own error, and sees every write committed
-before it was called (its group's snapshot begins after it joined the line). If the thread
+before it was called (its group's snapshot begins after it joined the line). The records of the
+group's answers are read last, in ONE statement for all of its searches (``hybrid.rank`` ranks
+each search, its hits possibly stubs; ``hybrid.finish`` then gives each its own records). If the thread
 running a group is interrupted (Ctrl-C in a main thread), the other searches of that group run
 again, each alone in its own snapshot: a search only reads.
 
@@ -28,6 +30,7 @@ from typing import Any
 
 from hivemem.errors import GroupLeaderFailed
 from hivemem.infra.grouping import Combiner, Release, gil_enabled
+from hivemem.memory import hybrid
 from hivemem.memory.storage.base import Storage
 
 Hits = list[dict[str, Any]]
@@ -52,15 +55,18 @@ class SearchGroups:
         )
 
     def run(self, search: Callable[[], Hits]) -> Hits:
-        """``search()`` (a search through the storage primitives) inside a read snapshot."""
+        """``search()`` (a ranking through the storage primitives: ``hybrid.rank``) inside a read
+        snapshot → its hits with their records (``hybrid.finish``)."""
         if self._combiner is None or not gil_enabled():
-            with self._storage.snapshot():
-                return search()
+            return self._alone(search)
         try:
             return self._combiner.submit(search)
         except GroupLeaderFailed:  # the thread running our group was interrupted: a read, so rerun
-            with self._storage.snapshot():
-                return search()
+            return self._alone(search)
+
+    def _alone(self, search: Callable[[], Hits]) -> Hits:
+        with self._storage.snapshot():
+            return hybrid.finish(self._storage, search())
 
     def _run(self, searches: list[Callable[[], Hits]], release: Release) -> list[Hits | BaseException]:
         out: list[Hits | BaseException] = []
@@ -71,8 +77,29 @@ class SearchGroups:
                         out.append(search())
                     except Exception as exc:  # to its own caller
                         out.append(exc)
+                out = self._finish(out)
         except Exception as exc:  # the snapshot itself failed: every search not yet answered
             out += [exc] * (len(searches) - len(out))
+        return out
+
+    def _finish(self, ranked: list[Hits | BaseException]) -> list[Hits | BaseException]:
+        """Each ranked answer with its records, read for the whole group in ONE statement (the
+        union of their stubs' rows); if that read fails, each search reads its own, so that an
+        error lands on its own caller only."""
+        rows = [row for hits in ranked if not isinstance(hits, BaseException) for row in hybrid.pending(hits)]
+        found: dict[Any, dict[str, Any]] | None
+        try:
+            found = self._storage.records(rows) if rows else {}
+        except Exception:
+            found = None
+        out: list[Hits | BaseException] = []
+        for hits in ranked:
+            try:
+                out.append(
+                    hits if isinstance(hits, BaseException) else hybrid.finish(self._storage, hits, found)
+                )
+            except Exception as exc:  # to its own caller
+                out.append(exc)
         return out
 
 

@@ -44,7 +44,7 @@ from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import fts, ftscontext, rows, sqlwrite
-from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx, window_sums
+from hivemem.memory.storage.base import KEYWORD_PARTS, ROW, Capabilities, Storage, T, WriteTx, window_sums
 from hivemem.memory.storage.sqlcompile import SQLITE
 from hivemem.memory.storage.vectorindex import SharedIndex, StoreState, read_state
 
@@ -92,6 +92,14 @@ _record = rows.record
 _RECORDS = (
     f"SELECT json_group_array(json_array({_FIELDS})) FROM memories"
     " WHERE rid IN (SELECT value FROM json_each(?))"
+)
+# What the fusion needs of a hybrid search's candidates (rids ?1), as ONE result row: each one's
+# rid, id and created_at, and the vectors of those without a cosine yet (rids ?2) end to end, in
+# the order of their rows (group_concat skips the NULLs)
+_IDENTIFY = (
+    "SELECT json_group_array(json_array(rid, id, created_at)), CAST(group_concat(vec, '') AS BLOB) FROM"
+    " (SELECT rid, id, created_at, CASE WHEN rid IN (SELECT value FROM json_each(?2)) THEN vec END AS vec"
+    " FROM memories WHERE rid IN (SELECT value FROM json_each(?1)))"
 )
 _COSINES = (
     "SELECT json_group_array(id), CAST(group_concat(vec, '') AS BLOB) FROM"
@@ -506,34 +514,43 @@ class SQLiteStorage(Storage):
         state: StoreState = local.state
         return state
 
-    def _records(
-        self,
-        db: sqlite3.Connection,
-        hits: builtins.list[tuple[int, float]],
-        parts: dict[int, tuple[float, float]] | None = None,
+    @staticmethod
+    def _stubs(
+        hits: builtins.list[tuple[int, float]], parts: fts.Parts | None = None
     ) -> builtins.list[dict[str, Any]]:
-        if not hits:
-            return []
-        found = db.execute(_RECORDS, (json.dumps([rid for rid, _ in hits]),)).fetchone()[0]
-        by_rid = {r[0]: r for r in json.loads(found)}
-        out = [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
+        """Ranked ``(rid, score)`` as stubs (``ROW``), with each one's raw keyword parts if given."""
         if parts:  # keyword_search with context: each hit's raw (body, context) scores
-            for r, rid in zip(out, (rid for rid, _ in hits if rid in by_rid), strict=True):
-                r[KEYWORD_PARTS] = parts[rid]
+            return [{ROW: rid, "score": s, KEYWORD_PARTS: parts[rid]} for rid, s in hits]
+        return [{ROW: rid, "score": s} for rid, s in hits]
+
+    def _completed(
+        self, stubs: builtins.list[dict[str, Any]], records: bool
+    ) -> builtins.list[dict[str, Any]]:
+        """``stubs``, or with ``records`` their records (read here) with their scores."""
+        if not records or not stubs:
+            return stubs
+        found = self.records([h[ROW] for h in stubs])
+        out = []
+        for h in stubs:
+            if h[ROW] in found:
+                out.append(record := {**found[h[ROW]], "score": h["score"]})
+                if KEYWORD_PARTS in h:
+                    record[KEYWORD_PARTS] = h[KEYWORD_PARTS]
         return out
 
     def search(
-        self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
+        self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None, records: bool = True
     ) -> builtins.list[dict[str, Any]]:
         if self._model is None:
             raise RuntimeError("bind_model() must be called before search()")
         where_ = self.compile(where)
         db = self._db()
         with self.snapshot():
-            return self._records(db, self.index.nearest(db, vector, where_, k, threshold, self._state(db)))
+            hits = self.index.nearest(db, vector, where_, k, threshold, self._state(db))
+            return self._completed(self._stubs(hits), records)
 
     def keyword_search(
-        self, terms: builtins.list[str], where: Node | None, k: int
+        self, terms: builtins.list[str], where: Node | None, k: int, records: bool = True
     ) -> builtins.list[dict[str, Any]]:
         compiled = self.compile(where)
         sql, params = compiled.sql, compiled.params
@@ -542,7 +559,46 @@ class SQLiteStorage(Storage):
             state = self._state(db)
             kept, scope, rows = self._keywords.plan(db, state, terms, fts.scope_tokens(where))
             hits, parts = self._keywords.search(db, kept, scope, rows, sql, params, k, self.context)
-            return self._records(db, hits, parts)
+            return self._completed(self._stubs(hits, parts), records)
+
+    def identify(
+        self, vector_hits: builtins.list[dict[str, Any]], keyword_hits: builtins.list[dict[str, Any]],
+        vector: np.ndarray,
+    ) -> tuple[builtins.list[dict[str, Any]], builtins.list[dict[str, Any]], dict[str, float]]:  # fmt: skip
+        """Stubs (``ROW``) identified by ONE statement (``_IDENTIFY``), which also reads the vectors
+        of the keyword hits that are not vector hits; records as ``Storage.identify``."""
+        stubs = [*vector_hits, *keyword_hits]
+        if not stubs or ROW not in stubs[0]:
+            return super().identify(vector_hits, keyword_hits, vector)
+        seen = {h[ROW] for h in vector_hits}
+        missing = [h[ROW] for h in keyword_hits if h[ROW] not in seen]
+        wanted = json.dumps(list(dict.fromkeys(h[ROW] for h in stubs)))
+        found, blob = self._db().execute(_IDENTIFY, (wanted, json.dumps(missing))).fetchone()
+        known: dict[int, builtins.list[Any]] = {r[0]: r for r in json.loads(found)}
+        for h in stubs:
+            if h[ROW] in known:
+                _, h["id"], h["created_at"] = known[h[ROW]]
+        cosines: dict[str, float] = {}
+        if blob:  # in the rows' order; scored in the keyword side's order, as ``cosines`` does
+            lacking = set(missing)
+            read = [rid for rid in known if rid in lacking]
+            at = {rid: i for i, rid in enumerate(read)}
+            vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(read), -1)
+            order = [rid for rid in missing if rid in at]
+            scores = vecs[[at[rid] for rid in order]] @ np.asarray(vector, dtype=np.float32)
+            cosines = {known[rid][1]: score for rid, score in zip(order, scores.tolist(), strict=True)}
+        return (
+            [h for h in vector_hits if h[ROW] in known],
+            [h for h in keyword_hits if h[ROW] in known],
+            cosines,
+        )
+
+    def records(self, handles: builtins.list[Any]) -> dict[Any, dict[str, Any]]:
+        """By rid, as ONE result row (``_RECORDS``)."""
+        if not handles:
+            return {}
+        found = self._db().execute(_RECORDS, (json.dumps(list(dict.fromkeys(handles))),)).fetchone()[0]
+        return {r[0]: _record(r, with_score=True) for r in json.loads(found)}
 
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         if not ids:
