@@ -95,15 +95,17 @@ _RECORDS = (
 )
 # What the fusion needs of a hybrid search's candidates (rids ?1), as ONE result row: each one's
 # rid, id and created_at, and the vectors of those without a cosine yet (rids ?2) end to end, in
-# the order of their rows (group_concat skips the NULLs)
+# the order of their rows (group_concat skips the NULLs). In id order, as _COSINES: a row's cosine
+# is then computed in the same matrix, bit for bit (a BLAS product's rounding may depend on where
+# a row sits in it)
 _IDENTIFY = (
     "SELECT json_group_array(json_array(rid, id, created_at)), CAST(group_concat(vec, '') AS BLOB) FROM"
     " (SELECT rid, id, created_at, CASE WHEN rid IN (SELECT value FROM json_each(?2)) THEN vec END AS vec"
-    " FROM memories WHERE rid IN (SELECT value FROM json_each(?1)))"
+    " FROM memories WHERE rid IN (SELECT value FROM json_each(?1)) ORDER BY id)"
 )
 _COSINES = (
     "SELECT json_group_array(id), CAST(group_concat(vec, '') AS BLOB) FROM"
-    " (SELECT id, vec FROM memories WHERE id IN (SELECT value FROM json_each(?)))"
+    " (SELECT id, vec FROM memories WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id)"
 )
 # Each memory's window (it and the fts.CONTEXT_BEFORE rows before it in its scope), one row per
 # member, as ONE result row (see _RECORDS), by the (scope, rid) index ``enable_vector_context`` makes
@@ -118,6 +120,14 @@ _WINDOWS = (
 SCOPE_RID_INDEX = "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)"  # as fts's
 _BUSY_MS = 60_000
 _log = logging.getLogger("hivemem.memory")
+
+
+def _scored(names: list[str], blob: bytes | None, vector: np.ndarray) -> dict[str, float]:
+    """name → cosine, for ``names``' vectors end to end in ``blob``, in that order."""
+    if not names or not blob:
+        return {}
+    vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(names), -1)
+    return dict(zip(names, (vecs @ np.asarray(vector, dtype=np.float32)).tolist(), strict=True))
 
 
 def _lower(text: Any) -> Any:
@@ -578,15 +588,8 @@ class SQLiteStorage(Storage):
         for h in stubs:
             if h[ROW] in known:
                 _, h["id"], h["created_at"] = known[h[ROW]]
-        cosines: dict[str, float] = {}
-        if blob:  # in the rows' order; scored in the keyword side's order, as ``cosines`` does
-            lacking = set(missing)
-            read = [rid for rid in known if rid in lacking]
-            at = {rid: i for i, rid in enumerate(read)}
-            vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(read), -1)
-            order = [rid for rid in missing if rid in at]
-            scores = vecs[[at[rid] for rid in order]] @ np.asarray(vector, dtype=np.float32)
-            cosines = {known[rid][1]: score for rid, score in zip(order, scores.tolist(), strict=True)}
+        lacking = set(missing)
+        cosines = _scored([row[1] for rid, row in known.items() if rid in lacking], blob, vector)
         return (
             [h for h in vector_hits if h[ROW] in known],
             [h for h in keyword_hits if h[ROW] in known],
@@ -604,12 +607,7 @@ class SQLiteStorage(Storage):
         if not ids:
             return {}
         found, blob = self._db().execute(_COSINES, (json.dumps(ids),)).fetchone()
-        names: builtins.list[str] = json.loads(found)
-        if not names:
-            return {}
-        vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(names), -1)
-        scores = vecs @ np.asarray(vector, dtype=np.float32)
-        return dict(zip(names, scores.tolist(), strict=True))
+        return _scored(json.loads(found), blob, vector)
 
     def window_scores(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, tuple[float, float]]:
         if not ids:
