@@ -333,13 +333,14 @@ def rank(
     with storage.snapshot():
         vector_hits = storage.search(vector, where, depth, threshold, records=False)
         keyword_hits = storage.keyword_search(terms, where, depth, records=False) if terms else []
-        vector_hits, keyword_hits, cosines = storage.identify(vector_hits, keyword_hits, vector)
+        dates = storage.dates  # in the snapshot: its state (SQLite reads no more for it)
+        found = storage.identify(vector_hits, keyword_hits, vector, dates and span is not None)
+        vector_hits, keyword_hits, cosines = found
         context = None
         if storage.vector_context:  # the candidates' window means (module docstring)
             seen = {h["id"] for h in vector_hits}
             missing = [h["id"] for h in keyword_hits if h["id"] not in seen]
             context = context_cosines(storage.window_scores([*seen, *missing], vector))
-        dates = storage.dates  # in the snapshot: its state (SQLite reads no more for it)
     return fuse(
         vector_hits,
         keyword_hits,

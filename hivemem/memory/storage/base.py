@@ -28,7 +28,7 @@ re-implemented by a backend):
 * Records only for what a search returns (issue 25): with ``records=False``, ``search`` and
   ``keyword_search`` may answer *stubs*, hits that name their row under ``ROW`` (SQLite: its rid)
   and carry only ``score`` (and ``KEYWORD_PARTS``); ``identify(vector_hits, keyword_hits,
-  vector)`` gives both sides' stubs their ``id`` and ``created_at`` and returns the cosines of the
+  vector, dates)`` gives both sides' stubs their ``id`` (and ``created_at``) and returns the cosines of the
   keyword hits that are not vector hits (what ``hybrid.fuse`` needs), and ``records(rows)`` reads
   the records of the stubs a search keeps, in one statement, also for a whole group of searches
   (``searching.SearchGroups``). A backend whose ranking statements return whole rows (PostgreSQL)
@@ -267,11 +267,12 @@ class Storage(abc.ABC):
 
     def identify(
         self, vector_hits: builtins.list[dict[str, Any]], keyword_hits: builtins.list[dict[str, Any]],
-        vector: np.ndarray,
+        vector: np.ndarray, dates: bool = False,
     ) -> tuple[builtins.list[dict[str, Any]], builtins.list[dict[str, Any]], dict[str, float]]:  # fmt: skip
-        """Both sides' hits, each with its ``id`` and ``created_at`` (a stub gets them here; one
-        whose row is gone is left out), and the cosine of each keyword hit that is not a vector
-        hit, by id (``cosines``). Here the hits are records already: only the cosines are read."""
+        """Both sides' hits, each with its ``id`` (and with ``dates``, the query naming a date, its
+        ``created_at``): a stub gets them here, one whose row is gone is left out; and the cosine of
+        each keyword hit that is not a vector hit, by id (``cosines``). Here the hits are records
+        already: only the cosines are read."""
         seen = {h["id"] for h in vector_hits}
         missing = [h["id"] for h in keyword_hits if h["id"] not in seen]
         return vector_hits, keyword_hits, self.cosines(missing, vector) if missing else {}

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from hivemem.infra.grouping import Combiner, Release, each_alone
-from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks, retry_locked
+from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks, int_array, retry_locked
 from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
@@ -93,16 +93,20 @@ _RECORDS = (
     f"SELECT json_group_array(json_array({_FIELDS})) FROM memories"
     " WHERE rid IN (SELECT value FROM json_each(?))"
 )
-# What the fusion needs of a hybrid search's candidates (rids ?1), as ONE result row: each one's
-# rid, id and created_at, and the vectors of those without a cosine yet (rids ?2) end to end, in
-# the order of their rows (group_concat skips the NULLs). In id order, as _COSINES: a row's cosine
-# is then computed in the same matrix, bit for bit (a BLAS product's rounding may depend on where
-# a row sits in it)
+# What the fusion needs of a hybrid search's candidates (rids ?1), as ONE result row: their rids
+# and ids ({dates}: their created_at too, else NULL), and the vectors of those without a cosine yet
+# (rids ?2) end to end, all in the order of the rows (group_concat skips the NULLs). Flat lists:
+# a JSON array per row cost ~1.4x as much
 _IDENTIFY = (
-    "SELECT json_group_array(json_array(rid, id, created_at)), CAST(group_concat(vec, '') AS BLOB) FROM"
-    " (SELECT rid, id, created_at, CASE WHEN rid IN (SELECT value FROM json_each(?2)) THEN vec END AS vec"
-    " FROM memories WHERE rid IN (SELECT value FROM json_each(?1)) ORDER BY id)"
+    "SELECT group_concat(rid), json_group_array(id), {dates},"
+    " CAST(group_concat(CASE WHEN rid IN (SELECT value FROM json_each(?2)) THEN vec END, '') AS BLOB)"
+    " FROM memories WHERE rid IN (SELECT value FROM json_each(?1))"
 )
+_IDENTIFY_DATED = _IDENTIFY.format(dates="json_group_array(created_at)")
+_IDENTIFY = _IDENTIFY.format(dates="NULL")
+# In id order (as the planner read them when it was not said): ``identify`` scores its vectors in
+# this order too, so a cosine is computed in the same matrix, bit for bit (a BLAS product's rounding
+# may depend on where a row sits in it)
 _COSINES = (
     "SELECT json_group_array(id), CAST(group_concat(vec, '') AS BLOB) FROM"
     " (SELECT id, vec FROM memories WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id)"
@@ -122,11 +126,8 @@ _BUSY_MS = 60_000
 _log = logging.getLogger("hivemem.memory")
 
 
-def _scored(names: list[str], blob: bytes | None, vector: np.ndarray) -> dict[str, float]:
-    """name → cosine, for ``names``' vectors end to end in ``blob``, in that order."""
-    if not names or not blob:
-        return {}
-    vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(names), -1)
+def _scored(names: list[str], vecs: np.ndarray, vector: np.ndarray) -> dict[str, float]:
+    """name → cosine, for the rows of ``vecs`` (``names``, in that order)."""
     return dict(zip(names, (vecs @ np.asarray(vector, dtype=np.float32)).tolist(), strict=True))
 
 
@@ -573,23 +574,33 @@ class SQLiteStorage(Storage):
 
     def identify(
         self, vector_hits: builtins.list[dict[str, Any]], keyword_hits: builtins.list[dict[str, Any]],
-        vector: np.ndarray,
+        vector: np.ndarray, dates: bool = False,
     ) -> tuple[builtins.list[dict[str, Any]], builtins.list[dict[str, Any]], dict[str, float]]:  # fmt: skip
         """Stubs (``ROW``) identified by ONE statement (``_IDENTIFY``), which also reads the vectors
         of the keyword hits that are not vector hits; records as ``Storage.identify``."""
         stubs = [*vector_hits, *keyword_hits]
         if not stubs or ROW not in stubs[0]:
-            return super().identify(vector_hits, keyword_hits, vector)
+            return super().identify(vector_hits, keyword_hits, vector, dates)
         seen = {h[ROW] for h in vector_hits}
-        missing = [h[ROW] for h in keyword_hits if h[ROW] not in seen]
+        lacking = {h[ROW] for h in keyword_hits} - seen
         wanted = json.dumps(list(dict.fromkeys(h[ROW] for h in stubs)))
-        found, blob = self._db().execute(_IDENTIFY, (wanted, json.dumps(missing))).fetchone()
-        known: dict[int, builtins.list[Any]] = {r[0]: r for r in json.loads(found)}
+        sql = _IDENTIFY_DATED if dates else _IDENTIFY
+        listed, names, created, blob = self._db().execute(sql, (wanted, json.dumps(list(lacking)))).fetchone()
+        rids: builtins.list[int] = int_array(listed).tolist()
+        ids: builtins.list[str] = json.loads(names)
+        known = dict(zip(rids, ids, strict=True))
+        stamps = dict(zip(rids, json.loads(created), strict=True)) if dates else {}
         for h in stubs:
             if h[ROW] in known:
-                _, h["id"], h["created_at"] = known[h[ROW]]
-        lacking = set(missing)
-        cosines = _scored([row[1] for rid, row in known.items() if rid in lacking], blob, vector)
+                h["id"] = known[h[ROW]]
+                if dates:
+                    h["created_at"] = stamps[h[ROW]]
+        cosines: dict[str, float] = {}
+        read = [i for rid, i in known.items() if rid in lacking]  # the vectors' rows, in order
+        if read:  # scored in id order, as ``cosines``
+            vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(read), -1)
+            order = sorted(range(len(read)), key=read.__getitem__)
+            cosines = _scored([read[i] for i in order], vecs[order], vector)
         return (
             [h for h in vector_hits if h[ROW] in known],
             [h for h in keyword_hits if h[ROW] in known],
@@ -607,7 +618,10 @@ class SQLiteStorage(Storage):
         if not ids:
             return {}
         found, blob = self._db().execute(_COSINES, (json.dumps(ids),)).fetchone()
-        return _scored(json.loads(found), blob, vector)
+        names: builtins.list[str] = json.loads(found)
+        if not names:
+            return {}
+        return _scored(names, np.frombuffer(blob, dtype=np.float32).reshape(len(names), -1), vector)
 
     def window_scores(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, tuple[float, float]]:
         if not ids:
