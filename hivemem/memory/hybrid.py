@@ -322,17 +322,17 @@ def rank(
     if mode != "hybrid":
         if mode == "vector":
             assert vector is not None
-            hits = storage.search(vector, where, top_k, threshold, records=False)
+            hits = storage.search(vector, where, top_k, threshold, with_records=False)
         else:
-            hits = storage.keyword_search(terms, where, top_k, records=False) if terms else []
+            hits = storage.keyword_search(terms, where, top_k, with_records=False) if terms else []
             if not explain_scores:
                 return [_strip(h) for h in hits]
         return explain(hits, mode) if explain_scores else hits
     assert vector is not None
     depth = candidates(top_k)
     with storage.snapshot():
-        vector_hits = storage.search(vector, where, depth, threshold, records=False)
-        keyword_hits = storage.keyword_search(terms, where, depth, records=False) if terms else []
+        vector_hits = storage.search(vector, where, depth, threshold, with_records=False)
+        keyword_hits = storage.keyword_search(terms, where, depth, with_records=False) if terms else []
         dates = storage.dates  # in the snapshot: its state (SQLite reads no more for it)
         found = storage.identify(vector_hits, keyword_hits, vector, dates and span is not None)
         vector_hits, keyword_hits, cosines = found

@@ -24,6 +24,7 @@ others (as on PostgreSQL). Measured: docs/memory.md, "A free-threaded interprete
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -78,14 +79,16 @@ class SearchGroups:
                     except Exception as exc:  # to its own caller
                         out.append(exc)
                 out = self._finish(out)
-        except Exception as exc:  # the snapshot itself failed: every search not yet answered
-            out += [exc] * (len(searches) - len(out))
+        except Exception as exc:  # the snapshot failed (to begin or to end): none of its answers holds
+            return [exc] * len(searches)
         return out
 
     def _finish(self, ranked: list[Hits | BaseException]) -> list[Hits | BaseException]:
         """Each ranked answer with its records, read for the whole group in ONE statement (the
         union of their stubs' rows); if that read fails, each search reads its own, so that an
-        error lands on its own caller only."""
+        error lands on its own caller only (had the failure ended the snapshot, its end fails the
+        whole group: ``_run``). Each caller owns its answer: a record that several answers share
+        is copied for all but the first (its metadata is a dict the caller may change)."""
         rows = [row for hits in ranked if not isinstance(hits, BaseException) for row in hybrid.pending(hits)]
         found: dict[Any, dict[str, Any]] | None
         try:
@@ -93,14 +96,29 @@ class SearchGroups:
         except Exception:
             found = None
         out: list[Hits | BaseException] = []
+        taken: set[Any] = set()
         for hits in ranked:
+            if isinstance(hits, BaseException):
+                out.append(hits)
+                continue
             try:
                 out.append(
-                    hits if isinstance(hits, BaseException) else hybrid.finish(self._storage, hits, found)
+                    hybrid.finish(self._storage, hits, None if found is None else _own(found, hits, taken))
                 )
             except Exception as exc:  # to its own caller
                 out.append(exc)
         return out
+
+
+def _own(found: dict[Any, dict[str, Any]], hits: Hits, taken: set[Any]) -> dict[Any, dict[str, Any]]:
+    """The records of ``hits``' stubs out of a group's ``found``: those an earlier answer took
+    (``taken``) as deep copies, so that no two callers share a dict."""
+    mine = {}
+    for row in hybrid.pending(hits):
+        if row in found:
+            mine[row] = copy.deepcopy(found[row]) if row in taken else found[row]
+            taken.add(row)
+    return mine
 
 
 def check_threshold(threshold: Any) -> float | None:

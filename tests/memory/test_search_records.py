@@ -286,7 +286,7 @@ def test_records_reads_the_given_rows_by_handle(
     found = m._storage.records([rids[ids[0]], rids[ids[2]], rids[ids[0]], 10**9])
     assert found == {rids[i]: m.get(i) for i in (ids[0], ids[2])}
     assert m._storage.records([]) == {}
-    hits = m._storage.search(m.embedder.embed_one("one lake"), None, 3, None, records=False)
+    hits = m._storage.search(m.embedder.embed_one("one lake"), None, 3, None, with_records=False)
     assert (ROW in hits[0]) == (backend == "sqlite")
     m.close()
 
@@ -306,4 +306,75 @@ def test_records_of_a_search_are_read_in_the_snapshot_that_ranked_it(tmp_path: P
     assert [h["id"] for h in done] == [h["id"] for h in ranked]
     assert m.get(ranked[0]["id"]) is None  # gone now
     other.close()
+    m.close()
+
+
+@pytest.mark.parametrize("gil", [True, False], ids=["group", "alone"])
+def test_memory_search_reads_its_records_in_the_snapshot_that_ranked_it(
+    gil: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through ``Memory.search``, on both of ``SearchGroups``' paths (a group, and each search
+    alone as without a GIL): a memory another process deletes after the ranking is still in the
+    answer, whose records were read in the ranking's snapshot."""
+    monkeypatch.setattr(searching, "gil_enabled", lambda: gil)
+    m = Memory(tmp_path / "m.sqlite", embedder=HashEmbedder())
+    _fill(m, seed=6)
+    other = Memory(tmp_path / "m.sqlite", embedder=HashEmbedder())
+    want = m.search("lake kite", user_id="a", top_k=3)["results"]
+    real = hybrid.rank
+
+    def rank(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        ranked = real(*args, **kwargs)
+        other.delete(want[0]["id"])  # another process's commit, between the ranking and the records
+        return ranked
+
+    monkeypatch.setattr(hybrid, "rank", rank)
+    assert m.search("lake kite", user_id="a", top_k=3)["results"] == want
+    assert m.get(want[0]["id"]) is None  # gone now
+    other.close()
+    m.close()
+
+
+def test_answers_of_one_group_share_no_record(tmp_path: Path) -> None:
+    """Two searches of one group that return the same memory each get a record of their own: a
+    caller that changes its result (its metadata) does not change another caller's."""
+    m = Memory(tmp_path / "m.sqlite", embedder=HashEmbedder())
+    m.add_batch(
+        [{"messages": f"lake walk {i}", "user_id": "a", "metadata": {"tags": ["x"]}} for i in range(4)]
+    )
+    groups = searching.SearchGroups(m._storage, grouped=True)
+    vector = m.embedder.embed_one("lake walk")
+
+    def ranking() -> list[dict[str, Any]]:
+        return hybrid.rank(m._storage, "hybrid", vector, ["lake", "walk"], None, 4, None)
+
+    first, second = groups._run([ranking, ranking], release=lambda: None)
+    assert isinstance(first, list) and isinstance(second, list)
+    assert first == second and len(first) == 4
+    first[0]["metadata"]["tags"].append("changed by the first caller")
+    assert second[0]["metadata"] == {"tags": ["x"]}
+    m.close()
+
+
+def test_a_snapshot_that_fails_to_end_fails_every_search_of_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the group's snapshot cannot end (its read transaction was lost: an I/O error rolled it
+    back), no answer of it is vouched for: every search of the group gets the error."""
+    m = Memory(tmp_path / "m.sqlite", embedder=HashEmbedder())
+    _fill(m, seed=7)
+    storage = m._storage
+    groups = searching.SearchGroups(storage, grouped=True)
+    vector = m.embedder.embed_one("lake")
+
+    def ranking() -> list[dict[str, Any]]:
+        return hybrid.rank(storage, "hybrid", vector, ["lake"], None, 3, None)
+
+    def lost() -> list[dict[str, Any]]:
+        storage._db().execute("ROLLBACK")  # as SQLite does on some I/O errors: the snapshot is gone
+        return []
+
+    out = groups._run([ranking, lost, ranking], release=lambda: None)
+    assert len(out) == 3 and all(isinstance(o, sqlite3.OperationalError) for o in out)
+    assert m.search("lake", user_id="a", top_k=3)["results"]  # the store serves the next search
     m.close()

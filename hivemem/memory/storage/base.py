@@ -25,10 +25,11 @@ re-implemented by a backend):
   the backend stems them as it stems the text, and treats each one as a literal (quoted) word,
   never as query syntax. The keyword index is updated in the same transaction as the row.
 * ``cosines(ids, vector)`` — the exact cosine of the given memories (unknown ids are left out).
-* Records only for what a search returns (issue 25): with ``records=False``, ``search`` and
+* Records only for what a search returns (issue 25): with ``with_records=False``, ``search`` and
   ``keyword_search`` may answer *stubs*, hits that name their row under ``ROW`` (SQLite: its rid)
   and carry only ``score`` (and ``KEYWORD_PARTS``); ``identify(vector_hits, keyword_hits,
-  vector, dates)`` gives both sides' stubs their ``id`` (and ``created_at``) and returns the cosines of the
+  vector, dates)`` gives both sides' stubs their ``id`` (and, when the query names a date,
+  ``created_at``) and returns the cosines of the
   keyword hits that are not vector hits (what ``hybrid.fuse`` needs), and ``records(rows)`` reads
   the records of the stubs a search keeps, in one statement, also for a whole group of searches
   (``searching.SearchGroups``). A backend whose ranking statements return whole rows (PostgreSQL)
@@ -116,7 +117,7 @@ def window_sums(
 
 # A keyword hit's raw (body, context) scores with keyword_search(..., context > 0); hybrid pops it
 KEYWORD_PARTS = "_keyword_parts"
-# A stub's row (``search``/``keyword_search`` with ``records=False``; module docstring): the
+# A stub's row (``search``/``keyword_search`` with ``with_records=False``; module docstring): the
 # backend's handle that ``records`` reads it by
 ROW = "_row"
 
@@ -251,19 +252,24 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def search(
-        self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None, records: bool = True
+        self,
+        vector: np.ndarray,
+        where: Node | None,
+        k: int,
+        threshold: float | None,
+        with_records: bool = True,
     ) -> builtins.list[dict[str, Any]]:
-        """The vector side of the search contract (module docstring); ``records=False``: the hits
+        """The vector side of the search contract (module docstring); ``with_records=False``: the hits
         may be stubs (``ROW``)."""
 
     @abc.abstractmethod
     def keyword_search(
-        self, terms: builtins.list[str], where: Node | None, k: int, records: bool = True
+        self, terms: builtins.list[str], where: Node | None, k: int, with_records: bool = True
     ) -> builtins.list[dict[str, Any]]:
         """The keyword side of the search contract (module docstring). With ``self.context`` > 0
         each memory's window counts too, with this
         share, and each hit carries its raw parts under ``KEYWORD_PARTS`` (``storage/fts.py``);
-        ``records=False``: the hits may be stubs (``ROW``)."""
+        ``with_records=False``: the hits may be stubs (``ROW``)."""
 
     def identify(
         self, vector_hits: builtins.list[dict[str, Any]], keyword_hits: builtins.list[dict[str, Any]],

@@ -394,7 +394,12 @@ class PostgresStorage(Storage):
                 yield _record(row)
 
     def search(
-        self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None, records: bool = True
+        self,
+        vector: np.ndarray,
+        where: Node | None,
+        k: int,
+        threshold: float | None,
+        with_records: bool = True,
     ) -> builtins.list[dict[str, Any]]:
         """Exact top-k by inner product (cosine: the vectors are unit length), best first, ties to
         the older row. Small candidate sets are scored by PostgreSQL directly; large ones are
@@ -458,7 +463,7 @@ class PostgresStorage(Storage):
         return found
 
     def keyword_search(
-        self, terms: builtins.list[str], where: Node | None, k: int, records: bool = True
+        self, terms: builtins.list[str], where: Node | None, k: int, with_records: bool = True
     ) -> builtins.list[dict[str, Any]]:
         """The best ``k`` rows passing ``where`` that hold one of ``terms``, by SQLite's BM25
         (``pgkeyword``); ``score`` > 0, higher is better. With ``self.context``, each memory's

@@ -535,10 +535,10 @@ class SQLiteStorage(Storage):
         return [{ROW: rid, "score": s} for rid, s in hits]
 
     def _completed(
-        self, stubs: builtins.list[dict[str, Any]], records: bool
+        self, stubs: builtins.list[dict[str, Any]], with_records: bool
     ) -> builtins.list[dict[str, Any]]:
-        """``stubs``, or with ``records`` their records (read here) with their scores."""
-        if not records or not stubs:
+        """``stubs``, or ``with_records`` their records (read here) with their scores."""
+        if not with_records or not stubs:
             return stubs
         found = self.records([h[ROW] for h in stubs])
         out = []
@@ -550,7 +550,12 @@ class SQLiteStorage(Storage):
         return out
 
     def search(
-        self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None, records: bool = True
+        self,
+        vector: np.ndarray,
+        where: Node | None,
+        k: int,
+        threshold: float | None,
+        with_records: bool = True,
     ) -> builtins.list[dict[str, Any]]:
         if self._model is None:
             raise RuntimeError("bind_model() must be called before search()")
@@ -558,10 +563,10 @@ class SQLiteStorage(Storage):
         db = self._db()
         with self.snapshot():
             hits = self.index.nearest(db, vector, where_, k, threshold, self._state(db))
-            return self._completed(self._stubs(hits), records)
+            return self._completed(self._stubs(hits), with_records)
 
     def keyword_search(
-        self, terms: builtins.list[str], where: Node | None, k: int, records: bool = True
+        self, terms: builtins.list[str], where: Node | None, k: int, with_records: bool = True
     ) -> builtins.list[dict[str, Any]]:
         compiled = self.compile(where)
         sql, params = compiled.sql, compiled.params
@@ -570,7 +575,7 @@ class SQLiteStorage(Storage):
             state = self._state(db)
             kept, scope, rows = self._keywords.plan(db, state, terms, fts.scope_tokens(where))
             hits, parts = self._keywords.search(db, kept, scope, rows, sql, params, k, self.context)
-            return self._completed(self._stubs(hits, parts), records)
+            return self._completed(self._stubs(hits, parts), with_records)
 
     def identify(
         self, vector_hits: builtins.list[dict[str, Any]], keyword_hits: builtins.list[dict[str, Any]],
