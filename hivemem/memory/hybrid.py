@@ -72,7 +72,7 @@ import numpy as np
 
 from hivemem.infra.settings import Settings
 from hivemem.memory.storage import datewords
-from hivemem.memory.storage.base import KEYWORD_PARTS
+from hivemem.memory.storage.base import KEYWORD_PARTS, ROW
 
 if TYPE_CHECKING:
     from hivemem.memory.filters import Node
@@ -298,7 +298,7 @@ def has_keywords(storage: Any) -> bool:
     return all(callable(getattr(storage, name, None)) for name in ("keyword_search", "cosines", "snapshot"))
 
 
-def search(
+def rank(
     storage: Storage,
     mode: str,
     vector: np.ndarray | None,
@@ -309,7 +309,10 @@ def search(
     explain_scores: bool = False,
     span: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One search through the storage primitives; every backend gets the same semantics.
+    """One search's answer through the storage primitives, best first (every backend gets the same
+    semantics), before its records are read: a hit may be a stub (``storage.base.ROW``) that
+    ``finish`` completes, in the same snapshot. Only the kept hits' records are read, so a hybrid
+    search no longer reads those of the candidates the fusion drops (issue 25).
 
     A backend without the keyword side is searched in vector mode when ``mode`` is hybrid.
     ``explain_scores``: each hit also gets its ``score_details`` (``fuse``, ``explain``);
@@ -319,24 +322,25 @@ def search(
     if mode != "hybrid":
         if mode == "vector":
             assert vector is not None
-            hits = storage.search(vector, where, top_k, threshold)
+            hits = storage.search(vector, where, top_k, threshold, with_records=False)
         else:
-            hits = storage.keyword_search(terms, where, top_k) if terms else []
+            hits = storage.keyword_search(terms, where, top_k, with_records=False) if terms else []
             if not explain_scores:
                 return [_strip(h) for h in hits]
         return explain(hits, mode) if explain_scores else hits
     assert vector is not None
     depth = candidates(top_k)
     with storage.snapshot():
-        vector_hits = storage.search(vector, where, depth, threshold)
-        keyword_hits = storage.keyword_search(terms, where, depth) if terms else []
-        seen = {h["id"] for h in vector_hits}
-        missing = [h["id"] for h in keyword_hits if h["id"] not in seen]
-        cosines = storage.cosines(missing, vector) if missing else {}
+        vector_hits = storage.search(vector, where, depth, threshold, with_records=False)
+        keyword_hits = storage.keyword_search(terms, where, depth, with_records=False) if terms else []
+        dates = storage.dates  # in the snapshot: its state (SQLite reads no more for it)
+        found = storage.identify(vector_hits, keyword_hits, vector, dates and span is not None)
+        vector_hits, keyword_hits, cosines = found
         context = None
         if storage.vector_context:  # the candidates' window means (module docstring)
+            seen = {h["id"] for h in vector_hits}
+            missing = [h["id"] for h in keyword_hits if h["id"] not in seen]
             context = context_cosines(storage.window_scores([*seen, *missing], vector))
-        dates = storage.dates  # in the snapshot: its state (SQLite reads no more for it)
     return fuse(
         vector_hits,
         keyword_hits,
@@ -350,6 +354,53 @@ def search(
         summed=storage.context > 0,
         dates=dates,
     )
+
+
+def pending(hits: list[dict[str, Any]]) -> list[Any]:
+    """The rows of the stubs among ``hits`` (``rank``): what ``Storage.records`` reads for them."""
+    return [h[ROW] for h in hits if ROW in h]
+
+
+def finish(
+    storage: Storage, hits: list[dict[str, Any]], found: dict[Any, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """``hits`` of ``rank`` as records: each stub takes its record, with its ``score`` (and
+    ``score_details``). ``found``: ``Storage.records`` of their ``pending`` rows (read once for a
+    group of searches, ``searching.SearchGroups``), else read here; either in the snapshot that
+    ranked them."""
+    rows = pending(hits)
+    if not rows:
+        return hits
+    if found is None:
+        found = storage.records(rows)
+    out = []
+    for h in hits:
+        if ROW not in h:
+            out.append(h)
+        elif (record := found.get(h[ROW])) is not None:  # (a row gone: not within one snapshot)
+            done = {**record, "score": h["score"]}
+            if "score_details" in h:
+                done["score_details"] = h["score_details"]
+            out.append(done)
+    return out
+
+
+def search(
+    storage: Storage,
+    mode: str,
+    vector: np.ndarray | None,
+    terms: list[str],
+    where: Node | None,
+    top_k: int,
+    threshold: float | None,
+    explain_scores: bool = False,
+    span: tuple[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """One search (``rank`` then ``finish``, in one snapshot) → its records, best first."""
+    with storage.snapshot():
+        return finish(
+            storage, rank(storage, mode, vector, terms, where, top_k, threshold, explain_scores, span)
+        )
 
 
 def context_cosines(windows: dict[str, tuple[float, float]]) -> dict[str, float]:

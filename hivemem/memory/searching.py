@@ -10,7 +10,9 @@ a search is mostly Python with short SQLite steps, and ``sqlite3`` lets go of th
 each step; with eight threads searching side by side every step became a hand-off of the GIL,
 and eight threads served fewer searches than one (docs/memory.md#concurrent-searches). Each
 search still gets exactly its own answer or its own error, and sees every write committed
-before it was called (its group's snapshot begins after it joined the line). If the thread
+before it was called (its group's snapshot begins after it joined the line). The records of the
+group's answers are read last, in ONE statement for all of its searches (``hybrid.rank`` ranks
+each search, its hits possibly stubs; ``hybrid.finish`` then gives each its own records). If the thread
 running a group is interrupted (Ctrl-C in a main thread), the other searches of that group run
 again, each alone in its own snapshot: a search only reads.
 
@@ -22,12 +24,14 @@ others (as on PostgreSQL). Measured: docs/memory.md, "A free-threaded interprete
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
 
 from hivemem.errors import GroupLeaderFailed
 from hivemem.infra.grouping import Combiner, Release, gil_enabled
+from hivemem.memory import hybrid
 from hivemem.memory.storage.base import Storage
 
 Hits = list[dict[str, Any]]
@@ -52,15 +56,18 @@ class SearchGroups:
         )
 
     def run(self, search: Callable[[], Hits]) -> Hits:
-        """``search()`` (a search through the storage primitives) inside a read snapshot."""
+        """``search()`` (a ranking through the storage primitives: ``hybrid.rank``) inside a read
+        snapshot → its hits with their records (``hybrid.finish``)."""
         if self._combiner is None or not gil_enabled():
-            with self._storage.snapshot():
-                return search()
+            return self._alone(search)
         try:
             return self._combiner.submit(search)
         except GroupLeaderFailed:  # the thread running our group was interrupted: a read, so rerun
-            with self._storage.snapshot():
-                return search()
+            return self._alone(search)
+
+    def _alone(self, search: Callable[[], Hits]) -> Hits:
+        with self._storage.snapshot():
+            return hybrid.finish(self._storage, search())
 
     def _run(self, searches: list[Callable[[], Hits]], release: Release) -> list[Hits | BaseException]:
         out: list[Hits | BaseException] = []
@@ -71,9 +78,47 @@ class SearchGroups:
                         out.append(search())
                     except Exception as exc:  # to its own caller
                         out.append(exc)
-        except Exception as exc:  # the snapshot itself failed: every search not yet answered
-            out += [exc] * (len(searches) - len(out))
+                out = self._finish(out)
+        except Exception as exc:  # the snapshot failed (to begin or to end): none of its answers holds
+            return [exc] * len(searches)
         return out
+
+    def _finish(self, ranked: list[Hits | BaseException]) -> list[Hits | BaseException]:
+        """Each ranked answer with its records, read for the whole group in ONE statement (the
+        union of their stubs' rows); if that read fails, each search reads its own, so that an
+        error lands on its own caller only (had the failure ended the snapshot, its end fails the
+        whole group: ``_run``). Each caller owns its answer: a record that several answers share
+        is copied for all but the first (its metadata is a dict the caller may change)."""
+        rows = [row for hits in ranked if not isinstance(hits, BaseException) for row in hybrid.pending(hits)]
+        found: dict[Any, dict[str, Any]] | None
+        try:
+            found = self._storage.records(rows) if rows else {}
+        except Exception:
+            found = None
+        out: list[Hits | BaseException] = []
+        taken: set[Any] = set()
+        for hits in ranked:
+            if isinstance(hits, BaseException):
+                out.append(hits)
+                continue
+            try:
+                out.append(
+                    hybrid.finish(self._storage, hits, None if found is None else _own(found, hits, taken))
+                )
+            except Exception as exc:  # to its own caller
+                out.append(exc)
+        return out
+
+
+def _own(found: dict[Any, dict[str, Any]], hits: Hits, taken: set[Any]) -> dict[Any, dict[str, Any]]:
+    """The records of ``hits``' stubs out of a group's ``found``: those an earlier answer took
+    (``taken``) as deep copies, so that no two callers share a dict."""
+    mine = {}
+    for row in hybrid.pending(hits):
+        if row in found:
+            mine[row] = copy.deepcopy(found[row]) if row in taken else found[row]
+            taken.add(row)
+    return mine
 
 
 def check_threshold(threshold: Any) -> float | None:

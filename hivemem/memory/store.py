@@ -535,7 +535,7 @@ class Memory:
 
         def search() -> list[dict[str, Any]]:  # in a read snapshot, of a group on SQLite (searching.py)
             live = self._live(where, show_expired)
-            return hybrid.search(self._storage, mode, vector, terms, live, depth, threshold, explain, dates)
+            return hybrid.rank(self._storage, mode, vector, terms, live, depth, threshold, explain, dates)
 
         hits = self._searches.run(search)
         if reranker is not None:

@@ -129,7 +129,7 @@ def _search_while_held(
     m: Memory, queries: list[str], got: list[Any], first: threading.Event, go: threading.Event
 ) -> None:
     """One thread per query: the first one's search starts (and sets ``first``, then waits for
-    ``go``: the patched ``hybrid.search`` holds it), the others queue behind it; once all are in
+    ``go``: the patched ``hybrid.rank`` holds it), the others queue behind it; once all are in
     the line, ``go`` releases them. Each thread's answer, or what it raised, lands in ``got``."""
     combiner = m._searches._combiner
     assert combiner is not None
@@ -165,7 +165,7 @@ def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
     queries = sentences(8, seed=9)
     want = [m.search(q, user_id="w")["results"] for q in queries]
     poison = emb.embed_one(queries[5])
-    real, first, go = hybrid.search, threading.Event(), threading.Event()
+    real, first, go = hybrid.rank, threading.Event(), threading.Event()
 
     def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
         if not first.is_set():  # the first search holds its group until the others have queued
@@ -175,7 +175,7 @@ def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
             raise RuntimeError("this search fails")
         return real(storage, mode, vector, *args)
 
-    monkeypatch.setattr(hybrid, "search", search)
+    monkeypatch.setattr(hybrid, "rank", search)
     combiner = m._searches._combiner
     assert combiner is not None
     groups, calls = combiner.groups, combiner.calls
@@ -205,7 +205,7 @@ def test_searches_of_an_interrupted_group_run_again_alone(
     m.add_batch(_items(sentences(60, seed=8), "w"))
     queries = sentences(8, seed=9)
     want = [m.search(q, user_id="w")["results"] for q in queries]
-    real, first, go = hybrid.search, threading.Event(), threading.Event()
+    real, first, go = hybrid.rank, threading.Event(), threading.Event()
     count, count_lock = [0], threading.Lock()
 
     def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
@@ -219,7 +219,7 @@ def test_searches_of_an_interrupted_group_run_again_alone(
             raise Interrupted()
         return real(storage, mode, vector, *args)
 
-    monkeypatch.setattr(hybrid, "search", search)
+    monkeypatch.setattr(hybrid, "rank", search)
     combiner = m._searches._combiner
     assert combiner is not None
     got: list[Any] = [None] * len(queries)
@@ -264,7 +264,7 @@ def test_the_next_group_waits_for_the_callers_of_the_last_one_and_a_lone_caller_
     queries = sentences(8, seed=9)
     m.search(queries[0], user_id="w")  # a lone caller: a group of one
     assert wait_for_one_more() <= 0
-    real, first, go = hybrid.search, threading.Event(), threading.Event()
+    real, first, go = hybrid.rank, threading.Event(), threading.Event()
 
     def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
         if not first.is_set():  # the first search holds its group until the others have queued
@@ -272,7 +272,7 @@ def test_the_next_group_waits_for_the_callers_of_the_last_one_and_a_lone_caller_
             assert go.wait(60)
         return real(storage, mode, vector, *args)
 
-    monkeypatch.setattr(hybrid, "search", search)
+    monkeypatch.setattr(hybrid, "rank", search)
     got: list[Any] = [None] * len(queries)
     _search_while_held(m, queries, got, first, go)  # a group of one, then one of seven
     assert all(isinstance(g, list) for g in got), got
@@ -294,7 +294,7 @@ def test_without_a_gil_searches_run_side_by_side_in_their_callers_threads(
     m.add_batch(_items(sentences(60, seed=8), "w"))
     queries = sentences(THREADS, seed=9)
     want = [m.search(q, user_id="w")["results"] for q in queries]
-    real, inside = hybrid.search, threading.Barrier(THREADS, timeout=30)
+    real, inside = hybrid.rank, threading.Barrier(THREADS, timeout=30)
     ran_in: dict[int, int] = {}
 
     def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
@@ -302,7 +302,7 @@ def test_without_a_gil_searches_run_side_by_side_in_their_callers_threads(
         ran_in[threading.get_ident()] = ran_in.get(threading.get_ident(), 0) + 1
         return real(storage, mode, vector, *args)
 
-    monkeypatch.setattr(hybrid, "search", search)
+    monkeypatch.setattr(hybrid, "rank", search)
     combiner = m._searches._combiner
     assert combiner is not None
     groups = combiner.groups

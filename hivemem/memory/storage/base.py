@@ -25,6 +25,15 @@ re-implemented by a backend):
   the backend stems them as it stems the text, and treats each one as a literal (quoted) word,
   never as query syntax. The keyword index is updated in the same transaction as the row.
 * ``cosines(ids, vector)`` — the exact cosine of the given memories (unknown ids are left out).
+* Records only for what a search returns (issue 25): with ``with_records=False``, ``search`` and
+  ``keyword_search`` may answer *stubs*, hits that name their row under ``ROW`` (SQLite: its rid)
+  and carry only ``score`` (and ``KEYWORD_PARTS``); ``identify(vector_hits, keyword_hits,
+  vector, dates)`` gives both sides' stubs their ``id`` (and, when the query names a date,
+  ``created_at``) and returns the cosines of the
+  keyword hits that are not vector hits (what ``hybrid.fuse`` needs), and ``records(rows)`` reads
+  the records of the stubs a search keeps, in one statement, also for a whole group of searches
+  (``searching.SearchGroups``). A backend whose ranking statements return whole rows (PostgreSQL)
+  answers records, so nothing more is read for them.
 * ``window_scores(ids, vector)`` — for the vector context (``hybrid.context_cosines``): per memory,
   over its window (it and the ``fts.CONTEXT_BEFORE`` memories stored just before it in its exact
   scope), the sum of the inner products of ``vector`` with their stored vectors and the norm of
@@ -108,6 +117,9 @@ def window_sums(
 
 # A keyword hit's raw (body, context) scores with keyword_search(..., context > 0); hybrid pops it
 KEYWORD_PARTS = "_keyword_parts"
+# A stub's row (``search``/``keyword_search`` with ``with_records=False``; module docstring): the
+# backend's handle that ``records`` reads it by
+ROW = "_row"
 
 
 @dataclass(frozen=True)
@@ -240,17 +252,42 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def search(
-        self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
+        self,
+        vector: np.ndarray,
+        where: Node | None,
+        k: int,
+        threshold: float | None,
+        with_records: bool = True,
     ) -> builtins.list[dict[str, Any]]:
-        """The vector side of the search contract (module docstring)."""
+        """The vector side of the search contract (module docstring); ``with_records=False``: the hits
+        may be stubs (``ROW``)."""
 
     @abc.abstractmethod
     def keyword_search(
-        self, terms: builtins.list[str], where: Node | None, k: int
+        self, terms: builtins.list[str], where: Node | None, k: int, with_records: bool = True
     ) -> builtins.list[dict[str, Any]]:
         """The keyword side of the search contract (module docstring). With ``self.context`` > 0
         each memory's window counts too, with this
-        share, and each hit carries its raw parts under ``KEYWORD_PARTS`` (``storage/fts.py``)."""
+        share, and each hit carries its raw parts under ``KEYWORD_PARTS`` (``storage/fts.py``);
+        ``with_records=False``: the hits may be stubs (``ROW``)."""
+
+    def identify(
+        self, vector_hits: builtins.list[dict[str, Any]], keyword_hits: builtins.list[dict[str, Any]],
+        vector: np.ndarray, dates: bool = False,
+    ) -> tuple[builtins.list[dict[str, Any]], builtins.list[dict[str, Any]], dict[str, float]]:  # fmt: skip
+        """Both sides' hits, each with its ``id`` (and with ``dates``, the query naming a date, its
+        ``created_at``): a stub gets them here, one whose row is gone is left out; and the cosine of
+        each keyword hit that is not a vector hit, by id (``cosines``). Here the hits are records
+        already: only the cosines are read."""
+        seen = {h["id"] for h in vector_hits}
+        missing = [h["id"] for h in keyword_hits if h["id"] not in seen]
+        return vector_hits, keyword_hits, self.cosines(missing, vector) if missing else {}
+
+    @abc.abstractmethod
+    def records(self, handles: builtins.list[Any]) -> dict[Any, dict[str, Any]]:
+        """The records (``score`` None) of the rows ``handles`` (stubs' ``ROW``; repeats allowed), by
+        handle; rows that are gone are left out. One statement, whatever the number of searches
+        the stubs come from."""
 
     @abc.abstractmethod
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:

@@ -394,11 +394,17 @@ class PostgresStorage(Storage):
                 yield _record(row)
 
     def search(
-        self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
+        self,
+        vector: np.ndarray,
+        where: Node | None,
+        k: int,
+        threshold: float | None,
+        with_records: bool = True,
     ) -> builtins.list[dict[str, Any]]:
         """Exact top-k by inner product (cosine: the vectors are unit length), best first, ties to
         the older row. Small candidate sets are scored by PostgreSQL directly; large ones are
-        ranked by the in-process int8 copy first (``pgindex``) and the best re-scored exactly."""
+        ranked by the in-process int8 copy first (``pgindex``) and the best re-scored exactly.
+        Records whatever ``records``: the ranking statements return whole rows."""
         if self._model is None:
             raise RuntimeError("bind_model() must be called before search()")
         compiled = self.compile(where)
@@ -457,11 +463,12 @@ class PostgresStorage(Storage):
         return found
 
     def keyword_search(
-        self, terms: builtins.list[str], where: Node | None, k: int
+        self, terms: builtins.list[str], where: Node | None, k: int, with_records: bool = True
     ) -> builtins.list[dict[str, Any]]:
         """The best ``k`` rows passing ``where`` that hold one of ``terms``, by SQLite's BM25
         (``pgkeyword``); ``score`` > 0, higher is better. With ``self.context``, each memory's
-        window counts too (``pgcontext``) and each hit carries its raw parts (``KEYWORD_PARTS``)."""
+        window counts too (``pgcontext``) and each hit carries its raw parts (``KEYWORD_PARTS``).
+        Records whatever ``records`` (as ``search``)."""
         if not terms:
             return []
         compiled = self.compile(where)
@@ -479,6 +486,16 @@ class PostgresStorage(Storage):
             record[KEYWORD_PARTS] = parts[row[0]]
             out.append(record)
         return out
+
+    def records(self, handles: builtins.list[Any]) -> dict[Any, dict[str, Any]]:
+        """By rid. A search never needs it here (its hits are records): the contract's, for both."""
+        if not handles:
+            return {}
+        with self._read() as conn:
+            found = conn.execute(
+                f"SELECT {_FIELDS} FROM {self._ns}.memories WHERE rid = ANY(%s::bigint[])", [list(handles)]
+            ).fetchall()
+        return {r[0]: _record(r, with_score=True) for r in found}
 
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         """pgvector's inner product (the vectors are unit length: cosine) of these memories."""

@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 
 from hivemem.infra.grouping import Combiner, Release, each_alone
-from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks, retry_locked
+from hivemem.infra.sqlitedb import Connections, disk_full, enable_wal, in_chunks, int_array, retry_locked
 from hivemem.memory import records
 from hivemem.memory.filters import Node
 from hivemem.memory.records import NewMemory
 from hivemem.memory.storage import fts, ftscontext, rows, sqlwrite
-from hivemem.memory.storage.base import KEYWORD_PARTS, Capabilities, Storage, T, WriteTx, window_sums
+from hivemem.memory.storage.base import KEYWORD_PARTS, ROW, Capabilities, Storage, T, WriteTx, window_sums
 from hivemem.memory.storage.sqlcompile import SQLITE
 from hivemem.memory.storage.vectorindex import SharedIndex, StoreState, read_state
 
@@ -93,9 +93,23 @@ _RECORDS = (
     f"SELECT json_group_array(json_array({_FIELDS})) FROM memories"
     " WHERE rid IN (SELECT value FROM json_each(?))"
 )
+# What the fusion needs of a hybrid search's candidates (rids ?1), as ONE result row: their rids
+# and ids ({dates}: their created_at too, else NULL), and the vectors of those without a cosine yet
+# (rids ?2) end to end, all in the order of the rows (group_concat skips the NULLs). Flat lists:
+# a JSON array per row cost ~1.4x as much
+_IDENTIFY = (
+    "SELECT group_concat(rid), json_group_array(id), {dates},"
+    " CAST(group_concat(CASE WHEN rid IN (SELECT value FROM json_each(?2)) THEN vec END, '') AS BLOB)"
+    " FROM memories WHERE rid IN (SELECT value FROM json_each(?1))"
+)
+_IDENTIFY_DATED = _IDENTIFY.format(dates="json_group_array(created_at)")
+_IDENTIFY = _IDENTIFY.format(dates="NULL")
+# In id order (as the planner read them when it was not said): ``identify`` scores its vectors in
+# this order too, so a cosine is computed in the same matrix, bit for bit (a BLAS product's rounding
+# may depend on where a row sits in it)
 _COSINES = (
     "SELECT json_group_array(id), CAST(group_concat(vec, '') AS BLOB) FROM"
-    " (SELECT id, vec FROM memories WHERE id IN (SELECT value FROM json_each(?)))"
+    " (SELECT id, vec FROM memories WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id)"
 )
 # Each memory's window (it and the fts.CONTEXT_BEFORE rows before it in its scope), one row per
 # member, as ONE result row (see _RECORDS), by the (scope, rid) index ``enable_vector_context`` makes
@@ -110,6 +124,11 @@ _WINDOWS = (
 SCOPE_RID_INDEX = "CREATE INDEX IF NOT EXISTS memories_scope_rid ON memories(scope, rid)"  # as fts's
 _BUSY_MS = 60_000
 _log = logging.getLogger("hivemem.memory")
+
+
+def _scored(names: list[str], vecs: np.ndarray, vector: np.ndarray) -> dict[str, float]:
+    """name → cosine, for the rows of ``vecs`` (``names``, in that order)."""
+    return dict(zip(names, (vecs @ np.asarray(vector, dtype=np.float32)).tolist(), strict=True))
 
 
 def _lower(text: Any) -> Any:
@@ -506,34 +525,48 @@ class SQLiteStorage(Storage):
         state: StoreState = local.state
         return state
 
-    def _records(
-        self,
-        db: sqlite3.Connection,
-        hits: builtins.list[tuple[int, float]],
-        parts: dict[int, tuple[float, float]] | None = None,
+    @staticmethod
+    def _stubs(
+        hits: builtins.list[tuple[int, float]], parts: fts.Parts | None = None
     ) -> builtins.list[dict[str, Any]]:
-        if not hits:
-            return []
-        found = db.execute(_RECORDS, (json.dumps([rid for rid, _ in hits]),)).fetchone()[0]
-        by_rid = {r[0]: r for r in json.loads(found)}
-        out = [_record(by_rid[rid], s, with_score=True) for rid, s in hits if rid in by_rid]
+        """Ranked ``(rid, score)`` as stubs (``ROW``), with each one's raw keyword parts if given."""
         if parts:  # keyword_search with context: each hit's raw (body, context) scores
-            for r, rid in zip(out, (rid for rid, _ in hits if rid in by_rid), strict=True):
-                r[KEYWORD_PARTS] = parts[rid]
+            return [{ROW: rid, "score": s, KEYWORD_PARTS: parts[rid]} for rid, s in hits]
+        return [{ROW: rid, "score": s} for rid, s in hits]
+
+    def _completed(
+        self, stubs: builtins.list[dict[str, Any]], with_records: bool
+    ) -> builtins.list[dict[str, Any]]:
+        """``stubs``, or ``with_records`` their records (read here) with their scores."""
+        if not with_records or not stubs:
+            return stubs
+        found = self.records([h[ROW] for h in stubs])
+        out = []
+        for h in stubs:
+            if h[ROW] in found:
+                out.append(record := {**found[h[ROW]], "score": h["score"]})
+                if KEYWORD_PARTS in h:
+                    record[KEYWORD_PARTS] = h[KEYWORD_PARTS]
         return out
 
     def search(
-        self, vector: np.ndarray, where: Node | None, k: int, threshold: float | None
+        self,
+        vector: np.ndarray,
+        where: Node | None,
+        k: int,
+        threshold: float | None,
+        with_records: bool = True,
     ) -> builtins.list[dict[str, Any]]:
         if self._model is None:
             raise RuntimeError("bind_model() must be called before search()")
         where_ = self.compile(where)
         db = self._db()
         with self.snapshot():
-            return self._records(db, self.index.nearest(db, vector, where_, k, threshold, self._state(db)))
+            hits = self.index.nearest(db, vector, where_, k, threshold, self._state(db))
+            return self._completed(self._stubs(hits), with_records)
 
     def keyword_search(
-        self, terms: builtins.list[str], where: Node | None, k: int
+        self, terms: builtins.list[str], where: Node | None, k: int, with_records: bool = True
     ) -> builtins.list[dict[str, Any]]:
         compiled = self.compile(where)
         sql, params = compiled.sql, compiled.params
@@ -542,7 +575,49 @@ class SQLiteStorage(Storage):
             state = self._state(db)
             kept, scope, rows = self._keywords.plan(db, state, terms, fts.scope_tokens(where))
             hits, parts = self._keywords.search(db, kept, scope, rows, sql, params, k, self.context)
-            return self._records(db, hits, parts)
+            return self._completed(self._stubs(hits, parts), with_records)
+
+    def identify(
+        self, vector_hits: builtins.list[dict[str, Any]], keyword_hits: builtins.list[dict[str, Any]],
+        vector: np.ndarray, dates: bool = False,
+    ) -> tuple[builtins.list[dict[str, Any]], builtins.list[dict[str, Any]], dict[str, float]]:  # fmt: skip
+        """Stubs (``ROW``) identified by ONE statement (``_IDENTIFY``), which also reads the vectors
+        of the keyword hits that are not vector hits; records as ``Storage.identify``."""
+        stubs = [*vector_hits, *keyword_hits]
+        if not stubs or ROW not in stubs[0]:
+            return super().identify(vector_hits, keyword_hits, vector, dates)
+        seen = {h[ROW] for h in vector_hits}
+        lacking = {h[ROW] for h in keyword_hits} - seen
+        wanted = json.dumps(list(dict.fromkeys(h[ROW] for h in stubs)))
+        sql = _IDENTIFY_DATED if dates else _IDENTIFY
+        listed, names, created, blob = self._db().execute(sql, (wanted, json.dumps(list(lacking)))).fetchone()
+        rids: builtins.list[int] = int_array(listed).tolist()
+        ids: builtins.list[str] = json.loads(names)
+        known = dict(zip(rids, ids, strict=True))
+        stamps = dict(zip(rids, json.loads(created), strict=True)) if dates else {}
+        for h in stubs:
+            if h[ROW] in known:
+                h["id"] = known[h[ROW]]
+                if dates:
+                    h["created_at"] = stamps[h[ROW]]
+        cosines: dict[str, float] = {}
+        read = [i for rid, i in known.items() if rid in lacking]  # the vectors' rows, in order
+        if read:  # scored in id order, as ``cosines``
+            vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(read), -1)
+            order = sorted(range(len(read)), key=read.__getitem__)
+            cosines = _scored([read[i] for i in order], vecs[order], vector)
+        return (
+            [h for h in vector_hits if h[ROW] in known],
+            [h for h in keyword_hits if h[ROW] in known],
+            cosines,
+        )
+
+    def records(self, handles: builtins.list[Any]) -> dict[Any, dict[str, Any]]:
+        """By rid, as ONE result row (``_RECORDS``)."""
+        if not handles:
+            return {}
+        found = self._db().execute(_RECORDS, (json.dumps(list(dict.fromkeys(handles))),)).fetchone()[0]
+        return {r[0]: _record(r, with_score=True) for r in json.loads(found)}
 
     def cosines(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, float]:
         if not ids:
@@ -551,9 +626,7 @@ class SQLiteStorage(Storage):
         names: builtins.list[str] = json.loads(found)
         if not names:
             return {}
-        vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(names), -1)
-        scores = vecs @ np.asarray(vector, dtype=np.float32)
-        return dict(zip(names, scores.tolist(), strict=True))
+        return _scored(names, np.frombuffer(blob, dtype=np.float32).reshape(len(names), -1), vector)
 
     def window_scores(self, ids: builtins.list[str], vector: np.ndarray) -> dict[str, tuple[float, float]]:
         if not ids:
