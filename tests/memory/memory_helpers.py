@@ -7,11 +7,13 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 from hash_embedder import HashEmbedder  # tests/hash_embedder.py
 
@@ -166,13 +168,59 @@ def random_writes(m: Memory, seed: int, steps: int) -> Iterator[str]:
         yield f"step {step}: {op} in scope {SCOPES[s]}"
 
 
+def hold_first_fail_one(real: Callable[..., Any], poison: Any) -> tuple[Callable[..., Any], Any, Any]:
+    """A stand-in for ``hybrid.rank`` (``real``) → (it, ``first``, ``go``): the first search it runs
+    sets ``first`` and waits for ``go`` (its group holds while the others queue); the search whose
+    query vector equals ``poison`` raises ``RuntimeError("this search fails")``."""
+    first, go = threading.Event(), threading.Event()
+
+    def rank(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
+        if not first.is_set():
+            first.set()
+            assert go.wait(60)
+        if vector is not None and np.array_equal(vector, poison):
+            raise RuntimeError("this search fails")
+        return real(storage, mode, vector, *args)
+
+    return rank, first, go
+
+
+def search_while_held(m: Memory, searches: list[Callable[[], Any]], first: Any, go: Any) -> list[Any]:
+    """One thread per search: the first one's search starts (and sets ``first``, then waits for
+    ``go``: the patched ``hybrid.rank`` holds it), the others queue behind it; once all are in
+    the line, ``go`` releases them → each search's answer, or what it raised."""
+    combiner = m._searches._combiner
+    assert combiner is not None
+    got: list[Any] = [None] * len(searches)
+
+    def run(i: int) -> None:
+        try:
+            got[i] = searches[i]()
+        except BaseException as exc:  # returned to the test
+            got[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(searches))]
+    threads[0].start()
+    assert first.wait(60)
+    for t in threads[1:]:
+        t.start()
+    while len(combiner) < len(searches) - 1:  # the others are in the line
+        threading.Event().wait(0.01)
+    go.set()
+    for t in threads:
+        t.join(60)
+    return got
+
+
 __all__ = [
     "BACKENDS",
     "SCOPES",
     "TALK",
     "TALK_SEARCHES",
     "HashEmbedder",
+    "hold_first_fail_one",
     "new_location",
     "random_writes",
+    "search_while_held",
     "talk_rewrite",
 ]

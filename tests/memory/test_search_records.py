@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from memory_helpers import BACKENDS, HashEmbedder, new_location
+from memory_helpers import BACKENDS, HashEmbedder, hold_first_fail_one, new_location, search_while_held
 
 from hivemem import Memory
 from hivemem.memory import hybrid, searching
@@ -200,39 +200,11 @@ def test_a_group_of_searches_reads_the_records_of_all_its_answers_in_one_stateme
         for i in range(8)
     ]
     want = [m.search(q, user_id="a", **o)["results"] for q, o in zip(queries, options, strict=True)]
-    poison = emb.embed_one(queries[4])
-    real, first, go = hybrid.rank, threading.Event(), threading.Event()
-
-    def rank(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
-        if not first.is_set():  # the first search holds its group until the others have queued
-            first.set()
-            assert go.wait(60)
-        if vector is not None and np.array_equal(vector, poison):
-            raise RuntimeError("this search fails")
-        return real(storage, mode, vector, *args)
-
-    monkeypatch.setattr(hybrid, "rank", rank)
-    combiner = m._searches._combiner
-    assert combiner is not None
-    got: list[Any] = [None] * len(queries)
-
-    def run(i: int) -> None:
-        try:
-            got[i] = m.search(queries[i], user_id="a", **options[i])["results"]
-        except BaseException as exc:  # returned to the test
-            got[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(queries))]
+    search, first, go = hold_first_fail_one(hybrid.rank, emb.embed_one(queries[4]))
+    monkeypatch.setattr(hybrid, "rank", search)
     del seen[:]
-    threads[0].start()
-    assert first.wait(60)
-    for t in threads[1:]:
-        t.start()
-    while len(combiner) < len(queries) - 1:  # the others are in the line
-        threading.Event().wait(0.01)
-    go.set()
-    for t in threads:
-        t.join(60)
+    calls = [lambda i=i: m.search(queries[i], user_id="a", **options[i])["results"] for i in range(8)]
+    got = search_while_held(m, calls, first, go)
     assert isinstance(got[4], RuntimeError) and "fails" in str(got[4])
     assert [g for i, g in enumerate(got) if i != 4] == [w for i, w in enumerate(want) if i != 4]
     assert sum(READS_RECORDS in sql for _, sql in seen) == 2  # the first search's group, then the others'

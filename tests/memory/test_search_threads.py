@@ -12,9 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from memory_helpers import HashEmbedder
+from memory_helpers import HashEmbedder, hold_first_fail_one, search_while_held
 
 from hivemem import Memory
 from hivemem.embed.corpus import sentences
@@ -125,31 +124,9 @@ def test_a_search_costs_the_same_statements_whatever_its_words(tmp_path: Path) -
     m.close()
 
 
-def _search_while_held(
-    m: Memory, queries: list[str], got: list[Any], first: threading.Event, go: threading.Event
-) -> None:
-    """One thread per query: the first one's search starts (and sets ``first``, then waits for
-    ``go``: the patched ``hybrid.rank`` holds it), the others queue behind it; once all are in
-    the line, ``go`` releases them. Each thread's answer, or what it raised, lands in ``got``."""
-    combiner = m._searches._combiner
-    assert combiner is not None
-
-    def run(i: int) -> None:
-        try:
-            got[i] = m.search(queries[i], user_id="w")["results"]
-        except BaseException as exc:  # returned to the test
-            got[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(queries))]
-    threads[0].start()
-    assert first.wait(60)
-    for t in threads[1:]:
-        t.start()
-    while len(combiner) < len(queries) - 1:  # the others are in the line
-        threading.Event().wait(0.01)
-    go.set()
-    for t in threads:
-        t.join(60)
+def _searches(m: Memory, queries: list[str]) -> list[Any]:
+    """One search of user ``w`` per query, for ``search_while_held``."""
+    return [lambda q=q: m.search(q, user_id="w")["results"] for q in queries]
 
 
 @pytest.mark.usefixtures("with_gil")
@@ -164,24 +141,13 @@ def test_searches_queued_meanwhile_run_as_one_group_each_with_its_own_outcome(
     m.add_batch(_items(sentences(60, seed=8), "w"))
     queries = sentences(8, seed=9)
     want = [m.search(q, user_id="w")["results"] for q in queries]
-    poison = emb.embed_one(queries[5])
-    real, first, go = hybrid.rank, threading.Event(), threading.Event()
-
-    def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
-        if not first.is_set():  # the first search holds its group until the others have queued
-            first.set()
-            assert go.wait(60)
-        if vector is not None and np.array_equal(vector, poison):
-            raise RuntimeError("this search fails")
-        return real(storage, mode, vector, *args)
-
+    search, first, go = hold_first_fail_one(hybrid.rank, emb.embed_one(queries[5]))
     monkeypatch.setattr(hybrid, "rank", search)
     combiner = m._searches._combiner
     assert combiner is not None
     groups, calls = combiner.groups, combiner.calls
-    got: list[Any] = [None] * len(queries)
 
-    _search_while_held(m, queries, got, first, go)
+    got = search_while_held(m, _searches(m, queries), first, go)
     assert (combiner.groups - groups, combiner.calls - calls) == (2, len(queries))
     assert isinstance(got[5], RuntimeError) and "fails" in str(got[5])
     assert [g for i, g in enumerate(got) if i != 5] == [w for i, w in enumerate(want) if i != 5]
@@ -220,11 +186,7 @@ def test_searches_of_an_interrupted_group_run_again_alone(
         return real(storage, mode, vector, *args)
 
     monkeypatch.setattr(hybrid, "rank", search)
-    combiner = m._searches._combiner
-    assert combiner is not None
-    got: list[Any] = [None] * len(queries)
-
-    _search_while_held(m, queries, got, first, go)
+    got = search_while_held(m, _searches(m, queries), first, go)
     interrupted = [i for i, g in enumerate(got) if isinstance(g, Interrupted)]
     assert len(interrupted) == 1, got
     assert [g for i, g in enumerate(got) if i not in interrupted] == [
@@ -264,17 +226,9 @@ def test_the_next_group_waits_for_the_callers_of_the_last_one_and_a_lone_caller_
     queries = sentences(8, seed=9)
     m.search(queries[0], user_id="w")  # a lone caller: a group of one
     assert wait_for_one_more() <= 0
-    real, first, go = hybrid.rank, threading.Event(), threading.Event()
-
-    def search(storage: Any, mode: str, vector: Any, *args: Any) -> Any:
-        if not first.is_set():  # the first search holds its group until the others have queued
-            first.set()
-            assert go.wait(60)
-        return real(storage, mode, vector, *args)
-
+    search, first, go = hold_first_fail_one(hybrid.rank, None)
     monkeypatch.setattr(hybrid, "rank", search)
-    got: list[Any] = [None] * len(queries)
-    _search_while_held(m, queries, got, first, go)  # a group of one, then one of seven
+    got = search_while_held(m, _searches(m, queries), first, go)  # a group of one, then one of seven
     assert all(isinstance(g, list) for g in got), got
     assert line._expect == len(queries) - 1
     waits = wait_for_one_more()
