@@ -116,9 +116,9 @@ def one_round(
             out["service_cpu_ms_per_text"] = (cpu_s(service.pid) - cpu0) * 1000 / (w * n)
             out["client_cpu_ms_per_text"] = (sum(cpu_s(p.pid) for p in procs) - client_cpu0) * 1000 / (w * n)
             out["service_pss_busy_mb"] = pss_mb(service.pid)  # right after the last reply
-            out["texts_per_s"] = w * n / (max(d["end"] for d in done) - start)
-            out["p50_ms"] = statistics.median(t for d in done for t in d["times"]) * 1000
             wall = max(d["end"] for d in done) - start
+            out["texts_per_s"] = w * n / wall
+            out["p50_ms"] = statistics.median(t for d in done for t in d["times"]) * 1000
             count, texts, seconds = (b - a for a, b in zip(batches0, _batches(env, tree), strict=True))
             out["batch_texts_mean"] = texts / count if count else math.nan
             out["batch_s_per_s"] = seconds / wall
