@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from before_after import last_json
 from plots import add_plot_options, bars
 
 HERE = Path(__file__).resolve().parent
@@ -55,14 +56,13 @@ def run_script(name: str, extra: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
     assert proc.stdout is not None
-    last = ""
+    lines = []
     for line in proc.stdout:
         print(line, end="", flush=True)
-        if line.strip():
-            last = line
+        lines.append(line)
     if proc.wait() != 0:
         raise SystemExit(f"{name}.py failed (exit {proc.returncode})")
-    out: dict[str, Any] = json.loads(last)
+    out = last_json("".join(lines))
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
 
